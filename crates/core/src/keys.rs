@@ -1,0 +1,176 @@
+//! Ed25519 public keys and signatures as they appear in the protocol.
+
+use crate::encoding::{DecodeError, Reader};
+use ed25519_dalek::{Signature as DalekSignature, VerifyingKey};
+use std::cmp::Ordering;
+use std::fmt;
+
+/// An Ed25519 public key that decodes to a curve point and is not of small order.
+///
+/// Weak keys are refused when decoded, so no policy, replica or verifier key can be one that
+/// "signs" everything; signatures are checked with `verify_strict` (no malleable encodings).
+#[derive(Clone, Copy)]
+pub struct PublicKey {
+    bytes: [u8; 32],
+    key: VerifyingKey,
+}
+
+impl PublicKey {
+    /// Encoded size, in bytes.
+    pub const BYTES: usize = 32;
+
+    /// Validates a 32-byte encoding.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, DecodeError> {
+        let key = VerifyingKey::from_bytes(bytes)
+            .map_err(|_| DecodeError::Invalid { what: "ed25519 public key", why: "not a curve point" })?;
+        if key.is_weak() {
+            return Err(DecodeError::Invalid { what: "ed25519 public key", why: "small-order (weak) key" });
+        }
+        if key.as_bytes() != bytes {
+            return Err(DecodeError::NonCanonical { what: "ed25519 public key", why: "non-canonical point encoding" });
+        }
+        Ok(Self { bytes: *bytes, key })
+    }
+
+    /// From a slice that must be exactly 32 bytes.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let arr: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| DecodeError::Invalid { what: "ed25519 public key", why: "must be 32 bytes" })?;
+        Self::from_bytes(&arr)
+    }
+
+    /// From a dalek verifying key.
+    pub fn from_verifying_key(key: &VerifyingKey) -> Result<Self, DecodeError> {
+        Self::from_bytes(key.as_bytes())
+    }
+
+    /// Reads 32 bytes and validates them.
+    pub fn decode_from(r: &mut Reader<'_>, what: &'static str) -> Result<Self, DecodeError> {
+        let bytes = r.array::<32>(what)?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// The encoding.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.bytes
+    }
+
+    /// Checks `signature` over `message` with RFC 8032 strict verification.
+    pub fn verify(&self, message: &[u8], signature: &Signature) -> bool {
+        let sig = DalekSignature::from_bytes(&signature.0);
+        // verify_strict rejects small-order R and non-canonical S; plain verify would accept
+        // some malleated signatures, and replicas must agree on acceptance bit for bit.
+        self.key.verify_strict(message, &sig).is_ok()
+    }
+}
+
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+impl Eq for PublicKey {}
+impl PartialOrd for PublicKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for PublicKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.bytes.cmp(&other.bytes)
+    }
+}
+impl std::hash::Hash for PublicKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.bytes.hash(state);
+    }
+}
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", hex::encode(self.bytes))
+    }
+}
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.bytes))
+    }
+}
+
+/// A 64-byte Ed25519 signature (`R || S`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Signature(pub [u8; 64]);
+
+impl Signature {
+    /// Encoded size, in bytes.
+    pub const BYTES: usize = 64;
+
+    /// From a slice that must be exactly 64 bytes.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let arr: [u8; 64] =
+            bytes.try_into().map_err(|_| DecodeError::Invalid { what: "ed25519 signature", why: "must be 64 bytes" })?;
+        Ok(Self(arr))
+    }
+}
+
+impl fmt::Debug for Signature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Signature({})", hex::encode(self.0))
+    }
+}
+
+/// A signature together with the key that made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeySignature {
+    /// The signer's public key.
+    pub signer: PublicKey,
+    /// The signature.
+    pub signature: Signature,
+}
+
+impl KeySignature {
+    /// Encoded size, in bytes.
+    pub const BYTES: usize = 96;
+
+    /// Appends `signer || signature`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.signer.as_bytes());
+        out.extend_from_slice(&self.signature.0);
+    }
+
+    /// Reads `signer || signature`.
+    pub fn decode_from(r: &mut Reader<'_>, what: &'static str) -> Result<Self, DecodeError> {
+        let signer = PublicKey::decode_from(r, what)?;
+        let signature = Signature(r.array::<64>(what)?);
+        Ok(Self { signer, signature })
+    }
+}
+
+/// Decodes a list of signatures sorted strictly by signer (so no signer appears twice).
+pub fn decode_signature_set(
+    r: &mut Reader<'_>,
+    max: usize,
+    what: &'static str,
+) -> Result<Vec<KeySignature>, DecodeError> {
+    let n = r.count(0, max, what)?;
+    let mut out: Vec<KeySignature> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = KeySignature::decode_from(r, what)?;
+        if let Some(prev) = out.last() {
+            if prev.signer >= s.signer {
+                return Err(DecodeError::NonCanonical { what, why: "signers not sorted strictly ascending" });
+            }
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// Appends a signature set (which must already be sorted by signer).
+pub fn encode_signature_set(out: &mut Vec<u8>, set: &[KeySignature]) {
+    debug_assert!(set.windows(2).all(|w| w[0].signer < w[1].signer), "signature set not sorted");
+    crate::encoding::put_count(out, set.len());
+    for s in set {
+        s.encode_into(out);
+    }
+}

@@ -1,0 +1,423 @@
+//! Lookup proofs and their verification by clients.
+//!
+//! A client accepts an answer about `user_id` only if every check below passes, in this
+//! order (each failure has its own [`VerifyError`] variant):
+//! 1. the VRF proof verifies for `user_id` under the realm's VRF key; its output gives the index;
+//! 2. the head is the realm's (name and configuration hash);
+//! 3. the head is fresh: `issue_time + ttl >= now`, and not from the future beyond the skew;
+//! 4. a strict majority of the replicas signed the head (always required), and at least the
+//!    client's threshold of registered verifiers ratified it; every signature present must
+//!    be valid and from a distinct registered key;
+//! 5. the tree proof leads from the index to the head's root;
+//! 6. the entry hashes to the leaf's value and is at the index;
+//! 7. the profile matches the entry's commitment;
+//! 8. the epoch is not older than the newest one this client has seen for the realm.
+//!
+//! Signatures appear once over the single head carried in the proof, so "all heads are
+//! identical" holds by construction.
+
+use crate::encoding::{decode_canonical, put_count, put_var_bytes, Canonical, DecodeError, Reader};
+use crate::hash::{context, signed_message};
+use crate::keys::{PublicKey, Signature};
+use crate::limits::{ENTRY_BYTES_MAX, LOOKUP_PROOF_BYTES_MAX, PROFILE_BYTES_MAX, REPLICAS_MAX, USER_ID_BYTES_MAX, VERIFIERS_MAX};
+use crate::tree::{TreeAnswer, TreeProof, TreeProofError};
+use crate::types::{validate_user_id, vrf_input, EpochHead, Index, Profile, RealmConfig};
+use crate::verified::Verified;
+use crate::vrf::{VrfError, VrfProof};
+use thiserror::Error;
+
+/// The message a replica signs for a head.
+pub fn head_signing_message(head: &EpochHead) -> Vec<u8> {
+    signed_message(context::EPOCH_HEAD, &[&head.encode()])
+}
+
+/// The message a verifier signs to ratify a head.
+pub fn ratification_message(head: &EpochHead) -> Vec<u8> {
+    signed_message(context::VERIFIER_RATIFICATION, &[&head.encode()])
+}
+
+/// A signature by the key at `position` in the realm's sorted replica (or verifier) keys.
+///
+/// Positions instead of keys keep proofs small (1 byte instead of 32 per signature); the
+/// head's `config_hash` pins the key list the positions refer to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PositionalSignature {
+    /// Position of the signer's key in the realm configuration.
+    pub position: u8,
+    /// The signature.
+    pub signature: Signature,
+}
+
+/// Everything a client needs to check an answer about one user id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupProof {
+    /// The identity asked about.
+    pub user_id: String,
+    /// The VRF proof mapping the user id to its index.
+    pub vrf_proof: VrfProof,
+    /// The head of the epoch answered from.
+    pub head: EpochHead,
+    /// Replica signatures over the head, sorted by position.
+    pub replica_signatures: Vec<PositionalSignature>,
+    /// Verifier ratifications of the head, sorted by position.
+    pub verifier_signatures: Vec<PositionalSignature>,
+    /// Inclusion or absence of the index in the head's tree.
+    pub tree_proof: TreeProof,
+    /// The entry and its profile, present exactly when the tree proof shows inclusion.
+    pub entry: Option<(crate::types::Entry, Profile)>,
+}
+
+fn encode_positional(out: &mut Vec<u8>, sigs: &[PositionalSignature]) {
+    put_count(out, sigs.len());
+    for s in sigs {
+        out.push(s.position);
+        out.extend_from_slice(&s.signature.0);
+    }
+}
+
+fn decode_positional(r: &mut Reader<'_>, max: usize, what: &'static str) -> Result<Vec<PositionalSignature>, DecodeError> {
+    let n = r.count(0, max, what)?;
+    let mut out: Vec<PositionalSignature> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let position = r.u8(what)?;
+        if out.last().is_some_and(|p| p.position >= position) {
+            return Err(DecodeError::NonCanonical { what, why: "positions not sorted strictly ascending" });
+        }
+        out.push(PositionalSignature { position, signature: Signature(r.array(what)?) });
+    }
+    Ok(out)
+}
+
+impl Canonical for LookupProof {
+    const NAME: &'static str = "lookup proof";
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        put_var_bytes(out, self.user_id.as_bytes());
+        out.extend_from_slice(self.vrf_proof.as_bytes());
+        put_var_bytes(out, &self.head.encode());
+        encode_positional(out, &self.replica_signatures);
+        encode_positional(out, &self.verifier_signatures);
+        self.tree_proof.encode_into(out);
+        match &self.entry {
+            None => out.push(0),
+            Some((entry, profile)) => {
+                out.push(1);
+                put_var_bytes(out, &entry.encode());
+                put_var_bytes(out, &profile.encode());
+            }
+        }
+    }
+
+    fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        if r.remaining() > LOOKUP_PROOF_BYTES_MAX {
+            return Err(DecodeError::TooLong { what: "lookup proof", max: LOOKUP_PROOF_BYTES_MAX, got: r.remaining() });
+        }
+        let user_id = std::str::from_utf8(r.var_bytes(1, USER_ID_BYTES_MAX, "user id")?)
+            .map_err(|_| DecodeError::Invalid { what: "user id", why: "not UTF-8" })?
+            .to_owned();
+        validate_user_id(&user_id)?;
+        let vrf_proof = VrfProof::from_bytes(r.bytes(80, "vrf proof")?)
+            .map_err(|_| DecodeError::Invalid { what: "vrf proof", why: "must be 80 bytes" })?;
+        let head = decode_canonical(r.var_bytes(1, 512, "epoch head")?)?;
+        let replica_signatures = decode_positional(r, REPLICAS_MAX, "replica signatures")?;
+        let verifier_signatures = decode_positional(r, VERIFIERS_MAX, "verifier signatures")?;
+        let tree_proof = TreeProof::decode_from(r)?;
+        let entry = match r.u8("entry presence")? {
+            0 => None,
+            1 => {
+                let entry = decode_canonical(r.var_bytes(1, ENTRY_BYTES_MAX, "entry")?)?;
+                let profile = decode_canonical(r.var_bytes(1, PROFILE_BYTES_MAX, "profile")?)?;
+                Some((entry, profile))
+            }
+            _ => return Err(DecodeError::Invalid { what: "entry presence", why: "must be 0 or 1" }),
+        };
+        Ok(Self { user_id, vrf_proof, head, replica_signatures, verifier_signatures, tree_proof, entry })
+    }
+}
+
+impl LookupProof {
+    /// Decodes a proof from its canonical bytes (for example a saved proof file).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode_canonical(bytes)
+    }
+}
+
+/// What a client trusts: the realm's configuration plus its own quorum and freshness rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRealm {
+    /// The realm's public configuration.
+    pub config: RealmConfig,
+    /// How many registered verifiers must have ratified an epoch (on top of the replica
+    /// majority, which is always required).
+    pub verifier_threshold: usize,
+    /// The oldest head accepted, as an age in milliseconds.
+    pub epoch_ttl_ms: u64,
+    /// How far in the future a head's issue time may be, in milliseconds.
+    pub clock_skew_ms: u64,
+}
+
+/// A verified answer about one user id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lookup {
+    /// The identity.
+    pub user_id: String,
+    /// Its index.
+    pub index: Index,
+    /// The head the answer is from.
+    pub head: EpochHead,
+    /// The entry and profile, or `None` if the identity is not registered.
+    pub entry: Option<(crate::types::Entry, Profile)>,
+    /// The verifiers whose ratification was checked.
+    pub ratified_by: Vec<PublicKey>,
+}
+
+impl Lookup {
+    /// The epoch of the answer.
+    pub fn epoch(&self) -> u64 {
+        self.head.epoch
+    }
+}
+
+/// Why a lookup proof was refused. Every variant means the server (or whoever relayed the
+/// proof) sent something that does not prove the answer; none of them is fixed by retrying
+/// the same server, except [`VerifyError::HeadExpired`] when a realm has just stalled.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// The proof's bytes are malformed.
+    #[error("malformed proof: {0}")]
+    Malformed(#[from] DecodeError),
+    /// Check 1: the VRF proof does not verify for this user id.
+    #[error("VRF proof rejected: {0}")]
+    Vrf(VrfError),
+    /// The proof is about another user id.
+    #[error("proof is for user id {got:?}, not {expected:?}")]
+    UserIdMismatch {
+        /// The user id asked about.
+        expected: String,
+        /// The one in the proof.
+        got: String,
+    },
+    /// Check 2: the head is from another realm.
+    #[error("head is from realm {got:?}, expected {expected:?}")]
+    RealmMismatch {
+        /// The client's realm.
+        expected: String,
+        /// The head's realm.
+        got: String,
+    },
+    /// Check 2: the head commits to another realm configuration (keys) than the client's.
+    #[error("head commits to a different realm configuration (replica, verifier or VRF keys) than the client's realm file")]
+    ConfigMismatch,
+    /// Check 3: the head is older than the client's TTL: the realm may be hiding newer epochs.
+    #[error("head of epoch {epoch} was issued at {issue_time_ms} ms, older than the TTL of {ttl_ms} ms at {now_ms} ms")]
+    HeadExpired {
+        /// The head's epoch.
+        epoch: u64,
+        /// Its issue time.
+        issue_time_ms: u64,
+        /// The client's clock.
+        now_ms: u64,
+        /// The client's TTL.
+        ttl_ms: u64,
+    },
+    /// Check 3: the head claims to come from the future.
+    #[error("head issued at {issue_time_ms} ms is ahead of the client's clock {now_ms} ms by more than {skew_ms} ms")]
+    HeadFromFuture {
+        /// Its issue time.
+        issue_time_ms: u64,
+        /// The client's clock.
+        now_ms: u64,
+        /// The allowed skew.
+        skew_ms: u64,
+    },
+    /// Check 4: a signature names a replica position the realm does not have.
+    #[error("replica signature position {position} is not a replica of this realm")]
+    UnknownReplica {
+        /// The position.
+        position: u8,
+    },
+    /// Check 4: a replica signature does not verify.
+    #[error("replica {signer}'s signature over the head does not verify")]
+    BadReplicaSignature {
+        /// The replica's key.
+        signer: PublicKey,
+    },
+    /// Check 4: fewer than a majority of replicas signed. Always required.
+    #[error("only {have} replica signatures, a majority needs {need}")]
+    ReplicaMajorityMissing {
+        /// Valid replica signatures.
+        have: usize,
+        /// The majority.
+        need: usize,
+    },
+    /// Check 4: a signature names a verifier position the realm does not have.
+    #[error("verifier signature position {position} is not a registered verifier")]
+    UnknownVerifier {
+        /// The position.
+        position: u8,
+    },
+    /// Check 4: a verifier signature does not verify.
+    #[error("verifier {signer}'s ratification of the head does not verify")]
+    BadVerifierSignature {
+        /// The verifier's key.
+        signer: PublicKey,
+    },
+    /// Check 4: too few verifiers ratified the epoch.
+    #[error("only {have} verifier ratifications, the client requires {need}")]
+    VerifierQuorumMissing {
+        /// Valid ratifications.
+        have: usize,
+        /// The client's threshold.
+        need: usize,
+    },
+    /// Check 5: the tree proof does not lead to the signed root.
+    #[error("tree proof rejected: {0}")]
+    TreeProof(TreeProofError),
+    /// Check 6: the tree shows the index present but the proof carries no entry, or the reverse.
+    #[error("the tree proof shows the identity {}, but the proof {} an entry", if *tree_says_present { "present" } else { "absent" }, if *tree_says_present { "lacks" } else { "carries" })]
+    EntryPresenceMismatch {
+        /// What the tree says.
+        tree_says_present: bool,
+    },
+    /// Check 6: the entry does not hash to the leaf value.
+    #[error("the entry does not hash to the value in the tree")]
+    EntryHashMismatch,
+    /// Check 6: the entry is for another index.
+    #[error("the entry's index is not the identity's index")]
+    EntryIndexMismatch,
+    /// Check 7: the profile is not the one the entry commits to.
+    #[error("the profile does not match the entry's commitment")]
+    ProfileCommitmentMismatch,
+    /// Check 8: the server answered from an epoch older than one the client already saw.
+    #[error("epoch {got} is older than epoch {last_seen} already seen for this realm (rollback)")]
+    Rollback {
+        /// The newest epoch seen before.
+        last_seen: u64,
+        /// The proof's epoch.
+        got: u64,
+    },
+}
+
+/// Verifies a lookup proof for `user_id` at the client's clock `now_ms`, given the newest epoch
+/// the client has seen for the realm. See the module documentation for the checks.
+pub fn verify_lookup(
+    realm: &ClientRealm,
+    user_id: &str,
+    proof: &LookupProof,
+    now_ms: u64,
+    last_seen_epoch: Option<u64>,
+) -> Result<Verified<Lookup>, VerifyError> {
+    let config = &realm.config;
+    if proof.user_id != user_id {
+        return Err(VerifyError::UserIdMismatch { expected: user_id.to_owned(), got: proof.user_id.clone() });
+    }
+    // 1. VRF.
+    let output = config.vrf_public_key.verify(&vrf_input(&config.realm, user_id), &proof.vrf_proof).map_err(VerifyError::Vrf)?;
+    let mut index = [0u8; 32];
+    index.copy_from_slice(&output.as_bytes()[..32]);
+    let index = Index(index);
+
+    // 2. Realm.
+    let head = &proof.head;
+    if head.realm != config.realm {
+        return Err(VerifyError::RealmMismatch { expected: config.realm.clone(), got: head.realm.clone() });
+    }
+    if head.config_hash != config.hash() {
+        return Err(VerifyError::ConfigMismatch);
+    }
+
+    // 3. Freshness.
+    if head.issue_time_ms.saturating_add(realm.epoch_ttl_ms) < now_ms {
+        return Err(VerifyError::HeadExpired {
+            epoch: head.epoch,
+            issue_time_ms: head.issue_time_ms,
+            now_ms,
+            ttl_ms: realm.epoch_ttl_ms,
+        });
+    }
+    if head.issue_time_ms > now_ms.saturating_add(realm.clock_skew_ms) {
+        return Err(VerifyError::HeadFromFuture { issue_time_ms: head.issue_time_ms, now_ms, skew_ms: realm.clock_skew_ms });
+    }
+
+    // 4. Quorum.
+    let ratified_by = check_quorum(realm, proof)?;
+
+    // 5. Tree proof.
+    let answer = proof.tree_proof.verify(&head.root, &index).map_err(VerifyError::TreeProof)?;
+
+    // 6, 7. Entry and profile.
+    match (answer, &proof.entry) {
+        (TreeAnswer::Absent, None) => {}
+        (TreeAnswer::Present(value), Some((entry, profile))) => {
+            if entry.hash() != value {
+                return Err(VerifyError::EntryHashMismatch);
+            }
+            if entry.index != index {
+                return Err(VerifyError::EntryIndexMismatch);
+            }
+            if profile.commitment() != entry.profile_commitment {
+                return Err(VerifyError::ProfileCommitmentMismatch);
+            }
+        }
+        (TreeAnswer::Absent, Some(_)) => return Err(VerifyError::EntryPresenceMismatch { tree_says_present: false }),
+        (TreeAnswer::Present(_), None) => return Err(VerifyError::EntryPresenceMismatch { tree_says_present: true }),
+    }
+
+    // 8. Rollback.
+    if let Some(last_seen) = last_seen_epoch {
+        if head.epoch < last_seen {
+            return Err(VerifyError::Rollback { last_seen, got: head.epoch });
+        }
+    }
+
+    Ok(Verified::new(Lookup {
+        user_id: user_id.to_owned(),
+        index,
+        head: head.clone(),
+        entry: proof.entry.clone(),
+        ratified_by,
+    }))
+}
+
+/// Check 4: returns the verifiers whose ratifications were checked.
+fn check_quorum(realm: &ClientRealm, proof: &LookupProof) -> Result<Vec<PublicKey>, VerifyError> {
+    let config = &realm.config;
+    let head_message = head_signing_message(&proof.head);
+    for s in &proof.replica_signatures {
+        let signer = config.replica_keys.get(usize::from(s.position)).ok_or(VerifyError::UnknownReplica { position: s.position })?;
+        if !signer.verify(&head_message, &s.signature) {
+            return Err(VerifyError::BadReplicaSignature { signer: *signer });
+        }
+    }
+    let need = config.replica_majority();
+    if proof.replica_signatures.len() < need {
+        return Err(VerifyError::ReplicaMajorityMissing { have: proof.replica_signatures.len(), need });
+    }
+    let ratification = ratification_message(&proof.head);
+    let mut ratified_by = Vec::with_capacity(proof.verifier_signatures.len());
+    for s in &proof.verifier_signatures {
+        let signer =
+            config.verifier_keys.get(usize::from(s.position)).ok_or(VerifyError::UnknownVerifier { position: s.position })?;
+        if !signer.verify(&ratification, &s.signature) {
+            return Err(VerifyError::BadVerifierSignature { signer: *signer });
+        }
+        ratified_by.push(*signer);
+    }
+    if ratified_by.len() < realm.verifier_threshold {
+        return Err(VerifyError::VerifierQuorumMissing { have: ratified_by.len(), need: realm.verifier_threshold });
+    }
+    Ok(ratified_by)
+}
+
+/// Decodes and verifies a proof in one step (for proofs read from files or the network).
+pub fn verify_lookup_bytes(
+    realm: &ClientRealm,
+    user_id: &str,
+    proof_bytes: &[u8],
+    now_ms: u64,
+    last_seen_epoch: Option<u64>,
+) -> Result<Verified<Lookup>, VerifyError> {
+    let proof = LookupProof::from_bytes(proof_bytes)?;
+    verify_lookup(realm, user_id, &proof, now_ms, last_seen_epoch)
+}

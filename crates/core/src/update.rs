@@ -1,0 +1,200 @@
+//! Updates and the rules that decide whether one may be applied.
+//!
+//! The same functions run at the edge (the replica that receives an update), inside the
+//! deterministic step function on every replica, and in every third-party verifier, so all
+//! of them accept exactly the same updates.
+//!
+//! The rules, for a new entry `new` signed by `signatures`, given the `current` entry at the
+//! same index (if any):
+//! 1. registration (`current` is absent) requires `new.version == 0`; otherwise
+//!    `new.version > current.version`;
+//! 2. each signature is by a key of the current policy or of the new one, and valid over
+//!    `len(label) || "keyraft/v1/entry-update" || len(realm) (u16) || realm || entry bytes`;
+//! 3. the valid signers satisfy the current policy (the owner consents) and the new policy
+//!    (the new key holders consent);
+//! 4. with a profile, `new.profile_commitment` is the profile's commitment.
+
+use crate::encoding::{decode_canonical, put_var_bytes, Canonical, DecodeError, Reader};
+use crate::hash::{context, signed_message, Digest};
+use crate::keys::{decode_signature_set, encode_signature_set, KeySignature};
+use crate::limits::{ENTRY_BYTES_MAX, PROFILE_BYTES_MAX, UPDATE_BYTES_MAX, UPDATE_SIGNATURES_MAX};
+use crate::policy::Policy;
+use crate::types::{profile_commitment, Entry, Profile};
+use std::collections::BTreeSet;
+use thiserror::Error;
+
+/// An entry with the owners' signatures: what verifiers see of an update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedEntry {
+    /// The new entry.
+    pub entry: Entry,
+    /// Signatures sorted by signer, each over [`entry_update_message`].
+    pub signatures: Vec<KeySignature>,
+}
+
+/// A complete update as a client submits it: the signed entry and the profile it commits to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    /// The signed entry.
+    pub signed: SignedEntry,
+    /// The profile whose commitment is in the entry.
+    pub profile: Profile,
+}
+
+/// The message owners sign to authorize `entry` in `realm`.
+pub fn entry_update_message(realm: &str, entry_bytes: &[u8]) -> Vec<u8> {
+    let mut realm_field = Vec::with_capacity(2 + realm.len());
+    put_var_bytes(&mut realm_field, realm.as_bytes());
+    signed_message(context::ENTRY_UPDATE, &[&realm_field, entry_bytes])
+}
+
+impl Canonical for SignedEntry {
+    const NAME: &'static str = "signed entry";
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        put_var_bytes(out, &self.entry.encode());
+        encode_signature_set(out, &self.signatures);
+    }
+
+    fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let entry = decode_canonical(r.var_bytes(1, ENTRY_BYTES_MAX, "entry")?)?;
+        let signatures = decode_signature_set(r, UPDATE_SIGNATURES_MAX, "update signatures")?;
+        Ok(Self { entry, signatures })
+    }
+}
+
+impl Canonical for Update {
+    const NAME: &'static str = "update";
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        self.signed.encode_into(out);
+        put_var_bytes(out, &self.profile.encode());
+    }
+
+    fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let start = r.remaining();
+        let signed = SignedEntry::decode_from(r)?;
+        let profile = decode_canonical(r.var_bytes(1, PROFILE_BYTES_MAX, "profile")?)?;
+        let used = start - r.remaining();
+        if used > UPDATE_BYTES_MAX {
+            return Err(DecodeError::TooLong { what: "update", max: UPDATE_BYTES_MAX, got: used });
+        }
+        Ok(Self { signed, profile })
+    }
+}
+
+impl Update {
+    /// A stable identifier for the update (entry and profile; signatures excluded so that
+    /// the same update re-signed is still recognised), used to report its status.
+    pub fn id(&self) -> Digest {
+        crate::hash::hash("keyraft/v1/update-id", &[&self.signed.entry.encode(), &self.profile.encode()])
+    }
+}
+
+/// Why an update cannot be applied. The client is at fault for all of these except
+/// [`UpdateRejection::AlreadyUpdatedInEpoch`], which asks it to retry after the epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum UpdateRejection {
+    /// A first entry must have version 0.
+    #[error("registration must use version 0, got {got}")]
+    RegistrationVersionNotZero {
+        /// The version submitted.
+        got: u64,
+    },
+    /// Versions must strictly increase.
+    #[error("version {got} does not exceed the current version {current}")]
+    VersionNotIncreasing {
+        /// The current version.
+        current: u64,
+        /// The version submitted.
+        got: u64,
+    },
+    /// The entry's commitment is not the profile's.
+    #[error("the entry's profile commitment does not match the profile")]
+    ProfileCommitmentMismatch,
+    /// A signature comes from a key that is in neither policy.
+    #[error("signature by {signer}, which is in neither the current nor the new policy")]
+    UnknownSigner {
+        /// The key, hex.
+        signer: String,
+    },
+    /// A signature does not verify.
+    #[error("signature by {signer} does not verify over this entry")]
+    BadSignature {
+        /// The key, hex.
+        signer: String,
+    },
+    /// The current policy is not satisfied: the owner did not consent.
+    #[error("signatures do not satisfy the current entry's update policy")]
+    CurrentPolicyNotSatisfied,
+    /// The new policy is not satisfied: its key holders did not consent.
+    #[error("signatures do not satisfy the new entry's update policy")]
+    NewPolicyNotSatisfied,
+    /// The identity was already updated in the open epoch; retry once it is cut.
+    #[error("this identity already has an update in epoch {epoch}; retry after that epoch is published")]
+    AlreadyUpdatedInEpoch {
+        /// The open epoch.
+        epoch: u64,
+    },
+}
+
+impl UpdateRejection {
+    /// Whether the same update may succeed if resubmitted later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::AlreadyUpdatedInEpoch { .. })
+    }
+}
+
+/// Checks rules 1 to 3 for a signed entry against the current entry at its index.
+pub fn check_signed_entry(realm: &str, current: Option<&Entry>, new: &SignedEntry) -> Result<(), UpdateRejection> {
+    match current {
+        None if new.entry.version != 0 => {
+            return Err(UpdateRejection::RegistrationVersionNotZero { got: new.entry.version });
+        }
+        Some(cur) if new.entry.version <= cur.version => {
+            return Err(UpdateRejection::VersionNotIncreasing { current: cur.version, got: new.entry.version });
+        }
+        _ => {}
+    }
+    debug_assert!(current.is_none_or(|c| c.index == new.entry.index), "current entry looked up at another index");
+
+    let message = entry_update_message(realm, &new.entry.encode());
+    let new_policy = &new.entry.update_policy;
+    let current_policy = current.map(|c| &c.update_policy);
+    let mut signed_new = BTreeSet::new();
+    let mut signed_current = BTreeSet::new();
+    for s in &new.signatures {
+        let in_new = new_policy.position(&s.signer);
+        let in_current = current_policy.and_then(|p: &Policy| p.position(&s.signer));
+        if in_new.is_none() && in_current.is_none() {
+            return Err(UpdateRejection::UnknownSigner { signer: s.signer.to_string() });
+        }
+        if !s.signer.verify(&message, &s.signature) {
+            return Err(UpdateRejection::BadSignature { signer: s.signer.to_string() });
+        }
+        if let Some(p) = in_new {
+            signed_new.insert(p);
+        }
+        if let Some(p) = in_current {
+            signed_current.insert(p);
+        }
+    }
+    if let Some(policy) = current_policy {
+        if !policy.is_satisfied_by(&signed_current) {
+            return Err(UpdateRejection::CurrentPolicyNotSatisfied);
+        }
+    }
+    if !new_policy.is_satisfied_by(&signed_new) {
+        return Err(UpdateRejection::NewPolicyNotSatisfied);
+    }
+    Ok(())
+}
+
+/// Checks every rule for a complete update.
+pub fn check_update(realm: &str, current: Option<&Entry>, update: &Update) -> Result<(), UpdateRejection> {
+    if update.signed.entry.profile_commitment != profile_commitment(&update.profile.encode()) {
+        return Err(UpdateRejection::ProfileCommitmentMismatch);
+    }
+    check_signed_entry(realm, current, &update.signed)
+}

@@ -1,0 +1,198 @@
+//! A whole realm in one process: one state machine fed by an in-memory log, with the keys of
+//! every replica, verifier and user derived from a seed. Tests use it to register, update,
+//! cut epochs, sign, ratify, look up and verify without any network.
+
+use keyraft_core::{Command, LogPosition};
+use crate::error::StateError;
+use crate::machine::{Outcome, StateMachine};
+use crate::proposer::{ratify_head, sign_head};
+use ed25519_dalek::{Signer as _, SigningKey};
+use keyraft_core::lookup::{ClientRealm, LookupProof};
+use keyraft_core::types::vrf_input;
+use keyraft_core::update::entry_update_message;
+use keyraft_core::vrf::{VrfProof, VrfSecretKey};
+use keyraft_core::{Canonical, EpochHead, Entry, Index, KeySignature, Policy, Profile, PublicKey, RealmConfig, Signature, SignedEntry, Update};
+use keyraft_storage::{MemoryStorage, Storage};
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+
+/// A deterministic key from a seed and a name.
+pub fn derive_signing_key(seed: u64, name: &str) -> SigningKey {
+    let mut h = Sha256::new();
+    h.update(b"keyraft/test-key");
+    h.update(seed.to_be_bytes());
+    h.update(name.as_bytes());
+    SigningKey::from_bytes(&h.finalize().into())
+}
+
+/// The public key of a signing key.
+pub fn public_key(key: &SigningKey) -> PublicKey {
+    PublicKey::from_verifying_key(&key.verifying_key()).expect("ed25519-dalek only derives valid public keys")
+}
+
+/// Signs `entry` for `realm` with each key and returns the sorted signature set.
+pub fn sign_entry(realm: &str, entry: &Entry, keys: &[&SigningKey]) -> Vec<KeySignature> {
+    let message = entry_update_message(realm, &entry.encode());
+    let mut sigs: Vec<KeySignature> =
+        keys.iter().map(|k| KeySignature { signer: public_key(k), signature: Signature(k.sign(&message).to_bytes()) }).collect();
+    sigs.sort_by(|a, b| a.signer.cmp(&b.signer));
+    sigs.dedup_by(|a, b| a.signer == b.signer);
+    sigs
+}
+
+/// A profile with a deterministic nonce (tests only: real clients use random nonces).
+pub fn test_profile(nonce_seed: &str, keys: &[(&str, &[u8])]) -> Profile {
+    let nonce = Sha256::digest(nonce_seed.as_bytes())[..16].to_vec();
+    Profile { nonce, keys: keys.iter().map(|(a, k)| ((*a).to_owned(), k.to_vec())).collect() }
+}
+
+/// One realm, one state machine, one log.
+#[derive(Debug)]
+pub struct Harness {
+    /// The state machine.
+    pub machine: StateMachine<MemoryStorage>,
+    /// Every command appended so far, in log order (position `i` has Raft index `i + 1`).
+    pub log: Vec<Command>,
+    /// The replicas' signing keys, in the realm's key order.
+    pub replicas: Vec<SigningKey>,
+    /// The verifiers' signing keys, in the realm's key order.
+    pub verifiers: Vec<SigningKey>,
+    /// The VRF secret key.
+    pub vrf: VrfSecretKey,
+    /// The client clock used for verification, in ms.
+    pub now_ms: u64,
+}
+
+impl Harness {
+    /// A realm with `replicas` replicas and `verifiers` verifiers, keys derived from `seed`.
+    pub fn new(realm: &str, replicas: usize, verifiers: usize, seed: u64) -> Self {
+        let mut replica_keys: Vec<SigningKey> = (0..replicas).map(|i| derive_signing_key(seed, &format!("replica-{i}"))).collect();
+        let mut verifier_keys: Vec<SigningKey> =
+            (0..verifiers).map(|i| derive_signing_key(seed, &format!("verifier-{i}"))).collect();
+        replica_keys.sort_by_key(|k| k.verifying_key().to_bytes());
+        verifier_keys.sort_by_key(|k| k.verifying_key().to_bytes());
+        let vrf = VrfSecretKey::from_seed(&derive_signing_key(seed, "vrf").to_bytes());
+        let config = RealmConfig::new(
+            realm,
+            vrf.public_key(),
+            replica_keys.iter().map(public_key).collect(),
+            verifier_keys.iter().map(public_key).collect(),
+        )
+        .expect("harness realm configuration is valid");
+        let machine = StateMachine::open(MemoryStorage::new(), config).expect("fresh memory store opens");
+        Self { machine, log: Vec::new(), replicas: replica_keys, verifiers: verifier_keys, vrf, now_ms: 1_700_000_000_000 }
+    }
+
+    /// The realm configuration.
+    pub fn config(&self) -> &RealmConfig {
+        self.machine.config()
+    }
+
+    /// What a client of this realm trusts, requiring `verifier_threshold` ratifications.
+    pub fn client_realm(&self, verifier_threshold: usize) -> ClientRealm {
+        ClientRealm { config: self.config().clone(), verifier_threshold, epoch_ttl_ms: 60_000, clock_skew_ms: 5_000 }
+    }
+
+    /// The index of `user_id` and its VRF proof.
+    pub fn index_of(&self, user_id: &str) -> (Index, VrfProof) {
+        let proof = self.vrf.prove(&vrf_input(&self.config().realm, user_id)).expect("VRF prove succeeds on valid keys");
+        let output = self.vrf.public_key().verify(&vrf_input(&self.config().realm, user_id), &proof).expect("own proof verifies");
+        let mut index = [0u8; 32];
+        index.copy_from_slice(&output.as_bytes()[..32]);
+        (Index(index), proof)
+    }
+
+    /// Appends `command` to the log, applies it and makes it durable.
+    pub fn append(&mut self, command: Command) -> Result<Outcome, StateError> {
+        self.log.push(command.clone());
+        let position = LogPosition { term: 1, index: self.log.len() as u64 };
+        let (outcome, _effects) = self.machine.apply(position, &command)?;
+        self.machine.store().flush()?;
+        Ok(outcome)
+    }
+
+    /// Builds a signed update of `user_id` to `version` with `policy`, signed by `signers`.
+    pub fn make_update(&self, user_id: &str, version: u64, policy: Policy, profile: Profile, signers: &[&SigningKey]) -> Update {
+        let (index, _) = self.index_of(user_id);
+        let entry = Entry { index, version, update_policy: policy, profile_commitment: profile.commitment() };
+        let signatures = sign_entry(&self.config().realm, &entry, signers);
+        Update { signed: SignedEntry { entry, signatures }, profile }
+    }
+
+    /// Registers `user_id` with a single-key policy of `owner`.
+    pub fn register(&mut self, user_id: &str, owner: &SigningKey, keys: &[(&str, &[u8])]) -> Result<Outcome, StateError> {
+        let profile = test_profile(user_id, keys);
+        let update = self.make_update(user_id, 0, Policy::single(public_key(owner)), profile, &[owner]);
+        self.append(Command::Update(Box::new(update)))
+    }
+
+    /// Closes the open epoch with the client clock as the leader's timestamp.
+    pub fn cut_epoch(&mut self) -> Result<Outcome, StateError> {
+        let epoch = self.machine.epoch_state().open_epoch();
+        self.append(Command::EpochDelimiter { epoch, timestamp_ms: self.now_ms })
+    }
+
+    /// Has the first `count` replicas sign `epoch`'s head.
+    pub fn sign(&mut self, epoch: u64, count: usize) -> Result<Vec<Outcome>, StateError> {
+        let head = self.head(epoch)?;
+        let commands: Vec<Command> =
+            self.replicas.iter().take(count).map(|k| sign_head(k, &head).expect("harness keys are valid")).collect();
+        commands.into_iter().map(|c| self.append(c)).collect()
+    }
+
+    /// Has verifier `i` ratify `epoch`'s head.
+    pub fn ratify(&mut self, epoch: u64, i: usize) -> Result<Outcome, StateError> {
+        let head = self.head(epoch)?;
+        let command = ratify_head(&self.verifiers[i], &head).expect("harness keys are valid");
+        self.append(command)
+    }
+
+    /// Cuts an epoch, has every replica sign it and every verifier ratify it.
+    pub fn publish_epoch(&mut self) -> Result<EpochHead, StateError> {
+        self.cut_epoch()?;
+        let epoch = self.machine.epoch_state().last_epoch;
+        self.sign(epoch, self.replicas.len())?;
+        for i in 0..self.verifiers.len() {
+            self.ratify(epoch, i)?;
+        }
+        self.head(epoch)
+    }
+
+    fn head(&self, epoch: u64) -> Result<EpochHead, StateError> {
+        self.machine.head(epoch)?.ok_or_else(|| StateError::Corrupt(format!("no head for epoch {epoch}")))
+    }
+
+    /// A lookup proof for `user_id` at `epoch` (default: the last closed epoch) carrying up to
+    /// `verifiers` ratifications.
+    pub fn lookup_proof(&self, user_id: &str, epoch: Option<u64>, verifiers: usize) -> Result<LookupProof, StateError> {
+        let epoch = epoch.unwrap_or(self.machine.epoch_state().last_epoch);
+        let (index, vrf_proof) = self.index_of(user_id);
+        let parts = self
+            .machine
+            .lookup_parts(&index, epoch, verifiers)?
+            .ok_or_else(|| StateError::Corrupt(format!("no head for epoch {epoch}")))?;
+        Ok(LookupProof {
+            user_id: user_id.to_owned(),
+            vrf_proof,
+            head: parts.head,
+            replica_signatures: parts.replica_signatures,
+            verifier_signatures: parts.verifier_signatures,
+            tree_proof: parts.tree_proof,
+            entry: parts.entry,
+        })
+    }
+
+    /// Replays this harness's log into a fresh state machine over `store`.
+    pub fn replay_into<S: Storage>(&self, store: S) -> Result<StateMachine<S>, StateError> {
+        let mut machine = StateMachine::open(store, self.config().clone())?;
+        for (i, command) in self.log.iter().enumerate() {
+            machine.apply(LogPosition { term: 1, index: i as u64 + 1 }, command)?;
+        }
+        Ok(machine)
+    }
+}
+
+/// Profile keys as a map, for assertions.
+pub fn profile_keys(profile: &Profile) -> &BTreeMap<String, Vec<u8>> {
+    &profile.keys
+}

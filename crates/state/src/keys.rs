@@ -1,0 +1,111 @@
+//! The state machine's keyspaces in the one ordered store.
+//!
+//! Every key starts with one byte naming its keyspace; integers are big-endian so that byte
+//! order is numeric order. Nothing is keyed by user id: the state knows only VRF indexes.
+//!
+//! | prefix | key                                   | value                                  |
+//! |--------|---------------------------------------|----------------------------------------|
+//! | `m`    | `m` + name                            | state metadata (applied log position, epoch state, realm config) |
+//! | `t`    | `t` + depth (u16) + prefix (32) + !epoch (u64) | a tree node version written at `epoch` |
+//! | `p`    | `p` + index                           | an update staged in the open epoch     |
+//! | `u`    | `u` + index + epoch (u64)             | the update applied to `index` in `epoch` |
+//! | `e`    | `e` + epoch (u64) + index             | empty: the indexes updated in `epoch`  |
+//! | `h`    | `h` + epoch (u64)                     | the epoch's head bytes                 |
+//! | `r`    | `r` + epoch (u64) + replica key (32)  | the replica's signature over the head  |
+//! | `v`    | `v` + epoch (u64) + verifier key (32) | the verifier's ratification            |
+//!
+//! The first byte 0x00 belongs to the storage crate (format version).
+
+use keyraft_core::Index;
+
+pub(crate) const META: u8 = b'm';
+pub(crate) const TREE: u8 = b't';
+pub(crate) const PENDING: u8 = b'p';
+pub(crate) const UPDATE: u8 = b'u';
+pub(crate) const EPOCH_UPDATES: u8 = b'e';
+pub(crate) const HEAD: u8 = b'h';
+pub(crate) const REPLICA_SIG: u8 = b'r';
+pub(crate) const VERIFIER_SIG: u8 = b'v';
+
+pub(crate) const META_APPLIED: &[u8] = b"mapplied";
+pub(crate) const META_EPOCH: &[u8] = b"mepoch";
+pub(crate) const META_CONFIG: &[u8] = b"mconfig";
+
+pub(crate) fn pending(index: &Index) -> Vec<u8> {
+    let mut k = Vec::with_capacity(33);
+    k.push(PENDING);
+    k.extend_from_slice(&index.0);
+    k
+}
+
+pub(crate) fn update(index: &Index, epoch: u64) -> Vec<u8> {
+    let mut k = update_prefix(index);
+    k.extend_from_slice(&epoch.to_be_bytes());
+    k
+}
+
+pub(crate) fn update_prefix(index: &Index) -> Vec<u8> {
+    let mut k = Vec::with_capacity(41);
+    k.push(UPDATE);
+    k.extend_from_slice(&index.0);
+    k
+}
+
+pub(crate) fn epoch_update(epoch: u64, index: &Index) -> Vec<u8> {
+    let mut k = epoch_prefix(EPOCH_UPDATES, epoch);
+    k.extend_from_slice(&index.0);
+    k
+}
+
+pub(crate) fn epoch_prefix(space: u8, epoch: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(41);
+    k.push(space);
+    k.extend_from_slice(&epoch.to_be_bytes());
+    k
+}
+
+pub(crate) fn head(epoch: u64) -> Vec<u8> {
+    epoch_prefix(HEAD, epoch)
+}
+
+pub(crate) fn signature(space: u8, epoch: u64, signer: &[u8; 32]) -> Vec<u8> {
+    let mut k = epoch_prefix(space, epoch);
+    k.extend_from_slice(signer);
+    k
+}
+
+/// The position of a tree node: depth and the index bits above it (others zero).
+pub(crate) fn tree_position(depth: usize, index: &Index) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + 2 + 32 + 8);
+    k.push(TREE);
+    k.extend_from_slice(&(depth as u16).to_be_bytes());
+    let mut prefix = index.0;
+    mask_after(&mut prefix, depth);
+    k.extend_from_slice(&prefix);
+    k
+}
+
+/// A node version key: position followed by the bitwise complement of the epoch, so that a
+/// forward scan from `!epoch` finds the newest version at or before `epoch` first.
+pub(crate) fn tree_node(position: &[u8], epoch: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(position.len() + 8);
+    k.extend_from_slice(position);
+    k.extend_from_slice(&(!epoch).to_be_bytes());
+    k
+}
+
+/// Zeroes every bit at position `depth` and beyond.
+pub(crate) fn mask_after(bytes: &mut [u8; 32], depth: usize) {
+    for (i, b) in bytes.iter_mut().enumerate() {
+        let start = i * 8;
+        if start >= depth {
+            *b = 0;
+        } else if depth - start < 8 {
+            *b &= 0xffu8 << (8 - (depth - start));
+        }
+    }
+}
+
+pub(crate) fn be_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}

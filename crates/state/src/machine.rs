@@ -1,0 +1,536 @@
+//! The deterministic step function.
+//!
+//! `step(state, position, command)` reads the stored state, decides, and returns the atomic
+//! batch that moves the state forward plus the effects to run once that batch is durable
+//! (deferred IO). It reads no clock, no randomness and no network: time comes from the
+//! epoch delimiter, written by the leader into the log, so every replica that applies the same
+//! log reaches byte-identical storage.
+//!
+//! Invariants the step relies on and keeps:
+//! - the applied log position is written in the same batch as the state it produced, so a
+//!   replica that crashes replays exactly the entries it had not made durable;
+//! - epochs close in order (`epoch == last_epoch + 1`) and only after the previous epoch is
+//!   keyserver-ratified, so ratification happens in epoch order too;
+//! - at most one update per index is staged in the open epoch.
+
+use keyraft_core::{Command, LogPosition};
+use crate::error::{corrupt, StateError};
+use crate::keys;
+use crate::tree;
+use keyraft_core::lookup::{head_signing_message, ratification_message};
+use keyraft_core::tree::TreeProof;
+use keyraft_core::update::check_update;
+use keyraft_core::{decode_canonical, Canonical, Digest, EpochHead, Index, PublicKey, RealmConfig, Signature, Update, UpdateRejection};
+use keyraft_storage::{prefix_successor, Batch, Direction, Storage};
+
+/// What the persisted state says about epochs; everything the proposers need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EpochState {
+    /// The last closed epoch (0 before the first delimiter).
+    pub last_epoch: u64,
+    /// Issue time of the last closed epoch's head.
+    pub last_issue_time_ms: u64,
+    /// Hash of the last head (zero before the first).
+    pub last_head_hash: Digest,
+    /// The newest keyserver-ratified epoch (0 if none).
+    pub ratified_epoch: u64,
+    /// Updates staged in the open epoch.
+    pub pending_updates: u64,
+}
+
+impl EpochState {
+    /// The epoch that updates applied now land in.
+    pub fn open_epoch(&self) -> u64 {
+        self.last_epoch + 1
+    }
+
+    /// Whether the last closed epoch has a replica majority (or no epoch was closed yet).
+    pub fn last_epoch_ratified(&self) -> bool {
+        self.ratified_epoch == self.last_epoch
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(&self.last_epoch.to_be_bytes());
+        out.extend_from_slice(&self.last_issue_time_ms.to_be_bytes());
+        out.extend_from_slice(&self.last_head_hash);
+        out.extend_from_slice(&self.ratified_epoch.to_be_bytes());
+        out.extend_from_slice(&self.pending_updates.to_be_bytes());
+        out
+    }
+
+    fn decode(b: &[u8]) -> Result<Self, StateError> {
+        if b.len() != 64 {
+            return Err(corrupt("epoch state has the wrong length"));
+        }
+        let u = |r: std::ops::Range<usize>| keys::be_u64(&b[r]).ok_or_else(|| corrupt("epoch state"));
+        let mut last_head_hash = [0u8; 32];
+        last_head_hash.copy_from_slice(&b[16..48]);
+        Ok(Self {
+            last_epoch: u(0..8)?,
+            last_issue_time_ms: u(8..16)?,
+            last_head_hash,
+            ratified_epoch: u(48..56)?,
+            pending_updates: u(56..64)?,
+        })
+    }
+}
+
+/// What applying one command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The entry was at or before the applied position: already applied, nothing changed.
+    AlreadyApplied,
+    /// The update was staged into `epoch`.
+    UpdateAccepted {
+        /// The update's identifier.
+        id: Digest,
+        /// The epoch it will appear in.
+        epoch: u64,
+    },
+    /// This exact update was applied before (or is already staged): nothing changed.
+    UpdateDuplicate {
+        /// The update's identifier.
+        id: Digest,
+        /// The epoch it appears (or will appear) in.
+        epoch: u64,
+    },
+    /// The update breaks a rule.
+    UpdateRejected {
+        /// The update's identifier.
+        id: Digest,
+        /// Why.
+        reason: UpdateRejection,
+    },
+    /// The open epoch was closed with this head.
+    EpochClosed(EpochHead),
+    /// A replica signature was stored; `ratified` if it completed the majority.
+    ReplicaSignatureStored {
+        /// The epoch signed.
+        epoch: u64,
+        /// Whether this signature made the epoch keyserver-ratified.
+        ratified: bool,
+    },
+    /// A verifier ratification was stored.
+    VerifierSignatureStored {
+        /// The epoch ratified.
+        epoch: u64,
+    },
+    /// A well-formed command that does not apply to the current state; nothing changed.
+    Ignored(Ignored),
+    /// A command with an invalid signature or an unknown signer; nothing changed.
+    Rejected(Rejected),
+}
+
+/// Why a command was ignored: stale, duplicate or premature, all harmless.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ignored {
+    /// A delimiter for an epoch other than the open one (a stale retry or a duplicate).
+    DelimiterForOtherEpoch {
+        /// The open epoch.
+        open: u64,
+        /// The delimiter's epoch.
+        got: u64,
+    },
+    /// A delimiter while the previous epoch still lacks a replica majority.
+    PreviousEpochNotRatified {
+        /// The epoch lacking signatures.
+        epoch: u64,
+    },
+    /// A signature that is already stored.
+    DuplicateSignature {
+        /// The epoch.
+        epoch: u64,
+    },
+}
+
+/// Why a command was refused as invalid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejected {
+    /// The signer is not one of the realm's replicas.
+    UnknownReplica(PublicKey),
+    /// The signer is not a registered verifier.
+    UnknownVerifier(PublicKey),
+    /// The signature does not verify over the stored head.
+    BadSignature {
+        /// The epoch.
+        epoch: u64,
+        /// The signer.
+        signer: PublicKey,
+    },
+    /// No head exists for the epoch.
+    UnknownEpoch(u64),
+    /// Verifiers only ratify epochs that a replica majority already signed.
+    EpochNotKeyserverRatified(u64),
+}
+
+/// Work to do after the step's batch is durable (and only then).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Answer whoever waits for the update `id`.
+    UpdateDecided {
+        /// The update's identifier.
+        id: Digest,
+    },
+    /// A head was stored: the signature proposer should sign it.
+    HeadStored {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// Signatures for `epoch` changed: wake lookups waiting for a quorum.
+    SignaturesChanged {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// The epoch reached a replica majority: publish it to verifiers; the epoch proposer may
+    /// cut the next epoch.
+    EpochRatified {
+        /// The epoch.
+        epoch: u64,
+    },
+    /// The open epoch gained an update: the epoch proposer should re-evaluate.
+    PendingUpdatesChanged,
+}
+
+/// The result of one step: the batch to write atomically, what happened and what to do next.
+#[derive(Debug)]
+pub struct Step {
+    /// Writes that make up the new state, including the applied log position.
+    pub batch: Batch,
+    /// What the command did.
+    pub outcome: Outcome,
+    /// Deferred IO, to run after the batch is durable.
+    pub effects: Vec<Effect>,
+    epoch_state: EpochState,
+    applied: LogPosition,
+}
+
+/// The keyserver state: the tree, the entries and the epochs, over any [`Storage`].
+#[derive(Debug)]
+pub struct StateMachine<S> {
+    store: S,
+    config: RealmConfig,
+    config_hash: Digest,
+    epoch_state: EpochState,
+    applied: LogPosition,
+}
+
+fn encode_position(p: LogPosition) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    out.extend_from_slice(&p.term.to_be_bytes());
+    out.extend_from_slice(&p.index.to_be_bytes());
+    out
+}
+
+impl<S: Storage> StateMachine<S> {
+    /// Opens the state in `store` for the realm `config`. A fresh store is initialised; a
+    /// store written for another configuration is refused.
+    pub fn open(store: S, config: RealmConfig) -> Result<Self, StateError> {
+        let config_bytes = config.encode();
+        match store.get(keys::META_CONFIG)? {
+            None => {
+                let mut b = Batch::new();
+                b.put(keys::META_CONFIG, config_bytes);
+                store.write(b)?;
+            }
+            Some(stored) if stored == config_bytes => {}
+            Some(stored) => {
+                let name = decode_canonical::<RealmConfig>(&stored).map(|c| c.realm).unwrap_or_else(|_| "<undecodable>".into());
+                return Err(StateError::ConfigMismatch(format!("stored realm {name:?}, configured {:?}", config.realm)));
+            }
+        }
+        let epoch_state = match store.get(keys::META_EPOCH)? {
+            None => EpochState::default(),
+            Some(b) => EpochState::decode(&b)?,
+        };
+        let applied = match store.get(keys::META_APPLIED)? {
+            None => LogPosition::default(),
+            Some(b) if b.len() == 16 => LogPosition {
+                term: keys::be_u64(&b[..8]).ok_or_else(|| corrupt("applied position"))?,
+                index: keys::be_u64(&b[8..]).ok_or_else(|| corrupt("applied position"))?,
+            },
+            Some(_) => return Err(corrupt("applied position has the wrong length")),
+        };
+        let config_hash = config.hash();
+        Ok(Self { store, config, config_hash, epoch_state, applied })
+    }
+
+    /// The realm configuration.
+    pub fn config(&self) -> &RealmConfig {
+        &self.config
+    }
+
+    /// The storage underneath.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The last applied log position (persisted with the state).
+    pub fn applied(&self) -> LogPosition {
+        self.applied
+    }
+
+    /// The persisted epoch state.
+    pub fn epoch_state(&self) -> EpochState {
+        self.epoch_state
+    }
+
+    /// Computes the effect of `command` at `position` without changing anything.
+    pub fn step(&self, position: LogPosition, command: &Command) -> Result<Step, StateError> {
+        let mut step = Step {
+            batch: Batch::new(),
+            outcome: Outcome::AlreadyApplied,
+            effects: Vec::new(),
+            epoch_state: self.epoch_state,
+            applied: self.applied,
+        };
+        if position.index <= self.applied.index {
+            return Ok(step);
+        }
+        step.applied = position;
+        step.outcome = match command {
+            Command::Update(update) => self.step_update(update, &mut step)?,
+            Command::EpochDelimiter { epoch, timestamp_ms } => self.step_delimiter(*epoch, *timestamp_ms, &mut step)?,
+            Command::ReplicaSignature { epoch, signer, signature } => {
+                self.step_replica_signature(*epoch, signer, signature, &mut step)?
+            }
+            Command::VerifierSignature { epoch, verifier, signature } => {
+                self.step_verifier_signature(*epoch, verifier, signature, &mut step)?
+            }
+        };
+        step.batch.put(keys::META_APPLIED, encode_position(position));
+        if step.epoch_state != self.epoch_state {
+            step.batch.put(keys::META_EPOCH, step.epoch_state.encode());
+        }
+        Ok(step)
+    }
+
+    /// Steps and writes the batch (atomically, not yet durable). Call
+    /// [`Storage::flush`] before running the returned effects.
+    ///
+    /// An error means this replica's storage failed; the replica must stop.
+    pub fn apply(&mut self, position: LogPosition, command: &Command) -> Result<(Outcome, Vec<Effect>), StateError> {
+        let step = self.step(position, command)?;
+        if !step.batch.is_empty() {
+            self.store.write(step.batch)?;
+        }
+        self.epoch_state = step.epoch_state;
+        self.applied = step.applied;
+        Ok((step.outcome, step.effects))
+    }
+
+    fn step_update(&self, update: &Update, step: &mut Step) -> Result<Outcome, StateError> {
+        let id = update.id();
+        let index = update.signed.entry.index;
+        let open = self.epoch_state.open_epoch();
+        let entry_bytes = update.signed.entry.encode();
+        step.effects.push(Effect::UpdateDecided { id });
+
+        if let Some(staged) = self.store.get(&keys::pending(&index))? {
+            let staged: Update = decode_canonical(&staged).map_err(|e| corrupt(format!("staged update: {e}")))?;
+            if staged.signed.entry.encode() == entry_bytes {
+                return Ok(Outcome::UpdateDuplicate { id, epoch: open });
+            }
+            return Ok(Outcome::UpdateRejected { id, reason: UpdateRejection::AlreadyUpdatedInEpoch { epoch: open } });
+        }
+        let current = self.latest_update(&index)?;
+        if let Some((epoch, cur)) = &current {
+            if cur.signed.entry.encode() == entry_bytes {
+                return Ok(Outcome::UpdateDuplicate { id, epoch: *epoch });
+            }
+        }
+        if let Err(reason) = check_update(&self.config.realm, current.as_ref().map(|(_, u)| &u.signed.entry), update) {
+            return Ok(Outcome::UpdateRejected { id, reason });
+        }
+        step.batch.put(keys::pending(&index), update.encode());
+        step.epoch_state.pending_updates += 1;
+        step.effects.push(Effect::PendingUpdatesChanged);
+        Ok(Outcome::UpdateAccepted { id, epoch: open })
+    }
+
+    fn step_delimiter(&self, epoch: u64, timestamp_ms: u64, step: &mut Step) -> Result<Outcome, StateError> {
+        let st = self.epoch_state;
+        if epoch != st.open_epoch() {
+            return Ok(Outcome::Ignored(Ignored::DelimiterForOtherEpoch { open: st.open_epoch(), got: epoch }));
+        }
+        if !st.last_epoch_ratified() {
+            return Ok(Outcome::Ignored(Ignored::PreviousEpochNotRatified { epoch: st.last_epoch }));
+        }
+        let mut staged = Vec::with_capacity(usize::try_from(st.pending_updates).unwrap_or(0));
+        for item in self.store.range(&[keys::PENDING], Some(&[keys::PENDING + 1]), Direction::Forward) {
+            let (key, value) = item?;
+            let update: Update = decode_canonical(&value).map_err(|e| corrupt(format!("staged update: {e}")))?;
+            if key[1..] != update.signed.entry.index.0 {
+                return Err(corrupt("staged update under the wrong index"));
+            }
+            staged.push((key, value, update.signed.entry.index, update.signed.entry.hash()));
+        }
+        if staged.len() as u64 != st.pending_updates {
+            return Err(corrupt(format!("{} staged updates, epoch state says {}", staged.len(), st.pending_updates)));
+        }
+        let leaves: Vec<(Index, Digest)> = staged.iter().map(|(_, _, i, v)| (*i, *v)).collect();
+        let root = tree::apply_epoch(&self.store, epoch, &leaves, &mut step.batch)?;
+        for (key, value, index, _) in staged {
+            step.batch.delete(key);
+            step.batch.put(keys::update(&index, epoch), value);
+            step.batch.put(keys::epoch_update(epoch, &index), Vec::new());
+        }
+        let head = EpochHead {
+            realm: self.config.realm.clone(),
+            epoch,
+            root,
+            previous_head_hash: st.last_head_hash,
+            // A new leader's clock may lag the old one's; heads never go back in time.
+            issue_time_ms: timestamp_ms.max(st.last_issue_time_ms),
+            update_count: st.pending_updates,
+            config_hash: self.config_hash,
+        };
+        step.batch.put(keys::head(epoch), head.encode());
+        step.epoch_state = EpochState {
+            last_epoch: epoch,
+            last_issue_time_ms: head.issue_time_ms,
+            last_head_hash: head.hash(),
+            ratified_epoch: st.ratified_epoch,
+            pending_updates: 0,
+        };
+        step.effects.push(Effect::HeadStored { epoch });
+        Ok(Outcome::EpochClosed(head))
+    }
+
+    fn step_replica_signature(
+        &self,
+        epoch: u64,
+        signer: &PublicKey,
+        signature: &Signature,
+        step: &mut Step,
+    ) -> Result<Outcome, StateError> {
+        if self.config.replica_keys.binary_search(signer).is_err() {
+            return Ok(Outcome::Rejected(Rejected::UnknownReplica(*signer)));
+        }
+        let Some(head) = self.head(epoch)? else {
+            return Ok(Outcome::Rejected(Rejected::UnknownEpoch(epoch)));
+        };
+        let key = keys::signature(keys::REPLICA_SIG, epoch, signer.as_bytes());
+        if self.store.get(&key)?.is_some() {
+            return Ok(Outcome::Ignored(Ignored::DuplicateSignature { epoch }));
+        }
+        if !signer.verify(&head_signing_message(&head), signature) {
+            return Ok(Outcome::Rejected(Rejected::BadSignature { epoch, signer: *signer }));
+        }
+        step.batch.put(key, signature.0.to_vec());
+        let stored = self.count(&keys::epoch_prefix(keys::REPLICA_SIG, epoch))? + 1;
+        step.effects.push(Effect::SignaturesChanged { epoch });
+        let ratified = stored == self.config.replica_majority();
+        if ratified {
+            // Delimiters wait for ratification, so only the last epoch can be completing.
+            assert_eq!(epoch, self.epoch_state.last_epoch, "an older epoch reached its majority late");
+            step.epoch_state.ratified_epoch = epoch;
+            step.effects.push(Effect::EpochRatified { epoch });
+        }
+        Ok(Outcome::ReplicaSignatureStored { epoch, ratified })
+    }
+
+    fn step_verifier_signature(
+        &self,
+        epoch: u64,
+        verifier: &PublicKey,
+        signature: &Signature,
+        step: &mut Step,
+    ) -> Result<Outcome, StateError> {
+        if self.config.verifier_keys.binary_search(verifier).is_err() {
+            return Ok(Outcome::Rejected(Rejected::UnknownVerifier(*verifier)));
+        }
+        let Some(head) = self.head(epoch)? else {
+            return Ok(Outcome::Rejected(Rejected::UnknownEpoch(epoch)));
+        };
+        if epoch > self.epoch_state.ratified_epoch {
+            return Ok(Outcome::Rejected(Rejected::EpochNotKeyserverRatified(epoch)));
+        }
+        let key = keys::signature(keys::VERIFIER_SIG, epoch, verifier.as_bytes());
+        if self.store.get(&key)?.is_some() {
+            return Ok(Outcome::Ignored(Ignored::DuplicateSignature { epoch }));
+        }
+        if !verifier.verify(&ratification_message(&head), signature) {
+            return Ok(Outcome::Rejected(Rejected::BadSignature { epoch, signer: *verifier }));
+        }
+        step.batch.put(key, signature.0.to_vec());
+        step.effects.push(Effect::SignaturesChanged { epoch });
+        Ok(Outcome::VerifierSignatureStored { epoch })
+    }
+
+    fn count(&self, prefix: &[u8]) -> Result<usize, StateError> {
+        let mut n = 0;
+        for item in self.store.scan_prefix(prefix) {
+            item?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The newest applied update for `index` and the epoch it landed in.
+    pub fn latest_update(&self, index: &Index) -> Result<Option<(u64, Update)>, StateError> {
+        self.update_at(index, u64::MAX)
+    }
+
+    /// The newest update for `index` in an epoch at or before `epoch`.
+    pub fn update_at(&self, index: &Index, epoch: u64) -> Result<Option<(u64, Update)>, StateError> {
+        let prefix = keys::update_prefix(index);
+        let end = if epoch == u64::MAX { prefix_successor(&prefix) } else { Some(keys::update(index, epoch + 1)) };
+        let found = self.store.range(&prefix, end.as_deref(), Direction::Reverse).next().transpose()?;
+        let Some((key, value)) = found else { return Ok(None) };
+        let epoch = keys::be_u64(&key[33..]).ok_or_else(|| corrupt("update key"))?;
+        let update = decode_canonical(&value).map_err(|e| corrupt(format!("stored update: {e}")))?;
+        Ok(Some((epoch, update)))
+    }
+
+    /// The head of `epoch`, if that epoch is closed.
+    pub fn head(&self, epoch: u64) -> Result<Option<EpochHead>, StateError> {
+        match self.store.get(&keys::head(epoch))? {
+            None => Ok(None),
+            Some(b) => EpochHead::from_bytes(&b).map(Some).map_err(|e| corrupt(format!("head {epoch}: {e}"))),
+        }
+    }
+
+    /// Replica signatures stored for `epoch`, sorted by signer.
+    pub fn replica_signatures(&self, epoch: u64) -> Result<Vec<(PublicKey, Signature)>, StateError> {
+        self.signatures(keys::REPLICA_SIG, epoch)
+    }
+
+    /// Verifier ratifications stored for `epoch`, sorted by verifier.
+    pub fn verifier_signatures(&self, epoch: u64) -> Result<Vec<(PublicKey, Signature)>, StateError> {
+        self.signatures(keys::VERIFIER_SIG, epoch)
+    }
+
+    fn signatures(&self, space: u8, epoch: u64) -> Result<Vec<(PublicKey, Signature)>, StateError> {
+        let mut out = Vec::new();
+        for item in self.store.scan_prefix(&keys::epoch_prefix(space, epoch)) {
+            let (k, v) = item?;
+            let signer = PublicKey::from_slice(&k[9..]).map_err(|e| corrupt(format!("signer key: {e}")))?;
+            let signature = Signature::from_slice(&v).map_err(|e| corrupt(format!("signature: {e}")))?;
+            out.push((signer, signature));
+        }
+        Ok(out)
+    }
+
+    /// The indexes updated in `epoch`, in index order (the order verifiers replay them in).
+    pub fn epoch_indexes(&self, epoch: u64) -> Result<Vec<Index>, StateError> {
+        let mut out = Vec::new();
+        for item in self.store.scan_prefix(&keys::epoch_prefix(keys::EPOCH_UPDATES, epoch)) {
+            let (k, _) = item?;
+            let mut i = [0u8; 32];
+            i.copy_from_slice(k.get(9..41).ok_or_else(|| corrupt("epoch update key"))?);
+            out.push(Index(i));
+        }
+        Ok(out)
+    }
+
+    /// The tree root as of `epoch`.
+    pub fn root_at(&self, epoch: u64) -> Result<Digest, StateError> {
+        tree::root_at(&self.store, epoch)
+    }
+
+    /// The tree proof for `index` in the tree of `epoch`.
+    pub fn tree_proof(&self, epoch: u64, index: &Index) -> Result<TreeProof, StateError> {
+        tree::prove(&self.store, epoch, index)
+    }
+}

@@ -1,0 +1,61 @@
+//! Assembling the server's half of a lookup proof from stored state.
+
+use crate::error::{corrupt, StateError};
+use crate::machine::StateMachine;
+use keyraft_core::lookup::PositionalSignature;
+use keyraft_core::tree::{Terminal, TreeProof};
+use keyraft_core::{EpochHead, Entry, Index, Profile, PublicKey, Signature};
+use keyraft_storage::Storage;
+
+/// Everything in a lookup proof except the user id and the VRF proof, which only the edge
+/// (holding the VRF secret key and the user id) can add.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupParts {
+    /// The epoch's head.
+    pub head: EpochHead,
+    /// A replica majority's signatures (the first by position), sorted by position.
+    pub replica_signatures: Vec<PositionalSignature>,
+    /// Up to the requested number of verifier ratifications, sorted by position.
+    pub verifier_signatures: Vec<PositionalSignature>,
+    /// Inclusion or absence proof.
+    pub tree_proof: TreeProof,
+    /// The entry and profile when present.
+    pub entry: Option<(Entry, Profile)>,
+}
+
+fn positional(keys: &[PublicKey], sigs: Vec<(PublicKey, Signature)>, max: usize) -> Result<Vec<PositionalSignature>, StateError> {
+    let mut out = Vec::new();
+    for (signer, signature) in sigs.into_iter().take(max) {
+        let pos = keys.binary_search(&signer).map_err(|_| corrupt("stored signature by a key outside the realm"))?;
+        let position = u8::try_from(pos).map_err(|_| corrupt("signer position above 255"))?;
+        out.push(PositionalSignature { position, signature });
+    }
+    Ok(out)
+}
+
+impl<S: Storage> StateMachine<S> {
+    /// The server's half of a proof about `index` in `epoch`, carrying a replica majority and
+    /// at most `verifiers_max` ratifications. `None` if the epoch has no head.
+    ///
+    /// Stored signatures are sorted by key, and keys are sorted in the realm configuration,
+    /// so the positions come out sorted as the proof format requires.
+    pub fn lookup_parts(&self, index: &Index, epoch: u64, verifiers_max: usize) -> Result<Option<LookupParts>, StateError> {
+        let Some(head) = self.head(epoch)? else { return Ok(None) };
+        let config = self.config();
+        let replica_signatures =
+            positional(&config.replica_keys, self.replica_signatures(epoch)?, config.replica_majority())?;
+        let verifier_signatures = positional(&config.verifier_keys, self.verifier_signatures(epoch)?, verifiers_max)?;
+        let tree_proof = self.tree_proof(epoch, index)?;
+        let entry = match tree_proof.terminal {
+            Terminal::Leaf { value } => {
+                let (_, update) = self.update_at(index, epoch)?.ok_or_else(|| corrupt("tree leaf without a stored update"))?;
+                if update.signed.entry.hash() != value {
+                    return Err(corrupt("tree leaf value differs from the stored entry's hash"));
+                }
+                Some((update.signed.entry, update.profile))
+            }
+            _ => None,
+        };
+        Ok(Some(LookupParts { head, replica_signatures, verifier_signatures, tree_proof, entry }))
+    }
+}

@@ -1,0 +1,70 @@
+//! Test support: direct access to the tree over an in-memory store, and a reference root
+//! computation written independently of the stored tree.
+
+use crate::tree;
+use keyraft_core::tree::{empty_hash, leaf_hash, node_hash, TreeProof};
+use keyraft_core::{Digest, Index};
+use keyraft_storage::{Batch, MemoryStorage, Storage};
+use std::collections::BTreeMap;
+
+/// A tree stored in memory, applied epoch by epoch.
+#[derive(Debug, Default)]
+pub struct TreeFixture {
+    store: MemoryStorage,
+}
+
+impl TreeFixture {
+    /// An empty tree.
+    pub fn new() -> Self {
+        Self { store: MemoryStorage::new() }
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &MemoryStorage {
+        &self.store
+    }
+
+    /// Applies `updates` (sorted, distinct) as `epoch` and returns the root.
+    ///
+    /// # Panics
+    /// If the store fails (it is in memory) or the updates are not sorted.
+    pub fn apply(&mut self, epoch: u64, updates: &[(Index, Digest)]) -> Digest {
+        let mut batch = Batch::new();
+        let root = tree::apply_epoch(&self.store, epoch, updates, &mut batch).expect("memory store");
+        self.store.write(batch).expect("memory store");
+        root
+    }
+
+    /// The root at `epoch`.
+    ///
+    /// # Panics
+    /// If the store fails.
+    pub fn root_at(&self, epoch: u64) -> Digest {
+        tree::root_at(&self.store, epoch).expect("memory store")
+    }
+
+    /// A proof for `index` at `epoch`.
+    ///
+    /// # Panics
+    /// If the store fails.
+    pub fn prove(&self, epoch: u64, index: &Index) -> TreeProof {
+        tree::prove(&self.store, epoch, index).expect("memory store")
+    }
+
+    /// The root of a compressed tree holding exactly `model`, computed from scratch.
+    pub fn model_root(&self, model: &BTreeMap<Index, Digest>) -> Digest {
+        let leaves: Vec<(Index, Digest)> = model.iter().map(|(i, v)| (*i, *v)).collect();
+        reference_root(0, &leaves)
+    }
+}
+
+fn reference_root(depth: usize, leaves: &[(Index, Digest)]) -> Digest {
+    match leaves {
+        [] => empty_hash(),
+        [(i, v)] => leaf_hash(depth as u16, i, v),
+        _ => {
+            let (l, r): (Vec<_>, Vec<_>) = leaves.iter().partition(|(i, _)| !i.bit(depth));
+            node_hash(&reference_root(depth + 1, &l), &reference_root(depth + 1, &r))
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The step function: every rule and rejection path, determinism across engines, and
+//! crash-replay from any point.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use keyraft_core::{Command, LogPosition, Policy, Signature, UpdateRejection};
+use keyraft_state::harness::{derive_signing_key, public_key, test_profile, Harness};
+use keyraft_state::proposer::{ratify_head, sign_head};
+use keyraft_state::{Ignored, Outcome, Rejected, StateMachine};
+use keyraft_storage::{dump_all, MemoryStorage, SledStorage, Storage};
+
+fn rejected(outcome: Outcome) -> UpdateRejection {
+    match outcome {
+        Outcome::UpdateRejected { reason, .. } => reason,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+fn accepted_epoch(outcome: Outcome) -> u64 {
+    match outcome {
+        Outcome::UpdateAccepted { epoch, .. } => epoch,
+        other => panic!("expected acceptance, got {other:?}"),
+    }
+}
+
+/// A realm where `alice` is registered and epoch 1 is published.
+fn realm_with_alice() -> (Harness, ed25519_dalek::SigningKey) {
+    let mut h = Harness::new("example.org", 3, 2, 7);
+    let alice = derive_signing_key(7, "alice");
+    assert_eq!(accepted_epoch(h.register("alice@example.org", &alice, &[("mail", b"pgp-key-1")]).unwrap()), 1);
+    h.publish_epoch().unwrap();
+    (h, alice)
+}
+
+#[test]
+fn registration_requires_version_zero() {
+    let mut h = Harness::new("example.org", 3, 1, 1);
+    let k = derive_signing_key(1, "bob");
+    let u = h.make_update("bob", 3, Policy::single(public_key(&k)), test_profile("b", &[]), &[&k]);
+    assert_eq!(rejected(h.append(Command::Update(Box::new(u))).unwrap()), UpdateRejection::RegistrationVersionNotZero { got: 3 });
+}
+
+#[test]
+fn versions_strictly_increase() {
+    let (mut h, alice) = realm_with_alice();
+    let u = h.make_update("alice@example.org", 0, Policy::single(public_key(&alice)), test_profile("x", &[]), &[&alice]);
+    assert_eq!(
+        rejected(h.append(Command::Update(Box::new(u))).unwrap()),
+        UpdateRejection::VersionNotIncreasing { current: 0, got: 0 }
+    );
+    // Gaps are allowed.
+    let u = h.make_update("alice@example.org", 5, Policy::single(public_key(&alice)), test_profile("y", &[]), &[&alice]);
+    assert_eq!(accepted_epoch(h.append(Command::Update(Box::new(u))).unwrap()), 2);
+}
+
+#[test]
+fn commitment_must_match_profile() {
+    let (mut h, alice) = realm_with_alice();
+    let mut u = h.make_update("alice@example.org", 1, Policy::single(public_key(&alice)), test_profile("x", &[]), &[&alice]);
+    u.profile = test_profile("other", &[]);
+    assert_eq!(rejected(h.append(Command::Update(Box::new(u))).unwrap()), UpdateRejection::ProfileCommitmentMismatch);
+}
+
+#[test]
+fn signatures_must_come_from_a_policy_and_verify() {
+    let (mut h, alice) = realm_with_alice();
+    let mallory = derive_signing_key(7, "mallory");
+    let u = h.make_update("alice@example.org", 1, Policy::single(public_key(&alice)), test_profile("x", &[]), &[&alice, &mallory]);
+    assert!(matches!(rejected(h.append(Command::Update(Box::new(u))).unwrap()), UpdateRejection::UnknownSigner { .. }));
+
+    let mut u = h.make_update("alice@example.org", 1, Policy::single(public_key(&alice)), test_profile("x", &[]), &[&alice]);
+    u.signed.signatures[0].signature = Signature([3; 64]);
+    assert!(matches!(rejected(h.append(Command::Update(Box::new(u))).unwrap()), UpdateRejection::BadSignature { .. }));
+}
+
+#[test]
+fn both_policies_must_consent() {
+    let (mut h, alice) = realm_with_alice();
+    let new_key = derive_signing_key(7, "alice-new-phone");
+    // Only the new key signs: the current owner did not consent.
+    let u = h.make_update("alice@example.org", 1, Policy::single(public_key(&new_key)), test_profile("x", &[]), &[&new_key]);
+    assert_eq!(rejected(h.append(Command::Update(Box::new(u))).unwrap()), UpdateRejection::CurrentPolicyNotSatisfied);
+    // Only the old key signs a policy naming the new key: the new holder did not consent.
+    let u = h.make_update("alice@example.org", 1, Policy::single(public_key(&new_key)), test_profile("x", &[]), &[&alice]);
+    assert_eq!(rejected(h.append(Command::Update(Box::new(u))).unwrap()), UpdateRejection::NewPolicyNotSatisfied);
+    // Both: accepted.
+    let u = h.make_update("alice@example.org", 1, Policy::single(public_key(&new_key)), test_profile("x", &[]), &[&alice, &new_key]);
+    assert_eq!(accepted_epoch(h.append(Command::Update(Box::new(u))).unwrap()), 2);
+}
+
+#[test]
+fn one_update_per_identity_per_epoch_and_duplicates_are_idempotent() {
+    let (mut h, alice) = realm_with_alice();
+    let p = Policy::single(public_key(&alice));
+    let first = h.make_update("alice@example.org", 1, p.clone(), test_profile("1", &[]), &[&alice]);
+    let second = h.make_update("alice@example.org", 2, p, test_profile("2", &[]), &[&alice]);
+    assert_eq!(accepted_epoch(h.append(Command::Update(Box::new(first.clone()))).unwrap()), 2);
+    let reason = rejected(h.append(Command::Update(Box::new(second.clone()))).unwrap());
+    assert_eq!(reason, UpdateRejection::AlreadyUpdatedInEpoch { epoch: 2 });
+    assert!(reason.is_retryable());
+    // The same update again, while staged and after its epoch: a duplicate, not an error.
+    assert!(matches!(h.append(Command::Update(Box::new(first.clone()))).unwrap(), Outcome::UpdateDuplicate { epoch: 2, .. }));
+    h.publish_epoch().unwrap();
+    assert!(matches!(h.append(Command::Update(Box::new(first))).unwrap(), Outcome::UpdateDuplicate { epoch: 2, .. }));
+    // The retry succeeds in the next epoch.
+    assert_eq!(accepted_epoch(h.append(Command::Update(Box::new(second))).unwrap()), 3);
+}
+
+#[test]
+fn delimiters_close_epochs_in_order_and_only_after_ratification() {
+    let mut h = Harness::new("example.org", 3, 1, 2);
+    assert_eq!(
+        h.append(Command::EpochDelimiter { epoch: 2, timestamp_ms: 5 }).unwrap(),
+        Outcome::Ignored(Ignored::DelimiterForOtherEpoch { open: 1, got: 2 })
+    );
+    assert!(matches!(h.cut_epoch().unwrap(), Outcome::EpochClosed(ref head) if head.epoch == 1));
+    assert_eq!(
+        h.append(Command::EpochDelimiter { epoch: 1, timestamp_ms: 5 }).unwrap(),
+        Outcome::Ignored(Ignored::DelimiterForOtherEpoch { open: 2, got: 1 })
+    );
+    assert_eq!(h.cut_epoch().unwrap(), Outcome::Ignored(Ignored::PreviousEpochNotRatified { epoch: 1 }));
+    // One signature is not a majority of three; two are.
+    let outcomes = h.sign(1, 2).unwrap();
+    assert_eq!(outcomes[0], Outcome::ReplicaSignatureStored { epoch: 1, ratified: false });
+    assert_eq!(outcomes[1], Outcome::ReplicaSignatureStored { epoch: 1, ratified: true });
+    // A lagging leader's clock does not move heads back in time.
+    h.now_ms -= 10_000;
+    let Outcome::EpochClosed(head2) = h.cut_epoch().unwrap() else { panic!("epoch 2 not cut") };
+    let head1 = h.machine.head(1).unwrap().unwrap();
+    assert_eq!(head2.issue_time_ms, head1.issue_time_ms);
+    assert_eq!(head2.previous_head_hash, head1.hash());
+}
+
+#[test]
+fn replica_signatures_are_checked_before_they_count() {
+    let (mut h, _) = realm_with_alice();
+    h.cut_epoch().unwrap();
+    let head = h.machine.head(2).unwrap().unwrap();
+    let stranger = derive_signing_key(7, "not-a-replica");
+    assert!(matches!(h.append(sign_head(&stranger, &head).unwrap()).unwrap(), Outcome::Rejected(Rejected::UnknownReplica(_))));
+    let Command::ReplicaSignature { epoch, signer, .. } = sign_head(&h.replicas[0], &head).unwrap() else { unreachable!() };
+    let forged = Command::ReplicaSignature { epoch, signer, signature: Signature([9; 64]) };
+    assert!(matches!(h.append(forged).unwrap(), Outcome::Rejected(Rejected::BadSignature { epoch: 2, .. })));
+    let mut future = sign_head(&h.replicas[0], &head).unwrap();
+    if let Command::ReplicaSignature { epoch, .. } = &mut future {
+        *epoch = 99;
+    }
+    assert_eq!(h.append(future).unwrap(), Outcome::Rejected(Rejected::UnknownEpoch(99)));
+    let good = sign_head(&h.replicas[0], &head).unwrap();
+    assert_eq!(h.append(good.clone()).unwrap(), Outcome::ReplicaSignatureStored { epoch: 2, ratified: false });
+    assert_eq!(h.append(good).unwrap(), Outcome::Ignored(Ignored::DuplicateSignature { epoch: 2 }));
+    assert_eq!(h.machine.epoch_state().ratified_epoch, 1);
+}
+
+#[test]
+fn verifier_signatures_are_checked_before_they_count() {
+    let (mut h, _) = realm_with_alice();
+    h.cut_epoch().unwrap();
+    let head = h.machine.head(2).unwrap().unwrap();
+    // Not yet keyserver-ratified.
+    assert_eq!(h.append(ratify_head(&h.verifiers[0], &head).unwrap()).unwrap(), Outcome::Rejected(Rejected::EpochNotKeyserverRatified(2)));
+    h.sign(2, 2).unwrap();
+    let stranger = derive_signing_key(7, "not-a-verifier");
+    assert!(matches!(h.append(ratify_head(&stranger, &head).unwrap()).unwrap(), Outcome::Rejected(Rejected::UnknownVerifier(_))));
+    // A replica's head signature is not a ratification.
+    let Command::ReplicaSignature { signature, .. } = sign_head(&h.replicas[0], &head).unwrap() else { unreachable!() };
+    let verifier = public_key(&h.verifiers[0]);
+    let wrong_context = Command::VerifierSignature { epoch: 2, verifier, signature };
+    assert!(matches!(h.append(wrong_context).unwrap(), Outcome::Rejected(Rejected::BadSignature { .. })));
+    let good = ratify_head(&h.verifiers[0], &head).unwrap();
+    assert_eq!(h.append(good.clone()).unwrap(), Outcome::VerifierSignatureStored { epoch: 2 });
+    assert_eq!(h.append(good).unwrap(), Outcome::Ignored(Ignored::DuplicateSignature { epoch: 2 }));
+    let mut unknown = ratify_head(&h.verifiers[0], &head).unwrap();
+    if let Command::VerifierSignature { epoch, .. } = &mut unknown {
+        *epoch = 1_000_000;
+    }
+    assert_eq!(h.append(unknown).unwrap(), Outcome::Rejected(Rejected::UnknownEpoch(1_000_000)));
+}
+
+#[test]
+fn stale_log_positions_are_ignored() {
+    let (mut h, _) = realm_with_alice();
+    let before = dump_all(h.machine.store()).unwrap();
+    let applied = h.machine.applied();
+    let (outcome, effects) = h.machine.apply(LogPosition { term: 1, index: applied.index }, &Command::EpochDelimiter { epoch: 2, timestamp_ms: 1 }).unwrap();
+    assert_eq!(outcome, Outcome::AlreadyApplied);
+    assert!(effects.is_empty());
+    assert_eq!(before, dump_all(h.machine.store()).unwrap());
+}
+
+/// A log exercising every command kind and outcome.
+fn busy_harness() -> Harness {
+    let mut h = Harness::new("example.org", 3, 2, 11);
+    let users: Vec<_> = (0..12).map(|i| (format!("user{i}@example.org"), derive_signing_key(11, &format!("u{i}")))).collect();
+    for round in 0..4u64 {
+        for (i, (user, key)) in users.iter().enumerate() {
+            if (i as u64 + round) % 3 == 0 {
+                continue;
+            }
+            let version = if round == 0 { 0 } else { round * 10 + i as u64 };
+            let profile = test_profile(&format!("{user}{round}"), &[("mail", format!("key-{round}").as_bytes())]);
+            let update = h.make_update(user, version, Policy::single(public_key(key)), profile, &[key]);
+            h.append(Command::Update(Box::new(update))).unwrap();
+        }
+        // A rejected update and a stale delimiter are in the log too.
+        let bad = h.make_update(&users[0].0, 0, Policy::single(public_key(&users[1].1)), test_profile("bad", &[]), &[&users[1].1]);
+        h.append(Command::Update(Box::new(bad))).unwrap();
+        h.append(Command::EpochDelimiter { epoch: 99, timestamp_ms: 1 }).unwrap();
+        h.now_ms += 1000;
+        h.publish_epoch().unwrap();
+    }
+    h
+}
+
+#[test]
+fn replicas_reach_byte_identical_state_on_every_engine() {
+    let h = busy_harness();
+    let reference = dump_all(h.machine.store()).unwrap();
+    let replayed = h.replay_into(MemoryStorage::new()).unwrap();
+    assert_eq!(dump_all(replayed.store()).unwrap(), reference);
+    let dir = tempfile::tempdir().unwrap();
+    let sled = h.replay_into(SledStorage::open(dir.path()).unwrap()).unwrap();
+    assert_eq!(dump_all(sled.store()).unwrap(), reference);
+    assert_eq!(sled.epoch_state(), h.machine.epoch_state());
+}
+
+#[test]
+fn crash_at_any_point_then_replay_reaches_the_same_state() {
+    let h = busy_harness();
+    let reference = dump_all(h.machine.store()).unwrap();
+    let config = h.config().clone();
+    for crash_at in 0..=h.log.len() {
+        let store = MemoryStorage::new();
+        let mut machine = StateMachine::open(store.clone(), config.clone()).unwrap();
+        for (i, command) in h.log.iter().take(crash_at).enumerate() {
+            machine.apply(LogPosition { term: 1, index: i as u64 + 1 }, command).unwrap();
+            // Flush at irregular points so that crashes lose different suffixes.
+            if (i * 7 + crash_at) % 5 == 0 {
+                store.flush().unwrap();
+            }
+        }
+        let survivor = store.crash();
+        let mut machine = StateMachine::open(survivor.clone(), config.clone()).unwrap();
+        assert!(machine.applied().index as usize <= crash_at);
+        for (i, command) in h.log.iter().enumerate() {
+            machine.apply(LogPosition { term: 1, index: i as u64 + 1 }, command).unwrap();
+        }
+        assert_eq!(dump_all(&survivor).unwrap(), reference, "divergence after a crash at entry {crash_at}");
+    }
+}
+
+#[test]
+fn opening_with_another_realm_configuration_is_refused() {
+    let h = Harness::new("example.org", 3, 1, 3);
+    let other = Harness::new("example.org", 3, 1, 4);
+    let store = h.machine.store().clone();
+    let err = StateMachine::open(store, other.config().clone()).unwrap_err();
+    assert!(err.to_string().contains("another realm configuration"), "{err}");
+}

@@ -1,0 +1,212 @@
+//! # keyraft-storage
+//!
+//! The storage seam of a keyraft replica: an ordered key-value store with point reads, range
+//! scans, atomic batches and an explicit durable flush, and nothing else, so that the engine
+//! underneath (sled today) can be replaced without touching the state machine.
+//!
+//! Contract of every [`Storage`]:
+//! - keys are compared bytewise; integers inside keys are big-endian so that byte order is
+//!   numeric order;
+//! - [`Storage::write`] applies a [`Batch`] atomically: after it returns, every read sees all
+//!   of the batch; no read and no crash ever exposes part of it;
+//! - a write is *durable* only once a later [`Storage::flush`] returned: a crash may lose
+//!   writes that were not flushed, but always a suffix of whole batches;
+//! - iterators never see a torn batch; they may or may not see batches written after they
+//!   were created.
+//!
+//! The first key byte `0x00` is reserved for this crate ([`format`]).
+#![forbid(unsafe_code)]
+
+pub mod format;
+mod memory;
+mod sled_store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+pub use format::{check_format_version, FormatOutcome, Migration, RESERVED_PREFIX};
+pub use memory::MemoryStorage;
+pub use sled_store::{SledOptions, SledStorage};
+
+use thiserror::Error;
+
+/// A key.
+pub type Key = Vec<u8>;
+/// A value.
+pub type Value = Vec<u8>;
+/// Key/value pairs of a range, in the order requested.
+pub type RangeIter<'a> = Box<dyn Iterator<Item = Result<(Key, Value), StorageError>> + Send + 'a>;
+
+/// One write of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOp {
+    /// Sets `key` to `value`.
+    Put {
+        /// The key.
+        key: Key,
+        /// The value.
+        value: Value,
+    },
+    /// Removes `key`.
+    Delete {
+        /// The key.
+        key: Key,
+    },
+}
+
+/// An atomic group of writes, applied in order (a later op on the same key wins).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Batch {
+    ops: Vec<BatchOp>,
+    bytes: usize,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a put.
+    pub fn put(&mut self, key: impl Into<Key>, value: impl Into<Value>) {
+        let (key, value) = (key.into(), value.into());
+        self.bytes += key.len() + value.len();
+        self.ops.push(BatchOp::Put { key, value });
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, key: impl Into<Key>) {
+        let key = key.into();
+        self.bytes += key.len();
+        self.ops.push(BatchOp::Delete { key });
+    }
+
+    /// Whether the batch has no ops.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Number of ops.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// The ops, in order.
+    pub fn ops(&self) -> &[BatchOp] {
+        &self.ops
+    }
+
+    /// Sum of key and value sizes, in bytes.
+    pub fn approximate_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Appends another batch's ops after this one's.
+    pub fn extend(&mut self, other: Batch) {
+        self.bytes += other.bytes;
+        self.ops.extend(other.ops);
+    }
+
+    /// Consumes the batch into its ops.
+    pub fn into_ops(self) -> Vec<BatchOp> {
+        self.ops
+    }
+}
+
+/// Scan direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Ascending keys.
+    Forward,
+    /// Descending keys.
+    Reverse,
+}
+
+/// A storage failure. None of these is a client's fault: the disk, the engine, or the bytes
+/// on disk are at fault, and the replica should stop rather than guess.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The operating system refused an IO operation.
+    #[error("storage IO failed while {context}: {source}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Stored bytes are damaged.
+    #[error("storage is corrupt: {what}")]
+    Corrupt {
+        /// What is damaged.
+        what: String,
+    },
+    /// The data was written by a newer keyraft; upgrade rather than risk misreading it.
+    #[error("on-disk format version {found} is newer than the supported version {supported}; run a newer keyraft")]
+    FormatTooNew {
+        /// The version found.
+        found: u32,
+        /// The version this build writes.
+        supported: u32,
+    },
+    /// The data is too old and no migration path exists.
+    #[error("on-disk format version {found} cannot be migrated to {supported}; export and re-import the data")]
+    FormatTooOld {
+        /// The version found.
+        found: u32,
+        /// The version this build writes.
+        supported: u32,
+    },
+    /// The engine reported another failure.
+    #[error("storage engine failed: {0}")]
+    Engine(String),
+}
+
+/// An ordered key-value store with atomic batches and durable flush. See the crate docs for
+/// the contract.
+pub trait Storage: Send + Sync + 'static {
+    /// Reads one key.
+    fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError>;
+
+    /// Keys `k` with `start <= k < end` (`end = None`: unbounded), in `direction` order.
+    fn range(&self, start: &[u8], end: Option<&[u8]>, direction: Direction) -> RangeIter<'_>;
+
+    /// Applies `batch` atomically. Not necessarily durable until [`Storage::flush`].
+    fn write(&self, batch: Batch) -> Result<(), StorageError>;
+
+    /// Makes every write that returned before this call durable.
+    fn flush(&self) -> Result<(), StorageError>;
+
+    /// Every key starting with `prefix`, ascending.
+    fn scan_prefix(&self, prefix: &[u8]) -> RangeIter<'_> {
+        let end = prefix_successor(prefix);
+        self.range(prefix, end.as_deref(), Direction::Forward)
+    }
+
+    /// The first pair of a range, if any.
+    fn first_in_range(&self, start: &[u8], end: Option<&[u8]>) -> Result<Option<(Key, Value)>, StorageError> {
+        self.range(start, end, Direction::Forward).next().transpose()
+    }
+
+    /// The last pair of a range, if any.
+    fn last_in_range(&self, start: &[u8], end: Option<&[u8]>) -> Result<Option<(Key, Value)>, StorageError> {
+        self.range(start, end, Direction::Reverse).next().transpose()
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix`, or `None` if there is
+/// none (the prefix is empty or all `0xff`).
+pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut out = prefix.to_vec();
+    while let Some(last) = out.pop() {
+        if last != 0xff {
+            out.push(last + 1);
+            return Some(out);
+        }
+    }
+    None
+}
+
+/// Every pair in the store, in key order: for comparing two replicas byte for byte.
+pub fn dump_all(store: &dyn Storage) -> Result<Vec<(Key, Value)>, StorageError> {
+    store.range(&[], None, Direction::Forward).collect()
+}

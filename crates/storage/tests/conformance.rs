@@ -1,0 +1,171 @@
+//! Both engines pass the same conformance suite; engine-specific crash and reopen behaviour.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use keyraft_storage::testing::run_conformance_suite;
+use keyraft_storage::{check_format_version, dump_all, Batch, Direction, FormatOutcome, MemoryStorage, Migration, SledStorage, Storage, StorageError};
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+
+#[test]
+fn memory_conforms() {
+    run_conformance_suite(MemoryStorage::new);
+}
+
+#[test]
+fn sled_conforms() {
+    let dirs = std::sync::Mutex::new(Vec::new());
+    run_conformance_suite(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStorage::open(dir.path()).unwrap();
+        dirs.lock().unwrap().push(dir);
+        s
+    });
+}
+
+#[test]
+fn memory_crash_drops_unflushed_batches_whole() {
+    let s = MemoryStorage::new();
+    let mut b = Batch::new();
+    b.put(b"a".to_vec(), b"1".to_vec());
+    s.write(b).unwrap();
+    s.flush().unwrap();
+    let mut b = Batch::new();
+    b.put(b"b".to_vec(), b"2".to_vec());
+    b.delete(b"a".to_vec());
+    s.write(b).unwrap();
+    let after = s.crash();
+    assert_eq!(after.get(b"a").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(after.get(b"b").unwrap(), None);
+    assert_eq!(s.get(b"b").unwrap(), Some(b"2".to_vec()));
+}
+
+#[test]
+fn sled_keeps_data_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SledStorage::open(dir.path()).unwrap();
+        assert_eq!(check_format_version(&s, 1, &[]).unwrap(), FormatOutcome::Initialized);
+        let mut b = Batch::new();
+        b.put(b"k".to_vec(), b"v".to_vec());
+        s.write(b).unwrap();
+        s.flush().unwrap();
+    }
+    let s = SledStorage::open(dir.path()).unwrap();
+    assert_eq!(s.get(b"k").unwrap(), Some(b"v".to_vec()));
+    assert_eq!(check_format_version(&s, 1, &[]).unwrap(), FormatOutcome::Current);
+    assert!(matches!(check_format_version(&s, 0, &[]), Err(StorageError::FormatTooNew { found: 1, supported: 0 })));
+}
+
+#[test]
+fn format_versions_migrate_or_refuse() {
+    let s = MemoryStorage::new();
+    check_format_version(&s, 1, &[]).unwrap();
+    assert!(matches!(check_format_version(&s, 3, &[]), Err(StorageError::FormatTooOld { found: 1, supported: 3 })));
+    fn one_to_two(s: &dyn Storage) -> Result<(), StorageError> {
+        let mut b = Batch::new();
+        b.put(b"migrated".to_vec(), b"yes".to_vec());
+        s.write(b)
+    }
+    fn two_to_three(_: &dyn Storage) -> Result<(), StorageError> {
+        Ok(())
+    }
+    let steps = [Migration { from: 1, to: 2, run: one_to_two }, Migration { from: 2, to: 3, run: two_to_three }];
+    assert_eq!(check_format_version(&s, 3, &steps).unwrap(), FormatOutcome::Migrated { from: 1, to: 3 });
+    assert_eq!(s.get(b"migrated").unwrap(), Some(b"yes".to_vec()));
+    assert_eq!(check_format_version(&s, 3, &steps).unwrap(), FormatOutcome::Current);
+    // A garbage version is corruption, not a guess.
+    let bad = MemoryStorage::new();
+    let mut b = Batch::new();
+    b.put(b"\x00format-version".to_vec(), b"xx".to_vec());
+    bad.write(b).unwrap();
+    assert!(matches!(check_format_version(&bad, 1, &[]), Err(StorageError::Corrupt { .. })));
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+    Batch(Vec<(Vec<u8>, Option<Vec<u8>>)>),
+    Range(Vec<u8>, Option<Vec<u8>>, bool),
+}
+
+fn key() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(prop_oneof![Just(0u8), Just(1u8), Just(0xffu8), any::<u8>()], 0..4)
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (key(), prop::collection::vec(any::<u8>(), 0..8)).prop_map(|(k, v)| Op::Put(k, v)),
+        key().prop_map(Op::Delete),
+        prop::collection::vec((key(), prop::option::of(prop::collection::vec(any::<u8>(), 0..4))), 0..6).prop_map(Op::Batch),
+        (key(), prop::option::of(key()), any::<bool>()).prop_map(|(a, b, r)| Op::Range(a, b, r)),
+    ]
+}
+
+fn check_model(s: &dyn Storage, ops: &[Op]) {
+    let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for op in ops {
+        match op {
+            Op::Put(k, v) => {
+                let mut b = Batch::new();
+                b.put(k.clone(), v.clone());
+                s.write(b).unwrap();
+                model.insert(k.clone(), v.clone());
+            }
+            Op::Delete(k) => {
+                let mut b = Batch::new();
+                b.delete(k.clone());
+                s.write(b).unwrap();
+                model.remove(k);
+            }
+            Op::Batch(items) => {
+                let mut b = Batch::new();
+                for (k, v) in items {
+                    match v {
+                        Some(v) => {
+                            b.put(k.clone(), v.clone());
+                            model.insert(k.clone(), v.clone());
+                        }
+                        None => {
+                            b.delete(k.clone());
+                            model.remove(k);
+                        }
+                    }
+                }
+                s.write(b).unwrap();
+            }
+            Op::Range(a, b, rev) => {
+                let dir = if *rev { Direction::Reverse } else { Direction::Forward };
+                let got: Vec<_> = s.range(a, b.as_deref(), dir).map(|r| r.unwrap()).collect();
+                let mut want: Vec<_> = model
+                    .iter()
+                    .filter(|(k, _)| k.as_slice() >= a.as_slice() && b.as_ref().is_none_or(|b| k.as_slice() < b.as_slice()))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                if *rev {
+                    want.reverse();
+                }
+                assert_eq!(got, want);
+            }
+        }
+        for k in model.keys().take(3) {
+            assert_eq!(s.get(k).unwrap().as_ref(), model.get(k));
+        }
+    }
+    let want: Vec<_> = model.into_iter().collect();
+    assert_eq!(dump_all(s).unwrap(), want);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #[test]
+    fn memory_matches_btreemap(ops in prop::collection::vec(op(), 0..40)) {
+        check_model(&MemoryStorage::new(), &ops);
+    }
+
+    #[test]
+    fn sled_matches_btreemap(ops in prop::collection::vec(op(), 0..40)) {
+        let dir = tempfile::tempdir().unwrap();
+        check_model(&SledStorage::open(dir.path()).unwrap(), &ops);
+    }
+}
