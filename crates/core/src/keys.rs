@@ -107,8 +107,9 @@ impl Signature {
 
     /// From a slice that must be exactly 64 bytes.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let arr: [u8; 64] =
-            bytes.try_into().map_err(|_| DecodeError::Invalid { what: "ed25519 signature", why: "must be 64 bytes" })?;
+        let arr: [u8; 64] = bytes
+            .try_into()
+            .map_err(|_| DecodeError::Invalid { what: "ed25519 signature", why: "must be 64 bytes" })?;
         Ok(Self(arr))
     }
 }

@@ -39,6 +39,6 @@ pub use hash::Digest;
 pub use keys::{KeySignature, PublicKey, Signature};
 pub use lookup::{verify_lookup, ClientRealm, Lookup, LookupProof, VerifyError};
 pub use policy::Policy;
-pub use types::{EpochHead, Entry, Index, Profile, RealmConfig};
+pub use types::{Entry, EpochHead, Index, Profile, RealmConfig};
 pub use update::{SignedEntry, Update, UpdateRejection};
 pub use verified::Verified;

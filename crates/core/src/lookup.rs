@@ -19,7 +19,9 @@
 use crate::encoding::{decode_canonical, put_count, put_var_bytes, Canonical, DecodeError, Reader};
 use crate::hash::{context, signed_message};
 use crate::keys::{PublicKey, Signature};
-use crate::limits::{ENTRY_BYTES_MAX, LOOKUP_PROOF_BYTES_MAX, PROFILE_BYTES_MAX, REPLICAS_MAX, USER_ID_BYTES_MAX, VERIFIERS_MAX};
+use crate::limits::{
+    ENTRY_BYTES_MAX, LOOKUP_PROOF_BYTES_MAX, PROFILE_BYTES_MAX, REPLICAS_MAX, USER_ID_BYTES_MAX, VERIFIERS_MAX,
+};
 use crate::tree::{TreeAnswer, TreeProof, TreeProofError};
 use crate::types::{validate_user_id, vrf_input, EpochHead, Index, Profile, RealmConfig};
 use crate::verified::Verified;
@@ -75,7 +77,11 @@ fn encode_positional(out: &mut Vec<u8>, sigs: &[PositionalSignature]) {
     }
 }
 
-fn decode_positional(r: &mut Reader<'_>, max: usize, what: &'static str) -> Result<Vec<PositionalSignature>, DecodeError> {
+fn decode_positional(
+    r: &mut Reader<'_>,
+    max: usize,
+    what: &'static str,
+) -> Result<Vec<PositionalSignature>, DecodeError> {
     let n = r.count(0, max, what)?;
     let mut out: Vec<PositionalSignature> = Vec::with_capacity(n);
     for _ in 0..n {
@@ -207,10 +213,14 @@ pub enum VerifyError {
         got: String,
     },
     /// Check 2: the head commits to another realm configuration (keys) than the client's.
-    #[error("head commits to a different realm configuration (replica, verifier or VRF keys) than the client's realm file")]
+    #[error(
+        "head commits to a different realm configuration (replica, verifier or VRF keys) than the client's realm file"
+    )]
     ConfigMismatch,
     /// Check 3: the head is older than the client's TTL: the realm may be hiding newer epochs.
-    #[error("head of epoch {epoch} was issued at {issue_time_ms} ms, older than the TTL of {ttl_ms} ms at {now_ms} ms")]
+    #[error(
+        "head of epoch {epoch} was issued at {issue_time_ms} ms, older than the TTL of {ttl_ms} ms at {now_ms} ms"
+    )]
     HeadExpired {
         /// The head's epoch.
         epoch: u64,
@@ -313,7 +323,8 @@ pub fn verify_lookup(
         return Err(VerifyError::UserIdMismatch { expected: user_id.to_owned(), got: proof.user_id.clone() });
     }
     // 1. VRF.
-    let output = config.vrf_public_key.verify(&vrf_input(&config.realm, user_id), &proof.vrf_proof).map_err(VerifyError::Vrf)?;
+    let output =
+        config.vrf_public_key.verify(&vrf_input(&config.realm, user_id), &proof.vrf_proof).map_err(VerifyError::Vrf)?;
     let mut index = [0u8; 32];
     index.copy_from_slice(&output.as_bytes()[..32]);
     let index = Index(index);
@@ -337,7 +348,11 @@ pub fn verify_lookup(
         });
     }
     if head.issue_time_ms > now_ms.saturating_add(realm.clock_skew_ms) {
-        return Err(VerifyError::HeadFromFuture { issue_time_ms: head.issue_time_ms, now_ms, skew_ms: realm.clock_skew_ms });
+        return Err(VerifyError::HeadFromFuture {
+            issue_time_ms: head.issue_time_ms,
+            now_ms,
+            skew_ms: realm.clock_skew_ms,
+        });
     }
 
     // 4. Quorum.
@@ -385,7 +400,10 @@ fn check_quorum(realm: &ClientRealm, proof: &LookupProof) -> Result<Vec<PublicKe
     let config = &realm.config;
     let head_message = head_signing_message(&proof.head);
     for s in &proof.replica_signatures {
-        let signer = config.replica_keys.get(usize::from(s.position)).ok_or(VerifyError::UnknownReplica { position: s.position })?;
+        let signer = config
+            .replica_keys
+            .get(usize::from(s.position))
+            .ok_or(VerifyError::UnknownReplica { position: s.position })?;
         if !signer.verify(&head_message, &s.signature) {
             return Err(VerifyError::BadReplicaSignature { signer: *signer });
         }
@@ -397,8 +415,10 @@ fn check_quorum(realm: &ClientRealm, proof: &LookupProof) -> Result<Vec<PublicKe
     let ratification = ratification_message(&proof.head);
     let mut ratified_by = Vec::with_capacity(proof.verifier_signatures.len());
     for s in &proof.verifier_signatures {
-        let signer =
-            config.verifier_keys.get(usize::from(s.position)).ok_or(VerifyError::UnknownVerifier { position: s.position })?;
+        let signer = config
+            .verifier_keys
+            .get(usize::from(s.position))
+            .ok_or(VerifyError::UnknownVerifier { position: s.position })?;
         if !signer.verify(&ratification, &s.signature) {
             return Err(VerifyError::BadVerifierSignature { signer: *signer });
         }

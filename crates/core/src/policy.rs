@@ -54,8 +54,11 @@ impl Policy {
 
     /// The common case: any `threshold` of `keys`.
     pub fn threshold(threshold: u16, keys: Vec<PublicKey>) -> Result<Self, DecodeError> {
-        let n = u16::try_from(keys.len())
-            .map_err(|_| DecodeError::TooLong { what: "policy keys", max: POLICY_KEYS_MAX, got: keys.len() })?;
+        let n = u16::try_from(keys.len()).map_err(|_| DecodeError::TooLong {
+            what: "policy keys",
+            max: POLICY_KEYS_MAX,
+            got: keys.len(),
+        })?;
         let members = (0..n).map(QuorumMember::Key).collect();
         Self::new(keys, Quorum { threshold, members })
     }
@@ -117,7 +120,10 @@ fn validate_quorum(q: &Quorum, key_count: usize, depth: usize, used: &mut BTreeS
         return Err(DecodeError::Invalid { what: WHAT, why: "threshold 0 would be satisfied by no signature at all" });
     }
     if usize::from(q.threshold) > q.members.len() {
-        return Err(DecodeError::Invalid { what: WHAT, why: "threshold exceeds the member count, so it can never be met" });
+        return Err(DecodeError::Invalid {
+            what: WHAT,
+            why: "threshold exceeds the member count, so it can never be met",
+        });
     }
     let mut here = BTreeSet::new();
     for m in &q.members {

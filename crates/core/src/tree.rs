@@ -103,6 +103,17 @@ impl TreeProof {
 
     /// Verifies the proof for `index` against `root` and says what it proves.
     pub fn verify(&self, root: &Digest, index: &Index) -> Result<TreeAnswer, TreeProofError> {
+        let (computed, answer) = self.compute_root(index)?;
+        if &computed == root {
+            Ok(answer)
+        } else {
+            Err(TreeProofError::RootMismatch)
+        }
+    }
+
+    /// The root this proof leads to for `index`, and what it would prove there. Verification
+    /// compares it with the signed root; tests use it to build proofs of a forged tree.
+    pub fn compute_root(&self, index: &Index) -> Result<(Digest, TreeAnswer), TreeProofError> {
         let depth = self.depth();
         debug_assert!(depth <= TREE_DEPTH_MAX, "decoder bounds the depth");
         // In a compressed tree every interior node has two leaves below it, so a terminal's
@@ -126,11 +137,7 @@ impl TreeProof {
             let sibling = self.siblings[i].as_ref().unwrap_or(&empty);
             h = if index.bit(i) { node_hash(sibling, &h) } else { node_hash(&h, sibling) };
         }
-        if &h == root {
-            Ok(answer)
-        } else {
-            Err(TreeProofError::RootMismatch)
-        }
+        Ok((h, answer))
     }
 }
 
@@ -168,9 +175,10 @@ impl Canonical for TreeProof {
         let terminal = match r.u8("tree proof terminal")? {
             TERMINAL_EMPTY => Terminal::Empty,
             TERMINAL_LEAF => Terminal::Leaf { value: r.array("tree proof leaf value")? },
-            TERMINAL_OTHER_LEAF => {
-                Terminal::OtherLeaf { index: Index(r.array("tree proof other index")?), value: r.array("tree proof other value")? }
-            }
+            TERMINAL_OTHER_LEAF => Terminal::OtherLeaf {
+                index: Index(r.array("tree proof other index")?),
+                value: r.array("tree proof other value")?,
+            },
             _ => return Err(DecodeError::Invalid { what: "tree proof terminal", why: "unknown tag" }),
         };
         let depth = usize::from(r.u16("tree proof depth")?);

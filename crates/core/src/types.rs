@@ -92,10 +92,16 @@ impl Canonical for Profile {
         for _ in 0..n {
             let app = r.var_bytes(1, PROFILE_APP_ID_BYTES_MAX, "profile app id")?;
             if !valid_app_id(app) {
-                return Err(DecodeError::Invalid { what: "profile app id", why: "must be printable ASCII without spaces" });
+                return Err(DecodeError::Invalid {
+                    what: "profile app id",
+                    why: "must be printable ASCII without spaces",
+                });
             }
             if last.is_some_and(|l| l >= app) {
-                return Err(DecodeError::NonCanonical { what: "profile keys", why: "app ids not sorted strictly ascending" });
+                return Err(DecodeError::NonCanonical {
+                    what: "profile keys",
+                    why: "app ids not sorted strictly ascending",
+                });
             }
             last = Some(app);
             let key = r.var_bytes(1, PROFILE_KEY_BYTES_MAX, "profile key")?;
@@ -117,7 +123,10 @@ impl Profile {
     pub fn validate(&self) -> Result<(), DecodeError> {
         for app in self.keys.keys() {
             if !valid_app_id(app.as_bytes()) {
-                return Err(DecodeError::Invalid { what: "profile app id", why: "must be 1 to 64 printable ASCII bytes" });
+                return Err(DecodeError::Invalid {
+                    what: "profile app id",
+                    why: "must be 1 to 64 printable ASCII bytes",
+                });
             }
         }
         if self.keys.values().any(|k| k.is_empty() || k.len() > PROFILE_KEY_BYTES_MAX) {
@@ -220,7 +229,11 @@ impl RealmConfig {
             return Err(DecodeError::Invalid { what: "realm replica keys", why: "need between 1 and 9 replicas" });
         }
         if self.verifier_keys.len() > VERIFIERS_MAX {
-            return Err(DecodeError::TooLong { what: "realm verifier keys", max: VERIFIERS_MAX, got: self.verifier_keys.len() });
+            return Err(DecodeError::TooLong {
+                what: "realm verifier keys",
+                max: VERIFIERS_MAX,
+                got: self.verifier_keys.len(),
+            });
         }
         for keys in [&self.replica_keys, &self.verifier_keys] {
             if keys.windows(2).any(|w| w[0] >= w[1]) {
@@ -259,7 +272,12 @@ fn decode_realm_name(r: &mut Reader<'_>) -> Result<String, DecodeError> {
     Ok(s.to_owned())
 }
 
-fn decode_key_set(r: &mut Reader<'_>, min: usize, max: usize, what: &'static str) -> Result<Vec<PublicKey>, DecodeError> {
+fn decode_key_set(
+    r: &mut Reader<'_>,
+    min: usize,
+    max: usize,
+    what: &'static str,
+) -> Result<Vec<PublicKey>, DecodeError> {
     let n = r.count(min, max, what)?;
     let mut keys = Vec::with_capacity(n);
     for _ in 0..n {

@@ -1,1 +1,16 @@
-fn main() {}
+//! The `keyraft` binary: parses the command line and hands over to the library.
+#![forbid(unsafe_code)]
+
+use clap::Parser as _;
+
+fn main() -> std::process::ExitCode {
+    let cli = keyraft::cli::Cli::parse();
+    keyraft::cli::init_tracing();
+    match keyraft::cli::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

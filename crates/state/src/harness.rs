@@ -2,7 +2,6 @@
 //! every replica, verifier and user derived from a seed. Tests use it to register, update,
 //! cut epochs, sign, ratify, look up and verify without any network.
 
-use keyraft_core::{Command, LogPosition};
 use crate::error::StateError;
 use crate::machine::{Outcome, StateMachine};
 use crate::proposer::{ratify_head, sign_head};
@@ -11,7 +10,11 @@ use keyraft_core::lookup::{ClientRealm, LookupProof};
 use keyraft_core::types::vrf_input;
 use keyraft_core::update::entry_update_message;
 use keyraft_core::vrf::{VrfProof, VrfSecretKey};
-use keyraft_core::{Canonical, EpochHead, Entry, Index, KeySignature, Policy, Profile, PublicKey, RealmConfig, Signature, SignedEntry, Update};
+use keyraft_core::{
+    Canonical, Entry, EpochHead, Index, KeySignature, Policy, Profile, PublicKey, RealmConfig, Signature, SignedEntry,
+    Update,
+};
+use keyraft_core::{Command, LogPosition};
 use keyraft_storage::{MemoryStorage, Storage};
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
@@ -33,8 +36,10 @@ pub fn public_key(key: &SigningKey) -> PublicKey {
 /// Signs `entry` for `realm` with each key and returns the sorted signature set.
 pub fn sign_entry(realm: &str, entry: &Entry, keys: &[&SigningKey]) -> Vec<KeySignature> {
     let message = entry_update_message(realm, &entry.encode());
-    let mut sigs: Vec<KeySignature> =
-        keys.iter().map(|k| KeySignature { signer: public_key(k), signature: Signature(k.sign(&message).to_bytes()) }).collect();
+    let mut sigs: Vec<KeySignature> = keys
+        .iter()
+        .map(|k| KeySignature { signer: public_key(k), signature: Signature(k.sign(&message).to_bytes()) })
+        .collect();
     sigs.sort_by(|a, b| a.signer.cmp(&b.signer));
     sigs.dedup_by(|a, b| a.signer == b.signer);
     sigs
@@ -66,7 +71,8 @@ pub struct Harness {
 impl Harness {
     /// A realm with `replicas` replicas and `verifiers` verifiers, keys derived from `seed`.
     pub fn new(realm: &str, replicas: usize, verifiers: usize, seed: u64) -> Self {
-        let mut replica_keys: Vec<SigningKey> = (0..replicas).map(|i| derive_signing_key(seed, &format!("replica-{i}"))).collect();
+        let mut replica_keys: Vec<SigningKey> =
+            (0..replicas).map(|i| derive_signing_key(seed, &format!("replica-{i}"))).collect();
         let mut verifier_keys: Vec<SigningKey> =
             (0..verifiers).map(|i| derive_signing_key(seed, &format!("verifier-{i}"))).collect();
         replica_keys.sort_by_key(|k| k.verifying_key().to_bytes());
@@ -80,7 +86,14 @@ impl Harness {
         )
         .expect("harness realm configuration is valid");
         let machine = StateMachine::open(MemoryStorage::new(), config).expect("fresh memory store opens");
-        Self { machine, log: Vec::new(), replicas: replica_keys, verifiers: verifier_keys, vrf, now_ms: 1_700_000_000_000 }
+        Self {
+            machine,
+            log: Vec::new(),
+            replicas: replica_keys,
+            verifiers: verifier_keys,
+            vrf,
+            now_ms: 1_700_000_000_000,
+        }
     }
 
     /// The realm configuration.
@@ -95,8 +108,13 @@ impl Harness {
 
     /// The index of `user_id` and its VRF proof.
     pub fn index_of(&self, user_id: &str) -> (Index, VrfProof) {
-        let proof = self.vrf.prove(&vrf_input(&self.config().realm, user_id)).expect("VRF prove succeeds on valid keys");
-        let output = self.vrf.public_key().verify(&vrf_input(&self.config().realm, user_id), &proof).expect("own proof verifies");
+        let proof =
+            self.vrf.prove(&vrf_input(&self.config().realm, user_id)).expect("VRF prove succeeds on valid keys");
+        let output = self
+            .vrf
+            .public_key()
+            .verify(&vrf_input(&self.config().realm, user_id), &proof)
+            .expect("own proof verifies");
         let mut index = [0u8; 32];
         index.copy_from_slice(&output.as_bytes()[..32]);
         (Index(index), proof)
@@ -112,7 +130,14 @@ impl Harness {
     }
 
     /// Builds a signed update of `user_id` to `version` with `policy`, signed by `signers`.
-    pub fn make_update(&self, user_id: &str, version: u64, policy: Policy, profile: Profile, signers: &[&SigningKey]) -> Update {
+    pub fn make_update(
+        &self,
+        user_id: &str,
+        version: u64,
+        policy: Policy,
+        profile: Profile,
+        signers: &[&SigningKey],
+    ) -> Update {
         let (index, _) = self.index_of(user_id);
         let entry = Entry { index, version, update_policy: policy, profile_commitment: profile.commitment() };
         let signatures = sign_entry(&self.config().realm, &entry, signers);
@@ -120,7 +145,12 @@ impl Harness {
     }
 
     /// Registers `user_id` with a single-key policy of `owner`.
-    pub fn register(&mut self, user_id: &str, owner: &SigningKey, keys: &[(&str, &[u8])]) -> Result<Outcome, StateError> {
+    pub fn register(
+        &mut self,
+        user_id: &str,
+        owner: &SigningKey,
+        keys: &[(&str, &[u8])],
+    ) -> Result<Outcome, StateError> {
         let profile = test_profile(user_id, keys);
         let update = self.make_update(user_id, 0, Policy::single(public_key(owner)), profile, &[owner]);
         self.append(Command::Update(Box::new(update)))

@@ -18,7 +18,6 @@
 
 use keyraft_core::Index;
 
-pub(crate) const META: u8 = b'm';
 pub(crate) const TREE: u8 = b't';
 pub(crate) const PENDING: u8 = b'p';
 pub(crate) const UPDATE: u8 = b'u';

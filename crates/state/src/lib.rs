@@ -22,7 +22,7 @@ pub mod proposer;
 pub mod testing;
 mod tree;
 
-pub use keyraft_core::{Command, LogPosition};
 pub use error::StateError;
-pub use proof::LookupParts;
+pub use keyraft_core::{Command, LogPosition};
 pub use machine::{Effect, EpochState, Ignored, Outcome, Rejected, StateMachine, Step};
+pub use proof::LookupParts;

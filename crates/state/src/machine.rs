@@ -13,14 +13,16 @@
 //!   keyserver-ratified, so ratification happens in epoch order too;
 //! - at most one update per index is staged in the open epoch.
 
-use keyraft_core::{Command, LogPosition};
 use crate::error::{corrupt, StateError};
 use crate::keys;
 use crate::tree;
 use keyraft_core::lookup::{head_signing_message, ratification_message};
 use keyraft_core::tree::TreeProof;
 use keyraft_core::update::check_update;
-use keyraft_core::{decode_canonical, Canonical, Digest, EpochHead, Index, PublicKey, RealmConfig, Signature, Update, UpdateRejection};
+use keyraft_core::{
+    decode_canonical, Canonical, Digest, EpochHead, Index, PublicKey, RealmConfig, Signature, Update, UpdateRejection,
+};
+use keyraft_core::{Command, LogPosition};
 use keyraft_storage::{prefix_successor, Batch, Direction, Storage};
 
 /// What the persisted state says about epochs; everything the proposers need.
@@ -235,8 +237,13 @@ impl<S: Storage> StateMachine<S> {
             }
             Some(stored) if stored == config_bytes => {}
             Some(stored) => {
-                let name = decode_canonical::<RealmConfig>(&stored).map(|c| c.realm).unwrap_or_else(|_| "<undecodable>".into());
-                return Err(StateError::ConfigMismatch(format!("stored realm {name:?}, configured {:?}", config.realm)));
+                let name = decode_canonical::<RealmConfig>(&stored)
+                    .map(|c| c.realm)
+                    .unwrap_or_else(|_| "<undecodable>".into());
+                return Err(StateError::ConfigMismatch(format!(
+                    "stored realm {name:?}, configured {:?}",
+                    config.realm
+                )));
             }
         }
         let epoch_state = match store.get(keys::META_EPOCH)? {

@@ -4,7 +4,7 @@ use crate::error::{corrupt, StateError};
 use crate::machine::StateMachine;
 use keyraft_core::lookup::PositionalSignature;
 use keyraft_core::tree::{Terminal, TreeProof};
-use keyraft_core::{EpochHead, Entry, Index, Profile, PublicKey, Signature};
+use keyraft_core::{Entry, EpochHead, Index, Profile, PublicKey, Signature};
 use keyraft_storage::Storage;
 
 /// Everything in a lookup proof except the user id and the VRF proof, which only the edge
@@ -23,7 +23,11 @@ pub struct LookupParts {
     pub entry: Option<(Entry, Profile)>,
 }
 
-fn positional(keys: &[PublicKey], sigs: Vec<(PublicKey, Signature)>, max: usize) -> Result<Vec<PositionalSignature>, StateError> {
+fn positional(
+    keys: &[PublicKey],
+    sigs: Vec<(PublicKey, Signature)>,
+    max: usize,
+) -> Result<Vec<PositionalSignature>, StateError> {
     let mut out = Vec::new();
     for (signer, signature) in sigs.into_iter().take(max) {
         let pos = keys.binary_search(&signer).map_err(|_| corrupt("stored signature by a key outside the realm"))?;
@@ -39,7 +43,12 @@ impl<S: Storage> StateMachine<S> {
     ///
     /// Stored signatures are sorted by key, and keys are sorted in the realm configuration,
     /// so the positions come out sorted as the proof format requires.
-    pub fn lookup_parts(&self, index: &Index, epoch: u64, verifiers_max: usize) -> Result<Option<LookupParts>, StateError> {
+    pub fn lookup_parts(
+        &self,
+        index: &Index,
+        epoch: u64,
+        verifiers_max: usize,
+    ) -> Result<Option<LookupParts>, StateError> {
         let Some(head) = self.head(epoch)? else { return Ok(None) };
         let config = self.config();
         let replica_signatures =
@@ -48,7 +57,8 @@ impl<S: Storage> StateMachine<S> {
         let tree_proof = self.tree_proof(epoch, index)?;
         let entry = match tree_proof.terminal {
             Terminal::Leaf { value } => {
-                let (_, update) = self.update_at(index, epoch)?.ok_or_else(|| corrupt("tree leaf without a stored update"))?;
+                let (_, update) =
+                    self.update_at(index, epoch)?.ok_or_else(|| corrupt("tree leaf without a stored update"))?;
                 if update.signed.entry.hash() != value {
                     return Err(corrupt("tree leaf value differs from the stored entry's hash"));
                 }

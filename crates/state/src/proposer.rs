@@ -5,10 +5,10 @@
 //! coname kept the signature proposer's progress only in memory and forgot to sign after a
 //! restart; here nothing about it lives outside the stored state.
 
-use keyraft_core::Command;
 use crate::machine::EpochState;
 use ed25519_dalek::{Signer as _, SigningKey};
 use keyraft_core::lookup::{head_signing_message, ratification_message};
+use keyraft_core::Command;
 use keyraft_core::{EpochHead, PublicKey, Signature};
 
 /// How often epochs are cut.
@@ -88,13 +88,21 @@ pub fn epoch_to_sign(state: &EpochState, signed_last: bool) -> Option<u64> {
 /// The command carrying this replica's signature over `head`.
 pub fn sign_head(key: &SigningKey, head: &EpochHead) -> Result<Command, keyraft_core::DecodeError> {
     let signature = Signature(key.sign(&head_signing_message(head)).to_bytes());
-    Ok(Command::ReplicaSignature { epoch: head.epoch, signer: PublicKey::from_verifying_key(&key.verifying_key())?, signature })
+    Ok(Command::ReplicaSignature {
+        epoch: head.epoch,
+        signer: PublicKey::from_verifying_key(&key.verifying_key())?,
+        signature,
+    })
 }
 
 /// A verifier's ratification of `head`.
 pub fn ratify_head(key: &SigningKey, head: &EpochHead) -> Result<Command, keyraft_core::DecodeError> {
     let signature = Signature(key.sign(&ratification_message(head)).to_bytes());
-    Ok(Command::VerifierSignature { epoch: head.epoch, verifier: PublicKey::from_verifying_key(&key.verifying_key())?, signature })
+    Ok(Command::VerifierSignature {
+        epoch: head.epoch,
+        verifier: PublicKey::from_verifying_key(&key.verifying_key())?,
+        signature,
+    })
 }
 
 #[cfg(test)]
@@ -104,7 +112,13 @@ mod tests {
     const IV: EpochIntervals = EpochIntervals { min_epoch_interval_ms: 100, max_epoch_interval_ms: 1000 };
 
     fn state(last_epoch: u64, ratified: u64, t: u64, pending: u64) -> EpochState {
-        EpochState { last_epoch, last_issue_time_ms: t, last_head_hash: [0; 32], ratified_epoch: ratified, pending_updates: pending }
+        EpochState {
+            last_epoch,
+            last_issue_time_ms: t,
+            last_head_hash: [0; 32],
+            ratified_epoch: ratified,
+            pending_updates: pending,
+        }
     }
 
     #[test]

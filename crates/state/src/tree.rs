@@ -94,15 +94,6 @@ pub(crate) fn root_at(store: &dyn Storage, epoch: u64) -> Result<Digest, StateEr
     Ok(read_node(store, 0, &Index([0; 32]), epoch)?.map_or_else(empty_hash, |n| n.hash(0)))
 }
 
-/// The value stored for `index` as of `epoch`.
-#[cfg(test)]
-pub(crate) fn get(store: &dyn Storage, epoch: u64, index: &Index) -> Result<Option<Digest>, StateError> {
-    match prove(store, epoch, index)?.terminal {
-        Terminal::Leaf { value } => Ok(Some(value)),
-        _ => Ok(None),
-    }
-}
-
 /// Builds the inclusion or absence proof for `index` in the tree of `epoch`.
 pub(crate) fn prove(store: &dyn Storage, epoch: u64, index: &Index) -> Result<TreeProof, StateError> {
     let empty = empty_hash();
@@ -158,7 +149,12 @@ struct EpochWriter<'a> {
 impl EpochWriter<'_> {
     /// Rewrites the subtree at `depth` on the path of `updates[0]` (all updates share that
     /// path down to `depth`), whose current content is `current`, and returns its new hash.
-    fn update(&mut self, depth: usize, current: Option<Node>, updates: &[(Index, Digest)]) -> Result<Digest, StateError> {
+    fn update(
+        &mut self,
+        depth: usize,
+        current: Option<Node>,
+        updates: &[(Index, Digest)],
+    ) -> Result<Digest, StateError> {
         let Some(first) = updates.first() else {
             return Ok(current.map_or_else(empty_hash, |n| n.hash(depth)));
         };
@@ -193,7 +189,8 @@ impl EpochWriter<'_> {
         empty: &Digest,
         updates: &[(Index, Digest)],
     ) -> Result<Digest, StateError> {
-        let child = if &hash == empty { None } else { Some(read_existing(self.store, depth, &updates[0].0, self.epoch)?) };
+        let child =
+            if &hash == empty { None } else { Some(read_existing(self.store, depth, &updates[0].0, self.epoch)?) };
         self.update(depth, child, updates)
     }
 

@@ -36,26 +36,32 @@ fn registration_requires_version_zero() {
     let mut h = Harness::new("example.org", 3, 1, 1);
     let k = derive_signing_key(1, "bob");
     let u = h.make_update("bob", 3, Policy::single(public_key(&k)), test_profile("b", &[]), &[&k]);
-    assert_eq!(rejected(h.append(Command::Update(Box::new(u))).unwrap()), UpdateRejection::RegistrationVersionNotZero { got: 3 });
+    assert_eq!(
+        rejected(h.append(Command::Update(Box::new(u))).unwrap()),
+        UpdateRejection::RegistrationVersionNotZero { got: 3 }
+    );
 }
 
 #[test]
 fn versions_strictly_increase() {
     let (mut h, alice) = realm_with_alice();
-    let u = h.make_update("alice@example.org", 0, Policy::single(public_key(&alice)), test_profile("x", &[]), &[&alice]);
+    let u =
+        h.make_update("alice@example.org", 0, Policy::single(public_key(&alice)), test_profile("x", &[]), &[&alice]);
     assert_eq!(
         rejected(h.append(Command::Update(Box::new(u))).unwrap()),
         UpdateRejection::VersionNotIncreasing { current: 0, got: 0 }
     );
     // Gaps are allowed.
-    let u = h.make_update("alice@example.org", 5, Policy::single(public_key(&alice)), test_profile("y", &[]), &[&alice]);
+    let u =
+        h.make_update("alice@example.org", 5, Policy::single(public_key(&alice)), test_profile("y", &[]), &[&alice]);
     assert_eq!(accepted_epoch(h.append(Command::Update(Box::new(u))).unwrap()), 2);
 }
 
 #[test]
 fn commitment_must_match_profile() {
     let (mut h, alice) = realm_with_alice();
-    let mut u = h.make_update("alice@example.org", 1, Policy::single(public_key(&alice)), test_profile("x", &[]), &[&alice]);
+    let mut u =
+        h.make_update("alice@example.org", 1, Policy::single(public_key(&alice)), test_profile("x", &[]), &[&alice]);
     u.profile = test_profile("other", &[]);
     assert_eq!(rejected(h.append(Command::Update(Box::new(u))).unwrap()), UpdateRejection::ProfileCommitmentMismatch);
 }
@@ -64,10 +70,17 @@ fn commitment_must_match_profile() {
 fn signatures_must_come_from_a_policy_and_verify() {
     let (mut h, alice) = realm_with_alice();
     let mallory = derive_signing_key(7, "mallory");
-    let u = h.make_update("alice@example.org", 1, Policy::single(public_key(&alice)), test_profile("x", &[]), &[&alice, &mallory]);
+    let u = h.make_update(
+        "alice@example.org",
+        1,
+        Policy::single(public_key(&alice)),
+        test_profile("x", &[]),
+        &[&alice, &mallory],
+    );
     assert!(matches!(rejected(h.append(Command::Update(Box::new(u))).unwrap()), UpdateRejection::UnknownSigner { .. }));
 
-    let mut u = h.make_update("alice@example.org", 1, Policy::single(public_key(&alice)), test_profile("x", &[]), &[&alice]);
+    let mut u =
+        h.make_update("alice@example.org", 1, Policy::single(public_key(&alice)), test_profile("x", &[]), &[&alice]);
     u.signed.signatures[0].signature = Signature([3; 64]);
     assert!(matches!(rejected(h.append(Command::Update(Box::new(u))).unwrap()), UpdateRejection::BadSignature { .. }));
 }
@@ -77,13 +90,26 @@ fn both_policies_must_consent() {
     let (mut h, alice) = realm_with_alice();
     let new_key = derive_signing_key(7, "alice-new-phone");
     // Only the new key signs: the current owner did not consent.
-    let u = h.make_update("alice@example.org", 1, Policy::single(public_key(&new_key)), test_profile("x", &[]), &[&new_key]);
+    let u = h.make_update(
+        "alice@example.org",
+        1,
+        Policy::single(public_key(&new_key)),
+        test_profile("x", &[]),
+        &[&new_key],
+    );
     assert_eq!(rejected(h.append(Command::Update(Box::new(u))).unwrap()), UpdateRejection::CurrentPolicyNotSatisfied);
     // Only the old key signs a policy naming the new key: the new holder did not consent.
-    let u = h.make_update("alice@example.org", 1, Policy::single(public_key(&new_key)), test_profile("x", &[]), &[&alice]);
+    let u =
+        h.make_update("alice@example.org", 1, Policy::single(public_key(&new_key)), test_profile("x", &[]), &[&alice]);
     assert_eq!(rejected(h.append(Command::Update(Box::new(u))).unwrap()), UpdateRejection::NewPolicyNotSatisfied);
     // Both: accepted.
-    let u = h.make_update("alice@example.org", 1, Policy::single(public_key(&new_key)), test_profile("x", &[]), &[&alice, &new_key]);
+    let u = h.make_update(
+        "alice@example.org",
+        1,
+        Policy::single(public_key(&new_key)),
+        test_profile("x", &[]),
+        &[&alice, &new_key],
+    );
     assert_eq!(accepted_epoch(h.append(Command::Update(Box::new(u))).unwrap()), 2);
 }
 
@@ -98,7 +124,10 @@ fn one_update_per_identity_per_epoch_and_duplicates_are_idempotent() {
     assert_eq!(reason, UpdateRejection::AlreadyUpdatedInEpoch { epoch: 2 });
     assert!(reason.is_retryable());
     // The same update again, while staged and after its epoch: a duplicate, not an error.
-    assert!(matches!(h.append(Command::Update(Box::new(first.clone()))).unwrap(), Outcome::UpdateDuplicate { epoch: 2, .. }));
+    assert!(matches!(
+        h.append(Command::Update(Box::new(first.clone()))).unwrap(),
+        Outcome::UpdateDuplicate { epoch: 2, .. }
+    ));
     h.publish_epoch().unwrap();
     assert!(matches!(h.append(Command::Update(Box::new(first))).unwrap(), Outcome::UpdateDuplicate { epoch: 2, .. }));
     // The retry succeeds in the next epoch.
@@ -136,8 +165,13 @@ fn replica_signatures_are_checked_before_they_count() {
     h.cut_epoch().unwrap();
     let head = h.machine.head(2).unwrap().unwrap();
     let stranger = derive_signing_key(7, "not-a-replica");
-    assert!(matches!(h.append(sign_head(&stranger, &head).unwrap()).unwrap(), Outcome::Rejected(Rejected::UnknownReplica(_))));
-    let Command::ReplicaSignature { epoch, signer, .. } = sign_head(&h.replicas[0], &head).unwrap() else { unreachable!() };
+    assert!(matches!(
+        h.append(sign_head(&stranger, &head).unwrap()).unwrap(),
+        Outcome::Rejected(Rejected::UnknownReplica(_))
+    ));
+    let Command::ReplicaSignature { epoch, signer, .. } = sign_head(&h.replicas[0], &head).unwrap() else {
+        unreachable!()
+    };
     let forged = Command::ReplicaSignature { epoch, signer, signature: Signature([9; 64]) };
     assert!(matches!(h.append(forged).unwrap(), Outcome::Rejected(Rejected::BadSignature { epoch: 2, .. })));
     let mut future = sign_head(&h.replicas[0], &head).unwrap();
@@ -157,10 +191,16 @@ fn verifier_signatures_are_checked_before_they_count() {
     h.cut_epoch().unwrap();
     let head = h.machine.head(2).unwrap().unwrap();
     // Not yet keyserver-ratified.
-    assert_eq!(h.append(ratify_head(&h.verifiers[0], &head).unwrap()).unwrap(), Outcome::Rejected(Rejected::EpochNotKeyserverRatified(2)));
+    assert_eq!(
+        h.append(ratify_head(&h.verifiers[0], &head).unwrap()).unwrap(),
+        Outcome::Rejected(Rejected::EpochNotKeyserverRatified(2))
+    );
     h.sign(2, 2).unwrap();
     let stranger = derive_signing_key(7, "not-a-verifier");
-    assert!(matches!(h.append(ratify_head(&stranger, &head).unwrap()).unwrap(), Outcome::Rejected(Rejected::UnknownVerifier(_))));
+    assert!(matches!(
+        h.append(ratify_head(&stranger, &head).unwrap()).unwrap(),
+        Outcome::Rejected(Rejected::UnknownVerifier(_))
+    ));
     // A replica's head signature is not a ratification.
     let Command::ReplicaSignature { signature, .. } = sign_head(&h.replicas[0], &head).unwrap() else { unreachable!() };
     let verifier = public_key(&h.verifiers[0]);
@@ -181,7 +221,10 @@ fn stale_log_positions_are_ignored() {
     let (mut h, _) = realm_with_alice();
     let before = dump_all(h.machine.store()).unwrap();
     let applied = h.machine.applied();
-    let (outcome, effects) = h.machine.apply(LogPosition { term: 1, index: applied.index }, &Command::EpochDelimiter { epoch: 2, timestamp_ms: 1 }).unwrap();
+    let (outcome, effects) = h
+        .machine
+        .apply(LogPosition { term: 1, index: applied.index }, &Command::EpochDelimiter { epoch: 2, timestamp_ms: 1 })
+        .unwrap();
     assert_eq!(outcome, Outcome::AlreadyApplied);
     assert!(effects.is_empty());
     assert_eq!(before, dump_all(h.machine.store()).unwrap());
@@ -190,7 +233,8 @@ fn stale_log_positions_are_ignored() {
 /// A log exercising every command kind and outcome.
 fn busy_harness() -> Harness {
     let mut h = Harness::new("example.org", 3, 2, 11);
-    let users: Vec<_> = (0..12).map(|i| (format!("user{i}@example.org"), derive_signing_key(11, &format!("u{i}")))).collect();
+    let users: Vec<_> =
+        (0..12).map(|i| (format!("user{i}@example.org"), derive_signing_key(11, &format!("u{i}")))).collect();
     for round in 0..4u64 {
         for (i, (user, key)) in users.iter().enumerate() {
             if (i as u64 + round) % 3 == 0 {
@@ -202,7 +246,13 @@ fn busy_harness() -> Harness {
             h.append(Command::Update(Box::new(update))).unwrap();
         }
         // A rejected update and a stale delimiter are in the log too.
-        let bad = h.make_update(&users[0].0, 0, Policy::single(public_key(&users[1].1)), test_profile("bad", &[]), &[&users[1].1]);
+        let bad = h.make_update(
+            &users[0].0,
+            0,
+            Policy::single(public_key(&users[1].1)),
+            test_profile("bad", &[]),
+            &[&users[1].1],
+        );
         h.append(Command::Update(Box::new(bad))).unwrap();
         h.append(Command::EpochDelimiter { epoch: 99, timestamp_ms: 1 }).unwrap();
         h.now_ms += 1000;

@@ -43,10 +43,9 @@ fn read_version(store: &dyn Storage) -> Result<Option<u32>, StorageError> {
     match store.get(FORMAT_VERSION_KEY)? {
         None => Ok(None),
         Some(v) => {
-            let bytes: [u8; 4] = v
-                .as_slice()
-                .try_into()
-                .map_err(|_| StorageError::Corrupt { what: format!("format version is {} bytes, expected 4", v.len()) })?;
+            let bytes: [u8; 4] = v.as_slice().try_into().map_err(|_| StorageError::Corrupt {
+                what: format!("format version is {} bytes, expected 4", v.len()),
+            })?;
             Ok(Some(u32::from_be_bytes(bytes)))
         }
     }
@@ -61,7 +60,11 @@ fn write_version(store: &dyn Storage, version: u32) -> Result<(), StorageError> 
 
 /// Checks the store's format version against `current`, stamping an empty store and running
 /// `migrations` on an older one.
-pub fn check_format_version(store: &dyn Storage, current: u32, migrations: &[Migration]) -> Result<FormatOutcome, StorageError> {
+pub fn check_format_version(
+    store: &dyn Storage,
+    current: u32,
+    migrations: &[Migration],
+) -> Result<FormatOutcome, StorageError> {
     let Some(found) = read_version(store)? else {
         if store.first_in_range(&[], None)?.is_some() {
             return Err(StorageError::Corrupt { what: "store has data but no format version".into() });

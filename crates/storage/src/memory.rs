@@ -60,7 +60,12 @@ impl MemoryStorage {
         self.inner.read().map(|i| i.current.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()
     }
 
-    fn page(&self, lower: Bound<Key>, upper: Bound<Key>, direction: Direction) -> Result<Vec<(Key, Value)>, StorageError> {
+    fn page(
+        &self,
+        lower: Bound<Key>,
+        upper: Bound<Key>,
+        direction: Direction,
+    ) -> Result<Vec<(Key, Value)>, StorageError> {
         let inner = self.inner.read().map_err(|_| poisoned())?;
         if let (Bound::Included(l) | Bound::Excluded(l), Bound::Excluded(u)) = (&lower, &upper) {
             if l >= u {

@@ -32,7 +32,9 @@ pub struct SledStorage {
 fn engine(e: sled::Error) -> StorageError {
     match e {
         sled::Error::Io(source) => StorageError::Io { context: "accessing the sled database", source },
-        sled::Error::Corruption { at, .. } => StorageError::Corrupt { what: format!("sled reports corruption at {at:?}") },
+        sled::Error::Corruption { at, .. } => {
+            StorageError::Corrupt { what: format!("sled reports corruption at {at:?}") }
+        }
         other => StorageError::Engine(other.to_string()),
     }
 }

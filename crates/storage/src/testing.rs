@@ -66,7 +66,10 @@ fn ranges(s: &dyn Storage) {
     assert_eq!(keys(s.range(b"b", Some(b"c"), Direction::Reverse)), vec![b"ba".to_vec(), b"b".to_vec()]);
     assert!(keys(s.range(b"b", Some(b"b"), Direction::Forward)).is_empty());
     assert!(keys(s.range(b"c", Some(b"b"), Direction::Reverse)).is_empty());
-    assert_eq!(keys(s.range(b"c", None, Direction::Forward)), vec![b"c".to_vec(), b"\xff".to_vec(), b"\xff\xff".to_vec()]);
+    assert_eq!(
+        keys(s.range(b"c", None, Direction::Forward)),
+        vec![b"c".to_vec(), b"\xff".to_vec(), b"\xff\xff".to_vec()]
+    );
     assert_eq!(keys(s.range(b"", None, Direction::Reverse)).len(), 6);
     assert_eq!(s.first_in_range(b"bb", None).unwrap().unwrap().0, b"c".to_vec());
     assert_eq!(s.last_in_range(b"a", Some(b"c")).unwrap().unwrap().0, b"ba".to_vec());
@@ -86,8 +89,10 @@ fn big_endian_order(s: &dyn Storage) {
     for n in [0u64, 1, 255, 256, 65_535, 1 << 40, u64::MAX] {
         put(s, &n.to_be_bytes(), b"");
     }
-    let got: Vec<u64> =
-        keys(s.range(&[], None, Direction::Forward)).iter().map(|k| u64::from_be_bytes(k.as_slice().try_into().unwrap())).collect();
+    let got: Vec<u64> = keys(s.range(&[], None, Direction::Forward))
+        .iter()
+        .map(|k| u64::from_be_bytes(k.as_slice().try_into().unwrap()))
+        .collect();
     assert_eq!(got, vec![0, 1, 255, 256, 65_535, 1 << 40, u64::MAX]);
 }
 

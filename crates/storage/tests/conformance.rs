@@ -2,7 +2,10 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use keyraft_storage::testing::run_conformance_suite;
-use keyraft_storage::{check_format_version, dump_all, Batch, Direction, FormatOutcome, MemoryStorage, Migration, SledStorage, Storage, StorageError};
+use keyraft_storage::{
+    check_format_version, dump_all, Batch, Direction, FormatOutcome, MemoryStorage, Migration, SledStorage, Storage,
+    StorageError,
+};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
@@ -97,7 +100,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (key(), prop::collection::vec(any::<u8>(), 0..8)).prop_map(|(k, v)| Op::Put(k, v)),
         key().prop_map(Op::Delete),
-        prop::collection::vec((key(), prop::option::of(prop::collection::vec(any::<u8>(), 0..4))), 0..6).prop_map(Op::Batch),
+        prop::collection::vec((key(), prop::option::of(prop::collection::vec(any::<u8>(), 0..4))), 0..6)
+            .prop_map(Op::Batch),
         (key(), prop::option::of(key()), any::<bool>()).prop_map(|(a, b, r)| Op::Range(a, b, r)),
     ]
 }
@@ -139,7 +143,9 @@ fn check_model(s: &dyn Storage, ops: &[Op]) {
                 let got: Vec<_> = s.range(a, b.as_deref(), dir).map(|r| r.unwrap()).collect();
                 let mut want: Vec<_> = model
                     .iter()
-                    .filter(|(k, _)| k.as_slice() >= a.as_slice() && b.as_ref().is_none_or(|b| k.as_slice() < b.as_slice()))
+                    .filter(|(k, _)| {
+                        k.as_slice() >= a.as_slice() && b.as_ref().is_none_or(|b| k.as_slice() < b.as_slice())
+                    })
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
                 if *rev {
