@@ -250,8 +250,8 @@ pub enum VerifyError {
     /// Check 4: a replica signature does not verify.
     #[error("replica {signer}'s signature over the head does not verify")]
     BadReplicaSignature {
-        /// The replica's key.
-        signer: PublicKey,
+        /// The replica's key, hex.
+        signer: String,
     },
     /// Check 4: fewer than a majority of replicas signed. Always required.
     #[error("only {have} replica signatures, a majority needs {need}")]
@@ -270,8 +270,8 @@ pub enum VerifyError {
     /// Check 4: a verifier signature does not verify.
     #[error("verifier {signer}'s ratification of the head does not verify")]
     BadVerifierSignature {
-        /// The verifier's key.
-        signer: PublicKey,
+        /// The verifier's key, hex.
+        signer: String,
     },
     /// Check 4: too few verifiers ratified the epoch.
     #[error("only {have} verifier ratifications, the client requires {need}")]
@@ -405,7 +405,7 @@ fn check_quorum(realm: &ClientRealm, proof: &LookupProof) -> Result<Vec<PublicKe
             .get(usize::from(s.position))
             .ok_or(VerifyError::UnknownReplica { position: s.position })?;
         if !signer.verify(&head_message, &s.signature) {
-            return Err(VerifyError::BadReplicaSignature { signer: *signer });
+            return Err(VerifyError::BadReplicaSignature { signer: signer.to_string() });
         }
     }
     let need = config.replica_majority();
@@ -420,7 +420,7 @@ fn check_quorum(realm: &ClientRealm, proof: &LookupProof) -> Result<Vec<PublicKe
             .get(usize::from(s.position))
             .ok_or(VerifyError::UnknownVerifier { position: s.position })?;
         if !signer.verify(&ratification, &s.signature) {
-            return Err(VerifyError::BadVerifierSignature { signer: *signer });
+            return Err(VerifyError::BadVerifierSignature { signer: signer.to_string() });
         }
         ratified_by.push(*signer);
     }

@@ -40,7 +40,7 @@ pub fn sign_entry(realm: &str, entry: &Entry, keys: &[&SigningKey]) -> Vec<KeySi
         .iter()
         .map(|k| KeySignature { signer: public_key(k), signature: Signature(k.sign(&message).to_bytes()) })
         .collect();
-    sigs.sort_by(|a, b| a.signer.cmp(&b.signer));
+    sigs.sort_by_key(|s| s.signer);
     sigs.dedup_by(|a, b| a.signer == b.signer);
     sigs
 }

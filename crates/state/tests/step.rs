@@ -237,7 +237,7 @@ fn busy_harness() -> Harness {
         (0..12).map(|i| (format!("user{i}@example.org"), derive_signing_key(11, &format!("u{i}")))).collect();
     for round in 0..4u64 {
         for (i, (user, key)) in users.iter().enumerate() {
-            if (i as u64 + round) % 3 == 0 {
+            if (i as u64 + round).is_multiple_of(3) {
                 continue;
             }
             let version = if round == 0 { 0 } else { round * 10 + i as u64 };
@@ -284,7 +284,7 @@ fn crash_at_any_point_then_replay_reaches_the_same_state() {
         for (i, command) in h.log.iter().take(crash_at).enumerate() {
             machine.apply(LogPosition { term: 1, index: i as u64 + 1 }, command).unwrap();
             // Flush at irregular points so that crashes lose different suffixes.
-            if (i * 7 + crash_at) % 5 == 0 {
+            if (i * 7 + crash_at).is_multiple_of(5) {
                 store.flush().unwrap();
             }
         }
