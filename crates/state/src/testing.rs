@@ -7,21 +7,43 @@ use keyraft_core::{Digest, Index};
 use keyraft_storage::{Batch, MemoryStorage, Storage};
 use std::collections::BTreeMap;
 
-/// A tree stored in memory, applied epoch by epoch.
-#[derive(Debug, Default)]
+/// A tree applied epoch by epoch, in memory or on sled.
 pub struct TreeFixture {
-    store: MemoryStorage,
+    store: Box<dyn Storage>,
+}
+
+impl std::fmt::Debug for TreeFixture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TreeFixture")
+    }
+}
+
+impl Default for TreeFixture {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl TreeFixture {
-    /// An empty tree.
+    /// An empty tree in memory.
     pub fn new() -> Self {
-        Self { store: MemoryStorage::new() }
+        Self { store: Box::new(MemoryStorage::new()) }
     }
 
-    /// The store underneath.
-    pub fn store(&self) -> &MemoryStorage {
-        &self.store
+    /// An empty tree in a sled database at `path`.
+    ///
+    /// # Panics
+    /// If the database cannot be opened.
+    pub fn on_sled(path: &std::path::Path) -> Self {
+        Self { store: Box::new(keyraft_storage::SledStorage::open(path).expect("open sled")) }
+    }
+
+    /// Makes every applied epoch durable.
+    ///
+    /// # Panics
+    /// If the store fails.
+    pub fn flush(&self) {
+        self.store.flush().expect("flush");
     }
 
     /// Applies `updates` (sorted, distinct) as `epoch` and returns the root.
@@ -30,7 +52,7 @@ impl TreeFixture {
     /// If the store fails (it is in memory) or the updates are not sorted.
     pub fn apply(&mut self, epoch: u64, updates: &[(Index, Digest)]) -> Digest {
         let mut batch = Batch::new();
-        let root = tree::apply_epoch(&self.store, epoch, updates, &mut batch).expect("memory store");
+        let root = tree::apply_epoch(self.store.as_ref(), epoch, updates, &mut batch).expect("memory store");
         self.store.write(batch).expect("memory store");
         root
     }
@@ -40,7 +62,7 @@ impl TreeFixture {
     /// # Panics
     /// If the store fails.
     pub fn root_at(&self, epoch: u64) -> Digest {
-        tree::root_at(&self.store, epoch).expect("memory store")
+        tree::root_at(self.store.as_ref(), epoch).expect("memory store")
     }
 
     /// A proof for `index` at `epoch`.
@@ -48,7 +70,7 @@ impl TreeFixture {
     /// # Panics
     /// If the store fails.
     pub fn prove(&self, epoch: u64, index: &Index) -> TreeProof {
-        tree::prove(&self.store, epoch, index).expect("memory store")
+        tree::prove(self.store.as_ref(), epoch, index).expect("memory store")
     }
 
     /// The root of a compressed tree holding exactly `model`, computed from scratch.

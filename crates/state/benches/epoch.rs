@@ -1,0 +1,98 @@
+//! Applying an epoch delimiter through the step function (the tree batch, moving staged
+//! updates, storing the head) with 10k staged updates on a million-entry sled state.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use keyraft_core::{Command, Entry, Index, LogPosition, Policy, SignedEntry, Update};
+use keyraft_state::harness::{derive_signing_key, public_key, test_profile, Harness};
+use keyraft_state::proposer::sign_head;
+use keyraft_state::StateMachine;
+use keyraft_storage::{SledStorage, Storage};
+use rand::{Rng, SeedableRng};
+use std::time::{Duration, Instant};
+
+const ENTRIES: usize = 1_000_000;
+const EPOCH_UPDATES: usize = 10_000;
+
+struct Realm {
+    h: Harness,
+    machine: StateMachine<SledStorage>,
+    position: u64,
+}
+
+impl Realm {
+    fn apply(&mut self, command: &Command) {
+        self.position += 1;
+        self.machine.apply(LogPosition { term: 1, index: self.position }, command).unwrap();
+    }
+
+    fn stage(&mut self, rng: &mut rand::rngs::StdRng, n: usize) {
+        let key = derive_signing_key(1, "bulk");
+        let policy = Policy::single(public_key(&key));
+        let profile = test_profile("bulk", &[("mail", b"0123456789abcdef")]);
+        let commitment = profile.commitment();
+        let updates: Vec<Update> = (0..n)
+            .map(|_| Update {
+                signed: SignedEntry {
+                    entry: Entry {
+                        index: Index(rng.gen()),
+                        version: 0,
+                        update_policy: policy.clone(),
+                        profile_commitment: commitment,
+                    },
+                    signatures: Vec::new(),
+                },
+                profile: profile.clone(),
+            })
+            .collect();
+        self.machine.bench_stage_unchecked(&updates).unwrap();
+    }
+
+    /// Cuts the open epoch, timing only the delimiter's step and the flush.
+    fn cut(&mut self) -> Duration {
+        let epoch = self.machine.epoch_state().open_epoch();
+        let t = Instant::now();
+        self.apply(&Command::EpochDelimiter { epoch, timestamp_ms: 1_700_000_000_000 + epoch });
+        self.machine.store().flush().unwrap();
+        let elapsed = t.elapsed();
+        let head = self.machine.head(epoch).unwrap().unwrap();
+        for k in self.h.replicas.clone().iter().take(2) {
+            self.apply(&sign_head(k, &head).unwrap());
+        }
+        elapsed
+    }
+}
+
+fn epoch_apply(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::new("example.org", 3, 1, 1);
+    let machine = StateMachine::open(SledStorage::open(dir.path()).unwrap(), h.config().clone()).unwrap();
+    let mut realm = Realm { h, machine, position: 0 };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    let t = Instant::now();
+    for _ in 0..ENTRIES / 100_000 {
+        realm.stage(&mut rng, 100_000);
+        realm.cut();
+    }
+    eprintln!(
+        "built a {ENTRIES}-entry state on sled in {:.1?} ({} MiB on disk)",
+        t.elapsed(),
+        realm.machine.store().size_on_disk_bytes().unwrap() / (1024 * 1024)
+    );
+    let mut group = c.benchmark_group("epoch_1m");
+    group.sample_size(10).measurement_time(Duration::from_secs(20));
+    group.bench_function("delimiter_10k_staged_updates", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    realm.stage(&mut rng, EPOCH_UPDATES);
+                    realm.cut()
+                })
+                .sum()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, epoch_apply);
+criterion_main!(benches);
