@@ -23,7 +23,11 @@ use keyraft_core::{
     decode_canonical, Canonical, Digest, EpochHead, Index, PublicKey, RealmConfig, Signature, Update, UpdateRejection,
 };
 use keyraft_core::{Command, LogPosition};
-use keyraft_storage::{prefix_successor, Batch, Direction, Storage};
+use keyraft_storage::{check_format_version, prefix_successor, Batch, Direction, Storage};
+
+/// The on-disk format this build writes; bump it (with a migration) whenever a keyspace's
+/// layout changes.
+pub const STATE_FORMAT_VERSION: u32 = 1;
 
 /// What the persisted state says about epochs; everything the proposers need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -228,6 +232,7 @@ impl<S: Storage> StateMachine<S> {
     /// Opens the state in `store` for the realm `config`. A fresh store is initialised; a
     /// store written for another configuration is refused.
     pub fn open(store: S, config: RealmConfig) -> Result<Self, StateError> {
+        check_format_version(&store, STATE_FORMAT_VERSION, &[])?;
         let config_bytes = config.encode();
         match store.get(keys::META_CONFIG)? {
             None => {

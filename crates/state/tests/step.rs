@@ -306,3 +306,14 @@ fn opening_with_another_realm_configuration_is_refused() {
     let err = StateMachine::open(store, other.config().clone()).unwrap_err();
     assert!(err.to_string().contains("another realm configuration"), "{err}");
 }
+
+#[test]
+fn a_store_from_a_newer_build_is_refused() {
+    let h = Harness::new("example.org", 3, 1, 3);
+    let store = h.machine.store().clone();
+    let mut b = keyraft_storage::Batch::new();
+    b.put(b"\x00format-version".to_vec(), (keyraft_state::STATE_FORMAT_VERSION + 1).to_be_bytes().to_vec());
+    store.write(b).unwrap();
+    let err = StateMachine::open(store, h.config().clone()).unwrap_err();
+    assert!(err.to_string().contains("newer"), "{err}");
+}

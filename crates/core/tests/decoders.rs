@@ -1,0 +1,181 @@
+//! Every decoder returns a typed error for malformed input and never panics; valid values
+//! round-trip; policies satisfiable by zero signatures are refused.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use keyraft_core::encoding::DecodeError;
+use keyraft_core::policy::{Quorum, QuorumMember};
+use keyraft_core::tree::TreeProof;
+use keyraft_core::update::{check_signed_entry, SignedEntry};
+use keyraft_core::{
+    decode_canonical, Canonical, Entry, EpochHead, Index, LookupProof, Policy, Profile, PublicKey, RealmConfig, Update,
+};
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+fn key(n: u8) -> PublicKey {
+    let sk = ed25519_dalek::SigningKey::from_bytes(&[n; 32]);
+    PublicKey::from_verifying_key(&sk.verifying_key()).unwrap()
+}
+
+fn profile() -> Profile {
+    Profile {
+        nonce: vec![7; 16],
+        keys: BTreeMap::from([("chat".to_owned(), vec![1, 2]), ("mail".to_owned(), vec![3])]),
+    }
+}
+
+fn entry() -> Entry {
+    Entry {
+        index: Index([5; 32]),
+        version: 3,
+        update_policy: Policy::threshold(2, vec![key(1), key(2), key(3)]).unwrap(),
+        profile_commitment: profile().commitment(),
+    }
+}
+
+fn head() -> EpochHead {
+    EpochHead {
+        realm: "example.org".into(),
+        epoch: 4,
+        root: [1; 32],
+        previous_head_hash: [2; 32],
+        issue_time_ms: 5,
+        update_count: 6,
+        config_hash: [7; 32],
+    }
+}
+
+#[test]
+fn values_round_trip() {
+    let p = profile();
+    assert_eq!(decode_canonical::<Profile>(&p.encode()).unwrap(), p);
+    let e = entry();
+    assert_eq!(decode_canonical::<Entry>(&e.encode()).unwrap(), e);
+    let h = head();
+    assert_eq!(decode_canonical::<EpochHead>(&h.encode()).unwrap(), h);
+    let u = Update { signed: SignedEntry { entry: e, signatures: vec![] }, profile: p };
+    assert_eq!(decode_canonical::<Update>(&u.encode()).unwrap(), u);
+}
+
+#[test]
+fn zero_and_impossible_thresholds_are_refused() {
+    let zero = Policy::new(vec![key(1)], Quorum { threshold: 0, members: vec![QuorumMember::Key(0)] });
+    assert!(matches!(zero, Err(DecodeError::Invalid { why, .. }) if why.contains("threshold 0")));
+    let nested_zero = Policy::new(
+        vec![key(1), key(2)],
+        Quorum {
+            threshold: 1,
+            members: vec![
+                QuorumMember::Key(0),
+                QuorumMember::Quorum(Quorum { threshold: 0, members: vec![QuorumMember::Key(1)] }),
+            ],
+        },
+    );
+    assert!(nested_zero.is_err(), "a nested threshold of 0 would let anyone satisfy that branch");
+    assert!(Policy::threshold(3, vec![key(1), key(2)]).is_err());
+    let dup =
+        Policy::new(vec![key(1)], Quorum { threshold: 1, members: vec![QuorumMember::Key(0), QuorumMember::Key(0)] });
+    assert!(dup.is_err());
+    let unreferenced = Policy::new(vec![key(1), key(2)], Quorum { threshold: 1, members: vec![QuorumMember::Key(0)] });
+    assert!(unreferenced.is_err());
+    // The empty signer set never satisfies a valid policy.
+    let p = Policy::threshold(1, vec![key(1), key(2)]).unwrap();
+    assert!(!p.is_satisfied_by(&BTreeSet::new()));
+    assert!(p.is_satisfied_by(&BTreeSet::from([1])));
+}
+
+#[test]
+fn nested_quorums_evaluate() {
+    // (k0 AND k1) OR k2
+    let p = Policy::new(
+        vec![key(1), key(2), key(3)],
+        Quorum {
+            threshold: 1,
+            members: vec![
+                QuorumMember::Quorum(Quorum {
+                    threshold: 2,
+                    members: vec![QuorumMember::Key(0), QuorumMember::Key(1)],
+                }),
+                QuorumMember::Key(2),
+            ],
+        },
+    )
+    .unwrap();
+    assert!(p.is_satisfied_by(&BTreeSet::from([0, 1])));
+    assert!(p.is_satisfied_by(&BTreeSet::from([2])));
+    assert!(!p.is_satisfied_by(&BTreeSet::from([0])));
+    assert_eq!(decode_canonical::<Policy>(&p.encode()).unwrap(), p);
+}
+
+#[test]
+fn non_canonical_inputs_are_refused() {
+    // Profile keys out of order.
+    let mut bytes = Vec::new();
+    keyraft_core::encoding::put_var_bytes(&mut bytes, &[7; 16]);
+    keyraft_core::encoding::put_count(&mut bytes, 2);
+    for app in ["mail", "chat"] {
+        keyraft_core::encoding::put_var_bytes(&mut bytes, app.as_bytes());
+        keyraft_core::encoding::put_var_bytes(&mut bytes, b"k");
+    }
+    assert!(matches!(decode_canonical::<Profile>(&bytes), Err(DecodeError::NonCanonical { .. })));
+    // A nonce below 16 bytes.
+    let short = Profile { nonce: vec![1; 15], keys: BTreeMap::new() };
+    assert!(matches!(decode_canonical::<Profile>(&short.encode()), Err(DecodeError::TooShort { .. })));
+    assert!(short.validate().is_err());
+    // Trailing bytes.
+    let mut e = entry().encode();
+    e.push(0);
+    assert!(matches!(decode_canonical::<Entry>(&e), Err(DecodeError::TrailingBytes { .. })));
+    // A weak (small-order) policy key.
+    let mut e = entry().encode();
+    let key_at = 32 + 8 + 32 + 2;
+    e[key_at..key_at + 32].copy_from_slice(&[0; 32]);
+    assert!(decode_canonical::<Entry>(&e).is_err());
+    // Epoch 0 is not an epoch.
+    let mut h = head();
+    h.epoch = 0;
+    assert!(decode_canonical::<EpochHead>(&h.encode()).is_err());
+}
+
+#[test]
+fn signed_entry_rules_without_a_profile() {
+    let e = Entry { version: 0, ..entry() };
+    let unsigned = SignedEntry { entry: e, signatures: vec![] };
+    assert!(check_signed_entry("example.org", None, &unsigned).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+        let _ = decode_canonical::<Entry>(&bytes);
+        let _ = decode_canonical::<Profile>(&bytes);
+        let _ = decode_canonical::<Policy>(&bytes);
+        let _ = decode_canonical::<SignedEntry>(&bytes);
+        let _ = decode_canonical::<Update>(&bytes);
+        let _ = decode_canonical::<EpochHead>(&bytes);
+        let _ = decode_canonical::<RealmConfig>(&bytes);
+        let _ = decode_canonical::<TreeProof>(&bytes);
+        let _ = decode_canonical::<LookupProof>(&bytes);
+    }
+
+    #[test]
+    fn mutated_valid_encodings_never_panic(pos in any::<prop::sample::Index>(), byte in any::<u8>(), which in 0usize..4) {
+        let mut bytes = match which {
+            0 => entry().encode(),
+            1 => profile().encode(),
+            2 => head().encode(),
+            _ => Update { signed: SignedEntry { entry: entry(), signatures: vec![] }, profile: profile() }.encode(),
+        };
+        let i = pos.index(bytes.len());
+        bytes[i] = byte;
+        let _ = decode_canonical::<Entry>(&bytes);
+        let _ = decode_canonical::<Profile>(&bytes);
+        let _ = decode_canonical::<EpochHead>(&bytes);
+        let _ = decode_canonical::<Update>(&bytes);
+        // Whatever decodes re-encodes to the same bytes.
+        if let Ok(e) = decode_canonical::<Entry>(&bytes) { prop_assert_eq!(e.encode(), bytes.clone()); }
+        if let Ok(p) = decode_canonical::<Profile>(&bytes) { prop_assert_eq!(p.encode(), bytes.clone()); }
+    }
+}
