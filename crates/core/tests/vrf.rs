@@ -121,7 +121,10 @@ fn non_canonical_scalar_and_gamma_are_rejected() {
     // Gamma = the identity encoded with y = 1 + p.
     let mut pi = v.pi.clone();
     pi[..32].copy_from_slice(&hex::decode("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f").unwrap());
-    assert!(matches!(pk.verify(&v.alpha, &VrfProof::from_bytes(&pi).unwrap()), Err(VrfError::NonCanonicalGamma | VrfError::InvalidGamma)));
+    assert!(matches!(
+        pk.verify(&v.alpha, &VrfProof::from_bytes(&pi).unwrap()),
+        Err(VrfError::NonCanonicalGamma | VrfError::InvalidGamma)
+    ));
 }
 
 proptest! {

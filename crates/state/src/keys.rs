@@ -6,7 +6,7 @@
 //! | prefix | key                                   | value                                  |
 //! |--------|---------------------------------------|----------------------------------------|
 //! | `m`    | `m` + name                            | state metadata (applied log position, epoch state, realm config) |
-//! | `t`    | `t` + depth (u16) + prefix (32) + !epoch (u64) | a tree node version written at `epoch` |
+//! | `t`    | `t` + stratum (u8) + prefix + !epoch (u64) | a tree page version written at `epoch` |
 //! | `p`    | `p` + index                           | an update staged in the open epoch     |
 //! | `u`    | `u` + index + epoch (u64)             | the update applied to `index` in `epoch` |
 //! | `e`    | `e` + epoch (u64) + index             | empty: the indexes updated in `epoch`  |
@@ -73,18 +73,7 @@ pub(crate) fn signature(space: u8, epoch: u64, signer: &[u8; 32]) -> Vec<u8> {
     k
 }
 
-/// The position of a tree node: depth and the index bits above it (others zero).
-pub(crate) fn tree_position(depth: usize, index: &Index) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + 2 + 32 + 8);
-    k.push(TREE);
-    k.extend_from_slice(&(depth as u16).to_be_bytes());
-    let mut prefix = index.0;
-    mask_after(&mut prefix, depth);
-    k.extend_from_slice(&prefix);
-    k
-}
-
-/// A node version key: position followed by the bitwise complement of the epoch, so that a
+/// A page version key: page position followed by the bitwise complement of the epoch, so that a
 /// forward scan from `!epoch` finds the newest version at or before `epoch` first.
 pub(crate) fn tree_node(position: &[u8], epoch: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(position.len() + 8);

@@ -1,23 +1,30 @@
-//! The persistent compressed prefix tree, stored as versioned nodes.
+//! The persistent compressed prefix tree, stored as versioned pages.
 //!
-//! Each node version is written under its position (depth and prefix) and the epoch that
-//! wrote it, so the tree of any past epoch is read by taking, at each position, the newest
-//! version at or before that epoch. Nodes never become empty (there are no deletions) and a
-//! position that changes is rewritten in the epoch that changes it, so that rule is exact.
+//! The tree is binary (see `keyraft_core::tree` for the hashing rules and the proof format),
+//! but it is stored in *pages*: a page holds the nodes of one subtree of [`PAGE_BITS`] levels
+//! (a stratum), keyed by the stratum, the index bits above it and the epoch that wrote it.
+//! Reading the tree of a past epoch takes, for each page, the newest version at or before that
+//! epoch. Nodes never become empty (there are no deletions) and a page that changes is
+//! rewritten whole in the epoch that changes it, so that rule is exact.
+//!
+//! Pages make an epoch cheap: applying 10k updates to a million entries touches about 15k
+//! pages instead of 130k nodes, and a proof reads about six pages instead of twenty nodes.
 //!
 //! An epoch is applied as one sorted batch: a single descent from the root touches each
-//! affected node once, hashes it once and writes one new version of it. Interior nodes store
-//! both children's hashes, so a proof reads one node per level.
-//!
-//! See `keyraft_core::tree` for the hashing rules and the proof format.
+//! affected node once and hashes it once; each touched page is written once.
 
 use crate::error::{corrupt, StateError};
 use crate::keys;
 use keyraft_core::tree::{empty_hash, leaf_hash, node_hash, Terminal, TreeProof};
 use keyraft_core::{Digest, Index};
 use keyraft_storage::{Batch, Direction, Storage};
+use std::collections::BTreeMap;
 
-/// One version of a tree node.
+/// Levels of the binary tree per page.
+pub(crate) const PAGE_BITS: usize = 4;
+const _: () = assert!(256 % PAGE_BITS == 0 && PAGE_BITS <= 8);
+
+/// One binary node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Node {
     /// A leaf holding one index and its value.
@@ -30,75 +37,175 @@ const NODE_LEAF: u8 = 1;
 const NODE_INTERIOR: u8 = 2;
 
 impl Node {
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(65);
+    fn hash(&self, depth: usize) -> Digest {
         match self {
-            Node::Leaf { index, value } => {
-                out.push(NODE_LEAF);
-                out.extend_from_slice(&index.0);
-                out.extend_from_slice(value);
-            }
-            Node::Interior { left, right } => {
-                out.push(NODE_INTERIOR);
-                out.extend_from_slice(left);
-                out.extend_from_slice(right);
+            Node::Leaf { index, value } => leaf_hash(depth as u16, index, value),
+            Node::Interior { left, right } => node_hash(left, right),
+        }
+    }
+}
+
+/// The position of a node inside its page: its depth below the page's root and the index
+/// bits between the two, left-aligned.
+type Slot = (u8, u8);
+
+fn slot(depth: usize, index: &Index) -> Slot {
+    let rel = depth % PAGE_BITS;
+    let start = depth - rel;
+    let mut bits = 0u8;
+    for i in 0..rel {
+        bits |= u8::from(index.bit(start + i)) << (7 - i);
+    }
+    (rel as u8, bits)
+}
+
+/// The nodes of one stratum under one prefix.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Page {
+    nodes: BTreeMap<Slot, Node>,
+}
+
+impl Page {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(2 + self.nodes.len() * 67);
+        out.extend_from_slice(&(self.nodes.len() as u16).to_be_bytes());
+        for ((rel, bits), node) in &self.nodes {
+            out.push(*rel);
+            out.push(*bits);
+            match node {
+                Node::Leaf { index, value } => {
+                    out.push(NODE_LEAF);
+                    out.extend_from_slice(&index.0);
+                    out.extend_from_slice(value);
+                }
+                Node::Interior { left, right } => {
+                    out.push(NODE_INTERIOR);
+                    out.extend_from_slice(left);
+                    out.extend_from_slice(right);
+                }
             }
         }
         out
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, StateError> {
-        if bytes.len() != 65 {
-            return Err(corrupt(format!("tree node of {} bytes", bytes.len())));
+        let count = usize::from(u16::from_be_bytes(
+            bytes.get(..2).and_then(|b| b.try_into().ok()).ok_or_else(|| corrupt("tree page header"))?,
+        ));
+        if bytes.len() != 2 + count * 67 {
+            return Err(corrupt(format!("tree page of {} bytes for {count} nodes", bytes.len())));
         }
-        let mut a = [0u8; 32];
-        let mut b = [0u8; 32];
-        a.copy_from_slice(&bytes[1..33]);
-        b.copy_from_slice(&bytes[33..65]);
-        match bytes[0] {
-            NODE_LEAF => Ok(Node::Leaf { index: Index(a), value: b }),
-            NODE_INTERIOR => Ok(Node::Interior { left: a, right: b }),
-            t => Err(corrupt(format!("tree node tag {t}"))),
+        let mut nodes = BTreeMap::new();
+        for chunk in bytes[2..].chunks_exact(67) {
+            let mut a = [0u8; 32];
+            let mut b = [0u8; 32];
+            a.copy_from_slice(&chunk[3..35]);
+            b.copy_from_slice(&chunk[35..67]);
+            let node = match chunk[2] {
+                NODE_LEAF => Node::Leaf { index: Index(a), value: b },
+                NODE_INTERIOR => Node::Interior { left: a, right: b },
+                t => return Err(corrupt(format!("tree node tag {t}"))),
+            };
+            if usize::from(chunk[0]) >= PAGE_BITS {
+                return Err(corrupt("tree node slot deeper than its page"));
+            }
+            nodes.insert((chunk[0], chunk[1]), node);
         }
-    }
-
-    fn hash(&self, depth: usize) -> Digest {
-        match self {
-            Node::Leaf { index, value } => leaf_hash(depth_u16(depth), index, value),
-            Node::Interior { left, right } => node_hash(left, right),
-        }
+        Ok(Self { nodes })
     }
 }
 
-fn depth_u16(depth: usize) -> u16 {
-    debug_assert!(depth <= 256);
-    depth as u16
+/// A page's identity: its stratum and the index bits above it (the rest zeroed).
+type PageId = (u8, [u8; 32]);
+
+fn page_id(depth: usize, index: &Index) -> PageId {
+    let stratum = depth / PAGE_BITS;
+    let mut prefix = index.0;
+    keys::mask_after(&mut prefix, stratum * PAGE_BITS);
+    (stratum as u8, prefix)
 }
 
-/// Reads the newest version at or before `epoch` of the node at `depth` on `index`'s path.
-fn read_node(store: &dyn Storage, depth: usize, index: &Index, epoch: u64) -> Result<Option<Node>, StateError> {
-    let position = keys::tree_position(depth, index);
-    let start = keys::tree_node(&position, epoch);
-    let end = keys::tree_node(&position, 0);
-    // `end` is exclusive, so the version written at epoch 0 would be missed; epochs start at 1.
-    let mut iter = store.range(&start, Some(&end), Direction::Forward);
-    match iter.next() {
-        None => Ok(None),
-        Some(Err(e)) => Err(e.into()),
-        Some(Ok((_, v))) => Ok(Some(Node::decode(&v)?)),
+fn page_key_prefix(id: &PageId) -> Vec<u8> {
+    let (stratum, prefix) = id;
+    let prefix_bytes = (usize::from(*stratum) * PAGE_BITS).div_ceil(8);
+    let mut k = Vec::with_capacity(2 + prefix_bytes + 8);
+    k.push(keys::TREE);
+    k.push(*stratum);
+    k.extend_from_slice(&prefix[..prefix_bytes]);
+    k
+}
+
+/// Reads pages as of one epoch, caching them, and collects rewritten pages.
+struct Pages<'a> {
+    store: &'a dyn Storage,
+    epoch: u64,
+    cache: BTreeMap<PageId, Page>,
+    dirty: std::collections::BTreeSet<PageId>,
+}
+
+impl<'a> Pages<'a> {
+    fn new(store: &'a dyn Storage, epoch: u64) -> Self {
+        Self { store, epoch, cache: BTreeMap::new(), dirty: Default::default() }
+    }
+
+    fn page(&mut self, id: PageId) -> Result<&mut Page, StateError> {
+        if !self.cache.contains_key(&id) {
+            let prefix = page_key_prefix(&id);
+            let start = keys::tree_node(&prefix, self.epoch);
+            let end = keys::tree_node(&prefix, 0);
+            // `end` is exclusive, so a version written at epoch 0 would be missed; epochs start at 1.
+            let page = match self.store.range(&start, Some(&end), Direction::Forward).next() {
+                None => Page::default(),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok((_, v))) => Page::decode(&v)?,
+            };
+            self.cache.insert(id, page);
+        }
+        self.cache.get_mut(&id).ok_or_else(|| corrupt("page cache"))
+    }
+
+    fn read(&mut self, depth: usize, index: &Index) -> Result<Option<Node>, StateError> {
+        if depth >= 256 {
+            return Ok(None);
+        }
+        let s = slot(depth, index);
+        Ok(self.page(page_id(depth, index))?.nodes.get(&s).copied())
+    }
+
+    fn read_existing(&mut self, depth: usize, index: &Index) -> Result<Node, StateError> {
+        self.read(depth, index)?.ok_or_else(|| {
+            corrupt(format!("interior node at depth {} points to a missing child", depth.saturating_sub(1)))
+        })
+    }
+
+    fn write(&mut self, depth: usize, index: &Index, node: Node) -> Result<Digest, StateError> {
+        let id = page_id(depth, index);
+        let s = slot(depth, index);
+        self.page(id)?.nodes.insert(s, node);
+        self.dirty.insert(id);
+        Ok(node.hash(depth))
+    }
+
+    fn flush_into(self, batch: &mut Batch) {
+        for id in &self.dirty {
+            if let Some(page) = self.cache.get(id) {
+                batch.put(keys::tree_node(&page_key_prefix(id), self.epoch), page.encode());
+            }
+        }
     }
 }
 
 /// The root hash of the tree as of `epoch` (the empty hash before the first leaf).
 pub(crate) fn root_at(store: &dyn Storage, epoch: u64) -> Result<Digest, StateError> {
-    Ok(read_node(store, 0, &Index([0; 32]), epoch)?.map_or_else(empty_hash, |n| n.hash(0)))
+    Ok(Pages::new(store, epoch).read(0, &Index([0; 32]))?.map_or_else(empty_hash, |n| n.hash(0)))
 }
 
 /// Builds the inclusion or absence proof for `index` in the tree of `epoch`.
 pub(crate) fn prove(store: &dyn Storage, epoch: u64, index: &Index) -> Result<TreeProof, StateError> {
     let empty = empty_hash();
+    let mut pages = Pages::new(store, epoch);
     let mut siblings = Vec::new();
-    let mut node = read_node(store, 0, index, epoch)?;
+    let mut node = pages.read(0, index)?;
     let mut depth = 0;
     loop {
         match node {
@@ -112,22 +219,17 @@ pub(crate) fn prove(store: &dyn Storage, epoch: u64, index: &Index) -> Result<Tr
                 let (next, sibling) = if index.bit(depth) { (right, left) } else { (left, right) };
                 siblings.push((sibling != empty).then_some(sibling));
                 depth += 1;
-                if depth > 256 {
-                    return Err(corrupt("tree deeper than 256 levels"));
+                if depth >= 256 {
+                    return Err(corrupt("interior node at the deepest level"));
                 }
-                node = if next == empty { None } else { Some(read_existing(store, depth, index, epoch)?) };
+                node = if next == empty { None } else { Some(pages.read_existing(depth, index)?) };
             }
         }
     }
 }
 
-fn read_existing(store: &dyn Storage, depth: usize, index: &Index, epoch: u64) -> Result<Node, StateError> {
-    read_node(store, depth, index, epoch)?
-        .ok_or_else(|| corrupt(format!("interior node at depth {} points to a missing child", depth - 1)))
-}
-
-/// Applies `updates` (sorted strictly by index) as epoch `epoch`, writing the new node
-/// versions into `batch`, and returns the new root.
+/// Applies `updates` (sorted strictly by index) as epoch `epoch`, writing the rewritten
+/// pages into `batch`, and returns the new root.
 pub(crate) fn apply_epoch(
     store: &dyn Storage,
     epoch: u64,
@@ -135,86 +237,97 @@ pub(crate) fn apply_epoch(
     batch: &mut Batch,
 ) -> Result<Digest, StateError> {
     assert!(updates.windows(2).all(|w| w[0].0 < w[1].0), "epoch updates must be sorted and distinct");
-    let root = read_node(store, 0, &Index([0; 32]), epoch)?;
-    let mut writer = EpochWriter { store, epoch, batch };
-    writer.update(0, root, updates)
+    let mut pages = Pages::new(store, epoch);
+    let root = pages.read(0, &Index([0; 32]))?;
+    let hash = update(&mut pages, 0, root, updates)?;
+    pages.flush_into(batch);
+    Ok(hash)
 }
 
-struct EpochWriter<'a> {
-    store: &'a dyn Storage,
-    epoch: u64,
-    batch: &'a mut Batch,
+/// Rewrites the subtree at `depth` on the path of `updates[0]` (all updates share that path
+/// down to `depth`), whose current content is `current`, and returns its new hash.
+fn update(
+    pages: &mut Pages<'_>,
+    depth: usize,
+    current: Option<Node>,
+    updates: &[(Index, Digest)],
+) -> Result<Digest, StateError> {
+    let Some(first) = updates.first() else {
+        return Ok(current.map_or_else(empty_hash, |n| n.hash(depth)));
+    };
+    match current {
+        None => build(pages, depth, updates),
+        Some(Node::Leaf { index, value }) => {
+            if updates.len() == 1 && first.0 == index {
+                return pages.write(depth, &index, Node::Leaf { index, value: updates[0].1 });
+            }
+            // The existing leaf moves down next to the new ones, unless it is replaced.
+            let mut merged = updates.to_vec();
+            if let Err(pos) = merged.binary_search_by(|(i, _)| i.cmp(&index)) {
+                merged.insert(pos, (index, value));
+            }
+            build(pages, depth, &merged)
+        }
+        Some(Node::Interior { left, right }) => {
+            let split = updates.partition_point(|(i, _)| !i.bit(depth));
+            let (lu, ru) = updates.split_at(split);
+            let new_left = if lu.is_empty() { left } else { update_child(pages, depth + 1, left, lu)? };
+            let new_right = if ru.is_empty() { right } else { update_child(pages, depth + 1, right, ru)? };
+            pages.write(depth, &first.0, Node::Interior { left: new_left, right: new_right })
+        }
+    }
 }
 
-impl EpochWriter<'_> {
-    /// Rewrites the subtree at `depth` on the path of `updates[0]` (all updates share that
-    /// path down to `depth`), whose current content is `current`, and returns its new hash.
-    fn update(
-        &mut self,
-        depth: usize,
-        current: Option<Node>,
-        updates: &[(Index, Digest)],
-    ) -> Result<Digest, StateError> {
-        let Some(first) = updates.first() else {
-            return Ok(current.map_or_else(empty_hash, |n| n.hash(depth)));
-        };
-        match current {
-            None => self.build(depth, updates),
-            Some(Node::Leaf { index, value }) => {
-                if updates.len() == 1 && first.0 == index {
-                    return Ok(self.write(depth, &index, Node::Leaf { index, value: updates[0].1 }));
-                }
-                // The existing leaf must move down next to the new ones, unless it is replaced.
-                let mut merged = updates.to_vec();
-                if let Err(pos) = merged.binary_search_by(|(i, _)| i.cmp(&index)) {
-                    merged.insert(pos, (index, value));
-                }
-                self.build(depth, &merged)
+fn update_child(
+    pages: &mut Pages<'_>,
+    depth: usize,
+    hash: Digest,
+    updates: &[(Index, Digest)],
+) -> Result<Digest, StateError> {
+    let child = if hash == empty_hash() { None } else { Some(pages.read_existing(depth, &updates[0].0)?) };
+    update(pages, depth, child, updates)
+}
+
+/// Builds a fresh subtree holding exactly `leaves` at `depth`.
+fn build(pages: &mut Pages<'_>, depth: usize, leaves: &[(Index, Digest)]) -> Result<Digest, StateError> {
+    match leaves {
+        [] => Ok(empty_hash()),
+        [(index, value)] => pages.write(depth, index, Node::Leaf { index: *index, value: *value }),
+        _ => {
+            if depth >= 255 {
+                return Err(corrupt("two distinct indexes share 255 bits"));
             }
-            Some(Node::Interior { left, right }) => {
-                let split = updates.partition_point(|(i, _)| !i.bit(depth));
-                let (lu, ru) = updates.split_at(split);
-                let empty = empty_hash();
-                let new_left = if lu.is_empty() { left } else { self.update_child(depth + 1, left, &empty, lu)? };
-                let new_right = if ru.is_empty() { right } else { self.update_child(depth + 1, right, &empty, ru)? };
-                Ok(self.write(depth, &first.0, Node::Interior { left: new_left, right: new_right }))
-            }
+            let split = leaves.partition_point(|(i, _)| !i.bit(depth));
+            let (l, r) = leaves.split_at(split);
+            let left = build(pages, depth + 1, l)?;
+            let right = build(pages, depth + 1, r)?;
+            pages.write(depth, &leaves[0].0, Node::Interior { left, right })
         }
     }
+}
 
-    fn update_child(
-        &mut self,
-        depth: usize,
-        hash: Digest,
-        empty: &Digest,
-        updates: &[(Index, Digest)],
-    ) -> Result<Digest, StateError> {
-        let child =
-            if &hash == empty { None } else { Some(read_existing(self.store, depth, &updates[0].0, self.epoch)?) };
-        self.update(depth, child, updates)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_and_pages_partition_the_path() {
+        let index = Index([0b1011_0110; 32]);
+        assert_eq!(slot(0, &index), (0, 0));
+        assert_eq!(slot(3, &index), (3, 0b1010_0000));
+        assert_eq!(slot(4, &index), (0, 0));
+        assert_eq!(slot(6, &index), (2, 0b0100_0000));
+        assert_eq!(page_id(5, &index).0, 1);
+        assert_eq!(page_id(5, &index).1[0], 0b1011_0000);
+        assert_eq!(256 / PAGE_BITS, 64);
     }
 
-    /// Builds a fresh subtree holding exactly `leaves` at `depth`.
-    fn build(&mut self, depth: usize, leaves: &[(Index, Digest)]) -> Result<Digest, StateError> {
-        match leaves {
-            [] => Ok(empty_hash()),
-            [(index, value)] => Ok(self.write(depth, index, Node::Leaf { index: *index, value: *value })),
-            _ => {
-                if depth >= 256 {
-                    return Err(corrupt("two distinct indexes share all 256 bits"));
-                }
-                let split = leaves.partition_point(|(i, _)| !i.bit(depth));
-                let (l, r) = leaves.split_at(split);
-                let left = self.build(depth + 1, l)?;
-                let right = self.build(depth + 1, r)?;
-                Ok(self.write(depth, &leaves[0].0, Node::Interior { left, right }))
-            }
-        }
-    }
-
-    fn write(&mut self, depth: usize, on_path: &Index, node: Node) -> Digest {
-        let position = keys::tree_position(depth, on_path);
-        self.batch.put(keys::tree_node(&position, self.epoch), node.encode());
-        node.hash(depth)
+    #[test]
+    fn pages_round_trip() {
+        let mut p = Page::default();
+        p.nodes.insert((0, 0), Node::Interior { left: [1; 32], right: [2; 32] });
+        p.nodes.insert((1, 0x80), Node::Leaf { index: Index([3; 32]), value: [4; 32] });
+        assert_eq!(Page::decode(&p.encode()).unwrap(), p);
+        assert!(Page::decode(&p.encode()[1..]).is_err());
     }
 }
