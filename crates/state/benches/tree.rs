@@ -12,7 +12,9 @@ use keyraft_state::testing::TreeFixture;
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 
-const ENTRIES: usize = 1_000_000;
+fn entries() -> usize {
+    std::env::var("KEYRAFT_BENCH_ENTRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000)
+}
 const EPOCH_UPDATES: usize = 10_000;
 
 fn random_updates(rng: &mut rand::rngs::StdRng, n: usize) -> Vec<(Index, Digest)> {
@@ -33,29 +35,42 @@ fn rss_mib() -> u64 {
 
 fn tree_at_a_million(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let mut fixture = TreeFixture::on_sled(dir.path());
+    let mut fixture = if std::env::var_os("KEYRAFT_BENCH_MEMORY").is_some() {
+        TreeFixture::new()
+    } else {
+        TreeFixture::on_sled(dir.path())
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let started = Instant::now();
     let mut epoch = 0;
-    for _ in 0..ENTRIES / 100_000 {
+    for _ in 0..entries() / 100_000 {
         epoch += 1;
         fixture.apply(epoch, &random_updates(&mut rng, 100_000));
     }
-    eprintln!("built a {ENTRIES}-entry tree on sled in {:.1?}; RSS {} MiB", started.elapsed(), rss_mib());
+    eprintln!("built a {}-entry tree on sled in {:.1?}; RSS {} MiB", entries(), started.elapsed(), rss_mib());
 
     let mut group = c.benchmark_group("tree_1m");
     group.sample_size(10).measurement_time(Duration::from_secs(20));
     group.bench_function("epoch_10k_updates_apply_write_flush", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
+            let (mut applying, mut flushing) = (Duration::ZERO, Duration::ZERO);
             for _ in 0..iters {
                 let updates = random_updates(&mut rng, EPOCH_UPDATES);
                 epoch += 1;
                 let t = Instant::now();
                 fixture.apply(epoch, &updates);
+                let applied = t.elapsed();
                 fixture.flush();
+                applying += applied;
+                flushing += t.elapsed() - applied;
                 total += t.elapsed();
             }
+            eprintln!(
+                "  {iters} epochs: apply+write {:.1?}/epoch, flush {:.1?}/epoch",
+                applying / iters as u32,
+                flushing / iters as u32
+            );
             total
         })
     });
@@ -99,7 +114,8 @@ fn tree_at_a_million(c: &mut Criterion) {
     realm2.verifier_threshold = 2;
     verify_lookup(&realm2, "alice@example.org", &two, h.now_ms, None).unwrap();
     eprintln!(
-        "lookup proof at {ENTRIES} entries: depth {}, {one} bytes with 1 verifier, {} bytes with 2",
+        "lookup proof at {} entries: depth {}, {one} bytes with 1 verifier, {} bytes with 2",
+        entries(),
         proof.tree_proof.depth(),
         two.encode().len()
     );

@@ -209,6 +209,7 @@ pub struct Step {
     pub effects: Vec<Effect>,
     epoch_state: EpochState,
     applied: LogPosition,
+    written_pages: tree::WrittenPages,
 }
 
 /// The keyserver state: the tree, the entries and the epochs, over any [`Storage`].
@@ -219,6 +220,7 @@ pub struct StateMachine<S> {
     config_hash: Digest,
     epoch_state: EpochState,
     applied: LogPosition,
+    pages: tree::PageCache,
 }
 
 fn encode_position(p: LogPosition) -> Vec<u8> {
@@ -264,7 +266,7 @@ impl<S: Storage> StateMachine<S> {
             Some(_) => return Err(corrupt("applied position has the wrong length")),
         };
         let config_hash = config.hash();
-        Ok(Self { store, config, config_hash, epoch_state, applied })
+        Ok(Self { store, config, config_hash, epoch_state, applied, pages: tree::PageCache::default() })
     }
 
     /// The realm configuration.
@@ -295,6 +297,7 @@ impl<S: Storage> StateMachine<S> {
             effects: Vec::new(),
             epoch_state: self.epoch_state,
             applied: self.applied,
+            written_pages: Vec::new(),
         };
         if position.index <= self.applied.index {
             return Ok(step);
@@ -324,8 +327,12 @@ impl<S: Storage> StateMachine<S> {
     pub fn apply(&mut self, position: LogPosition, command: &Command) -> Result<(Outcome, Vec<Effect>), StateError> {
         let step = self.step(position, command)?;
         if !step.batch.is_empty() {
-            self.store.write(step.batch)?;
+            if let Err(e) = self.store.write(step.batch) {
+                self.pages.clear();
+                return Err(e.into());
+            }
         }
+        self.pages.commit(step.written_pages);
         self.epoch_state = step.epoch_state;
         self.applied = step.applied;
         Ok((step.outcome, step.effects))
@@ -395,7 +402,8 @@ impl<S: Storage> StateMachine<S> {
             return Err(corrupt(format!("{} staged updates, epoch state says {}", staged.len(), st.pending_updates)));
         }
         let leaves: Vec<(Index, Digest)> = staged.iter().map(|(_, _, i, v)| (*i, *v)).collect();
-        let root = tree::apply_epoch(&self.store, epoch, &leaves, &mut step.batch)?;
+        let (root, written) = tree::apply_epoch(&self.store, &self.pages, epoch, &leaves, &mut step.batch)?;
+        step.written_pages = written;
         for (key, value, index, _) in staged {
             step.batch.delete(key);
             step.batch.put(keys::update(&index, epoch), value);

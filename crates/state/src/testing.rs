@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 /// A tree applied epoch by epoch, in memory or on sled.
 pub struct TreeFixture {
     store: Box<dyn Storage>,
+    cache: tree::PageCache,
 }
 
 impl std::fmt::Debug for TreeFixture {
@@ -27,7 +28,7 @@ impl Default for TreeFixture {
 impl TreeFixture {
     /// An empty tree in memory.
     pub fn new() -> Self {
-        Self { store: Box::new(MemoryStorage::new()) }
+        Self { store: Box::new(MemoryStorage::new()), cache: tree::PageCache::default() }
     }
 
     /// An empty tree in a sled database at `path`.
@@ -35,7 +36,10 @@ impl TreeFixture {
     /// # Panics
     /// If the database cannot be opened.
     pub fn on_sled(path: &std::path::Path) -> Self {
-        Self { store: Box::new(keyraft_storage::SledStorage::open(path).expect("open sled")) }
+        Self {
+            store: Box::new(keyraft_storage::SledStorage::open(path).expect("open sled")),
+            cache: tree::PageCache::default(),
+        }
     }
 
     /// Makes every applied epoch durable.
@@ -52,8 +56,16 @@ impl TreeFixture {
     /// If the store fails (it is in memory) or the updates are not sorted.
     pub fn apply(&mut self, epoch: u64, updates: &[(Index, Digest)]) -> Digest {
         let mut batch = Batch::new();
-        let root = tree::apply_epoch(self.store.as_ref(), epoch, updates, &mut batch).expect("memory store");
-        self.store.write(batch).expect("memory store");
+        let t = std::time::Instant::now();
+        let (root, written) =
+            tree::apply_epoch(self.store.as_ref(), &self.cache, epoch, updates, &mut batch).expect("store");
+        let built = t.elapsed();
+        let (n, bytes) = (batch.len(), batch.approximate_bytes());
+        self.store.write(batch).expect("store");
+        self.cache.commit(written);
+        if std::env::var_os("KEYRAFT_TRACE_EPOCHS").is_some() {
+            eprintln!("epoch {epoch}: build {built:?}, write {:?} ({n} keys, {bytes} bytes)", t.elapsed() - built);
+        }
         root
     }
 

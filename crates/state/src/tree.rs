@@ -135,9 +135,52 @@ fn page_key_prefix(id: &PageId) -> Vec<u8> {
     k
 }
 
+/// The newest version of every page read or written so far, encoded.
+///
+/// Applying an epoch reads the newest version of each page it touches; sled serves those
+/// reads slowly (range scans over a large, versioned keyspace), so the state machine keeps
+/// them in memory: about 90k pages, some 40 MB, per million entries. The cache only ever
+/// holds bytes that are in storage: it is filled from reads, and from an epoch's pages only
+/// after that epoch's batch was written.
+#[derive(Debug, Default)]
+pub(crate) struct PageCache {
+    pages: std::sync::Mutex<std::collections::HashMap<PageId, std::sync::Arc<Vec<u8>>>>,
+}
+
+impl PageCache {
+    fn get(&self, id: &PageId) -> Option<std::sync::Arc<Vec<u8>>> {
+        self.pages.lock().ok()?.get(id).cloned()
+    }
+
+    fn insert(&self, id: PageId, bytes: std::sync::Arc<Vec<u8>>) {
+        if let Ok(mut pages) = self.pages.lock() {
+            pages.insert(id, bytes);
+        }
+    }
+
+    /// Records pages whose batch is now written.
+    pub(crate) fn commit(&self, written: Vec<(PageId, std::sync::Arc<Vec<u8>>)>) {
+        if let Ok(mut pages) = self.pages.lock() {
+            pages.extend(written);
+        }
+    }
+
+    /// Forgets everything (after a failed write, when storage and memory may disagree).
+    pub(crate) fn clear(&self) {
+        if let Ok(mut pages) = self.pages.lock() {
+            pages.clear();
+        }
+    }
+}
+
+/// Pages written by an epoch, to put into the [`PageCache`] once the batch is written.
+pub(crate) type WrittenPages = Vec<(PageId, std::sync::Arc<Vec<u8>>)>;
+
 /// Reads pages as of one epoch, caching them, and collects rewritten pages.
 struct Pages<'a> {
     store: &'a dyn Storage,
+    /// Set when reading the newest tree (to apply an epoch); `None` for historical reads.
+    shared: Option<&'a PageCache>,
     epoch: u64,
     cache: BTreeMap<PageId, Page>,
     dirty: std::collections::BTreeSet<PageId>,
@@ -145,19 +188,38 @@ struct Pages<'a> {
 
 impl<'a> Pages<'a> {
     fn new(store: &'a dyn Storage, epoch: u64) -> Self {
-        Self { store, epoch, cache: BTreeMap::new(), dirty: Default::default() }
+        Self { store, shared: None, epoch, cache: BTreeMap::new(), dirty: Default::default() }
     }
 
     fn page(&mut self, id: PageId) -> Result<&mut Page, StateError> {
         if !self.cache.contains_key(&id) {
-            let prefix = page_key_prefix(&id);
-            let start = keys::tree_node(&prefix, self.epoch);
-            let end = keys::tree_node(&prefix, 0);
-            // `end` is exclusive, so a version written at epoch 0 would be missed; epochs start at 1.
-            let page = match self.store.range(&start, Some(&end), Direction::Forward).next() {
-                None => Page::default(),
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok((_, v))) => Page::decode(&v)?,
+            let page = match self.shared.and_then(|c| c.get(&id)) {
+                Some(bytes) => Page::decode(&bytes)?,
+                None => {
+                    let prefix = page_key_prefix(&id);
+                    let start = keys::tree_node(&prefix, self.epoch);
+                    let end = keys::tree_node(&prefix, 0);
+                    // `end` is exclusive, so a version written at epoch 0 would be missed;
+                    // epochs start at 1.
+                    match self.store.range(&start, Some(&end), Direction::Forward).next() {
+                        None => {
+                            // Remember absence too: deeper pages are created often, and
+                            // asking storage for each would cost a range scan.
+                            if let Some(shared) = self.shared {
+                                shared.insert(id, std::sync::Arc::new(Page::default().encode()));
+                            }
+                            Page::default()
+                        }
+                        Some(Err(e)) => return Err(e.into()),
+                        Some(Ok((_, v))) => {
+                            let page = Page::decode(&v)?;
+                            if let Some(shared) = self.shared {
+                                shared.insert(id, std::sync::Arc::new(v));
+                            }
+                            page
+                        }
+                    }
+                }
             };
             self.cache.insert(id, page);
         }
@@ -186,12 +248,16 @@ impl<'a> Pages<'a> {
         Ok(node.hash(depth))
     }
 
-    fn flush_into(self, batch: &mut Batch) {
+    fn flush_into(self, batch: &mut Batch) -> WrittenPages {
+        let mut written = Vec::with_capacity(self.dirty.len());
         for id in &self.dirty {
             if let Some(page) = self.cache.get(id) {
-                batch.put(keys::tree_node(&page_key_prefix(id), self.epoch), page.encode());
+                let bytes = page.encode();
+                batch.put(keys::tree_node(&page_key_prefix(id), self.epoch), bytes.clone());
+                written.push((*id, std::sync::Arc::new(bytes)));
             }
         }
+        written
     }
 }
 
@@ -228,20 +294,22 @@ pub(crate) fn prove(store: &dyn Storage, epoch: u64, index: &Index) -> Result<Tr
     }
 }
 
-/// Applies `updates` (sorted strictly by index) as epoch `epoch`, writing the rewritten
-/// pages into `batch`, and returns the new root.
+/// Applies `updates` (sorted strictly by index) as epoch `epoch`, which must be newer than
+/// every epoch in storage, writing the rewritten pages into `batch`. Returns the new root and
+/// the pages to [`PageCache::commit`] once the batch is written.
 pub(crate) fn apply_epoch(
     store: &dyn Storage,
+    cache: &PageCache,
     epoch: u64,
     updates: &[(Index, Digest)],
     batch: &mut Batch,
-) -> Result<Digest, StateError> {
+) -> Result<(Digest, WrittenPages), StateError> {
     assert!(updates.windows(2).all(|w| w[0].0 < w[1].0), "epoch updates must be sorted and distinct");
     let mut pages = Pages::new(store, epoch);
+    pages.shared = Some(cache);
     let root = pages.read(0, &Index([0; 32]))?;
     let hash = update(&mut pages, 0, root, updates)?;
-    pages.flush_into(batch);
-    Ok(hash)
+    Ok((hash, pages.flush_into(batch)))
 }
 
 /// Rewrites the subtree at `depth` on the path of `updates[0]` (all updates share that path
