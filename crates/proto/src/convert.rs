@@ -1,0 +1,138 @@
+//! Wire messages to domain types and back.
+//!
+//! A missing field or a field that does not decode is an error naming the field, never a
+//! default value; [`ConversionError::to_status`] turns it into `INVALID_ARGUMENT` for the
+//! client whose request it was.
+
+use crate::pb;
+use keyraft_core::encoding::DecodeError;
+use keyraft_core::{decode_canonical, Canonical, Command, PublicKey, Signature, Update};
+use prost::Message as _;
+use thiserror::Error;
+
+/// Why a wire message does not convert. The sender is at fault.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ConversionError {
+    /// A required field or oneof is absent.
+    #[error("field `{field}` is missing")]
+    Missing {
+        /// The field.
+        field: &'static str,
+    },
+    /// A fixed-size field has the wrong length.
+    #[error("field `{field}` must be {expected} bytes, got {got}")]
+    WrongLength {
+        /// The field.
+        field: &'static str,
+        /// Required length.
+        expected: usize,
+        /// Length received.
+        got: usize,
+    },
+    /// A field's bytes are not a valid canonical encoding.
+    #[error("field `{field}` does not decode: {source}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        source: DecodeError,
+    },
+    /// The message itself is not valid protobuf.
+    #[error("message does not decode as {message}: {reason}")]
+    Protobuf {
+        /// The message type.
+        message: &'static str,
+        /// prost's explanation.
+        reason: String,
+    },
+}
+
+impl ConversionError {
+    /// The gRPC status for a client that sent this: `INVALID_ARGUMENT` with the explanation.
+    pub fn to_status(&self) -> tonic::Status {
+        tonic::Status::invalid_argument(format!("{self}; see docs/protocol.md for the encoding"))
+    }
+}
+
+/// Decodes a 32-byte Ed25519 public key field.
+pub fn public_key(field: &'static str, bytes: &[u8]) -> Result<PublicKey, ConversionError> {
+    if bytes.len() != PublicKey::BYTES {
+        return Err(ConversionError::WrongLength { field, expected: PublicKey::BYTES, got: bytes.len() });
+    }
+    PublicKey::from_slice(bytes).map_err(|source| ConversionError::Invalid { field, source })
+}
+
+/// Decodes a 64-byte signature field.
+pub fn signature(field: &'static str, bytes: &[u8]) -> Result<Signature, ConversionError> {
+    Signature::from_slice(bytes).map_err(|_| ConversionError::WrongLength {
+        field,
+        expected: Signature::BYTES,
+        got: bytes.len(),
+    })
+}
+
+/// Decodes a field holding canonical bytes of `T`.
+pub fn canonical<T: Canonical>(field: &'static str, bytes: &[u8]) -> Result<T, ConversionError> {
+    if bytes.is_empty() {
+        return Err(ConversionError::Missing { field });
+    }
+    decode_canonical(bytes).map_err(|source| ConversionError::Invalid { field, source })
+}
+
+impl TryFrom<pb::LogEntry> for Command {
+    type Error = ConversionError;
+
+    fn try_from(entry: pb::LogEntry) -> Result<Self, Self::Error> {
+        use pb::log_entry::Command as C;
+        Ok(match entry.command.ok_or(ConversionError::Missing { field: "LogEntry.command" })? {
+            C::Update(bytes) => Command::Update(Box::new(canonical::<Update>("LogEntry.update", &bytes)?)),
+            C::EpochDelimiter(d) => Command::EpochDelimiter { epoch: d.epoch, timestamp_ms: d.timestamp_ms },
+            C::ReplicaSignature(s) => Command::ReplicaSignature {
+                epoch: s.epoch,
+                signer: public_key("ReplicaSignature.signer", &s.signer)?,
+                signature: signature("ReplicaSignature.signature", &s.signature)?,
+            },
+            C::VerifierSignature(s) => Command::VerifierSignature {
+                epoch: s.epoch,
+                verifier: public_key("VerifierSignature.verifier", &s.verifier)?,
+                signature: signature("VerifierSignature.signature", &s.signature)?,
+            },
+        })
+    }
+}
+
+impl From<&Command> for pb::LogEntry {
+    fn from(command: &Command) -> Self {
+        use pb::log_entry::Command as C;
+        let command = match command {
+            Command::Update(update) => C::Update(update.encode()),
+            Command::EpochDelimiter { epoch, timestamp_ms } => {
+                C::EpochDelimiter(pb::EpochDelimiter { epoch: *epoch, timestamp_ms: *timestamp_ms })
+            }
+            Command::ReplicaSignature { epoch, signer, signature } => C::ReplicaSignature(pb::ReplicaSignature {
+                epoch: *epoch,
+                signer: signer.as_bytes().to_vec(),
+                signature: signature.0.to_vec(),
+            }),
+            Command::VerifierSignature { epoch, verifier, signature } => C::VerifierSignature(pb::VerifierSignature {
+                epoch: *epoch,
+                verifier: verifier.as_bytes().to_vec(),
+                signature: signature.0.to_vec(),
+            }),
+        };
+        pb::LogEntry { command: Some(command) }
+    }
+}
+
+/// The bytes of a log entry as the Raft log stores them.
+pub fn encode_log_entry(command: &Command) -> Vec<u8> {
+    pb::LogEntry::from(command).encode_to_vec()
+}
+
+/// Decodes a log entry read from the Raft log or received from a peer.
+pub fn decode_log_entry(bytes: &[u8]) -> Result<Command, ConversionError> {
+    let entry = pb::LogEntry::decode(bytes)
+        .map_err(|e| ConversionError::Protobuf { message: "keyraft.v1.LogEntry", reason: e.to_string() })?;
+    Command::try_from(entry)
+}
