@@ -1,5 +1,5 @@
 //! Log entries round-trip through their wire form; malformed ones are typed errors.
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::unwrap_used)]
 
 use ed25519_dalek::SigningKey;
 use keyraft_core::{Command, Entry, Index, Policy, Profile, PublicKey, Signature, SignedEntry, Update};
