@@ -24,5 +24,7 @@ mod tree;
 
 pub use error::StateError;
 pub use keyraft_core::{Command, LogPosition};
-pub use machine::{Effect, EpochState, Ignored, Outcome, Rejected, StateMachine, Step, STATE_FORMAT_VERSION};
+pub use machine::{
+    Effect, EpochState, Ignored, Outcome, PublishedEpoch, Rejected, StateMachine, Step, STATE_FORMAT_VERSION,
+};
 pub use proof::LookupParts;

@@ -212,6 +212,17 @@ pub struct Step {
     written_pages: tree::WrittenPages,
 }
 
+/// One epoch of the verifier log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedEpoch {
+    /// The epoch's updates in index order, as verifiers replay them.
+    pub updates: Vec<keyraft_core::SignedEntry>,
+    /// The epoch's head.
+    pub head: EpochHead,
+    /// A replica majority's signatures over the head, sorted by signer.
+    pub replica_signatures: Vec<(PublicKey, Signature)>,
+}
+
 /// The keyserver state: the tree, the entries and the epochs, over any [`Storage`].
 #[derive(Debug)]
 pub struct StateMachine<S> {
@@ -556,6 +567,36 @@ impl<S: Storage> StateMachine<S> {
             out.push(Index(i));
         }
         Ok(out)
+    }
+
+    /// A keyserver-ratified epoch as the verifier log presents it: its updates in index order
+    /// (signed entries, without profiles), then its head with a replica majority's
+    /// signatures. `None` while the epoch has no majority (verifiers never see it before).
+    ///
+    /// The verifier log is the sequence of these, epoch after epoch; it is derived from the
+    /// stored state rather than copied, so every replica serves identical positions.
+    pub fn published_epoch(&self, epoch: u64) -> Result<Option<PublishedEpoch>, StateError> {
+        if epoch == 0 || epoch > self.epoch_state.ratified_epoch {
+            return Ok(None);
+        }
+        let head = self.head(epoch)?.ok_or_else(|| corrupt(format!("ratified epoch {epoch} has no head")))?;
+        let mut updates = Vec::new();
+        for index in self.epoch_indexes(epoch)? {
+            let stored =
+                self.store.get(&keys::update(&index, epoch))?.ok_or_else(|| corrupt("epoch index without update"))?;
+            let update: Update = decode_canonical(&stored).map_err(|e| corrupt(format!("stored update: {e}")))?;
+            updates.push(update.signed);
+        }
+        if updates.len() as u64 != head.update_count {
+            return Err(corrupt(format!(
+                "epoch {epoch} lists {} updates, its head says {}",
+                updates.len(),
+                head.update_count
+            )));
+        }
+        let mut replica_signatures = self.replica_signatures(epoch)?;
+        replica_signatures.truncate(self.config.replica_majority());
+        Ok(Some(PublishedEpoch { updates, head, replica_signatures }))
     }
 
     /// The tree root as of `epoch`.
