@@ -6,7 +6,7 @@
 //! | prefix | key                                   | value                                  |
 //! |--------|---------------------------------------|----------------------------------------|
 //! | `m`    | `m` + name                            | state metadata (applied log position, epoch state, realm config) |
-//! | `t`    | `t` + stratum (u8) + prefix + !epoch (u64) | a tree page version written at `epoch` |
+//! | `t`    | `t` + epoch (u64) + stratum (u8) + prefix | a tree page version written in `epoch` |
 //! | `p`    | `p` + index                           | an update staged in the open epoch     |
 //! | `u`    | `u` + index + epoch (u64)             | the update applied to `index` in `epoch` |
 //! | `e`    | `e` + epoch (u64) + index             | empty: the indexes updated in `epoch`  |
@@ -70,15 +70,6 @@ pub(crate) fn head(epoch: u64) -> Vec<u8> {
 pub(crate) fn signature(space: u8, epoch: u64, signer: &[u8; 32]) -> Vec<u8> {
     let mut k = epoch_prefix(space, epoch);
     k.extend_from_slice(signer);
-    k
-}
-
-/// A page version key: page position followed by the bitwise complement of the epoch, so that a
-/// forward scan from `!epoch` finds the newest version at or before `epoch` first.
-pub(crate) fn tree_node(position: &[u8], epoch: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(position.len() + 8);
-    k.extend_from_slice(position);
-    k.extend_from_slice(&(!epoch).to_be_bytes());
     k
 }
 

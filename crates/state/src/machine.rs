@@ -413,7 +413,14 @@ impl<S: Storage> StateMachine<S> {
             return Err(corrupt(format!("{} staged updates, epoch state says {}", staged.len(), st.pending_updates)));
         }
         let leaves: Vec<(Index, Digest)> = staged.iter().map(|(_, _, i, v)| (*i, *v)).collect();
-        let (root, written) = tree::apply_epoch(&self.store, &self.pages, epoch, &leaves, &mut step.batch)?;
+        let (root, written) = tree::apply_epoch(
+            &self.store,
+            &self.pages,
+            (st.last_epoch > 0).then_some(st.last_epoch),
+            epoch,
+            &leaves,
+            &mut step.batch,
+        )?;
         step.written_pages = written;
         for (key, value, index, _) in staged {
             step.batch.delete(key);

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 pub struct TreeFixture {
     store: Box<dyn Storage>,
     cache: tree::PageCache,
+    last_epoch: Option<u64>,
 }
 
 impl std::fmt::Debug for TreeFixture {
@@ -28,7 +29,7 @@ impl Default for TreeFixture {
 impl TreeFixture {
     /// An empty tree in memory.
     pub fn new() -> Self {
-        Self { store: Box::new(MemoryStorage::new()), cache: tree::PageCache::default() }
+        Self { store: Box::new(MemoryStorage::new()), cache: tree::PageCache::default(), last_epoch: None }
     }
 
     /// An empty tree in a sled database at `path`.
@@ -39,6 +40,7 @@ impl TreeFixture {
         Self {
             store: Box::new(keyraft_storage::SledStorage::open(path).expect("open sled")),
             cache: tree::PageCache::default(),
+            last_epoch: None,
         }
     }
 
@@ -58,11 +60,13 @@ impl TreeFixture {
         let mut batch = Batch::new();
         let t = std::time::Instant::now();
         let (root, written) =
-            tree::apply_epoch(self.store.as_ref(), &self.cache, epoch, updates, &mut batch).expect("store");
+            tree::apply_epoch(self.store.as_ref(), &self.cache, self.last_epoch, epoch, updates, &mut batch)
+                .expect("store");
         let built = t.elapsed();
         let (n, bytes) = (batch.len(), batch.approximate_bytes());
         self.store.write(batch).expect("store");
         self.cache.commit(written);
+        self.last_epoch = Some(epoch);
         if std::env::var_os("KEYRAFT_TRACE_EPOCHS").is_some() {
             eprintln!("epoch {epoch}: build {built:?}, write {:?} ({n} keys, {bytes} bytes)", t.elapsed() - built);
         }

@@ -2,14 +2,18 @@
 //!
 //! The tree is binary (see `keyraft_core::tree` for the hashing rules and the proof format),
 //! but it is stored in *pages*: a page holds the nodes of one subtree of [`PAGE_BITS`] levels
-//! (a stratum), keyed by the stratum, the index bits above it and the epoch that wrote it.
-//! Reading the tree of a past epoch takes, for each page, the newest version at or before that
-//! epoch. Nodes never become empty (there are no deletions) and a page that changes is
-//! rewritten whole in the epoch that changes it, so that rule is exact.
+//! (a stratum) under one prefix. Pages are persistent (path copying): an epoch writes a new
+//! version of every page it changes, and every page records the epoch of the version of each
+//! of its child pages, so the tree of any epoch is read from its root page by point reads.
+//! A page that changes forces its parent to change (the child's hash is in it), so the
+//! parent's pointers are always current. The root page is written every epoch.
 //!
-//! Pages make an epoch cheap: applying 10k updates to a million entries touches about 15k
+//! Page versions are keyed epoch first (`t || epoch || stratum || prefix`), so an epoch's
+//! writes are appended at the end of the keyspace instead of being scattered across it: the
+//! storage engine sees one sequential run per epoch.
+//!
+//! Pages make an epoch cheap: applying 10k updates to a million entries writes about 20k
 //! pages instead of 130k nodes, and a proof reads about six pages instead of twenty nodes.
-//!
 //! An epoch is applied as one sorted batch: a single descent from the root touches each
 //! affected node once and hashes it once; each touched page is written once.
 
@@ -17,8 +21,9 @@ use crate::error::{corrupt, StateError};
 use crate::keys;
 use keyraft_core::tree::{empty_hash, leaf_hash, node_hash, Terminal, TreeProof};
 use keyraft_core::{Digest, Index};
-use keyraft_storage::{Batch, Direction, Storage};
-use std::collections::BTreeMap;
+use keyraft_storage::{Batch, Storage};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 /// Levels of the binary tree per page.
 pub(crate) const PAGE_BITS: usize = 4;
@@ -35,6 +40,8 @@ pub(crate) enum Node {
 
 const NODE_LEAF: u8 = 1;
 const NODE_INTERIOR: u8 = 2;
+const NODE_BYTES: usize = 3 + 64;
+const CHILD_BYTES: usize = 1 + 8;
 
 impl Node {
     fn hash(&self, depth: usize) -> Digest {
@@ -49,25 +56,30 @@ impl Node {
 /// bits between the two, left-aligned.
 type Slot = (u8, u8);
 
-fn slot(depth: usize, index: &Index) -> Slot {
-    let rel = depth % PAGE_BITS;
-    let start = depth - rel;
-    let mut bits = 0u8;
-    for i in 0..rel {
-        bits |= u8::from(index.bit(start + i)) << (7 - i);
+fn bits(index: &Index, from: usize, count: usize) -> u8 {
+    let mut out = 0u8;
+    for i in 0..count {
+        out |= u8::from(index.bit(from + i)) << (7 - i);
     }
-    (rel as u8, bits)
+    out
 }
 
-/// The nodes of one stratum under one prefix.
+fn slot(depth: usize, index: &Index) -> Slot {
+    let rel = depth % PAGE_BITS;
+    (rel as u8, bits(index, depth - rel, rel))
+}
+
+/// The nodes of one stratum under one prefix, and the versions of its child pages.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Page {
     nodes: BTreeMap<Slot, Node>,
+    /// Child page (by its [`PAGE_BITS`] index bits, left-aligned) to the epoch of its version.
+    children: BTreeMap<u8, u64>,
 }
 
 impl Page {
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(2 + self.nodes.len() * 67);
+        let mut out = Vec::with_capacity(3 + self.nodes.len() * NODE_BYTES + self.children.len() * CHILD_BYTES);
         out.extend_from_slice(&(self.nodes.len() as u16).to_be_bytes());
         for ((rel, bits), node) in &self.nodes {
             out.push(*rel);
@@ -85,6 +97,11 @@ impl Page {
                 }
             }
         }
+        out.push(self.children.len() as u8);
+        for (nibble, epoch) in &self.children {
+            out.push(*nibble);
+            out.extend_from_slice(&epoch.to_be_bytes());
+        }
         out
     }
 
@@ -92,11 +109,16 @@ impl Page {
         let count = usize::from(u16::from_be_bytes(
             bytes.get(..2).and_then(|b| b.try_into().ok()).ok_or_else(|| corrupt("tree page header"))?,
         ));
-        if bytes.len() != 2 + count * 67 {
-            return Err(corrupt(format!("tree page of {} bytes for {count} nodes", bytes.len())));
+        let nodes_end = 2 + count * NODE_BYTES;
+        let children = usize::from(*bytes.get(nodes_end).ok_or_else(|| corrupt("tree page truncated"))?);
+        if bytes.len() != nodes_end + 1 + children * CHILD_BYTES {
+            return Err(corrupt(format!(
+                "tree page of {} bytes for {count} nodes and {children} children",
+                bytes.len()
+            )));
         }
-        let mut nodes = BTreeMap::new();
-        for chunk in bytes[2..].chunks_exact(67) {
+        let mut page = Page::default();
+        for chunk in bytes[2..nodes_end].chunks_exact(NODE_BYTES) {
             let mut a = [0u8; 32];
             let mut b = [0u8; 32];
             a.copy_from_slice(&chunk[3..35]);
@@ -109,14 +131,20 @@ impl Page {
             if usize::from(chunk[0]) >= PAGE_BITS {
                 return Err(corrupt("tree node slot deeper than its page"));
             }
-            nodes.insert((chunk[0], chunk[1]), node);
+            page.nodes.insert((chunk[0], chunk[1]), node);
         }
-        Ok(Self { nodes })
+        for chunk in bytes[nodes_end + 1..].chunks_exact(CHILD_BYTES) {
+            let epoch = keys::be_u64(&chunk[1..]).ok_or_else(|| corrupt("tree page child"))?;
+            page.children.insert(chunk[0], epoch);
+        }
+        Ok(page)
     }
 }
 
 /// A page's identity: its stratum and the index bits above it (the rest zeroed).
-type PageId = (u8, [u8; 32]);
+pub(crate) type PageId = (u8, [u8; 32]);
+
+const ROOT_PAGE: PageId = (0, [0; 32]);
 
 fn page_id(depth: usize, index: &Index) -> PageId {
     let stratum = depth / PAGE_BITS;
@@ -125,11 +153,22 @@ fn page_id(depth: usize, index: &Index) -> PageId {
     (stratum as u8, prefix)
 }
 
-fn page_key_prefix(id: &PageId) -> Vec<u8> {
+/// The parent page of a non-root page and the child's position in it.
+fn parent_of(id: &PageId) -> (PageId, u8) {
+    let stratum = usize::from(id.0);
+    debug_assert!(stratum > 0);
+    let parent_bits = (stratum - 1) * PAGE_BITS;
+    let mut prefix = id.1;
+    keys::mask_after(&mut prefix, parent_bits);
+    ((id.0 - 1, prefix), bits(&Index(id.1), parent_bits, PAGE_BITS))
+}
+
+fn page_key(epoch: u64, id: &PageId) -> Vec<u8> {
     let (stratum, prefix) = id;
     let prefix_bytes = (usize::from(*stratum) * PAGE_BITS).div_ceil(8);
-    let mut k = Vec::with_capacity(2 + prefix_bytes + 8);
+    let mut k = Vec::with_capacity(1 + 8 + 1 + prefix_bytes);
     k.push(keys::TREE);
+    k.extend_from_slice(&epoch.to_be_bytes());
     k.push(*stratum);
     k.extend_from_slice(&prefix[..prefix_bytes]);
     k
@@ -137,29 +176,28 @@ fn page_key_prefix(id: &PageId) -> Vec<u8> {
 
 /// The newest version of every page read or written so far, encoded.
 ///
-/// Applying an epoch reads the newest version of each page it touches; sled serves those
-/// reads slowly (range scans over a large, versioned keyspace), so the state machine keeps
-/// them in memory: about 90k pages, some 40 MB, per million entries. The cache only ever
-/// holds bytes that are in storage: it is filled from reads, and from an epoch's pages only
-/// after that epoch's batch was written.
+/// Applying an epoch reads the newest version of each page it touches. The state machine
+/// keeps them in memory (about 90k pages, some 40 MB, per million entries) so that an epoch
+/// reads nothing from storage once warm. The cache only ever holds bytes that are in storage:
+/// it is filled from reads, and from an epoch's pages only after that epoch's batch was written.
 #[derive(Debug, Default)]
 pub(crate) struct PageCache {
-    pages: std::sync::Mutex<std::collections::HashMap<PageId, std::sync::Arc<Vec<u8>>>>,
+    pages: Mutex<HashMap<PageId, Arc<Vec<u8>>>>,
 }
 
 impl PageCache {
-    fn get(&self, id: &PageId) -> Option<std::sync::Arc<Vec<u8>>> {
+    fn get(&self, id: &PageId) -> Option<Arc<Vec<u8>>> {
         self.pages.lock().ok()?.get(id).cloned()
     }
 
-    fn insert(&self, id: PageId, bytes: std::sync::Arc<Vec<u8>>) {
+    fn insert(&self, id: PageId, bytes: Arc<Vec<u8>>) {
         if let Ok(mut pages) = self.pages.lock() {
             pages.insert(id, bytes);
         }
     }
 
     /// Records pages whose batch is now written.
-    pub(crate) fn commit(&self, written: Vec<(PageId, std::sync::Arc<Vec<u8>>)>) {
+    pub(crate) fn commit(&self, written: WrittenPages) {
         if let Ok(mut pages) = self.pages.lock() {
             pages.extend(written);
         }
@@ -174,56 +212,60 @@ impl PageCache {
 }
 
 /// Pages written by an epoch, to put into the [`PageCache`] once the batch is written.
-pub(crate) type WrittenPages = Vec<(PageId, std::sync::Arc<Vec<u8>>)>;
+pub(crate) type WrittenPages = Vec<(PageId, Arc<Vec<u8>>)>;
 
-/// Reads pages as of one epoch, caching them, and collects rewritten pages.
+/// Reads the pages of one tree version, caching them, and collects rewritten pages.
 struct Pages<'a> {
     store: &'a dyn Storage,
     /// Set when reading the newest tree (to apply an epoch); `None` for historical reads.
     shared: Option<&'a PageCache>,
-    epoch: u64,
-    cache: BTreeMap<PageId, Page>,
-    dirty: std::collections::BTreeSet<PageId>,
+    /// The epoch of the root page version to read (`None`: the tree is empty).
+    root_epoch: Option<u64>,
+    loaded: BTreeMap<PageId, Page>,
+    dirty: BTreeSet<PageId>,
 }
 
 impl<'a> Pages<'a> {
-    fn new(store: &'a dyn Storage, epoch: u64) -> Self {
-        Self { store, shared: None, epoch, cache: BTreeMap::new(), dirty: Default::default() }
+    fn new(store: &'a dyn Storage, root_epoch: Option<u64>) -> Self {
+        Self { store, shared: None, root_epoch, loaded: BTreeMap::new(), dirty: BTreeSet::new() }
+    }
+
+    fn load(&mut self, id: PageId) -> Result<(), StateError> {
+        if self.loaded.contains_key(&id) {
+            return Ok(());
+        }
+        if let Some(bytes) = self.shared.and_then(|c| c.get(&id)) {
+            self.loaded.insert(id, Page::decode(&bytes)?);
+            return Ok(());
+        }
+        let version = if id == ROOT_PAGE {
+            self.root_epoch
+        } else {
+            let (parent, nibble) = parent_of(&id);
+            self.load(parent)?;
+            self.loaded.get(&parent).and_then(|p| p.children.get(&nibble).copied())
+        };
+        let page = match version {
+            None => Page::default(),
+            Some(epoch) => {
+                let bytes = self
+                    .store
+                    .get(&page_key(epoch, &id))?
+                    .ok_or_else(|| corrupt(format!("tree page version of epoch {epoch} is missing")))?;
+                let page = Page::decode(&bytes)?;
+                if let Some(shared) = self.shared {
+                    shared.insert(id, Arc::new(bytes));
+                }
+                page
+            }
+        };
+        self.loaded.insert(id, page);
+        Ok(())
     }
 
     fn page(&mut self, id: PageId) -> Result<&mut Page, StateError> {
-        if !self.cache.contains_key(&id) {
-            let page = match self.shared.and_then(|c| c.get(&id)) {
-                Some(bytes) => Page::decode(&bytes)?,
-                None => {
-                    let prefix = page_key_prefix(&id);
-                    let start = keys::tree_node(&prefix, self.epoch);
-                    let end = keys::tree_node(&prefix, 0);
-                    // `end` is exclusive, so a version written at epoch 0 would be missed;
-                    // epochs start at 1.
-                    match self.store.range(&start, Some(&end), Direction::Forward).next() {
-                        None => {
-                            // Remember absence too: deeper pages are created often, and
-                            // asking storage for each would cost a range scan.
-                            if let Some(shared) = self.shared {
-                                shared.insert(id, std::sync::Arc::new(Page::default().encode()));
-                            }
-                            Page::default()
-                        }
-                        Some(Err(e)) => return Err(e.into()),
-                        Some(Ok((_, v))) => {
-                            let page = Page::decode(&v)?;
-                            if let Some(shared) = self.shared {
-                                shared.insert(id, std::sync::Arc::new(v));
-                            }
-                            page
-                        }
-                    }
-                }
-            };
-            self.cache.insert(id, page);
-        }
-        self.cache.get_mut(&id).ok_or_else(|| corrupt("page cache"))
+        self.load(id)?;
+        self.loaded.get_mut(&id).ok_or_else(|| corrupt("page cache"))
     }
 
     fn read(&mut self, depth: usize, index: &Index) -> Result<Option<Node>, StateError> {
@@ -248,28 +290,48 @@ impl<'a> Pages<'a> {
         Ok(node.hash(depth))
     }
 
-    fn flush_into(self, batch: &mut Batch) -> WrittenPages {
+    /// Writes every dirty page as a version of `epoch`, pointing parents at their children's
+    /// new versions first.
+    fn flush_into(mut self, epoch: u64, batch: &mut Batch) -> Result<WrittenPages, StateError> {
+        self.load(ROOT_PAGE)?;
+        self.dirty.insert(ROOT_PAGE);
+        for id in self.dirty.iter().filter(|id| id.0 > 0) {
+            let (parent, nibble) = parent_of(id);
+            if !self.dirty.contains(&parent) {
+                return Err(corrupt("a tree page changed without its parent"));
+            }
+            self.loaded
+                .get_mut(&parent)
+                .ok_or_else(|| corrupt("dirty page not loaded"))?
+                .children
+                .insert(nibble, epoch);
+        }
         let mut written = Vec::with_capacity(self.dirty.len());
         for id in &self.dirty {
-            if let Some(page) = self.cache.get(id) {
-                let bytes = page.encode();
-                batch.put(keys::tree_node(&page_key_prefix(id), self.epoch), bytes.clone());
-                written.push((*id, std::sync::Arc::new(bytes)));
-            }
+            let page = self.loaded.get(id).ok_or_else(|| corrupt("dirty page not loaded"))?;
+            let bytes = page.encode();
+            batch.put(page_key(epoch, id), bytes.clone());
+            written.push((*id, Arc::new(bytes)));
         }
-        written
+        Ok(written)
     }
 }
 
 /// The root hash of the tree as of `epoch` (the empty hash before the first leaf).
 pub(crate) fn root_at(store: &dyn Storage, epoch: u64) -> Result<Digest, StateError> {
-    Ok(Pages::new(store, epoch).read(0, &Index([0; 32]))?.map_or_else(empty_hash, |n| n.hash(0)))
+    let root_epoch = root_version(store, epoch)?;
+    Ok(Pages::new(store, root_epoch).read(0, &Index([0; 32]))?.map_or_else(empty_hash, |n| n.hash(0)))
+}
+
+/// Every applied epoch writes a root page; `None` if `epoch` was never applied.
+fn root_version(store: &dyn Storage, epoch: u64) -> Result<Option<u64>, StateError> {
+    Ok(store.get(&page_key(epoch, &ROOT_PAGE))?.map(|_| epoch))
 }
 
 /// Builds the inclusion or absence proof for `index` in the tree of `epoch`.
 pub(crate) fn prove(store: &dyn Storage, epoch: u64, index: &Index) -> Result<TreeProof, StateError> {
     let empty = empty_hash();
-    let mut pages = Pages::new(store, epoch);
+    let mut pages = Pages::new(store, root_version(store, epoch)?);
     let mut siblings = Vec::new();
     let mut node = pages.read(0, index)?;
     let mut depth = 0;
@@ -294,22 +356,25 @@ pub(crate) fn prove(store: &dyn Storage, epoch: u64, index: &Index) -> Result<Tr
     }
 }
 
-/// Applies `updates` (sorted strictly by index) as epoch `epoch`, which must be newer than
-/// every epoch in storage, writing the rewritten pages into `batch`. Returns the new root and
-/// the pages to [`PageCache::commit`] once the batch is written.
+/// Applies `updates` (sorted strictly by index) as epoch `epoch` on top of the tree of
+/// `previous` (the last applied epoch, `None` for the first), writing the new page versions
+/// into `batch`. Returns the new root and the pages to [`PageCache::commit`] once the batch
+/// is written.
 pub(crate) fn apply_epoch(
     store: &dyn Storage,
     cache: &PageCache,
+    previous: Option<u64>,
     epoch: u64,
     updates: &[(Index, Digest)],
     batch: &mut Batch,
 ) -> Result<(Digest, WrittenPages), StateError> {
     assert!(updates.windows(2).all(|w| w[0].0 < w[1].0), "epoch updates must be sorted and distinct");
-    let mut pages = Pages::new(store, epoch);
+    assert!(previous.is_none_or(|p| p < epoch), "epochs are applied in increasing order");
+    let mut pages = Pages::new(store, previous);
     pages.shared = Some(cache);
     let root = pages.read(0, &Index([0; 32]))?;
     let hash = update(&mut pages, 0, root, updates)?;
-    Ok((hash, pages.flush_into(batch)))
+    Ok((hash, pages.flush_into(epoch, batch)?))
 }
 
 /// Rewrites the subtree at `depth` on the path of `updates[0]` (all updates share that path
@@ -379,6 +444,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn parents_and_children_agree() {
+        let index = Index([0b1011_0110; 32]);
+        let child = page_id(9, &index);
+        assert_eq!(child.0, 2);
+        let (parent, nibble) = parent_of(&child);
+        assert_eq!(parent, page_id(5, &index));
+        assert_eq!(nibble, 0b0110_0000);
+        assert_eq!(parent_of(&page_id(4, &index)), (ROOT_PAGE, 0b1011_0000));
+    }
+
+    #[test]
     fn slots_and_pages_partition_the_path() {
         let index = Index([0b1011_0110; 32]);
         assert_eq!(slot(0, &index), (0, 0));
@@ -395,6 +471,7 @@ mod tests {
         let mut p = Page::default();
         p.nodes.insert((0, 0), Node::Interior { left: [1; 32], right: [2; 32] });
         p.nodes.insert((1, 0x80), Node::Leaf { index: Index([3; 32]), value: [4; 32] });
+        p.children.insert(0x30, 7);
         assert_eq!(Page::decode(&p.encode()).unwrap(), p);
         assert!(Page::decode(&p.encode()[1..]).is_err());
     }
