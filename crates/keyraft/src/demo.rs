@@ -25,6 +25,15 @@ pub struct DemoArgs {
 
 type DemoResult = Result<(), Box<dyn std::error::Error>>;
 
+fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::UpdateAccepted { epoch, .. } => format!("accepted into epoch {epoch}"),
+        Outcome::UpdateDuplicate { epoch, .. } => format!("already applied in epoch {epoch}"),
+        Outcome::UpdateRejected { reason, .. } => format!("rejected ({reason})"),
+        other => format!("{other:?}"),
+    }
+}
+
 fn publish(h: &mut Harness, out: &mut dyn Write) -> DemoResult {
     let intervals = EpochIntervals { min_epoch_interval_ms: 500, max_epoch_interval_ms: 5_000 };
     h.now_ms += 1_000;
@@ -78,7 +87,7 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> DemoResult {
     )?;
     let alice = derive_signing_key(args.seed, "alice");
     let outcome = h.register("alice@example.org", &alice, &[("mail", b"alice-pgp-v1")])?;
-    writeln!(out, "register alice@example.org: {outcome:?}")?;
+    writeln!(out, "register alice@example.org: {}", describe(&outcome))?;
     for i in 0..args.users {
         let key = derive_signing_key(args.seed, &format!("user-{i}"));
         h.register(&format!("user-{i}@example.org"), &key, &[("mail", b"key")])?;
@@ -98,7 +107,7 @@ pub fn run(args: &DemoArgs, out: &mut dyn Write) -> DemoResult {
         &[&alice, &phone],
     );
     let outcome = h.append(Command::Update(Box::new(update)))?;
-    writeln!(out, "update alice@example.org to version 1: {outcome:?}")?;
+    writeln!(out, "update alice@example.org to version 1 (old and new key sign): {}", describe(&outcome))?;
     let theft = h.make_update(
         "alice@example.org",
         2,
