@@ -103,3 +103,33 @@ fn empty_and_single_leaf_trees() {
     assert_eq!(root, keyraft_core::tree::leaf_hash(0, &a, &[9; 32]));
     assert_eq!(fixture.prove(1, &a).verify(&root, &a).unwrap(), TreeAnswer::Present([9; 32]));
 }
+
+#[test]
+fn large_epochs_span_many_chunks_and_stay_provable() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let mut fixture = TreeFixture::new();
+    let mut model: BTreeMap<Index, Digest> = BTreeMap::new();
+    let mut roots = Vec::new();
+    for epoch in 1..=3u64 {
+        let mut batch: BTreeMap<Index, Digest> = BTreeMap::new();
+        for _ in 0..4000 {
+            batch.insert(Index(rng.gen()), rng.gen());
+        }
+        // Overwrite some existing entries too.
+        for (i, _) in model.iter().take(100) {
+            batch.insert(*i, rng.gen());
+        }
+        let root = fixture.apply(epoch, &batch.iter().map(|(i, v)| (*i, *v)).collect::<Vec<_>>());
+        model.extend(batch);
+        assert_eq!(root, fixture.model_root(&model));
+        roots.push((epoch, root, model.clone()));
+    }
+    for (epoch, root, snapshot) in &roots {
+        for (i, v) in snapshot.iter().step_by(97) {
+            assert_eq!(fixture.prove(*epoch, i).verify(root, i).unwrap(), TreeAnswer::Present(*v));
+        }
+        let absent = Index(rng.gen());
+        assert_eq!(fixture.prove(*epoch, &absent).verify(root, &absent).unwrap(), TreeAnswer::Absent);
+    }
+}
