@@ -7,9 +7,8 @@
 //! |--------|---------------------------------------|----------------------------------------|
 //! | `m`    | `m` + name                            | state metadata (applied log position, epoch state, realm config) |
 //! | `t`    | `t` + epoch (u64) + stratum (u8) + prefix | a tree page version written in `epoch` |
-//! | `p`    | `p` + index                           | an update staged in the open epoch     |
-//! | `u`    | `u` + index + epoch (u64)             | the update applied to `index` in `epoch` |
-//! | `e`    | `e` + epoch (u64) + index             | empty: the indexes updated in `epoch`  |
+//! | `u`    | `u` + index + epoch (u64)             | the update to `index` in `epoch` (staged while `epoch` is open) |
+//! | `e`    | `e` + epoch (u64) + index             | the entry hash: the indexes updated in `epoch` |
 //! | `h`    | `h` + epoch (u64)                     | the epoch's head bytes                 |
 //! | `r`    | `r` + epoch (u64) + replica key (32)  | the replica's signature over the head  |
 //! | `v`    | `v` + epoch (u64) + verifier key (32) | the verifier's ratification            |
@@ -19,7 +18,6 @@
 use keyraft_core::Index;
 
 pub(crate) const TREE: u8 = b't';
-pub(crate) const PENDING: u8 = b'p';
 pub(crate) const UPDATE: u8 = b'u';
 pub(crate) const EPOCH_UPDATES: u8 = b'e';
 pub(crate) const HEAD: u8 = b'h';
@@ -29,13 +27,6 @@ pub(crate) const VERIFIER_SIG: u8 = b'v';
 pub(crate) const META_APPLIED: &[u8] = b"mapplied";
 pub(crate) const META_EPOCH: &[u8] = b"mepoch";
 pub(crate) const META_CONFIG: &[u8] = b"mconfig";
-
-pub(crate) fn pending(index: &Index) -> Vec<u8> {
-    let mut k = Vec::with_capacity(33);
-    k.push(PENDING);
-    k.extend_from_slice(&index.0);
-    k
-}
 
 pub(crate) fn update(index: &Index, epoch: u64) -> Vec<u8> {
     let mut k = update_prefix(index);

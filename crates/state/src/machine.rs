@@ -354,8 +354,11 @@ impl<S: Storage> StateMachine<S> {
     #[doc(hidden)]
     pub fn bench_stage_unchecked(&mut self, updates: &[Update]) -> Result<(), StateError> {
         let mut batch = Batch::new();
+        let open = self.epoch_state.open_epoch();
         for u in updates {
-            batch.put(keys::pending(&u.signed.entry.index), u.encode());
+            let index = u.signed.entry.index;
+            batch.put(keys::update(&index, open), u.encode());
+            batch.put(keys::epoch_update(open, &index), u.signed.entry.hash().to_vec());
         }
         self.epoch_state.pending_updates += updates.len() as u64;
         batch.put(keys::META_EPOCH, self.epoch_state.encode());
@@ -370,14 +373,14 @@ impl<S: Storage> StateMachine<S> {
         let entry_bytes = update.signed.entry.encode();
         step.effects.push(Effect::UpdateDecided { id });
 
-        if let Some(staged) = self.store.get(&keys::pending(&index))? {
+        if let Some(staged) = self.store.get(&keys::update(&index, open))? {
             let staged: Update = decode_canonical(&staged).map_err(|e| corrupt(format!("staged update: {e}")))?;
             if staged.signed.entry.encode() == entry_bytes {
                 return Ok(Outcome::UpdateDuplicate { id, epoch: open });
             }
             return Ok(Outcome::UpdateRejected { id, reason: UpdateRejection::AlreadyUpdatedInEpoch { epoch: open } });
         }
-        let current = self.latest_update(&index)?;
+        let current = self.update_at(&index, self.epoch_state.last_epoch)?;
         if let Some((epoch, cur)) = &current {
             if cur.signed.entry.encode() == entry_bytes {
                 return Ok(Outcome::UpdateDuplicate { id, epoch: *epoch });
@@ -386,7 +389,10 @@ impl<S: Storage> StateMachine<S> {
         if let Err(reason) = check_update(&self.config.realm, current.as_ref().map(|(_, u)| &u.signed.entry), update) {
             return Ok(Outcome::UpdateRejected { id, reason });
         }
-        step.batch.put(keys::pending(&index), update.encode());
+        // Staged updates are stored where they will live, under the open epoch, so closing the
+        // epoch moves nothing; lookups never see them, as they only read closed epochs.
+        step.batch.put(keys::update(&index, open), update.encode());
+        step.batch.put(keys::epoch_update(open, &index), update.signed.entry.hash().to_vec());
         step.epoch_state.pending_updates += 1;
         step.effects.push(Effect::PendingUpdatesChanged);
         Ok(Outcome::UpdateAccepted { id, epoch: open })
@@ -400,19 +406,19 @@ impl<S: Storage> StateMachine<S> {
         if !st.last_epoch_ratified() {
             return Ok(Outcome::Ignored(Ignored::PreviousEpochNotRatified { epoch: st.last_epoch }));
         }
-        let mut staged = Vec::with_capacity(usize::try_from(st.pending_updates).unwrap_or(0));
-        for item in self.store.range(&[keys::PENDING], Some(&[keys::PENDING + 1]), Direction::Forward) {
+        // The epoch's index lists its updates in index order with their entry hashes: the
+        // leaves to apply, without decoding a single update.
+        let mut leaves: Vec<(Index, Digest)> = Vec::with_capacity(usize::try_from(st.pending_updates).unwrap_or(0));
+        for item in self.store.scan_prefix(&keys::epoch_prefix(keys::EPOCH_UPDATES, epoch)) {
             let (key, value) = item?;
-            let update: Update = decode_canonical(&value).map_err(|e| corrupt(format!("staged update: {e}")))?;
-            if key[1..] != update.signed.entry.index.0 {
-                return Err(corrupt("staged update under the wrong index"));
-            }
-            staged.push((key, value, update.signed.entry.index, update.signed.entry.hash()));
+            let index: [u8; 32] =
+                key.get(9..41).and_then(|k| k.try_into().ok()).ok_or_else(|| corrupt("epoch update key"))?;
+            let hash: Digest = value.as_slice().try_into().map_err(|_| corrupt("epoch update entry hash"))?;
+            leaves.push((Index(index), hash));
         }
-        if staged.len() as u64 != st.pending_updates {
-            return Err(corrupt(format!("{} staged updates, epoch state says {}", staged.len(), st.pending_updates)));
+        if leaves.len() as u64 != st.pending_updates {
+            return Err(corrupt(format!("{} staged updates, epoch state says {}", leaves.len(), st.pending_updates)));
         }
-        let leaves: Vec<(Index, Digest)> = staged.iter().map(|(_, _, i, v)| (*i, *v)).collect();
         let (root, written) = tree::apply_epoch(
             &self.store,
             &self.pages,
@@ -422,11 +428,6 @@ impl<S: Storage> StateMachine<S> {
             &mut step.batch,
         )?;
         step.written_pages = written;
-        for (key, value, index, _) in staged {
-            step.batch.delete(key);
-            step.batch.put(keys::update(&index, epoch), value);
-            step.batch.put(keys::epoch_update(epoch, &index), Vec::new());
-        }
         let head = EpochHead {
             realm: self.config.realm.clone(),
             epoch,
@@ -519,7 +520,7 @@ impl<S: Storage> StateMachine<S> {
         Ok(n)
     }
 
-    /// The newest applied update for `index` and the epoch it landed in.
+    /// The newest update for `index` and its epoch, including one staged in the open epoch.
     pub fn latest_update(&self, index: &Index) -> Result<Option<(u64, Update)>, StateError> {
         self.update_at(index, u64::MAX)
     }

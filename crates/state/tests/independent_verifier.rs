@@ -1,0 +1,61 @@
+//! docs/protocol.md is enough to verify a proof: `scripts/verify_proof.py`, written from the
+//! document alone in another language (no shared code, its own Ed25519 and ECVRF), accepts
+//! the proofs this implementation makes and rejects tampered ones.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use keyraft_core::Canonical;
+use keyraft_state::harness::{derive_signing_key, Harness};
+use std::path::Path;
+use std::process::Command;
+
+fn run(h: &Harness, dir: &Path, user: &str, proof: &[u8], extra: &[&str]) -> (bool, String) {
+    let config = dir.join("realm.hex");
+    std::fs::write(&config, hex::encode(h.config().encode())).unwrap();
+    let proof_file = dir.join("proof.bin");
+    std::fs::write(&proof_file, proof).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/verify_proof.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(&config)
+        .arg(&proof_file)
+        .arg(user)
+        .arg(h.now_ms.to_string())
+        .args(extra)
+        .output()
+        .expect("python3 is needed to run the independent verifier (it is on every CI machine)");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn an_implementation_from_the_spec_alone_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::new("example.org", 3, 2, 21);
+    let alice = derive_signing_key(21, "alice");
+    h.register("alice@example.org", &alice, &[("mail", b"alice-key")]).unwrap();
+    for i in 0..30 {
+        h.register(&format!("u{i}@example.org"), &derive_signing_key(21, &format!("u{i}")), &[("mail", b"k")]).unwrap();
+    }
+    h.publish_epoch().unwrap();
+
+    let present = h.lookup_proof("alice@example.org", None, 2).unwrap().encode();
+    let (ok, out) = run(&h, dir.path(), "alice@example.org", &present, &["--verifier-threshold", "2"]);
+    assert!(ok && out.contains("present"), "{out}");
+
+    let absent = h.lookup_proof("nobody@example.org", None, 1).unwrap().encode();
+    let (ok, out) = run(&h, dir.path(), "nobody@example.org", &absent, &["--verifier-threshold", "1"]);
+    assert!(ok && out.contains("absent"), "{out}");
+
+    // The same checks fail in the same places.
+    let (ok, out) = run(&h, dir.path(), "nobody@example.org", &absent, &["--verifier-threshold", "2"]);
+    assert!(!ok && out.contains("4:"), "{out}");
+    let (ok, out) = run(&h, dir.path(), "bob@example.org", &present, &[]);
+    assert!(!ok && out.contains("0:"), "{out}");
+    let (ok, out) = run(&h, dir.path(), "alice@example.org", &present, &["--last-seen-epoch", "2"]);
+    assert!(!ok && out.contains("8:"), "{out}");
+    for at in [30, present.len() - 20, present.len() / 2] {
+        let mut tampered = present.clone();
+        tampered[at] ^= 1;
+        let (ok, out) = run(&h, dir.path(), "alice@example.org", &tampered, &[]);
+        assert!(!ok, "byte {at} flipped still verifies: {out}");
+    }
+}
