@@ -24,7 +24,7 @@ use crate::keys;
 use keyraft_core::tree::{empty_hash, leaf_hash, node_hash, Terminal, TreeProof};
 use keyraft_core::{Digest, Index};
 use keyraft_storage::{Batch, Storage};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 /// Levels of the binary tree per page.
@@ -85,21 +85,99 @@ struct Location {
 /// per key), while a proof still reads only small values.
 const CHUNK_BYTES_TARGET: usize = 16 * 1024;
 
+/// Node slots of a page, in (depth, bits) order, without allocation: pages are decoded and
+/// encoded tens of thousands of times per epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SlotMap([Option<Node>; (1 << PAGE_BITS) - 1]);
+
+impl Default for SlotMap {
+    fn default() -> Self {
+        Self([None; (1 << PAGE_BITS) - 1])
+    }
+}
+
+fn slot_position((rel, bits): Slot) -> Option<usize> {
+    let rel = usize::from(rel);
+    if rel >= PAGE_BITS || (rel < 8 && u16::from(bits) & (0xff >> rel) != 0) {
+        return None;
+    }
+    Some((1 << rel) - 1 + if rel == 0 { 0 } else { usize::from(bits >> (8 - rel)) })
+}
+
+fn position_slot(position: usize) -> Slot {
+    let rel = (usize::BITS - (position + 1).leading_zeros() - 1) as usize;
+    let offset = position + 1 - (1 << rel);
+    (rel as u8, if rel == 0 { 0 } else { (offset << (8 - rel)) as u8 })
+}
+
+impl SlotMap {
+    fn len(&self) -> usize {
+        self.0.iter().flatten().count()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (Slot, &Node)> {
+        self.0.iter().enumerate().filter_map(|(p, n)| n.as_ref().map(|n| (position_slot(p), n)))
+    }
+
+    fn get(&self, slot: &Slot) -> Option<&Node> {
+        self.0.get(slot_position(*slot)?)?.as_ref()
+    }
+
+    fn insert(&mut self, slot: Slot, node: Node) -> bool {
+        match slot_position(slot) {
+            Some(p) => {
+                self.0[p] = Some(node);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Child page versions by the child's [`PAGE_BITS`] index bits (left-aligned).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ChildMap([Option<Location>; 1 << PAGE_BITS]);
+
+impl ChildMap {
+    fn len(&self) -> usize {
+        self.0.iter().flatten().count()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u8, &Location)> {
+        self.0.iter().enumerate().filter_map(|(i, l)| l.as_ref().map(|l| (((i << (8 - PAGE_BITS)) as u8), l)))
+    }
+
+    fn get(&self, nibble: &u8) -> Option<&Location> {
+        if nibble & (0xff >> PAGE_BITS) != 0 {
+            return None;
+        }
+        self.0[usize::from(nibble >> (8 - PAGE_BITS))].as_ref()
+    }
+
+    fn insert(&mut self, nibble: u8, at: Location) -> bool {
+        if nibble & (0xff >> PAGE_BITS) != 0 {
+            return false;
+        }
+        self.0[usize::from(nibble >> (8 - PAGE_BITS))] = Some(at);
+        true
+    }
+}
+
 /// The nodes of one stratum under one prefix, and where its child pages' versions are.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Page {
-    nodes: BTreeMap<Slot, Node>,
+    nodes: SlotMap,
     /// Child page (by its [`PAGE_BITS`] index bits, left-aligned) to its current version.
-    children: BTreeMap<u8, Location>,
+    children: ChildMap,
 }
 
 impl Page {
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(3 + self.nodes.len() * NODE_BYTES + self.children.len() * CHILD_BYTES);
         out.extend_from_slice(&(self.nodes.len() as u16).to_be_bytes());
-        for ((rel, bits), node) in &self.nodes {
-            out.push(*rel);
-            out.push(*bits);
+        for ((rel, bits), node) in self.nodes.iter() {
+            out.push(rel);
+            out.push(bits);
             match node {
                 Node::Leaf { index, value } => {
                     out.push(NODE_LEAF);
@@ -114,8 +192,8 @@ impl Page {
             }
         }
         out.push(self.children.len() as u8);
-        for (nibble, at) in &self.children {
-            out.push(*nibble);
+        for (nibble, at) in self.children.iter() {
+            out.push(nibble);
             out.extend_from_slice(&at.epoch.to_be_bytes());
             out.extend_from_slice(&at.chunk.to_be_bytes());
             out.extend_from_slice(&at.offset.to_be_bytes());
@@ -147,10 +225,9 @@ impl Page {
                 NODE_INTERIOR => Node::Interior { left: a, right: b },
                 t => return Err(corrupt(format!("tree node tag {t}"))),
             };
-            if usize::from(chunk[0]) >= PAGE_BITS {
-                return Err(corrupt("tree node slot deeper than its page"));
+            if !page.nodes.insert((chunk[0], chunk[1]), node) {
+                return Err(corrupt("tree node slot outside its page"));
             }
-            page.nodes.insert((chunk[0], chunk[1]), node);
         }
         for c in bytes[nodes_end + 1..].chunks_exact(CHILD_BYTES) {
             let u32_at = |i: usize| c.get(i..i + 4).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
@@ -160,7 +237,9 @@ impl Page {
                 offset: u32_at(13).ok_or_else(|| corrupt("tree page child"))?,
                 len: u32_at(17).ok_or_else(|| corrupt("tree page child"))?,
             };
-            page.children.insert(c[0], at);
+            if !page.children.insert(c[0], at) {
+                return Err(corrupt("tree page child position"));
+            }
         }
         Ok(page)
     }
@@ -254,7 +333,7 @@ struct Pages<'a> {
     shared: Option<&'a PageCache>,
     /// The epoch of the root page version to read (`None`: the tree is empty).
     root_epoch: Option<u64>,
-    loaded: BTreeMap<PageId, Page>,
+    loaded: HashMap<PageId, Page>,
     dirty: BTreeSet<PageId>,
     /// Chunks read so far (a proof often finds several pages in one chunk).
     chunks: HashMap<(u64, u32), Vec<u8>>,
@@ -262,14 +341,7 @@ struct Pages<'a> {
 
 impl<'a> Pages<'a> {
     fn new(store: &'a dyn Storage, root_epoch: Option<u64>) -> Self {
-        Self {
-            store,
-            shared: None,
-            root_epoch,
-            loaded: BTreeMap::new(),
-            dirty: BTreeSet::new(),
-            chunks: HashMap::new(),
-        }
+        Self { store, shared: None, root_epoch, loaded: HashMap::new(), dirty: BTreeSet::new(), chunks: HashMap::new() }
     }
 
     fn load(&mut self, id: PageId) -> Result<(), StateError> {
@@ -347,7 +419,9 @@ impl<'a> Pages<'a> {
     fn write(&mut self, depth: usize, index: &Index, node: Node) -> Result<Digest, StateError> {
         let id = page_id(depth, index);
         let s = slot(depth, index);
-        self.page(id)?.nodes.insert(s, node);
+        if !self.page(id)?.nodes.insert(s, node) {
+            return Err(corrupt("tree node slot outside its page"));
+        }
         self.dirty.insert(id);
         Ok(node.hash(depth))
     }
@@ -540,6 +614,20 @@ mod tests {
         assert_eq!(page_id(5, &index).0, 1);
         assert_eq!(page_id(5, &index).1[0], 0b1011_0000);
         assert_eq!(256 / PAGE_BITS, 64);
+    }
+
+    #[test]
+    fn slot_positions_round_trip_in_order() {
+        let mut last = None;
+        for p in 0..(1 << PAGE_BITS) - 1 {
+            let slot = position_slot(p);
+            assert_eq!(slot_position(slot), Some(p));
+            assert!(last < Some(slot), "slot order must match (depth, bits) order");
+            last = Some(slot);
+        }
+        assert_eq!(slot_position((0, 0x80)), None);
+        assert_eq!(slot_position((1, 0x40)), None);
+        assert_eq!(slot_position((4, 0)), None);
     }
 
     #[test]
