@@ -522,6 +522,9 @@ pub(crate) fn apply_epoch(
     assert!(previous.is_none_or(|p| p < epoch), "epochs are applied in increasing order");
     let mut pages = Pages::new(store, previous);
     pages.shared = Some(cache);
+    // About two pages per update below the shared top of the tree; growing the map while it
+    // holds kilobyte-sized pages would copy them over and over.
+    pages.loaded.reserve(2 * updates.len() + 300);
     let root = pages.read(0, &Index([0; 32]))?;
     let hash = update(&mut pages, 0, root, updates)?;
     Ok((hash, pages.flush_into(epoch, batch)?))
