@@ -24,6 +24,7 @@ use keyraft_core::{
 };
 use keyraft_core::{Command, LogPosition};
 use keyraft_storage::{check_format_version, prefix_successor, Batch, Direction, Storage};
+use std::collections::BTreeMap;
 
 /// The on-disk format this build writes; bump it (with a migration) whenever a keyspace's
 /// layout changes.
@@ -210,6 +211,10 @@ pub struct Step {
     epoch_state: EpochState,
     applied: LogPosition,
     written_pages: tree::WrittenPages,
+    /// A leaf staged into the open epoch by this step.
+    staged_leaf: Option<(Index, Digest)>,
+    /// Whether this step closed the open epoch.
+    closed_epoch: bool,
 }
 
 /// One epoch of the verifier log.
@@ -232,6 +237,9 @@ pub struct StateMachine<S> {
     epoch_state: EpochState,
     applied: LogPosition,
     pages: tree::PageCache,
+    /// The open epoch's staged leaves, mirroring the `e` keyspace of the open epoch so that
+    /// closing an epoch does not scan storage (sled iterates slowly). Rebuilt on open.
+    open_leaves: BTreeMap<Index, Digest>,
 }
 
 fn encode_position(p: LogPosition) -> Vec<u8> {
@@ -277,7 +285,22 @@ impl<S: Storage> StateMachine<S> {
             Some(_) => return Err(corrupt("applied position has the wrong length")),
         };
         let config_hash = config.hash();
-        Ok(Self { store, config, config_hash, epoch_state, applied, pages: tree::PageCache::default() })
+        let mut open_leaves = BTreeMap::new();
+        for item in store.scan_prefix(&keys::epoch_prefix(keys::EPOCH_UPDATES, epoch_state.open_epoch())) {
+            let (key, value) = item?;
+            let index: [u8; 32] =
+                key.get(9..41).and_then(|k| k.try_into().ok()).ok_or_else(|| corrupt("epoch update key"))?;
+            let hash: Digest = value.as_slice().try_into().map_err(|_| corrupt("epoch update entry hash"))?;
+            open_leaves.insert(Index(index), hash);
+        }
+        if open_leaves.len() as u64 != epoch_state.pending_updates {
+            return Err(corrupt(format!(
+                "{} staged updates, epoch state says {}",
+                open_leaves.len(),
+                epoch_state.pending_updates
+            )));
+        }
+        Ok(Self { store, config, config_hash, epoch_state, applied, pages: tree::PageCache::default(), open_leaves })
     }
 
     /// The realm configuration.
@@ -309,6 +332,8 @@ impl<S: Storage> StateMachine<S> {
             epoch_state: self.epoch_state,
             applied: self.applied,
             written_pages: Vec::new(),
+            staged_leaf: None,
+            closed_epoch: false,
         };
         if position.index <= self.applied.index {
             return Ok(step);
@@ -344,6 +369,12 @@ impl<S: Storage> StateMachine<S> {
             }
         }
         self.pages.commit(step.written_pages);
+        if step.closed_epoch {
+            self.open_leaves.clear();
+        }
+        if let Some((index, hash)) = step.staged_leaf {
+            self.open_leaves.insert(index, hash);
+        }
         self.epoch_state = step.epoch_state;
         self.applied = step.applied;
         Ok((step.outcome, step.effects))
@@ -359,6 +390,7 @@ impl<S: Storage> StateMachine<S> {
             let index = u.signed.entry.index;
             batch.put(keys::update(&index, open), u.encode());
             batch.put(keys::epoch_update(open, &index), u.signed.entry.hash().to_vec());
+            self.open_leaves.insert(index, u.signed.entry.hash());
         }
         self.epoch_state.pending_updates += updates.len() as u64;
         batch.put(keys::META_EPOCH, self.epoch_state.encode());
@@ -392,7 +424,9 @@ impl<S: Storage> StateMachine<S> {
         // Staged updates are stored where they will live, under the open epoch, so closing the
         // epoch moves nothing; lookups never see them, as they only read closed epochs.
         step.batch.put(keys::update(&index, open), update.encode());
-        step.batch.put(keys::epoch_update(open, &index), update.signed.entry.hash().to_vec());
+        let leaf = update.signed.entry.hash();
+        step.batch.put(keys::epoch_update(open, &index), leaf.to_vec());
+        step.staged_leaf = Some((index, leaf));
         step.epoch_state.pending_updates += 1;
         step.effects.push(Effect::PendingUpdatesChanged);
         Ok(Outcome::UpdateAccepted { id, epoch: open })
@@ -406,16 +440,8 @@ impl<S: Storage> StateMachine<S> {
         if !st.last_epoch_ratified() {
             return Ok(Outcome::Ignored(Ignored::PreviousEpochNotRatified { epoch: st.last_epoch }));
         }
-        // The epoch's index lists its updates in index order with their entry hashes: the
-        // leaves to apply, without decoding a single update.
-        let mut leaves: Vec<(Index, Digest)> = Vec::with_capacity(usize::try_from(st.pending_updates).unwrap_or(0));
-        for item in self.store.scan_prefix(&keys::epoch_prefix(keys::EPOCH_UPDATES, epoch)) {
-            let (key, value) = item?;
-            let index: [u8; 32] =
-                key.get(9..41).and_then(|k| k.try_into().ok()).ok_or_else(|| corrupt("epoch update key"))?;
-            let hash: Digest = value.as_slice().try_into().map_err(|_| corrupt("epoch update entry hash"))?;
-            leaves.push((Index(index), hash));
-        }
+        // The open epoch's leaves are mirrored in memory (see `open_leaves`), already sorted.
+        let leaves: Vec<(Index, Digest)> = self.open_leaves.iter().map(|(i, h)| (*i, *h)).collect();
         if leaves.len() as u64 != st.pending_updates {
             return Err(corrupt(format!("{} staged updates, epoch state says {}", leaves.len(), st.pending_updates)));
         }
@@ -428,6 +454,7 @@ impl<S: Storage> StateMachine<S> {
             &mut step.batch,
         )?;
         step.written_pages = written;
+        step.closed_epoch = true;
         let head = EpochHead {
             realm: self.config.realm.clone(),
             epoch,
