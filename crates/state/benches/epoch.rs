@@ -11,7 +11,9 @@ use keyraft_storage::{SledStorage, Storage};
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 
-const ENTRIES: usize = 1_000_000;
+fn entries() -> usize {
+    std::env::var("KEYRAFT_BENCH_ENTRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000)
+}
 const EPOCH_UPDATES: usize = 10_000;
 
 struct Realm {
@@ -56,8 +58,12 @@ impl Realm {
         let epoch = self.machine.epoch_state().open_epoch();
         let t = Instant::now();
         self.apply(&Command::EpochDelimiter { epoch, timestamp_ms: 1_700_000_000_000 + epoch });
+        let applied = t.elapsed();
         self.machine.store().flush().unwrap();
         let elapsed = t.elapsed();
+        if std::env::var_os("KEYRAFT_TRACE_EPOCHS").is_some() {
+            eprintln!("epoch {epoch}: step+write {applied:?}, flush {:?}", elapsed - applied);
+        }
         let head = self.machine.head(epoch).unwrap().unwrap();
         for k in self.h.replicas.clone().iter().take(2) {
             self.apply(&sign_head(k, &head).unwrap());
@@ -73,12 +79,13 @@ fn epoch_apply(c: &mut Criterion) {
     let mut realm = Realm { h, machine, position: 0 };
     let mut rng = rand::rngs::StdRng::seed_from_u64(2);
     let t = Instant::now();
-    for _ in 0..ENTRIES / 100_000 {
+    for _ in 0..entries() / 100_000 {
         realm.stage(&mut rng, 100_000);
         realm.cut();
     }
     eprintln!(
-        "built a {ENTRIES}-entry state on sled in {:.1?} ({} MiB on disk)",
+        "built a {}-entry state on sled in {:.1?} ({} MiB on disk)",
+        entries(),
         t.elapsed(),
         realm.machine.store().size_on_disk_bytes().unwrap() / (1024 * 1024)
     );
