@@ -18,7 +18,7 @@ pub struct SledOptions {
 
 impl Default for SledOptions {
     fn default() -> Self {
-        Self { cache_capacity_bytes: 256 * 1024 * 1024 }
+        Self { cache_capacity_bytes: 128 * 1024 * 1024 }
     }
 }
 
