@@ -9,9 +9,6 @@
 use crate::{Batch, BatchOp, Direction, RangeIter, Storage, StorageError, Value};
 use std::path::Path;
 
-/// sled log segment size, in bytes (fixed when a database is created).
-const SEGMENT_BYTES: usize = 8 * 1024 * 1024;
-
 /// Tuning knobs for sled.
 #[derive(Debug, Clone, Copy)]
 pub struct SledOptions {
@@ -54,9 +51,6 @@ impl SledStorage {
             .path(path)
             .cache_capacity(options.cache_capacity_bytes)
             .mode(sled::Mode::HighThroughput)
-            // sled writes any node bigger than an eighth of a segment as a separate blob file,
-            // one file per write; tree chunks would cross that line with the default 512 KiB.
-            .segment_size(SEGMENT_BYTES)
             .open()
             .map_err(engine)?;
         let tree = db.open_tree("keyraft").map_err(engine)?;
