@@ -242,6 +242,19 @@ pub struct StateMachine<S> {
     open_leaves: BTreeMap<Index, Digest>,
 }
 
+/// The indexes updated in `epoch` with their entry hashes (the `e` keyspace), in index order.
+fn epoch_leaves(store: &dyn Storage, epoch: u64) -> Result<Vec<(Index, Digest)>, StateError> {
+    let mut out = Vec::new();
+    for item in store.scan_prefix(&keys::epoch_prefix(keys::EPOCH_UPDATES, epoch)) {
+        let (key, value) = item?;
+        let index: [u8; 32] =
+            key.get(9..41).and_then(|k| k.try_into().ok()).ok_or_else(|| corrupt("epoch update key"))?;
+        let hash: Digest = value.as_slice().try_into().map_err(|_| corrupt("epoch update entry hash"))?;
+        out.push((Index(index), hash));
+    }
+    Ok(out)
+}
+
 fn encode_position(p: LogPosition) -> Vec<u8> {
     let mut out = Vec::with_capacity(16);
     out.extend_from_slice(&p.term.to_be_bytes());
@@ -285,14 +298,8 @@ impl<S: Storage> StateMachine<S> {
             Some(_) => return Err(corrupt("applied position has the wrong length")),
         };
         let config_hash = config.hash();
-        let mut open_leaves = BTreeMap::new();
-        for item in store.scan_prefix(&keys::epoch_prefix(keys::EPOCH_UPDATES, epoch_state.open_epoch())) {
-            let (key, value) = item?;
-            let index: [u8; 32] =
-                key.get(9..41).and_then(|k| k.try_into().ok()).ok_or_else(|| corrupt("epoch update key"))?;
-            let hash: Digest = value.as_slice().try_into().map_err(|_| corrupt("epoch update entry hash"))?;
-            open_leaves.insert(Index(index), hash);
-        }
+        let open_leaves: BTreeMap<Index, Digest> =
+            epoch_leaves(&store, epoch_state.open_epoch())?.into_iter().collect();
         if open_leaves.len() as u64 != epoch_state.pending_updates {
             return Err(corrupt(format!(
                 "{} staged updates, epoch state says {}",
@@ -594,14 +601,7 @@ impl<S: Storage> StateMachine<S> {
 
     /// The indexes updated in `epoch`, in index order (the order verifiers replay them in).
     pub fn epoch_indexes(&self, epoch: u64) -> Result<Vec<Index>, StateError> {
-        let mut out = Vec::new();
-        for item in self.store.scan_prefix(&keys::epoch_prefix(keys::EPOCH_UPDATES, epoch)) {
-            let (k, _) = item?;
-            let mut i = [0u8; 32];
-            i.copy_from_slice(k.get(9..41).ok_or_else(|| corrupt("epoch update key"))?);
-            out.push(Index(i));
-        }
-        Ok(out)
+        Ok(epoch_leaves(&self.store, epoch)?.into_iter().map(|(index, _)| index).collect())
     }
 
     /// A keyserver-ratified epoch as the verifier log presents it: its updates in index order
