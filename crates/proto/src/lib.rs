@@ -12,6 +12,12 @@ pub mod pb {
     tonic::include_proto!("keyraft.v1");
 }
 
+/// The peer service (Raft and admin between replicas), generated from `peer.proto`.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod peer {
+    tonic::include_proto!("keyraft.peer.v1");
+}
+
 pub mod convert;
 
 /// The encoded `FileDescriptorSet` of the API, for gRPC reflection.

@@ -210,6 +210,7 @@ pub struct Step {
     pub effects: Vec<Effect>,
     epoch_state: EpochState,
     applied: LogPosition,
+    base_applied: LogPosition,
     written_pages: tree::WrittenPages,
     /// A leaf staged into the open epoch by this step.
     staged_leaf: Option<(Index, Digest)>,
@@ -338,6 +339,7 @@ impl<S: Storage> StateMachine<S> {
             effects: Vec::new(),
             epoch_state: self.epoch_state,
             applied: self.applied,
+            base_applied: self.applied,
             written_pages: Vec::new(),
             staged_leaf: None,
             closed_epoch: false,
@@ -369,6 +371,18 @@ impl<S: Storage> StateMachine<S> {
     /// An error means this replica's storage failed; the replica must stop.
     pub fn apply(&mut self, position: LogPosition, command: &Command) -> Result<(Outcome, Vec<Effect>), StateError> {
         let step = self.step(position, command)?;
+        self.commit(step)
+    }
+
+    /// Writes a step computed by [`StateMachine::step`] against the current state. Splitting
+    /// the two lets a server compute a long step (closing an epoch) while readers keep
+    /// reading, and take exclusive access only to write. The caller may add its own keys to
+    /// `step.batch` (outside this crate's keyspaces) to make them atomic with the step.
+    ///
+    /// The step must have been computed against the current state and nothing else may have
+    /// been committed in between.
+    pub fn commit(&mut self, step: Step) -> Result<(Outcome, Vec<Effect>), StateError> {
+        assert!(step.base_applied == self.applied, "a step must be committed onto the state it was computed from");
         if !step.batch.is_empty() {
             if let Err(e) = self.store.write(step.batch) {
                 self.pages.clear();
@@ -568,6 +582,26 @@ impl<S: Storage> StateMachine<S> {
         let epoch = keys::be_u64(&key[33..]).ok_or_else(|| corrupt("update key"))?;
         let update = decode_canonical(&value).map_err(|e| corrupt(format!("stored update: {e}")))?;
         Ok(Some((epoch, update)))
+    }
+
+    /// Updates of `index` in epochs before `before_epoch` (staged ones included), newest first,
+    /// at most `limit` of them: an identity's history, one page at a time.
+    pub fn update_history(
+        &self,
+        index: &Index,
+        before_epoch: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Update)>, StateError> {
+        let prefix = keys::update_prefix(index);
+        let end = keys::update(index, before_epoch);
+        let mut out = Vec::new();
+        for item in self.store.range(&prefix, Some(&end), Direction::Reverse).take(limit) {
+            let (key, value) = item?;
+            let epoch = keys::be_u64(&key[33..]).ok_or_else(|| corrupt("update key"))?;
+            let update = decode_canonical(&value).map_err(|e| corrupt(format!("stored update: {e}")))?;
+            out.push((epoch, update));
+        }
+        Ok(out)
     }
 
     /// The head of `epoch`, if that epoch is closed.

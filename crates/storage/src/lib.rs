@@ -210,3 +210,22 @@ pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
 pub fn dump_all(store: &dyn Storage) -> Result<Vec<(Key, Value)>, StorageError> {
     store.range(&[], None, Direction::Forward).collect()
 }
+
+/// A shared handle to any engine, so that layers above can pick the engine at run time.
+impl<T: Storage + ?Sized> Storage for std::sync::Arc<T> {
+    fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
+        (**self).get(key)
+    }
+
+    fn range(&self, start: &[u8], end: Option<&[u8]>, direction: Direction) -> RangeIter<'_> {
+        (**self).range(start, end, direction)
+    }
+
+    fn write(&self, batch: Batch) -> Result<(), StorageError> {
+        (**self).write(batch)
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        (**self).flush()
+    }
+}

@@ -1,0 +1,304 @@
+//! A replica's configuration file (`node.toml`).
+//!
+//! ```toml
+//! node_id = 1
+//! data_dir = "data/node-1"
+//! public_listen = "127.0.0.1:7001"   # clients and verifiers; port 0 lets the OS choose
+//! peer_listen = "127.0.0.1:7101"     # Raft and admin
+//! realm_file = "realm.json"
+//! vrf_secret_key_file = "keys/vrf.key"
+//! signing_key_file = "keys/replica-1.key"
+//! cluster_token_file = "keys/cluster.token"
+//!
+//! [epochs]
+//! min_epoch_interval_ms = 1000
+//! max_epoch_interval_ms = 10000
+//!
+//! [[voters]]            # the initial voters, used by `--init` only
+//! id = 1
+//! peer_addr = "127.0.0.1:7101"
+//! public_addr = "127.0.0.1:7001"
+//! ```
+//!
+//! Relative paths are relative to the configuration file's directory. Every section but the
+//! first block has defaults; see [`RaftSettings`] and [`Limits`].
+
+use crate::Error;
+use ed25519_dalek::SigningKey;
+use keyraft_core::vrf::VrfSecretKey;
+use keyraft_core::{RealmConfig, RealmFile};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The whole file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's Raft id (unique in the cluster, never reused for a wiped node).
+    pub node_id: u64,
+    /// Where the log, the state and the snapshots live.
+    pub data_dir: PathBuf,
+    /// Listen address of the public service.
+    pub public_listen: String,
+    /// Listen address of the peer service.
+    pub peer_listen: String,
+    /// The realm file (its `realm`, `vrf_public_key`, `replica_keys` and `verifier_keys`).
+    pub realm_file: PathBuf,
+    /// The VRF secret key (64 hex digits), shared by the realm's replicas.
+    pub vrf_secret_key_file: PathBuf,
+    /// This replica's Ed25519 head-signing key (64 hex digits); its public key must be one of
+    /// the realm's replica keys.
+    pub signing_key_file: PathBuf,
+    /// A secret shared by the cluster's nodes and its operators, required on the peer port.
+    pub cluster_token_file: PathBuf,
+    /// Epoch timing.
+    #[serde(default)]
+    pub epochs: EpochSettings,
+    /// Raft timing and log compaction.
+    #[serde(default)]
+    pub raft: RaftSettings,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Storage tuning.
+    #[serde(default)]
+    pub storage: StorageSettings,
+    /// The initial voters, for `--init`.
+    #[serde(default)]
+    pub voters: Vec<VoterSpec>,
+}
+
+/// Epoch timing.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EpochSettings {
+    /// An epoch with pending updates is cut once this much time passed since the last one.
+    pub min_epoch_interval_ms: u64,
+    /// An epoch is cut after this long even without updates.
+    pub max_epoch_interval_ms: u64,
+    /// First retry delay of a failed proposal.
+    pub proposal_retry_ms: u64,
+    /// Retry delay cap.
+    pub proposal_retry_max_ms: u64,
+}
+
+impl Default for EpochSettings {
+    fn default() -> Self {
+        Self {
+            min_epoch_interval_ms: 1_000,
+            max_epoch_interval_ms: 10_000,
+            proposal_retry_ms: 50,
+            proposal_retry_max_ms: 2_000,
+        }
+    }
+}
+
+/// Raft timing and log compaction.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSettings {
+    /// Leader heartbeat period.
+    pub heartbeat_interval_ms: u64,
+    /// Election timeout range.
+    pub election_timeout_min_ms: u64,
+    /// Election timeout range.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_after_entries: u64,
+    /// Entries kept below the snapshot, for followers slightly behind.
+    pub entries_kept_after_snapshot: u64,
+    /// Deadline of one snapshot chunk transfer.
+    pub install_snapshot_timeout_ms: u64,
+    /// Entries per AppendEntries message.
+    pub max_payload_entries: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 200,
+            election_timeout_min_ms: 1_000,
+            election_timeout_max_ms: 2_000,
+            snapshot_after_entries: 100_000,
+            entries_kept_after_snapshot: 5_000,
+            install_snapshot_timeout_ms: 10_000,
+            max_payload_entries: 512,
+        }
+    }
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest public request accepted, in bytes.
+    pub request_bytes_max: usize,
+    /// Longest a request may wait (for an epoch, a quorum), in milliseconds.
+    pub wait_ms_max: u64,
+    /// Deadline of a forwarded request to the leader, in milliseconds.
+    pub forward_timeout_ms: u64,
+    /// Concurrent requests per public connection.
+    pub concurrency_per_connection: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            request_bytes_max: 64 * 1024,
+            wait_ms_max: 30_000,
+            forward_timeout_ms: 10_000,
+            concurrency_per_connection: 256,
+        }
+    }
+}
+
+/// Storage tuning.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// sled cache for the state, in bytes.
+    pub state_cache_bytes: u64,
+    /// sled cache for the Raft log, in bytes.
+    pub log_cache_bytes: u64,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self { state_cache_bytes: 128 * 1024 * 1024, log_cache_bytes: 32 * 1024 * 1024 }
+    }
+}
+
+/// One initial voter.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VoterSpec {
+    /// Raft node id.
+    pub id: u64,
+    /// Its peer address.
+    pub peer_addr: String,
+    /// Its public address.
+    pub public_addr: String,
+}
+
+/// A configuration with its secrets loaded and checked.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The file's settings, with paths resolved.
+    pub config: NodeConfig,
+    /// The realm.
+    pub realm: RealmConfig,
+    /// The VRF secret key.
+    pub vrf: VrfSecretKey,
+    /// This replica's head-signing key.
+    pub signing_key: SigningKey,
+    /// The cluster token.
+    pub cluster_token: String,
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Reads a 32-byte secret written as 64 hex digits.
+pub fn read_secret32(path: &Path, what: &str) -> Result<[u8; 32], Error> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading the {what} {}", path.display()), e))?;
+    let bytes = hex::decode(text.trim())
+        .map_err(|e| Error::Config(format!("the {what} {} is not hex: {e}", path.display())))?;
+    bytes
+        .try_into()
+        .map_err(|_| Error::Config(format!("the {what} {} must hold 32 bytes (64 hex digits)", path.display())))
+}
+
+/// Writes a 32-byte secret as hex, readable by the owner only.
+pub fn write_secret32(path: &Path, secret: &[u8; 32]) -> Result<(), Error> {
+    use std::io::Write as _;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut f = options.open(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    writeln!(f, "{}", hex::encode(secret)).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+impl NodeConfig {
+    /// Reads and checks `path`, loading the keys it names.
+    pub fn load(path: &Path) -> Result<Loaded, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let mut config: NodeConfig =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.data_dir = resolve(base, &config.data_dir);
+        config.realm_file = resolve(base, &config.realm_file);
+        config.vrf_secret_key_file = resolve(base, &config.vrf_secret_key_file);
+        config.signing_key_file = resolve(base, &config.signing_key_file);
+        config.cluster_token_file = resolve(base, &config.cluster_token_file);
+        config.check()?;
+
+        let realm_json = std::fs::read_to_string(&config.realm_file)
+            .map_err(|e| Error::io(format!("reading the realm file {}", config.realm_file.display()), e))?;
+        let realm = RealmFile::from_json(&realm_json)
+            .and_then(|f| f.config())
+            .map_err(|e| Error::Config(format!("{}: {e}", config.realm_file.display())))?;
+        let vrf = VrfSecretKey::from_seed(&read_secret32(&config.vrf_secret_key_file, "VRF secret key")?);
+        if vrf.public_key() != realm.vrf_public_key {
+            return Err(Error::Config(format!(
+                "the VRF secret key {} does not match the realm's vrf_public_key",
+                config.vrf_secret_key_file.display()
+            )));
+        }
+        let signing_key = SigningKey::from_bytes(&read_secret32(&config.signing_key_file, "signing key")?);
+        let public = keyraft_core::PublicKey::from_verifying_key(&signing_key.verifying_key())
+            .map_err(|e| Error::Config(format!("signing key: {e}")))?;
+        if !realm.replica_keys.contains(&public) {
+            return Err(Error::Config(format!(
+                "the signing key {} (public {}) is not one of the realm's replica_keys",
+                config.signing_key_file.display(),
+                hex::encode(public.as_bytes())
+            )));
+        }
+        let cluster_token = std::fs::read_to_string(&config.cluster_token_file)
+            .map_err(|e| Error::io(format!("reading the cluster token {}", config.cluster_token_file.display()), e))?
+            .trim()
+            .to_owned();
+        check_token(&cluster_token)?;
+        Ok(Loaded { config, realm, vrf, signing_key, cluster_token })
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        let e = self.epochs;
+        if e.min_epoch_interval_ms == 0 || e.max_epoch_interval_ms < e.min_epoch_interval_ms {
+            return Err(Error::Config(format!(
+                "epochs: need 0 < min_epoch_interval_ms ({}) <= max_epoch_interval_ms ({})",
+                e.min_epoch_interval_ms, e.max_epoch_interval_ms
+            )));
+        }
+        let r = self.raft;
+        if r.election_timeout_min_ms <= r.heartbeat_interval_ms.saturating_mul(2)
+            || r.election_timeout_max_ms <= r.election_timeout_min_ms
+        {
+            return Err(Error::Config(format!(
+                "raft: need 2 * heartbeat_interval_ms ({}) < election_timeout_min_ms ({}) < election_timeout_max_ms ({})",
+                r.heartbeat_interval_ms, r.election_timeout_min_ms, r.election_timeout_max_ms
+            )));
+        }
+        if self.node_id == 0 {
+            return Err(Error::Config("node_id must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Tokens go into an HTTP header: printable ASCII, long enough to guess hard.
+pub fn check_token(token: &str) -> Result<(), Error> {
+    if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::Config("the cluster token must be at least 16 printable ASCII characters".into()));
+    }
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! # keyraft-server
+//!
+//! A keyraft replica: the deterministic state machine of `keyraft-state` replicated with
+//! openraft 0.9, the public gRPC API and the peer API over tonic, and the two proposers.
+//!
+//! How an update travels through a replica:
+//! 1. [`service::PublicService`] checks it at the edge (sizes, the user id's VRF index,
+//!    signatures against the current and the new policy, the version);
+//! 2. [`node::Node::propose`] puts it into the Raft log, forwarding to the leader over the
+//!    peer service when this node does not lead;
+//! 3. once committed, [`raft::sm_store`] applies it on every replica with the step function,
+//!    atomically with openraft's applied log id;
+//! 4. the leader's [`proposers::epoch_proposer`] closes the epoch with a delimiter, every
+//!    replica's [`proposers::signature_proposer`] signs the head, and once a majority of
+//!    signatures is applied the epoch is keyserver-ratified and lookups answer from it.
+//!
+//! Everything openraft-specific stays under [`raft`].
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod error;
+pub mod node;
+pub mod peer_client;
+pub mod peer_service;
+pub mod proposers;
+pub mod raft;
+pub mod server;
+pub mod service;
+mod snapshot_file;
+
+pub use config::{Loaded, NodeConfig};
+pub use error::Error;
+pub use server::{run, Listening};

@@ -1,0 +1,250 @@
+//! The peer service: Raft messages, forwarded commands and admin calls, behind the cluster
+//! token.
+
+use crate::node::{Node, ProposeError};
+use crate::raft::types::{NodeAddr, NodeId, TypeConfig};
+use keyraft_proto::convert::decode_log_entry;
+use keyraft_proto::peer::peer_server::Peer;
+use keyraft_proto::peer::{
+    AdminReply, ChangeVotersRequest, ForwardReply, ForwardRequest, InitRequest, NodeSpec, NodeStatus, RaftMessage,
+    RaftReply, StatusReply, StatusRequest,
+};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::ServerState;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+/// Serves the peer API of one node.
+#[derive(Debug, Clone)]
+pub struct PeerService {
+    node: Arc<Node>,
+    /// Longest an admin membership change waits for the next epoch boundary.
+    boundary_wait_ms: u64,
+}
+
+impl PeerService {
+    /// The service for `node`.
+    pub fn new(node: Arc<Node>, boundary_wait_ms: u64) -> Self {
+        Self { node, boundary_wait_ms }
+    }
+}
+
+/// Checks `authorization: Bearer <token>` in constant time.
+#[derive(Clone)]
+pub struct CheckToken {
+    expected: Arc<[u8]>,
+}
+
+impl CheckToken {
+    /// Requires `token`.
+    pub fn new(token: &str) -> Self {
+        Self { expected: format!("Bearer {token}").into_bytes().into() }
+    }
+}
+
+impl tonic::service::Interceptor for CheckToken {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let got = request.metadata().get("authorization").map(|v| v.as_bytes()).unwrap_or_default();
+        let same = got.len() == self.expected.len()
+            && got.iter().zip(self.expected.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if same {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated("the peer service requires the cluster token (authorization: Bearer <token>)"))
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(node: NodeId, msg: &RaftMessage) -> Result<T, Status> {
+    if msg.target != node {
+        return Err(Status::failed_precondition(format!(
+            "this message is for node {} but reached node {node}: the sender's address book is stale",
+            msg.target
+        )));
+    }
+    postcard::from_bytes(&msg.payload).map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+}
+
+fn reply<T: Serialize>(value: &T) -> Result<Response<RaftReply>, Status> {
+    let payload = postcard::to_allocvec(value).map_err(|e| Status::internal(format!("encoding a raft reply: {e}")))?;
+    Ok(Response::new(RaftReply { payload }))
+}
+
+fn leader_hint(node: &Node, message: &str) -> Status {
+    let mut status = Status::unavailable(message.to_owned());
+    if let Some((_, addr)) = node.leader() {
+        if let Ok(v) = addr.peer_addr.parse() {
+            status.metadata_mut().insert("leader-peer-addr", v);
+        }
+        if let Ok(v) = addr.public_addr.parse() {
+            status.metadata_mut().insert("leader-hint", v);
+        }
+    }
+    status
+}
+
+fn write_error(node: &Node, e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> Status {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+            leader_hint(node, "this node is not the leader; send admin calls to the leader")
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => Status::failed_precondition(e.to_string()),
+        RaftError::Fatal(e) => Status::unavailable(format!("raft stopped: {e}")),
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+        let req = decode(self.node.id, request.get_ref())?;
+        reply(&self.node.raft.append_entries(req).await)
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+        let req = decode(self.node.id, request.get_ref())?;
+        reply(&self.node.raft.vote(req).await)
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+        let req: openraft::raft::InstallSnapshotRequest<TypeConfig> = decode(self.node.id, request.get_ref())?;
+        reply(&self.node.raft.install_snapshot(req).await)
+    }
+
+    async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardReply>, Status> {
+        let payload = request.into_inner().payload;
+        // Followers validated it; check it decodes so nothing undecodable enters the log.
+        decode_log_entry(&payload).map_err(|e| e.to_status())?;
+        match self.node.propose_local(payload).await {
+            Ok(r) => {
+                let payload =
+                    postcard::to_allocvec(&r).map_err(|e| Status::internal(format!("encoding a reply: {e}")))?;
+                Ok(Response::new(ForwardReply { payload }))
+            }
+            Err(ProposeError::NoLeader) => Err(Status::unavailable("this node is no longer the leader")),
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
+    }
+
+    async fn init(&self, request: Request<InitRequest>) -> Result<Response<AdminReply>, Status> {
+        let voters = request.into_inner().voters;
+        let message = init_cluster(&self.node, &voters).await?;
+        Ok(Response::new(AdminReply { message }))
+    }
+
+    async fn add_learner(&self, request: Request<NodeSpec>) -> Result<Response<AdminReply>, Status> {
+        let spec = request.into_inner();
+        let addr = node_addr(&spec)?;
+        self.node.raft.add_learner(spec.id, addr, true).await.map_err(|e| write_error(&self.node, e))?;
+        Ok(Response::new(AdminReply { message: format!("node {} added as a learner and caught up", spec.id) }))
+    }
+
+    async fn change_voters(&self, request: Request<ChangeVotersRequest>) -> Result<Response<AdminReply>, Status> {
+        let voters: BTreeSet<NodeId> = request.into_inner().voters.into_iter().collect();
+        if voters.is_empty() {
+            return Err(Status::invalid_argument("voters: at least one voter is required"));
+        }
+        if !self.node.is_leader() {
+            return Err(leader_hint(&self.node, "this node is not the leader; send admin calls to the leader"));
+        }
+        // Membership changes take effect at an epoch boundary: wait for the next delimiter.
+        let mut changes = self.node.shared.subscribe();
+        let start = changes.borrow().epoch_state.last_epoch;
+        let wait = tokio::time::timeout(Duration::from_millis(self.boundary_wait_ms), async {
+            while changes.borrow().epoch_state.last_epoch == start {
+                if changes.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+        if wait.await.is_err() {
+            return Err(Status::deadline_exceeded(format!(
+                "no epoch boundary within {} ms; is the cluster cutting epochs?",
+                self.boundary_wait_ms
+            )));
+        }
+        self.node.raft.change_membership(voters.clone(), false).await.map_err(|e| write_error(&self.node, e))?;
+        Ok(Response::new(AdminReply { message: format!("voters are now {voters:?}") }))
+    }
+
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        Ok(Response::new(status(&self.node)))
+    }
+}
+
+fn node_addr(spec: &NodeSpec) -> Result<NodeAddr, Status> {
+    if spec.id == 0 || spec.peer_addr.is_empty() || spec.public_addr.is_empty() {
+        return Err(Status::invalid_argument("a node needs an id >= 1, a peer_addr and a public_addr"));
+    }
+    Ok(NodeAddr { peer_addr: spec.peer_addr.clone(), public_addr: spec.public_addr.clone() })
+}
+
+/// Bootstraps the cluster with `voters`; refused once initialised.
+pub async fn init_cluster(node: &Node, voters: &[NodeSpec]) -> Result<String, Status> {
+    if voters.is_empty() {
+        return Err(Status::invalid_argument("voters: at least one voter is required"));
+    }
+    let mut members = BTreeMap::new();
+    for v in voters {
+        members.insert(v.id, node_addr(v)?);
+    }
+    if !members.contains_key(&node.id) {
+        return Err(Status::invalid_argument(format!("the voters must include this node ({})", node.id)));
+    }
+    match node.raft.initialize(members.clone()).await {
+        Ok(()) => Ok(format!("cluster initialised with voters {:?}", members.keys().collect::<Vec<_>>())),
+        Err(RaftError::APIError(InitializeError::NotAllowed(e))) => Err(Status::failed_precondition(format!(
+            "the cluster is already initialised; a second init is refused ({e})"
+        ))),
+        Err(RaftError::APIError(e)) => Err(Status::invalid_argument(e.to_string())),
+        Err(RaftError::Fatal(e)) => Err(Status::unavailable(format!("raft stopped: {e}"))),
+    }
+}
+
+/// This node's view of the cluster.
+pub fn status(node: &Node) -> StatusReply {
+    let m = node.raft.metrics().borrow().clone();
+    let applied = node.shared.applied();
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let last_log = m.last_log_index.unwrap_or(0);
+    let nodes = membership
+        .nodes()
+        .map(|(id, addr)| {
+            let matched = m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index);
+            NodeStatus {
+                id: *id,
+                peer_addr: addr.peer_addr.clone(),
+                public_addr: addr.public_addr.clone(),
+                voter: voters.contains(id),
+                matched_index: matched.unwrap_or(0),
+                lag: matched.map(|i| last_log.saturating_sub(i)).unwrap_or(0),
+            }
+        })
+        .collect();
+    let role = match m.state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    };
+    StatusReply {
+        node_id: node.id,
+        role: role.into(),
+        leader_id: m.current_leader.unwrap_or(0),
+        has_leader: m.current_leader.is_some(),
+        term: m.current_term,
+        last_log_index: last_log,
+        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+        last_epoch: applied.epoch_state.last_epoch,
+        ratified_epoch: applied.epoch_state.ratified_epoch,
+        pending_updates: applied.epoch_state.pending_updates,
+        nodes,
+        snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+        purged_index: m.purged.map(|l| l.index).unwrap_or(0),
+    }
+}

@@ -1,0 +1,211 @@
+//! The Raft log on a [`Storage`].
+//!
+//! Keys (one keyspace per record, big-endian indexes so that key order is log order):
+//! - `lv`: the vote; `lc`: the committed log id; `lp`: the last purged log id;
+//! - `le` + index (u64 BE): one entry, postcard-encoded.
+//!
+//! Durability: `save_vote` flushes before it returns. `append` writes the entries (readable at
+//! once) and hands the completion callback to one flusher thread, which flushes once for
+//! everything queued and then completes the callbacks in submission order: appends are
+//! acknowledged only once durable, in order, and concurrent appends share one flush
+//! (group commit).
+
+use super::types::{Entry, LogId, NodeId, RaftStorageError, TypeConfig};
+use super::{io_err, postcard_err};
+use keyraft_storage::{Batch, Direction, Storage, StorageError};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, RaftLogReader, Vote};
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+const VOTE: &[u8] = b"lv";
+const COMMITTED: &[u8] = b"lc";
+const PURGED: &[u8] = b"lp";
+const ENTRY: &[u8] = b"le";
+
+fn entry_key(index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10);
+    k.extend_from_slice(ENTRY);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn read_err(e: impl std::fmt::Display) -> RaftStorageError {
+    io_err(ErrorSubject::Logs, ErrorVerb::Read, e)
+}
+
+fn write_err(e: impl std::fmt::Display) -> RaftStorageError {
+    io_err(ErrorSubject::Logs, ErrorVerb::Write, e)
+}
+
+/// The Raft log store. Clones share the store and the flusher.
+#[derive(Clone)]
+pub struct LogStore {
+    store: Arc<dyn Storage>,
+    flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+impl Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogStore")
+    }
+}
+
+impl LogStore {
+    /// A log over `store`, which it must not share keys with anything else.
+    pub fn new(store: Arc<dyn Storage>) -> Self {
+        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let flush_store = store.clone();
+        std::thread::Builder::new()
+            .name("keyraft-log-flush".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut waiting = vec![first];
+                    waiting.extend(rx.try_iter());
+                    let result = flush_store.flush();
+                    for callback in waiting {
+                        let r = match &result {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(std::io::Error::other(e.to_string())),
+                        };
+                        callback.log_io_completed(r);
+                    }
+                }
+            })
+            .expect("spawning the log flusher thread");
+        Self { store, flusher: tx }
+    }
+
+    fn get_record<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        match self.store.get(key)? {
+            None => Ok(None),
+            Some(b) => postcard::from_bytes(&b).map(Some).map_err(postcard_err),
+        }
+    }
+
+    fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
+        self.get_record(PURGED)
+    }
+
+    fn last_entry(&self) -> Result<Option<Entry>, StorageError> {
+        let end = entry_key(u64::MAX);
+        match self.store.range(ENTRY, Some(&end), Direction::Reverse).next().transpose()? {
+            None => Ok(None),
+            Some((_, v)) => postcard::from_bytes(&v).map(Some).map_err(postcard_err),
+        }
+    }
+
+    async fn flush_blocking(&self) -> Result<(), StorageError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| StorageError::Engine(format!("flush task failed: {e}")))?
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, RaftStorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Some(entry_key(i.saturating_add(1))),
+            Bound::Excluded(i) => Some(entry_key(*i)),
+            Bound::Unbounded => Some(entry_key(u64::MAX)),
+        };
+        let mut out = Vec::new();
+        for item in self.store.range(&entry_key(start), end.as_deref(), Direction::Forward) {
+            let (_, v) = item.map_err(read_err)?;
+            out.push(postcard::from_bytes(&v).map_err(|e| read_err(postcard_err(e)))?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftStorageError> {
+        let last_purged_log_id = self.last_purged().map_err(read_err)?;
+        let last_log_id = match self.last_entry().map_err(read_err)? {
+            Some(e) => Some(e.log_id),
+            None => last_purged_log_id,
+        };
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), RaftStorageError> {
+        let err = |e: StorageError| io_err(ErrorSubject::Vote, ErrorVerb::Write, e);
+        let mut b = Batch::new();
+        b.put(VOTE, postcard::to_allocvec(vote).map_err(|e| err(postcard_err(e)))?);
+        self.store.write(b).map_err(err)?;
+        self.flush_blocking().await.map_err(err)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, RaftStorageError> {
+        self.get_record(VOTE).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
+        let mut b = Batch::new();
+        b.put(COMMITTED, postcard::to_allocvec(&committed).map_err(|e| write_err(postcard_err(e)))?);
+        self.store.write(b).map_err(write_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, RaftStorageError> {
+        Ok(self.get_record::<Option<LogId>>(COMMITTED).map_err(read_err)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut b = Batch::new();
+        for entry in entries {
+            b.put(
+                entry_key(entry.log_id.index),
+                postcard::to_allocvec(&entry).map_err(|e| write_err(postcard_err(e)))?,
+            );
+        }
+        self.store.write(b).map_err(write_err)?;
+        if let Err(mpsc::SendError(callback)) = self.flusher.send(callback) {
+            // The flusher thread is gone: flush here rather than acknowledge without it.
+            let r = self.flush_blocking().await.map_err(|e| std::io::Error::other(e.to_string()));
+            callback.log_io_completed(r);
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        let mut b = Batch::new();
+        for item in self.store.range(&entry_key(log_id.index), Some(&entry_key(u64::MAX)), Direction::Forward) {
+            let (k, _) = item.map_err(write_err)?;
+            b.delete(k);
+        }
+        self.store.write(b).map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        let mut b = Batch::new();
+        b.put(PURGED, postcard::to_allocvec(&log_id).map_err(|e| write_err(postcard_err(e)))?);
+        for item in
+            self.store.range(&entry_key(0), Some(&entry_key(log_id.index.saturating_add(1))), Direction::Forward)
+        {
+            let (k, _) = item.map_err(write_err)?;
+            b.delete(k);
+        }
+        self.store.write(b).map_err(write_err)
+    }
+}

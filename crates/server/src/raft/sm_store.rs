@@ -1,0 +1,416 @@
+//! The state-machine store: openraft's view of [`keyraft_state::StateMachine`].
+//!
+//! Applying an entry computes the step under a read lock (an epoch close takes a while and
+//! lookups keep being served meanwhile), then commits it under a short write lock together
+//! with openraft's last-applied log id and membership, in one atomic batch.
+//!
+//! Snapshots are the whole state (the tree of every epoch and all epoch data) as a file of
+//! key-value records closed by a SHA-256 digest (see [`snapshot_file`]). A snapshot is built
+//! while apply is paused, so it is a consistent view. Installing one loads it into a fresh
+//! generation of the state directory and then switches the `CURRENT` pointer with an atomic
+//! rename: a crash at any point leaves either the old state or the new one.
+
+use super::io_err;
+use super::types::{ApplyResponse, Entry, LogId, NodeAddr, NodeId, RaftStorageError, StoredMembership, TypeConfig};
+use crate::snapshot_file;
+use keyraft_core::RealmConfig;
+use keyraft_proto::convert::decode_log_entry;
+use keyraft_state::{EpochState, LogPosition, Outcome, StateMachine};
+use keyraft_storage::{Batch, MemoryStorage, SledOptions, SledStorage, Storage, StorageError};
+use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use tokio::sync::watch;
+
+/// The state machine over a run-time chosen engine.
+pub type Machine = StateMachine<Arc<dyn Storage>>;
+
+const RAFT_APPLIED: &[u8] = b"xraft-applied";
+const RAFT_MEMBERSHIP: &[u8] = b"xraft-membership";
+
+/// Where the state lives.
+#[derive(Debug, Clone)]
+pub enum StateLocation {
+    /// In memory (tests).
+    Memory,
+    /// sled databases under this directory, one per generation, chosen by `CURRENT`.
+    Dir {
+        /// The state directory.
+        path: PathBuf,
+        /// sled settings.
+        options: SledOptions,
+    },
+}
+
+/// What changed after an apply: what waiters and proposers look at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The last applied Raft log index.
+    pub raft_index: u64,
+    /// The persisted epoch state.
+    pub epoch_state: EpochState,
+    /// Bumped on every apply, so that signature changes wake waiters too.
+    pub sequence: u64,
+}
+
+/// The state shared by the apply path, the services and the proposers.
+pub struct SharedState {
+    machine: RwLock<Machine>,
+    changes: watch::Sender<Applied>,
+}
+
+impl std::fmt::Debug for SharedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedState").field("applied", &self.applied()).finish()
+    }
+}
+
+impl SharedState {
+    /// Read access to the state machine. Never hold it across an await.
+    pub fn read(&self) -> RwLockReadGuard<'_, Machine> {
+        self.machine.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Notified after every apply.
+    pub fn subscribe(&self) -> watch::Receiver<Applied> {
+        self.changes.subscribe()
+    }
+
+    /// The latest applied view.
+    pub fn applied(&self) -> Applied {
+        *self.changes.borrow()
+    }
+
+    fn notify(&self, raft_index: u64) {
+        let epoch_state = self.read().epoch_state();
+        self.changes.send_modify(|a| {
+            a.raft_index = raft_index;
+            a.epoch_state = epoch_state;
+            a.sequence += 1;
+        });
+    }
+}
+
+/// openraft's state machine.
+pub struct StateMachineStore {
+    shared: Arc<SharedState>,
+    location: StateLocation,
+    generation: u64,
+    snapshot_dir: PathBuf,
+    config: RealmConfig,
+}
+
+impl std::fmt::Debug for StateMachineStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachineStore")
+            .field("location", &self.location)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> RaftStorageError {
+    io_err(ErrorSubject::StateMachine, verb, e)
+}
+
+fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> RaftStorageError {
+    io_err(ErrorSubject::Snapshot(None), verb, e)
+}
+
+fn open_generation(location: &StateLocation, generation: u64) -> Result<Arc<dyn Storage>, StorageError> {
+    match location {
+        StateLocation::Memory => Ok(Arc::new(MemoryStorage::new())),
+        StateLocation::Dir { path, options } => {
+            Ok(Arc::new(SledStorage::open_with(&path.join(format!("gen-{generation}")), *options)?))
+        }
+    }
+}
+
+fn io(context: &'static str) -> impl Fn(std::io::Error) -> StorageError {
+    move |source| StorageError::Io { context, source }
+}
+
+/// Reads the current generation from `CURRENT` (0 when absent).
+fn current_generation(dir: &Path) -> Result<u64, StorageError> {
+    match std::fs::read_to_string(dir.join("CURRENT")) {
+        Ok(s) => s
+            .trim()
+            .strip_prefix("gen-")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| StorageError::Corrupt { what: format!("state CURRENT file holds {s:?}") }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(StorageError::Io { context: "reading the state CURRENT file", source: e }),
+    }
+}
+
+/// Points `CURRENT` at `generation`: write a temporary file, fsync it, rename it over, fsync
+/// the directory.
+fn set_current_generation(dir: &Path, generation: u64) -> Result<(), StorageError> {
+    let tmp = dir.join("CURRENT.tmp");
+    std::fs::write(&tmp, format!("gen-{generation}\n")).map_err(io("writing CURRENT.tmp"))?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io("syncing CURRENT.tmp"))?;
+    std::fs::rename(&tmp, dir.join("CURRENT")).map_err(io("renaming CURRENT"))?;
+    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io("syncing the state directory"))
+}
+
+impl StateMachineStore {
+    /// Opens the state at `location` for `config`; snapshots go to `snapshot_dir`.
+    pub fn open(location: StateLocation, snapshot_dir: PathBuf, config: RealmConfig) -> Result<Self, crate::Error> {
+        std::fs::create_dir_all(&snapshot_dir).map_err(|e| crate::Error::io("creating the snapshot directory", e))?;
+        let generation = match &location {
+            StateLocation::Memory => 0,
+            StateLocation::Dir { path, .. } => {
+                std::fs::create_dir_all(path).map_err(|e| crate::Error::io("creating the state directory", e))?;
+                current_generation(path)?
+            }
+        };
+        let store = open_generation(&location, generation)?;
+        let machine = StateMachine::open(store, config.clone())?;
+        let applied = Applied {
+            raft_index: read_applied(machine.store())?.map(|l| l.index).unwrap_or(0),
+            epoch_state: machine.epoch_state(),
+            sequence: 0,
+        };
+        let (changes, _) = watch::channel(applied);
+        let shared = Arc::new(SharedState { machine: RwLock::new(machine), changes });
+        Ok(Self { shared, location, generation, snapshot_dir, config })
+    }
+
+    /// The state shared with services and proposers.
+    pub fn shared(&self) -> Arc<SharedState> {
+        self.shared.clone()
+    }
+
+    fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, Machine> {
+        self.shared.machine.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn apply_one(&self, entry: Entry) -> Result<ApplyResponse, StorageError> {
+        let log_id = entry.log_id;
+        let mut meta = Batch::new();
+        meta.put(RAFT_APPLIED, postcard::to_allocvec(&log_id).map_err(super::postcard_err)?);
+        let command = match entry.payload {
+            EntryPayload::Blank => None,
+            EntryPayload::Membership(m) => {
+                let stored = StoredMembership::new(Some(log_id), m);
+                meta.put(RAFT_MEMBERSHIP, postcard::to_allocvec(&stored).map_err(super::postcard_err)?);
+                None
+            }
+            EntryPayload::Normal(cmd) => Some(cmd),
+        };
+        let Some(cmd) = command else {
+            self.shared.read().store().write(meta)?;
+            return Ok(ApplyResponse::Internal);
+        };
+        let command = match decode_log_entry(&cmd.0) {
+            Ok(c) => c,
+            Err(e) => {
+                // A leader only proposes what it encoded itself, so this is a bug or disk
+                // corruption on the leader; refusing keeps every replica identical.
+                tracing::error!(index = log_id.index, error = %e, "refusing an undecodable log entry");
+                self.shared.read().store().write(meta)?;
+                return Ok(ApplyResponse::Refused(format!("undecodable log entry: {e}")));
+            }
+        };
+        let position = LogPosition { term: log_id.leader_id.term, index: log_id.index };
+        let mut step = self.shared.read().step(position, &command).map_err(state_to_storage)?;
+        step.batch.extend(meta);
+        let (outcome, _effects) = self.write_lock().commit(step).map_err(state_to_storage)?;
+        Ok(response(outcome))
+    }
+}
+
+fn state_to_storage(e: keyraft_state::StateError) -> StorageError {
+    match e {
+        keyraft_state::StateError::Storage(s) => s,
+        other => StorageError::Corrupt { what: other.to_string() },
+    }
+}
+
+fn response(outcome: Outcome) -> ApplyResponse {
+    match outcome {
+        Outcome::AlreadyApplied => ApplyResponse::AlreadyApplied,
+        Outcome::UpdateAccepted { id, epoch } => ApplyResponse::UpdateAccepted { id, epoch },
+        Outcome::UpdateDuplicate { id, epoch } => ApplyResponse::UpdateDuplicate { id, epoch },
+        Outcome::UpdateRejected { id, reason } => {
+            ApplyResponse::UpdateRejected { id, retryable: reason.is_retryable(), reason: reason.to_string() }
+        }
+        Outcome::EpochClosed(head) => ApplyResponse::EpochClosed { epoch: head.epoch },
+        Outcome::ReplicaSignatureStored { epoch, .. } | Outcome::VerifierSignatureStored { epoch } => {
+            ApplyResponse::SignatureStored { epoch }
+        }
+        Outcome::Ignored(why) => ApplyResponse::Ignored(format!("{why:?}")),
+        Outcome::Rejected(why) => ApplyResponse::Refused(format!("{why:?}")),
+    }
+}
+
+fn read_applied(store: &Arc<dyn Storage>) -> Result<Option<LogId>, StorageError> {
+    store.get(RAFT_APPLIED)?.map(|b| postcard::from_bytes(&b).map_err(super::postcard_err)).transpose()
+}
+
+fn read_membership(store: &Arc<dyn Storage>) -> Result<StoredMembership, StorageError> {
+    Ok(store
+        .get(RAFT_MEMBERSHIP)?
+        .map(|b| postcard::from_bytes(&b).map_err(super::postcard_err))
+        .transpose()?
+        .unwrap_or_default())
+}
+
+/// Builds snapshots from a file written while apply was paused.
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    prepared: Result<(SnapshotMeta<NodeId, NodeAddr>, PathBuf), String>,
+    snapshot_dir: PathBuf,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
+        let (meta, path) = self.prepared.clone().map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        snapshot_file::set_current(&self.snapshot_dir, &meta, &path).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let file = tokio::fs::File::open(&path).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        tracing::info!(snapshot = %meta.snapshot_id, last_log = ?meta.last_log_id, "snapshot built");
+        Ok(Snapshot { meta, snapshot: Box::new(file) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
+        let machine = self.shared.read();
+        let applied = read_applied(machine.store()).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let membership = read_membership(machine.store()).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        Ok((applied, membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyResponse>, RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut out = Vec::new();
+        let mut last = None;
+        for entry in entries {
+            let index = entry.log_id.index;
+            let r = tokio::task::block_in_place(|| self.apply_one(entry)).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            out.push(r);
+            last = Some(index);
+        }
+        if let Some(index) = last {
+            self.shared.notify(index);
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Apply is paused while this runs: the dump is a consistent view of one log position.
+        let prepared = tokio::task::block_in_place(|| {
+            let machine = self.shared.read();
+            let store = machine.store();
+            store.flush().map_err(|e| e.to_string())?;
+            let last_log_id = read_applied(store).map_err(|e| e.to_string())?;
+            let last_membership = read_membership(store).map_err(|e| e.to_string())?;
+            let snapshot_id = snapshot_file::new_id(last_log_id.as_ref());
+            let path = self.snapshot_dir.join(format!("{snapshot_id}.snap"));
+            snapshot_file::write(store.as_ref(), &path).map_err(|e| e.to_string())?;
+            Ok((SnapshotMeta { last_log_id, last_membership, snapshot_id }, path))
+        });
+        if let Err(e) = &prepared {
+            tracing::error!(error = %e, "building a snapshot failed");
+        }
+        SnapshotBuilder { prepared, snapshot_dir: self.snapshot_dir.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, RaftStorageError> {
+        let path = self.snapshot_dir.join(format!("{}.part", snapshot_file::new_id(None)));
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, NodeAddr>,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), RaftStorageError> {
+        let mut received = snapshot.into_std().await;
+        let meta = meta.clone();
+        tokio::task::block_in_place(|| self.install(&meta, &mut received))
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        self.shared.notify(index);
+        tracing::info!(snapshot = %meta.snapshot_id, last_log = ?meta.last_log_id, "snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
+        let Some((meta, path)) =
+            snapshot_file::current(&self.snapshot_dir).map_err(|e| snap_err(ErrorVerb::Read, e))?
+        else {
+            return Ok(None);
+        };
+        let file = tokio::fs::File::open(&path).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
+    }
+}
+
+impl StateMachineStore {
+    fn install(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, NodeAddr>,
+        received: &mut std::fs::File,
+    ) -> Result<(), crate::Error> {
+        use std::io::Seek as _;
+        // Keep the received file as our current snapshot: copy it under its id first.
+        let path = self.snapshot_dir.join(format!("{}.snap", meta.snapshot_id));
+        let tmp = path.with_extension("snap.tmp");
+        received.rewind().map_err(|e| crate::Error::io("rewinding the received snapshot", e))?;
+        {
+            let mut out = std::fs::File::create(&tmp).map_err(|e| crate::Error::io("creating the snapshot copy", e))?;
+            std::io::copy(received, &mut out).map_err(|e| crate::Error::io("copying the received snapshot", e))?;
+            out.sync_all().map_err(|e| crate::Error::io("syncing the snapshot copy", e))?;
+        }
+        std::fs::rename(&tmp, &path).map_err(|e| crate::Error::io("renaming the snapshot copy", e))?;
+
+        let generation = self.generation + 1;
+        if let StateLocation::Dir { path: dir, .. } = &self.location {
+            let stale = dir.join(format!("gen-{generation}"));
+            if stale.exists() {
+                std::fs::remove_dir_all(&stale)
+                    .map_err(|e| crate::Error::io("removing a stale state generation", e))?;
+            }
+        }
+        let store = open_generation(&self.location, generation)?;
+        snapshot_file::load(&path, store.as_ref())?;
+        let mut b = Batch::new();
+        b.put(RAFT_APPLIED, postcard::to_allocvec(&meta.last_log_id.unwrap_or_default()).map_err(super::postcard_err)?);
+        b.put(RAFT_MEMBERSHIP, postcard::to_allocvec(&meta.last_membership).map_err(super::postcard_err)?);
+        if meta.last_log_id.is_none() {
+            b.delete(RAFT_APPLIED);
+        }
+        store.write(b)?;
+        store.flush()?;
+        let machine = StateMachine::open(store, self.config.clone())?;
+        if let StateLocation::Dir { path: dir, .. } = &self.location {
+            set_current_generation(dir, generation)?;
+        }
+        let old = std::mem::replace(&mut *self.write_lock(), machine);
+        drop(old);
+        if let StateLocation::Dir { path: dir, .. } = &self.location {
+            let previous = dir.join(format!("gen-{}", self.generation));
+            if let Err(e) = std::fs::remove_dir_all(&previous) {
+                tracing::warn!(error = %e, dir = %previous.display(), "could not remove the previous state generation");
+            }
+        }
+        self.generation = generation;
+        snapshot_file::set_current(&self.snapshot_dir, meta, &path)?;
+        snapshot_file::remove_partial(&self.snapshot_dir);
+        Ok(())
+    }
+}

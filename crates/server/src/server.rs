@@ -1,0 +1,195 @@
+//! Running a replica: open storage, start Raft, the listeners and the proposers, and stop
+//! cleanly on shutdown.
+
+use crate::config::{Loaded, VoterSpec};
+use crate::node::Node;
+use crate::peer_client::PEER_MESSAGE_BYTES_MAX;
+use crate::peer_service::{init_cluster, CheckToken, PeerService};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::PeerNetwork;
+use crate::raft::sm_store::{StateLocation, StateMachineStore};
+use crate::raft::types::Raft;
+use crate::service::PublicService;
+use crate::{proposers, Error};
+use keyraft_proto::pb::keyraft_server::KeyraftServer;
+use keyraft_proto::peer::peer_server::PeerServer;
+use keyraft_proto::peer::NodeSpec;
+use keyraft_storage::{SledOptions, SledStorage, Storage};
+use openraft::SnapshotPolicy;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Largest public message the transport accepts, in bytes. Requests are checked against the
+/// (much smaller) configured limits in the handlers, which answer RESOURCE_EXHAUSTED; above
+/// this transport cap tonic itself refuses the message (OUT_OF_RANGE).
+pub const PUBLIC_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Snapshot chunk size, in bytes (at most 1 MiB with the message around it).
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 1_000_000;
+
+/// Where a running replica listens, written to `<data_dir>/listen.json` once bound.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Listening {
+    /// Raft node id.
+    pub node_id: u64,
+    /// The public listener's address.
+    pub public_addr: SocketAddr,
+    /// The peer listener's address.
+    pub peer_addr: SocketAddr,
+}
+
+/// Runs the replica described by `loaded` until `shutdown` completes. With `init`, bootstraps
+/// the cluster with the configured voters first (refused if it already is initialised).
+#[allow(clippy::too_many_lines)] // one linear start-up sequence reads best in one place
+pub async fn run(loaded: Loaded, init: bool, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let Loaded { config, realm, vrf, signing_key, cluster_token } = loaded;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io("creating the data directory", e))?;
+    let log_storage: Arc<dyn Storage> = Arc::new(SledStorage::open_with(
+        &config.data_dir.join("log"),
+        SledOptions { cache_capacity_bytes: config.storage.log_cache_bytes },
+    )?);
+    let location = StateLocation::Dir {
+        path: config.data_dir.join("state"),
+        options: SledOptions { cache_capacity_bytes: config.storage.state_cache_bytes },
+    };
+    let sm = StateMachineStore::open(location, config.data_dir.join("snapshots"), realm.clone())?;
+    let shared = sm.shared();
+    let log = LogStore::new(log_storage.clone());
+
+    let r = config.raft;
+    let raft_config = openraft::Config {
+        cluster_name: realm.realm.clone(),
+        heartbeat_interval: r.heartbeat_interval_ms,
+        election_timeout_min: r.election_timeout_min_ms,
+        election_timeout_max: r.election_timeout_max_ms,
+        install_snapshot_timeout: r.install_snapshot_timeout_ms,
+        max_payload_entries: r.max_payload_entries,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(r.snapshot_after_entries),
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+        max_in_snapshot_log_to_keep: r.entries_kept_after_snapshot,
+        purge_batch_size: 256,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| Error::Config(format!("raft: {e}")))?;
+    let network = PeerNetwork::new(&cluster_token);
+    let raft = Raft::new(config.node_id, Arc::new(raft_config), network.clone(), log, sm)
+        .await
+        .map_err(|e| Error::Raft(e.to_string()))?;
+
+    let signing_public = keyraft_core::PublicKey::from_verifying_key(&signing_key.verifying_key())
+        .map_err(|e| Error::Config(format!("signing key: {e}")))?;
+    let node = Arc::new(Node {
+        id: config.node_id,
+        raft: raft.clone(),
+        shared,
+        realm,
+        vrf,
+        signing_key,
+        signing_public,
+        network,
+        limits: config.limits,
+    });
+
+    let public_listener = tokio::net::TcpListener::bind(&config.public_listen)
+        .await
+        .map_err(|e| Error::Network(format!("binding the public listener {}: {e}", config.public_listen)))?;
+    let peer_listener = tokio::net::TcpListener::bind(&config.peer_listen)
+        .await
+        .map_err(|e| Error::Network(format!("binding the peer listener {}: {e}", config.peer_listen)))?;
+    let listening = Listening {
+        node_id: config.node_id,
+        public_addr: public_listener.local_addr().map_err(|e| Error::io("public listener address", e))?,
+        peer_addr: peer_listener.local_addr().map_err(|e| Error::io("peer listener address", e))?,
+    };
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let public = KeyraftServer::new(PublicService::new(node.clone()))
+        .max_decoding_message_size(PUBLIC_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(PUBLIC_MESSAGE_BYTES_MAX);
+    let public_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .concurrency_limit_per_connection(config.limits.concurrency_per_connection)
+        .timeout(Duration::from_millis(config.limits.wait_ms_max + 5_000))
+        .add_service(public)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(public_listener), stopped(stop_rx.clone()));
+    let boundary_wait_ms = config.epochs.max_epoch_interval_ms.saturating_mul(3).max(10_000);
+    let peer = tonic::service::interceptor::InterceptedService::new(
+        PeerServer::new(PeerService::new(node.clone(), boundary_wait_ms))
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
+        CheckToken::new(&cluster_token),
+    );
+    let peer_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(peer)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), stopped(stop_rx.clone()));
+    let public_task = tokio::spawn(public_server);
+    let peer_task = tokio::spawn(peer_server);
+
+    let listen_json = serde_json::to_vec_pretty(&listening).map_err(|e| Error::Network(e.to_string()))?;
+    let listen_path = config.data_dir.join("listen.json");
+    std::fs::write(listen_path.with_extension("json.tmp"), listen_json)
+        .map_err(|e| Error::io("writing listen.json", e))?;
+    std::fs::rename(listen_path.with_extension("json.tmp"), &listen_path)
+        .map_err(|e| Error::io("writing listen.json", e))?;
+    tracing::info!(
+        node = config.node_id,
+        public = %listening.public_addr,
+        peer = %listening.peer_addr,
+        realm = %node.realm.realm,
+        "replica listening"
+    );
+
+    if init {
+        let voters: Vec<NodeSpec> = if config.voters.is_empty() {
+            vec![NodeSpec {
+                id: config.node_id,
+                peer_addr: listening.peer_addr.to_string(),
+                public_addr: listening.public_addr.to_string(),
+            }]
+        } else {
+            config
+                .voters
+                .iter()
+                .map(|v: &VoterSpec| NodeSpec {
+                    id: v.id,
+                    peer_addr: v.peer_addr.clone(),
+                    public_addr: v.public_addr.clone(),
+                })
+                .collect()
+        };
+        match init_cluster(&node, &voters).await {
+            Ok(message) => tracing::info!("{message}"),
+            Err(status) => {
+                let _ = stop_tx.send(true);
+                let _ = raft.shutdown().await;
+                return Err(Error::Config(format!("--init: {}", status.message())));
+            }
+        }
+    }
+
+    let epoch_task = tokio::spawn(proposers::epoch_proposer(node.clone(), config.epochs, stop_rx.clone()));
+    let sign_task = tokio::spawn(proposers::signature_proposer(node.clone(), config.epochs, stop_rx.clone()));
+
+    shutdown.await;
+    tracing::info!(node = config.node_id, "shutting down");
+    let _ = stop_tx.send(true);
+    let _ = epoch_task.await;
+    let _ = sign_task.await;
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    let _ = public_task.await;
+    let _ = peer_task.await;
+    node.shared.read().store().flush()?;
+    log_storage.flush()?;
+    tracing::info!(node = config.node_id, "stopped");
+    Ok(())
+}
