@@ -14,9 +14,24 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Runs a whole realm in this process (three replica keys, one verifier, in-memory or
-    /// sled storage), registers and updates identities, publishes epochs and verifies
-    /// lookups, printing each step.
+    /// Starts a complete local realm: three replicas as three processes, keys and data under
+    /// one directory, a realm file for clients.
+    Dev(crate::dev::DevArgs),
+    /// Runs one replica.
+    Server(crate::server_cmd::ServerArgs),
+    /// Generates an Ed25519 key for an identity's owner.
+    Keygen(crate::client_cmd::KeygenArgs),
+    /// Registers an identity (version 0).
+    Register(crate::client_cmd::UpdateArgs),
+    /// Changes an identity's keys (and optionally its owner).
+    Update(crate::client_cmd::UpdateArgs),
+    /// Looks an identity up and verifies the answer.
+    Lookup(crate::client_cmd::LookupArgs),
+    /// Operator calls: status, init, add a learner, change the voters.
+    Admin(crate::admin::AdminArgs),
+    /// Load generator: concurrent updates and lookups against a running realm.
+    Bench(crate::bench::BenchArgs),
+    /// Runs a whole realm in this process (no network), printing each step of the protocol.
     Demo(crate::demo::DemoArgs),
 }
 
@@ -29,7 +44,16 @@ pub fn init_tracing() {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let out = &mut std::io::stdout();
     match cli.command {
-        Command::Demo(args) => crate::demo::run(&args, &mut std::io::stdout()),
+        Command::Dev(args) => crate::dev::run(&args, out),
+        Command::Server(args) => crate::server_cmd::run(&args),
+        Command::Keygen(args) => crate::client_cmd::keygen(&args, out),
+        Command::Register(args) => crate::client_cmd::update(&args, false, out),
+        Command::Update(args) => crate::client_cmd::update(&args, true, out),
+        Command::Lookup(args) => crate::client_cmd::lookup(&args, out),
+        Command::Admin(args) => crate::admin::run(&args, out),
+        Command::Bench(args) => crate::bench::run(&args, out),
+        Command::Demo(args) => crate::demo::run(&args, out),
     }
 }

@@ -4,5 +4,10 @@
 //! function tests can call.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod bench;
 pub mod cli;
+pub mod client_cmd;
 pub mod demo;
+pub mod dev;
+pub mod server_cmd;

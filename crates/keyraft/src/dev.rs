@@ -1,0 +1,315 @@
+//! `keyraft dev`: a complete local realm with one command.
+//!
+//! Under one directory (default `./keyraft-dev`): keys generated on first start and reused
+//! after, one configuration per replica, each replica's sled data, a realm file for clients
+//! and each replica's log. The replicas run as three `keyraft server` processes. On first
+//! start the listeners' ports are chosen (by the OS with `--base-port 0`), written into the
+//! configurations, and the cluster is initialised; later starts reuse everything.
+//! ctrl-c or SIGTERM stops the replicas gracefully.
+
+use keyraft_core::vrf::VrfSecretKey;
+use keyraft_core::{RealmConfig, RealmFile};
+use keyraft_server::config::{write_secret32, EpochSettings, NodeConfig, RaftSettings, VoterSpec};
+use keyraft_server::peer_client::connect_lazy;
+use keyraft_server::Listening;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+type CmdResult = Result<(), Box<dyn std::error::Error>>;
+
+/// How long replicas get to start listening and to elect a leader.
+const START_TIMEOUT_MS: u64 = 60_000;
+/// How long replicas get to stop after SIGTERM before they are killed.
+const STOP_TIMEOUT_MS: u64 = 15_000;
+
+/// Options of `keyraft dev`.
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// The realm's directory (created on first start, reused after).
+    #[arg(long, default_value = "keyraft-dev")]
+    pub dir: PathBuf,
+    /// Public ports are base+1..base+3, peer ports base+101..base+103; 0 lets the OS choose
+    /// (first start only; the chosen ports are kept).
+    #[arg(long, default_value_t = 7000)]
+    pub base_port: u16,
+    /// Number of replicas (first start only).
+    #[arg(long, default_value_t = 3)]
+    pub replicas: u64,
+    /// Epoch intervals in milliseconds (first start only).
+    #[arg(long, default_value_t = 500)]
+    pub min_epoch_interval_ms: u64,
+    /// Epoch intervals in milliseconds (first start only).
+    #[arg(long, default_value_t = 5_000)]
+    pub max_epoch_interval_ms: u64,
+    /// Start, initialise, print the summary and stop (for scripts and tests).
+    #[arg(long)]
+    pub exit_when_ready: bool,
+}
+
+fn node_config_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("node-{id}.toml"))
+}
+
+fn port(base: u16, offset: u16) -> Result<u16, String> {
+    if base == 0 {
+        return Ok(0);
+    }
+    base.checked_add(offset).ok_or_else(|| format!("--base-port {base} is too high"))
+}
+
+/// Creates keys, realm file and configurations.
+fn create(args: &DevArgs) -> CmdResult {
+    let dir = &args.dir;
+    std::fs::create_dir_all(dir.join("keys"))?;
+    let mut rng = rand::rngs::OsRng;
+    let vrf_seed: [u8; 32] = rand::Rng::gen(&mut rng);
+    write_secret32(&dir.join("keys/vrf.key"), &vrf_seed)?;
+    let token: [u8; 32] = rand::Rng::gen(&mut rng);
+    std::fs::write(dir.join("keys/cluster.token"), format!("{}\n", hex::encode(token)))?;
+    let mut replica_keys = Vec::new();
+    for id in 1..=args.replicas {
+        let seed: [u8; 32] = rand::Rng::gen(&mut rng);
+        write_secret32(&dir.join(format!("keys/replica-{id}.key")), &seed)?;
+        replica_keys.push(keyraft_client::public_key(&ed25519_dalek::SigningKey::from_bytes(&seed)));
+    }
+    let config = RealmConfig::new("dev", VrfSecretKey::from_seed(&vrf_seed).public_key(), replica_keys, vec![])?;
+    let mut voters = Vec::new();
+    for id in 1..=args.replicas {
+        let offset = u16::try_from(id).map_err(|_| "too many replicas")?;
+        voters.push(VoterSpec {
+            id,
+            peer_addr: format!("127.0.0.1:{}", port(args.base_port, 100 + offset)?),
+            public_addr: format!("127.0.0.1:{}", port(args.base_port, offset)?),
+        });
+    }
+    let realm = RealmFile::new(&config, 60_000, 5_000, voters.iter().map(|v| v.public_addr.clone()).collect());
+    std::fs::write(dir.join("realm.json"), realm.to_json())?;
+    for v in &voters {
+        let node = NodeConfig {
+            node_id: v.id,
+            data_dir: PathBuf::from(format!("data/node-{}", v.id)),
+            public_listen: v.public_addr.clone(),
+            peer_listen: v.peer_addr.clone(),
+            realm_file: "realm.json".into(),
+            vrf_secret_key_file: "keys/vrf.key".into(),
+            signing_key_file: format!("keys/replica-{}.key", v.id).into(),
+            cluster_token_file: "keys/cluster.token".into(),
+            epochs: EpochSettings {
+                min_epoch_interval_ms: args.min_epoch_interval_ms,
+                max_epoch_interval_ms: args.max_epoch_interval_ms,
+                ..EpochSettings::default()
+            },
+            raft: RaftSettings::default(),
+            limits: Default::default(),
+            storage: Default::default(),
+            voters: voters.clone(),
+        };
+        std::fs::write(node_config_path(dir, v.id), toml::to_string_pretty(&node)?)?;
+    }
+    Ok(())
+}
+
+fn spawn(dir: &Path, id: u64) -> Result<Child, Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(dir.join("logs"))?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("logs/node-{id}.log")))?;
+    let child = Command::new(std::env::current_exe()?)
+        .arg("server")
+        .arg("--config")
+        .arg(node_config_path(dir, id))
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    Ok(child)
+}
+
+fn wait_listening(dir: &Path, id: u64, children: &mut [Child]) -> Result<Listening, Box<dyn std::error::Error>> {
+    let path = dir.join(format!("data/node-{id}/listen.json"));
+    let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+    while Instant::now() < deadline {
+        if let Ok(bytes) = std::fs::read(&path) {
+            if let Ok(l) = serde_json::from_slice::<Listening>(&bytes) {
+                return Ok(l);
+            }
+        }
+        for c in children.iter_mut() {
+            if let Some(status) = c.try_wait()? {
+                return Err(format!("a replica exited during start-up ({status}); see {}/logs", dir.display()).into());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("replica {id} did not start listening; see {}/logs/node-{id}.log", dir.display()).into())
+}
+
+/// Rewrites configurations and the realm file with the ports the OS chose.
+fn pin_ports(dir: &Path, listening: &[Listening]) -> CmdResult {
+    let voters: Vec<VoterSpec> = listening
+        .iter()
+        .map(|l| VoterSpec {
+            id: l.node_id,
+            peer_addr: l.peer_addr.to_string(),
+            public_addr: l.public_addr.to_string(),
+        })
+        .collect();
+    for l in listening {
+        let path = node_config_path(dir, l.node_id);
+        let mut node: NodeConfig = toml::from_str(&std::fs::read_to_string(&path)?)?;
+        node.public_listen = l.public_addr.to_string();
+        node.peer_listen = l.peer_addr.to_string();
+        node.voters = voters.clone();
+        std::fs::write(&path, toml::to_string_pretty(&node)?)?;
+    }
+    let realm_path = dir.join("realm.json");
+    let mut realm = RealmFile::from_json(&std::fs::read_to_string(&realm_path)?)?;
+    realm.endpoints = voters.iter().map(|v| v.public_addr.clone()).collect();
+    std::fs::write(realm_path, realm.to_json())?;
+    Ok(())
+}
+
+fn stop(children: &mut [Child]) {
+    for c in children.iter() {
+        if let Ok(pid) = i32::try_from(c.id()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_millis(STOP_TIMEOUT_MS);
+    for c in children.iter_mut() {
+        loop {
+            match c.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+}
+
+/// `keyraft dev`.
+pub fn run(args: &DevArgs, out: &mut dyn Write) -> CmdResult {
+    let first_start = !args.dir.join("realm.json").exists();
+    if first_start {
+        create(args)?;
+    }
+    let dir = std::fs::canonicalize(&args.dir)?;
+    let realm = RealmFile::from_json(&std::fs::read_to_string(dir.join("realm.json"))?)?;
+    let ids: Vec<u64> = (1..=realm.replica_keys.len() as u64).collect();
+    let mut children = Vec::new();
+    for id in &ids {
+        // Stale address files would let us read the previous run's ports.
+        let _ = std::fs::remove_file(dir.join(format!("data/node-{id}/listen.json")));
+        children.push(spawn(&dir, *id)?);
+    }
+    let result = (|| -> CmdResult {
+        let mut listening = Vec::new();
+        for id in &ids {
+            listening.push(wait_listening(&dir, *id, &mut children)?);
+        }
+        let token = std::fs::read_to_string(dir.join("keys/cluster.token"))?.trim().to_owned();
+        if first_start {
+            pin_ports(&dir, &listening)?;
+            let voters = listening
+                .iter()
+                .map(|l| keyraft_proto::peer::NodeSpec {
+                    id: l.node_id,
+                    peer_addr: l.peer_addr.to_string(),
+                    public_addr: l.public_addr.to_string(),
+                })
+                .collect();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let mut c = connect_lazy(&listening[0].peer_addr.to_string(), &token)?;
+                c.init(keyraft_proto::peer::InitRequest { voters }).await?;
+                Ok::<(), Box<dyn std::error::Error>>(())
+            })?;
+        }
+        wait_ratified(&listening[0], &token, &mut children)?;
+        summary(&dir, &listening, out)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        stop(&mut children);
+        return Err(e);
+    }
+    if args.exit_when_ready {
+        stop(&mut children);
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let exited = rt.block_on(async {
+        let watch_children = async {
+            loop {
+                for c in children.iter_mut() {
+                    if let Ok(Some(status)) = c.try_wait() {
+                        return Some(format!("replica process {} exited ({status})", c.id()));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        tokio::select! {
+            () = crate::server_cmd::shutdown_signal() => None,
+            why = watch_children => why,
+        }
+    });
+    writeln!(out, "stopping the replicas...")?;
+    stop(&mut children);
+    match exited {
+        Some(why) => Err(format!("{why}; see {}/logs", dir.display()).into()),
+        None => Ok(()),
+    }
+}
+
+/// Waits until a leader exists and the first epoch is keyserver-ratified.
+fn wait_ratified(first: &Listening, token: &str, children: &mut [Child]) -> CmdResult {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let _entered = rt.enter();
+    let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+    let mut client = connect_lazy(&first.peer_addr.to_string(), token)?;
+    while Instant::now() < deadline {
+        if let Ok(s) = rt.block_on(client.status(keyraft_proto::peer::StatusRequest {})) {
+            let s = s.into_inner();
+            if s.has_leader && s.ratified_epoch >= 1 {
+                return Ok(());
+            }
+        }
+        for c in children.iter_mut() {
+            if let Some(status) = c.try_wait()? {
+                return Err(format!("a replica exited during start-up ({status})").into());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err("the realm did not ratify its first epoch in time; see the logs".into())
+}
+
+fn summary(dir: &Path, listening: &[Listening], out: &mut dyn Write) -> CmdResult {
+    let d = dir.display();
+    writeln!(out, "keyraft dev realm \"dev\" is up: {} replicas, data under {d}", listening.len())?;
+    for l in listening {
+        writeln!(
+            out,
+            "  replica {}: public {}  peer {}  (log: {d}/logs/node-{}.log)",
+            l.node_id, l.public_addr, l.peer_addr, l.node_id
+        )?;
+    }
+    let exe = "keyraft";
+    writeln!(out)?;
+    writeln!(out, "Try it (in another terminal; `cargo run --release -p keyraft --` stands for {exe}):")?;
+    writeln!(out, "  {exe} keygen --out alice.key")?;
+    writeln!(out, "  {exe} register --realm {d}/realm.json --user alice@example.com --key alice.key --set pgp=my-key")?;
+    writeln!(out, "  {exe} lookup --realm {d}/realm.json alice@example.com")?;
+    writeln!(out, "  {exe} lookup --realm {d}/realm.json alice@example.com --json")?;
+    writeln!(out, "  {exe} admin --peer {} --token-file {d}/keys/cluster.token status", listening[0].peer_addr)?;
+    writeln!(out, "  {exe} bench --realm {d}/realm.json")?;
+    writeln!(out)?;
+    writeln!(out, "ctrl-c stops the realm; running `{exe} dev` again restarts it with the same keys and data.")?;
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! `keyraft server`: one replica.
+
+use std::path::PathBuf;
+
+/// Options of `keyraft server`.
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    /// The node's configuration file (see `keyraft_server::config` for the format).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Bootstrap the cluster with the configured `[[voters]]` (once, on one node; refused
+    /// when the cluster is already initialised).
+    #[arg(long)]
+    pub init: bool,
+}
+
+/// Completes on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Runs a replica until ctrl-c or SIGTERM.
+pub fn run(args: &ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let loaded = keyraft_server::NodeConfig::load(&args.config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(keyraft_server::run(loaded, args.init, shutdown_signal()))?;
+    Ok(())
+}
