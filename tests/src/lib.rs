@@ -1,1 +1,266 @@
-//! End-to-end tests of keyraft live in `tests/tests/`.
+//! A harness for end-to-end tests: a realm of real `keyraft server` processes on loopback,
+//! created with `keyraft dev` (ports chosen by the OS), then started, killed (SIGKILL),
+//! stopped (SIGTERM) and restarted by the tests.
+//!
+//! Tests wait for conditions by polling with generous deadlines, never by fixed sleeps.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use keyraft_client::Client;
+use keyraft_core::RealmFile;
+use keyraft_proto::peer::{StatusReply, StatusRequest};
+use keyraft_server::config::NodeConfig;
+use keyraft_server::peer_client::{connect_lazy, PeerClient};
+use keyraft_server::Listening;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Generous: machines have 2 cores and run three replicas plus the test.
+pub const DEADLINE: Duration = Duration::from_secs(90);
+
+/// Cluster tests run one at a time: three replicas already load two cores.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The `keyraft` binary, built if needed.
+pub fn keyraft_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("KEYRAFT_BIN") {
+            return PathBuf::from(p);
+        }
+        // target/<profile>/deps/<test> -> target/<profile>/keyraft
+        let exe = std::env::current_exe().expect("current exe");
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
+        let bin = profile_dir.join("keyraft");
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-p", "keyraft", "--bin", "keyraft"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cargo build keyraft");
+        assert!(status.success(), "building the keyraft binary failed");
+        assert!(bin.exists(), "{} missing after build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// Polls `f` until it returns `Some`, failing the test with `what` after `DEADLINE`.
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One replica process.
+#[derive(Debug)]
+pub struct Replica {
+    pub id: u64,
+    pub config: PathBuf,
+    pub child: Option<Child>,
+    pub listening: Option<Listening>,
+}
+
+/// A realm of replica processes under a temporary directory.
+#[derive(Debug)]
+pub struct Realm {
+    pub dir: tempfile::TempDir,
+    pub replicas: Vec<Replica>,
+    pub token: String,
+    pub runtime: tokio::runtime::Runtime,
+}
+
+impl Realm {
+    /// Creates a three-replica realm with `keyraft dev` (short epochs), applies `tweak` to
+    /// each node's configuration, and starts the replicas.
+    pub fn start(tweak: impl Fn(&mut toml::Table)) -> Realm {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new(keyraft_bin())
+            .args(["dev", "--base-port", "0", "--exit-when-ready", "--min-epoch-interval-ms", "100"])
+            .args(["--max-epoch-interval-ms", "1000", "--dir"])
+            .arg(dir.path())
+            .output()
+            .expect("run keyraft dev");
+        assert!(
+            out.status.success(),
+            "keyraft dev failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = std::fs::read_to_string(dir.path().join("keys/cluster.token")).expect("token").trim().to_owned();
+        let mut replicas = Vec::new();
+        for id in 1..=3 {
+            let config = dir.path().join(format!("node-{id}.toml"));
+            edit_config(&config, &tweak);
+            replicas.push(Replica { id, config, child: None, listening: None });
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+        let mut realm = Realm { dir, replicas, token, runtime };
+        for i in 0..3 {
+            realm.start_replica(i);
+        }
+        realm.wait_leader();
+        realm
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn realm_file(&self) -> RealmFile {
+        RealmFile::from_json(&std::fs::read_to_string(self.path().join("realm.json")).expect("realm.json"))
+            .expect("realm file")
+    }
+
+    /// Starts replica `i` (its process) and waits until it listens.
+    pub fn start_replica(&mut self, i: usize) {
+        let r = &mut self.replicas[i];
+        let data_dir = data_dir(&r.config);
+        let _ = std::fs::remove_file(data_dir.join("listen.json"));
+        std::fs::create_dir_all(self.dir.path().join("logs")).expect("logs dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("logs/node-{}.log", r.id)))
+            .expect("log file");
+        let child = Command::new(keyraft_bin())
+            .arg("server")
+            .arg("--config")
+            .arg(&r.config)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn keyraft server");
+        r.child = Some(child);
+        let path = data_dir.join("listen.json");
+        let listening = wait_for("a replica to listen", || {
+            std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Listening>(&b).ok())
+        });
+        r.listening = Some(listening);
+    }
+
+    /// SIGKILLs replica `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.replicas[i].child.take() {
+            c.kill().expect("kill");
+            c.wait().expect("wait");
+        }
+    }
+
+    /// SIGTERMs replica `i` and returns its exit status.
+    pub fn terminate(&mut self, i: usize) -> std::process::ExitStatus {
+        let mut c = self.replicas[i].child.take().expect("running");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        wait_for("a replica to exit after SIGTERM", || c.try_wait().expect("try_wait"))
+    }
+
+    pub fn public_addr(&self, i: usize) -> String {
+        self.replicas[i].listening.as_ref().expect("listening").public_addr.to_string()
+    }
+
+    pub fn peer_addr(&self, i: usize) -> String {
+        self.replicas[i].listening.as_ref().expect("listening").peer_addr.to_string()
+    }
+
+    /// A verifying client talking to replica `i` only.
+    pub fn client(&self, i: usize) -> Client {
+        let _g = self.runtime.enter();
+        Client::new(&self.realm_file(), &[self.public_addr(i)]).expect("client")
+    }
+
+    pub fn peer(&self, i: usize) -> PeerClient {
+        let _g = self.runtime.enter();
+        connect_lazy(&self.peer_addr(i), &self.token).expect("peer client")
+    }
+
+    /// Replica `i`'s status, if it answers.
+    pub fn status(&self, i: usize) -> Option<StatusReply> {
+        self.replicas[i].child.as_ref()?;
+        let mut peer = self.peer(i);
+        self.runtime.block_on(async {
+            let mut r = tonic::Request::new(StatusRequest {});
+            r.set_timeout(Duration::from_secs(5));
+            peer.status(r).await.ok().map(tonic::Response::into_inner)
+        })
+    }
+
+    /// The index (in `replicas`) of the leader, once every running replica agrees on it.
+    pub fn wait_leader(&self) -> usize {
+        wait_for("a leader", || {
+            let mut leader = None;
+            for (i, r) in self.replicas.iter().enumerate() {
+                if r.child.is_none() {
+                    continue;
+                }
+                let s = self.status(i)?;
+                if !s.has_leader {
+                    return None;
+                }
+                if s.role == "leader" {
+                    leader = Some(i);
+                }
+            }
+            leader
+        })
+    }
+
+    /// Waits until replica `i` has ratified epoch `epoch`.
+    pub fn wait_ratified(&self, i: usize, epoch: u64) -> StatusReply {
+        wait_for(&format!("replica {} to ratify epoch {epoch}", i + 1), || {
+            self.status(i).filter(|s| s.ratified_epoch >= epoch)
+        })
+    }
+}
+
+impl Drop for Realm {
+    fn drop(&mut self) {
+        for r in &mut self.replicas {
+            if let Some(mut c) = r.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            // Keep the logs of a failed test: print where they are and leave the directory.
+            let path = self.dir.path().to_owned();
+            eprintln!("keeping {} for inspection", path.display());
+            for r in &self.replicas {
+                if let Ok(log) = std::fs::read_to_string(path.join(format!("logs/node-{}.log", r.id))) {
+                    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                    eprintln!("--- node {} log (last lines) ---", r.id);
+                    for l in tail.iter().rev() {
+                        eprintln!("{l}");
+                    }
+                }
+            }
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            let _ = dir.keep();
+        }
+    }
+}
+
+/// Applies `tweak` to a node configuration file.
+pub fn edit_config(path: &Path, tweak: &impl Fn(&mut toml::Table)) {
+    let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(path).expect("read config")).expect("toml");
+    tweak(&mut table);
+    std::fs::write(path, toml::to_string_pretty(&table).expect("toml")).expect("write config");
+}
+
+/// The data directory a node configuration names (resolved against its directory).
+pub fn data_dir(config: &Path) -> PathBuf {
+    let parsed: NodeConfig = toml::from_str(&std::fs::read_to_string(config).expect("read config")).expect("config");
+    config.parent().expect("config dir").join(parsed.data_dir)
+}
