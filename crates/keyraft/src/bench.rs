@@ -127,6 +127,7 @@ where
 }
 
 /// `keyraft bench`.
+#[allow(clippy::too_many_lines)] // the three phases, in order, read best together
 pub fn run(args: &BenchArgs, out: &mut dyn Write) -> CmdResult {
     let file = RealmFile::from_json(&std::fs::read_to_string(&args.realm)?)?;
     let realm = file.client_realm()?;

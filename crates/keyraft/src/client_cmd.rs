@@ -78,7 +78,7 @@ fn client(args: &RealmArgs) -> Result<Client, Box<dyn std::error::Error>> {
     Ok(Client::new(&load_realm(&args.realm)?, &args.endpoints)?)
 }
 
-fn load_key(path: &PathBuf) -> Result<SigningKey, Box<dyn std::error::Error>> {
+fn load_key(path: &std::path::Path) -> Result<SigningKey, Box<dyn std::error::Error>> {
     Ok(SigningKey::from_bytes(&read_secret32(path, "secret key")?))
 }
 
@@ -117,7 +117,7 @@ pub fn update(args: &UpdateArgs, is_update: bool, out: &mut dyn Write) -> CmdRes
     let _entered = rt.enter();
     let client = client(&args.realm)?;
     let key = load_key(&args.key)?;
-    let new_key = args.new_key.as_ref().map(load_key).transpose()?;
+    let new_key = args.new_key.as_deref().map(load_key).transpose()?;
     let keys = profile_keys(&args.set, new_key.as_ref().unwrap_or(&key))?;
     let response = rt.block_on(async {
         if is_update {

@@ -195,3 +195,54 @@ pub(crate) fn remove_partial(dir: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use keyraft_storage::{dump_all, MemoryStorage};
+
+    fn sample() -> MemoryStorage {
+        let s = MemoryStorage::new();
+        let mut b = Batch::new();
+        for i in 0u32..500 {
+            b.put(format!("key-{i:05}").into_bytes(), vec![i as u8; (i % 40) as usize]);
+        }
+        s.write(b).unwrap();
+        s
+    }
+
+    #[test]
+    fn round_trips_every_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.snap");
+        let src = sample();
+        write(&src, &path).unwrap();
+        let dst = MemoryStorage::new();
+        assert_eq!(load(&path, &dst).unwrap(), 500);
+        assert_eq!(dump_all(&src).unwrap(), dump_all(&dst).unwrap());
+    }
+
+    #[test]
+    fn any_flipped_or_missing_byte_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.snap");
+        write(&sample(), &path).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let bad = dir.path().join("bad.snap");
+        for i in (0..good.len()).step_by(97).chain([good.len() - 1]) {
+            let mut b = good.clone();
+            b[i] ^= 0x20;
+            std::fs::write(&bad, &b).unwrap();
+            assert!(load(&bad, &MemoryStorage::new()).is_err(), "flipped byte {i} accepted");
+        }
+        for cut in [1, 33, good.len() / 2] {
+            std::fs::write(&bad, &good[..good.len() - cut]).unwrap();
+            assert!(load(&bad, &MemoryStorage::new()).is_err(), "truncation by {cut} accepted");
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        std::fs::write(&bad, &longer).unwrap();
+        assert!(load(&bad, &MemoryStorage::new()).is_err());
+    }
+}

@@ -1,0 +1,48 @@
+//! openraft's storage conformance suite against our log store and state-machine store, on
+//! the in-memory engine and on sled.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use keyraft_core::vrf::VrfSecretKey;
+use keyraft_core::{PublicKey, RealmConfig};
+use keyraft_server::raft::log_store::LogStore;
+use keyraft_server::raft::sm_store::{StateLocation, StateMachineStore};
+use keyraft_server::raft::types::{NodeId, TypeConfig};
+use keyraft_storage::{MemoryStorage, SledStorage, Storage};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::StorageError;
+use std::sync::Arc;
+
+fn realm() -> RealmConfig {
+    let key = |i: u8| PublicKey::from_verifying_key(&ed25519_dalek::SigningKey::from_bytes(&[i; 32]).verifying_key()).unwrap();
+    RealmConfig::new("suite", VrfSecretKey::from_seed(&[9; 32]).public_key(), vec![key(1), key(2), key(3)], vec![]).unwrap()
+}
+
+struct Builder {
+    sled: bool,
+}
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, location): (Arc<dyn Storage>, StateLocation) = if self.sled {
+            (
+                Arc::new(SledStorage::open(&dir.path().join("log")).unwrap()),
+                StateLocation::Dir { path: dir.path().join("state"), options: Default::default() },
+            )
+        } else {
+            (Arc::new(MemoryStorage::new()), StateLocation::Memory)
+        };
+        let sm = StateMachineStore::open(location, dir.path().join("snapshots"), realm()).unwrap();
+        Ok((dir, LogStore::new(log), sm))
+    }
+}
+
+#[test]
+fn openraft_suite_on_memory() {
+    Suite::test_all(Builder { sled: false }).unwrap();
+}
+
+#[test]
+fn openraft_suite_on_sled() {
+    Suite::test_all(Builder { sled: true }).unwrap();
+}
