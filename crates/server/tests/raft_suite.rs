@@ -13,8 +13,11 @@ use openraft::StorageError;
 use std::sync::Arc;
 
 fn realm() -> RealmConfig {
-    let key = |i: u8| PublicKey::from_verifying_key(&ed25519_dalek::SigningKey::from_bytes(&[i; 32]).verifying_key()).unwrap();
-    RealmConfig::new("suite", VrfSecretKey::from_seed(&[9; 32]).public_key(), vec![key(1), key(2), key(3)], vec![]).unwrap()
+    let key = |i: u8| {
+        PublicKey::from_verifying_key(&ed25519_dalek::SigningKey::from_bytes(&[i; 32]).verifying_key()).unwrap()
+    };
+    RealmConfig::new("suite", VrfSecretKey::from_seed(&[9; 32]).public_key(), vec![key(1), key(2), key(3)], vec![])
+        .unwrap()
 }
 
 struct Builder {
