@@ -30,6 +30,20 @@ pub const PUBLIC_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Snapshot chunk size, in bytes (at most 1 MiB with the message around it).
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 1_000_000;
 
+/// Accepted connections with Nagle's algorithm off: `Server::tcp_nodelay` only applies to
+/// listeners tonic binds itself, and small gRPC frames otherwise wait for delayed ACKs
+/// (about 40 ms each).
+fn nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
+}
+
 /// Where a running replica listens, written to `<data_dir>/listen.json` once bound.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Listening {
@@ -118,7 +132,7 @@ pub async fn run(loaded: Loaded, init: bool, shutdown: impl Future<Output = ()>)
         .concurrency_limit_per_connection(config.limits.concurrency_per_connection)
         .timeout(Duration::from_millis(config.limits.wait_ms_max + 5_000))
         .add_service(public)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(public_listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(nodelay(public_listener), stopped(stop_rx.clone()));
     let boundary_wait_ms = config.epochs.max_epoch_interval_ms.saturating_mul(3).max(10_000);
     let peer = tonic::service::interceptor::InterceptedService::new(
         PeerServer::new(PeerService::new(node.clone(), boundary_wait_ms))
@@ -129,7 +143,7 @@ pub async fn run(loaded: Loaded, init: bool, shutdown: impl Future<Output = ()>)
     let peer_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(peer)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(nodelay(peer_listener), stopped(stop_rx.clone()));
     let public_task = tokio::spawn(public_server);
     let peer_task = tokio::spawn(peer_server);
 
