@@ -160,6 +160,12 @@ impl VrfSecretKey {
 
     /// Section 5.1: the proof for `alpha`.
     pub fn prove(&self, alpha: &[u8]) -> Result<VrfProof, VrfError> {
+        self.prove_with_output(alpha).map(|(proof, _)| proof)
+    }
+
+    /// The proof for `alpha` and the VRF output it proves (section 5.2's proof_to_hash of
+    /// this proof), without the cost of verifying the proof again.
+    pub fn prove_with_output(&self, alpha: &[u8]) -> Result<(VrfProof, VrfOutput), VrfError> {
         let h = encode_to_curve(&self.public.0, alpha)?;
         let gamma = h * self.scalar;
         // Section 5.4.2.2: k = SHA-512(nonce prefix || encode(H)) mod L.
@@ -175,7 +181,7 @@ impl VrfSecretKey {
         pi[..32].copy_from_slice(gamma.compress().as_bytes());
         pi[32..48].copy_from_slice(&c);
         pi[48..].copy_from_slice(s.as_bytes());
-        Ok(VrfProof(pi))
+        Ok((VrfProof(pi), gamma_to_output(&gamma)))
     }
 }
 

@@ -43,6 +43,8 @@ fn rfc_9381_vectors() {
         let pk = VrfPublicKey::from_bytes(&v.pk).unwrap();
         let beta = pk.verify(&v.alpha, &VrfProof::from_bytes(&v.pi).unwrap()).unwrap();
         assert_eq!(beta.as_bytes().as_slice(), v.beta);
+        let (pi2, beta2) = sk.prove_with_output(&v.alpha).unwrap();
+        assert_eq!((pi2, beta2.as_bytes().as_slice()), (pi, v.beta.as_slice()));
     }
 }
 

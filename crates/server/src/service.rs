@@ -143,17 +143,11 @@ impl PublicService {
         if let Some(hit) = lock(&self.vrf_cache).get(user_id) {
             return Ok(*hit);
         }
-        let proof = self
+        let (proof, output) = self
             .node
             .vrf
-            .prove(&vrf_input(&self.node.realm.realm, user_id))
+            .prove_with_output(&vrf_input(&self.node.realm.realm, user_id))
             .map_err(|e| Status::internal(format!("VRF: {e}")))?;
-        let output = self
-            .node
-            .realm
-            .vrf_public_key
-            .verify(&vrf_input(&self.node.realm.realm, user_id), &proof)
-            .map_err(|e| Status::internal(format!("VRF self-check failed: {e}")))?;
         let mut index = [0u8; 32];
         index.copy_from_slice(&output.as_bytes()[..32]);
         let result = (Index(index), proof);
