@@ -214,9 +214,18 @@ impl StateMachineStore {
             }
         };
         let position = LogPosition { term: log_id.leader_id.term, index: log_id.index };
+        let started = std::time::Instant::now();
         let mut step = self.shared.read().step(position, &command).map_err(state_to_storage)?;
         step.batch.extend(meta);
         let (outcome, _effects) = self.write_lock().commit(step).map_err(state_to_storage)?;
+        if let Outcome::EpochClosed(head) = &outcome {
+            tracing::info!(
+                epoch = head.epoch,
+                updates = head.update_count,
+                apply_ms = started.elapsed().as_millis() as u64,
+                "epoch applied"
+            );
+        }
         Ok(response(outcome))
     }
 }
