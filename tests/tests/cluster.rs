@@ -61,10 +61,75 @@ fn register_through_a_follower_and_look_up_through_every_replica() {
     }
     assert!(answers.windows(2).all(|w| w[0] == w[1]), "replicas answered differently: {answers:?}");
 
-    // Idempotent resubmission of the very same update, through another replica.
+    // An update that asks for the quorum gets the lookup proof of its epoch, which verifies.
     let other = realm.client((follower + 1) % 3);
-    let latest = realm.runtime.block_on(other.lookup("alice@example.com", WAIT)).unwrap();
-    assert!(latest.lookup.entry.is_some());
+    let current = answers[0].1.clone();
+    let profile = keyraft_client::new_profile(keys("alice-2"));
+    let entry = keyraft_core::Entry { version: 1, profile_commitment: profile.commitment(), ..current };
+    let signatures = keyraft_client::sign_entry("dev", &entry, &[&alice]);
+    let update = keyraft_core::Update { signed: keyraft_core::SignedEntry { entry, signatures }, profile };
+    let r = realm.runtime.block_on(other.submit("alice@example.com", &update, Some(0), 20_000)).unwrap();
+    let proof: keyraft_core::LookupProof = keyraft_core::decode_canonical(&r.proof).unwrap();
+    let verified =
+        keyraft_core::verify_lookup(other.realm(), "alice@example.com", &proof, keyraft_client::now_ms(), None)
+            .unwrap();
+    assert_eq!(verified.epoch(), r.epoch);
+    assert_eq!(verified.entry.as_ref().unwrap().0.version, 1);
+
+    // Every replica holds byte-identical heads for every epoch.
+    realm.wait_ratified(0, r.epoch + 1);
+    let heads: Vec<Vec<Vec<u8>>> = (0..3)
+        .map(|i| {
+            let _g = realm.runtime.enter();
+            let mut c = KeyraftClient::new(
+                tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(i)))
+                    .unwrap()
+                    .connect_lazy(),
+            );
+            let req = pb::ListEpochsRequest { start_epoch: 1, page_size: (r.epoch + 1) as u32, page_token: vec![] };
+            realm
+                .runtime
+                .block_on(c.list_epochs(req))
+                .unwrap()
+                .into_inner()
+                .epochs
+                .into_iter()
+                .map(|e| e.head)
+                .collect()
+        })
+        .collect();
+    assert!(heads.iter().all(|h| h.len() as u64 == r.epoch + 1), "{heads:?}");
+    assert!(heads.windows(2).all(|w| w[0] == w[1]), "replicas disagree on heads");
+
+    // The CLI drives the same realm and prints verified answers.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(keyraft_bin()).args(args).current_dir(realm.path()).output().unwrap();
+        assert!(out.status.success(), "keyraft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(cli(&["keygen", "--out", "carol.key"]).contains("public key: "));
+    assert!(cli(&["register", "--realm", "realm.json", "--user", "carol", "--key", "carol.key", "--set", "pgp=c"])
+        .contains("accepted"));
+    let found = wait_for("carol in a ratified epoch", || {
+        let out = std::process::Command::new(keyraft_bin())
+            .args(["lookup", "--realm", "realm.json", "carol"])
+            .current_dir(realm.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("version 0").then_some(text)
+    });
+    assert!(found.contains("VERIFIED") && found.contains("pgp = c"), "{found}");
+    let json: serde_json::Value =
+        serde_json::from_str(&cli(&["lookup", "--realm", "realm.json", "carol", "--json"])).unwrap();
+    assert_eq!(json["entry"]["version"], 0);
+    assert!(json["proof_hex"].as_str().unwrap().len() > 200);
+    let token = realm.path().join("keys/cluster.token");
+    let status =
+        cli(&["admin", "--peer", &realm.peer_addr(0), "--token-file", token.to_str().unwrap(), "status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3);
+    assert!(status["leader_id"].as_u64().is_some());
 }
 
 #[test]
