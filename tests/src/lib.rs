@@ -25,7 +25,10 @@ pub fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The `keyraft` binary, built if needed.
+/// The `keyraft` binary: `KEYRAFT_BIN` if set, else the one `cargo test --workspace` (the
+/// README's test command) builds next to this test, built here only if it is missing. When
+/// running only this crate's tests after changing the code, build the binary first (or set
+/// `KEYRAFT_TEST_REBUILD=1`).
 pub fn keyraft_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -36,6 +39,9 @@ pub fn keyraft_bin() -> PathBuf {
         let exe = std::env::current_exe().expect("current exe");
         let profile_dir = exe.parent().and_then(Path::parent).expect("target dir");
         let bin = profile_dir.join("keyraft");
+        if bin.exists() && std::env::var_os("KEYRAFT_TEST_REBUILD").is_none() {
+            return bin;
+        }
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(env!("CARGO"));
         cmd.args(["build", "-p", "keyraft", "--bin", "keyraft"]);
