@@ -3,7 +3,8 @@
 //! Three phases, each with `--clients` concurrent tasks spread over the realm's endpoints:
 //! 1. lookups of fresh user ids (which also tell the bench their indexes), then of the same
 //!    ids again up to `--lookups`; one answer in `--verify-every` is verified in full;
-//! 2. registrations of those ids (signed before the clock starts): an update counts when the
+//! 2. registrations of those ids (signed before the clock starts), each sent to the replica
+//!    its lookup went to, as a client does (look up, then update): an update counts when the
 //!    replica answers that it is applied, i.e. committed by a Raft majority;
 //! 3. the time until the epoch holding the last update is keyserver-ratified.
 //!
@@ -164,8 +165,8 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> CmdResult {
         let (lat, errors, elapsed) = {
             let (channels, users, indexes, realm) = (channels.clone(), users.clone(), indexes.clone(), realm.clone());
             let verify_every = args.verify_every.max(1);
-            drive(args.clients, total, move |c, i| {
-                let mut client = channels[(c + i) % channels.len()].clone();
+            drive(args.clients, total, move |_c, i| {
+                let mut client = channels[i % channels.len()].clone();
                 let user = users[i % users.len()].clone();
                 let (indexes, realm) = (indexes.clone(), realm.clone());
                 async move {
@@ -214,8 +215,8 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> CmdResult {
         let max_epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (lat, errors, elapsed) = {
             let (channels, updates, max_epoch) = (channels.clone(), updates.clone(), max_epoch.clone());
-            drive(args.clients, n, move |c, i| {
-                let mut client = channels[(c + i) % channels.len()].clone();
+            drive(args.clients, n, move |_c, i| {
+                let mut client = channels[i % channels.len()].clone();
                 let (user, update) = updates[i].clone();
                 let max_epoch = max_epoch.clone();
                 async move {

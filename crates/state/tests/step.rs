@@ -358,3 +358,61 @@ fn verifiers_see_only_ratified_epochs_and_can_recompute_them() {
         previous = published.head.hash();
     }
 }
+
+/// The busy log plus, in one open epoch, an update, its identical resubmission and a second
+/// update of the same identity: what deferred commits must see without storage.
+fn busy_harness_with_repeats() -> Harness {
+    let mut h = busy_harness();
+    let key = derive_signing_key(11, "repeat");
+    let first =
+        h.make_update("repeat@example.org", 0, Policy::single(public_key(&key)), test_profile("r1", &[]), &[&key]);
+    let second =
+        h.make_update("repeat@example.org", 0, Policy::single(public_key(&key)), test_profile("r2", &[]), &[&key]);
+    assert!(matches!(h.append(Command::Update(Box::new(first.clone()))).unwrap(), Outcome::UpdateAccepted { .. }));
+    assert!(matches!(h.append(Command::Update(Box::new(first))).unwrap(), Outcome::UpdateDuplicate { .. }));
+    assert!(matches!(h.append(Command::Update(Box::new(second))).unwrap(), Outcome::UpdateRejected { .. }));
+    h.now_ms += 1000;
+    h.publish_epoch().unwrap();
+    h
+}
+
+#[test]
+fn deferred_commits_reach_the_same_state_and_survive_crashes() {
+    let h = busy_harness_with_repeats();
+    let reference = dump_all(h.machine.store()).unwrap();
+    let config = h.config().clone();
+    for group in [1usize, 2, 3, 7, 1000] {
+        for crash_at in 0..=h.log.len() {
+            let store = MemoryStorage::new();
+            let mut machine = StateMachine::open(store.clone(), config.clone()).unwrap();
+            let mut outcomes = Vec::new();
+            for (i, command) in h.log.iter().take(crash_at).enumerate() {
+                let position = LogPosition { term: 1, index: i as u64 + 1 };
+                let step = machine.step(position, command).unwrap();
+                outcomes.push(machine.commit_deferred(step).unwrap().0);
+                if (i + 1) % group == 0 {
+                    machine.write_deferred().unwrap();
+                    if (i / group) % 2 == 0 {
+                        store.flush().unwrap();
+                    }
+                }
+            }
+            // The outcomes are those of plain commits.
+            let mut plain = StateMachine::open(MemoryStorage::new(), config.clone()).unwrap();
+            for (i, command) in h.log.iter().take(crash_at).enumerate() {
+                let (outcome, _) = plain.apply(LogPosition { term: 1, index: i as u64 + 1 }, command).unwrap();
+                assert_eq!(outcome, outcomes[i], "entry {i} with groups of {group}");
+            }
+            // Whatever was deferred or unflushed is lost; replaying the log repairs it.
+            let survivor = store.crash();
+            let mut machine = StateMachine::open(survivor.clone(), config.clone()).unwrap();
+            assert!(machine.applied().index as usize <= crash_at);
+            for (i, command) in h.log.iter().enumerate() {
+                let step = machine.step(LogPosition { term: 1, index: i as u64 + 1 }, command).unwrap();
+                machine.commit_deferred(step).unwrap();
+            }
+            machine.write_deferred().unwrap();
+            assert_eq!(dump_all(&survivor).unwrap(), reference, "crash at {crash_at}, groups of {group}");
+        }
+    }
+}

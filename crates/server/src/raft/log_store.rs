@@ -4,21 +4,28 @@
 //! - `lv`: the vote; `lc`: the committed log id; `lp`: the last purged log id;
 //! - `le` + index (u64 BE): one entry, postcard-encoded.
 //!
-//! Durability: `save_vote` flushes before it returns. `append` writes the entries (readable at
-//! once) and hands the completion callback to one flusher thread, which flushes once for
-//! everything queued and then completes the callbacks in submission order: appends are
-//! acknowledged only once durable, in order, and concurrent appends share one flush
-//! (group commit).
+//! Durability: `save_vote` flushes before it returns. `append` puts the entries in memory
+//! (readable at once) and hands the completion callback to one flusher thread, which writes
+//! everything appended meanwhile in one storage batch, flushes once, and then completes the
+//! callbacks in submission order: appends are acknowledged only once durable, in order, and
+//! concurrent appends share one write and one flush (group commit). openraft appends a leader's
+//! entries one client write at a time, and a storage batch per entry is what sled does worst
+//! (each batch seals its IO buffer and wakes its IO threads).
+//!
+//! One mutex covers the pending entries and every write to storage, so a truncation or a
+//! purge can never interleave with the flusher writing entries, and readers see each entry
+//! either pending or stored, never neither.
 
 use super::types::{Entry, LogId, NodeId, RaftStorageError, TypeConfig};
 use super::{io_err, postcard_err};
 use keyraft_storage::{Batch, Direction, Storage, StorageError};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, RaftLogReader, Vote};
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 const VOTE: &[u8] = b"lv";
 const COMMITTED: &[u8] = b"lc";
@@ -40,10 +47,14 @@ fn write_err(e: impl std::fmt::Display) -> RaftStorageError {
     io_err(ErrorSubject::Logs, ErrorVerb::Write, e)
 }
 
-/// The Raft log store. Clones share the store and the flusher.
+/// Entries appended but not yet written to storage, by index (postcard-encoded).
+type Pending = BTreeMap<u64, Vec<u8>>;
+
+/// The Raft log store. Clones share the store, the pending entries and the flusher.
 #[derive(Clone)]
 pub struct LogStore {
     store: Arc<dyn Storage>,
+    pending: Arc<Mutex<Pending>>,
     flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
@@ -53,18 +64,40 @@ impl Debug for LogStore {
     }
 }
 
+fn lock(pending: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
+    pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Moves every pending entry into `batch` (the caller holds the lock and writes the batch).
+fn drain_into(pending: &mut Pending, batch: &mut Batch) {
+    for (index, bytes) in std::mem::take(pending) {
+        batch.put(entry_key(index), bytes);
+    }
+}
+
 impl LogStore {
     /// A log over `store`, which it must not share keys with anything else.
     pub fn new(store: Arc<dyn Storage>) -> Self {
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
-        let flush_store = store.clone();
+        let pending: Arc<Mutex<Pending>> = Arc::default();
+        let (flush_store, flush_pending) = (store.clone(), pending.clone());
         std::thread::Builder::new()
             .name("keyraft-log-flush".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
-                    let result = flush_store.flush();
+                    let written = {
+                        let mut guard = lock(&flush_pending);
+                        let mut batch = Batch::new();
+                        drain_into(&mut guard, &mut batch);
+                        if batch.is_empty() {
+                            Ok(())
+                        } else {
+                            flush_store.write(batch)
+                        }
+                    };
+                    let result = written.and_then(|()| flush_store.flush());
                     for callback in waiting {
                         let r = match &result {
                             Ok(()) => Ok(()),
@@ -75,7 +108,7 @@ impl LogStore {
                 }
             })
             .expect("spawning the log flusher thread");
-        Self { store, flusher: tx }
+        Self { store, pending, flusher: tx }
     }
 
     fn get_record<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -90,6 +123,10 @@ impl LogStore {
     }
 
     fn last_entry(&self) -> Result<Option<Entry>, StorageError> {
+        let guard = lock(&self.pending);
+        if let Some((_, bytes)) = guard.iter().next_back() {
+            return postcard::from_bytes(bytes).map(Some).map_err(postcard_err);
+        }
         let end = entry_key(u64::MAX);
         match self.store.range(ENTRY, Some(&end), Direction::Reverse).next().transpose()? {
             None => Ok(None),
@@ -120,10 +157,29 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => Some(entry_key(*i)),
             Bound::Unbounded => Some(entry_key(u64::MAX)),
         };
-        let mut out = Vec::new();
+        let guard = lock(&self.pending);
+        let mut found: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
         for item in self.store.range(&entry_key(start), end.as_deref(), Direction::Forward) {
-            let (_, v) = item.map_err(read_err)?;
-            out.push(postcard::from_bytes(&v).map_err(|e| read_err(postcard_err(e)))?);
+            let (k, v) = item.map_err(read_err)?;
+            let index = k
+                .get(2..10)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| read_err("a log key of the wrong length"))?;
+            found.insert(index, v);
+        }
+        let end_index = match range.end_bound() {
+            Bound::Included(i) => Bound::Included(*i),
+            Bound::Excluded(i) => Bound::Excluded(*i),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        for (index, bytes) in guard.range((Bound::Included(start), end_index)) {
+            found.insert(*index, bytes.clone());
+        }
+        drop(guard);
+        let mut out = Vec::with_capacity(found.len());
+        for bytes in found.values() {
+            out.push(postcard::from_bytes(bytes).map_err(|e| read_err(postcard_err(e)))?);
         }
         Ok(out)
     }
@@ -148,8 +204,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), RaftStorageError> {
         let err = |e: StorageError| io_err(ErrorSubject::Vote, ErrorVerb::Write, e);
         let mut b = Batch::new();
-        b.put(VOTE, postcard::to_allocvec(vote).map_err(|e| err(postcard_err(e)))?);
-        self.store.write(b).map_err(err)?;
+        {
+            // Entries appended before the vote reach storage with it, in order.
+            let mut guard = lock(&self.pending);
+            drain_into(&mut guard, &mut b);
+            b.put(VOTE, postcard::to_allocvec(vote).map_err(|e| err(postcard_err(e)))?);
+            self.store.write(b).map_err(err)?;
+        }
         self.flush_blocking().await.map_err(err)
     }
 
@@ -172,14 +233,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut b = Batch::new();
+        let mut encoded = Vec::new();
         for entry in entries {
-            b.put(
-                entry_key(entry.log_id.index),
-                postcard::to_allocvec(&entry).map_err(|e| write_err(postcard_err(e)))?,
-            );
+            encoded.push((entry.log_id.index, postcard::to_allocvec(&entry).map_err(|e| write_err(postcard_err(e)))?));
         }
-        self.store.write(b).map_err(write_err)?;
+        lock(&self.pending).extend(encoded);
         if let Err(mpsc::SendError(callback)) = self.flusher.send(callback) {
             // The flusher thread is gone: flush here rather than acknowledge without it.
             let r = self.flush_blocking().await.map_err(|e| std::io::Error::other(e.to_string()));
@@ -189,6 +247,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        let mut guard = lock(&self.pending);
+        guard.retain(|index, _| *index < log_id.index);
         let mut b = Batch::new();
         for item in self.store.range(&entry_key(log_id.index), Some(&entry_key(u64::MAX)), Direction::Forward) {
             let (k, _) = item.map_err(write_err)?;
@@ -198,6 +258,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        let mut guard = lock(&self.pending);
+        guard.retain(|index, _| *index > log_id.index);
         let mut b = Batch::new();
         b.put(PURGED, postcard::to_allocvec(&log_id).map_err(|e| write_err(postcard_err(e)))?);
         for item in

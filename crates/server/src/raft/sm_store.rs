@@ -200,7 +200,7 @@ impl StateMachineStore {
             EntryPayload::Normal(cmd) => Some(cmd),
         };
         let Some(cmd) = command else {
-            self.shared.read().store().write(meta)?;
+            self.write_lock().write_with_deferred(meta).map_err(state_to_storage)?;
             return Ok(ApplyResponse::Internal);
         };
         let command = match decode_log_entry(&cmd.0) {
@@ -209,7 +209,7 @@ impl StateMachineStore {
                 // A leader only proposes what it encoded itself, so this is a bug or disk
                 // corruption on the leader; refusing keeps every replica identical.
                 tracing::error!(index = log_id.index, error = %e, "refusing an undecodable log entry");
-                self.shared.read().store().write(meta)?;
+                self.write_lock().write_with_deferred(meta).map_err(state_to_storage)?;
                 return Ok(ApplyResponse::Refused(format!("undecodable log entry: {e}")));
             }
         };
@@ -217,7 +217,9 @@ impl StateMachineStore {
         let started = std::time::Instant::now();
         let mut step = self.shared.read().step(position, &command).map_err(state_to_storage)?;
         step.batch.extend(meta);
-        let (outcome, _effects) = self.write_lock().commit(step).map_err(state_to_storage)?;
+        // Updates' writes are deferred to the end of the apply call (one storage write for the
+        // whole batch of entries); everything else is written at once, after them.
+        let (outcome, _effects) = self.write_lock().commit_deferred(step).map_err(state_to_storage)?;
         if let Outcome::EpochClosed(head) = &outcome {
             tracing::info!(
                 epoch = head.epoch,
@@ -319,6 +321,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             out.push(r);
             last = Some(index);
         }
+        self.write_lock().write_deferred().map_err(|e| sm_err(ErrorVerb::Write, e))?;
         if let Some(index) = last {
             self.shared.notify(index);
         }
