@@ -109,7 +109,8 @@ pub struct RaftSettings {
     pub entries_kept_after_snapshot: u64,
     /// Deadline of one snapshot chunk transfer.
     pub install_snapshot_timeout_ms: u64,
-    /// Entries per AppendEntries message.
+    /// Entries per AppendEntries message (each entry is a batch of up to 1 MiB of commands, and
+    /// a peer message holds at most 64 MiB).
     pub max_payload_entries: u64,
 }
 
@@ -122,7 +123,7 @@ impl Default for RaftSettings {
             snapshot_after_entries: 100_000,
             entries_kept_after_snapshot: 5_000,
             install_snapshot_timeout_ms: 10_000,
-            max_payload_entries: 512,
+            max_payload_entries: 32,
         }
     }
 }

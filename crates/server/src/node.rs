@@ -1,10 +1,16 @@
 //! One replica: Raft, the state, the keys, and how to get a command into the log.
+//!
+//! Commands reach the log through a batcher: commands proposed while earlier batches are in
+//! flight are gathered into one Raft entry (at most [`BATCH_COMMANDS_MAX`] commands and about
+//! [`BATCH_BYTES_MAX`] bytes), with at most [`BATCHES_IN_FLIGHT_MAX`] entries in flight. Under
+//! load an entry then carries many updates and costs one leader flush; an idle cluster still
+//! proposes a lone command at once.
 
 use crate::config::Limits;
 use crate::peer_client::PeerClient;
 use crate::raft::network::PeerNetwork;
 use crate::raft::sm_store::SharedState;
-use crate::raft::types::{ApplyResponse, LogCommand, NodeAddr, NodeId, Raft};
+use crate::raft::types::{ApplyResponse, LogCommands, NodeAddr, NodeId, Raft, COMMANDS_PER_ENTRY_MAX};
 use ed25519_dalek::SigningKey;
 use keyraft_core::vrf::VrfSecretKey;
 use keyraft_core::{Command, PublicKey, RealmConfig};
@@ -13,6 +19,100 @@ use keyraft_proto::peer::ForwardRequest;
 use openraft::error::{ClientWriteError, RaftError};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Commands in one batch, at most.
+pub const BATCH_COMMANDS_MAX: usize = 512;
+/// Bytes of commands in one batch, about (a batch is closed once it reaches this).
+pub const BATCH_BYTES_MAX: usize = 1024 * 1024;
+/// Batches proposed and not yet applied, at most.
+pub const BATCHES_IN_FLIGHT_MAX: usize = 2;
+/// Commands waiting for a batch, at most (proposers wait when it is full).
+pub const BATCH_QUEUE_MAX: usize = 8192;
+
+/// Why the batcher could not apply a command.
+#[derive(Debug)]
+enum BatchError {
+    /// This node does not lead; the leader, if known.
+    NotLeader(Option<(NodeId, NodeAddr)>),
+    Fatal(String),
+}
+
+type Reply = oneshot::Sender<Result<ApplyResponse, BatchError>>;
+
+/// Gathers proposed commands into Raft entries.
+#[derive(Debug, Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<(Vec<u8>, Reply)>,
+}
+
+impl Batcher {
+    /// Starts the batcher task for `raft`.
+    pub fn start(raft: Raft) -> Self {
+        const _: () = assert!(BATCH_COMMANDS_MAX as u64 <= COMMANDS_PER_ENTRY_MAX);
+        let (tx, rx) = mpsc::channel(BATCH_QUEUE_MAX);
+        tokio::spawn(run_batcher(raft, rx));
+        Self { tx }
+    }
+
+    async fn propose(&self, bytes: Vec<u8>) -> Result<ApplyResponse, BatchError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send((bytes, reply)).await.map_err(|_| BatchError::Fatal("the batcher stopped".into()))?;
+        answer.await.map_err(|_| BatchError::Fatal("the batcher dropped a command".into()))?
+    }
+}
+
+async fn run_batcher(raft: Raft, mut rx: mpsc::Receiver<(Vec<u8>, Reply)>) {
+    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+    while let Some(first) = rx.recv().await {
+        // Waiting for a slot first lets commands pile up behind the batches in flight.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut bytes = first.0.len();
+        let mut batch = vec![first];
+        while batch.len() < BATCH_COMMANDS_MAX && bytes < BATCH_BYTES_MAX {
+            match rx.try_recv() {
+                Ok(item) => {
+                    bytes += item.0.len();
+                    batch.push(item);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (commands, replies): (Vec<Vec<u8>>, Vec<Reply>) = batch.into_iter().unzip();
+            let n = commands.len();
+            match raft.client_write(LogCommands(commands)).await {
+                Ok(r) if r.data.0.len() == n => {
+                    for (reply, response) in replies.into_iter().zip(r.data.0) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+                Ok(r) => {
+                    let message = format!("{} responses for {n} commands", r.data.0.len());
+                    for reply in replies {
+                        let _ = reply.send(Err(BatchError::Fatal(message.clone())));
+                    }
+                }
+                Err(e) => {
+                    let leader = match &e {
+                        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                            Some(f.leader_id.zip(f.leader_node.clone()))
+                        }
+                        _ => None,
+                    };
+                    for reply in replies {
+                        let _ = reply.send(Err(match &leader {
+                            Some(l) => BatchError::NotLeader(l.clone()),
+                            None => BatchError::Fatal(e.to_string()),
+                        }));
+                    }
+                }
+            }
+            drop(slot);
+        });
+    }
+}
 
 /// Why a command could not be put into the log.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -54,6 +154,8 @@ pub struct Node {
     pub network: PeerNetwork,
     /// Request limits.
     pub limits: Limits,
+    /// Gathers commands into Raft entries.
+    pub batcher: Batcher,
 }
 
 impl std::fmt::Debug for Node {
@@ -76,28 +178,24 @@ impl Node {
         self.raft.metrics().borrow().current_leader == Some(self.id)
     }
 
-    /// Proposes `command` locally if this node leads, else forwards it to the leader; returns
-    /// once the command is applied.
+    /// Proposes `command` through this node's batcher if this node leads, else forwards it to
+    /// the leader; returns once the command is applied.
     pub async fn propose(&self, command: &Command) -> Result<ApplyResponse, ProposeError> {
         let bytes = encode_log_entry(command);
-        match self.raft.client_write(LogCommand(bytes.clone())).await {
-            Ok(r) => Ok(r.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_node {
-                Some(leader) if f.leader_id != Some(self.id) => self.forward(&leader, bytes).await,
-                _ => Err(ProposeError::NoLeader),
-            },
-            Err(RaftError::APIError(e)) => Err(ProposeError::Fatal(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(ProposeError::Fatal(e.to_string())),
+        match self.batcher.propose(bytes.clone()).await {
+            Ok(r) => Ok(r),
+            Err(BatchError::NotLeader(Some((id, leader)))) if id != self.id => self.forward(&leader, bytes).await,
+            Err(BatchError::NotLeader(_)) => Err(ProposeError::NoLeader),
+            Err(BatchError::Fatal(e)) => Err(ProposeError::Fatal(e)),
         }
     }
 
     /// Proposes on this node only (the leader's half of forwarding).
     pub async fn propose_local(&self, bytes: Vec<u8>) -> Result<ApplyResponse, ProposeError> {
-        match self.raft.client_write(LogCommand(bytes)).await {
-            Ok(r) => Ok(r.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(ProposeError::NoLeader),
-            Err(RaftError::APIError(e)) => Err(ProposeError::Fatal(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(ProposeError::Fatal(e.to_string())),
+        match self.batcher.propose(bytes).await {
+            Ok(r) => Ok(r),
+            Err(BatchError::NotLeader(_)) => Err(ProposeError::NoLeader),
+            Err(BatchError::Fatal(e)) => Err(ProposeError::Fatal(e)),
         }
     }
 

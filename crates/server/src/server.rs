@@ -106,6 +106,7 @@ pub async fn run(loaded: Loaded, init: bool, shutdown: impl Future<Output = ()>)
         signing_public,
         network,
         limits: config.limits,
+        batcher: crate::node::Batcher::start(raft.clone()),
     });
 
     let public_listener = tokio::net::TcpListener::bind(&config.public_listen)

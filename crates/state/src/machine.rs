@@ -441,6 +441,12 @@ impl<S: Storage> StateMachine<S> {
         self.finish_commit(outcome, effects, epoch_state, applied, written_pages, staged, closed_epoch)
     }
 
+    /// Adds `extra` (keys outside this crate's keyspaces) to the deferred writes, after what
+    /// was deferred so far.
+    pub fn defer(&mut self, extra: Batch) {
+        self.unwritten.extend(extra);
+    }
+
     /// Writes what [`StateMachine::commit_deferred`] kept in memory, atomically.
     pub fn write_deferred(&mut self) -> Result<(), StateError> {
         self.write_with_deferred(Batch::new())

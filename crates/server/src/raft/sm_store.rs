@@ -11,7 +11,10 @@
 //! rename: a crash at any point leaves either the old state or the new one.
 
 use super::io_err;
-use super::types::{ApplyResponse, Entry, LogId, NodeAddr, NodeId, RaftStorageError, StoredMembership, TypeConfig};
+use super::types::{
+    ApplyResponse, ApplyResponses, Entry, LogId, NodeAddr, NodeId, RaftStorageError, StoredMembership, TypeConfig,
+    COMMANDS_PER_ENTRY_MAX,
+};
 use crate::snapshot_file;
 use keyraft_core::RealmConfig;
 use keyraft_proto::convert::decode_log_entry;
@@ -186,37 +189,53 @@ impl StateMachineStore {
         self.shared.machine.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn apply_one(&self, entry: Entry) -> Result<ApplyResponse, StorageError> {
+    fn apply_one(&self, entry: Entry) -> Result<ApplyResponses, StorageError> {
         let log_id = entry.log_id;
         let mut meta = Batch::new();
         meta.put(RAFT_APPLIED, postcard::to_allocvec(&log_id).map_err(super::postcard_err)?);
-        let command = match entry.payload {
+        let commands = match entry.payload {
             EntryPayload::Blank => None,
             EntryPayload::Membership(m) => {
                 let stored = StoredMembership::new(Some(log_id), m);
                 meta.put(RAFT_MEMBERSHIP, postcard::to_allocvec(&stored).map_err(super::postcard_err)?);
                 None
             }
-            EntryPayload::Normal(cmd) => Some(cmd),
+            EntryPayload::Normal(commands) => Some(commands),
         };
-        let Some(cmd) = command else {
-            self.write_lock().write_with_deferred(meta).map_err(state_to_storage)?;
-            return Ok(ApplyResponse::Internal);
+        let Some(commands) = commands else {
+            self.write_lock().defer(meta);
+            return Ok(ApplyResponses(vec![ApplyResponse::Internal]));
         };
-        let command = match decode_log_entry(&cmd.0) {
+        let mut responses = Vec::with_capacity(commands.0.len());
+        for (k, bytes) in commands.0.iter().enumerate() {
+            responses.push(self.apply_command(log_id, k, bytes)?);
+        }
+        // The entry counts as applied once all its commands are; a crash in between replays
+        // the entry, and the commands already applied are skipped by their positions.
+        self.write_lock().defer(meta);
+        Ok(ApplyResponses(responses))
+    }
+
+    fn apply_command(&self, log_id: LogId, k: usize, bytes: &[u8]) -> Result<ApplyResponse, StorageError> {
+        let index = (k as u64)
+            .checked_add(log_id.index.saturating_mul(COMMANDS_PER_ENTRY_MAX))
+            .filter(|_| (k as u64) < COMMANDS_PER_ENTRY_MAX && log_id.index < u64::MAX / COMMANDS_PER_ENTRY_MAX);
+        let Some(index) = index else {
+            tracing::error!(index = log_id.index, command = k, "refusing a command beyond the per-entry limit");
+            return Ok(ApplyResponse::Refused(format!("more than {COMMANDS_PER_ENTRY_MAX} commands in one entry")));
+        };
+        let command = match decode_log_entry(bytes) {
             Ok(c) => c,
             Err(e) => {
-                // A leader only proposes what it encoded itself, so this is a bug or disk
-                // corruption on the leader; refusing keeps every replica identical.
-                tracing::error!(index = log_id.index, error = %e, "refusing an undecodable log entry");
-                self.write_lock().write_with_deferred(meta).map_err(state_to_storage)?;
-                return Ok(ApplyResponse::Refused(format!("undecodable log entry: {e}")));
+                // A proposer only proposes what it encoded itself, so this is a bug or disk
+                // corruption; refusing keeps every replica identical.
+                tracing::error!(index = log_id.index, command = k, error = %e, "refusing an undecodable log command");
+                return Ok(ApplyResponse::Refused(format!("undecodable log command: {e}")));
             }
         };
-        let position = LogPosition { term: log_id.leader_id.term, index: log_id.index };
+        let position = LogPosition { term: log_id.leader_id.term, index };
         let started = std::time::Instant::now();
-        let mut step = self.shared.read().step(position, &command).map_err(state_to_storage)?;
-        step.batch.extend(meta);
+        let step = self.shared.read().step(position, &command).map_err(state_to_storage)?;
         // Updates' writes are deferred to the end of the apply call (one storage write for the
         // whole batch of entries); everything else is written at once, after them.
         let (outcome, _effects) = self.write_lock().commit_deferred(step).map_err(state_to_storage)?;
@@ -232,10 +251,10 @@ impl StateMachineStore {
     }
 }
 
-/// Whether an entry is an epoch delimiter (peeking at the protobuf tag, without decoding).
+/// Whether an entry holds an epoch delimiter (peeking at the protobuf tag, without decoding).
 fn closes_epoch(entry: &Entry) -> bool {
     // LogEntry field 2 (epoch_delimiter), wire type 2: tag byte 0x12.
-    matches!(&entry.payload, EntryPayload::Normal(cmd) if cmd.0.first() == Some(&0x12))
+    matches!(&entry.payload, EntryPayload::Normal(cmds) if cmds.0.iter().any(|c| c.first() == Some(&0x12)))
 }
 
 fn state_to_storage(e: keyraft_state::StateError) -> StorageError {
@@ -301,7 +320,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((applied, membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyResponse>, RaftStorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyResponses>, RaftStorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,

@@ -1,24 +1,36 @@
 //! The openraft type configuration and the values it carries.
 //!
-//! A log entry's application data is the canonical `keyraft.v1.LogEntry` protobuf
-//! ([`keyraft_proto::convert::encode_log_entry`]), kept as bytes: the leader encodes a command
-//! once and every replica decodes exactly those bytes, so what is replicated is what is
-//! specified in `proto/keyraft/v1/log.proto`.
+//! A log entry's application data is a batch of keyraft log commands, each the canonical
+//! `keyraft.v1.LogEntry` protobuf ([`keyraft_proto::convert::encode_log_entry`]) kept as bytes:
+//! the proposer encodes a command once and every replica decodes exactly those bytes, so what
+//! is replicated is what is specified in `proto/keyraft/v1/log.proto`. Commands proposed
+//! concurrently share one Raft entry (see [`crate::node`]): openraft 0.9 flushes a leader's
+//! log once per entry, so one entry per update would cap throughput at one flush per update.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// One command of the keyraft log, as its canonical `LogEntry` bytes.
+/// Commands of the keyraft log, applied in order, each as its canonical `LogEntry` bytes.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogCommand(pub Vec<u8>);
+pub struct LogCommands(pub Vec<Vec<u8>>);
 
-impl fmt::Debug for LogCommand {
+impl fmt::Debug for LogCommands {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "LogCommand({} bytes)", self.0.len())
+        write!(f, "LogCommands({} commands)", self.0.len())
     }
 }
 
-/// What applying one entry did, returned to the proposer of that entry.
+/// What applying one Raft entry did: one response per command (one `Internal` for a Raft
+/// entry without commands).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyResponses(pub Vec<ApplyResponse>);
+
+/// Commands in one Raft entry, at most; the state machine numbers a command
+/// `raft_index * COMMANDS_PER_ENTRY_MAX + position` so that replay skips exactly what was
+/// applied.
+pub const COMMANDS_PER_ENTRY_MAX: u64 = 1024;
+
+/// What applying one command did, returned to its proposer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ApplyResponse {
     /// A Raft-internal entry (blank or membership).
@@ -86,8 +98,8 @@ pub type NodeId = u64;
 openraft::declare_raft_types!(
     /// The keyraft Raft type configuration.
     pub TypeConfig:
-        D = LogCommand,
-        R = ApplyResponse,
+        D = LogCommands,
+        R = ApplyResponses,
         NodeId = NodeId,
         Node = NodeAddr,
         Entry = openraft::Entry<TypeConfig>,

@@ -1,0 +1,75 @@
+//! The state-machine store applies Raft entries that each carry several commands: the same
+//! state as applying the commands one by one, identical on replay, and nothing applied twice.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use keyraft_proto::convert::encode_log_entry;
+use keyraft_server::raft::sm_store::{StateLocation, StateMachineStore};
+use keyraft_server::raft::types::{ApplyResponse, Entry, LogCommands, TypeConfig};
+use keyraft_state::harness::{derive_signing_key, Harness};
+use keyraft_storage::dump_all;
+use openraft::storage::RaftStateMachine;
+use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+fn harness_log() -> Harness {
+    let mut h = Harness::new("apply.example", 3, 1, 5);
+    for i in 0..20 {
+        let key = derive_signing_key(5, &format!("user{i}"));
+        h.register(&format!("user{i}@apply.example"), &key, &[("pgp", b"k")]).unwrap();
+        if i % 6 == 5 {
+            h.now_ms += 1000;
+            h.publish_epoch().unwrap();
+        }
+    }
+    h
+}
+
+fn entries(h: &Harness, per_entry: usize) -> Vec<Entry> {
+    h.log
+        .chunks(per_entry)
+        .enumerate()
+        .map(|(i, chunk)| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), i as u64 + 1),
+            payload: EntryPayload::Normal(LogCommands(chunk.iter().map(encode_log_entry).collect())),
+        })
+        .collect()
+}
+
+/// State keys only: the applied positions and openraft's records differ by construction.
+fn state_of(store: &StateMachineStore) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let shared = store.shared();
+    let machine = shared.read();
+    dump_all(machine.store())
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with(b"mapplied") && !k.starts_with(b"xraft"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_entries_reach_the_state_of_single_commands_and_replay_changes_nothing() {
+    let h = harness_log();
+    let reference: Vec<_> =
+        dump_all(h.machine.store()).unwrap().into_iter().filter(|(k, _)| !k.starts_with(b"mapplied")).collect();
+    for per_entry in [1, 3, 7, 1000] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store =
+            StateMachineStore::open(StateLocation::Memory, dir.path().join("snap"), h.config().clone()).unwrap();
+        let entries = entries(&h, per_entry);
+        // Apply in irregular groups of entries, as openraft does.
+        let mut responses = Vec::new();
+        for group in entries.chunks(2) {
+            responses.extend(RaftStateMachine::<TypeConfig>::apply(&mut store, group.to_vec()).await.unwrap());
+        }
+        let commands: Vec<ApplyResponse> = responses.into_iter().flat_map(|r| r.0).collect();
+        assert_eq!(commands.len(), h.log.len());
+        assert!(commands.iter().all(|r| !matches!(r, ApplyResponse::Refused(_) | ApplyResponse::AlreadyApplied)));
+        assert_eq!(state_of(&store), reference, "{per_entry} commands per entry");
+        // Replaying the whole log (as after a crash before openraft's applied id was stored)
+        // applies nothing twice.
+        let replay = RaftStateMachine::<TypeConfig>::apply(&mut store, entries.clone()).await.unwrap();
+        assert!(replay.iter().flat_map(|r| r.0.iter()).all(|r| *r == ApplyResponse::AlreadyApplied));
+        assert_eq!(state_of(&store), reference);
+        let (applied, _) = RaftStateMachine::<TypeConfig>::applied_state(&mut store).await.unwrap();
+        assert_eq!(applied.unwrap().index, entries.len() as u64);
+    }
+}
