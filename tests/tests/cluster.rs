@@ -335,6 +335,25 @@ fn malformed_oversized_conflicting_and_unauthenticated_requests_get_their_status
     let e = rt.block_on(c.update(update("bob", other.encode()))).unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
     assert!(e.message().contains("version"), "{e}");
+    let status = rt
+        .block_on(c.get_update_status(pb::GetUpdateStatusRequest {
+            update_id: other.id().to_vec(),
+            index: vec![],
+            version: 0,
+        }))
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.state, pb::get_update_status_response::State::Rejected as i32);
+    assert!(status.reason.contains("version") && !status.retryable, "{status:?}");
+    let unknown = rt
+        .block_on(c.get_update_status(pb::GetUpdateStatusRequest { update_id: vec![7; 32], index: vec![], version: 0 }))
+        .unwrap()
+        .into_inner();
+    assert_eq!(unknown.state, pb::get_update_status_response::State::Unknown as i32);
+    let e = rt
+        .block_on(c.get_update_status(pb::GetUpdateStatusRequest { update_id: vec![7; 5], index: vec![], version: 0 }))
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
     // Someone else's index.
     let e = rt.block_on(c.update(update("carol", same.encode()))).unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");

@@ -338,6 +338,7 @@ impl Keyraft for PublicService {
                     if let Err(reason) =
                         check_update(&self.node.realm.realm, current.as_ref().map(|(_, u)| &u.signed.entry), &update)
                     {
+                        self.remember_rejection(id, reason.to_string(), reason.is_retryable());
                         return Err(rejection_status(&reason));
                     }
                     None
