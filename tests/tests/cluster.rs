@@ -358,7 +358,12 @@ fn malformed_oversized_conflicting_and_unauthenticated_requests_get_their_status
     let e = rt.block_on(c.update(update("carol", same.encode()))).unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
 
-    // Epochs page through, pinned to the newest epoch when the listing started.
+    pagination_and_peer_authentication(&realm, &mut c);
+}
+
+/// Epochs page through, pinned; bad tokens are refused; the peer port requires the token.
+fn pagination_and_peer_authentication(realm: &Realm, c: &mut KeyraftClient<tonic::transport::Channel>) {
+    let rt = &realm.runtime;
     realm.wait_ratified(1, 3);
     let page = rt
         .block_on(c.list_epochs(pb::ListEpochsRequest { start_epoch: 1, page_size: 2, page_token: vec![] }))
