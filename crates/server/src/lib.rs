@@ -27,6 +27,7 @@ pub mod raft;
 pub mod server;
 pub mod service;
 mod snapshot_file;
+pub mod verifier_stream;
 
 pub use config::{Loaded, NodeConfig};
 pub use error::Error;

@@ -481,13 +481,13 @@ impl Keyraft for PublicService {
         Err(Status::unimplemented("Watch is not served by this version of keyraft; poll Lookup with min_epoch"))
     }
 
-    type VerifierStreamStream = BoxStream<pb::VerifierFrame>;
+    type VerifierStreamStream = crate::verifier_stream::FrameStream;
 
     async fn verifier_stream(
         &self,
-        _request: Request<pb::VerifierStreamRequest>,
+        request: Request<pb::VerifierStreamRequest>,
     ) -> Result<Response<Self::VerifierStreamStream>, Status> {
-        Err(Status::unimplemented("VerifierStream is not served by this version of keyraft"))
+        crate::verifier_stream::start(self.node.clone(), request.get_ref()).map(Response::new)
     }
 
     async fn push_ratification(

@@ -1,0 +1,254 @@
+//! `VerifierStream`: the verifier log, framed.
+//!
+//! A stream is `Init`, then for each keyserver-ratified epoch after the resume point its
+//! updates (canonical `SignedEntry` bytes: entries, policies, commitments and signatures, never
+//! user ids or profiles) in chunks of at most `max_frame_bytes`, then its head with a replica
+//! majority's signatures; `CaughtUp` once replay reaches the newest epoch; then live epochs as
+//! they are ratified, and a `Heartbeat` with the newest signed head when nothing happened for
+//! [`HEARTBEAT_INTERVAL_MS`].
+//!
+//! Every stream has its own task reading from storage: a lagging reader never holds the apply
+//! path, and memory per stream is bounded by [`FRAMES_BUFFERED_MAX`] frames plus one epoch. A
+//! reader that accepts no frame for [`STALL_TIMEOUT_MS`] is dropped, and the frames it already
+//! has are followed by RESOURCE_EXHAUSTED saying so. Positions (epochs and the order of updates
+//! inside them) are the same on every replica.
+
+use crate::node::Node;
+use keyraft_core::{Canonical, Digest, PublicKey, Signature};
+use keyraft_proto::pb::verifier_frame::{CaughtUp, EpochUpdates, Frame, Init, SignedHead};
+use keyraft_proto::pb::{KeySignature, VerifierFrame, VerifierStreamRequest};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+/// Default largest frame, in bytes.
+pub const FRAME_BYTES_DEFAULT: usize = 1024 * 1024;
+/// Smallest `max_frame_bytes` a verifier may ask for (one update always fits).
+pub const FRAME_BYTES_MIN: usize = 64 * 1024;
+/// Largest frame, in bytes, whatever the verifier asks (below the transport's message cap).
+pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024 - 64 * 1024;
+/// Frames queued per stream, at most.
+pub const FRAMES_BUFFERED_MAX: usize = 8;
+/// A reader that accepts no frame for this long is closed.
+pub const STALL_TIMEOUT_MS: u64 = 60_000;
+/// A heartbeat is sent after this long without another frame.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 5_000;
+
+type Item = Result<VerifierFrame, Status>;
+
+/// The response stream: the frames, then an explicit error if the producer gave up on a
+/// stalled reader.
+pub struct FrameStream {
+    rx: mpsc::Receiver<Item>,
+    stalled: Arc<AtomicBool>,
+    finished: bool,
+}
+
+impl tokio_stream::Stream for FrameStream {
+    type Item = Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        if self.finished {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(None) => {
+                self.finished = true;
+                if self.stalled.load(Ordering::Acquire) {
+                    return Poll::Ready(Some(Err(Status::resource_exhausted(format!(
+                        "verifier stream closed: the reader accepted no frame for {STALL_TIMEOUT_MS} ms; resume from the last epoch you verified"
+                    )))));
+                }
+                Poll::Ready(None)
+            }
+            other => other,
+        }
+    }
+}
+
+fn frame(f: Frame) -> VerifierFrame {
+    VerifierFrame { frame: Some(f) }
+}
+
+fn sigs(list: Vec<(PublicKey, Signature)>) -> Vec<KeySignature> {
+    list.into_iter().map(|(k, s)| KeySignature { signer: k.as_bytes().to_vec(), signature: s.0.to_vec() }).collect()
+}
+
+fn internal(e: keyraft_state::StateError) -> Status {
+    Status::internal(format!("this replica failed to read its state: {e}"))
+}
+
+/// Checks the request and starts the stream.
+pub fn start(node: Arc<Node>, req: &VerifierStreamRequest) -> Result<FrameStream, Status> {
+    let max_frame = match req.max_frame_bytes as usize {
+        0 => FRAME_BYTES_DEFAULT,
+        n if n < FRAME_BYTES_MIN => {
+            return Err(Status::invalid_argument(format!(
+                "max_frame_bytes {n} is below the minimum of {FRAME_BYTES_MIN}"
+            )))
+        }
+        n => n.min(FRAME_BYTES_MAX),
+    };
+    let ratified = node.shared.applied().epoch_state.ratified_epoch;
+    if req.resume_epoch == 0 {
+        if !req.resume_root.is_empty() {
+            return Err(Status::invalid_argument("resume_root must be empty when resume_epoch is 0"));
+        }
+    } else {
+        let root: Digest = req.resume_root.as_slice().try_into().map_err(|_| {
+            Status::invalid_argument(format!("resume_root must be 32 bytes, got {}", req.resume_root.len()))
+        })?;
+        if req.resume_epoch > ratified {
+            return Err(Status::failed_precondition(format!(
+                "cannot resume after epoch {}: this replica's newest keyserver-ratified epoch is {ratified}",
+                req.resume_epoch
+            )));
+        }
+        let ours = node.shared.read().root_at(req.resume_epoch).map_err(internal)?;
+        if ours != root {
+            return Err(Status::failed_precondition(format!(
+                "history diverged: your root for epoch {} is {}, this realm's is {}; keep your evidence and do not ratify",
+                req.resume_epoch,
+                hex::encode(root),
+                hex::encode(ours)
+            )));
+        }
+    }
+    let (tx, rx) = mpsc::channel(FRAMES_BUFFERED_MAX);
+    let stalled = Arc::new(AtomicBool::new(false));
+    let producer = Producer { node, tx, stalled: stalled.clone(), max_frame };
+    tokio::spawn(producer.run(req.resume_epoch, ratified));
+    Ok(FrameStream { rx, stalled, finished: false })
+}
+
+struct Producer {
+    node: Arc<Node>,
+    tx: mpsc::Sender<Item>,
+    stalled: Arc<AtomicBool>,
+    max_frame: usize,
+}
+
+/// Why the producer stops.
+enum Stop {
+    ReaderGone,
+    Failed(Status),
+}
+
+impl Producer {
+    async fn send(&self, f: Frame) -> Result<(), Stop> {
+        match self.tx.send_timeout(Ok(frame(f)), Duration::from_millis(STALL_TIMEOUT_MS)).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                self.stalled.store(true, Ordering::Release);
+                tracing::info!("closing a verifier stream whose reader stalled");
+                Err(Stop::ReaderGone)
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(Stop::ReaderGone),
+        }
+    }
+
+    async fn run(self, resume_epoch: u64, ratified: u64) {
+        if let Err(Stop::Failed(status)) = self.stream(resume_epoch, ratified).await {
+            let _ = self.tx.send(Err(status)).await;
+        }
+    }
+
+    async fn stream(&self, resume_epoch: u64, ratified: u64) -> Result<(), Stop> {
+        self.send(Frame::Init(Init {
+            serving_replica: self.node.signing_public.as_bytes().to_vec(),
+            head_epoch: ratified,
+            oldest_replayable_epoch: 1,
+        }))
+        .await?;
+        let mut next = resume_epoch + 1;
+        let mut changes = self.node.shared.subscribe();
+        let mut caught_up = false;
+        loop {
+            let newest = changes.borrow_and_update().epoch_state.ratified_epoch;
+            while next <= newest {
+                self.send_epoch(next).await?;
+                next += 1;
+            }
+            if !caught_up {
+                caught_up = true;
+                self.send(Frame::CaughtUp(CaughtUp { epoch: next - 1 })).await?;
+            }
+            let heartbeat = tokio::time::sleep(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Err(Stop::Failed(Status::unavailable("this replica is shutting down")));
+                    }
+                }
+                () = heartbeat => {
+                    if next > 1 {
+                        let head = self.signed_head(next - 1)?;
+                        self.send(Frame::Heartbeat(head)).await?;
+                    }
+                }
+                () = self.tx.closed() => return Err(Stop::ReaderGone),
+            }
+        }
+    }
+
+    fn signed_head(&self, epoch: u64) -> Result<SignedHead, Stop> {
+        let published = self
+            .node
+            .shared
+            .read()
+            .published_epoch(epoch)
+            .map_err(|e| Stop::Failed(internal(e)))?
+            .ok_or_else(|| Stop::Failed(Status::internal(format!("epoch {epoch} is not published"))))?;
+        Ok(SignedHead { head: published.head.encode(), replica_signatures: sigs(published.replica_signatures) })
+    }
+
+    async fn send_epoch(&self, epoch: u64) -> Result<(), Stop> {
+        // Read the epoch under the lock, send without it: a slow reader never holds the state.
+        let published = self
+            .node
+            .shared
+            .read()
+            .published_epoch(epoch)
+            .map_err(|e| Stop::Failed(internal(e)))?
+            .ok_or_else(|| Stop::Failed(Status::internal(format!("epoch {epoch} is not published"))))?;
+        let mut chunk = 0u32;
+        let mut entries: Vec<Vec<u8>> = Vec::new();
+        let mut bytes = 0usize;
+        let total = published.updates.len();
+        for (i, update) in published.updates.iter().enumerate() {
+            let encoded = update.encode();
+            // Protobuf framing adds a few bytes per entry; keep a margin.
+            if !entries.is_empty() && bytes + encoded.len() + 16 > self.max_frame {
+                let full = std::mem::take(&mut entries);
+                self.send(Frame::Updates(EpochUpdates { epoch, chunk, signed_entries: full, last_chunk: false }))
+                    .await?;
+                chunk += 1;
+                bytes = 0;
+            }
+            bytes += encoded.len() + 16;
+            entries.push(encoded);
+            if i + 1 == total {
+                self.send(Frame::Updates(EpochUpdates {
+                    epoch,
+                    chunk,
+                    signed_entries: std::mem::take(&mut entries),
+                    last_chunk: true,
+                }))
+                .await?;
+            }
+        }
+        if total == 0 {
+            self.send(Frame::Updates(EpochUpdates { epoch, chunk: 0, signed_entries: vec![], last_chunk: true }))
+                .await?;
+        }
+        self.send(Frame::Head(SignedHead {
+            head: published.head.encode(),
+            replica_signatures: sigs(published.replica_signatures),
+        }))
+        .await
+    }
+}

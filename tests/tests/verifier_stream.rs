@@ -1,0 +1,160 @@
+//! `VerifierStream` against real replicas: framing, identical positions on every replica,
+//! signed heads, resume by root, divergence refused, live epochs after `CaughtUp`.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use ed25519_dalek::SigningKey;
+use keyraft_core::lookup::head_signing_message;
+use keyraft_core::{decode_canonical, EpochHead, PublicKey, Signature, SignedEntry};
+use keyraft_proto::pb::keyraft_client::KeyraftClient;
+use keyraft_proto::pb::verifier_frame::Frame;
+use keyraft_proto::pb::VerifierStreamRequest;
+use keyraft_tests::{serial, Realm, DEADLINE};
+use std::collections::BTreeMap;
+use tonic::Streaming;
+
+/// One epoch as a verifier receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Epoch {
+    updates: Vec<Vec<u8>>,
+    head: Vec<u8>,
+}
+
+fn client(realm: &Realm, i: usize) -> KeyraftClient<tonic::transport::Channel> {
+    let _g = realm.runtime.enter();
+    KeyraftClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(i))).unwrap().connect_lazy(),
+    )
+}
+
+/// Reads frames until `until` epochs are complete (after `CaughtUp` when `until` is 0).
+async fn read_epochs(
+    stream: &mut Streaming<keyraft_proto::pb::VerifierFrame>,
+    until: u64,
+    fresh: bool,
+) -> BTreeMap<u64, Epoch> {
+    let mut epochs = BTreeMap::new();
+    let mut pending: Option<(u64, Vec<Vec<u8>>, u32)> = None;
+    let mut saw_init = !fresh;
+    loop {
+        let frame = tokio::time::timeout(DEADLINE, stream.message()).await.unwrap().unwrap().unwrap().frame.unwrap();
+        match frame {
+            Frame::Init(init) => {
+                assert!(!saw_init, "one Init per stream, first");
+                saw_init = true;
+                assert_eq!(init.serving_replica.len(), 32);
+                assert_eq!(init.oldest_replayable_epoch, 1);
+            }
+            Frame::Updates(u) => {
+                assert!(saw_init);
+                let (epoch, mut list, chunk) = pending.take().unwrap_or((u.epoch, Vec::new(), 0));
+                assert_eq!((epoch, chunk), (u.epoch, u.chunk), "chunks arrive in order");
+                list.extend(u.signed_entries);
+                pending = Some((epoch, list, chunk + 1));
+                if u.last_chunk {
+                    let (epoch, list, _) = pending.take().unwrap();
+                    epochs.insert(epoch, Epoch { updates: list, head: Vec::new() });
+                }
+            }
+            Frame::Head(h) => {
+                let head = EpochHead::from_bytes(&h.head).unwrap();
+                let e = epochs.get_mut(&head.epoch).expect("a head follows its epoch's updates");
+                assert!(e.head.is_empty());
+                e.head = h.head.clone();
+                assert_eq!(head.update_count as usize, e.updates.len());
+                assert!(h.replica_signatures.len() >= 2, "a replica majority signs every streamed head");
+                for s in &h.replica_signatures {
+                    let key = PublicKey::from_slice(&s.signer).unwrap();
+                    assert!(key.verify(&head_signing_message(&head), &Signature::from_slice(&s.signature).unwrap()));
+                }
+                if until != 0 && head.epoch >= until {
+                    return epochs;
+                }
+            }
+            Frame::CaughtUp(c) => {
+                assert_eq!(Some(&c.epoch), epochs.keys().next_back().or(Some(&0)));
+                if until == 0 {
+                    return epochs;
+                }
+            }
+            Frame::Heartbeat(_) => {}
+        }
+    }
+}
+
+#[test]
+fn verifiers_stream_identical_signed_epochs_from_any_replica_and_resume_by_root() {
+    let _s = serial();
+    let realm = Realm::start(|_| {});
+    let users = realm.client(0);
+    for i in 0..12 {
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let keys = BTreeMap::from([("pgp".to_owned(), format!("key-{i}").into_bytes())]);
+        realm.runtime.block_on(users.register(&format!("v{i}@example.com"), &key, keys)).unwrap();
+    }
+    let target = realm.status(0).unwrap().last_epoch + 1;
+    realm.wait_ratified(0, target);
+    realm.wait_ratified(2, target);
+
+    let (from0, from2) = realm.runtime.block_on(async {
+        let mut a = client(&realm, 0).verifier_stream(VerifierStreamRequest::default()).await.unwrap().into_inner();
+        let mut b = client(&realm, 2)
+            .verifier_stream(VerifierStreamRequest { max_frame_bytes: 65_536, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        (read_epochs(&mut a, target, true).await, read_epochs(&mut b, target, true).await)
+    });
+    assert_eq!(from0.keys().next(), Some(&1));
+    assert_eq!(from0, from2, "positions and contents are identical on every replica");
+    let updates: Vec<&Vec<u8>> = from0.values().flat_map(|e| e.updates.iter()).collect();
+    assert!(updates.len() >= 12);
+    let bytes: usize = updates.iter().map(|u| u.len()).sum();
+    let per_update = bytes / updates.len();
+    eprintln!("verifier stream: {per_update} bytes per update (signed entries)");
+    assert!(per_update <= 300, "{per_update} bytes per update");
+    for u in &updates {
+        decode_canonical::<SignedEntry>(u).expect("canonical signed entries, no profiles");
+    }
+
+    // Resume after epoch 2 with its root: the stream starts at epoch 3.
+    let head2 = EpochHead::from_bytes(&from0[&2].head).unwrap();
+    realm.runtime.block_on(async {
+        let req = VerifierStreamRequest { resume_epoch: 2, resume_root: head2.root.to_vec(), max_frame_bytes: 0 };
+        let mut s = client(&realm, 1).verifier_stream(req).await.unwrap().into_inner();
+        let resumed = read_epochs(&mut s, target, true).await;
+        assert_eq!(resumed.keys().next(), Some(&3));
+        for (e, epoch) in &resumed {
+            assert_eq!(Some(epoch), from0.get(e));
+        }
+        // A diverged root and a future epoch are refused, loudly.
+        let mut bad = head2.root;
+        bad[0] ^= 1;
+        let req = VerifierStreamRequest { resume_epoch: 2, resume_root: bad.to_vec(), max_frame_bytes: 0 };
+        let e = client(&realm, 1).verifier_stream(req).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+        assert!(e.message().contains("diverged"), "{e}");
+        let req = VerifierStreamRequest { resume_epoch: 1_000_000, resume_root: vec![0; 32], max_frame_bytes: 0 };
+        let e = client(&realm, 1).verifier_stream(req).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+        let req = VerifierStreamRequest { resume_epoch: 0, resume_root: vec![], max_frame_bytes: 10 };
+        let e = client(&realm, 1).verifier_stream(req).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    });
+
+    // Live: after CaughtUp, a new update arrives in a new epoch on the open stream.
+    realm.runtime.block_on(async {
+        let mut s = client(&realm, 1).verifier_stream(VerifierStreamRequest::default()).await.unwrap().into_inner();
+        let caught_up = read_epochs(&mut s, 0, true).await;
+        let last = *caught_up.keys().next_back().unwrap();
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let r = users.register("live@example.com", &key, BTreeMap::new()).await.unwrap();
+        assert!(r.epoch > last);
+        let live = read_epochs(&mut s, r.epoch, false).await;
+        let epoch = &live[&r.epoch];
+        assert!(epoch
+            .updates
+            .iter()
+            .any(|u| decode_canonical::<SignedEntry>(u).unwrap().signatures[0].signer
+                == keyraft_client::public_key(&key)));
+    });
+}
