@@ -21,6 +21,7 @@ pub mod proposer;
 #[doc(hidden)]
 pub mod testing;
 mod tree;
+pub mod verifier;
 
 pub use error::StateError;
 pub use keyraft_core::{Command, LogPosition};

@@ -1,0 +1,135 @@
+//! A verifier recomputes every published epoch of a realm and catches every kind of lie.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use keyraft_core::{EpochHead, SignedEntry};
+use keyraft_state::harness::{derive_signing_key, Harness};
+use keyraft_state::verifier::{Mismatch, VerifierState, VerifyFailure};
+use keyraft_storage::MemoryStorage;
+
+fn realm() -> Harness {
+    let mut h = Harness::new("verify.example", 3, 1, 9);
+    for round in 0..4u64 {
+        for i in 0..8u64 {
+            let key = derive_signing_key(9, &format!("u{i}"));
+            let user = format!("u{i}@verify.example");
+            if round == 0 {
+                h.register(&user, &key, &[("pgp", b"k0")]).unwrap();
+            } else if (i + round) % 2 == 0 {
+                let profile = keyraft_state::harness::test_profile(&format!("{user}{round}"), &[("pgp", b"k")]);
+                let u = h.make_update(
+                    &user,
+                    round,
+                    keyraft_core::Policy::single(keyraft_state::harness::public_key(&key)),
+                    profile,
+                    &[&key],
+                );
+                h.append(keyraft_core::Command::Update(Box::new(u))).unwrap();
+            }
+        }
+        h.now_ms += 1000;
+        h.publish_epoch().unwrap();
+    }
+    h
+}
+
+fn published(h: &Harness) -> Vec<(Vec<SignedEntry>, EpochHead)> {
+    (1..=h.machine.epoch_state().ratified_epoch)
+        .map(|e| {
+            let p = h.machine.published_epoch(e).unwrap().unwrap();
+            (p.updates, p.head)
+        })
+        .collect()
+}
+
+fn mismatch(r: Result<keyraft_state::verifier::CheckedEpoch, VerifyFailure>) -> Mismatch {
+    match r {
+        Err(VerifyFailure::Mismatch(m)) => m,
+        other => panic!("expected a mismatch, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_honest_realm_is_recomputed_epoch_by_epoch_and_survives_a_restart() {
+    let h = realm();
+    let epochs = published(&h);
+    let store = MemoryStorage::new();
+    let mut v = VerifierState::open(store.clone(), h.config().clone()).unwrap();
+    for (updates, head) in &epochs[..2] {
+        let checked = v.check_epoch(updates, head).unwrap();
+        assert_eq!(checked.head(), head);
+        v.commit(checked).unwrap();
+    }
+    // Reopened, it resumes after the last committed epoch.
+    let mut v = VerifierState::open(store, h.config().clone()).unwrap();
+    assert_eq!(v.last_epoch(), 2);
+    for (updates, head) in &epochs[2..] {
+        let checked = v.check_epoch(updates, head).unwrap();
+        v.commit(checked).unwrap();
+    }
+    assert_eq!(v.last_head(), epochs.last().map(|(_, h)| h));
+}
+
+#[test]
+fn every_kind_of_lie_is_caught() {
+    let h = realm();
+    let epochs = published(&h);
+    let mut v = VerifierState::open(MemoryStorage::new(), h.config().clone()).unwrap();
+    let checked = v.check_epoch(&epochs[0].0, &epochs[0].1).unwrap();
+    v.commit(checked).unwrap();
+    let (updates, head) = &epochs[1];
+    assert!(updates.len() >= 2);
+
+    // Skipping or repeating an epoch.
+    assert!(matches!(
+        mismatch(v.check_epoch(&epochs[2].0, &epochs[2].1)),
+        Mismatch::OutOfOrder { expected: 2, got: 3 }
+    ));
+    assert!(matches!(mismatch(v.check_epoch(&epochs[0].0, &epochs[0].1)), Mismatch::OutOfOrder { .. }));
+    // A forged signature.
+    let mut forged = updates.clone();
+    forged[0].signatures[0].signature.0[5] ^= 1;
+    assert!(matches!(mismatch(v.check_epoch(&forged, head)), Mismatch::UnauthorizedUpdate { .. }));
+    // A version that does not increase (a replayed registration).
+    let replayed = epochs[0].0.clone();
+    let mut with_replay = updates.clone();
+    if let Some(old) = replayed.iter().find(|r| !updates.iter().any(|u| u.entry.index == r.entry.index)) {
+        with_replay.push(old.clone());
+        with_replay.sort_by_key(|u| u.entry.index);
+        assert!(matches!(
+            mismatch(v.check_epoch(&with_replay, head)),
+            Mismatch::UnauthorizedUpdate { .. } | Mismatch::HeadDiffers { .. }
+        ));
+    }
+    // A hidden update: the head no longer matches.
+    assert!(matches!(mismatch(v.check_epoch(&updates[1..], head)), Mismatch::HeadDiffers { .. }));
+    // Reordered or duplicated updates.
+    let mut reordered = updates.clone();
+    reordered.swap(0, 1);
+    assert!(matches!(mismatch(v.check_epoch(&reordered, head)), Mismatch::UnorderedUpdates { .. }));
+    let mut doubled = updates.clone();
+    doubled.insert(1, updates[0].clone());
+    assert!(matches!(mismatch(v.check_epoch(&doubled, head)), Mismatch::UnorderedUpdates { .. }));
+    // Every field of the head.
+    let mut bad = head.clone();
+    bad.root[0] ^= 1;
+    assert!(matches!(mismatch(v.check_epoch(updates, &bad)), Mismatch::HeadDiffers { .. }));
+    let mut bad = head.clone();
+    bad.previous_head_hash[3] ^= 1;
+    assert!(matches!(mismatch(v.check_epoch(updates, &bad)), Mismatch::HeadDiffers { .. }));
+    let mut bad = head.clone();
+    bad.update_count += 1;
+    assert!(matches!(mismatch(v.check_epoch(updates, &bad)), Mismatch::HeadDiffers { .. }));
+    let mut bad = head.clone();
+    bad.config_hash[0] ^= 1;
+    assert!(matches!(mismatch(v.check_epoch(updates, &bad)), Mismatch::HeadDiffers { .. }));
+    let mut bad = head.clone();
+    bad.realm = "other.example".into();
+    assert!(matches!(mismatch(v.check_epoch(updates, &bad)), Mismatch::HeadDiffers { .. }));
+    let mut bad = head.clone();
+    bad.issue_time_ms = epochs[0].1.issue_time_ms - 1;
+    assert!(matches!(mismatch(v.check_epoch(updates, &bad)), Mismatch::HeadDiffers { .. }));
+    // Nothing was committed by the failures: the honest epoch still passes.
+    let checked = v.check_epoch(updates, head).unwrap();
+    v.commit(checked).unwrap();
+    assert_eq!(v.last_epoch(), 2);
+}
