@@ -84,6 +84,7 @@ pub struct Realm {
     pub replicas: Vec<Replica>,
     pub token: String,
     pub runtime: tokio::runtime::Runtime,
+    pub verifier: Option<Child>,
 }
 
 impl Realm {
@@ -111,7 +112,7 @@ impl Realm {
             replicas.push(Replica { id, config, child: None, listening: None });
         }
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
-        let mut realm = Realm { dir, replicas, token, runtime };
+        let mut realm = Realm { dir, replicas, token, runtime, verifier: None };
         for i in 0..3 {
             realm.start_replica(i);
         }
@@ -155,6 +156,34 @@ impl Realm {
             std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Listening>(&b).ok())
         });
         r.listening = Some(listening);
+    }
+
+    /// Starts the realm's verifier (`verifier-1.toml`, written by `keyraft dev`).
+    pub fn start_verifier(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("logs/verifier-1.log"))
+            .expect("log file");
+        let child = Command::new(keyraft_bin())
+            .arg("verifier")
+            .arg("--config")
+            .arg(self.dir.path().join("verifier-1.toml"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn keyraft verifier");
+        self.verifier = Some(child);
+    }
+
+    /// SIGKILLs the verifier.
+    pub fn kill_verifier(&mut self) {
+        if let Some(mut c) = self.verifier.take() {
+            c.kill().expect("kill");
+            c.wait().expect("wait");
+        }
     }
 
     /// SIGKILLs replica `i`.
@@ -233,6 +262,7 @@ impl Realm {
 
 impl Drop for Realm {
     fn drop(&mut self) {
+        self.kill_verifier();
         for r in &mut self.replicas {
             if let Some(mut c) = r.child.take() {
                 let _ = c.kill();

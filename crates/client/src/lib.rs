@@ -26,6 +26,9 @@ use tonic::transport::{Channel, Endpoint};
 
 /// Deadline of one call, in milliseconds, on top of any server-side wait the call asks for.
 pub const CALL_TIMEOUT_MS: u64 = 10_000;
+/// How long `register` and `update` let the server wait for an epoch satisfying this client's
+/// quorum, in milliseconds.
+pub const QUORUM_WAIT_MS: u32 = 10_000;
 /// Bytes of random nonce in profiles this client creates.
 pub const PROFILE_NONCE_BYTES: usize = 32;
 
@@ -227,7 +230,8 @@ impl Client {
         owner: &SigningKey,
         keys: BTreeMap<String, Vec<u8>>,
     ) -> Result<UpdateResponse, ClientError> {
-        let current = self.lookup(user_id, LookupOptions::default()).await?;
+        let current =
+            self.lookup(user_id, LookupOptions { wait_ms: QUORUM_WAIT_MS, ..LookupOptions::default() }).await?;
         if current.lookup.entry.is_some() {
             return Err(ClientError::Invalid(format!("{user_id:?} is already registered; use update")));
         }
@@ -251,7 +255,8 @@ impl Client {
         new_owner: Option<&SigningKey>,
         keys: BTreeMap<String, Vec<u8>>,
     ) -> Result<UpdateResponse, ClientError> {
-        let current = self.lookup(user_id, LookupOptions::default()).await?;
+        let current =
+            self.lookup(user_id, LookupOptions { wait_ms: QUORUM_WAIT_MS, ..LookupOptions::default() }).await?;
         let Some((entry, _)) = &current.lookup.entry else {
             return Err(ClientError::Invalid(format!("{user_id:?} is not registered; use register")));
         };

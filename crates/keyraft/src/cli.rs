@@ -19,6 +19,8 @@ pub enum Command {
     Dev(crate::dev::DevArgs),
     /// Runs one replica.
     Server(crate::server_cmd::ServerArgs),
+    /// Runs a third-party verifier: recomputes every epoch, ratifies it or files evidence.
+    Verifier(crate::verifier_cmd::VerifierArgs),
     /// Generates an Ed25519 key for an identity's owner.
     Keygen(crate::client_cmd::KeygenArgs),
     /// Registers an identity (version 0).
@@ -49,6 +51,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Dev(args) => crate::dev::run(&args, out),
         Command::Server(args) => crate::server_cmd::run(&args),
+        Command::Verifier(args) => crate::verifier_cmd::run(&args),
         Command::Keygen(args) => crate::client_cmd::keygen(&args, out),
         Command::Register(args) => crate::client_cmd::update(&args, false, out),
         Command::Update(args) => crate::client_cmd::update(&args, true, out),

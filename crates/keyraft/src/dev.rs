@@ -74,7 +74,18 @@ fn create(args: &DevArgs) -> CmdResult {
         write_secret32(&dir.join(format!("keys/replica-{id}.key")), &seed)?;
         replica_keys.push(keyraft_client::public_key(&ed25519_dalek::SigningKey::from_bytes(&seed)));
     }
-    let config = RealmConfig::new("dev", VrfSecretKey::from_seed(&vrf_seed).public_key(), replica_keys, vec![])?;
+    let verifier_seed: [u8; 32] = rand::Rng::gen(&mut rng);
+    write_secret32(&dir.join("keys/verifier-1.key"), &verifier_seed)?;
+    let verifier_key = keyraft_client::public_key(&ed25519_dalek::SigningKey::from_bytes(&verifier_seed));
+    let config =
+        RealmConfig::new("dev", VrfSecretKey::from_seed(&vrf_seed).public_key(), replica_keys, vec![verifier_key])?;
+    let verifier = keyraft_verifier::Config {
+        data_dir: "data/verifier-1".into(),
+        realm_file: "realm.json".into(),
+        signing_key_file: "keys/verifier-1.key".into(),
+        endpoints: vec![],
+    };
+    std::fs::write(dir.join("verifier-1.toml"), toml::to_string_pretty(&verifier)?)?;
     let mut voters = Vec::new();
     for id in 1..=args.replicas {
         let offset = u16::try_from(id).map_err(|_| "too many replicas")?;
@@ -112,12 +123,16 @@ fn create(args: &DevArgs) -> CmdResult {
 }
 
 fn spawn(dir: &Path, id: u64) -> Result<Child, Box<dyn std::error::Error>> {
+    spawn_process(dir, "server", &node_config_path(dir, id), &format!("node-{id}"))
+}
+
+fn spawn_process(dir: &Path, what: &str, config: &Path, name: &str) -> Result<Child, Box<dyn std::error::Error>> {
     std::fs::create_dir_all(dir.join("logs"))?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("logs/node-{id}.log")))?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("logs/{name}.log")))?;
     let child = Command::new(std::env::current_exe()?)
-        .arg("server")
+        .arg(what)
         .arg("--config")
-        .arg(node_config_path(dir, id))
+        .arg(config)
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -231,6 +246,11 @@ pub fn run(args: &DevArgs, out: &mut dyn Write) -> CmdResult {
             })?;
         }
         wait_ratified(&listening[0], &token, &mut children)?;
+        // The verifier reads the realm file's endpoints, final once the ports are pinned.
+        let verifier_config = dir.join("verifier-1.toml");
+        if verifier_config.exists() && !args.exit_when_ready {
+            children.push(spawn_process(&dir, "verifier", &verifier_config, "verifier-1")?);
+        }
         summary(&dir, &listening, out)?;
         Ok(())
     })();
@@ -299,6 +319,9 @@ fn summary(dir: &Path, listening: &[Listening], out: &mut dyn Write) -> CmdResul
             "  replica {}: public {}  peer {}  (log: {d}/logs/node-{}.log)",
             l.node_id, l.public_addr, l.peer_addr, l.node_id
         )?;
+    }
+    if dir.join("verifier-1.toml").exists() {
+        writeln!(out, "  verifier 1: recomputes and ratifies every epoch (log: {d}/logs/verifier-1.log)")?;
     }
     let exe = "keyraft";
     writeln!(out)?;

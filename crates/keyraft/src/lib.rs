@@ -11,3 +11,4 @@ pub mod client_cmd;
 pub mod demo;
 pub mod dev;
 pub mod server_cmd;
+pub mod verifier_cmd;

@@ -1,0 +1,20 @@
+//! `keyraft verifier`: a third-party verifier daemon.
+
+use std::path::PathBuf;
+
+/// Options of `keyraft verifier`.
+#[derive(Debug, clap::Args)]
+pub struct VerifierArgs {
+    /// The verifier's configuration file (see `keyraft_verifier::Config`).
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+/// Runs the verifier until ctrl-c, SIGTERM, or a mismatch (which exits non-zero after writing
+/// evidence).
+pub fn run(args: &VerifierArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let config = keyraft_verifier::Config::load(&args.config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(keyraft_verifier::run(config, crate::server_cmd::shutdown_signal()))?;
+    Ok(())
+}

@@ -1,0 +1,434 @@
+//! The verifier's loop: stream, check, commit, sign, push.
+
+use ed25519_dalek::SigningKey;
+use keyraft_core::lookup::head_signing_message;
+use keyraft_core::{decode_canonical, Canonical, EpochHead, PublicKey, RealmConfig, RealmFile, Signature, SignedEntry};
+use keyraft_proto::pb::keyraft_client::KeyraftClient;
+use keyraft_proto::pb::verifier_frame::{Frame, SignedHead};
+use keyraft_proto::pb::{PushRatificationRequest, VerifierStreamRequest};
+use keyraft_state::proposer::ratify_head;
+use keyraft_state::verifier::{Mismatch, VerifierState, VerifyFailure};
+use keyraft_storage::{SledStorage, Storage as _};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+/// First reconnection delay, in milliseconds (doubled per failure, jittered).
+pub const RECONNECT_DELAY_MS: u64 = 200;
+/// Longest reconnection delay, in milliseconds.
+pub const RECONNECT_DELAY_MAX_MS: u64 = 10_000;
+/// Ratifications waiting to be pushed, at most.
+pub const PUSH_QUEUE_MAX: usize = 1024;
+/// Deadline of one push, in milliseconds.
+pub const PUSH_TIMEOUT_MS: u64 = 10_000;
+
+/// The verifier's configuration file (`verifier.toml`); relative paths are relative to it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the verifier keeps its state, evidence and `HALTED` marker.
+    pub data_dir: PathBuf,
+    /// The realm file; this verifier's public key must be one of its `verifier_keys`.
+    pub realm_file: PathBuf,
+    /// The verifier's Ed25519 signing key (64 hex digits).
+    pub signing_key_file: PathBuf,
+    /// Replica public addresses to stream from (default: the realm file's endpoints).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
+
+/// Why the verifier stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration or a key file is wrong.
+    #[error("configuration error: {0}")]
+    Config(String),
+    /// A previous mismatch halted ratification; an operator must look at the evidence.
+    #[error("ratification is halted: {0}")]
+    Halted(String),
+    /// The realm published something that does not verify; evidence was written.
+    #[error("the realm misbehaved at epoch {epoch}: {reason}; evidence in {evidence}")]
+    Misbehaved {
+        /// The epoch.
+        epoch: u64,
+        /// What was wrong.
+        reason: String,
+        /// The evidence file.
+        evidence: String,
+    },
+    /// Local storage failed.
+    #[error("local state: {0}")]
+    State(String),
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+fn read_key(path: &Path) -> Result<SigningKey, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("reading {}: {e}", path.display())))?;
+    let bytes = hex::decode(text.trim()).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    let seed: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| Error::Config(format!("{}: expected 32 bytes (64 hex digits)", path.display())))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+impl Config {
+    /// Reads `path`.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::Config(format!("reading {}: {e}", path.display())))?;
+        let mut c: Config = toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        c.data_dir = resolve(base, &c.data_dir);
+        c.realm_file = resolve(base, &c.realm_file);
+        c.signing_key_file = resolve(base, &c.signing_key_file);
+        Ok(c)
+    }
+}
+
+struct Verifier {
+    realm: RealmConfig,
+    key: SigningKey,
+    public: PublicKey,
+    endpoints: Vec<String>,
+    data_dir: PathBuf,
+    state: VerifierState<SledStorage>,
+}
+
+/// Runs the verifier until `shutdown` completes or the realm misbehaves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let file_text = std::fs::read_to_string(&config.realm_file)
+        .map_err(|e| Error::Config(format!("reading {}: {e}", config.realm_file.display())))?;
+    let file = RealmFile::from_json(&file_text).map_err(|e| Error::Config(e.to_string()))?;
+    let realm = file.config().map_err(|e| Error::Config(e.to_string()))?;
+    let key = read_key(&config.signing_key_file)?;
+    let public = PublicKey::from_verifying_key(&key.verifying_key()).map_err(|e| Error::Config(e.to_string()))?;
+    if !realm.verifier_keys.contains(&public) {
+        return Err(Error::Config(format!(
+            "this verifier's key {} is not registered in the realm's verifier_keys",
+            hex::encode(public.as_bytes())
+        )));
+    }
+    let endpoints = if config.endpoints.is_empty() { file.endpoints.clone() } else { config.endpoints.clone() };
+    if endpoints.is_empty() {
+        return Err(Error::Config("no endpoints: none configured and none in the realm file".into()));
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::State(e.to_string()))?;
+    let halted = config.data_dir.join("HALTED");
+    if let Ok(why) = std::fs::read_to_string(&halted) {
+        return Err(Error::Halted(format!("{} (remove {} once resolved)", why.trim(), halted.display())));
+    }
+    let store = SledStorage::open(&config.data_dir.join("state")).map_err(|e| Error::State(e.to_string()))?;
+    let state = VerifierState::open(store, realm.clone()).map_err(|e| Error::State(e.to_string()))?;
+    tracing::info!(epoch = state.last_epoch(), "verifier state opened");
+    let mut verifier = Verifier { realm, key, public, endpoints, data_dir: config.data_dir, state };
+    tokio::select! {
+        r = verifier.follow() => r,
+        () = shutdown => {
+            tracing::info!("verifier shutting down");
+            verifier.state.store().flush().map_err(|e| Error::State(e.to_string()))
+        }
+    }
+}
+
+fn client(addr: &str) -> Result<KeyraftClient<Channel>, Error> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| Error::Config(format!("endpoint {addr:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true);
+    Ok(KeyraftClient::new(endpoint.connect_lazy()).max_decoding_message_size(4 << 20))
+}
+
+fn jittered(attempt: u32) -> Duration {
+    let base = RECONNECT_DELAY_MS.saturating_mul(1u64 << attempt.min(10)).min(RECONNECT_DELAY_MAX_MS);
+    Duration::from_millis(base / 2 + rand::random::<u64>() % (base / 2 + 1))
+}
+
+/// A stream ended: retry elsewhere, or stop for good.
+enum Ended {
+    Retry(String),
+    Misbehaved(Error),
+}
+
+impl Verifier {
+    async fn follow(&mut self) -> Result<(), Error> {
+        let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE_MAX);
+        tokio::spawn(push_loop(self.endpoints.clone(), push_rx));
+        let mut attempt = 0u32;
+        let mut which = 0usize;
+        loop {
+            let addr = self.endpoints[which % self.endpoints.len()].clone();
+            let before = self.state.last_epoch();
+            match self.stream_from(&addr, &push_tx).await {
+                Ended::Misbehaved(e) => return Err(e),
+                Ended::Retry(why) => {
+                    if self.state.last_epoch() > before {
+                        attempt = 0;
+                    }
+                    let delay = jittered(attempt);
+                    tracing::warn!(endpoint = %addr, reason = %why, retry_in_ms = delay.as_millis() as u64, "verifier stream ended");
+                    attempt = attempt.saturating_add(1);
+                    which += 1;
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn stream_from(&mut self, addr: &str, push: &mpsc::Sender<PushRatificationRequest>) -> Ended {
+        let mut c = match client(addr) {
+            Ok(c) => c,
+            Err(e) => return Ended::Retry(e.to_string()),
+        };
+        let request = VerifierStreamRequest {
+            resume_epoch: self.state.last_epoch(),
+            resume_root: self.state.last_head().map(|h| h.root.to_vec()).unwrap_or_default(),
+            max_frame_bytes: 0,
+        };
+        let mut stream = match c.verifier_stream(request).await {
+            Ok(s) => s.into_inner(),
+            Err(s) if s.code() == tonic::Code::FailedPrecondition && s.message().contains("diverged") => {
+                return Ended::Misbehaved(self.evidence(self.state.last_epoch(), s.message(), addr, None, &[], None));
+            }
+            Err(s) => return Ended::Retry(format!("{}: {}", s.code(), s.message())),
+        };
+        let mut updates: Vec<SignedEntry> = Vec::new();
+        let mut epoch_of_updates = None;
+        let mut next_chunk = 0u32;
+        loop {
+            let frame = match stream.message().await {
+                Ok(Some(f)) => f.frame,
+                Ok(None) => return Ended::Retry("the replica ended the stream".into()),
+                Err(s) => return Ended::Retry(format!("{}: {}", s.code(), s.message())),
+            };
+            let Some(frame) = frame else { return Ended::Retry("an empty frame".into()) };
+            match frame {
+                Frame::Init(init) => {
+                    tracing::info!(
+                        endpoint = %addr,
+                        replica = %hex::encode(&init.serving_replica),
+                        head = init.head_epoch,
+                        from = self.state.last_epoch(),
+                        "streaming epochs"
+                    );
+                }
+                Frame::CaughtUp(c) => tracing::info!(epoch = c.epoch, "caught up"),
+                Frame::Updates(u) => {
+                    if u.epoch != self.state.last_epoch() + 1
+                        || epoch_of_updates.is_some_and(|e| e != u.epoch)
+                        || u.chunk != next_chunk
+                    {
+                        return Ended::Retry(format!("out-of-order frame: epoch {} chunk {}", u.epoch, u.chunk));
+                    }
+                    epoch_of_updates = Some(u.epoch);
+                    next_chunk += 1;
+                    for bytes in &u.signed_entries {
+                        match decode_canonical::<SignedEntry>(bytes) {
+                            Ok(e) => updates.push(e),
+                            Err(e) => {
+                                let why = format!("an update of epoch {} does not decode: {e}", u.epoch);
+                                return Ended::Misbehaved(self.evidence(u.epoch, &why, addr, None, &[], Some(bytes)));
+                            }
+                        }
+                    }
+                }
+                Frame::Head(h) => {
+                    let head = match self.signed_by_majority(&h) {
+                        Ok(head) => head,
+                        Err(why) => return Ended::Retry(why),
+                    };
+                    if epoch_of_updates.is_none() && head.update_count > 0 {
+                        return Ended::Retry(format!("head of epoch {} without its updates", head.epoch));
+                    }
+                    if let Err(ended) = self.ratify(&h, head, &updates, addr, push).await {
+                        return ended;
+                    }
+                    updates.clear();
+                    epoch_of_updates = None;
+                    next_chunk = 0;
+                }
+                Frame::Heartbeat(h) => {
+                    // A heartbeat for an epoch we verified must carry the head we computed.
+                    if let Ok(head) = EpochHead::from_bytes(&h.head) {
+                        if let Some(ours) = self.state.last_head() {
+                            if head.epoch == ours.epoch && head != *ours {
+                                let why = format!(
+                                    "the heartbeat's head of epoch {} differs from the verified one",
+                                    head.epoch
+                                );
+                                return Ended::Misbehaved(self.evidence(
+                                    head.epoch,
+                                    &why,
+                                    addr,
+                                    Some((&h, Some(ours.clone()))),
+                                    &[],
+                                    None,
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks an epoch, commits it, and queues its ratification; evidence on a mismatch.
+    async fn ratify(
+        &mut self,
+        h: &SignedHead,
+        head: EpochHead,
+        updates: &[SignedEntry],
+        addr: &str,
+        push: &mpsc::Sender<PushRatificationRequest>,
+    ) -> Result<(), Ended> {
+        match self.state.check_epoch(updates, &head) {
+            Ok(checked) => {
+                if let Err(e) = self.state.commit(checked).and_then(|()| self.state.store().flush().map_err(Into::into))
+                {
+                    return Err(Ended::Misbehaved(Error::State(e.to_string())));
+                }
+                match ratify_head(&self.key, &head) {
+                    Ok(keyraft_core::Command::VerifierSignature { epoch, signature, .. }) => {
+                        let req = PushRatificationRequest {
+                            epoch,
+                            verifier: self.public.as_bytes().to_vec(),
+                            signature: signature.0.to_vec(),
+                            head: head.encode(),
+                        };
+                        if push.send(req).await.is_err() {
+                            return Err(Ended::Misbehaved(Error::State("the push task stopped".into())));
+                        }
+                    }
+                    other => return Err(Ended::Misbehaved(Error::State(format!("signing failed: {other:?}")))),
+                }
+                if head.epoch.is_multiple_of(100) {
+                    tracing::info!(epoch = head.epoch, "verified");
+                }
+            }
+            Err(VerifyFailure::Mismatch(m)) => {
+                let expected = match &m {
+                    Mismatch::HeadDiffers { expected, .. } => Some((**expected).clone()),
+                    _ => None,
+                };
+                return Err(Ended::Misbehaved(self.evidence(
+                    head.epoch,
+                    &m.to_string(),
+                    addr,
+                    Some((h, expected)),
+                    updates,
+                    None,
+                )));
+            }
+            Err(VerifyFailure::State(e)) => return Err(Ended::Misbehaved(Error::State(e.to_string()))),
+        }
+        Ok(())
+    }
+
+    /// The head, if a majority of the realm's replicas signed it.
+    fn signed_by_majority(&self, h: &SignedHead) -> Result<EpochHead, String> {
+        let head = EpochHead::from_bytes(&h.head).map_err(|e| format!("undecodable head: {e}"))?;
+        let message = head_signing_message(&head);
+        let mut good = std::collections::BTreeSet::new();
+        for s in &h.replica_signatures {
+            let (Ok(key), Ok(sig)) = (PublicKey::from_slice(&s.signer), Signature::from_slice(&s.signature)) else {
+                continue;
+            };
+            if self.realm.replica_keys.contains(&key) && key.verify(&message, &sig) {
+                good.insert(key);
+            }
+        }
+        if good.len() < self.realm.replica_majority() {
+            return Err(format!("head of epoch {} lacks a replica majority's signatures", head.epoch));
+        }
+        Ok(head)
+    }
+
+    /// Writes the evidence file and `HALTED`, logs the alarm, returns the error to stop with.
+    fn evidence(
+        &self,
+        epoch: u64,
+        reason: &str,
+        endpoint: &str,
+        head: Option<(&SignedHead, Option<EpochHead>)>,
+        updates: &[SignedEntry],
+        raw: Option<&Vec<u8>>,
+    ) -> Error {
+        let record = serde_json::json!({
+            "realm": self.realm.realm,
+            "epoch": epoch,
+            "reason": reason,
+            "endpoint": endpoint,
+            "verifier": hex::encode(self.public.as_bytes()),
+            "received_head": head.as_ref().map(|(h, _)| hex::encode(&h.head)),
+            "received_replica_signatures": head.as_ref().map(|(h, _)| h.replica_signatures.iter().map(|s| serde_json::json!({
+                "signer": hex::encode(&s.signer), "signature": hex::encode(&s.signature)
+            })).collect::<Vec<_>>()),
+            "expected_head": head.as_ref().and_then(|(_, e)| e.as_ref().map(|e| hex::encode(e.encode()))),
+            "previous_verified_head": self.state.last_head().map(|h| hex::encode(h.encode())),
+            "updates": updates.iter().map(|u| hex::encode(u.encode())).collect::<Vec<_>>(),
+            "undecodable_update": raw.map(hex::encode),
+            "how_to_check": "heads and updates are canonical bytes (docs/protocol.md); verify the replica signatures over the received head, recompute the tree from the previous verified head's epoch",
+        });
+        let dir = self.data_dir.join("evidence");
+        let path = dir.join(format!("epoch-{epoch}.json"));
+        let written = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&path, serde_json::to_vec_pretty(&record).unwrap_or_default()))
+            .and_then(|()| {
+                std::fs::write(
+                    self.data_dir.join("HALTED"),
+                    format!("epoch {epoch}: {reason}; evidence {}\n", path.display()),
+                )
+            });
+        if let Err(e) = written {
+            tracing::error!(error = %e, "could not write the evidence file");
+        }
+        tracing::error!(epoch, reason, evidence = %path.display(), "ALARM: the realm published an epoch that does not verify; ratification halted");
+        Error::Misbehaved { epoch, reason: reason.to_owned(), evidence: path.display().to_string() }
+    }
+}
+
+/// Pushes ratifications in order, retrying each (with failover) until a replica accepts it.
+async fn push_loop(endpoints: Vec<String>, mut rx: mpsc::Receiver<PushRatificationRequest>) {
+    let mut which = 0usize;
+    while let Some(req) = rx.recv().await {
+        let mut attempt = 0u32;
+        loop {
+            let addr = &endpoints[which % endpoints.len()];
+            let result = match client(addr) {
+                Ok(mut c) => {
+                    let mut r = tonic::Request::new(req.clone());
+                    r.set_timeout(Duration::from_millis(PUSH_TIMEOUT_MS));
+                    c.push_ratification(r).await.map(|_| ())
+                }
+                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+            };
+            match result {
+                Ok(()) => break,
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::PermissionDenied | tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition
+                    ) =>
+                {
+                    tracing::error!(epoch = req.epoch, status = %s, "ratification refused; not retrying");
+                    break;
+                }
+                Err(s) => {
+                    tracing::debug!(epoch = req.epoch, status = %s, "push failed; retrying");
+                    which += 1;
+                    tokio::time::sleep(jittered(attempt)).await;
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        }
+    }
+}
