@@ -120,8 +120,23 @@ fn register_through_a_follower_and_look_up_through_every_replica() {
         text.contains("version 0").then_some(text)
     });
     assert!(found.contains("VERIFIED") && found.contains("pgp = c"), "{found}");
-    let json: serde_json::Value =
-        serde_json::from_str(&cli(&["lookup", "--realm", "realm.json", "carol", "--json"])).unwrap();
+    let json = cli(&["lookup", "--realm", "realm.json", "carol", "--json", "--save-proof", "carol.proof"]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    // The saved proof verifies offline; any changed byte makes it fail.
+    let verified = cli(&["verify-proof", "--realm", "realm.json", "carol.proof"]);
+    assert!(verified.contains("VERIFIED") && verified.contains("version 0"), "{verified}");
+    let good = std::fs::read(realm.path().join("carol.proof")).unwrap();
+    for i in (0..good.len()).step_by(good.len() / 7) {
+        let mut bad = good.clone();
+        bad[i] ^= 0x01;
+        std::fs::write(realm.path().join("bad.proof"), &bad).unwrap();
+        let out = std::process::Command::new(keyraft_bin())
+            .args(["verify-proof", "--realm", "realm.json", "bad.proof"])
+            .current_dir(realm.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "a proof with byte {i} changed verified");
+    }
     assert_eq!(json["entry"]["version"], 0);
     assert!(json["proof_hex"].as_str().unwrap().len() > 200);
     let token = realm.path().join("keys/cluster.token");

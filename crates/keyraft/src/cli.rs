@@ -29,6 +29,8 @@ pub enum Command {
     Update(crate::client_cmd::UpdateArgs),
     /// Looks an identity up and verifies the answer.
     Lookup(crate::client_cmd::LookupArgs),
+    /// Verifies a saved lookup proof offline.
+    VerifyProof(crate::client_cmd::VerifyProofArgs),
     /// Operator calls: status, init, add a learner, change the voters.
     Admin(crate::admin::AdminArgs),
     /// Load generator: concurrent updates and lookups against a running realm.
@@ -56,6 +58,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Register(args) => crate::client_cmd::update(&args, false, out),
         Command::Update(args) => crate::client_cmd::update(&args, true, out),
         Command::Lookup(args) => crate::client_cmd::lookup(&args, out),
+        Command::VerifyProof(args) => crate::client_cmd::verify_proof(&args, out),
         Command::Admin(args) => crate::admin::run(&args, out),
         Command::Bench(args) => crate::bench::run(&args, out),
         Command::Demo(args) => crate::demo::run(&args, out),

@@ -67,6 +67,26 @@ pub struct LookupArgs {
     /// Print the whole proof as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also write the proof's canonical bytes to this file (for `keyraft verify-proof`).
+    #[arg(long)]
+    pub save_proof: Option<PathBuf>,
+}
+
+/// Options of `keyraft verify-proof`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyProofArgs {
+    /// The realm file.
+    #[arg(long)]
+    pub realm: PathBuf,
+    /// The proof file (canonical bytes, as `lookup --save-proof` writes them).
+    pub proof: PathBuf,
+    /// The identity the proof must be about (default: the one it names).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Verify as of this time (ms since the Unix epoch) instead of now: a saved proof's head
+    /// is older than the realm's TTL after a while.
+    #[arg(long)]
+    pub at_ms: Option<u64>,
 }
 
 fn load_realm(path: &PathBuf) -> Result<RealmFile, Box<dyn std::error::Error>> {
@@ -144,6 +164,9 @@ pub fn lookup(args: &LookupArgs, out: &mut dyn Write) -> CmdResult {
     let _entered = rt.enter();
     let client = client(&args.realm)?;
     let answer = rt.block_on(client.lookup(&args.user, LookupOptions { epoch: args.epoch, ..Default::default() }))?;
+    if let Some(path) = &args.save_proof {
+        std::fs::write(path, &answer.proof).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
     if args.json {
         let proof: LookupProof = decode_canonical(&answer.proof)?;
         writeln!(out, "{}", serde_json::to_string_pretty(&proof_json(&proof, &answer.proof))?)?;
@@ -215,4 +238,28 @@ pub fn proof_json(p: &LookupProof, bytes: &[u8]) -> serde_json::Value {
         "entry": entry,
         "proof_hex": hex::encode(bytes),
     })
+}
+
+/// `keyraft verify-proof`: checks a saved lookup proof offline, with the realm file only.
+pub fn verify_proof(args: &VerifyProofArgs, out: &mut dyn Write) -> CmdResult {
+    let realm = load_realm(&args.realm)?.client_realm()?;
+    let bytes = std::fs::read(&args.proof).map_err(|e| format!("reading {}: {e}", args.proof.display()))?;
+    let proof: LookupProof =
+        decode_canonical(&bytes).map_err(|e| format!("{} is not a lookup proof: {e}", args.proof.display()))?;
+    let user = args.user.clone().unwrap_or_else(|| proof.user_id.clone());
+    let now = args.at_ms.unwrap_or_else(keyraft_client::now_ms);
+    let verified = keyraft_core::verify_lookup(&realm, &user, &proof, now, None).map_err(|e| match e {
+        keyraft_core::VerifyError::HeadExpired { .. } => {
+            format!("proof REJECTED: {e} (a saved proof ages; pass --at-ms to verify it as of an earlier time)")
+        }
+        e => format!("proof REJECTED: {e}"),
+    })?;
+    match &verified.entry {
+        None => writeln!(out, "VERIFIED: {user:?} was not registered in epoch {}", verified.epoch())?,
+        Some((entry, _)) => {
+            writeln!(out, "VERIFIED: {user:?} had version {} in epoch {}", entry.version, verified.epoch())?
+        }
+    }
+    writeln!(out, "  ratified by a replica majority and {} verifier(s)", verified.ratified_by.len())?;
+    Ok(())
 }
