@@ -59,4 +59,8 @@ fn a_verifier_ratifies_every_epoch_including_the_ones_it_missed() {
     for epoch in 1..=newest {
         assert!(verifier_signed(&realm, epoch), "epoch {epoch} was not ratified");
     }
+    // Operators see it in the status.
+    let status = realm.status(0).unwrap();
+    assert_eq!(status.verifiers.len(), 1);
+    assert!(status.verifiers[0].latest_ratified_epoch >= newest, "{status:?}");
 }

@@ -94,6 +94,14 @@ pub fn print_status(s: &StatusReply, out: &mut dyn Write) -> std::io::Result<()>
         "  last epoch {}, ratified {}, pending updates {}",
         s.last_epoch, s.ratified_epoch, s.pending_updates
     )?;
+    for v in &s.verifiers {
+        let latest = if v.latest_ratified_epoch == 0 {
+            "none recently".to_owned()
+        } else {
+            format!("epoch {}", v.latest_ratified_epoch)
+        };
+        writeln!(out, "  verifier {}: latest ratification {latest}", hex::encode(&v.key))?;
+    }
     for n in &s.nodes {
         let lag =
             if s.role == "leader" { format!(", matched {}, lag {}", n.matched_index, n.lag) } else { String::new() };
@@ -116,6 +124,9 @@ pub fn status_json(s: &StatusReply) -> serde_json::Value {
         "last_log_index": s.last_log_index, "applied_index": s.applied_index,
         "last_epoch": s.last_epoch, "ratified_epoch": s.ratified_epoch, "pending_updates": s.pending_updates,
         "snapshot_index": s.snapshot_index, "purged_index": s.purged_index,
+        "verifiers": s.verifiers.iter().map(|v| serde_json::json!({
+            "key": hex::encode(&v.key), "latest_ratified_epoch": v.latest_ratified_epoch,
+        })).collect::<Vec<_>>(),
         "nodes": s.nodes.iter().map(|n| serde_json::json!({
             "id": n.id, "voter": n.voter, "peer_addr": n.peer_addr, "public_addr": n.public_addr,
             "matched_index": n.matched_index, "lag": n.lag,

@@ -6,7 +6,7 @@ use crate::raft::types::{NodeAddr, NodeId, TypeConfig};
 use keyraft_proto::peer::peer_server::Peer;
 use keyraft_proto::peer::{
     AdminReply, ChangeVotersRequest, ForwardReply, ForwardRequest, InitRequest, NodeSpec, NodeStatus, RaftMessage,
-    RaftReply, StatusReply, StatusRequest,
+    RaftReply, StatusReply, StatusRequest, VerifierStatus,
 };
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::ServerState;
@@ -232,6 +232,7 @@ pub fn status(node: &Node) -> StatusReply {
         ServerState::Shutdown => "shutdown",
     };
     StatusReply {
+        verifiers: verifier_status(node, applied.epoch_state.ratified_epoch),
         node_id: node.id,
         role: role.into(),
         leader_id: m.current_leader.unwrap_or(0),
@@ -246,4 +247,31 @@ pub fn status(node: &Node) -> StatusReply {
         snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
         purged_index: m.purged.map(|l| l.index).unwrap_or(0),
     }
+}
+
+/// How far back `status` looks for each verifier's newest ratification.
+const VERIFIER_STATUS_EPOCHS_MAX: u64 = 1000;
+
+/// Each registered verifier with the newest epoch it ratified.
+fn verifier_status(node: &Node, ratified: u64) -> Vec<VerifierStatus> {
+    let keys = &node.realm.verifier_keys;
+    let mut latest = vec![0u64; keys.len()];
+    let machine = node.shared.read();
+    let mut epoch = ratified;
+    while epoch > 0 && ratified - epoch < VERIFIER_STATUS_EPOCHS_MAX && latest.contains(&0) {
+        if let Ok(sigs) = machine.verifier_signatures(epoch) {
+            for (signer, _) in sigs {
+                if let Some(i) = keys.iter().position(|k| *k == signer) {
+                    if latest[i] == 0 {
+                        latest[i] = epoch;
+                    }
+                }
+            }
+        }
+        epoch -= 1;
+    }
+    keys.iter()
+        .zip(latest)
+        .map(|(k, e)| VerifierStatus { key: k.as_bytes().to_vec(), latest_ratified_epoch: e })
+        .collect()
 }
