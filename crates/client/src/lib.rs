@@ -11,13 +11,9 @@
 //!   wrong".
 #![forbid(unsafe_code)]
 
-use ed25519_dalek::{Signer as _, SigningKey};
+use ed25519_dalek::SigningKey;
 use keyraft_core::lookup::{verify_lookup, ClientRealm, Lookup, LookupProof, VerifyError};
-use keyraft_core::update::entry_update_message;
-use keyraft_core::{
-    decode_canonical, Canonical, Entry, KeySignature, Policy, Profile, PublicKey, RealmFile, Signature, SignedEntry,
-    Update, Verified,
-};
+use keyraft_core::{decode_canonical, Canonical, Entry, Policy, Profile, RealmFile, SignedEntry, Update, Verified};
 use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_proto::pb::{LookupRequest, UpdateRequest, UpdateResponse};
 use std::collections::BTreeMap;
@@ -101,23 +97,8 @@ fn status_error(endpoint: &str, status: &tonic::Status) -> ClientError {
     }
 }
 
-/// The public key of a signing key.
-pub fn public_key(key: &SigningKey) -> PublicKey {
-    // ed25519-dalek derives only canonical, full-order public keys from secret keys.
-    PublicKey::from_verifying_key(&key.verifying_key()).unwrap_or_else(|e| unreachable!("derived key rejected: {e}"))
-}
-
-/// Signs `entry` for `realm` with each key, as the update rules require (sorted, one per key).
-pub fn sign_entry(realm: &str, entry: &Entry, keys: &[&SigningKey]) -> Vec<KeySignature> {
-    let message = entry_update_message(realm, &entry.encode());
-    let mut sigs: Vec<KeySignature> = keys
-        .iter()
-        .map(|k| KeySignature { signer: public_key(k), signature: Signature(k.sign(&message).to_bytes()) })
-        .collect();
-    sigs.sort_by_key(|s| s.signer);
-    sigs.dedup_by(|a, b| a.signer == b.signer);
-    sigs
-}
+pub use keyraft_core::keys::public_key_of as public_key;
+pub use keyraft_core::update::sign_entry;
 
 /// A profile holding `keys` with a fresh random nonce.
 pub fn new_profile(keys: BTreeMap<String, Vec<u8>>) -> Profile {

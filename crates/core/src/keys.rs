@@ -65,6 +65,12 @@ impl PublicKey {
     }
 }
 
+/// The public key of a signing key.
+pub fn public_key_of(key: &ed25519_dalek::SigningKey) -> PublicKey {
+    // ed25519-dalek derives only canonical, full-order public keys from secret keys.
+    PublicKey::from_verifying_key(&key.verifying_key()).unwrap_or_else(|e| unreachable!("derived key rejected: {e}"))
+}
+
 impl PartialEq for PublicKey {
     fn eq(&self, other: &Self) -> bool {
         self.bytes == other.bytes

@@ -16,10 +16,11 @@
 
 use crate::encoding::{decode_canonical, put_var_bytes, Canonical, DecodeError, Reader};
 use crate::hash::{context, signed_message, Digest};
-use crate::keys::{decode_signature_set, encode_signature_set, KeySignature};
+use crate::keys::{decode_signature_set, encode_signature_set, public_key_of, KeySignature, Signature};
 use crate::limits::{ENTRY_BYTES_MAX, PROFILE_BYTES_MAX, UPDATE_BYTES_MAX, UPDATE_SIGNATURES_MAX};
 use crate::policy::Policy;
 use crate::types::{profile_commitment, Entry, Profile};
+use ed25519_dalek::{Signer as _, SigningKey};
 use std::collections::BTreeSet;
 use thiserror::Error;
 
@@ -46,6 +47,19 @@ pub fn entry_update_message(realm: &str, entry_bytes: &[u8]) -> Vec<u8> {
     let mut realm_field = Vec::with_capacity(2 + realm.len());
     put_var_bytes(&mut realm_field, realm.as_bytes());
     signed_message(context::ENTRY_UPDATE, &[&realm_field, entry_bytes])
+}
+
+/// Signs `entry` for `realm` with each key, as the update rules require: one signature per
+/// key, sorted by signer.
+pub fn sign_entry(realm: &str, entry: &Entry, keys: &[&SigningKey]) -> Vec<KeySignature> {
+    let message = entry_update_message(realm, &entry.encode());
+    let mut sigs: Vec<KeySignature> = keys
+        .iter()
+        .map(|k| KeySignature { signer: public_key_of(k), signature: Signature(k.sign(&message).to_bytes()) })
+        .collect();
+    sigs.sort_by_key(|s| s.signer);
+    sigs.dedup_by(|a, b| a.signer == b.signer);
+    sigs
 }
 
 impl Canonical for SignedEntry {

@@ -1,6 +1,6 @@
 //! `keyraft admin`: operator calls on the peer service.
 
-use keyraft_proto::peer::{ChangeVotersRequest, InitRequest, NodeSpec, StatusReply, StatusRequest};
+use keyraft_proto::peer::{AdminReply, ChangeVotersRequest, InitRequest, NodeSpec, StatusReply, StatusRequest};
 use keyraft_server::peer_client::{connect_lazy, PeerClient};
 use std::io::Write;
 use std::path::PathBuf;
@@ -74,10 +74,26 @@ fn request<T>(msg: T) -> tonic::Request<T> {
     r
 }
 
-/// Follows a `leader-peer-addr` hint once.
-fn leader_client(status: &tonic::Status, token: &str) -> Option<PeerClient> {
-    let addr = status.metadata().get("leader-peer-addr")?.to_str().ok()?;
-    connect_lazy(addr, token).ok()
+/// Makes an admin call, following the `leader-peer-addr` hint of an UNAVAILABLE answer once.
+async fn on_leader<F, Fut>(client: PeerClient, token: &str, call: F) -> Result<AdminReply, tonic::Status>
+where
+    F: Fn(PeerClient) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<AdminReply>, tonic::Status>>,
+{
+    match call(client).await {
+        Err(status) if status.code() == tonic::Code::Unavailable => {
+            let leader = status
+                .metadata()
+                .get("leader-peer-addr")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|addr| connect_lazy(addr, token).ok());
+            match leader {
+                Some(leader) => call(leader).await.map(tonic::Response::into_inner),
+                None => Err(status),
+            }
+        }
+        other => other.map(tonic::Response::into_inner),
+    }
 }
 
 /// Prints a status reply.
@@ -159,25 +175,21 @@ pub fn run(args: &AdminArgs, out: &mut dyn Write) -> CmdResult {
             }
             AdminAction::AddLearner { id, peer_addr, public_addr } => {
                 let spec = NodeSpec { id: *id, peer_addr: peer_addr.clone(), public_addr: public_addr.clone() };
-                let r = match client.add_learner(request(spec.clone())).await {
-                    Err(status) if status.code() == tonic::Code::Unavailable => {
-                        let mut leader = leader_client(&status, &token).ok_or(status)?;
-                        leader.add_learner(request(spec)).await?
-                    }
-                    other => other?,
-                };
-                writeln!(out, "{}", r.into_inner().message)?;
+                let r = on_leader(client, &token, |mut c| {
+                    let spec = spec.clone();
+                    async move { c.add_learner(request(spec)).await }
+                })
+                .await?;
+                writeln!(out, "{}", r.message)?;
             }
             AdminAction::ChangeVoters { voters } => {
                 let req = ChangeVotersRequest { voters: voters.clone() };
-                let r = match client.change_voters(request(req.clone())).await {
-                    Err(status) if status.code() == tonic::Code::Unavailable => {
-                        let mut leader = leader_client(&status, &token).ok_or(status)?;
-                        leader.change_voters(request(req)).await?
-                    }
-                    other => other?,
-                };
-                writeln!(out, "{}", r.into_inner().message)?;
+                let r = on_leader(client, &token, |mut c| {
+                    let req = req.clone();
+                    async move { c.change_voters(request(req)).await }
+                })
+                .await?;
+                writeln!(out, "{}", r.message)?;
             }
         }
         Ok::<(), Box<dyn std::error::Error>>(())

@@ -9,7 +9,7 @@
 use crate::node::{Node, ProposeError};
 use crate::raft::types::ApplyResponse;
 use keyraft_core::limits::{UPDATE_BYTES_MAX, USER_ID_BYTES_MAX};
-use keyraft_core::lookup::{ratification_message, LookupProof};
+use keyraft_core::lookup::ratification_message;
 use keyraft_core::types::{validate_user_id, vrf_input};
 use keyraft_core::update::check_update;
 use keyraft_core::vrf::VrfProof;
@@ -228,16 +228,7 @@ impl PublicService {
             .lookup_parts(&index, epoch, threshold)
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("epoch {epoch} has no head")))?;
-        let proof = LookupProof {
-            user_id: user_id.to_owned(),
-            vrf_proof,
-            head: parts.head,
-            replica_signatures: parts.replica_signatures,
-            verifier_signatures: parts.verifier_signatures,
-            tree_proof: parts.tree_proof,
-            entry: parts.entry,
-        };
-        Ok(proof.encode())
+        Ok(parts.into_proof(user_id, vrf_proof).encode())
     }
 
     fn remember_rejection(&self, id: [u8; 32], reason: String, retryable: bool) {

@@ -17,6 +17,7 @@ use crate::node::Node;
 use keyraft_core::{Canonical, Digest, PublicKey, Signature};
 use keyraft_proto::pb::verifier_frame::{CaughtUp, EpochUpdates, Frame, Init, SignedHead};
 use keyraft_proto::pb::{KeySignature, VerifierFrame, VerifierStreamRequest};
+use keyraft_state::PublishedEpoch;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -195,26 +196,23 @@ impl Producer {
         }
     }
 
-    fn signed_head(&self, epoch: u64) -> Result<SignedHead, Stop> {
-        let published = self
-            .node
+    /// Reads an epoch under the lock, to send without it: a slow reader never holds the state.
+    fn published(&self, epoch: u64) -> Result<PublishedEpoch, Stop> {
+        self.node
             .shared
             .read()
             .published_epoch(epoch)
             .map_err(|e| Stop::Failed(internal(e)))?
-            .ok_or_else(|| Stop::Failed(Status::internal(format!("epoch {epoch} is not published"))))?;
+            .ok_or_else(|| Stop::Failed(Status::internal(format!("epoch {epoch} is not published"))))
+    }
+
+    fn signed_head(&self, epoch: u64) -> Result<SignedHead, Stop> {
+        let published = self.published(epoch)?;
         Ok(SignedHead { head: published.head.encode(), replica_signatures: sigs(published.replica_signatures) })
     }
 
     async fn send_epoch(&self, epoch: u64) -> Result<(), Stop> {
-        // Read the epoch under the lock, send without it: a slow reader never holds the state.
-        let published = self
-            .node
-            .shared
-            .read()
-            .published_epoch(epoch)
-            .map_err(|e| Stop::Failed(internal(e)))?
-            .ok_or_else(|| Stop::Failed(Status::internal(format!("epoch {epoch} is not published"))))?;
+        let published = self.published(epoch)?;
         let mut chunk = 0u32;
         let mut entries: Vec<Vec<u8>> = Vec::new();
         let mut bytes = 0usize;
@@ -245,10 +243,7 @@ impl Producer {
             self.send(Frame::Updates(EpochUpdates { epoch, chunk: 0, signed_entries: vec![], last_chunk: true }))
                 .await?;
         }
-        self.send(Frame::Head(SignedHead {
-            head: published.head.encode(),
-            replica_signatures: sigs(published.replica_signatures),
-        }))
-        .await
+        let head = SignedHead { head: published.head.encode(), replica_signatures: sigs(published.replica_signatures) };
+        self.send(Frame::Head(head)).await
     }
 }

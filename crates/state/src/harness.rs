@@ -5,16 +5,12 @@
 use crate::error::StateError;
 use crate::machine::{Outcome, StateMachine};
 use crate::proposer::{ratify_head, sign_head};
-use ed25519_dalek::{Signer as _, SigningKey};
+use ed25519_dalek::SigningKey;
 use keyraft_core::lookup::{ClientRealm, LookupProof};
 use keyraft_core::types::vrf_input;
-use keyraft_core::update::entry_update_message;
 use keyraft_core::vrf::{VrfProof, VrfSecretKey};
-use keyraft_core::{
-    Canonical, Entry, EpochHead, Index, KeySignature, Policy, Profile, PublicKey, RealmConfig, Signature, SignedEntry,
-    Update,
-};
 use keyraft_core::{Command, LogPosition};
+use keyraft_core::{Entry, EpochHead, Index, Policy, Profile, RealmConfig, SignedEntry, Update};
 use keyraft_storage::{MemoryStorage, Storage};
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
@@ -28,22 +24,8 @@ pub fn derive_signing_key(seed: u64, name: &str) -> SigningKey {
     SigningKey::from_bytes(&h.finalize().into())
 }
 
-/// The public key of a signing key.
-pub fn public_key(key: &SigningKey) -> PublicKey {
-    PublicKey::from_verifying_key(&key.verifying_key()).expect("ed25519-dalek only derives valid public keys")
-}
-
-/// Signs `entry` for `realm` with each key and returns the sorted signature set.
-pub fn sign_entry(realm: &str, entry: &Entry, keys: &[&SigningKey]) -> Vec<KeySignature> {
-    let message = entry_update_message(realm, &entry.encode());
-    let mut sigs: Vec<KeySignature> = keys
-        .iter()
-        .map(|k| KeySignature { signer: public_key(k), signature: Signature(k.sign(&message).to_bytes()) })
-        .collect();
-    sigs.sort_by_key(|s| s.signer);
-    sigs.dedup_by(|a, b| a.signer == b.signer);
-    sigs
-}
+pub use keyraft_core::keys::public_key_of as public_key;
+pub use keyraft_core::update::sign_entry;
 
 /// A profile with a deterministic nonce (tests only: real clients use random nonces).
 pub fn test_profile(nonce_seed: &str, keys: &[(&str, &[u8])]) -> Profile {
@@ -201,15 +183,7 @@ impl Harness {
             .machine
             .lookup_parts(&index, epoch, verifiers)?
             .ok_or_else(|| StateError::Corrupt(format!("no head for epoch {epoch}")))?;
-        Ok(LookupProof {
-            user_id: user_id.to_owned(),
-            vrf_proof,
-            head: parts.head,
-            replica_signatures: parts.replica_signatures,
-            verifier_signatures: parts.verifier_signatures,
-            tree_proof: parts.tree_proof,
-            entry: parts.entry,
-        })
+        Ok(parts.into_proof(user_id, vrf_proof))
     }
 
     /// Replays this harness's log into a fresh state machine over `store`.

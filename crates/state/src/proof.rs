@@ -23,6 +23,21 @@ pub struct LookupParts {
     pub entry: Option<(Entry, Profile)>,
 }
 
+impl LookupParts {
+    /// The whole lookup proof, with what only the edge knows: the user id and its VRF proof.
+    pub fn into_proof(self, user_id: &str, vrf_proof: keyraft_core::vrf::VrfProof) -> keyraft_core::LookupProof {
+        keyraft_core::LookupProof {
+            user_id: user_id.to_owned(),
+            vrf_proof,
+            head: self.head,
+            replica_signatures: self.replica_signatures,
+            verifier_signatures: self.verifier_signatures,
+            tree_proof: self.tree_proof,
+            entry: self.entry,
+        }
+    }
+}
+
 fn positional(
     keys: &[PublicKey],
     sigs: Vec<(PublicKey, Signature)>,
