@@ -39,6 +39,76 @@ fn epoch_signers(realm: &Realm, i: usize, epoch: u64) -> Vec<PublicKey> {
     info.replica_signatures.iter().map(|s| PublicKey::from_slice(&s.signer).unwrap()).collect()
 }
 
+/// The CLI against the realm: keygen, register, lookup (human, JSON, saved proof) and offline
+/// verification of the saved proof, which fails once any sampled byte changes.
+fn cli_drives_the_realm(realm: &Realm) {
+    // The CLI drives the same realm and prints verified answers. No verifier runs in this
+    // test, so the CLI is told to require none (the dev realm file requires one).
+    let state = realm.path().join("client-state.json");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(keyraft_bin())
+            .args(args)
+            .env("KEYRAFT_STATE_FILE", &state)
+            .current_dir(realm.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "keyraft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(cli(&["keygen", "--out", "carol.key"]).contains("public key: "));
+    let registered = cli(&[
+        "register",
+        "--realm",
+        "realm.json",
+        "--verifiers",
+        "0",
+        "--user",
+        "carol",
+        "--key",
+        "carol.key",
+        "--set",
+        "pgp=c",
+    ]);
+    assert!(registered.contains("accepted"), "{registered}");
+    let found = wait_for("carol in a ratified epoch", || {
+        let out = std::process::Command::new(keyraft_bin())
+            .args(["lookup", "--realm", "realm.json", "--verifiers", "0", "carol"])
+            .env("KEYRAFT_STATE_FILE", &state)
+            .current_dir(realm.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("version 0").then_some(text)
+    });
+    assert!(found.contains("VERIFIED") && found.contains("pgp = c"), "{found}");
+    let json =
+        cli(&["lookup", "--realm", "realm.json", "--verifiers", "0", "carol", "--json", "--save-proof", "carol.proof"]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    // The saved proof verifies offline; any changed byte makes it fail.
+    let verified = cli(&["verify-proof", "--realm", "realm.json", "--verifiers", "0", "carol.proof"]);
+    assert!(verified.contains("VERIFIED") && verified.contains("version 0"), "{verified}");
+    let good = std::fs::read(realm.path().join("carol.proof")).unwrap();
+    for i in (0..good.len()).step_by(good.len() / 7) {
+        let mut bad = good.clone();
+        bad[i] ^= 0x01;
+        std::fs::write(realm.path().join("bad.proof"), &bad).unwrap();
+        let out = std::process::Command::new(keyraft_bin())
+            .args(["verify-proof", "--realm", "realm.json", "--verifiers", "0", "bad.proof"])
+            .current_dir(realm.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "a proof with byte {i} changed verified");
+    }
+    assert_eq!(json["entry"]["version"], 0);
+    assert!(json["proof_hex"].as_str().unwrap().len() > 200);
+    let token = realm.path().join("keys/cluster.token");
+    let status =
+        cli(&["admin", "--peer", &realm.peer_addr(0), "--token-file", token.to_str().unwrap(), "status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3);
+    assert!(status["leader_id"].as_u64().is_some());
+}
+
 #[test]
 fn register_through_a_follower_and_look_up_through_every_replica() {
     let _s = serial();
@@ -101,50 +171,7 @@ fn register_through_a_follower_and_look_up_through_every_replica() {
     assert!(heads.iter().all(|h| h.len() as u64 == r.epoch + 1), "{heads:?}");
     assert!(heads.windows(2).all(|w| w[0] == w[1]), "replicas disagree on heads");
 
-    // The CLI drives the same realm and prints verified answers.
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(keyraft_bin()).args(args).current_dir(realm.path()).output().unwrap();
-        assert!(out.status.success(), "keyraft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
-    assert!(cli(&["keygen", "--out", "carol.key"]).contains("public key: "));
-    assert!(cli(&["register", "--realm", "realm.json", "--user", "carol", "--key", "carol.key", "--set", "pgp=c"])
-        .contains("accepted"));
-    let found = wait_for("carol in a ratified epoch", || {
-        let out = std::process::Command::new(keyraft_bin())
-            .args(["lookup", "--realm", "realm.json", "carol"])
-            .current_dir(realm.path())
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.contains("version 0").then_some(text)
-    });
-    assert!(found.contains("VERIFIED") && found.contains("pgp = c"), "{found}");
-    let json = cli(&["lookup", "--realm", "realm.json", "carol", "--json", "--save-proof", "carol.proof"]);
-    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
-    // The saved proof verifies offline; any changed byte makes it fail.
-    let verified = cli(&["verify-proof", "--realm", "realm.json", "carol.proof"]);
-    assert!(verified.contains("VERIFIED") && verified.contains("version 0"), "{verified}");
-    let good = std::fs::read(realm.path().join("carol.proof")).unwrap();
-    for i in (0..good.len()).step_by(good.len() / 7) {
-        let mut bad = good.clone();
-        bad[i] ^= 0x01;
-        std::fs::write(realm.path().join("bad.proof"), &bad).unwrap();
-        let out = std::process::Command::new(keyraft_bin())
-            .args(["verify-proof", "--realm", "realm.json", "bad.proof"])
-            .current_dir(realm.path())
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "a proof with byte {i} changed verified");
-    }
-    assert_eq!(json["entry"]["version"], 0);
-    assert!(json["proof_hex"].as_str().unwrap().len() > 200);
-    let token = realm.path().join("keys/cluster.token");
-    let status =
-        cli(&["admin", "--peer", &realm.peer_addr(0), "--token-file", token.to_str().unwrap(), "status", "--json"]);
-    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
-    assert_eq!(status["nodes"].as_array().unwrap().len(), 3);
-    assert!(status["leader_id"].as_u64().is_some());
+    cli_drives_the_realm(&realm);
 }
 
 #[test]
@@ -156,7 +183,8 @@ fn leader_killed_under_updates_loses_no_acknowledged_update_and_rejoins() {
     let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
     let client = {
         let _g = realm.runtime.enter();
-        keyraft_client::Client::new(&realm.realm_file(), &[]).unwrap()
+        let options = keyraft_client::ClientOptions { verifier_threshold: Some(0), ..Default::default() };
+        keyraft_client::Client::with_options(&realm.realm_file(), &[], &options).unwrap()
     };
     let writer = {
         let (stop, acked) = (stop.clone(), acked.clone());

@@ -38,7 +38,7 @@ pub use command::{Command, LogPosition};
 pub use encoding::{decode_canonical, Canonical, DecodeError};
 pub use hash::Digest;
 pub use keys::{KeySignature, PublicKey, Signature};
-pub use lookup::{verify_lookup, ClientRealm, Lookup, LookupProof, VerifyError};
+pub use lookup::{verify_lookup, verify_lookup_at, ClientRealm, Lookup, LookupProof, VerifyError};
 pub use policy::Policy;
 pub use realm_file::RealmFile;
 pub use types::{Entry, EpochHead, Index, Profile, RealmConfig};

@@ -13,6 +13,9 @@
 //! 7. the profile matches the entry's commitment;
 //! 8. the epoch is not older than the newest one this client has seen for the realm.
 //!
+//! [`verify_lookup_at`] checks a proof about a past epoch (history, saved proofs): every check
+//! but 3 and 8, and the head must be of the epoch asked for.
+//!
 //! Signatures appear once over the single head carried in the proof, so "all heads are
 //! identical" holds by construction.
 
@@ -299,6 +302,14 @@ pub enum VerifyError {
     /// Check 7: the profile is not the one the entry commits to.
     #[error("the profile does not match the entry's commitment")]
     ProfileCommitmentMismatch,
+    /// A historical proof is of another epoch than the one asked for.
+    #[error("proof is of epoch {got}, not the epoch {asked} asked for")]
+    EpochMismatch {
+        /// The epoch asked for.
+        asked: u64,
+        /// The proof's epoch.
+        got: u64,
+    },
     /// Check 8: the server answered from an epoch older than one the client already saw.
     #[error("epoch {got} is older than epoch {last_seen} already seen for this realm (rollback)")]
     Rollback {
@@ -317,6 +328,31 @@ pub fn verify_lookup(
     proof: &LookupProof,
     now_ms: u64,
     last_seen_epoch: Option<u64>,
+) -> Result<Verified<Lookup>, VerifyError> {
+    verify(realm, user_id, proof, Some((now_ms, last_seen_epoch)))
+}
+
+/// Verifies a proof of what `user_id` was in a past `epoch` (a `History` page, a lookup at a
+/// given epoch, a saved proof): every check except freshness (3) and rollback (8), which are
+/// about the present, plus the head being of `epoch`. The answer says nothing about the
+/// identity today.
+pub fn verify_lookup_at(
+    realm: &ClientRealm,
+    user_id: &str,
+    proof: &LookupProof,
+    epoch: u64,
+) -> Result<Verified<Lookup>, VerifyError> {
+    if proof.head.epoch != epoch {
+        return Err(VerifyError::EpochMismatch { asked: epoch, got: proof.head.epoch });
+    }
+    verify(realm, user_id, proof, None)
+}
+
+fn verify(
+    realm: &ClientRealm,
+    user_id: &str,
+    proof: &LookupProof,
+    present: Option<(u64, Option<u64>)>,
 ) -> Result<Verified<Lookup>, VerifyError> {
     let config = &realm.config;
     if proof.user_id != user_id {
@@ -339,20 +375,22 @@ pub fn verify_lookup(
     }
 
     // 3. Freshness.
-    if head.issue_time_ms.saturating_add(realm.epoch_ttl_ms) < now_ms {
-        return Err(VerifyError::HeadExpired {
-            epoch: head.epoch,
-            issue_time_ms: head.issue_time_ms,
-            now_ms,
-            ttl_ms: realm.epoch_ttl_ms,
-        });
-    }
-    if head.issue_time_ms > now_ms.saturating_add(realm.clock_skew_ms) {
-        return Err(VerifyError::HeadFromFuture {
-            issue_time_ms: head.issue_time_ms,
-            now_ms,
-            skew_ms: realm.clock_skew_ms,
-        });
+    if let Some((now_ms, _)) = present {
+        if head.issue_time_ms.saturating_add(realm.epoch_ttl_ms) < now_ms {
+            return Err(VerifyError::HeadExpired {
+                epoch: head.epoch,
+                issue_time_ms: head.issue_time_ms,
+                now_ms,
+                ttl_ms: realm.epoch_ttl_ms,
+            });
+        }
+        if head.issue_time_ms > now_ms.saturating_add(realm.clock_skew_ms) {
+            return Err(VerifyError::HeadFromFuture {
+                issue_time_ms: head.issue_time_ms,
+                now_ms,
+                skew_ms: realm.clock_skew_ms,
+            });
+        }
     }
 
     // 4. Quorum.
@@ -380,7 +418,7 @@ pub fn verify_lookup(
     }
 
     // 8. Rollback.
-    if let Some(last_seen) = last_seen_epoch {
+    if let Some((_, Some(last_seen))) = present {
         if head.epoch < last_seen {
             return Err(VerifyError::Rollback { last_seen, got: head.epoch });
         }

@@ -25,10 +25,14 @@ pub enum Command {
     Keygen(crate::client_cmd::KeygenArgs),
     /// Registers an identity (version 0).
     Register(crate::client_cmd::UpdateArgs),
-    /// Changes an identity's keys (and optionally its owner).
+    /// Changes an identity's keys, and optionally its owner or update policy.
     Update(crate::client_cmd::UpdateArgs),
     /// Looks an identity up and verifies the answer.
     Lookup(crate::client_cmd::LookupArgs),
+    /// Lists an identity's versions, newest first, each verified at its epoch.
+    History(crate::client_cmd::HistoryArgs),
+    /// Follows an identity: its current value, then every change and heartbeat, verified.
+    Watch(crate::client_cmd::WatchArgs),
     /// Verifies a saved lookup proof offline.
     VerifyProof(crate::client_cmd::VerifyProofArgs),
     /// Operator calls: status, init, add a learner, change the voters.
@@ -58,6 +62,8 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Register(args) => crate::client_cmd::update(&args, false, out),
         Command::Update(args) => crate::client_cmd::update(&args, true, out),
         Command::Lookup(args) => crate::client_cmd::lookup(&args, out),
+        Command::History(args) => crate::client_cmd::history(&args, out),
+        Command::Watch(args) => crate::client_cmd::watch(&args, out),
         Command::VerifyProof(args) => crate::client_cmd::verify_proof(&args, out),
         Command::Admin(args) => crate::admin::run(&args, out),
         Command::Bench(args) => crate::bench::run(&args, out),

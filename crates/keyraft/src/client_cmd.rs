@@ -1,11 +1,11 @@
-//! Client commands: `keygen`, `register`, `update`, `lookup`. Every answer printed was
+//! Client commands: `keygen`, `register`, `update`, `lookup`, `history`, `watch`, `verify-proof`. Every answer printed was
 //! verified with `keyraft_core`.
 
 use ed25519_dalek::SigningKey;
-use keyraft_client::{public_key, Client, LookupOptions};
+use keyraft_client::{public_key, Client, ClientOptions, LookupOptions, WatchUpdate};
 use keyraft_core::lookup::{LookupProof, PositionalSignature};
 use keyraft_core::tree::Terminal;
-use keyraft_core::{decode_canonical, RealmFile};
+use keyraft_core::{decode_canonical, Lookup, Policy, PublicKey, RealmFile};
 use keyraft_server::config::{read_secret32, write_secret32};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -21,7 +21,7 @@ pub struct KeygenArgs {
     pub out: PathBuf,
 }
 
-/// Which realm and replicas to talk to.
+/// Which realm and replicas to talk to, and what answers to accept.
 #[derive(Debug, clap::Args)]
 pub struct RealmArgs {
     /// The realm file.
@@ -30,6 +30,24 @@ pub struct RealmArgs {
     /// Replica public addresses (host:port) to use instead of the realm file's.
     #[arg(long = "endpoint")]
     pub endpoints: Vec<String>,
+    /// How many registered verifiers must have ratified an answer (default: the realm
+    /// file's `verifier_threshold`). A replica majority is always required.
+    #[arg(long = "verifiers")]
+    pub verifier_threshold: Option<usize>,
+    /// Reject heads older than this many milliseconds (default: the realm file's).
+    #[arg(long)]
+    pub ttl_ms: Option<u64>,
+    /// Accept heads up to this many milliseconds ahead of this machine's clock (default: the
+    /// realm file's).
+    #[arg(long)]
+    pub skew_ms: Option<u64>,
+    /// Where to remember the newest epoch seen per realm, to reject rollbacks across runs
+    /// (default: `$XDG_STATE_HOME/keyraft/epochs.json`, else `~/.local/state/keyraft/epochs.json`).
+    #[arg(long, env = "KEYRAFT_STATE_FILE")]
+    pub state: Option<PathBuf>,
+    /// Remember epochs for this run only.
+    #[arg(long, conflicts_with = "state")]
+    pub no_state: bool,
 }
 
 /// Options of `keyraft register` and `keyraft update`.
@@ -41,16 +59,29 @@ pub struct UpdateArgs {
     /// The identity.
     #[arg(long)]
     pub user: String,
-    /// The owner's secret key file (from `keyraft keygen`).
-    #[arg(long)]
-    pub key: PathBuf,
-    /// For `update`: hand the identity over to this key (the policy becomes this key alone).
-    #[arg(long)]
+    /// A signer's secret key file (from `keyraft keygen`); repeat when the policy needs
+    /// several signatures. For `register`, the first is the owner by default.
+    #[arg(long = "key", required = true)]
+    pub keys: Vec<PathBuf>,
+    /// For `update`: hand the identity over to this key (the policy becomes this key alone;
+    /// it signs too).
+    #[arg(long, conflicts_with_all = ["policy_keys", "policy_threshold"])]
     pub new_key: Option<PathBuf>,
+    /// A new update policy: these public keys (hex, or a file holding the hex, such as the
+    /// `.pub` file `keyraft keygen` writes) ...
+    #[arg(long = "policy-key", requires = "policy_threshold")]
+    pub policy_keys: Vec<String>,
+    /// ... of which this many must sign each later update.
+    #[arg(long, requires = "policy_keys")]
+    pub policy_threshold: Option<u16>,
     /// Profile keys as APP=VALUE (VALUE as text, or hex:...). Default: `ed25519=<owner's
     /// public key>`.
     #[arg(long = "set")]
     pub set: Vec<String>,
+    /// Wait until the update's epoch is ratified by the quorum (`--verifiers`) and print the
+    /// verified proof's summary.
+    #[arg(long)]
+    pub wait: bool,
 }
 
 /// Options of `keyraft lookup`.
@@ -61,7 +92,7 @@ pub struct LookupArgs {
     pub realm: RealmArgs,
     /// The identity.
     pub user: String,
-    /// Answer from this epoch.
+    /// Answer from this past epoch (verified as a statement about that epoch).
     #[arg(long, default_value_t = 0)]
     pub epoch: u64,
     /// Print the whole proof as JSON.
@@ -70,6 +101,41 @@ pub struct LookupArgs {
     /// Also write the proof's canonical bytes to this file (for `keyraft verify-proof`).
     #[arg(long)]
     pub save_proof: Option<PathBuf>,
+}
+
+/// Options of `keyraft history`.
+#[derive(Debug, clap::Args)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    /// Realm.
+    pub realm: RealmArgs,
+    /// The identity.
+    pub user: String,
+    /// Versions per page.
+    #[arg(long, default_value_t = 100)]
+    pub page_size: u32,
+    /// Continue from this page token (hex, as printed after a page).
+    #[arg(long)]
+    pub page_token: Option<String>,
+    /// Follow every page to the first version.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Options of `keyraft watch`.
+#[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    /// Realm.
+    pub realm: RealmArgs,
+    /// The identity.
+    pub user: String,
+    /// Start with the changes after this epoch (default: the current value).
+    #[arg(long, default_value_t = 0)]
+    pub from_epoch: u64,
+    /// Stop after this many events (default: run until interrupted).
+    #[arg(long)]
+    pub count: Option<u64>,
 }
 
 /// Options of `keyraft verify-proof`.
@@ -85,8 +151,17 @@ pub struct VerifyProofArgs {
     pub user: Option<String>,
     /// Verify as of this time (ms since the Unix epoch) instead of now: a saved proof's head
     /// is older than the realm's TTL after a while.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "past")]
     pub at_ms: Option<u64>,
+    /// Verify it as a statement about its epoch only (no freshness check).
+    #[arg(long)]
+    pub past: bool,
+    /// How many registered verifiers must have ratified it (default: the realm file's).
+    #[arg(long = "verifiers")]
+    pub verifier_threshold: Option<usize>,
+    /// Reject heads older than this many milliseconds (default: the realm file's).
+    #[arg(long)]
+    pub ttl_ms: Option<u64>,
 }
 
 fn load_realm(path: &PathBuf) -> Result<RealmFile, Box<dyn std::error::Error>> {
@@ -94,8 +169,46 @@ fn load_realm(path: &PathBuf) -> Result<RealmFile, Box<dyn std::error::Error>> {
     Ok(RealmFile::from_json(&text)?)
 }
 
+fn default_state_file() -> Option<PathBuf> {
+    let base = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").filter(|v| !v.is_empty())?).join(".local/state"),
+    };
+    Some(base.join("keyraft/epochs.json"))
+}
+
 fn client(args: &RealmArgs) -> Result<Client, Box<dyn std::error::Error>> {
-    Ok(Client::new(&load_realm(&args.realm)?, &args.endpoints)?)
+    let state_file = if args.no_state {
+        None
+    } else {
+        let file = args.state.clone().or_else(default_state_file);
+        if file.is_none() {
+            tracing::warn!("no HOME or XDG_STATE_HOME: epochs seen are remembered for this run only");
+        }
+        file
+    };
+    let options = ClientOptions {
+        verifier_threshold: args.verifier_threshold,
+        epoch_ttl_ms: args.ttl_ms,
+        clock_skew_ms: args.skew_ms,
+        state_file,
+    };
+    Ok(Client::with_options(&load_realm(&args.realm)?, &args.endpoints, &options)?)
+}
+
+/// A public key given as hex or as a file holding the hex.
+fn policy_key(s: &str) -> Result<PublicKey, Box<dyn std::error::Error>> {
+    let text = if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        s.to_owned()
+    } else {
+        std::fs::read_to_string(s)
+            .map_err(|e| format!("--policy-key {s:?}: neither 64 hex digits nor a readable file: {e}"))?
+    };
+    let bytes: [u8; 32] = hex::decode(text.trim())
+        .map_err(|e| format!("--policy-key {s:?}: {e}"))?
+        .try_into()
+        .map_err(|_| format!("--policy-key {s:?}: expected 32 bytes (64 hex digits)"))?;
+    Ok(PublicKey::from_bytes(&bytes).map_err(|e| format!("--policy-key {s:?}: {e}"))?)
 }
 
 fn load_key(path: &std::path::Path) -> Result<SigningKey, Box<dyn std::error::Error>> {
@@ -126,36 +239,155 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 pub fn keygen(args: &KeygenArgs, out: &mut dyn Write) -> CmdResult {
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
     write_secret32(&args.out, &key.to_bytes())?;
+    let public = hex::encode(public_key(&key).as_bytes());
+    let mut pub_path = args.out.clone().into_os_string();
+    pub_path.push(".pub");
+    let pub_path = PathBuf::from(pub_path);
+    std::fs::write(&pub_path, format!("{public}\n")).map_err(|e| format!("writing {}: {e}", pub_path.display()))?;
     writeln!(out, "secret key written to {}", args.out.display())?;
-    writeln!(out, "public key: {}", hex::encode(public_key(&key).as_bytes()))?;
+    writeln!(out, "public key: {public} (also in {})", pub_path.display())?;
     Ok(())
 }
 
-/// `keyraft register` (`update == false`) and `keyraft update`.
+/// `keyraft register` (`is_update == false`) and `keyraft update`.
 pub fn update(args: &UpdateArgs, is_update: bool, out: &mut dyn Write) -> CmdResult {
     let rt = runtime()?;
     let _entered = rt.enter();
     let client = client(&args.realm)?;
-    let key = load_key(&args.key)?;
+    let keys: Vec<SigningKey> = args.keys.iter().map(|p| load_key(p)).collect::<Result<_, _>>()?;
     let new_key = args.new_key.as_deref().map(load_key).transpose()?;
-    let keys = profile_keys(&args.set, new_key.as_ref().unwrap_or(&key))?;
-    let response = rt.block_on(async {
-        if is_update {
-            client.update(&args.user, &key, new_key.as_ref(), keys).await
-        } else {
-            client.register(&args.user, &key, keys).await
+    let owner = new_key.as_ref().or(keys.first()).ok_or("--key is required")?;
+    let profile = profile_keys(&args.set, owner)?;
+    let policy = match args.policy_threshold {
+        Some(t) => {
+            let list = args.policy_keys.iter().map(|k| policy_key(k)).collect::<Result<Vec<_>, _>>()?;
+            Some(Policy::threshold(t, list).map_err(|e| format!("the new policy is invalid: {e}"))?)
         }
-    })?;
+        None => new_key.as_ref().map(|k| Policy::single(public_key(k))),
+    };
+    let mut builder = if is_update { client.change(&args.user) } else { client.registration(&args.user, owner) };
+    for k in keys.iter().chain(new_key.as_ref()) {
+        builder = builder.signer(k);
+    }
+    if let Some(p) = policy {
+        builder = builder.policy(p);
+    }
+    if args.wait {
+        builder = builder.wait_for_quorum();
+    }
+    let outcome = rt.block_on(builder.keys(profile).send())?;
     writeln!(
         out,
         "{} {:?}: {} in epoch {} (update id {})",
         if is_update { "updated" } else { "registered" },
         args.user,
-        if response.duplicate { "already applied" } else { "accepted" },
-        response.epoch,
-        hex::encode(&response.update_id)
+        if outcome.duplicate { "already applied" } else { "accepted" },
+        outcome.epoch,
+        hex::encode(&outcome.update_id)
     )?;
+    if let Some(answer) = &outcome.proof {
+        writeln!(
+            out,
+            "  VERIFIED in epoch {}: ratified by a replica majority and {} verifier(s)",
+            answer.lookup.epoch(),
+            answer.lookup.ratified_by.len()
+        )?;
+    }
     Ok(())
+}
+
+fn print_lookup(out: &mut dyn Write, l: &Lookup) -> std::io::Result<()> {
+    match &l.entry {
+        None => writeln!(out, "{:?} is not registered (epoch {}, VERIFIED)", l.user_id, l.epoch())?,
+        Some((entry, profile)) => {
+            writeln!(out, "{:?}: version {} in epoch {} (VERIFIED)", l.user_id, entry.version, l.epoch())?;
+            for (app, key) in &profile.keys {
+                match std::str::from_utf8(key) {
+                    Ok(s) if s.chars().all(|c| !c.is_control()) && app != "ed25519" => writeln!(out, "  {app} = {s}")?,
+                    _ => writeln!(out, "  {app} = hex:{}", hex::encode(key))?,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `keyraft history`: every version, newest first, each verified at its epoch.
+pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> CmdResult {
+    let rt = runtime()?;
+    let _entered = rt.enter();
+    let client = client(&args.realm)?;
+    let mut token = match &args.page_token {
+        Some(t) => hex::decode(t).map_err(|e| format!("--page-token: {e}"))?,
+        None => Vec::new(),
+    };
+    let mut shown = 0usize;
+    loop {
+        let page = rt.block_on(client.history(&args.user, args.page_size, &token))?;
+        for (version, answer) in &page.versions {
+            let l = &answer.lookup;
+            let issued = l.head.issue_time_ms;
+            writeln!(
+                out,
+                "version {version} in epoch {} (head issued at {issued} ms, ratified by a replica majority and {} verifier(s), VERIFIED)",
+                l.epoch(),
+                l.ratified_by.len()
+            )?;
+            if let Some((entry, profile)) = &l.entry {
+                let policy: Vec<String> =
+                    entry.update_policy.keys().iter().map(|k| hex::encode(k.as_bytes())).collect();
+                writeln!(out, "  policy keys {}", policy.join(", "))?;
+                for (app, key) in &profile.keys {
+                    writeln!(out, "  {app} = hex:{}", hex::encode(key))?;
+                }
+            }
+            shown += 1;
+        }
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+        if !args.all {
+            writeln!(out, "more: --page-token {}", hex::encode(&token))?;
+            break;
+        }
+    }
+    if shown == 0 {
+        writeln!(out, "{:?} has no versions in the ratified epochs", args.user)?;
+    }
+    Ok(())
+}
+
+/// `keyraft watch`: the current value, then every change and heartbeat, all verified.
+pub fn watch(args: &WatchArgs, out: &mut dyn Write) -> CmdResult {
+    let rt = runtime()?;
+    let _entered = rt.enter();
+    let client = client(&args.realm)?;
+    rt.block_on(async {
+        let mut watch = client.watch(&args.user, args.from_epoch).await?;
+        let mut seen = 0u64;
+        while args.count.is_none_or(|n| seen < n) {
+            let Some(event) = watch.next().await else {
+                writeln!(out, "the replica ended the watch")?;
+                break;
+            };
+            match event? {
+                WatchUpdate::Changed(answer) => {
+                    write!(out, "CHANGED ")?;
+                    print_lookup(out, &answer.lookup)?;
+                }
+                WatchUpdate::Unchanged(answer) => {
+                    let l = &answer.lookup;
+                    let version =
+                        l.entry.as_ref().map_or("not registered".to_owned(), |(e, _)| format!("version {}", e.version));
+                    writeln!(out, "unchanged in epoch {} ({version}, VERIFIED)", l.epoch())?;
+                }
+            }
+            out.flush()?;
+            seen += 1;
+        }
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })
 }
 
 /// `keyraft lookup`.
@@ -173,18 +405,7 @@ pub fn lookup(args: &LookupArgs, out: &mut dyn Write) -> CmdResult {
         return Ok(());
     }
     let l = &answer.lookup;
-    match &l.entry {
-        None => writeln!(out, "{:?} is not registered (epoch {}, VERIFIED)", l.user_id, l.epoch())?,
-        Some((entry, profile)) => {
-            writeln!(out, "{:?}: version {} in epoch {} (VERIFIED)", l.user_id, entry.version, l.epoch())?;
-            for (app, key) in &profile.keys {
-                match std::str::from_utf8(key) {
-                    Ok(s) if s.chars().all(|c| !c.is_control()) && app != "ed25519" => writeln!(out, "  {app} = {s}")?,
-                    _ => writeln!(out, "  {app} = hex:{}", hex::encode(key))?,
-                }
-            }
-        }
-    }
+    print_lookup(out, l)?;
     writeln!(out, "  index {}", hex::encode(l.index.0))?;
     writeln!(out, "  ratified by a replica majority and {} verifier(s)", l.ratified_by.len())?;
     Ok(())
@@ -242,15 +463,33 @@ pub fn proof_json(p: &LookupProof, bytes: &[u8]) -> serde_json::Value {
 
 /// `keyraft verify-proof`: checks a saved lookup proof offline, with the realm file only.
 pub fn verify_proof(args: &VerifyProofArgs, out: &mut dyn Write) -> CmdResult {
-    let realm = load_realm(&args.realm)?.client_realm()?;
+    let mut realm = load_realm(&args.realm)?.client_realm()?;
+    if let Some(t) = args.verifier_threshold {
+        if t > realm.config.verifier_keys.len() {
+            return Err(format!(
+                "--verifiers {t} exceeds the {} registered verifiers",
+                realm.config.verifier_keys.len()
+            )
+            .into());
+        }
+        realm.verifier_threshold = t;
+    }
+    if let Some(ttl) = args.ttl_ms {
+        realm.epoch_ttl_ms = ttl;
+    }
     let bytes = std::fs::read(&args.proof).map_err(|e| format!("reading {}: {e}", args.proof.display()))?;
     let proof: LookupProof =
         decode_canonical(&bytes).map_err(|e| format!("{} is not a lookup proof: {e}", args.proof.display()))?;
     let user = args.user.clone().unwrap_or_else(|| proof.user_id.clone());
     let now = args.at_ms.unwrap_or_else(keyraft_client::now_ms);
-    let verified = keyraft_core::verify_lookup(&realm, &user, &proof, now, None).map_err(|e| match e {
+    let verified = if args.past {
+        keyraft_core::verify_lookup_at(&realm, &user, &proof, proof.head.epoch)
+    } else {
+        keyraft_core::verify_lookup(&realm, &user, &proof, now, None)
+    };
+    let verified = verified.map_err(|e| match e {
         keyraft_core::VerifyError::HeadExpired { .. } => {
-            format!("proof REJECTED: {e} (a saved proof ages; pass --at-ms to verify it as of an earlier time)")
+            format!("proof REJECTED: {e} (a saved proof ages; pass --past to check it as a statement about its epoch, or --at-ms to verify it as of an earlier time)")
         }
         e => format!("proof REJECTED: {e}"),
     })?;

@@ -224,3 +224,35 @@ proptest! {
         let _ = verify_lookup_bytes(&h.client_realm(1), ALICE, &bytes[..n], h.now_ms, None);
     }
 }
+
+#[test]
+fn historical_proofs_skip_freshness_but_nothing_else() {
+    let h = setup();
+    let realm = h.client_realm(2);
+    let proof = h.lookup_proof(ALICE, None, 2).unwrap();
+    let years_later = h.now_ms + 10 * 365 * 24 * 3_600_000;
+    // Too old for a present-day answer, still a valid statement about epoch 1.
+    assert!(matches!(verify_lookup(&realm, ALICE, &proof, years_later, None), Err(VerifyError::HeadExpired { .. })));
+    let past = keyraft_core::verify_lookup_at(&realm, ALICE, &proof, 1).unwrap();
+    assert_eq!(past.epoch(), 1);
+    assert!(matches!(
+        keyraft_core::verify_lookup_at(&realm, ALICE, &proof, 2),
+        Err(VerifyError::EpochMismatch { asked: 2, got: 1 })
+    ));
+    // Quorum, tree and entry checks still apply.
+    let mut p = proof.clone();
+    p.replica_signatures.truncate(1);
+    assert!(matches!(
+        keyraft_core::verify_lookup_at(&realm, ALICE, &p, 1),
+        Err(VerifyError::ReplicaMajorityMissing { .. })
+    ));
+    let bytes = proof.encode();
+    for i in 0..bytes.len() {
+        let mut tampered = bytes.clone();
+        tampered[i] ^= 0x01;
+        let ok = LookupProof::from_bytes(&tampered)
+            .map(|p| keyraft_core::verify_lookup_at(&realm, ALICE, &p, 1).is_ok())
+            .unwrap_or(false);
+        assert!(!ok, "flipping byte {i} still verifies historically");
+    }
+}

@@ -1,0 +1,165 @@
+//! Watching one identity: the current value, then every change, each with a proof.
+//!
+//! The client checks the story as well as each proof: epochs strictly increase; a "change"
+//! shows a different entry than the one before it; a heartbeat shows the same entry and is
+//! fresh (so a server cannot freeze a watcher on an old value for longer than the TTL). When a
+//! replica goes away the watch resumes on the next one after the last epoch it verified.
+
+use crate::{decode_proof, status_error, Client, ClientError, LookupAnswer};
+use keyraft_core::Entry;
+use keyraft_proto::pb::watch_event::Event;
+use keyraft_proto::pb::WatchRequest;
+
+/// How many times in a row a watch may fail to reach any replica before it gives up.
+pub const WATCH_RECONNECT_ROUNDS_MAX: u32 = 3;
+
+/// One verified event.
+#[derive(Debug, Clone)]
+pub enum WatchUpdate {
+    /// The identity's value in this epoch differs from the previous event's (or is the
+    /// first value of the watch).
+    Changed(LookupAnswer),
+    /// The identity is unchanged as of this (fresh) epoch.
+    Unchanged(LookupAnswer),
+}
+
+impl WatchUpdate {
+    /// The verified answer.
+    pub fn answer(&self) -> &LookupAnswer {
+        match self {
+            Self::Changed(a) | Self::Unchanged(a) => a,
+        }
+    }
+}
+
+/// An open watch; see [`Client::watch`].
+#[derive(Debug)]
+pub struct Watch {
+    client: Client,
+    user_id: String,
+    from_epoch: u64,
+    stream: Option<tonic::Streaming<keyraft_proto::pb::WatchEvent>>,
+    endpoint: usize,
+    /// The epoch and entry of the last verified event.
+    last: Option<(u64, Option<Entry>)>,
+}
+
+impl Watch {
+    pub(crate) async fn open(client: Client, user_id: String, from_epoch: u64) -> Result<Self, ClientError> {
+        let mut watch = Self { client, user_id, from_epoch, stream: None, endpoint: 0, last: None };
+        watch.connect().await?;
+        Ok(watch)
+    }
+
+    /// Opens the stream on the next endpoint that answers, resuming after the last epoch seen.
+    async fn connect(&mut self) -> Result<(), ClientError> {
+        let from_epoch = self.last.as_ref().map_or(self.from_epoch, |(e, _)| *e);
+        let request =
+            WatchRequest { user_id: self.user_id.clone(), verifier_threshold: self.client.threshold(), from_epoch };
+        let n = self.client.endpoints.len();
+        let mut last_error = ClientError::Unavailable("no endpoint tried".into());
+        for attempt in 0..n * WATCH_RECONNECT_ROUNDS_MAX as usize {
+            let i = (self.endpoint + attempt) % n;
+            let (addr, c) = &self.client.endpoints[i];
+            match c.clone().watch(request.clone()).await {
+                Ok(response) => {
+                    self.endpoint = i;
+                    self.stream = Some(response.into_inner());
+                    return Ok(());
+                }
+                Err(status) => {
+                    let e = status_error(addr, &status);
+                    if !matches!(e, ClientError::Unavailable(_)) {
+                        return Err(e);
+                    }
+                    tracing::debug!(endpoint = %addr, error = %e, "watch: trying the next endpoint");
+                    last_error = e;
+                    if (attempt + 1) % n == 0 {
+                        // A whole round failed: let the realm recover before the next one.
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    /// The next verified event; `None` only if the server ended the watch cleanly.
+    pub async fn next(&mut self) -> Option<Result<WatchUpdate, ClientError>> {
+        loop {
+            let Some(stream) = self.stream.as_mut() else {
+                if let Err(e) = self.connect().await {
+                    return Some(Err(e));
+                }
+                continue;
+            };
+            match stream.message().await {
+                Ok(Some(event)) => return Some(self.accept(event.event)),
+                Ok(None) => return None,
+                Err(status) => {
+                    let addr = &self.client.endpoints[self.endpoint].0;
+                    let e = status_error(addr, &status);
+                    if !matches!(e, ClientError::Unavailable(_)) {
+                        return Some(Err(e));
+                    }
+                    tracing::info!(endpoint = %addr, error = %e, "watch interrupted; resuming on another replica");
+                    self.stream = None;
+                    self.endpoint = (self.endpoint + 1) % self.client.endpoints.len();
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, event: Option<Event>) -> Result<WatchUpdate, ClientError> {
+        let (changed, bytes) = match event {
+            Some(Event::Changed(b)) => (true, b),
+            Some(Event::Heartbeat(b)) => (false, b),
+            None => return Err(ClientError::Contradicted("a watch event carries no event".into())),
+        };
+        let epoch = decode_proof(&bytes)?.head.epoch;
+        // The first value of a watch from "now" must be fresh; replayed changes are past
+        // statements, and the heartbeat that follows them brings the watch up to date.
+        let fresh = !changed || (self.last.is_none() && self.from_epoch == 0);
+        let answer = if fresh {
+            self.client.accept_fresh(&self.user_id, bytes)?
+        } else {
+            self.client.accept_past(&self.user_id, bytes, epoch)?
+        };
+        let entry = answer.lookup.entry.as_ref().map(|(e, _)| e.clone());
+        if let Some((last_epoch, last_entry)) = &self.last {
+            if epoch <= *last_epoch {
+                return Err(ClientError::Contradicted(format!(
+                    "watch went from epoch {last_epoch} back to epoch {epoch}"
+                )));
+            }
+            match (changed, last_entry == &entry) {
+                (true, true) => {
+                    return Err(ClientError::Contradicted(format!(
+                        "watch reports a change in epoch {epoch} that shows the same entry as epoch {last_epoch}"
+                    )))
+                }
+                (false, false) => {
+                    return Err(ClientError::Contradicted(format!(
+                        "watch says unchanged in epoch {epoch}, but the entry differs from epoch {last_epoch}: a change was hidden"
+                    )))
+                }
+                _ => {}
+            }
+            if let (Some(old), Some(new)) = (last_entry, &entry) {
+                if new.version <= old.version {
+                    return Err(ClientError::Contradicted(format!(
+                        "watch went from version {} to version {} in epoch {epoch}",
+                        old.version, new.version
+                    )));
+                }
+            }
+        } else if epoch <= self.from_epoch {
+            return Err(ClientError::Contradicted(format!(
+                "watch from epoch {} started with epoch {epoch}",
+                self.from_epoch
+            )));
+        }
+        self.last = Some((epoch, entry));
+        Ok(if changed { WatchUpdate::Changed(answer) } else { WatchUpdate::Unchanged(answer) })
+    }
+}
