@@ -91,10 +91,18 @@ impl Realm {
     /// Creates a three-replica realm with `keyraft dev` (short epochs), applies `tweak` to
     /// each node's configuration, and starts the replicas.
     pub fn start(tweak: impl Fn(&mut toml::Table)) -> Realm {
+        Self::start_with(&[], tweak)
+    }
+
+    /// [`Realm::start`] with `dev_args` added to the `keyraft dev` command line (options that
+    /// shape the generated configurations, e.g. `--stream-stall-ms`).
+    pub fn start_with(dev_args: &[&str], tweak: impl Fn(&mut toml::Table)) -> Realm {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = Command::new(keyraft_bin())
             .args(["dev", "--base-port", "0", "--exit-when-ready", "--min-epoch-interval-ms", "100"])
-            .args(["--max-epoch-interval-ms", "1000", "--dir"])
+            .args(["--max-epoch-interval-ms", "1000"])
+            .args(dev_args)
+            .arg("--dir")
             .arg(dir.path())
             .output()
             .expect("run keyraft dev");

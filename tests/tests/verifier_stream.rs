@@ -1,5 +1,6 @@
 //! `VerifierStream` against real replicas: framing, identical positions on every replica,
-//! signed heads, resume by root, divergence refused, live epochs after `CaughtUp`.
+//! signed heads, resume by root, divergence refused, live epochs after `CaughtUp`, a stalled
+//! reader closed with a reason, streams ended by a replica shutting down.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use ed25519_dalek::SigningKey;
@@ -8,7 +9,7 @@ use keyraft_core::{decode_canonical, EpochHead, PublicKey, Signature, SignedEntr
 use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_proto::pb::verifier_frame::Frame;
 use keyraft_proto::pb::VerifierStreamRequest;
-use keyraft_tests::{serial, Realm, DEADLINE};
+use keyraft_tests::{serial, wait_for, Realm, DEADLINE};
 use std::collections::BTreeMap;
 use tonic::Streaming;
 
@@ -157,4 +158,120 @@ fn verifiers_stream_identical_signed_epochs_from_any_replica_and_resume_by_root(
             .any(|u| decode_canonical::<SignedEntry>(u).unwrap().signatures[0].signer
                 == keyraft_client::public_key(&key)));
     });
+}
+
+/// Registers `n` identities whose signed entries are as large as the format allows (a policy
+/// of 16 keys, all of which sign): about 2.2 KB each in the verifier stream.
+fn register_large_entries(realm: &Realm, n: usize) -> u64 {
+    use keyraft_core::lookup::verify_lookup;
+    use keyraft_core::{Canonical, Entry, LookupProof, Policy, Profile, Update};
+    use keyraft_proto::pb::{LookupRequest, UpdateRequest};
+    const TASKS: usize = 16;
+    // The harness runs no verifier here: accept epochs a replica majority signed.
+    let mut file = realm.realm_file();
+    file.verifier_threshold = 0;
+    let checker = file.client_realm().unwrap();
+    let signers: Vec<SigningKey> = (0..16).map(|_| SigningKey::generate(&mut rand::rngs::OsRng)).collect();
+    let policy = Policy::threshold(16, signers.iter().map(keyraft_core::keys::public_key_of).collect()).unwrap();
+    let signers = std::sync::Arc::new(signers);
+    realm.runtime.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..TASKS {
+            let (mut c, checker, policy, signers) =
+                (client(realm, t % 3), checker.clone(), policy.clone(), signers.clone());
+            tasks.spawn(async move {
+                let mut newest = 0;
+                for i in (t..n).step_by(TASKS) {
+                    let user_id = format!("large-{i}@example.com");
+                    let req = LookupRequest { user_id: user_id.clone(), wait_ms: 10_000, ..Default::default() };
+                    let proof: LookupProof =
+                        decode_canonical(&c.lookup(req).await.unwrap().into_inner().proof).unwrap();
+                    let index =
+                        verify_lookup(&checker, &user_id, &proof, keyraft_client::now_ms(), None).unwrap().index;
+                    let profile = Profile { nonce: vec![7; 16], keys: BTreeMap::new() };
+                    let entry = Entry {
+                        index,
+                        version: 0,
+                        update_policy: policy.clone(),
+                        profile_commitment: profile.commitment(),
+                    };
+                    let keys: Vec<&SigningKey> = signers.iter().collect();
+                    let signatures = keyraft_core::update::sign_entry("dev", &entry, &keys);
+                    let update = Update { signed: SignedEntry { entry, signatures }, profile };
+                    let req = UpdateRequest { user_id, update: update.encode(), verifier_threshold: None, wait_ms: 0 };
+                    newest = newest.max(c.update(req).await.unwrap().into_inner().epoch);
+                }
+                newest
+            });
+        }
+        let mut newest = 0;
+        while let Some(epoch) = tasks.join_next().await {
+            newest = newest.max(epoch.unwrap());
+        }
+        newest
+    })
+}
+
+/// Reads until the stream ends; returns the frames and signed-entry bytes read, and how it
+/// ended.
+async fn read_to_end(stream: &mut Streaming<keyraft_proto::pb::VerifierFrame>) -> (usize, usize, tonic::Status) {
+    let (mut frames, mut bytes) = (0, 0);
+    loop {
+        match tokio::time::timeout(DEADLINE, stream.message()).await.expect("the stream ends") {
+            Ok(Some(f)) => {
+                frames += 1;
+                if let Some(Frame::Updates(u)) = f.frame {
+                    bytes += u.signed_entries.iter().map(Vec::len).sum::<usize>();
+                }
+            }
+            Ok(None) => panic!("the stream ended without saying why after {frames} frames"),
+            Err(status) => return (frames, bytes, status),
+        }
+    }
+}
+
+#[test]
+fn a_verifier_stream_reader_that_stops_reading_is_closed_with_a_reason() {
+    let _s = serial();
+    let mut realm = Realm::start_with(&["--stream-stall-ms", "2000"], |_| {});
+    // About 1.7 MB of signed entries: more than the stream's 8 frames of at most 64 KiB, the
+    // encoder's buffer and the reader's 64 KiB HTTP/2 window hold together (at most about
+    // 0.7 MB; measured about 0.3 MB, as short epochs make small frames).
+    let newest = register_large_entries(&realm, 800);
+    realm.wait_ratified(0, newest);
+
+    let mut stalled = realm.runtime.block_on(async {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(0)))
+            .unwrap()
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535);
+        let mut c = KeyraftClient::new(endpoint.connect_lazy());
+        let req = VerifierStreamRequest { max_frame_bytes: 65_536, ..Default::default() };
+        let mut s = c.verifier_stream(req).await.unwrap().into_inner();
+        let first = tokio::time::timeout(DEADLINE, s.message()).await.unwrap().unwrap().unwrap();
+        assert!(matches!(first.frame, Some(Frame::Init(_))));
+        s
+    });
+    // The test stops reading; the replica must give up on it on its own.
+    wait_for("replica 1 to close the stalled verifier stream", || {
+        std::fs::read_to_string(realm.path().join("logs/node-1.log"))
+            .is_ok_and(|l| l.contains("closing a verifier stream whose reader stalled"))
+            .then_some(())
+    });
+    let (frames, bytes, status) = realm.runtime.block_on(read_to_end(&mut stalled));
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+    assert!(status.message().contains("stalled") && status.message().contains("2000 ms"), "{status}");
+    eprintln!("the stalled reader had {frames} frames ({bytes} bytes of signed entries) buffered");
+
+    // A replica shutting down ends its open streams with UNAVAILABLE instead of waiting for
+    // them (its listener's graceful shutdown would).
+    let mut open = realm.runtime.block_on(async {
+        let mut s = client(&realm, 2).verifier_stream(VerifierStreamRequest::default()).await.unwrap().into_inner();
+        read_epochs(&mut s, 0, true).await;
+        s
+    });
+    assert!(realm.terminate(2).success());
+    let (_, _, status) = realm.runtime.block_on(read_to_end(&mut open));
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+    assert!(status.message().contains("shutting down"), "{status}");
 }

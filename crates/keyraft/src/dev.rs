@@ -46,6 +46,10 @@ pub struct DevArgs {
     /// Start, initialise, print the summary and stop (for scripts and tests).
     #[arg(long)]
     pub exit_when_ready: bool,
+    /// Close verifier-stream and Watch readers that accept nothing for this many milliseconds
+    /// (`verifier_stream_stall_ms` and `watch_stall_ms`; first start only; default 60000).
+    #[arg(long)]
+    pub stream_stall_ms: Option<u64>,
 }
 
 fn node_config_path(dir: &Path, id: u64) -> PathBuf {
@@ -113,7 +117,14 @@ fn create(args: &DevArgs) -> CmdResult {
                 ..EpochSettings::default()
             },
             raft: RaftSettings::default(),
-            limits: Default::default(),
+            limits: match args.stream_stall_ms {
+                Some(ms) => keyraft_server::config::Limits {
+                    verifier_stream_stall_ms: ms,
+                    watch_stall_ms: ms,
+                    ..Default::default()
+                },
+                None => Default::default(),
+            },
             storage: Default::default(),
             voters: voters.clone(),
         };

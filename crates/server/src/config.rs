@@ -128,18 +128,40 @@ impl Default for RaftSettings {
     }
 }
 
-/// Request limits.
+/// Request and stream limits (`[limits]`).
+///
+/// ```toml
+/// [limits]
+/// request_bytes_max = 65536
+/// wait_ms_max = 30000
+/// forward_timeout_ms = 10000
+/// concurrency_per_connection = 256
+/// verifier_stream_stall_ms = 60000
+/// watch_stall_ms = 60000
+/// watch_streams_max = 10000
+/// ```
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest public request accepted, in bytes.
     pub request_bytes_max: usize,
-    /// Longest a request may wait (for an epoch, a quorum), in milliseconds.
+    /// Longest a request may wait (for an epoch, a quorum), in milliseconds. A `Watch` whose
+    /// `from_epoch` is ahead of this replica waits this long for it too.
     pub wait_ms_max: u64,
     /// Deadline of a forwarded request to the leader, in milliseconds.
     pub forward_timeout_ms: u64,
     /// Concurrent requests per public connection.
     pub concurrency_per_connection: usize,
+    /// A `VerifierStream` reader that accepts no frame for this long, in milliseconds, is
+    /// closed with RESOURCE_EXHAUSTED: its buffered frames hold a replica's memory, and a
+    /// verifier resumes from its last verified epoch anyway.
+    pub verifier_stream_stall_ms: u64,
+    /// A `Watch` reader that accepts no event for this long, in milliseconds, is closed with
+    /// RESOURCE_EXHAUSTED (it reopens the stream from the last epoch it received).
+    pub watch_stall_ms: u64,
+    /// Concurrent `Watch` streams this replica serves; more are refused with
+    /// RESOURCE_EXHAUSTED. Each holds a task and a few buffered proofs (at most 32 KiB each).
+    pub watch_streams_max: usize,
 }
 
 impl Default for Limits {
@@ -149,6 +171,9 @@ impl Default for Limits {
             wait_ms_max: 30_000,
             forward_timeout_ms: 10_000,
             concurrency_per_connection: 256,
+            verifier_stream_stall_ms: 60_000,
+            watch_stall_ms: 60_000,
+            watch_streams_max: 10_000,
         }
     }
 }

@@ -28,6 +28,7 @@ pub mod server;
 pub mod service;
 mod snapshot_file;
 pub mod verifier_stream;
+pub mod watch;
 
 pub use config::{Loaded, NodeConfig};
 pub use error::Error;

@@ -133,13 +133,13 @@ impl PublicService {
         Self { node, vrf_cache: Arc::default(), pending: Arc::default(), rejections: Arc::default() }
     }
 
-    fn check_user_id(user_id: &str) -> Result<(), Status> {
+    pub(crate) fn check_user_id(user_id: &str) -> Result<(), Status> {
         check_size(user_id.len(), USER_ID_BYTES_MAX, "user_id")?;
         validate_user_id(user_id).map_err(|e| Status::invalid_argument(format!("user_id: {e}")))
     }
 
     /// The user id's index and VRF proof (cached: proving costs about 130 us).
-    fn index_of(&self, user_id: &str) -> Result<(Index, VrfProof), Status> {
+    pub(crate) fn index_of(&self, user_id: &str) -> Result<(Index, VrfProof), Status> {
         if let Some(hit) = lock(&self.vrf_cache).get(user_id) {
             return Ok(*hit);
         }
@@ -159,7 +159,7 @@ impl PublicService {
         Ok(result)
     }
 
-    fn check_threshold(&self, threshold: u32) -> Result<usize, Status> {
+    pub(crate) fn check_threshold(&self, threshold: u32) -> Result<usize, Status> {
         let n = self.node.realm.verifier_keys.len();
         if threshold as usize > n {
             return Err(Status::invalid_argument(format!(
@@ -170,7 +170,7 @@ impl PublicService {
     }
 
     /// Whether `epoch` is keyserver-ratified and has `threshold` verifier ratifications.
-    fn satisfies(&self, epoch: u64, threshold: usize) -> Result<bool, Status> {
+    pub(crate) fn satisfies(&self, epoch: u64, threshold: usize) -> Result<bool, Status> {
         let m = self.node.shared.read();
         if epoch == 0 || epoch > m.epoch_state().ratified_epoch {
             return Ok(false);
@@ -179,7 +179,7 @@ impl PublicService {
     }
 
     /// The newest epoch at or after `min_epoch` satisfying `threshold`, if any.
-    fn newest_satisfying(&self, min_epoch: u64, threshold: usize) -> Result<Option<u64>, Status> {
+    pub(crate) fn newest_satisfying(&self, min_epoch: u64, threshold: usize) -> Result<Option<u64>, Status> {
         let ratified = self.node.shared.applied().epoch_state.ratified_epoch;
         let lowest = min_epoch.max(1).max(ratified.saturating_sub(QUORUM_SEARCH_EPOCHS_MAX));
         let mut e = ratified;
@@ -213,7 +213,7 @@ impl PublicService {
         }
     }
 
-    fn proof(
+    pub(crate) fn proof(
         &self,
         user_id: &str,
         index: Index,
@@ -468,8 +468,15 @@ impl Keyraft for PublicService {
 
     type WatchStream = BoxStream<pb::WatchEvent>;
 
-    async fn watch(&self, _request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        Err(Status::unimplemented("Watch is not served by this version of keyraft; poll Lookup with min_epoch"))
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let req = request.into_inner();
+        Self::check_user_id(&req.user_id)?;
+        let threshold = self.check_threshold(req.verifier_threshold)?;
+        let (index, vrf_proof) = self.index_of(&req.user_id)?;
+        let target =
+            crate::watch::Target { user_id: req.user_id, index, vrf_proof, threshold, from_epoch: req.from_epoch };
+        let stream = crate::watch::start(self.clone(), self.node.clone(), target)?;
+        Ok(Response::new(Box::pin(stream)))
     }
 
     type VerifierStreamStream = crate::verifier_stream::FrameStream;

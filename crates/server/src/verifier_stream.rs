@@ -9,9 +9,12 @@
 //!
 //! Every stream has its own task reading from storage: a lagging reader never holds the apply
 //! path, and memory per stream is bounded by [`FRAMES_BUFFERED_MAX`] frames plus one epoch. A
-//! reader that accepts no frame for [`STALL_TIMEOUT_MS`] is dropped, and the frames it already
-//! has are followed by RESOURCE_EXHAUSTED saying so. Positions (epochs and the order of updates
-//! inside them) are the same on every replica.
+//! reader that accepts no frame for `limits.verifier_stream_stall_ms` (node configuration) is
+//! dropped, and the frames it already has are followed by RESOURCE_EXHAUSTED saying so.
+//! Positions (epochs and the order of updates inside them) are the same on every replica.
+//!
+//! The channel between a stream's task and its reader ([`bounded`], [`BoundedStream`]) is
+//! shared with `Watch` (`crate::watch`), which has the same needs.
 
 use crate::node::Node;
 use keyraft_core::{Canonical, Digest, PublicKey, Signature};
@@ -34,25 +37,26 @@ pub const FRAME_BYTES_MIN: usize = 64 * 1024;
 pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024 - 64 * 1024;
 /// Frames queued per stream, at most.
 pub const FRAMES_BUFFERED_MAX: usize = 8;
-/// A reader that accepts no frame for this long is closed.
-pub const STALL_TIMEOUT_MS: u64 = 60_000;
 /// A heartbeat is sent after this long without another frame.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 5_000;
 
-type Item = Result<VerifierFrame, Status>;
-
-/// The response stream: the frames, then an explicit error if the producer gave up on a
-/// stalled reader.
-pub struct FrameStream {
-    rx: mpsc::Receiver<Item>,
+/// A server stream fed by its own task through a bounded channel: the items, then an
+/// explicit RESOURCE_EXHAUSTED if the task gave up on a stalled reader (a silent end would
+/// look like a clean close to the reader).
+pub struct BoundedStream<T> {
+    rx: mpsc::Receiver<Result<T, Status>>,
     stalled: Arc<AtomicBool>,
+    stall_message: String,
     finished: bool,
 }
 
-impl tokio_stream::Stream for FrameStream {
-    type Item = Item;
+/// The `VerifierStream` response stream.
+pub type FrameStream = BoundedStream<VerifierFrame>;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+impl<T> tokio_stream::Stream for BoundedStream<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.finished {
             return Poll::Ready(None);
         }
@@ -60,15 +64,82 @@ impl tokio_stream::Stream for FrameStream {
             Poll::Ready(None) => {
                 self.finished = true;
                 if self.stalled.load(Ordering::Acquire) {
-                    return Poll::Ready(Some(Err(Status::resource_exhausted(format!(
-                        "verifier stream closed: the reader accepted no frame for {STALL_TIMEOUT_MS} ms; resume from the last epoch you verified"
-                    )))));
+                    return Poll::Ready(Some(Err(Status::resource_exhausted(self.stall_message.clone()))));
                 }
                 Poll::Ready(None)
             }
             other => other,
         }
     }
+}
+
+/// The task's end of a [`BoundedStream`].
+pub(crate) struct StallSender<T> {
+    tx: mpsc::Sender<Result<T, Status>>,
+    stalled: Arc<AtomicBool>,
+    stall_ms: u64,
+    what: &'static str,
+}
+
+/// The reader is gone: it disconnected, or it stalled and was dropped.
+#[derive(Debug)]
+pub(crate) struct ReaderGone;
+
+/// A channel of at most `buffered_max` items whose reader is dropped when it accepts none
+/// for `stall_ms`; `what` names the stream in the log and in the reader's error, `resume`
+/// tells the reader how to continue.
+pub(crate) fn bounded<T>(
+    what: &'static str,
+    buffered_max: usize,
+    stall_ms: u64,
+    resume: &str,
+) -> (StallSender<T>, BoundedStream<T>) {
+    let (tx, rx) = mpsc::channel(buffered_max.max(1));
+    let stalled = Arc::new(AtomicBool::new(false));
+    let stall_message = format!(
+        "{what} stream closed by the server: the reader stalled, accepting nothing for {stall_ms} ms \
+         (limit set by the replica's operator); {resume}"
+    );
+    (
+        StallSender { tx, stalled: stalled.clone(), stall_ms, what },
+        BoundedStream { rx, stalled, stall_message, finished: false },
+    )
+}
+
+impl<T> StallSender<T> {
+    /// Queues `item`, waiting at most the stall limit for room.
+    pub(crate) async fn send(&self, item: T) -> Result<(), ReaderGone> {
+        match self.tx.send_timeout(Ok(item), Duration::from_millis(self.stall_ms)).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                self.stalled.store(true, Ordering::Release);
+                tracing::info!(stall_ms = self.stall_ms, "closing a {} stream whose reader stalled", self.what);
+                Err(ReaderGone)
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(ReaderGone),
+        }
+    }
+
+    /// Ends the stream with `status`, unless the reader is gone or stalled (it then gets the
+    /// stall error, or nothing).
+    pub(crate) async fn fail(&self, status: Status) {
+        let _ = self.tx.send_timeout(Err(status), Duration::from_millis(self.stall_ms)).await;
+    }
+
+    /// Completes once the reader is gone.
+    pub(crate) async fn closed(&self) {
+        self.tx.closed().await;
+    }
+}
+
+/// Completes once this replica's Raft has shut down. Open streams keep a replica's graceful
+/// shutdown waiting (the public listener waits for them to end), and the state's change
+/// channel outlives them (the node holds it), so streams watch Raft's server metrics, whose
+/// sender is dropped when Raft stops.
+pub(crate) async fn replica_stopped(node: &Node) {
+    let mut metrics = node.raft.server_metrics();
+    // Changes of leader or membership are rare; only the channel's end matters here.
+    while metrics.changed().await.is_ok() {}
 }
 
 fn frame(f: Frame) -> VerifierFrame {
@@ -119,17 +190,20 @@ pub fn start(node: Arc<Node>, req: &VerifierStreamRequest) -> Result<FrameStream
             )));
         }
     }
-    let (tx, rx) = mpsc::channel(FRAMES_BUFFERED_MAX);
-    let stalled = Arc::new(AtomicBool::new(false));
-    let producer = Producer { node, tx, stalled: stalled.clone(), max_frame };
+    let (out, stream) = bounded(
+        "verifier",
+        FRAMES_BUFFERED_MAX,
+        node.limits.verifier_stream_stall_ms,
+        "resume from the last epoch you verified",
+    );
+    let producer = Producer { node, out, max_frame };
     tokio::spawn(producer.run(req.resume_epoch, ratified));
-    Ok(FrameStream { rx, stalled, finished: false })
+    Ok(stream)
 }
 
 struct Producer {
     node: Arc<Node>,
-    tx: mpsc::Sender<Item>,
-    stalled: Arc<AtomicBool>,
+    out: StallSender<VerifierFrame>,
     max_frame: usize,
 }
 
@@ -141,20 +215,12 @@ enum Stop {
 
 impl Producer {
     async fn send(&self, f: Frame) -> Result<(), Stop> {
-        match self.tx.send_timeout(Ok(frame(f)), Duration::from_millis(STALL_TIMEOUT_MS)).await {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                self.stalled.store(true, Ordering::Release);
-                tracing::info!("closing a verifier stream whose reader stalled");
-                Err(Stop::ReaderGone)
-            }
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(Stop::ReaderGone),
-        }
+        self.out.send(frame(f)).await.map_err(|ReaderGone| Stop::ReaderGone)
     }
 
     async fn run(self, resume_epoch: u64, ratified: u64) {
         if let Err(Stop::Failed(status)) = self.stream(resume_epoch, ratified).await {
-            let _ = self.tx.send(Err(status)).await;
+            self.out.fail(status).await;
         }
     }
 
@@ -167,6 +233,8 @@ impl Producer {
         .await?;
         let mut next = resume_epoch + 1;
         let mut changes = self.node.shared.subscribe();
+        let stopped = replica_stopped(&self.node);
+        tokio::pin!(stopped);
         let mut caught_up = false;
         loop {
             let newest = changes.borrow_and_update().epoch_state.ratified_epoch;
@@ -191,7 +259,10 @@ impl Producer {
                         self.send(Frame::Heartbeat(head)).await?;
                     }
                 }
-                () = self.tx.closed() => return Err(Stop::ReaderGone),
+                () = &mut stopped => {
+                    return Err(Stop::Failed(Status::unavailable("this replica is shutting down; resume elsewhere")));
+                }
+                () = self.out.closed() => return Err(Stop::ReaderGone),
             }
         }
     }
