@@ -5,7 +5,9 @@
 //! Tests wait for conditions by polling with generous deadlines, never by fixed sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use keyraft_client::Client;
+pub mod fake;
+
+use keyraft_client::{Client, ClientOptions};
 use keyraft_core::RealmFile;
 use keyraft_proto::peer::{StatusReply, StatusRequest};
 use keyraft_server::config::NodeConfig;
@@ -84,7 +86,8 @@ pub struct Realm {
     pub replicas: Vec<Replica>,
     pub token: String,
     pub runtime: tokio::runtime::Runtime,
-    pub verifier: Option<Child>,
+    /// Running verifiers by number (`verifier-N.toml`).
+    pub verifiers: std::collections::BTreeMap<usize, Child>,
 }
 
 impl Realm {
@@ -120,7 +123,7 @@ impl Realm {
             replicas.push(Replica { id, config, child: None, listening: None });
         }
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
-        let mut realm = Realm { dir, replicas, token, runtime, verifier: None };
+        let mut realm = Realm { dir, replicas, token, runtime, verifiers: Default::default() };
         for i in 0..3 {
             realm.start_replica(i);
         }
@@ -166,29 +169,39 @@ impl Realm {
         r.listening = Some(listening);
     }
 
-    /// Starts the realm's verifier (`verifier-1.toml`, written by `keyraft dev`).
+    /// Starts the realm's first verifier (`verifier-1.toml`, written by `keyraft dev`).
     pub fn start_verifier(&mut self) {
+        self.start_verifier_n(1);
+    }
+
+    /// Starts verifier `n` (`verifier-N.toml`; `keyraft dev --verifiers` writes them).
+    pub fn start_verifier_n(&mut self, n: usize) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("logs/verifier-1.log"))
+            .open(self.dir.path().join(format!("logs/verifier-{n}.log")))
             .expect("log file");
         let child = Command::new(keyraft_bin())
             .arg("verifier")
             .arg("--config")
-            .arg(self.dir.path().join("verifier-1.toml"))
+            .arg(self.dir.path().join(format!("verifier-{n}.toml")))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
             .expect("spawn keyraft verifier");
-        self.verifier = Some(child);
+        self.verifiers.insert(n, child);
     }
 
-    /// SIGKILLs the verifier.
+    /// SIGKILLs the first verifier.
     pub fn kill_verifier(&mut self) {
-        if let Some(mut c) = self.verifier.take() {
+        self.kill_verifier_n(1);
+    }
+
+    /// SIGKILLs verifier `n`.
+    pub fn kill_verifier_n(&mut self, n: usize) {
+        if let Some(mut c) = self.verifiers.remove(&n) {
             c.kill().expect("kill");
             c.wait().expect("wait");
         }
@@ -218,10 +231,17 @@ impl Realm {
         self.replicas[i].listening.as_ref().expect("listening").peer_addr.to_string()
     }
 
-    /// A verifying client talking to replica `i` only.
+    /// A verifying client talking to replica `i` only, requiring the replica majority but no
+    /// verifier (most tests run without verifiers; see [`Realm::client_requiring`]).
     pub fn client(&self, i: usize) -> Client {
+        self.client_requiring(i, 0)
+    }
+
+    /// A verifying client talking to replica `i` only that requires `verifiers` ratifications.
+    pub fn client_requiring(&self, i: usize, verifiers: usize) -> Client {
         let _g = self.runtime.enter();
-        Client::new(&self.realm_file(), &[self.public_addr(i)]).expect("client")
+        let options = ClientOptions { verifier_threshold: Some(verifiers), ..ClientOptions::default() };
+        Client::with_options(&self.realm_file(), &[self.public_addr(i)], &options).expect("client")
     }
 
     pub fn peer(&self, i: usize) -> PeerClient {
@@ -270,7 +290,10 @@ impl Realm {
 
 impl Drop for Realm {
     fn drop(&mut self) {
-        self.kill_verifier();
+        for (_, mut c) in std::mem::take(&mut self.verifiers) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         for r in &mut self.replicas {
             if let Some(mut c) = r.child.take() {
                 let _ = c.kill();

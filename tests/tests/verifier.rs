@@ -1,16 +1,19 @@
-//! A verifier process against a three-replica realm: it ratifies every epoch, an update can
-//! wait for its ratification, and a verifier killed and restarted ratifies every missed epoch.
+//! Three replicas and two verifier processes: an update waiting for both returns a proof
+//! carrying both ratifications; with one verifier stopped, clients requiring both get a clear
+//! error while clients requiring one are served; restarted, the verifier ratifies every epoch
+//! it missed, and operators see both verifiers in the status.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use ed25519_dalek::SigningKey;
-use keyraft_client::{Client, LookupOptions};
-use keyraft_core::{decode_canonical, verify_lookup, LookupProof};
+use keyraft_client::{ClientError, ClientOptions, LookupOptions};
+use keyraft_core::{LookupProof, VerifyError};
 use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_proto::pb::GetEpochRequest;
 use keyraft_tests::{serial, wait_for, Realm};
 use std::collections::BTreeMap;
 
-fn verifier_signed(realm: &Realm, epoch: u64) -> bool {
+/// How many verifiers ratified `epoch`, as replica 1 stores it.
+fn ratifications(realm: &Realm, epoch: u64) -> usize {
     let _g = realm.runtime.enter();
     let mut c = KeyraftClient::new(
         tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(0))).unwrap().connect_lazy(),
@@ -18,49 +21,75 @@ fn verifier_signed(realm: &Realm, epoch: u64) -> bool {
     realm
         .runtime
         .block_on(c.get_epoch(GetEpochRequest { epoch }))
-        .map(|r| !r.into_inner().verifier_signatures.is_empty())
-        .unwrap_or(false)
+        .map_or(0, |r| r.into_inner().verifier_signatures.len())
 }
 
 #[test]
-fn a_verifier_ratifies_every_epoch_including_the_ones_it_missed() {
+fn two_verifiers_ratify_and_each_client_chooses_how_many_it_requires() {
     let _s = serial();
-    let mut realm = Realm::start(|_| {});
-    realm.start_verifier();
-    let mut file = realm.realm_file();
-    file.verifier_threshold = 1;
-    let client = {
-        let _g = realm.runtime.enter();
-        Client::new(&file, &[realm.public_addr(1)]).unwrap()
-    };
+    let mut realm = Realm::start_with(&["--verifiers", "2"], |_| {});
+    assert_eq!(realm.realm_file().verifier_keys.len(), 2);
+    assert_eq!(realm.realm_file().verifier_threshold, 1, "the dev realm file requires a verifier");
+    realm.start_verifier_n(1);
+    realm.start_verifier_n(2);
+    wait_for("both verifiers to ratify epoch 1", || (ratifications(&realm, 1) == 2).then_some(()));
+    let both = realm.client_requiring(1, 2);
+    let one = realm.client_requiring(2, 1);
 
-    wait_for("the verifier to ratify epoch 1", || verifier_signed(&realm, 1).then_some(()));
-    // An update that waits for the verifier returns a proof carrying its ratification.
+    // An update that waits for both verifiers returns a proof carrying both ratifications.
     let alice = SigningKey::generate(&mut rand::rngs::OsRng);
-    let first = realm.runtime.block_on(client.register("alice@example.com", &alice, BTreeMap::new())).unwrap();
-    let found = realm
+    let keys = BTreeMap::from([("pgp".to_owned(), b"alice".to_vec())]);
+    let outcome = realm
         .runtime
-        .block_on(
-            client.lookup("alice@example.com", LookupOptions { epoch: 0, min_epoch: first.epoch, wait_ms: 30_000 }),
-        )
+        .block_on(both.registration("alice@example.com", &alice).keys(keys).wait_for_quorum().send())
         .unwrap();
-    assert_eq!(found.lookup.ratified_by.len(), 1);
-    let proof: LookupProof = decode_canonical(&found.proof).unwrap();
-    verify_lookup(client.realm(), "alice@example.com", &proof, keyraft_client::now_ms(), None).unwrap();
+    let proof = outcome.proof.expect("a proof, since the update waited for the quorum");
+    assert_eq!(proof.lookup.ratified_by.len(), 2);
+    assert_eq!(LookupProof::from_bytes(&proof.proof).unwrap().verifier_signatures.len(), 2);
+    assert_eq!(proof.lookup.entry.as_ref().unwrap().0.version, 0);
 
-    // Killed, the verifier misses epochs; restarted, it ratifies each of them.
-    realm.kill_verifier();
-    let missed_from = realm.status(0).unwrap().ratified_epoch + 1;
-    realm.wait_ratified(0, missed_from + 3);
-    assert!(!verifier_signed(&realm, missed_from + 2));
-    realm.start_verifier();
+    // Verifier 2 stops; verifier 1 keeps ratifying.
+    realm.kill_verifier_n(2);
+    let stopped_at = realm.status(0).unwrap().ratified_epoch;
+    let newest = wait_for("verifier 1 to ratify epochs verifier 2 misses", || {
+        let e = realm.status(0)?.ratified_epoch;
+        (e >= stopped_at + 3 && ratifications(&realm, e) == 1).then_some(e)
+    });
+    let recent = LookupOptions { epoch: 0, min_epoch: newest, wait_ms: 1_000 };
+    let e = realm.runtime.block_on(both.lookup("alice@example.com", recent)).unwrap_err();
+    assert!(matches!(e, ClientError::Unavailable(_)) && e.to_string().contains("2 verifier ratifications"), "{e}");
+    let served = realm.runtime.block_on(one.lookup("alice@example.com", recent)).unwrap();
+    assert!(served.lookup.epoch() >= newest);
+    assert_eq!(served.lookup.ratified_by.len(), 1);
+    // A client requiring both with a short TTL is never served stale data: once the last
+    // epoch both ratified is older than its TTL, it says so.
+    let strict = {
+        let _g = realm.runtime.enter();
+        let options =
+            ClientOptions { verifier_threshold: Some(2), epoch_ttl_ms: Some(1_500), ..ClientOptions::default() };
+        keyraft_client::Client::with_options(&realm.realm_file(), &[realm.public_addr(0)], &options).unwrap()
+    };
+    let stale = wait_for("the epochs both verifiers ratified to age past the TTL", || {
+        realm.runtime.block_on(strict.lookup("alice@example.com", LookupOptions::default())).err()
+    });
+    assert!(matches!(stale, ClientError::Stale(VerifyError::HeadExpired { .. })), "{stale}");
+    assert!(stale.to_string().contains("older than the TTL"), "{stale}");
+
+    // Restarted, verifier 2 ratifies every epoch it missed.
+    realm.start_verifier_n(2);
     let newest = realm.status(0).unwrap().ratified_epoch;
-    wait_for("the restarted verifier to ratify the newest epoch", || verifier_signed(&realm, newest).then_some(()));
+    wait_for("verifier 2 to ratify the newest epoch", || (ratifications(&realm, newest) == 2).then_some(()));
     for epoch in 1..=newest {
-        assert!(verifier_signed(&realm, epoch), "epoch {epoch} was not ratified");
+        assert_eq!(ratifications(&realm, epoch), 2, "epoch {epoch}");
     }
-    // Operators see it in the status.
+    let fresh = realm
+        .runtime
+        .block_on(both.lookup("alice@example.com", LookupOptions { epoch: 0, min_epoch: newest, wait_ms: 30_000 }))
+        .unwrap();
+    assert_eq!(fresh.lookup.ratified_by.len(), 2);
+
+    // Operators see both verifiers and how far each has ratified.
     let status = realm.status(0).unwrap();
-    assert_eq!(status.verifiers.len(), 1);
-    assert!(status.verifiers[0].latest_ratified_epoch >= newest, "{status:?}");
+    assert_eq!(status.verifiers.len(), 2);
+    assert!(status.verifiers.iter().all(|v| v.latest_ratified_epoch >= newest), "{status:?}");
 }

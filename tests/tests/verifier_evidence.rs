@@ -1,90 +1,112 @@
 //! A verifier fed a tampered epoch (through a test-only stream source that relays a real
-//! replica's stream and alters one update) writes evidence, halts, and signs nothing more.
+//! replica's stream and alters one update, or replaces a head with another one signed by the
+//! replica majority: compromised replicas) writes evidence, halts, and signs nothing more.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use keyraft_proto::pb::keyraft_client::KeyraftClient;
-use keyraft_proto::pb::keyraft_server::{Keyraft, KeyraftServer};
 use keyraft_proto::pb::verifier_frame::Frame;
 use keyraft_proto::pb::{self, VerifierFrame};
+use keyraft_tests::fake::{BoxStream, FakeReplica};
 use keyraft_tests::{edit_config, keyraft_bin, serial, wait_for, Realm};
-use std::pin::Pin;
-use tonic::{Request, Response, Status};
+use tonic::Status;
 
-type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
-
-/// Relays `upstream`'s verifier stream, flipping one byte of the first update of epoch
-/// `tamper_epoch`. Every other call is unimplemented.
-struct Tampering {
-    upstream: String,
-    tamper_epoch: u64,
+/// What the test-only source alters.
+#[derive(Clone)]
+enum Tamper {
+    /// One byte of the epoch's first update (inside its last signature).
+    Update,
+    /// The epoch's root, re-signed with these replica keys (a majority): a head the replicas
+    /// "signed" that the updates do not produce.
+    Head(Vec<ed25519_dalek::SigningKey>),
 }
 
-fn nope<T>() -> Result<T, Status> {
-    Err(Status::unimplemented("test stream source"))
+fn resign(head_bytes: &[u8], keys: &[ed25519_dalek::SigningKey]) -> pb::verifier_frame::SignedHead {
+    use ed25519_dalek::Signer as _;
+    let mut head = keyraft_core::EpochHead::from_bytes(head_bytes).unwrap();
+    head.root[0] ^= 0x01;
+    let message = keyraft_core::lookup::head_signing_message(&head);
+    pb::verifier_frame::SignedHead {
+        head: keyraft_core::Canonical::encode(&head),
+        replica_signatures: keys
+            .iter()
+            .map(|k| pb::KeySignature {
+                signer: k.verifying_key().to_bytes().to_vec(),
+                signature: k.sign(&message).to_bytes().to_vec(),
+            })
+            .collect(),
+    }
 }
 
-#[tonic::async_trait]
-impl Keyraft for Tampering {
-    async fn lookup(&self, _: Request<pb::LookupRequest>) -> Result<Response<pb::LookupResponse>, Status> {
-        nope()
-    }
-    async fn update(&self, _: Request<pb::UpdateRequest>) -> Result<Response<pb::UpdateResponse>, Status> {
-        nope()
-    }
-    async fn get_update_status(
-        &self,
-        _: Request<pb::GetUpdateStatusRequest>,
-    ) -> Result<Response<pb::GetUpdateStatusResponse>, Status> {
-        nope()
-    }
-    async fn get_epoch(&self, _: Request<pb::GetEpochRequest>) -> Result<Response<pb::EpochInfo>, Status> {
-        nope()
-    }
-    async fn list_epochs(&self, _: Request<pb::ListEpochsRequest>) -> Result<Response<pb::ListEpochsResponse>, Status> {
-        nope()
-    }
-    async fn history(&self, _: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
-        nope()
-    }
-    type WatchStream = BoxStream<pb::WatchEvent>;
-    async fn watch(&self, _: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        nope()
-    }
-    type VerifierStreamStream = BoxStream<VerifierFrame>;
-    async fn verifier_stream(
-        &self,
-        request: Request<pb::VerifierStreamRequest>,
-    ) -> Result<Response<Self::VerifierStreamStream>, Status> {
-        let mut up = KeyraftClient::connect(format!("http://{}", self.upstream))
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let stream = up.verifier_stream(request.into_inner()).await?.into_inner();
-        let tamper_epoch = self.tamper_epoch;
-        let mut tampered = false;
-        let relayed = tokio_stream::StreamExt::map(stream, move |item| {
-            let mut frame = item?;
-            if let Some(Frame::Updates(u)) = &mut frame.frame {
-                if u.epoch == tamper_epoch && !tampered && !u.signed_entries.is_empty() {
-                    let entry = &mut u.signed_entries[0];
-                    let last = entry.len() - 1;
-                    entry[last] ^= 0x01; // inside the last signature
-                    tampered = true;
-                }
+/// A stream source that relays `upstream`'s verifier stream, altering epoch `tamper_epoch`
+/// as `tamper` says.
+fn tampering_source(realm: &Realm, upstream: String, tamper_epoch: u64, tamper: Tamper) -> String {
+    FakeReplica::default()
+        .verifier_stream(move |request| {
+            let (upstream, tamper) = (upstream.clone(), tamper.clone());
+            async move {
+                let mut up = KeyraftClient::connect(format!("http://{upstream}"))
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                let stream = up.verifier_stream(request).await?.into_inner();
+                let mut tampered = false;
+                let relayed = tokio_stream::StreamExt::map(stream, move |item| {
+                    let mut frame = item?;
+                    match (&tamper, &mut frame.frame) {
+                        (Tamper::Update, Some(Frame::Updates(u)))
+                            if u.epoch == tamper_epoch && !tampered && !u.signed_entries.is_empty() =>
+                        {
+                            let entry = &mut u.signed_entries[0];
+                            let last = entry.len() - 1;
+                            entry[last] ^= 0x01; // inside the last signature
+                            tampered = true;
+                        }
+                        (Tamper::Head(keys), Some(Frame::Head(h))) => {
+                            let epoch = keyraft_core::EpochHead::from_bytes(&h.head).unwrap().epoch;
+                            if epoch == tamper_epoch {
+                                *h = resign(&h.head, keys);
+                            }
+                        }
+                        _ => {}
+                    }
+                    Ok(frame)
+                });
+                Ok(Box::pin(relayed) as BoxStream<VerifierFrame>)
             }
-            Ok(frame)
-        });
-        Ok(Response::new(Box::pin(relayed)))
-    }
-    async fn push_ratification(
-        &self,
-        _: Request<pb::PushRatificationRequest>,
-    ) -> Result<Response<pb::PushRatificationResponse>, Status> {
-        nope()
-    }
+        })
+        .serve(&realm.runtime)
 }
 
 #[test]
 fn a_tampered_update_makes_the_verifier_write_evidence_and_halt() {
+    let record = run_against_tampering_source(|_| Tamper::Update);
+    assert!(record["reason"].as_str().unwrap().contains("breaks the rules"), "{record}");
+    assert!(!record["updates"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_head_signed_by_the_replica_majority_that_the_updates_do_not_produce_is_evidence() {
+    let record = run_against_tampering_source(|realm| {
+        let keys = (1..=2)
+            .map(|n| {
+                let path = realm.path().join(format!("keys/replica-{n}.key"));
+                ed25519_dalek::SigningKey::from_bytes(&keyraft_server::config::read_secret32(&path, "key").unwrap())
+            })
+            .collect();
+        Tamper::Head(keys)
+    });
+    // Both heads are in the file: the signed one received and the one the updates produce.
+    let received = hex::decode(record["received_head"].as_str().unwrap()).unwrap();
+    let expected = hex::decode(record["expected_head"].as_str().unwrap()).unwrap();
+    let received = keyraft_core::EpochHead::from_bytes(&received).unwrap();
+    let expected = keyraft_core::EpochHead::from_bytes(&expected).unwrap();
+    assert_eq!(received.epoch, expected.epoch);
+    assert_ne!(received.root, expected.root);
+    assert_eq!(record["received_replica_signatures"].as_array().unwrap().len(), 2);
+}
+
+/// Registers users, points a verifier at a source that alters the first epoch holding
+/// updates, checks that it halts with evidence and refuses to restart; returns the evidence.
+fn run_against_tampering_source(tamper: impl Fn(&Realm) -> Tamper) -> serde_json::Value {
     let _s = serial();
     let realm = Realm::start(|_| {});
     let users = realm.client(0);
@@ -106,14 +128,7 @@ fn a_tampered_update_makes_the_verifier_write_evidence_and_halt() {
         })
         .expect("an epoch with updates");
 
-    let listener = realm.runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let source = listener.local_addr().unwrap().to_string();
-    let service = Tampering { upstream: realm.public_addr(0), tamper_epoch };
-    realm.runtime.spawn(
-        tonic::transport::Server::builder()
-            .add_service(KeyraftServer::new(service))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let source = tampering_source(&realm, realm.public_addr(0), tamper_epoch, tamper(&realm));
 
     let config = realm.path().join("verifier-1.toml");
     let data = realm.path().join("data/verifier-1");
@@ -132,12 +147,18 @@ fn a_tampered_update_makes_the_verifier_write_evidence_and_halt() {
     let evidence = data.join(format!("evidence/epoch-{tamper_epoch}.json"));
     let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&evidence).unwrap()).unwrap();
     assert_eq!(record["epoch"], tamper_epoch);
-    assert!(record["reason"].as_str().unwrap().contains("breaks the rules"), "{record}");
-    assert!(!record["updates"].as_array().unwrap().is_empty());
     assert!(record["received_head"].is_string());
     assert!(data.join("HALTED").exists());
     // Restarted, it refuses to run until an operator removes HALTED.
     let out = std::process::Command::new(keyraft_bin()).args(["verifier", "--config"]).arg(&config).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("halted"), "{}", String::from_utf8_lossy(&out.stderr));
+    // It signed nothing from the tampered epoch on.
+    let _g = realm.runtime.enter();
+    let mut c = KeyraftClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(0))).unwrap().connect_lazy(),
+    );
+    let info = realm.runtime.block_on(c.get_epoch(pb::GetEpochRequest { epoch: tamper_epoch })).unwrap().into_inner();
+    assert!(info.verifier_signatures.is_empty(), "the verifier ratified the epoch it found tampered");
+    record
 }

@@ -47,6 +47,13 @@ pub struct BenchArgs {
     /// Verify one lookup answer in this many.
     #[arg(long, default_value_t = 100)]
     pub verify_every: usize,
+    /// Verifier ratifications lookups require (default: the realm file's threshold).
+    #[arg(long = "verifiers")]
+    pub verifier_threshold: Option<usize>,
+    /// Each update waits until its epoch has the verifier ratifications and returns the
+    /// proof, which the bench verifies: the latencies are then Update to ratified proof.
+    #[arg(long)]
+    pub wait_for_quorum: bool,
 }
 
 /// Latencies in microseconds.
@@ -131,7 +138,18 @@ where
 #[allow(clippy::too_many_lines)] // the three phases, in order, read best together
 pub fn run(args: &BenchArgs, out: &mut dyn Write) -> CmdResult {
     let file = RealmFile::from_json(&std::fs::read_to_string(&args.realm)?)?;
-    let realm = file.client_realm()?;
+    let mut realm = file.client_realm()?;
+    if let Some(t) = args.verifier_threshold {
+        if t > realm.config.verifier_keys.len() {
+            return Err(format!(
+                "--verifiers {t} exceeds the {} registered verifiers",
+                realm.config.verifier_keys.len()
+            )
+            .into());
+        }
+        realm.verifier_threshold = t;
+    }
+    let threshold = u32::try_from(realm.verifier_threshold)?;
     let endpoints = if args.endpoints.is_empty() { file.endpoints.clone() } else { args.endpoints.clone() };
     if endpoints.is_empty() || args.clients == 0 || args.updates == 0 {
         return Err("bench needs endpoints, at least one client and at least one update".into());
@@ -171,7 +189,12 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> CmdResult {
                 let (indexes, realm) = (indexes.clone(), realm.clone());
                 async move {
                     let r = client
-                        .lookup(LookupRequest { user_id: user.clone(), wait_ms: 5_000, ..Default::default() })
+                        .lookup(LookupRequest {
+                            user_id: user.clone(),
+                            wait_ms: 5_000,
+                            verifier_threshold: threshold,
+                            ..Default::default()
+                        })
                         .await
                         .map_err(|s| s.message().to_owned())?;
                     let bytes = r.into_inner().proof;
@@ -213,24 +236,34 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> CmdResult {
         let updates = Arc::new(updates);
         let n = updates.len();
         let max_epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let wait = args.wait_for_quorum;
         let (lat, errors, elapsed) = {
-            let (channels, updates, max_epoch) = (channels.clone(), updates.clone(), max_epoch.clone());
+            let (channels, updates, max_epoch, realm) =
+                (channels.clone(), updates.clone(), max_epoch.clone(), realm.clone());
             drive(args.clients, n, move |_c, i| {
                 let mut client = channels[i % channels.len()].clone();
                 let (user, update) = updates[i].clone();
-                let max_epoch = max_epoch.clone();
+                let (max_epoch, realm) = (max_epoch.clone(), realm.clone());
                 async move {
-                    let r = client
-                        .update(UpdateRequest { user_id: user, update, verifier_threshold: None, wait_ms: 0 })
-                        .await
-                        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
-                    max_epoch.fetch_max(r.into_inner().epoch, Ordering::Relaxed);
+                    let request = if wait {
+                        UpdateRequest { user_id: user.clone(), update, verifier_threshold: Some(threshold), wait_ms: 60_000 }
+                    } else {
+                        UpdateRequest { user_id: user.clone(), update, verifier_threshold: None, wait_ms: 0 }
+                    };
+                    let r = client.update(request).await.map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+                    let r = r.into_inner();
+                    if wait {
+                        let proof: LookupProof = decode_canonical(&r.proof).map_err(|e| e.to_string())?;
+                        keyraft_core::verify_lookup_at(&realm, &user, &proof, r.epoch).map_err(|e| e.to_string())?;
+                    }
+                    max_epoch.fetch_max(r.epoch, Ordering::Relaxed);
                     Ok(())
                 }
             })
             .await
         };
-        report(out, "updates (applied)", lat.len(), errors, elapsed, lat)?;
+        let what = if wait { "updates (until a verified, quorum-ratified proof)" } else { "updates (applied)" };
+        report(out, what, lat.len(), errors, elapsed, lat)?;
 
         // Phase 3: until the last update's epoch is keyserver-ratified.
         let target = max_epoch.load(Ordering::Relaxed);
@@ -242,6 +275,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> CmdResult {
                     user_id: users[0].clone(),
                     min_epoch: target,
                     wait_ms: 10_000,
+                    verifier_threshold: threshold,
                     ..Default::default()
                 })
                 .await;
@@ -255,7 +289,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> CmdResult {
         }
         writeln!(
             out,
-            "last update's epoch {target} keyserver-ratified {:.2} s after the last update was applied",
+            "last update's epoch {target} ratified by a replica majority and {threshold} verifier(s) {:.2} s after the last update returned",
             start.elapsed().as_secs_f64()
         )?;
         if let Ok(info) = client.get_epoch(GetEpochRequest { epoch: target }).await {

@@ -43,6 +43,10 @@ pub struct DevArgs {
     /// Epoch intervals in milliseconds (first start only).
     #[arg(long, default_value_t = 5_000)]
     pub max_epoch_interval_ms: u64,
+    /// Number of third-party verifiers (first start only). With one or more, the realm
+    /// file's `verifier_threshold` is 1: clients accept only epochs a verifier ratified.
+    #[arg(long, default_value_t = 1)]
+    pub verifiers: usize,
     /// Start, initialise, print the summary and stop (for scripts and tests).
     #[arg(long)]
     pub exit_when_ready: bool,
@@ -54,6 +58,10 @@ pub struct DevArgs {
 
 fn node_config_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("node-{id}.toml"))
+}
+
+fn verifier_config_path(dir: &Path, n: usize) -> PathBuf {
+    dir.join(format!("verifier-{n}.toml"))
 }
 
 fn port(base: u16, offset: u16) -> Result<u16, String> {
@@ -78,18 +86,20 @@ fn create(args: &DevArgs) -> CmdResult {
         write_secret32(&dir.join(format!("keys/replica-{id}.key")), &seed)?;
         replica_keys.push(keyraft_client::public_key(&ed25519_dalek::SigningKey::from_bytes(&seed)));
     }
-    let verifier_seed: [u8; 32] = rand::Rng::gen(&mut rng);
-    write_secret32(&dir.join("keys/verifier-1.key"), &verifier_seed)?;
-    let verifier_key = keyraft_client::public_key(&ed25519_dalek::SigningKey::from_bytes(&verifier_seed));
-    let config =
-        RealmConfig::new("dev", VrfSecretKey::from_seed(&vrf_seed).public_key(), replica_keys, vec![verifier_key])?;
-    let verifier = keyraft_verifier::Config {
-        data_dir: "data/verifier-1".into(),
-        realm_file: "realm.json".into(),
-        signing_key_file: "keys/verifier-1.key".into(),
-        endpoints: vec![],
-    };
-    std::fs::write(dir.join("verifier-1.toml"), toml::to_string_pretty(&verifier)?)?;
+    let mut verifier_keys = Vec::new();
+    for n in 1..=args.verifiers {
+        let seed: [u8; 32] = rand::Rng::gen(&mut rng);
+        write_secret32(&dir.join(format!("keys/verifier-{n}.key")), &seed)?;
+        verifier_keys.push(keyraft_client::public_key(&ed25519_dalek::SigningKey::from_bytes(&seed)));
+        let verifier = keyraft_verifier::Config {
+            data_dir: format!("data/verifier-{n}").into(),
+            realm_file: "realm.json".into(),
+            signing_key_file: format!("keys/verifier-{n}.key").into(),
+            endpoints: vec![],
+        };
+        std::fs::write(verifier_config_path(dir, n), toml::to_string_pretty(&verifier)?)?;
+    }
+    let config = RealmConfig::new("dev", VrfSecretKey::from_seed(&vrf_seed).public_key(), replica_keys, verifier_keys)?;
     let mut voters = Vec::new();
     for id in 1..=args.replicas {
         let offset = u16::try_from(id).map_err(|_| "too many replicas")?;
@@ -99,7 +109,8 @@ fn create(args: &DevArgs) -> CmdResult {
             public_addr: format!("127.0.0.1:{}", port(args.base_port, offset)?),
         });
     }
-    let realm = RealmFile::new(&config, 60_000, 5_000, voters.iter().map(|v| v.public_addr.clone()).collect());
+    let mut realm = RealmFile::new(&config, 60_000, 5_000, voters.iter().map(|v| v.public_addr.clone()).collect());
+    realm.verifier_threshold = args.verifiers.min(1);
     std::fs::write(dir.join("realm.json"), realm.to_json())?;
     for v in &voters {
         let node = NodeConfig {
@@ -258,11 +269,15 @@ pub fn run(args: &DevArgs, out: &mut dyn Write) -> CmdResult {
         }
         wait_ratified(&listening[0], &token, &mut children)?;
         // The verifier reads the realm file's endpoints, final once the ports are pinned.
-        let verifier_config = dir.join("verifier-1.toml");
-        if verifier_config.exists() && !args.exit_when_ready {
-            children.push(spawn_process(&dir, "verifier", &verifier_config, "verifier-1")?);
+        if !args.exit_when_ready {
+            for n in 1..=realm.verifier_keys.len() {
+                let config = verifier_config_path(&dir, n);
+                if config.exists() {
+                    children.push(spawn_process(&dir, "verifier", &config, &format!("verifier-{n}"))?);
+                }
+            }
         }
-        summary(&dir, &listening, out)?;
+        summary(&dir, &realm, &listening, out)?;
         Ok(())
     })();
     if let Err(e) = result {
@@ -279,7 +294,7 @@ pub fn run(args: &DevArgs, out: &mut dyn Write) -> CmdResult {
             loop {
                 for c in children.iter_mut() {
                     if let Ok(Some(status)) = c.try_wait() {
-                        return Some(format!("replica process {} exited ({status})", c.id()));
+                        return Some(format!("process {} (a replica or verifier) exited ({status})", c.id()));
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -321,7 +336,7 @@ fn wait_ratified(first: &Listening, token: &str, children: &mut [Child]) -> CmdR
     Err("the realm did not ratify its first epoch in time; see the logs".into())
 }
 
-fn summary(dir: &Path, listening: &[Listening], out: &mut dyn Write) -> CmdResult {
+fn summary(dir: &Path, realm: &RealmFile, listening: &[Listening], out: &mut dyn Write) -> CmdResult {
     let d = dir.display();
     writeln!(out, "keyraft dev realm \"dev\" is up: {} replicas, data under {d}", listening.len())?;
     for l in listening {
@@ -331,8 +346,17 @@ fn summary(dir: &Path, listening: &[Listening], out: &mut dyn Write) -> CmdResul
             l.node_id, l.public_addr, l.peer_addr, l.node_id
         )?;
     }
-    if dir.join("verifier-1.toml").exists() {
-        writeln!(out, "  verifier 1: recomputes and ratifies every epoch (log: {d}/logs/verifier-1.log)")?;
+    for n in 1..=realm.verifier_keys.len() {
+        if verifier_config_path(dir, n).exists() {
+            writeln!(out, "  verifier {n}: recomputes and ratifies every epoch (log: {d}/logs/verifier-{n}.log)")?;
+        }
+    }
+    if realm.verifier_threshold > 0 {
+        writeln!(
+            out,
+            "  clients accept an epoch once a replica majority signed it and {} verifier(s) ratified it",
+            realm.verifier_threshold
+        )?;
     }
     let exe = "keyraft";
     writeln!(out)?;
@@ -340,7 +364,14 @@ fn summary(dir: &Path, listening: &[Listening], out: &mut dyn Write) -> CmdResul
     writeln!(out, "  {exe} keygen --out alice.key")?;
     writeln!(out, "  {exe} register --realm {d}/realm.json --user alice@example.com --key alice.key --set pgp=my-key")?;
     writeln!(out, "  {exe} lookup --realm {d}/realm.json alice@example.com")?;
-    writeln!(out, "  {exe} lookup --realm {d}/realm.json alice@example.com --json")?;
+    writeln!(out, "  {exe} lookup --realm {d}/realm.json alice@example.com --json --save-proof alice.proof")?;
+    writeln!(out, "  {exe} verify-proof --realm {d}/realm.json alice.proof")?;
+    writeln!(
+        out,
+        "  {exe} update --realm {d}/realm.json --user alice@example.com --key alice.key --set pgp=new --wait"
+    )?;
+    writeln!(out, "  {exe} history --realm {d}/realm.json alice@example.com")?;
+    writeln!(out, "  {exe} watch --realm {d}/realm.json alice@example.com")?;
     writeln!(out, "  {exe} admin --peer {} --token-file {d}/keys/cluster.token status", listening[0].peer_addr)?;
     writeln!(out, "  {exe} bench --realm {d}/realm.json")?;
     writeln!(out)?;

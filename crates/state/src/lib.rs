@@ -16,6 +16,7 @@ mod error;
 pub mod harness;
 mod keys;
 mod machine;
+pub mod parallel;
 mod proof;
 pub mod proposer;
 #[doc(hidden)]

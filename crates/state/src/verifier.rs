@@ -143,20 +143,28 @@ impl<S: Storage> VerifierState<S> {
         }
         let mut batch = Batch::new();
         let mut leaves = Vec::with_capacity(updates.len());
+        let mut current = Vec::with_capacity(updates.len());
         for (position, update) in updates.iter().enumerate() {
             let index = update.entry.index;
             if position > 0 && updates[position - 1].entry.index >= index {
                 return Err(Mismatch::UnorderedUpdates { epoch, position }.into());
             }
-            let current: Option<Entry> = match self.store.get(&current_key(&index)).map_err(StateError::from)? {
+            current.push(match self.store.get(&current_key(&index)).map_err(StateError::from)? {
                 None => None,
-                Some(b) => Some(decode_canonical(&b).map_err(|e| corrupt(format!("verifier entry: {e}")))?),
-            };
-            if let Err(reason) = check_signed_entry(&self.config.realm, current.as_ref(), update) {
-                return Err(Mismatch::UnauthorizedUpdate { epoch, index: hex::encode(index.0), reason }.into());
-            }
-            batch.put(current_key(&index), update.entry.encode());
-            leaves.push((index, update.entry.hash()));
+                Some(b) => Some(decode_canonical::<Entry>(&b).map_err(|e| corrupt(format!("verifier entry: {e}")))?),
+            });
+        }
+        // Signatures dominate catch-up and are independent: check them on every core.
+        let checked = crate::parallel::try_map(updates, |position, update| {
+            check_signed_entry(&self.config.realm, current[position].as_ref(), update)
+        });
+        if let Err((position, reason)) = checked {
+            let index = hex::encode(updates[position].entry.index.0);
+            return Err(Mismatch::UnauthorizedUpdate { epoch, index, reason }.into());
+        }
+        for update in updates {
+            batch.put(current_key(&update.entry.index), update.entry.encode());
+            leaves.push((update.entry.index, update.entry.hash()));
         }
         let previous = self.last.as_ref().map(|h| h.epoch);
         let (root, written) = tree::apply_epoch(&self.store, &self.pages, previous, epoch, &leaves, &mut batch)?;

@@ -201,7 +201,9 @@ impl Verifier {
             }
             Err(s) => return Ended::Retry(format!("{}: {}", s.code(), s.message())),
         };
-        let mut updates: Vec<SignedEntry> = Vec::new();
+        // Raw until the head arrives: decoding (two key decompressions per update) is then
+        // spread over every core with the signature checks.
+        let mut raw: Vec<Vec<u8>> = Vec::new();
         let mut epoch_of_updates = None;
         let mut next_chunk = 0u32;
         loop {
@@ -231,15 +233,7 @@ impl Verifier {
                     }
                     epoch_of_updates = Some(u.epoch);
                     next_chunk += 1;
-                    for bytes in &u.signed_entries {
-                        match decode_canonical::<SignedEntry>(bytes) {
-                            Ok(e) => updates.push(e),
-                            Err(e) => {
-                                let why = format!("an update of epoch {} does not decode: {e}", u.epoch);
-                                return Ended::Misbehaved(self.evidence(u.epoch, &why, addr, None, &[], Some(bytes)));
-                            }
-                        }
-                    }
+                    raw.extend(u.signed_entries);
                 }
                 Frame::Head(h) => {
                     let head = match self.signed_by_majority(&h) {
@@ -249,10 +243,10 @@ impl Verifier {
                     if epoch_of_updates.is_none() && head.update_count > 0 {
                         return Ended::Retry(format!("head of epoch {} without its updates", head.epoch));
                     }
-                    if let Err(ended) = self.ratify(&h, head, &updates, addr, push).await {
+                    if let Err(ended) = self.ratify(&h, head, &raw, addr, push).await {
                         return ended;
                     }
-                    updates.clear();
+                    raw.clear();
                     epoch_of_updates = None;
                     next_chunk = 0;
                 }
@@ -286,10 +280,18 @@ impl Verifier {
         &mut self,
         h: &SignedHead,
         head: EpochHead,
-        updates: &[SignedEntry],
+        raw: &[Vec<u8>],
         addr: &str,
         push: &mpsc::Sender<PushRatificationRequest>,
     ) -> Result<(), Ended> {
+        let updates = match keyraft_state::parallel::try_map(raw, |_, b| decode_canonical::<SignedEntry>(b)) {
+            Ok(u) => u,
+            Err((position, e)) => {
+                let why = format!("update {position} of epoch {} does not decode: {e}", head.epoch);
+                return Err(Ended::Misbehaved(self.evidence(head.epoch, &why, addr, None, &[], Some(&raw[position]))));
+            }
+        };
+        let updates = updates.as_slice();
         match self.state.check_epoch(updates, &head) {
             Ok(checked) => {
                 if let Err(e) = self.state.commit(checked).and_then(|()| self.state.store().flush().map_err(Into::into))
