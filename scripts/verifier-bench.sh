@@ -27,8 +27,8 @@ for _ in $(seq 1 600); do grep -q "is up" "$DIR/dev.out" 2>/dev/null && break; s
 grep -q "is up" "$DIR/dev.out" || { cat "$DIR/dev.out"; exit 1; }
 REALM="$DIR/realm/realm.json"
 
-echo "== 1. Update -> verifier-ratified proof, 1 s epochs, 16 clients"
-"$BIN" bench --realm "$REALM" --clients 16 --updates 2000 --lookups 2000 --wait-for-quorum
+echo "== 1. Update -> verifier-ratified proof, 1 s epochs, 128 clients"
+"$BIN" bench --realm "$REALM" --clients 128 --updates 1280 --lookups 1280 --wait-for-quorum
 
 echo "== 2. loading $UPDATES registrations"
 "$BIN" bench --realm "$REALM" --clients 128 --updates "$UPDATES" --lookups "$UPDATES" --verifiers 0 | grep -E "updates|ratified|holds"
@@ -42,6 +42,6 @@ for _ in $(seq 1 6000); do grep -q "caught up" "$DIR/fresh.log" 2>/dev/null && b
 END="$(date +%s.%N)"
 grep -q "caught up" "$DIR/fresh.log" || { tail -20 "$DIR/fresh.log"; exit 1; }
 EPOCH="$(grep -o 'caught up.*' "$DIR/fresh.log" | head -1)"
-COUNT=$((UPDATES + 2000))
+COUNT=$((UPDATES + 1280))
 awk -v s="$START" -v e="$END" -v n="$COUNT" -v what="$EPOCH" \
   'BEGIN { t = e - s; printf "fresh verifier: %d updates (%s) in %.2f s = %.0f updates/s (process start to caught up)\n", n, what, t, n / t }'

@@ -99,7 +99,9 @@ impl Watch {
                 Err(status) => {
                     let addr = &self.client.endpoints[self.endpoint].0;
                     let e = status_error(addr, &status);
-                    if !matches!(e, ClientError::Unavailable(_)) {
+                    // RESOURCE_EXHAUSTED mid-stream: the replica dropped us as a slow reader;
+                    // resuming from the last verified epoch loses nothing.
+                    if !matches!(e, ClientError::Unavailable(_)) && status.code() != tonic::Code::ResourceExhausted {
                         return Some(Err(e));
                     }
                     tracing::info!(endpoint = %addr, error = %e, "watch interrupted; resuming on another replica");

@@ -71,8 +71,9 @@ impl Canonical for SignedEntry {
     }
 
     fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let entry = decode_canonical(r.var_bytes(1, ENTRY_BYTES_MAX, "entry")?)?;
-        let signatures = decode_signature_set(r, UPDATE_SIGNATURES_MAX, "update signatures")?;
+        let entry: Entry = decode_canonical(r.var_bytes(1, ENTRY_BYTES_MAX, "entry")?)?;
+        let signatures =
+            decode_signature_set(r, UPDATE_SIGNATURES_MAX, "update signatures", entry.update_policy.keys())?;
         Ok(Self { entry, signatures })
     }
 }

@@ -128,6 +128,10 @@ impl Default for RaftSettings {
     }
 }
 
+/// Shortest stall limit: below it, a reader on a slow link would be closed while the
+/// frames it is receiving are still in flight.
+pub const STALL_MS_MIN: u64 = 1_000;
+
 /// Request and stream limits (`[limits]`).
 ///
 /// ```toml
@@ -316,6 +320,21 @@ impl NodeConfig {
         }
         if self.node_id == 0 {
             return Err(Error::Config("node_id must be at least 1".into()));
+        }
+        let l = &self.limits;
+        for (name, value, min) in [
+            ("verifier_stream_stall_ms", l.verifier_stream_stall_ms, STALL_MS_MIN),
+            ("watch_stall_ms", l.watch_stall_ms, STALL_MS_MIN),
+            ("forward_timeout_ms", l.forward_timeout_ms, 1),
+        ] {
+            if value < min {
+                return Err(Error::Config(format!("limits: {name} is {value}, at least {min} is needed")));
+            }
+        }
+        if l.request_bytes_max == 0 || l.concurrency_per_connection == 0 || l.watch_streams_max == 0 {
+            return Err(Error::Config(
+                "limits: request_bytes_max, concurrency_per_connection and watch_streams_max must be at least 1".into(),
+            ));
         }
         Ok(())
     }

@@ -102,6 +102,9 @@ struct Verifier {
     endpoints: Vec<String>,
     data_dir: PathBuf,
     state: VerifierState<SledStorage>,
+    /// Ratifications of epochs committed but not yet flushed: released only once durable, so
+    /// that a crash can never make this verifier sign a second, different head for an epoch.
+    unflushed: Vec<PushRatificationRequest>,
 }
 
 /// Runs the verifier until `shutdown` completes or the realm misbehaves.
@@ -130,7 +133,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let store = SledStorage::open(&config.data_dir.join("state")).map_err(|e| Error::State(e.to_string()))?;
     let state = VerifierState::open(store, realm.clone()).map_err(|e| Error::State(e.to_string()))?;
     tracing::info!(epoch = state.last_epoch(), "verifier state opened");
-    let mut verifier = Verifier { realm, key, public, endpoints, data_dir: config.data_dir, state };
+    let mut verifier =
+        Verifier { realm, key, public, endpoints, data_dir: config.data_dir, state, unflushed: Vec::new() };
     tokio::select! {
         r = verifier.follow() => r,
         () = shutdown => {
@@ -146,6 +150,51 @@ fn client(addr: &str) -> Result<KeyraftClient<Channel>, Error> {
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true);
     Ok(KeyraftClient::new(endpoint.connect_lazy()).max_decoding_message_size(4 << 20))
+}
+
+/// Epochs committed without a flush, at most, while catching up. Their ratifications wait
+/// for the flush: a verifier must never have released a signature over a head it could forget
+/// in a crash, or a realm could feed it a different history after the restart and collect
+/// two signed heads for one epoch. Live epochs are flushed one by one.
+const UNFLUSHED_EPOCHS_MAX: usize = 64;
+
+/// Frames received ahead of the one being checked, at most (each at most a few MiB).
+const FRAMES_AHEAD_MAX: usize = 16;
+
+/// The frames of a stream, received by their own task: the next epoch arrives while this one
+/// is checked, instead of waiting in the replica's buffers.
+struct ReadAhead {
+    rx: mpsc::Receiver<Result<Option<keyraft_proto::pb::VerifierFrame>, tonic::Status>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn read_ahead(mut stream: tonic::Streaming<keyraft_proto::pb::VerifierFrame>) -> ReadAhead {
+    let (tx, rx) = mpsc::channel(FRAMES_AHEAD_MAX);
+    let task = tokio::spawn(async move {
+        loop {
+            let item = stream.message().await;
+            let last = !matches!(item, Ok(Some(_)));
+            if tx.send(item).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    ReadAhead { rx, task }
+}
+
+/// Runs CPU- or disk-bound work without stalling the runtime's other tasks (the read-ahead,
+/// the pushes), when the runtime has threads to hand them to.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 fn jittered(attempt: u32) -> Duration {
@@ -171,6 +220,7 @@ impl Verifier {
             match self.stream_from(&addr, &push_tx).await {
                 Ended::Misbehaved(e) => return Err(e),
                 Ended::Retry(why) => {
+                    self.release(&push_tx).await?;
                     if self.state.last_epoch() > before {
                         attempt = 0;
                     }
@@ -194,23 +244,24 @@ impl Verifier {
             resume_root: self.state.last_head().map(|h| h.root.to_vec()).unwrap_or_default(),
             max_frame_bytes: 0,
         };
-        let mut stream = match c.verifier_stream(request).await {
+        let stream = match c.verifier_stream(request).await {
             Ok(s) => s.into_inner(),
             Err(s) if s.code() == tonic::Code::FailedPrecondition && s.message().contains("diverged") => {
                 return Ended::Misbehaved(self.evidence(self.state.last_epoch(), s.message(), addr, None, &[], None));
             }
             Err(s) => return Ended::Retry(format!("{}: {}", s.code(), s.message())),
         };
+        let mut frames = read_ahead(stream);
         // Raw until the head arrives: decoding (two key decompressions per update) is then
         // spread over every core with the signature checks.
         let mut raw: Vec<Vec<u8>> = Vec::new();
         let mut epoch_of_updates = None;
         let mut next_chunk = 0u32;
         loop {
-            let frame = match stream.message().await {
-                Ok(Some(f)) => f.frame,
-                Ok(None) => return Ended::Retry("the replica ended the stream".into()),
-                Err(s) => return Ended::Retry(format!("{}: {}", s.code(), s.message())),
+            let frame = match frames.rx.recv().await {
+                Some(Ok(Some(f))) => f.frame,
+                Some(Ok(None)) | None => return Ended::Retry("the replica ended the stream".into()),
+                Some(Err(s)) => return Ended::Retry(format!("{}: {}", s.code(), s.message())),
             };
             let Some(frame) = frame else { return Ended::Retry("an empty frame".into()) };
             match frame {
@@ -243,7 +294,9 @@ impl Verifier {
                     if epoch_of_updates.is_none() && head.update_count > 0 {
                         return Ended::Retry(format!("head of epoch {} without its updates", head.epoch));
                     }
-                    if let Err(ended) = self.ratify(&h, head, &raw, addr, push).await {
+                    // Flushing every epoch of a catch-up would cost more than checking it.
+                    let flush = frames.rx.is_empty();
+                    if let Err(ended) = self.ratify(&h, head, &raw, flush, addr, push).await {
                         return ended;
                     }
                     raw.clear();
@@ -275,16 +328,32 @@ impl Verifier {
         }
     }
 
+    /// Makes the committed epochs durable, then hands their ratifications to the pusher.
+    async fn release(&mut self, push: &mpsc::Sender<PushRatificationRequest>) -> Result<(), Error> {
+        if self.unflushed.is_empty() {
+            return Ok(());
+        }
+        let state = &self.state;
+        blocking(|| state.store().flush()).map_err(|e| Error::State(e.to_string()))?;
+        for req in self.unflushed.drain(..) {
+            push.send(req).await.map_err(|_| Error::State("the push task stopped".into()))?;
+        }
+        Ok(())
+    }
+
     /// Checks an epoch, commits it, and queues its ratification; evidence on a mismatch.
     async fn ratify(
         &mut self,
         h: &SignedHead,
         head: EpochHead,
         raw: &[Vec<u8>],
+        flush: bool,
         addr: &str,
         push: &mpsc::Sender<PushRatificationRequest>,
     ) -> Result<(), Ended> {
-        let updates = match keyraft_state::parallel::try_map(raw, |_, b| decode_canonical::<SignedEntry>(b)) {
+        let started = std::time::Instant::now();
+        let decoded = blocking(|| keyraft_state::parallel::try_map(raw, |_, b| decode_canonical::<SignedEntry>(b)));
+        let updates = match decoded {
             Ok(u) => u,
             Err((position, e)) => {
                 let why = format!("update {position} of epoch {} does not decode: {e}", head.epoch);
@@ -292,26 +361,32 @@ impl Verifier {
             }
         };
         let updates = updates.as_slice();
-        match self.state.check_epoch(updates, &head) {
+        let state = &mut self.state;
+        match blocking(|| state.check_epoch(updates, &head)) {
             Ok(checked) => {
-                if let Err(e) = self.state.commit(checked).and_then(|()| self.state.store().flush().map_err(Into::into))
-                {
+                if let Err(e) = blocking(|| state.commit(checked)) {
                     return Err(Ended::Misbehaved(Error::State(e.to_string())));
                 }
                 match ratify_head(&self.key, &head) {
                     Ok(keyraft_core::Command::VerifierSignature { epoch, signature, .. }) => {
-                        let req = PushRatificationRequest {
+                        self.unflushed.push(PushRatificationRequest {
                             epoch,
                             verifier: self.public.as_bytes().to_vec(),
                             signature: signature.0.to_vec(),
                             head: head.encode(),
-                        };
-                        if push.send(req).await.is_err() {
-                            return Err(Ended::Misbehaved(Error::State("the push task stopped".into())));
-                        }
+                        });
                     }
                     other => return Err(Ended::Misbehaved(Error::State(format!("signing failed: {other:?}")))),
                 }
+                if flush || self.unflushed.len() >= UNFLUSHED_EPOCHS_MAX {
+                    self.release(push).await.map_err(Ended::Misbehaved)?;
+                }
+                tracing::debug!(
+                    epoch = head.epoch,
+                    updates = updates.len(),
+                    check_ms = started.elapsed().as_millis() as u64,
+                    "epoch verified"
+                );
                 if head.epoch.is_multiple_of(100) {
                     tracing::info!(epoch = head.epoch, "verified");
                 }
