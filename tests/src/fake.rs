@@ -14,12 +14,14 @@ use tonic::{Request, Response, Status};
 pub type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Status>> + Send>>;
 type LookupFn = Arc<dyn Fn(pb::LookupRequest) -> Result<pb::LookupResponse, Status> + Send + Sync>;
+type WatchFn = Arc<dyn Fn(pb::WatchRequest) -> Vec<pb::WatchEvent> + Send + Sync>;
 type StreamFn = Arc<dyn Fn(pb::VerifierStreamRequest) -> BoxFuture<BoxStream<VerifierFrame>> + Send + Sync>;
 
 /// The calls the fake answers; the others are UNIMPLEMENTED.
 #[derive(Default, Clone)]
 pub struct FakeReplica {
     lookup: Option<LookupFn>,
+    watch: Option<WatchFn>,
     verifier_stream: Option<StreamFn>,
 }
 
@@ -35,6 +37,13 @@ impl FakeReplica {
         f: impl Fn(pb::LookupRequest) -> Result<pb::LookupResponse, Status> + Send + Sync + 'static,
     ) -> Self {
         self.lookup = Some(Arc::new(f));
+        self
+    }
+
+    /// Answers `Watch` with the events `f` returns, then ends the stream.
+    #[must_use]
+    pub fn watch(mut self, f: impl Fn(pb::WatchRequest) -> Vec<pb::WatchEvent> + Send + Sync + 'static) -> Self {
+        self.watch = Some(Arc::new(f));
         self
     }
 
@@ -93,8 +102,14 @@ impl Keyraft for FakeReplica {
         nope()
     }
     type WatchStream = BoxStream<pb::WatchEvent>;
-    async fn watch(&self, _: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        nope()
+    async fn watch(&self, r: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        match &self.watch {
+            Some(f) => {
+                let events = f(r.into_inner());
+                Ok(Response::new(Box::pin(tokio_stream::iter(events.into_iter().map(Ok)))))
+            }
+            None => nope(),
+        }
     }
     type VerifierStreamStream = BoxStream<VerifierFrame>;
     async fn verifier_stream(

@@ -1,7 +1,8 @@
 //! A verifying client against a lying replica (a test-only fake that answers lookups with
 //! replayed or altered proofs taken from a real realm): it rejects a rolled-back epoch (also
 //! across runs, through its state file, and in the CLI), a head older than its TTL, a proof
-//! without the replica majority, and a proof with any byte changed.
+//! without the replica majority, a proof with any byte changed, and a watch that hides a
+//! change in a heartbeat or goes back in time.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use keyraft_client::{Client, ClientError, ClientOptions, LookupOptions};
@@ -93,4 +94,44 @@ fn a_client_rejects_rolled_back_stale_under_signed_and_tampered_answers() {
             Err(e) => assert!(matches!(e, ClientError::Misbehaved(_) | ClientError::Stale(_)), "byte {i}: {e}"),
         }
     }
+}
+
+#[test]
+fn a_watcher_rejects_a_hidden_change_and_a_step_back() {
+    let _s = serial();
+    let realm = Realm::start(|_| {});
+    let honest = client(&realm, &realm.public_addr(0), ClientOptions::default());
+    let alice = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let at = |min_epoch| LookupOptions { min_epoch, wait_ms: 30_000, epoch: 0 };
+    let v0 = realm.runtime.block_on(honest.register(ALICE, &alice, BTreeMap::new())).unwrap();
+    let before = realm.runtime.block_on(honest.lookup(ALICE, at(v0.epoch))).unwrap();
+    let v1 = realm.runtime.block_on(honest.update(ALICE, &alice, None, BTreeMap::new())).unwrap();
+    let after = realm.runtime.block_on(honest.lookup(ALICE, at(v1.epoch))).unwrap();
+    assert!(after.lookup.epoch() > before.lookup.epoch());
+    let event = |changed: bool, proof: &[u8]| pb::WatchEvent {
+        event: Some(if changed {
+            pb::watch_event::Event::Changed(proof.to_vec())
+        } else {
+            pb::watch_event::Event::Heartbeat(proof.to_vec())
+        }),
+    };
+    let story = |events: Vec<pb::WatchEvent>| {
+        let liar = FakeReplica::default().watch(move |_| events.clone()).serve(&realm.runtime);
+        let watcher = client(&realm, &liar, ClientOptions::default());
+        realm.runtime.block_on(async {
+            let mut watch = watcher.watch(ALICE, 0).await.unwrap();
+            let first = watch.next().await.unwrap();
+            assert!(first.is_ok(), "the first event is honest: {first:?}");
+            watch.next().await.unwrap().unwrap_err()
+        })
+    };
+    // Version 1 presented as "unchanged" since version 0: a hidden change.
+    let e = story(vec![event(true, &before.proof), event(false, &after.proof)]);
+    assert!(matches!(&e, ClientError::Contradicted(m) if m.contains("hidden")), "{e}");
+    // Back to an older epoch.
+    let e = story(vec![event(true, &after.proof), event(true, &before.proof)]);
+    assert!(matches!(&e, ClientError::Contradicted(m) if m.contains("back")), "{e}");
+    // A "change" that shows the same entry.
+    let e = story(vec![event(true, &before.proof), event(true, &before.proof)]);
+    assert!(e.is_misbehavior(), "{e}");
 }

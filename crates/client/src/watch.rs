@@ -147,7 +147,7 @@ impl Watch {
                 }
                 _ => {}
             }
-            if let (Some(old), Some(new)) = (last_entry, &entry) {
+            if let (true, Some(old), Some(new)) = (changed, last_entry, &entry) {
                 if new.version <= old.version {
                     return Err(ClientError::Contradicted(format!(
                         "watch went from version {} to version {} in epoch {epoch}",
