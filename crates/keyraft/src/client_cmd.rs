@@ -301,12 +301,18 @@ fn print_lookup(out: &mut dyn Write, l: &Lookup) -> std::io::Result<()> {
         None => writeln!(out, "{:?} is not registered (epoch {}, VERIFIED)", l.user_id, l.epoch())?,
         Some((entry, profile)) => {
             writeln!(out, "{:?}: version {} in epoch {} (VERIFIED)", l.user_id, entry.version, l.epoch())?;
-            for (app, key) in &profile.keys {
-                match std::str::from_utf8(key) {
-                    Ok(s) if s.chars().all(|c| !c.is_control()) && app != "ed25519" => writeln!(out, "  {app} = {s}")?,
-                    _ => writeln!(out, "  {app} = hex:{}", hex::encode(key))?,
-                }
-            }
+            print_profile(out, profile)?;
+        }
+    }
+    Ok(())
+}
+
+/// Profile keys as text when printable (binary keys as hex).
+fn print_profile(out: &mut dyn Write, profile: &keyraft_core::Profile) -> std::io::Result<()> {
+    for (app, key) in &profile.keys {
+        match std::str::from_utf8(key) {
+            Ok(s) if s.chars().all(|c| !c.is_control()) && app != "ed25519" => writeln!(out, "  {app} = {s}")?,
+            _ => writeln!(out, "  {app} = hex:{}", hex::encode(key))?,
         }
     }
     Ok(())
@@ -337,9 +343,7 @@ pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> CmdResult {
                 let policy: Vec<String> =
                     entry.update_policy.keys().iter().map(|k| hex::encode(k.as_bytes())).collect();
                 writeln!(out, "  policy keys {}", policy.join(", "))?;
-                for (app, key) in &profile.keys {
-                    writeln!(out, "  {app} = hex:{}", hex::encode(key))?;
-                }
+                print_profile(out, profile)?;
             }
             shown += 1;
         }
