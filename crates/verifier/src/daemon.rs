@@ -105,6 +105,9 @@ struct Verifier {
     /// Ratifications of epochs committed but not yet flushed: released only once durable, so
     /// that a crash can never make this verifier sign a second, different head for an epoch.
     unflushed: Vec<PushRatificationRequest>,
+    /// Catch-up progress: the newest epoch the serving replica had when the stream began,
+    /// when progress was last logged, and the updates checked since.
+    progress: (u64, std::time::Instant, usize),
 }
 
 /// Runs the verifier until `shutdown` completes or the realm misbehaves.
@@ -133,8 +136,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let store = SledStorage::open(&config.data_dir.join("state")).map_err(|e| Error::State(e.to_string()))?;
     let state = VerifierState::open(store, realm.clone()).map_err(|e| Error::State(e.to_string()))?;
     tracing::info!(epoch = state.last_epoch(), "verifier state opened");
-    let mut verifier =
-        Verifier { realm, key, public, endpoints, data_dir: config.data_dir, state, unflushed: Vec::new() };
+    let mut verifier = Verifier {
+        realm,
+        key,
+        public,
+        endpoints,
+        data_dir: config.data_dir,
+        state,
+        unflushed: Vec::new(),
+        progress: (0, std::time::Instant::now(), 0),
+    };
     tokio::select! {
         r = verifier.follow() => r,
         () = shutdown => {
@@ -157,6 +168,9 @@ fn client(addr: &str) -> Result<KeyraftClient<Channel>, Error> {
 /// in a crash, or a realm could feed it a different history after the restart and collect
 /// two signed heads for one epoch. Live epochs are flushed one by one.
 const UNFLUSHED_EPOCHS_MAX: usize = 64;
+
+/// How often catch-up progress is logged, in milliseconds.
+const PROGRESS_LOG_INTERVAL_MS: u64 = 2_000;
 
 /// Frames received ahead of the one being checked, at most (each at most a few MiB).
 const FRAMES_AHEAD_MAX: usize = 16;
@@ -266,6 +280,7 @@ impl Verifier {
             let Some(frame) = frame else { return Ended::Retry("an empty frame".into()) };
             match frame {
                 Frame::Init(init) => {
+                    self.progress = (init.head_epoch, std::time::Instant::now(), 0);
                     tracing::info!(
                         endpoint = %addr,
                         replica = %hex::encode(&init.serving_replica),
@@ -328,6 +343,19 @@ impl Verifier {
         }
     }
 
+    /// Logs catch-up progress every few seconds while far behind.
+    fn log_progress(&mut self, epoch: u64, updates: usize) {
+        let (target, since, checked) = &mut self.progress;
+        *checked += updates;
+        let elapsed = since.elapsed();
+        if epoch < *target && elapsed >= Duration::from_millis(PROGRESS_LOG_INTERVAL_MS) {
+            let per_s = *checked as f64 / elapsed.as_secs_f64();
+            tracing::info!(epoch, of = *target, updates_per_s = per_s as u64, "catching up");
+            *since = std::time::Instant::now();
+            *checked = 0;
+        }
+    }
+
     /// Makes the committed epochs durable, then hands their ratifications to the pusher.
     async fn release(&mut self, push: &mpsc::Sender<PushRatificationRequest>) -> Result<(), Error> {
         if self.unflushed.is_empty() {
@@ -381,6 +409,7 @@ impl Verifier {
                 if flush || self.unflushed.len() >= UNFLUSHED_EPOCHS_MAX {
                     self.release(push).await.map_err(Ended::Misbehaved)?;
                 }
+                self.log_progress(head.epoch, updates.len());
                 tracing::debug!(
                     epoch = head.epoch,
                     updates = updates.len(),
