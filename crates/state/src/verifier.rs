@@ -9,6 +9,12 @@
 //!
 //! Keyspaces (a verifier's own store): `t` the tree (as replicas store it), `c || index` the
 //! current entry of each index, `mverifier` the last checked epoch.
+//!
+//! A committed epoch's batch is written by a writer thread while the next epoch is checked:
+//! the next check reads the current entries it needs from memory until the batch is written,
+//! and the tree pages from the page cache. [`VerifierState::flush`] waits for every batch and
+//! makes them durable; a failed write fails every later call (the verifier stops, and on
+//! restart resumes from what storage holds, a prefix of the committed epochs).
 
 use crate::error::{corrupt, StateError};
 use crate::tree;
@@ -17,6 +23,11 @@ use keyraft_core::{
     decode_canonical, Canonical, Digest, Entry, EpochHead, Index, RealmConfig, SignedEntry, UpdateRejection,
 };
 use keyraft_storage::{check_format_version, Batch, Storage};
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+
+/// Committed batches queued for the writer, at most (each an epoch: bounded by the epoch size).
+const BATCHES_QUEUED_MAX: usize = 4;
 
 const CURRENT: u8 = b'c';
 const META: &[u8] = b"mverifier";
@@ -76,12 +87,98 @@ pub enum Mismatch {
 
 /// A verifier's view of the realm.
 #[derive(Debug)]
-pub struct VerifierState<S> {
-    store: S,
+pub struct VerifierState<S: Storage> {
+    store: Arc<S>,
     config: RealmConfig,
     config_hash: Digest,
     pages: tree::PageCache,
     last: Option<EpochHead>,
+    writer: Writer,
+    /// Current entries of committed epochs, until a flush confirms their batches written.
+    unwritten: HashMap<Index, Entry>,
+}
+
+/// The writer thread's queue and progress.
+#[derive(Debug)]
+struct Writer {
+    tx: Option<std::sync::mpsc::SyncSender<Batch>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    progress: Arc<(Mutex<WriterProgress>, Condvar)>,
+    sent: u64,
+}
+
+#[derive(Debug, Default)]
+struct WriterProgress {
+    written: u64,
+    failed: Option<String>,
+}
+
+impl Writer {
+    fn start<S: Storage>(store: Arc<S>) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(BATCHES_QUEUED_MAX);
+        let progress: Arc<(Mutex<WriterProgress>, Condvar)> = Arc::default();
+        let shared = progress.clone();
+        let thread = std::thread::Builder::new().name("verifier-writer".into()).spawn(move || {
+            for batch in rx {
+                let result = store.write(batch);
+                let (lock, cvar) = &*shared;
+                let mut p = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                match result {
+                    Ok(()) => p.written += 1,
+                    Err(e) => {
+                        p.failed = Some(e.to_string());
+                        cvar.notify_all();
+                        return;
+                    }
+                }
+                cvar.notify_all();
+            }
+        });
+        let thread = thread.ok();
+        Self { tx: thread.as_ref().map(|_| tx), thread, progress, sent: 0 }
+    }
+
+    fn failed(&self) -> Result<(), StateError> {
+        let p = self.progress.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &p.failed {
+            Some(e) => Err(corrupt(format!("the verifier's storage refused a write: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Queues a batch, or writes it here when there is no writer thread.
+    fn send<S: Storage>(&mut self, store: &S, batch: Batch) -> Result<(), StateError> {
+        self.failed()?;
+        match &self.tx {
+            Some(tx) => {
+                tx.send(batch).map_err(|_| corrupt("the verifier's writer thread stopped".to_owned()))?;
+                self.sent += 1;
+                Ok(())
+            }
+            None => Ok(store.write(batch)?),
+        }
+    }
+
+    /// Waits until every queued batch is written.
+    fn drain(&self) -> Result<(), StateError> {
+        let (lock, cvar) = &*self.progress;
+        let mut p = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while p.written < self.sent && p.failed.is_none() {
+            p = cvar.wait(p).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        drop(p);
+        self.failed()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Closing the queue lets the thread finish the batches it has, then stop.
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// An epoch that passed every check, ready to be committed and signed.
@@ -90,6 +187,7 @@ pub struct CheckedEpoch {
     head: EpochHead,
     batch: Batch,
     written: tree::WrittenPages,
+    entries: Vec<(Index, Entry)>,
 }
 
 impl CheckedEpoch {
@@ -117,7 +215,36 @@ impl<S: Storage> VerifierState<S> {
             Some(b) => Some(EpochHead::from_bytes(&b).map_err(|e| corrupt(format!("verifier head: {e}")))?),
         };
         let config_hash = config.hash();
-        Ok(Self { store, config, config_hash, pages: tree::PageCache::default(), last })
+        let store = Arc::new(store);
+        let writer = Writer::start(store.clone());
+        Ok(Self {
+            store,
+            config,
+            config_hash,
+            pages: tree::PageCache::default(),
+            last,
+            writer,
+            unwritten: HashMap::new(),
+        })
+    }
+
+    /// Waits for every committed epoch's batch and flushes the store: committed epochs are
+    /// durable when this returns.
+    pub fn flush(&mut self) -> Result<(), StateError> {
+        self.writer.drain()?;
+        self.store.flush()?;
+        self.unwritten.clear();
+        Ok(())
+    }
+
+    fn current_entry(&self, index: &Index) -> Result<Option<Entry>, StateError> {
+        if let Some(e) = self.unwritten.get(index) {
+            return Ok(Some(e.clone()));
+        }
+        match self.store.get(&current_key(index))? {
+            None => Ok(None),
+            Some(b) => Ok(Some(decode_canonical::<Entry>(&b).map_err(|e| corrupt(format!("verifier entry: {e}")))?)),
+        }
     }
 
     /// The last epoch checked and committed (0 before the first).
@@ -130,7 +257,8 @@ impl<S: Storage> VerifierState<S> {
         self.last.as_ref()
     }
 
-    /// The store underneath.
+    /// The store underneath (committed epochs may still be on their way to it: see
+    /// [`VerifierState::flush`]).
     pub fn store(&self) -> &S {
         &self.store
     }
@@ -143,28 +271,31 @@ impl<S: Storage> VerifierState<S> {
         }
         let mut batch = Batch::new();
         let mut leaves = Vec::with_capacity(updates.len());
-        let mut current = Vec::with_capacity(updates.len());
-        for (position, update) in updates.iter().enumerate() {
-            let index = update.entry.index;
-            if position > 0 && updates[position - 1].entry.index >= index {
+        for position in 1..updates.len() {
+            if updates[position - 1].entry.index >= updates[position].entry.index {
                 return Err(Mismatch::UnorderedUpdates { epoch, position }.into());
             }
-            current.push(match self.store.get(&current_key(&index)).map_err(StateError::from)? {
-                None => None,
-                Some(b) => Some(decode_canonical::<Entry>(&b).map_err(|e| corrupt(format!("verifier entry: {e}")))?),
-            });
         }
-        // Signatures dominate catch-up and are independent: check them on every core.
-        let checked = crate::parallel::try_map(updates, |position, update| {
-            check_signed_entry(&self.config.realm, current[position].as_ref(), update)
+        // Reading the entries replaced and checking signatures dominate catch-up, and each
+        // update is independent: do them on every core.
+        let checked = crate::parallel::try_map(updates, |_, update| {
+            let current = self.current_entry(&update.entry.index).map_err(VerifyFailure::State)?;
+            check_signed_entry(&self.config.realm, current.as_ref(), update).map_err(|reason| {
+                VerifyFailure::Mismatch(Mismatch::UnauthorizedUpdate {
+                    epoch,
+                    index: hex::encode(update.entry.index.0),
+                    reason,
+                })
+            })
         });
-        if let Err((position, reason)) = checked {
-            let index = hex::encode(updates[position].entry.index.0);
-            return Err(Mismatch::UnauthorizedUpdate { epoch, index, reason }.into());
+        if let Err((_, failure)) = checked {
+            return Err(failure);
         }
+        let mut entries = Vec::with_capacity(updates.len());
         for update in updates {
             batch.put(current_key(&update.entry.index), update.entry.encode());
             leaves.push((update.entry.index, update.entry.hash()));
+            entries.push((update.entry.index, update.entry.clone()));
         }
         let previous = self.last.as_ref().map(|h| h.epoch);
         let (root, written) = tree::apply_epoch(&self.store, &self.pages, previous, epoch, &leaves, &mut batch)?;
@@ -185,18 +316,23 @@ impl<S: Storage> VerifierState<S> {
             );
         }
         batch.put(META, head.encode());
-        Ok(CheckedEpoch { head: expected, batch, written })
+        Ok(CheckedEpoch { head: expected, batch, written, entries })
     }
 
-    /// Commits a checked epoch (not yet durable: flush the store).
+    /// Commits a checked epoch: the next epoch can be checked at once, while the epoch's
+    /// batch is written in the background (durable after [`VerifierState::flush`]).
     pub fn commit(&mut self, checked: CheckedEpoch) -> Result<(), StateError> {
         assert_eq!(checked.head.epoch, self.last_epoch() + 1, "checked epochs are committed in order");
-        if let Err(e) = self.store.write(checked.batch) {
+        let CheckedEpoch { head, batch, written, entries } = checked;
+        if let Err(e) = self.writer.send(&*self.store, batch) {
             self.pages.clear();
-            return Err(e.into());
+            return Err(e);
         }
-        self.pages.commit(checked.written);
-        self.last = Some(checked.head);
+        // The pages and entries stay readable from memory until their batch is written;
+        // a failed write stops this state for good (every later call fails).
+        self.pages.commit(written);
+        self.unwritten.extend(entries);
+        self.last = Some(head);
         Ok(())
     }
 }

@@ -8,7 +8,7 @@ use keyraft_proto::pb::verifier_frame::{Frame, SignedHead};
 use keyraft_proto::pb::{PushRatificationRequest, VerifierStreamRequest};
 use keyraft_state::proposer::ratify_head;
 use keyraft_state::verifier::{Mismatch, VerifierState, VerifyFailure};
-use keyraft_storage::{SledStorage, Storage as _};
+use keyraft_storage::SledStorage;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -150,7 +150,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         r = verifier.follow() => r,
         () = shutdown => {
             tracing::info!("verifier shutting down");
-            verifier.state.store().flush().map_err(|e| Error::State(e.to_string()))
+            verifier.state.flush().map_err(|e| Error::State(e.to_string()))
         }
     }
 }
@@ -361,8 +361,8 @@ impl Verifier {
         if self.unflushed.is_empty() {
             return Ok(());
         }
-        let state = &self.state;
-        blocking(|| state.store().flush()).map_err(|e| Error::State(e.to_string()))?;
+        let state = &mut self.state;
+        blocking(|| state.flush()).map_err(|e| Error::State(e.to_string()))?;
         for req in self.unflushed.drain(..) {
             push.send(req).await.map_err(|_| Error::State("the push task stopped".into()))?;
         }
