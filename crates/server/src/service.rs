@@ -47,6 +47,8 @@ pub struct PublicService {
     vrf_cache: Arc<Mutex<HashMap<String, (Index, VrfProof)>>>,
     pending: Arc<Mutex<HashSet<[u8; 32]>>>,
     rejections: Arc<Mutex<Rejections>>,
+    /// Open `Watch` streams, against `limits.watch_streams_max`.
+    pub(crate) watch_streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for PublicService {
@@ -130,7 +132,13 @@ fn key_signatures(sigs: Vec<(PublicKey, Signature)>) -> Vec<pb::KeySignature> {
 impl PublicService {
     /// The service of `node`.
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node, vrf_cache: Arc::default(), pending: Arc::default(), rejections: Arc::default() }
+        Self {
+            node,
+            vrf_cache: Arc::default(),
+            pending: Arc::default(),
+            rejections: Arc::default(),
+            watch_streams: Arc::default(),
+        }
     }
 
     pub(crate) fn check_user_id(user_id: &str) -> Result<(), Status> {

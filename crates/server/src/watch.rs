@@ -33,10 +33,10 @@ use crate::verifier_stream::{bounded, replica_stopped, BoundedStream, ReaderGone
 use keyraft_core::vrf::VrfProof;
 use keyraft_core::Index;
 use keyraft_proto::pb::{watch_event::Event, WatchEvent};
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tonic::Status;
@@ -48,43 +48,27 @@ pub const EVENTS_BUFFERED_MAX: usize = 2;
 /// numbers held in memory and the time one search holds the lock.
 pub const CHANGE_SEARCH_EPOCHS_MAX: u64 = 64;
 
-/// Open streams by replica (the address of its `Node`). The count lives here rather than in
-/// the service so that several replicas in one process count separately; an entry exists
-/// only while it is non-zero, and each counted stream holds its `Node`, so an address cannot
-/// be reused while counted.
-static OPEN_STREAMS: Mutex<BTreeMap<usize, usize>> = Mutex::new(BTreeMap::new());
-
 /// One counted stream; uncounted when dropped (when its task ends).
 struct Slot {
-    node: Arc<Node>,
+    open: Arc<AtomicUsize>,
 }
 
 impl Slot {
-    fn take(node: &Arc<Node>) -> Result<Self, Status> {
-        let max = node.limits.watch_streams_max;
-        let mut open_streams = OPEN_STREAMS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let open = open_streams.entry(Arc::as_ptr(node) as usize).or_insert(0);
-        if *open >= max {
-            return Err(Status::resource_exhausted(format!(
+    /// Counts a stream against `max`, the replica's `watch_streams_max`.
+    fn take(open: &Arc<AtomicUsize>, max: usize) -> Result<Self, Status> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).map_err(|_| {
+            Status::resource_exhausted(format!(
                 "this replica already serves {max} Watch streams (limits.watch_streams_max); \
                  retry later or watch through another replica"
-            )));
-        }
-        *open += 1;
-        Ok(Self { node: node.clone() })
+            ))
+        })?;
+        Ok(Self { open: open.clone() })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut open_streams = OPEN_STREAMS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let key = Arc::as_ptr(&self.node) as usize;
-        if let Some(open) = open_streams.get_mut(&key) {
-            *open = open.saturating_sub(1);
-            if *open == 0 {
-                open_streams.remove(&key);
-            }
-        }
+        self.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -108,7 +92,7 @@ pub(crate) fn start(
     node: Arc<Node>,
     target: Target,
 ) -> Result<BoundedStream<WatchEvent>, Status> {
-    let slot = Slot::take(&node)?;
+    let slot = Slot::take(&service.watch_streams, node.limits.watch_streams_max)?;
     let (out, stream) = bounded(
         "watch",
         EVENTS_BUFFERED_MAX,
