@@ -272,14 +272,21 @@ impl Client {
         Err(last)
     }
 
-    /// Verifies a proof that must be fresh, remembering its epoch.
-    pub(crate) fn accept_fresh(&self, user_id: &str, proof: Vec<u8>) -> Result<LookupAnswer, ClientError> {
+    /// Verifies a proof that must be fresh and not older than `last_seen` (the newest epoch
+    /// this client had seen when it asked, which is what it asked the replica for: a newer
+    /// epoch seen meanwhile by another call is no reason to doubt this answer), remembering
+    /// its epoch.
+    pub(crate) fn accept_fresh(
+        &self,
+        user_id: &str,
+        proof: Vec<u8>,
+        last_seen: Option<u64>,
+    ) -> Result<LookupAnswer, ClientError> {
         let decoded = decode_proof(&proof)?;
-        let lookup =
-            verify_lookup(&self.realm, user_id, &decoded, now_ms(), self.newest_epoch_seen()).map_err(|e| match e {
-                VerifyError::HeadExpired { .. } => ClientError::Stale(e),
-                e => ClientError::Misbehaved(e),
-            })?;
+        let lookup = verify_lookup(&self.realm, user_id, &decoded, now_ms(), last_seen).map_err(|e| match e {
+            VerifyError::HeadExpired { .. } => ClientError::Stale(e),
+            e => ClientError::Misbehaved(e),
+        })?;
         self.memory.observe(&self.memory_key, lookup.epoch())?;
         Ok(LookupAnswer { lookup, proof })
     }
@@ -294,7 +301,8 @@ impl Client {
     /// Looks `user_id` up and verifies the answer: today's value (fresh, not older than any
     /// epoch seen before), or with `options.epoch` the value in that epoch.
     pub async fn lookup(&self, user_id: &str, options: LookupOptions) -> Result<LookupAnswer, ClientError> {
-        let seen = self.newest_epoch_seen().unwrap_or(0);
+        let last_seen = self.newest_epoch_seen();
+        let seen = last_seen.unwrap_or(0);
         let (min_epoch, wait_ms) = if options.epoch == 0 && seen > options.min_epoch {
             (seen, options.wait_ms.max(LAG_WAIT_MS))
         } else {
@@ -318,7 +326,7 @@ impl Client {
         if options.epoch != 0 {
             return self.accept_past(user_id, proof, options.epoch);
         }
-        let answer = self.accept_fresh(user_id, proof)?;
+        let answer = self.accept_fresh(user_id, proof, last_seen)?;
         if answer.lookup.epoch() < options.min_epoch {
             return Err(ClientError::Contradicted(format!(
                 "asked for epoch {} or newer, got an answer from epoch {}",

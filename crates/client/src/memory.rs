@@ -4,7 +4,9 @@
 //! something (a key change, a revocation). The memory outlives the process when it has a
 //! file: a JSON object written whole to a temporary file and renamed over the old one, so a
 //! crash leaves either the old or the new contents, never a torn file. Writes happen only when
-//! the newest epoch grows, at most once per epoch per client.
+//! the newest epoch grows, at most once per epoch per client. Processes sharing a file merge
+//! what they find in it before writing (no file lock: two writers racing may lose one update
+//! of the newest epoch, never go below what both read).
 
 use crate::ClientError;
 use serde::{Deserialize, Serialize};
@@ -98,8 +100,11 @@ fn write_atomically(path: &Path, contents: &FileContents) -> Result<(), ClientEr
         std::fs::create_dir_all(dir).map_err(fail)?;
     }
     let json = serde_json::to_vec_pretty(contents).map_err(|e| ClientError::Invalid(e.to_string()))?;
+    // Unique per writer: two clients of one process may share the file.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    tmp_name.push(format!(".tmp-{}-{n}", std::process::id()));
     let tmp = PathBuf::from(tmp_name);
     let mut file = std::fs::File::create(&tmp).map_err(fail)?;
     file.write_all(&json).map_err(fail)?;

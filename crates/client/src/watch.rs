@@ -42,11 +42,13 @@ pub struct Watch {
     endpoint: usize,
     /// The epoch and entry of the last verified event.
     last: Option<(u64, Option<Entry>)>,
+    /// Stream failures since the last verified event.
+    failures: u32,
 }
 
 impl Watch {
     pub(crate) async fn open(client: Client, user_id: String, from_epoch: u64) -> Result<Self, ClientError> {
-        let mut watch = Self { client, user_id, from_epoch, stream: None, endpoint: 0, last: None };
+        let mut watch = Self { client, user_id, from_epoch, stream: None, endpoint: 0, last: None, failures: 0 };
         watch.connect().await?;
         Ok(watch)
     }
@@ -69,7 +71,8 @@ impl Watch {
                 }
                 Err(status) => {
                     let e = status_error(addr, &status);
-                    if !matches!(e, ClientError::Unavailable(_)) {
+                    // A replica at its stream cap says to watch through another one.
+                    if !matches!(e, ClientError::Unavailable(_)) && status.code() != tonic::Code::ResourceExhausted {
                         return Err(e);
                     }
                     tracing::debug!(endpoint = %addr, error = %e, "watch: trying the next endpoint");
@@ -84,31 +87,55 @@ impl Watch {
         Err(last_error)
     }
 
-    /// The next verified event; `None` only if the server ended the watch cleanly.
+    /// The next verified event; `None` only if the server ended the watch cleanly. A replica
+    /// that sends nothing fresh for the client's TTL (silent, or replaying old changes) is left
+    /// for another; after [`WATCH_RECONNECT_ROUNDS_MAX`] rounds of failures the error is
+    /// returned.
     pub async fn next(&mut self) -> Option<Result<WatchUpdate, ClientError>> {
+        let silence = std::time::Duration::from_millis(self.client.realm().epoch_ttl_ms.max(1_000));
         loop {
+            let limit = self.client.endpoints.len() as u32 * WATCH_RECONNECT_ROUNDS_MAX;
             let Some(stream) = self.stream.as_mut() else {
                 if let Err(e) = self.connect().await {
                     return Some(Err(e));
                 }
                 continue;
             };
-            match stream.message().await {
-                Ok(Some(event)) => return Some(self.accept(event.event)),
-                Ok(None) => return None,
-                Err(status) => {
-                    let addr = &self.client.endpoints[self.endpoint].0;
-                    let e = status_error(addr, &status);
+            let addr = self.client.endpoints[self.endpoint].0.clone();
+            let failure = match tokio::time::timeout(silence, stream.message()).await {
+                Ok(Ok(Some(event))) => {
+                    let update = self.accept(event.event);
+                    if update.is_ok() {
+                        // Epochs strictly increase, so a replica replaying old changes runs
+                        // out of them: any verified event counts as progress.
+                        self.failures = 0;
+                    }
+                    return Some(update);
+                }
+                Ok(Ok(None)) => return None,
+                Ok(Err(status)) => {
+                    let e = status_error(&addr, &status);
                     // RESOURCE_EXHAUSTED mid-stream: the replica dropped us as a slow reader;
                     // resuming from the last verified epoch loses nothing.
                     if !matches!(e, ClientError::Unavailable(_)) && status.code() != tonic::Code::ResourceExhausted {
                         return Some(Err(e));
                     }
-                    tracing::info!(endpoint = %addr, error = %e, "watch interrupted; resuming on another replica");
-                    self.stream = None;
-                    self.endpoint = (self.endpoint + 1) % self.client.endpoints.len();
+                    e
                 }
+                Err(_) => ClientError::Stale(keyraft_core::VerifyError::HeadExpired {
+                    epoch: self.last.as_ref().map_or(0, |(e, _)| *e),
+                    issue_time_ms: 0,
+                    now_ms: crate::now_ms(),
+                    ttl_ms: self.client.realm().epoch_ttl_ms,
+                }),
+            };
+            self.failures += 1;
+            if self.failures >= limit {
+                return Some(Err(failure));
             }
+            tracing::info!(endpoint = %addr, error = %failure, "watch interrupted; resuming on another replica");
+            self.stream = None;
+            self.endpoint = (self.endpoint + 1) % self.client.endpoints.len();
         }
     }
 
@@ -123,7 +150,9 @@ impl Watch {
         // statements, and the heartbeat that follows them brings the watch up to date.
         let fresh = !changed || (self.last.is_none() && self.from_epoch == 0);
         let answer = if fresh {
-            self.client.accept_fresh(&self.user_id, bytes)?
+            // The watch checks its own order of epochs below; a replica one epoch behind
+            // another call of this client is not a rollback.
+            self.client.accept_fresh(&self.user_id, bytes, None)?
         } else {
             self.client.accept_past(&self.user_id, bytes, epoch)?
         };

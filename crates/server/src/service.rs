@@ -519,7 +519,11 @@ impl Keyraft for PublicService {
                 return Err(Status::not_found(format!("epoch {} does not exist", req.epoch)));
             };
             if req.epoch > m.epoch_state().ratified_epoch {
-                return Err(Status::failed_precondition(format!("epoch {} is not keyserver-ratified yet", req.epoch)));
+                // This replica may only lag: the verifier should retry, here or elsewhere.
+                return Err(Status::unavailable(format!(
+                    "epoch {} is not keyserver-ratified on this replica yet; retry",
+                    req.epoch
+                )));
             }
             if stored != head {
                 return Err(Status::failed_precondition(format!(

@@ -290,8 +290,11 @@ fn chunk_key(epoch: u64, chunk: u32) -> Vec<u8> {
 ///
 /// Applying an epoch reads the newest version of each page it touches. The state machine
 /// keeps them in memory (about 90k pages, some 40 MB, per million entries) so that an epoch
-/// reads nothing from storage once warm. The cache only ever holds bytes that are in storage:
-/// it is filled from reads, and from an epoch's pages only after that epoch's batch was written.
+/// reads nothing from storage once warm. The cache holds bytes that are in storage, or on
+/// their way there: it is filled from reads, and from an epoch's pages once that epoch's batch
+/// was written (replicas) or queued to a writer that stops everything if it fails (verifiers,
+/// see `verifier::VerifierState::commit`). It never evicts, so a page not in it has not been
+/// written since the process started and storage holds its newest version.
 #[derive(Debug, Default)]
 pub(crate) struct PageCache {
     pages: Mutex<HashMap<PageId, Arc<Vec<u8>>>>,

@@ -105,6 +105,8 @@ struct Verifier {
     /// Ratifications of epochs committed but not yet flushed: released only once durable, so
     /// that a crash can never make this verifier sign a second, different head for an epoch.
     unflushed: Vec<PushRatificationRequest>,
+    /// When the oldest of `unflushed` was signed.
+    unflushed_since: Option<std::time::Instant>,
     /// Catch-up progress: the newest epoch the serving replica had when the stream began,
     /// when progress was last logged, and the updates checked since.
     progress: (u64, std::time::Instant, usize),
@@ -144,6 +146,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         data_dir: config.data_dir,
         state,
         unflushed: Vec::new(),
+        unflushed_since: None,
         progress: (0, std::time::Instant::now(), 0),
     };
     tokio::select! {
@@ -168,6 +171,9 @@ fn client(addr: &str) -> Result<KeyraftClient<Channel>, Error> {
 /// in a crash, or a realm could feed it a different history after the restart and collect
 /// two signed heads for one epoch. Live epochs are flushed one by one.
 const UNFLUSHED_EPOCHS_MAX: usize = 64;
+
+/// Longest a ratification waits for the flush that releases it, in milliseconds.
+const RELEASE_DELAY_MAX_MS: u64 = 1_000;
 
 /// How often catch-up progress is logged, in milliseconds.
 const PROGRESS_LOG_INTERVAL_MS: u64 = 2_000;
@@ -261,7 +267,10 @@ impl Verifier {
         let stream = match c.verifier_stream(request).await {
             Ok(s) => s.into_inner(),
             Err(s) if s.code() == tonic::Code::FailedPrecondition && s.message().contains("diverged") => {
-                return Ended::Misbehaved(self.evidence(self.state.last_epoch(), s.message(), addr, None, &[], None));
+                // A replica's word is not evidence (anyone between us and it can say this):
+                // try the others; a realm that really forked has to show a signed head.
+                tracing::warn!(endpoint = %addr, reason = %s.message(), "a replica says our history diverged from its own");
+                return Ended::Retry(format!("{}: {}", s.code(), s.message()));
             }
             Err(s) => return Ended::Retry(format!("{}: {}", s.code(), s.message())),
         };
@@ -289,7 +298,12 @@ impl Verifier {
                         "streaming epochs"
                     );
                 }
-                Frame::CaughtUp(c) => tracing::info!(epoch = c.epoch, "caught up"),
+                Frame::CaughtUp(c) => {
+                    tracing::info!(epoch = c.epoch, "caught up");
+                    if let Err(e) = self.release(push).await {
+                        return Ended::Misbehaved(e);
+                    }
+                }
                 Frame::Updates(u) => {
                     if u.epoch != self.state.last_epoch() + 1
                         || epoch_of_updates.is_some_and(|e| e != u.epoch)
@@ -309,8 +323,12 @@ impl Verifier {
                     if epoch_of_updates.is_none() && head.update_count > 0 {
                         return Ended::Retry(format!("head of epoch {} without its updates", head.epoch));
                     }
-                    // Flushing every epoch of a catch-up would cost more than checking it.
-                    let flush = frames.rx.is_empty();
+                    // Flushing every epoch of a catch-up would cost more than checking it, but
+                    // ratifications must not wait long: clients want them.
+                    let flush = frames.rx.is_empty()
+                        || self
+                            .unflushed_since
+                            .is_some_and(|t| t.elapsed() >= Duration::from_millis(RELEASE_DELAY_MAX_MS));
                     if let Err(ended) = self.ratify(&h, head, &raw, flush, addr, push).await {
                         return ended;
                     }
@@ -319,28 +337,32 @@ impl Verifier {
                     next_chunk = 0;
                 }
                 Frame::Heartbeat(h) => {
-                    // A heartbeat for an epoch we verified must carry the head we computed.
-                    if let Ok(head) = EpochHead::from_bytes(&h.head) {
-                        if let Some(ours) = self.state.last_head() {
-                            if head.epoch == ours.epoch && head != *ours {
-                                let why = format!(
-                                    "the heartbeat's head of epoch {} differs from the verified one",
-                                    head.epoch
-                                );
-                                return Ended::Misbehaved(self.evidence(
-                                    head.epoch,
-                                    &why,
-                                    addr,
-                                    Some((&h, Some(ours.clone()))),
-                                    &[],
-                                    None,
-                                ));
-                            }
-                        }
+                    if let Err(ended) = self.on_heartbeat(&h, addr, push).await {
+                        return ended;
                     }
                 }
             }
         }
+    }
+
+    /// A heartbeat: releases waiting ratifications, and if a replica majority signed a head
+    /// for an epoch we verified, it must be the head we computed; an unsigned one proves
+    /// nothing.
+    async fn on_heartbeat(
+        &mut self,
+        h: &SignedHead,
+        addr: &str,
+        push: &mpsc::Sender<PushRatificationRequest>,
+    ) -> Result<(), Ended> {
+        self.release(push).await.map_err(Ended::Misbehaved)?;
+        let Ok(head) = self.signed_by_majority(h) else { return Ok(()) };
+        let Some(ours) = self.state.last_head() else { return Ok(()) };
+        if head.epoch == ours.epoch && head != *ours {
+            let why = format!("the heartbeat's head of epoch {} differs from the verified one", head.epoch);
+            let ours = ours.clone();
+            return Err(Ended::Misbehaved(self.evidence(head.epoch, &why, addr, Some((h, Some(ours))), &[], None)));
+        }
+        Ok(())
     }
 
     /// Logs catch-up progress every few seconds while far behind.
@@ -363,6 +385,7 @@ impl Verifier {
         }
         let state = &mut self.state;
         blocking(|| state.flush()).map_err(|e| Error::State(e.to_string()))?;
+        self.unflushed_since = None;
         for req in self.unflushed.drain(..) {
             push.send(req).await.map_err(|_| Error::State("the push task stopped".into()))?;
         }
@@ -397,6 +420,7 @@ impl Verifier {
                 }
                 match ratify_head(&self.key, &head) {
                     Ok(keyraft_core::Command::VerifierSignature { epoch, signature, .. }) => {
+                        self.unflushed_since.get_or_insert_with(std::time::Instant::now);
                         self.unflushed.push(PushRatificationRequest {
                             epoch,
                             verifier: self.public.as_bytes().to_vec(),
@@ -419,6 +443,10 @@ impl Verifier {
                 if head.epoch.is_multiple_of(100) {
                     tracing::info!(epoch = head.epoch, "verified");
                 }
+            }
+            Err(VerifyFailure::Mismatch(m @ Mismatch::OutOfOrder { .. })) => {
+                // A genuine old head replayed out of place is a stream problem, not a lie.
+                return Err(Ended::Retry(m.to_string()));
             }
             Err(VerifyFailure::Mismatch(m)) => {
                 let expected = match &m {
