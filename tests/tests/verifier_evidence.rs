@@ -18,6 +18,9 @@ enum Tamper {
     /// The epoch's root, re-signed with these replica keys (a majority): a head the replicas
     /// "signed" that the updates do not produce.
     Head(Vec<ed25519_dalek::SigningKey>),
+    /// `CaughtUp` replaced by a heartbeat carrying the last head with another root and the
+    /// original signatures, which no longer verify: a contradiction nobody signed.
+    UnsignedHeartbeat,
 }
 
 fn resign(head_bytes: &[u8], keys: &[ed25519_dalek::SigningKey]) -> pb::verifier_frame::SignedHead {
@@ -49,9 +52,20 @@ fn tampering_source(realm: &Realm, upstream: String, tamper_epoch: u64, tamper: 
                     .map_err(|e| Status::unavailable(e.to_string()))?;
                 let stream = up.verifier_stream(request).await?.into_inner();
                 let mut tampered = false;
+                let mut last_head: Option<pb::verifier_frame::SignedHead> = None;
                 let relayed = tokio_stream::StreamExt::map(stream, move |item| {
                     let mut frame = item?;
+                    if let Some(Frame::Head(h)) = &frame.frame {
+                        last_head = Some(h.clone());
+                    }
                     match (&tamper, &mut frame.frame) {
+                        (Tamper::UnsignedHeartbeat, Some(Frame::CaughtUp(_))) => {
+                            let mut h = last_head.clone().expect("a head before CaughtUp");
+                            let mut head = keyraft_core::EpochHead::from_bytes(&h.head).unwrap();
+                            head.root[0] ^= 0x01;
+                            h.head = keyraft_core::Canonical::encode(&head);
+                            frame.frame = Some(Frame::Heartbeat(h));
+                        }
                         (Tamper::Update, Some(Frame::Updates(u)))
                             if u.epoch == tamper_epoch && !tampered && !u.signed_entries.is_empty() =>
                         {
@@ -102,6 +116,44 @@ fn a_head_signed_by_the_replica_majority_that_the_updates_do_not_produce_is_evid
     assert_eq!(received.epoch, expected.epoch);
     assert_ne!(received.root, expected.root);
     assert_eq!(record["received_replica_signatures"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_contradicting_heartbeat_nobody_signed_is_not_evidence() {
+    let _s = serial();
+    let realm = Realm::start(|_| {});
+    let users = realm.client(0);
+    for i in 0..3 {
+        let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+        realm.runtime.block_on(users.register(&format!("h{i}@example.com"), &key, Default::default())).unwrap();
+    }
+    let caught_up_at = realm.status(0).unwrap().ratified_epoch;
+    let source = tampering_source(&realm, realm.public_addr(0), 0, Tamper::UnsignedHeartbeat);
+    let config = realm.path().join("verifier-1.toml");
+    edit_config(&config, &|t: &mut toml::Table| {
+        t.insert("endpoints".into(), toml::Value::Array(vec![source.clone().into()]));
+    });
+    let log_path = realm.path().join("logs/verifier-heartbeat.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = std::process::Command::new(keyraft_bin())
+        .args(["verifier", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info,keyraft_verifier=debug")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut realm = realm;
+    realm.verifiers.insert(1, child);
+    // It goes on verifying epochs after the forged heartbeat (the source does not relay
+    // ratifications, so the log says so), and never halts.
+    let wanted = format!("epoch verified epoch={}", caught_up_at + 2);
+    wait_for("epochs verified after the forged heartbeat", || {
+        let running = realm.verifiers.get_mut(&1).unwrap().try_wait().unwrap().is_none();
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        assert!(running, "the verifier stopped: {log}");
+        log.contains(&wanted).then_some(())
+    });
+    assert!(!realm.path().join("data/verifier-1/HALTED").exists());
 }
 
 /// Registers users, points a verifier at a source that alters the first epoch holding
