@@ -338,7 +338,9 @@ impl Client {
     }
 
     /// One page of `user_id`'s versions, newest first (`page_token` empty for the first page),
-    /// each proven at the epoch it appeared in.
+    /// each proven at the epoch it appeared in. Each listed version is proven; that none is
+    /// missing is not (versions only have to increase): compare with what a watch saw, or with
+    /// lookups at the epochs in between.
     pub async fn history(&self, user_id: &str, page_size: u32, page_token: &[u8]) -> Result<HistoryPage, ClientError> {
         let request = HistoryRequest {
             user_id: user_id.to_owned(),
@@ -387,7 +389,8 @@ impl Client {
     }
 
     /// Watches `user_id`: the current value, then every change, and heartbeats proving it
-    /// unchanged. With `from_epoch`, starts with the changes after that epoch.
+    /// unchanged. With `from_epoch`, starts with the changes after that epoch (the caller knows
+    /// the value at `from_epoch`; the first event is not compared with it).
     pub async fn watch(&self, user_id: &str, from_epoch: u64) -> Result<Watch, ClientError> {
         Watch::open(self.clone(), user_id.to_owned(), from_epoch).await
     }
