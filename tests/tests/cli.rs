@@ -96,6 +96,16 @@ fn a_newcomer_registers_updates_and_follows_an_identity_with_verified_answers() 
     assert!(!expired.status.success() && String::from_utf8_lossy(&expired.stderr).contains("TTL"));
     assert!(ok(&realm, &["verify-proof", "--realm", "realm.json", "--past", "alice.proof"]).contains("version 2"));
 
+    // Rotation: the identity is handed over to Carol's key alone; the old keys lose it.
+    ok(&realm, &["keygen", "--out", "carol.key"]);
+    let handover = ["update", "--user", "alice", "--key", "alice.key", "--key", "bob.key", "--new-key", "carol.key"];
+    ok(&realm, &with_realm(&[&handover[..], &["--set", "pgp=four", "--wait"]].concat()));
+    let old = run(&realm, &with_realm(&["update", "--user", "alice", "--key", "alice.key", "--set", "pgp=five"]));
+    assert!(!old.status.success(), "a key handed over still signs");
+    ok(&realm, &with_realm(&["update", "--user", "alice", "--key", "carol.key", "--set", "pgp=five", "--wait"]));
+    let out = ok(&realm, &with_realm(&["lookup", "alice"]));
+    assert!(out.contains("version 4") && out.contains("pgp = five"), "{out}");
+
     // Operators see the verifier's progress.
     let token_file = realm.path().join("keys/cluster.token");
     wait_for("the verifier in the status", || {
