@@ -275,3 +275,52 @@ fn a_verifier_stream_reader_that_stops_reading_is_closed_with_a_reason() {
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
     assert!(status.message().contains("shutting down"), "{status}");
 }
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+#[test]
+fn many_verifier_streams_that_do_not_read_hold_bounded_memory() {
+    const STREAMS: usize = 64;
+    let _s = serial();
+    let realm = Realm::start(|_| {});
+    // About 3.4 MB of signed entries: a replica holding all of it for each stream would need
+    // over 200 MB for 64 readers; each stream may hold 8 frames of 64 KiB plus what its
+    // reader's 64 KiB window lets through.
+    let newest = register_large_entries(&realm, 1600);
+    realm.wait_ratified(0, newest);
+    let pid = realm.replicas[0].child.as_ref().unwrap().id();
+    let before = rss_bytes(pid);
+    let streams = realm.runtime.block_on(async {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(0)))
+            .unwrap()
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535);
+        let mut streams = Vec::new();
+        for _ in 0..STREAMS {
+            let mut c = KeyraftClient::new(endpoint.connect_lazy());
+            let req = VerifierStreamRequest { max_frame_bytes: 65_536, ..Default::default() };
+            let mut s = c.verifier_stream(req).await.unwrap().into_inner();
+            let first = tokio::time::timeout(DEADLINE, s.message()).await.unwrap().unwrap().unwrap();
+            assert!(matches!(first.frame, Some(Frame::Init(_))));
+            streams.push(s);
+        }
+        streams
+    });
+    // Two more epochs: every producer has long filled what it may buffer.
+    realm.wait_ratified(0, realm.status(0).unwrap().ratified_epoch + 2);
+    let after = rss_bytes(pid);
+    let grown = after.saturating_sub(before);
+    eprintln!("{STREAMS} stalled verifier streams: replica RSS {before} -> {after} bytes");
+    assert!(grown < 96 * 1024 * 1024, "{STREAMS} readers that read nothing grew the replica by {grown} bytes");
+    // The streams are still served: nothing was dropped for lack of memory.
+    assert_eq!(realm.status(0).map(|s| s.has_leader), Some(true));
+    drop(streams);
+}
