@@ -121,6 +121,30 @@ pub struct ClientOptions {
     pub state_file: Option<PathBuf>,
 }
 
+impl ClientOptions {
+    /// Applies the quorum and freshness options to `realm` (for code that verifies proofs
+    /// without a [`Client`], such as offline verification).
+    pub fn apply(&self, realm: &mut ClientRealm) -> Result<(), ClientError> {
+        if let Some(t) = self.verifier_threshold {
+            let registered = realm.config.verifier_keys.len();
+            if t > registered {
+                return Err(ClientError::Invalid(format!(
+                    "verifier threshold {t} exceeds the {registered} verifiers registered in realm {:?}",
+                    realm.config.realm
+                )));
+            }
+            realm.verifier_threshold = t;
+        }
+        if let Some(ttl) = self.epoch_ttl_ms {
+            realm.epoch_ttl_ms = ttl;
+        }
+        if let Some(skew) = self.clock_skew_ms {
+            realm.clock_skew_ms = skew;
+        }
+        Ok(())
+    }
+}
+
 /// The outcome of an update.
 #[derive(Debug, Clone)]
 pub struct UpdateOutcome {
@@ -198,22 +222,7 @@ impl Client {
     /// A client with its own quorum, freshness rules and state file.
     pub fn with_options(file: &RealmFile, endpoints: &[String], options: &ClientOptions) -> Result<Self, ClientError> {
         let mut realm = file.client_realm().map_err(|e| ClientError::Invalid(e.to_string()))?;
-        if let Some(t) = options.verifier_threshold {
-            let registered = realm.config.verifier_keys.len();
-            if t > registered {
-                return Err(ClientError::Invalid(format!(
-                    "verifier threshold {t} exceeds the {registered} verifiers registered in realm {:?}",
-                    realm.config.realm
-                )));
-            }
-            realm.verifier_threshold = t;
-        }
-        if let Some(ttl) = options.epoch_ttl_ms {
-            realm.epoch_ttl_ms = ttl;
-        }
-        if let Some(skew) = options.clock_skew_ms {
-            realm.clock_skew_ms = skew;
-        }
+        options.apply(&mut realm)?;
         let memory = match &options.state_file {
             Some(path) => EpochMemory::open(path)?,
             None => EpochMemory::in_memory(),

@@ -139,16 +139,8 @@ where
 pub fn run(args: &BenchArgs, out: &mut dyn Write) -> CmdResult {
     let file = RealmFile::from_json(&std::fs::read_to_string(&args.realm)?)?;
     let mut realm = file.client_realm()?;
-    if let Some(t) = args.verifier_threshold {
-        if t > realm.config.verifier_keys.len() {
-            return Err(format!(
-                "--verifiers {t} exceeds the {} registered verifiers",
-                realm.config.verifier_keys.len()
-            )
-            .into());
-        }
-        realm.verifier_threshold = t;
-    }
+    keyraft_client::ClientOptions { verifier_threshold: args.verifier_threshold, ..Default::default() }
+        .apply(&mut realm)?;
     let threshold = u32::try_from(realm.verifier_threshold)?;
     let endpoints = if args.endpoints.is_empty() { file.endpoints.clone() } else { args.endpoints.clone() };
     if endpoints.is_empty() || args.clients == 0 || args.updates == 0 {

@@ -468,19 +468,9 @@ pub fn proof_json(p: &LookupProof, bytes: &[u8]) -> serde_json::Value {
 /// `keyraft verify-proof`: checks a saved lookup proof offline, with the realm file only.
 pub fn verify_proof(args: &VerifyProofArgs, out: &mut dyn Write) -> CmdResult {
     let mut realm = load_realm(&args.realm)?.client_realm()?;
-    if let Some(t) = args.verifier_threshold {
-        if t > realm.config.verifier_keys.len() {
-            return Err(format!(
-                "--verifiers {t} exceeds the {} registered verifiers",
-                realm.config.verifier_keys.len()
-            )
-            .into());
-        }
-        realm.verifier_threshold = t;
-    }
-    if let Some(ttl) = args.ttl_ms {
-        realm.epoch_ttl_ms = ttl;
-    }
+    let options =
+        ClientOptions { verifier_threshold: args.verifier_threshold, epoch_ttl_ms: args.ttl_ms, ..Default::default() };
+    options.apply(&mut realm)?;
     let bytes = std::fs::read(&args.proof).map_err(|e| format!("reading {}: {e}", args.proof.display()))?;
     let proof: LookupProof =
         decode_canonical(&bytes).map_err(|e| format!("{} is not a lookup proof: {e}", args.proof.display()))?;
