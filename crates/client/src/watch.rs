@@ -44,11 +44,22 @@ pub struct Watch {
     last: Option<(u64, Option<Entry>)>,
     /// Stream failures since the last verified event.
     failures: u32,
+    /// When the last event whose head was within the TTL arrived.
+    last_fresh: std::time::Instant,
 }
 
 impl Watch {
     pub(crate) async fn open(client: Client, user_id: String, from_epoch: u64) -> Result<Self, ClientError> {
-        let mut watch = Self { client, user_id, from_epoch, stream: None, endpoint: 0, last: None, failures: 0 };
+        let mut watch = Self {
+            client,
+            user_id,
+            from_epoch,
+            stream: None,
+            endpoint: 0,
+            last: None,
+            failures: 0,
+            last_fresh: std::time::Instant::now(),
+        };
         watch.connect().await?;
         Ok(watch)
     }
@@ -92,8 +103,10 @@ impl Watch {
     /// for another; after [`WATCH_RECONNECT_ROUNDS_MAX`] rounds of failures the error is
     /// returned.
     pub async fn next(&mut self) -> Option<Result<WatchUpdate, ClientError>> {
-        let silence = std::time::Duration::from_millis(self.client.realm().epoch_ttl_ms.max(1_000));
+        let ttl = std::time::Duration::from_millis(self.client.realm().epoch_ttl_ms.max(1_000));
         loop {
+            // Old changes trickled out one by one do not keep a watch alive: only fresh heads do.
+            let silence = ttl.saturating_sub(self.last_fresh.elapsed()).max(std::time::Duration::from_millis(100));
             let limit = self.client.endpoints.len() as u32 * WATCH_RECONNECT_ROUNDS_MAX;
             let Some(stream) = self.stream.as_mut() else {
                 if let Err(e) = self.connect().await {
@@ -105,10 +118,12 @@ impl Watch {
             let failure = match tokio::time::timeout(silence, stream.message()).await {
                 Ok(Ok(Some(event))) => {
                     let update = self.accept(event.event);
-                    if update.is_ok() {
-                        // Epochs strictly increase, so a replica replaying old changes runs
-                        // out of them: any verified event counts as progress.
+                    if let Ok(u) = &update {
                         self.failures = 0;
+                        let issued = u.answer().lookup.head.issue_time_ms;
+                        if issued.saturating_add(self.client.realm().epoch_ttl_ms) >= crate::now_ms() {
+                            self.last_fresh = std::time::Instant::now();
+                        }
                     }
                     return Some(update);
                 }
@@ -134,6 +149,7 @@ impl Watch {
                 return Some(Err(failure));
             }
             tracing::info!(endpoint = %addr, error = %failure, "watch interrupted; resuming on another replica");
+            self.last_fresh = std::time::Instant::now();
             self.stream = None;
             self.endpoint = (self.endpoint + 1) % self.client.endpoints.len();
         }
