@@ -200,14 +200,15 @@ impl PublicService {
         Ok(None)
     }
 
-    /// Waits (up to `wait_ms`) until `probe` returns something.
+    /// Waits (up to `wait_ms`) until `probe`, which looks at epochs and their signatures
+    /// only, returns something; woken when those change, not on every update.
     async fn wait_for<T>(
         &self,
         wait_ms: u64,
         mut probe: impl FnMut(&Self) -> Result<Option<T>, Status>,
     ) -> Result<Option<T>, Status> {
         let deadline = Instant::now() + Duration::from_millis(wait_ms.min(self.node.limits.wait_ms_max));
-        let mut changes = self.node.shared.subscribe();
+        let mut changes = self.node.shared.subscribe_epochs();
         loop {
             changes.borrow_and_update();
             if let Some(v) = probe(self)? {

@@ -232,7 +232,7 @@ impl Producer {
         }))
         .await?;
         let mut next = resume_epoch + 1;
-        let mut changes = self.node.shared.subscribe();
+        let mut changes = self.node.shared.subscribe_epochs();
         let stopped = replica_stopped(&self.node);
         tokio::pin!(stopped);
         let mut caught_up = false;

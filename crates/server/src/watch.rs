@@ -140,7 +140,7 @@ impl Watcher {
     }
 
     async fn stream(&self) -> Result<(), Stop> {
-        let mut changes = self.node.shared.subscribe();
+        let mut changes = self.node.shared.subscribe_epochs();
         let mut stopped: Stopped<'_> = Box::pin(replica_stopped(&self.node));
         let threshold = self.target.threshold;
         let mut last = if self.target.from_epoch == 0 {
@@ -159,7 +159,8 @@ impl Watcher {
         };
         loop {
             let ratified = changes.borrow_and_update().epoch_state.ratified_epoch;
-            // Every apply wakes this task; the state is read only when a newer epoch exists.
+            // Woken only when epochs or signatures change; the state is read only when a newer
+            // epoch exists.
             if ratified > last {
                 if let Some(newest) = self.service.newest_satisfying(last + 1, threshold)? {
                     self.report(last, newest).await?;

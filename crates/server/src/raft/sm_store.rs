@@ -61,6 +61,9 @@ pub struct Applied {
 pub struct SharedState {
     machine: RwLock<Machine>,
     changes: watch::Sender<Applied>,
+    /// Like `changes`, but only when epochs or their signatures changed: what streams of
+    /// epochs (Watch) wait for, without waking on every update.
+    epoch_changes: watch::Sender<Applied>,
 }
 
 impl std::fmt::Debug for SharedState {
@@ -80,18 +83,28 @@ impl SharedState {
         self.changes.subscribe()
     }
 
+    /// Notified after applies that closed an epoch or stored a signature (and snapshot
+    /// installs).
+    pub fn subscribe_epochs(&self) -> watch::Receiver<Applied> {
+        self.epoch_changes.subscribe()
+    }
+
     /// The latest applied view.
     pub fn applied(&self) -> Applied {
         *self.changes.borrow()
     }
 
-    fn notify(&self, raft_index: u64) {
+    fn notify(&self, raft_index: u64, epochs_changed: bool) {
         let epoch_state = self.read().epoch_state();
         self.changes.send_modify(|a| {
             a.raft_index = raft_index;
             a.epoch_state = epoch_state;
             a.sequence += 1;
         });
+        if epochs_changed {
+            let applied = *self.changes.borrow();
+            self.epoch_changes.send_replace(applied);
+        }
     }
 }
 
@@ -176,7 +189,8 @@ impl StateMachineStore {
             sequence: 0,
         };
         let (changes, _) = watch::channel(applied);
-        let shared = Arc::new(SharedState { machine: RwLock::new(machine), changes });
+        let (epoch_changes, _) = watch::channel(applied);
+        let shared = Arc::new(SharedState { machine: RwLock::new(machine), changes, epoch_changes });
         Ok(Self { shared, location, generation, snapshot_dir, config })
     }
 
@@ -341,8 +355,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             last = Some(index);
         }
         self.write_lock().write_deferred().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let epochs_changed = out
+            .iter()
+            .flat_map(|r| &r.0)
+            .any(|r| matches!(r, ApplyResponse::EpochClosed { .. } | ApplyResponse::SignatureStored { .. }));
         if let Some(index) = last {
-            self.shared.notify(index);
+            self.shared.notify(index, epochs_changed);
         }
         Ok(out)
     }
@@ -388,7 +406,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         tokio::task::block_in_place(|| self.install(&meta, &mut received))
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
-        self.shared.notify(index);
+        self.shared.notify(index, true);
         tracing::info!(snapshot = %meta.snapshot_id, last_log = ?meta.last_log_id, "snapshot installed");
         Ok(())
     }
