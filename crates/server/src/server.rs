@@ -63,11 +63,12 @@ pub async fn run(loaded: Loaded, init: bool, shutdown: impl Future<Output = ()>)
     std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io("creating the data directory", e))?;
     let log_storage: Arc<dyn Storage> = Arc::new(SledStorage::open_with(
         &config.data_dir.join("log"),
-        SledOptions { cache_capacity_bytes: config.storage.log_cache_bytes },
+        // Purged entries would stay in a value log forever.
+        SledOptions { cache_capacity_bytes: config.storage.log_cache_bytes, value_log_min_bytes: None },
     )?);
     let location = StateLocation::Dir {
         path: config.data_dir.join("state"),
-        options: SledOptions { cache_capacity_bytes: config.storage.state_cache_bytes },
+        options: SledOptions { cache_capacity_bytes: config.storage.state_cache_bytes, ..SledOptions::default() },
     };
     let sm = StateMachineStore::open(location, config.data_dir.join("snapshots"), realm.clone())?;
     let shared = sm.shared();

@@ -7,7 +7,7 @@ use keyraft_core::{PublicKey, RealmConfig};
 use keyraft_server::raft::log_store::LogStore;
 use keyraft_server::raft::sm_store::{StateLocation, StateMachineStore};
 use keyraft_server::raft::types::{NodeId, TypeConfig};
-use keyraft_storage::{MemoryStorage, SledStorage, Storage};
+use keyraft_storage::{MemoryStorage, SledOptions, SledStorage, Storage};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageError;
 use std::sync::Arc;
@@ -29,7 +29,13 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
         let dir = tempfile::tempdir().unwrap();
         let (log, location): (Arc<dyn Storage>, StateLocation) = if self.sled {
             (
-                Arc::new(SledStorage::open(&dir.path().join("log")).unwrap()),
+                Arc::new(
+                    SledStorage::open_with(
+                        &dir.path().join("log"),
+                        SledOptions { value_log_min_bytes: None, ..SledOptions::default() },
+                    )
+                    .unwrap(),
+                ),
                 StateLocation::Dir { path: dir.path().join("state"), options: Default::default() },
             )
         } else {

@@ -10,21 +10,26 @@
 //!
 //! An epoch's page versions are packed into chunks of about 16 KiB keyed epoch first
 //! (`t || epoch || 1 || chunk`), and its root page is kept apart (`t || epoch || 0`); parents
-//! point at their children by (epoch, chunk, offset, length). An epoch is then a few hundred
-//! keys appended at the end of the keyspace rather than tens of thousands scattered across
-//! it: sled charges several microseconds per key written.
+//! point at their children by (epoch, chunk, offset, length). An epoch is then about a
+//! thousand keys appended at the end of the keyspace rather than tens of thousands scattered
+//! across it: sled charges several microseconds per key written (and the sled engine keeps
+//! values this large in its value log, see `keyraft_storage`).
 //!
-//! Pages make an epoch cheap: applying 10k updates to a million entries writes about 20k
-//! pages instead of 130k nodes, and a proof reads about six pages instead of twenty nodes.
-//! An epoch is applied as one sorted batch: a single descent from the root touches each
-//! affected node once and hashes it once; each touched page is written once.
+//! Pages make an epoch cheap: applying 10k updates to a million entries writes about 25k
+//! pages (19 MB) instead of 130k nodes, and a proof reads about six pages instead of twenty
+//! nodes. An epoch is applied as one sorted batch: a single descent from the root touches
+//! each affected node once and hashes it once, and rewrites each touched page while it is
+//! inside it, encoding the page when it leaves (children first, so a parent is encoded with
+//! its children's new locations). The sixteen subtrees under the root page are independent:
+//! each writes its own stream of chunks (chunk numbers `stream << 24 | n`), so they are
+//! rewritten on all cores and the bytes are the same as on one.
 
 use crate::error::{corrupt, StateError};
 use crate::keys;
 use keyraft_core::tree::{empty_hash, leaf_hash, node_hash, Terminal, TreeProof};
 use keyraft_core::{Digest, Index};
 use keyraft_storage::{Batch, Storage};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// Levels of the binary tree per page.
@@ -84,6 +89,10 @@ struct Location {
 /// few hundred storage keys instead of tens of thousands (sled charges several microseconds
 /// per key), while a proof still reads only small values.
 const CHUNK_BYTES_TARGET: usize = 16 * 1024;
+/// The largest page: every node slot and every child filled.
+const PAGE_BYTES_MAX: usize = 3 + ((1 << PAGE_BITS) - 1) * NODE_BYTES + (1 << PAGE_BITS) * CHILD_BYTES;
+/// A chunk is closed once it reaches the target, so it never holds more than this.
+const CHUNK_BUFFER_BYTES: usize = CHUNK_BYTES_TARGET + PAGE_BYTES_MAX;
 
 /// Node slots of a page, in (depth, bits) order, without allocation: pages are decoded and
 /// encoded tens of thousands of times per epoch.
@@ -305,12 +314,6 @@ impl PageCache {
         self.pages.lock().ok()?.get(id).cloned()
     }
 
-    fn insert(&self, id: PageId, bytes: Arc<Vec<u8>>) {
-        if let Ok(mut pages) = self.pages.lock() {
-            pages.insert(id, bytes);
-        }
-    }
-
     /// Records pages whose batch is now written.
     pub(crate) fn commit(&self, written: WrittenPages) {
         if let Ok(mut pages) = self.pages.lock() {
@@ -329,88 +332,49 @@ impl PageCache {
 /// Pages written by an epoch, to put into the [`PageCache`] once the batch is written.
 pub(crate) type WrittenPages = Vec<(PageId, Arc<Vec<u8>>)>;
 
-/// Reads the pages of one tree version, caching them, and collects rewritten pages.
+/// Reads the pages of one tree version (proofs and roots of past epochs).
 struct Pages<'a> {
     store: &'a dyn Storage,
-    /// Set when reading the newest tree (to apply an epoch); `None` for historical reads.
-    shared: Option<&'a PageCache>,
     /// The epoch of the root page version to read (`None`: the tree is empty).
     root_epoch: Option<u64>,
     loaded: HashMap<PageId, Page>,
-    dirty: BTreeSet<PageId>,
     /// Chunks read so far (a proof often finds several pages in one chunk).
     chunks: HashMap<(u64, u32), Vec<u8>>,
 }
 
 impl<'a> Pages<'a> {
     fn new(store: &'a dyn Storage, root_epoch: Option<u64>) -> Self {
-        Self { store, shared: None, root_epoch, loaded: HashMap::new(), dirty: BTreeSet::new(), chunks: HashMap::new() }
+        Self { store, root_epoch, loaded: HashMap::new(), chunks: HashMap::new() }
     }
 
     fn load(&mut self, id: PageId) -> Result<(), StateError> {
         if self.loaded.contains_key(&id) {
             return Ok(());
         }
-        if let Some(bytes) = self.shared.and_then(|c| c.get(&id)) {
-            self.loaded.insert(id, Page::decode(&bytes)?);
-            return Ok(());
-        }
-        let bytes = if id == ROOT_PAGE {
+        let page = if id == ROOT_PAGE {
             match self.root_epoch {
-                None => None,
-                Some(epoch) => Some(
-                    self.store
-                        .get(&root_key(epoch))?
-                        .ok_or_else(|| corrupt(format!("root page of epoch {epoch} is missing")))?,
-                ),
+                None => Page::default(),
+                Some(epoch) => read_root(self.store, epoch)?,
             }
         } else {
             let (parent, nibble) = parent_of(&id);
             self.load(parent)?;
             match self.loaded.get(&parent).and_then(|p| p.children.get(&nibble).copied()) {
-                None => None,
-                Some(at) => Some(self.read_location(at)?),
-            }
-        };
-        let page = match bytes {
-            None => Page::default(),
-            Some(bytes) => {
-                let page = Page::decode(&bytes)?;
-                if let Some(shared) = self.shared {
-                    shared.insert(id, Arc::new(bytes));
-                }
-                page
+                None => Page::default(),
+                Some(at) => Page::decode(read_location(self.store, &mut self.chunks, at)?)?,
             }
         };
         self.loaded.insert(id, page);
         Ok(())
     }
 
-    fn read_location(&mut self, at: Location) -> Result<Vec<u8>, StateError> {
-        let key = (at.epoch, at.chunk);
-        if !self.chunks.contains_key(&key) {
-            let chunk = self
-                .store
-                .get(&chunk_key(at.epoch, at.chunk))?
-                .ok_or_else(|| corrupt(format!("tree chunk {} of epoch {} is missing", at.chunk, at.epoch)))?;
-            self.chunks.insert(key, chunk);
-        }
-        let chunk = self.chunks.get(&key).ok_or_else(|| corrupt("chunk cache"))?;
-        let (start, len) = (at.offset as usize, at.len as usize);
-        chunk.get(start..start + len).map(<[u8]>::to_vec).ok_or_else(|| corrupt("tree page location outside its chunk"))
-    }
-
-    fn page(&mut self, id: PageId) -> Result<&mut Page, StateError> {
-        self.load(id)?;
-        self.loaded.get_mut(&id).ok_or_else(|| corrupt("page cache"))
-    }
-
     fn read(&mut self, depth: usize, index: &Index) -> Result<Option<Node>, StateError> {
         if depth >= 256 {
             return Ok(None);
         }
-        let s = slot(depth, index);
-        Ok(self.page(page_id(depth, index))?.nodes.get(&s).copied())
+        let id = page_id(depth, index);
+        self.load(id)?;
+        Ok(self.loaded.get(&id).ok_or_else(|| corrupt("page cache"))?.nodes.get(&slot(depth, index)).copied())
     }
 
     fn read_existing(&mut self, depth: usize, index: &Index) -> Result<Node, StateError> {
@@ -418,55 +382,181 @@ impl<'a> Pages<'a> {
             corrupt(format!("interior node at depth {} points to a missing child", depth.saturating_sub(1)))
         })
     }
+}
 
-    fn write(&mut self, depth: usize, index: &Index, node: Node) -> Result<Digest, StateError> {
-        let id = page_id(depth, index);
-        let s = slot(depth, index);
-        if !self.page(id)?.nodes.insert(s, node) {
-            return Err(corrupt("tree node slot outside its page"));
+fn read_root(store: &dyn Storage, epoch: u64) -> Result<Page, StateError> {
+    let bytes =
+        store.get(&root_key(epoch))?.ok_or_else(|| corrupt(format!("root page of epoch {epoch} is missing")))?;
+    Page::decode(&bytes)
+}
+
+/// The bytes of the page version at `at`, reading its chunk unless `chunks` has it.
+fn read_location<'c>(
+    store: &dyn Storage,
+    chunks: &'c mut HashMap<(u64, u32), Vec<u8>>,
+    at: Location,
+) -> Result<&'c [u8], StateError> {
+    let chunk = match chunks.entry((at.epoch, at.chunk)) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => e.insert(
+            store
+                .get(&chunk_key(at.epoch, at.chunk))?
+                .ok_or_else(|| corrupt(format!("tree chunk {} of epoch {} is missing", at.chunk, at.epoch)))?,
+        ),
+    };
+    let (start, len) = (at.offset as usize, at.len as usize);
+    chunk.get(start..start.saturating_add(len)).ok_or_else(|| corrupt("tree page location outside its chunk"))
+}
+
+/// Chunk numbers of an epoch are `stream << STREAM_SHIFT | n`: each subtree under the root
+/// page writes its own stream of chunks, so subtrees can be rewritten independently (on
+/// several threads) and still produce the same bytes as one thread would.
+const STREAM_SHIFT: u32 = 24;
+const STREAMS: usize = 1 << PAGE_BITS;
+const _: () = assert!(STREAMS <= 1 << (32 - STREAM_SHIFT));
+
+/// The pages of one subtree under the root page, packed into chunks in the order they were
+/// finished: children before their parent, so a parent is encoded with its children's new
+/// locations.
+#[derive(Debug)]
+struct ChunkStream {
+    epoch: u64,
+    stream: u32,
+    count: u32,
+    chunk: Vec<u8>,
+    full: Vec<(u32, Vec<u8>)>,
+    written: WrittenPages,
+}
+
+impl ChunkStream {
+    fn new(epoch: u64, stream: usize) -> Self {
+        Self {
+            epoch,
+            stream: stream as u32,
+            count: 0,
+            chunk: Vec::with_capacity(CHUNK_BUFFER_BYTES),
+            full: Vec::new(),
+            written: Vec::new(),
         }
-        self.dirty.insert(id);
-        Ok(node.hash(depth))
     }
 
-    /// Writes every dirty page as a version of `epoch`: deepest strata first, packed into
-    /// chunks, each parent pointed at its children's new locations before it is encoded; the
-    /// root page last, under its own key.
-    fn flush_into(mut self, epoch: u64, batch: &mut Batch) -> Result<WrittenPages, StateError> {
-        self.load(ROOT_PAGE)?;
-        self.dirty.insert(ROOT_PAGE);
-        let mut order: Vec<PageId> = self.dirty.iter().copied().collect();
-        order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        let mut written = Vec::with_capacity(order.len());
-        let mut chunk: Vec<u8> = Vec::with_capacity(CHUNK_BYTES_TARGET * 2);
-        let mut chunk_number = 0u32;
-        for id in order {
-            let bytes = self.loaded.get(&id).ok_or_else(|| corrupt("dirty page not loaded"))?.encode();
-            if id == ROOT_PAGE {
-                batch.put(root_key(epoch), bytes.clone());
-            } else {
-                let (parent, nibble) = parent_of(&id);
-                if !self.dirty.contains(&parent) {
-                    return Err(corrupt("a tree page changed without its parent"));
-                }
-                let at = Location { epoch, chunk: chunk_number, offset: chunk.len() as u32, len: bytes.len() as u32 };
-                chunk.extend_from_slice(&bytes);
-                self.loaded
-                    .get_mut(&parent)
-                    .ok_or_else(|| corrupt("dirty page not loaded"))?
-                    .children
-                    .insert(nibble, at);
-                if chunk.len() >= CHUNK_BYTES_TARGET {
-                    batch.put(chunk_key(epoch, chunk_number), std::mem::take(&mut chunk));
-                    chunk_number += 1;
-                }
-            }
-            written.push((id, Arc::new(bytes)));
+    fn number(&self) -> u32 {
+        assert!(self.count < 1 << STREAM_SHIFT, "an epoch's chunk stream overflowed");
+        self.stream << STREAM_SHIFT | self.count
+    }
+
+    /// Appends a finished page version and returns where it is.
+    fn emit(&mut self, id: PageId, page: &Page) -> Location {
+        let bytes = page.encode();
+        let at = Location {
+            epoch: self.epoch,
+            chunk: self.number(),
+            offset: self.chunk.len() as u32,
+            len: bytes.len() as u32,
+        };
+        self.chunk.extend_from_slice(&bytes);
+        self.written.push((id, Arc::new(bytes)));
+        if self.chunk.len() >= CHUNK_BYTES_TARGET {
+            let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_BUFFER_BYTES));
+            self.full.push((self.number(), chunk));
+            self.count += 1;
         }
-        if !chunk.is_empty() {
-            batch.put(chunk_key(epoch, chunk_number), chunk);
+        at
+    }
+
+    fn finish(mut self, batch: &mut Batch, written: &mut WrittenPages) {
+        if !self.chunk.is_empty() {
+            let chunk = std::mem::take(&mut self.chunk);
+            self.full.push((self.number(), chunk));
         }
-        Ok(written)
+        for (number, chunk) in self.full {
+            batch.put(chunk_key(self.epoch, number), chunk);
+        }
+        written.append(&mut self.written);
+    }
+}
+
+/// Rewrites the newest tree into the page versions of one epoch.
+struct Descent<'a> {
+    store: &'a dyn Storage,
+    cache: &'a PageCache,
+    epoch: u64,
+    /// Chunks read so far (pages missing from the cache after a restart).
+    chunks: HashMap<(u64, u32), Vec<u8>>,
+    out: ChunkStream,
+    /// Streams of the subtrees under the root page rewritten so far, in index order.
+    finished: Vec<ChunkStream>,
+    /// Subtrees under the root page already rewritten (on other threads): their new hash and
+    /// location, by their index bits.
+    done: [Option<(Digest, Location)>; STREAMS],
+}
+
+impl<'a> Descent<'a> {
+    fn new(store: &'a dyn Storage, cache: &'a PageCache, epoch: u64, stream: usize) -> Self {
+        Self {
+            store,
+            cache,
+            epoch,
+            chunks: HashMap::new(),
+            out: ChunkStream::new(epoch, stream),
+            finished: Vec::new(),
+            done: [None; STREAMS],
+        }
+    }
+
+    /// The newest version of page `id`, stored at `at` if not cached (`None`: a new page).
+    fn load(&mut self, id: &PageId, at: Option<Location>) -> Result<Page, StateError> {
+        if let Some(bytes) = self.cache.get(id) {
+            return Page::decode(&bytes);
+        }
+        match at {
+            None => Ok(Page::default()),
+            Some(at) => Page::decode(read_location(self.store, &mut self.chunks, at)?),
+        }
+    }
+
+    /// Runs `f` on the child page of `parent` holding the node at `depth` (a page boundary)
+    /// on the path of `index`, then emits that page and points `parent` at its new version.
+    fn in_child_page(
+        &mut self,
+        parent: &mut Page,
+        depth: usize,
+        index: &Index,
+        f: impl FnOnce(&mut Self, &mut Page) -> Result<Digest, StateError>,
+    ) -> Result<Digest, StateError> {
+        debug_assert!(depth.is_multiple_of(PAGE_BITS) && depth > 0);
+        let nibble = bits(index, depth - PAGE_BITS, PAGE_BITS);
+        if depth > PAGE_BITS {
+            return self.rewrite_child(parent, depth, index, nibble, f);
+        }
+        let stream = usize::from(nibble >> (8 - PAGE_BITS));
+        if let Some((hash, at)) = self.done[stream].take() {
+            parent.children.insert(nibble, at);
+            return Ok(hash);
+        }
+        let outer = std::mem::replace(&mut self.out, ChunkStream::new(self.epoch, stream));
+        let hash = self.rewrite_child(parent, depth, index, nibble, f);
+        let finished = std::mem::replace(&mut self.out, outer);
+        self.finished.push(finished);
+        hash
+    }
+
+    fn rewrite_child(
+        &mut self,
+        parent: &mut Page,
+        depth: usize,
+        index: &Index,
+        nibble: u8,
+        f: impl FnOnce(&mut Self, &mut Page) -> Result<Digest, StateError>,
+    ) -> Result<Digest, StateError> {
+        let id = page_id(depth, index);
+        let mut child = self.load(&id, parent.children.get(&nibble).copied())?;
+        let hash = f(self, &mut child)?;
+        let at = self.out.emit(id, &child);
+        if !parent.children.insert(nibble, at) {
+            return Err(corrupt("tree page child position"));
+        }
+        Ok(hash)
     }
 }
 
@@ -513,6 +603,12 @@ pub(crate) fn prove(store: &dyn Storage, epoch: u64, index: &Index) -> Result<Tr
 /// `previous` (the last applied epoch, `None` for the first), writing the new page versions
 /// into `batch`. Returns the new root and the pages to [`PageCache::commit`] once the batch
 /// is written.
+///
+/// One descent from the root touches each affected node once and hashes it once. Each page is
+/// rewritten as a whole while the descent is inside it and emitted when the descent leaves it,
+/// so every page is encoded once, after its children (whose new locations it records). With
+/// several cores and a full root page, the subtrees under the root page are rewritten on
+/// separate threads; the bytes written are the same either way.
 pub(crate) fn apply_epoch(
     store: &dyn Storage,
     cache: &PageCache,
@@ -521,22 +617,162 @@ pub(crate) fn apply_epoch(
     updates: &[(Index, Digest)],
     batch: &mut Batch,
 ) -> Result<(Digest, WrittenPages), StateError> {
+    apply_epoch_with(store, cache, previous, epoch, updates, batch, threads())
+}
+
+/// Threads that rewrite subtrees: one per core, and no more than there are subtrees.
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(STREAMS)
+}
+
+/// Below this many updates an epoch is rewritten on one thread: spawning costs more.
+const PARALLEL_UPDATES_MIN: usize = 512;
+
+pub(crate) fn apply_epoch_with(
+    store: &dyn Storage,
+    cache: &PageCache,
+    previous: Option<u64>,
+    epoch: u64,
+    updates: &[(Index, Digest)],
+    batch: &mut Batch,
+    threads: usize,
+) -> Result<(Digest, WrittenPages), StateError> {
     assert!(updates.windows(2).all(|w| w[0].0 < w[1].0), "epoch updates must be sorted and distinct");
     assert!(previous.is_none_or(|p| p < epoch), "epochs are applied in increasing order");
-    let mut pages = Pages::new(store, previous);
-    pages.shared = Some(cache);
-    // About two pages per update below the shared top of the tree; growing the map while it
-    // holds kilobyte-sized pages would copy them over and over.
-    pages.loaded.reserve(2 * updates.len() + 300);
-    let root = pages.read(0, &Index([0; 32]))?;
-    let hash = update(&mut pages, 0, root, updates)?;
-    Ok((hash, pages.flush_into(epoch, batch)?))
+    let mut root = match cache.get(&ROOT_PAGE) {
+        Some(bytes) => Page::decode(&bytes)?,
+        None => match previous {
+            None => Page::default(),
+            Some(previous) => read_root(store, previous)?,
+        },
+    };
+    let mut d = Descent::new(store, cache, epoch, 0);
+    if threads > 1 && updates.len() >= PARALLEL_UPDATES_MIN {
+        if let Some(subtrees) = rewrite_subtrees(store, cache, epoch, &root, updates, threads)? {
+            for (stream, (hash, at, out)) in subtrees {
+                d.done[stream] = Some((hash, at));
+                d.finished.push(out);
+            }
+        }
+    }
+    let current = root.nodes.get(&(0, 0)).copied();
+    let hash = update(&mut d, &mut root, 0, 0, current, updates)?;
+    debug_assert!(d.done.iter().all(Option::is_none), "every subtree rewritten ahead was used");
+    let mut written = Vec::new();
+    d.finished.sort_by_key(|s| s.stream);
+    for stream in d.finished {
+        stream.finish(batch, &mut written);
+    }
+    assert!(d.out.full.is_empty() && d.out.chunk.is_empty(), "only subtrees write chunks");
+    let bytes = root.encode();
+    batch.put(root_key(epoch), bytes.clone());
+    written.push((ROOT_PAGE, Arc::new(bytes)));
+    Ok((hash, written))
+}
+
+/// A subtree under the root page rewritten ahead: its new root hash, the location of its new
+/// top page and the chunks holding its pages.
+type Subtree = (Digest, Location, ChunkStream);
+
+/// Rewrites the subtrees under the root page on `threads` threads, if the root page is full
+/// (every node in it interior, so that every update descends into the subtree named by its
+/// first index bits and nothing in the root page moves down). `None` when it is not.
+fn rewrite_subtrees(
+    store: &dyn Storage,
+    cache: &PageCache,
+    epoch: u64,
+    root: &Page,
+    updates: &[(Index, Digest)],
+    threads: usize,
+) -> Result<Option<Vec<(usize, Subtree)>>, StateError> {
+    if root.nodes.0.iter().any(|n| !matches!(n, Some(Node::Interior { .. }))) {
+        return Ok(None);
+    }
+    let empty = empty_hash();
+    let mut tasks = Vec::new();
+    let mut rest = updates;
+    for stream in 0..STREAMS {
+        let nibble = (stream << (8 - PAGE_BITS)) as u8;
+        let split = rest.partition_point(|(i, _)| bits(i, 0, PAGE_BITS) == nibble);
+        let (group, tail) = rest.split_at(split);
+        rest = tail;
+        if group.is_empty() {
+            continue;
+        }
+        // The hash of the subtree as the root page's deepest node records it.
+        let parent = (PAGE_BITS as u8 - 1, nibble & !(0x80 >> (PAGE_BITS - 1)));
+        let Some(Node::Interior { left, right }) = root.nodes.get(&parent).copied() else {
+            return Err(corrupt("full root page without its deepest node"));
+        };
+        let hash = if group[0].0.bit(PAGE_BITS - 1) { right } else { left };
+        tasks.push((stream, nibble, hash != empty, group));
+    }
+    assert!(rest.is_empty(), "updates are sorted");
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let run = || -> Result<Vec<(usize, Subtree)>, StateError> {
+        let mut out = Vec::new();
+        loop {
+            let t = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(&(stream, nibble, exists, group)) = tasks.get(t) else { return Ok(out) };
+            let mut d = Descent::new(store, cache, epoch, stream);
+            let id = page_id(PAGE_BITS, &group[0].0);
+            let mut page = d.load(&id, root.children.get(&nibble).copied())?;
+            let hash = enter(&mut d, &mut page, PAGE_BITS, exists, group)?;
+            let at = d.out.emit(id, &page);
+            assert!(d.finished.is_empty(), "a subtree does not reach the root page");
+            out.push((stream, (hash, at, d.out)));
+        }
+    };
+    let results: Vec<Result<Vec<(usize, Subtree)>, StateError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads.min(tasks.len())).map(|_| scope.spawn(run)).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    });
+    let mut subtrees = Vec::with_capacity(tasks.len());
+    for r in results {
+        subtrees.extend(r?);
+    }
+    subtrees.sort_by_key(|(stream, _)| *stream);
+    Ok(Some(subtrees))
+}
+
+/// Rewrites the subtree whose root is the top node of `page` (at `depth`), which exists if
+/// `exists`.
+fn enter(
+    d: &mut Descent<'_>,
+    page: &mut Page,
+    depth: usize,
+    exists: bool,
+    updates: &[(Index, Digest)],
+) -> Result<Digest, StateError> {
+    let node = if exists {
+        Some(
+            page.nodes
+                .get(&(0, 0))
+                .copied()
+                .ok_or_else(|| corrupt(format!("interior node at depth {} points to a missing child", depth - 1)))?,
+        )
+    } else {
+        None
+    };
+    update(d, page, depth, depth, node, updates)
+}
+
+/// Writes `node` at `depth` on the path of `index` into `page` (which starts at `start`).
+fn write(page: &mut Page, start: usize, depth: usize, index: &Index, node: Node) -> Result<Digest, StateError> {
+    debug_assert!(depth >= start && depth < start + PAGE_BITS);
+    if !page.nodes.insert(slot(depth, index), node) {
+        return Err(corrupt("tree node slot outside its page"));
+    }
+    Ok(node.hash(depth))
 }
 
 /// Rewrites the subtree at `depth` on the path of `updates[0]` (all updates share that path
-/// down to `depth`), whose current content is `current`, and returns its new hash.
+/// down to `depth`), whose current content is `current`, and returns its new hash. The node
+/// at `depth` is in `page`, which starts at `start`.
 fn update(
-    pages: &mut Pages<'_>,
+    d: &mut Descent<'_>,
+    page: &mut Page,
+    start: usize,
     depth: usize,
     current: Option<Node>,
     updates: &[(Index, Digest)],
@@ -545,52 +781,82 @@ fn update(
         return Ok(current.map_or_else(empty_hash, |n| n.hash(depth)));
     };
     match current {
-        None => build(pages, depth, updates),
+        None => build(d, page, start, depth, updates),
         Some(Node::Leaf { index, value }) => {
             if updates.len() == 1 && first.0 == index {
-                return pages.write(depth, &index, Node::Leaf { index, value: updates[0].1 });
+                return write(page, start, depth, &index, Node::Leaf { index, value: updates[0].1 });
             }
             // The existing leaf moves down next to the new ones, unless it is replaced.
             let mut merged = updates.to_vec();
             if let Err(pos) = merged.binary_search_by(|(i, _)| i.cmp(&index)) {
                 merged.insert(pos, (index, value));
             }
-            build(pages, depth, &merged)
+            build(d, page, start, depth, &merged)
         }
         Some(Node::Interior { left, right }) => {
             let split = updates.partition_point(|(i, _)| !i.bit(depth));
             let (lu, ru) = updates.split_at(split);
-            let new_left = if lu.is_empty() { left } else { update_child(pages, depth + 1, left, lu)? };
-            let new_right = if ru.is_empty() { right } else { update_child(pages, depth + 1, right, ru)? };
-            pages.write(depth, &first.0, Node::Interior { left: new_left, right: new_right })
+            let new_left = if lu.is_empty() { left } else { child(d, page, start, depth + 1, left, lu)? };
+            let new_right = if ru.is_empty() { right } else { child(d, page, start, depth + 1, right, ru)? };
+            write(page, start, depth, &first.0, Node::Interior { left: new_left, right: new_right })
         }
     }
 }
 
-fn update_child(
-    pages: &mut Pages<'_>,
+/// [`update`] for the child at `depth` whose hash is `hash`, in `page` or in a child page.
+fn child(
+    d: &mut Descent<'_>,
+    page: &mut Page,
+    start: usize,
     depth: usize,
     hash: Digest,
     updates: &[(Index, Digest)],
 ) -> Result<Digest, StateError> {
-    let child = if hash == empty_hash() { None } else { Some(pages.read_existing(depth, &updates[0].0)?) };
-    update(pages, depth, child, updates)
+    let exists = hash != empty_hash();
+    if depth == start + PAGE_BITS {
+        if depth >= 256 {
+            return Err(corrupt("interior node at the deepest level"));
+        }
+        return d.in_child_page(page, depth, &updates[0].0, |d, child| enter(d, child, depth, exists, updates));
+    }
+    let node = if exists {
+        Some(
+            page.nodes
+                .get(&slot(depth, &updates[0].0))
+                .copied()
+                .ok_or_else(|| corrupt(format!("interior node at depth {} points to a missing child", depth - 1)))?,
+        )
+    } else {
+        None
+    };
+    update(d, page, start, depth, node, updates)
 }
 
 /// Builds a fresh subtree holding exactly `leaves` at `depth`.
-fn build(pages: &mut Pages<'_>, depth: usize, leaves: &[(Index, Digest)]) -> Result<Digest, StateError> {
+fn build(
+    d: &mut Descent<'_>,
+    page: &mut Page,
+    start: usize,
+    depth: usize,
+    leaves: &[(Index, Digest)],
+) -> Result<Digest, StateError> {
+    if leaves.is_empty() {
+        return Ok(empty_hash());
+    }
+    if depth == start + PAGE_BITS {
+        return d.in_child_page(page, depth, &leaves[0].0, |d, child| build(d, child, depth, depth, leaves));
+    }
     match leaves {
-        [] => Ok(empty_hash()),
-        [(index, value)] => pages.write(depth, index, Node::Leaf { index: *index, value: *value }),
+        [(index, value)] => write(page, start, depth, index, Node::Leaf { index: *index, value: *value }),
         _ => {
             if depth >= 255 {
                 return Err(corrupt("two distinct indexes share 255 bits"));
             }
             let split = leaves.partition_point(|(i, _)| !i.bit(depth));
             let (l, r) = leaves.split_at(split);
-            let left = build(pages, depth + 1, l)?;
-            let right = build(pages, depth + 1, r)?;
-            pages.write(depth, &leaves[0].0, Node::Interior { left, right })
+            let left = build(d, page, start, depth + 1, l)?;
+            let right = build(d, page, start, depth + 1, r)?;
+            write(page, start, depth, &leaves[0].0, Node::Interior { left, right })
         }
     }
 }
@@ -634,6 +900,75 @@ mod tests {
         assert_eq!(slot_position((0, 0x80)), None);
         assert_eq!(slot_position((1, 0x40)), None);
         assert_eq!(slot_position((4, 0)), None);
+    }
+
+    /// Rewriting subtrees on several threads, or from storage after a restart (cold cache),
+    /// writes the same bytes as one warm thread, and the root is the model's.
+    #[test]
+    fn threads_and_cold_caches_write_identical_epochs() {
+        use keyraft_storage::{MemoryStorage, Storage as _};
+        use rand::{Rng, SeedableRng};
+        use std::collections::BTreeMap;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        // (threads, cold cache)
+        let setups = [(1, false), (2, false), (4, true)];
+        let stores: Vec<_> = setups.iter().map(|_| (MemoryStorage::new(), PageCache::default())).collect();
+        let mut model: BTreeMap<Index, Digest> = BTreeMap::new();
+        for epoch in 1..=6u64 {
+            let mut updates: BTreeMap<Index, Digest> = BTreeMap::new();
+            let fresh = if epoch == 1 { 3_000 } else { 700 };
+            for _ in 0..fresh {
+                updates.insert(Index(rng.gen()), rng.gen());
+            }
+            let existing: Vec<Index> = model.keys().copied().collect();
+            for _ in 0..(existing.len().min(200)) {
+                let old = existing[rng.gen_range(0..existing.len())];
+                updates.insert(old, rng.gen());
+                // A neighbour sharing a long prefix pushes the old leaf down across pages.
+                let mut near = old;
+                let bit = rng.gen_range(9..255usize);
+                near.0[bit / 8] ^= 0x80 >> (bit % 8);
+                updates.insert(near, rng.gen());
+            }
+            let updates: Vec<(Index, Digest)> = updates.into_iter().collect();
+            model.extend(updates.iter().copied());
+            let mut results = Vec::new();
+            for ((threads, cold), (store, cache)) in setups.iter().zip(&stores) {
+                if *cold {
+                    cache.clear();
+                }
+                let mut batch = Batch::new();
+                let previous = (epoch > 1).then(|| epoch - 1);
+                let (root, written) =
+                    apply_epoch_with(store, cache, previous, epoch, &updates, &mut batch, *threads).unwrap();
+                results.push((root, batch.clone()));
+                store.write(batch).unwrap();
+                cache.commit(written);
+            }
+            assert!(results.windows(2).all(|w| w[0] == w[1]), "epoch {epoch}: setups disagree");
+            let leaves: Vec<(Index, Digest)> = model.iter().map(|(i, v)| (*i, *v)).collect();
+            assert_eq!(results[0].0, reference_root(0, &leaves), "epoch {epoch}: root differs from the model");
+            for (store, _) in &stores {
+                assert_eq!(root_at(store, epoch).unwrap(), results[0].0);
+            }
+        }
+        // Every leaf is provable from storage alone, at the last epoch.
+        let (store, _) = &stores[2];
+        for (index, value) in model.iter().step_by(97) {
+            let proof = prove(store, 6, index).unwrap();
+            assert_eq!(proof.terminal, Terminal::Leaf { value: *value });
+        }
+    }
+
+    fn reference_root(depth: usize, leaves: &[(Index, Digest)]) -> Digest {
+        match leaves {
+            [] => empty_hash(),
+            [(i, v)] => leaf_hash(depth as u16, i, v),
+            _ => {
+                let split = leaves.partition_point(|(i, _)| !i.bit(depth));
+                node_hash(&reference_root(depth + 1, &leaves[..split]), &reference_root(depth + 1, &leaves[split..]))
+            }
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub mod testing;
 
 pub use format::{check_format_version, FormatOutcome, Migration, RESERVED_PREFIX};
 pub use memory::MemoryStorage;
-pub use sled_store::{SledOptions, SledStorage};
+pub use sled_store::{SledOptions, SledStorage, VALUE_LOG_MIN_BYTES};
 
 use thiserror::Error;
 

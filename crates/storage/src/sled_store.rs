@@ -1,5 +1,34 @@
 //! The sled engine (0.34.7): one database, one tree, keyspaces by key prefix, so that one
-//! `apply_batch` is atomic across everything a step writes.
+//! `apply_batch` is atomic across everything a step writes; large values in a value log
+//! beside it.
+//!
+//! ## The value log
+//!
+//! sled is slow at large values: its leaf nodes hold up to 16 items and are rewritten whole
+//! when they consolidate, so a node of 16 KiB values is written several times over, as a blob
+//! file of its own once it passes 128 KiB. Closing an epoch of 10k updates on a million-entry
+//! tree writes some 18 MB of tree chunks; through sled that took 250-500 ms on a 2-core VM.
+//! So values of at least [`VALUE_LOG_MIN_BYTES`] (see [`SledOptions`]) are appended to `values.log` in the database
+//! directory and sled stores a 17-byte pointer to them (WiscKey's separation of keys and
+//! values). Writing them is a `pwrite` each and one `fdatasync` per batch.
+//!
+//! Every value in the sled tree starts with a tag byte:
+//! - `0x00` + the value (inline);
+//! - `0x01` + offset (u64 BE) + length (u32 BE) + CRC-32 of the value (u32 BE): the value is
+//!   at that offset of `values.log`.
+//!
+//! A batch's large values are appended and synced *before* the batch goes to sled, so a
+//! pointer never reaches the disk ahead of its bytes. A crash between the two leaves
+//! unreferenced bytes at the end of the log; they are never read, and appends continue after
+//! them. The log is never compacted: keyraft's large values are tree chunks, written once and
+//! never overwritten, so nothing in it becomes garbage in normal operation (a snapshot install
+//! builds a new database directory).
+//!
+//! The engine format is recorded in sled's default tree (`keyraft-engine-format`, u32 BE), out
+//! of sight of the store's keys. Format 1 (before the value log) kept untagged values in the
+//! tree `keyraft`; opening such a database copies them into the tree `keyraft.2`, flushes,
+//! records format 2 and drops the old tree, so a crash at any point redoes or finishes the
+//! copy.
 //!
 //! Durability caveat: on Linux sled's flush uses `sync_file_range`, not `fsync`
 //! (spacejam/sled#1452). A process crash loses nothing that was flushed; a power loss on a
@@ -7,18 +36,42 @@
 //! and keep them on independent power so that losing a minority is all that can happen.
 
 use crate::{Batch, BatchOp, Direction, RangeIter, Storage, StorageError, Value};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt as _;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Values of at least this many bytes go to the value log, by default.
+pub const VALUE_LOG_MIN_BYTES: usize = 4096;
+
+const ENGINE_FORMAT_KEY: &[u8] = b"keyraft-engine-format";
+const ENGINE_FORMAT: u32 = 2;
+const LEGACY_TREE: &str = "keyraft";
+const TREE: &str = "keyraft.2";
+const VALUE_LOG_FILE: &str = "values.log";
+/// Legacy values are copied in batches of about this many bytes.
+const MIGRATION_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+const TAG_INLINE: u8 = 0;
+const TAG_LOGGED: u8 = 1;
+const POINTER_BYTES: usize = 1 + 8 + 4 + 4;
 
 /// Tuning knobs for sled.
 #[derive(Debug, Clone, Copy)]
 pub struct SledOptions {
     /// Page cache size, in bytes.
     pub cache_capacity_bytes: u64,
+    /// Values of at least this many bytes go to the value log; `None` keeps every new value in
+    /// sled. The value log never reclaims space, so use it for stores whose large values are
+    /// written once and kept (the state: tree chunks), not for stores that delete them (the
+    /// Raft log, purged behind snapshots).
+    pub value_log_min_bytes: Option<usize>,
 }
 
 impl Default for SledOptions {
     fn default() -> Self {
-        Self { cache_capacity_bytes: 128 * 1024 * 1024 }
+        Self { cache_capacity_bytes: 128 * 1024 * 1024, value_log_min_bytes: Some(VALUE_LOG_MIN_BYTES) }
     }
 }
 
@@ -27,6 +80,19 @@ impl Default for SledOptions {
 pub struct SledStorage {
     db: sled::Db,
     tree: sled::Tree,
+    values: Arc<ValueLog>,
+    /// Values at least this long are appended to the value log.
+    value_log_min_bytes: usize,
+}
+
+/// The append-only file of large values.
+#[derive(Debug)]
+struct ValueLog {
+    file: File,
+    /// Where the next append goes (the file's length). Pointers in sled are always below it.
+    end: AtomicU64,
+    /// Serialises writers, so that appends and the batches pointing at them are in one order.
+    writer: Mutex<()>,
 }
 
 fn engine(e: sled::Error) -> StorageError {
@@ -39,13 +105,20 @@ fn engine(e: sled::Error) -> StorageError {
     }
 }
 
+fn tagged(value: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(1 + value.len());
+    v.push(TAG_INLINE);
+    v.extend_from_slice(value);
+    v
+}
+
 impl SledStorage {
     /// Opens (or creates) the database in `path` with default options.
     pub fn open(path: &Path) -> Result<Self, StorageError> {
         Self::open_with(path, SledOptions::default())
     }
 
-    /// Opens (or creates) the database in `path`.
+    /// Opens (or creates) the database in `path`, migrating an older engine format.
     pub fn open_with(path: &Path, options: SledOptions) -> Result<Self, StorageError> {
         let db = sled::Config::new()
             .path(path)
@@ -53,19 +126,120 @@ impl SledStorage {
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(engine)?;
-        let tree = db.open_tree("keyraft").map_err(engine)?;
-        Ok(Self { db, tree })
+        let has_legacy = db.tree_names().iter().any(|n| n == LEGACY_TREE.as_bytes());
+        match db.get(ENGINE_FORMAT_KEY).map_err(engine)? {
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_ref()).map(u32::from_be_bytes).map_err(|_| {
+                    StorageError::Corrupt { what: format!("engine format is {} bytes, expected 4", v.len()) }
+                })?;
+                if found > ENGINE_FORMAT {
+                    return Err(StorageError::FormatTooNew { found, supported: ENGINE_FORMAT });
+                }
+                if found < ENGINE_FORMAT {
+                    return Err(StorageError::FormatTooOld { found, supported: ENGINE_FORMAT });
+                }
+            }
+            None => {
+                if has_legacy {
+                    migrate_legacy(&db)?;
+                }
+                db.insert(ENGINE_FORMAT_KEY, &ENGINE_FORMAT.to_be_bytes()).map_err(engine)?;
+                db.flush().map_err(engine)?;
+            }
+        }
+        if has_legacy {
+            db.drop_tree(LEGACY_TREE).map_err(engine)?;
+        }
+        let tree = db.open_tree(TREE).map_err(engine)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path.join(VALUE_LOG_FILE))
+            .map_err(|source| StorageError::Io { context: "opening the value log", source })?;
+        let end = file
+            .metadata()
+            .map_err(|source| StorageError::Io { context: "reading the value log's length", source })?
+            .len();
+        Ok(Self {
+            db,
+            tree,
+            values: Arc::new(ValueLog { file, end: AtomicU64::new(end), writer: Mutex::new(()) }),
+            value_log_min_bytes: options.value_log_min_bytes.unwrap_or(usize::MAX),
+        })
     }
 
-    /// Bytes the database occupies on disk.
+    /// Bytes the database occupies on disk, value log included.
     pub fn size_on_disk_bytes(&self) -> Result<u64, StorageError> {
-        self.db.size_on_disk().map_err(engine)
+        Ok(self.db.size_on_disk().map_err(engine)? + self.values.end.load(Ordering::Acquire))
+    }
+}
+
+/// Copies engine format 1 (untagged values in [`LEGACY_TREE`]) into [`TREE`], from scratch
+/// each time, so that a crash during the copy is harmless.
+fn migrate_legacy(db: &sled::Db) -> Result<(), StorageError> {
+    db.drop_tree(TREE).map_err(engine)?;
+    let legacy = db.open_tree(LEGACY_TREE).map_err(engine)?;
+    let tree = db.open_tree(TREE).map_err(engine)?;
+    let mut batch = sled::Batch::default();
+    let mut bytes = 0;
+    for item in legacy.iter() {
+        let (k, v) = item.map_err(engine)?;
+        bytes += k.len() + v.len();
+        batch.insert(k, tagged(&v));
+        if bytes >= MIGRATION_BATCH_BYTES {
+            tree.apply_batch(std::mem::take(&mut batch)).map_err(engine)?;
+            bytes = 0;
+        }
+    }
+    tree.apply_batch(batch).map_err(engine)?;
+    db.flush().map_err(engine)?;
+    Ok(())
+}
+
+impl ValueLog {
+    /// The value a stored (tagged) sled value stands for.
+    fn resolve(&self, stored: &[u8]) -> Result<Value, StorageError> {
+        match stored.split_first() {
+            Some((&TAG_INLINE, value)) => Ok(value.to_vec()),
+            Some((&TAG_LOGGED, pointer)) if pointer.len() == POINTER_BYTES - 1 => {
+                let be32 = |i: usize| u32::from_be_bytes([pointer[i], pointer[i + 1], pointer[i + 2], pointer[i + 3]]);
+                let mut offset = [0u8; 8];
+                offset.copy_from_slice(&pointer[..8]);
+                let offset = u64::from_be_bytes(offset);
+                let (len, crc) = (be32(8), be32(12));
+                let end = self.end.load(Ordering::Acquire);
+                if offset.checked_add(u64::from(len)).is_none_or(|e| e > end) {
+                    return Err(StorageError::Corrupt {
+                        what: format!("value pointer to {len} bytes at {offset} is past the value log's end ({end})"),
+                    });
+                }
+                let mut value = vec![0u8; len as usize];
+                self.file
+                    .read_exact_at(&mut value, offset)
+                    .map_err(|source| StorageError::Io { context: "reading the value log", source })?;
+                if crc32fast::hash(&value) != crc {
+                    return Err(StorageError::Corrupt {
+                        what: format!("value of {len} bytes at {offset} of the value log fails its checksum"),
+                    });
+                }
+                Ok(value)
+            }
+            Some((tag, _)) => {
+                Err(StorageError::Corrupt { what: format!("stored value with tag {tag} and {} bytes", stored.len()) })
+            }
+            None => Err(StorageError::Corrupt { what: "stored value without a tag".into() }),
+        }
     }
 }
 
 impl Storage for SledStorage {
     fn get(&self, key: &[u8]) -> Result<Option<Value>, StorageError> {
-        Ok(self.tree.get(key).map_err(engine)?.map(|v| v.to_vec()))
+        match self.tree.get(key).map_err(engine)? {
+            None => Ok(None),
+            Some(stored) => self.values.resolve(&stored).map(Some),
+        }
     }
 
     fn range(&self, start: &[u8], end: Option<&[u8]>, direction: Direction) -> RangeIter<'_> {
@@ -76,7 +250,11 @@ impl Storage for SledStorage {
             Some(e) => self.tree.range(start.to_vec()..e.to_vec()),
             None => self.tree.range(start.to_vec()..),
         };
-        let map = |r: sled::Result<(sled::IVec, sled::IVec)>| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(engine);
+        let values = Arc::clone(&self.values);
+        let map = move |r: sled::Result<(sled::IVec, sled::IVec)>| {
+            let (k, v) = r.map_err(engine)?;
+            Ok((k.to_vec(), values.resolve(&v)?))
+        };
         match direction {
             Direction::Forward => Box::new(iter.map(map)),
             Direction::Reverse => Box::new(iter.rev().map(map)),
@@ -84,12 +262,41 @@ impl Storage for SledStorage {
     }
 
     fn write(&self, batch: Batch) -> Result<(), StorageError> {
+        let _writer =
+            self.values.writer.lock().map_err(|_| StorageError::Engine("a storage writer panicked".into()))?;
+        let base = self.values.end.load(Ordering::Acquire);
+        let mut end = base;
         let mut b = sled::Batch::default();
         for op in batch.into_ops() {
             match op {
-                BatchOp::Put { key, value } => b.insert(key, value),
+                BatchOp::Put { key, value } if value.len() >= self.value_log_min_bytes => {
+                    let len = u32::try_from(value.len())
+                        .map_err(|_| StorageError::Engine(format!("a value of {} bytes is too large", value.len())))?;
+                    // Written in place, value by value: gathering them first would copy every
+                    // byte once more.
+                    self.values
+                        .file
+                        .write_all_at(&value, end)
+                        .map_err(|source| StorageError::Io { context: "appending to the value log", source })?;
+                    let mut pointer = Vec::with_capacity(POINTER_BYTES);
+                    pointer.push(TAG_LOGGED);
+                    pointer.extend_from_slice(&end.to_be_bytes());
+                    pointer.extend_from_slice(&len.to_be_bytes());
+                    pointer.extend_from_slice(&crc32fast::hash(&value).to_be_bytes());
+                    b.insert(key, pointer);
+                    end += u64::from(len);
+                }
+                BatchOp::Put { key, value } => b.insert(key, tagged(&value)),
                 BatchOp::Delete { key } => b.remove(key),
             }
+        }
+        if end > base {
+            // The bytes must be durable before any pointer to them can be.
+            self.values
+                .file
+                .sync_data()
+                .map_err(|source| StorageError::Io { context: "syncing the value log", source })?;
+            self.values.end.store(end, Ordering::Release);
         }
         self.tree.apply_batch(b).map_err(engine)
     }

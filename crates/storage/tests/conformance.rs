@@ -4,7 +4,7 @@
 use keyraft_storage::testing::run_conformance_suite;
 use keyraft_storage::{
     check_format_version, dump_all, Batch, Direction, FormatOutcome, MemoryStorage, Migration, SledStorage, Storage,
-    StorageError,
+    StorageError, VALUE_LOG_MIN_BYTES,
 };
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -59,6 +59,95 @@ fn sled_keeps_data_across_reopen() {
     assert!(matches!(check_format_version(&s, 0, &[]), Err(StorageError::FormatTooNew { found: 1, supported: 0 })));
 }
 
+fn put_all(s: &dyn Storage, pairs: &[(&[u8], Vec<u8>)]) {
+    let mut b = Batch::new();
+    for (k, v) in pairs {
+        b.put(k.to_vec(), v.clone());
+    }
+    s.write(b).unwrap();
+    s.flush().unwrap();
+}
+
+#[test]
+fn sled_value_log_survives_reopen_and_torn_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = |b: u8, n: usize| vec![b; VALUE_LOG_MIN_BYTES + n];
+    {
+        let s = SledStorage::open(dir.path()).unwrap();
+        put_all(&s, &[(b"a", big(1, 0)), (b"b", b"small".to_vec()), (b"c", big(3, 77))]);
+    }
+    // A crash between appending a batch's values and writing the batch leaves bytes nobody
+    // points at.
+    {
+        use std::io::Write as _;
+        let mut log = std::fs::OpenOptions::new().append(true).open(dir.path().join("values.log")).unwrap();
+        log.write_all(&[0xee; 1000]).unwrap();
+    }
+    let s = SledStorage::open(dir.path()).unwrap();
+    assert_eq!(s.get(b"a").unwrap(), Some(big(1, 0)));
+    assert_eq!(s.get(b"c").unwrap(), Some(big(3, 77)));
+    put_all(&s, &[(b"d", big(4, 5)), (b"a", b"now small".to_vec())]);
+    let all = dump_all(&s).unwrap();
+    assert_eq!(
+        all,
+        vec![
+            (b"a".to_vec(), b"now small".to_vec()),
+            (b"b".to_vec(), b"small".to_vec()),
+            (b"c".to_vec(), big(3, 77)),
+            (b"d".to_vec(), big(4, 5)),
+        ]
+    );
+    drop(s);
+    let s = SledStorage::open(dir.path()).unwrap();
+    assert_eq!(dump_all(&s).unwrap(), all);
+}
+
+#[test]
+fn sled_value_log_damage_is_reported_not_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = SledStorage::open(dir.path()).unwrap();
+        put_all(&s, &[(b"a", vec![7; VALUE_LOG_MIN_BYTES]), (b"b", vec![8; VALUE_LOG_MIN_BYTES])]);
+    }
+    let path = dir.path().join("values.log");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[VALUE_LOG_MIN_BYTES + 10] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let s = SledStorage::open(dir.path()).unwrap();
+    assert_eq!(s.get(b"a").unwrap(), Some(vec![7; VALUE_LOG_MIN_BYTES]));
+    let err = s.get(b"b").unwrap_err();
+    assert!(matches!(&err, StorageError::Corrupt { what } if what.contains("checksum")), "{err}");
+    assert!(s.range(b"", None, Direction::Forward).any(|r| r.is_err()));
+    drop(s);
+    // A log cut short (a lost tail) is reported too.
+    std::fs::write(&path, &bytes[..VALUE_LOG_MIN_BYTES + 5]).unwrap();
+    let s = SledStorage::open(dir.path()).unwrap();
+    let err = s.get(b"b").unwrap_err();
+    assert!(matches!(&err, StorageError::Corrupt { what } if what.contains("past the value log's end")), "{err}");
+}
+
+#[test]
+fn sled_engine_format_1_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = vec![5u8; 3 * VALUE_LOG_MIN_BYTES];
+    {
+        // What builds before the value log wrote: untagged values in the tree "keyraft".
+        let db = sled::open(dir.path()).unwrap();
+        let t = db.open_tree("keyraft").unwrap();
+        t.insert(b"\x00format-version", &1u32.to_be_bytes()).unwrap();
+        t.insert(b"k", b"v".as_slice()).unwrap();
+        t.insert(b"big", big.as_slice()).unwrap();
+        db.flush().unwrap();
+    }
+    for _ in 0..2 {
+        let s = SledStorage::open(dir.path()).unwrap();
+        assert_eq!(check_format_version(&s, 1, &[]).unwrap(), FormatOutcome::Current);
+        assert_eq!(s.get(b"k").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(s.get(b"big").unwrap(), Some(big.clone()));
+        assert_eq!(dump_all(&s).unwrap().len(), 3);
+    }
+}
+
 #[test]
 fn format_versions_migrate_or_refuse() {
     let s = MemoryStorage::new();
@@ -99,6 +188,9 @@ fn key() -> impl Strategy<Value = Vec<u8>> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (key(), prop::collection::vec(any::<u8>(), 0..8)).prop_map(|(k, v)| Op::Put(k, v)),
+        // Around the sled engine's value-log threshold.
+        (key(), any::<u8>(), (VALUE_LOG_MIN_BYTES - 2)..(VALUE_LOG_MIN_BYTES + 2))
+            .prop_map(|(k, b, n)| Op::Put(k, vec![b; n])),
         key().prop_map(Op::Delete),
         prop::collection::vec((key(), prop::option::of(prop::collection::vec(any::<u8>(), 0..4))), 0..6)
             .prop_map(Op::Batch),
