@@ -50,10 +50,12 @@ async fn batched_entries_reach_the_state_of_single_commands_and_replay_changes_n
     let h = harness_log();
     let reference: Vec<_> =
         dump_all(h.machine.store()).unwrap().into_iter().filter(|(k, _)| !k.starts_with(b"mapplied")).collect();
-    for per_entry in [1, 3, 7, 1000] {
+    // (commands per entry, deferred writes at which an apply call writes them mid-call)
+    for (per_entry, deferred_max) in [(1, 2048), (3, 2048), (7, 2048), (1000, 2048), (1, 1), (3, 5), (7, 40)] {
         let dir = tempfile::tempdir().unwrap();
         let mut store =
             StateMachineStore::open(StateLocation::Memory, dir.path().join("snap"), h.config().clone()).unwrap();
+        store.set_deferred_writes_max(deferred_max);
         let entries = entries(&h, per_entry);
         // Apply in irregular groups of entries, as openraft does.
         let mut responses = Vec::new();
@@ -63,7 +65,7 @@ async fn batched_entries_reach_the_state_of_single_commands_and_replay_changes_n
         let commands: Vec<ApplyResponse> = responses.into_iter().flat_map(|r| r.0).collect();
         assert_eq!(commands.len(), h.log.len());
         assert!(commands.iter().all(|r| !matches!(r, ApplyResponse::Refused(_) | ApplyResponse::AlreadyApplied)));
-        assert_eq!(state_of(&store), reference, "{per_entry} commands per entry");
+        assert_eq!(state_of(&store), reference, "{per_entry} commands per entry, {deferred_max} deferred writes");
         // Replaying the whole log (as after a crash before openraft's applied id was stored)
         // applies nothing twice.
         let replay = RaftStateMachine::<TypeConfig>::apply(&mut store, entries.clone()).await.unwrap();

@@ -7,7 +7,7 @@ use keyraft_core::{Command, Entry, Index, LogPosition, Policy, SignedEntry, Upda
 use keyraft_state::harness::{derive_signing_key, public_key, test_profile, Harness};
 use keyraft_state::proposer::sign_head;
 use keyraft_state::StateMachine;
-use keyraft_storage::{SledStorage, Storage};
+use keyraft_storage::{SledOptions, SledStorage, Storage};
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,11 @@ fn entries() -> usize {
     std::env::var("KEYRAFT_BENCH_ENTRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000)
 }
 const EPOCH_UPDATES: usize = 10_000;
+const STAGE_BATCH_UPDATES: usize = 100;
+
+fn sled_cache_bytes() -> u64 {
+    std::env::var("KEYRAFT_BENCH_SLED_CACHE_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(128) << 20
+}
 
 struct Realm {
     h: Harness,
@@ -47,7 +52,11 @@ impl Realm {
                 profile: profile.clone(),
             })
             .collect();
-        self.machine.bench_stage_unchecked(&updates).unwrap();
+        // A replica writes accepted updates in batches of about this size (one per apply call),
+        // and sled's memory grows with the size of its batches.
+        for batch in updates.chunks(STAGE_BATCH_UPDATES) {
+            self.machine.bench_stage_unchecked(batch).unwrap();
+        }
         // Staged updates were made durable as they arrived, in a real cluster; only the
         // delimiter is measured.
         self.machine.store().flush().unwrap();
@@ -75,7 +84,15 @@ impl Realm {
 fn epoch_apply(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::new("example.org", 3, 1, 1);
-    let machine = StateMachine::open(SledStorage::open(dir.path()).unwrap(), h.config().clone()).unwrap();
+    let machine = StateMachine::open(
+        SledStorage::open_with(
+            dir.path(),
+            SledOptions { cache_capacity_bytes: sled_cache_bytes(), ..SledOptions::default() },
+        )
+        .unwrap(),
+        h.config().clone(),
+    )
+    .unwrap();
     let mut realm = Realm { h, machine, position: 0 };
     let mut rng = rand::rngs::StdRng::seed_from_u64(2);
     let t = Instant::now();
@@ -84,11 +101,13 @@ fn epoch_apply(c: &mut Criterion) {
         realm.cut();
     }
     eprintln!(
-        "built a {}-entry state on sled in {:.1?} ({} MiB on disk)",
+        "built a {}-entry state on sled in {:.1?} ({} MiB on disk); RSS {} MiB",
         entries(),
         t.elapsed(),
-        realm.machine.store().size_on_disk_bytes().unwrap() / (1024 * 1024)
+        realm.machine.store().size_on_disk_bytes().unwrap() / (1024 * 1024),
+        rss_mib()
     );
+    let built_epoch = realm.machine.epoch_state().open_epoch();
     let mut group = c.benchmark_group("epoch_1m");
     group.sample_size(10).measurement_time(Duration::from_secs(20));
     group.bench_function("delimiter_10k_staged_updates", |b| {
@@ -102,6 +121,19 @@ fn epoch_apply(c: &mut Criterion) {
         })
     });
     group.finish();
+    // Criterion runs as many epochs as fit its measurement time: the state is past a million
+    // entries by now.
+    let grown = entries() as u64 + (realm.machine.epoch_state().open_epoch() - built_epoch) * EPOCH_UPDATES as u64;
+    eprintln!("after the benchmark: RSS {} MiB at about {grown} entries", rss_mib());
+}
+
+fn rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024)
 }
 
 criterion_group!(benches, epoch_apply);

@@ -447,6 +447,11 @@ impl<S: Storage> StateMachine<S> {
         self.unwritten.extend(extra);
     }
 
+    /// Storage writes deferred so far (see [`StateMachine::commit_deferred`]).
+    pub fn deferred_writes(&self) -> usize {
+        self.unwritten.len()
+    }
+
     /// Writes what [`StateMachine::commit_deferred`] kept in memory, atomically.
     pub fn write_deferred(&mut self) -> Result<(), StateError> {
         self.write_with_deferred(Batch::new())

@@ -115,6 +115,8 @@ pub struct StateMachineStore {
     generation: u64,
     snapshot_dir: PathBuf,
     config: RealmConfig,
+    /// Deferred storage writes at which an apply call writes them before going on.
+    deferred_writes_max: usize,
 }
 
 impl std::fmt::Debug for StateMachineStore {
@@ -170,6 +172,10 @@ fn set_current_generation(dir: &Path, generation: u64) -> Result<(), StorageErro
     std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io("syncing the state directory"))
 }
 
+/// Deferred storage writes (keys) at which an apply call writes them before going on, by
+/// default.
+pub const DEFERRED_WRITES_MAX: usize = 2048;
+
 impl StateMachineStore {
     /// Opens the state at `location` for `config`; snapshots go to `snapshot_dir`.
     pub fn open(location: StateLocation, snapshot_dir: PathBuf, config: RealmConfig) -> Result<Self, crate::Error> {
@@ -191,12 +197,18 @@ impl StateMachineStore {
         let (changes, _) = watch::channel(applied);
         let (epoch_changes, _) = watch::channel(applied);
         let shared = Arc::new(SharedState { machine: RwLock::new(machine), changes, epoch_changes });
-        Ok(Self { shared, location, generation, snapshot_dir, config })
+        Ok(Self { shared, location, generation, snapshot_dir, config, deferred_writes_max: DEFERRED_WRITES_MAX })
     }
 
     /// The state shared with services and proposers.
     pub fn shared(&self) -> Arc<SharedState> {
         self.shared.clone()
+    }
+
+    /// Writes deferred updates once this many storage writes are pending in an apply call
+    /// (default [`DEFERRED_WRITES_MAX`]); tests lower it to split calls at every entry.
+    pub fn set_deferred_writes_max(&mut self, writes: usize) {
+        self.deferred_writes_max = writes;
     }
 
     fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, Machine> {
@@ -353,6 +365,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(|e| sm_err(ErrorVerb::Write, e))?;
             out.push(r);
             last = Some(index);
+            // A replica catching up applies thousands of entries per call; one storage batch
+            // for all of them would make sled hold gigabytes (its memory grows with the size
+            // of its batches). Writing at an entry boundary is what a shorter call would do.
+            let mut machine = self.write_lock();
+            if machine.deferred_writes() >= self.deferred_writes_max {
+                machine.write_deferred().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            }
         }
         self.write_lock().write_deferred().map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let epochs_changed = out
