@@ -8,7 +8,16 @@
 //! evidence; a verifier signs only heads that passed ([`CheckedEpoch`]).
 //!
 //! Keyspaces (a verifier's own store): `t` the tree (as replicas store it), `c || index` the
-//! current entry of each index, `mverifier` the last checked epoch.
+//! current entry of each index, `mverifier` the last checked epoch, `mpending` the epoch being
+//! written.
+//!
+//! An epoch is written in several batches, because sled's memory grows with the size of its
+//! batches (an epoch of 10k updates in one batch per epoch held gigabytes): first `mpending`,
+//! the epoch's number with the entry each of its updates replaces; then the new current
+//! entries, at most [`ENTRY_WRITES_PER_BATCH_MAX`] per batch; last the tree, the head and the
+//! removal of `mpending`, in one batch. A crash in between leaves `mpending`; opening the store
+//! then puts the replaced entries back, so storage holds exactly the epochs up to `mverifier`
+//! whatever the realm sends next.
 //!
 //! A committed epoch's batch is written by a writer thread while the next epoch is checked:
 //! the next check reads the current entries it needs from memory until the batch is written,
@@ -22,18 +31,96 @@ use keyraft_core::update::check_signed_entry;
 use keyraft_core::{
     decode_canonical, Canonical, Digest, Entry, EpochHead, Index, RealmConfig, SignedEntry, UpdateRejection,
 };
-use keyraft_storage::{check_format_version, Batch, Storage};
+use keyraft_storage::{check_format_version, Batch, Migration, Storage};
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 
-/// Committed batches queued for the writer, at most (each an epoch: bounded by the epoch size).
-const BATCHES_QUEUED_MAX: usize = 4;
+/// Committed batches queued for the writer, at most: enough for an epoch of 20k updates, so
+/// that committing one epoch rarely waits for the writer (each batch holds at most
+/// [`ENTRY_WRITES_PER_BATCH_MAX`] entries, or an epoch's tree).
+const BATCHES_QUEUED_MAX: usize = 16;
 
 const CURRENT: u8 = b'c';
 const META: &[u8] = b"mverifier";
 const META_CONFIG: &[u8] = b"mconfig";
-/// The on-disk format of a verifier's store.
-pub const VERIFIER_FORMAT_VERSION: u32 = 1;
+const META_PENDING: &[u8] = b"mpending";
+/// The on-disk format of a verifier's store: 2 added `mpending` (a store of format 1 has none).
+pub const VERIFIER_FORMAT_VERSION: u32 = 2;
+const MIGRATIONS: &[Migration] = &[Migration { from: 1, to: 2, run: |_| Ok(()) }];
+/// Current entries written per storage batch, at most.
+pub const ENTRY_WRITES_PER_BATCH_MAX: usize = 2048;
+
+/// `mpending`: the epoch being written and, for each index it updates, the entry it replaces:
+/// `epoch (u64) || count (u32) || count x (index (32) || length (u32) || entry)`, length 0
+/// meaning the index had no entry.
+fn encode_pending(epoch: u64, replaced: &[(Index, Option<Entry>)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + replaced.len() * 160);
+    out.extend_from_slice(&epoch.to_be_bytes());
+    out.extend_from_slice(&(replaced.len() as u32).to_be_bytes());
+    for (index, entry) in replaced {
+        out.extend_from_slice(&index.0);
+        let bytes = entry.as_ref().map(Canonical::encode).unwrap_or_default();
+        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+type Pending = (u64, Vec<(Index, Option<Entry>)>);
+
+fn decode_pending(bytes: &[u8]) -> Result<Pending, StateError> {
+    let bad = || corrupt("the verifier's pending epoch record is malformed");
+    let take = |at: &mut usize, n: usize| -> Result<&[u8], StateError> {
+        let part = bytes.get(*at..at.checked_add(n).ok_or_else(bad)?).ok_or_else(bad)?;
+        *at += n;
+        Ok(part)
+    };
+    let mut at = 0;
+    let epoch = u64::from_be_bytes(take(&mut at, 8)?.try_into().map_err(|_| bad())?);
+    let count = u32::from_be_bytes(take(&mut at, 4)?.try_into().map_err(|_| bad())?) as usize;
+    let mut replaced = Vec::with_capacity(count.min(bytes.len() / 36));
+    for _ in 0..count {
+        let index = Index(take(&mut at, 32)?.try_into().map_err(|_| bad())?);
+        let len = u32::from_be_bytes(take(&mut at, 4)?.try_into().map_err(|_| bad())?) as usize;
+        let entry = match len {
+            0 => None,
+            n => Some(
+                decode_canonical::<Entry>(take(&mut at, n)?).map_err(|e| corrupt(format!("verifier entry: {e}")))?,
+            ),
+        };
+        replaced.push((index, entry));
+    }
+    if at != bytes.len() {
+        return Err(bad());
+    }
+    Ok((epoch, replaced))
+}
+
+/// Puts back the entries an epoch that was not finished replaced, and forgets it.
+fn roll_back_pending(store: &dyn Storage, last_epoch: u64) -> Result<(), StateError> {
+    let Some(bytes) = store.get(META_PENDING)? else { return Ok(()) };
+    let (epoch, replaced) = decode_pending(&bytes)?;
+    if epoch <= last_epoch {
+        return Err(corrupt(format!("epoch {epoch} is both pending and written (last written: {last_epoch})")));
+    }
+    tracing::warn!(epoch, entries = replaced.len(), "rolling back an epoch whose writing was interrupted");
+    for part in replaced.chunks(ENTRY_WRITES_PER_BATCH_MAX) {
+        let mut b = Batch::new();
+        for (index, entry) in part {
+            match entry {
+                Some(e) => b.put(current_key(index), e.encode()),
+                None => b.delete(current_key(index)),
+            }
+        }
+        store.write(b)?;
+    }
+    store.flush()?;
+    let mut b = Batch::new();
+    b.delete(META_PENDING);
+    store.write(b)?;
+    store.flush()?;
+    Ok(())
+}
 
 fn current_key(index: &Index) -> Vec<u8> {
     let mut k = Vec::with_capacity(33);
@@ -185,7 +272,8 @@ impl Drop for Writer {
 #[derive(Debug)]
 pub struct CheckedEpoch {
     head: EpochHead,
-    batch: Batch,
+    /// The epoch's writes, in order: `mpending`, the current entries, then the tree and head.
+    batches: Vec<Batch>,
     written: tree::WrittenPages,
     entries: Vec<(Index, Entry)>,
 }
@@ -195,12 +283,19 @@ impl CheckedEpoch {
     pub fn head(&self) -> &EpochHead {
         &self.head
     }
+
+    /// The storage batches that commit the epoch, in order (tests simulate a crash between
+    /// them).
+    #[doc(hidden)]
+    pub fn batches(&self) -> &[Batch] {
+        &self.batches
+    }
 }
 
 impl<S: Storage> VerifierState<S> {
     /// Opens (or creates) a verifier's state for `config`.
     pub fn open(store: S, config: RealmConfig) -> Result<Self, StateError> {
-        check_format_version(&store, VERIFIER_FORMAT_VERSION, &[])?;
+        check_format_version(&store, VERIFIER_FORMAT_VERSION, MIGRATIONS)?;
         match store.get(META_CONFIG)? {
             None => {
                 let mut b = Batch::new();
@@ -214,6 +309,7 @@ impl<S: Storage> VerifierState<S> {
             None => None,
             Some(b) => Some(EpochHead::from_bytes(&b).map_err(|e| corrupt(format!("verifier head: {e}")))?),
         };
+        roll_back_pending(&store, last.as_ref().map_or(0, |h| h.epoch))?;
         let config_hash = config.hash();
         let store = Arc::new(store);
         let writer = Writer::start(store.clone());
@@ -269,7 +365,6 @@ impl<S: Storage> VerifierState<S> {
         if head.epoch != epoch {
             return Err(Mismatch::OutOfOrder { expected: epoch, got: head.epoch }.into());
         }
-        let mut batch = Batch::new();
         let mut leaves = Vec::with_capacity(updates.len());
         for position in 1..updates.len() {
             if updates[position - 1].entry.index >= updates[position].entry.index {
@@ -278,7 +373,7 @@ impl<S: Storage> VerifierState<S> {
         }
         // Reading the entries replaced and checking signatures dominate catch-up, and each
         // update is independent: do them on every core.
-        let checked = crate::parallel::try_map(updates, |_, update| {
+        let replaced = crate::parallel::try_map(updates, |_, update| {
             let current = self.current_entry(&update.entry.index).map_err(VerifyFailure::State)?;
             check_signed_entry(&self.config.realm, current.as_ref(), update).map_err(|reason| {
                 VerifyFailure::Mismatch(Mismatch::UnauthorizedUpdate {
@@ -286,17 +381,25 @@ impl<S: Storage> VerifierState<S> {
                     index: hex::encode(update.entry.index.0),
                     reason,
                 })
-            })
-        });
-        if let Err((_, failure)) = checked {
-            return Err(failure);
-        }
+            })?;
+            Ok::<_, VerifyFailure>((update.entry.index, current))
+        })
+        .map_err(|(_, failure)| failure)?;
+        let mut batches = Vec::with_capacity(2 + updates.len() / ENTRY_WRITES_PER_BATCH_MAX);
+        let mut pending = Batch::new();
+        pending.put(META_PENDING, encode_pending(epoch, &replaced));
+        batches.push(pending);
         let mut entries = Vec::with_capacity(updates.len());
-        for update in updates {
-            batch.put(current_key(&update.entry.index), update.entry.encode());
-            leaves.push((update.entry.index, update.entry.hash()));
-            entries.push((update.entry.index, update.entry.clone()));
+        for part in updates.chunks(ENTRY_WRITES_PER_BATCH_MAX) {
+            let mut batch = Batch::new();
+            for update in part {
+                batch.put(current_key(&update.entry.index), update.entry.encode());
+                leaves.push((update.entry.index, update.entry.hash()));
+                entries.push((update.entry.index, update.entry.clone()));
+            }
+            batches.push(batch);
         }
+        let mut batch = Batch::new();
         let previous = self.last.as_ref().map(|h| h.epoch);
         let (root, written) = tree::apply_epoch(&self.store, &self.pages, previous, epoch, &leaves, &mut batch)?;
         let last_time = self.last.as_ref().map_or(0, |h| h.issue_time_ms);
@@ -316,17 +419,21 @@ impl<S: Storage> VerifierState<S> {
             );
         }
         batch.put(META, head.encode());
-        Ok(CheckedEpoch { head: expected, batch, written, entries })
+        batch.delete(META_PENDING);
+        batches.push(batch);
+        Ok(CheckedEpoch { head: expected, batches, written, entries })
     }
 
     /// Commits a checked epoch: the next epoch can be checked at once, while the epoch's
     /// batch is written in the background (durable after [`VerifierState::flush`]).
     pub fn commit(&mut self, checked: CheckedEpoch) -> Result<(), StateError> {
         assert_eq!(checked.head.epoch, self.last_epoch() + 1, "checked epochs are committed in order");
-        let CheckedEpoch { head, batch, written, entries } = checked;
-        if let Err(e) = self.writer.send(&*self.store, batch) {
-            self.pages.clear();
-            return Err(e);
+        let CheckedEpoch { head, batches, written, entries } = checked;
+        for batch in batches {
+            if let Err(e) = self.writer.send(&*self.store, batch) {
+                self.pages.clear();
+                return Err(e);
+            }
         }
         // The pages and entries stay readable from memory until their batch is written;
         // a failed write stops this state for good (every later call fails).
@@ -346,4 +453,46 @@ pub enum VerifyFailure {
     /// Local storage failed: stop, and retry after repair.
     #[error(transparent)]
     State(#[from] StateError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyraft_core::Policy;
+
+    #[test]
+    fn pending_records_round_trip_and_damaged_ones_are_refused() {
+        let entry = Entry {
+            index: Index([3; 32]),
+            version: 4,
+            update_policy: Policy::single(crate::harness::public_key(&crate::harness::derive_signing_key(1, "k"))),
+            profile_commitment: [6; 32],
+        };
+        let replaced = vec![(Index([1; 32]), None), (Index([3; 32]), Some(entry))];
+        let bytes = encode_pending(9, &replaced);
+        let (epoch, back) = decode_pending(&bytes).unwrap();
+        assert_eq!((epoch, back), (9, replaced));
+        for cut in 0..bytes.len() {
+            assert!(decode_pending(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_pending(&longer).is_err());
+        // A count far beyond the bytes is refused without allocating for it.
+        let mut huge = bytes[..8].to_vec();
+        huge.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(decode_pending(&huge).is_err());
+    }
+
+    #[test]
+    fn a_format_1_store_is_migrated() {
+        let store = keyraft_storage::MemoryStorage::new();
+        let mut b = Batch::new();
+        b.put(keyraft_storage::format::FORMAT_VERSION_KEY, 1u32.to_be_bytes().to_vec());
+        store.write(b).unwrap();
+        let h = crate::harness::Harness::new("migrate.example", 3, 1, 2);
+        let v = VerifierState::open(store.clone(), h.config().clone()).unwrap();
+        assert_eq!(v.last_epoch(), 0);
+        assert_eq!(store.get(keyraft_storage::format::FORMAT_VERSION_KEY).unwrap(), Some(2u32.to_be_bytes().to_vec()));
+    }
 }

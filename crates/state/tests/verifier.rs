@@ -140,3 +140,36 @@ fn every_kind_of_lie_is_caught() {
     v.commit(checked).unwrap();
     assert_eq!(v.last_epoch(), 2);
 }
+
+#[test]
+fn an_epoch_interrupted_between_its_batches_is_rolled_back_on_open() {
+    let h = realm();
+    let epochs = published(&h);
+    let store = MemoryStorage::new();
+    let mut v = VerifierState::open(store.clone(), h.config().clone()).unwrap();
+    let (updates, head) = &epochs[0];
+    v.commit(v.check_epoch(updates, head).unwrap()).unwrap();
+    v.flush().unwrap();
+    let after_first = keyraft_storage::dump_all(&store).unwrap();
+    // Epoch 2 is written in several batches (the pending record, the entries, the tree and
+    // head); the process dies before the last one.
+    let checked = v.check_epoch(&epochs[1].0, &epochs[1].1).unwrap();
+    drop(v);
+    let batches = checked.batches();
+    assert!(batches.len() >= 3, "{} batches", batches.len());
+    for b in &batches[..batches.len() - 1] {
+        keyraft_storage::Storage::write(&store, b.clone()).unwrap();
+    }
+    assert_ne!(keyraft_storage::dump_all(&store).unwrap(), after_first);
+    // Opening puts back what epoch 1 left, so epoch 2 is checked against the right entries
+    // (without the roll-back its updates would not raise the versions they find).
+    let mut v = VerifierState::open(store.clone(), h.config().clone()).unwrap();
+    assert_eq!(v.last_epoch(), 1);
+    assert_eq!(keyraft_storage::dump_all(&store).unwrap(), after_first);
+    for (updates, head) in &epochs[1..] {
+        let checked = v.check_epoch(updates, head).unwrap();
+        v.commit(checked).unwrap();
+    }
+    v.flush().unwrap();
+    assert_eq!(v.last_head(), epochs.last().map(|(_, h)| h));
+}
