@@ -151,13 +151,21 @@ impl SledStorage {
             db.drop_tree(LEGACY_TREE).map_err(engine)?;
         }
         let tree = db.open_tree(TREE).map_err(engine)?;
+        let log_path = path.join(VALUE_LOG_FILE);
+        let created = !log_path.exists();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(path.join(VALUE_LOG_FILE))
+            .open(&log_path)
             .map_err(|source| StorageError::Io { context: "opening the value log", source })?;
+        if created {
+            // The file's name must be durable before any pointer into it is.
+            File::open(path)
+                .and_then(|dir| dir.sync_all())
+                .map_err(|source| StorageError::Io { context: "syncing the database directory", source })?;
+        }
         let end = file
             .metadata()
             .map_err(|source| StorageError::Io { context: "reading the value log's length", source })?
