@@ -9,7 +9,6 @@
 //! | `t`    | `t` + epoch (u64) + stratum (u8) + prefix | a tree page version written in `epoch` |
 //! | `u`    | `u` + index + epoch (u64)             | the update to `index` in `epoch` (staged while `epoch` is open) |
 //! | `e`    | `e` + epoch (u64) + index             | the entry hash: the indexes updated in `epoch` |
-//! | `l`    | `l` + index                           | the epochs of the index's two newest updates (u64 each; 0: none), so that reading an index's current update is two point reads |
 //! | `h`    | `h` + epoch (u64)                     | the epoch's head bytes                 |
 //! | `r`    | `r` + epoch (u64) + replica key (32)  | the replica's signature over the head  |
 //! | `v`    | `v` + epoch (u64) + verifier key (32) | the verifier's ratification            |
@@ -21,7 +20,6 @@ use keyraft_core::Index;
 pub(crate) const TREE: u8 = b't';
 pub(crate) const UPDATE: u8 = b'u';
 pub(crate) const EPOCH_UPDATES: u8 = b'e';
-pub(crate) const LATEST: u8 = b'l';
 pub(crate) const HEAD: u8 = b'h';
 pub(crate) const REPLICA_SIG: u8 = b'r';
 pub(crate) const VERIFIER_SIG: u8 = b'v';
@@ -41,28 +39,6 @@ pub(crate) fn update_prefix(index: &Index) -> Vec<u8> {
     k.push(UPDATE);
     k.extend_from_slice(&index.0);
     k
-}
-
-pub(crate) fn latest(index: &Index) -> Vec<u8> {
-    let mut k = Vec::with_capacity(33);
-    k.push(LATEST);
-    k.extend_from_slice(&index.0);
-    k
-}
-
-/// The value of [`latest`]: the newest update's epoch, then the one before it (0: none).
-pub(crate) fn encode_latest(newest: u64, before: u64) -> Vec<u8> {
-    let mut v = Vec::with_capacity(16);
-    v.extend_from_slice(&newest.to_be_bytes());
-    v.extend_from_slice(&before.to_be_bytes());
-    v
-}
-
-pub(crate) fn decode_latest(bytes: &[u8]) -> Option<(u64, u64)> {
-    if bytes.len() != 16 {
-        return None;
-    }
-    Some((be_u64(&bytes[..8])?, be_u64(&bytes[8..])?))
 }
 
 pub(crate) fn epoch_update(epoch: u64, index: &Index) -> Vec<u8> {

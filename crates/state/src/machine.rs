@@ -23,51 +23,12 @@ use keyraft_core::{
     decode_canonical, Canonical, Digest, EpochHead, Index, PublicKey, RealmConfig, Signature, Update, UpdateRejection,
 };
 use keyraft_core::{Command, LogPosition};
-use keyraft_storage::{check_format_version, prefix_successor, Batch, Direction, Migration, Storage, StorageError};
+use keyraft_storage::{check_format_version, prefix_successor, Batch, Direction, Storage};
 use std::collections::BTreeMap;
 
 /// The on-disk format this build writes; bump it (with a migration) whenever a keyspace's
 /// layout changes.
-pub const STATE_FORMAT_VERSION: u32 = 2;
-
-/// Format 2 added the `l` keyspace (each index's two newest update epochs).
-const STATE_MIGRATIONS: &[Migration] = &[Migration { from: 1, to: 2, run: add_latest_epochs }];
-
-/// Writes the `l` keyspace from the `u` keyspace (keys ordered by index, then epoch).
-fn add_latest_epochs(store: &dyn Storage) -> Result<(), StorageError> {
-    const WRITES_PER_BATCH: usize = 2048;
-    let mut batch = Batch::new();
-    let mut current: Option<(Index, u64, u64)> = None;
-    let finish = |batch: &mut Batch, done: Option<(Index, u64, u64)>| -> Result<(), StorageError> {
-        if let Some((index, newest, before)) = done {
-            batch.put(keys::latest(&index), keys::encode_latest(newest, before));
-            if batch.len() >= WRITES_PER_BATCH {
-                store.write(std::mem::take(batch))?;
-            }
-        }
-        Ok(())
-    };
-    let prefix = [keys::UPDATE];
-    let end = prefix_successor(&prefix);
-    for item in store.range(&prefix, end.as_deref(), Direction::Forward) {
-        let (key, _) = item?;
-        let bad = || StorageError::Corrupt { what: format!("update key of {} bytes", key.len()) };
-        let index: [u8; 32] = key.get(1..33).and_then(|k| k.try_into().ok()).ok_or_else(bad)?;
-        let epoch = key.get(33..).and_then(keys::be_u64).ok_or_else(bad)?;
-        current = match current {
-            Some((i, newest, _)) if i.0 == index => Some((i, epoch, newest)),
-            done => {
-                finish(&mut batch, done)?;
-                Some((Index(index), epoch, 0))
-            }
-        };
-    }
-    finish(&mut batch, current)?;
-    if !batch.is_empty() {
-        store.write(batch)?;
-    }
-    Ok(())
-}
+pub const STATE_FORMAT_VERSION: u32 = 1;
 
 /// What the persisted state says about epochs; everything the proposers need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -313,7 +274,7 @@ impl<S: Storage> StateMachine<S> {
     /// Opens the state in `store` for the realm `config`. A fresh store is initialised; a
     /// store written for another configuration is refused.
     pub fn open(store: S, config: RealmConfig) -> Result<Self, StateError> {
-        check_format_version(&store, STATE_FORMAT_VERSION, STATE_MIGRATIONS)?;
+        check_format_version(&store, STATE_FORMAT_VERSION, &[])?;
         let config_bytes = config.encode();
         match store.get(keys::META_CONFIG)? {
             None => {
@@ -540,8 +501,6 @@ impl<S: Storage> StateMachine<S> {
         let open = self.epoch_state.open_epoch();
         for u in updates {
             let index = u.signed.entry.index;
-            let newest = self.update_at(&index, open - 1)?.map_or(0, |(e, _)| e);
-            batch.put(keys::latest(&index), keys::encode_latest(open, newest));
             batch.put(keys::update(&index, open), u.encode());
             batch.put(keys::epoch_update(open, &index), u.signed.entry.hash().to_vec());
             self.open_leaves.insert(index, u.signed.entry.hash());
@@ -582,8 +541,6 @@ impl<S: Storage> StateMachine<S> {
         // Staged updates are stored where they will live, under the open epoch, so closing the
         // epoch moves nothing; lookups never see them, as they only read closed epochs.
         let encoded = update.encode();
-        // Nothing is staged for this index (checked above), so its newest update is `current`.
-        step.batch.put(keys::latest(&index), keys::encode_latest(open, current.as_ref().map_or(0, |(e, _)| *e)));
         step.batch.put(keys::update(&index, open), encoded.clone());
         let leaf = update.signed.entry.hash();
         step.batch.put(keys::epoch_update(open, &index), leaf.to_vec());
@@ -715,27 +672,6 @@ impl<S: Storage> StateMachine<S> {
 
     /// The newest update for `index` in an epoch at or before `epoch`.
     pub fn update_at(&self, index: &Index, epoch: u64) -> Result<Option<(u64, Update)>, StateError> {
-        // Two point reads for the two newest updates; sled's range scans cost ~30x a point
-        // read, and every update and lookup asks for an index's current update.
-        let Some(bytes) = self.store.get(&keys::latest(index))? else { return Ok(None) };
-        let (newest, before) = keys::decode_latest(&bytes).ok_or_else(|| corrupt("latest epochs of an index"))?;
-        let at = if newest <= epoch {
-            newest
-        } else if before == 0 {
-            return Ok(None);
-        } else if before <= epoch {
-            before
-        } else {
-            return self.update_at_by_scan(index, epoch);
-        };
-        let value = self.store.get(&keys::update(index, at))?.ok_or_else(|| {
-            corrupt(format!("the update of epoch {at} named by its index's latest epochs is missing"))
-        })?;
-        let update = decode_canonical(&value).map_err(|e| corrupt(format!("stored update: {e}")))?;
-        Ok(Some((at, update)))
-    }
-
-    fn update_at_by_scan(&self, index: &Index, epoch: u64) -> Result<Option<(u64, Update)>, StateError> {
         let prefix = keys::update_prefix(index);
         let end = if epoch == u64::MAX { prefix_successor(&prefix) } else { Some(keys::update(index, epoch + 1)) };
         let found = self.store.range(&prefix, end.as_deref(), Direction::Reverse).next().transpose()?;
@@ -837,70 +773,5 @@ impl<S: Storage> StateMachine<S> {
     /// The tree proof for `index` in the tree of `epoch`.
     pub fn tree_proof(&self, epoch: u64, index: &Index) -> Result<TreeProof, StateError> {
         tree::prove(&self.store, epoch, index)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::harness::{derive_signing_key, public_key, test_profile, Harness};
-    use keyraft_core::{Command, Policy};
-    use keyraft_storage::{dump_all, Batch, Storage};
-
-    /// Identities updated in many epochs, so that reads reach past the two newest updates.
-    fn realm() -> Harness {
-        let mut h = Harness::new("latest.example", 3, 1, 4);
-        for round in 0..6u64 {
-            for i in 0..6u64 {
-                let key = derive_signing_key(4, &format!("u{i}"));
-                let user = format!("u{i}@latest.example");
-                if round == 0 {
-                    h.register(&user, &key, &[("pgp", b"k0")]).unwrap();
-                } else if i % 3 != 0 && (i + round) % 2 == 0 || i == 1 {
-                    let profile = test_profile(&format!("{user}{round}"), &[("pgp", b"k")]);
-                    let u = h.make_update(&user, round, Policy::single(public_key(&key)), profile, &[&key]);
-                    h.append(Command::Update(Box::new(u))).unwrap();
-                }
-            }
-            h.now_ms += 1000;
-            h.publish_epoch().unwrap();
-        }
-        h
-    }
-
-    #[test]
-    fn point_reads_of_an_index_agree_with_a_scan_at_every_epoch() {
-        let h = realm();
-        let last = h.machine.epoch_state().last_epoch;
-        let indexes = h.machine.epoch_indexes(1).unwrap();
-        assert_eq!(indexes.len(), 6);
-        let mut past_the_two_newest = 0;
-        for index in &indexes {
-            for epoch in 0..=last + 2 {
-                let read = h.machine.update_at(index, epoch).unwrap();
-                assert_eq!(read, h.machine.update_at_by_scan(index, epoch).unwrap(), "epoch {epoch}");
-                let history = h.machine.update_history(index, u64::MAX, 10).unwrap();
-                if history.len() > 2 && history.get(1).is_some_and(|(e, _)| *e > epoch) && epoch >= 1 {
-                    past_the_two_newest += 1;
-                }
-            }
-            assert_eq!(h.machine.latest_update(index).unwrap(), h.machine.update_at_by_scan(index, u64::MAX).unwrap());
-        }
-        assert!(past_the_two_newest > 0, "the test must reach the scan");
-    }
-
-    #[test]
-    fn a_format_1_state_gets_its_latest_epochs() {
-        let h = realm();
-        let store = h.machine.store().clone();
-        let before = dump_all(&store).unwrap();
-        let mut b = Batch::new();
-        for (key, _) in before.iter().filter(|(k, _)| k.first() == Some(&crate::keys::LATEST)) {
-            b.delete(key.clone());
-        }
-        assert!(!b.is_empty());
-        b.put(keyraft_storage::format::FORMAT_VERSION_KEY, 1u32.to_be_bytes().to_vec());
-        store.write(b).unwrap();
-        let reopened = super::StateMachine::open(store.clone(), h.config().clone()).unwrap();
-        assert_eq!(dump_all(reopened.store()).unwrap(), before);
     }
 }
