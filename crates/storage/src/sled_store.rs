@@ -120,12 +120,7 @@ impl SledStorage {
 
     /// Opens (or creates) the database in `path`, migrating an older engine format.
     pub fn open_with(path: &Path, options: SledOptions) -> Result<Self, StorageError> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(options.cache_capacity_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(engine)?;
+        let db = open_waiting_for_lock(path, options)?;
         let has_legacy = db.tree_names().iter().any(|n| n == LEGACY_TREE.as_bytes());
         match db.get(ENGINE_FORMAT_KEY).map_err(engine)? {
             Some(v) => {
@@ -181,6 +176,36 @@ impl SledStorage {
     /// Bytes the database occupies on disk, value log included.
     pub fn size_on_disk_bytes(&self) -> Result<u64, StorageError> {
         Ok(self.db.size_on_disk().map_err(engine)? + self.values.end.load(Ordering::Acquire))
+    }
+}
+
+/// How long opening waits for sled's lock on the database directory.
+const LOCK_WAIT_MS_MAX: u64 = 5_000;
+
+/// Opens the sled database, waiting while its lock is held: sled releases the lock from its
+/// background threads some time after the last handle of the database is dropped, so a
+/// database closed and reopened in one process can find it still held for a moment. Another
+/// process holding it gets an error after [`LOCK_WAIT_MS_MAX`].
+fn open_waiting_for_lock(path: &Path, options: SledOptions) -> Result<sled::Db, StorageError> {
+    let started = std::time::Instant::now();
+    loop {
+        let opened = sled::Config::new()
+            .path(path)
+            .cache_capacity(options.cache_capacity_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if started.elapsed() >= std::time::Duration::from_millis(LOCK_WAIT_MS_MAX) {
+                    return Err(StorageError::Engine(format!(
+                        "{} is in use by another process (or a handle of this one): {e}",
+                        path.display()
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other.map_err(engine),
+        }
     }
 }
 

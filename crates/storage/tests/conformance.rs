@@ -267,3 +267,15 @@ proptest! {
         check_model(&SledStorage::open(dir.path()).unwrap(), &ops);
     }
 }
+
+#[test]
+fn a_database_held_open_is_refused_with_a_clear_error_and_reopens_once_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = SledStorage::open(dir.path()).unwrap();
+    let err = SledStorage::open(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("in use by another process"), "{err}");
+    drop(held);
+    for _ in 0..20 {
+        drop(SledStorage::open(dir.path()).unwrap());
+    }
+}
