@@ -6,6 +6,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use keyraft_core::{Command, Entry, Index, LogPosition, Policy, SignedEntry, Update};
 use keyraft_state::harness::{derive_signing_key, public_key, test_profile, Harness};
 use keyraft_state::proposer::sign_head;
+use keyraft_state::testing::rss_mib;
 use keyraft_state::StateMachine;
 use keyraft_storage::{SledOptions, SledStorage, Storage};
 use rand::{Rng, SeedableRng};
@@ -125,15 +126,6 @@ fn epoch_apply(c: &mut Criterion) {
     // entries by now.
     let grown = entries() as u64 + (realm.machine.epoch_state().open_epoch() - built_epoch) * EPOCH_UPDATES as u64;
     eprintln!("after the benchmark: RSS {} MiB at about {grown} entries", rss_mib());
-}
-
-fn rss_mib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib / 1024)
 }
 
 criterion_group!(benches, epoch_apply);

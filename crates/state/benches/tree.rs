@@ -8,6 +8,7 @@ use keyraft_core::lookup::{head_signing_message, ratification_message};
 use keyraft_core::tree::Terminal;
 use keyraft_core::{verify_lookup, Canonical, Digest, Index, Signature};
 use keyraft_state::harness::{derive_signing_key, Harness};
+use keyraft_state::testing::rss_mib;
 use keyraft_state::testing::TreeFixture;
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
@@ -22,15 +23,6 @@ fn random_updates(rng: &mut rand::rngs::StdRng, n: usize) -> Vec<(Index, Digest)
     v.sort_by_key(|(i, _)| *i);
     v.dedup_by_key(|(i, _)| *i);
     v
-}
-
-fn rss_mib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib / 1024)
 }
 
 fn tree_at_a_million(c: &mut Criterion) {

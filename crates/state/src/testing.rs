@@ -106,3 +106,14 @@ fn reference_root(depth: usize, leaves: &[(Index, Digest)]) -> Digest {
         }
     }
 }
+
+/// The resident set size of this process, in MiB (0 where `/proc` is missing): benchmarks
+/// print it.
+pub fn rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib / 1024)
+}

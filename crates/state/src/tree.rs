@@ -688,7 +688,6 @@ fn rewrite_subtrees(
     if root.nodes.0.iter().any(|n| !matches!(n, Some(Node::Interior { .. }))) {
         return Ok(None);
     }
-    let empty = empty_hash();
     let mut tasks = Vec::new();
     let mut rest = updates;
     for stream in 0..STREAMS {
@@ -705,7 +704,7 @@ fn rewrite_subtrees(
             return Err(corrupt("full root page without its deepest node"));
         };
         let hash = if group[0].0.bit(PAGE_BITS - 1) { right } else { left };
-        tasks.push((stream, nibble, hash != empty, group));
+        tasks.push((stream, nibble, hash, group));
     }
     assert!(rest.is_empty(), "updates are sorted");
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -713,11 +712,11 @@ fn rewrite_subtrees(
         let mut out = Vec::new();
         loop {
             let t = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some(&(stream, nibble, exists, group)) = tasks.get(t) else { return Ok(out) };
+            let Some(&(stream, nibble, hash, group)) = tasks.get(t) else { return Ok(out) };
             let mut d = Descent::new(store, cache, epoch, stream);
             let id = page_id(PAGE_BITS, &group[0].0);
             let mut page = d.load(&id, root.children.get(&nibble).copied())?;
-            let hash = enter(&mut d, &mut page, PAGE_BITS, exists, group)?;
+            let hash = child(&mut d, &mut page, PAGE_BITS, PAGE_BITS, hash, group)?;
             let at = d.out.emit(id, &page);
             assert!(d.finished.is_empty(), "a subtree does not reach the root page");
             out.push((stream, (hash, at, d.out)));
@@ -733,28 +732,6 @@ fn rewrite_subtrees(
     }
     subtrees.sort_by_key(|(stream, _)| *stream);
     Ok(Some(subtrees))
-}
-
-/// Rewrites the subtree whose root is the top node of `page` (at `depth`), which exists if
-/// `exists`.
-fn enter(
-    d: &mut Descent<'_>,
-    page: &mut Page,
-    depth: usize,
-    exists: bool,
-    updates: &[(Index, Digest)],
-) -> Result<Digest, StateError> {
-    let node = if exists {
-        Some(
-            page.nodes
-                .get(&(0, 0))
-                .copied()
-                .ok_or_else(|| corrupt(format!("interior node at depth {} points to a missing child", depth - 1)))?,
-        )
-    } else {
-        None
-    };
-    update(d, page, depth, depth, node, updates)
 }
 
 /// Writes `node` at `depth` on the path of `index` into `page` (which starts at `start`).
@@ -803,7 +780,8 @@ fn update(
     }
 }
 
-/// [`update`] for the child at `depth` whose hash is `hash`, in `page` or in a child page.
+/// [`update`] for the child at `depth` whose hash is `hash`, in `page` (which starts at
+/// `start`) or, at the page's lower boundary, as the top node of a child page.
 fn child(
     d: &mut Descent<'_>,
     page: &mut Page,
@@ -817,7 +795,7 @@ fn child(
         if depth >= 256 {
             return Err(corrupt("interior node at the deepest level"));
         }
-        return d.in_child_page(page, depth, &updates[0].0, |d, child| enter(d, child, depth, exists, updates));
+        return d.in_child_page(page, depth, &updates[0].0, |d, below| child(d, below, depth, depth, hash, updates));
     }
     let node = if exists {
         Some(

@@ -368,9 +368,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             // A replica catching up applies thousands of entries per call; one storage batch
             // for all of them would make sled hold gigabytes (its memory grows with the size
             // of its batches). Writing at an entry boundary is what a shorter call would do.
-            let mut machine = self.write_lock();
-            if machine.deferred_writes() >= self.deferred_writes_max {
-                machine.write_deferred().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            if self.shared.read().deferred_writes() >= self.deferred_writes_max {
+                self.write_lock().write_deferred().map_err(|e| sm_err(ErrorVerb::Write, e))?;
             }
         }
         self.write_lock().write_deferred().map_err(|e| sm_err(ErrorVerb::Write, e))?;
