@@ -1,6 +1,7 @@
 //! Ed25519 public keys and signatures as they appear in the protocol.
 
 use crate::encoding::{DecodeError, Reader};
+use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use ed25519_dalek::{Signature as DalekSignature, VerifyingKey};
 use std::cmp::Ordering;
 use std::fmt;
@@ -19,16 +20,22 @@ impl PublicKey {
     /// Encoded size, in bytes.
     pub const BYTES: usize = 32;
 
-    /// Validates a 32-byte encoding.
+    /// Validates a 32-byte encoding: a curve point (RFC 8032 section 5.1.3), canonically
+    /// encoded (y < p, no negative zero x), not of small order.
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, DecodeError> {
-        let key = VerifyingKey::from_bytes(bytes)
-            .map_err(|_| DecodeError::Invalid { what: "ed25519 public key", why: "not a curve point" })?;
+        let (point, canonical) =
+            decode_point(bytes).ok_or(DecodeError::Invalid { what: "ed25519 public key", why: "not a curve point" })?;
+        if !canonical {
+            return Err(DecodeError::NonCanonical {
+                what: "ed25519 public key",
+                why: "non-canonical point encoding (y >= p or negative zero x)",
+            });
+        }
+        let key = VerifyingKey::from(point);
         if key.is_weak() {
             return Err(DecodeError::Invalid { what: "ed25519 public key", why: "small-order (weak) key" });
         }
-        if key.as_bytes() != bytes {
-            return Err(DecodeError::NonCanonical { what: "ed25519 public key", why: "non-canonical point encoding" });
-        }
+        debug_assert_eq!(key.as_bytes(), bytes, "a canonical point re-encodes to its input");
         Ok(Self { bytes: *bytes, key })
     }
 
@@ -63,6 +70,16 @@ impl PublicKey {
         // some malleated signatures, and replicas must agree on acceptance bit for bit.
         self.key.verify_strict(message, &sig).is_ok()
     }
+}
+
+/// Decodes a point per RFC 8032 section 5.1.3 and says whether `bytes` is its canonical
+/// encoding. Decompression alone accepts y >= p (reduced mod p) and a negative zero x, so
+/// canonicity is decided by re-encoding the decompressed point: one rule for every key and
+/// point in the protocol (Ed25519 keys here, VRF keys and Gamma in [`crate::vrf`]).
+pub(crate) fn decode_point(bytes: &[u8; 32]) -> Option<(EdwardsPoint, bool)> {
+    let point = CompressedEdwardsY(*bytes).decompress()?;
+    let canonical = point.compress().as_bytes() == bytes;
+    Some((point, canonical))
 }
 
 /// The public key of a signing key.

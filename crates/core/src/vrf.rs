@@ -13,8 +13,9 @@
 //! | proof to output | 5.2 |
 //! | `encode_to_curve` | 5.4.1.1 (try-and-increment) |
 
+use crate::keys::decode_point;
 use curve25519_dalek::constants::ED25519_BASEPOINT_TABLE;
-use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::edwards::EdwardsPoint;
 use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
 use sha2::{Digest, Sha512};
@@ -71,13 +72,6 @@ pub enum VrfError {
     /// No counter value gave a curve point (probability about 2^-256).
     #[error("VRF encode-to-curve found no point in 256 attempts")]
     EncodeToCurveExhausted,
-}
-
-/// Decodes a point per RFC 8032 5.1.3, rejecting non-canonical encodings.
-fn decode_point(bytes: &[u8; 32]) -> Option<(EdwardsPoint, bool)> {
-    let point = CompressedEdwardsY(*bytes).decompress()?;
-    let canonical = point.compress().as_bytes() == bytes;
-    Some((point, canonical))
 }
 
 /// Section 5.4.1.1: `H = cofactor * string_to_point(SHA-512(suite || 0x01 || PK || alpha || ctr || 0x00)[..32])`.

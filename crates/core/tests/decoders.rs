@@ -179,3 +179,69 @@ proptest! {
         if let Ok(p) = decode_canonical::<Profile>(&bytes) { prop_assert_eq!(p.encode(), bytes.clone()); }
     }
 }
+
+/// Non-canonical point encodings (RFC 8032 section 5.1.3): y >= p, reduced mod p by plain
+/// decompression, and x with its sign bit set. Each pair is `(canonical, non-canonical)` of
+/// one full-order point; a verifier written from docs/protocol.md refuses the second, so every
+/// decoder here must too (or an outsider could publish a key that halts such verifiers).
+const NON_CANONICAL_KEYS: &[(&str, &str)] = &[
+    // y = 3, encoded as y + p.
+    (
+        "0300000000000000000000000000000000000000000000000000000000000000",
+        "f0ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    ),
+    // y = 3 with the sign bit of x set, encoded as y + p.
+    (
+        "0300000000000000000000000000000000000000000000000000000000000080",
+        "f0ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+    ),
+    // y = 18, encoded as y + p.
+    (
+        "1200000000000000000000000000000000000000000000000000000000000000",
+        "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    ),
+];
+
+fn bytes32(s: &str) -> [u8; 32] {
+    hex::decode(s).unwrap().try_into().unwrap()
+}
+
+#[test]
+fn non_canonical_public_keys_are_refused_everywhere() {
+    for (canonical, non_canonical) in NON_CANONICAL_KEYS {
+        let good = PublicKey::from_bytes(&bytes32(canonical)).unwrap();
+        let bad = bytes32(non_canonical);
+        assert!(
+            matches!(PublicKey::from_bytes(&bad), Err(DecodeError::NonCanonical { .. })),
+            "{non_canonical} accepted as a public key"
+        );
+        assert!(PublicKey::from_slice(&bad).is_err());
+
+        // Inside a policy, as a registration carries it (decode_canonical re-encodes, which
+        // must not paper over a key that kept its input bytes).
+        let policy = Policy::single(good);
+        let mut encoded = policy.encode();
+        let at = encoded.windows(32).position(|w| w == good.as_bytes()).unwrap();
+        encoded[at..at + 32].copy_from_slice(&bad);
+        assert!(decode_canonical::<Policy>(&encoded).is_err(), "a policy with {non_canonical} decoded");
+
+        // In a realm's configuration (replica and verifier keys), as heads commit to it.
+        let vrf = keyraft_core::vrf::VrfSecretKey::from_seed(&[4; 32]).public_key();
+        let config = RealmConfig::new("example.org", vrf, vec![good, key(8)], vec![key(9)]).unwrap();
+        let mut encoded = config.encode();
+        let at = encoded.windows(32).position(|w| w == good.as_bytes()).unwrap();
+        encoded[at..at + 32].copy_from_slice(&bad);
+        assert!(decode_canonical::<RealmConfig>(&encoded).is_err(), "a realm config with {non_canonical} decoded");
+
+        // In a realm file, as clients and verifiers read it.
+        let mut file = keyraft_core::RealmFile::new(&config, 60_000, 1_000, vec!["127.0.0.1:1".into()]);
+        assert!(keyraft_core::RealmFile::from_json(&file.to_json()).is_ok());
+        for k in &mut file.replica_keys {
+            if *k == *canonical {
+                (*non_canonical).clone_into(k);
+            }
+        }
+        let refused = keyraft_core::RealmFile::from_json(&file.to_json());
+        assert!(refused.is_err(), "a realm file with replica key {non_canonical} parsed");
+    }
+}
