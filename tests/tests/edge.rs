@@ -43,17 +43,28 @@ fn timed<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     r
 }
 
+/// Calls `call` again while the replica says it has not reached the epoch a token is pinned to
+/// (another replica issued it a moment ago), as a client would.
+fn unless_lagging<T>(mut call: impl FnMut() -> Result<T, tonic::Status>) -> Result<T, tonic::Status> {
+    wait_for("a replica to reach the epoch a listing is pinned to", || match call() {
+        Err(e) if e.code() == Code::Unavailable && e.message().contains("it lags") => None,
+        other => Some(other),
+    })
+}
+
 fn list_epochs(
     realm: &Realm,
     i: usize,
     page_size: u32,
     page_token: Vec<u8>,
 ) -> Result<pb::ListEpochsResponse, tonic::Status> {
-    let request = ListEpochsRequest { start_epoch: 1, page_size, page_token };
-    realm
-        .runtime
-        .block_on(grpc(realm, i).list_epochs(timed(request, Duration::from_secs(20))))
-        .map(tonic::Response::into_inner)
+    unless_lagging(|| {
+        let request = ListEpochsRequest { start_epoch: 1, page_size, page_token: page_token.clone() };
+        realm
+            .runtime
+            .block_on(grpc(realm, i).list_epochs(timed(request, Duration::from_secs(20))))
+            .map(tonic::Response::into_inner)
+    })
 }
 
 fn history(
@@ -64,11 +75,14 @@ fn history(
     page_size: u32,
     page_token: Vec<u8>,
 ) -> Result<pb::HistoryResponse, tonic::Status> {
-    let request = HistoryRequest { user_id: user_id.into(), page_size, page_token, verifier_threshold };
-    realm
-        .runtime
-        .block_on(grpc(realm, i).history(timed(request, Duration::from_secs(20))))
-        .map(tonic::Response::into_inner)
+    unless_lagging(|| {
+        let request =
+            HistoryRequest { user_id: user_id.into(), page_size, page_token: page_token.clone(), verifier_threshold };
+        realm
+            .runtime
+            .block_on(grpc(realm, i).history(timed(request, Duration::from_secs(20))))
+            .map(tonic::Response::into_inner)
+    })
 }
 
 fn assert_foreign_token(result: Result<impl std::fmt::Debug, tonic::Status>) {
