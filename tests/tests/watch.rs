@@ -1,6 +1,6 @@
 //! `Watch` against real replicas: the current value, heartbeats, changes, replay from an
 //! epoch, request errors, the per-replica stream cap, a stalled reader closed with a reason,
-//! a replica that has not reached `from_epoch`, and shutdown.
+//! a replica that has not reached `from_epoch`, an epoch the realm cannot reach, and shutdown.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use ed25519_dalek::SigningKey;
@@ -9,6 +9,7 @@ use keyraft_core::{decode_canonical, LookupProof, Verified};
 use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_proto::pb::watch_event::Event;
 use keyraft_proto::pb::{WatchEvent, WatchRequest};
+use keyraft_server::service::EPOCHS_AHEAD_MAX;
 use keyraft_tests::{serial, wait_for, Realm, DEADLINE};
 use std::collections::BTreeMap;
 use tonic::transport::Channel;
@@ -269,12 +270,27 @@ fn watch_streams_are_capped_and_end_with_a_reason_on_stall_lag_and_shutdown() {
         eprintln!("the stalled reader had {buffered} events buffered");
     });
 
-    // A replica behind `from_epoch` waits for it (here at most 3 s), then says it lags.
+    // A replica behind `from_epoch` waits for it (here at most 3 s), then says it lags. The
+    // realm cuts an epoch about every second when idle: it does not reach `EPOCHS_AHEAD_MAX`
+    // epochs past its newest within those 3 s.
+    let newest = realm.status(1).unwrap().last_epoch;
     realm.runtime.block_on(async {
-        let mut ahead = grpc(&realm, 1, false).watch(watch_request(ALICE, 0, 1_000_000)).await.unwrap().into_inner();
+        let from_epoch = newest + EPOCHS_AHEAD_MAX;
+        let mut ahead = grpc(&realm, 1, false).watch(watch_request(ALICE, 0, from_epoch)).await.unwrap().into_inner();
         let status = tokio::time::timeout(DEADLINE, ahead.message()).await.unwrap().unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
         assert!(status.message().contains("ahead of this replica"), "{status}");
+    });
+    // Further epochs are refused at once, naming the newest epoch: the realm cannot reach them
+    // within any wait (2^64-1 used to keep the stream waiting).
+    realm.runtime.block_on(async {
+        for from_epoch in [u64::MAX, newest + 1_000_000] {
+            let started = std::time::Instant::now();
+            let e = grpc(&realm, 1, false).watch(watch_request(ALICE, 0, from_epoch)).await.unwrap_err();
+            assert!(started.elapsed() < std::time::Duration::from_secs(3), "took {:?}", started.elapsed());
+            assert_eq!(e.code(), tonic::Code::OutOfRange, "{e}");
+            assert!(e.message().contains("from_epoch") && e.message().contains("newest epoch"), "{e}");
+        }
     });
 
     // A replica shutting down ends its streams with UNAVAILABLE (and does not wait for them).

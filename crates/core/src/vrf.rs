@@ -152,6 +152,20 @@ impl VrfSecretKey {
         self.public
     }
 
+    /// A 64-byte secret for another purpose than the VRF, derived from this key under `label`:
+    /// SHA-512 over the label (length-prefixed) and the expanded secret key. Each label gives
+    /// an independent secret, and none reveals the VRF key, so replicas that share the VRF key
+    /// share these secrets without using the VRF key itself for anything else.
+    pub fn derive_secret(&self, label: &str) -> [u8; 64] {
+        Sha512::new()
+            .chain_update((label.len() as u64).to_be_bytes())
+            .chain_update(label.as_bytes())
+            .chain_update(self.scalar.as_bytes())
+            .chain_update(self.nonce_prefix)
+            .finalize()
+            .into()
+    }
+
     /// Section 5.1: the proof for `alpha`.
     pub fn prove(&self, alpha: &[u8]) -> Result<VrfProof, VrfError> {
         self.prove_with_output(alpha).map(|(proof, _)| proof)

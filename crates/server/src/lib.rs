@@ -20,6 +20,7 @@
 pub mod config;
 mod error;
 pub mod node;
+mod page_token;
 pub mod peer_client;
 pub mod peer_service;
 pub mod proposers;

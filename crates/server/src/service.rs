@@ -7,6 +7,7 @@
 //! known or a retry will help, DEADLINE_EXCEEDED when a wait runs out.
 
 use crate::node::{Node, ProposeError};
+use crate::page_token::{Cursor, Listing, PageTokens};
 use crate::raft::types::ApplyResponse;
 use keyraft_core::limits::{UPDATE_BYTES_MAX, USER_ID_BYTES_MAX};
 use keyraft_core::lookup::ratification_message;
@@ -19,7 +20,7 @@ use keyraft_proto::pb::keyraft_server::Keyraft;
 use keyraft_proto::pb::{self, get_update_status_response::State};
 use keyraft_state::StateError;
 use prost::Message as _;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,17 +36,54 @@ const VRF_CACHE_ENTRIES_MAX: usize = 100_000;
 const REJECTIONS_REMEMBERED_MAX: usize = 10_000;
 /// How far back a lookup searches for an epoch satisfying its verifier threshold.
 const QUORUM_SEARCH_EPOCHS_MAX: u64 = 256;
-const PAGE_TOKEN_VERSION: u8 = 1;
+/// List calls yield to the runtime after this many items, so that a page never holds a worker
+/// thread for long and a cancelled call stops at the next yield.
+const ITEMS_PER_YIELD: usize = 16;
+/// How far past its newest epoch a replica takes a requested epoch (Lookup's `epoch` and
+/// `min_epoch`, Watch's `from_epoch`) as one worth waiting for. Further epochs are refused
+/// at once with OUT_OF_RANGE: the realm cannot reach them within a wait, and a replica this far
+/// behind another should not be asked.
+pub const EPOCHS_AHEAD_MAX: u64 = 64;
 
 /// Recent rejections by update id (reason, retryable), oldest first in the queue.
 type Rejections = (HashMap<[u8; 32], (String, bool)>, VecDeque<[u8; 32]>);
+/// Update ids being proposed by this replica's handlers, with how many handlers propose each.
+type Pending = Arc<Mutex<HashMap<[u8; 32], usize>>>;
+
+/// An update id counted in `pending` while its handler proposes it. Dropping the guard, also
+/// when the handler's future is dropped (the caller or the server's timeout gave up), uncounts
+/// it, so GetUpdateStatus never answers PENDING for an update no handler proposes any more.
+struct PendingGuard {
+    pending: Pending,
+    id: [u8; 32],
+}
+
+impl PendingGuard {
+    fn new(pending: &Pending, id: [u8; 32]) -> Self {
+        *lock(pending).entry(id).or_default() += 1;
+        Self { pending: pending.clone(), id }
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        let mut pending = lock(&self.pending);
+        if let Some(n) = pending.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                pending.remove(&self.id);
+            }
+        }
+    }
+}
 
 /// The public service of one replica.
 #[derive(Clone)]
 pub struct PublicService {
     node: Arc<Node>,
     vrf_cache: Arc<Mutex<HashMap<String, (Index, VrfProof)>>>,
-    pending: Arc<Mutex<HashSet<[u8; 32]>>>,
+    pending: Pending,
+    tokens: PageTokens,
     rejections: Arc<Mutex<Rejections>>,
     /// Open `Watch` streams, against `limits.watch_streams_max`.
     pub(crate) watch_streams: Arc<std::sync::atomic::AtomicUsize>,
@@ -105,24 +143,13 @@ fn page_size(requested: u32) -> Result<usize, Status> {
     }
 }
 
-/// Page tokens: version, the next position and the epoch the listing is pinned to.
-fn encode_token(next: u64, pinned: u64) -> Vec<u8> {
-    let mut t = vec![PAGE_TOKEN_VERSION];
-    t.extend_from_slice(&next.to_be_bytes());
-    t.extend_from_slice(&pinned.to_be_bytes());
-    t
-}
-
-fn decode_token(token: &[u8]) -> Result<Option<(u64, u64)>, Status> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    if token.len() != 17 || token[0] != PAGE_TOKEN_VERSION {
-        return Err(Status::invalid_argument("page_token is not a token this server issued"));
-    }
-    let next = u64::from_be_bytes(token[1..9].try_into().map_err(|_| Status::invalid_argument("page_token"))?);
-    let pinned = u64::from_be_bytes(token[9..17].try_into().map_err(|_| Status::invalid_argument("page_token"))?);
-    Ok(Some((next, pinned)))
+/// A listing pinned to an epoch this replica has not reached: it lags the replica that issued
+/// the token.
+fn lagging(pinned: u64, newest: u64) -> Status {
+    Status::unavailable(format!(
+        "page_token: the listing is pinned to epoch {pinned}, which this replica has not reached (newest {newest}); \
+         it lags: retry, or ask another replica"
+    ))
 }
 
 fn key_signatures(sigs: Vec<(PublicKey, Signature)>) -> Vec<pb::KeySignature> {
@@ -132,10 +159,12 @@ fn key_signatures(sigs: Vec<(PublicKey, Signature)>) -> Vec<pb::KeySignature> {
 impl PublicService {
     /// The service of `node`.
     pub fn new(node: Arc<Node>) -> Self {
+        let tokens = PageTokens::new(&node.vrf, &node.realm.realm);
         Self {
             node,
             vrf_cache: Arc::default(),
             pending: Arc::default(),
+            tokens,
             rejections: Arc::default(),
             watch_streams: Arc::default(),
         }
@@ -198,6 +227,38 @@ impl PublicService {
             e -= 1;
         }
         Ok(None)
+    }
+
+    /// Refuses, at once, a requested `epoch` (named `field` in the request) too far past this
+    /// replica's newest epoch to wait for: see [`EPOCHS_AHEAD_MAX`].
+    pub(crate) fn check_reachable(&self, epoch: u64, field: &str) -> Result<(), Status> {
+        let newest = self.node.shared.applied().epoch_state.last_epoch;
+        if epoch > newest.saturating_add(EPOCHS_AHEAD_MAX) {
+            return Err(Status::out_of_range(format!(
+                "{field} {epoch} is more than {EPOCHS_AHEAD_MAX} epochs past this replica's newest epoch {newest}: \
+                 the realm has not reached it (if another replica served it, this one lags: ask another)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The answer when no epoch at or after `min_epoch` satisfies `threshold`: the realm is
+    /// not there yet, which is no misbehaviour. DEADLINE_EXCEEDED once a wait of `waited_ms`
+    /// ran out; UNAVAILABLE (retry) for a call that does not wait, or while nothing is
+    /// keyserver-ratified.
+    fn not_ratified_yet(&self, min_epoch: u64, threshold: usize, waited_ms: Option<u64>) -> Status {
+        let newest = self.node.shared.applied().epoch_state.ratified_epoch;
+        if newest == 0 {
+            return Status::unavailable("the realm has no keyserver-ratified epoch yet; retry shortly");
+        }
+        let what = format!(
+            "not ratified yet: no epoch at or after {min_epoch} has {threshold} verifier ratifications \
+             (the newest keyserver-ratified epoch is {newest}; verifiers ratify after it)"
+        );
+        match waited_ms {
+            Some(ms) => Status::deadline_exceeded(format!("{what}; waited {ms} ms")),
+            None => Status::unavailable(format!("{what}; retry later")),
+        }
     }
 
     /// Waits (up to `wait_ms`) until `probe`, which looks at epochs and their signatures
@@ -274,6 +335,8 @@ impl Keyraft for PublicService {
         let threshold = self.check_threshold(req.verifier_threshold)?;
         let (index, vrf_proof) = self.index_of(&req.user_id)?;
         let wait_ms = u64::from(req.wait_ms);
+        self.check_reachable(req.epoch, "epoch")?;
+        self.check_reachable(req.min_epoch, "min_epoch")?;
         let epoch = if req.epoch != 0 {
             if req.min_epoch > req.epoch {
                 return Err(Status::invalid_argument("min_epoch is above the requested epoch"));
@@ -295,18 +358,7 @@ impl Keyraft for PublicService {
         } else {
             match self.wait_for(wait_ms, |s| s.newest_satisfying(req.min_epoch, threshold)).await? {
                 Some(e) => e,
-                None => {
-                    let newest = self.node.shared.applied().epoch_state.ratified_epoch;
-                    if newest == 0 {
-                        return Err(Status::unavailable(
-                            "the realm has no keyserver-ratified epoch yet; retry shortly",
-                        ));
-                    }
-                    return Err(Status::deadline_exceeded(format!(
-                        "no epoch at or after {} with {threshold} verifier ratifications (newest ratified epoch is {newest}, waited {wait_ms} ms)",
-                        req.min_epoch
-                    )));
-                }
+                None => return Err(self.not_ratified_yet(req.min_epoch, threshold, Some(wait_ms))),
             }
         };
         let proof = self.proof(&req.user_id, index, vrf_proof, epoch, threshold)?;
@@ -348,9 +400,10 @@ impl Keyraft for PublicService {
         let (epoch, duplicate) = match duplicate_epoch {
             Some(e) => (e, true),
             None => {
-                lock(&self.pending).insert(id);
-                let result = self.node.propose(&Command::Update(Box::new(update))).await;
-                lock(&self.pending).remove(&id);
+                let result = {
+                    let _pending = PendingGuard::new(&self.pending, id);
+                    self.node.propose(&Command::Update(Box::new(update))).await
+                };
                 match result.map_err(|e| propose_status(&self.node, e))? {
                     ApplyResponse::UpdateAccepted { epoch, .. } => (epoch, false),
                     ApplyResponse::UpdateDuplicate { epoch, .. } => (epoch, true),
@@ -390,9 +443,8 @@ impl Keyraft for PublicService {
         let answer = |state: State, epoch: u64, reason: String, retryable: bool| {
             Ok(Response::new(pb::GetUpdateStatusResponse { state: state as i32, epoch, reason, retryable }))
         };
-        if lock(&self.pending).contains(&id) {
-            return answer(State::Pending, 0, String::new(), false);
-        }
+        // An update in an epoch is IN_EPOCH even while a handler still waits for its proposal
+        // (forwarded to a leader that applied it first).
         if !req.index.is_empty() {
             let index: [u8; 32] =
                 req.index.as_slice().try_into().map_err(|_| {
@@ -402,6 +454,9 @@ impl Keyraft for PublicService {
             if let Some((epoch, _)) = history.iter().find(|(_, u)| u.id() == id) {
                 return answer(State::InEpoch, *epoch, String::new(), false);
             }
+        }
+        if lock(&self.pending).contains_key(&id) {
+            return answer(State::Pending, 0, String::new(), false);
         }
         if let Some((reason, retryable)) = lock(&self.rejections).0.get(&id).cloned() {
             return answer(State::Rejected, 0, reason, retryable);
@@ -428,19 +483,29 @@ impl Keyraft for PublicService {
     ) -> Result<Response<pb::ListEpochsResponse>, Status> {
         let req = request.into_inner();
         let size = page_size(req.page_size)?;
-        let (start, pinned) = match decode_token(&req.page_token)? {
-            Some(t) => t,
-            None => (req.start_epoch.max(1), self.node.shared.applied().epoch_state.last_epoch),
+        let newest = self.node.shared.applied().epoch_state.last_epoch;
+        let cursor = match self.tokens.open(Listing::Epochs, &req.page_token)? {
+            Some(c) if c.pinned > newest => return Err(lagging(c.pinned, newest)),
+            Some(c) => c,
+            None => Cursor { position: req.start_epoch.max(1), pinned: newest },
         };
+        // A page reads at most `size` epochs, whatever the request says (every epoch up to the
+        // newest exists, so none is skipped).
+        let last = cursor.pinned.min(cursor.position.saturating_add(size as u64 - 1));
         let mut epochs = Vec::new();
-        let mut e = start;
-        while e <= pinned && epochs.len() < size {
-            if let Some(info) = self.epoch_info(e)? {
+        for (i, epoch) in (cursor.position..=last).enumerate() {
+            if let Some(info) = self.epoch_info(epoch)? {
                 epochs.push(info);
             }
-            e += 1;
+            if (i + 1) % ITEMS_PER_YIELD == 0 {
+                tokio::task::yield_now().await;
+            }
         }
-        let next_page_token = if e <= pinned { encode_token(e, pinned) } else { Vec::new() };
+        let next_page_token = if last < cursor.pinned {
+            self.tokens.issue(Listing::Epochs, Cursor { position: last + 1, pinned: cursor.pinned })
+        } else {
+            Vec::new()
+        };
         Ok(Response::new(pb::ListEpochsResponse { epochs, next_page_token }))
     }
 
@@ -450,26 +515,41 @@ impl Keyraft for PublicService {
         let size = page_size(req.page_size)?;
         let threshold = self.check_threshold(req.verifier_threshold)?;
         let (index, vrf_proof) = self.index_of(&req.user_id)?;
-        let (before, pinned) = match decode_token(&req.page_token)? {
-            Some(t) => t,
-            None => {
+        let listing = Listing::History(index);
+        // A listing is pinned to the newest epoch satisfying the threshold, as a lookup
+        // answers from: a newer one could not be proven with the ratifications asked for.
+        let cursor = match self.tokens.open(listing, &req.page_token)? {
+            Some(c) => {
                 let ratified = self.node.shared.applied().epoch_state.ratified_epoch;
-                (ratified.saturating_add(1), ratified)
+                if c.pinned > ratified {
+                    return Err(lagging(c.pinned, ratified));
+                }
+                c
             }
+            None => match self.newest_satisfying(0, threshold)? {
+                Some(newest) => Cursor { position: newest + 1, pinned: newest },
+                None => return Err(self.not_ratified_yet(0, threshold, None)),
+            },
         };
-        let history = self
-            .node
-            .shared
-            .read()
-            .update_history(&index, before.min(pinned.saturating_add(1)), size + 1)
-            .map_err(internal)?;
+        let before = cursor.position.min(cursor.pinned.saturating_add(1));
+        let history = self.node.shared.read().update_history(&index, before, size + 1).map_err(internal)?;
         let mut versions = Vec::new();
-        for (epoch, update) in history.iter().take(size) {
-            let proof = self.proof(&req.user_id, index, vrf_proof, *epoch, threshold)?;
-            versions.push(pb::HistoryVersion { version: update.signed.entry.version, epoch: *epoch, proof });
+        for (i, (epoch, update)) in history.iter().take(size).enumerate() {
+            // A version in an epoch lacking the threshold (one a verifier skipped) cannot be
+            // proven as asked: it is left out, never proven with fewer ratifications.
+            if self.satisfies(*epoch, threshold)? {
+                let proof = self.proof(&req.user_id, index, vrf_proof, *epoch, threshold)?;
+                versions.push(pb::HistoryVersion { version: update.signed.entry.version, epoch: *epoch, proof });
+            }
+            if (i + 1) % ITEMS_PER_YIELD == 0 {
+                tokio::task::yield_now().await;
+            }
         }
-        let next_page_token = match (history.len() > size, versions.last()) {
-            (true, Some(last)) => encode_token(last.epoch, pinned),
+        // More than `size` were read: the next page lists those before the last one scanned.
+        let next_page_token = match history.get(size - 1) {
+            Some((last, _)) if history.len() > size => {
+                self.tokens.issue(listing, Cursor { position: *last, pinned: cursor.pinned })
+            }
             _ => Vec::new(),
         };
         Ok(Response::new(pb::HistoryResponse { versions, next_page_token }))

@@ -9,7 +9,9 @@
 //! - `from_epoch = F > 0`: the watcher already knows the value at `F`. If this replica has not
 //!   ratified `F` yet (it lags, or the watcher came from a replica ahead of it), the stream
 //!   waits for it up to `limits.wait_ms_max` and then ends with UNAVAILABLE (retry, or watch
-//!   through another replica). Nothing is sent for `F` itself.
+//!   through another replica). Nothing is sent for `F` itself. An `F` more than
+//!   [`EPOCHS_AHEAD_MAX`](crate::service::EPOCHS_AHEAD_MAX) epochs past this replica's newest epoch is refused at once with
+//!   OUT_OF_RANGE: the realm cannot reach it within that wait.
 //! - Then, whenever a newer satisfying epoch `N` exists (last sent epoch `L`): a `changed`
 //!   event for each epoch in `(L, N]` in which the identity's entry changed, in increasing
 //!   order, each proven at that epoch; then, if `N` itself had no change, a `heartbeat`
@@ -92,6 +94,7 @@ pub(crate) fn start(
     node: Arc<Node>,
     target: Target,
 ) -> Result<BoundedStream<WatchEvent>, Status> {
+    service.check_reachable(target.from_epoch, "from_epoch")?;
     let slot = Slot::take(&service.watch_streams, node.limits.watch_streams_max)?;
     let (out, stream) = bounded(
         "watch",
@@ -189,8 +192,7 @@ impl Watcher {
             if !self.next_change(changes, stopped, Some(deadline)).await? {
                 return Err(Stop::Failed(Status::unavailable(format!(
                     "from_epoch {epoch} is ahead of this replica (newest keyserver-ratified epoch {ratified}, \
-                     waited {wait_ms} ms): it lags, retry or watch through another replica; \
-                     or from_epoch is not an epoch this realm has reached"
+                     waited {wait_ms} ms): it lags, retry or watch through another replica"
                 ))));
             }
         }
