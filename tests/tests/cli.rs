@@ -7,6 +7,7 @@
 //! exist (refused at once).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+use keyraft_proto::pb;
 use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_tests::fake::FakeReplica;
 use keyraft_tests::{keyraft_bin, serial, wait_for, Realm};
@@ -125,29 +126,13 @@ fn a_newcomer_registers_updates_and_follows_an_identity_with_verified_answers() 
     });
 }
 
-#[test]
-fn an_update_answered_try_again_is_resubmitted_and_reported_as_already_applied() {
-    let _s = serial();
-    let realm = Realm::start(|_| {});
-    ok(&realm, &["keygen", "--out", "alice.key"]);
-    let out = ok(
-        &realm,
-        &with_realm(&[
-            "register",
-            "--verifiers",
-            "0",
-            "--user",
-            "alice",
-            "--key",
-            "alice.key",
-            "--set",
-            "pgp=one",
-            "--wait",
-        ]),
-    );
-    assert!(out.contains("accepted"), "{out}");
-    // A replica that relays the update to the realm but loses the answer, once (as when
-    // forwarding to a leader that changed): the update was applied all the same.
+/// A replica that relays every update to replica 1 and answers the first one "try again"
+/// (as when its forward to a leader that changed failed after the leader applied it), and the
+/// later ones as `later` says given the real answer.
+fn losing_the_first_answer(
+    realm: &Realm,
+    later: fn(pb::UpdateResponse) -> Result<pb::UpdateResponse, tonic::Status>,
+) -> (String, Arc<AtomicUsize>) {
     let upstream = {
         let _g = realm.runtime.enter();
         KeyraftClient::new(
@@ -156,7 +141,7 @@ fn an_update_answered_try_again_is_resubmitted_and_reported_as_already_applied()
     };
     let updates = Arc::new(AtomicUsize::new(0));
     let seen = updates.clone();
-    let lossy = FakeReplica::default()
+    let addr = FakeReplica::default()
         .relay_to(&realm.public_addr(0))
         .update(move |request| {
             let mut upstream = upstream.clone();
@@ -166,32 +151,46 @@ fn an_update_answered_try_again_is_resubmitted_and_reported_as_already_applied()
                 if first {
                     return Err(tonic::Status::unavailable("forwarding to the leader failed; try again"));
                 }
-                Ok(answer)
+                later(answer)
             }
         })
         .serve(&realm.runtime);
-    let out = ok(
-        &realm,
-        &with_realm(&[
-            "update",
-            "--verifiers",
-            "0",
-            "--endpoint",
-            &lossy,
-            "--user",
-            "alice",
-            "--key",
-            "alice.key",
-            "--set",
-            "pgp=two",
-        ]),
-    );
+    (addr, updates)
+}
+
+#[test]
+fn an_update_answered_try_again_is_resubmitted_and_reported_as_already_applied() {
+    let _s = serial();
+    let realm = Realm::start(|_| {});
+    ok(&realm, &["keygen", "--out", "alice.key"]);
+    let register = ["register", "--verifiers", "0", "--user", "alice", "--key", "alice.key", "--set", "pgp=one"];
+    assert!(ok(&realm, &with_realm(&[&register[..], &["--wait"]].concat())).contains("accepted"));
+    let update = |endpoint: &str, value: &str| {
+        let set = format!("pgp={value}");
+        let args = ["update", "--verifiers", "0", "--endpoint", endpoint, "--user", "alice", "--key", "alice.key"];
+        ok(&realm, &with_realm(&[&args[..], &["--set", &set]].concat()))
+    };
+    let shows = |version: &str, value: &str| {
+        let out = ok(&realm, &with_realm(&["lookup", "--verifiers", "0", "alice"]));
+        (out.contains(version) && out.contains(&format!("pgp = {value}"))).then_some(())
+    };
+
+    // The same update is resubmitted and answered as a duplicate.
+    let (lossy, updates) = losing_the_first_answer(&realm, Ok);
+    let out = update(&lossy, "two");
     assert!(out.contains("the update was already applied in epoch"), "{out}");
     assert_eq!(updates.load(Ordering::SeqCst), 2, "the same update is resubmitted once");
-    wait_for("version 1 in a ratified epoch", || {
-        let out = ok(&realm, &with_realm(&["lookup", "--verifiers", "0", "alice"]));
-        (out.contains("version 1") && out.contains("pgp = two")).then_some(())
+    wait_for("version 1 in a ratified epoch", || shows("version 1", "two"));
+
+    // The resubmission is refused (another update followed the first): the update's status
+    // shows the first attempt applied.
+    let (conflicting, updates) = losing_the_first_answer(&realm, |_| {
+        Err(tonic::Status::failed_precondition("update refused: version 2 does not follow the current version 3"))
     });
+    let out = update(&conflicting, "three");
+    assert!(out.contains("the update was already applied in epoch"), "{out}");
+    assert_eq!(updates.load(Ordering::SeqCst), 2);
+    wait_for("version 2 in a ratified epoch", || shows("version 2", "three"));
 }
 
 #[test]

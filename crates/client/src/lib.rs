@@ -798,9 +798,10 @@ impl<'a> UpdateBuilder<'a> {
     }
 }
 
-/// Submits `update`, resubmitting the same bytes while the answer is "try again" (for up to
-/// [`UPDATE_RETRY_MS`]). A refusal after such an answer may mean the earlier attempt was
-/// applied (and something after it): the update's status tells.
+/// Submits `update`, resubmitting the same bytes while the answer is "try again", for up to
+/// [`UPDATE_RETRY_MS`] after the first such answer (a resubmission still running then is
+/// dropped: the update is idempotent). A refusal after such an answer may mean the earlier
+/// attempt was applied (and something after it): the update's status tells.
 async fn submit_until_answered(
     client: &Client,
     user_id: &str,
@@ -808,25 +809,32 @@ async fn submit_until_answered(
     threshold: Option<u32>,
     wait_ms: u32,
 ) -> Result<UpdateResponse, ClientError> {
-    let started = Instant::now();
+    let unanswered = |why: &str| {
+        ClientError::Unavailable(format!(
+            "{why}; the update (id {}) may still be applied: look {user_id:?} up before changing it again",
+            hex::encode(update.id())
+        ))
+    };
+    let why = match client.submit(user_id, update, threshold, wait_ms).await {
+        Err(ClientError::Unavailable(why)) => why,
+        other => return other,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(UPDATE_RETRY_MS);
     let mut delay = Duration::from_millis(UPDATE_RETRY_DELAY_MS);
-    let mut unanswered = false;
+    let mut last = why;
     loop {
-        match client.submit(user_id, update, threshold, wait_ms).await {
-            Ok(response) => return Ok(response),
-            Err(ClientError::Unavailable(why)) => {
-                if started.elapsed() >= Duration::from_millis(UPDATE_RETRY_MS) {
-                    return Err(ClientError::Unavailable(format!(
-                        "{why}; the update (id {}) may still be applied: look {user_id:?} up before changing it again",
-                        hex::encode(update.id())
-                    )));
-                }
-                tracing::info!(user_id, error = %why, "update: try again; resubmitting the same update");
-                unanswered = true;
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(UPDATE_RETRY_DELAY_MAX_MS));
-            }
-            Err(refused @ ClientError::Refused { code: tonic::Code::FailedPrecondition, .. }) if unanswered => {
+        if tokio::time::Instant::now() + delay >= deadline {
+            return Err(unanswered(&last));
+        }
+        tracing::info!(user_id, error = %last, "update: try again; resubmitting the same update");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(UPDATE_RETRY_DELAY_MAX_MS));
+        let attempt = client.submit(user_id, update, threshold, wait_ms);
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Err(_) => return Err(unanswered(&last)),
+            Ok(Ok(response)) => return Ok(response),
+            Ok(Err(ClientError::Unavailable(why))) => last = why,
+            Ok(Err(refused @ ClientError::Refused { code: tonic::Code::FailedPrecondition, .. })) => {
                 return match client.update_status(update).await {
                     Ok(UpdateStatus::InEpoch(epoch)) => Ok(UpdateResponse {
                         update_id: update.id().to_vec(),
@@ -837,7 +845,7 @@ async fn submit_until_answered(
                     _ => Err(refused),
                 };
             }
-            Err(e) => return Err(e),
+            Ok(Err(e)) => return Err(e),
         }
     }
 }
