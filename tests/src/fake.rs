@@ -19,6 +19,8 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Status>> + Send>>;
 type LookupFn = Arc<dyn Fn(pb::LookupRequest) -> Result<pb::LookupResponse, Status> + Send + Sync>;
 type HistoryFn = Arc<dyn Fn(pb::HistoryRequest) -> Result<pb::HistoryResponse, Status> + Send + Sync>;
 type UpdateFn = Arc<dyn Fn(pb::UpdateRequest) -> BoxFuture<pb::UpdateResponse> + Send + Sync>;
+type ListEpochsFn = Arc<dyn Fn(pb::ListEpochsRequest) -> BoxFuture<pb::ListEpochsResponse> + Send + Sync>;
+type PushFn = Arc<dyn Fn(pb::PushRatificationRequest) -> Result<pb::PushRatificationResponse, Status> + Send + Sync>;
 type WatchFn = Arc<dyn Fn(pb::WatchRequest) -> Vec<pb::WatchEvent> + Send + Sync>;
 type StreamFn = Arc<dyn Fn(pb::VerifierStreamRequest) -> BoxFuture<BoxStream<VerifierFrame>> + Send + Sync>;
 
@@ -28,6 +30,8 @@ pub struct FakeReplica {
     lookup: Option<LookupFn>,
     history: Option<HistoryFn>,
     update: Option<UpdateFn>,
+    list_epochs: Option<ListEpochsFn>,
+    push_ratification: Option<PushFn>,
     watch: Option<WatchFn>,
     verifier_stream: Option<StreamFn>,
     relay: Option<String>,
@@ -77,6 +81,27 @@ impl FakeReplica {
         Fut: Future<Output = Result<pb::UpdateResponse, Status>> + Send + 'static,
     {
         self.update = Some(Arc::new(move |r| Box::pin(f(r))));
+        self
+    }
+
+    /// Answers `ListEpochs` with `f`.
+    #[must_use]
+    pub fn list_epochs<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(pb::ListEpochsRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<pb::ListEpochsResponse, Status>> + Send + 'static,
+    {
+        self.list_epochs = Some(Arc::new(move |r| Box::pin(f(r))));
+        self
+    }
+
+    /// Answers `PushRatification` with `f`.
+    #[must_use]
+    pub fn push_ratification(
+        mut self,
+        f: impl Fn(pb::PushRatificationRequest) -> Result<pb::PushRatificationResponse, Status> + Send + Sync + 'static,
+    ) -> Self {
+        self.push_ratification = Some(Arc::new(f));
         self
     }
 
@@ -151,7 +176,10 @@ impl Keyraft for FakeReplica {
         relay!(self, get_epoch, r)
     }
     async fn list_epochs(&self, r: Request<pb::ListEpochsRequest>) -> Result<Response<pb::ListEpochsResponse>, Status> {
-        relay!(self, list_epochs, r)
+        match &self.list_epochs {
+            Some(f) => f(r.into_inner()).await.map(Response::new),
+            None => relay!(self, list_epochs, r),
+        }
     }
     async fn history(&self, r: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
         match &self.history {
@@ -183,6 +211,9 @@ impl Keyraft for FakeReplica {
         &self,
         r: Request<pb::PushRatificationRequest>,
     ) -> Result<Response<pb::PushRatificationResponse>, Status> {
-        relay!(self, push_ratification, r)
+        match &self.push_ratification {
+            Some(f) => f(r.into_inner()).map(Response::new),
+            None => relay!(self, push_ratification, r),
+        }
     }
 }

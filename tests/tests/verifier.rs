@@ -1,16 +1,20 @@
 //! Three replicas and two verifier processes: an update waiting for both returns a proof
 //! carrying both ratifications; with one verifier stopped, clients requiring both get a clear
 //! error while clients requiring one are served; restarted, the verifier ratifies every epoch
-//! it missed, and operators see both verifiers in the status.
+//! it missed, and operators see both verifiers in the status. A verifier stopped (SIGKILL,
+//! SIGTERM) in the middle of a catch-up, with epochs verified but not ratified, ratifies them
+//! all once restarted, and signs no head off the chain it verified.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use ed25519_dalek::SigningKey;
 use keyraft_client::{ClientError, ClientOptions, LookupOptions};
-use keyraft_core::{EpochHead, LookupProof, VerifyError};
+use keyraft_core::{Canonical, EpochHead, LookupProof, VerifyError};
 use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_proto::pb::{GetEpochRequest, ListEpochsRequest};
+use keyraft_tests::fake::FakeReplica;
 use keyraft_tests::{serial, wait_for, Realm};
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 /// How many verifiers ratified `epoch`, as replica 1 stores it.
 fn ratifications(realm: &Realm, epoch: u64) -> usize {
@@ -207,4 +211,52 @@ fn a_verifier_stopped_during_catch_up_pushes_or_keeps_what_it_verified() {
         assert!(last_run.contains("stopping with ratifications not pushed"), "{last_run}");
     }
     every_epoch_gets_ratified(&mut realm);
+}
+
+#[test]
+fn a_restarted_verifier_signs_no_head_off_the_chain_it_verified() {
+    let _s = serial();
+    let (mut realm, state, ratified_to) = stopped_during_catch_up(Realm::kill_verifier);
+    assert!(state > ratified_to, "the kill left no epoch verified but unratified");
+    // A replica listing another head for the oldest epoch lacking the ratification (another
+    // issue time: a head the verifier never verified), and keeping the ratifications it gets.
+    let upstream = {
+        let _g = realm.runtime.enter();
+        KeyraftClient::new(
+            tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(0))).unwrap().connect_lazy(),
+        )
+    };
+    let forged = ratified_to + 1;
+    let pushed = Arc::new(Mutex::new(Vec::new()));
+    let kept = pushed.clone();
+    let liar = FakeReplica::default()
+        .relay_to(&realm.public_addr(0))
+        .list_epochs(move |request| {
+            let mut upstream = upstream.clone();
+            async move {
+                let mut page = upstream.list_epochs(request).await?.into_inner();
+                for info in &mut page.epochs {
+                    let mut head = EpochHead::from_bytes(&info.head).unwrap();
+                    if head.epoch == forged {
+                        head.issue_time_ms += 1;
+                        info.head = head.encode();
+                    }
+                }
+                Ok(page)
+            }
+        })
+        .push_ratification(move |request| {
+            kept.lock().unwrap().push(request.epoch);
+            Ok(keyraft_proto::pb::PushRatificationResponse { duplicate: false })
+        })
+        .serve(&realm.runtime);
+    keyraft_tests::edit_config(&realm.path().join("verifier-1.toml"), &|t: &mut toml::Table| {
+        t.insert("endpoints".into(), toml::Value::Array(vec![toml::Value::String(liar.clone())]));
+    });
+    realm.start_verifier();
+    let log = realm.path().join("logs/verifier-1.log");
+    wait_for("the verifier to refuse the listed chain", || {
+        std::fs::read_to_string(&log).ok()?.contains("no replica serves the chain of heads").then_some(())
+    });
+    assert_eq!(*pushed.lock().unwrap(), Vec::<u64>::new(), "the verifier signed heads off its chain");
 }

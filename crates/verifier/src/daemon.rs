@@ -619,11 +619,11 @@ impl Pusher {
     async fn run(mut self, anchor: Option<EpochHead>, mut rx: mpsc::Receiver<PushRatificationRequest>) {
         match anchor {
             Some(anchor) if anchor.epoch > self.ratified_through => self.backfill(&anchor).await,
-            Some(anchor) => {
-                self.ratified_through = anchor.epoch;
+            // A mark above the state (a state deleted, the mark kept) would skip epochs.
+            anchor => {
+                self.ratified_through = anchor.map_or(0, |a| a.epoch);
                 self.contiguous = true;
             }
-            None => self.contiguous = true,
         }
         while let Some(req) = rx.recv().await {
             let epoch = req.epoch;
