@@ -1,19 +1,26 @@
 //! A test-only replica that lies: it serves the public API from closures the test gives it
-//! (answer a lookup with a replayed or altered proof, relay a verifier stream with a change),
-//! and answers every other call UNIMPLEMENTED. It stands for a compromised server, which is
-//! what clients and verifiers must catch.
+//! (answer a lookup with a replayed or altered proof, relay a verifier stream with a change,
+//! lose the answer to an update it relayed), and answers every other call by relaying it to
+//! a real replica ([`FakeReplica::relay_to`]) or UNIMPLEMENTED. It stands for a compromised or
+//! faulty server, which is what clients and verifiers must catch or get around.
 
+use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_proto::pb::keyraft_server::{Keyraft, KeyraftServer};
 use keyraft_proto::pb::{self, VerifierFrame};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 /// A stream of items or a status.
 pub type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Status>> + Send>>;
 type LookupFn = Arc<dyn Fn(pb::LookupRequest) -> Result<pb::LookupResponse, Status> + Send + Sync>;
+type HistoryFn = Arc<dyn Fn(pb::HistoryRequest) -> Result<pb::HistoryResponse, Status> + Send + Sync>;
+type UpdateFn = Arc<dyn Fn(pb::UpdateRequest) -> BoxFuture<pb::UpdateResponse> + Send + Sync>;
+type ListEpochsFn = Arc<dyn Fn(pb::ListEpochsRequest) -> BoxFuture<pb::ListEpochsResponse> + Send + Sync>;
+type PushFn = Arc<dyn Fn(pb::PushRatificationRequest) -> Result<pb::PushRatificationResponse, Status> + Send + Sync>;
 type WatchFn = Arc<dyn Fn(pb::WatchRequest) -> Vec<pb::WatchEvent> + Send + Sync>;
 type StreamFn = Arc<dyn Fn(pb::VerifierStreamRequest) -> BoxFuture<BoxStream<VerifierFrame>> + Send + Sync>;
 
@@ -21,12 +28,28 @@ type StreamFn = Arc<dyn Fn(pb::VerifierStreamRequest) -> BoxFuture<BoxStream<Ver
 #[derive(Default, Clone)]
 pub struct FakeReplica {
     lookup: Option<LookupFn>,
+    history: Option<HistoryFn>,
+    update: Option<UpdateFn>,
+    list_epochs: Option<ListEpochsFn>,
+    push_ratification: Option<PushFn>,
     watch: Option<WatchFn>,
     verifier_stream: Option<StreamFn>,
+    relay: Option<String>,
+    upstream: Option<KeyraftClient<Channel>>,
 }
 
 fn nope<T>() -> Result<T, Status> {
     Err(Status::unimplemented("test-only fake replica"))
+}
+
+/// Relays a unary call to the real replica, if there is one.
+macro_rules! relay {
+    ($self:ident, $method:ident, $request:expr) => {
+        match &$self.upstream {
+            Some(c) => c.clone().$method($request.into_inner()).await,
+            None => nope(),
+        }
+    };
 }
 
 impl FakeReplica {
@@ -37,6 +60,55 @@ impl FakeReplica {
         f: impl Fn(pb::LookupRequest) -> Result<pb::LookupResponse, Status> + Send + Sync + 'static,
     ) -> Self {
         self.lookup = Some(Arc::new(f));
+        self
+    }
+
+    /// Answers `History` with `f`.
+    #[must_use]
+    pub fn history(
+        mut self,
+        f: impl Fn(pb::HistoryRequest) -> Result<pb::HistoryResponse, Status> + Send + Sync + 'static,
+    ) -> Self {
+        self.history = Some(Arc::new(f));
+        self
+    }
+
+    /// Answers `Update` with `f`.
+    #[must_use]
+    pub fn update<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(pb::UpdateRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<pb::UpdateResponse, Status>> + Send + 'static,
+    {
+        self.update = Some(Arc::new(move |r| Box::pin(f(r))));
+        self
+    }
+
+    /// Answers `ListEpochs` with `f`.
+    #[must_use]
+    pub fn list_epochs<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(pb::ListEpochsRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<pb::ListEpochsResponse, Status>> + Send + 'static,
+    {
+        self.list_epochs = Some(Arc::new(move |r| Box::pin(f(r))));
+        self
+    }
+
+    /// Answers `PushRatification` with `f`.
+    #[must_use]
+    pub fn push_ratification(
+        mut self,
+        f: impl Fn(pb::PushRatificationRequest) -> Result<pb::PushRatificationResponse, Status> + Send + Sync + 'static,
+    ) -> Self {
+        self.push_ratification = Some(Arc::new(f));
+        self
+    }
+
+    /// Relays the unary calls it has no closure for to the replica at `addr`.
+    #[must_use]
+    pub fn relay_to(mut self, addr: &str) -> Self {
+        self.relay = Some(addr.to_owned());
         self
     }
 
@@ -59,7 +131,12 @@ impl FakeReplica {
     }
 
     /// Serves the fake on a loopback port the OS chooses, on `runtime`; returns its address.
-    pub fn serve(self, runtime: &tokio::runtime::Runtime) -> String {
+    pub fn serve(mut self, runtime: &tokio::runtime::Runtime) -> String {
+        if let Some(addr) = &self.relay {
+            let _g = runtime.enter();
+            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("relay address");
+            self.upstream = Some(KeyraftClient::new(endpoint.connect_lazy()));
+        }
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
         let addr = listener.local_addr().expect("local addr").to_string();
         // Without TCP_NODELAY every small answer waits for a delayed ACK.
@@ -80,26 +157,35 @@ impl Keyraft for FakeReplica {
     async fn lookup(&self, r: Request<pb::LookupRequest>) -> Result<Response<pb::LookupResponse>, Status> {
         match &self.lookup {
             Some(f) => f(r.into_inner()).map(Response::new),
-            None => nope(),
+            None => relay!(self, lookup, r),
         }
     }
-    async fn update(&self, _: Request<pb::UpdateRequest>) -> Result<Response<pb::UpdateResponse>, Status> {
-        nope()
+    async fn update(&self, r: Request<pb::UpdateRequest>) -> Result<Response<pb::UpdateResponse>, Status> {
+        match &self.update {
+            Some(f) => f(r.into_inner()).await.map(Response::new),
+            None => relay!(self, update, r),
+        }
     }
     async fn get_update_status(
         &self,
-        _: Request<pb::GetUpdateStatusRequest>,
+        r: Request<pb::GetUpdateStatusRequest>,
     ) -> Result<Response<pb::GetUpdateStatusResponse>, Status> {
-        nope()
+        relay!(self, get_update_status, r)
     }
-    async fn get_epoch(&self, _: Request<pb::GetEpochRequest>) -> Result<Response<pb::EpochInfo>, Status> {
-        nope()
+    async fn get_epoch(&self, r: Request<pb::GetEpochRequest>) -> Result<Response<pb::EpochInfo>, Status> {
+        relay!(self, get_epoch, r)
     }
-    async fn list_epochs(&self, _: Request<pb::ListEpochsRequest>) -> Result<Response<pb::ListEpochsResponse>, Status> {
-        nope()
+    async fn list_epochs(&self, r: Request<pb::ListEpochsRequest>) -> Result<Response<pb::ListEpochsResponse>, Status> {
+        match &self.list_epochs {
+            Some(f) => f(r.into_inner()).await.map(Response::new),
+            None => relay!(self, list_epochs, r),
+        }
     }
-    async fn history(&self, _: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
-        nope()
+    async fn history(&self, r: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
+        match &self.history {
+            Some(f) => f(r.into_inner()).map(Response::new),
+            None => relay!(self, history, r),
+        }
     }
     type WatchStream = BoxStream<pb::WatchEvent>;
     async fn watch(&self, r: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
@@ -123,8 +209,11 @@ impl Keyraft for FakeReplica {
     }
     async fn push_ratification(
         &self,
-        _: Request<pb::PushRatificationRequest>,
+        r: Request<pb::PushRatificationRequest>,
     ) -> Result<Response<pb::PushRatificationResponse>, Status> {
-        nope()
+        match &self.push_ratification {
+            Some(f) => f(r.into_inner()).map(Response::new),
+            None => relay!(self, push_ratification, r),
+        }
     }
 }

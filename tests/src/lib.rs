@@ -207,6 +207,14 @@ impl Realm {
         }
     }
 
+    /// SIGTERMs verifier `n` and returns its exit status.
+    pub fn terminate_verifier_n(&mut self, n: usize) -> std::process::ExitStatus {
+        let mut c = self.verifiers.remove(&n).expect("running");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        wait_for("a verifier to exit after SIGTERM", || c.try_wait().expect("try_wait"))
+    }
+
     /// SIGKILLs replica `i`.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.replicas[i].child.take() {

@@ -1,10 +1,19 @@
 //! The CLI as a newcomer uses it against a dev realm whose realm file requires the verifier:
 //! register and update waiting for the ratification, a shared policy (2 of 2 keys), history,
-//! watch, saved proofs verified offline, and the verifier in the status.
+//! watch, saved proofs verified offline, and the verifier in the status. Then the rough
+//! edges: an update whose answer was lost (resubmitted, reported as applied), an update right
+//! after a registration made without waiting (it waits for the registration), an update of an
+//! identity no ratified epoch holds (a clear message), a watch from an epoch that does not
+//! exist (refused at once).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+use keyraft_proto::pb;
+use keyraft_proto::pb::keyraft_client::KeyraftClient;
+use keyraft_tests::fake::FakeReplica;
 use keyraft_tests::{keyraft_bin, serial, wait_for, Realm};
 use std::process::Output;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 fn run(realm: &Realm, args: &[&str]) -> Output {
     std::process::Command::new(keyraft_bin())
@@ -115,4 +124,164 @@ fn a_newcomer_registers_updates_and_follows_an_identity_with_verified_answers() 
         );
         status.contains("verifier").then_some(())
     });
+}
+
+/// A replica that relays every update to replica 1 and answers the first one "try again"
+/// (as when its forward to a leader that changed failed after the leader applied it), and the
+/// later ones as `later` says given the real answer.
+fn losing_the_first_answer(
+    realm: &Realm,
+    later: fn(pb::UpdateResponse) -> Result<pb::UpdateResponse, tonic::Status>,
+) -> (String, Arc<AtomicUsize>) {
+    let upstream = {
+        let _g = realm.runtime.enter();
+        KeyraftClient::new(
+            tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(0))).unwrap().connect_lazy(),
+        )
+    };
+    let updates = Arc::new(AtomicUsize::new(0));
+    let seen = updates.clone();
+    let addr = FakeReplica::default()
+        .relay_to(&realm.public_addr(0))
+        .update(move |request| {
+            let mut upstream = upstream.clone();
+            let first = seen.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                let answer = upstream.update(request).await?.into_inner();
+                if first {
+                    return Err(tonic::Status::unavailable("forwarding to the leader failed; try again"));
+                }
+                later(answer)
+            }
+        })
+        .serve(&realm.runtime);
+    (addr, updates)
+}
+
+#[test]
+fn an_update_answered_try_again_is_resubmitted_and_reported_as_already_applied() {
+    let _s = serial();
+    let realm = Realm::start(|_| {});
+    ok(&realm, &["keygen", "--out", "alice.key"]);
+    let register = ["register", "--verifiers", "0", "--user", "alice", "--key", "alice.key", "--set", "pgp=one"];
+    assert!(ok(&realm, &with_realm(&[&register[..], &["--wait"]].concat())).contains("accepted"));
+    let update = |endpoint: &str, value: &str| {
+        let set = format!("pgp={value}");
+        let args = ["update", "--verifiers", "0", "--endpoint", endpoint, "--user", "alice", "--key", "alice.key"];
+        ok(&realm, &with_realm(&[&args[..], &["--set", &set]].concat()))
+    };
+    let shows = |version: &str, value: &str| {
+        let out = ok(&realm, &with_realm(&["lookup", "--verifiers", "0", "alice"]));
+        (out.contains(version) && out.contains(&format!("pgp = {value}"))).then_some(())
+    };
+
+    // The same update is resubmitted and answered as a duplicate.
+    let (lossy, updates) = losing_the_first_answer(&realm, Ok);
+    let out = update(&lossy, "two");
+    assert!(out.contains("the update was already applied in epoch"), "{out}");
+    assert_eq!(updates.load(Ordering::SeqCst), 2, "the same update is resubmitted once");
+    wait_for("version 1 in a ratified epoch", || shows("version 1", "two"));
+
+    // The resubmission is refused (another update followed the first): the update's status
+    // shows the first attempt applied.
+    let (conflicting, updates) = losing_the_first_answer(&realm, |_| {
+        Err(tonic::Status::failed_precondition("update refused: version 2 does not follow the current version 3"))
+    });
+    let out = update(&conflicting, "three");
+    assert!(out.contains("the update was already applied in epoch"), "{out}");
+    assert_eq!(updates.load(Ordering::SeqCst), 2);
+    wait_for("version 2 in a ratified epoch", || shows("version 2", "three"));
+}
+
+#[test]
+fn an_update_right_after_a_registration_without_wait_waits_for_the_registration() {
+    let _s = serial();
+    let mut realm = Realm::start(|_| {});
+    realm.start_verifier();
+    ok(&realm, &["keygen", "--out", "alice.key"]);
+    wait_for("the verifier to ratify an epoch", || {
+        run(&realm, &with_realm(&["lookup", "nobody"])).status.success().then_some(())
+    });
+    // The verifier pauses: the registration's epoch cannot be ratified until it resumes.
+    let verifier = nix::unistd::Pid::from_raw(i32::try_from(realm.verifiers[&1].id()).unwrap());
+    nix::sys::signal::kill(verifier, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let out = ok(&realm, &with_realm(&["register", "--user", "alice", "--key", "alice.key", "--set", "pgp=one"]));
+    assert!(out.contains("accepted"), "{out}");
+    let mut update = std::process::Command::new(keyraft_bin())
+        .args(with_realm(&["update", "--user", "alice", "--key", "alice.key", "--set", "pgp=two"]))
+        .env("KEYRAFT_STATE_FILE", realm.path().join("client-state.json"))
+        .env("RUST_LOG", "keyraft_client=info")
+        .current_dir(realm.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(update.stderr.take().unwrap());
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        log.push_str(&line);
+        assert!(n > 0, "the update ended without waiting for the registration:\n{log}");
+        if line.contains("waiting for the epoch of this client's last update") {
+            break;
+        }
+    }
+    nix::sys::signal::kill(verifier, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let out = update.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{log}{rest}");
+    assert!(stdout.contains("updated \"alice\": accepted"), "{stdout}");
+    wait_for("version 1 in a ratified epoch", || {
+        let out = ok(&realm, &with_realm(&["lookup", "alice"]));
+        (out.contains("version 1") && out.contains("pgp = two")).then_some(())
+    });
+}
+
+#[test]
+fn an_update_of_an_identity_not_in_a_ratified_epoch_says_why() {
+    let _s = serial();
+    let realm = Realm::start(|_| {});
+    ok(&realm, &["keygen", "--out", "bob.key"]);
+    let out = run(&realm, &with_realm(&["update", "--verifiers", "0", "--user", "bob", "--key", "bob.key"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("not registered in epoch") && stderr.contains("retry in a few seconds"), "{stderr}");
+}
+
+#[test]
+fn a_watch_from_an_epoch_the_realm_has_not_reached_is_refused_at_once() {
+    let _s = serial();
+    let realm = Realm::start(|_| {});
+    ok(&realm, &["keygen", "--out", "alice.key"]);
+    ok(&realm, &with_realm(&["register", "--verifiers", "0", "--user", "alice", "--key", "alice.key", "--wait"]));
+    let newest = realm.status(0).unwrap().ratified_epoch;
+    for from in [u64::MAX, newest + 1_000] {
+        let from = from.to_string();
+        let started = std::time::Instant::now();
+        let mut watch = std::process::Command::new(keyraft_bin())
+            .args(with_realm(&["watch", "--verifiers", "0", "alice", "--from-epoch", &from]))
+            .env("KEYRAFT_STATE_FILE", realm.path().join("client-state.json"))
+            .current_dir(realm.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = loop {
+            if let Some(status) = watch.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > std::time::Duration::from_secs(20) {
+                watch.kill().unwrap();
+                panic!("watch --from-epoch {from} still runs after 20 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let out = watch.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!status.success(), "{stderr}");
+        assert!(stderr.contains(&from) && stderr.contains("newest epoch"), "{stderr}");
+    }
 }

@@ -1,16 +1,20 @@
 //! Three replicas and two verifier processes: an update waiting for both returns a proof
 //! carrying both ratifications; with one verifier stopped, clients requiring both get a clear
 //! error while clients requiring one are served; restarted, the verifier ratifies every epoch
-//! it missed, and operators see both verifiers in the status.
+//! it missed, and operators see both verifiers in the status. A verifier stopped (SIGKILL,
+//! SIGTERM) in the middle of a catch-up, with epochs verified but not ratified, ratifies them
+//! all once restarted, and signs no head off the chain it verified.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use ed25519_dalek::SigningKey;
 use keyraft_client::{ClientError, ClientOptions, LookupOptions};
-use keyraft_core::{LookupProof, VerifyError};
+use keyraft_core::{Canonical, EpochHead, LookupProof, VerifyError};
 use keyraft_proto::pb::keyraft_client::KeyraftClient;
-use keyraft_proto::pb::GetEpochRequest;
+use keyraft_proto::pb::{GetEpochRequest, ListEpochsRequest};
+use keyraft_tests::fake::FakeReplica;
 use keyraft_tests::{serial, wait_for, Realm};
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 /// How many verifiers ratified `epoch`, as replica 1 stores it.
 fn ratifications(realm: &Realm, epoch: u64) -> usize {
@@ -92,4 +96,167 @@ fn two_verifiers_ratify_and_each_client_chooses_how_many_it_requires() {
     let status = realm.status(0).unwrap();
     assert_eq!(status.verifiers.len(), 2);
     assert!(status.verifiers.iter().all(|v| v.latest_ratified_epoch >= newest), "{status:?}");
+}
+
+/// Every epoch up to the newest, with its signatures, as replica 1 stores them.
+fn epochs(realm: &Realm) -> Vec<keyraft_proto::pb::EpochInfo> {
+    let _g = realm.runtime.enter();
+    let mut c = KeyraftClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(0))).unwrap().connect_lazy(),
+    )
+    .max_decoding_message_size(16 << 20);
+    let mut out = Vec::new();
+    let mut token = Vec::new();
+    loop {
+        let request = ListEpochsRequest { start_epoch: 1, page_size: 1000, page_token: token };
+        let page = realm.runtime.block_on(c.list_epochs(request)).unwrap().into_inner();
+        out.extend(page.epochs);
+        token = page.next_page_token;
+        if token.is_empty() {
+            return out;
+        }
+    }
+}
+
+/// The keyserver-ratified epochs no verifier ratified, and the newest keyserver-ratified one.
+fn unratified(realm: &Realm) -> (Vec<u64>, u64) {
+    let ratified = realm.status(0).unwrap().ratified_epoch;
+    let missing = epochs(realm)
+        .iter()
+        .map(|info| (EpochHead::from_bytes(&info.head).unwrap().epoch, info.verifier_signatures.is_empty()))
+        .filter(|&(epoch, missing)| missing && epoch <= ratified)
+        .map(|(epoch, _)| epoch)
+        .collect();
+    (missing, ratified)
+}
+
+/// The epoch a stopped verifier reopens at: the last one its state holds.
+fn verifier_state_epoch(realm: &Realm) -> u64 {
+    let store = keyraft_storage::SledStorage::open(&realm.path().join("data/verifier-1/state")).unwrap();
+    let config = realm.realm_file().config().unwrap();
+    keyraft_state::verifier::VerifierState::open(store, config).unwrap().last_epoch()
+}
+
+/// A realm cutting an epoch every 50 ms whose verifier was stopped while it cut a few hundred,
+/// with registrations among them; the verifier is started again and stopped by `stop` as soon
+/// as its first new ratification reaches the replicas, in the middle of its catch-up. Returns
+/// the realm with the verifier stopped, the epoch its state reopens at, and the newest epoch
+/// it ratified.
+fn stopped_during_catch_up(stop: impl Fn(&mut Realm)) -> (Realm, u64, u64) {
+    let mut realm = Realm::start(|t| {
+        let epochs = t.entry("epochs").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let epochs = epochs.as_table_mut().unwrap();
+        epochs.insert("min_epoch_interval_ms".into(), toml::Value::Integer(50));
+        epochs.insert("max_epoch_interval_ms".into(), toml::Value::Integer(50));
+    });
+    realm.start_verifier();
+    wait_for("the verifier to ratify epoch 3", || (ratifications(&realm, 3) == 1).then_some(()));
+    realm.kill_verifier();
+    let client = realm.client(0);
+    let stopped_at = realm.status(0).unwrap().ratified_epoch;
+    for i in 0..40 {
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        realm.runtime.block_on(client.register(&format!("user-{i}@example.com"), &key, BTreeMap::new())).unwrap();
+    }
+    wait_for("a backlog of 300 epochs", || (realm.status(0)?.ratified_epoch >= stopped_at + 300).then_some(()));
+    let (missing, _) = unratified(&realm);
+    let last_ratified = missing.first().expect("a backlog") - 1;
+    realm.start_verifier();
+    wait_for("the verifier's first ratification of its catch-up", || {
+        (ratifications(&realm, last_ratified + 1) > 0).then_some(())
+    });
+    stop(&mut realm);
+    let state = verifier_state_epoch(&realm);
+    let (missing, _) = unratified(&realm);
+    let ratified_to = missing.first().map_or(state, |m| m - 1);
+    (realm, state, ratified_to)
+}
+
+/// Restarts the verifier and waits until every keyserver-ratified epoch has its ratification.
+fn every_epoch_gets_ratified(realm: &mut Realm) {
+    realm.start_verifier();
+    let newest = realm.status(0).unwrap().ratified_epoch;
+    wait_for("every epoch to be ratified after the restart", || {
+        let (missing, _) = unratified(realm);
+        missing.iter().all(|&e| e > newest).then_some(())
+    });
+}
+
+#[test]
+fn a_verifier_killed_during_catch_up_ratifies_every_epoch_it_verified_after_a_restart() {
+    let _s = serial();
+    let (mut realm, state, ratified_to) = stopped_during_catch_up(Realm::kill_verifier);
+    assert!(
+        state > ratified_to,
+        "the kill left no epoch verified but unratified (state {state}, ratified to {ratified_to})"
+    );
+    every_epoch_gets_ratified(&mut realm);
+}
+
+#[test]
+fn a_verifier_stopped_during_catch_up_pushes_or_keeps_what_it_verified() {
+    let _s = serial();
+    let (mut realm, state, ratified_to) = stopped_during_catch_up(|realm| {
+        let status = realm.terminate_verifier_n(1);
+        assert!(status.success(), "the verifier exited with {status} on SIGTERM");
+    });
+    let log = std::fs::read_to_string(realm.path().join("logs/verifier-1.log")).unwrap();
+    let last_run = &log[log.rfind("verifier shutting down").expect("the verifier logged its shutdown")..];
+    eprintln!("after SIGTERM: state {state}, ratified to {ratified_to}\n{last_run}");
+    // It pushes what it holds before exiting, unless that takes longer than its deadline;
+    // then its next start does.
+    if last_run.contains("every ratification pushed") {
+        assert_eq!(ratified_to, state, "the verifier said it pushed every ratification");
+    } else {
+        assert!(last_run.contains("stopping with ratifications not pushed"), "{last_run}");
+    }
+    every_epoch_gets_ratified(&mut realm);
+}
+
+#[test]
+fn a_restarted_verifier_signs_no_head_off_the_chain_it_verified() {
+    let _s = serial();
+    let (mut realm, state, ratified_to) = stopped_during_catch_up(Realm::kill_verifier);
+    assert!(state > ratified_to, "the kill left no epoch verified but unratified");
+    // A replica listing another head for the oldest epoch lacking the ratification (another
+    // issue time: a head the verifier never verified), and keeping the ratifications it gets.
+    let upstream = {
+        let _g = realm.runtime.enter();
+        KeyraftClient::new(
+            tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(0))).unwrap().connect_lazy(),
+        )
+    };
+    let forged = ratified_to + 1;
+    let pushed = Arc::new(Mutex::new(Vec::new()));
+    let kept = pushed.clone();
+    let liar = FakeReplica::default()
+        .relay_to(&realm.public_addr(0))
+        .list_epochs(move |request| {
+            let mut upstream = upstream.clone();
+            async move {
+                let mut page = upstream.list_epochs(request).await?.into_inner();
+                for info in &mut page.epochs {
+                    let mut head = EpochHead::from_bytes(&info.head).unwrap();
+                    if head.epoch == forged {
+                        head.issue_time_ms += 1;
+                        info.head = head.encode();
+                    }
+                }
+                Ok(page)
+            }
+        })
+        .push_ratification(move |request| {
+            kept.lock().unwrap().push(request.epoch);
+            Ok(keyraft_proto::pb::PushRatificationResponse { duplicate: false })
+        })
+        .serve(&realm.runtime);
+    keyraft_tests::edit_config(&realm.path().join("verifier-1.toml"), &|t: &mut toml::Table| {
+        t.insert("endpoints".into(), toml::Value::Array(vec![toml::Value::String(liar.clone())]));
+    });
+    realm.start_verifier();
+    let log = realm.path().join("logs/verifier-1.log");
+    wait_for("the verifier to refuse the listed chain", || {
+        std::fs::read_to_string(&log).ok()?.contains("no replica serves the chain of heads").then_some(())
+    });
+    assert_eq!(*pushed.lock().unwrap(), Vec::<u64>::new(), "the verifier signed heads off its chain");
 }

@@ -11,7 +11,9 @@
 //! - [`Client::history`]: every version of an identity, each proven at its epoch;
 //! - [`Client::watch`]: the current value, then every change, with proofs;
 //! - [`ClientError`] separates "the server misbehaved" from "try again" from "your request is
-//!   wrong".
+//!   wrong". An answer that proves nothing false but is of no use (too old for the TTL, an
+//!   epoch not ratified by the verifiers the client requires yet, "try again") sends the client
+//!   to the next replica, and the replica is asked last for [`ENDPOINT_DEMOTION_MS`].
 //!
 //! What a client accepts is its [`ClientRealm`]: the realm file's keys plus a quorum (the
 //! replica majority, always, and a verifier threshold), an epoch TTL and a clock skew, each
@@ -23,18 +25,23 @@
 mod memory;
 mod watch;
 
-pub use memory::EpochMemory;
+pub use memory::{EpochMemory, OWN_UPDATES_MAX};
 pub use watch::{Watch, WatchUpdate, WATCH_RECONNECT_ROUNDS_MAX};
 
 use ed25519_dalek::SigningKey;
 use keyraft_core::lookup::{verify_lookup, verify_lookup_at, ClientRealm, Lookup, LookupProof, VerifyError};
-use keyraft_core::{decode_canonical, Canonical, Entry, Policy, Profile, RealmFile, SignedEntry, Update, Verified};
+use keyraft_core::{
+    decode_canonical, Canonical, Entry, EpochHead, Policy, Profile, RealmFile, SignedEntry, Update, Verified,
+};
+use keyraft_proto::pb::get_update_status_response::State;
 use keyraft_proto::pb::keyraft_client::KeyraftClient;
-use keyraft_proto::pb::{HistoryRequest, LookupRequest, UpdateRequest, UpdateResponse};
+use keyraft_proto::pb::{
+    GetEpochRequest, GetUpdateStatusRequest, HistoryRequest, LookupRequest, UpdateRequest, UpdateResponse,
+};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tonic::transport::{Channel, Endpoint};
 
 /// Deadline of one call, in milliseconds, on top of any server-side wait the call asks for.
@@ -46,6 +53,16 @@ pub const QUORUM_WAIT_MS: u32 = 10_000;
 pub const LAG_WAIT_MS: u32 = 3_000;
 /// Bytes of random nonce in profiles this client creates.
 pub const PROFILE_NONCE_BYTES: usize = 32;
+/// How long a replica that answered "try again", stale or not ratified yet is asked after the
+/// others, in milliseconds.
+pub const ENDPOINT_DEMOTION_MS: u64 = 30_000;
+/// How long an update answered "try again" is resubmitted, the same bytes each time (an update
+/// is idempotent: one applied meanwhile is answered as a duplicate), in milliseconds.
+pub const UPDATE_RETRY_MS: u64 = 10_000;
+/// First delay between two submissions of an update, in milliseconds (doubled each time).
+const UPDATE_RETRY_DELAY_MS: u64 = 250;
+/// Longest delay between two submissions of an update, in milliseconds.
+const UPDATE_RETRY_DELAY_MAX_MS: u64 = 2_000;
 
 /// What went wrong, by whose fault.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +100,51 @@ impl ClientError {
     /// Whether the server, not the network or the caller, is at fault: keep the evidence.
     pub fn is_misbehavior(&self) -> bool {
         matches!(self, Self::Misbehaved(_) | Self::Contradicted(_))
+    }
+
+    /// Whether another replica may answer usefully: "try again", a stale answer, an epoch not
+    /// ratified yet, or an answer older than one already seen (a lagging or lying replica;
+    /// reported if no replica does better).
+    pub(crate) fn try_elsewhere(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Stale(_) | Self::Misbehaved(VerifyError::Rollback { .. }))
+    }
+
+    /// Which error of several to report: the most telling one.
+    fn weight(&self) -> u8 {
+        match self {
+            Self::Misbehaved(_) | Self::Contradicted(_) => 3,
+            Self::Stale(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// The one classification of a proof that does not verify. A head older than the TTL is
+/// stale and a head lacking the verifier ratifications the client requires is not ratified
+/// yet: neither proves a signed statement false, so both are worth retrying (later, on another
+/// replica, or for an older epoch). Anything else in the proof that fails, even with the
+/// ratifications missing, proves the replica wrong.
+fn verify_classified<T>(
+    realm: &ClientRealm,
+    epoch: u64,
+    verify: impl Fn(&ClientRealm) -> Result<T, VerifyError>,
+) -> Result<T, ClientError> {
+    let classify = |e: VerifyError| match e {
+        VerifyError::HeadExpired { .. } => ClientError::Stale(e),
+        e => ClientError::Misbehaved(e),
+    };
+    match verify(realm) {
+        Ok(v) => Ok(v),
+        Err(VerifyError::VerifierQuorumMissing { have, need }) => {
+            let lenient = ClientRealm { verifier_threshold: have, ..realm.clone() };
+            match verify(&lenient) {
+                Err(e) => Err(classify(e)),
+                Ok(_) => Err(ClientError::Unavailable(format!(
+                    "epoch {epoch} is not ratified yet: it has {have} of the {need} verifier ratifications this client requires (retry later or on another replica, or ask for an older epoch)"
+                ))),
+            }
+        }
+        Err(e) => Err(classify(e)),
     }
 }
 
@@ -159,6 +221,25 @@ pub struct UpdateOutcome {
     pub proof: Option<LookupAnswer>,
 }
 
+/// Where an update is, as a replica reports it ([`Client::update_status`]; not a proof: a
+/// lookup proves it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateStatus {
+    /// The replica does not know it (never received, or rejected long ago).
+    Unknown,
+    /// Received and not applied yet.
+    Pending,
+    /// Applied in this epoch.
+    InEpoch(u64),
+    /// Refused.
+    Rejected {
+        /// Why.
+        reason: String,
+        /// Whether resubmitting it later may succeed.
+        retryable: bool,
+    },
+}
+
 /// A page of an identity's history, newest first, each version proven at its epoch.
 #[derive(Debug, Clone)]
 pub struct HistoryPage {
@@ -177,6 +258,9 @@ pub struct Client {
     /// The realm's name and configuration hash: two realms of the same name (a dev realm
     /// made afresh) keep separate epoch memories.
     memory_key: String,
+    /// Per endpoint, until when it is asked after the others (it answered stale, not ratified
+    /// yet or "try again"); shared by the clones of this client.
+    demoted: Arc<Mutex<Vec<Option<Instant>>>>,
 }
 
 /// The current time in milliseconds since the Unix epoch.
@@ -240,7 +324,31 @@ impl Client {
             out.push((addr.clone(), KeyraftClient::new(endpoint.connect_lazy())));
         }
         let memory_key = format!("{}/{}", realm.config.realm, hex::encode(&realm.config.hash()[..8]));
-        Ok(Self { realm, endpoints: out, memory: Arc::new(memory), memory_key })
+        let demoted = Arc::new(Mutex::new(vec![None; out.len()]));
+        Ok(Self { realm, endpoints: out, memory: Arc::new(memory), memory_key, demoted })
+    }
+
+    fn demotions(&self) -> std::sync::MutexGuard<'_, Vec<Option<Instant>>> {
+        self.demoted.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The endpoints' indexes in the order to ask them: those that failed recently last.
+    pub(crate) fn endpoint_order(&self) -> Vec<usize> {
+        let now = Instant::now();
+        let demoted = self.demotions();
+        let (mut order, mut last): (Vec<usize>, Vec<usize>) =
+            (0..self.endpoints.len()).partition(|&i| demoted[i].is_none_or(|until| until <= now));
+        order.append(&mut last);
+        order
+    }
+
+    /// Asks endpoint `i` after the others for [`ENDPOINT_DEMOTION_MS`].
+    pub(crate) fn demote(&self, i: usize) {
+        self.demotions()[i] = Some(Instant::now() + Duration::from_millis(ENDPOINT_DEMOTION_MS));
+    }
+
+    fn promote(&self, i: usize) {
+        self.demotions()[i] = None;
     }
 
     /// What this client trusts.
@@ -258,27 +366,40 @@ impl Client {
         u32::try_from(self.realm.verifier_threshold).unwrap_or(u32::MAX)
     }
 
-    /// Tries each endpoint in turn while the answer is "try again".
-    async fn each<T, F, Fut>(&self, call: F) -> Result<T, ClientError>
+    /// Calls the endpoints in turn, preferred ones first, until one's answer passes
+    /// `accept`: an error another replica may not give ([`ClientError::try_elsewhere`]) moves
+    /// on to the next one and demotes this one; any other error is returned at once.
+    async fn each<R, T, F, Fut>(&self, call: F, accept: impl Fn(R) -> Result<T, ClientError>) -> Result<T, ClientError>
     where
         F: Fn(KeyraftClient<Channel>) -> Fut,
-        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+        Fut: std::future::Future<Output = Result<R, tonic::Status>>,
     {
-        let mut last = ClientError::Unavailable("no endpoint tried".into());
-        for (addr, client) in &self.endpoints {
-            match call(client.clone()).await {
-                Ok(v) => return Ok(v),
-                Err(status) => {
-                    let e = status_error(addr, &status);
-                    if !matches!(e, ClientError::Unavailable(_)) {
-                        return Err(e);
-                    }
-                    tracing::debug!(endpoint = %addr, error = %e, "trying the next endpoint");
-                    last = e;
+        let mut last: Option<ClientError> = None;
+        for i in self.endpoint_order() {
+            let (addr, client) = &self.endpoints[i];
+            let result = match call(client.clone()).await {
+                Ok(r) => accept(r).map_err(|e| match e {
+                    ClientError::Unavailable(why) => ClientError::Unavailable(format!("{addr}: {why}")),
+                    e => e,
+                }),
+                Err(status) => Err(status_error(addr, &status)),
+            };
+            match result {
+                Ok(v) => {
+                    self.promote(i);
+                    return Ok(v);
                 }
+                Err(e) if e.try_elsewhere() => {
+                    tracing::debug!(endpoint = %addr, error = %e, "trying the next endpoint");
+                    self.demote(i);
+                    if last.as_ref().is_none_or(|l| e.weight() >= l.weight()) {
+                        last = Some(e);
+                    }
+                }
+                Err(e) => return Err(e),
             }
         }
-        Err(last)
+        Err(last.unwrap_or_else(|| ClientError::Unavailable("no endpoint tried".into())))
     }
 
     /// Verifies a proof that must be fresh and not older than `last_seen` (the newest epoch
@@ -292,9 +413,9 @@ impl Client {
         last_seen: Option<u64>,
     ) -> Result<LookupAnswer, ClientError> {
         let decoded = decode_proof(&proof)?;
-        let lookup = verify_lookup(&self.realm, user_id, &decoded, now_ms(), last_seen).map_err(|e| match e {
-            VerifyError::HeadExpired { .. } => ClientError::Stale(e),
-            e => ClientError::Misbehaved(e),
+        let now = now_ms();
+        let lookup = verify_classified(&self.realm, decoded.head.epoch, |realm| {
+            verify_lookup(realm, user_id, &decoded, now, last_seen)
         })?;
         self.memory.observe(&self.memory_key, lookup.epoch())?;
         Ok(LookupAnswer { lookup, proof })
@@ -303,7 +424,9 @@ impl Client {
     /// Verifies a proof about a past `epoch`.
     pub(crate) fn accept_past(&self, user_id: &str, proof: Vec<u8>, epoch: u64) -> Result<LookupAnswer, ClientError> {
         let decoded = decode_proof(&proof)?;
-        let lookup = verify_lookup_at(&self.realm, user_id, &decoded, epoch)?;
+        let lookup = verify_classified(&self.realm, decoded.head.epoch, |realm| {
+            verify_lookup_at(realm, user_id, &decoded, epoch)
+        })?;
         Ok(LookupAnswer { lookup, proof })
     }
 
@@ -325,25 +448,68 @@ impl Client {
             wait_ms,
         };
         let timeout = Duration::from_millis(CALL_TIMEOUT_MS + u64::from(wait_ms));
-        let proof = self
-            .each(|mut c| {
+        self.each(
+            |mut c| {
                 let mut r = tonic::Request::new(request.clone());
                 r.set_timeout(timeout);
                 async move { c.lookup(r).await.map(|r| r.into_inner().proof) }
-            })
-            .await?;
-        if options.epoch != 0 {
-            return self.accept_past(user_id, proof, options.epoch);
+            },
+            |proof| {
+                if options.epoch != 0 {
+                    return self.accept_past(user_id, proof, options.epoch);
+                }
+                let answer = self.accept_fresh(user_id, proof, last_seen)?;
+                if answer.lookup.epoch() < options.min_epoch {
+                    return Err(ClientError::Contradicted(format!(
+                        "asked for epoch {} or newer, got an answer from epoch {}",
+                        options.min_epoch,
+                        answer.lookup.epoch()
+                    )));
+                }
+                Ok(answer)
+            },
+        )
+        .await
+    }
+
+    /// Refuses `epoch` when no replica has reached it (nor has this client seen it): a call
+    /// waiting for it would wait for an epoch that may never come. When no replica answers,
+    /// the call itself reports that.
+    pub(crate) async fn check_epoch_reachable(&self, epoch: u64) -> Result<(), ClientError> {
+        if self.newest_epoch_seen().is_some_and(|seen| seen >= epoch) {
+            return Ok(());
         }
-        let answer = self.accept_fresh(user_id, proof, last_seen)?;
-        if answer.lookup.epoch() < options.min_epoch {
-            return Err(ClientError::Contradicted(format!(
-                "asked for epoch {} or newer, got an answer from epoch {}",
-                options.min_epoch,
-                answer.lookup.epoch()
-            )));
+        let mut newest = None;
+        for i in self.endpoint_order() {
+            let (addr, c) = &self.endpoints[i];
+            let mut r = tonic::Request::new(GetEpochRequest { epoch: 0 });
+            r.set_timeout(Duration::from_millis(CALL_TIMEOUT_MS));
+            let replica_newest = match c.clone().get_epoch(r).await {
+                Ok(info) => match EpochHead::from_bytes(&info.into_inner().head) {
+                    Ok(head) => head.epoch,
+                    Err(e) => {
+                        tracing::debug!(endpoint = %addr, error = %e, "an undecodable head");
+                        continue;
+                    }
+                },
+                Err(status) if status.code() == tonic::Code::NotFound => 0,
+                Err(status) => {
+                    tracing::debug!(endpoint = %addr, error = %status, "newest epoch unknown");
+                    continue;
+                }
+            };
+            if replica_newest >= epoch {
+                return Ok(());
+            }
+            newest = newest.max(Some(replica_newest));
         }
-        Ok(answer)
+        match newest {
+            Some(newest) => Err(ClientError::Invalid(format!(
+                "epoch {epoch} is beyond the newest epoch of realm {:?} ({newest}): it does not exist yet",
+                self.realm.config.realm
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// One page of `user_id`'s versions, newest first (`page_token` empty for the first page),
@@ -357,13 +523,23 @@ impl Client {
             page_token: page_token.to_vec(),
             verifier_threshold: self.threshold(),
         };
-        let response = self
-            .each(|mut c| {
+        self.each(
+            |mut c| {
                 let mut r = tonic::Request::new(request.clone());
                 r.set_timeout(Duration::from_millis(CALL_TIMEOUT_MS));
                 async move { c.history(r).await.map(tonic::Response::into_inner) }
-            })
-            .await?;
+            },
+            |response| self.accept_history(user_id, response),
+        )
+        .await
+    }
+
+    /// Verifies a history page.
+    fn accept_history(
+        &self,
+        user_id: &str,
+        response: keyraft_proto::pb::HistoryResponse,
+    ) -> Result<HistoryPage, ClientError> {
         let mut versions = Vec::with_capacity(response.versions.len());
         let mut previous: Option<(u64, u64)> = None;
         for v in response.versions {
@@ -416,11 +592,39 @@ impl Client {
         let request =
             UpdateRequest { user_id: user_id.to_owned(), update: update.encode(), verifier_threshold, wait_ms };
         let timeout = Duration::from_millis(CALL_TIMEOUT_MS + u64::from(wait_ms));
-        self.each(|mut c| {
-            let mut r = tonic::Request::new(request.clone());
-            r.set_timeout(timeout);
-            async move { c.update(r).await.map(tonic::Response::into_inner) }
-        })
+        self.each(
+            |mut c| {
+                let mut r = tonic::Request::new(request.clone());
+                r.set_timeout(timeout);
+                async move { c.update(r).await.map(tonic::Response::into_inner) }
+            },
+            Ok,
+        )
+        .await
+    }
+
+    /// Where `update` is, as the first replica that answers reports it.
+    pub async fn update_status(&self, update: &Update) -> Result<UpdateStatus, ClientError> {
+        let request = GetUpdateStatusRequest {
+            update_id: update.id().to_vec(),
+            index: update.signed.entry.index.0.to_vec(),
+            version: update.signed.entry.version,
+        };
+        self.each(
+            |mut c| {
+                let mut r = tonic::Request::new(request.clone());
+                r.set_timeout(Duration::from_millis(CALL_TIMEOUT_MS));
+                async move { c.get_update_status(r).await.map(tonic::Response::into_inner) }
+            },
+            |r| {
+                Ok(match r.state() {
+                    State::Pending => UpdateStatus::Pending,
+                    State::InEpoch => UpdateStatus::InEpoch(r.epoch),
+                    State::Rejected => UpdateStatus::Rejected { reason: r.reason, retryable: r.retryable },
+                    State::Unknown | State::Unspecified => UpdateStatus::Unknown,
+                })
+            },
+        )
         .await
     }
 
@@ -518,20 +722,39 @@ impl<'a> UpdateBuilder<'a> {
         self
     }
 
-    /// Signs and submits.
+    /// Signs and submits. The entry builds on the identity's current entry, looked up at
+    /// least as of this client's own last update of the identity (a registration or change
+    /// made without waiting is found even before its epoch is ratified: the lookup waits for
+    /// it). An update answered "try again" may still have been applied: it is resubmitted,
+    /// the same bytes, for up to [`UPDATE_RETRY_MS`], and one applied meanwhile is reported
+    /// as a duplicate, never built anew.
     pub async fn send(self) -> Result<UpdateOutcome, ClientError> {
         let client = self.client;
         let user_id = &self.user_id;
         let Some(first) = self.signers.first() else {
             return Err(ClientError::Invalid("an update needs at least one signer".into()));
         };
-        let current =
-            client.lookup(user_id, LookupOptions { wait_ms: QUORUM_WAIT_MS, ..LookupOptions::default() }).await?;
+        let own = client.memory.own_update(&client.memory_key, user_id);
+        if let Some(epoch) = own {
+            tracing::info!(user_id, epoch, "waiting for the epoch of this client's last update of the identity");
+        }
+        let options = LookupOptions { min_epoch: own.unwrap_or(0), wait_ms: QUORUM_WAIT_MS, epoch: 0 };
+        let current = client.lookup(user_id, options).await.map_err(|e| match (own, e) {
+            (Some(epoch), ClientError::Unavailable(why)) => ClientError::Unavailable(format!(
+                "this client's last update of {user_id:?} is in epoch {epoch}, not yet ratified by its quorum: {why}"
+            )),
+            (_, e) => e,
+        })?;
         let (version, policy) = match (&current.lookup.entry, self.registration) {
             (Some(_), true) => {
                 return Err(ClientError::Invalid(format!("{user_id:?} is already registered; change it instead")))
             }
-            (None, false) => return Err(ClientError::Invalid(format!("{user_id:?} is not registered; register it"))),
+            (None, false) => {
+                return Err(ClientError::Invalid(format!(
+                    "{user_id:?} is not registered in epoch {}, the newest epoch ratified by this client's quorum; if it was registered a moment ago (by another client, or without waiting), its epoch is not ratified yet: retry in a few seconds (a registration that waits for its ratification avoids this)",
+                    current.lookup.epoch()
+                )))
+            }
             (None, true) => (0, self.policy.unwrap_or_else(|| Policy::single(public_key(first)))),
             (Some((entry, _)), false) => {
                 (entry.version + 1, self.policy.unwrap_or_else(|| entry.update_policy.clone()))
@@ -549,9 +772,15 @@ impl<'a> UpdateBuilder<'a> {
         let update = Update { signed: SignedEntry { entry, signatures }, profile };
         let (threshold, wait_ms) =
             if self.wait_for_quorum { (Some(client.threshold()), QUORUM_WAIT_MS) } else { (None, 0) };
-        let response = client.submit(user_id, &update, threshold, wait_ms).await?;
+        let response = submit_until_answered(client, user_id, &update, threshold, wait_ms).await?;
         let proof = if self.wait_for_quorum {
-            let answer = client.accept_past(user_id, response.proof, response.epoch)?;
+            let answer = if response.proof.is_empty() {
+                // Found applied by its status, without the proof the Update call returns.
+                let at = LookupOptions { epoch: response.epoch, min_epoch: 0, wait_ms: QUORUM_WAIT_MS };
+                client.lookup(user_id, at).await?
+            } else {
+                client.accept_past(user_id, response.proof, response.epoch)?
+            };
             let shown = answer.lookup.entry.as_ref().map(|(e, _)| e);
             if shown != Some(&update.signed.entry) {
                 return Err(ClientError::Contradicted(format!(
@@ -562,8 +791,61 @@ impl<'a> UpdateBuilder<'a> {
             client.memory.observe(&client.memory_key, response.epoch)?;
             Some(answer)
         } else {
+            client.memory.record_own_update(&client.memory_key, user_id, response.epoch)?;
             None
         };
         Ok(UpdateOutcome { update_id: response.update_id, epoch: response.epoch, duplicate: response.duplicate, proof })
+    }
+}
+
+/// Submits `update`, resubmitting the same bytes while the answer is "try again", for up to
+/// [`UPDATE_RETRY_MS`] after the first such answer (a resubmission still running then is
+/// dropped: the update is idempotent). A refusal after such an answer may mean the earlier
+/// attempt was applied (and something after it): the update's status tells.
+async fn submit_until_answered(
+    client: &Client,
+    user_id: &str,
+    update: &Update,
+    threshold: Option<u32>,
+    wait_ms: u32,
+) -> Result<UpdateResponse, ClientError> {
+    let unanswered = |why: &str| {
+        ClientError::Unavailable(format!(
+            "{why}; the update (id {}) may still be applied: look {user_id:?} up before changing it again",
+            hex::encode(update.id())
+        ))
+    };
+    let why = match client.submit(user_id, update, threshold, wait_ms).await {
+        Err(ClientError::Unavailable(why)) => why,
+        other => return other,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(UPDATE_RETRY_MS);
+    let mut delay = Duration::from_millis(UPDATE_RETRY_DELAY_MS);
+    let mut last = why;
+    loop {
+        if tokio::time::Instant::now() + delay >= deadline {
+            return Err(unanswered(&last));
+        }
+        tracing::info!(user_id, error = %last, "update: try again; resubmitting the same update");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(UPDATE_RETRY_DELAY_MAX_MS));
+        let attempt = client.submit(user_id, update, threshold, wait_ms);
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Err(_) => return Err(unanswered(&last)),
+            Ok(Ok(response)) => return Ok(response),
+            Ok(Err(ClientError::Unavailable(why))) => last = why,
+            Ok(Err(refused @ ClientError::Refused { code: tonic::Code::FailedPrecondition, .. })) => {
+                return match client.update_status(update).await {
+                    Ok(UpdateStatus::InEpoch(epoch)) => Ok(UpdateResponse {
+                        update_id: update.id().to_vec(),
+                        epoch,
+                        duplicate: true,
+                        proof: Vec::new(),
+                    }),
+                    _ => Err(refused),
+                };
+            }
+            Ok(Err(e)) => return Err(e),
+        }
     }
 }

@@ -1,7 +1,10 @@
-//! The client's memory of the newest epoch it has seen per realm (protocol check 8).
+//! The client's memory of the newest epoch it has seen per realm (protocol check 8), and of
+//! the epochs of its own updates not seen ratified yet.
 //!
 //! A server that answers from an older epoch than one the client already verified is hiding
-//! something (a key change, a revocation). The memory outlives the process when it has a
+//! something (a key change, a revocation). An update made without waiting for its
+//! ratification is applied in an epoch the client has not seen yet: the next update of the
+//! same identity must build on it, so it waits for that epoch. The memory outlives the process when it has a
 //! file: a JSON object written whole to a temporary file and renamed over the old one, so a
 //! crash leaves either the old or the new contents, never a torn file. Writes happen only when
 //! the newest epoch grows, at most once per epoch per client. Processes sharing a file merge
@@ -15,25 +18,66 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// Version of the file format.
-const FORMAT_VERSION: u32 = 1;
+/// Version of the file format (2 added `own_updates`; version 1 files are read).
+const FORMAT_VERSION: u32 = 2;
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// Own updates remembered per realm, at most (the oldest epochs are forgotten first).
+pub const OWN_UPDATES_MAX: usize = 1_000;
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileContents {
     version: u32,
     /// Realm name to the newest epoch seen.
     realms: BTreeMap<String, u64>,
+    /// Realm name to identity to the epoch of this client's last update of it, while that
+    /// epoch is newer than the newest seen.
+    #[serde(default)]
+    own_updates: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
-/// The newest epoch seen per realm, optionally persisted.
+impl FileContents {
+    /// Keeps the newest of both.
+    fn merge(&mut self, other: FileContents) {
+        for (r, e) in other.realms {
+            let mine = self.realms.entry(r).or_insert(e);
+            *mine = (*mine).max(e);
+        }
+        for (r, users) in other.own_updates {
+            let mine = self.own_updates.entry(r).or_default();
+            for (u, e) in users {
+                let epoch = mine.entry(u).or_insert(e);
+                *epoch = (*epoch).max(e);
+            }
+        }
+        self.forget_seen();
+    }
+
+    /// Forgets own updates in epochs already seen (every later lookup asks for those), and
+    /// the oldest beyond [`OWN_UPDATES_MAX`].
+    fn forget_seen(&mut self) {
+        for (realm, users) in &mut self.own_updates {
+            let seen = self.realms.get(realm).copied().unwrap_or(0);
+            users.retain(|_, e| *e > seen);
+            while users.len() > OWN_UPDATES_MAX {
+                let oldest = users.iter().min_by_key(|(_, e)| **e).map(|(u, _)| u.clone());
+                if let Some(u) = oldest {
+                    users.remove(&u);
+                }
+            }
+        }
+        self.own_updates.retain(|_, users| !users.is_empty());
+    }
+}
+
+/// The newest epoch seen per realm and the epochs of own updates, optionally persisted.
 #[derive(Debug, Default)]
 pub struct EpochMemory {
     path: Option<PathBuf>,
-    seen: Mutex<BTreeMap<String, u64>>,
+    seen: Mutex<FileContents>,
 }
 
-fn read_file(path: &Path) -> Result<BTreeMap<String, u64>, ClientError> {
+fn read_file(path: &Path) -> Result<FileContents, ClientError> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
             let contents: FileContents = serde_json::from_str(&text).map_err(|e| {
@@ -42,16 +86,16 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, u64>, ClientError> {
                     path.display()
                 ))
             })?;
-            if contents.version != FORMAT_VERSION {
+            if !(1..=FORMAT_VERSION).contains(&contents.version) {
                 return Err(ClientError::Invalid(format!(
-                    "client state file {} has format version {}, this client reads version {FORMAT_VERSION}",
+                    "client state file {} has format version {}, this client reads versions 1 to {FORMAT_VERSION}",
                     path.display(),
                     contents.version
                 )));
             }
-            Ok(contents.realms)
+            Ok(contents)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileContents::default()),
         Err(e) => Err(ClientError::Invalid(format!("reading client state file {}: {e}", path.display()))),
     }
 }
@@ -70,27 +114,52 @@ impl EpochMemory {
 
     /// The newest epoch seen for `realm`.
     pub fn newest(&self, realm: &str) -> Option<u64> {
-        self.lock().get(realm).copied()
+        self.lock().realms.get(realm).copied()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u64>> {
+    /// The epoch of this client's last update of `user_id` in `realm`, if newer than the
+    /// newest epoch seen.
+    pub fn own_update(&self, realm: &str, user_id: &str) -> Option<u64> {
+        let seen = self.lock();
+        let newest = seen.realms.get(realm).copied().unwrap_or(0);
+        seen.own_updates.get(realm)?.get(user_id).copied().filter(|&e| e > newest)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FileContents> {
         self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Records that a verified answer from `epoch` of `realm` was seen.
     pub fn observe(&self, realm: &str, epoch: u64) -> Result<(), ClientError> {
         let mut seen = self.lock();
-        if seen.get(realm).is_some_and(|&e| e >= epoch) {
+        if seen.realms.get(realm).is_some_and(|&e| e >= epoch) {
             return Ok(());
         }
-        seen.insert(realm.to_owned(), epoch);
+        seen.realms.insert(realm.to_owned(), epoch);
+        self.save(&mut seen)
+    }
+
+    /// Records that this client's update of `user_id` was applied in `epoch` of `realm`.
+    pub fn record_own_update(&self, realm: &str, user_id: &str, epoch: u64) -> Result<(), ClientError> {
+        let mut seen = self.lock();
+        if seen.realms.get(realm).is_some_and(|&e| e >= epoch) {
+            return Ok(());
+        }
+        let users = seen.own_updates.entry(realm.to_owned()).or_default();
+        if users.get(user_id).is_some_and(|&e| e >= epoch) {
+            return Ok(());
+        }
+        users.insert(user_id.to_owned(), epoch);
+        self.save(&mut seen)
+    }
+
+    fn save(&self, seen: &mut FileContents) -> Result<(), ClientError> {
+        seen.forget_seen();
         let Some(path) = &self.path else { return Ok(()) };
         // Another process may share the file: keep the newest of both.
-        for (r, e) in read_file(path)? {
-            let mine = seen.entry(r).or_insert(e);
-            *mine = (*mine).max(e);
-        }
-        write_atomically(path, &FileContents { version: FORMAT_VERSION, realms: seen.clone() })
+        seen.merge(read_file(path)?);
+        seen.version = FORMAT_VERSION;
+        write_atomically(path, seen)
     }
 }
 
@@ -151,5 +220,25 @@ mod tests {
         std::fs::write(&path, br#"{"version":7,"realms":{}}"#).unwrap();
         let err = EpochMemory::open(&path).unwrap_err().to_string();
         assert!(err.contains("format version 7"), "{err}");
+    }
+
+    #[test]
+    fn remembers_own_updates_until_their_epoch_is_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, br#"{"version":1,"realms":{"dev":4}}"#).unwrap();
+        let m = EpochMemory::open(&path).unwrap();
+        m.record_own_update("dev", "alice", 3).unwrap();
+        assert_eq!(m.own_update("dev", "alice"), None, "epoch 3 was already seen");
+        m.record_own_update("dev", "alice", 7).unwrap();
+        m.record_own_update("dev", "bob", 9).unwrap();
+        let again = EpochMemory::open(&path).unwrap();
+        assert_eq!(again.own_update("dev", "alice"), Some(7));
+        assert_eq!(again.own_update("other", "alice"), None);
+        again.observe("dev", 8).unwrap();
+        let after = EpochMemory::open(&path).unwrap();
+        assert_eq!(after.own_update("dev", "alice"), None);
+        assert_eq!(after.own_update("dev", "bob"), Some(9));
+        assert_eq!(after.newest("dev"), Some(8));
     }
 }

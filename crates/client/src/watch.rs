@@ -3,7 +3,9 @@
 //! The client checks the story as well as each proof: epochs strictly increase; a "change"
 //! shows a different entry than the one before it; a heartbeat shows the same entry and is
 //! fresh (so a server cannot freeze a watcher on an old value for longer than the TTL). When a
-//! replica goes away the watch resumes on the next one after the last epoch it verified.
+//! replica goes away, or sends what another replica may do better (a stale head, an epoch not
+//! ratified yet), the watch resumes on the next one after the last epoch it verified.
+//! A watch from an epoch no replica has reached is refused at once.
 
 use crate::{decode_proof, status_error, Client, ClientError, LookupAnswer};
 use keyraft_core::Entry;
@@ -50,6 +52,9 @@ pub struct Watch {
 
 impl Watch {
     pub(crate) async fn open(client: Client, user_id: String, from_epoch: u64) -> Result<Self, ClientError> {
+        if from_epoch > 0 {
+            client.check_epoch_reachable(from_epoch).await?;
+        }
         let mut watch = Self {
             client,
             user_id,
@@ -69,28 +74,29 @@ impl Watch {
         let from_epoch = self.last.as_ref().map_or(self.from_epoch, |(e, _)| *e);
         let request =
             WatchRequest { user_id: self.user_id.clone(), verifier_threshold: self.client.threshold(), from_epoch };
-        let n = self.client.endpoints.len();
         let mut last_error = ClientError::Unavailable("no endpoint tried".into());
-        for attempt in 0..n * WATCH_RECONNECT_ROUNDS_MAX as usize {
-            let i = (self.endpoint + attempt) % n;
-            let (addr, c) = &self.client.endpoints[i];
-            match c.clone().watch(request.clone()).await {
-                Ok(response) => {
-                    self.endpoint = i;
-                    self.stream = Some(response.into_inner());
-                    return Ok(());
-                }
-                Err(status) => {
-                    let e = status_error(addr, &status);
-                    // A replica at its stream cap says to watch through another one.
-                    if !matches!(e, ClientError::Unavailable(_)) && status.code() != tonic::Code::ResourceExhausted {
-                        return Err(e);
+        for round in 0..WATCH_RECONNECT_ROUNDS_MAX {
+            if round > 0 {
+                // A whole round failed: let the realm recover before the next one.
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            for i in self.client.endpoint_order() {
+                let (addr, c) = &self.client.endpoints[i];
+                match c.clone().watch(request.clone()).await {
+                    Ok(response) => {
+                        self.endpoint = i;
+                        self.stream = Some(response.into_inner());
+                        return Ok(());
                     }
-                    tracing::debug!(endpoint = %addr, error = %e, "watch: trying the next endpoint");
-                    last_error = e;
-                    if (attempt + 1) % n == 0 {
-                        // A whole round failed: let the realm recover before the next one.
-                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    Err(status) => {
+                        let e = status_error(addr, &status);
+                        // A replica at its stream cap says to watch through another one.
+                        if !e.try_elsewhere() && status.code() != tonic::Code::ResourceExhausted {
+                            return Err(e);
+                        }
+                        tracing::debug!(endpoint = %addr, error = %e, "watch: trying the next endpoint");
+                        self.client.demote(i);
+                        last_error = e;
                     }
                 }
             }
@@ -116,23 +122,25 @@ impl Watch {
             };
             let addr = self.client.endpoints[self.endpoint].0.clone();
             let failure = match tokio::time::timeout(silence, stream.message()).await {
-                Ok(Ok(Some(event))) => {
-                    let update = self.accept(event.event);
-                    if let Ok(u) = &update {
+                Ok(Ok(Some(event))) => match self.accept(event.event) {
+                    Ok(update) => {
                         self.failures = 0;
-                        let issued = u.answer().lookup.head.issue_time_ms;
+                        let issued = update.answer().lookup.head.issue_time_ms;
                         if issued.saturating_add(self.client.realm().epoch_ttl_ms) >= crate::now_ms() {
                             self.last_fresh = std::time::Instant::now();
                         }
+                        return Some(Ok(update));
                     }
-                    return Some(update);
-                }
+                    // Stale, or not ratified yet: another replica may do better.
+                    Err(e) if e.try_elsewhere() => e,
+                    Err(e) => return Some(Err(e)),
+                },
                 Ok(Ok(None)) => return None,
                 Ok(Err(status)) => {
                     let e = status_error(&addr, &status);
                     // RESOURCE_EXHAUSTED mid-stream: the replica dropped us as a slow reader;
                     // resuming from the last verified epoch loses nothing.
-                    if !matches!(e, ClientError::Unavailable(_)) && status.code() != tonic::Code::ResourceExhausted {
+                    if !e.try_elsewhere() && status.code() != tonic::Code::ResourceExhausted {
                         return Some(Err(e));
                     }
                     e
@@ -151,7 +159,7 @@ impl Watch {
             tracing::info!(endpoint = %addr, error = %failure, "watch interrupted; resuming on another replica");
             self.last_fresh = std::time::Instant::now();
             self.stream = None;
-            self.endpoint = (self.endpoint + 1) % self.client.endpoints.len();
+            self.client.demote(self.endpoint);
         }
     }
 

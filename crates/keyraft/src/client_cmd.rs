@@ -276,15 +276,25 @@ pub fn update(args: &UpdateArgs, is_update: bool, out: &mut dyn Write) -> CmdRes
         builder = builder.wait_for_quorum();
     }
     let outcome = rt.block_on(builder.keys(profile).send())?;
-    writeln!(
-        out,
-        "{} {:?}: {} in epoch {} (update id {})",
-        if is_update { "updated" } else { "registered" },
-        args.user,
-        if outcome.duplicate { "already applied" } else { "accepted" },
-        outcome.epoch,
-        hex::encode(&outcome.update_id)
-    )?;
+    let what = if is_update { "updated" } else { "registered" };
+    if outcome.duplicate {
+        // An attempt answered "try again" had gone through: the resubmission found it.
+        writeln!(
+            out,
+            "{what} {:?}: the update was already applied in epoch {} (an earlier attempt went through; update id {})",
+            args.user,
+            outcome.epoch,
+            hex::encode(&outcome.update_id)
+        )?;
+    } else {
+        writeln!(
+            out,
+            "{what} {:?}: accepted in epoch {} (update id {})",
+            args.user,
+            outcome.epoch,
+            hex::encode(&outcome.update_id)
+        )?;
+    }
     if let Some(answer) = &outcome.proof {
         writeln!(
             out,

@@ -11,8 +11,10 @@
 //! logs an alarm, writes `HALTED` into its data directory and stops ratifying the realm until
 //! an operator removes that file. A restarted verifier resumes after its last committed epoch
 //! (the stream is resumed by epoch and root, so a server whose history differs is refused), and
-//! ratifies every missed epoch in order. It reconnects with jittered backoff and fails over
-//! between replicas.
+//! ratifies every missed epoch in order. Before any new ratification it ratifies the epochs it
+//! verified that the realm lacks (a stop between making an epoch durable and pushing its
+//! ratification), and on SIGTERM it pushes what it holds, for a while, before exiting. It
+//! reconnects with jittered backoff and fails over between replicas.
 #![forbid(unsafe_code)]
 
 pub mod daemon;
