@@ -132,3 +132,25 @@ fn a_client_leaves_a_replica_serving_old_epochs_for_a_fresh_one_and_asks_it_last
     }
     assert_eq!(asked.load(Ordering::SeqCst), 1, "the stale replica was asked again");
 }
+
+#[test]
+fn a_replica_that_has_not_reached_the_clients_epoch_is_left_for_the_next() {
+    let _s = serial();
+    let realm = Realm::start(|_| {});
+    let honest = realm.client(0);
+    let alice = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    realm.runtime.block_on(honest.register(ALICE, &alice, BTreeMap::new())).unwrap();
+    // A replica far behind the epochs this client has seen refuses them as out of its range
+    // (as a replica frozen by a full disk or a partition does): not a final answer while
+    // another replica may have them.
+    let behind = FakeReplica::default()
+        .lookup(|_| Err(tonic::Status::out_of_range("epoch 500 is beyond this replica's newest epoch 3")))
+        .serve(&realm.runtime);
+    let options = ClientOptions { verifier_threshold: Some(0), ..ClientOptions::default() };
+    let c = client(&realm, &[behind.clone(), realm.public_addr(1)], options.clone());
+    realm.runtime.block_on(c.lookup(ALICE, LookupOptions::default())).unwrap();
+    // Alone, its refusal is what the client reports.
+    let alone = client(&realm, &[behind], options);
+    let e = realm.runtime.block_on(alone.lookup(ALICE, LookupOptions::default())).unwrap_err();
+    assert!(matches!(e, ClientError::Refused { code: tonic::Code::OutOfRange, .. }), "{e}");
+}

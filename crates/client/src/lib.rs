@@ -103,10 +103,18 @@ impl ClientError {
     }
 
     /// Whether another replica may answer usefully: "try again", a stale answer, an epoch not
-    /// ratified yet, or an answer older than one already seen (a lagging or lying replica;
-    /// reported if no replica does better).
+    /// ratified yet, an epoch beyond the replica's newest, or an answer older than one already
+    /// seen (a lagging or lying replica; reported if no replica does better).
     pub(crate) fn try_elsewhere(&self) -> bool {
-        matches!(self, Self::Unavailable(_) | Self::Stale(_) | Self::Misbehaved(VerifyError::Rollback { .. }))
+        // OUT_OF_RANGE: the epoch asked for is beyond the replica's newest; a replica far
+        // behind (a full disk, a partition) says so about epochs its peers have.
+        matches!(
+            self,
+            Self::Unavailable(_)
+                | Self::Stale(_)
+                | Self::Misbehaved(VerifyError::Rollback { .. })
+                | Self::Refused { code: tonic::Code::OutOfRange, .. }
+        )
     }
 
     /// Which error of several to report: the most telling one.
