@@ -100,6 +100,17 @@ impl Realm {
     /// [`Realm::start`] with `dev_args` added to the `keyraft dev` command line (options that
     /// shape the generated configurations, e.g. `--stream-stall-ms`).
     pub fn start_with(dev_args: &[&str], tweak: impl Fn(&mut toml::Table)) -> Realm {
+        let mut realm = Self::create_with(dev_args, tweak);
+        for i in 0..3 {
+            realm.start_replica(i);
+        }
+        realm.wait_leader();
+        realm
+    }
+
+    /// [`Realm::start_with`] without starting the replicas (`keyraft dev` has initialised the
+    /// cluster; [`Realm::start_replica`] starts one).
+    pub fn create_with(dev_args: &[&str], tweak: impl Fn(&mut toml::Table)) -> Realm {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = Command::new(keyraft_bin())
             .args(["dev", "--base-port", "0", "--exit-when-ready", "--min-epoch-interval-ms", "100"])
@@ -123,12 +134,7 @@ impl Realm {
             replicas.push(Replica { id, config, child: None, listening: None });
         }
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
-        let mut realm = Realm { dir, replicas, token, runtime, verifiers: Default::default() };
-        for i in 0..3 {
-            realm.start_replica(i);
-        }
-        realm.wait_leader();
-        realm
+        Realm { dir, replicas, token, runtime, verifiers: Default::default() }
     }
 
     pub fn path(&self) -> &Path {
