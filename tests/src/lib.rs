@@ -266,23 +266,23 @@ impl Realm {
         })
     }
 
-    /// The index (in `replicas`) of the leader, once every running replica agrees on it.
+    /// The index (in `replicas`) of the leader, once every running replica agrees on it and
+    /// it says it leads. (A restarted leader briefly believes it still leads its old term.)
     pub fn wait_leader(&self) -> usize {
         wait_for("a leader", || {
-            let mut leader = None;
+            let mut leader_id = None;
             for (i, r) in self.replicas.iter().enumerate() {
                 if r.child.is_none() {
                     continue;
                 }
                 let s = self.status(i)?;
-                if !s.has_leader {
+                if !s.has_leader || leader_id.is_some_and(|l| l != s.leader_id) {
                     return None;
                 }
-                if s.role == "leader" {
-                    leader = Some(i);
-                }
+                leader_id = Some(s.leader_id);
             }
-            leader
+            let i = self.replicas.iter().position(|r| Some(r.id) == leader_id && r.child.is_some())?;
+            (self.status(i)?.role == "leader").then_some(i)
         })
     }
 

@@ -98,11 +98,14 @@ impl Default for EpochSettings {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftSettings {
-    /// Leader heartbeat period.
+    /// Leader heartbeat period. Followers check for a silent leader every 1.5 heartbeats.
     pub heartbeat_interval_ms: u64,
-    /// Election timeout range.
+    /// Election timeout range: each node draws its timeout `t` from `[min, max)` once at
+    /// start. A follower that has heard from a leader honours that leader's lease for
+    /// `election_timeout_max_ms` first (openraft 0.9), so it calls an election once the leader
+    /// has been silent for `election_timeout_max_ms + t`: 1.0-1.2 s with the defaults.
     pub election_timeout_min_ms: u64,
-    /// Election timeout range.
+    /// See `election_timeout_min_ms`.
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many log entries since the last one.
     pub snapshot_after_entries: u64,
@@ -118,9 +121,9 @@ pub struct RaftSettings {
 impl Default for RaftSettings {
     fn default() -> Self {
         Self {
-            heartbeat_interval_ms: 200,
-            election_timeout_min_ms: 1_000,
-            election_timeout_max_ms: 2_000,
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 600,
             snapshot_after_entries: 100_000,
             entries_kept_after_snapshot: 5_000,
             install_snapshot_timeout_ms: 10_000,
@@ -466,8 +469,8 @@ mod tests {
             c.epochs.proposal_retry_ms = 500;
             c.epochs.proposal_retry_max_ms = 100;
         });
-        let m = refused("raft.election_timeout_min_ms", |c| c.raft.election_timeout_min_ms = 400);
-        assert!(m.contains("raft.heartbeat_interval_ms (200)"), "{m}");
+        let m = refused("raft.election_timeout_min_ms", |c| c.raft.election_timeout_min_ms = 200);
+        assert!(m.contains("raft.heartbeat_interval_ms (100)"), "{m}");
         refused("raft.election_timeout_max_ms", |c| c.raft.election_timeout_max_ms = c.raft.election_timeout_min_ms);
     }
 
