@@ -207,10 +207,13 @@ pub async fn run(loaded: Loaded, init: bool, shutdown: impl Future<Output = ()>)
         cause = crate::raft::core_stopped(&raft) => Some(cause),
     };
     let _ = stop_tx.send(true);
-    let _ = epoch_task.await;
-    let _ = sign_task.await;
     if let Some(cause) = raft_stopped {
-        // Requests in flight would wait for epochs that never come (up to `wait_ms_max`).
+        // Requests in flight would wait for epochs that never come (up to `wait_ms_max`), and
+        // a proposer may be waiting for a forward to the leader (up to `forward_timeout_ms`).
+        for task in [epoch_task, sign_task] {
+            task.abort();
+            let _ = task.await;
+        }
         for task in [public_task, peer_task] {
             task.abort();
             let _ = task.await;
@@ -222,6 +225,8 @@ pub async fn run(loaded: Loaded, init: bool, shutdown: impl Future<Output = ()>)
         return Err(Error::RaftStopped { cause, data_dir: config.data_dir.clone() });
     }
     tracing::info!(node = config.node_id, "shutting down");
+    let _ = epoch_task.await;
+    let _ = sign_task.await;
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }
