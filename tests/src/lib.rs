@@ -100,6 +100,17 @@ impl Realm {
     /// [`Realm::start`] with `dev_args` added to the `keyraft dev` command line (options that
     /// shape the generated configurations, e.g. `--stream-stall-ms`).
     pub fn start_with(dev_args: &[&str], tweak: impl Fn(&mut toml::Table)) -> Realm {
+        let mut realm = Self::create_with(dev_args, tweak);
+        for i in 0..3 {
+            realm.start_replica(i);
+        }
+        realm.wait_leader();
+        realm
+    }
+
+    /// [`Realm::start_with`] without starting the replicas (`keyraft dev` has initialised the
+    /// cluster; [`Realm::start_replica`] starts one).
+    pub fn create_with(dev_args: &[&str], tweak: impl Fn(&mut toml::Table)) -> Realm {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = Command::new(keyraft_bin())
             .args(["dev", "--base-port", "0", "--exit-when-ready", "--min-epoch-interval-ms", "100"])
@@ -123,12 +134,7 @@ impl Realm {
             replicas.push(Replica { id, config, child: None, listening: None });
         }
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
-        let mut realm = Realm { dir, replicas, token, runtime, verifiers: Default::default() };
-        for i in 0..3 {
-            realm.start_replica(i);
-        }
-        realm.wait_leader();
-        realm
+        Realm { dir, replicas, token, runtime, verifiers: Default::default() }
     }
 
     pub fn path(&self) -> &Path {
@@ -268,23 +274,23 @@ impl Realm {
         })
     }
 
-    /// The index (in `replicas`) of the leader, once every running replica agrees on it.
+    /// The index (in `replicas`) of the leader, once every running replica agrees on it and
+    /// it says it leads. (A restarted leader briefly believes it still leads its old term.)
     pub fn wait_leader(&self) -> usize {
         wait_for("a leader", || {
-            let mut leader = None;
+            let mut leader_id = None;
             for (i, r) in self.replicas.iter().enumerate() {
                 if r.child.is_none() {
                     continue;
                 }
                 let s = self.status(i)?;
-                if !s.has_leader {
+                if !s.has_leader || leader_id.is_some_and(|l| l != s.leader_id) {
                     return None;
                 }
-                if s.role == "leader" {
-                    leader = Some(i);
-                }
+                leader_id = Some(s.leader_id);
             }
-            leader
+            let i = self.replicas.iter().position(|r| Some(r.id) == leader_id && r.child.is_some())?;
+            (self.status(i)?.role == "leader").then_some(i)
         })
     }
 

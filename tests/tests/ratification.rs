@@ -25,7 +25,8 @@ fn request(key: &SigningKey, head: &EpochHead) -> PushRatificationRequest {
 fn ratifications_are_checked_before_they_reach_the_log() {
     let _s = serial();
     let realm = Realm::start(|_| {});
-    let epoch = realm.wait_ratified(0, 2).ratified_epoch;
+    // Asked of replica 2 below, which must hold the epoch.
+    let epoch = realm.wait_ratified(1, 2).ratified_epoch;
     let verifier = SigningKey::from_bytes(
         &keyraft_server::config::read_secret32(&realm.path().join("keys/verifier-1.key"), "key").unwrap(),
     );

@@ -23,6 +23,7 @@
 //! Relative paths are relative to the configuration file's directory. Every section but the
 //! first block has defaults; see [`RaftSettings`] and [`Limits`].
 
+use crate::server::PUBLIC_MESSAGE_BYTES_MAX;
 use crate::Error;
 use ed25519_dalek::SigningKey;
 use keyraft_core::vrf::VrfSecretKey;
@@ -97,11 +98,14 @@ impl Default for EpochSettings {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RaftSettings {
-    /// Leader heartbeat period.
+    /// Leader heartbeat period. Followers check for a silent leader every 1.5 heartbeats.
     pub heartbeat_interval_ms: u64,
-    /// Election timeout range.
+    /// Election timeout range: each node draws its timeout `t` from `[min, max)` once at
+    /// start. A follower that has heard from a leader honours that leader's lease for
+    /// `election_timeout_max_ms` first (openraft 0.9), so it calls an election once the leader
+    /// has been silent for `election_timeout_max_ms + t`: 1.0-1.2 s with the defaults.
     pub election_timeout_min_ms: u64,
-    /// Election timeout range.
+    /// See `election_timeout_min_ms`.
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many log entries since the last one.
     pub snapshot_after_entries: u64,
@@ -117,9 +121,9 @@ pub struct RaftSettings {
 impl Default for RaftSettings {
     fn default() -> Self {
         Self {
-            heartbeat_interval_ms: 200,
-            election_timeout_min_ms: 1_000,
-            election_timeout_max_ms: 2_000,
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 600,
             snapshot_after_entries: 100_000,
             entries_kept_after_snapshot: 5_000,
             install_snapshot_timeout_ms: 10_000,
@@ -301,42 +305,80 @@ impl NodeConfig {
         Ok(Loaded { config, realm, vrf, signing_key, cluster_token })
     }
 
+    /// Checks every setting against its range (a message names the key), then the relations
+    /// between settings.
     fn check(&self) -> Result<(), Error> {
-        let e = self.epochs;
-        if e.min_epoch_interval_ms == 0 || e.max_epoch_interval_ms < e.min_epoch_interval_ms {
-            return Err(Error::Config(format!(
-                "epochs: need 0 < min_epoch_interval_ms ({}) <= max_epoch_interval_ms ({})",
-                e.min_epoch_interval_ms, e.max_epoch_interval_ms
-            )));
-        }
-        let r = self.raft;
-        if r.election_timeout_min_ms <= r.heartbeat_interval_ms.saturating_mul(2)
-            || r.election_timeout_max_ms <= r.election_timeout_min_ms
-        {
-            return Err(Error::Config(format!(
-                "raft: need 2 * heartbeat_interval_ms ({}) < election_timeout_min_ms ({}) < election_timeout_max_ms ({})",
-                r.heartbeat_interval_ms, r.election_timeout_min_ms, r.election_timeout_max_ms
-            )));
-        }
-        if self.node_id == 0 {
-            return Err(Error::Config("node_id must be at least 1".into()));
-        }
-        let l = &self.limits;
-        for (name, value, min) in [
-            ("verifier_stream_stall_ms", l.verifier_stream_stall_ms, STALL_MS_MIN),
-            ("watch_stall_ms", l.watch_stall_ms, STALL_MS_MIN),
-            ("forward_timeout_ms", l.forward_timeout_ms, 1),
+        let (e, r, l, s) = (self.epochs, self.raft, &self.limits, self.storage);
+        for (key, value, min, max) in [
+            ("node_id", self.node_id, 1, u64::MAX),
+            ("epochs.min_epoch_interval_ms", e.min_epoch_interval_ms, 10, HOUR_MS),
+            ("epochs.max_epoch_interval_ms", e.max_epoch_interval_ms, 10, DAY_MS),
+            ("epochs.proposal_retry_ms", e.proposal_retry_ms, 1, MINUTE_MS),
+            ("epochs.proposal_retry_max_ms", e.proposal_retry_max_ms, 1, 10 * MINUTE_MS),
+            ("raft.heartbeat_interval_ms", r.heartbeat_interval_ms, 10, MINUTE_MS),
+            ("raft.election_timeout_min_ms", r.election_timeout_min_ms, 30, 10 * MINUTE_MS),
+            ("raft.election_timeout_max_ms", r.election_timeout_max_ms, 30, 10 * MINUTE_MS),
+            ("raft.snapshot_after_entries", r.snapshot_after_entries, 1, 1_000_000_000),
+            ("raft.entries_kept_after_snapshot", r.entries_kept_after_snapshot, 0, 1_000_000_000),
+            ("raft.install_snapshot_timeout_ms", r.install_snapshot_timeout_ms, 100, HOUR_MS),
+            ("raft.max_payload_entries", r.max_payload_entries, 1, PAYLOAD_ENTRIES_MAX),
+            ("limits.request_bytes_max", l.request_bytes_max as u64, 1024, PUBLIC_MESSAGE_BYTES_MAX as u64),
+            ("limits.wait_ms_max", l.wait_ms_max, 1, 10 * MINUTE_MS),
+            ("limits.forward_timeout_ms", l.forward_timeout_ms, 100, 10 * MINUTE_MS),
+            ("limits.concurrency_per_connection", l.concurrency_per_connection as u64, 1, 100_000),
+            ("limits.verifier_stream_stall_ms", l.verifier_stream_stall_ms, STALL_MS_MIN, HOUR_MS),
+            ("limits.watch_stall_ms", l.watch_stall_ms, STALL_MS_MIN, HOUR_MS),
+            ("limits.watch_streams_max", l.watch_streams_max as u64, 1, 1_000_000),
+            ("storage.state_cache_bytes", s.state_cache_bytes, MIB, 1 << 40),
+            ("storage.log_cache_bytes", s.log_cache_bytes, MIB, 1 << 40),
         ] {
-            if value < min {
-                return Err(Error::Config(format!("limits: {name} is {value}, at least {min} is needed")));
+            check_range(key, value, min, max)?;
+        }
+        for (key, value, other, bound) in [
+            (
+                "epochs.max_epoch_interval_ms",
+                e.max_epoch_interval_ms,
+                "epochs.min_epoch_interval_ms",
+                e.min_epoch_interval_ms,
+            ),
+            ("epochs.proposal_retry_max_ms", e.proposal_retry_max_ms, "epochs.proposal_retry_ms", e.proposal_retry_ms),
+        ] {
+            if value < bound {
+                return Err(Error::Config(format!("{key} = {value}: must be at least {other} ({bound})")));
             }
         }
-        if l.request_bytes_max == 0 || l.concurrency_per_connection == 0 || l.watch_streams_max == 0 {
-            return Err(Error::Config(
-                "limits: request_bytes_max, concurrency_per_connection and watch_streams_max must be at least 1".into(),
-            ));
+        // A follower must miss at least two heartbeats before it calls an election.
+        if r.election_timeout_min_ms <= r.heartbeat_interval_ms.saturating_mul(2) {
+            return Err(Error::Config(format!(
+                "raft.election_timeout_min_ms = {}: must be more than twice raft.heartbeat_interval_ms ({})",
+                r.election_timeout_min_ms, r.heartbeat_interval_ms
+            )));
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            return Err(Error::Config(format!(
+                "raft.election_timeout_max_ms = {}: must be more than raft.election_timeout_min_ms ({})",
+                r.election_timeout_max_ms, r.election_timeout_min_ms
+            )));
         }
         Ok(())
+    }
+}
+
+const MINUTE_MS: u64 = 60_000;
+const HOUR_MS: u64 = 60 * MINUTE_MS;
+const DAY_MS: u64 = 24 * HOUR_MS;
+const MIB: u64 = 1024 * 1024;
+/// Entries per AppendEntries message, at most: each entry is a batch of about 1 MiB of
+/// commands (a little more: the batch closes once it passes 1 MiB) and a peer message holds at
+/// most 64 MiB.
+const PAYLOAD_ENTRIES_MAX: u64 = 48;
+
+/// `key = value` must lie in `min..=max`.
+fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), Error> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::Config(format!("{key} = {value}: must be between {min} and {max}")))
     }
 }
 
@@ -346,4 +388,104 @@ pub fn check_token(token: &str) -> Result<(), Error> {
         return Err(Error::Config("the cluster token must be at least 16 printable ASCII characters".into()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> NodeConfig {
+        NodeConfig {
+            node_id: 1,
+            data_dir: "data".into(),
+            public_listen: "127.0.0.1:0".into(),
+            peer_listen: "127.0.0.1:0".into(),
+            realm_file: "realm.json".into(),
+            vrf_secret_key_file: "vrf.key".into(),
+            signing_key_file: "replica.key".into(),
+            cluster_token_file: "cluster.token".into(),
+            epochs: EpochSettings::default(),
+            raft: RaftSettings::default(),
+            limits: Limits::default(),
+            storage: StorageSettings::default(),
+            voters: vec![],
+        }
+    }
+
+    /// The check's message for `config` after `edit`, which must name `key`.
+    #[track_caller]
+    fn refused(key: &str, edit: impl FnOnce(&mut NodeConfig)) -> String {
+        let mut c = config();
+        edit(&mut c);
+        let message = c.check().expect_err(key).to_string();
+        assert!(message.contains(key), "{key}: {message}");
+        message
+    }
+
+    #[test]
+    fn defaults_pass() {
+        config().check().unwrap();
+    }
+
+    #[test]
+    fn each_key_out_of_range_is_refused_by_name() {
+        let m = refused("raft.heartbeat_interval_ms", |c| c.raft.heartbeat_interval_ms = 0);
+        assert!(m.contains("raft.heartbeat_interval_ms = 0: must be between 10 and 60000"), "{m}");
+        refused("node_id", |c| c.node_id = 0);
+        refused("epochs.min_epoch_interval_ms", |c| c.epochs.min_epoch_interval_ms = 0);
+        refused("epochs.max_epoch_interval_ms", |c| c.epochs.max_epoch_interval_ms = 0);
+        refused("epochs.max_epoch_interval_ms", |c| c.epochs.max_epoch_interval_ms = u64::MAX);
+        refused("epochs.proposal_retry_ms", |c| c.epochs.proposal_retry_ms = 0);
+        refused("epochs.proposal_retry_max_ms", |c| c.epochs.proposal_retry_max_ms = i64::MAX as u64);
+        refused("raft.heartbeat_interval_ms", |c| c.raft.heartbeat_interval_ms = i64::MAX as u64);
+        refused("raft.election_timeout_min_ms", |c| c.raft.election_timeout_min_ms = 0);
+        refused("raft.election_timeout_max_ms", |c| c.raft.election_timeout_max_ms = u64::MAX);
+        refused("raft.snapshot_after_entries", |c| c.raft.snapshot_after_entries = 0);
+        refused("raft.entries_kept_after_snapshot", |c| c.raft.entries_kept_after_snapshot = u64::MAX);
+        refused("raft.install_snapshot_timeout_ms", |c| c.raft.install_snapshot_timeout_ms = 0);
+        refused("raft.max_payload_entries", |c| c.raft.max_payload_entries = 0);
+        refused("raft.max_payload_entries", |c| c.raft.max_payload_entries = 1000);
+        refused("limits.request_bytes_max", |c| c.limits.request_bytes_max = 0);
+        refused("limits.request_bytes_max", |c| c.limits.request_bytes_max = 100 << 20);
+        refused("limits.wait_ms_max", |c| c.limits.wait_ms_max = 0);
+        refused("limits.wait_ms_max", |c| c.limits.wait_ms_max = i64::MAX as u64);
+        refused("limits.forward_timeout_ms", |c| c.limits.forward_timeout_ms = 0);
+        refused("limits.concurrency_per_connection", |c| c.limits.concurrency_per_connection = 0);
+        refused("limits.verifier_stream_stall_ms", |c| c.limits.verifier_stream_stall_ms = 10);
+        refused("limits.watch_stall_ms", |c| c.limits.watch_stall_ms = u64::MAX);
+        refused("limits.watch_streams_max", |c| c.limits.watch_streams_max = 0);
+        refused("storage.state_cache_bytes", |c| c.storage.state_cache_bytes = 0);
+        refused("storage.log_cache_bytes", |c| c.storage.log_cache_bytes = u64::MAX);
+    }
+
+    #[test]
+    fn related_keys_are_refused_by_name() {
+        let m = refused("epochs.max_epoch_interval_ms", |c| {
+            c.epochs.min_epoch_interval_ms = 5_000;
+            c.epochs.max_epoch_interval_ms = 1_000;
+        });
+        assert!(m.contains("epochs.min_epoch_interval_ms (5000)"), "{m}");
+        refused("epochs.proposal_retry_max_ms", |c| {
+            c.epochs.proposal_retry_ms = 500;
+            c.epochs.proposal_retry_max_ms = 100;
+        });
+        let m = refused("raft.election_timeout_min_ms", |c| c.raft.election_timeout_min_ms = 200);
+        assert!(m.contains("raft.heartbeat_interval_ms (100)"), "{m}");
+        refused("raft.election_timeout_max_ms", |c| c.raft.election_timeout_max_ms = c.raft.election_timeout_min_ms);
+    }
+
+    #[test]
+    fn bounds_themselves_pass() {
+        let mut c = config();
+        c.raft.heartbeat_interval_ms = 10;
+        c.raft.election_timeout_min_ms = 30;
+        c.raft.election_timeout_max_ms = 31;
+        c.epochs.min_epoch_interval_ms = 10;
+        c.epochs.max_epoch_interval_ms = 10;
+        c.limits.request_bytes_max = PUBLIC_MESSAGE_BYTES_MAX;
+        c.limits.verifier_stream_stall_ms = STALL_MS_MIN;
+        c.raft.snapshot_after_entries = 1;
+        c.raft.entries_kept_after_snapshot = 0;
+        c.check().unwrap();
+    }
 }

@@ -2,7 +2,10 @@
 //! token.
 
 use crate::node::{Node, ProposeError};
+use crate::peer_client::PeerClient;
 use crate::raft::types::{NodeAddr, NodeId, TypeConfig};
+use keyraft_core::Command;
+use keyraft_proto::convert::decode_log_entry;
 use keyraft_proto::peer::peer_server::Peer;
 use keyraft_proto::peer::{
     AdminReply, ChangeVotersRequest, ForwardReply, ForwardRequest, InitRequest, NodeSpec, NodeStatus, RaftMessage,
@@ -114,9 +117,8 @@ impl Peer for PeerService {
     }
 
     async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardReply>, Status> {
-        // Followers validated the command and encoded it themselves; the step function refuses
-        // (without harm) anything that does not decode, so it is not decoded twice here.
         let payload = request.into_inner().payload;
+        check_forwardable(&payload)?;
         match self.node.propose_local(payload).await {
             Ok(r) => {
                 let payload =
@@ -137,8 +139,26 @@ impl Peer for PeerService {
     async fn add_learner(&self, request: Request<NodeSpec>) -> Result<Response<AdminReply>, Status> {
         let spec = request.into_inner();
         let addr = node_addr(&spec)?;
-        self.node.raft.add_learner(spec.id, addr, true).await.map_err(|e| write_error(&self.node, e))?;
-        Ok(Response::new(AdminReply { message: format!("node {} added as a learner and caught up", spec.id) }))
+        if !self.node.is_leader() {
+            return Err(leader_hint(&self.node, "this node is not the leader; send admin calls to the leader"));
+        }
+        // What the learner must have applied before this call returns. openraft's own blocking
+        // add waits at most 500 ms, for the leader's view of the learner's log, and then reports
+        // success anyway: a learner with nothing applied looked caught up.
+        let target = self.node.raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0);
+        let learner = Learner::new(&self.node, &spec)?;
+        if let Ok(s) = learner.status().await {
+            // A typo in the address must not add some other node under this id.
+            learner.check_identity(&s)?;
+        }
+        self.node.raft.add_learner(spec.id, addr, false).await.map_err(|e| write_error(&self.node, e))?;
+        let applied = learner.wait_applied(target).await?;
+        Ok(Response::new(AdminReply {
+            message: format!(
+                "node {} added as a learner and caught up (applied index {applied}, the leader's was {target})",
+                spec.id
+            ),
+        }))
     }
 
     async fn change_voters(&self, request: Request<ChangeVotersRequest>) -> Result<Response<AdminReply>, Status> {
@@ -149,6 +169,9 @@ impl Peer for PeerService {
         if !self.node.is_leader() {
             return Err(leader_hint(&self.node, "this node is not the leader; send admin calls to the leader"));
         }
+        // Promoting a node that cannot keep up leaves a joint configuration that commits
+        // nothing: checked before waiting (a quick answer) and again at the boundary.
+        check_caught_up(&self.node, &voters)?;
         // Membership changes take effect at an epoch boundary: wait for the next delimiter.
         let mut changes = self.node.shared.subscribe();
         let start = changes.borrow().epoch_state.last_epoch;
@@ -165,6 +188,7 @@ impl Peer for PeerService {
                 self.boundary_wait_ms
             )));
         }
+        check_caught_up(&self.node, &voters)?;
         self.node.raft.change_membership(voters.clone(), false).await.map_err(|e| write_error(&self.node, e))?;
         Ok(Response::new(AdminReply { message: format!("voters are now {voters:?}") }))
     }
@@ -172,6 +196,118 @@ impl Peer for PeerService {
     async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         Ok(Response::new(status(&self.node)))
     }
+}
+
+/// Followers forward what their clients and their own signature proposer propose: updates,
+/// replica head signatures and verifier ratifications. Epoch delimiters come only from the
+/// leader's own epoch proposer, stamped with its own clock: a forwarded one would let a holder
+/// of the cluster token set the realm's clock (a delimiter ten years ahead makes every client
+/// refuse every later head, and heads never go back in time).
+fn check_forwardable(payload: &[u8]) -> Result<(), Status> {
+    match decode_log_entry(payload) {
+        Ok(Command::Update(_) | Command::ReplicaSignature { .. } | Command::VerifierSignature { .. }) => Ok(()),
+        Ok(Command::EpochDelimiter { .. }) => Err(Status::permission_denied(
+            "Forward accepts updates and signatures only; epoch delimiters are proposed by the leader itself",
+        )),
+        Err(e) => Err(Status::invalid_argument(format!("undecodable forwarded command: {e}"))),
+    }
+}
+
+/// How long `add_learner` waits for the learner to apply what the leader had applied (the
+/// admin CLI's deadline is 120 s).
+pub const LEARNER_CATCH_UP_WAIT_MS: u64 = 100_000;
+/// How far (in log entries) a learner's replicated log may trail the leader's for
+/// `change_voters` to promote it.
+pub const PROMOTION_LAG_ENTRIES_MAX: u64 = 100;
+/// Deadline of one status call to a learner.
+const LEARNER_STATUS_TIMEOUT_MS: u64 = 2_000;
+/// Pause between status calls while a learner catches up.
+const LEARNER_POLL_MS: u64 = 100;
+
+/// A learner being added, reached through its own peer service.
+struct Learner<'a> {
+    spec: &'a NodeSpec,
+    client: PeerClient,
+}
+
+impl<'a> Learner<'a> {
+    fn new(node: &Node, spec: &'a NodeSpec) -> Result<Self, Status> {
+        let client = node.network.client_for(&spec.peer_addr).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Self { spec, client })
+    }
+
+    async fn status(&self) -> Result<StatusReply, Status> {
+        let mut request = Request::new(StatusRequest {});
+        request.set_timeout(Duration::from_millis(LEARNER_STATUS_TIMEOUT_MS));
+        self.client.clone().status(request).await.map(Response::into_inner)
+    }
+
+    fn check_identity(&self, s: &StatusReply) -> Result<(), Status> {
+        if s.node_id == self.spec.id {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "the node at {} is node {}, not node {}: check the address and the id",
+            self.spec.peer_addr, s.node_id, self.spec.id
+        )))
+    }
+
+    /// Waits until the learner's own applied index reaches `target`; its applied index.
+    async fn wait_applied(&self, target: u64) -> Result<u64, Status> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(LEARNER_CATCH_UP_WAIT_MS);
+        loop {
+            let progress = match self.status().await {
+                Ok(s) => {
+                    self.check_identity(&s)?;
+                    if s.applied_index >= target {
+                        return Ok(s.applied_index);
+                    }
+                    format!("it has applied index {} of {target}", s.applied_index)
+                }
+                Err(e) => format!("it does not answer ({}: {})", e.code(), e.message()),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::deadline_exceeded(format!(
+                    "node {} (peer {}) has not caught up within {} s: {progress}; it stays a learner and keeps \
+                     catching up (see `admin status`); change the voters only once it has",
+                    self.spec.id,
+                    self.spec.peer_addr,
+                    LEARNER_CATCH_UP_WAIT_MS / 1000
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(LEARNER_POLL_MS)).await;
+        }
+    }
+}
+
+/// Refuses voters that are not members, and learners whose log trails the leader's by more
+/// than [`PROMOTION_LAG_ENTRIES_MAX`] entries (by the leader's replication progress).
+fn check_caught_up(node: &Node, voters: &BTreeSet<NodeId>) -> Result<(), Status> {
+    let m = node.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let current: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let last_log = m.last_log_index.unwrap_or(0);
+    for id in voters.difference(&current) {
+        if membership.get_node(id).is_none() {
+            return Err(Status::failed_precondition(format!(
+                "node {id} is not a member: add it as a learner first (admin add-learner)"
+            )));
+        }
+        let matched = m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index);
+        let lag = last_log.saturating_sub(matched.unwrap_or(0));
+        if matched.is_none() || lag > PROMOTION_LAG_ENTRIES_MAX {
+            let progress = match matched {
+                Some(i) => format!("its log reaches index {i}"),
+                None => "nothing is known to be replicated to it".to_owned(),
+            };
+            return Err(Status::failed_precondition(format!(
+                "node {id} has not caught up: {progress}, {lag} entries behind the leader's {last_log} (at most \
+                 {PROMOTION_LAG_ENTRIES_MAX} allowed); is it running and reachable at {}?",
+                membership.get_node(id).map(|n| n.peer_addr.as_str()).unwrap_or("?")
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn node_addr(spec: &NodeSpec) -> Result<NodeAddr, Status> {
@@ -213,14 +349,17 @@ pub fn status(node: &Node) -> StatusReply {
     let nodes = membership
         .nodes()
         .map(|(id, addr)| {
-            let matched = m.replication.as_ref().and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index);
+            let replication = m.replication.as_ref();
+            let matched = replication.and_then(|r| r.get(id).cloned().flatten()).map(|l| l.index);
             NodeStatus {
                 id: *id,
                 peer_addr: addr.peer_addr.clone(),
                 public_addr: addr.public_addr.clone(),
                 voter: voters.contains(id),
                 matched_index: matched.unwrap_or(0),
-                lag: matched.map(|i| last_log.saturating_sub(i)).unwrap_or(0),
+                // The leader knows every member's progress; a member it has replicated nothing
+                // to trails by the whole log.
+                lag: if replication.is_some() { last_log.saturating_sub(matched.unwrap_or(0)) } else { 0 },
             }
         })
         .collect();

@@ -17,16 +17,20 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Waits for an apply, a metrics change (leadership), `timeout` or shutdown; false on shutdown.
+/// Waits for an apply, a metrics change (leadership), `timeout` or shutdown; false on shutdown
+/// and once Raft has stopped (its metrics channel closes with the core: waiting on it again
+/// would return at once, and the proposer would spin).
 async fn wait_for_input(node: &Node, timeout: Option<Duration>, shutdown: &mut watch::Receiver<bool>) -> bool {
     let mut changes = node.shared.subscribe();
     let mut metrics = node.raft.metrics();
     changes.borrow_and_update();
-    metrics.borrow_and_update();
+    if metrics.borrow_and_update().running_state.is_err() {
+        return false;
+    }
     let sleep = tokio::time::sleep(timeout.unwrap_or(Duration::from_secs(3600)));
     tokio::select! {
-        _ = changes.changed() => true,
-        _ = metrics.changed() => true,
+        r = changes.changed() => r.is_ok(),
+        r = metrics.changed() => r.is_ok() && metrics.borrow().running_state.is_ok(),
         () = sleep => true,
         _ = shutdown.changed() => false,
     }

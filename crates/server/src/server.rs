@@ -60,17 +60,23 @@ pub struct Listening {
 #[allow(clippy::too_many_lines)] // one linear start-up sequence reads best in one place
 pub async fn run(loaded: Loaded, init: bool, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let Loaded { config, realm, vrf, signing_key, cluster_token } = loaded;
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::io("creating the data directory", e))?;
-    let log_storage: Arc<dyn Storage> = Arc::new(SledStorage::open_with(
-        &config.data_dir.join("log"),
-        // Purged entries would stay in a value log forever.
-        SledOptions { cache_capacity_bytes: config.storage.log_cache_bytes, value_log_min_bytes: None },
-    )?);
+    check_data_dir(&config.data_dir)?;
+    let log_path = config.data_dir.join("log");
+    let log_storage: Arc<dyn Storage> = Arc::new(
+        SledStorage::open_with(
+            &log_path,
+            // Purged entries would stay in a value log forever.
+            SledOptions { cache_capacity_bytes: config.storage.log_cache_bytes, value_log_min_bytes: None },
+        )
+        .map_err(|e| Error::DataDir { path: log_path.clone(), message: format!("opening the Raft log: {e}") })?,
+    );
     let location = StateLocation::Dir {
         path: config.data_dir.join("state"),
         options: SledOptions { cache_capacity_bytes: config.storage.state_cache_bytes, ..SledOptions::default() },
     };
-    let sm = StateMachineStore::open(location, config.data_dir.join("snapshots"), realm.clone())?;
+    let sm = StateMachineStore::open(location, config.data_dir.join("snapshots"), realm.clone()).map_err(|e| {
+        Error::DataDir { path: config.data_dir.clone(), message: format!("opening the state and snapshots: {e}") }
+    })?;
     let shared = sm.shared();
     let log = LogStore::new(log_storage.clone());
 
@@ -194,9 +200,31 @@ pub async fn run(loaded: Loaded, init: bool, shutdown: impl Future<Output = ()>)
     let epoch_task = tokio::spawn(proposers::epoch_proposer(node.clone(), config.epochs, stop_rx.clone()));
     let sign_task = tokio::spawn(proposers::signature_proposer(node.clone(), config.epochs, stop_rx.clone()));
 
-    shutdown.await;
-    tracing::info!(node = config.node_id, "shutting down");
+    // A Raft core that stops on its own (a full disk) leaves a replica that answers from a
+    // frozen state and can never catch up: stop it, so that a supervisor restarts it.
+    let raft_stopped = tokio::select! {
+        () = shutdown => None,
+        cause = crate::raft::core_stopped(&raft) => Some(cause),
+    };
     let _ = stop_tx.send(true);
+    if let Some(cause) = raft_stopped {
+        // Requests in flight would wait for epochs that never come (up to `wait_ms_max`), and
+        // a proposer may be waiting for a forward to the leader (up to `forward_timeout_ms`).
+        for task in [epoch_task, sign_task] {
+            task.abort();
+            let _ = task.await;
+        }
+        for task in [public_task, peer_task] {
+            task.abort();
+            let _ = task.await;
+        }
+        // Best effort: the disk that stopped Raft may refuse these too, and the state is
+        // re-derived from the log on restart anyway.
+        let _ = node.shared.read().store().flush();
+        let _ = log_storage.flush();
+        return Err(Error::RaftStopped { cause, data_dir: config.data_dir.clone() });
+    }
+    tracing::info!(node = config.node_id, "shutting down");
     let _ = epoch_task.await;
     let _ = sign_task.await;
     if let Err(e) = raft.shutdown().await {
@@ -208,4 +236,14 @@ pub async fn run(loaded: Loaded, init: bool, shutdown: impl Future<Output = ()>)
     log_storage.flush()?;
     tracing::info!(node = config.node_id, "stopped");
     Ok(())
+}
+
+/// Creates the data directory if needed and checks that this process can write there: a
+/// read-only directory would otherwise surface as an error deep inside a store.
+fn check_data_dir(dir: &std::path::Path) -> Result<(), Error> {
+    let fail = |what: &str, e: std::io::Error| Error::DataDir { path: dir.to_owned(), message: format!("{what}: {e}") };
+    std::fs::create_dir_all(dir).map_err(|e| fail("cannot create it", e))?;
+    let probe = dir.join(".write-check");
+    std::fs::write(&probe, b"").map_err(|e| fail("not writable", e))?;
+    std::fs::remove_file(&probe).map_err(|e| fail("not writable", e))
 }

@@ -18,6 +18,24 @@ pub(crate) fn io_err(
     StorageIOError::new(subject, verb, openraft::AnyError::error(e.to_string())).into()
 }
 
+/// Completes once the Raft core has stopped on its own (a storage error such as a full disk,
+/// a panic), with the reason; never while it runs.
+pub async fn core_stopped(raft: &types::Raft) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            // The sender is dropped when the core's task ends, a panic included.
+            return match &metrics.borrow().running_state {
+                Err(fatal) => fatal.to_string(),
+                Ok(()) => "the Raft core's task ended".into(),
+            };
+        }
+    }
+}
+
 pub(crate) fn postcard_err(e: postcard::Error) -> StorageError {
     StorageError::Corrupt { what: format!("undecodable raft record: {e}") }
 }
