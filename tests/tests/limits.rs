@@ -204,6 +204,67 @@ fn idle_connections_are_closed_but_connections_with_open_streams_are_not() {
     });
 }
 
+/// CPU time a process used, in clock ticks (USER_HZ, 100 per second on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name (which may hold spaces) ; utime and stime are the
+    // 14th and 15th fields.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+fn log_lines(realm: &Realm, node: u64, needle: &str) -> usize {
+    std::fs::read_to_string(realm.path().join(format!("logs/node-{node}.log")))
+        .map(|l| l.lines().filter(|line| line.contains(needle)).count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_replica_out_of_file_descriptors_backs_off_instead_of_spinning_and_recovers() {
+    let _s = serial();
+    let realm = Realm::start(|t| set(t, "handshake_ms", 1_000));
+    register_alice(&realm);
+    let pid = realm.replicas[0].child.as_ref().unwrap().id();
+    // Room for a few dozen more descriptors: connections then exhaust them.
+    let limit = open_fds(pid) + 32;
+    let status = std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(status.success(), "prlimit failed");
+    let public = addr(&realm.public_addr(0));
+    const FAILED: &str = "accepting connections failed";
+    let used = realm.runtime.block_on(async {
+        // The kernel completes these connections (the listen backlog); the replica accepts
+        // until it has no descriptor left.
+        let mut held = Vec::new();
+        for _ in 0..100 {
+            held.push(connect_from(Ipv4Addr::LOCALHOST, public).await);
+        }
+        wait_for("the replica to run out of descriptors", || (open_fds(pid) + 2 >= limit).then_some(()));
+        // A measurement window, not a wait for a condition.
+        let before = cpu_ticks(pid);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let used = cpu_ticks(pid) - before;
+        drop(held);
+        used
+    });
+    eprintln!("replica CPU while out of descriptors: {used} ticks in 3 s");
+    assert!(used < 150, "the accept loop spins: {used} ticks of CPU in 3 s");
+    // Once per burst of failures, not once per failed accept.
+    let logged = log_lines(&realm, 1, FAILED);
+    assert!((1..=10).contains(&logged), "{logged} lines about failed accepts");
+    wait_for("the replica to serve fresh clients again", || {
+        realm.runtime.block_on(realm.client(0).lookup(ALICE, LookupOptions::default())).ok()
+    });
+}
+
 /// Sends a request on a fresh HTTP/2 connection whose gRPC message declares `declared` bytes,
 /// but only `sent` of them arrive (the request stays open). Returns the response's
 /// grpc-status and grpc-message once the replica answers.
@@ -223,7 +284,8 @@ async fn declare(to: SocketAddr, path: &str, declared: u32, sent: usize) -> (i32
     data.resize(5 + sent, 0);
     body.reserve_capacity(data.len());
     body.send_data(Bytes::from(data), false).unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(10), response)
+    // Well before the replica's own request deadline (35 s), which would end the wait too.
+    let response = tokio::time::timeout(Duration::from_secs(25), response)
         .await
         .expect("the replica answers before the declared body arrives")
         .unwrap();
