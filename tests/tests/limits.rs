@@ -188,6 +188,18 @@ fn idle_connections_are_closed_but_connections_with_open_streams_are_not() {
             .await
             .expect("an idle connection is closed after idle_ms");
         assert!(took >= Duration::from_millis(1_800), "closed after {took:?}, before the 2 s idle limit");
+        eprintln!("an idle connection that answers no ping was closed after {took:?}");
+
+        // A client that answers the GOAWAY's ping is closed without waiting for the 10 s the
+        // replica gives one that does not.
+        let tcp = connect_from(Ipv4Addr::LOCALHOST, public).await;
+        let (_requests, connection) = h2::client::handshake(tcp).await.unwrap();
+        let since = Instant::now();
+        let closed = tokio::time::timeout(Duration::from_secs(2) + SLACK, connection).await;
+        let took = since.elapsed();
+        assert!(closed.is_ok(), "an idle HTTP/2 client is closed after idle_ms");
+        eprintln!("an idle HTTP/2 client was closed after {took:?}");
+        assert!(took >= Duration::from_millis(1_800) && took < Duration::from_secs(11), "closed after {took:?}");
 
         // A Watch keeps its connection busy: events keep coming for three idle periods.
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{public}")).unwrap().connect_lazy();
@@ -266,9 +278,9 @@ fn a_replica_out_of_file_descriptors_backs_off_instead_of_spinning_and_recovers(
 }
 
 /// Sends a request on a fresh HTTP/2 connection whose gRPC message declares `declared` bytes,
-/// but only `sent` of them arrive (the request stays open). Returns the response's
-/// grpc-status and grpc-message once the replica answers.
-async fn declare(to: SocketAddr, path: &str, declared: u32, sent: usize) -> (i32, String) {
+/// but only `sent` of them arrive (the request stays open). Returns the status the replica
+/// answers with.
+async fn declare(to: SocketAddr, path: &str, declared: u32, sent: usize) -> tonic::Status {
     let tcp = TcpStream::connect(to).await.unwrap();
     let (client, connection) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(connection);
@@ -289,36 +301,17 @@ async fn declare(to: SocketAddr, path: &str, declared: u32, sent: usize) -> (i32
         .await
         .expect("the replica answers before the declared body arrives")
         .unwrap();
-    let status = |h: &http::HeaderMap| {
-        h.get("grpc-status").map(|v| (v.to_str().unwrap().parse::<i32>().unwrap(), h.get("grpc-message").cloned()))
-    };
-    let (code, message) = match status(response.headers()) {
-        Some(found) => found,
+    let status = match tonic::Status::from_header_map(response.headers()) {
+        Some(status) => status,
         None => {
             let mut body = response.into_body();
             while body.data().await.is_some() {}
             let trailers = body.trailers().await.unwrap().expect("trailers");
-            status(&trailers).expect("grpc-status")
+            tonic::Status::from_header_map(&trailers).expect("grpc-status")
         }
     };
-    let message = message.map(|m| percent_decode(m.as_bytes())).unwrap_or_default();
     drop(body);
-    (code, message)
-}
-
-fn percent_decode(s: &[u8]) -> String {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'%' && i + 2 < s.len() + 1 {
-            out.push(u8::from_str_radix(std::str::from_utf8(&s[i + 1..i + 3]).unwrap(), 16).unwrap());
-            i += 3;
-        } else {
-            out.push(s[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).unwrap()
+    status
 }
 
 #[test]
@@ -326,7 +319,6 @@ fn request_messages_above_their_bound_are_refused_before_their_body_arrives() {
     let _s = serial();
     let realm = Realm::start(|_| {});
     let public = addr(&realm.public_addr(0));
-    let exhausted = tonic::Code::ResourceExhausted as i32;
     realm.runtime.block_on(async {
         for (path, declared, what) in [
             ("/keyraft.v1.Keyraft/Lookup", 4 << 20, "4096"),
@@ -336,8 +328,9 @@ fn request_messages_above_their_bound_are_refused_before_their_body_arrives() {
             ("/keyraft.v1.Keyraft/Update", 4 << 20, "request_bytes_max"),
             ("/keyraft.v1.Keyraft/Update", 65_537, "request_bytes_max"),
         ] {
-            let (code, message) = declare(public, path, declared, 16_000).await;
-            assert_eq!(code, exhausted, "{path} declaring {declared} bytes: {message}");
+            let status = declare(public, path, declared, 16_000).await;
+            assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{path} declaring {declared} bytes: {status:?}");
+            let message = status.message();
             assert!(message.contains(what) && message.contains(&declared.to_string()), "{path}: {message}");
         }
     });
