@@ -164,6 +164,9 @@ fn connections_that_never_handshake_are_closed_and_no_address_takes_all_connecti
     });
     // 20 from 127.0.0.2 (one re-opened), the test's clients from 127.0.0.1, and these.
     assert!(accepted.len() < 20, "connections_max caps a listener's connections ({} accepted)", accepted.len());
+    for limit in ["limits.connections_per_address_max", "limits.connections_max"] {
+        assert!(log_lines(&realm, 1, &format!("refusing connections: {limit} reached")) >= 1, "{limit} logged");
+    }
     drop(accepted);
     drop(held);
     // The existing connection of `users` kept being served; fresh clients are again.

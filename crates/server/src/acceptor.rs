@@ -486,32 +486,40 @@ impl Drop for Slot {
     }
 }
 
-/// Logs refused connections at most every [`REFUSALS_LOG_INTERVAL`], with their count.
+/// Logs refused connections at most every [`REFUSALS_LOG_INTERVAL`] per limit, with their
+/// count.
 #[derive(Default)]
 struct RefusalLog {
+    per_address: Throttle,
+    total: Throttle,
+}
+
+/// When a limit's refusals were last logged, and how many came since.
+#[derive(Default)]
+struct Throttle {
     last: Option<Instant>,
     unlogged: u64,
 }
 
 impl RefusalLog {
     fn refused(&mut self, name: &str, remote: SocketAddr, why: &Refused) {
-        self.unlogged += 1;
-        if self.last.is_some_and(|at| at.elapsed() < REFUSALS_LOG_INTERVAL) {
+        let (throttle, open, limit) = match why {
+            Refused::Address(n) => (&mut self.per_address, n, "limits.connections_per_address_max"),
+            Refused::Total(n) => (&mut self.total, n, "limits.connections_max"),
+        };
+        throttle.unlogged += 1;
+        if throttle.last.is_some_and(|at| at.elapsed() < REFUSALS_LOG_INTERVAL) {
             return;
         }
-        let (open, limit) = match why {
-            Refused::Address(n) => (n, "limits.connections_per_address_max"),
-            Refused::Total(n) => (n, "limits.connections_max"),
-        };
         tracing::warn!(
             listener = name,
             %remote,
             open,
-            refused = self.unlogged,
-            "refusing connections: {limit} reached (count since the last such message in `refused`)"
+            refused = throttle.unlogged,
+            "refusing connections: {limit} reached; `refused` counts them since the last such line"
         );
-        self.last = Some(Instant::now());
-        self.unlogged = 0;
+        throttle.last = Some(Instant::now());
+        throttle.unlogged = 0;
     }
 }
 
