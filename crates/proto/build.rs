@@ -9,6 +9,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(&files, [&root])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("keyraft_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Messages and clients with prost's codec; the servers apart, with ours (src/codec.rs),
+    // referring to the same message types.
+    tonic_prost_build::configure().build_server(false).compile_fds(fds.clone())?;
+    let servers = out.join("servers");
+    std::fs::create_dir_all(&servers)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .codec_path("crate::codec::ServerCodec")
+        .extern_path(".keyraft.v1", "crate::pb")
+        .extern_path(".keyraft.peer.v1", "crate::peer")
+        .out_dir(&servers)
+        .compile_fds(fds)?;
     Ok(())
 }

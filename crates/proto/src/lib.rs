@@ -10,14 +10,17 @@
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 pub mod pb {
     tonic::include_proto!("keyraft.v1");
+    include!(concat!(env!("OUT_DIR"), "/servers/keyraft.v1.rs"));
 }
 
 /// The peer service (Raft and admin between replicas), generated from `peer.proto`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 pub mod peer {
     tonic::include_proto!("keyraft.peer.v1");
+    include!(concat!(env!("OUT_DIR"), "/servers/keyraft.peer.v1.rs"));
 }
 
+pub mod codec;
 pub mod convert;
 
 /// The encoded `FileDescriptorSet` of the API, for gRPC reflection.

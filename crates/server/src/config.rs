@@ -147,7 +147,16 @@ pub const STALL_MS_MIN: u64 = 1_000;
 /// verifier_stream_stall_ms = 60000
 /// watch_stall_ms = 60000
 /// watch_streams_max = 10000
+/// verifier_streams_max = 64
+/// handshake_ms = 10000
+/// idle_ms = 120000
+/// connections_per_address_max = 1000
+/// connections_max = 10000
+/// streams_per_connection_max = 100
 /// ```
+///
+/// The connection limits apply to the public and the peer listener alike, each counting its
+/// own connections.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -170,6 +179,22 @@ pub struct Limits {
     /// Concurrent `Watch` streams this replica serves; more are refused with
     /// RESOURCE_EXHAUSTED. Each holds a task and a few buffered proofs (at most 32 KiB each).
     pub watch_streams_max: usize,
+    /// Concurrent `VerifierStream`s this replica serves; more are refused with
+    /// RESOURCE_EXHAUSTED. Each holds a task and up to 8 frames of the reader's
+    /// `max_frame_bytes` (1 MiB by default).
+    pub verifier_streams_max: usize,
+    /// A connection that has not finished its handshake (the client's HTTP/2 connection
+    /// preface) this long after it was accepted is closed, in milliseconds.
+    pub handshake_ms: u64,
+    /// A connection with no open request for this long is closed (HTTP/2 GOAWAY), in
+    /// milliseconds; clients reconnect when they need to.
+    pub idle_ms: u64,
+    /// Open connections per remote IP address, per listener; more are closed at once.
+    pub connections_per_address_max: usize,
+    /// Open connections per listener; more are closed at once. Each holds a file descriptor.
+    pub connections_max: usize,
+    /// Concurrent HTTP/2 streams (requests) per connection, announced to the client.
+    pub streams_per_connection_max: u32,
 }
 
 impl Default for Limits {
@@ -182,6 +207,12 @@ impl Default for Limits {
             verifier_stream_stall_ms: 60_000,
             watch_stall_ms: 60_000,
             watch_streams_max: 10_000,
+            verifier_streams_max: 64,
+            handshake_ms: 10_000,
+            idle_ms: 120_000,
+            connections_per_address_max: 1_000,
+            connections_max: 10_000,
+            streams_per_connection_max: 100,
         }
     }
 }
@@ -329,6 +360,12 @@ impl NodeConfig {
             ("limits.verifier_stream_stall_ms", l.verifier_stream_stall_ms, STALL_MS_MIN, HOUR_MS),
             ("limits.watch_stall_ms", l.watch_stall_ms, STALL_MS_MIN, HOUR_MS),
             ("limits.watch_streams_max", l.watch_streams_max as u64, 1, 1_000_000),
+            ("limits.verifier_streams_max", l.verifier_streams_max as u64, 1, 1_000_000),
+            ("limits.handshake_ms", l.handshake_ms, 100, 10 * MINUTE_MS),
+            ("limits.idle_ms", l.idle_ms, 1_000, DAY_MS),
+            ("limits.connections_per_address_max", l.connections_per_address_max as u64, 1, 10_000_000),
+            ("limits.connections_max", l.connections_max as u64, 1, 10_000_000),
+            ("limits.streams_per_connection_max", u64::from(l.streams_per_connection_max), 1, 1_000_000),
             ("storage.state_cache_bytes", s.state_cache_bytes, MIB, 1 << 40),
             ("storage.log_cache_bytes", s.log_cache_bytes, MIB, 1 << 40),
         ] {

@@ -17,6 +17,7 @@
 //! Everything openraft-specific stays under [`raft`].
 #![forbid(unsafe_code)]
 
+pub mod acceptor;
 pub mod config;
 mod error;
 pub mod node;
@@ -25,6 +26,7 @@ pub mod peer_client;
 pub mod peer_service;
 pub mod proposers;
 pub mod raft;
+pub mod request_limits;
 pub mod server;
 pub mod service;
 mod snapshot_file;

@@ -1,6 +1,7 @@
 //! Running a replica: open storage, start Raft, the listeners and the proposers, and stop
 //! cleanly on shutdown.
 
+use crate::acceptor::{self, ConnectionLimits};
 use crate::config::{Loaded, VoterSpec};
 use crate::node::Node;
 use crate::peer_client::PEER_MESSAGE_BYTES_MAX;
@@ -9,6 +10,7 @@ use crate::raft::log_store::LogStore;
 use crate::raft::network::PeerNetwork;
 use crate::raft::sm_store::{StateLocation, StateMachineStore};
 use crate::raft::types::Raft;
+use crate::request_limits::{public_request_bytes_max, RequestLimits};
 use crate::service::PublicService;
 use crate::{proposers, Error};
 use keyraft_proto::pb::keyraft_server::KeyraftServer;
@@ -21,28 +23,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
-/// Largest public message the transport accepts, in bytes. Requests are checked against the
-/// (much smaller) configured limits in the handlers, which answer RESOURCE_EXHAUSTED; above
-/// this transport cap tonic itself refuses the message (OUT_OF_RANGE).
+/// Largest public answer the transport sends, in bytes (a verifier frame of up to 4 MiB).
+/// Requests have their own, much smaller bounds (`crate::request_limits`).
 pub const PUBLIC_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Snapshot chunk size, in bytes (at most 1 MiB with the message around it).
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 1_000_000;
-
-/// Accepted connections with Nagle's algorithm off: `Server::tcp_nodelay` only applies to
-/// listeners tonic binds itself, and small gRPC frames otherwise wait for delayed ACKs
-/// (about 40 ms each).
-fn nodelay(
-    listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt as _;
-    TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
-}
 
 /// Where a running replica listens, written to `<data_dir>/listen.json` once bound.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -132,26 +118,36 @@ pub async fn run(loaded: Loaded, init: bool, shutdown: impl Future<Output = ()>)
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let public = KeyraftServer::new(PublicService::new(node.clone()))
-        .max_decoding_message_size(PUBLIC_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(PUBLIC_MESSAGE_BYTES_MAX);
-    let public_server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .concurrency_limit_per_connection(config.limits.concurrency_per_connection)
-        .timeout(Duration::from_millis(config.limits.wait_ms_max + 5_000))
-        .add_service(public)
-        .serve_with_incoming_shutdown(nodelay(public_listener), stopped(stop_rx.clone()));
+    // The longest a public request may take: its wait, and time to answer.
+    let request_deadline = Duration::from_millis(config.limits.wait_ms_max.saturating_add(5_000));
+    let limits = config.limits;
+    let public = tonic::service::Routes::new(
+        KeyraftServer::new(PublicService::new(node.clone()))
+            .max_decoding_message_size(public_request_bytes_max(&limits))
+            .max_encoding_message_size(PUBLIC_MESSAGE_BYTES_MAX),
+    )
+    .prepare();
+    let public = RequestLimits::new(public, limits, request_deadline);
+    let public_limits = ConnectionLimits {
+        requests_max: Some(limits.concurrency_per_connection),
+        ..ConnectionLimits::from_config(&limits, request_deadline)
+    };
+    let public_server = acceptor::serve("public", public_listener, public_limits, public, stopped(stop_rx.clone()));
     let boundary_wait_ms = config.epochs.max_epoch_interval_ms.saturating_mul(3).max(10_000);
-    let peer = tonic::service::interceptor::InterceptedService::new(
+    let peer = tonic::service::Routes::new(tonic::service::interceptor::InterceptedService::new(
         PeerServer::new(PeerService::new(node.clone(), boundary_wait_ms))
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
         CheckToken::new(&cluster_token),
+    ))
+    .prepare();
+    let peer_server = acceptor::serve(
+        "peer",
+        peer_listener,
+        ConnectionLimits::from_config(&limits, request_deadline),
+        peer,
+        stopped(stop_rx.clone()),
     );
-    let peer_server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(peer)
-        .serve_with_incoming_shutdown(nodelay(peer_listener), stopped(stop_rx.clone()));
     let public_task = tokio::spawn(public_server);
     let peer_task = tokio::spawn(peer_server);
 

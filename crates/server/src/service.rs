@@ -87,6 +87,8 @@ pub struct PublicService {
     rejections: Arc<Mutex<Rejections>>,
     /// Open `Watch` streams, against `limits.watch_streams_max`.
     pub(crate) watch_streams: Arc<std::sync::atomic::AtomicUsize>,
+    /// Open `VerifierStream`s, against `limits.verifier_streams_max`.
+    verifier_streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for PublicService {
@@ -167,6 +169,7 @@ impl PublicService {
             tokens,
             rejections: Arc::default(),
             watch_streams: Arc::default(),
+            verifier_streams: Arc::default(),
         }
     }
 
@@ -574,7 +577,7 @@ impl Keyraft for PublicService {
         &self,
         request: Request<pb::VerifierStreamRequest>,
     ) -> Result<Response<Self::VerifierStreamStream>, Status> {
-        crate::verifier_stream::start(self.node.clone(), request.get_ref()).map(Response::new)
+        crate::verifier_stream::start(self.node.clone(), request.get_ref(), &self.verifier_streams).map(Response::new)
     }
 
     async fn push_ratification(

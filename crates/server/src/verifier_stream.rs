@@ -22,7 +22,7 @@ use keyraft_proto::pb::verifier_frame::{CaughtUp, EpochUpdates, Frame, Init, Sig
 use keyraft_proto::pb::{KeySignature, VerifierFrame, VerifierStreamRequest};
 use keyraft_state::PublishedEpoch;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -132,6 +132,28 @@ impl<T> StallSender<T> {
     }
 }
 
+/// One stream of a kind a replica serves a limited number of at once; uncounted when dropped
+/// (when the stream's task ends).
+pub(crate) struct StreamSlot {
+    open: Arc<AtomicUsize>,
+}
+
+impl StreamSlot {
+    /// Counts a stream against `max` open ones, refusing it with RESOURCE_EXHAUSTED at the
+    /// limit; `what` names the streams and their limit for the refusal, and says what to do.
+    pub(crate) fn take(open: &Arc<AtomicUsize>, max: usize, what: &str) -> Result<Self, Status> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .map_err(|_| Status::resource_exhausted(format!("this replica already serves {max} {what}")))?;
+        Ok(Self { open: open.clone() })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Completes once this replica's Raft has shut down. Open streams keep a replica's graceful
 /// shutdown waiting (the public listener waits for them to end), and the state's change
 /// channel outlives them (the node holds it), so streams watch Raft's server metrics, whose
@@ -154,8 +176,9 @@ fn internal(e: keyraft_state::StateError) -> Status {
     Status::internal(format!("this replica failed to read its state: {e}"))
 }
 
-/// Checks the request and starts the stream.
-pub fn start(node: Arc<Node>, req: &VerifierStreamRequest) -> Result<FrameStream, Status> {
+/// Checks the request and starts the stream, counted in `open` against
+/// `limits.verifier_streams_max`.
+pub fn start(node: Arc<Node>, req: &VerifierStreamRequest, open: &Arc<AtomicUsize>) -> Result<FrameStream, Status> {
     let max_frame = match req.max_frame_bytes as usize {
         0 => FRAME_BYTES_DEFAULT,
         n if n < FRAME_BYTES_MIN => {
@@ -190,13 +213,18 @@ pub fn start(node: Arc<Node>, req: &VerifierStreamRequest) -> Result<FrameStream
             )));
         }
     }
+    let slot = StreamSlot::take(
+        open,
+        node.limits.verifier_streams_max,
+        "VerifierStreams (limits.verifier_streams_max); retry later or stream from another replica",
+    )?;
     let (out, stream) = bounded(
         "verifier",
         FRAMES_BUFFERED_MAX,
         node.limits.verifier_stream_stall_ms,
         "resume from the last epoch you verified",
     );
-    let producer = Producer { node, out, max_frame };
+    let producer = Producer { node, out, max_frame, _slot: slot };
     tokio::spawn(producer.run(req.resume_epoch, ratified));
     Ok(stream)
 }
@@ -205,6 +233,7 @@ struct Producer {
     node: Arc<Node>,
     out: StallSender<VerifierFrame>,
     max_frame: usize,
+    _slot: StreamSlot,
 }
 
 /// Why the producer stops.

@@ -31,13 +31,12 @@
 
 use crate::node::Node;
 use crate::service::PublicService;
-use crate::verifier_stream::{bounded, replica_stopped, BoundedStream, ReaderGone, StallSender};
+use crate::verifier_stream::{bounded, replica_stopped, BoundedStream, ReaderGone, StallSender, StreamSlot};
 use keyraft_core::vrf::VrfProof;
 use keyraft_core::Index;
 use keyraft_proto::pb::{watch_event::Event, WatchEvent};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -49,30 +48,6 @@ pub const EVENTS_BUFFERED_MAX: usize = 2;
 /// Epochs searched for changes per read of the state while catching up: bounds the epoch
 /// numbers held in memory and the time one search holds the lock.
 pub const CHANGE_SEARCH_EPOCHS_MAX: u64 = 64;
-
-/// One counted stream; uncounted when dropped (when its task ends).
-struct Slot {
-    open: Arc<AtomicUsize>,
-}
-
-impl Slot {
-    /// Counts a stream against `max`, the replica's `watch_streams_max`.
-    fn take(open: &Arc<AtomicUsize>, max: usize) -> Result<Self, Status> {
-        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).map_err(|_| {
-            Status::resource_exhausted(format!(
-                "this replica already serves {max} Watch streams (limits.watch_streams_max); \
-                 retry later or watch through another replica"
-            ))
-        })?;
-        Ok(Self { open: open.clone() })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// What a validated request watches.
 pub(crate) struct Target {
@@ -95,7 +70,11 @@ pub(crate) fn start(
     target: Target,
 ) -> Result<BoundedStream<WatchEvent>, Status> {
     service.check_reachable(target.from_epoch, "from_epoch")?;
-    let slot = Slot::take(&service.watch_streams, node.limits.watch_streams_max)?;
+    let slot = StreamSlot::take(
+        &service.watch_streams,
+        node.limits.watch_streams_max,
+        "Watch streams (limits.watch_streams_max); retry later or watch through another replica",
+    )?;
     let (out, stream) = bounded(
         "watch",
         EVENTS_BUFFERED_MAX,
@@ -130,7 +109,7 @@ struct Watcher {
     node: Arc<Node>,
     target: Target,
     out: StallSender<WatchEvent>,
-    _slot: Slot,
+    _slot: StreamSlot,
 }
 
 type Stopped<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
