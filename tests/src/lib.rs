@@ -146,6 +146,22 @@ impl Realm {
             .expect("realm file")
     }
 
+    /// Starts node 4, not yet a member: replica 3's key, fresh data, ports chosen by the OS.
+    /// Returns its replica number (3).
+    pub fn start_node_4(&mut self) -> usize {
+        let config4 = self.path().join("node-4.toml");
+        std::fs::copy(&self.replicas[2].config, &config4).unwrap();
+        edit_config(&config4, &|t: &mut toml::Table| {
+            t.insert("node_id".into(), 4.into());
+            t.insert("data_dir".into(), "data/node-4".into());
+            t.insert("public_listen".into(), "127.0.0.1:0".into());
+            t.insert("peer_listen".into(), "127.0.0.1:0".into());
+        });
+        self.replicas.push(Replica { id: 4, config: config4, child: None, listening: None });
+        self.start_replica(3);
+        3
+    }
+
     /// Starts replica `i` (its process) and waits until it listens.
     pub fn start_replica(&mut self, i: usize) {
         let r = &mut self.replicas[i];

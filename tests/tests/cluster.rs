@@ -8,7 +8,7 @@ use keyraft_core::{Canonical, EpochHead, PublicKey};
 use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_proto::pb::{self, GetEpochRequest};
 use keyraft_proto::peer::{ChangeVotersRequest, InitRequest, NodeSpec, StatusRequest};
-use keyraft_tests::{data_dir, edit_config, keyraft_bin, serial, wait_for, Realm, Replica};
+use keyraft_tests::{data_dir, keyraft_bin, serial, wait_for, Realm};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -257,17 +257,7 @@ fn a_wiped_node_re_added_as_a_new_member_catches_up_by_snapshot() {
         (s.snapshot_index > resp.epoch && s.purged_index > 0 && s.ratified_epoch > resp.epoch).then_some(())
     });
 
-    // Node 4: replica 3's key, fresh data, new id.
-    let config4 = realm.path().join("node-4.toml");
-    std::fs::copy(&realm.replicas[2].config, &config4).unwrap();
-    edit_config(&config4, &|t: &mut toml::Table| {
-        t.insert("node_id".into(), 4.into());
-        t.insert("data_dir".into(), "data/node-4".into());
-        t.insert("public_listen".into(), "127.0.0.1:0".into());
-        t.insert("peer_listen".into(), "127.0.0.1:0".into());
-    });
-    realm.replicas.push(Replica { id: 4, config: config4, child: None, listening: None });
-    realm.start_replica(3);
+    realm.start_node_4();
     let spec = NodeSpec { id: 4, peer_addr: realm.peer_addr(3), public_addr: realm.public_addr(3) };
     realm.runtime.block_on(peer.add_learner(spec)).unwrap();
     realm.runtime.block_on(peer.change_voters(ChangeVotersRequest { voters: vec![1, 2, 4] })).unwrap();

@@ -4,7 +4,7 @@
 
 use ed25519_dalek::SigningKey;
 use keyraft_proto::peer::{ChangeVotersRequest, NodeSpec};
-use keyraft_tests::{edit_config, keyraft_bin, serial, wait_for, Realm, Replica};
+use keyraft_tests::{keyraft_bin, serial, wait_for, Realm};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -14,21 +14,6 @@ fn keys(v: &str) -> BTreeMap<String, Vec<u8>> {
 
 fn owner() -> SigningKey {
     SigningKey::generate(&mut rand::rngs::OsRng)
-}
-
-/// Adds node 4 (replica 3's key, fresh data, ports chosen by the OS) to the realm's processes,
-/// started, not yet a member.
-fn start_node_4(realm: &mut Realm) {
-    let config4 = realm.path().join("node-4.toml");
-    std::fs::copy(&realm.replicas[2].config, &config4).unwrap();
-    edit_config(&config4, &|t: &mut toml::Table| {
-        t.insert("node_id".into(), 4.into());
-        t.insert("data_dir".into(), "data/node-4".into());
-        t.insert("public_listen".into(), "127.0.0.1:0".into());
-        t.insert("peer_listen".into(), "127.0.0.1:0".into());
-    });
-    realm.replicas.push(Replica { id: 4, config: config4, child: None, listening: None });
-    realm.start_replica(3);
 }
 
 #[test]
@@ -44,7 +29,7 @@ fn add_learner_returns_once_the_learner_applied_what_the_leader_had() {
     for n in 0..150 {
         realm.runtime.block_on(client.register(&format!("user-{n}@example.com"), &owner(), keys("k"))).unwrap();
     }
-    start_node_4(&mut realm);
+    realm.start_node_4();
 
     let at_call = realm.status(leader).unwrap().applied_index;
     let token = realm.path().join("keys/cluster.token");

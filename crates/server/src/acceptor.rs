@@ -100,6 +100,45 @@ impl ConnectionLimits {
     }
 }
 
+/// A service the acceptor serves on a connection: tonic's routes today; an HTTP gateway
+/// routed beside them later.
+pub trait HttpService<B>:
+    Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<B>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S, B> HttpService<B> for S where
+    S: Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// The body of a response the acceptor writes.
+pub trait ResponseBody:
+    http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + Unpin + 'static
+{
+}
+
+impl<B> ResponseBody for B where
+    B: http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + Unpin + 'static
+{
+}
+
 /// Serves `service` on the connections `listener` accepts until `shutdown` completes, then
 /// closes them gracefully (see the module's documentation). `name` names the listener in the
 /// log.
@@ -110,14 +149,8 @@ pub async fn serve<S, B>(
     service: S,
     shutdown: impl Future<Output = ()>,
 ) where
-    S: Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
     builder
@@ -184,14 +217,8 @@ async fn connection<S, B>(
     shared: Arc<Shared<S>>,
     mut stop: watch::Receiver<bool>,
 ) where
-    S: Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService<B>,
+    B: ResponseBody,
 {
     let name = shared.name;
     let limits = shared.limits;
