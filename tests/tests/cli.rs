@@ -43,6 +43,9 @@ fn a_newcomer_registers_updates_and_follows_an_identity_with_verified_answers() 
     let mut realm = Realm::start(|_| {});
     realm.start_verifier();
     assert_eq!(realm.realm_file().verifier_threshold, 1);
+    // The realm's directory holds secret keys: git must never pick it up, wherever it is.
+    let ignore = std::fs::read_to_string(realm.path().join(".gitignore")).unwrap_or_default();
+    assert_eq!(ignore.lines().find(|l| !l.starts_with('#')), Some("*"), "{ignore:?}");
     ok(&realm, &["keygen", "--out", "alice.key"]);
     let bob = ok(&realm, &["keygen", "--out", "bob.key"]);
     assert!(bob.contains("bob.key.pub"), "{bob}");

@@ -75,6 +75,9 @@ fn port(base: u16, offset: u16) -> Result<u16, String> {
 fn create(args: &DevArgs) -> CmdResult {
     let dir = &args.dir;
     std::fs::create_dir_all(dir.join("keys"))?;
+    // Secret keys live here: whatever checkout the directory is created in, `git add -A`
+    // must not commit them.
+    std::fs::write(dir.join(".gitignore"), "# written by keyraft dev: secret keys live here\n*\n")?;
     let mut rng = rand::rngs::OsRng;
     let vrf_seed: [u8; 32] = rand::Rng::gen(&mut rng);
     write_secret32(&dir.join("keys/vrf.key"), &vrf_seed)?;
