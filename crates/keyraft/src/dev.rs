@@ -5,7 +5,8 @@
 //! and each replica's log. The replicas run as three `keyraft server` processes. On first
 //! start the listeners' ports are chosen (by the OS with `--base-port 0`), written into the
 //! configurations, and the cluster is initialised; later starts reuse everything.
-//! ctrl-c or SIGTERM stops the replicas gracefully.
+//! A replica or verifier that exits is restarted (after a delay that grows while it keeps
+//! exiting, logged); ctrl-c or SIGTERM of `keyraft dev` stops them all gracefully.
 
 use keyraft_core::vrf::VrfSecretKey;
 use keyraft_core::{RealmConfig, RealmFile};
@@ -291,28 +292,122 @@ pub fn run(args: &DevArgs, out: &mut dyn Write) -> CmdResult {
         stop(&mut children);
         return Ok(());
     }
+    let mut supervised = supervise(&dir, &ids, realm.verifier_keys.len(), children);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let exited = rt.block_on(async {
-        let watch_children = async {
+    rt.block_on(async {
+        let restart_exited = async {
             loop {
-                for c in children.iter_mut() {
-                    if let Ok(Some(status)) = c.try_wait() {
-                        return Some(format!("process {} (a replica or verifier) exited ({status})", c.id()));
-                    }
+                for p in &mut supervised {
+                    p.check(Instant::now(), out);
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(SUPERVISE_POLL_MS)).await;
             }
         };
         tokio::select! {
-            () = crate::server_cmd::shutdown_signal() => None,
-            why = watch_children => why,
+            () = crate::server_cmd::shutdown_signal() => {}
+            () = restart_exited => {}
         }
     });
-    writeln!(out, "stopping the replicas...")?;
+    writeln!(out, "stopping the replicas and verifiers...")?;
+    let mut children: Vec<Child> = supervised.into_iter().filter_map(|p| p.child).collect();
     stop(&mut children);
-    match exited {
-        Some(why) => Err(format!("{why}; see {}/logs", dir.display()).into()),
-        None => Ok(()),
+    Ok(())
+}
+
+/// How often exited processes are looked for, in milliseconds.
+const SUPERVISE_POLL_MS: u64 = 200;
+/// First delay before an exited process is restarted, in milliseconds; doubled on each
+/// restart that follows a short run, up to [`RESTART_DELAY_MAX_MS`].
+const RESTART_DELAY_MIN_MS: u64 = 500;
+/// Longest delay before an exited process is restarted, in milliseconds.
+const RESTART_DELAY_MAX_MS: u64 = 30_000;
+/// A process that ran this long before exiting is restarted after the shortest delay again.
+const RUN_RESETS_DELAY_MS: u64 = 60_000;
+
+/// A replica or verifier process that `keyraft dev` restarts when it exits: a realm for
+/// trying things must survive a crash (or a kill) of one of its parts, as a supervised
+/// deployment does; only ctrl-c or SIGTERM of `keyraft dev` stops it.
+struct Supervised {
+    what: &'static str,
+    config: PathBuf,
+    name: String,
+    dir: PathBuf,
+    child: Option<Child>,
+    started: Instant,
+    restart_at: Option<Instant>,
+    delay_ms: u64,
+    /// A verifier that halted on evidence must not be restarted: it refuses to start until
+    /// an operator has looked (docs/operations.md).
+    halted_file: Option<PathBuf>,
+}
+
+fn supervise(dir: &Path, ids: &[u64], verifiers: usize, children: Vec<Child>) -> Vec<Supervised> {
+    let mut specs: Vec<(&'static str, PathBuf, String, Option<PathBuf>)> =
+        ids.iter().map(|id| ("server", node_config_path(dir, *id), format!("node-{id}"), None)).collect();
+    for n in 1..=verifiers {
+        let config = verifier_config_path(dir, n);
+        if config.exists() {
+            let halted = dir.join(format!("data/verifier-{n}/HALTED"));
+            specs.push(("verifier", config, format!("verifier-{n}"), Some(halted)));
+        }
+    }
+    debug_assert_eq!(specs.len(), children.len(), "one child per replica and verifier, in that order");
+    specs
+        .into_iter()
+        .zip(children)
+        .map(|((what, config, name, halted_file), child)| Supervised {
+            what,
+            config,
+            name,
+            dir: dir.to_owned(),
+            child: Some(child),
+            started: Instant::now(),
+            restart_at: None,
+            delay_ms: RESTART_DELAY_MIN_MS,
+            halted_file,
+        })
+        .collect()
+}
+
+impl Supervised {
+    /// Notices an exit and schedules a restart, or restarts when its time has come.
+    fn check(&mut self, now: Instant, out: &mut dyn Write) {
+        let log = format!("{}/logs/{}.log", self.dir.display(), self.name);
+        if let Some(child) = &mut self.child {
+            let Ok(Some(status)) = child.try_wait() else { return };
+            self.child = None;
+            if self.halted_file.as_ref().is_some_and(|f| f.exists()) {
+                let _ = writeln!(
+                    out,
+                    "{} stopped: it HALTED on evidence that the realm misbehaved; not restarting it (see {log})",
+                    self.name
+                );
+                return;
+            }
+            if now.duration_since(self.started) >= Duration::from_millis(RUN_RESETS_DELAY_MS) {
+                self.delay_ms = RESTART_DELAY_MIN_MS;
+            }
+            let _ =
+                writeln!(out, "{} exited ({status}); restarting it in {} ms (log: {log})", self.name, self.delay_ms);
+            self.restart_at = Some(now + Duration::from_millis(self.delay_ms));
+            self.delay_ms = (self.delay_ms * 2).min(RESTART_DELAY_MAX_MS);
+            return;
+        }
+        if self.restart_at.is_some_and(|at| now >= at) {
+            self.restart_at = None;
+            match spawn_process(&self.dir, self.what, &self.config, &self.name) {
+                Ok(child) => {
+                    self.child = Some(child);
+                    self.started = now;
+                    let _ = writeln!(out, "{} restarted", self.name);
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "restarting {} failed: {e}; trying again in {} ms", self.name, self.delay_ms);
+                    self.restart_at = Some(now + Duration::from_millis(self.delay_ms));
+                    self.delay_ms = (self.delay_ms * 2).min(RESTART_DELAY_MAX_MS);
+                }
+            }
+        }
     }
 }
 
@@ -365,7 +460,10 @@ fn summary(dir: &Path, realm: &RealmFile, listening: &[Listening], out: &mut dyn
     writeln!(out)?;
     writeln!(out, "Try it (in another terminal; `cargo run --release -p keyraft --` stands for {exe}):")?;
     writeln!(out, "  {exe} keygen --out alice.key")?;
-    writeln!(out, "  {exe} register --realm {d}/realm.json --user alice@example.com --key alice.key --set pgp=my-key")?;
+    writeln!(
+        out,
+        "  {exe} register --realm {d}/realm.json --user alice@example.com --key alice.key --set pgp=my-key --wait"
+    )?;
     writeln!(out, "  {exe} lookup --realm {d}/realm.json alice@example.com")?;
     writeln!(out, "  {exe} lookup --realm {d}/realm.json alice@example.com --json --save-proof alice.proof")?;
     writeln!(out, "  {exe} verify-proof --realm {d}/realm.json alice.proof")?;
