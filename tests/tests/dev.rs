@@ -20,7 +20,7 @@ fn pids_running(config: &Path) -> Vec<i32> {
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         let zombie = std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|s| s.contains(") Z "));
-        if !zombie && args.iter().any(|a| *a == needle) {
+        if !zombie && args.contains(&needle) {
             pids.push(pid);
         }
     }
