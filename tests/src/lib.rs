@@ -146,6 +146,11 @@ impl Realm {
             .expect("realm file")
     }
 
+    /// The realm's name (`keyraft dev` makes a unique one per realm).
+    pub fn name(&self) -> String {
+        self.realm_file().realm
+    }
+
     /// Starts node 4, not yet a member: replica 3's key, fresh data, ports chosen by the OS.
     /// Returns its replica number (3).
     pub fn start_node_4(&mut self) -> usize {

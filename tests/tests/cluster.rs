@@ -136,7 +136,7 @@ fn register_through_a_follower_and_look_up_through_every_replica() {
     let current = answers[0].1.clone();
     let profile = keyraft_client::new_profile(keys("alice-2"));
     let entry = keyraft_core::Entry { version: 1, profile_commitment: profile.commitment(), ..current };
-    let signatures = keyraft_client::sign_entry("dev", &entry, &[&alice]);
+    let signatures = keyraft_client::sign_entry(&realm.name(), &entry, &[&alice]);
     let update = keyraft_core::Update { signed: keyraft_core::SignedEntry { entry, signatures }, profile };
     let r = realm.runtime.block_on(other.submit("alice@example.com", &update, Some(0), 20_000)).unwrap();
     let proof: keyraft_core::LookupProof = keyraft_core::decode_canonical(&r.proof).unwrap();
@@ -346,7 +346,7 @@ fn malformed_oversized_conflicting_and_unauthenticated_requests_get_their_status
     let found =
         rt.block_on(client.lookup("bob", LookupOptions { min_epoch: first.epoch, wait_ms: 20_000, epoch: 0 })).unwrap();
     let (entry, profile) = found.lookup.entry.clone().unwrap();
-    let signatures = keyraft_client::sign_entry("dev", &entry, &[&bob]);
+    let signatures = keyraft_client::sign_entry(&realm.name(), &entry, &[&bob]);
     let same = keyraft_core::Update { signed: keyraft_core::SignedEntry { entry: entry.clone(), signatures }, profile };
     let again = rt.block_on(c.update(update("bob", same.encode()))).unwrap().into_inner();
     assert!(again.duplicate);
@@ -364,7 +364,7 @@ fn malformed_oversized_conflicting_and_unauthenticated_requests_get_their_status
     let mut other = same.clone();
     other.profile.keys = keys("b2");
     other.signed.entry.profile_commitment = other.profile.commitment();
-    other.signed.signatures = keyraft_client::sign_entry("dev", &other.signed.entry, &[&bob]);
+    other.signed.signatures = keyraft_client::sign_entry(&realm.name(), &other.signed.entry, &[&bob]);
     let e = rt.block_on(c.update(update("bob", other.encode()))).unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
     assert!(e.message().contains("version"), "{e}");

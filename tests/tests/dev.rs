@@ -1,6 +1,6 @@
 //! `keyraft dev` as a user runs it: a crash (kill -9) of its verifier or of a replica does
 //! not stop the realm; the process is restarted, and only SIGTERM (ctrl-c) of `keyraft dev`
-//! stops everything.
+//! stops everything. Each dev realm has a name of its own.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use keyraft_tests::{keyraft_bin, serial, wait_for};
@@ -55,6 +55,13 @@ fn a_killed_verifier_or_replica_is_restarted_and_only_sigterm_stops_the_realm() 
     };
     let said = |what: &str| output.lock().unwrap().contains(what);
     wait_for("keyraft dev to be up", || said("ctrl-c stops the realm").then_some(()));
+    // A realm of its own name: proofs from two dev realms are told apart.
+    let name = keyraft_core::RealmFile::from_json(&std::fs::read_to_string(dir_path.join("realm.json")).unwrap())
+        .unwrap()
+        .realm;
+    assert!(name.starts_with("dev-") && name.len() == 12, "{name}");
+    assert!(said(&format!("realm \"{name}\" is up")), "{}", output.lock().unwrap());
+    assert_ne!(keyraft_tests::Realm::create_with(&[], |_| {}).name(), name);
     let verifier_config = dir_path.join("verifier-1.toml");
     let node_config = dir_path.join("node-2.toml");
     let verifier = wait_for("the verifier process", || pids_running(&verifier_config).first().copied());

@@ -255,7 +255,7 @@ fn an_update_whose_caller_gave_up_is_not_pending_forever() {
         update_policy: keyraft_core::Policy::single(keyraft_client::public_key(&alice)),
         profile_commitment: profile.commitment(),
     };
-    let signatures = keyraft_client::sign_entry("dev", &entry, &[&alice]);
+    let signatures = keyraft_client::sign_entry(&realm.name(), &entry, &[&alice]);
     let update = Update { signed: SignedEntry { entry: entry.clone(), signatures }, profile };
     let id = update.id().to_vec();
 

@@ -177,8 +177,8 @@ fn register_large_entries(realm: &Realm, n: usize) -> u64 {
     realm.runtime.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
         for t in 0..TASKS {
-            let (mut c, checker, policy, signers) =
-                (client(realm, t % 3), checker.clone(), policy.clone(), signers.clone());
+            let (mut c, checker, policy, signers, name) =
+                (client(realm, t % 3), checker.clone(), policy.clone(), signers.clone(), realm.name());
             tasks.spawn(async move {
                 let mut newest = 0;
                 for i in (t..n).step_by(TASKS) {
@@ -196,7 +196,7 @@ fn register_large_entries(realm: &Realm, n: usize) -> u64 {
                         profile_commitment: profile.commitment(),
                     };
                     let keys: Vec<&SigningKey> = signers.iter().collect();
-                    let signatures = keyraft_core::update::sign_entry("dev", &entry, &keys);
+                    let signatures = keyraft_core::update::sign_entry(&name, &entry, &keys);
                     let update = Update { signed: SignedEntry { entry, signatures }, profile };
                     let req = UpdateRequest { user_id, update: update.encode(), verifier_threshold: None, wait_ms: 0 };
                     newest = newest.max(c.update(req).await.unwrap().into_inner().epoch);

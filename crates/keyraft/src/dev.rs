@@ -103,7 +103,9 @@ fn create(args: &DevArgs) -> CmdResult {
         };
         std::fs::write(verifier_config_path(dir, n), toml::to_string_pretty(&verifier)?)?;
     }
-    let config = RealmConfig::new("dev", VrfSecretKey::from_seed(&vrf_seed).public_key(), replica_keys, verifier_keys)?;
+    // A name of its own, so that proofs from two dev realms are told apart by name.
+    let name = format!("dev-{}", hex::encode(rand::Rng::gen::<[u8; 4]>(&mut rng)));
+    let config = RealmConfig::new(name, VrfSecretKey::from_seed(&vrf_seed).public_key(), replica_keys, verifier_keys)?;
     let mut voters = Vec::new();
     for id in 1..=args.replicas {
         let offset = u16::try_from(id).map_err(|_| "too many replicas")?;
@@ -436,7 +438,7 @@ fn wait_ratified(first: &Listening, token: &str, children: &mut [Child]) -> CmdR
 
 fn summary(dir: &Path, realm: &RealmFile, listening: &[Listening], out: &mut dyn Write) -> CmdResult {
     let d = dir.display();
-    writeln!(out, "keyraft dev realm \"dev\" is up: {} replicas, data under {d}", listening.len())?;
+    writeln!(out, "keyraft dev realm \"{}\" is up: {} replicas, data under {d}", realm.realm, listening.len())?;
     for l in listening {
         writeln!(
             out,
