@@ -36,7 +36,7 @@ async fn wait_for_input(node: &Node, timeout: Option<Duration>, shutdown: &mut w
     }
 }
 
-/// Cuts epochs on the leader, by the sensitivity list of ARCHITECTURE.md section 2.
+/// Cuts epochs on the leader, by the sensitivity list of docs/architecture.md section 2.
 pub async fn epoch_proposer(node: Arc<Node>, settings: EpochSettings, mut shutdown: watch::Receiver<bool>) {
     let intervals = EpochIntervals {
         min_epoch_interval_ms: settings.min_epoch_interval_ms,
