@@ -357,3 +357,52 @@ fn a_saved_proof_older_than_an_epoch_seen_is_refused_as_current_and_verified_as_
     let out = verify_proof(&realm, &["--state", fresh, "first.proof"]);
     assert!(!out.status.success() && stderr_of(&out).contains("rollback"), "{}", stderr_of(&out));
 }
+
+#[test]
+fn verify_proof_checks_a_saved_proof_about_a_given_epoch_or_as_of_a_time_with_the_ttl_and_skew_given() {
+    let _s = serial();
+    let realm = Realm::start(|_| {});
+    ok(&realm, &["keygen", "--out", "alice.key"]);
+    ok(&realm, &with_realm(&["register", "--verifiers", "0", "--user", "alice", "--key", "alice.key", "--wait"]));
+    let json = ok(&realm, &with_realm(&["lookup", "--verifiers", "0", "--json", "alice", "--save-proof", "p.proof"]));
+    let head = &serde_json::from_str::<serde_json::Value>(&json).unwrap()["head"];
+    let (epoch, issued) = (head["epoch"].as_u64().unwrap(), head["issue_time_ms"].as_u64().unwrap());
+    // Historical checks neither read nor update the memory of the present.
+    let state = realm.path().join("historical-state.json");
+    let historical = |args: &[&str]| {
+        let out = verify_proof(&realm, &[&["--state", state.to_str().unwrap()], args, &["p.proof"]].concat());
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), stderr_of(&out))
+    };
+    let about_today = format!("HISTORICAL: what \"alice\" was in epoch {epoch}, nothing about today");
+
+    // --past EPOCH: the epoch the proof must be about.
+    let (success, stdout, stderr) = historical(&["--past", &epoch.to_string()]);
+    assert!(success && stdout.contains(&about_today), "{stdout}{stderr}");
+    let (success, _, stderr) = historical(&["--past", &(epoch + 1).to_string()]);
+    assert!(
+        !success && stderr.contains(&format!("proof is of epoch {epoch}, not the epoch {}", epoch + 1)),
+        "{stderr}"
+    );
+
+    // --at-ms: fresh as of that time, by the realm file's TTL (60 s) and skew (5 s) or those given.
+    let at = |offset_ms: i64| issued.checked_add_signed(offset_ms).unwrap().to_string();
+    let (success, stdout, stderr) = historical(&["--at-ms", &at(1_000)]);
+    assert!(success && stdout.contains(&about_today) && stdout.contains("as of"), "{stdout}{stderr}");
+    let (success, _, stderr) = historical(&["--at-ms", &at(61_000)]);
+    assert!(!success && stderr.contains("TTL"), "{stderr}");
+    let (success, stdout, stderr) = historical(&["--at-ms", &at(61_000), "--ttl-ms", "120000"]);
+    assert!(success && stdout.contains(&about_today), "{stdout}{stderr}");
+    let (success, _, stderr) = historical(&["--at-ms", &at(-10_000)]);
+    assert!(!success && stderr.contains("ahead of the client's clock"), "{stderr}");
+    let (success, stdout, stderr) = historical(&["--at-ms", &at(-10_000), "--skew-ms", "20000"]);
+    assert!(success && stdout.contains(&about_today), "{stdout}{stderr}");
+    let (success, _, stderr) = historical(&["--past", &epoch.to_string(), "--at-ms", &at(0)]);
+    assert!(!success && stderr.contains("cannot be used with"), "{stderr}");
+    assert!(!state.exists(), "a historical check wrote the epoch memory");
+
+    // As the current answer, with the skew given (the head is not from the future).
+    let out = verify_proof(&realm, &["--state", state.to_str().unwrap(), "--skew-ms", "0", "p.proof"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("the current answer"), "{stdout}{}", stderr_of(&out));
+    assert!(!stdout.contains("HISTORICAL") && state.exists(), "{stdout}");
+}
