@@ -19,7 +19,8 @@
 //! replica majority, always, and a verifier threshold), an epoch TTL and a clock skew, each
 //! of which [`ClientOptions`] may tighten or relax. The client remembers the newest epoch it
 //! has verified per realm ([`EpochMemory`], optionally in a file) and rejects answers from
-//! older epochs: a rollback.
+//! older epochs: a rollback. [`ProofChecker`] holds these rules and the memory; it verifies
+//! saved proofs offline the same way.
 #![forbid(unsafe_code)]
 
 mod checker;
