@@ -31,6 +31,12 @@ fn with_realm<'a>(args: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
+/// The epoch in a `lookup` or `verify-proof` answer ("... in epoch N ...").
+fn epoch_in(out: &str) -> u64 {
+    let rest = &out[out.find("in epoch ").unwrap_or_else(|| panic!("no epoch in {out}")) + "in epoch ".len()..];
+    rest.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}
+
 fn ok(realm: &Realm, args: &[&str]) -> String {
     let out = run(realm, args);
     assert!(out.status.success(), "keyraft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -101,12 +107,14 @@ fn a_newcomer_registers_updates_and_follows_an_identity_with_verified_answers() 
     assert!(lines[1].starts_with("unchanged in epoch") && lines[1].contains("version 2"), "{watch}");
 
     // A saved proof verifies offline, now and later as a statement about its epoch.
-    ok(&realm, &with_realm(&["lookup", "alice", "--save-proof", "alice.proof"]));
+    let saved = ok(&realm, &with_realm(&["lookup", "alice", "--save-proof", "alice.proof"]));
     assert!(ok(&realm, &["verify-proof", "--realm", "realm.json", "alice.proof"]).contains("VERIFIED"));
     let later = (keyraft_client::now_ms() + 3_600_000).to_string();
     let expired = run(&realm, &["verify-proof", "--realm", "realm.json", "--at-ms", &later, "alice.proof"]);
     assert!(!expired.status.success() && String::from_utf8_lossy(&expired.stderr).contains("TTL"));
-    assert!(ok(&realm, &["verify-proof", "--realm", "realm.json", "--past", "alice.proof"]).contains("version 2"));
+    let epoch = epoch_in(&saved).to_string();
+    let past = ok(&realm, &["verify-proof", "--realm", "realm.json", "--past", &epoch, "alice.proof"]);
+    assert!(past.contains("version 2") && past.contains("HISTORICAL"), "{past}");
 
     // Rotation: the identity is handed over to Carol's key alone; the old keys lose it.
     ok(&realm, &["keygen", "--out", "carol.key"]);
@@ -287,4 +295,117 @@ fn a_watch_from_an_epoch_the_realm_has_not_reached_is_refused_at_once() {
         assert!(!status.success(), "{stderr}");
         assert!(stderr.contains(&from) && stderr.contains("newest epoch"), "{stderr}");
     }
+}
+
+/// `verify-proof` with `--realm realm.json --verifiers 0`, then `args`.
+fn verify_proof(realm: &Realm, args: &[&str]) -> Output {
+    run(realm, &[&["verify-proof", "--realm", "realm.json", "--verifiers", "0"], args].concat())
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_saved_proof_older_than_an_epoch_seen_is_refused_as_current_and_verified_as_historical() {
+    let _s = serial();
+    let realm = Realm::start(|_| {});
+    ok(&realm, &["keygen", "--out", "alice.key"]);
+    ok(&realm, &["keygen", "--out", "bob.key"]);
+    ok(&realm, &with_realm(&["register", "--verifiers", "0", "--user", "alice", "--key", "alice.key", "--wait"]));
+    let saved = ok(&realm, &with_realm(&["lookup", "--verifiers", "0", "alice", "--save-proof", "old.proof"]));
+    let old = epoch_in(&saved);
+    // The realm moves on (well within the TTL) and this client sees it.
+    ok(&realm, &with_realm(&["register", "--verifiers", "0", "--user", "bob", "--key", "bob.key", "--wait"]));
+    let newer = ok(&realm, &with_realm(&["lookup", "--verifiers", "0", "alice"]));
+    assert!(epoch_in(&newer) > old, "{saved}{newer}");
+
+    // As the current answer, the old proof is a rollback: the same memory as lookup's.
+    let out = verify_proof(&realm, &["old.proof"]);
+    let stderr = stderr_of(&out);
+    assert!(!out.status.success(), "an old proof verified as current: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr.contains("rollback") && stderr.contains(&format!("--past {old}")), "{stderr}");
+    // The state file given explicitly is the same memory.
+    let state = realm.path().join("client-state.json");
+    let out = verify_proof(&realm, &["--state", state.to_str().unwrap(), "old.proof"]);
+    assert!(!out.status.success() && stderr_of(&out).contains("rollback"), "{}", stderr_of(&out));
+
+    // As a statement about its epoch, it verifies and says so.
+    let old_s = old.to_string();
+    let out = verify_proof(&realm, &["--past", &old_s, "old.proof"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("HISTORICAL: what \"alice\" was in epoch {old}, nothing about today")),
+        "{stdout}"
+    );
+
+    // A client that has seen nothing newer accepts it as current, and remembers its epoch as
+    // lookup does: a proof of an older epoch is then a rollback.
+    let fresh = realm.path().join("fresh-state.json");
+    let fresh = fresh.to_str().unwrap();
+    let lookup = ["lookup", "--state", "another-client.json", "--verifiers", "0", "alice", "--save-proof"];
+    let first = ok(&realm, &with_realm(&[&lookup[..], &["first.proof"]].concat()));
+    let first_epoch = epoch_in(&first);
+    ok(&realm, &with_realm(&["register", "--verifiers", "0", "--user", "carol", "--key", "bob.key", "--wait"]));
+    let second = ok(&realm, &with_realm(&[&lookup[..], &["second.proof"]].concat()));
+    assert!(epoch_in(&second) > first_epoch, "{first}{second}");
+    let out = verify_proof(&realm, &["--state", fresh, "second.proof"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("VERIFIED") && !stdout.contains("HISTORICAL"),
+        "{stdout}{}",
+        stderr_of(&out)
+    );
+    let out = verify_proof(&realm, &["--state", fresh, "first.proof"]);
+    assert!(!out.status.success() && stderr_of(&out).contains("rollback"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn verify_proof_checks_a_saved_proof_about_a_given_epoch_or_as_of_a_time_with_the_ttl_and_skew_given() {
+    let _s = serial();
+    let realm = Realm::start(|_| {});
+    ok(&realm, &["keygen", "--out", "alice.key"]);
+    ok(&realm, &with_realm(&["register", "--verifiers", "0", "--user", "alice", "--key", "alice.key", "--wait"]));
+    let json = ok(&realm, &with_realm(&["lookup", "--verifiers", "0", "--json", "alice", "--save-proof", "p.proof"]));
+    let head = &serde_json::from_str::<serde_json::Value>(&json).unwrap()["head"];
+    let (epoch, issued) = (head["epoch"].as_u64().unwrap(), head["issue_time_ms"].as_u64().unwrap());
+    // Historical checks neither read nor update the memory of the present.
+    let state = realm.path().join("historical-state.json");
+    let historical = |args: &[&str]| {
+        let out = verify_proof(&realm, &[&["--state", state.to_str().unwrap()], args, &["p.proof"]].concat());
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), stderr_of(&out))
+    };
+    let about_today = format!("HISTORICAL: what \"alice\" was in epoch {epoch}, nothing about today");
+
+    // --past EPOCH: the epoch the proof must be about.
+    let (success, stdout, stderr) = historical(&["--past", &epoch.to_string()]);
+    assert!(success && stdout.contains(&about_today), "{stdout}{stderr}");
+    let (success, _, stderr) = historical(&["--past", &(epoch + 1).to_string()]);
+    assert!(
+        !success && stderr.contains(&format!("proof is of epoch {epoch}, not the epoch {}", epoch + 1)),
+        "{stderr}"
+    );
+
+    // --at-ms: fresh as of that time, by the realm file's TTL (60 s) and skew (5 s) or those given.
+    let at = |offset_ms: i64| issued.checked_add_signed(offset_ms).unwrap().to_string();
+    let (success, stdout, stderr) = historical(&["--at-ms", &at(1_000)]);
+    assert!(success && stdout.contains(&about_today) && stdout.contains("as of"), "{stdout}{stderr}");
+    let (success, _, stderr) = historical(&["--at-ms", &at(61_000)]);
+    assert!(!success && stderr.contains("TTL"), "{stderr}");
+    let (success, stdout, stderr) = historical(&["--at-ms", &at(61_000), "--ttl-ms", "120000"]);
+    assert!(success && stdout.contains(&about_today), "{stdout}{stderr}");
+    let (success, _, stderr) = historical(&["--at-ms", &at(-10_000)]);
+    assert!(!success && stderr.contains("ahead of the client's clock"), "{stderr}");
+    let (success, stdout, stderr) = historical(&["--at-ms", &at(-10_000), "--skew-ms", "20000"]);
+    assert!(success && stdout.contains(&about_today), "{stdout}{stderr}");
+    let (success, _, stderr) = historical(&["--past", &epoch.to_string(), "--at-ms", &at(0)]);
+    assert!(!success && stderr.contains("cannot be used with"), "{stderr}");
+    assert!(!state.exists(), "a historical check wrote the epoch memory");
+
+    // As the current answer, with the skew given (the head is not from the future).
+    let out = verify_proof(&realm, &["--state", state.to_str().unwrap(), "--skew-ms", "0", "p.proof"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("the current answer"), "{stdout}{}", stderr_of(&out));
+    assert!(!stdout.contains("HISTORICAL") && state.exists(), "{stdout}");
 }

@@ -19,17 +19,20 @@
 //! replica majority, always, and a verifier threshold), an epoch TTL and a clock skew, each
 //! of which [`ClientOptions`] may tighten or relax. The client remembers the newest epoch it
 //! has verified per realm ([`EpochMemory`], optionally in a file) and rejects answers from
-//! older epochs: a rollback.
+//! older epochs: a rollback. [`ProofChecker`] holds these rules and the memory; it verifies
+//! saved proofs offline the same way.
 #![forbid(unsafe_code)]
 
+mod checker;
 mod memory;
 mod watch;
 
+pub use checker::ProofChecker;
 pub use memory::{EpochMemory, OWN_UPDATES_MAX};
 pub use watch::{Watch, WatchUpdate, WATCH_RECONNECT_ROUNDS_MAX};
 
 use ed25519_dalek::SigningKey;
-use keyraft_core::lookup::{verify_lookup, verify_lookup_at, ClientRealm, Lookup, LookupProof, VerifyError};
+use keyraft_core::lookup::{ClientRealm, Lookup, LookupProof, VerifyError};
 use keyraft_core::{
     decode_canonical, Canonical, Entry, EpochHead, Policy, Profile, RealmFile, SignedEntry, Update, Verified,
 };
@@ -132,7 +135,7 @@ impl ClientError {
 /// yet: neither proves a signed statement false, so both are worth retrying (later, on another
 /// replica, or for an older epoch). Anything else in the proof that fails, even with the
 /// ratifications missing, proves the replica wrong.
-fn verify_classified<T>(
+pub(crate) fn verify_classified<T>(
     realm: &ClientRealm,
     epoch: u64,
     verify: impl Fn(&ClientRealm) -> Result<T, VerifyError>,
@@ -260,12 +263,9 @@ pub struct HistoryPage {
 /// A client of one realm.
 #[derive(Debug, Clone)]
 pub struct Client {
-    realm: ClientRealm,
+    /// What it trusts and remembers.
+    checker: Arc<ProofChecker>,
     pub(crate) endpoints: Vec<(String, KeyraftClient<Channel>)>,
-    memory: Arc<EpochMemory>,
-    /// The realm's name and configuration hash: two realms of the same name (a dev realm
-    /// made afresh) keep separate epoch memories.
-    memory_key: String,
     /// Per endpoint, until when it is asked after the others (it answered stale, not ratified
     /// yet or "try again"); shared by the clones of this client.
     demoted: Arc<Mutex<Vec<Option<Instant>>>>,
@@ -300,7 +300,7 @@ pub fn new_profile(keys: BTreeMap<String, Vec<u8>>) -> Profile {
     Profile { nonce, keys }
 }
 
-fn decode_proof(bytes: &[u8]) -> Result<LookupProof, ClientError> {
+pub(crate) fn decode_proof(bytes: &[u8]) -> Result<LookupProof, ClientError> {
     Ok(decode_canonical(bytes).map_err(VerifyError::Malformed)?)
 }
 
@@ -313,12 +313,7 @@ impl Client {
 
     /// A client with its own quorum, freshness rules and state file.
     pub fn with_options(file: &RealmFile, endpoints: &[String], options: &ClientOptions) -> Result<Self, ClientError> {
-        let mut realm = file.client_realm().map_err(|e| ClientError::Invalid(e.to_string()))?;
-        options.apply(&mut realm)?;
-        let memory = match &options.state_file {
-            Some(path) => EpochMemory::open(path)?,
-            None => EpochMemory::in_memory(),
-        };
+        let checker = ProofChecker::new(file, options)?;
         let list = if endpoints.is_empty() { &file.endpoints } else { endpoints };
         if list.is_empty() {
             return Err(ClientError::Invalid("no endpoints: the realm file lists none and none were given".into()));
@@ -331,9 +326,8 @@ impl Client {
                 .tcp_nodelay(true);
             out.push((addr.clone(), KeyraftClient::new(endpoint.connect_lazy())));
         }
-        let memory_key = format!("{}/{}", realm.config.realm, hex::encode(&realm.config.hash()[..8]));
         let demoted = Arc::new(Mutex::new(vec![None; out.len()]));
-        Ok(Self { realm, endpoints: out, memory: Arc::new(memory), memory_key, demoted })
+        Ok(Self { checker: Arc::new(checker), endpoints: out, demoted })
     }
 
     fn demotions(&self) -> std::sync::MutexGuard<'_, Vec<Option<Instant>>> {
@@ -361,17 +355,17 @@ impl Client {
 
     /// What this client trusts.
     pub fn realm(&self) -> &ClientRealm {
-        &self.realm
+        self.checker.realm()
     }
 
     /// The newest epoch this client has verified for its realm.
     pub fn newest_epoch_seen(&self) -> Option<u64> {
-        self.memory.newest(&self.memory_key)
+        self.checker.newest_epoch_seen()
     }
 
     pub(crate) fn threshold(&self) -> u32 {
         // Bounded by the number of registered verifiers, itself at most VERIFIERS_MAX.
-        u32::try_from(self.realm.verifier_threshold).unwrap_or(u32::MAX)
+        u32::try_from(self.realm().verifier_threshold).unwrap_or(u32::MAX)
     }
 
     /// Calls the endpoints in turn, preferred ones first, until one's answer passes
@@ -420,22 +414,12 @@ impl Client {
         proof: Vec<u8>,
         last_seen: Option<u64>,
     ) -> Result<LookupAnswer, ClientError> {
-        let decoded = decode_proof(&proof)?;
-        let now = now_ms();
-        let lookup = verify_classified(&self.realm, decoded.head.epoch, |realm| {
-            verify_lookup(realm, user_id, &decoded, now, last_seen)
-        })?;
-        self.memory.observe(&self.memory_key, lookup.epoch())?;
-        Ok(LookupAnswer { lookup, proof })
+        self.checker.accept_current(user_id, proof, now_ms(), last_seen)
     }
 
     /// Verifies a proof about a past `epoch`.
     pub(crate) fn accept_past(&self, user_id: &str, proof: Vec<u8>, epoch: u64) -> Result<LookupAnswer, ClientError> {
-        let decoded = decode_proof(&proof)?;
-        let lookup = verify_classified(&self.realm, decoded.head.epoch, |realm| {
-            verify_lookup_at(realm, user_id, &decoded, epoch)
-        })?;
-        Ok(LookupAnswer { lookup, proof })
+        self.checker.accept_past(user_id, proof, epoch)
     }
 
     /// Looks `user_id` up and verifies the answer: today's value (fresh, not older than any
@@ -514,7 +498,7 @@ impl Client {
         match newest {
             Some(newest) => Err(ClientError::Invalid(format!(
                 "epoch {epoch} is beyond the newest epoch of realm {:?} ({newest}): it does not exist yet",
-                self.realm.config.realm
+                self.realm().config.realm
             ))),
             None => Ok(()),
         }
@@ -742,7 +726,7 @@ impl<'a> UpdateBuilder<'a> {
         let Some(first) = self.signers.first() else {
             return Err(ClientError::Invalid("an update needs at least one signer".into()));
         };
-        let own = client.memory.own_update(&client.memory_key, user_id);
+        let own = client.checker.memory.own_update(&client.checker.memory_key, user_id);
         if let Some(epoch) = own {
             tracing::info!(user_id, epoch, "waiting for the epoch of this client's last update of the identity");
         }
@@ -776,7 +760,7 @@ impl<'a> UpdateBuilder<'a> {
             profile_commitment: profile.commitment(),
         };
         let signers: Vec<&SigningKey> = self.signers.iter().collect();
-        let signatures = sign_entry(&client.realm.config.realm, &entry, &signers);
+        let signatures = sign_entry(&client.realm().config.realm, &entry, &signers);
         let update = Update { signed: SignedEntry { entry, signatures }, profile };
         let (threshold, wait_ms) =
             if self.wait_for_quorum { (Some(client.threshold()), QUORUM_WAIT_MS) } else { (None, 0) };
@@ -796,10 +780,10 @@ impl<'a> UpdateBuilder<'a> {
                     response.epoch
                 )));
             }
-            client.memory.observe(&client.memory_key, response.epoch)?;
+            client.checker.memory.observe(&client.checker.memory_key, response.epoch)?;
             Some(answer)
         } else {
-            client.memory.record_own_update(&client.memory_key, user_id, response.epoch)?;
+            client.checker.memory.record_own_update(&client.checker.memory_key, user_id, response.epoch)?;
             None
         };
         Ok(UpdateOutcome { update_id: response.update_id, epoch: response.epoch, duplicate: response.duplicate, proof })

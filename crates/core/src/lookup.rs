@@ -13,8 +13,8 @@
 //! 7. the profile matches the entry's commitment;
 //! 8. the epoch is not older than the newest one this client has seen for the realm.
 //!
-//! [`verify_lookup_at`] checks a proof about a past epoch (history, saved proofs): every check
-//! but 3 and 8, and the head must be of the epoch asked for.
+//! [`verify_lookup_at`] checks a proof about a past epoch (history, a saved proof checked as
+//! historical): every check but 3 and 8, and the head must be of the epoch asked for.
 //!
 //! Signatures appear once over the single head carried in the proof, so "all heads are
 //! identical" holds by construction.

@@ -33,7 +33,8 @@ pub enum Command {
     History(crate::client_cmd::HistoryArgs),
     /// Follows an identity: its current value, then every change and heartbeat, verified.
     Watch(crate::client_cmd::WatchArgs),
-    /// Verifies a saved lookup proof offline.
+    /// Verifies a saved lookup proof offline: as the current answer (fresh, no rollback), or
+    /// with --past / --at-ms as a historical statement.
     VerifyProof(crate::client_cmd::VerifyProofArgs),
     /// Operator calls: status, init, add a learner, change the voters.
     Admin(crate::admin::AdminArgs),

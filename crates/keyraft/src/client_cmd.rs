@@ -2,7 +2,7 @@
 //! verified with `keyraft_core`.
 
 use ed25519_dalek::SigningKey;
-use keyraft_client::{public_key, Client, ClientOptions, LookupOptions, WatchUpdate};
+use keyraft_client::{public_key, Client, ClientError, ClientOptions, LookupOptions, ProofChecker, WatchUpdate};
 use keyraft_core::lookup::{LookupProof, PositionalSignature};
 use keyraft_core::tree::Terminal;
 use keyraft_core::{decode_canonical, Lookup, Policy, PublicKey, RealmFile};
@@ -45,8 +45,8 @@ pub struct RealmArgs {
     /// (default: `$XDG_STATE_HOME/keyraft/epochs.json`, else `~/.local/state/keyraft/epochs.json`).
     #[arg(long, env = "KEYRAFT_STATE_FILE")]
     pub state: Option<PathBuf>,
-    /// Remember epochs for this run only.
-    #[arg(long, conflicts_with = "state")]
+    /// Remember epochs for this run only (overrides `--state` and `KEYRAFT_STATE_FILE`).
+    #[arg(long)]
     pub no_state: bool,
 }
 
@@ -138,7 +138,9 @@ pub struct WatchArgs {
     pub count: Option<u64>,
 }
 
-/// Options of `keyraft verify-proof`.
+/// Options of `keyraft verify-proof`. Without `--past` or `--at-ms` the proof is checked as
+/// the current answer: fresh now, and not older than the newest epoch this client has seen
+/// (the same memory as `lookup`'s, which it then updates).
 #[derive(Debug, clap::Args)]
 pub struct VerifyProofArgs {
     /// The realm file.
@@ -149,19 +151,32 @@ pub struct VerifyProofArgs {
     /// The identity the proof must be about (default: the one it names).
     #[arg(long)]
     pub user: Option<String>,
-    /// Verify as of this time (ms since the Unix epoch) instead of now: a saved proof's head
-    /// is older than the realm's TTL after a while.
-    #[arg(long, conflicts_with = "past")]
+    /// Check it as a statement about this epoch only (a proof of another epoch is refused):
+    /// no freshness or rollback check, which are about the present. Historical: it says
+    /// nothing about today.
+    #[arg(long, value_name = "EPOCH", conflicts_with = "at_ms")]
+    pub past: Option<u64>,
+    /// Check it as the answer that was current at this time (ms since the Unix epoch):
+    /// freshness as of then, no rollback check. Historical: it says nothing about today.
+    #[arg(long, value_name = "MS")]
     pub at_ms: Option<u64>,
-    /// Verify it as a statement about its epoch only (no freshness check).
-    #[arg(long)]
-    pub past: bool,
     /// How many registered verifiers must have ratified it (default: the realm file's).
     #[arg(long = "verifiers")]
     pub verifier_threshold: Option<usize>,
     /// Reject heads older than this many milliseconds (default: the realm file's).
     #[arg(long)]
     pub ttl_ms: Option<u64>,
+    /// Accept heads up to this many milliseconds ahead of the clock (default: the realm
+    /// file's).
+    #[arg(long)]
+    pub skew_ms: Option<u64>,
+    /// The newest epoch seen per realm, as `lookup` remembers it (default as for `lookup`).
+    #[arg(long, env = "KEYRAFT_STATE_FILE")]
+    pub state: Option<PathBuf>,
+    /// Check against, and remember, epochs for this run only (overrides `--state` and
+    /// `KEYRAFT_STATE_FILE`).
+    #[arg(long)]
+    pub no_state: bool,
 }
 
 fn load_realm(path: &PathBuf) -> Result<RealmFile, Box<dyn std::error::Error>> {
@@ -177,21 +192,25 @@ fn default_state_file() -> Option<PathBuf> {
     Some(base.join("keyraft/epochs.json"))
 }
 
+/// Where the client remembers the newest epoch seen: `--no-state` wins, then `--state` (or
+/// `KEYRAFT_STATE_FILE`), then the default file.
+fn state_file(state: Option<&PathBuf>, no_state: bool) -> Option<PathBuf> {
+    if no_state {
+        return None;
+    }
+    let file = state.cloned().or_else(default_state_file);
+    if file.is_none() {
+        tracing::warn!("no HOME or XDG_STATE_HOME: epochs seen are remembered for this run only");
+    }
+    file
+}
+
 fn client(args: &RealmArgs) -> Result<Client, Box<dyn std::error::Error>> {
-    let state_file = if args.no_state {
-        None
-    } else {
-        let file = args.state.clone().or_else(default_state_file);
-        if file.is_none() {
-            tracing::warn!("no HOME or XDG_STATE_HOME: epochs seen are remembered for this run only");
-        }
-        file
-    };
     let options = ClientOptions {
         verifier_threshold: args.verifier_threshold,
         epoch_ttl_ms: args.ttl_ms,
         clock_skew_ms: args.skew_ms,
-        state_file,
+        state_file: state_file(args.state.as_ref(), args.no_state),
     };
     Ok(Client::with_options(&load_realm(&args.realm)?, &args.endpoints, &options)?)
 }
@@ -475,34 +494,80 @@ pub fn proof_json(p: &LookupProof, bytes: &[u8]) -> serde_json::Value {
     })
 }
 
-/// `keyraft verify-proof`: checks a saved lookup proof offline, with the realm file only.
+/// `keyraft verify-proof`: checks a saved lookup proof offline, with the realm file only: as
+/// the current answer (every step, rollback against this client's epoch memory, which it then
+/// updates), or as a historical statement (`--past EPOCH`, `--at-ms`).
 pub fn verify_proof(args: &VerifyProofArgs, out: &mut dyn Write) -> CmdResult {
-    let mut realm = load_realm(&args.realm)?.client_realm()?;
-    let options =
-        ClientOptions { verifier_threshold: args.verifier_threshold, epoch_ttl_ms: args.ttl_ms, ..Default::default() };
-    options.apply(&mut realm)?;
+    let file = load_realm(&args.realm)?;
     let bytes = std::fs::read(&args.proof).map_err(|e| format!("reading {}: {e}", args.proof.display()))?;
     let proof: LookupProof =
         decode_canonical(&bytes).map_err(|e| format!("{} is not a lookup proof: {e}", args.proof.display()))?;
     let user = args.user.clone().unwrap_or_else(|| proof.user_id.clone());
-    let now = args.at_ms.unwrap_or_else(keyraft_client::now_ms);
-    let verified = if args.past {
-        keyraft_core::verify_lookup_at(&realm, &user, &proof, proof.head.epoch)
-    } else {
-        keyraft_core::verify_lookup(&realm, &user, &proof, now, None)
+    let historical = args.past.is_some() || args.at_ms.is_some();
+    let options = ClientOptions {
+        verifier_threshold: args.verifier_threshold,
+        epoch_ttl_ms: args.ttl_ms,
+        clock_skew_ms: args.skew_ms,
+        // A historical check neither reads nor updates the memory of the present.
+        state_file: if historical { None } else { state_file(args.state.as_ref(), args.no_state) },
     };
-    let verified = verified.map_err(|e| match e {
-        keyraft_core::VerifyError::HeadExpired { .. } => {
-            format!("proof REJECTED: {e} (a saved proof ages; pass --past to check it as a statement about its epoch, or --at-ms to verify it as of an earlier time)")
-        }
-        e => format!("proof REJECTED: {e}"),
-    })?;
+    let checker = ProofChecker::new(&file, &options)?;
+    let now = keyraft_client::now_ms();
+    let last_seen = checker.newest_epoch_seen();
+    let verified = match (args.past, args.at_ms) {
+        (Some(epoch), _) => checker.accept_past(&user, bytes, epoch),
+        (None, Some(at_ms)) => checker.accept_as_of(&user, bytes, at_ms),
+        (None, None) => checker.accept_current(&user, bytes, now, last_seen),
+    };
+    let verified = verified.map_err(|e| rejection(e, proof.head.epoch))?.lookup;
+    let epoch = verified.epoch();
+    if historical {
+        writeln!(out, "HISTORICAL: what {user:?} was in epoch {epoch}, nothing about today")?;
+    }
     match &verified.entry {
-        None => writeln!(out, "VERIFIED: {user:?} was not registered in epoch {}", verified.epoch())?,
-        Some((entry, _)) => {
-            writeln!(out, "VERIFIED: {user:?} had version {} in epoch {}", entry.version, verified.epoch())?
+        None => writeln!(out, "VERIFIED: {user:?} was not registered in epoch {epoch}")?,
+        Some((entry, _)) => writeln!(out, "VERIFIED: {user:?} had version {} in epoch {epoch}", entry.version)?,
+    }
+    let realm = checker.realm();
+    let issued = verified.head.issue_time_ms;
+    match (args.past, args.at_ms) {
+        (Some(_), _) => writeln!(out, "  freshness and rollback not checked (a statement about epoch {epoch})")?,
+        (None, Some(at_ms)) => writeln!(
+            out,
+            "  the current answer as of {at_ms} ms: head issued at {issued} ms, within the TTL of {} ms; rollback not checked",
+            realm.epoch_ttl_ms
+        )?,
+        (None, None) => {
+            let seen = match last_seen {
+                Some(seen) => format!("not older than epoch {seen}, the newest this client had seen"),
+                None => "the first epoch this client has seen of this realm".to_owned(),
+            };
+            writeln!(
+                out,
+                "  the current answer: head issued {} ms ago (TTL {} ms), {seen}",
+                now.saturating_sub(issued),
+                realm.epoch_ttl_ms
+            )?;
         }
     }
     writeln!(out, "  ratified by a replica majority and {} verifier(s)", verified.ratified_by.len())?;
     Ok(())
+}
+
+/// Why a saved proof was refused, and how to check what it does prove.
+fn rejection(e: ClientError, epoch: u64) -> String {
+    use keyraft_core::VerifyError;
+    match e {
+        ClientError::Misbehaved(e @ VerifyError::Rollback { .. }) => format!(
+            "proof REJECTED as the current answer: {e}: this client has seen a newer epoch of the realm, so the proof is not today's answer (pass --past {epoch} to check it as a statement about epoch {epoch})"
+        ),
+        ClientError::Stale(e @ VerifyError::HeadExpired { .. }) => format!(
+            "proof REJECTED: {e} (a saved proof ages; pass --past {epoch} to check it as a statement about epoch {epoch}, or --at-ms to verify it as of an earlier time)"
+        ),
+        ClientError::Misbehaved(e) | ClientError::Stale(e) => format!("proof REJECTED: {e}"),
+        // Verifier ratifications missing: the proof lacks them; no retry changes a saved proof.
+        ClientError::Unavailable(why) => format!("proof REJECTED: {why}"),
+        // The state file, not the proof.
+        e => e.to_string(),
+    }
 }

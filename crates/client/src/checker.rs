@@ -1,0 +1,83 @@
+//! What a client trusts and remembers, and the rules it verifies proofs by, with or without
+//! replicas to ask: [`Client`](crate::Client) verifies the answers it fetches with a
+//! [`ProofChecker`], and `keyraft verify-proof` verifies a saved proof with one, offline and
+//! against the same epoch memory.
+
+use crate::{decode_proof, verify_classified, ClientError, ClientOptions, EpochMemory, LookupAnswer};
+use keyraft_core::lookup::{verify_lookup, verify_lookup_at, ClientRealm};
+use keyraft_core::RealmFile;
+
+/// A realm's keys with this client's quorum and freshness rules, and its memory of the
+/// newest epoch seen (protocol step 8).
+#[derive(Debug)]
+pub struct ProofChecker {
+    pub(crate) realm: ClientRealm,
+    pub(crate) memory: EpochMemory,
+    /// The realm's name and configuration hash: two realms of the same name (a dev realm
+    /// made afresh) keep separate epoch memories.
+    pub(crate) memory_key: String,
+}
+
+impl ProofChecker {
+    /// A checker for the realm in `file` with `options` applied, remembering epochs in
+    /// `options.state_file` (or for this process only).
+    pub fn new(file: &RealmFile, options: &ClientOptions) -> Result<Self, ClientError> {
+        let mut realm = file.client_realm().map_err(|e| ClientError::Invalid(e.to_string()))?;
+        options.apply(&mut realm)?;
+        let memory = match &options.state_file {
+            Some(path) => EpochMemory::open(path)?,
+            None => EpochMemory::in_memory(),
+        };
+        let memory_key = format!("{}/{}", realm.config.realm, hex::encode(&realm.config.hash()[..8]));
+        Ok(Self { realm, memory, memory_key })
+    }
+
+    /// What this client trusts.
+    pub fn realm(&self) -> &ClientRealm {
+        &self.realm
+    }
+
+    /// The newest epoch this client has verified for its realm.
+    pub fn newest_epoch_seen(&self) -> Option<u64> {
+        self.memory.newest(&self.memory_key)
+    }
+
+    /// Verifies `proof` as the current answer about `user_id` at the clock `now_ms`: every
+    /// step, the rollback step against `last_seen` (the newest epoch seen when the caller
+    /// asked, usually [`Self::newest_epoch_seen`]), then remembers its epoch.
+    pub fn accept_current(
+        &self,
+        user_id: &str,
+        proof: Vec<u8>,
+        now_ms: u64,
+        last_seen: Option<u64>,
+    ) -> Result<LookupAnswer, ClientError> {
+        let decoded = decode_proof(&proof)?;
+        let lookup = verify_classified(&self.realm, decoded.head.epoch, |realm| {
+            verify_lookup(realm, user_id, &decoded, now_ms, last_seen)
+        })?;
+        self.memory.observe(&self.memory_key, lookup.epoch())?;
+        Ok(LookupAnswer { lookup, proof })
+    }
+
+    /// Verifies `proof` as a statement about the past `epoch`: every step but freshness and
+    /// rollback, which are about the present; the epoch memory is left as it is.
+    pub fn accept_past(&self, user_id: &str, proof: Vec<u8>, epoch: u64) -> Result<LookupAnswer, ClientError> {
+        let decoded = decode_proof(&proof)?;
+        let lookup = verify_classified(&self.realm, decoded.head.epoch, |realm| {
+            verify_lookup_at(realm, user_id, &decoded, epoch)
+        })?;
+        Ok(LookupAnswer { lookup, proof })
+    }
+
+    /// Verifies `proof` as an answer that was current at the clock `at_ms` (freshness
+    /// checked as of then): every step but rollback, which is about the present; the epoch
+    /// memory is left as it is. Like [`Self::accept_past`], it says nothing about today.
+    pub fn accept_as_of(&self, user_id: &str, proof: Vec<u8>, at_ms: u64) -> Result<LookupAnswer, ClientError> {
+        let decoded = decode_proof(&proof)?;
+        let lookup = verify_classified(&self.realm, decoded.head.epoch, |realm| {
+            verify_lookup(realm, user_id, &decoded, at_ms, None)
+        })?;
+        Ok(LookupAnswer { lookup, proof })
+    }
+}
