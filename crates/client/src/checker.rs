@@ -29,6 +29,7 @@ impl ProofChecker {
             None => EpochMemory::in_memory(),
         };
         let memory_key = format!("{}/{}", realm.config.realm, hex::encode(&realm.config.hash()[..8]));
+        memory.adopt_unquorumed(&memory_key, file.verifier_threshold);
         Ok(Self { realm, memory, memory_key })
     }
 
@@ -37,9 +38,16 @@ impl ProofChecker {
         &self.realm
     }
 
-    /// The newest epoch this client has verified for its realm.
+    /// The newest epoch this client has verified for its realm with at least its verifier
+    /// quorum: the floor of its rollback check (an epoch seen only under a lower quorum may
+    /// not have this client's ratifications yet, so it sets no floor here).
     pub fn newest_epoch_seen(&self) -> Option<u64> {
-        self.memory.newest(&self.memory_key)
+        self.memory.floor(&self.memory_key, self.realm.verifier_threshold)
+    }
+
+    /// Remembers that `epoch` was verified with this client's quorum.
+    pub(crate) fn observe(&self, epoch: u64) -> Result<(), ClientError> {
+        self.memory.observe(&self.memory_key, self.realm.verifier_threshold, epoch)
     }
 
     /// Verifies `proof` as the current answer about `user_id` at the clock `now_ms`: every
@@ -56,7 +64,7 @@ impl ProofChecker {
         let lookup = verify_classified(&self.realm, decoded.head.epoch, |realm| {
             verify_lookup(realm, user_id, &decoded, now_ms, last_seen)
         })?;
-        self.memory.observe(&self.memory_key, lookup.epoch())?;
+        self.observe(lookup.epoch())?;
         Ok(LookupAnswer { lookup, proof })
     }
 

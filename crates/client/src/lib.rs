@@ -780,7 +780,7 @@ impl<'a> UpdateBuilder<'a> {
                     response.epoch
                 )));
             }
-            client.checker.memory.observe(&client.checker.memory_key, response.epoch)?;
+            client.checker.observe(response.epoch)?;
             Some(answer)
         } else {
             client.checker.memory.record_own_update(&client.checker.memory_key, user_id, response.epoch)?;

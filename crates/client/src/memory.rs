@@ -1,6 +1,13 @@
 //! The client's memory of the newest epoch it has seen per realm (protocol check 8), and of
 //! the epochs of its own updates not seen ratified yet.
 //!
+//! Epochs are remembered per verifier quorum: an epoch seen with a quorum of `t` verifiers
+//! proves nothing about when `t + 1` verifiers will have ratified it, so a lookup requiring
+//! `t` takes as its floor the newest epoch seen under any quorum of `t` or more (those epochs
+//! have `t` ratifications for good: ratifications only accumulate). A lookup made without the
+//! verifiers thus never turns a later lookup requiring them into a failure, and an answer
+//! older than an epoch seen under the same or a higher quorum is still a rollback.
+//!
 //! A server that answers from an older epoch than one the client already verified is hiding
 //! something (a key change, a revocation). An update made without waiting for its
 //! ratification is applied in an epoch the client has not seen yet: the next update of the
@@ -18,8 +25,9 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// Version of the file format (2 added `own_updates`; version 1 files are read).
-const FORMAT_VERSION: u32 = 2;
+/// Version of the file format (2 added `own_updates`, 3 `by_quorum`; versions 1 and 2 are
+/// read, their epochs taken as seen under the realm file's quorum).
+const FORMAT_VERSION: u32 = 3;
 
 /// Own updates remembered per realm, at most (the oldest epochs are forgotten first).
 pub const OWN_UPDATES_MAX: usize = 1_000;
@@ -28,8 +36,11 @@ pub const OWN_UPDATES_MAX: usize = 1_000;
 #[serde(deny_unknown_fields)]
 struct FileContents {
     version: u32,
-    /// Realm name to the newest epoch seen.
+    /// Realm name to the newest epoch seen, under any quorum.
     realms: BTreeMap<String, u64>,
+    /// Realm name to verifier quorum to the newest epoch seen under it.
+    #[serde(default)]
+    by_quorum: BTreeMap<String, BTreeMap<usize, u64>>,
     /// Realm name to identity to the epoch of this client's last update of it, while that
     /// epoch is newer than the newest seen.
     #[serde(default)]
@@ -42,6 +53,13 @@ impl FileContents {
         for (r, e) in other.realms {
             let mine = self.realms.entry(r).or_insert(e);
             *mine = (*mine).max(e);
+        }
+        for (r, quorums) in other.by_quorum {
+            let mine = self.by_quorum.entry(r).or_default();
+            for (t, e) in quorums {
+                let epoch = mine.entry(t).or_insert(e);
+                *epoch = (*epoch).max(e);
+            }
         }
         for (r, users) in other.own_updates {
             let mine = self.own_updates.entry(r).or_default();
@@ -112,9 +130,26 @@ impl EpochMemory {
         Ok(Self { path: Some(path.to_owned()), seen: Mutex::new(seen) })
     }
 
-    /// The newest epoch seen for `realm`.
+    /// The newest epoch seen for `realm`, under any quorum.
     pub fn newest(&self, realm: &str) -> Option<u64> {
         self.lock().realms.get(realm).copied()
+    }
+
+    /// The rollback floor of a lookup requiring `threshold` verifiers: the newest epoch of
+    /// `realm` seen under a quorum of `threshold` or more.
+    pub fn floor(&self, realm: &str, threshold: usize) -> Option<u64> {
+        self.lock().by_quorum.get(realm)?.range(threshold..).map(|(_, e)| *e).max()
+    }
+
+    /// Takes the epoch a memory written before quorums were told apart (format 1 or 2) holds
+    /// for `realm` as seen under `threshold` (the realm file's quorum, which such clients
+    /// used unless told otherwise). Nothing is written until the next epoch is observed.
+    pub fn adopt_unquorumed(&self, realm: &str, threshold: usize) {
+        let mut seen = self.lock();
+        let Some(&epoch) = seen.realms.get(realm) else { return };
+        if !seen.by_quorum.contains_key(realm) {
+            seen.by_quorum.entry(realm.to_owned()).or_default().insert(threshold, epoch);
+        }
     }
 
     /// The epoch of this client's last update of `user_id` in `realm`, if newer than the
@@ -129,13 +164,17 @@ impl EpochMemory {
         self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Records that a verified answer from `epoch` of `realm` was seen.
-    pub fn observe(&self, realm: &str, epoch: u64) -> Result<(), ClientError> {
+    /// Records that a verified answer from `epoch` of `realm` was seen, with `threshold`
+    /// verifier ratifications required.
+    pub fn observe(&self, realm: &str, threshold: usize, epoch: u64) -> Result<(), ClientError> {
         let mut seen = self.lock();
-        if seen.realms.get(realm).is_some_and(|&e| e >= epoch) {
+        let quorum = seen.by_quorum.entry(realm.to_owned()).or_default().entry(threshold).or_insert(0);
+        if *quorum >= epoch {
             return Ok(());
         }
-        seen.realms.insert(realm.to_owned(), epoch);
+        *quorum = epoch;
+        let newest = seen.realms.entry(realm.to_owned()).or_insert(epoch);
+        *newest = (*newest).max(epoch);
         self.save(&mut seen)
     }
 
@@ -193,9 +232,9 @@ mod tests {
         let path = dir.path().join("sub/state.json");
         let m = EpochMemory::open(&path).unwrap();
         assert_eq!(m.newest("dev"), None);
-        m.observe("dev", 5).unwrap();
-        m.observe("dev", 3).unwrap();
-        m.observe("other", 1).unwrap();
+        m.observe("dev", 1, 5).unwrap();
+        m.observe("dev", 1, 3).unwrap();
+        m.observe("other", 1, 1).unwrap();
         assert_eq!(m.newest("dev"), Some(5));
         let again = EpochMemory::open(&path).unwrap();
         assert_eq!(again.newest("dev"), Some(5));
@@ -203,11 +242,44 @@ mod tests {
         // Two writers: neither loses the other's newer epoch.
         let a = EpochMemory::open(&path).unwrap();
         let b = EpochMemory::open(&path).unwrap();
-        a.observe("dev", 9).unwrap();
-        b.observe("other", 4).unwrap();
+        a.observe("dev", 1, 9).unwrap();
+        b.observe("other", 1, 4).unwrap();
         let merged = EpochMemory::open(&path).unwrap();
         assert_eq!(merged.newest("dev"), Some(9));
         assert_eq!(merged.newest("other"), Some(4));
+    }
+
+    #[test]
+    fn each_quorum_has_the_floor_of_the_epochs_seen_under_it_or_a_higher_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let m = EpochMemory::open(&path).unwrap();
+        m.observe("dev", 2, 5).unwrap();
+        m.observe("dev", 0, 9).unwrap();
+        m.observe("dev", 1, 7).unwrap();
+        // Epoch 9 was seen without verifiers: no floor for quorums of 1 or 2.
+        assert_eq!(m.floor("dev", 0), Some(9));
+        assert_eq!(m.floor("dev", 1), Some(7));
+        assert_eq!(m.floor("dev", 2), Some(5));
+        assert_eq!(m.floor("dev", 3), None);
+        assert_eq!(m.newest("dev"), Some(9));
+        let again = EpochMemory::open(&path).unwrap();
+        assert_eq!((again.floor("dev", 0), again.floor("dev", 1), again.floor("dev", 2)), (Some(9), Some(7), Some(5)));
+    }
+
+    #[test]
+    fn epochs_remembered_before_quorums_were_told_apart_count_for_the_realm_files_quorum() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, br#"{"version":2,"realms":{"dev":4}}"#).unwrap();
+        let m = EpochMemory::open(&path).unwrap();
+        assert_eq!(m.floor("dev", 1), None);
+        m.adopt_unquorumed("dev", 1);
+        assert_eq!((m.floor("dev", 0), m.floor("dev", 1), m.floor("dev", 2)), (Some(4), Some(4), None));
+        m.observe("dev", 0, 6).unwrap();
+        let again = EpochMemory::open(&path).unwrap();
+        again.adopt_unquorumed("dev", 1);
+        assert_eq!((again.floor("dev", 0), again.floor("dev", 1)), (Some(6), Some(4)));
     }
 
     #[test]
@@ -235,7 +307,7 @@ mod tests {
         let again = EpochMemory::open(&path).unwrap();
         assert_eq!(again.own_update("dev", "alice"), Some(7));
         assert_eq!(again.own_update("other", "alice"), None);
-        again.observe("dev", 8).unwrap();
+        again.observe("dev", 1, 8).unwrap();
         let after = EpochMemory::open(&path).unwrap();
         assert_eq!(after.own_update("dev", "alice"), None);
         assert_eq!(after.own_update("dev", "bob"), Some(9));
