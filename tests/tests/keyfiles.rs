@@ -58,6 +58,12 @@ fn the_wrong_kind_of_key_file_is_refused_by_every_option_and_nothing_is_register
     let public = std::fs::read_to_string(realm.path().join("alice.key.pub")).unwrap();
     assert!(secret.starts_with("keyraft-ed25519-secret-v1\n"), "{secret}");
     assert!(public.starts_with("keyraft-ed25519-public-v1\n"), "{public}");
+    // keygen overwrites nothing and leaves no half pair.
+    refused(&realm, &["keygen", "--out", "alice.key"]);
+    assert_eq!(std::fs::read_to_string(realm.path().join("alice.key")).unwrap(), secret);
+    std::fs::write(realm.path().join("stray.key.pub"), "x").unwrap();
+    refused(&realm, &["keygen", "--out", "stray.key"]);
+    assert!(!realm.path().join("stray.key").exists());
 
     let err = refused(&realm, &register("alice", &["--key", "alice.key.pub"]));
     assert!(

@@ -262,9 +262,13 @@ pub fn keygen(args: &KeygenArgs, out: &mut dyn Write) -> CmdResult {
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
     let public = public_key(&key);
     let pub_path = key_file::public_path_for(&args.out);
-    // The public file first: if it cannot be written, no secret is left behind without it.
-    key_file::write_public(&pub_path, &public)?;
+    // Neither file is overwritten; a secret whose public file could not be written is removed
+    // again, so a failed keygen leaves no half pair (and never a stale .pub beside an old key).
     key_file::write_secret(&args.out, &key.to_bytes())?;
+    if let Err(e) = key_file::write_public(&pub_path, &public) {
+        let _ = std::fs::remove_file(&args.out);
+        return Err(e.into());
+    }
     writeln!(out, "secret key written to {}", args.out.display())?;
     writeln!(out, "public key: {} (also in {})", hex::encode(public.as_bytes()), pub_path.display())?;
     Ok(())
