@@ -80,13 +80,19 @@ fn the_wrong_kind_of_key_file_is_refused_by_every_option_and_nothing_is_register
     std::fs::copy(realm.path().join("alice.key"), realm.path().join("old.key.pub")).unwrap();
     to_legacy(&realm.path().join("old.key.pub"));
     let err = refused(&realm, &register("alice", &["--key", "old.key.pub"]));
-    assert!(err.contains("old.key.pub is a public key file; --key needs a secret key file"), "{err}");
+    assert!(
+        err.contains("old.key.pub is a public key file (") && err.contains("; --key needs a secret key file"),
+        "{err}"
+    );
     // A headerless file not named .pub may be an earlier version's secret key: never published.
     std::fs::copy(realm.path().join("alice.key.pub"), realm.path().join("old-secret.key")).unwrap();
     to_legacy(&realm.path().join("old-secret.key"));
     let policy = ["--key", "bob.key", "--policy-key", "old-secret.key", "--policy-threshold", "1"];
     let err = refused(&realm, &register("alice", &policy));
-    assert!(err.contains("old-secret.key") && err.contains("--policy-key needs a public key file"), "{err}");
+    assert!(
+        err.contains("old-secret.key is a secret key file (") && err.contains("--policy-key needs a public key file"),
+        "{err}"
+    );
 
     // Nothing was registered: a proper registration afterwards is version 0 of a new identity.
     let out = ok(&realm, &register("alice", &["--key", "alice.key", "--wait"]));

@@ -58,7 +58,12 @@ pub struct Read<T> {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
     /// The file holds the other kind of key.
-    #[error("{path} is a {found} key file; {needed_by} needs a {wanted} key file (made by `keyraft keygen`)", found = found.name(), wanted = wanted.name())]
+    #[error(
+        "{path} is a {found} key file{how}; {needed_by} needs a {wanted} key file (made by `keyraft keygen`)",
+        found = found.name(),
+        wanted = wanted.name(),
+        how = if *legacy { LEGACY_BY_NAME } else { "" }
+    )]
     WrongKind {
         /// The file.
         path: String,
@@ -68,6 +73,8 @@ pub enum KeyFileError {
         found: Kind,
         /// What was needed.
         wanted: Kind,
+        /// The file has no header: its kind was taken from its name.
+        legacy: bool,
     },
     /// The file cannot be parsed.
     #[error("{path} ({needed_by}) is not a keyraft key file: {why}")]
@@ -100,6 +107,10 @@ pub enum KeyFileError {
         source: std::io::Error,
     },
 }
+
+/// How a headerless file's kind was decided, for the messages.
+const LEGACY_BY_NAME: &str =
+    " (an earlier keyraft's file without a type header: only a name ending in `.pub` makes it public)";
 
 /// What a file's text says it is, before the caller's expectation is applied.
 #[derive(Debug, PartialEq, Eq)]
@@ -160,7 +171,7 @@ fn classify(path: &Path, text: &str, wanted: Kind, needed_by: &str) -> Result<Re
         Parsed::Legacy(key) => (if is_pub_name(path) { Kind::Public } else { Kind::Secret }, key, true),
     };
     if found != wanted {
-        return Err(KeyFileError::WrongKind { path: shown, needed_by: needed_by.into(), found, wanted });
+        return Err(KeyFileError::WrongKind { path: shown, needed_by: needed_by.into(), found, wanted, legacy });
     }
     Ok(Read { key, legacy })
 }
@@ -315,7 +326,12 @@ mod tests {
         assert!(check("old.key", &legacy, Kind::Secret).unwrap().legacy);
         assert!(check("old.key.pub", &legacy, Kind::Public).unwrap().legacy);
         assert!(check("old.key.pub", &legacy, Kind::Secret).unwrap_err().contains("is a public key file"));
-        assert!(check("old.key", &legacy, Kind::Public).unwrap_err().contains("is a secret key file"));
+        let err = check("old.key", &legacy, Kind::Public).unwrap_err();
+        assert!(
+            err.starts_with("old.key is a secret key file (an earlier keyraft's file without a type header"),
+            "{err}"
+        );
+        assert!(err.ends_with("; --key needs a public key file (made by `keyraft keygen`)"), "{err}");
     }
 
     #[test]
