@@ -293,7 +293,7 @@ pub fn key_migrate(args: &KeyMigrateArgs, out: &mut dyn Write) -> CmdResult {
 pub fn update(args: &UpdateArgs, is_update: bool, out: &mut dyn Write) -> CmdResult {
     let rt = runtime()?;
     let _entered = rt.enter();
-    let client = client(&args.realm)?;
+    // Key files first: the wrong kind of file is the caller's mistake whatever the realm is.
     let keys: Vec<SigningKey> = args.keys.iter().map(|p| load_key(p, "--key")).collect::<Result<_, _>>()?;
     let new_key = args.new_key.as_deref().map(|p| load_key(p, "--new-key")).transpose()?;
     let owner = new_key.as_ref().or(keys.first()).ok_or("--key is required")?;
@@ -305,6 +305,7 @@ pub fn update(args: &UpdateArgs, is_update: bool, out: &mut dyn Write) -> CmdRes
         }
         None => new_key.as_ref().map(|k| Policy::single(public_key(k))),
     };
+    let client = client(&args.realm)?;
     let mut builder = if is_update { client.change(&args.user) } else { client.registration(&args.user, owner) };
     for k in keys.iter().chain(new_key.as_ref()) {
         builder = builder.signer(k);
