@@ -23,6 +23,7 @@
 pub mod command;
 pub mod encoding;
 pub mod hash;
+pub mod key_file;
 pub mod keys;
 pub mod limits;
 pub mod lookup;

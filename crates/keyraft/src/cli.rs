@@ -23,6 +23,9 @@ pub enum Command {
     Verifier(crate::verifier_cmd::VerifierArgs),
     /// Generates an Ed25519 key for an identity's owner.
     Keygen(crate::client_cmd::KeygenArgs),
+    /// Key file tools.
+    #[command(subcommand)]
+    Key(crate::client_cmd::KeyCommand),
     /// Registers an identity (version 0).
     Register(crate::client_cmd::UpdateArgs),
     /// Changes an identity's keys, and optionally its owner or update policy.
@@ -60,6 +63,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Server(args) => crate::server_cmd::run(&args),
         Command::Verifier(args) => crate::verifier_cmd::run(&args),
         Command::Keygen(args) => crate::client_cmd::keygen(&args, out),
+        Command::Key(crate::client_cmd::KeyCommand::Migrate(args)) => crate::client_cmd::key_migrate(&args, out),
         Command::Register(args) => crate::client_cmd::update(&args, false, out),
         Command::Update(args) => crate::client_cmd::update(&args, true, out),
         Command::Lookup(args) => crate::client_cmd::lookup(&args, out),

@@ -5,8 +5,7 @@ use ed25519_dalek::SigningKey;
 use keyraft_client::{public_key, Client, ClientError, ClientOptions, LookupOptions, ProofChecker, WatchUpdate};
 use keyraft_core::lookup::{LookupProof, PositionalSignature};
 use keyraft_core::tree::Terminal;
-use keyraft_core::{decode_canonical, Lookup, Policy, PublicKey, RealmFile};
-use keyraft_server::config::{read_secret32, write_secret32};
+use keyraft_core::{decode_canonical, key_file, Lookup, Policy, PublicKey, RealmFile};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,7 +15,8 @@ type CmdResult = Result<(), Box<dyn std::error::Error>>;
 /// Options of `keyraft keygen`.
 #[derive(Debug, clap::Args)]
 pub struct KeygenArgs {
-    /// Where to write the new secret key (hex; created readable by the owner only).
+    /// Where to write the new secret key file (created readable by the owner only); the public
+    /// key file is written next to it, with `.pub` appended to the name.
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -50,6 +50,23 @@ pub struct RealmArgs {
     pub no_state: bool,
 }
 
+/// `keyraft key` commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum KeyCommand {
+    /// Rewrites key files of an earlier keyraft (64 hex digits, no header) in the typed
+    /// formats, keeping each key. A file named `*.pub` becomes a public key file, any other a
+    /// secret key file; files already typed are left alone.
+    Migrate(KeyMigrateArgs),
+}
+
+/// Options of `keyraft key migrate`.
+#[derive(Debug, clap::Args)]
+pub struct KeyMigrateArgs {
+    /// The key files.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
 /// Options of `keyraft register` and `keyraft update`.
 #[derive(Debug, clap::Args)]
 pub struct UpdateArgs {
@@ -67,8 +84,8 @@ pub struct UpdateArgs {
     /// it signs too).
     #[arg(long, conflicts_with_all = ["policy_keys", "policy_threshold"])]
     pub new_key: Option<PathBuf>,
-    /// A new update policy: these public keys (hex, or a file holding the hex, such as the
-    /// `.pub` file `keyraft keygen` writes) ...
+    /// A new update policy: these public keys (hex, or a public key file such as the `.pub`
+    /// file `keyraft keygen` writes; a secret key file is refused) ...
     #[arg(long = "policy-key", requires = "policy_threshold")]
     pub policy_keys: Vec<String>,
     /// ... of which this many must sign each later update.
@@ -215,23 +232,28 @@ fn client(args: &RealmArgs) -> Result<Client, Box<dyn std::error::Error>> {
     Ok(Client::with_options(&load_realm(&args.realm)?, &args.endpoints, &options)?)
 }
 
-/// A public key given as hex or as a file holding the hex.
+/// A public key given as hex or as a public key file (the `.pub` file `keyraft keygen` writes).
 fn policy_key(s: &str) -> Result<PublicKey, Box<dyn std::error::Error>> {
-    let text = if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        s.to_owned()
-    } else {
-        std::fs::read_to_string(s)
-            .map_err(|e| format!("--policy-key {s:?}: neither 64 hex digits nor a readable file: {e}"))?
-    };
-    let bytes: [u8; 32] = hex::decode(text.trim())
-        .map_err(|e| format!("--policy-key {s:?}: {e}"))?
-        .try_into()
-        .map_err(|_| format!("--policy-key {s:?}: expected 32 bytes (64 hex digits)"))?;
-    Ok(PublicKey::from_bytes(&bytes).map_err(|e| format!("--policy-key {s:?}: {e}"))?)
+    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let bytes: [u8; 32] =
+            hex::decode(s)?.try_into().map_err(|_| format!("--policy-key {s:?}: expected 32 bytes"))?;
+        return Ok(PublicKey::from_bytes(&bytes).map_err(|e| format!("--policy-key {s:?}: {e}"))?);
+    }
+    let path = std::path::Path::new(s);
+    let read = key_file::read_public(path, "--policy-key")?;
+    if read.legacy {
+        tracing::warn!("{}", key_file::legacy_warning(path, "--policy-key"));
+    }
+    Ok(read.key)
 }
 
-fn load_key(path: &std::path::Path) -> Result<SigningKey, Box<dyn std::error::Error>> {
-    Ok(SigningKey::from_bytes(&read_secret32(path, "secret key")?))
+/// A signer's secret key file; `option` names the option that gave it, for the messages.
+fn load_key(path: &std::path::Path, option: &str) -> Result<SigningKey, Box<dyn std::error::Error>> {
+    let read = key_file::read_secret(path, option)?;
+    if read.legacy {
+        tracing::warn!("{}", key_file::legacy_warning(path, option));
+    }
+    Ok(SigningKey::from_bytes(&read.key))
 }
 
 fn profile_keys(set: &[String], owner: &SigningKey) -> Result<BTreeMap<String, Vec<u8>>, Box<dyn std::error::Error>> {
@@ -257,14 +279,32 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// `keyraft keygen`.
 pub fn keygen(args: &KeygenArgs, out: &mut dyn Write) -> CmdResult {
     let key = SigningKey::generate(&mut rand::rngs::OsRng);
-    write_secret32(&args.out, &key.to_bytes())?;
-    let public = hex::encode(public_key(&key).as_bytes());
-    let mut pub_path = args.out.clone().into_os_string();
-    pub_path.push(".pub");
-    let pub_path = PathBuf::from(pub_path);
-    std::fs::write(&pub_path, format!("{public}\n")).map_err(|e| format!("writing {}: {e}", pub_path.display()))?;
+    let public = public_key(&key);
+    let pub_path = key_file::public_path_for(&args.out);
+    // Neither file is overwritten; a secret whose public file could not be written is removed
+    // again, so a failed keygen leaves no half pair (and never a stale .pub beside an old key).
+    key_file::write_secret(&args.out, &key.to_bytes())?;
+    if let Err(e) = key_file::write_public(&pub_path, &public) {
+        let _ = std::fs::remove_file(&args.out);
+        return Err(e.into());
+    }
     writeln!(out, "secret key written to {}", args.out.display())?;
-    writeln!(out, "public key: {public} (also in {})", pub_path.display())?;
+    writeln!(out, "public key: {} (also in {})", hex::encode(public.as_bytes()), pub_path.display())?;
+    Ok(())
+}
+
+/// `keyraft key migrate`: rewrites key files of an earlier keyraft in the typed formats.
+pub fn key_migrate(args: &KeyMigrateArgs, out: &mut dyn Write) -> CmdResult {
+    for path in &args.files {
+        match key_file::migrate(path)? {
+            key_file::Migrated::Rewritten(kind) => {
+                writeln!(out, "{}: rewritten as a {} key file", path.display(), kind.name())?
+            }
+            key_file::Migrated::AlreadyTyped(kind) => {
+                writeln!(out, "{}: already a {} key file, unchanged", path.display(), kind.name())?
+            }
+        }
+    }
     Ok(())
 }
 
@@ -272,9 +312,9 @@ pub fn keygen(args: &KeygenArgs, out: &mut dyn Write) -> CmdResult {
 pub fn update(args: &UpdateArgs, is_update: bool, out: &mut dyn Write) -> CmdResult {
     let rt = runtime()?;
     let _entered = rt.enter();
-    let client = client(&args.realm)?;
-    let keys: Vec<SigningKey> = args.keys.iter().map(|p| load_key(p)).collect::<Result<_, _>>()?;
-    let new_key = args.new_key.as_deref().map(load_key).transpose()?;
+    // Key files first: the wrong kind of file is the caller's mistake whatever the realm is.
+    let keys: Vec<SigningKey> = args.keys.iter().map(|p| load_key(p, "--key")).collect::<Result<_, _>>()?;
+    let new_key = args.new_key.as_deref().map(|p| load_key(p, "--new-key")).transpose()?;
     let owner = new_key.as_ref().or(keys.first()).ok_or("--key is required")?;
     let profile = profile_keys(&args.set, owner)?;
     let policy = match args.policy_threshold {
@@ -284,6 +324,7 @@ pub fn update(args: &UpdateArgs, is_update: bool, out: &mut dyn Write) -> CmdRes
         }
         None => new_key.as_ref().map(|k| Policy::single(public_key(k))),
     };
+    let client = client(&args.realm)?;
     let mut builder = if is_update { client.change(&args.user) } else { client.registration(&args.user, owner) };
     for k in keys.iter().chain(new_key.as_ref()) {
         builder = builder.signer(k);

@@ -8,9 +8,10 @@
 //! A replica or verifier that exits is restarted (after a delay that grows while it keeps
 //! exiting, logged); ctrl-c or SIGTERM of `keyraft dev` stops them all gracefully.
 
+use keyraft_core::key_file::write_secret;
 use keyraft_core::vrf::VrfSecretKey;
 use keyraft_core::{RealmConfig, RealmFile};
-use keyraft_server::config::{write_secret32, EpochSettings, NodeConfig, RaftSettings, VoterSpec};
+use keyraft_server::config::{EpochSettings, NodeConfig, RaftSettings, VoterSpec};
 use keyraft_server::peer_client::connect_lazy;
 use keyraft_server::Listening;
 use std::io::Write;
@@ -81,19 +82,19 @@ fn create(args: &DevArgs) -> CmdResult {
     std::fs::write(dir.join(".gitignore"), "# written by keyraft dev: secret keys live here\n*\n")?;
     let mut rng = rand::rngs::OsRng;
     let vrf_seed: [u8; 32] = rand::Rng::gen(&mut rng);
-    write_secret32(&dir.join("keys/vrf.key"), &vrf_seed)?;
+    write_secret(&dir.join("keys/vrf.key"), &vrf_seed)?;
     let token: [u8; 32] = rand::Rng::gen(&mut rng);
     std::fs::write(dir.join("keys/cluster.token"), format!("{}\n", hex::encode(token)))?;
     let mut replica_keys = Vec::new();
     for id in 1..=args.replicas {
         let seed: [u8; 32] = rand::Rng::gen(&mut rng);
-        write_secret32(&dir.join(format!("keys/replica-{id}.key")), &seed)?;
+        write_secret(&dir.join(format!("keys/replica-{id}.key")), &seed)?;
         replica_keys.push(keyraft_client::public_key(&ed25519_dalek::SigningKey::from_bytes(&seed)));
     }
     let mut verifier_keys = Vec::new();
     for n in 1..=args.verifiers {
         let seed: [u8; 32] = rand::Rng::gen(&mut rng);
-        write_secret32(&dir.join(format!("keys/verifier-{n}.key")), &seed)?;
+        write_secret(&dir.join(format!("keys/verifier-{n}.key")), &seed)?;
         verifier_keys.push(keyraft_client::public_key(&ed25519_dalek::SigningKey::from_bytes(&seed)));
         let verifier = keyraft_verifier::Config {
             data_dir: format!("data/verifier-{n}").into(),

@@ -268,28 +268,14 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
-/// Reads a 32-byte secret written as 64 hex digits.
+/// Reads a secret key file ([`keyraft_core::key_file`]); `what` names the setting that
+/// needs it. A legacy (headerless) file is accepted with a warning to migrate it.
 pub fn read_secret32(path: &Path, what: &str) -> Result<[u8; 32], Error> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading the {what} {}", path.display()), e))?;
-    let bytes = hex::decode(text.trim())
-        .map_err(|e| Error::Config(format!("the {what} {} is not hex: {e}", path.display())))?;
-    bytes
-        .try_into()
-        .map_err(|_| Error::Config(format!("the {what} {} must hold 32 bytes (64 hex digits)", path.display())))
-}
-
-/// Writes a 32-byte secret as hex, readable by the owner only.
-pub fn write_secret32(path: &Path, secret: &[u8; 32]) -> Result<(), Error> {
-    use std::io::Write as _;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let mut f = options.open(path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-    writeln!(f, "{}", hex::encode(secret)).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    let read = keyraft_core::key_file::read_secret(path, what).map_err(|e| Error::Config(e.to_string()))?;
+    if read.legacy {
+        tracing::warn!("{}", keyraft_core::key_file::legacy_warning(path, what));
+    }
+    Ok(read.key)
 }
 
 impl NodeConfig {
@@ -311,14 +297,14 @@ impl NodeConfig {
         let realm = RealmFile::from_json(&realm_json)
             .and_then(|f| f.config())
             .map_err(|e| Error::Config(format!("{}: {e}", config.realm_file.display())))?;
-        let vrf = VrfSecretKey::from_seed(&read_secret32(&config.vrf_secret_key_file, "VRF secret key")?);
+        let vrf = VrfSecretKey::from_seed(&read_secret32(&config.vrf_secret_key_file, "vrf_secret_key_file")?);
         if vrf.public_key() != realm.vrf_public_key {
             return Err(Error::Config(format!(
                 "the VRF secret key {} does not match the realm's vrf_public_key",
                 config.vrf_secret_key_file.display()
             )));
         }
-        let signing_key = SigningKey::from_bytes(&read_secret32(&config.signing_key_file, "signing key")?);
+        let signing_key = SigningKey::from_bytes(&read_secret32(&config.signing_key_file, "signing_key_file")?);
         let public = keyraft_core::PublicKey::from_verifying_key(&signing_key.verifying_key())
             .map_err(|e| Error::Config(format!("signing key: {e}")))?;
         if !realm.replica_keys.contains(&public) {

@@ -86,12 +86,12 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
 }
 
 fn read_key(path: &Path) -> Result<SigningKey, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("reading {}: {e}", path.display())))?;
-    let bytes = hex::decode(text.trim()).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-    let seed: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| Error::Config(format!("{}: expected 32 bytes (64 hex digits)", path.display())))?;
-    Ok(SigningKey::from_bytes(&seed))
+    let needed_by = "signing_key_file";
+    let read = keyraft_core::key_file::read_secret(path, needed_by).map_err(|e| Error::Config(e.to_string()))?;
+    if read.legacy {
+        tracing::warn!("{}", keyraft_core::key_file::legacy_warning(path, needed_by));
+    }
+    Ok(SigningKey::from_bytes(&read.key))
 }
 
 impl Config {

@@ -1,0 +1,141 @@
+//! Key files: secret and public key files have distinct, self-describing formats, and every
+//! option that reads one refuses the other kind (a public key file given as `--key` would make
+//! an identity anyone can control; a secret key file given as `--policy-key` would publish the
+//! secret). Key files written before the formats existed (headerless hex) keep working where
+//! they are unambiguous.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use keyraft_tests::{keyraft_bin, serial, Realm};
+use std::process::Output;
+
+fn run(realm: &Realm, args: &[&str]) -> Output {
+    std::process::Command::new(keyraft_bin())
+        .args(args)
+        .env("KEYRAFT_STATE_FILE", realm.path().join("client-state.json"))
+        .current_dir(realm.path())
+        .output()
+        .unwrap()
+}
+
+fn ok(realm: &Realm, args: &[&str]) -> Output {
+    let out = run(realm, args);
+    assert!(out.status.success(), "keyraft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn refused(realm: &Realm, args: &[&str]) -> String {
+    let out = run(realm, args);
+    assert!(!out.status.success(), "keyraft {args:?} succeeded: {}", stdout(&out));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn register<'a>(user: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["register", "--realm", "realm.json", "--verifiers", "0", "--user", user];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// Rewrites `path` (a key file written by this version) in the headerless hex form of earlier
+/// versions.
+fn to_legacy(path: &std::path::Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let hex = text.lines().last().unwrap().trim().to_owned();
+    assert_eq!(hex.len(), 64, "{text}");
+    std::fs::write(path, format!("{hex}\n")).unwrap();
+}
+
+#[test]
+fn the_wrong_kind_of_key_file_is_refused_by_every_option_and_nothing_is_registered() {
+    let _s = serial();
+    let realm = Realm::start(|_| {});
+    ok(&realm, &["keygen", "--out", "alice.key"]);
+    ok(&realm, &["keygen", "--out", "bob.key"]);
+    let secret = std::fs::read_to_string(realm.path().join("alice.key")).unwrap();
+    let public = std::fs::read_to_string(realm.path().join("alice.key.pub")).unwrap();
+    assert!(secret.starts_with("keyraft-ed25519-secret-v1\n"), "{secret}");
+    assert!(public.starts_with("keyraft-ed25519-public-v1\n"), "{public}");
+    // keygen overwrites nothing and leaves no half pair.
+    refused(&realm, &["keygen", "--out", "alice.key"]);
+    assert_eq!(std::fs::read_to_string(realm.path().join("alice.key")).unwrap(), secret);
+    std::fs::write(realm.path().join("stray.key.pub"), "x").unwrap();
+    refused(&realm, &["keygen", "--out", "stray.key"]);
+    assert!(!realm.path().join("stray.key").exists());
+
+    let err = refused(&realm, &register("alice", &["--key", "alice.key.pub"]));
+    assert!(
+        err.contains("alice.key.pub is a public key file; --key needs a secret key file (made by `keyraft keygen`)"),
+        "{err}"
+    );
+    let err = refused(&realm, &register("alice", &["--key", "bob.key", "--new-key", "alice.key.pub"]));
+    assert!(err.contains("alice.key.pub is a public key file; --new-key needs a secret key file"), "{err}");
+    let policy = ["--key", "bob.key", "--policy-key", "alice.key", "--policy-threshold", "1"];
+    let err = refused(&realm, &register("alice", &policy));
+    assert!(err.contains("alice.key is a secret key file; --policy-key needs a public key file"), "{err}");
+
+    // A headerless file named .pub is a public key of an earlier version: never a secret.
+    std::fs::copy(realm.path().join("alice.key"), realm.path().join("old.key.pub")).unwrap();
+    to_legacy(&realm.path().join("old.key.pub"));
+    let err = refused(&realm, &register("alice", &["--key", "old.key.pub"]));
+    assert!(
+        err.contains("old.key.pub is a public key file (") && err.contains("; --key needs a secret key file"),
+        "{err}"
+    );
+    // A headerless file not named .pub may be an earlier version's secret key: never published.
+    std::fs::copy(realm.path().join("alice.key.pub"), realm.path().join("old-secret.key")).unwrap();
+    to_legacy(&realm.path().join("old-secret.key"));
+    let policy = ["--key", "bob.key", "--policy-key", "old-secret.key", "--policy-threshold", "1"];
+    let err = refused(&realm, &register("alice", &policy));
+    assert!(
+        err.contains("old-secret.key is a secret key file (") && err.contains("--policy-key needs a public key file"),
+        "{err}"
+    );
+
+    // Nothing was registered: a proper registration afterwards is version 0 of a new identity.
+    let out = ok(&realm, &register("alice", &["--key", "alice.key", "--wait"]));
+    assert!(stdout(&out).contains("accepted") && stdout(&out).contains("VERIFIED"), "{}", stdout(&out));
+}
+
+#[test]
+fn key_files_of_an_earlier_version_keep_working() {
+    let _s = serial();
+    // A dev realm made before the formats existed: every secret key file headerless.
+    let mut realm = Realm::create_with(&[], |_| {});
+    for name in ["vrf.key", "replica-1.key", "replica-2.key", "replica-3.key", "verifier-1.key"] {
+        to_legacy(&realm.path().join("keys").join(name));
+    }
+    for i in 0..3 {
+        realm.start_replica(i);
+    }
+    realm.start_verifier();
+
+    // A user's keys from an earlier `keyraft keygen`.
+    ok(&realm, &["keygen", "--out", "alice.key"]);
+    ok(&realm, &["keygen", "--out", "bob.key"]);
+    for name in ["alice.key", "alice.key.pub", "bob.key", "bob.key.pub"] {
+        to_legacy(&realm.path().join(name));
+    }
+    let shared = ["--key", "alice.key", "--policy-key", "alice.key.pub", "--policy-key", "bob.key.pub"];
+    let mut args = vec!["register", "--realm", "realm.json", "--user", "alice"];
+    args.extend_from_slice(&shared);
+    args.extend_from_slice(&["--policy-threshold", "1", "--wait"]);
+    let out = ok(&realm, &args);
+    assert!(stdout(&out).contains("VERIFIED") && stdout(&out).contains("1 verifier(s)"), "{}", stdout(&out));
+    let warning = String::from_utf8_lossy(&out.stderr);
+    assert!(warning.contains("alice.key") && warning.contains("keyraft key migrate"), "{warning}");
+
+    // `keyraft key migrate` rewrites them in the new forms, keeping the keys.
+    let before = std::fs::read_to_string(realm.path().join("bob.key")).unwrap();
+    ok(&realm, &["key", "migrate", "bob.key", "bob.key.pub"]);
+    let after = std::fs::read_to_string(realm.path().join("bob.key")).unwrap();
+    assert_eq!(after, format!("keyraft-ed25519-secret-v1\n{before}"));
+    let public = std::fs::read_to_string(realm.path().join("bob.key.pub")).unwrap();
+    assert!(public.starts_with("keyraft-ed25519-public-v1\n"), "{public}");
+    let out =
+        ok(&realm, &["update", "--realm", "realm.json", "--user", "alice", "--key", "bob.key", "--set", "pgp=two"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("migrate"), "{stderr}");
+}
