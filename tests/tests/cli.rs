@@ -409,3 +409,43 @@ fn verify_proof_checks_a_saved_proof_about_a_given_epoch_or_as_of_a_time_with_th
     assert!(out.status.success() && stdout.contains("the current answer"), "{stdout}{}", stderr_of(&out));
     assert!(!stdout.contains("HISTORICAL") && state.exists(), "{stdout}");
 }
+
+/// The profile lines of a `lookup` answer ("  app = value"), sorted.
+fn profile_lines(out: &str) -> Vec<String> {
+    out.lines().filter(|l| l.starts_with("  ") && l.contains(" = ")).map(|l| l.trim().to_owned()).collect()
+}
+
+#[test]
+fn an_update_changes_only_the_profile_keys_it_names_unless_told_to_replace_the_profile() {
+    let _s = serial();
+    let mut realm = Realm::start(|_| {});
+    realm.start_verifier();
+    ok(&realm, &["keygen", "--out", "alice.key"]);
+    let register = ["register", "--user", "alice", "--key", "alice.key", "--set", "pgp=a", "--set", "chat=b", "--wait"];
+    ok(&realm, &with_realm(&register));
+
+    // Only pgp named: chat is kept, and the output says so.
+    let out = ok(&realm, &with_realm(&["update", "--user", "alice", "--key", "alice.key", "--set", "pgp=c", "--wait"]));
+    let looked = ok(&realm, &with_realm(&["lookup", "alice"]));
+    assert_eq!(profile_lines(&looked), ["chat = b", "pgp = c"], "{looked}");
+    assert!(out.contains("pgp: changed") && out.contains("chat: kept"), "{out}");
+
+    // --unset removes one key and keeps the others.
+    let out =
+        ok(&realm, &with_realm(&["update", "--user", "alice", "--key", "alice.key", "--unset", "chat", "--wait"]));
+    assert!(out.contains("chat: removed") && out.contains("pgp: kept"), "{out}");
+    let looked = ok(&realm, &with_realm(&["lookup", "alice"]));
+    assert_eq!(profile_lines(&looked), ["pgp = c"], "{looked}");
+
+    // Unsetting a key the profile does not hold is the caller's mistake, said before sending.
+    let bad = run(&realm, &with_realm(&["update", "--user", "alice", "--key", "alice.key", "--unset", "chat"]));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && stderr.contains("chat"), "{stderr}");
+
+    // --replace-profile starts from an empty profile.
+    let replace = ["update", "--user", "alice", "--key", "alice.key", "--replace-profile", "--set", "x=y", "--wait"];
+    let out = ok(&realm, &with_realm(&replace));
+    assert!(out.contains("x: added") && out.contains("pgp: removed"), "{out}");
+    let looked = ok(&realm, &with_realm(&["lookup", "alice"]));
+    assert_eq!(profile_lines(&looked), ["x = y"], "{looked}");
+}

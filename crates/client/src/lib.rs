@@ -41,7 +41,7 @@ use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_proto::pb::{
     GetEpochRequest, GetUpdateStatusRequest, HistoryRequest, LookupRequest, UpdateRequest, UpdateResponse,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -230,6 +230,58 @@ pub struct UpdateOutcome {
     /// With [`UpdateBuilder::wait_for_quorum`]: the verified proof that the epoch holds the
     /// new entry, ratified by this client's quorum.
     pub proof: Option<LookupAnswer>,
+    /// The profile keys of the entry the update replaced (empty for a registration).
+    pub previous_keys: BTreeMap<String, Vec<u8>>,
+    /// The profile keys the update published.
+    pub keys: BTreeMap<String, Vec<u8>>,
+}
+
+/// How an update's profile keys are made.
+#[derive(Debug, Clone)]
+pub enum ProfileKeys {
+    /// Exactly these keys: the current profile's are dropped.
+    Replace(BTreeMap<String, Vec<u8>>),
+    /// The current profile's keys (none for a registration), with `set` added or changed and
+    /// `unset` removed.
+    Edit {
+        /// Keys to add or change.
+        set: BTreeMap<String, Vec<u8>>,
+        /// Keys to remove: each must be in the current profile and not in `set`.
+        unset: BTreeSet<String>,
+    },
+}
+
+impl Default for ProfileKeys {
+    fn default() -> Self {
+        Self::Replace(BTreeMap::new())
+    }
+}
+
+impl ProfileKeys {
+    /// The keys this makes from `current`. Unsetting a key `current` lacks, or setting and
+    /// unsetting the same key, is the caller's mistake.
+    pub fn apply(self, current: &BTreeMap<String, Vec<u8>>) -> Result<BTreeMap<String, Vec<u8>>, ClientError> {
+        match self {
+            Self::Replace(keys) => Ok(keys),
+            Self::Edit { set, unset } => {
+                let mut keys = current.clone();
+                for app in &unset {
+                    if set.contains_key(app) {
+                        return Err(ClientError::Invalid(format!("profile key {app:?} is both set and unset")));
+                    }
+                    if keys.remove(app).is_none() {
+                        let held: Vec<&str> = current.keys().map(String::as_str).collect();
+                        return Err(ClientError::Invalid(format!(
+                            "cannot unset profile key {app:?}: the current profile does not hold it (it holds: {})",
+                            if held.is_empty() { "nothing".to_owned() } else { held.join(", ") }
+                        )));
+                    }
+                }
+                keys.extend(set);
+                Ok(keys)
+            }
+        }
+    }
 }
 
 /// Where an update is, as a replica reports it ([`Client::update_status`]; not a proof: a
@@ -666,7 +718,7 @@ pub struct UpdateBuilder<'a> {
     registration: bool,
     signers: Vec<SigningKey>,
     policy: Option<Policy>,
-    keys: BTreeMap<String, Vec<u8>>,
+    keys: ProfileKeys,
     wait_for_quorum: bool,
 }
 
@@ -678,7 +730,7 @@ impl<'a> UpdateBuilder<'a> {
             registration,
             signers: Vec::new(),
             policy: None,
-            keys: BTreeMap::new(),
+            keys: ProfileKeys::default(),
             wait_for_quorum: false,
         }
     }
@@ -700,9 +752,17 @@ impl<'a> UpdateBuilder<'a> {
         self
     }
 
-    /// The profile's keys.
+    /// The profile's keys: exactly these (the current profile's are dropped).
     #[must_use]
     pub fn keys(mut self, keys: BTreeMap<String, Vec<u8>>) -> Self {
+        self.keys = ProfileKeys::Replace(keys);
+        self
+    }
+
+    /// How the profile's keys are made from the current profile's (the default replaces
+    /// them with none).
+    #[must_use]
+    pub fn profile_keys(mut self, keys: ProfileKeys) -> Self {
         self.keys = keys;
         self
     }
@@ -737,6 +797,7 @@ impl<'a> UpdateBuilder<'a> {
             )),
             (_, e) => e,
         })?;
+        let previous_keys = current.lookup.entry.as_ref().map(|(_, p)| p.keys.clone()).unwrap_or_default();
         let (version, policy) = match (&current.lookup.entry, self.registration) {
             (Some(_), true) => {
                 return Err(ClientError::Invalid(format!("{user_id:?} is already registered; change it instead")))
@@ -752,7 +813,8 @@ impl<'a> UpdateBuilder<'a> {
                 (entry.version + 1, self.policy.unwrap_or_else(|| entry.update_policy.clone()))
             }
         };
-        let profile = new_profile(self.keys);
+        let keys = self.keys.apply(&previous_keys)?;
+        let profile = new_profile(keys.clone());
         let entry = Entry {
             index: current.lookup.index,
             version,
@@ -786,7 +848,14 @@ impl<'a> UpdateBuilder<'a> {
             client.checker.memory.record_own_update(&client.checker.memory_key, user_id, response.epoch)?;
             None
         };
-        Ok(UpdateOutcome { update_id: response.update_id, epoch: response.epoch, duplicate: response.duplicate, proof })
+        Ok(UpdateOutcome {
+            update_id: response.update_id,
+            epoch: response.epoch,
+            duplicate: response.duplicate,
+            proof,
+            previous_keys,
+            keys,
+        })
     }
 }
 
