@@ -449,3 +449,40 @@ fn an_update_changes_only_the_profile_keys_it_names_unless_told_to_replace_the_p
     let looked = ok(&realm, &with_realm(&["lookup", "alice"]));
     assert_eq!(profile_lines(&looked), ["x = y"], "{looked}");
 }
+
+#[test]
+fn a_wait_that_times_out_reports_the_update_accepted_with_its_own_exit_code_and_status_finds_it() {
+    let _s = serial();
+    let mut realm = Realm::start(|_| {});
+    realm.start_verifier();
+    ok(&realm, &["keygen", "--out", "alice.key"]);
+    // A ratified epoch for the registration's lookup, then no verifier ratifies any more.
+    wait_for("the verifier to ratify an epoch", || {
+        run(&realm, &with_realm(&["lookup", "nobody"])).status.success().then_some(())
+    });
+    realm.kill_verifier();
+
+    let register =
+        ["register", "--user", "alice", "--key", "alice.key", "--set", "pgp=a", "--wait", "--wait-ms", "300"];
+    let out = run(&realm, &with_realm(&register));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("not yet ratified by 1 verifier(s)"), "{stdout}");
+    let epoch = epoch_in(&stdout);
+    assert!(stdout.contains(&format!("accepted in epoch {epoch};")), "{stdout}");
+    let id = stdout
+        .split("update id ")
+        .nth(1)
+        .expect("the update id")
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .next()
+        .unwrap();
+    assert_eq!(id.len(), 64, "{stdout}");
+
+    let status = ok(&realm, &with_realm(&["status", id, "--user", "alice"]));
+    assert!(status.contains(&format!("IN_EPOCH {epoch}")), "{status}");
+    // Without the identity, a replica finds only updates still pending or rejected.
+    let unknown = ok(&realm, &with_realm(&["status", &"00".repeat(32)]));
+    assert!(unknown.contains("UNKNOWN"), "{unknown}");
+}

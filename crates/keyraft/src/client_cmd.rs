@@ -3,7 +3,7 @@
 
 use ed25519_dalek::SigningKey;
 use keyraft_client::{
-    public_key, Client, ClientError, ClientOptions, LookupOptions, ProfileKeys, ProofChecker, WatchUpdate,
+    public_key, Client, ClientError, ClientOptions, LookupOptions, ProfileKeys, ProofChecker, UpdateStatus, WatchUpdate,
 };
 use keyraft_core::lookup::{LookupProof, PositionalSignature};
 use keyraft_core::tree::Terminal;
@@ -106,9 +106,30 @@ pub struct UpdateArgs {
     #[arg(long)]
     pub replace_profile: bool,
     /// Wait until the update's epoch is ratified by the quorum (`--verifiers`) and print the
-    /// verified proof's summary.
+    /// verified proof's summary. Exit codes: 0 ratified; 3 accepted in an epoch not ratified
+    /// within the wait (the update stays applied: do not resend it; `keyraft status` tells its
+    /// epoch); 1 any failure (the message says whether the update may still have been applied).
     #[arg(long)]
     pub wait: bool,
+    /// How long `--wait` waits for the ratification, in milliseconds (a replica caps it at its
+    /// `limits.wait_ms_max`).
+    #[arg(long, requires = "wait", default_value_t = keyraft_client::QUORUM_WAIT_MS)]
+    pub wait_ms: u32,
+}
+
+/// Options of `keyraft status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    /// Realm.
+    pub realm: RealmArgs,
+    /// The update id (64 hex digits), as `register` and `update` print it.
+    pub update_id: String,
+    /// The identity the update is for: needed to find an applied update (its index is learnt
+    /// from a verified lookup; `--verifiers 0` if the verifiers are behind). Without it, only
+    /// pending and rejected updates are found.
+    #[arg(long)]
+    pub user: Option<String>,
 }
 
 /// Options of `keyraft lookup`.
@@ -367,10 +388,28 @@ pub fn update(args: &UpdateArgs, is_update: bool, out: &mut dyn Write) -> CmdRes
         builder = builder.policy(p);
     }
     if args.wait {
-        builder = builder.wait_for_quorum();
+        builder = builder.wait_for_quorum().wait_ms(args.wait_ms);
     }
-    let outcome = rt.block_on(builder.profile_keys(profile).send())?;
     let what = if is_update { "updated" } else { "registered" };
+    let outcome = match rt.block_on(builder.profile_keys(profile).send()) {
+        Ok(outcome) => outcome,
+        Err(ClientError::NotRatifiedYet { update_id, epoch, verifiers }) => {
+            let id = hex::encode(&update_id);
+            writeln!(
+                out,
+                "{what} {:?}: accepted in epoch {epoch}; not yet ratified by {verifiers} verifier(s) within {} ms (update id {id})",
+                args.user, args.wait_ms
+            )?;
+            writeln!(
+                out,
+                "  the update stays applied: do not resend it; `keyraft status --realm {} {id} --user {}` tells its epoch, `keyraft lookup` proves it once ratified",
+                args.realm.realm.display(),
+                args.user
+            )?;
+            return Err(crate::cli::Exit(crate::cli::EXIT_NOT_RATIFIED).into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     if outcome.duplicate {
         // An attempt answered "try again" had gone through: the resubmission found it.
         writeln!(
@@ -416,6 +455,35 @@ fn print_profile_changes(
             _ => "changed",
         };
         writeln!(out, "  {app}: {what}")?;
+    }
+    Ok(())
+}
+
+/// `keyraft status`: where an update is, as a replica reports it.
+pub fn status(args: &StatusArgs, out: &mut dyn Write) -> CmdResult {
+    let id = hex::decode(&args.update_id)
+        .ok()
+        .filter(|id| id.len() == 32)
+        .ok_or_else(|| format!("{:?} is not an update id (64 hex digits)", args.update_id))?;
+    let rt = runtime()?;
+    let _entered = rt.enter();
+    let client = client(&args.realm)?;
+    match rt.block_on(client.update_status_by_id(&id, args.user.as_deref()))? {
+        UpdateStatus::Pending => writeln!(out, "PENDING: received, not in an epoch yet")?,
+        UpdateStatus::InEpoch(epoch) => writeln!(
+            out,
+            "IN_EPOCH {epoch}: applied in epoch {epoch} (a replica's report; `keyraft lookup` proves it once the epoch is ratified)"
+        )?,
+        UpdateStatus::Rejected { reason, retryable } => writeln!(
+            out,
+            "REJECTED: {reason} ({})",
+            if retryable { "sending it again later may succeed" } else { "final" }
+        )?,
+        UpdateStatus::Unknown if args.user.is_none() => writeln!(
+            out,
+            "UNKNOWN: not pending nor rejected (an applied update is found only with --user)"
+        )?,
+        UpdateStatus::Unknown => writeln!(out, "UNKNOWN: the replica does not know this update")?,
     }
     Ok(())
 }
