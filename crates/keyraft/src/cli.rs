@@ -28,7 +28,8 @@ pub enum Command {
     Key(crate::client_cmd::KeyCommand),
     /// Registers an identity (version 0).
     Register(crate::client_cmd::UpdateArgs),
-    /// Changes an identity's keys, and optionally its owner or update policy.
+    /// Changes an identity's profile keys (those --set / --unset name; the others are kept), and
+    /// optionally its owner or update policy.
     Update(crate::client_cmd::UpdateArgs),
     /// Looks an identity up and verifies the answer.
     Lookup(crate::client_cmd::LookupArgs),
