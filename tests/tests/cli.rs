@@ -409,3 +409,80 @@ fn verify_proof_checks_a_saved_proof_about_a_given_epoch_or_as_of_a_time_with_th
     assert!(out.status.success() && stdout.contains("the current answer"), "{stdout}{}", stderr_of(&out));
     assert!(!stdout.contains("HISTORICAL") && state.exists(), "{stdout}");
 }
+
+/// The profile lines of a `lookup` answer ("  app = value"), sorted.
+fn profile_lines(out: &str) -> Vec<String> {
+    out.lines().filter(|l| l.starts_with("  ") && l.contains(" = ")).map(|l| l.trim().to_owned()).collect()
+}
+
+#[test]
+fn an_update_changes_only_the_profile_keys_it_names_unless_told_to_replace_the_profile() {
+    let _s = serial();
+    let mut realm = Realm::start(|_| {});
+    realm.start_verifier();
+    ok(&realm, &["keygen", "--out", "alice.key"]);
+    let register = ["register", "--user", "alice", "--key", "alice.key", "--set", "pgp=a", "--set", "chat=b", "--wait"];
+    ok(&realm, &with_realm(&register));
+
+    // Only pgp named: chat is kept, and the output says so.
+    let out = ok(&realm, &with_realm(&["update", "--user", "alice", "--key", "alice.key", "--set", "pgp=c", "--wait"]));
+    let looked = ok(&realm, &with_realm(&["lookup", "alice"]));
+    assert_eq!(profile_lines(&looked), ["chat = b", "pgp = c"], "{looked}");
+    assert!(out.contains("pgp: changed") && out.contains("chat: kept"), "{out}");
+
+    // --unset removes one key and keeps the others.
+    let out =
+        ok(&realm, &with_realm(&["update", "--user", "alice", "--key", "alice.key", "--unset", "chat", "--wait"]));
+    assert!(out.contains("chat: removed") && out.contains("pgp: kept"), "{out}");
+    let looked = ok(&realm, &with_realm(&["lookup", "alice"]));
+    assert_eq!(profile_lines(&looked), ["pgp = c"], "{looked}");
+
+    // Unsetting a key the profile does not hold is the caller's mistake, said before sending.
+    let bad = run(&realm, &with_realm(&["update", "--user", "alice", "--key", "alice.key", "--unset", "chat"]));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && stderr.contains("chat"), "{stderr}");
+
+    // --replace-profile starts from an empty profile.
+    let replace = ["update", "--user", "alice", "--key", "alice.key", "--replace-profile", "--set", "x=y", "--wait"];
+    let out = ok(&realm, &with_realm(&replace));
+    assert!(out.contains("x: added") && out.contains("pgp: removed"), "{out}");
+    let looked = ok(&realm, &with_realm(&["lookup", "alice"]));
+    assert_eq!(profile_lines(&looked), ["x = y"], "{looked}");
+}
+
+#[test]
+fn a_wait_that_times_out_reports_the_update_accepted_with_its_own_exit_code_and_status_finds_it() {
+    let _s = serial();
+    let mut realm = Realm::start(|_| {});
+    realm.start_verifier();
+    ok(&realm, &["keygen", "--out", "alice.key"]);
+    // A ratified epoch for the registration's lookup, then no verifier ratifies any more.
+    wait_for("the verifier to ratify an epoch", || {
+        run(&realm, &with_realm(&["lookup", "nobody"])).status.success().then_some(())
+    });
+    realm.kill_verifier();
+
+    let register =
+        ["register", "--user", "alice", "--key", "alice.key", "--set", "pgp=a", "--wait", "--wait-ms", "300"];
+    let out = run(&realm, &with_realm(&register));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("not yet ratified by 1 verifier(s)"), "{stdout}");
+    let epoch = epoch_in(&stdout);
+    assert!(stdout.contains(&format!("accepted in epoch {epoch};")), "{stdout}");
+    let id = stdout
+        .split("update id ")
+        .nth(1)
+        .expect("the update id")
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .next()
+        .unwrap();
+    assert_eq!(id.len(), 64, "{stdout}");
+
+    let status = ok(&realm, &with_realm(&["status", id, "--user", "alice"]));
+    assert!(status.contains(&format!("IN_EPOCH {epoch}")), "{status}");
+    // Without the identity, a replica finds only updates still pending or rejected.
+    let unknown = ok(&realm, &with_realm(&["status", &"00".repeat(32)]));
+    assert!(unknown.contains("UNKNOWN"), "{unknown}");
+}

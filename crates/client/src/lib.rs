@@ -41,7 +41,7 @@ use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_proto::pb::{
     GetEpochRequest, GetUpdateStatusRequest, HistoryRequest, LookupRequest, UpdateRequest, UpdateResponse,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -97,6 +97,21 @@ pub enum ClientError {
     /// (an older epoch than asked for, a "change" that changes nothing): it is faulty or lying.
     #[error("the server misbehaved: {0}")]
     Contradicted(String),
+    /// An update that was to wait for its ratification is in an epoch, which did not reach the
+    /// verifier ratifications this client requires within the wait: it was accepted and stays
+    /// applied (its status says where; a lookup proves it once ratified). Do not resubmit it.
+    #[error(
+        "accepted in epoch {epoch}; not yet ratified by {verifiers} verifier(s) (update id {}): look it up later",
+        hex::encode(update_id)
+    )]
+    NotRatifiedYet {
+        /// The update's id.
+        update_id: Vec<u8>,
+        /// The epoch it is in.
+        epoch: u64,
+        /// How many verifier ratifications this client requires.
+        verifiers: usize,
+    },
 }
 
 impl ClientError {
@@ -230,6 +245,58 @@ pub struct UpdateOutcome {
     /// With [`UpdateBuilder::wait_for_quorum`]: the verified proof that the epoch holds the
     /// new entry, ratified by this client's quorum.
     pub proof: Option<LookupAnswer>,
+    /// The profile keys of the entry the update replaced (empty for a registration).
+    pub previous_keys: BTreeMap<String, Vec<u8>>,
+    /// The profile keys the update published.
+    pub keys: BTreeMap<String, Vec<u8>>,
+}
+
+/// How an update's profile keys are made.
+#[derive(Debug, Clone)]
+pub enum ProfileKeys {
+    /// Exactly these keys: the current profile's are dropped.
+    Replace(BTreeMap<String, Vec<u8>>),
+    /// The current profile's keys (none for a registration), with `set` added or changed and
+    /// `unset` removed.
+    Edit {
+        /// Keys to add or change.
+        set: BTreeMap<String, Vec<u8>>,
+        /// Keys to remove: each must be in the current profile and not in `set`.
+        unset: BTreeSet<String>,
+    },
+}
+
+impl Default for ProfileKeys {
+    fn default() -> Self {
+        Self::Replace(BTreeMap::new())
+    }
+}
+
+impl ProfileKeys {
+    /// The keys this makes from `current`. Unsetting a key `current` lacks, or setting and
+    /// unsetting the same key, is the caller's mistake.
+    pub fn apply(self, current: &BTreeMap<String, Vec<u8>>) -> Result<BTreeMap<String, Vec<u8>>, ClientError> {
+        match self {
+            Self::Replace(keys) => Ok(keys),
+            Self::Edit { set, unset } => {
+                let mut keys = current.clone();
+                for app in &unset {
+                    if set.contains_key(app) {
+                        return Err(ClientError::Invalid(format!("profile key {app:?} is both set and unset")));
+                    }
+                    if keys.remove(app).is_none() {
+                        let held: Vec<&str> = current.keys().map(String::as_str).collect();
+                        return Err(ClientError::Invalid(format!(
+                            "cannot unset profile key {app:?}: the current profile does not hold it (it holds: {})",
+                            if held.is_empty() { "nothing".to_owned() } else { held.join(", ") }
+                        )));
+                    }
+                }
+                keys.extend(set);
+                Ok(keys)
+            }
+        }
+    }
 }
 
 /// Where an update is, as a replica reports it ([`Client::update_status`]; not a proof: a
@@ -602,6 +669,31 @@ impl Client {
             index: update.signed.entry.index.0.to_vec(),
             version: update.signed.entry.version,
         };
+        self.update_status_request(request).await
+    }
+
+    /// Where the update with id `update_id` is, as the first replica that answers reports it.
+    /// A replica finds an applied update by its identity's index: with `user_id`, the index is
+    /// learnt from a verified lookup (so this client's quorum must have ratified a fresh
+    /// epoch); without, only pending and rejected updates are found, and an applied one is
+    /// [`UpdateStatus::Unknown`].
+    pub async fn update_status_by_id(
+        &self,
+        update_id: &[u8],
+        user_id: Option<&str>,
+    ) -> Result<UpdateStatus, ClientError> {
+        if update_id.len() != 32 {
+            return Err(ClientError::Invalid(format!("an update id is 32 bytes, not {}", update_id.len())));
+        }
+        let index = match user_id {
+            Some(u) => self.lookup(u, LookupOptions::default()).await?.lookup.index.0.to_vec(),
+            None => Vec::new(),
+        };
+        let request = GetUpdateStatusRequest { update_id: update_id.to_vec(), index, version: 0 };
+        self.update_status_request(request).await
+    }
+
+    async fn update_status_request(&self, request: GetUpdateStatusRequest) -> Result<UpdateStatus, ClientError> {
         self.each(
             |mut c| {
                 let mut r = tonic::Request::new(request.clone());
@@ -666,8 +758,9 @@ pub struct UpdateBuilder<'a> {
     registration: bool,
     signers: Vec<SigningKey>,
     policy: Option<Policy>,
-    keys: BTreeMap<String, Vec<u8>>,
+    keys: ProfileKeys,
     wait_for_quorum: bool,
+    wait_ms: u32,
 }
 
 impl<'a> UpdateBuilder<'a> {
@@ -678,8 +771,9 @@ impl<'a> UpdateBuilder<'a> {
             registration,
             signers: Vec::new(),
             policy: None,
-            keys: BTreeMap::new(),
+            keys: ProfileKeys::default(),
             wait_for_quorum: false,
+            wait_ms: QUORUM_WAIT_MS,
         }
     }
 
@@ -700,17 +794,34 @@ impl<'a> UpdateBuilder<'a> {
         self
     }
 
-    /// The profile's keys.
+    /// The profile's keys: exactly these (the current profile's are dropped).
     #[must_use]
     pub fn keys(mut self, keys: BTreeMap<String, Vec<u8>>) -> Self {
+        self.keys = ProfileKeys::Replace(keys);
+        self
+    }
+
+    /// How the profile's keys are made from the current profile's (the default replaces
+    /// them with none).
+    #[must_use]
+    pub fn profile_keys(mut self, keys: ProfileKeys) -> Self {
         self.keys = keys;
         self
     }
 
-    /// Waits until the update's epoch satisfies the client's quorum and returns its proof.
+    /// Waits until the update's epoch satisfies the client's quorum and returns its proof; an
+    /// update accepted whose epoch does not within the wait is [`ClientError::NotRatifiedYet`].
     #[must_use]
     pub fn wait_for_quorum(mut self) -> Self {
         self.wait_for_quorum = true;
+        self
+    }
+
+    /// How long [`Self::wait_for_quorum`] lets the server wait for the ratification, in
+    /// milliseconds (default [`QUORUM_WAIT_MS`]; a server caps it at its `wait_ms_max`).
+    #[must_use]
+    pub fn wait_ms(mut self, wait_ms: u32) -> Self {
+        self.wait_ms = wait_ms;
         self
     }
 
@@ -737,6 +848,7 @@ impl<'a> UpdateBuilder<'a> {
             )),
             (_, e) => e,
         })?;
+        let previous_keys = current.lookup.entry.as_ref().map(|(_, p)| p.keys.clone()).unwrap_or_default();
         let (version, policy) = match (&current.lookup.entry, self.registration) {
             (Some(_), true) => {
                 return Err(ClientError::Invalid(format!("{user_id:?} is already registered; change it instead")))
@@ -752,7 +864,8 @@ impl<'a> UpdateBuilder<'a> {
                 (entry.version + 1, self.policy.unwrap_or_else(|| entry.update_policy.clone()))
             }
         };
-        let profile = new_profile(self.keys);
+        let keys = self.keys.apply(&previous_keys)?;
+        let profile = new_profile(keys.clone());
         let entry = Entry {
             index: current.lookup.index,
             version,
@@ -763,13 +876,22 @@ impl<'a> UpdateBuilder<'a> {
         let signatures = sign_entry(&client.realm().config.realm, &entry, &signers);
         let update = Update { signed: SignedEntry { entry, signatures }, profile };
         let (threshold, wait_ms) =
-            if self.wait_for_quorum { (Some(client.threshold()), QUORUM_WAIT_MS) } else { (None, 0) };
+            if self.wait_for_quorum { (Some(client.threshold()), self.wait_ms) } else { (None, 0) };
+        let started = tokio::time::Instant::now();
         let response = submit_until_answered(client, user_id, &update, threshold, wait_ms).await?;
         let proof = if self.wait_for_quorum {
             let answer = if response.proof.is_empty() {
-                // Found applied by its status, without the proof the Update call returns.
-                let at = LookupOptions { epoch: response.epoch, min_epoch: 0, wait_ms: QUORUM_WAIT_MS };
-                client.lookup(user_id, at).await?
+                // Found applied by its status, without the proof the Update call returns: the
+                // rest of the wait goes to a lookup of its epoch.
+                let waited = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
+                let at = LookupOptions { epoch: response.epoch, min_epoch: 0, wait_ms: wait_ms.saturating_sub(waited) };
+                client.lookup(user_id, at).await.map_err(|e| match e {
+                    // Not ratified within the wait, by the verifiers or yet by the replicas.
+                    ClientError::Unavailable(_) | ClientError::Refused { code: tonic::Code::NotFound, .. } => {
+                        not_ratified(client, &update, response.epoch)
+                    }
+                    e => e,
+                })?
             } else {
                 client.accept_past(user_id, response.proof, response.epoch)?
             };
@@ -786,14 +908,27 @@ impl<'a> UpdateBuilder<'a> {
             client.checker.memory.record_own_update(&client.checker.memory_key, user_id, response.epoch)?;
             None
         };
-        Ok(UpdateOutcome { update_id: response.update_id, epoch: response.epoch, duplicate: response.duplicate, proof })
+        Ok(UpdateOutcome {
+            update_id: response.update_id,
+            epoch: response.epoch,
+            duplicate: response.duplicate,
+            proof,
+            previous_keys,
+            keys,
+        })
     }
+}
+
+fn not_ratified(client: &Client, update: &Update, epoch: u64) -> ClientError {
+    ClientError::NotRatifiedYet { update_id: update.id().to_vec(), epoch, verifiers: client.realm().verifier_threshold }
 }
 
 /// Submits `update`, resubmitting the same bytes while the answer is "try again", for up to
 /// [`UPDATE_RETRY_MS`] after the first such answer (a resubmission still running then is
 /// dropped: the update is idempotent). A refusal after such an answer may mean the earlier
-/// attempt was applied (and something after it): the update's status tells.
+/// attempt was applied (and something after it): the update's status tells. An update that was
+/// to wait for the verifiers (`threshold`) and was answered "try again" (the wait ran out, or
+/// the answer was lost) is looked for first: applied, it is not resubmitted to wait once more.
 async fn submit_until_answered(
     client: &Client,
     user_id: &str,
@@ -807,10 +942,24 @@ async fn submit_until_answered(
             hex::encode(update.id())
         ))
     };
+    // Applied, it is answered without a proof: the caller waits for the ratification (for what
+    // is left of its wait) by a lookup.
+    let applied = || async {
+        threshold?;
+        match client.update_status(update).await {
+            Ok(UpdateStatus::InEpoch(epoch)) => {
+                Some(UpdateResponse { update_id: update.id().to_vec(), epoch, duplicate: false, proof: Vec::new() })
+            }
+            _ => None,
+        }
+    };
     let why = match client.submit(user_id, update, threshold, wait_ms).await {
         Err(ClientError::Unavailable(why)) => why,
         other => return other,
     };
+    if let Some(response) = applied().await {
+        return Ok(response);
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(UPDATE_RETRY_MS);
     let mut delay = Duration::from_millis(UPDATE_RETRY_DELAY_MS);
     let mut last = why;
@@ -825,7 +974,12 @@ async fn submit_until_answered(
         match tokio::time::timeout_at(deadline, attempt).await {
             Err(_) => return Err(unanswered(&last)),
             Ok(Ok(response)) => return Ok(response),
-            Ok(Err(ClientError::Unavailable(why))) => last = why,
+            Ok(Err(ClientError::Unavailable(why))) => {
+                if let Some(response) = applied().await {
+                    return Ok(response);
+                }
+                last = why;
+            }
             Ok(Err(refused @ ClientError::Refused { code: tonic::Code::FailedPrecondition, .. })) => {
                 return match client.update_status(update).await {
                     Ok(UpdateStatus::InEpoch(epoch)) => Ok(UpdateResponse {

@@ -28,10 +28,13 @@ pub enum Command {
     Key(crate::client_cmd::KeyCommand),
     /// Registers an identity (version 0).
     Register(crate::client_cmd::UpdateArgs),
-    /// Changes an identity's keys, and optionally its owner or update policy.
+    /// Changes an identity's profile keys (those --set / --unset name; the others are kept), and
+    /// optionally its owner or update policy.
     Update(crate::client_cmd::UpdateArgs),
     /// Looks an identity up and verifies the answer.
     Lookup(crate::client_cmd::LookupArgs),
+    /// Where an update is (pending, in an epoch, rejected), as a replica reports it.
+    Status(crate::client_cmd::StatusArgs),
     /// Lists an identity's versions, newest first, each verified at its epoch.
     History(crate::client_cmd::HistoryArgs),
     /// Follows an identity: its current value, then every change and heartbeat, verified.
@@ -46,6 +49,22 @@ pub enum Command {
     /// Runs a whole realm in this process (no network), printing each step of the protocol.
     Demo(crate::demo::DemoArgs),
 }
+
+/// Exit code of `register --wait` / `update --wait` when the update was accepted in an epoch
+/// that its quorum of verifiers did not ratify within the wait.
+pub const EXIT_NOT_RATIFIED: u8 = 3;
+
+/// Ends the process with this exit code; the command has already said why.
+#[derive(Debug)]
+pub struct Exit(pub u8);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit code {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
 
 /// Sets up logging from `RUST_LOG` (default: warnings).
 pub fn init_tracing() {
@@ -67,6 +86,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Register(args) => crate::client_cmd::update(&args, false, out),
         Command::Update(args) => crate::client_cmd::update(&args, true, out),
         Command::Lookup(args) => crate::client_cmd::lookup(&args, out),
+        Command::Status(args) => crate::client_cmd::status(&args, out),
         Command::History(args) => crate::client_cmd::history(&args, out),
         Command::Watch(args) => crate::client_cmd::watch(&args, out),
         Command::VerifyProof(args) => crate::client_cmd::verify_proof(&args, out),

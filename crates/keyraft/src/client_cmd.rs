@@ -2,7 +2,9 @@
 //! verified with `keyraft_core`.
 
 use ed25519_dalek::SigningKey;
-use keyraft_client::{public_key, Client, ClientError, ClientOptions, LookupOptions, ProofChecker, WatchUpdate};
+use keyraft_client::{
+    public_key, Client, ClientError, ClientOptions, LookupOptions, ProfileKeys, ProofChecker, UpdateStatus, WatchUpdate,
+};
 use keyraft_core::lookup::{LookupProof, PositionalSignature};
 use keyraft_core::tree::Terminal;
 use keyraft_core::{decode_canonical, key_file, Lookup, Policy, PublicKey, RealmFile};
@@ -91,14 +93,43 @@ pub struct UpdateArgs {
     /// ... of which this many must sign each later update.
     #[arg(long, requires = "policy_keys")]
     pub policy_threshold: Option<u16>,
-    /// Profile keys as APP=VALUE (VALUE as text, or hex:...). Default: `ed25519=<owner's
-    /// public key>`.
-    #[arg(long = "set")]
+    /// A profile key to add or change, as APP=VALUE (VALUE as text, or hex:...); repeat for
+    /// several. `update` keeps every key of the current profile that `--set` and `--unset` do
+    /// not name. A registration without `--set` publishes `ed25519=<owner's public key>`.
+    #[arg(long = "set", value_name = "APP=VALUE")]
     pub set: Vec<String>,
+    /// For `update`: remove this key from the profile (it must be there); repeat for several.
+    #[arg(long = "unset", value_name = "APP", conflicts_with = "replace_profile")]
+    pub unset: Vec<String>,
+    /// For `update`: start from an empty profile, so it holds only the `--set` keys (without
+    /// `--set`: `ed25519=<owner's public key>`), instead of keeping the current profile's.
+    #[arg(long)]
+    pub replace_profile: bool,
     /// Wait until the update's epoch is ratified by the quorum (`--verifiers`) and print the
-    /// verified proof's summary.
+    /// verified proof's summary. Exit codes: 0 ratified; 3 accepted in an epoch not ratified
+    /// within the wait (the update stays applied: do not resend it; `keyraft status` tells its
+    /// epoch); 1 any failure (the message says whether the update may still have been applied).
     #[arg(long)]
     pub wait: bool,
+    /// How long `--wait` waits for the ratification, in milliseconds (a replica caps it at its
+    /// `limits.wait_ms_max`).
+    #[arg(long, requires = "wait", default_value_t = keyraft_client::QUORUM_WAIT_MS)]
+    pub wait_ms: u32,
+}
+
+/// Options of `keyraft status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    /// Realm.
+    pub realm: RealmArgs,
+    /// The update id (64 hex digits), as `register` and `update` print it.
+    pub update_id: String,
+    /// The identity the update is for: needed to find an applied update (its index is learnt
+    /// from a verified lookup; `--verifiers 0` if the verifiers are behind). Without it, only
+    /// pending and rejected updates are found.
+    #[arg(long)]
+    pub user: Option<String>,
 }
 
 /// Options of `keyraft lookup`.
@@ -256,10 +287,34 @@ fn load_key(path: &std::path::Path, option: &str) -> Result<SigningKey, Box<dyn 
     Ok(SigningKey::from_bytes(&read.key))
 }
 
-fn profile_keys(set: &[String], owner: &SigningKey) -> Result<BTreeMap<String, Vec<u8>>, Box<dyn std::error::Error>> {
-    if set.is_empty() {
-        return Ok(BTreeMap::from([("ed25519".to_owned(), public_key(owner).as_bytes().to_vec())]));
+/// The profile keys an update makes: a registration and `--replace-profile` start from an
+/// empty profile (holding the owner's public key when nothing is `--set`); any other update
+/// edits the current profile.
+fn profile_keys(
+    args: &UpdateArgs,
+    is_update: bool,
+    owner: &SigningKey,
+) -> Result<ProfileKeys, Box<dyn std::error::Error>> {
+    if !is_update && (args.replace_profile || !args.unset.is_empty()) {
+        return Err(
+            "register: --unset and --replace-profile are for `update` (a registration has no profile yet)".into()
+        );
     }
+    let set = parse_set(&args.set)?;
+    if is_update && !args.replace_profile {
+        let unset = args.unset.iter().cloned().collect();
+        return Ok(ProfileKeys::Edit { set, unset });
+    }
+    if set.is_empty() {
+        return Ok(ProfileKeys::Replace(BTreeMap::from([(
+            "ed25519".to_owned(),
+            public_key(owner).as_bytes().to_vec(),
+        )])));
+    }
+    Ok(ProfileKeys::Replace(set))
+}
+
+fn parse_set(set: &[String]) -> Result<BTreeMap<String, Vec<u8>>, Box<dyn std::error::Error>> {
     let mut out = BTreeMap::new();
     for s in set {
         let (app, value) = s.split_once('=').ok_or_else(|| format!("--set {s:?}: expected APP=VALUE"))?;
@@ -316,7 +371,7 @@ pub fn update(args: &UpdateArgs, is_update: bool, out: &mut dyn Write) -> CmdRes
     let keys: Vec<SigningKey> = args.keys.iter().map(|p| load_key(p, "--key")).collect::<Result<_, _>>()?;
     let new_key = args.new_key.as_deref().map(|p| load_key(p, "--new-key")).transpose()?;
     let owner = new_key.as_ref().or(keys.first()).ok_or("--key is required")?;
-    let profile = profile_keys(&args.set, owner)?;
+    let profile = profile_keys(args, is_update, owner)?;
     let policy = match args.policy_threshold {
         Some(t) => {
             let list = args.policy_keys.iter().map(|k| policy_key(k)).collect::<Result<Vec<_>, _>>()?;
@@ -333,10 +388,28 @@ pub fn update(args: &UpdateArgs, is_update: bool, out: &mut dyn Write) -> CmdRes
         builder = builder.policy(p);
     }
     if args.wait {
-        builder = builder.wait_for_quorum();
+        builder = builder.wait_for_quorum().wait_ms(args.wait_ms);
     }
-    let outcome = rt.block_on(builder.keys(profile).send())?;
     let what = if is_update { "updated" } else { "registered" };
+    let outcome = match rt.block_on(builder.profile_keys(profile).send()) {
+        Ok(outcome) => outcome,
+        Err(ClientError::NotRatifiedYet { update_id, epoch, verifiers }) => {
+            let id = hex::encode(&update_id);
+            writeln!(
+                out,
+                "{what} {:?}: accepted in epoch {epoch}; not yet ratified by {verifiers} verifier(s) within {} ms (update id {id})",
+                args.user, args.wait_ms
+            )?;
+            writeln!(
+                out,
+                "  the update stays applied: do not resend it; `keyraft status --realm {} {id} --user {}` tells its epoch, `keyraft lookup` proves it once ratified",
+                args.realm.realm.display(),
+                args.user
+            )?;
+            return Err(crate::cli::Exit(crate::cli::EXIT_NOT_RATIFIED).into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     if outcome.duplicate {
         // An attempt answered "try again" had gone through: the resubmission found it.
         writeln!(
@@ -355,6 +428,7 @@ pub fn update(args: &UpdateArgs, is_update: bool, out: &mut dyn Write) -> CmdRes
             hex::encode(&outcome.update_id)
         )?;
     }
+    print_profile_changes(out, &outcome.previous_keys, &outcome.keys)?;
     if let Some(answer) = &outcome.proof {
         writeln!(
             out,
@@ -362,6 +436,54 @@ pub fn update(args: &UpdateArgs, is_update: bool, out: &mut dyn Write) -> CmdRes
             answer.lookup.epoch(),
             answer.lookup.ratified_by.len()
         )?;
+    }
+    Ok(())
+}
+
+/// One line per profile key: added, changed, removed or kept.
+fn print_profile_changes(
+    out: &mut dyn Write,
+    before: &BTreeMap<String, Vec<u8>>,
+    after: &BTreeMap<String, Vec<u8>>,
+) -> std::io::Result<()> {
+    let apps: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    for app in apps {
+        let what = match (before.get(app), after.get(app)) {
+            (None, _) => "added",
+            (Some(_), None) => "removed",
+            (Some(old), Some(new)) if old == new => "kept",
+            _ => "changed",
+        };
+        writeln!(out, "  {app}: {what}")?;
+    }
+    Ok(())
+}
+
+/// `keyraft status`: where an update is, as a replica reports it.
+pub fn status(args: &StatusArgs, out: &mut dyn Write) -> CmdResult {
+    let id = hex::decode(&args.update_id)
+        .ok()
+        .filter(|id| id.len() == 32)
+        .ok_or_else(|| format!("{:?} is not an update id (64 hex digits)", args.update_id))?;
+    let rt = runtime()?;
+    let _entered = rt.enter();
+    let client = client(&args.realm)?;
+    match rt.block_on(client.update_status_by_id(&id, args.user.as_deref()))? {
+        UpdateStatus::Pending => writeln!(out, "PENDING: received, not in an epoch yet")?,
+        UpdateStatus::InEpoch(epoch) => writeln!(
+            out,
+            "IN_EPOCH {epoch}: applied in epoch {epoch} (a replica's report; `keyraft lookup` proves it once the epoch is ratified)"
+        )?,
+        UpdateStatus::Rejected { reason, retryable } => writeln!(
+            out,
+            "REJECTED: {reason} ({})",
+            if retryable { "sending it again later may succeed" } else { "final" }
+        )?,
+        UpdateStatus::Unknown if args.user.is_none() => writeln!(
+            out,
+            "UNKNOWN: not pending nor rejected (an applied update is found only with --user)"
+        )?,
+        UpdateStatus::Unknown => writeln!(out, "UNKNOWN: the replica does not know this update")?,
     }
     Ok(())
 }

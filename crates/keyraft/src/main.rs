@@ -9,6 +9,9 @@ fn main() -> std::process::ExitCode {
     match keyraft::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(keyraft::cli::Exit(code)) = e.downcast_ref() {
+                return std::process::ExitCode::from(*code);
+            }
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
