@@ -12,8 +12,24 @@ fn main() -> std::process::ExitCode {
             if let Some(keyraft::cli::Exit(code)) = e.downcast_ref() {
                 return std::process::ExitCode::from(*code);
             }
+            if reader_went_away(e.as_ref()) {
+                // `keyraft history ... | head`: the reader has all it wanted.
+                return std::process::ExitCode::SUCCESS;
+            }
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` (or what caused it) is a write to a pipe whose reader has closed it.
+fn reader_went_away(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
