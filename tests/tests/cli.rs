@@ -58,9 +58,9 @@ fn a_newcomer_registers_updates_and_follows_an_identity_with_verified_answers() 
 
     let out =
         ok(&realm, &with_realm(&["register", "--user", "alice", "--key", "alice.key", "--set", "pgp=one", "--wait"]));
-    assert!(out.contains("accepted") && out.contains("VERIFIED") && out.contains("1 verifier(s)"), "{out}");
+    assert!(out.contains("accepted") && out.contains("VERIFIED") && out.contains("and 1 verifier\n"), "{out}");
     let out = ok(&realm, &with_realm(&["lookup", "alice"]));
-    assert!(out.contains("version 0") && out.contains("pgp = one") && out.contains("1 verifier(s)"), "{out}");
+    assert!(out.contains("version 0") && out.contains("pgp = one") && out.contains("and 1 verifier\n"), "{out}");
 
     // Alice shares the identity with Bob: from now on both must sign.
     let shared = [
@@ -94,7 +94,7 @@ fn a_newcomer_registers_updates_and_follows_an_identity_with_verified_answers() 
     let versions: Vec<&str> = history.lines().filter(|l| l.starts_with("version ")).collect();
     assert_eq!(versions.len(), 3, "{history}");
     assert!(versions[0].starts_with("version 2") && versions[2].starts_with("version 0"), "{history}");
-    assert!(versions.iter().all(|v| v.contains("VERIFIED") && v.contains("1 verifier(s)")), "{history}");
+    assert!(versions.iter().all(|v| v.contains("VERIFIED") && v.contains("1 verifier,")), "{history}");
     let page = ok(&realm, &with_realm(&["history", "alice", "--page-size", "2"]));
     let token = page.lines().find_map(|l| l.strip_prefix("more: --page-token ")).expect("a next page").to_owned();
     let rest = ok(&realm, &with_realm(&["history", "alice", "--page-size", "2", "--page-token", &token]));
@@ -468,7 +468,7 @@ fn a_wait_that_times_out_reports_the_update_accepted_with_its_own_exit_code_and_
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "stdout: {stdout}\nstderr: {stderr}");
-    assert!(stdout.contains("not yet ratified by 1 verifier(s)"), "{stdout}");
+    assert!(stdout.contains("not yet ratified by 1 verifier within"), "{stdout}");
     let epoch = epoch_in(&stdout);
     assert!(stdout.contains(&format!("accepted in epoch {epoch};")), "{stdout}");
     let id = stdout

@@ -123,7 +123,13 @@ fn key_files_of_an_earlier_version_keep_working() {
     args.extend_from_slice(&shared);
     args.extend_from_slice(&["--policy-threshold", "1", "--wait"]);
     let out = ok(&realm, &args);
-    assert!(stdout(&out).contains("VERIFIED") && stdout(&out).contains("1 verifier(s)"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("VERIFIED")
+            && stdout(&out).contains("1 verifier")
+            && !stdout(&out).contains("verifier(s)"),
+        "{}",
+        stdout(&out)
+    );
     let warning = String::from_utf8_lossy(&out.stderr);
     assert!(warning.contains("alice.key") && warning.contains("keyraft key migrate"), "{warning}");
 

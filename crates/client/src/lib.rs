@@ -101,7 +101,8 @@ pub enum ClientError {
     /// verifier ratifications this client requires within the wait: it was accepted and stays
     /// applied (its status says where; a lookup proves it once ratified). Do not resubmit it.
     #[error(
-        "accepted in epoch {epoch}; not yet ratified by {verifiers} verifier(s) (update id {}): look it up later",
+        "accepted in epoch {epoch}; not yet ratified by {verifiers} verifier{} (update id {}): look it up later",
+        if *verifiers == 1 { "" } else { "s" },
         hex::encode(update_id)
     )]
     NotRatifiedYet {

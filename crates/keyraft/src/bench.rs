@@ -238,7 +238,12 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> CmdResult {
                 let (max_epoch, realm) = (max_epoch.clone(), realm.clone());
                 async move {
                     let request = if wait {
-                        UpdateRequest { user_id: user.clone(), update, verifier_threshold: Some(threshold), wait_ms: 60_000 }
+                        UpdateRequest {
+                            user_id: user.clone(),
+                            update,
+                            verifier_threshold: Some(threshold),
+                            wait_ms: 60_000,
+                        }
                     } else {
                         UpdateRequest { user_id: user.clone(), update, verifier_threshold: None, wait_ms: 0 }
                     };
@@ -281,7 +286,8 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> CmdResult {
         }
         writeln!(
             out,
-            "last update's epoch {target} ratified by a replica majority and {threshold} verifier(s) {:.2} s after the last update returned",
+            "last update's epoch {target} ratified by a replica majority and {} {:.2} s after the last update returned",
+            crate::client_cmd::count(u64::from(threshold), "verifier"),
             start.elapsed().as_secs_f64()
         )?;
         if let Ok(info) = client.get_epoch(GetEpochRequest { epoch: target }).await {

@@ -397,8 +397,10 @@ pub fn update(args: &UpdateArgs, is_update: bool, out: &mut dyn Write) -> CmdRes
             let id = hex::encode(&update_id);
             writeln!(
                 out,
-                "{what} {:?}: accepted in epoch {epoch}; not yet ratified by {verifiers} verifier(s) within {} ms (update id {id})",
-                args.user, args.wait_ms
+                "{what} {:?}: accepted in epoch {epoch}; not yet ratified by {} within {} ms (update id {id})",
+                args.user,
+                count(verifiers as u64, "verifier"),
+                args.wait_ms
             )?;
             writeln!(
                 out,
@@ -432,9 +434,9 @@ pub fn update(args: &UpdateArgs, is_update: bool, out: &mut dyn Write) -> CmdRes
     if let Some(answer) = &outcome.proof {
         writeln!(
             out,
-            "  VERIFIED in epoch {}: ratified by a replica majority and {} verifier(s)",
+            "  VERIFIED in epoch {}: ratified by a replica majority and {}",
             answer.lookup.epoch(),
-            answer.lookup.ratified_by.len()
+            count(answer.lookup.ratified_by.len() as u64, "verifier")
         )?;
     }
     Ok(())
@@ -527,9 +529,9 @@ pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> CmdResult {
             let issued = l.head.issue_time_ms;
             writeln!(
                 out,
-                "version {version} in epoch {} (head issued at {issued} ms, ratified by a replica majority and {} verifier(s), VERIFIED)",
+                "version {version} in epoch {} (head issued at {issued} ms, ratified by a replica majority and {}, VERIFIED)",
                 l.epoch(),
-                l.ratified_by.len()
+                count(l.ratified_by.len() as u64, "verifier")
             )?;
             if let Some((entry, profile)) = &l.entry {
                 let policy: Vec<String> =
@@ -603,7 +605,7 @@ pub fn lookup(args: &LookupArgs, out: &mut dyn Write) -> CmdResult {
     let l = &answer.lookup;
     print_lookup(out, l)?;
     writeln!(out, "  index {}", hex::encode(l.index.0))?;
-    writeln!(out, "  ratified by a replica majority and {} verifier(s)", l.ratified_by.len())?;
+    writeln!(out, "  ratified by a replica majority and {}", count(l.ratified_by.len() as u64, "verifier"))?;
     Ok(())
 }
 
@@ -713,7 +715,7 @@ pub fn verify_proof(args: &VerifyProofArgs, out: &mut dyn Write) -> CmdResult {
             )?;
         }
     }
-    writeln!(out, "  ratified by a replica majority and {} verifier(s)", verified.ratified_by.len())?;
+    writeln!(out, "  ratified by a replica majority and {}", count(verified.ratified_by.len() as u64, "verifier"))?;
     Ok(())
 }
 
@@ -732,5 +734,14 @@ fn rejection(e: ClientError, epoch: u64) -> String {
         ClientError::Unavailable(why) => format!("proof REJECTED: {why}"),
         // The state file, not the proof.
         e => e.to_string(),
+    }
+}
+
+/// `n` and `noun`, in the plural unless `n` is 1: "1 verifier", "2 verifiers".
+pub(crate) fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }

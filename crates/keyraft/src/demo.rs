@@ -5,6 +5,7 @@
 //! signs the heads, a verifier ratifies them, and a client verifies lookups with
 //! `keyraft_core::verify_lookup` exactly as it would against a cluster.
 
+use crate::client_cmd::count;
 use ed25519_dalek::SigningKey;
 use keyraft_core::{verify_lookup, Canonical, Command, Policy};
 use keyraft_state::harness::{derive_signing_key, public_key, test_profile, Harness};
@@ -51,11 +52,11 @@ fn publish(h: &mut Harness, out: &mut dyn Write) -> DemoResult {
     let head = h.machine.head(epoch)?.ok_or("head missing after the epoch was cut")?;
     writeln!(
         out,
-        "epoch {epoch}: {} updates, root {}, signed by {} replicas, ratified by {} verifier(s)",
-        head.update_count,
+        "epoch {epoch}: {}, root {}, signed by {}, ratified by {}",
+        count(head.update_count, "update"),
         hex::encode(&head.root[..8]),
-        h.machine.replica_signatures(epoch)?.len(),
-        h.machine.verifier_signatures(epoch)?.len()
+        count(h.machine.replica_signatures(epoch)?.len() as u64, "replica"),
+        count(h.machine.verifier_signatures(epoch)?.len() as u64, "verifier")
     )?;
     Ok(())
 }

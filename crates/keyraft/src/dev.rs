@@ -455,8 +455,8 @@ fn summary(dir: &Path, realm: &RealmFile, listening: &[Listening], out: &mut dyn
     if realm.verifier_threshold > 0 {
         writeln!(
             out,
-            "  clients accept an epoch once a replica majority signed it and {} verifier(s) ratified it",
-            realm.verifier_threshold
+            "  clients accept an epoch once a replica majority signed it and {} ratified it",
+            crate::client_cmd::count(realm.verifier_threshold as u64, "verifier")
         )?;
     }
     let exe = "keyraft";
