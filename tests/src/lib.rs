@@ -146,6 +146,16 @@ impl Realm {
             .expect("realm file")
     }
 
+    /// Runs the `keyraft` CLI in the realm's directory with its own client state file.
+    pub fn run_cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(keyraft_bin())
+            .args(args)
+            .env("KEYRAFT_STATE_FILE", self.path().join("client-state.json"))
+            .current_dir(self.path())
+            .output()
+            .expect("run keyraft")
+    }
+
     /// The realm's name (`keyraft dev` makes a unique one per realm).
     pub fn name(&self) -> String {
         self.realm_file().realm

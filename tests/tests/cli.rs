@@ -16,12 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 fn run(realm: &Realm, args: &[&str]) -> Output {
-    std::process::Command::new(keyraft_bin())
-        .args(args)
-        .env("KEYRAFT_STATE_FILE", realm.path().join("client-state.json"))
-        .current_dir(realm.path())
-        .output()
-        .unwrap()
+    realm.run_cli(args)
 }
 
 /// `args` with `--realm realm.json` after the subcommand.
@@ -35,6 +30,18 @@ fn with_realm<'a>(args: &[&'a str]) -> Vec<&'a str> {
 fn epoch_in(out: &str) -> u64 {
     let rest = &out[out.find("in epoch ").unwrap_or_else(|| panic!("no epoch in {out}")) + "in epoch ".len()..];
     rest.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}
+
+/// A realm with its verifier running and one epoch it ratified (a CLI lookup succeeds), and
+/// alice's key pair in `alice.key`.
+fn realm_whose_verifier_ratified_an_epoch() -> Realm {
+    let mut realm = Realm::start(|_| {});
+    realm.start_verifier();
+    ok(&realm, &["keygen", "--out", "alice.key"]);
+    wait_for("the verifier to ratify an epoch", || {
+        run(&realm, &with_realm(&["lookup", "nobody"])).status.success().then_some(())
+    });
+    realm
 }
 
 fn ok(realm: &Realm, args: &[&str]) -> String {
@@ -207,12 +214,7 @@ fn an_update_answered_try_again_is_resubmitted_and_reported_as_already_applied()
 #[test]
 fn an_update_right_after_a_registration_without_wait_waits_for_the_registration() {
     let _s = serial();
-    let mut realm = Realm::start(|_| {});
-    realm.start_verifier();
-    ok(&realm, &["keygen", "--out", "alice.key"]);
-    wait_for("the verifier to ratify an epoch", || {
-        run(&realm, &with_realm(&["lookup", "nobody"])).status.success().then_some(())
-    });
+    let realm = realm_whose_verifier_ratified_an_epoch();
     // The verifier pauses: the registration's epoch cannot be ratified until it resumes.
     let verifier = nix::unistd::Pid::from_raw(i32::try_from(realm.verifiers[&1].id()).unwrap());
     nix::sys::signal::kill(verifier, nix::sys::signal::Signal::SIGSTOP).unwrap();
@@ -453,13 +455,8 @@ fn an_update_changes_only_the_profile_keys_it_names_unless_told_to_replace_the_p
 #[test]
 fn a_wait_that_times_out_reports_the_update_accepted_with_its_own_exit_code_and_status_finds_it() {
     let _s = serial();
-    let mut realm = Realm::start(|_| {});
-    realm.start_verifier();
-    ok(&realm, &["keygen", "--out", "alice.key"]);
+    let mut realm = realm_whose_verifier_ratified_an_epoch();
     // A ratified epoch for the registration's lookup, then no verifier ratifies any more.
-    wait_for("the verifier to ratify an epoch", || {
-        run(&realm, &with_realm(&["lookup", "nobody"])).status.success().then_some(())
-    });
     realm.kill_verifier();
 
     let register =

@@ -5,16 +5,11 @@
 //! they are unambiguous.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use keyraft_tests::{keyraft_bin, serial, Realm};
+use keyraft_tests::{serial, Realm};
 use std::process::Output;
 
 fn run(realm: &Realm, args: &[&str]) -> Output {
-    std::process::Command::new(keyraft_bin())
-        .args(args)
-        .env("KEYRAFT_STATE_FILE", realm.path().join("client-state.json"))
-        .current_dir(realm.path())
-        .output()
-        .unwrap()
+    realm.run_cli(args)
 }
 
 fn ok(realm: &Realm, args: &[&str]) -> Output {
