@@ -8,6 +8,7 @@ server code.
 
 usage: verify_proof.py REALM_CONFIG_HEX_FILE PROOF_FILE USER_ID NOW_MS
                        [--verifier-threshold T] [--ttl-ms MS] [--skew-ms MS] [--last-seen-epoch E]
+       verify_proof.py --ed25519-vectors docs/vectors/ed25519.json
 
 REALM_CONFIG_HEX_FILE holds the hex of the canonical RealmConfig bytes (section 2.6);
 PROOF_FILE holds the canonical LookupProof bytes (section 5). Exit status 0 and "OK ..." on
@@ -96,19 +97,56 @@ def small_order(pt):
     return point_equal(point_mul(8, pt), IDENTITY)
 
 
-def ed25519_verify_strict(public, message, signature):
-    """RFC 8032 verification with the strict rules of docs/protocol.md section 1."""
+def ed25519_reject_reason(public, message, signature):
+    """The Ed25519 rule of docs/protocol.md section 1: None if the signature is valid, else the
+    first failed check's reason code (as in docs/vectors/ed25519.json).
+
+    Cofactored verification with canonical encodings: A and R canonical, on the curve, not of
+    small order; S < L; k = SHA-512(R_b || A_b || M) mod L; valid iff [8]([S]B - R - [k]A) = 0.
+    """
     if len(public) != 32 or len(signature) != 64:
-        return False
+        return "length"
     a = decode_point(public)
+    if a is None:
+        return "key-encoding"
+    if small_order(a):
+        return "key-small-order"
     r = decode_point(signature[:32])
-    if a is None or r is None or small_order(a) or small_order(r):
-        return False
+    if r is None:
+        return "r-encoding"
+    if small_order(r):
+        return "r-small-order"
     s = int.from_bytes(signature[32:], "little")
     if s >= L:
-        return False
+        return "s-non-canonical"
     k = int.from_bytes(hashlib.sha512(signature[:32] + public + message).digest(), "little") % L
-    return point_equal(point_mul(s, B), point_add(r, point_mul(k, a)))
+    residue = point_add(point_mul(s, B), point_neg(point_add(r, point_mul(k, a))))
+    return None if small_order(residue) else "equation"
+
+
+def ed25519_verify_strict(public, message, signature):
+    """True iff the signature is valid under the protocol's rule ("strict" about encodings;
+    the equation is the cofactored one, see ed25519_reject_reason)."""
+    return ed25519_reject_reason(public, message, signature) is None
+
+
+def check_ed25519_vectors(path):
+    """--ed25519-vectors: prints this implementation's verdict on every vector ("INDEX accept"
+    or "INDEX reject REASON") and fails unless each matches the file's."""
+    import json
+    vectors = json.load(open(path))["vectors"]
+    disagreements = 0
+    for i, v in enumerate(vectors):
+        reason = ed25519_reject_reason(bytes.fromhex(v["public_key"]), bytes.fromhex(v["message"]),
+                                       bytes.fromhex(v["signature"]))
+        ours = "accept" if reason is None else f"reject {reason}"
+        expected = "accept" if v["valid"] else f"reject {v['reason']}"
+        print(f"{i} {ours}")
+        if ours != expected:
+            print(f"vector {i} ({v['name']}): expected {expected}, got {ours}", file=sys.stderr)
+            disagreements += 1
+    print(f"{len(vectors) - disagreements} of {len(vectors)} Ed25519 vectors agree")
+    return 1 if disagreements else 0
 
 
 # ---- ECVRF-EDWARDS25519-SHA512-TAI (RFC 9381) ------------------------------------------
@@ -323,6 +361,8 @@ def verify(config, proof_bytes, user_id, now_ms, threshold, ttl_ms, skew_ms, las
 
 
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--ed25519-vectors":
+        return check_ed25519_vectors(sys.argv[2])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("realm_config_hex_file")
     ap.add_argument("proof_file")

@@ -1,19 +1,22 @@
 //! Ed25519 public keys and signatures as they appear in the protocol.
 
+use crate::ed25519::{self, Rejection};
 use crate::encoding::{DecodeError, Reader};
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
-use ed25519_dalek::{Signature as DalekSignature, VerifyingKey};
+use ed25519_dalek::VerifyingKey;
 use std::cmp::Ordering;
 use std::fmt;
 
-/// An Ed25519 public key that decodes to a curve point and is not of small order.
+/// A valid Ed25519 public key: the canonical encoding of a curve point not of small order
+/// (docs/protocol.md section 1). Mixed-order keys are valid: the cofactored verification rule
+/// makes their torsion component irrelevant.
 ///
 /// Weak keys are refused when decoded, so no policy, replica or verifier key can be one that
-/// "signs" everything; signatures are checked with `verify_strict` (no malleable encodings).
+/// "signs" everything; signatures are checked with the rule of [`crate::ed25519`].
 #[derive(Clone, Copy)]
 pub struct PublicKey {
     bytes: [u8; 32],
-    key: VerifyingKey,
+    point: EdwardsPoint,
 }
 
 impl PublicKey {
@@ -23,20 +26,16 @@ impl PublicKey {
     /// Validates a 32-byte encoding: a curve point (RFC 8032 section 5.1.3), canonically
     /// encoded (y < p, no negative zero x), not of small order.
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, DecodeError> {
-        let (point, canonical) =
-            decode_point(bytes).ok_or(DecodeError::Invalid { what: "ed25519 public key", why: "not a curve point" })?;
-        if !canonical {
-            return Err(DecodeError::NonCanonical {
-                what: "ed25519 public key",
+        const WHAT: &str = "ed25519 public key";
+        let point = ed25519::decode_key(bytes).map_err(|rejection| match rejection {
+            Rejection::KeyNonCanonical => DecodeError::NonCanonical {
+                what: WHAT,
                 why: "non-canonical point encoding (y >= p or negative zero x)",
-            });
-        }
-        let key = VerifyingKey::from(point);
-        if key.is_weak() {
-            return Err(DecodeError::Invalid { what: "ed25519 public key", why: "small-order (weak) key" });
-        }
-        debug_assert_eq!(key.as_bytes(), bytes, "a canonical point re-encodes to its input");
-        Ok(Self { bytes: *bytes, key })
+            },
+            Rejection::KeySmallOrder => DecodeError::Invalid { what: WHAT, why: "small-order (weak) key" },
+            _ => DecodeError::Invalid { what: WHAT, why: "not a curve point" },
+        })?;
+        Ok(Self { bytes: *bytes, point })
     }
 
     /// From a slice that must be exactly 32 bytes.
@@ -63,12 +62,15 @@ impl PublicKey {
         &self.bytes
     }
 
-    /// Checks `signature` over `message` with RFC 8032 strict verification.
+    /// The decoded point (validated when the key was decoded).
+    pub(crate) fn point(&self) -> EdwardsPoint {
+        self.point
+    }
+
+    /// Checks `signature` over `message` with the protocol's rule ([`ed25519::verify`]):
+    /// replicas, verifiers and clients must agree on acceptance bit for bit.
     pub fn verify(&self, message: &[u8], signature: &Signature) -> bool {
-        let sig = DalekSignature::from_bytes(&signature.0);
-        // verify_strict rejects small-order R and non-canonical S; plain verify would accept
-        // some malleated signatures, and replicas must agree on acceptance bit for bit.
-        self.key.verify_strict(message, &sig).is_ok()
+        ed25519::verify(self, message, signature).is_ok()
     }
 }
 

@@ -16,11 +16,13 @@
 //! The byte-exact protocol is in `docs/protocol.md`; the modules below implement it:
 //! - [`encoding`]: the canonical binary encoding of everything hashed or signed;
 //! - [`hash`]: domain separation labels for every hash and signature;
+//! - [`ed25519`]: the one signature verification rule, single and batch;
 //! - [`keys`], [`policy`], [`types`], [`update`]: the data and the update rules;
 //! - [`tree`], [`lookup`]: proofs and their verification, returning [`Verified`] values.
 #![forbid(unsafe_code)]
 
 pub mod command;
+pub mod ed25519;
 pub mod encoding;
 pub mod hash;
 pub mod key_file;

@@ -13,11 +13,12 @@
 //! | proof to output | 5.2 |
 //! | `encode_to_curve` | 5.4.1.1 (try-and-increment) |
 
+use crate::ed25519::Rejection;
 use crate::keys::decode_point;
 use curve25519_dalek::constants::ED25519_BASEPOINT_TABLE;
 use curve25519_dalek::edwards::EdwardsPoint;
 use curve25519_dalek::scalar::Scalar;
-use curve25519_dalek::traits::{IsIdentity, VartimeMultiscalarMul};
+use curve25519_dalek::traits::VartimeMultiscalarMul;
 use sha2::{Digest, Sha512};
 use std::fmt;
 use subtle::ConstantTimeEq;
@@ -211,13 +212,12 @@ impl VrfPublicKey {
             expected: VRF_PUBLIC_KEY_BYTES,
             got: bytes.len(),
         })?;
-        let (point, canonical) = decode_point(&arr).ok_or(VrfError::InvalidPublicKey)?;
-        if !canonical {
-            return Err(VrfError::NonCanonicalPublicKey);
-        }
-        if point.mul_by_cofactor().is_identity() {
-            return Err(VrfError::LowOrderPublicKey);
-        }
+        // The same key validity rule as every Ed25519 key in the protocol.
+        crate::ed25519::decode_key(&arr).map_err(|rejection| match rejection {
+            Rejection::KeyNonCanonical => VrfError::NonCanonicalPublicKey,
+            Rejection::KeySmallOrder => VrfError::LowOrderPublicKey,
+            _ => VrfError::InvalidPublicKey,
+        })?;
         Ok(Self(arr))
     }
 

@@ -59,3 +59,44 @@ fn an_implementation_from_the_spec_alone_agrees() {
         assert!(!ok, "byte {at} flipped still verifies: {out}");
     }
 }
+
+/// One field of each vector in the generated (one field per line) vector file.
+fn vector_fields(file: &str, field: &str) -> Vec<String> {
+    let prefix = format!("\"{field}\": ");
+    file.lines()
+        .filter_map(|line| line.trim().strip_prefix(&prefix))
+        .map(|value| value.trim_end_matches(',').trim_matches('"').to_owned())
+        .collect()
+}
+
+/// docs/protocol.md section 1's Ed25519 rule, implemented in Python from the document, gives
+/// the same verdict and reason as keyraft_core::ed25519 on every vector of
+/// docs/vectors/ed25519.json (torsioned signatures accepted, each encoding rule refusing).
+#[test]
+fn the_independent_ed25519_agrees_on_every_vector() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let vectors_path = root.join("docs/vectors/ed25519.json");
+    let out = Command::new("python3")
+        .arg(root.join("scripts/verify_proof.py"))
+        .arg("--ed25519-vectors")
+        .arg(&vectors_path)
+        .output()
+        .expect("python3 is needed to run the independent verifier (it is on every CI machine)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+
+    let file = std::fs::read_to_string(&vectors_path).unwrap();
+    let (keys, messages, signatures) =
+        (vector_fields(&file, "public_key"), vector_fields(&file, "message"), vector_fields(&file, "signature"));
+    assert!(keys.len() > 20 && keys.len() == messages.len() && keys.len() == signatures.len());
+    let python: Vec<&str> = stdout.lines().take(keys.len()).collect();
+    for (i, ((key, message), signature)) in keys.iter().zip(&messages).zip(&signatures).enumerate() {
+        let key: [u8; 32] = hex::decode(key).unwrap().try_into().unwrap();
+        let signature = keyraft_core::Signature::from_slice(&hex::decode(signature).unwrap()).unwrap();
+        let ours = match keyraft_core::ed25519::verify(&key, &hex::decode(message).unwrap(), &signature) {
+            Ok(()) => format!("{i} accept"),
+            Err(rejection) => format!("{i} reject {}", rejection.code()),
+        };
+        assert_eq!(python.get(i).copied(), Some(ours.as_str()), "vector {i}");
+    }
+}
