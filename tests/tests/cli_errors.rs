@@ -101,6 +101,11 @@ fn a_proof_from_another_realm_is_named_as_such_and_admin_refusals_read_as_words(
     for named in [theirs.name(), ours.name(), short_config_hash(&theirs), short_config_hash(&ours)] {
         assert!(stderr.contains(&named), "{named:?} not in {stderr}");
     }
+    // Checked as a statement about an epoch, the realm still comes first: not "proof is of
+    // epoch N, not the epoch asked for".
+    let out = ours.run_cli(&["verify-proof", "--realm", "realm.json", "--verifiers", "0", "--past", "999999", proof]);
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("this proof is for a different realm"), "{}", stderr_of(&out));
 
     // A refusal by the node: what failed, the code in words, the node's message.
     let peer = ours.peer_addr(0);

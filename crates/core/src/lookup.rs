@@ -335,7 +335,7 @@ pub fn verify_lookup(
     now_ms: u64,
     last_seen_epoch: Option<u64>,
 ) -> Result<Verified<Lookup>, VerifyError> {
-    verify(realm, user_id, proof, Some((now_ms, last_seen_epoch)))
+    verify(realm, user_id, proof, When::Present { now_ms, last_seen_epoch })
 }
 
 /// Verifies a proof of what `user_id` was in a past `epoch` (a `History` page, a lookup at a
@@ -348,17 +348,22 @@ pub fn verify_lookup_at(
     proof: &LookupProof,
     epoch: u64,
 ) -> Result<Verified<Lookup>, VerifyError> {
-    if proof.head.epoch != epoch {
-        return Err(VerifyError::EpochMismatch { asked: epoch, got: proof.head.epoch });
-    }
-    verify(realm, user_id, proof, None)
+    verify(realm, user_id, proof, When::Past(epoch))
+}
+
+/// What a proof is checked as: the present answer (at the client's clock, with the newest
+/// epoch it has seen), or a statement about a past epoch.
+#[derive(Debug, Clone, Copy)]
+enum When {
+    Present { now_ms: u64, last_seen_epoch: Option<u64> },
+    Past(u64),
 }
 
 fn verify(
     realm: &ClientRealm,
     user_id: &str,
     proof: &LookupProof,
-    present: Option<(u64, Option<u64>)>,
+    when: When,
 ) -> Result<Verified<Lookup>, VerifyError> {
     let config = &realm.config;
     if proof.user_id != user_id {
@@ -376,6 +381,13 @@ fn verify(
             got_config_hash: head.config_hash,
         });
     }
+    // A past epoch's proof is of that epoch (checked after the realm: another realm's epochs
+    // are not this one's).
+    if let When::Past(asked) = when {
+        if head.epoch != asked {
+            return Err(VerifyError::EpochMismatch { asked, got: head.epoch });
+        }
+    }
 
     // 2. VRF.
     let output =
@@ -385,7 +397,7 @@ fn verify(
     let index = Index(index);
 
     // 3. Freshness.
-    if let Some((now_ms, _)) = present {
+    if let When::Present { now_ms, .. } = when {
         if head.issue_time_ms.saturating_add(realm.epoch_ttl_ms) < now_ms {
             return Err(VerifyError::HeadExpired {
                 epoch: head.epoch,
@@ -428,7 +440,7 @@ fn verify(
     }
 
     // 8. Rollback.
-    if let Some((_, Some(last_seen))) = present {
+    if let When::Present { last_seen_epoch: Some(last_seen), .. } = when {
         if head.epoch < last_seen {
             return Err(VerifyError::Rollback { last_seen, got: head.epoch });
         }
