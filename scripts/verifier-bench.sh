@@ -20,7 +20,7 @@ cleanup() {
   rm -rf "$DIR"
 }
 trap cleanup EXIT
-"$BIN" dev --dir "$DIR/realm" --base-port 0 --verifiers 1 \
+"$BIN" dev --dir "$DIR/realm" --base-port 0 --verifier-count 1 \
   --min-epoch-interval-ms 1000 --max-epoch-interval-ms 1000 > "$DIR/dev.out" 2>&1 &
 DEV=$!
 for _ in $(seq 1 600); do grep -q "is up" "$DIR/dev.out" 2>/dev/null && break; sleep 0.1; done

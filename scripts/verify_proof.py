@@ -320,12 +320,16 @@ def verify(config, proof_bytes, user_id, now_ms, threshold, ttl_ms, skew_ms, las
     r.done()
     if proof_user != user_id:
         raise Reject("0: proof is about another user id")
-    # 1. VRF.
-    alpha = framed("keyraft/v1/vrf-index") + len(config["realm"]).to_bytes(2, "big") + config["realm"].encode() + user_id.encode()
-    index = vrf_verify(config["vrf"], alpha, pi)[:32]
-    # 2. Realm.
+    # 1. Realm (before the VRF: a proof from another realm fails here, named as such).
     if head["realm"] != config["realm"] or head["config_hash"] != config["hash"]:
-        raise Reject("2: head is not this realm's")
+        raise Reject(f"1: the proof is for a different realm: realm {head['realm']!r} (config hash "
+                     f"{head['config_hash'][:8].hex()}), expected {config['realm']!r} (config hash {config['hash'][:8].hex()})")
+    # 2. VRF.
+    alpha = framed("keyraft/v1/vrf-index") + len(config["realm"]).to_bytes(2, "big") + config["realm"].encode() + user_id.encode()
+    try:
+        index = vrf_verify(config["vrf"], alpha, pi)[:32]
+    except Reject as e:
+        raise Reject(f"2: {e}") from None
     # 3. Freshness.
     if head["issue_time_ms"] + ttl_ms < now_ms or head["issue_time_ms"] > now_ms + skew_ms:
         raise Reject("3: head too old or from the future")

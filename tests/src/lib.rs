@@ -211,7 +211,7 @@ impl Realm {
         self.start_verifier_n(1);
     }
 
-    /// Starts verifier `n` (`verifier-N.toml`; `keyraft dev --verifiers` writes them).
+    /// Starts verifier `n` (`verifier-N.toml`; `keyraft dev --verifier-count` writes them).
     pub fn start_verifier_n(&mut self, n: usize) {
         let log = std::fs::OpenOptions::new()
             .create(true)

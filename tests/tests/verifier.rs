@@ -31,7 +31,7 @@ fn ratifications(realm: &Realm, epoch: u64) -> usize {
 #[test]
 fn two_verifiers_ratify_and_each_client_chooses_how_many_it_requires() {
     let _s = serial();
-    let mut realm = Realm::start_with(&["--verifiers", "2"], |_| {});
+    let mut realm = Realm::start_with(&["--verifier-count", "2"], |_| {});
     assert_eq!(realm.realm_file().verifier_keys.len(), 2);
     assert_eq!(realm.realm_file().verifier_threshold, 1, "the dev realm file requires a verifier");
     realm.start_verifier_n(1);

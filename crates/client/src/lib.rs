@@ -49,6 +49,8 @@ use tonic::transport::{Channel, Endpoint};
 
 /// Deadline of one call, in milliseconds, on top of any server-side wait the call asks for.
 pub const CALL_TIMEOUT_MS: u64 = 10_000;
+/// How long a replica gets to accept a connection, in milliseconds.
+pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
 /// How long an update waiting for the quorum lets the server wait, in milliseconds.
 pub const QUORUM_WAIT_MS: u32 = 10_000;
 /// How long a replica may wait to reach the newest epoch this client has seen, in
@@ -75,7 +77,7 @@ pub enum ClientError {
     Invalid(String),
     /// The server refused the request as it stands (a version or policy conflict, an unknown
     /// epoch); the message says why.
-    #[error("refused by the server ({code:?}): {message}")]
+    #[error("refused by the server ({}): {message}", code_in_words(*code))]
     Refused {
         /// The gRPC status code.
         code: tonic::Code,
@@ -346,7 +348,7 @@ pub fn now_ms() -> u64 {
 
 pub(crate) fn status_error(endpoint: &str, status: &tonic::Status) -> ClientError {
     use tonic::Code;
-    let message = format!("{endpoint}: {}", status.message());
+    let message = format!("{endpoint}: {}", status_in_words(status));
     match status.code() {
         Code::Unavailable
         | Code::DeadlineExceeded
@@ -354,7 +356,124 @@ pub(crate) fn status_error(endpoint: &str, status: &tonic::Status) -> ClientErro
         | Code::Unknown
         | Code::Internal
         | Code::Aborted => ClientError::Unavailable(message),
-        code => ClientError::Refused { code, message },
+        code => ClientError::Refused { code, message: format!("{endpoint}: {}", status.message()) },
+    }
+}
+
+/// A gRPC status code in words, for messages: "failed precondition", "unavailable".
+pub fn code_in_words(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown error",
+        Code::InvalidArgument => "invalid argument",
+        Code::DeadlineExceeded => "deadline exceeded",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::PermissionDenied => "permission denied",
+        Code::ResourceExhausted => "resource exhausted",
+        Code::FailedPrecondition => "failed precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out of range",
+        Code::Unimplemented => "not implemented",
+        Code::Internal => "internal error",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+/// Why a call failed on the way to or from the server, in words, when the network (not the
+/// server) ended it: "connection refused", "timed out after 2 s" (connecting), "no answer
+/// within the call's deadline".
+pub fn network_cause(status: &tonic::Status) -> Option<String> {
+    use std::error::Error as _;
+    let mut cause = status.source();
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return Some(match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+                // The only timeout below a call's own deadline is the connect timeout.
+                std::io::ErrorKind::TimedOut => {
+                    format!("timed out after {} s", CONNECT_TIMEOUT_MS.div_ceil(1_000))
+                }
+                _ => io.to_string(),
+            });
+        }
+        if c.downcast_ref::<tonic::TimeoutExpired>().is_some() {
+            return Some("no answer within the call's deadline".to_owned());
+        }
+        cause = c.source();
+    }
+    None
+}
+
+/// A status in words, never tonic's `Debug` structures: the network cause when the call never
+/// got an answer ("connection refused"), else "<code in words>: <message>".
+pub fn status_in_words(status: &tonic::Status) -> String {
+    if let Some(cause) = network_cause(status) {
+        return cause;
+    }
+    match status.message() {
+        "" => code_in_words(status.code()).to_owned(),
+        message => format!("{}: {message}", code_in_words(status.code())),
+    }
+}
+
+/// The endpoints a call tried, each with why it gave no usable answer, for the error that
+/// reports them all (not only the last).
+#[derive(Debug)]
+pub(crate) struct Tried {
+    /// `(endpoint, why)`, in the order tried.
+    causes: Vec<(String, String)>,
+    /// Whether every endpoint failed in the network (refused the connection, timed out), none
+    /// answering.
+    all_unreachable: bool,
+}
+
+impl Tried {
+    pub(crate) fn new() -> Self {
+        Self { causes: Vec::new(), all_unreachable: true }
+    }
+
+    /// Records why `endpoint` gave no usable answer: `status` when the call failed, else the
+    /// error its answer gave.
+    pub(crate) fn record(&mut self, endpoint: &str, error: &ClientError, status: Option<&tonic::Status>) {
+        let why = match (status, error) {
+            (Some(status), _) => {
+                // A status the replica sent (not the network's) is an answer.
+                self.all_unreachable &= network_cause(status).is_some();
+                status_in_words(status)
+            }
+            (None, ClientError::Unavailable(m)) => {
+                self.all_unreachable = false;
+                // Its message already names the endpoint.
+                m.strip_prefix(&format!("{endpoint}: ")).unwrap_or(m).to_owned()
+            }
+            (None, e) => {
+                self.all_unreachable = false;
+                e.to_string()
+            }
+        };
+        self.causes.push((endpoint.to_owned(), why));
+    }
+
+    /// The error to report: `most_telling`, except that "try again" lists every endpoint tried
+    /// and why.
+    pub(crate) fn error(self, most_telling: Option<ClientError>) -> ClientError {
+        match most_telling {
+            Some(ClientError::Unavailable(_)) | None => {
+                if self.causes.is_empty() {
+                    return ClientError::Unavailable("no endpoint tried".into());
+                }
+                let list: Vec<String> = self.causes.iter().map(|(e, why)| format!("{e} ({why})")).collect();
+                let what =
+                    if self.all_unreachable { "could not reach the realm" } else { "no replica gave a usable answer" };
+                ClientError::Unavailable(format!("{what}: tried {}", list.join(", ")))
+            }
+            Some(e) => e,
+        }
     }
 }
 
@@ -390,7 +509,7 @@ impl Client {
         for addr in list {
             let endpoint = Endpoint::from_shared(format!("http://{addr}"))
                 .map_err(|e| ClientError::Invalid(format!("endpoint {addr:?}: {e}")))?
-                .connect_timeout(Duration::from_secs(2))
+                .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
                 .tcp_nodelay(true);
             out.push((addr.clone(), KeyraftClient::new(endpoint.connect_lazy())));
         }
@@ -445,14 +564,18 @@ impl Client {
         Fut: std::future::Future<Output = Result<R, tonic::Status>>,
     {
         let mut last: Option<ClientError> = None;
+        let mut tried = Tried::new();
         for i in self.endpoint_order() {
             let (addr, client) = &self.endpoints[i];
-            let result = match call(client.clone()).await {
-                Ok(r) => accept(r).map_err(|e| match e {
-                    ClientError::Unavailable(why) => ClientError::Unavailable(format!("{addr}: {why}")),
-                    e => e,
-                }),
-                Err(status) => Err(status_error(addr, &status)),
+            let (result, status) = match call(client.clone()).await {
+                Ok(r) => (
+                    accept(r).map_err(|e| match e {
+                        ClientError::Unavailable(why) => ClientError::Unavailable(format!("{addr}: {why}")),
+                        e => e,
+                    }),
+                    None,
+                ),
+                Err(status) => (Err(status_error(addr, &status)), Some(status)),
             };
             match result {
                 Ok(v) => {
@@ -461,6 +584,7 @@ impl Client {
                 }
                 Err(e) if e.try_elsewhere() => {
                     tracing::debug!(endpoint = %addr, error = %e, "trying the next endpoint");
+                    tried.record(addr, &e, status.as_ref());
                     self.demote(i);
                     if last.as_ref().is_none_or(|l| e.weight() >= l.weight()) {
                         last = Some(e);
@@ -469,7 +593,7 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
-        Err(last.unwrap_or_else(|| ClientError::Unavailable("no endpoint tried".into())))
+        Err(tried.error(last))
     }
 
     /// Verifies a proof that must be fresh and not older than `last_seen` (the newest epoch

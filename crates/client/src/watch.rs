@@ -7,7 +7,7 @@
 //! ratified yet), the watch resumes on the next one after the last epoch it verified.
 //! A watch from an epoch no replica has reached is refused at once.
 
-use crate::{decode_proof, status_error, Client, ClientError, LookupAnswer};
+use crate::{decode_proof, status_error, Client, ClientError, LookupAnswer, Tried};
 use keyraft_core::Entry;
 use keyraft_proto::pb::watch_event::Event;
 use keyraft_proto::pb::WatchRequest;
@@ -74,12 +74,15 @@ impl Watch {
         let from_epoch = self.last.as_ref().map_or(self.from_epoch, |(e, _)| *e);
         let request =
             WatchRequest { user_id: self.user_id.clone(), verifier_threshold: self.client.threshold(), from_epoch };
-        let mut last_error = ClientError::Unavailable("no endpoint tried".into());
+        let mut last_error = None;
+        let mut tried = Tried::new();
         for round in 0..WATCH_RECONNECT_ROUNDS_MAX {
             if round > 0 {
                 // A whole round failed: let the realm recover before the next one.
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
+            // The last round's endpoints are reported, each with its cause.
+            tried = Tried::new();
             for i in self.client.endpoint_order() {
                 let (addr, c) = &self.client.endpoints[i];
                 match c.clone().watch(request.clone()).await {
@@ -96,12 +99,13 @@ impl Watch {
                         }
                         tracing::debug!(endpoint = %addr, error = %e, "watch: trying the next endpoint");
                         self.client.demote(i);
-                        last_error = e;
+                        tried.record(addr, &e, Some(&status));
+                        last_error = Some(e);
                     }
                 }
             }
         }
-        Err(last_error)
+        Err(tried.error(last_error))
     }
 
     /// The next verified event; `None` only if the server ended the watch cleanly. A replica

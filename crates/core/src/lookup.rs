@@ -2,8 +2,10 @@
 //!
 //! A client accepts an answer about `user_id` only if every check below passes, in this
 //! order (each failure has its own [`VerifyError`] variant):
-//! 1. the VRF proof verifies for `user_id` under the realm's VRF key; its output gives the index;
-//! 2. the head is the realm's (name and configuration hash);
+//! 1. the head is the realm's (name and configuration hash): the cheapest check, and the one
+//!    that names the usual mistake (a proof checked against another realm's file) instead of
+//!    reporting it as a VRF failure;
+//! 2. the VRF proof verifies for `user_id` under the realm's VRF key; its output gives the index;
 //! 3. the head is fresh: `issue_time + ttl >= now`, and not from the future beyond the skew;
 //! 4. a strict majority of the replicas signed the head (always required), and at least the
 //!    client's threshold of registered verifiers ratified it; every signature present must
@@ -196,7 +198,7 @@ pub enum VerifyError {
     /// The proof's bytes are malformed.
     #[error("malformed proof: {0}")]
     Malformed(#[from] DecodeError),
-    /// Check 1: the VRF proof does not verify for this user id.
+    /// Check 2: the VRF proof does not verify for this user id.
     #[error("VRF proof rejected: {0}")]
     Vrf(VrfError),
     /// The proof is about another user id.
@@ -207,19 +209,23 @@ pub enum VerifyError {
         /// The one in the proof.
         got: String,
     },
-    /// Check 2: the head is from another realm.
-    #[error("head is from realm {got:?}, expected {expected:?}")]
-    RealmMismatch {
-        /// The client's realm.
-        expected: String,
-        /// The head's realm.
-        got: String,
-    },
-    /// Check 2: the head commits to another realm configuration (keys) than the client's.
+    /// Check 1: the head is of another realm than the client's realm file: another name, or
+    /// another configuration (replica, verifier or VRF keys) under the same name.
     #[error(
-        "head commits to a different realm configuration (replica, verifier or VRF keys) than the client's realm file"
+        "this proof is for a different realm: realm {got_realm:?} (config hash {}), your realm file has realm {expected_realm:?} (config hash {})",
+        short_hex(got_config_hash),
+        short_hex(expected_config_hash)
     )]
-    ConfigMismatch,
+    RealmMismatch {
+        /// The client's realm name.
+        expected_realm: String,
+        /// The head's realm name.
+        got_realm: String,
+        /// The hash of the client's realm configuration.
+        expected_config_hash: [u8; 32],
+        /// The configuration hash the head commits to.
+        got_config_hash: [u8; 32],
+    },
     /// Check 3: the head is older than the client's TTL: the realm may be hiding newer epochs.
     #[error(
         "head of epoch {epoch} was issued at {issue_time_ms} ms, older than the TTL of {ttl_ms} ms at {now_ms} ms"
@@ -329,7 +335,7 @@ pub fn verify_lookup(
     now_ms: u64,
     last_seen_epoch: Option<u64>,
 ) -> Result<Verified<Lookup>, VerifyError> {
-    verify(realm, user_id, proof, Some((now_ms, last_seen_epoch)))
+    verify(realm, user_id, proof, When::Present { now_ms, last_seen_epoch })
 }
 
 /// Verifies a proof of what `user_id` was in a past `epoch` (a `History` page, a lookup at a
@@ -342,40 +348,56 @@ pub fn verify_lookup_at(
     proof: &LookupProof,
     epoch: u64,
 ) -> Result<Verified<Lookup>, VerifyError> {
-    if proof.head.epoch != epoch {
-        return Err(VerifyError::EpochMismatch { asked: epoch, got: proof.head.epoch });
-    }
-    verify(realm, user_id, proof, None)
+    verify(realm, user_id, proof, When::Past(epoch))
+}
+
+/// What a proof is checked as: the present answer (at the client's clock, with the newest
+/// epoch it has seen), or a statement about a past epoch.
+#[derive(Debug, Clone, Copy)]
+enum When {
+    Present { now_ms: u64, last_seen_epoch: Option<u64> },
+    Past(u64),
 }
 
 fn verify(
     realm: &ClientRealm,
     user_id: &str,
     proof: &LookupProof,
-    present: Option<(u64, Option<u64>)>,
+    when: When,
 ) -> Result<Verified<Lookup>, VerifyError> {
     let config = &realm.config;
     if proof.user_id != user_id {
         return Err(VerifyError::UserIdMismatch { expected: user_id.to_owned(), got: proof.user_id.clone() });
     }
-    // 1. VRF.
+    // 1. Realm. Before the VRF: every check must pass, so the order is free, and this cheap
+    // one names the actual mistake (a proof checked against another realm's file).
+    let head = &proof.head;
+    let config_hash = config.hash();
+    if head.realm != config.realm || head.config_hash != config_hash {
+        return Err(VerifyError::RealmMismatch {
+            expected_realm: config.realm.clone(),
+            got_realm: head.realm.clone(),
+            expected_config_hash: config_hash,
+            got_config_hash: head.config_hash,
+        });
+    }
+    // A past epoch's proof is of that epoch (checked after the realm: another realm's epochs
+    // are not this one's).
+    if let When::Past(asked) = when {
+        if head.epoch != asked {
+            return Err(VerifyError::EpochMismatch { asked, got: head.epoch });
+        }
+    }
+
+    // 2. VRF.
     let output =
         config.vrf_public_key.verify(&vrf_input(&config.realm, user_id), &proof.vrf_proof).map_err(VerifyError::Vrf)?;
     let mut index = [0u8; 32];
     index.copy_from_slice(&output.as_bytes()[..32]);
     let index = Index(index);
 
-    // 2. Realm.
-    let head = &proof.head;
-    if head.realm != config.realm {
-        return Err(VerifyError::RealmMismatch { expected: config.realm.clone(), got: head.realm.clone() });
-    }
-    if head.config_hash != config.hash() {
-        return Err(VerifyError::ConfigMismatch);
-    }
-
     // 3. Freshness.
-    if let Some((now_ms, _)) = present {
+    if let When::Present { now_ms, .. } = when {
         if head.issue_time_ms.saturating_add(realm.epoch_ttl_ms) < now_ms {
             return Err(VerifyError::HeadExpired {
                 epoch: head.epoch,
@@ -418,7 +440,7 @@ fn verify(
     }
 
     // 8. Rollback.
-    if let Some((_, Some(last_seen))) = present {
+    if let When::Present { last_seen_epoch: Some(last_seen), .. } = when {
         if head.epoch < last_seen {
             return Err(VerifyError::Rollback { last_seen, got: head.epoch });
         }
@@ -466,6 +488,11 @@ fn check_quorum(realm: &ClientRealm, proof: &LookupProof) -> Result<Vec<PublicKe
         return Err(VerifyError::VerifierQuorumMissing { have: ratified_by.len(), need: realm.verifier_threshold });
     }
     Ok(ratified_by)
+}
+
+/// The first 8 bytes of a hash in hex: enough to tell two realms apart in a message.
+fn short_hex(hash: &[u8; 32]) -> String {
+    hex::encode(&hash[..8])
 }
 
 /// Decodes and verifies a proof in one step (for proofs read from files or the network).

@@ -156,12 +156,15 @@ pub fn run(args: &AdminArgs, out: &mut dyn Write) -> CmdResult {
         .map_err(|e| format!("reading the token file {}: {e}", args.token_file.display()))?
         .trim()
         .to_owned();
+    let failed = |action: &str, status: &tonic::Status| {
+        crate::cli::call_failed(&format!("admin {action} on {}", args.peer), status)
+    };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let mut client = connect_lazy(&args.peer, &token)?;
         match &args.action {
             AdminAction::Status { json } => {
-                let s = client.status(request(StatusRequest {})).await?.into_inner();
+                let s = client.status(request(StatusRequest {})).await.map_err(|e| failed("status", &e))?.into_inner();
                 if *json {
                     writeln!(out, "{}", serde_json::to_string_pretty(&status_json(&s))?)?;
                 } else {
@@ -170,7 +173,8 @@ pub fn run(args: &AdminArgs, out: &mut dyn Write) -> CmdResult {
             }
             AdminAction::Init { voters } => {
                 let voters = voters.iter().map(|v| parse_voter(v)).collect::<Result<Vec<_>, _>>()?;
-                let r = client.init(request(InitRequest { voters })).await?.into_inner();
+                let r =
+                    client.init(request(InitRequest { voters })).await.map_err(|e| failed("init", &e))?.into_inner();
                 writeln!(out, "{}", r.message)?;
             }
             AdminAction::AddLearner { id, peer_addr, public_addr } => {
@@ -179,7 +183,8 @@ pub fn run(args: &AdminArgs, out: &mut dyn Write) -> CmdResult {
                     let spec = spec.clone();
                     async move { c.add_learner(request(spec)).await }
                 })
-                .await?;
+                .await
+                .map_err(|e| failed("add-learner", &e))?;
                 writeln!(out, "{}", r.message)?;
             }
             AdminAction::ChangeVoters { voters } => {
@@ -188,7 +193,8 @@ pub fn run(args: &AdminArgs, out: &mut dyn Write) -> CmdResult {
                     let req = req.clone();
                     async move { c.change_voters(request(req)).await }
                 })
-                .await?;
+                .await
+                .map_err(|e| failed("change-voters", &e))?;
                 writeln!(out, "{}", r.message)?;
             }
         }

@@ -47,8 +47,9 @@ pub struct BenchArgs {
     /// Verify one lookup answer in this many.
     #[arg(long, default_value_t = 100)]
     pub verify_every: usize,
-    /// Verifier ratifications lookups require (default: the realm file's threshold).
-    #[arg(long = "verifiers")]
+    /// The minimum number of verifier ratifications an epoch needs for lookups to accept it
+    /// (default: the realm file's `verifier_threshold`).
+    #[arg(long = "verifiers", value_name = "MIN_RATIFICATIONS")]
     pub verifier_threshold: Option<usize>,
     /// Each update waits until its epoch has the verifier ratifications and returns the
     /// proof, which the bench verifies: the latencies are then Update to ratified proof.
@@ -188,7 +189,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> CmdResult {
                             ..Default::default()
                         })
                         .await
-                        .map_err(|s| s.message().to_owned())?;
+                        .map_err(|s| crate::cli::call_failed("lookup", &s))?;
                     let bytes = r.into_inner().proof;
                     if i < indexes.lock().map(|v| v.len()).unwrap_or(0) || i % verify_every == 0 {
                         let proof: LookupProof = decode_canonical(&bytes).map_err(|e| e.to_string())?;
@@ -247,7 +248,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> CmdResult {
                     } else {
                         UpdateRequest { user_id: user.clone(), update, verifier_threshold: None, wait_ms: 0 }
                     };
-                    let r = client.update(request).await.map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
+                    let r = client.update(request).await.map_err(|s| crate::cli::call_failed("update", &s))?;
                     let r = r.into_inner();
                     if wait {
                         let proof: LookupProof = decode_canonical(&r.proof).map_err(|e| e.to_string())?;
@@ -279,9 +280,15 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> CmdResult {
             match r {
                 Ok(_) => break,
                 Err(s) if start.elapsed() < Duration::from_secs(120) => {
-                    tracing::debug!(status = %s, "waiting for the epoch")
+                    tracing::debug!(status = %keyraft_client::status_in_words(&s), "waiting for the epoch")
                 }
-                Err(s) => return Err(format!("epoch {target} was not ratified in time: {}", s.message()).into()),
+                Err(s) => {
+                    return Err(crate::cli::call_failed(
+                        &format!("epoch {target} was not ratified in time: lookup"),
+                        &s,
+                    )
+                    .into())
+                }
             }
         }
         writeln!(

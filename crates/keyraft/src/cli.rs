@@ -66,6 +66,13 @@ impl std::fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
+/// A failed call in words, as every command reports one: "<what failed>: <code in words>:
+/// <message>", or the network cause ("connection refused") when the call got no answer; never
+/// tonic's `Debug` structures.
+pub fn call_failed(what: &str, status: &tonic::Status) -> String {
+    format!("{what}: {}", keyraft_client::status_in_words(status))
+}
+
 /// Sets up logging from `RUST_LOG` (default: warnings).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

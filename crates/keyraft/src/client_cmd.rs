@@ -32,9 +32,10 @@ pub struct RealmArgs {
     /// Replica public addresses (host:port) to use instead of the realm file's.
     #[arg(long = "endpoint")]
     pub endpoints: Vec<String>,
-    /// How many registered verifiers must have ratified an answer (default: the realm
-    /// file's `verifier_threshold`). A replica majority is always required.
-    #[arg(long = "verifiers")]
+    /// The minimum number of verifier ratifications an answer's epoch needs, from distinct
+    /// registered verifiers (default: the realm file's `verifier_threshold`). A replica
+    /// majority is always required.
+    #[arg(long = "verifiers", value_name = "MIN_RATIFICATIONS")]
     pub verifier_threshold: Option<usize>,
     /// Reject heads older than this many milliseconds (default: the realm file's).
     #[arg(long)]
@@ -208,8 +209,9 @@ pub struct VerifyProofArgs {
     /// freshness as of then, no rollback check. Historical: it says nothing about today.
     #[arg(long, value_name = "MS")]
     pub at_ms: Option<u64>,
-    /// How many registered verifiers must have ratified it (default: the realm file's).
-    #[arg(long = "verifiers")]
+    /// The minimum number of verifier ratifications its epoch needs, from distinct registered
+    /// verifiers (default: the realm file's `verifier_threshold`).
+    #[arg(long = "verifiers", value_name = "MIN_RATIFICATIONS")]
     pub verifier_threshold: Option<usize>,
     /// Reject heads older than this many milliseconds (default: the realm file's).
     #[arg(long)]

@@ -45,10 +45,11 @@ pub struct DevArgs {
     /// Epoch intervals in milliseconds (first start only).
     #[arg(long, default_value_t = 5_000)]
     pub max_epoch_interval_ms: u64,
-    /// Number of third-party verifiers (first start only). With one or more, the realm
-    /// file's `verifier_threshold` is 1: clients accept only epochs a verifier ratified.
+    /// How many third-party verifier processes to run (first start only). With one or more,
+    /// the realm file's `verifier_threshold` is 1: clients accept only epochs a verifier
+    /// ratified. (Not the clients' `--verifiers`, the ratifications they require.)
     #[arg(long, default_value_t = 1)]
-    pub verifiers: usize,
+    pub verifier_count: usize,
     /// Start, initialise, print the summary and stop (for scripts and tests).
     #[arg(long)]
     pub exit_when_ready: bool,
@@ -92,7 +93,7 @@ fn create(args: &DevArgs) -> CmdResult {
         replica_keys.push(keyraft_client::public_key(&ed25519_dalek::SigningKey::from_bytes(&seed)));
     }
     let mut verifier_keys = Vec::new();
-    for n in 1..=args.verifiers {
+    for n in 1..=args.verifier_count {
         let seed: [u8; 32] = rand::Rng::gen(&mut rng);
         write_secret(&dir.join(format!("keys/verifier-{n}.key")), &seed)?;
         verifier_keys.push(keyraft_client::public_key(&ed25519_dalek::SigningKey::from_bytes(&seed)));
@@ -117,7 +118,7 @@ fn create(args: &DevArgs) -> CmdResult {
         });
     }
     let mut realm = RealmFile::new(&config, 60_000, 5_000, voters.iter().map(|v| v.public_addr.clone()).collect());
-    realm.verifier_threshold = args.verifiers.min(1);
+    realm.verifier_threshold = args.verifier_count.min(1);
     std::fs::write(dir.join("realm.json"), realm.to_json())?;
     for v in &voters {
         let node = NodeConfig {
@@ -455,7 +456,7 @@ fn summary(dir: &Path, realm: &RealmFile, listening: &[Listening], out: &mut dyn
     if realm.verifier_threshold > 0 {
         writeln!(
             out,
-            "  clients accept an epoch once a replica majority signed it and {} ratified it",
+            "  clients accept an epoch once a replica majority signed it and {} ratified it (a client command's `--verifiers N` requires N ratifications instead)",
             crate::client_cmd::count(realm.verifier_threshold as u64, "verifier")
         )?;
     }

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 /// Options of `keyraft server`.
 #[derive(Debug, clap::Args)]
 pub struct ServerArgs {
-    /// The node's configuration file (see `keyraft_server::config` for the format).
+    /// The node's configuration file (TOML; `keyraft dev` writes examples, and
+    /// docs/operations.md, section "Configuration", describes the keys).
     #[arg(long)]
     pub config: PathBuf,
     /// Bootstrap the cluster with the configured `[[voters]]` (once, on one node; refused

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 /// Options of `keyraft verifier`.
 #[derive(Debug, clap::Args)]
 pub struct VerifierArgs {
-    /// The verifier's configuration file (see `keyraft_verifier::Config`).
+    /// The verifier's configuration file (TOML: data_dir, realm_file, signing_key_file,
+    /// endpoints; docs/operations.md, section "Verifiers").
     #[arg(long)]
     pub config: PathBuf,
 }

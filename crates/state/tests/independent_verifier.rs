@@ -52,6 +52,16 @@ fn an_implementation_from_the_spec_alone_agrees() {
     assert!(!ok && out.contains("0:"), "{out}");
     let (ok, out) = run(&h, dir.path(), "alice@example.org", &present, &["--last-seen-epoch", "2"]);
     assert!(!ok && out.contains("8:"), "{out}");
+    // Step 1 is the realm, before the VRF: a proof from another realm is named as such.
+    let mut other = Harness::new("other.org", 3, 2, 22);
+    other.publish_epoch().unwrap();
+    let foreign = other.lookup_proof("nobody@example.org", None, 2).unwrap().encode();
+    let (ok, out) = run(&h, dir.path(), "nobody@example.org", &foreign, &[]);
+    assert!(!ok && out.contains("1: the proof is for a different realm"), "{out}");
+    let mut bad_vrf = h.lookup_proof("alice@example.org", None, 2).unwrap();
+    bad_vrf.user_id = "bob@example.org".into();
+    let (ok, out) = run(&h, dir.path(), "bob@example.org", &bad_vrf.encode(), &[]);
+    assert!(!ok && out.contains("2: VRF"), "{out}");
     for at in [30, present.len() - 20, present.len() / 2] {
         let mut tampered = present.clone();
         tampered[at] ^= 1;
