@@ -94,10 +94,7 @@ fn keys(field: &'static str, list: &[String]) -> Result<Vec<PublicKey>, RealmFil
             .map_err(|e| RealmFileError::Key { field: at.clone(), message: e.to_string() })?;
         if let Some(previous) = out.last() {
             if *previous == key {
-                return Err(RealmFileError::Key {
-                    field: at,
-                    message: format!("duplicate of {field}[{}]", i - 1),
-                });
+                return Err(RealmFileError::Key { field: at, message: format!("duplicate of {field}[{}]", i - 1) });
             }
             if *previous > key {
                 return Err(RealmFileError::Key {
