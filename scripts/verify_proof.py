@@ -3,19 +3,27 @@
 
 It shares no code with the Rust implementation: Ed25519 and ECVRF-EDWARDS25519-SHA512-TAI are
 implemented here from RFC 8032 and RFC 9381 in plain Python (slow, but clear). It exists to show
-that the specification is complete, and the test suite runs it against proofs made by the Rust
-server code.
+that the specification is complete, and the test suite runs it against the test vectors in
+docs/vectors/ and against proofs made by the Rust server code.
 
-usage: verify_proof.py REALM_CONFIG_HEX_FILE PROOF_FILE USER_ID NOW_MS
+usage: verify_proof.py REALM PROOF_FILE USER_ID NOW_MS
                        [--verifier-threshold T] [--ttl-ms MS] [--skew-ms MS] [--last-seen-epoch E]
+                       [--past EPOCH]
+       verify_proof.py --vectors docs/vectors/lookup-v1.json
        verify_proof.py --ed25519-vectors docs/vectors/ed25519.json
 
-REALM_CONFIG_HEX_FILE holds the hex of the canonical RealmConfig bytes (section 2.6);
-PROOF_FILE holds the canonical LookupProof bytes (section 5). Exit status 0 and "OK ..." on
-success; 1 and the failing check otherwise.
+REALM is a realm file (JSON, section 5.3; its threshold, TTL and skew are the defaults) or a
+file holding the hex of the canonical RealmConfig bytes (section 2.6); PROOF_FILE holds the
+canonical LookupProof bytes (section 5.2). Exit status 0 and "OK ..." on success; 1 and
+"REJECTED (<check>): ..." naming the failing check otherwise (section 5.1 names the checks).
+
+With --vectors it checks every vector of the file and prints one line per vector, "VECTOR
+<name>: accept ..." or "VECTOR <name>: reject <check>: ...", and one per refused realm file,
+"REALM-FILE <name>: reject <field>: ..."; exit status 1 if any verdict differs from the file's.
 """
 import argparse
 import hashlib
+import json
 import sys
 
 P = 2**255 - 19
@@ -124,7 +132,7 @@ def ed25519_reject_reason(public, message, signature):
     return None if small_order(residue) else "equation"
 
 
-def ed25519_verify_strict(public, message, signature):
+def ed25519_verify(public, message, signature):
     """True iff the signature is valid under the protocol's rule ("strict" about encodings;
     the equation is the cofactored one, see ed25519_reject_reason)."""
     return ed25519_reject_reason(public, message, signature) is None
@@ -184,6 +192,24 @@ def vrf_verify(public, alpha, pi):
 
 
 # ---- canonical encoding (section 2) ------------------------------------------------------
+class Failed(Reject):
+    """A rejection by a named check of section 5.1 (decode, user_id, vrf, realm, ...)."""
+
+    def __init__(self, check, message):
+        super().__init__(message)
+        self.check = check
+
+
+def checked(check, f, *args):
+    """Runs f; a plain Reject from it becomes a failure of `check`."""
+    try:
+        return f(*args)
+    except Failed:
+        raise
+    except Reject as e:
+        raise Failed(check, str(e)) from None
+
+
 class Reader:
     def __init__(self, b):
         self.b, self.i = b, 0
@@ -223,22 +249,156 @@ def framed(label):
     return bytes([len(label)]) + label.encode()
 
 
+def realm_name(raw):
+    """Section 2.1: 1 to 64 bytes of printable ASCII."""
+    if not 1 <= len(raw) <= 64 or any(not 0x21 <= c <= 0x7e for c in raw):
+        raise Reject("realm name must be 1 to 64 printable ASCII bytes")
+    return raw.decode("ascii")
+
+
+def user_id_text(raw):
+    """Section 2.1: UTF-8 without control characters (category Cc)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Reject("user id is not UTF-8") from None
+    if any(ord(ch) <= 0x1f or 0x7f <= ord(ch) <= 0x9f for ch in text):
+        raise Reject("user id contains a control character")
+    return text
+
+
+def valid_key(k):
+    pt = decode_point(k)
+    return pt is not None and not small_order(pt)
+
+
+def check_key_list(what, keys):
+    """Section 2.6: every key valid, sorted strictly ascending (so no duplicates)."""
+    for i, k in enumerate(keys):
+        if not valid_key(k):
+            raise Reject(f"{what}[{i}] is not a valid Ed25519 public key")
+        if i and keys[i - 1] == k:
+            raise Reject(f"{what}[{i}]: duplicate of {what}[{i - 1}]")
+        if i and keys[i - 1] > k:
+            raise Reject(f"{what}[{i}]: keys must be sorted strictly ascending; this one sorts before {what}[{i - 1}]")
+
+
+def realm_config(realm, vrf_key, replicas, verifiers):
+    """Checks a realm configuration (section 2.6) and returns it with its bytes and hash."""
+    y = decode_point(vrf_key)
+    if y is None or small_order(y):
+        raise Reject("VRF public key invalid")
+    if not 1 <= len(replicas) <= 9:
+        raise Reject("need 1 to 9 replica keys")
+    if len(verifiers) > 32:
+        raise Reject("at most 32 verifier keys")
+    check_key_list("replica_keys", replicas)
+    check_key_list("verifier_keys", verifiers)
+    if set(replicas) & set(verifiers):
+        raise Reject("a key is both a replica and a verifier key")
+    name = realm.encode("ascii")
+    b = (len(name).to_bytes(2, "big") + name + vrf_key + len(replicas).to_bytes(2, "big") + b"".join(replicas)
+         + len(verifiers).to_bytes(2, "big") + b"".join(verifiers))
+    return {"realm": realm, "vrf": vrf_key, "replicas": replicas, "verifiers": verifiers, "bytes": b,
+            "hash": hl("keyraft/v1/realm-config", b)}
+
+
 def parse_realm_config(b):
     r = Reader(b)
-    realm = r.var(1, 64).decode()
+    realm = realm_name(r.var(1, 64))
     vrf_key = r.take(32)
     replicas = [r.take(32) for _ in range(r.u16())]
     verifiers = [r.take(32) for _ in range(r.u16())]
     r.done()
-    return {"realm": realm, "vrf": vrf_key, "replicas": replicas, "verifiers": verifiers,
-            "hash": hl("keyraft/v1/realm-config", b)}
+    return realm_config(realm, vrf_key, replicas, verifiers)
+
+
+class RealmFileError(Exception):
+    """A realm file refused; `field` names the field (and position in a key list)."""
+
+    def __init__(self, field, message):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+REALM_FILE_REQUIRED = ("realm", "vrf_public_key", "replica_keys", "epoch_ttl_ms", "clock_skew_ms")
+REALM_FILE_OPTIONAL = {"verifier_keys": [], "verifier_threshold": 0, "endpoints": []}
+U64_MAX = 2**64 - 1
+
+
+def no_duplicate_fields(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise RealmFileError(k, "duplicate field")
+        out[k] = v
+    return out
+
+
+def hex_key(field, s):
+    if not isinstance(s, str) or len(s) != 64 or any(c not in "0123456789abcdef" for c in s):
+        raise RealmFileError(field, f"expected 64 lower-case hex digits (32 bytes), got {s!r}")
+    return bytes.fromhex(s)
+
+
+def parse_realm_file(text):
+    """Section 5.3: the realm file, read strictly. Returns (config, client rules)."""
+    try:
+        f = json.loads(text, object_pairs_hook=no_duplicate_fields)
+    except ValueError as e:
+        raise RealmFileError("(file)", f"not JSON: {e}") from None
+    if not isinstance(f, dict):
+        raise RealmFileError("(file)", "not a JSON object")
+    for k in f:
+        if k not in REALM_FILE_REQUIRED and k not in REALM_FILE_OPTIONAL:
+            raise RealmFileError(k, "unknown field")
+    for k in REALM_FILE_REQUIRED:
+        if k not in f:
+            raise RealmFileError(k, "missing field")
+    f = {**REALM_FILE_OPTIONAL, **f}
+    for k in ("verifier_threshold", "epoch_ttl_ms", "clock_skew_ms"):
+        v = f[k]
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= U64_MAX:
+            raise RealmFileError(k, f"expected an integer from 0 to 2^64-1, got {v!r}")
+    if not isinstance(f["realm"], str):
+        raise RealmFileError("realm", "expected a string")
+    for k in ("replica_keys", "verifier_keys", "endpoints"):
+        if not isinstance(f[k], list):
+            raise RealmFileError(k, "expected a list")
+    if any(not isinstance(e, str) for e in f["endpoints"]):
+        raise RealmFileError("endpoints", "expected strings (host:port)")
+    vrf_key = hex_key("vrf_public_key", f["vrf_public_key"])
+    lists = {}
+    for k in ("replica_keys", "verifier_keys"):
+        lists[k] = [hex_key(f"{k}[{i}]", s) for i, s in enumerate(f[k])]
+        for i, key in enumerate(lists[k]):
+            if not valid_key(key):
+                raise RealmFileError(f"{k}[{i}]", "not a valid Ed25519 public key")
+            if i and lists[k][i - 1] == key:
+                raise RealmFileError(f"{k}[{i}]", f"duplicate of {k}[{i - 1}]")
+            if i and lists[k][i - 1] > key:
+                raise RealmFileError(f"{k}[{i}]", f"keys must be sorted strictly ascending; this one sorts before {k}[{i - 1}]")
+    try:
+        realm_name(f["realm"].encode("utf-8"))
+        config = realm_config(f["realm"], vrf_key, lists["replica_keys"], lists["verifier_keys"])
+    except Reject as e:
+        raise RealmFileError("(realm)", str(e)) from None
+    if f["verifier_threshold"] > len(config["verifiers"]):
+        raise RealmFileError("verifier_threshold", "exceeds the number of verifier keys")
+    rules = {"verifier_threshold": f["verifier_threshold"], "ttl_ms": f["epoch_ttl_ms"], "skew_ms": f["clock_skew_ms"]}
+    return config, rules
 
 
 def parse_head(b):
     r = Reader(b)
-    head = {"realm": r.var(1, 64).decode(), "epoch": r.u64(), "root": r.take(32), "previous": r.take(32),
+    head = {"realm": realm_name(r.var(1, 64)), "epoch": r.u64(), "root": r.take(32), "previous": r.take(32),
             "issue_time_ms": r.u64(), "update_count": r.u64(), "config_hash": r.take(32), "bytes": b}
     r.done()
+    # Section 2.7: epochs start at 1, and epoch 1 has no previous head.
+    if head["epoch"] == 0:
+        raise Reject("head epoch 0: epochs start at 1")
+    if head["epoch"] == 1 and head["previous"] != bytes(32):
+        raise Reject("head of epoch 1 with a non-zero previous head hash")
     return head
 
 
@@ -303,88 +463,149 @@ def tree_root(terminal, siblings, index):
     return h, value
 
 
-def verify(config, proof_bytes, user_id, now_ms, threshold, ttl_ms, skew_ms, last_seen):
-    r = Reader(proof_bytes)
-    proof_user = r.var(1, 256).decode()
-    pi = r.take(80)
-    head = parse_head(r.var(1, 512))
-    replica_sigs = parse_positional(r, 9)
-    verifier_sigs = parse_positional(r, 32)
-    terminal, siblings = parse_tree_proof(r)
+def parse_proof(b):
+    """Section 5: the LookupProof structure (step 0, check "decode")."""
+    if len(b) > 32768:
+        raise Reject("lookup proof over 32768 bytes")
+    r = Reader(b)
+    proof = {"user_id": user_id_text(r.var(1, 256)), "pi": r.take(80), "head": parse_head(r.var(1, 512)),
+             "replica_sigs": parse_positional(r, 9), "verifier_sigs": parse_positional(r, 32)}
+    proof["terminal"], proof["siblings"] = parse_tree_proof(r)
     present = r.u8()
-    entry = profile = None
+    proof["entry"] = proof["profile"] = None
     if present == 1:
-        entry, profile = r.var(1, 2048), r.var(1, 16384)
+        proof["entry"], proof["profile"] = r.var(1, 2048), r.var(1, 16384)
     elif present != 0:
         raise Reject("bad presence byte")
     r.done()
-    if proof_user != user_id:
-        raise Reject("0: proof is about another user id")
-    # 1. Realm (before the VRF: a proof from another realm fails here, named as such).
+    return proof
+
+
+def verify(config, proof_bytes, user_id, now_ms, threshold, ttl_ms, skew_ms, last_seen, past_epoch=None):
+    """Section 5.1 as the current answer at now_ms, or (past_epoch set) section 5.2's
+    statement about a past epoch. Raises Failed naming the check; returns what it proved."""
+    p = checked("decode", parse_proof, proof_bytes)
+    head = p["head"]
+    if past_epoch is not None and head["epoch"] != past_epoch:
+        raise Failed("epoch", f"proof is of epoch {head['epoch']}, not the epoch {past_epoch} asked for")
+    if p["user_id"] != user_id:
+        raise Failed("user_id", "proof is about another user id")
+    # Realm (before the VRF: a proof from another realm fails here, named as such).
     if head["realm"] != config["realm"] or head["config_hash"] != config["hash"]:
-        raise Reject(f"1: the proof is for a different realm: realm {head['realm']!r} (config hash "
+        raise Failed("realm", f"the proof is for a different realm: realm {head['realm']!r} (config hash "
                      f"{head['config_hash'][:8].hex()}), expected {config['realm']!r} (config hash {config['hash'][:8].hex()})")
-    # 2. VRF.
-    alpha = framed("keyraft/v1/vrf-index") + len(config["realm"]).to_bytes(2, "big") + config["realm"].encode() + user_id.encode()
-    try:
-        index = vrf_verify(config["vrf"], alpha, pi)[:32]
-    except Reject as e:
-        raise Reject(f"2: {e}") from None
-    # 3. Freshness.
-    if head["issue_time_ms"] + ttl_ms < now_ms or head["issue_time_ms"] > now_ms + skew_ms:
-        raise Reject("3: head too old or from the future")
-    # 4. Quorum.
+    # VRF.
+    realm = config["realm"].encode()
+    alpha = framed("keyraft/v1/vrf-index") + len(realm).to_bytes(2, "big") + realm + user_id.encode()
+    index = checked("vrf", vrf_verify, config["vrf"], alpha, p["pi"])[:32]
+    # Freshness (the current answer only).
+    if past_epoch is None and (head["issue_time_ms"] + ttl_ms < now_ms or head["issue_time_ms"] > now_ms + skew_ms):
+        raise Failed("freshness", "head too old or from the future")
+    # Quorum.
     head_msg = framed("keyraft/v1/epoch-head") + head["bytes"]
-    for pos, sig in replica_sigs:
-        if pos >= len(config["replicas"]) or not ed25519_verify_strict(config["replicas"][pos], head_msg, sig):
-            raise Reject("4: bad replica signature")
-    if len(replica_sigs) < len(config["replicas"]) // 2 + 1:
-        raise Reject("4: no replica majority")
+    for pos, sig in p["replica_sigs"]:
+        if pos >= len(config["replicas"]) or not ed25519_verify(config["replicas"][pos], head_msg, sig):
+            raise Failed("quorum", "bad replica signature")
+    if len(p["replica_sigs"]) < len(config["replicas"]) // 2 + 1:
+        raise Failed("quorum", "no replica majority")
     rat_msg = framed("keyraft/v1/verifier-ratification") + head["bytes"]
-    for pos, sig in verifier_sigs:
-        if pos >= len(config["verifiers"]) or not ed25519_verify_strict(config["verifiers"][pos], rat_msg, sig):
-            raise Reject("4: bad verifier signature")
-    if len(verifier_sigs) < threshold:
-        raise Reject("4: too few verifier ratifications")
-    # 5. Tree.
-    root, value = tree_root(terminal, siblings, index)
+    for pos, sig in p["verifier_sigs"]:
+        if pos >= len(config["verifiers"]) or not ed25519_verify(config["verifiers"][pos], rat_msg, sig):
+            raise Failed("quorum", "bad verifier signature")
+    if len(p["verifier_sigs"]) < threshold:
+        raise Failed("quorum", "too few verifier ratifications")
+    # Tree.
+    root, value = checked("tree", tree_root, p["terminal"], p["siblings"], index)
     if root != head["root"]:
-        raise Reject("5: tree proof does not lead to the signed root")
-    # 6, 7. Entry and profile.
+        raise Failed("tree", "tree proof does not lead to the signed root")
+    # Entry and profile.
+    entry, profile = p["entry"], p["profile"]
     if (value is None) != (entry is None):
-        raise Reject("6: entry presence does not match the tree")
+        raise Failed("entry", "entry presence does not match the tree")
     if entry is not None:
         if hl("keyraft/v1/entry", entry) != value or entry[:32] != index:
-            raise Reject("6: entry does not match the leaf")
+            raise Failed("entry", "entry does not match the leaf")
         if hl("keyraft/v1/profile-commitment", profile) != entry[40:72]:
-            raise Reject("7: profile does not match the commitment")
-    # 8. Rollback.
-    if last_seen is not None and head["epoch"] < last_seen:
-        raise Reject("8: rollback")
-    return head["epoch"], entry is not None
+            raise Failed("profile", "profile does not match the commitment")
+    # Rollback (the current answer only).
+    if past_epoch is None and last_seen is not None and head["epoch"] < last_seen:
+        raise Failed("rollback", f"epoch {head['epoch']} is older than epoch {last_seen} already seen")
+    version = int.from_bytes(entry[32:40], "big") if entry is not None else None
+    return {"epoch": head["epoch"], "present": entry is not None, "index": index, "version": version}
+
+
+def run_vectors(path):
+    """Checks every vector of a docs/vectors file; prints one line each; True if all agree."""
+    doc = json.load(open(path))
+    agree = True
+    configs = {}
+    for name, realm_file in doc["realm_files"].items():
+        config, _ = parse_realm_file(json.dumps(realm_file))
+        if config["bytes"].hex() != doc["realm_configs"][name]["hex"]:
+            print(f"REALM-FILE {name}: its RealmConfig differs from realm_configs[{name!r}]")
+            agree = False
+        configs[name] = config
+    for v in doc.get("realm_files_refused", []):
+        try:
+            parse_realm_file(v["json"])
+            got, line = None, "accept"
+        except RealmFileError as e:
+            got, line = e.field, f"reject {e.field}: {e.message}"
+        print(f"REALM-FILE {v['name']}: {line}")
+        agree &= got == v["field"]
+    for v in doc["vectors"]:
+        past = v["past_epoch"] if v["mode"] == "past" else None
+        try:
+            out = verify(configs[v["realm_file"]], bytes.fromhex(v["proof"]), v["user_id"], v.get("now_ms"),
+                         v["verifier_threshold"], v.get("epoch_ttl_ms"), v.get("clock_skew_ms"),
+                         v.get("rollback_floor"), past)
+            present = "present" if out["present"] else "absent"
+            print(f"VECTOR {v['name']}: accept epoch {out['epoch']} {present} index {out['index'].hex()}")
+            agree &= (v["expected"] == "accept" and out["epoch"] == v["epoch"] and out["present"] == v["present"]
+                      and out["index"].hex() == v["index"] and out["version"] == v.get("version"))
+        except Failed as e:
+            print(f"VECTOR {v['name']}: reject {e.check}: {e}")
+            agree &= v["expected"] == "reject" and v["check"] == e.check
+    return agree
 
 
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "--ed25519-vectors":
         return check_ed25519_vectors(sys.argv[2])
+    if len(sys.argv) == 3 and sys.argv[1] == "--vectors":
+        agree = run_vectors(sys.argv[2])
+        print("all vectors agree" if agree else "DISAGREEMENT with the expected verdicts")
+        return 0 if agree else 1
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("realm_config_hex_file")
+    ap.add_argument("realm")
     ap.add_argument("proof_file")
     ap.add_argument("user_id")
     ap.add_argument("now_ms", type=int)
-    ap.add_argument("--verifier-threshold", type=int, default=0)
-    ap.add_argument("--ttl-ms", type=int, default=60_000)
-    ap.add_argument("--skew-ms", type=int, default=5_000)
+    ap.add_argument("--verifier-threshold", type=int)
+    ap.add_argument("--ttl-ms", type=int)
+    ap.add_argument("--skew-ms", type=int)
     ap.add_argument("--last-seen-epoch", type=int)
+    ap.add_argument("--past", type=int, metavar="EPOCH")
     a = ap.parse_args()
-    config = parse_realm_config(bytes.fromhex(open(a.realm_config_hex_file).read().strip()))
+    text = open(a.realm).read()
+    try:
+        if text.lstrip().startswith("{"):
+            config, rules = parse_realm_file(text)
+        else:
+            config = parse_realm_config(bytes.fromhex(text.strip()))
+            rules = {"verifier_threshold": 0, "ttl_ms": 60_000, "skew_ms": 5_000}
+    except (RealmFileError, Reject) as e:
+        print(f"REALM REFUSED: {e}")
+        return 2
+    pick = lambda given, key: rules[key] if given is None else given  # noqa: E731
     proof = open(a.proof_file, "rb").read()
     try:
-        epoch, present = verify(config, proof, a.user_id, a.now_ms, a.verifier_threshold, a.ttl_ms, a.skew_ms, a.last_seen_epoch)
-    except Reject as e:
-        print(f"REJECTED: {e}")
+        out = verify(config, proof, a.user_id, a.now_ms, pick(a.verifier_threshold, "verifier_threshold"),
+                     pick(a.ttl_ms, "ttl_ms"), pick(a.skew_ms, "skew_ms"), a.last_seen_epoch, a.past)
+    except Failed as e:
+        print(f"REJECTED ({e.check}): {e}")
         return 1
-    print(f"OK epoch {epoch}: {a.user_id} is {'present' if present else 'absent'}")
+    print(f"OK epoch {out['epoch']}: {a.user_id} is {'present' if out['present'] else 'absent'}")
     return 0
 
 

@@ -506,3 +506,31 @@ pub fn verify_lookup_bytes(
     let proof = LookupProof::from_bytes(proof_bytes)?;
     verify_lookup(realm, user_id, &proof, now_ms, last_seen_epoch)
 }
+
+impl VerifyError {
+    /// The stable name of the check that refused the proof (docs/protocol.md section 5.1):
+    /// `decode`, `user_id`, `realm`, `vrf`, `freshness`, `quorum`, `tree`, `entry`, `profile`,
+    /// `rollback`, or `epoch` for a historical proof of another epoch. Test vectors
+    /// (docs/vectors) and other implementations name checks this way, not by step number,
+    /// so that reordering steps does not rename them.
+    pub fn check(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "decode",
+            Self::UserIdMismatch { .. } => "user_id",
+            Self::Vrf(_) => "vrf",
+            Self::RealmMismatch { .. } => "realm",
+            Self::HeadExpired { .. } | Self::HeadFromFuture { .. } => "freshness",
+            Self::UnknownReplica { .. }
+            | Self::BadReplicaSignature { .. }
+            | Self::ReplicaMajorityMissing { .. }
+            | Self::UnknownVerifier { .. }
+            | Self::BadVerifierSignature { .. }
+            | Self::VerifierQuorumMissing { .. } => "quorum",
+            Self::TreeProof(_) => "tree",
+            Self::EntryPresenceMismatch { .. } | Self::EntryHashMismatch | Self::EntryIndexMismatch => "entry",
+            Self::ProfileCommitmentMismatch => "profile",
+            Self::EpochMismatch { .. } => "epoch",
+            Self::Rollback { .. } => "rollback",
+        }
+    }
+}

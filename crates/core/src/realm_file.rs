@@ -13,8 +13,12 @@
 //! }
 //! ```
 //!
-//! Keys are checked when the file is read (canonical, not of small order), and the realm
-//! configuration is validated, so a bad file is refused before anything trusts it.
+//! The schema and the rules are docs/protocol.md section 5.3. Keys are checked when the file
+//! is read (64 lower-case hex digits, canonical, not of small order), key lists must already
+//! be sorted strictly ascending, unknown and duplicate fields are refused, and the realm
+//! configuration is validated, so a bad file is refused before anything trusts it. Sorting
+//! silently would let two implementations read one file as different key positions (proofs
+//! name signers by position), so an unsorted list is the file writer's error.
 
 use crate::lookup::ClientRealm;
 use crate::types::RealmConfig;
@@ -53,11 +57,11 @@ pub enum RealmFileError {
     /// Not JSON of the expected shape.
     #[error("realm file is malformed: {0}")]
     Json(String),
-    /// A key that does not decode.
+    /// A key that does not decode, or a key list out of order.
     #[error("realm file field {field}: {message}")]
     Key {
-        /// Which field.
-        field: &'static str,
+        /// Which field, with the position in a key list (`replica_keys[2]`).
+        field: String,
         /// What is wrong.
         message: String,
     },
@@ -66,17 +70,45 @@ pub enum RealmFileError {
     Invalid(String),
 }
 
-fn key32(field: &'static str, s: &str) -> Result<[u8; 32], RealmFileError> {
-    let bytes = hex::decode(s).map_err(|e| RealmFileError::Key { field, message: e.to_string() })?;
-    bytes.try_into().map_err(|_| RealmFileError::Key { field, message: "expected 32 bytes (64 hex digits)".into() })
+fn key32(field: &str, s: &str) -> Result<[u8; 32], RealmFileError> {
+    // One spelling per key: upper-case hex would compare differently as text than as bytes.
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(RealmFileError::Key {
+            field: field.to_owned(),
+            message: format!("expected 64 lower-case hex digits (32 bytes), got {s:?}"),
+        });
+    }
+    let bytes = hex::decode(s).map_err(|e| RealmFileError::Key { field: field.to_owned(), message: e.to_string() })?;
+    bytes.try_into().map_err(|_| RealmFileError::Key {
+        field: field.to_owned(),
+        message: "expected 32 bytes (64 hex digits)".into(),
+    })
 }
 
+/// A key list as the file holds it: every key valid, sorted strictly ascending by bytes.
 fn keys(field: &'static str, list: &[String]) -> Result<Vec<PublicKey>, RealmFileError> {
-    list.iter()
-        .map(|s| {
-            PublicKey::from_bytes(&key32(field, s)?).map_err(|e| RealmFileError::Key { field, message: e.to_string() })
-        })
-        .collect()
+    let mut out: Vec<PublicKey> = Vec::with_capacity(list.len());
+    for (i, s) in list.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        let key = PublicKey::from_bytes(&key32(&at, s)?)
+            .map_err(|e| RealmFileError::Key { field: at.clone(), message: e.to_string() })?;
+        if let Some(previous) = out.last() {
+            if *previous == key {
+                return Err(RealmFileError::Key { field: at, message: format!("duplicate of {field}[{}]", i - 1) });
+            }
+            if *previous > key {
+                return Err(RealmFileError::Key {
+                    field: at,
+                    message: format!(
+                        "keys must be sorted strictly ascending (bytewise); this one sorts before {field}[{}]",
+                        i - 1
+                    ),
+                });
+            }
+        }
+        out.push(key);
+    }
+    Ok(out)
 }
 
 impl RealmFile {
@@ -109,7 +141,7 @@ impl RealmFile {
     /// The realm's configuration.
     pub fn config(&self) -> Result<RealmConfig, RealmFileError> {
         let vrf = VrfPublicKey::from_bytes(&key32("vrf_public_key", &self.vrf_public_key)?)
-            .map_err(|e| RealmFileError::Key { field: "vrf_public_key", message: e.to_string() })?;
+            .map_err(|e| RealmFileError::Key { field: "vrf_public_key".into(), message: e.to_string() })?;
         RealmConfig::new(
             self.realm.clone(),
             vrf,

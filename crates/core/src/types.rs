@@ -362,11 +362,17 @@ impl Canonical for EpochHead {
         if epoch == 0 {
             return Err(DecodeError::Invalid { what: "head epoch", why: "epochs start at 1" });
         }
+        let root = r.array("head root")?;
+        let previous_head_hash: Digest = r.array("head previous hash")?;
+        // Epoch 1 has no predecessor: any other value would be a second encoding of "none".
+        if epoch == 1 && previous_head_hash != [0; 32] {
+            return Err(DecodeError::Invalid { what: "head previous hash", why: "must be all zero in epoch 1" });
+        }
         Ok(Self {
             realm,
             epoch,
-            root: r.array("head root")?,
-            previous_head_hash: r.array("head previous hash")?,
+            root,
+            previous_head_hash,
             issue_time_ms: r.u64("head issue time")?,
             update_count: r.u64("head update count")?,
             config_hash: r.array("head config hash")?,

@@ -138,6 +138,34 @@ fn non_canonical_inputs_are_refused() {
 }
 
 #[test]
+fn epoch_heads_decode_within_their_bounds() {
+    // Epoch 1 has no predecessor: its previous head hash is all zero, and nothing else.
+    let first = EpochHead { epoch: 1, previous_head_hash: [0; 32], ..head() };
+    assert_eq!(decode_canonical::<EpochHead>(&first.encode()).unwrap(), first);
+    let mut chained = first.clone();
+    chained.previous_head_hash[31] = 1;
+    assert!(matches!(
+        decode_canonical::<EpochHead>(&chained.encode()),
+        Err(DecodeError::Invalid { what: "head previous hash", .. })
+    ));
+    // Later epochs chain to any hash (all zero included: only a chain check can tell).
+    let later = EpochHead { epoch: 2, previous_head_hash: [0; 32], ..head() };
+    assert_eq!(decode_canonical::<EpochHead>(&later.encode()).unwrap(), later);
+    // Epoch numbers, issue times and update counts take any u64 from 1 (epoch) or 0 (the
+    // others): the decoder bounds none of them beyond their width.
+    let extreme = EpochHead { epoch: u64::MAX, issue_time_ms: u64::MAX, update_count: u64::MAX, ..head() };
+    assert_eq!(decode_canonical::<EpochHead>(&extreme.encode()).unwrap(), extreme);
+    let empty = EpochHead { issue_time_ms: 0, update_count: 0, ..head() };
+    assert_eq!(decode_canonical::<EpochHead>(&empty.encode()).unwrap(), empty);
+    let mut zero = head();
+    zero.epoch = 0;
+    assert!(matches!(
+        decode_canonical::<EpochHead>(&zero.encode()),
+        Err(DecodeError::Invalid { what: "head epoch", .. })
+    ));
+}
+
+#[test]
 fn signed_entry_rules_without_a_profile() {
     let e = Entry { version: 0, ..entry() };
     let unsigned = SignedEntry { entry: e, signatures: vec![] };
