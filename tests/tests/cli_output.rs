@@ -239,6 +239,7 @@ fn json_outputs_follow_the_documented_schema_and_history_exports_every_version_s
     }
     let text = ok(&realm, &with_realm(&["history", "alice", "--save-proofs", "proofs-again"]));
     assert!(text.contains("2 proofs saved in proofs-again"), "{text}");
+    assert_eq!(text.matches("HISTORICAL").count(), 1, "{text}");
 
     let status = json(&realm, &with_realm(&["status", update_id, "--user", "alice", "--json"]));
     assert_eq!((status["schema"].as_str(), status["version"].as_u64()), (Some("keyraft.update-status"), Some(1)));

@@ -548,12 +548,12 @@ pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> CmdResult {
     let mut endpoints: Vec<String> = Vec::new();
     loop {
         let page = rt.block_on(client.history(&args.user, args.page_size, &token))?;
-        for (version, answer) in &page.versions {
+        for (i, (version, answer)) in page.versions.iter().enumerate() {
             if let Some(dir) = &args.save_proofs {
                 crate::history_out::save_proof(dir, *version, answer)?;
             }
             if !args.json {
-                if listed.is_empty() {
+                if listed.is_empty() && i == 0 {
                     writeln!(out, "{}", crate::answer::history_heading(&args.user))?;
                 }
                 crate::answer::print_history_version(out, *version, answer, now)?;
