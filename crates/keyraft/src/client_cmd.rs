@@ -544,31 +544,41 @@ pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> CmdResult {
         std::fs::create_dir_all(dir).map_err(|e| format!("--save-proofs: creating {}: {e}", dir.display()))?;
     }
     let now = keyraft_client::now_ms();
+    // Only the JSON document holds every version at once; text is written page by page.
     let mut listed = Vec::new();
+    let mut shown = 0usize;
     let mut endpoints: Vec<String> = Vec::new();
     loop {
         let page = rt.block_on(client.history(&args.user, args.page_size, &token))?;
-        for (i, (version, answer)) in page.versions.iter().enumerate() {
+        for (version, answer) in &page.versions {
             if let Some(dir) = &args.save_proofs {
                 crate::history_out::save_proof(dir, *version, answer)?;
             }
             if !args.json {
-                if listed.is_empty() && i == 0 {
+                if shown == 0 {
                     writeln!(out, "{}", crate::answer::history_heading(&args.user))?;
                 }
                 crate::answer::print_history_version(out, *version, answer, now)?;
             }
+            shown += 1;
         }
         if !endpoints.contains(&page.endpoint) {
             endpoints.push(page.endpoint);
         }
-        listed.extend(page.versions);
+        if args.json {
+            listed.extend(page.versions);
+        }
         token = page.next_page_token;
         if token.is_empty() || !args.all {
             break;
         }
     }
-    crate::history_out::finish(out, args, &listed, &token, &endpoints, client.realm())
+    if args.json {
+        let json = crate::json::history(&args.user, &listed, &token, client.realm())?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
+        return Ok(());
+    }
+    Ok(crate::history_out::finish(out, args, shown, &token, &endpoints)?)
 }
 
 /// `keyraft watch`: the current value, then every change and heartbeat, all verified.

@@ -1,9 +1,8 @@
 //! What `keyraft history` writes besides each version's lines: the proof files of
-//! `--save-proofs`, the JSON document of `--json`, and the closing lines.
+//! `--save-proofs` and the closing lines.
 
 use crate::client_cmd::HistoryArgs;
 use keyraft_client::LookupAnswer;
-use keyraft_core::lookup::ClientRealm;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -18,25 +17,19 @@ pub fn save_proof(dir: &Path, version: u64, answer: &LookupAnswer) -> Result<(),
     std::fs::write(&path, &answer.proof).map_err(|e| format!("--save-proofs: writing {}: {e}", path.display()))
 }
 
-/// The JSON document, or the closing lines after the versions printed: the next page, the
-/// replicas that answered, the proofs saved.
+/// The lines closing `history`'s text output, after the `shown` versions printed: the next
+/// page, the replicas that answered, the proofs saved.
 pub fn finish(
     out: &mut dyn Write,
     args: &HistoryArgs,
-    listed: &[(u64, LookupAnswer)],
+    shown: usize,
     next_page_token: &[u8],
     endpoints: &[String],
-    realm: &ClientRealm,
-) -> Result<(), Box<dyn std::error::Error>> {
-    if args.json {
-        let json = crate::json::history(&args.user, listed, next_page_token, realm)?;
-        writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
-        return Ok(());
-    }
+) -> std::io::Result<()> {
     if !next_page_token.is_empty() {
         writeln!(out, "more: --page-token {}", hex::encode(next_page_token))?;
     }
-    if listed.is_empty() {
+    if shown == 0 {
         writeln!(out, "{:?} has no versions in the ratified epochs", args.user)?;
     }
     writeln!(out, "answered by {}", endpoints.join(", "))?;
@@ -44,7 +37,7 @@ pub fn finish(
         writeln!(
             out,
             "{} saved in {} (check one with `keyraft verify-proof --realm {} --past EPOCH FILE`)",
-            crate::client_cmd::count(listed.len() as u64, "proof"),
+            crate::client_cmd::count(shown as u64, "proof"),
             dir.display(),
             args.realm.realm.display()
         )?;
