@@ -25,7 +25,7 @@ fn client(realm: &Realm, endpoints: &[String], options: ClientOptions) -> Client
 fn serving(realm: &Realm, proof: Vec<u8>, epoch: u64) -> String {
     let (history, watch) = (proof.clone(), proof.clone());
     FakeReplica::default()
-        .lookup(move |_| Ok(pb::LookupResponse { proof: proof.clone() }))
+        .lookup(move |_| Ok(pb::LookupResponse { proof: proof.clone(), newest_epoch_hint: 0 }))
         .history(move |_| {
             Ok(pb::HistoryResponse {
                 versions: vec![pb::HistoryVersion { version: 0, epoch, proof: history.clone() }],
@@ -118,7 +118,7 @@ fn a_client_leaves_a_replica_serving_old_epochs_for_a_fresh_one_and_asks_it_last
     let zombie = FakeReplica::default()
         .lookup(move |_| {
             counter.fetch_add(1, Ordering::SeqCst);
-            Ok(pb::LookupResponse { proof: proof.clone() })
+            Ok(pb::LookupResponse { proof: proof.clone(), newest_epoch_hint: 0 })
         })
         .serve(&realm.runtime);
     let options = ClientOptions { verifier_threshold: Some(0), epoch_ttl_ms: Some(TTL_MS), ..ClientOptions::default() };

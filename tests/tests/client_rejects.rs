@@ -18,7 +18,7 @@ const ALICE: &str = "alice@example.com";
 /// A fake replica answering every lookup with the bytes in `answer`.
 fn replaying(realm: &Realm, answer: Arc<Mutex<Vec<u8>>>) -> String {
     FakeReplica::default()
-        .lookup(move |_| Ok(pb::LookupResponse { proof: answer.lock().unwrap().clone() }))
+        .lookup(move |_| Ok(pb::LookupResponse { proof: answer.lock().unwrap().clone(), newest_epoch_hint: 0 }))
         .serve(&realm.runtime)
 }
 

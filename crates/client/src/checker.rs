@@ -65,7 +65,7 @@ impl ProofChecker {
             verify_lookup(realm, user_id, &decoded, now_ms, last_seen)
         })?;
         self.observe(lookup.epoch())?;
-        Ok(LookupAnswer { lookup, proof })
+        Ok(LookupAnswer { lookup, proof, endpoint: None, newest_epoch_hint: None })
     }
 
     /// Verifies `proof` as a statement about the past `epoch`: every step but freshness and
@@ -75,7 +75,7 @@ impl ProofChecker {
         let lookup = verify_classified(&self.realm, decoded.head.epoch, |realm| {
             verify_lookup_at(realm, user_id, &decoded, epoch)
         })?;
-        Ok(LookupAnswer { lookup, proof })
+        Ok(LookupAnswer { lookup, proof, endpoint: None, newest_epoch_hint: None })
     }
 
     /// Verifies `proof` as an answer that was current at the clock `at_ms` (freshness
@@ -86,6 +86,6 @@ impl ProofChecker {
         let lookup = verify_classified(&self.realm, decoded.head.epoch, |realm| {
             verify_lookup(realm, user_id, &decoded, at_ms, None)
         })?;
-        Ok(LookupAnswer { lookup, proof })
+        Ok(LookupAnswer { lookup, proof, endpoint: None, newest_epoch_hint: None })
     }
 }

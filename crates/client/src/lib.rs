@@ -36,6 +36,7 @@ use keyraft_core::lookup::{ClientRealm, Lookup, LookupProof, VerifyError};
 use keyraft_core::{
     decode_canonical, Canonical, Entry, EpochHead, Policy, Profile, RealmFile, SignedEntry, Update, Verified,
 };
+use keyraft_proto::convert::LookupReply;
 use keyraft_proto::pb::get_update_status_response::State;
 use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_proto::pb::{
@@ -196,6 +197,21 @@ pub struct LookupAnswer {
     pub lookup: Verified<Lookup>,
     /// The canonical proof bytes.
     pub proof: Vec<u8>,
+    /// The replica (its endpoint address) whose answer this is (`None`: a proof verified
+    /// offline).
+    pub endpoint: Option<String>,
+    /// The newest keyserver-ratified epoch that replica said it holds: an unauthenticated hint
+    /// (the proof alone is trusted), for telling the user that the answer's epoch is behind
+    /// the realm's (`None`: not said).
+    pub newest_epoch_hint: Option<u64>,
+}
+
+impl LookupAnswer {
+    /// Epochs newer than this answer's that the answering replica says exist (its hint), when
+    /// there are any: the quorum this client requires has not ratified them yet.
+    pub fn newer_epochs_hint(&self) -> Option<u64> {
+        self.newest_epoch_hint.filter(|&newest| newest > self.lookup.epoch())
+    }
 }
 
 /// What a client accepts, on top of the realm file. `None` keeps the realm file's value.
@@ -326,6 +342,8 @@ pub enum UpdateStatus {
 pub struct HistoryPage {
     /// `(version, answer)`: each answer is verified at the epoch the version appeared in.
     pub versions: Vec<(u64, LookupAnswer)>,
+    /// The replica (its endpoint address) that answered the page.
+    pub endpoint: String,
     /// The token of the next (older) page, empty at the end.
     pub next_page_token: Vec<u8>,
 }
@@ -563,13 +581,26 @@ impl Client {
         F: Fn(KeyraftClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<R, tonic::Status>>,
     {
+        self.each_from(call, |_, r| accept(r)).await
+    }
+
+    /// [`Self::each`], with `accept` told which endpoint answered (to report it).
+    async fn each_from<R, T, F, Fut>(
+        &self,
+        call: F,
+        accept: impl Fn(&str, R) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(KeyraftClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<R, tonic::Status>>,
+    {
         let mut last: Option<ClientError> = None;
         let mut tried = Tried::new();
         for i in self.endpoint_order() {
             let (addr, client) = &self.endpoints[i];
             let (result, status) = match call(client.clone()).await {
                 Ok(r) => (
-                    accept(r).map_err(|e| match e {
+                    accept(addr, r).map_err(|e| match e {
                         ClientError::Unavailable(why) => ClientError::Unavailable(format!("{addr}: {why}")),
                         e => e,
                     }),
@@ -632,17 +663,22 @@ impl Client {
             wait_ms,
         };
         let timeout = Duration::from_millis(CALL_TIMEOUT_MS + u64::from(wait_ms));
-        self.each(
+        self.each_from(
             |mut c| {
                 let mut r = tonic::Request::new(request.clone());
                 r.set_timeout(timeout);
-                async move { c.lookup(r).await.map(|r| r.into_inner().proof) }
+                async move { c.lookup(r).await.map(|r| LookupReply::from(r.into_inner())) }
             },
-            |proof| {
+            |endpoint, reply| {
+                let from = |answer: LookupAnswer| LookupAnswer {
+                    endpoint: Some(endpoint.to_owned()),
+                    newest_epoch_hint: reply.newest_epoch_hint,
+                    ..answer
+                };
                 if options.epoch != 0 {
-                    return self.accept_past(user_id, proof, options.epoch);
+                    return self.accept_past(user_id, reply.proof.clone(), options.epoch).map(from);
                 }
-                let answer = self.accept_fresh(user_id, proof, last_seen)?;
+                let answer = self.accept_fresh(user_id, reply.proof.clone(), last_seen)?;
                 if answer.lookup.epoch() < options.min_epoch {
                     return Err(ClientError::Contradicted(format!(
                         "asked for epoch {} or newer, got an answer from epoch {}",
@@ -650,7 +686,7 @@ impl Client {
                         answer.lookup.epoch()
                     )));
                 }
-                Ok(answer)
+                Ok(from(answer))
             },
         )
         .await
@@ -707,13 +743,13 @@ impl Client {
             page_token: page_token.to_vec(),
             verifier_threshold: self.threshold(),
         };
-        self.each(
+        self.each_from(
             |mut c| {
                 let mut r = tonic::Request::new(request.clone());
                 r.set_timeout(Duration::from_millis(CALL_TIMEOUT_MS));
                 async move { c.history(r).await.map(tonic::Response::into_inner) }
             },
-            |response| self.accept_history(user_id, response),
+            |endpoint, response| self.accept_history(user_id, endpoint, response),
         )
         .await
     }
@@ -722,12 +758,14 @@ impl Client {
     fn accept_history(
         &self,
         user_id: &str,
+        endpoint: &str,
         response: keyraft_proto::pb::HistoryResponse,
     ) -> Result<HistoryPage, ClientError> {
         let mut versions = Vec::with_capacity(response.versions.len());
         let mut previous: Option<(u64, u64)> = None;
         for v in response.versions {
-            let answer = self.accept_past(user_id, v.proof, v.epoch)?;
+            let answer =
+                LookupAnswer { endpoint: Some(endpoint.to_owned()), ..self.accept_past(user_id, v.proof, v.epoch)? };
             match &answer.lookup.entry {
                 Some((entry, _)) if entry.version == v.version => {}
                 _ => {
@@ -754,7 +792,7 @@ impl Client {
             previous = Some((v.version, v.epoch));
             versions.push((v.version, answer));
         }
-        Ok(HistoryPage { versions, next_page_token: response.next_page_token })
+        Ok(HistoryPage { versions, next_page_token: response.next_page_token, endpoint: endpoint.to_owned() })
     }
 
     /// Watches `user_id`: the current value, then every change, and heartbeats proving it

@@ -133,21 +133,9 @@ pub fn print_status(s: &StatusReply, out: &mut dyn Write) -> std::io::Result<()>
     Ok(())
 }
 
-/// Status as JSON.
+/// Status as JSON (schema `keyraft.admin-status`, docs/cli-json.md).
 pub fn status_json(s: &StatusReply) -> serde_json::Value {
-    serde_json::json!({
-        "node_id": s.node_id, "role": s.role, "leader_id": s.has_leader.then_some(s.leader_id), "term": s.term,
-        "last_log_index": s.last_log_index, "applied_index": s.applied_index,
-        "last_epoch": s.last_epoch, "ratified_epoch": s.ratified_epoch, "pending_updates": s.pending_updates,
-        "snapshot_index": s.snapshot_index, "purged_index": s.purged_index,
-        "verifiers": s.verifiers.iter().map(|v| serde_json::json!({
-            "key": hex::encode(&v.key), "latest_ratified_epoch": v.latest_ratified_epoch,
-        })).collect::<Vec<_>>(),
-        "nodes": s.nodes.iter().map(|n| serde_json::json!({
-            "id": n.id, "voter": n.voter, "peer_addr": n.peer_addr, "public_addr": n.public_addr,
-            "matched_index": n.matched_index, "lag": n.lag,
-        })).collect::<Vec<_>>(),
-    })
+    crate::json::admin_status(s)
 }
 
 /// `keyraft admin`.

@@ -1,6 +1,8 @@
 //! Client commands: `keygen`, `register`, `update`, `lookup`, `history`, `watch`, `verify-proof`. Every answer printed was
 //! verified with `keyraft_core`.
 
+use crate::human;
+use crate::json::Verification;
 use ed25519_dalek::SigningKey;
 use keyraft_client::{
     public_key, Client, ClientError, ClientOptions, LookupOptions, ProfileKeys, ProofChecker, UpdateStatus, WatchUpdate,
@@ -131,6 +133,9 @@ pub struct StatusArgs {
     /// pending and rejected updates are found.
     #[arg(long)]
     pub user: Option<String>,
+    /// Print JSON (schema `keyraft.update-status`, docs/cli-json.md).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options of `keyraft lookup`.
@@ -144,7 +149,8 @@ pub struct LookupArgs {
     /// Answer from this past epoch (verified as a statement about that epoch).
     #[arg(long, default_value_t = 0)]
     pub epoch: u64,
-    /// Print the whole proof as JSON.
+    /// Print JSON: the verified answer and the whole proof (schema `keyraft.lookup`,
+    /// docs/cli-json.md).
     #[arg(long)]
     pub json: bool,
     /// Also write the proof's canonical bytes to this file (for `keyraft verify-proof`).
@@ -169,6 +175,14 @@ pub struct HistoryArgs {
     /// Follow every page to the first version.
     #[arg(long)]
     pub all: bool,
+    /// Print JSON: every version listed with its proof (schema `keyraft.history`,
+    /// docs/cli-json.md).
+    #[arg(long)]
+    pub json: bool,
+    /// Also write each listed version's proof to this directory, as
+    /// `version-V-epoch-E.proof` (for `keyraft verify-proof --past E`).
+    #[arg(long, value_name = "DIR")]
+    pub save_proofs: Option<PathBuf>,
 }
 
 /// Options of `keyraft watch`.
@@ -472,7 +486,12 @@ pub fn status(args: &StatusArgs, out: &mut dyn Write) -> CmdResult {
     let rt = runtime()?;
     let _entered = rt.enter();
     let client = client(&args.realm)?;
-    match rt.block_on(client.update_status_by_id(&id, args.user.as_deref()))? {
+    let status = rt.block_on(client.update_status_by_id(&id, args.user.as_deref()))?;
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&crate::json::update_status(&id, &status))?)?;
+        return Ok(());
+    }
+    match status {
         UpdateStatus::Pending => writeln!(out, "PENDING: received, not in an epoch yet")?,
         UpdateStatus::InEpoch(epoch) => writeln!(
             out,
@@ -492,7 +511,7 @@ pub fn status(args: &StatusArgs, out: &mut dyn Write) -> CmdResult {
     Ok(())
 }
 
-fn print_lookup(out: &mut dyn Write, l: &Lookup) -> std::io::Result<()> {
+pub(crate) fn print_lookup(out: &mut dyn Write, l: &Lookup) -> std::io::Result<()> {
     match &l.entry {
         None => writeln!(out, "{:?} is not registered (epoch {}, VERIFIED)", l.user_id, l.epoch())?,
         Some((entry, profile)) => {
@@ -504,7 +523,7 @@ fn print_lookup(out: &mut dyn Write, l: &Lookup) -> std::io::Result<()> {
 }
 
 /// Profile keys as text when printable (binary keys as hex).
-fn print_profile(out: &mut dyn Write, profile: &keyraft_core::Profile) -> std::io::Result<()> {
+pub(crate) fn print_profile(out: &mut dyn Write, profile: &keyraft_core::Profile) -> std::io::Result<()> {
     for (app, key) in &profile.keys {
         match std::str::from_utf8(key) {
             Ok(s) if s.chars().all(|c| !c.is_control()) && app != "ed25519" => writeln!(out, "  {app} = {s}")?,
@@ -523,39 +542,45 @@ pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> CmdResult {
         Some(t) => hex::decode(t).map_err(|e| format!("--page-token: {e}"))?,
         None => Vec::new(),
     };
+    if let Some(dir) = &args.save_proofs {
+        std::fs::create_dir_all(dir).map_err(|e| format!("--save-proofs: creating {}: {e}", dir.display()))?;
+    }
+    let now = keyraft_client::now_ms();
+    // Only the JSON document holds every version at once; text is written page by page.
+    let mut listed = Vec::new();
     let mut shown = 0usize;
+    let mut endpoints: Vec<String> = Vec::new();
     loop {
         let page = rt.block_on(client.history(&args.user, args.page_size, &token))?;
         for (version, answer) in &page.versions {
-            let l = &answer.lookup;
-            let issued = l.head.issue_time_ms;
-            writeln!(
-                out,
-                "version {version} in epoch {} (head issued at {issued} ms, ratified by a replica majority and {}, VERIFIED)",
-                l.epoch(),
-                count(l.ratified_by.len() as u64, "verifier")
-            )?;
-            if let Some((entry, profile)) = &l.entry {
-                let policy: Vec<String> =
-                    entry.update_policy.keys().iter().map(|k| hex::encode(k.as_bytes())).collect();
-                writeln!(out, "  policy keys {}", policy.join(", "))?;
-                print_profile(out, profile)?;
+            if let Some(dir) = &args.save_proofs {
+                crate::history_out::save_proof(dir, *version, answer)?;
+            }
+            if !args.json {
+                if shown == 0 {
+                    writeln!(out, "{}", crate::answer::history_heading(&args.user))?;
+                }
+                crate::answer::print_history_version(out, *version, answer, now)?;
             }
             shown += 1;
         }
+        if !endpoints.contains(&page.endpoint) {
+            endpoints.push(page.endpoint);
+        }
+        if args.json {
+            listed.extend(page.versions);
+        }
         token = page.next_page_token;
-        if token.is_empty() {
-            break;
-        }
-        if !args.all {
-            writeln!(out, "more: --page-token {}", hex::encode(&token))?;
+        if token.is_empty() || !args.all {
             break;
         }
     }
-    if shown == 0 {
-        writeln!(out, "{:?} has no versions in the ratified epochs", args.user)?;
+    if args.json {
+        let json = crate::json::history(&args.user, &listed, &token, client.realm())?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
+        return Ok(());
     }
-    Ok(())
+    Ok(crate::history_out::finish(out, args, shown, &token, &endpoints)?)
 }
 
 /// `keyraft watch`: the current value, then every change and heartbeat, all verified.
@@ -599,15 +624,14 @@ pub fn lookup(args: &LookupArgs, out: &mut dyn Write) -> CmdResult {
     if let Some(path) = &args.save_proof {
         std::fs::write(path, &answer.proof).map_err(|e| format!("writing {}: {e}", path.display()))?;
     }
+    // An answer about a given epoch is checked as a statement about it, not as today's value.
+    let verification = if args.epoch != 0 { Verification::Historical } else { Verification::Current };
     if args.json {
-        let proof: LookupProof = decode_canonical(&answer.proof)?;
-        writeln!(out, "{}", serde_json::to_string_pretty(&proof_json(&proof, &answer.proof))?)?;
+        let json = crate::json::lookup(&answer, client.realm(), verification)?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
         return Ok(());
     }
-    let l = &answer.lookup;
-    print_lookup(out, l)?;
-    writeln!(out, "  index {}", hex::encode(l.index.0))?;
-    writeln!(out, "  ratified by a replica majority and {}", count(l.ratified_by.len() as u64, "verifier"))?;
+    crate::answer::print_lookup(out, &answer, verification, keyraft_client::now_ms())?;
     Ok(())
 }
 
@@ -701,7 +725,10 @@ pub fn verify_proof(args: &VerifyProofArgs, out: &mut dyn Write) -> CmdResult {
         (Some(_), _) => writeln!(out, "  freshness and rollback not checked (a statement about epoch {epoch})")?,
         (None, Some(at_ms)) => writeln!(
             out,
-            "  the current answer as of {at_ms} ms: head issued at {issued} ms, within the TTL of {} ms; rollback not checked",
+            "  the current answer as of {} ({at_ms} ms): head issued at {} ({} earlier), within the TTL of {} ms; rollback not checked",
+            human::utc(at_ms),
+            human::utc(issued),
+            human::span(at_ms.saturating_sub(issued)),
             realm.epoch_ttl_ms
         )?,
         (None, None) => {
@@ -711,8 +738,8 @@ pub fn verify_proof(args: &VerifyProofArgs, out: &mut dyn Write) -> CmdResult {
             };
             writeln!(
                 out,
-                "  the current answer: head issued {} ms ago (TTL {} ms), {seen}",
-                now.saturating_sub(issued),
+                "  the current answer: head issued at {} (TTL {} ms), {seen}",
+                human::time_and_age(issued, now),
                 realm.epoch_ttl_ms
             )?;
         }

@@ -5,10 +5,14 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod answer;
 pub mod bench;
 pub mod cli;
 pub mod client_cmd;
 pub mod demo;
 pub mod dev;
+pub mod history_out;
+pub mod human;
+pub mod json;
 pub mod server_cmd;
 pub mod verifier_cmd;

@@ -80,6 +80,30 @@ pub fn canonical<T: Canonical>(field: &'static str, bytes: &[u8]) -> Result<T, C
     decode_canonical(bytes).map_err(|source| ConversionError::Invalid { field, source })
 }
 
+/// A `Lookup` answer as a client receives it: the proof, which the client verifies and trusts
+/// alone, and the replica's unauthenticated hint about the newest epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupReply {
+    /// Canonical `LookupProof` bytes, still to be verified.
+    pub proof: Vec<u8>,
+    /// The newest keyserver-ratified epoch the replica says it holds (`None`: not said, as by
+    /// a replica of an earlier release). Signed by no one: only for telling the user that the
+    /// proof's epoch is behind, never for accepting or refusing an answer.
+    pub newest_epoch_hint: Option<u64>,
+}
+
+impl From<pb::LookupResponse> for LookupReply {
+    fn from(r: pb::LookupResponse) -> Self {
+        Self { proof: r.proof, newest_epoch_hint: (r.newest_epoch_hint != 0).then_some(r.newest_epoch_hint) }
+    }
+}
+
+impl From<LookupReply> for pb::LookupResponse {
+    fn from(r: LookupReply) -> Self {
+        Self { proof: r.proof, newest_epoch_hint: r.newest_epoch_hint.unwrap_or(0) }
+    }
+}
+
 impl TryFrom<pb::LogEntry> for Command {
     type Error = ConversionError;
 
@@ -135,4 +159,19 @@ pub fn decode_log_entry(bytes: &[u8]) -> Result<Command, ConversionError> {
     let entry = pb::LogEntry::decode(bytes)
         .map_err(|e| ConversionError::Protobuf { message: "keyraft.v1.LogEntry", reason: e.to_string() })?;
     Command::try_from(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lookup_reply_without_a_hint_travels_as_zero_and_comes_back_as_none() {
+        let hinted = LookupReply { proof: vec![1, 2], newest_epoch_hint: Some(31) };
+        let wire = pb::LookupResponse::from(hinted.clone());
+        assert_eq!(wire.newest_epoch_hint, 31);
+        assert_eq!(LookupReply::from(wire), hinted);
+        let older_replica = pb::LookupResponse { proof: vec![3], newest_epoch_hint: 0 };
+        assert_eq!(LookupReply::from(older_replica).newest_epoch_hint, None);
+    }
 }

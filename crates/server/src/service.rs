@@ -15,7 +15,7 @@ use keyraft_core::types::{validate_user_id, vrf_input};
 use keyraft_core::update::check_update;
 use keyraft_core::vrf::VrfProof;
 use keyraft_core::{Canonical, Command, EpochHead, Index, PublicKey, Signature, Update, UpdateRejection};
-use keyraft_proto::convert::{canonical, public_key, signature};
+use keyraft_proto::convert::{canonical, public_key, signature, LookupReply};
 use keyraft_proto::pb::keyraft_server::Keyraft;
 use keyraft_proto::pb::{self, get_update_status_response::State};
 use keyraft_state::StateError;
@@ -365,7 +365,9 @@ impl Keyraft for PublicService {
             }
         };
         let proof = self.proof(&req.user_id, index, vrf_proof, epoch, threshold)?;
-        Ok(Response::new(pb::LookupResponse { proof }))
+        // Lets a client say its quorum's newest epoch is behind the realm's (its verifiers lag).
+        let newest = self.node.shared.applied().epoch_state.ratified_epoch;
+        Ok(Response::new(LookupReply { proof, newest_epoch_hint: Some(newest.max(epoch)) }.into()))
     }
 
     async fn update(&self, request: Request<pb::UpdateRequest>) -> Result<Response<pb::UpdateResponse>, Status> {

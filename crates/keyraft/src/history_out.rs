@@ -1,0 +1,46 @@
+//! What `keyraft history` writes besides each version's lines: the proof files of
+//! `--save-proofs` and the closing lines.
+
+use crate::client_cmd::HistoryArgs;
+use keyraft_client::LookupAnswer;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The file `--save-proofs` writes a version's proof to: `version-V-epoch-E.proof`.
+pub fn proof_file(dir: &Path, version: u64, answer: &LookupAnswer) -> PathBuf {
+    dir.join(format!("version-{version}-epoch-{}.proof", answer.lookup.epoch()))
+}
+
+/// Writes a version's proof (its canonical bytes, as `keyraft verify-proof` reads them).
+pub fn save_proof(dir: &Path, version: u64, answer: &LookupAnswer) -> Result<(), String> {
+    let path = proof_file(dir, version, answer);
+    std::fs::write(&path, &answer.proof).map_err(|e| format!("--save-proofs: writing {}: {e}", path.display()))
+}
+
+/// The lines closing `history`'s text output, after the `shown` versions printed: the next
+/// page, the replicas that answered, the proofs saved.
+pub fn finish(
+    out: &mut dyn Write,
+    args: &HistoryArgs,
+    shown: usize,
+    next_page_token: &[u8],
+    endpoints: &[String],
+) -> std::io::Result<()> {
+    if !next_page_token.is_empty() {
+        writeln!(out, "more: --page-token {}", hex::encode(next_page_token))?;
+    }
+    if shown == 0 {
+        writeln!(out, "{:?} has no versions in the ratified epochs", args.user)?;
+    }
+    writeln!(out, "answered by {}", endpoints.join(", "))?;
+    if let Some(dir) = &args.save_proofs {
+        writeln!(
+            out,
+            "{} saved in {} (check one with `keyraft verify-proof --realm {} --past EPOCH FILE`)",
+            crate::client_cmd::count(shown as u64, "proof"),
+            dir.display(),
+            args.realm.realm.display()
+        )?;
+    }
+    Ok(())
+}
