@@ -111,7 +111,13 @@ fn a_newcomer_registers_updates_and_follows_an_identity_with_verified_answers() 
     let watch = ok(&realm, &with_realm(&["watch", "alice", "--count", "2"]));
     let lines: Vec<&str> = watch.lines().filter(|l| !l.starts_with("  ")).collect();
     assert!(lines[0].starts_with("CHANGED") && lines[0].contains("version 2"), "{watch}");
-    assert!(lines[1].starts_with("unchanged in epoch") && lines[1].contains("version 2"), "{watch}");
+    assert!(
+        lines[1].starts_with("unchanged in epoch")
+            && lines[1].contains("version 2")
+            && lines[1].contains("Z (")
+            && lines[1].contains(" ago)"),
+        "{watch}"
+    );
 
     // A saved proof verifies offline, now and later as a statement about its epoch.
     let saved = ok(&realm, &with_realm(&["lookup", "alice", "--save-proof", "alice.proof"]));

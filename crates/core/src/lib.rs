@@ -25,6 +25,7 @@ pub mod command;
 pub mod ed25519;
 pub mod encoding;
 pub mod hash;
+pub mod human;
 pub mod key_file;
 pub mod keys;
 pub mod limits;

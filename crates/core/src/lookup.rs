@@ -23,6 +23,7 @@
 
 use crate::encoding::{decode_canonical, put_count, put_var_bytes, Canonical, DecodeError, Reader};
 use crate::hash::{context, signed_message};
+use crate::human;
 use crate::keys::{PublicKey, Signature};
 use crate::limits::{
     ENTRY_BYTES_MAX, LOOKUP_PROOF_BYTES_MAX, PROFILE_BYTES_MAX, REPLICAS_MAX, USER_ID_BYTES_MAX, VERIFIERS_MAX,
@@ -228,7 +229,9 @@ pub enum VerifyError {
     },
     /// Check 3: the head is older than the client's TTL: the realm may be hiding newer epochs.
     #[error(
-        "head of epoch {epoch} was issued at {issue_time_ms} ms, older than the TTL of {ttl_ms} ms at {now_ms} ms"
+        "head of epoch {epoch} was issued at {}, {} before the client's clock ({}): older than the TTL of {}",
+        human::utc(*.issue_time_ms), human::duration(.now_ms.saturating_sub(*.issue_time_ms)), human::utc(*.now_ms),
+        human::duration(*.ttl_ms)
     )]
     HeadExpired {
         /// The head's epoch.
@@ -241,7 +244,11 @@ pub enum VerifyError {
         ttl_ms: u64,
     },
     /// Check 3: the head claims to come from the future.
-    #[error("head issued at {issue_time_ms} ms is ahead of the client's clock {now_ms} ms by more than {skew_ms} ms")]
+    #[error(
+        "head issued at {} is {} ahead of the client's clock ({}): more than the allowed skew of {}",
+        human::utc(*.issue_time_ms), human::duration(.issue_time_ms.saturating_sub(*.now_ms)), human::utc(*.now_ms),
+        human::duration(*.skew_ms)
+    )]
     HeadFromFuture {
         /// Its issue time.
         issue_time_ms: u64,
@@ -532,5 +539,34 @@ impl VerifyError {
             Self::EpochMismatch { .. } => "epoch",
             Self::Rollback { .. } => "rollback",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VerifyError;
+
+    /// Freshness failures read as times and exact durations, not raw milliseconds, so a user
+    /// sees at once whether their clock or the realm is off.
+    #[test]
+    fn freshness_errors_speak_in_times() {
+        let expired = VerifyError::HeadExpired {
+            epoch: 7,
+            issue_time_ms: 1_796_004_845_000,
+            now_ms: 1_796_004_906_000,
+            ttl_ms: 60_000,
+        };
+        assert_eq!(
+            expired.to_string(),
+            "head of epoch 7 was issued at 2026-11-30T02:14:05Z, 1 min 1 s before the client's clock \
+             (2026-11-30T02:15:06Z): older than the TTL of 1 min"
+        );
+        let future =
+            VerifyError::HeadFromFuture { issue_time_ms: 1_796_004_906_000, now_ms: 1_796_004_845_000, skew_ms: 5_000 };
+        assert_eq!(
+            future.to_string(),
+            "head issued at 2026-11-30T02:15:06Z is 1 min 1 s ahead of the client's clock \
+             (2026-11-30T02:14:05Z): more than the allowed skew of 5 s"
+        );
     }
 }

@@ -4,9 +4,9 @@
 //! than the newest the client's quorum ratified.
 
 use crate::client_cmd::{count, print_profile};
-use crate::human;
 use crate::json::Verification;
 use keyraft_client::LookupAnswer;
+use keyraft_core::human;
 use keyraft_core::policy::{Quorum, QuorumMember};
 use keyraft_core::Policy;
 use std::io::Write;

@@ -1,12 +1,12 @@
 //! Client commands: `keygen`, `register`, `update`, `lookup`, `history`, `watch`, `verify-proof`. Every answer printed was
 //! verified with `keyraft_core`.
 
-use crate::human;
 use crate::json::Verification;
 use ed25519_dalek::SigningKey;
 use keyraft_client::{
     public_key, Client, ClientError, ClientOptions, LookupOptions, ProfileKeys, ProofChecker, UpdateStatus, WatchUpdate,
 };
+use keyraft_core::human;
 use keyraft_core::lookup::{LookupProof, PositionalSignature};
 use keyraft_core::tree::Terminal;
 use keyraft_core::{decode_canonical, key_file, Lookup, Policy, PublicKey, RealmFile};
@@ -605,7 +605,12 @@ pub fn watch(args: &WatchArgs, out: &mut dyn Write) -> CmdResult {
                     let l = &answer.lookup;
                     let version =
                         l.entry.as_ref().map_or("not registered".to_owned(), |(e, _)| format!("version {}", e.version));
-                    writeln!(out, "unchanged in epoch {} ({version}, VERIFIED)", l.epoch())?;
+                    writeln!(
+                        out,
+                        "unchanged in epoch {} (head issued {}, {version}, VERIFIED)",
+                        l.epoch(),
+                        human::time_and_age(l.head.issue_time_ms, keyraft_client::now_ms())
+                    )?;
                 }
             }
             out.flush()?;
@@ -725,11 +730,11 @@ pub fn verify_proof(args: &VerifyProofArgs, out: &mut dyn Write) -> CmdResult {
         (Some(_), _) => writeln!(out, "  freshness and rollback not checked (a statement about epoch {epoch})")?,
         (None, Some(at_ms)) => writeln!(
             out,
-            "  the current answer as of {} ({at_ms} ms): head issued at {} ({} earlier), within the TTL of {} ms; rollback not checked",
+            "  the current answer as of {} (--at-ms {at_ms}): head issued at {} ({} earlier), within the TTL of {}; rollback not checked",
             human::utc(at_ms),
             human::utc(issued),
-            human::span(at_ms.saturating_sub(issued)),
-            realm.epoch_ttl_ms
+            human::duration(at_ms.saturating_sub(issued)),
+            human::duration(realm.epoch_ttl_ms)
         )?,
         (None, None) => {
             let seen = match last_seen {
@@ -738,9 +743,9 @@ pub fn verify_proof(args: &VerifyProofArgs, out: &mut dyn Write) -> CmdResult {
             };
             writeln!(
                 out,
-                "  the current answer: head issued at {} (TTL {} ms), {seen}",
+                "  the current answer: head issued at {} (TTL {}), {seen}",
                 human::time_and_age(issued, now),
-                realm.epoch_ttl_ms
+                human::duration(realm.epoch_ttl_ms)
             )?;
         }
     }

@@ -3,8 +3,8 @@
 //! `version`; a change that renames, retypes or drops a field bumps the version (adding a
 //! field does not). Times stay raw milliseconds, with their RFC 3339 text next to them.
 
-use crate::human;
 use keyraft_client::{LookupAnswer, UpdateStatus};
+use keyraft_core::human;
 use keyraft_core::lookup::{ClientRealm, LookupProof};
 use keyraft_core::policy::{Quorum, QuorumMember};
 use keyraft_core::{decode_canonical, EpochHead, Policy};

@@ -12,7 +12,6 @@ pub mod client_cmd;
 pub mod demo;
 pub mod dev;
 pub mod history_out;
-pub mod human;
 pub mod json;
 pub mod server_cmd;
 pub mod verifier_cmd;

@@ -1,4 +1,4 @@
-//! Times as people read them: the one place the CLI turns milliseconds since the Unix epoch
+//! Times as people read them: the one place keyraft turns milliseconds since the Unix epoch
 //! into UTC times (RFC 3339) and ages. JSON output keeps the raw milliseconds next to these.
 
 /// Milliseconds in a day.
@@ -55,6 +55,35 @@ pub fn span(ms: u64) -> String {
     }
 }
 
+/// A duration exactly, in its nonzero units: "850 ms", "1 min 1 s", "2 days 3 h 0.5 s". For
+/// messages that compare durations (a head's age against the TTL), where [`span`]'s rounding
+/// would make "1 min" look no older than a TTL of "1 min".
+pub fn duration(ms: u64) -> String {
+    if ms < 1_000 {
+        return format!("{ms} ms");
+    }
+    let (days, hours, minutes) = (ms / DAY_MS, ms / 3_600_000 % 24, ms / 60_000 % 60);
+    let (seconds, millis) = (ms / 1_000 % 60, ms % 1_000);
+    let mut parts = Vec::new();
+    match days {
+        0 => {}
+        1 => parts.push("1 day".to_owned()),
+        n => parts.push(format!("{n} days")),
+    }
+    if hours > 0 {
+        parts.push(format!("{hours} h"));
+    }
+    if minutes > 0 {
+        parts.push(format!("{minutes} min"));
+    }
+    match (seconds, millis) {
+        (0, 0) => {}
+        (s, 0) => parts.push(format!("{s} s")),
+        (s, m) => parts.push(format!("{}.{} s", s, format!("{m:03}").trim_end_matches('0'))),
+    }
+    parts.join(" ")
+}
+
 /// A time with its age: "2026-11-30T02:14:05Z (3 s ago)".
 pub fn time_and_age(ms: u64, now_ms: u64) -> String {
     format!("{} ({})", utc(ms), age(ms, now_ms))
@@ -63,6 +92,20 @@ pub fn time_and_age(ms: u64, now_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_exact() {
+        assert_eq!(duration(0), "0 ms");
+        assert_eq!(duration(999), "999 ms");
+        assert_eq!(duration(1_000), "1 s");
+        assert_eq!(duration(1_500), "1.5 s");
+        assert_eq!(duration(60_000), "1 min");
+        assert_eq!(duration(61_000), "1 min 1 s");
+        assert_eq!(duration(61_020), "1 min 1.02 s");
+        assert_eq!(duration(3_600_000), "1 h");
+        assert_eq!(duration(DAY_MS + 5_000), "1 day 5 s");
+        assert_eq!(duration(3 * DAY_MS + 2 * 3_600_000 + 60_000), "3 days 2 h 1 min");
+    }
 
     #[test]
     fn utc_times_are_rfc3339_across_leap_days_and_centuries() {
