@@ -11,6 +11,7 @@ usage: verify_proof.py REALM PROOF_FILE USER_ID NOW_MS
                        [--past EPOCH]
        verify_proof.py --vectors docs/vectors/lookup-v1.json
        verify_proof.py --ed25519-vectors docs/vectors/ed25519.json
+       verify_proof.py --decode-entry HEX... | --decode-profile HEX...
 
 REALM is a realm file (JSON, section 5.3; its threshold, TTL and skew are the defaults) or a
 file holding the hex of the canonical RealmConfig bytes (section 2.6); PROOF_FILE holds the
@@ -20,6 +21,9 @@ canonical LookupProof bytes (section 5.2). Exit status 0 and "OK ..." on success
 With --vectors it checks every vector of the file and prints one line per vector, "VECTOR
 <name>: accept ..." or "VECTOR <name>: reject <check>: ...", and one per refused realm file,
 "REALM-FILE <name>: reject <field>: ..."; exit status 1 if any verdict differs from the file's.
+
+With --decode-entry or --decode-profile it only decodes each HEX argument as an Entry (section
+2.4) or a Profile (section 2.3) and prints one line each: "accept" or "reject: <why>".
 """
 import argparse
 import hashlib
@@ -463,6 +467,112 @@ def tree_root(terminal, siblings, index):
     return h, value
 
 
+class named:
+    """Prefixes the Reader's own errors ("truncated", "length out of range") with the field
+    being read, so a refusal names it."""
+
+    def __init__(self, what):
+        self.what = what
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb):
+        if kind is Reject and str(e) in ("truncated", "length out of range"):
+            raise Reject(f"{self.what}: {e}") from None
+        return False
+
+
+POLICY_KEYS_MAX = 16
+POLICY_MEMBERS_MAX = 16
+POLICY_DEPTH_MAX = 4
+PROFILE_KEYS_MAX = 32
+
+
+def parse_quorum(r, key_count, depth, used, where):
+    """Section 2.2: one Quorum at nesting `depth` (the top level is 1). Adds the key positions
+    it references to `used`."""
+    if depth > POLICY_DEPTH_MAX:
+        raise Reject(f"{where}: quorum nested deeper than {POLICY_DEPTH_MAX}")
+    threshold = r.u16()
+    n = r.u16()
+    if not 1 <= n <= POLICY_MEMBERS_MAX:
+        raise Reject(f"{where}: {n} members, must be 1 to {POLICY_MEMBERS_MAX}")
+    here = set()
+    for i in range(n):
+        tag = r.u8()
+        if tag == 0:
+            pos = r.u16()
+            if pos >= key_count:
+                raise Reject(f"{where}.members[{i}]: key position {pos}, the policy has {key_count} keys")
+            if pos in here:
+                raise Reject(f"{where}.members[{i}]: key position {pos} appears twice in one expression")
+            here.add(pos)
+            used.add(pos)
+        elif tag == 1:
+            parse_quorum(r, key_count, depth + 1, used, f"{where}.members[{i}]")
+        else:
+            raise Reject(f"{where}.members[{i}]: unknown member tag {tag}")
+    # Zero would be met by no signature at all; above the member count, never.
+    if not 1 <= threshold <= n:
+        raise Reject(f"{where}: threshold {threshold}, must be 1 to its {n} members")
+
+
+def parse_policy(r, where):
+    """Section 2.2: an update policy: 1 to 16 valid keys sorted strictly ascending, and a quorum
+    expression that references every key."""
+    n = r.u16()
+    if not 1 <= n <= POLICY_KEYS_MAX:
+        raise Reject(f"{where}.keys: {n} keys, must be 1 to {POLICY_KEYS_MAX}")
+    keys = [r.take(32) for _ in range(n)]
+    check_key_list(f"{where}.keys", keys)
+    used = set()
+    parse_quorum(r, n, 1, used, f"{where}.quorum")
+    unused = sorted(set(range(n)) - used)
+    if unused:
+        raise Reject(f"{where}.keys[{unused[0]}] is not referenced by the quorum expression")
+    return {"keys": keys}
+
+
+def parse_entry(b):
+    """Section 2.4: the Entry's canonical bytes (at most 2048)."""
+    if not 1 <= len(b) <= 2048:
+        raise Reject(f"entry: {len(b)} bytes, must be 1 to 2048")
+    r = Reader(b)
+    with named("entry"):
+        entry = {"index": r.take(32), "version": r.u64(), "profile_commitment": r.take(32)}
+        entry["update_policy"] = parse_policy(r, "entry update_policy")
+    if r.i != len(b):
+        raise Reject(f"entry: {len(b) - r.i} trailing bytes")
+    return entry
+
+
+def parse_profile(b):
+    """Section 2.3: the Profile's canonical bytes (at most 16384)."""
+    if not 1 <= len(b) <= 16384:
+        raise Reject(f"profile: {len(b)} bytes, must be 1 to 16384")
+    r = Reader(b)
+    with named("profile nonce"):
+        nonce = r.var(16, 64)
+    with named("profile keys"):
+        n = r.u16()
+    if n > PROFILE_KEYS_MAX:
+        raise Reject(f"profile keys: {n}, at most {PROFILE_KEYS_MAX}")
+    keys = []
+    for i in range(n):
+        with named(f"profile keys[{i}] app id"):
+            app = r.var(1, 64)
+        if any(not 0x21 <= c <= 0x7e for c in app):
+            raise Reject(f"profile keys[{i}]: app id is not printable ASCII (0x21 to 0x7e)")
+        if keys and keys[-1][0] >= app:
+            raise Reject(f"profile keys[{i}]: app ids must be sorted strictly ascending; {app!r} is not after {keys[-1][0]!r}")
+        with named(f"profile keys[{i}] key"):
+            keys.append((app, r.var(1, 4096)))
+    if r.i != len(b):
+        raise Reject(f"profile: {len(b) - r.i} trailing bytes")
+    return {"nonce": nonce, "keys": keys}
+
+
 def parse_proof(b):
     """Section 5: the LookupProof structure (step 0, check "decode")."""
     if len(b) > 32768:
@@ -474,7 +584,10 @@ def parse_proof(b):
     present = r.u8()
     proof["entry"] = proof["profile"] = None
     if present == 1:
+        # Decoded here, at step 0, like every other part: bytes that hash to a signed leaf are
+        # still refused if they are not the one encoding of an entry (section 5.1, step 0).
         proof["entry"], proof["profile"] = r.var(1, 2048), r.var(1, 16384)
+        proof["entry_fields"], proof["profile_fields"] = parse_entry(proof["entry"]), parse_profile(proof["profile"])
     elif present != 0:
         raise Reject("bad presence byte")
     r.done()
@@ -523,14 +636,15 @@ def verify(config, proof_bytes, user_id, now_ms, threshold, ttl_ms, skew_ms, las
     if (value is None) != (entry is None):
         raise Failed("entry", "entry presence does not match the tree")
     if entry is not None:
-        if hl("keyraft/v1/entry", entry) != value or entry[:32] != index:
+        fields = p["entry_fields"]
+        if hl("keyraft/v1/entry", entry) != value or fields["index"] != index:
             raise Failed("entry", "entry does not match the leaf")
-        if hl("keyraft/v1/profile-commitment", profile) != entry[40:72]:
+        if hl("keyraft/v1/profile-commitment", profile) != fields["profile_commitment"]:
             raise Failed("profile", "profile does not match the commitment")
     # Rollback (the current answer only).
     if past_epoch is None and last_seen is not None and head["epoch"] < last_seen:
         raise Failed("rollback", f"epoch {head['epoch']} is older than epoch {last_seen} already seen")
-    version = int.from_bytes(entry[32:40], "big") if entry is not None else None
+    version = p["entry_fields"]["version"] if entry is not None else None
     return {"epoch": head["epoch"], "present": entry is not None, "index": index, "version": version}
 
 
@@ -569,7 +683,21 @@ def run_vectors(path):
     return agree
 
 
+def decode_only(decoder, hexes):
+    """--decode-entry / --decode-profile: one line per argument, "accept" or "reject: <why>",
+    so the test suite can hold these decoders against keyraft-core's on the same bytes."""
+    for h in hexes:
+        try:
+            decoder(bytes.fromhex(h))
+            print("accept")
+        except Reject as e:
+            print(f"reject: {e}")
+    return 0
+
+
 def main():
+    if len(sys.argv) >= 2 and sys.argv[1] in ("--decode-entry", "--decode-profile"):
+        return decode_only(parse_entry if sys.argv[1] == "--decode-entry" else parse_profile, sys.argv[2:])
     if len(sys.argv) == 3 and sys.argv[1] == "--ed25519-vectors":
         return check_ed25519_vectors(sys.argv[2])
     if len(sys.argv) == 3 and sys.argv[1] == "--vectors":

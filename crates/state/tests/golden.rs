@@ -16,6 +16,7 @@
 use ed25519_dalek::Signer as _;
 use keyraft_core::lookup::{head_signing_message, ratification_message, PositionalSignature};
 use keyraft_core::tree::Terminal;
+use keyraft_core::types::{entry_hash, profile_commitment};
 use keyraft_core::vrf::VrfProof;
 use keyraft_core::{
     verify_lookup, verify_lookup_at, Canonical, Command, EpochHead, LookupProof, Policy, RealmConfig, RealmFile,
@@ -69,6 +70,22 @@ fn resign(h: &Harness, p: &mut LookupProof) {
     for s in &mut p.verifier_signatures {
         s.signature = Signature(h.verifiers[usize::from(s.position)].sign(&ratification).to_bytes());
     }
+}
+
+/// `p` carrying `entry` and `profile` as raw bytes, with its leaf's value the hash of `entry`
+/// and the head's root recomputed and re-signed: a tree the signers really signed, whose
+/// entry or profile is not canonical, so that only the decoding rule (step 0) refuses it.
+fn signed_carrying(h: &Harness, p: &LookupProof, entry: &[u8], profile: &[u8]) -> Vec<u8> {
+    let mut p = p.clone();
+    let index = p.entry.as_ref().unwrap().0.index;
+    p.tree_proof.terminal = Terminal::Leaf { value: entry_hash(entry) };
+    p.head.root = p.tree_proof.compute_root(&index).unwrap().0;
+    resign(h, &mut p);
+    p.entry = None;
+    let mut bytes = p.encode();
+    assert_eq!(bytes.pop(), Some(0), "an entry-less proof ends with its presence byte");
+    let var = |b: &[u8]| [&u16::try_from(b.len()).unwrap().to_be_bytes()[..], b].concat();
+    [bytes, vec![1], var(entry), var(profile)].concat()
 }
 
 fn terminal_kind(p: &LookupProof) -> &'static str {
@@ -184,7 +201,10 @@ fn vectors(r: &Realm) -> Vec<Vector> {
         absence: absent_user(h, 2, "empty"),
         other_leaf: absent_user(h, 2, "other"),
     };
-    [accepted(&p), refused_early(&p), refused_late(&p)].into_iter().flatten().collect()
+    [accepted(&p), refused_early(&p), refused_late(&p), refused_signed_non_canonical(&p)]
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 fn accepted(p: &Proofs<'_>) -> Vec<Vector> {
@@ -403,6 +423,57 @@ fn refused_late(p: &Proofs<'_>) -> Vec<Vector> {
             description: "the epoch-2 proof checked as a statement about epoch 1",
             past_epoch: Some(1),
             ..base("", "", inclusion, Some("epoch"))
+        },
+    ]
+}
+
+/// Vectors whose tree the signers really signed but whose entry or profile is not canonical:
+/// refused while decoding (step 0), before any hash is compared.
+fn refused_signed_non_canonical(p: &Proofs<'_>) -> Vec<Vector> {
+    let (h, inclusion) = (p.h, &p.inclusion);
+    let base = |name, description, proof: &LookupProof, check| p.base(name, description, proof, check);
+    vec![
+        Vector {
+            name: "signed-entry-trailing-byte",
+            description: "the entry with a zero byte appended inside its length, its hash put in the leaf, \
+                          the root recomputed and re-signed by every signer",
+            proof: {
+                let (entry, profile) = inclusion.entry.as_ref().unwrap();
+                signed_carrying(h, inclusion, &[entry.encode(), vec![0]].concat(), &profile.encode())
+            },
+            ..base("", "", inclusion, Some("decode"))
+        },
+        Vector {
+            name: "signed-policy-threshold-0",
+            description: "the entry's update policy with threshold 0, its hash put in the leaf, the root \
+                          recomputed and re-signed by every signer",
+            proof: {
+                let (entry, profile) = inclusion.entry.as_ref().unwrap();
+                let mut bytes = entry.encode();
+                // A one-key policy ends `u16 threshold || u16 1 || 0x00 || u16 0`.
+                let at = bytes.len() - 7;
+                assert_eq!(bytes[at..], [0, 1, 0, 1, 0, 0, 0]);
+                bytes[at + 1] = 0;
+                signed_carrying(h, inclusion, &bytes, &profile.encode())
+            },
+            ..base("", "", inclusion, Some("decode"))
+        },
+        Vector {
+            name: "signed-profile-unsorted",
+            description: "the profile with its two app ids in descending order and the entry committing to \
+                          it, its hash put in the leaf, the root recomputed and re-signed by every signer",
+            proof: {
+                let (entry, profile) = inclusion.entry.as_ref().unwrap();
+                let var = |b: &[u8]| [&u16::try_from(b.len()).unwrap().to_be_bytes()[..], b].concat();
+                let pairs: Vec<Vec<u8>> =
+                    profile.keys.iter().rev().map(|(app, key)| [var(app.as_bytes()), var(key)].concat()).collect();
+                assert_eq!(pairs.len(), 2);
+                let unsorted = [var(&profile.nonce), 2u16.to_be_bytes().to_vec(), pairs.concat()].concat();
+                let mut entry = entry.clone();
+                entry.profile_commitment = profile_commitment(&unsorted);
+                signed_carrying(h, inclusion, &entry.encode(), &unsorted)
+            },
+            ..base("", "", inclusion, Some("decode"))
         },
     ]
 }

@@ -5,8 +5,12 @@
 //! rejects tampered ones.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use keyraft_core::Canonical;
-use keyraft_state::harness::{derive_signing_key, Harness};
+use ed25519_dalek::Signer as _;
+use keyraft_core::lookup::{head_signing_message, ratification_message, verify_lookup_bytes};
+use keyraft_core::tree::Terminal;
+use keyraft_core::types::{entry_hash, profile_commitment};
+use keyraft_core::{Canonical, LookupProof, Signature};
+use keyraft_state::harness::{derive_signing_key, public_key, Harness};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -163,4 +167,266 @@ fn the_independent_verifier_agrees_on_every_vector() {
     }
     assert_eq!(verdicts.len(), vectors.len() + doc["realm_files_refused"].as_array().unwrap().len(), "{report}");
     assert!(out.status.success() && stdout.contains("all vectors agree"), "{report}");
+}
+
+// ---- Entries and profiles inside a proof are decoded, not hashed as opaque bytes --------------
+//
+// docs/protocol.md step 0: the proof decodes canonically, the Entry (section 2.4, with its
+// UpdatePolicy of 2.2) and the Profile (2.3) it carries included. A replica quorum signing a
+// tree whose leaf is the hash of a non-canonical entry must not make the script accept what
+// keyraft-core refuses: the proofs below are signed and their tree proofs lead to the signed
+// root, so only the encoding is wrong with them, and both verifiers must refuse them by
+// `decode`.
+
+const SEED_NONCANONICAL: u64 = 23;
+
+fn u16_be(n: usize) -> [u8; 2] {
+    u16::try_from(n).unwrap().to_be_bytes()
+}
+
+fn var(bytes: &[u8]) -> Vec<u8> {
+    [&u16_be(bytes.len())[..], bytes].concat()
+}
+
+/// A `Quorum` (section 2.2) over already encoded members.
+fn quorum(threshold: u16, members: &[Vec<u8>]) -> Vec<u8> {
+    [threshold.to_be_bytes().to_vec(), u16_be(members.len()).to_vec(), members.concat()].concat()
+}
+
+fn key_member(position: u16) -> Vec<u8> {
+    [&[0u8][..], &position.to_be_bytes()].concat()
+}
+
+fn nested(quorum: Vec<u8>) -> Vec<u8> {
+    [vec![1u8], quorum].concat()
+}
+
+/// A `Policy` (section 2.2) from raw keys, in the order given, and an encoded quorum.
+fn policy(keys: &[[u8; 32]], quorum: Vec<u8>) -> Vec<u8> {
+    [u16_be(keys.len()).to_vec(), keys.concat(), quorum].concat()
+}
+
+/// An `Entry` (section 2.4) of the proof's identity, committing to `profile`, with `policy`.
+fn entry_bytes(p: &LookupProof, profile: &[u8], policy: Vec<u8>) -> Vec<u8> {
+    let (entry, _) = p.entry.as_ref().unwrap();
+    [&entry.index.0[..], &entry.version.to_be_bytes(), &profile_commitment(profile), &policy].concat()
+}
+
+/// `count` valid policy keys, sorted ascending.
+fn sorted_keys(count: usize) -> Vec<[u8; 32]> {
+    let mut keys: Vec<[u8; 32]> = (0..count)
+        .map(|i| *public_key(&derive_signing_key(SEED_NONCANONICAL, &format!("policy-{i}"))).as_bytes())
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// A `Profile` (section 2.3) from a nonce and (app id, key) pairs in the order given.
+fn profile_bytes(nonce: &[u8], keys: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let pairs: Vec<u8> = keys.iter().flat_map(|(app, key)| [var(app), var(key)].concat()).collect();
+    [var(nonce), u16_be(keys.len()).to_vec(), pairs].concat()
+}
+
+/// `honest` with its leaf's value replaced by the hash of `entry`, the head's root recomputed
+/// and re-signed by every signer, carrying `entry` and `profile` as raw bytes.
+fn signed_proof_carrying(h: &Harness, honest: &LookupProof, entry: &[u8], profile: &[u8]) -> Vec<u8> {
+    let mut p = honest.clone();
+    let index = p.entry.as_ref().unwrap().0.index;
+    p.tree_proof.terminal = Terminal::Leaf { value: entry_hash(entry) };
+    p.head.root = p.tree_proof.compute_root(&index).unwrap().0;
+    let head_message = head_signing_message(&p.head);
+    for s in &mut p.replica_signatures {
+        s.signature = Signature(h.replicas[usize::from(s.position)].sign(&head_message).to_bytes());
+    }
+    let ratification = ratification_message(&p.head);
+    for s in &mut p.verifier_signatures {
+        s.signature = Signature(h.verifiers[usize::from(s.position)].sign(&ratification).to_bytes());
+    }
+    p.entry = None;
+    let mut bytes = p.encode();
+    assert_eq!(bytes.pop(), Some(0), "an entry-less proof ends with its presence byte");
+    [bytes, vec![1], var(entry), var(profile)].concat()
+}
+
+/// Entries (with the honest profile) that keyraft-core's decoder refuses, by what is wrong.
+fn noncanonical_entries(p: &LookupProof, profile: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+    let owner = *p.entry.as_ref().unwrap().0.update_policy.keys()[0].as_bytes();
+    let one = |q: Vec<u8>| policy(&[owner], q);
+    let [a, b] = <[[u8; 32]; 2]>::try_from(sorted_keys(2)).unwrap();
+    let both = quorum(1, &[key_member(0), key_member(1)]);
+    let mut non_canonical_key = [0xff; 32];
+    non_canonical_key[0] = 0xf0;
+    non_canonical_key[31] = 0x7f;
+    let mut small_order_key = [0u8; 32];
+    small_order_key[0] = 1;
+    let deep = (0..4).fold(quorum(1, &[key_member(0)]), |q, _| quorum(1, &[nested(q)]));
+    let honest = entry_bytes(p, profile, one(quorum(1, &[key_member(0)])));
+    vec![
+        ("trailing byte inside the entry", [honest.clone(), vec![0]].concat()),
+        ("entry truncated by one byte", honest[..honest.len() - 1].to_vec()),
+        ("policy threshold 0", entry_bytes(p, profile, one(quorum(0, &[key_member(0)])))),
+        ("policy threshold above its member count", entry_bytes(p, profile, one(quorum(2, &[key_member(0)])))),
+        (
+            "nested threshold above its member count",
+            entry_bytes(p, profile, policy(&[a, b], quorum(1, &[key_member(0), nested(quorum(2, &[key_member(1)]))]))),
+        ),
+        (
+            "non-canonical policy key",
+            entry_bytes(p, profile, policy(&[non_canonical_key], quorum(1, &[key_member(0)]))),
+        ),
+        ("small-order policy key", entry_bytes(p, profile, policy(&[small_order_key], quorum(1, &[key_member(0)])))),
+        ("policy keys unsorted", entry_bytes(p, profile, policy(&[b, a], both.clone()))),
+        ("policy key twice", entry_bytes(p, profile, policy(&[a, a], both))),
+        ("no policy key", entry_bytes(p, profile, policy(&[], quorum(1, &[key_member(0)])))),
+        ("17 policy keys", {
+            let keys = sorted_keys(17);
+            let members: Vec<Vec<u8>> = (0..17).map(key_member).collect();
+            entry_bytes(p, profile, policy(&keys, quorum(1, &members)))
+        }),
+        ("policy key not referenced", entry_bytes(p, profile, policy(&[a, b], quorum(1, &[key_member(0)])))),
+        ("key position out of range", entry_bytes(p, profile, one(quorum(1, &[key_member(1)])))),
+        (
+            "key position twice in one expression",
+            entry_bytes(p, profile, one(quorum(1, &[key_member(0), key_member(0)]))),
+        ),
+        ("no quorum member", entry_bytes(p, profile, one(quorum(1, &[])))),
+        ("unknown member tag", entry_bytes(p, profile, one(quorum(1, &[vec![2, 0, 0]])))),
+        ("quorum nested 5 deep", entry_bytes(p, profile, one(deep))),
+    ]
+}
+
+/// Profiles that keyraft-core's decoder refuses, by what is wrong.
+fn noncanonical_profiles() -> Vec<(&'static str, Vec<u8>)> {
+    let nonce = [7u8; 16];
+    let many: Vec<(Vec<u8>, Vec<u8>)> = (0..33).map(|i| (format!("app{i:02}").into_bytes(), vec![1])).collect();
+    let many: Vec<(&[u8], &[u8])> = many.iter().map(|(a, k)| (&a[..], &k[..])).collect();
+    vec![
+        ("profile app ids unsorted", profile_bytes(&nonce, &[(b"mail", b"k1"), (b"chat", b"k2")])),
+        ("profile app id twice", profile_bytes(&nonce, &[(b"mail", b"k1"), (b"mail", b"k2")])),
+        ("profile nonce of 15 bytes", profile_bytes(&nonce[..15], &[(b"mail", b"k1")])),
+        ("profile app id with a space", profile_bytes(&nonce, &[(b"my mail", b"k1")])),
+        ("empty profile key", profile_bytes(&nonce, &[(b"mail", b"")])),
+        ("33 profile keys", profile_bytes(&nonce, &many)),
+        ("trailing byte inside the profile", [profile_bytes(&nonce, &[(b"mail", b"k1")]), vec![0]].concat()),
+    ]
+}
+
+#[test]
+fn a_signed_proof_carrying_a_non_canonical_entry_or_profile_is_refused_by_decode_in_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Harness::new("example.org", 3, 2, SEED_NONCANONICAL);
+    let user = "alice@example.org";
+    let alice = derive_signing_key(SEED_NONCANONICAL, "alice");
+    h.register(user, &alice, &[("mail", b"alice-key")]).unwrap();
+    h.publish_epoch().unwrap();
+    let honest = h.lookup_proof(user, None, 2).unwrap();
+    let realm = h.client_realm(2);
+    let profile = honest.entry.as_ref().unwrap().1.encode();
+    let canonical_profile = profile_bytes(&[7; 16], &[(b"chat", b"k2"), (b"mail", b"k1")]);
+
+    let verdicts = |entry: &[u8], profile: &[u8]| {
+        let bytes = signed_proof_carrying(&h, &honest, entry, profile);
+        let reference = match verify_lookup_bytes(&realm, user, &bytes, h.now_ms, None) {
+            Ok(_) => "accept".to_owned(),
+            Err(e) => e.check().to_owned(),
+        };
+        let (ok, out) = run(&h, dir.path(), user, &bytes, &["--verifier-threshold", "2"]);
+        let script = if ok { "accept".to_owned() } else { out.split(['(', ')']).nth(1).unwrap_or(&out).to_owned() };
+        (reference, script, out)
+    };
+
+    // The construction itself is sound: with canonical bytes both verifiers accept, so what
+    // refuses the cases below is their encoding alone.
+    let canonical_entry = entry_bytes(&honest, &profile, honest.entry.as_ref().unwrap().0.update_policy.encode());
+    for (what, entry, profile) in [
+        ("the honest entry", canonical_entry, profile.clone()),
+        ("a canonical two-key profile", entry_bytes_for(&honest, &canonical_profile), canonical_profile.clone()),
+    ] {
+        let (reference, script, out) = verdicts(&entry, &profile);
+        assert_eq!((reference.as_str(), script.as_str()), ("accept", "accept"), "{what}: {out}");
+    }
+
+    let cases = noncanonical_entries(&honest, &profile)
+        .into_iter()
+        .map(|(what, entry)| (what, entry, profile.clone()))
+        .chain(noncanonical_profiles().into_iter().map(|(what, bad)| (what, entry_bytes_for(&honest, &bad), bad)));
+    for (what, entry, profile) in cases {
+        let (reference, script, out) = verdicts(&entry, &profile);
+        assert_eq!(reference, "decode", "{what}: keyraft-core must refuse it while decoding");
+        assert_eq!(script, "decode", "{what}: the script must refuse it by the same check:\n{out}");
+        assert!(out.contains("REJECTED (decode)"), "{what}: {out}");
+    }
+}
+
+/// The honest entry's policy, committing to `profile`.
+fn entry_bytes_for(p: &LookupProof, profile: &[u8]) -> Vec<u8> {
+    entry_bytes(p, profile, p.entry.as_ref().unwrap().0.update_policy.encode())
+}
+
+/// The script's `--decode-entry` / `--decode-profile` verdicts on the given hex strings.
+fn script_decodes(mode: &str, inputs: &[Vec<u8>]) -> Vec<String> {
+    let out = Command::new("python3")
+        .arg(script())
+        .arg(mode)
+        .args(inputs.iter().map(hex::encode))
+        .output()
+        .expect("python3 is needed to run the independent verifier (it is on every CI machine)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<String> = stdout.lines().map(|l| l.split(':').next().unwrap().to_owned()).collect();
+    assert_eq!(lines.len(), inputs.len(), "one verdict per input:\n{stdout}");
+    lines
+}
+
+/// `bytes`, every prefix of it, and `bytes` with each byte changed (low and high bit flipped).
+fn mutations(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = (0..=bytes.len()).map(|n| bytes[..n].to_vec()).collect();
+    for i in 0..bytes.len() {
+        for flip in [0x01, 0x80] {
+            let mut b = bytes.to_vec();
+            b[i] ^= flip;
+            out.push(b);
+        }
+    }
+    out.push([bytes, &[0]].concat());
+    out
+}
+
+/// The script's Entry and Profile decoders (sections 2.2 to 2.4) accept exactly what
+/// keyraft-core's accept, on the non-canonical cases above and on every truncation and
+/// single-bit change of a nested two-key policy's entry and of a two-key profile.
+#[test]
+fn the_independent_entry_and_profile_decoders_agree_with_keyraft_core() {
+    let mut h = Harness::new("example.org", 1, 0, SEED_NONCANONICAL);
+    let user = "alice@example.org";
+    h.register(user, &derive_signing_key(SEED_NONCANONICAL, "alice"), &[("mail", b"alice-key")]).unwrap();
+    h.publish_epoch().unwrap();
+    let honest = h.lookup_proof(user, None, 0).unwrap();
+    let profile = profile_bytes(&[7; 16], &[(b"chat", b"k2"), (b"mail", b"k1")]);
+    let [a, b] = <[[u8; 32]; 2]>::try_from(sorted_keys(2)).unwrap();
+    let nested_policy =
+        policy(&[a, b], quorum(2, &[key_member(1), nested(quorum(1, &[key_member(0), key_member(1)]))]));
+    let entry = entry_bytes(&honest, &profile, nested_policy);
+    assert!(keyraft_core::decode_canonical::<keyraft_core::Entry>(&entry).is_ok(), "the base entry is canonical");
+
+    let entries: Vec<Vec<u8>> = noncanonical_entries(&honest, &profile)
+        .into_iter()
+        .map(|(_, e)| e)
+        .chain(mutations(&entry).into_iter().filter(|e| e.len() <= 2048))
+        .collect();
+    let profiles: Vec<Vec<u8>> =
+        noncanonical_profiles().into_iter().map(|(_, p)| p).chain(mutations(&profile)).collect();
+    let verdict = |ok: bool| if ok { "accept" } else { "reject" };
+    for (bytes, script) in entries.iter().zip(script_decodes("--decode-entry", &entries)) {
+        let reference = verdict(keyraft_core::decode_canonical::<keyraft_core::Entry>(bytes).is_ok());
+        assert_eq!(script, reference, "entry {}", hex::encode(bytes));
+    }
+    for (bytes, script) in profiles.iter().zip(script_decodes("--decode-profile", &profiles)) {
+        let reference = verdict(keyraft_core::decode_canonical::<keyraft_core::Profile>(bytes).is_ok());
+        assert_eq!(script, reference, "profile {}", hex::encode(bytes));
+    }
+    // Not vacuous: some changes keep the bytes canonical (the index, version, commitment, a
+    // profile key's bytes), most do not.
+    let accepted = entries.iter().filter(|e| keyraft_core::decode_canonical::<keyraft_core::Entry>(e).is_ok()).count();
+    assert!(accepted > 100 && accepted < entries.len() - 100, "{accepted} of {}", entries.len());
 }
