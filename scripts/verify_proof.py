@@ -599,14 +599,15 @@ def verify(config, proof_bytes, user_id, now_ms, threshold, ttl_ms, skew_ms, las
     statement about a past epoch. Raises Failed naming the check; returns what it proved."""
     p = checked("decode", parse_proof, proof_bytes)
     head = p["head"]
-    if past_epoch is not None and head["epoch"] != past_epoch:
-        raise Failed("epoch", f"proof is of epoch {head['epoch']}, not the epoch {past_epoch} asked for")
     if p["user_id"] != user_id:
         raise Failed("user_id", "proof is about another user id")
     # Realm (before the VRF: a proof from another realm fails here, named as such).
     if head["realm"] != config["realm"] or head["config_hash"] != config["hash"]:
         raise Failed("realm", f"the proof is for a different realm: realm {head['realm']!r} (config hash "
                      f"{head['config_hash'][:8].hex()}), expected {config['realm']!r} (config hash {config['hash'][:8].hex()})")
+    # A past epoch's proof is of that epoch (after the realm: another realm's epochs are not this one's).
+    if past_epoch is not None and head["epoch"] != past_epoch:
+        raise Failed("epoch", f"proof is of epoch {head['epoch']}, not the epoch {past_epoch} asked for")
     # VRF.
     realm = config["realm"].encode()
     alpha = framed("keyraft/v1/vrf-index") + len(realm).to_bytes(2, "big") + realm + user_id.encode()

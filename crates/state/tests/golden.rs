@@ -424,6 +424,14 @@ fn refused_late(p: &Proofs<'_>) -> Vec<Vector> {
             past_epoch: Some(1),
             ..base("", "", inclusion, Some("epoch"))
         },
+        Vector {
+            name: "past-epoch-mismatch-other-realm",
+            description: "the epoch-2 proof checked as a statement about epoch 1 against another realm's file: \
+                          the realm check comes before the epoch check",
+            past_epoch: Some(1),
+            realm_file: "other-config",
+            ..base("", "", inclusion, Some("realm"))
+        },
     ]
 }
 
