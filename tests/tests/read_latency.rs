@@ -8,7 +8,9 @@
 //! ```
 //!
 //! `READ_LATENCY_VERSIONS` (default 150) sets how many versions the listed identity has, one
-//! per epoch; `READ_LATENCY_LISTERS` (default 8) how many `History` callers run at once.
+//! per epoch; `READ_LATENCY_LISTERS` (default 8) how many `History` callers run at once;
+//! `READ_LATENCY_STORAGE_READS`, if set, the replicas' `limits.storage_reads_max` (binaries
+//! that predate the limit refuse it).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use ed25519_dalek::SigningKey;
@@ -56,7 +58,13 @@ fn lookup_latency_under_concurrent_large_histories() {
     let _s = serial();
     let versions = env_or("READ_LATENCY_VERSIONS", 150);
     let listers = env_or("READ_LATENCY_LISTERS", 8);
-    let realm = Realm::start(|_| {});
+    let storage_reads = std::env::var("READ_LATENCY_STORAGE_READS").ok().and_then(|v| v.parse::<i64>().ok());
+    let realm = Realm::start(|t| {
+        if let Some(n) = storage_reads {
+            let limits = t.entry("limits").or_insert_with(|| toml::Table::new().into());
+            limits.as_table_mut().unwrap().insert("storage_reads_max".into(), n.into());
+        }
+    });
     let client = realm.client(0);
     let alice = SigningKey::generate(&mut rand::rngs::OsRng);
     let keys = |v: usize| BTreeMap::from([("pgp".to_owned(), format!("key {v}").into_bytes())]);
@@ -93,8 +101,9 @@ fn lookup_latency_under_concurrent_large_histories() {
         realm.runtime.block_on(t).unwrap();
     }
     println!(
-        "read_latency: binary {}, {versions} versions, {listers} History callers (page_size 1000)",
-        keyraft_tests::keyraft_bin().display()
+        "read_latency: binary {}, {versions} versions, {listers} History callers (page_size 1000), storage_reads_max {:?}",
+        keyraft_tests::keyraft_bin().display(),
+        storage_reads
     );
     println!("read_latency: lookups idle:             p50 {} us, p99 {} us", idle.0, idle.1);
     println!(

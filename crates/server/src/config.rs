@@ -197,7 +197,8 @@ pub struct Limits {
     pub streams_per_connection_max: u32,
     /// Storage reads of listings and streams (`History`, `ListEpochs`, `VerifierStream`
     /// epochs, `Watch` catch-up) running at once on blocking threads; more wait their turn.
-    /// Lookups read in place and never wait behind them.
+    /// Lookups read in place and never wait behind them. Default: half the host's cores, at
+    /// least 1, so that listings never take every core from lookups.
     pub storage_reads_max: usize,
 }
 
@@ -217,7 +218,7 @@ impl Default for Limits {
             connections_per_address_max: 1_000,
             connections_max: 10_000,
             streams_per_connection_max: 100,
-            storage_reads_max: 16,
+            storage_reads_max: std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
         }
     }
 }
