@@ -48,7 +48,7 @@ pub enum Error {
     },
     /// Raft could not start: its log or state storage failed underneath (this replica's disk).
     #[error("raft could not start (this replica's storage failed underneath)")]
-    Raft(#[source] openraft::error::Fatal<crate::raft::types::NodeId>),
+    Raft(#[source] Box<openraft::error::Fatal<crate::raft::types::NodeId>>),
     /// The data directory cannot be used (read-only, missing permissions, unreadable stores).
     #[error("data directory {}: {message}", path.display())]
     DataDir {

@@ -83,7 +83,9 @@ pub async fn run(loaded: Loaded, init: bool, shutdown: impl Future<Output = ()>)
     .validate()
     .map_err(|e| Error::config_because("raft", e))?;
     let network = PeerNetwork::new(&cluster_token);
-    let raft = Raft::new(config.node_id, Arc::new(raft_config), network.clone(), log, sm).await.map_err(Error::Raft)?;
+    let raft = Raft::new(config.node_id, Arc::new(raft_config), network.clone(), log, sm)
+        .await
+        .map_err(|e| Error::Raft(Box::new(e)))?;
 
     let node =
         Arc::new(Node::new(config.node_id, raft.clone(), shared, realm, vrf, signing_key, network, config.limits)?);
