@@ -195,6 +195,11 @@ pub struct Limits {
     pub connections_max: usize,
     /// Concurrent HTTP/2 streams (requests) per connection, announced to the client.
     pub streams_per_connection_max: u32,
+    /// Storage reads of listings and streams (`History`, `ListEpochs`, `VerifierStream`
+    /// epochs, `Watch` catch-up) running at once on blocking threads; more wait their turn.
+    /// Lookups read in place and never wait behind them. Default: half the host's cores, at
+    /// least 1, so that listings never take every core from lookups.
+    pub storage_reads_max: usize,
 }
 
 impl Default for Limits {
@@ -213,6 +218,7 @@ impl Default for Limits {
             connections_per_address_max: 1_000,
             connections_max: 10_000,
             streams_per_connection_max: 100,
+            storage_reads_max: std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
         }
     }
 }
@@ -271,7 +277,8 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
 /// Reads a secret key file ([`keyraft_core::key_file`]); `what` names the setting that
 /// needs it. A legacy (headerless) file is accepted with a warning to migrate it.
 pub fn read_secret32(path: &Path, what: &str) -> Result<[u8; 32], Error> {
-    let read = keyraft_core::key_file::read_secret(path, what).map_err(|e| Error::Config(e.to_string()))?;
+    let read =
+        keyraft_core::key_file::read_secret(path, what).map_err(|e| Error::config_because(what.to_owned(), e))?;
     if read.legacy {
         tracing::warn!("{}", keyraft_core::key_file::legacy_warning(path, what));
     }
@@ -283,7 +290,7 @@ impl NodeConfig {
     pub fn load(path: &Path) -> Result<Loaded, Error> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         let mut config: NodeConfig =
-            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            toml::from_str(&text).map_err(|e| Error::config_because(path.display().to_string(), e))?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.data_dir = resolve(base, &config.data_dir);
         config.realm_file = resolve(base, &config.realm_file);
@@ -296,19 +303,19 @@ impl NodeConfig {
             .map_err(|e| Error::io(format!("reading the realm file {}", config.realm_file.display()), e))?;
         let realm = RealmFile::from_json(&realm_json)
             .and_then(|f| f.config())
-            .map_err(|e| Error::Config(format!("{}: {e}", config.realm_file.display())))?;
+            .map_err(|e| Error::config_because(config.realm_file.display().to_string(), e))?;
         let vrf = VrfSecretKey::from_seed(&read_secret32(&config.vrf_secret_key_file, "vrf_secret_key_file")?);
         if vrf.public_key() != realm.vrf_public_key {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "the VRF secret key {} does not match the realm's vrf_public_key",
                 config.vrf_secret_key_file.display()
             )));
         }
         let signing_key = SigningKey::from_bytes(&read_secret32(&config.signing_key_file, "signing_key_file")?);
         let public = keyraft_core::PublicKey::from_verifying_key(&signing_key.verifying_key())
-            .map_err(|e| Error::Config(format!("signing key: {e}")))?;
+            .map_err(|e| Error::config_because("signing key", e))?;
         if !realm.replica_keys.contains(&public) {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "the signing key {} (public {}) is not one of the realm's replica_keys",
                 config.signing_key_file.display(),
                 hex::encode(public.as_bytes())
@@ -352,6 +359,7 @@ impl NodeConfig {
             ("limits.connections_per_address_max", l.connections_per_address_max as u64, 1, 10_000_000),
             ("limits.connections_max", l.connections_max as u64, 1, 10_000_000),
             ("limits.streams_per_connection_max", u64::from(l.streams_per_connection_max), 1, 1_000_000),
+            ("limits.storage_reads_max", l.storage_reads_max as u64, 1, STORAGE_READS_MAX),
             ("storage.state_cache_bytes", s.state_cache_bytes, MIB, 1 << 40),
             ("storage.log_cache_bytes", s.log_cache_bytes, MIB, 1 << 40),
         ] {
@@ -367,18 +375,18 @@ impl NodeConfig {
             ("epochs.proposal_retry_max_ms", e.proposal_retry_max_ms, "epochs.proposal_retry_ms", e.proposal_retry_ms),
         ] {
             if value < bound {
-                return Err(Error::Config(format!("{key} = {value}: must be at least {other} ({bound})")));
+                return Err(Error::config(format!("{key} = {value}: must be at least {other} ({bound})")));
             }
         }
         // A follower must miss at least two heartbeats before it calls an election.
         if r.election_timeout_min_ms <= r.heartbeat_interval_ms.saturating_mul(2) {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "raft.election_timeout_min_ms = {}: must be more than twice raft.heartbeat_interval_ms ({})",
                 r.election_timeout_min_ms, r.heartbeat_interval_ms
             )));
         }
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "raft.election_timeout_max_ms = {}: must be more than raft.election_timeout_min_ms ({})",
                 r.election_timeout_max_ms, r.election_timeout_min_ms
             )));
@@ -391,6 +399,9 @@ const MINUTE_MS: u64 = 60_000;
 const HOUR_MS: u64 = 60 * MINUTE_MS;
 const DAY_MS: u64 = 24 * HOUR_MS;
 const MIB: u64 = 1024 * 1024;
+/// tokio's blocking pool has 512 threads: concurrent storage reads must leave some of them to
+/// the apply path and the log.
+const STORAGE_READS_MAX: u64 = 256;
 /// Entries per AppendEntries message, at most: each entry is a batch of about 1 MiB of
 /// commands (a little more: the batch closes once it passes 1 MiB) and a peer message holds at
 /// most 64 MiB.
@@ -401,14 +412,14 @@ fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), Error> {
     if (min..=max).contains(&value) {
         Ok(())
     } else {
-        Err(Error::Config(format!("{key} = {value}: must be between {min} and {max}")))
+        Err(Error::config(format!("{key} = {value}: must be between {min} and {max}")))
     }
 }
 
 /// Tokens go into an HTTP header: printable ASCII, long enough to guess hard.
 pub fn check_token(token: &str) -> Result<(), Error> {
     if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Error::Config("the cluster token must be at least 16 printable ASCII characters".into()));
+        return Err(Error::config("the cluster token must be at least 16 printable ASCII characters"));
     }
     Ok(())
 }
@@ -477,6 +488,8 @@ mod tests {
         refused("limits.verifier_stream_stall_ms", |c| c.limits.verifier_stream_stall_ms = 10);
         refused("limits.watch_stall_ms", |c| c.limits.watch_stall_ms = u64::MAX);
         refused("limits.watch_streams_max", |c| c.limits.watch_streams_max = 0);
+        refused("limits.storage_reads_max", |c| c.limits.storage_reads_max = 0);
+        refused("limits.storage_reads_max", |c| c.limits.storage_reads_max = 10_000);
         refused("storage.state_cache_bytes", |c| c.storage.state_cache_bytes = 0);
         refused("storage.log_cache_bytes", |c| c.storage.log_cache_bytes = u64::MAX);
     }

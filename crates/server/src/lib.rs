@@ -14,10 +14,14 @@
 //!    replica's [`proposers::signature_proposer`] signs the head, and once a majority of
 //!    signatures is applied the epoch is keyserver-ratified and lookups answer from it.
 //!
+//! Reads go one way: the public service, [`watch`] and [`verifier_stream`] ask
+//! [`read::ReadView`] (satisfying epochs, proofs, epoch info, waiting for an epoch), which
+//! runs large reads on blocking threads; the two streams share [`stream::BoundedStream`].
 //! Everything openraft-specific stays under [`raft`].
 #![forbid(unsafe_code)]
 
 pub mod acceptor;
+mod blocking;
 pub mod config;
 mod error;
 pub mod node;
@@ -26,10 +30,12 @@ pub mod peer_client;
 pub mod peer_service;
 pub mod proposers;
 pub mod raft;
+pub mod read;
 pub mod request_limits;
 pub mod server;
 pub mod service;
 mod snapshot_file;
+pub mod stream;
 pub mod verifier_stream;
 pub mod watch;
 

@@ -7,13 +7,16 @@
 //! proposes a lone command at once.
 
 use crate::config::Limits;
+use crate::page_token::PageTokens;
 use crate::peer_client::PeerClient;
 use crate::raft::network::PeerNetwork;
 use crate::raft::sm_store::SharedState;
 use crate::raft::types::{ApplyResponse, LogCommands, NodeAddr, NodeId, Raft, COMMANDS_PER_ENTRY_MAX};
+use crate::read::ReadView;
 use ed25519_dalek::SigningKey;
-use keyraft_core::vrf::VrfSecretKey;
-use keyraft_core::{Command, PublicKey, RealmConfig};
+use keyraft_core::types::vrf_input;
+use keyraft_core::vrf::{VrfProof, VrfSecretKey};
+use keyraft_core::{Command, EpochHead, Index, PublicKey, RealmConfig};
 use keyraft_proto::convert::encode_log_entry;
 use keyraft_proto::peer::ForwardRequest;
 use openraft::error::{ClientWriteError, RaftError};
@@ -134,28 +137,33 @@ pub enum ProposeError {
     Fatal(String),
 }
 
-/// A running replica's parts, shared by its services and proposers.
+/// A running replica's parts, shared by its services and proposers. The realm's VRF secret
+/// key and this replica's signing key stay inside: other modules ask the node to prove an
+/// index, key page tokens or sign a head.
 pub struct Node {
     /// Raft node id.
-    pub id: NodeId,
+    pub(crate) id: NodeId,
     /// The Raft handle.
-    pub raft: Raft,
-    /// The applied state.
-    pub shared: Arc<SharedState>,
+    pub(crate) raft: Raft,
+    /// The applied state, for the apply-side users (proposers, membership changes, shutdown);
+    /// request handlers read through [`Node::read`].
+    pub(crate) shared: Arc<SharedState>,
+    /// What request handlers read.
+    pub(crate) read: ReadView,
     /// The realm.
-    pub realm: RealmConfig,
+    pub(crate) realm: RealmConfig,
     /// The realm's VRF secret key.
-    pub vrf: VrfSecretKey,
+    vrf: VrfSecretKey,
     /// This replica's head-signing key.
-    pub signing_key: SigningKey,
+    signing_key: SigningKey,
     /// Its public half.
-    pub signing_public: PublicKey,
+    pub(crate) signing_public: PublicKey,
     /// Peer clients (shared with Raft's network).
-    pub network: PeerNetwork,
+    pub(crate) network: PeerNetwork,
     /// Request limits.
-    pub limits: Limits,
+    pub(crate) limits: Limits,
     /// Gathers commands into Raft entries.
-    pub batcher: Batcher,
+    batcher: Batcher,
 }
 
 impl std::fmt::Debug for Node {
@@ -165,6 +173,47 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
+    /// The parts of a running replica; starts its batcher.
+    #[allow(clippy::too_many_arguments)] // the parts a replica is made of, each named once
+    pub(crate) fn new(
+        id: NodeId,
+        raft: Raft,
+        shared: Arc<SharedState>,
+        realm: RealmConfig,
+        vrf: VrfSecretKey,
+        signing_key: SigningKey,
+        network: PeerNetwork,
+        limits: Limits,
+    ) -> Result<Self, crate::Error> {
+        let signing_public = PublicKey::from_verifying_key(&signing_key.verifying_key())
+            .map_err(|e| crate::Error::config_because("signing key", e))?;
+        let read = ReadView::new(shared.clone(), limits.wait_ms_max, limits.storage_reads_max);
+        let batcher = Batcher::start(raft.clone());
+        Ok(Self { id, raft, shared, read, realm, vrf, signing_key, signing_public, network, limits, batcher })
+    }
+
+    /// The VRF index of `user_id` in this realm and its proof.
+    pub(crate) fn vrf_index(&self, user_id: &str) -> Result<(Index, VrfProof), tonic::Status> {
+        let (proof, output) = self
+            .vrf
+            .prove_with_output(&vrf_input(&self.realm.realm, user_id))
+            .map_err(|e| tonic::Status::internal(format!("VRF: {e}")))?;
+        let mut index = [0u8; 32];
+        index.copy_from_slice(&output.as_bytes()[..32]);
+        Ok((Index(index), proof))
+    }
+
+    /// The realm's page tokens, keyed from the VRF secret key (so every replica issues and
+    /// accepts the same tokens).
+    pub(crate) fn page_tokens(&self) -> PageTokens {
+        PageTokens::new(&self.vrf, &self.realm.realm)
+    }
+
+    /// The command storing this replica's signature over `head`.
+    pub(crate) fn sign_head(&self, head: &EpochHead) -> Result<Command, keyraft_core::DecodeError> {
+        keyraft_state::proposer::sign_head(&self.signing_key, head)
+    }
+
     /// The current leader and its addresses, as this node knows them.
     pub fn leader(&self) -> Option<(NodeId, NodeAddr)> {
         let metrics = self.raft.metrics().borrow().clone();

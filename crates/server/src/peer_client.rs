@@ -31,7 +31,7 @@ pub type PeerClient = Generated<InterceptedService<Channel, Auth>>;
 /// A client for the peer at `addr` (host:port), connecting on first use.
 pub fn connect_lazy(addr: &str, token: &str) -> Result<PeerClient, crate::Error> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| crate::Error::Config(format!("peer address {addr:?}: {e}")))?
+        .map_err(|e| crate::Error::config_because(format!("peer address {addr:?}"), e))?
         .connect_timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
@@ -39,7 +39,7 @@ pub fn connect_lazy(addr: &str, token: &str) -> Result<PeerClient, crate::Error>
     let channel = endpoint.connect_lazy();
     let header = format!("Bearer {token}")
         .parse()
-        .map_err(|_| crate::Error::Config("the cluster token must be printable ASCII".into()))?;
+        .map_err(|_| crate::Error::config("the cluster token must be printable ASCII"))?;
     Ok(Generated::with_interceptor(channel, Auth { header })
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX))

@@ -8,7 +8,7 @@ use crate::node::Node;
 use crate::raft::types::ApplyResponse;
 use keyraft_core::Command;
 use keyraft_proto::convert::encode_log_entry;
-use keyraft_state::proposer::{decide_epoch, epoch_to_sign, retry_delay_ms, sign_head, EpochDecision, EpochIntervals};
+use keyraft_state::proposer::{decide_epoch, epoch_to_sign, retry_delay_ms, EpochDecision, EpochIntervals};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -116,7 +116,7 @@ pub async fn signature_proposer(node: Arc<Node>, settings: EpochSettings, mut sh
             }
             continue;
         };
-        let command = match sign_head(&node.signing_key, &head) {
+        let command = match node.sign_head(&head) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "cannot sign with this replica's key");

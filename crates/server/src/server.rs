@@ -81,33 +81,23 @@ pub async fn run(loaded: Loaded, init: bool, shutdown: impl Future<Output = ()>)
         ..Default::default()
     }
     .validate()
-    .map_err(|e| Error::Config(format!("raft: {e}")))?;
+    .map_err(|e| Error::config_because("raft", e))?;
     let network = PeerNetwork::new(&cluster_token);
     let raft = Raft::new(config.node_id, Arc::new(raft_config), network.clone(), log, sm)
         .await
-        .map_err(|e| Error::Raft(e.to_string()))?;
+        .map_err(|e| Error::Raft(Box::new(e)))?;
 
-    let signing_public = keyraft_core::PublicKey::from_verifying_key(&signing_key.verifying_key())
-        .map_err(|e| Error::Config(format!("signing key: {e}")))?;
-    let node = Arc::new(Node {
-        id: config.node_id,
-        raft: raft.clone(),
-        shared,
-        realm,
-        vrf,
-        signing_key,
-        signing_public,
-        network,
-        limits: config.limits,
-        batcher: crate::node::Batcher::start(raft.clone()),
-    });
+    let node =
+        Arc::new(Node::new(config.node_id, raft.clone(), shared, realm, vrf, signing_key, network, config.limits)?);
 
     let public_listener = tokio::net::TcpListener::bind(&config.public_listen)
         .await
-        .map_err(|e| Error::Network(format!("binding the public listener {}: {e}", config.public_listen)))?;
-    let peer_listener = tokio::net::TcpListener::bind(&config.peer_listen)
-        .await
-        .map_err(|e| Error::Network(format!("binding the peer listener {}: {e}", config.peer_listen)))?;
+        .map_err(|source| Error::Network { listener: "public", addr: config.public_listen.clone(), source })?;
+    let peer_listener = tokio::net::TcpListener::bind(&config.peer_listen).await.map_err(|source| Error::Network {
+        listener: "peer",
+        addr: config.peer_listen.clone(),
+        source,
+    })?;
     let listening = Listening {
         node_id: config.node_id,
         public_addr: public_listener.local_addr().map_err(|e| Error::io("public listener address", e))?,
@@ -151,7 +141,7 @@ pub async fn run(loaded: Loaded, init: bool, shutdown: impl Future<Output = ()>)
     let public_task = tokio::spawn(public_server);
     let peer_task = tokio::spawn(peer_server);
 
-    let listen_json = serde_json::to_vec_pretty(&listening).map_err(|e| Error::Network(e.to_string()))?;
+    let listen_json = serde_json::to_vec_pretty(&listening).map_err(|e| Error::io("encoding listen.json", e.into()))?;
     let listen_path = config.data_dir.join("listen.json");
     std::fs::write(listen_path.with_extension("json.tmp"), listen_json)
         .map_err(|e| Error::io("writing listen.json", e))?;
@@ -188,7 +178,7 @@ pub async fn run(loaded: Loaded, init: bool, shutdown: impl Future<Output = ()>)
             Err(status) => {
                 let _ = stop_tx.send(true);
                 let _ = raft.shutdown().await;
-                return Err(Error::Config(format!("--init: {}", status.message())));
+                return Err(Error::config(format!("--init: {}", status.message())));
             }
         }
     }

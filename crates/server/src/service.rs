@@ -11,19 +11,17 @@ use crate::page_token::{Cursor, Listing, PageTokens};
 use crate::raft::types::ApplyResponse;
 use keyraft_core::limits::{UPDATE_BYTES_MAX, USER_ID_BYTES_MAX};
 use keyraft_core::lookup::ratification_message;
-use keyraft_core::types::{validate_user_id, vrf_input};
+use keyraft_core::types::validate_user_id;
 use keyraft_core::update::check_update;
 use keyraft_core::vrf::VrfProof;
-use keyraft_core::{Canonical, Command, EpochHead, Index, PublicKey, Signature, Update, UpdateRejection};
+use keyraft_core::{Command, EpochHead, Index, Update, UpdateRejection};
 use keyraft_proto::convert::{canonical, public_key, signature, LookupReply};
 use keyraft_proto::pb::keyraft_server::Keyraft;
 use keyraft_proto::pb::{self, get_update_status_response::State};
-use keyraft_state::StateError;
 use prost::Message as _;
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
 /// Default page size of list calls.
@@ -34,16 +32,7 @@ pub const PAGE_SIZE_MAX: u32 = 1000;
 const VRF_CACHE_ENTRIES_MAX: usize = 100_000;
 /// How many recent rejections `GetUpdateStatus` remembers.
 const REJECTIONS_REMEMBERED_MAX: usize = 10_000;
-/// How far back a lookup searches for an epoch satisfying its verifier threshold.
-const QUORUM_SEARCH_EPOCHS_MAX: u64 = 256;
-/// List calls yield to the runtime after this many items, so that a page never holds a worker
-/// thread for long and a cancelled call stops at the next yield.
-const ITEMS_PER_YIELD: usize = 16;
-/// How far past its newest epoch a replica takes a requested epoch (Lookup's `epoch` and
-/// `min_epoch`, Watch's `from_epoch`) as one worth waiting for. Further epochs are refused
-/// at once with OUT_OF_RANGE: the realm cannot reach them within a wait, and a replica this far
-/// behind another should not be asked.
-pub const EPOCHS_AHEAD_MAX: u64 = 64;
+pub use crate::read::EPOCHS_AHEAD_MAX;
 
 /// Recent rejections by update id (reason, retryable), oldest first in the queue.
 type Rejections = (HashMap<[u8; 32], (String, bool)>, VecDeque<[u8; 32]>);
@@ -86,7 +75,7 @@ pub struct PublicService {
     tokens: PageTokens,
     rejections: Arc<Mutex<Rejections>>,
     /// Open `Watch` streams, against `limits.watch_streams_max`.
-    pub(crate) watch_streams: Arc<std::sync::atomic::AtomicUsize>,
+    watch_streams: Arc<std::sync::atomic::AtomicUsize>,
     /// Open `VerifierStream`s, against `limits.verifier_streams_max`.
     verifier_streams: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -99,11 +88,6 @@ impl std::fmt::Debug for PublicService {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn internal(e: StateError) -> Status {
-    tracing::error!(error = %e, "state read failed");
-    Status::internal(format!("this replica failed to read its state: {e}"))
 }
 
 fn rejection_status(reason: &UpdateRejection) -> Status {
@@ -154,14 +138,10 @@ fn lagging(pinned: u64, newest: u64) -> Status {
     ))
 }
 
-fn key_signatures(sigs: Vec<(PublicKey, Signature)>) -> Vec<pb::KeySignature> {
-    sigs.into_iter().map(|(k, s)| pb::KeySignature { signer: k.as_bytes().to_vec(), signature: s.0.to_vec() }).collect()
-}
-
 impl PublicService {
     /// The service of `node`.
     pub fn new(node: Arc<Node>) -> Self {
-        let tokens = PageTokens::new(&node.vrf, &node.realm.realm);
+        let tokens = node.page_tokens();
         Self {
             node,
             vrf_cache: Arc::default(),
@@ -183,14 +163,7 @@ impl PublicService {
         if let Some(hit) = lock(&self.vrf_cache).get(user_id) {
             return Ok(*hit);
         }
-        let (proof, output) = self
-            .node
-            .vrf
-            .prove_with_output(&vrf_input(&self.node.realm.realm, user_id))
-            .map_err(|e| Status::internal(format!("VRF: {e}")))?;
-        let mut index = [0u8; 32];
-        index.copy_from_slice(&output.as_bytes()[..32]);
-        let result = (Index(index), proof);
+        let result = self.node.vrf_index(user_id)?;
         let mut cache = lock(&self.vrf_cache);
         if cache.len() >= VRF_CACHE_ENTRIES_MAX {
             cache.clear();
@@ -209,48 +182,12 @@ impl PublicService {
         Ok(threshold as usize)
     }
 
-    /// Whether `epoch` is keyserver-ratified and has `threshold` verifier ratifications.
-    pub(crate) fn satisfies(&self, epoch: u64, threshold: usize) -> Result<bool, Status> {
-        let m = self.node.shared.read();
-        if epoch == 0 || epoch > m.epoch_state().ratified_epoch {
-            return Ok(false);
-        }
-        Ok(threshold == 0 || m.verifier_signatures(epoch).map_err(internal)?.len() >= threshold)
-    }
-
-    /// The newest epoch at or after `min_epoch` satisfying `threshold`, if any.
-    pub(crate) fn newest_satisfying(&self, min_epoch: u64, threshold: usize) -> Result<Option<u64>, Status> {
-        let ratified = self.node.shared.applied().epoch_state.ratified_epoch;
-        let lowest = min_epoch.max(1).max(ratified.saturating_sub(QUORUM_SEARCH_EPOCHS_MAX));
-        let mut e = ratified;
-        while e >= lowest && e > 0 {
-            if self.satisfies(e, threshold)? {
-                return Ok(Some(e));
-            }
-            e -= 1;
-        }
-        Ok(None)
-    }
-
-    /// Refuses, at once, a requested `epoch` (named `field` in the request) too far past this
-    /// replica's newest epoch to wait for: see [`EPOCHS_AHEAD_MAX`].
-    pub(crate) fn check_reachable(&self, epoch: u64, field: &str) -> Result<(), Status> {
-        let newest = self.node.shared.applied().epoch_state.last_epoch;
-        if epoch > newest.saturating_add(EPOCHS_AHEAD_MAX) {
-            return Err(Status::out_of_range(format!(
-                "{field} {epoch} is more than {EPOCHS_AHEAD_MAX} epochs past this replica's newest epoch {newest}: \
-                 the realm has not reached it (if another replica served it, this one lags: ask another)"
-            )));
-        }
-        Ok(())
-    }
-
     /// The answer when no epoch at or after `min_epoch` satisfies `threshold`: the realm is
     /// not there yet, which is no misbehaviour. DEADLINE_EXCEEDED once a wait of `waited_ms`
     /// ran out; UNAVAILABLE (retry) for a call that does not wait, or while nothing is
     /// keyserver-ratified.
     fn not_ratified_yet(&self, min_epoch: u64, threshold: usize, waited_ms: Option<u64>) -> Status {
-        let newest = self.node.shared.applied().epoch_state.ratified_epoch;
+        let newest = self.node.read.ratified_epoch();
         if newest == 0 {
             return Status::unavailable("the realm has no keyserver-ratified epoch yet; retry shortly");
         }
@@ -262,46 +199,6 @@ impl PublicService {
             Some(ms) => Status::deadline_exceeded(format!("{what}; waited {ms} ms")),
             None => Status::unavailable(format!("{what}; retry later")),
         }
-    }
-
-    /// Waits (up to `wait_ms`) until `probe`, which looks at epochs and their signatures
-    /// only, returns something; woken when those change, not on every update.
-    async fn wait_for<T>(
-        &self,
-        wait_ms: u64,
-        mut probe: impl FnMut(&Self) -> Result<Option<T>, Status>,
-    ) -> Result<Option<T>, Status> {
-        let deadline = Instant::now() + Duration::from_millis(wait_ms.min(self.node.limits.wait_ms_max));
-        let mut changes = self.node.shared.subscribe_epochs();
-        loop {
-            changes.borrow_and_update();
-            if let Some(v) = probe(self)? {
-                return Ok(Some(v));
-            }
-            match tokio::time::timeout_at(deadline.into(), changes.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(Status::unavailable("this replica is shutting down")),
-                Err(_) => return Ok(None),
-            }
-        }
-    }
-
-    pub(crate) fn proof(
-        &self,
-        user_id: &str,
-        index: Index,
-        vrf_proof: VrfProof,
-        epoch: u64,
-        threshold: usize,
-    ) -> Result<Vec<u8>, Status> {
-        let parts = self
-            .node
-            .shared
-            .read()
-            .lookup_parts(&index, epoch, threshold)
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("epoch {epoch} has no head")))?;
-        Ok(parts.into_proof(user_id, vrf_proof).encode())
     }
 
     fn remember_rejection(&self, id: [u8; 32], reason: String, retryable: bool) {
@@ -316,16 +213,6 @@ impl PublicService {
             }
         }
     }
-
-    fn epoch_info(&self, epoch: u64) -> Result<Option<pb::EpochInfo>, Status> {
-        let m = self.node.shared.read();
-        let Some(head) = m.head(epoch).map_err(internal)? else { return Ok(None) };
-        Ok(Some(pb::EpochInfo {
-            head: head.encode(),
-            replica_signatures: key_signatures(m.replica_signatures(epoch).map_err(internal)?),
-            verifier_signatures: key_signatures(m.verifier_signatures(epoch).map_err(internal)?),
-        }))
-    }
 }
 
 type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
@@ -338,17 +225,17 @@ impl Keyraft for PublicService {
         let threshold = self.check_threshold(req.verifier_threshold)?;
         let (index, vrf_proof) = self.index_of(&req.user_id)?;
         let wait_ms = u64::from(req.wait_ms);
-        self.check_reachable(req.epoch, "epoch")?;
-        self.check_reachable(req.min_epoch, "min_epoch")?;
+        self.node.read.check_reachable(req.epoch, "epoch")?;
+        self.node.read.check_reachable(req.min_epoch, "min_epoch")?;
         let epoch = if req.epoch != 0 {
             if req.min_epoch > req.epoch {
                 return Err(Status::invalid_argument("min_epoch is above the requested epoch"));
             }
             let e = req.epoch;
-            match self.wait_for(wait_ms, |s| Ok(s.satisfies(e, threshold)?.then_some(e))).await? {
+            match self.node.read.wait_for(wait_ms, |s| Ok(s.satisfies(e, threshold)?.then_some(e))).await? {
                 Some(e) => e,
                 None => {
-                    let newest = self.node.shared.applied().epoch_state.ratified_epoch;
+                    let newest = self.node.read.ratified_epoch();
                     return Err(if e > newest {
                         Status::not_found(format!("epoch {e} is not keyserver-ratified yet (newest is {newest})"))
                     } else {
@@ -359,14 +246,14 @@ impl Keyraft for PublicService {
                 }
             }
         } else {
-            match self.wait_for(wait_ms, |s| s.newest_satisfying(req.min_epoch, threshold)).await? {
+            match self.node.read.wait_for(wait_ms, |s| s.newest_satisfying(req.min_epoch, threshold)).await? {
                 Some(e) => e,
                 None => return Err(self.not_ratified_yet(req.min_epoch, threshold, Some(wait_ms))),
             }
         };
-        let proof = self.proof(&req.user_id, index, vrf_proof, epoch, threshold)?;
+        let proof = self.node.read.proof(&req.user_id, index, vrf_proof, epoch, threshold)?;
         // Lets a client say its quorum's newest epoch is behind the realm's (its verifiers lag).
-        let newest = self.node.shared.applied().epoch_state.ratified_epoch;
+        let newest = self.node.read.ratified_epoch();
         Ok(Response::new(LookupReply { proof, newest_epoch_hint: Some(newest.max(epoch)) }.into()))
     }
 
@@ -385,8 +272,7 @@ impl Keyraft for PublicService {
         }
         let id = update.id();
         let duplicate_epoch = {
-            let m = self.node.shared.read();
-            let current = m.latest_update(&index).map_err(internal)?;
+            let current = self.node.read.latest_update(&index)?;
             match &current {
                 Some((epoch, stored)) if stored.id() == id => Some(*epoch),
                 _ => {
@@ -427,12 +313,12 @@ impl Keyraft for PublicService {
         let mut proof = Vec::new();
         if let Some(t) = threshold {
             let wait_ms = u64::from(req.wait_ms);
-            if self.wait_for(wait_ms, |s| Ok(s.satisfies(epoch, t)?.then_some(()))).await?.is_none() {
+            if self.node.read.wait_for(wait_ms, |s| Ok(s.satisfies(epoch, t)?.then_some(()))).await?.is_none() {
                 return Err(Status::deadline_exceeded(format!(
                     "the update is in epoch {epoch}, which did not reach {t} verifier ratifications within {wait_ms} ms; look it up later"
                 )));
             }
-            proof = self.proof(&req.user_id, index, vrf_proof, epoch, t)?;
+            proof = self.node.read.proof(&req.user_id, index, vrf_proof, epoch, t)?;
         }
         Ok(Response::new(pb::UpdateResponse { update_id: id.to_vec(), epoch, duplicate, proof }))
     }
@@ -455,7 +341,7 @@ impl Keyraft for PublicService {
                 req.index.as_slice().try_into().map_err(|_| {
                     Status::invalid_argument(format!("index must be 32 bytes, got {}", req.index.len()))
                 })?;
-            let history = self.node.shared.read().update_history(&Index(index), u64::MAX, 1_000).map_err(internal)?;
+            let history = self.node.read.blocking(move |read| read.history(&Index(index), u64::MAX, 1_000)).await?;
             if let Some((epoch, _)) = history.iter().find(|(_, u)| u.id() == id) {
                 return answer(State::InEpoch, *epoch, String::new(), false);
             }
@@ -472,12 +358,14 @@ impl Keyraft for PublicService {
     async fn get_epoch(&self, request: Request<pb::GetEpochRequest>) -> Result<Response<pb::EpochInfo>, Status> {
         let mut epoch = request.into_inner().epoch;
         if epoch == 0 {
-            epoch = self.node.shared.applied().epoch_state.last_epoch;
+            epoch = self.node.read.last_epoch();
             if epoch == 0 {
                 return Err(Status::not_found("the realm has no epoch yet"));
             }
         }
-        self.epoch_info(epoch)?
+        self.node
+            .read
+            .epoch_info(epoch)?
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("epoch {epoch} does not exist")))
     }
@@ -488,7 +376,7 @@ impl Keyraft for PublicService {
     ) -> Result<Response<pb::ListEpochsResponse>, Status> {
         let req = request.into_inner();
         let size = page_size(req.page_size)?;
-        let newest = self.node.shared.applied().epoch_state.last_epoch;
+        let newest = self.node.read.last_epoch();
         let cursor = match self.tokens.open(Listing::Epochs, &req.page_token)? {
             Some(c) if c.pinned > newest => return Err(lagging(c.pinned, newest)),
             Some(c) => c,
@@ -497,15 +385,20 @@ impl Keyraft for PublicService {
         // A page reads at most `size` epochs, whatever the request says (every epoch up to the
         // newest exists, so none is skipped).
         let last = cursor.pinned.min(cursor.position.saturating_add(size as u64 - 1));
-        let mut epochs = Vec::new();
-        for (i, epoch) in (cursor.position..=last).enumerate() {
-            if let Some(info) = self.epoch_info(epoch)? {
-                epochs.push(info);
-            }
-            if (i + 1) % ITEMS_PER_YIELD == 0 {
-                tokio::task::yield_now().await;
-            }
-        }
+        let first = cursor.position;
+        let epochs = self
+            .node
+            .read
+            .blocking(move |read| {
+                let mut epochs = Vec::new();
+                for epoch in first..=last {
+                    if let Some(info) = read.epoch_info(epoch)? {
+                        epochs.push(info);
+                    }
+                }
+                Ok(epochs)
+            })
+            .await?;
         let next_page_token = if last < cursor.pinned {
             self.tokens.issue(Listing::Epochs, Cursor { position: last + 1, pinned: cursor.pinned })
         } else {
@@ -525,34 +418,44 @@ impl Keyraft for PublicService {
         // answers from: a newer one could not be proven with the ratifications asked for.
         let cursor = match self.tokens.open(listing, &req.page_token)? {
             Some(c) => {
-                let ratified = self.node.shared.applied().epoch_state.ratified_epoch;
+                let ratified = self.node.read.ratified_epoch();
                 if c.pinned > ratified {
                     return Err(lagging(c.pinned, ratified));
                 }
                 c
             }
-            None => match self.newest_satisfying(0, threshold)? {
+            None => match self.node.read.newest_satisfying(0, threshold)? {
                 Some(newest) => Cursor { position: newest + 1, pinned: newest },
                 None => return Err(self.not_ratified_yet(0, threshold, None)),
             },
         };
         let before = cursor.position.min(cursor.pinned.saturating_add(1));
-        let history = self.node.shared.read().update_history(&index, before, size + 1).map_err(internal)?;
-        let mut versions = Vec::new();
-        for (i, (epoch, update)) in history.iter().take(size).enumerate() {
-            // A version in an epoch lacking the threshold (one a verifier skipped) cannot be
-            // proven as asked: it is left out, never proven with fewer ratifications.
-            if self.satisfies(*epoch, threshold)? {
-                let proof = self.proof(&req.user_id, index, vrf_proof, *epoch, threshold)?;
-                versions.push(pb::HistoryVersion { version: update.signed.entry.version, epoch: *epoch, proof });
-            }
-            if (i + 1) % ITEMS_PER_YIELD == 0 {
-                tokio::task::yield_now().await;
-            }
-        }
+        let user_id = req.user_id;
+        let (epochs, versions) = self
+            .node
+            .read
+            .blocking(move |read| {
+                let history = read.history(&index, before, size + 1)?;
+                let mut versions = Vec::new();
+                for (epoch, update) in history.iter().take(size) {
+                    // A version in an epoch lacking the threshold (one a verifier skipped)
+                    // cannot be proven as asked: it is left out, never proven with fewer
+                    // ratifications.
+                    if read.satisfies(*epoch, threshold)? {
+                        let proof = read.proof(&user_id, index, vrf_proof, *epoch, threshold)?;
+                        versions.push(pb::HistoryVersion {
+                            version: update.signed.entry.version,
+                            epoch: *epoch,
+                            proof,
+                        });
+                    }
+                }
+                Ok((history.into_iter().map(|(epoch, _)| epoch).collect::<Vec<u64>>(), versions))
+            })
+            .await?;
         // More than `size` were read: the next page lists those before the last one scanned.
-        let next_page_token = match history.get(size - 1) {
-            Some((last, _)) if history.len() > size => {
+        let next_page_token = match epochs.get(size - 1) {
+            Some(last) if epochs.len() > size => {
                 self.tokens.issue(listing, Cursor { position: *last, pinned: cursor.pinned })
             }
             _ => Vec::new(),
@@ -569,7 +472,7 @@ impl Keyraft for PublicService {
         let (index, vrf_proof) = self.index_of(&req.user_id)?;
         let target =
             crate::watch::Target { user_id: req.user_id, index, vrf_proof, threshold, from_epoch: req.from_epoch };
-        let stream = crate::watch::start(self.clone(), self.node.clone(), target)?;
+        let stream = crate::watch::start(self.node.clone(), target, &self.watch_streams)?;
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -599,30 +502,28 @@ impl Keyraft for PublicService {
                 head.epoch, req.epoch
             )));
         }
-        {
-            let m = self.node.shared.read();
-            let Some(stored) = m.head(req.epoch).map_err(internal)? else {
-                return Err(Status::not_found(format!("epoch {} does not exist", req.epoch)));
-            };
-            if req.epoch > m.epoch_state().ratified_epoch {
-                // This replica may only lag: the verifier should retry, here or elsewhere.
-                return Err(Status::unavailable(format!(
-                    "epoch {} is not keyserver-ratified on this replica yet; retry",
-                    req.epoch
-                )));
-            }
-            if stored != head {
-                return Err(Status::failed_precondition(format!(
-                    "head: differs from this realm's head of epoch {}; your recomputation diverged",
-                    req.epoch
-                )));
-            }
-            if !verifier.verify(&ratification_message(&head), &signature) {
-                return Err(Status::invalid_argument("signature: does not verify over the head"));
-            }
-            if m.verifier_signatures(req.epoch).map_err(internal)?.iter().any(|(k, _)| *k == verifier) {
-                return Ok(Response::new(pb::PushRatificationResponse { duplicate: true }));
-            }
+        let read = &self.node.read;
+        let Some(stored) = read.head(req.epoch)? else {
+            return Err(Status::not_found(format!("epoch {} does not exist", req.epoch)));
+        };
+        if req.epoch > read.ratified_epoch() {
+            // This replica may only lag: the verifier should retry, here or elsewhere.
+            return Err(Status::unavailable(format!(
+                "epoch {} is not keyserver-ratified on this replica yet; retry",
+                req.epoch
+            )));
+        }
+        if stored != head {
+            return Err(Status::failed_precondition(format!(
+                "head: differs from this realm's head of epoch {}; your recomputation diverged",
+                req.epoch
+            )));
+        }
+        if !verifier.verify(&ratification_message(&head), &signature) {
+            return Err(Status::invalid_argument("signature: does not verify over the head"));
+        }
+        if read.verifier_signatures(req.epoch)?.iter().any(|(k, _)| *k == verifier) {
+            return Ok(Response::new(pb::PushRatificationResponse { duplicate: true }));
         }
         let command = Command::VerifierSignature { epoch: req.epoch, verifier, signature };
         match self.node.propose(&command).await.map_err(|e| propose_status(&self.node, e))? {

@@ -14,12 +14,18 @@ use openraft::storage::SnapshotMeta;
 use sha2::{Digest as _, Sha256};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use subtle::ConstantTimeEq as _;
 
 /// openraft's snapshot metadata.
 pub(crate) type Meta = SnapshotMeta<NodeId, NodeAddr>;
 
 const MAGIC: &[u8] = b"keyraft-snapshot-v1\n";
 const END: u32 = u32::MAX;
+/// Bytes of one key or value in a snapshot record, at most. A snapshot comes from a peer and
+/// its digest is checked only after every record is read, so a claimed length must be bounded
+/// before it is trusted. Stored values are tree pages and chunks, updates and heads, all far
+/// below this.
+pub(crate) const SNAPSHOT_RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Records are loaded in batches of about this many bytes.
 const LOAD_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
@@ -49,11 +55,17 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-fn len_u32(n: usize, what: &str) -> Result<u32, Error> {
+fn len_u32(n: usize, what: &str, path: &Path) -> Result<u32, Error> {
     u32::try_from(n)
         .ok()
         .filter(|&n| n != END)
-        .ok_or_else(|| Error::Snapshot(format!("{what} of {n} bytes is too long")))
+        .filter(|&n| n as usize <= SNAPSHOT_RECORD_BYTES_MAX)
+        .ok_or_else(|| {
+            Error::snapshot(
+                path,
+                format!("a stored {what} of {n} bytes is longer than SNAPSHOT_RECORD_BYTES_MAX = {SNAPSHOT_RECORD_BYTES_MAX} bytes"),
+            )
+        })
 }
 
 /// Writes every pair of `store` to `path` (synced before returning).
@@ -65,9 +77,9 @@ pub(crate) fn write(store: &dyn Storage, path: &Path) -> Result<(), Error> {
     w.write_all(MAGIC).map_err(io)?;
     for item in store.range(&[], None, Direction::Forward) {
         let (k, v) = item?;
-        w.write_all(&len_u32(k.len(), "key")?.to_be_bytes()).map_err(io)?;
+        w.write_all(&len_u32(k.len(), "key", path)?.to_be_bytes()).map_err(io)?;
         w.write_all(&k).map_err(io)?;
-        w.write_all(&len_u32(v.len(), "value")?.to_be_bytes()).map_err(io)?;
+        w.write_all(&len_u32(v.len(), "value", path)?.to_be_bytes()).map_err(io)?;
         w.write_all(&v).map_err(io)?;
     }
     let digest = w.hasher.finalize();
@@ -79,21 +91,56 @@ pub(crate) fn write(store: &dyn Storage, path: &Path) -> Result<(), Error> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-struct HashingReader<R> {
+struct HashingReader<'a, R> {
     inner: R,
     hasher: Sha256,
+    /// The file, named in every error: a snapshot may come from a peer or a damaged disk.
+    path: &'a Path,
 }
 
-impl<R: Read> HashingReader<R> {
-    fn exact(&mut self, buf: &mut [u8]) -> Result<(), Error> {
-        self.inner.read_exact(buf).map_err(|e| Error::Snapshot(format!("snapshot file is truncated: {e}")))?;
+impl<R: Read> HashingReader<'_, R> {
+    fn refused(&self, problem: String) -> Error {
+        Error::snapshot(self.path, problem)
+    }
+
+    fn truncated(&self, what: &str, e: std::io::Error) -> Error {
+        Error::Snapshot {
+            file: self.path.to_owned(),
+            problem: format!("the file is truncated in {what}"),
+            source: Some(Box::new(e)),
+        }
+    }
+
+    fn exact(&mut self, buf: &mut [u8], what: &str) -> Result<(), Error> {
+        self.inner.read_exact(buf).map_err(|e| self.truncated(what, e))?;
         self.hasher.update(&*buf);
         Ok(())
     }
 
-    fn u32(&mut self) -> Result<u32, Error> {
+    /// A record's key or value of a claimed `len` bytes: refused past
+    /// [`SNAPSHOT_RECORD_BYTES_MAX`] before any allocation, and read as the file provides it
+    /// (a truncated file never costs more memory than it holds).
+    fn record(&mut self, len: u32, what: &str) -> Result<Vec<u8>, Error> {
+        let len = len as usize;
+        if len > SNAPSHOT_RECORD_BYTES_MAX {
+            return Err(self.refused(format!(
+                "a record's {what} claims {len} bytes, more than SNAPSHOT_RECORD_BYTES_MAX = {SNAPSHOT_RECORD_BYTES_MAX} bytes \
+                 (the sender or the disk is at fault)"
+            )));
+        }
+        let mut buf = Vec::new();
+        let read = (&mut self.inner).take(len as u64).read_to_end(&mut buf);
+        let read = read.map_err(|e| self.truncated(what, e))?;
+        if read != len {
+            return Err(self.refused(format!("the file is truncated in a record's {what} ({read} of {len} bytes)")));
+        }
+        self.hasher.update(&buf);
+        Ok(buf)
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, Error> {
         let mut b = [0u8; 4];
-        self.inner.read_exact(&mut b).map_err(|e| Error::Snapshot(format!("snapshot file is truncated: {e}")))?;
+        self.inner.read_exact(&mut b).map_err(|e| self.truncated(what, e))?;
         if u32::from_be_bytes(b) != END {
             self.hasher.update(b);
         }
@@ -104,44 +151,43 @@ impl<R: Read> HashingReader<R> {
 /// Loads the snapshot at `path` into `store` (which should be empty), checking its digest. On
 /// error `store` holds a partial state and must be discarded.
 pub(crate) fn load(path: &Path, store: &dyn Storage) -> Result<u64, Error> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io("opening a snapshot", e))?;
-    let mut r = HashingReader { inner: BufReader::with_capacity(1 << 20, file), hasher: Sha256::new() };
+    let file =
+        std::fs::File::open(path).map_err(|e| Error::io(format!("opening the snapshot {}", path.display()), e))?;
+    let mut r = HashingReader { inner: BufReader::with_capacity(1 << 20, file), hasher: Sha256::new(), path };
     let mut magic = vec![0u8; MAGIC.len()];
-    r.exact(&mut magic)?;
+    r.exact(&mut magic, "the magic")?;
     if magic != MAGIC {
-        return Err(Error::Snapshot("not a keyraft snapshot (bad magic)".into()));
+        return Err(r.refused("not a keyraft snapshot (bad magic)".into()));
     }
     let mut batch = Batch::new();
     let mut pairs = 0u64;
     loop {
-        let klen = r.u32()?;
+        let klen = r.u32("a record's key length")?;
         if klen == END {
             break;
         }
-        let mut k = vec![0u8; klen as usize];
-        r.exact(&mut k)?;
-        let vlen = r.u32()?;
+        let k = r.record(klen, "key")?;
+        let vlen = r.u32("a record's value length")?;
         if vlen == END {
-            return Err(Error::Snapshot("snapshot record has no value".into()));
+            return Err(r.refused("a snapshot record has no value".into()));
         }
-        let mut v = vec![0u8; vlen as usize];
-        r.exact(&mut v)?;
+        let v = r.record(vlen, "value")?;
         batch.put(k, v);
         pairs += 1;
         if batch.approximate_bytes() >= LOAD_BATCH_BYTES {
             store.write(std::mem::take(&mut batch))?;
         }
     }
-    let expected = r.hasher.finalize();
+    let expected = r.hasher.clone().finalize();
     let mut digest = [0u8; 32];
-    r.inner.read_exact(&mut digest).map_err(|e| Error::Snapshot(format!("snapshot digest is truncated: {e}")))?;
-    if digest[..] != expected[..] {
-        return Err(Error::Snapshot("snapshot digest mismatch: the file is corrupt".into()));
+    r.inner.read_exact(&mut digest).map_err(|e| r.truncated("the digest", e))?;
+    if !bool::from(digest.ct_eq(expected.as_slice())) {
+        return Err(r.refused("snapshot digest mismatch: the file is corrupt".into()));
     }
     let mut rest = Vec::new();
-    r.inner.read_to_end(&mut rest).map_err(|e| Error::io("reading a snapshot", e))?;
+    r.inner.read_to_end(&mut rest).map_err(|e| Error::io(format!("reading the snapshot {}", path.display()), e))?;
     if !rest.is_empty() {
-        return Err(Error::Snapshot(format!("{} bytes after the snapshot digest", rest.len())));
+        return Err(r.refused(format!("{} bytes after the snapshot digest", rest.len())));
     }
     store.write(batch)?;
     Ok(pairs)
@@ -156,9 +202,17 @@ struct Current {
 /// Records `path` as the current snapshot and removes older snapshot files.
 pub(crate) fn set_current(dir: &Path, meta: &SnapshotMeta<NodeId, NodeAddr>, path: &Path) -> Result<(), Error> {
     let io = |e| Error::io("recording the current snapshot", e);
-    let file = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| Error::Snapshot("bad snapshot path".into()))?;
-    let json = serde_json::to_vec_pretty(&Current { meta: meta.clone(), file: file.to_owned() })
-        .map_err(|e| Error::Snapshot(e.to_string()))?;
+    let file = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::snapshot(path, "the snapshot path has no file name".into()))?;
+    let json = serde_json::to_vec_pretty(&Current { meta: meta.clone(), file: file.to_owned() }).map_err(|e| {
+        Error::Snapshot {
+            file: dir.join("current.json"),
+            problem: "encoding the snapshot metadata".into(),
+            source: Some(Box::new(e)),
+        }
+    })?;
     let tmp = dir.join("current.json.tmp");
     std::fs::write(&tmp, json).map_err(io)?;
     std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
@@ -180,8 +234,11 @@ pub(crate) fn current(dir: &Path) -> Result<Option<(Meta, PathBuf)>, Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io("reading current.json", e)),
     };
-    let current: Current =
-        serde_json::from_slice(&bytes).map_err(|e| Error::Snapshot(format!("current.json is corrupt: {e}")))?;
+    let current: Current = serde_json::from_slice(&bytes).map_err(|e| Error::Snapshot {
+        file: dir.join("current.json"),
+        problem: "the file is corrupt (the disk is at fault, or it was edited)".into(),
+        source: Some(Box::new(e)),
+    })?;
     Ok(Some((current.meta, dir.join(current.file))))
 }
 
@@ -244,5 +301,48 @@ mod tests {
         longer.push(0);
         std::fs::write(&bad, &longer).unwrap();
         assert!(load(&bad, &MemoryStorage::new()).is_err());
+    }
+
+    /// A record claiming a length past the bound is refused before anything is allocated
+    /// for it, naming the file and the bound; the digest cannot be checked first (it follows
+    /// the records), so the length alone must decide.
+    #[test]
+    fn a_record_claiming_a_huge_length_is_refused_before_allocating_it() {
+        let dir = tempfile::tempdir().unwrap();
+        for (claim, field) in [(u32::MAX - 1, "key"), (SNAPSHOT_RECORD_BYTES_MAX as u32 + 1, "key")] {
+            let path = dir.path().join("huge.snap");
+            let mut bytes = MAGIC.to_vec();
+            bytes.extend_from_slice(&claim.to_be_bytes());
+            bytes.extend_from_slice(b"only a few bytes follow");
+            std::fs::write(&path, &bytes).unwrap();
+            let err = load(&path, &MemoryStorage::new()).unwrap_err();
+            let text = err.to_string();
+            assert!(matches!(err, Error::Snapshot { .. }), "{text}");
+            assert!(text.contains(&format!("{claim}")) && text.contains(field), "{text}");
+            assert!(text.contains("huge.snap"), "the file is not named: {text}");
+            assert!(text.contains(&SNAPSHOT_RECORD_BYTES_MAX.to_string()), "the bound is not named: {text}");
+        }
+        // A value past the bound is refused the same way.
+        let path = dir.path().join("huge-value.snap");
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&3u32.to_be_bytes());
+        bytes.extend_from_slice(b"key");
+        bytes.extend_from_slice(&(u32::MAX - 1).to_be_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let text = load(&path, &MemoryStorage::new()).unwrap_err().to_string();
+        assert!(text.contains("value") && text.contains("huge-value.snap"), "{text}");
+    }
+
+    /// A truncated record allocates only what the file holds, whatever length it claims.
+    #[test]
+    fn a_record_within_the_bound_but_truncated_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("short.snap");
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&(SNAPSHOT_RECORD_BYTES_MAX as u32).to_be_bytes());
+        bytes.extend_from_slice(b"abc");
+        std::fs::write(&path, &bytes).unwrap();
+        let text = load(&path, &MemoryStorage::new()).unwrap_err().to_string();
+        assert!(text.contains("truncated") && text.contains("short.snap"), "{text}");
     }
 }

@@ -13,20 +13,19 @@
 //! dropped, and the frames it already has are followed by RESOURCE_EXHAUSTED saying so.
 //! Positions (epochs and the order of updates inside them) are the same on every replica.
 //!
-//! The channel between a stream's task and its reader ([`bounded`], [`BoundedStream`]) is
-//! shared with `Watch` (`crate::watch`), which has the same needs.
+//! The channel between a stream's task and its reader ([`BoundedStream`]) is shared with
+//! `Watch` (`crate::watch`), in `crate::stream`.
 
 use crate::node::Node;
+pub use crate::stream::BoundedStream;
+use crate::stream::{bounded, replica_stopped, ReaderGone, StallSender, StreamSlot};
 use keyraft_core::{Canonical, Digest, PublicKey, Signature};
 use keyraft_proto::pb::verifier_frame::{CaughtUp, EpochUpdates, Frame, Init, SignedHead};
 use keyraft_proto::pb::{KeySignature, VerifierFrame, VerifierStreamRequest};
 use keyraft_state::PublishedEpoch;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tonic::Status;
 
 /// Default largest frame, in bytes.
@@ -40,129 +39,8 @@ pub const FRAMES_BUFFERED_MAX: usize = 8;
 /// A heartbeat is sent after this long without another frame.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 5_000;
 
-/// A server stream fed by its own task through a bounded channel: the items, then an
-/// explicit RESOURCE_EXHAUSTED if the task gave up on a stalled reader (a silent end would
-/// look like a clean close to the reader).
-pub struct BoundedStream<T> {
-    rx: mpsc::Receiver<Result<T, Status>>,
-    stalled: Arc<AtomicBool>,
-    stall_message: String,
-    finished: bool,
-}
-
 /// The `VerifierStream` response stream.
 pub type FrameStream = BoundedStream<VerifierFrame>;
-
-impl<T> tokio_stream::Stream for BoundedStream<T> {
-    type Item = Result<T, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.finished {
-            return Poll::Ready(None);
-        }
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(None) => {
-                self.finished = true;
-                if self.stalled.load(Ordering::Acquire) {
-                    return Poll::Ready(Some(Err(Status::resource_exhausted(self.stall_message.clone()))));
-                }
-                Poll::Ready(None)
-            }
-            other => other,
-        }
-    }
-}
-
-/// The task's end of a [`BoundedStream`].
-pub(crate) struct StallSender<T> {
-    tx: mpsc::Sender<Result<T, Status>>,
-    stalled: Arc<AtomicBool>,
-    stall_ms: u64,
-    what: &'static str,
-}
-
-/// The reader is gone: it disconnected, or it stalled and was dropped.
-#[derive(Debug)]
-pub(crate) struct ReaderGone;
-
-/// A channel of at most `buffered_max` items whose reader is dropped when it accepts none
-/// for `stall_ms`; `what` names the stream in the log and in the reader's error, `resume`
-/// tells the reader how to continue.
-pub(crate) fn bounded<T>(
-    what: &'static str,
-    buffered_max: usize,
-    stall_ms: u64,
-    resume: &str,
-) -> (StallSender<T>, BoundedStream<T>) {
-    let (tx, rx) = mpsc::channel(buffered_max.max(1));
-    let stalled = Arc::new(AtomicBool::new(false));
-    let stall_message = format!(
-        "{what} stream closed by the server: the reader stalled, accepting nothing for {stall_ms} ms \
-         (limit set by the replica's operator); {resume}"
-    );
-    (
-        StallSender { tx, stalled: stalled.clone(), stall_ms, what },
-        BoundedStream { rx, stalled, stall_message, finished: false },
-    )
-}
-
-impl<T> StallSender<T> {
-    /// Queues `item`, waiting at most the stall limit for room.
-    pub(crate) async fn send(&self, item: T) -> Result<(), ReaderGone> {
-        match self.tx.send_timeout(Ok(item), Duration::from_millis(self.stall_ms)).await {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                self.stalled.store(true, Ordering::Release);
-                tracing::info!(stall_ms = self.stall_ms, "closing a {} stream whose reader stalled", self.what);
-                Err(ReaderGone)
-            }
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(ReaderGone),
-        }
-    }
-
-    /// Ends the stream with `status`, unless the reader is gone or stalled (it then gets the
-    /// stall error, or nothing).
-    pub(crate) async fn fail(&self, status: Status) {
-        let _ = self.tx.send_timeout(Err(status), Duration::from_millis(self.stall_ms)).await;
-    }
-
-    /// Completes once the reader is gone.
-    pub(crate) async fn closed(&self) {
-        self.tx.closed().await;
-    }
-}
-
-/// One stream of a kind a replica serves a limited number of at once; uncounted when dropped
-/// (when the stream's task ends).
-pub(crate) struct StreamSlot {
-    open: Arc<AtomicUsize>,
-}
-
-impl StreamSlot {
-    /// Counts a stream against `max` open ones, refusing it with RESOURCE_EXHAUSTED at the
-    /// limit; `what` names the streams and their limit for the refusal, and says what to do.
-    pub(crate) fn take(open: &Arc<AtomicUsize>, max: usize, what: &str) -> Result<Self, Status> {
-        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
-            .map_err(|_| Status::resource_exhausted(format!("this replica already serves {max} {what}")))?;
-        Ok(Self { open: open.clone() })
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Completes once this replica's Raft has shut down. Open streams keep a replica's graceful
-/// shutdown waiting (the public listener waits for them to end), and the state's change
-/// channel outlives them (the node holds it), so streams watch Raft's server metrics, whose
-/// sender is dropped when Raft stops.
-pub(crate) async fn replica_stopped(node: &Node) {
-    let mut metrics = node.raft.server_metrics();
-    // Changes of leader or membership are rare; only the channel's end matters here.
-    while metrics.changed().await.is_ok() {}
-}
 
 fn frame(f: Frame) -> VerifierFrame {
     VerifierFrame { frame: Some(f) }
@@ -170,10 +48,6 @@ fn frame(f: Frame) -> VerifierFrame {
 
 fn sigs(list: Vec<(PublicKey, Signature)>) -> Vec<KeySignature> {
     list.into_iter().map(|(k, s)| KeySignature { signer: k.as_bytes().to_vec(), signature: s.0.to_vec() }).collect()
-}
-
-fn internal(e: keyraft_state::StateError) -> Status {
-    Status::internal(format!("this replica failed to read its state: {e}"))
 }
 
 /// Checks the request and starts the stream, counted in `open` against
@@ -188,7 +62,7 @@ pub fn start(node: Arc<Node>, req: &VerifierStreamRequest, open: &Arc<AtomicUsiz
         }
         n => n.min(FRAME_BYTES_MAX),
     };
-    let ratified = node.shared.applied().epoch_state.ratified_epoch;
+    let ratified = node.read.ratified_epoch();
     if req.resume_epoch == 0 {
         if !req.resume_root.is_empty() {
             return Err(Status::invalid_argument("resume_root must be empty when resume_epoch is 0"));
@@ -203,7 +77,7 @@ pub fn start(node: Arc<Node>, req: &VerifierStreamRequest, open: &Arc<AtomicUsiz
                 req.resume_epoch
             )));
         }
-        let ours = node.shared.read().root_at(req.resume_epoch).map_err(internal)?;
+        let ours = node.read.root_at(req.resume_epoch)?;
         if ours != root {
             return Err(Status::failed_precondition(format!(
                 "history diverged: your root for epoch {} is {}, this realm's is {}; keep your evidence and do not ratify",
@@ -261,7 +135,7 @@ impl Producer {
         }))
         .await?;
         let mut next = resume_epoch + 1;
-        let mut changes = self.node.shared.subscribe_epochs();
+        let mut changes = self.node.read.subscribe_epochs();
         let stopped = replica_stopped(&self.node);
         tokio::pin!(stopped);
         let mut caught_up = false;
@@ -284,7 +158,7 @@ impl Producer {
                 }
                 () = heartbeat => {
                     if next > 1 {
-                        let head = self.signed_head(next - 1)?;
+                        let head = self.signed_head(next - 1).await?;
                         self.send(Frame::Heartbeat(head)).await?;
                     }
                 }
@@ -296,23 +170,19 @@ impl Producer {
         }
     }
 
-    /// Reads an epoch under the lock, to send without it: a slow reader never holds the state.
-    fn published(&self, epoch: u64) -> Result<PublishedEpoch, Stop> {
-        self.node
-            .shared
-            .read()
-            .published_epoch(epoch)
-            .map_err(|e| Stop::Failed(internal(e)))?
-            .ok_or_else(|| Stop::Failed(Status::internal(format!("epoch {epoch} is not published"))))
+    /// Reads an epoch on a blocking thread, to send without the lock: a slow reader never
+    /// holds the state, and a large epoch never holds an async worker.
+    async fn published(&self, epoch: u64) -> Result<PublishedEpoch, Stop> {
+        self.node.read.blocking(move |read| read.published(epoch)).await.map_err(Stop::Failed)
     }
 
-    fn signed_head(&self, epoch: u64) -> Result<SignedHead, Stop> {
-        let published = self.published(epoch)?;
+    async fn signed_head(&self, epoch: u64) -> Result<SignedHead, Stop> {
+        let published = self.published(epoch).await?;
         Ok(SignedHead { head: published.head.encode(), replica_signatures: sigs(published.replica_signatures) })
     }
 
     async fn send_epoch(&self, epoch: u64) -> Result<(), Stop> {
-        let published = self.published(epoch)?;
+        let published = self.published(epoch).await?;
         let mut chunk = 0u32;
         let mut entries: Vec<Vec<u8>> = Vec::new();
         let mut bytes = 0usize;

@@ -10,7 +10,7 @@
 //!   ratified `F` yet (it lags, or the watcher came from a replica ahead of it), the stream
 //!   waits for it up to `limits.wait_ms_max` and then ends with UNAVAILABLE (retry, or watch
 //!   through another replica). Nothing is sent for `F` itself. An `F` more than
-//!   [`EPOCHS_AHEAD_MAX`](crate::service::EPOCHS_AHEAD_MAX) epochs past this replica's newest epoch is refused at once with
+//!   [`EPOCHS_AHEAD_MAX`](crate::read::EPOCHS_AHEAD_MAX) epochs past this replica's newest epoch is refused at once with
 //!   OUT_OF_RANGE: the realm cannot reach it within that wait.
 //! - Then, whenever a newer satisfying epoch `N` exists (last sent epoch `L`): a `changed`
 //!   event for each epoch in `(L, N]` in which the identity's entry changed, in increasing
@@ -30,13 +30,14 @@
 //! streams with UNAVAILABLE.
 
 use crate::node::Node;
-use crate::service::PublicService;
-use crate::verifier_stream::{bounded, replica_stopped, BoundedStream, ReaderGone, StallSender, StreamSlot};
+use crate::read::ReadView;
+use crate::stream::{bounded, replica_stopped, BoundedStream, ReaderGone, StallSender, StreamSlot};
 use keyraft_core::vrf::VrfProof;
 use keyraft_core::Index;
 use keyraft_proto::pb::{watch_event::Event, WatchEvent};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -63,15 +64,16 @@ pub(crate) struct Target {
     pub(crate) from_epoch: u64,
 }
 
-/// Starts the stream's task for a request the service validated.
+/// Starts the stream's task for a request the service validated, counted in `open` against
+/// `limits.watch_streams_max`.
 pub(crate) fn start(
-    service: PublicService,
     node: Arc<Node>,
     target: Target,
+    open: &Arc<AtomicUsize>,
 ) -> Result<BoundedStream<WatchEvent>, Status> {
-    service.check_reachable(target.from_epoch, "from_epoch")?;
+    node.read.check_reachable(target.from_epoch, "from_epoch")?;
     let slot = StreamSlot::take(
-        &service.watch_streams,
+        open,
         node.limits.watch_streams_max,
         "Watch streams (limits.watch_streams_max); retry later or watch through another replica",
     )?;
@@ -81,7 +83,7 @@ pub(crate) fn start(
         node.limits.watch_stall_ms,
         "reopen the Watch with from_epoch = the epoch of the last event you received",
     );
-    let watcher = Watcher { service, node, target, out, _slot: slot };
+    let watcher = Watcher { read: node.read.clone(), node, target: Arc::new(target), out, _slot: slot };
     tokio::spawn(watcher.run());
     Ok(stream)
 }
@@ -105,9 +107,9 @@ impl From<Status> for Stop {
 }
 
 struct Watcher {
-    service: PublicService,
+    read: ReadView,
     node: Arc<Node>,
-    target: Target,
+    target: Arc<Target>,
     out: StallSender<WatchEvent>,
     _slot: StreamSlot,
 }
@@ -122,18 +124,18 @@ impl Watcher {
     }
 
     async fn stream(&self) -> Result<(), Stop> {
-        let mut changes = self.node.shared.subscribe_epochs();
+        let mut changes = self.read.subscribe_epochs();
         let mut stopped: Stopped<'_> = Box::pin(replica_stopped(&self.node));
         let threshold = self.target.threshold;
         let mut last = if self.target.from_epoch == 0 {
             let newest = loop {
                 changes.borrow_and_update();
-                if let Some(n) = self.service.newest_satisfying(0, threshold)? {
+                if let Some(n) = self.read.newest_satisfying(0, threshold)? {
                     break n;
                 }
                 self.next_change(&mut changes, &mut stopped, None).await?;
             };
-            self.send(Event::Changed(self.proof(newest)?)).await?;
+            self.send(Event::Changed(self.proof(newest).await?)).await?;
             newest
         } else {
             self.wait_ratified(self.target.from_epoch, &mut changes, &mut stopped).await?;
@@ -144,7 +146,7 @@ impl Watcher {
             // Woken only when epochs or signatures change; the state is read only when a newer
             // epoch exists.
             if ratified > last {
-                if let Some(newest) = self.service.newest_satisfying(last + 1, threshold)? {
+                if let Some(newest) = self.read.newest_satisfying(last + 1, threshold)? {
                     self.report(last, newest).await?;
                     last = newest;
                     continue;
@@ -207,66 +209,58 @@ impl Watcher {
         let mut newest_sent = false;
         while cursor < newest {
             let window_end = newest.min(cursor.saturating_add(CHANGE_SEARCH_EPOCHS_MAX));
-            for change in self.changed_epochs(cursor, window_end)? {
+            for change in self.changed_epochs(cursor, window_end).await? {
                 if change <= cursor {
                     // Already covered by a change proven at a later satisfying epoch.
                     continue;
                 }
-                let at = self.first_satisfying(change, newest)?;
-                self.send(Event::Changed(self.proof(at)?)).await?;
+                let at = self.read.first_satisfying(change, newest, self.target.threshold)?;
+                self.send(Event::Changed(self.proof(at).await?)).await?;
                 cursor = at;
                 newest_sent = at == newest;
             }
             cursor = cursor.max(window_end);
         }
         if !newest_sent {
-            self.send(Event::Heartbeat(self.proof(newest)?)).await?;
+            self.send(Event::Heartbeat(self.proof(newest).await?)).await?;
         }
         Ok(())
     }
 
-    /// The epochs in `(after, upto]` in which the identity's entry changed, increasing. The
-    /// state lists an identity's updates newest first, one per epoch at most, so this walks
-    /// down from `upto` one update at a time and holds at most `upto - after` epoch numbers.
-    fn changed_epochs(&self, after: u64, upto: u64) -> Result<Vec<u64>, Status> {
-        let mut found = Vec::new();
-        let mut before = upto.saturating_add(1);
-        loop {
-            // The lock is taken per read so that a long search never delays an apply.
-            let newest = self.node.shared.read().update_history(&self.target.index, before, 1).map_err(internal)?;
-            match newest.first() {
-                Some((epoch, _)) if *epoch > after => {
-                    found.push(*epoch);
-                    before = *epoch;
+    /// The epochs in `(after, upto]` in which the identity's entry changed, increasing, read
+    /// on a blocking thread. The state lists an identity's updates newest first, one per epoch
+    /// at most, so this walks down from `upto` one update at a time and holds at most
+    /// `upto - after` epoch numbers.
+    async fn changed_epochs(&self, after: u64, upto: u64) -> Result<Vec<u64>, Status> {
+        let target = self.target.clone();
+        self.read
+            .blocking(move |read| {
+                let mut found = Vec::new();
+                let mut before = upto.saturating_add(1);
+                loop {
+                    // The lock is taken per read so that a long search never delays an apply.
+                    let newest = read.history(&target.index, before, 1)?;
+                    match newest.first() {
+                        Some((epoch, _)) if *epoch > after => {
+                            found.push(*epoch);
+                            before = *epoch;
+                        }
+                        _ => break,
+                    }
                 }
-                _ => break,
-            }
-        }
-        found.reverse();
-        Ok(found)
+                found.reverse();
+                Ok(found)
+            })
+            .await
     }
 
-    /// The first epoch in `[from, upto]` that satisfies the threshold (`upto` does).
-    fn first_satisfying(&self, from: u64, upto: u64) -> Result<u64, Status> {
-        for epoch in from..upto {
-            if self.service.satisfies(epoch, self.target.threshold)? {
-                return Ok(epoch);
-            }
-        }
-        Ok(upto)
-    }
-
-    fn proof(&self, epoch: u64) -> Result<Vec<u8>, Status> {
-        let t = &self.target;
-        self.service.proof(&t.user_id, t.index, t.vrf_proof, epoch, t.threshold)
+    /// The proof of the watched identity at `epoch`, built on a blocking thread.
+    async fn proof(&self, epoch: u64) -> Result<Vec<u8>, Status> {
+        let t = self.target.clone();
+        self.read.blocking(move |read| read.proof(&t.user_id, t.index, t.vrf_proof, epoch, t.threshold)).await
     }
 
     async fn send(&self, event: Event) -> Result<(), ReaderGone> {
         self.out.send(WatchEvent { event: Some(event) }).await
     }
-}
-
-fn internal(e: keyraft_state::StateError) -> Status {
-    tracing::error!(error = %e, "state read failed");
-    Status::internal(format!("this replica failed to read its state: {e}"))
 }

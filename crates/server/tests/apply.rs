@@ -75,3 +75,20 @@ async fn batched_entries_reach_the_state_of_single_commands_and_replay_changes_n
         assert_eq!(applied.unwrap().index, entries.len() as u64);
     }
 }
+
+/// A replica embedded in a current-thread runtime (a test, a tool) applies epoch closes too:
+/// handing the worker's other tasks away is an optimisation, never a panic.
+#[tokio::test(flavor = "current_thread")]
+async fn applying_an_epoch_close_on_a_current_thread_runtime_works() {
+    let h = harness_log();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store =
+        StateMachineStore::open(StateLocation::Memory, dir.path().join("snap"), h.config().clone()).unwrap();
+    let entries = entries(&h, 1);
+    let responses = RaftStateMachine::<TypeConfig>::apply(&mut store, entries.clone()).await.unwrap();
+    assert!(responses.iter().flat_map(|r| r.0.iter()).any(|r| matches!(r, ApplyResponse::EpochClosed { .. })));
+    // A snapshot is built and its file written on the same runtime.
+    let mut builder = RaftStateMachine::<TypeConfig>::get_snapshot_builder(&mut store).await;
+    let snapshot = openraft::RaftSnapshotBuilder::<TypeConfig>::build_snapshot(&mut builder).await.unwrap();
+    assert_eq!(snapshot.meta.last_log_id.unwrap().index, entries.len() as u64);
+}

@@ -12,9 +12,13 @@
 //! entries one client write at a time, and a storage batch per entry is what sled does worst
 //! (each batch seals its IO buffer and wakes its IO threads).
 //!
-//! One mutex covers the pending entries and every write to storage, so a truncation or a
-//! purge can never interleave with the flusher writing entries, and readers see each entry
-//! either pending or stored, never neither.
+//! Two mutexes: `writes` serialises every write of entries to storage (the flusher, a
+//! truncation, a purge, a vote), so a truncation or a purge never interleaves with the
+//! flusher writing entries; `pending` covers the entries not yet written and is held only
+//! briefly by the flusher (to copy them, and to drop them once written), never across a
+//! storage write, so that `append` never waits for one. An entry leaves `pending` only after
+//! it is written, so readers see each entry pending or stored, never neither. Truncations and
+//! purges scan storage on a blocking thread.
 
 use super::types::{Entry, LogId, NodeId, RaftStorageError, TypeConfig};
 use super::{io_err, postcard_err};
@@ -55,6 +59,7 @@ type Pending = BTreeMap<u64, Vec<u8>>;
 pub struct LogStore {
     store: Arc<dyn Storage>,
     pending: Arc<Mutex<Pending>>,
+    writes: Arc<Mutex<()>>,
     flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
@@ -64,8 +69,8 @@ impl Debug for LogStore {
     }
 }
 
-fn lock(pending: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
-    pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Moves every pending entry into `batch` (the caller holds the lock and writes the batch).
@@ -80,7 +85,8 @@ impl LogStore {
     pub fn new(store: Arc<dyn Storage>) -> Self {
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let pending: Arc<Mutex<Pending>> = Arc::default();
-        let (flush_store, flush_pending) = (store.clone(), pending.clone());
+        let writes: Arc<Mutex<()>> = Arc::default();
+        let (flush_store, flush_pending, flush_writes) = (store.clone(), pending.clone(), writes.clone());
         std::thread::Builder::new()
             .name("keyraft-log-flush".into())
             .spawn(move || {
@@ -88,14 +94,22 @@ impl LogStore {
                     let mut waiting = vec![first];
                     waiting.extend(rx.try_iter());
                     let written = {
-                        let mut guard = lock(&flush_pending);
+                        let _writing = lock(&flush_writes);
+                        // Copied under the lock, written without it: appends go on meanwhile.
+                        let copied: Pending = lock(&flush_pending).clone();
                         let mut batch = Batch::new();
-                        drain_into(&mut guard, &mut batch);
-                        if batch.is_empty() {
-                            Ok(())
-                        } else {
-                            flush_store.write(batch)
+                        for (index, bytes) in &copied {
+                            batch.put(entry_key(*index), bytes.clone());
                         }
+                        let written = if batch.is_empty() { Ok(()) } else { flush_store.write(batch) };
+                        if written.is_ok() {
+                            // Only truncations replace entries, and they wait for `writes`.
+                            let mut pending = lock(&flush_pending);
+                            for index in copied.keys() {
+                                pending.remove(index);
+                            }
+                        }
+                        written
                     };
                     let result = written.and_then(|()| flush_store.flush());
                     for callback in waiting {
@@ -108,7 +122,18 @@ impl LogStore {
                 }
             })
             .expect("spawning the log flusher thread");
-        Self { store, pending, flusher: tx }
+        Self { store, pending, writes, flusher: tx }
+    }
+
+    /// Runs `f` on a blocking thread: storage scans and writes stay off the async workers.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&LogStore) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(|e| StorageError::Engine(format!("log storage task failed: {e}")))?
     }
 
     fn get_record<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -206,6 +231,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut b = Batch::new();
         {
             // Entries appended before the vote reach storage with it, in order.
+            let _writing = lock(&self.writes);
             let mut guard = lock(&self.pending);
             drain_into(&mut guard, &mut b);
             b.put(VOTE, postcard::to_allocvec(vote).map_err(|e| err(postcard_err(e)))?);
@@ -247,27 +273,39 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
-        let mut guard = lock(&self.pending);
-        guard.retain(|index, _| *index < log_id.index);
-        let mut b = Batch::new();
-        for item in self.store.range(&entry_key(log_id.index), Some(&entry_key(u64::MAX)), Direction::Forward) {
-            let (k, _) = item.map_err(write_err)?;
-            b.delete(k);
-        }
-        self.store.write(b).map_err(write_err)
+        self.blocking(move |log| {
+            let _writing = lock(&log.writes);
+            // Held across the deletion, so that readers never see truncated entries.
+            let mut guard = lock(&log.pending);
+            guard.retain(|index, _| *index < log_id.index);
+            let mut b = Batch::new();
+            for item in log.store.range(&entry_key(log_id.index), Some(&entry_key(u64::MAX)), Direction::Forward) {
+                let (k, _) = item?;
+                b.delete(k);
+            }
+            log.store.write(b)
+        })
+        .await
+        .map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
-        let mut guard = lock(&self.pending);
-        guard.retain(|index, _| *index > log_id.index);
-        let mut b = Batch::new();
-        b.put(PURGED, postcard::to_allocvec(&log_id).map_err(|e| write_err(postcard_err(e)))?);
-        for item in
-            self.store.range(&entry_key(0), Some(&entry_key(log_id.index.saturating_add(1))), Direction::Forward)
-        {
-            let (k, _) = item.map_err(write_err)?;
-            b.delete(k);
-        }
-        self.store.write(b).map_err(write_err)
+        let purged = postcard::to_allocvec(&log_id).map_err(|e| write_err(postcard_err(e)))?;
+        self.blocking(move |log| {
+            let _writing = lock(&log.writes);
+            let mut guard = lock(&log.pending);
+            guard.retain(|index, _| *index > log_id.index);
+            let mut b = Batch::new();
+            b.put(PURGED, purged);
+            for item in
+                log.store.range(&entry_key(0), Some(&entry_key(log_id.index.saturating_add(1))), Direction::Forward)
+            {
+                let (k, _) = item?;
+                b.delete(k);
+            }
+            log.store.write(b)
+        })
+        .await
+        .map_err(write_err)
     }
 }

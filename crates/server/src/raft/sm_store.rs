@@ -358,7 +358,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             // Closing an epoch takes long enough to starve other tasks on this worker; hand the
             // worker's other work to another thread for it. Other entries are short.
             let r = if closes_epoch(&entry) {
-                tokio::task::block_in_place(|| self.apply_one(entry))
+                crate::blocking::in_place(|| self.apply_one(entry))
             } else {
                 self.apply_one(entry)
             }
@@ -385,7 +385,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // Apply is paused while this runs: the dump is a consistent view of one log position.
-        let prepared = tokio::task::block_in_place(|| {
+        let prepared = crate::blocking::in_place(|| {
             let machine = self.shared.read();
             let store = machine.store();
             store.flush().map_err(|e| e.to_string())?;
@@ -421,8 +421,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     ) -> Result<(), RaftStorageError> {
         let mut received = snapshot.into_std().await;
         let meta = meta.clone();
-        tokio::task::block_in_place(|| self.install(&meta, &mut received))
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        crate::blocking::in_place(|| self.install(&meta, &mut received)).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
         self.shared.notify(index, true);
         tracing::info!(snapshot = %meta.snapshot_id, last_log = ?meta.last_log_id, "snapshot installed");
