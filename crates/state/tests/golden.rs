@@ -201,7 +201,7 @@ fn vectors(r: &Realm) -> Vec<Vector> {
         absence: absent_user(h, 2, "empty"),
         other_leaf: absent_user(h, 2, "other"),
     };
-    [accepted(&p), refused_early(&p), refused_late(&p), refused_signed_non_canonical(&p)]
+    [accepted(&p), refused_early(&p), refused_late(&p), refused_past(&p), refused_signed_non_canonical(&p)]
         .into_iter()
         .flatten()
         .collect()
@@ -418,6 +418,14 @@ fn refused_late(p: &Proofs<'_>) -> Vec<Vector> {
             rollback_floor: Some(2),
             ..base("", "", inclusion1, Some("rollback"))
         },
+    ]
+}
+
+/// Vectors checked as statements about a past epoch (section 5.2) and refused.
+fn refused_past(p: &Proofs<'_>) -> Vec<Vector> {
+    let inclusion = &p.inclusion;
+    let base = |name, description, proof: &LookupProof, check| p.base(name, description, proof, check);
+    vec![
         Vector {
             name: "past-epoch-mismatch",
             description: "the epoch-2 proof checked as a statement about epoch 1",
