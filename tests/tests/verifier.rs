@@ -134,7 +134,7 @@ fn unratified(realm: &Realm) -> (Vec<u64>, u64) {
 fn verifier_state_epoch(realm: &Realm) -> u64 {
     let store = keyraft_storage::SledStorage::open(&realm.path().join("data/verifier-1/state")).unwrap();
     let config = realm.realm_file().config().unwrap();
-    keyraft_state::verifier::VerifierState::open(store, config).unwrap().last_epoch()
+    keyraft_epoch::verifier::VerifierState::open(store, config).unwrap().last_epoch()
 }
 
 /// A realm cutting an epoch every 50 ms whose verifier was stopped while it cut a few hundred,

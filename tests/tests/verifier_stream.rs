@@ -134,6 +134,12 @@ fn verifiers_stream_identical_signed_epochs_from_any_replica_and_resume_by_root(
         let e = client(&realm, 1).verifier_stream(req).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
         assert!(e.message().contains("diverged"), "{e}");
+        // The refusal is typed, for the verifier to act on without reading the words.
+        assert_eq!(
+            keyraft_proto::convert::Refusal::of(&e),
+            Some(keyraft_proto::convert::Refusal::HistoryDiverged { epoch: 2 }),
+            "{e}"
+        );
         let req = VerifierStreamRequest { resume_epoch: 1_000_000, resume_root: vec![0; 32], max_frame_bytes: 0 };
         let e = client(&realm, 1).verifier_stream(req).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");

@@ -1124,15 +1124,20 @@ async fn submit_until_answered(
         return Ok(response);
     }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(UPDATE_RETRY_MS);
-    let mut delay = Duration::from_millis(UPDATE_RETRY_DELAY_MS);
+    let mut retry = 0u32;
     let mut last = why;
     loop {
+        let delay = Duration::from_millis(keyraft_core::backoff::delay_ms(
+            retry,
+            UPDATE_RETRY_DELAY_MS,
+            UPDATE_RETRY_DELAY_MAX_MS,
+        ));
+        retry = retry.saturating_add(1);
         if tokio::time::Instant::now() + delay >= deadline {
             return Err(unanswered(&last));
         }
         tracing::info!(user_id, error = %last, "update: try again; resubmitting the same update");
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(UPDATE_RETRY_DELAY_MAX_MS));
         let attempt = client.submit(user_id, update, threshold, wait_ms);
         match tokio::time::timeout_at(deadline, attempt).await {
             Err(_) => return Err(unanswered(&last)),

@@ -130,7 +130,7 @@ impl Watch {
                     Ok(update) => {
                         self.failures = 0;
                         let issued = update.answer().lookup.head.issue_time_ms;
-                        if issued.saturating_add(self.client.realm().epoch_ttl_ms) >= crate::now_ms() {
+                        if !self.client.realm().head_expired(issued, crate::now_ms()) {
                             self.last_fresh = std::time::Instant::now();
                         }
                         return Some(Ok(update));

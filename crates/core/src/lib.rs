@@ -21,6 +21,7 @@
 //! - [`tree`], [`lookup`]: proofs and their verification, returning [`Verified`] values.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod command;
 pub mod ed25519;
 pub mod encoding;

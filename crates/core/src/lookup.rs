@@ -168,6 +168,35 @@ pub struct ClientRealm {
     pub clock_skew_ms: u64,
 }
 
+impl ClientRealm {
+    /// Whether a head issued at `issue_time_ms` is older than this client's TTL at `now_ms`:
+    /// the realm may be hiding newer epochs.
+    pub fn head_expired(&self, issue_time_ms: u64, now_ms: u64) -> bool {
+        issue_time_ms.saturating_add(self.epoch_ttl_ms) < now_ms
+    }
+
+    /// Check 3, the one freshness rule of lookups and watches: `head` is within the TTL at
+    /// `now_ms` and not from further in the future than the allowed skew.
+    pub fn check_fresh(&self, head: &EpochHead, now_ms: u64) -> Result<(), VerifyError> {
+        if self.head_expired(head.issue_time_ms, now_ms) {
+            return Err(VerifyError::HeadExpired {
+                epoch: head.epoch,
+                issue_time_ms: head.issue_time_ms,
+                now_ms,
+                ttl_ms: self.epoch_ttl_ms,
+            });
+        }
+        if head.issue_time_ms > now_ms.saturating_add(self.clock_skew_ms) {
+            return Err(VerifyError::HeadFromFuture {
+                issue_time_ms: head.issue_time_ms,
+                now_ms,
+                skew_ms: self.clock_skew_ms,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A verified answer about one user id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lookup {
@@ -405,21 +434,7 @@ fn verify(
 
     // 3. Freshness.
     if let When::Present { now_ms, .. } = when {
-        if head.issue_time_ms.saturating_add(realm.epoch_ttl_ms) < now_ms {
-            return Err(VerifyError::HeadExpired {
-                epoch: head.epoch,
-                issue_time_ms: head.issue_time_ms,
-                now_ms,
-                ttl_ms: realm.epoch_ttl_ms,
-            });
-        }
-        if head.issue_time_ms > now_ms.saturating_add(realm.clock_skew_ms) {
-            return Err(VerifyError::HeadFromFuture {
-                issue_time_ms: head.issue_time_ms,
-                now_ms,
-                skew_ms: realm.clock_skew_ms,
-            });
-        }
+        realm.check_fresh(head, now_ms)?;
     }
 
     // 4. Quorum.
@@ -475,9 +490,11 @@ fn check_quorum(realm: &ClientRealm, proof: &LookupProof) -> Result<Vec<PublicKe
             return Err(VerifyError::BadReplicaSignature { signer: signer.to_string() });
         }
     }
-    let need = config.replica_majority();
-    if proof.replica_signatures.len() < need {
-        return Err(VerifyError::ReplicaMajorityMissing { have: proof.replica_signatures.len(), need });
+    if !config.is_replica_majority(proof.replica_signatures.len()) {
+        return Err(VerifyError::ReplicaMajorityMissing {
+            have: proof.replica_signatures.len(),
+            need: config.replica_majority(),
+        });
     }
     let ratification = ratification_message(&proof.head);
     let mut ratified_by = Vec::with_capacity(proof.verifier_signatures.len());

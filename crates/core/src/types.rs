@@ -251,6 +251,13 @@ impl RealmConfig {
         self.replica_keys.len() / 2 + 1
     }
 
+    /// Whether `signers` distinct replicas make a strict majority: the one majority rule of
+    /// replicas (ratifying an epoch), verifiers (accepting a streamed head) and clients
+    /// (accepting a proof).
+    pub fn is_replica_majority(&self, signers: usize) -> bool {
+        signers >= self.replica_majority()
+    }
+
     /// `H(realm-config, encoding)`, carried in every head.
     pub fn hash(&self) -> Digest {
         hash(label::REALM_CONFIG, &[&self.encode()])

@@ -166,6 +166,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn refusals_travel_as_a_detail_not_as_words() {
+        let status = Refusal::HistoryDiverged { epoch: 7 }.to_status("any words at all");
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(Refusal::of(&status), Some(Refusal::HistoryDiverged { epoch: 7 }));
+        // Words alone are no refusal, and neither is the detail under another code.
+        assert_eq!(Refusal::of(&tonic::Status::failed_precondition("history diverged")), None);
+        let mut other = tonic::Status::unavailable("x");
+        other.metadata_mut().insert(REFUSAL_METADATA_KEY, "history-diverged/7".parse().unwrap());
+        assert_eq!(Refusal::of(&other), None);
+    }
+
+    #[test]
     fn a_lookup_reply_without_a_hint_travels_as_zero_and_comes_back_as_none() {
         let hinted = LookupReply { proof: vec![1, 2], newest_epoch_hint: Some(31) };
         let wire = pb::LookupResponse::from(hinted.clone());
@@ -173,5 +185,44 @@ mod tests {
         assert_eq!(LookupReply::from(wire), hinted);
         let older_replica = pb::LookupResponse { proof: vec![3], newest_epoch_hint: 0 };
         assert_eq!(LookupReply::from(older_replica).newest_epoch_hint, None);
+    }
+}
+
+/// The metadata key carrying a [`Refusal`] on a gRPC status.
+pub const REFUSAL_METADATA_KEY: &str = "keyraft-refusal";
+
+/// A refusal a caller acts on by its kind, carried as a machine-readable detail (status
+/// metadata) next to the human message, so that no caller matches message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// A verifier asked to resume a stream after `epoch` with a root other than this
+    /// replica's: their histories diverged at or before `epoch`.
+    HistoryDiverged {
+        /// The epoch whose roots differ.
+        epoch: u64,
+    },
+}
+
+impl Refusal {
+    /// The status refusing with this detail: `FAILED_PRECONDITION` with `message`.
+    pub fn to_status(self, message: impl Into<String>) -> tonic::Status {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        let Self::HistoryDiverged { epoch } = self;
+        if let Ok(value) = format!("history-diverged/{epoch}").parse() {
+            metadata.insert(REFUSAL_METADATA_KEY, value);
+        }
+        tonic::Status::with_metadata(tonic::Code::FailedPrecondition, message, metadata)
+    }
+
+    /// The refusal a status carries, if any (a status without it, or with a kind this build
+    /// does not know, carries none).
+    pub fn of(status: &tonic::Status) -> Option<Self> {
+        if status.code() != tonic::Code::FailedPrecondition {
+            return None;
+        }
+        let value = status.metadata().get(REFUSAL_METADATA_KEY)?.to_str().ok()?;
+        let epoch = value.strip_prefix("history-diverged/")?.parse().ok()?;
+        Some(Self::HistoryDiverged { epoch })
     }
 }

@@ -79,7 +79,7 @@ pub fn start(node: Arc<Node>, req: &VerifierStreamRequest, open: &Arc<AtomicUsiz
         }
         let ours = node.read.root_at(req.resume_epoch)?;
         if ours != root {
-            return Err(Status::failed_precondition(format!(
+            return Err(keyraft_proto::convert::Refusal::HistoryDiverged { epoch: req.resume_epoch }.to_status(format!(
                 "history diverged: your root for epoch {} is {}, this realm's is {}; keep your evidence and do not ratify",
                 req.resume_epoch,
                 hex::encode(root),

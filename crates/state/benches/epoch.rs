@@ -4,9 +4,9 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use keyraft_core::{Command, Entry, Index, LogPosition, Policy, SignedEntry, Update};
+use keyraft_epoch::testing::rss_mib;
 use keyraft_state::harness::{derive_signing_key, public_key, test_profile, Harness};
 use keyraft_state::proposer::sign_head;
-use keyraft_state::testing::rss_mib;
 use keyraft_state::StateMachine;
 use keyraft_storage::{SledOptions, SledStorage, Storage};
 use rand::{Rng, SeedableRng};

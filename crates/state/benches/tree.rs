@@ -7,9 +7,9 @@ use ed25519_dalek::Signer as _;
 use keyraft_core::lookup::{head_signing_message, ratification_message};
 use keyraft_core::tree::Terminal;
 use keyraft_core::{verify_lookup, Canonical, Digest, Index, Signature};
+use keyraft_epoch::testing::rss_mib;
+use keyraft_epoch::testing::TreeFixture;
 use keyraft_state::harness::{derive_signing_key, Harness};
-use keyraft_state::testing::rss_mib;
-use keyraft_state::testing::TreeFixture;
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 

@@ -5,8 +5,8 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use keyraft_core::{decode_canonical, Canonical, SignedEntry};
+use keyraft_epoch::verifier::VerifierState;
 use keyraft_state::harness::{derive_signing_key, Harness};
-use keyraft_state::verifier::VerifierState;
 use keyraft_storage::MemoryStorage;
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ fn verifier(c: &mut Criterion) {
     let mut group = c.benchmark_group("verifier_10k_registrations");
     group.sample_size(10).measurement_time(Duration::from_secs(20));
     group.bench_function("decode_on_every_core", |b| {
-        b.iter(|| keyraft_state::parallel::try_map(&raw, |_, r| decode_canonical::<SignedEntry>(r)).unwrap());
+        b.iter(|| keyraft_epoch::parallel::try_map(&raw, |_, r| decode_canonical::<SignedEntry>(r)).unwrap());
     });
     group.bench_function("check_epoch_on_every_core", |b| {
         b.iter_batched(

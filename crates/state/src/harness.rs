@@ -2,7 +2,6 @@
 //! every replica, verifier and user derived from a seed. Tests use it to register, update,
 //! cut epochs, sign, ratify, look up and verify without any network.
 
-use crate::error::StateError;
 use crate::machine::{Outcome, StateMachine};
 use crate::proposer::{ratify_head, sign_head};
 use ed25519_dalek::SigningKey;
@@ -11,6 +10,7 @@ use keyraft_core::types::vrf_input;
 use keyraft_core::vrf::{VrfProof, VrfSecretKey};
 use keyraft_core::{Command, LogPosition};
 use keyraft_core::{Entry, EpochHead, Index, Policy, Profile, RealmConfig, SignedEntry, Update};
+use keyraft_epoch::StateError;
 use keyraft_storage::{MemoryStorage, Storage};
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;

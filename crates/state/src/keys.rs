@@ -17,7 +17,6 @@
 
 use keyraft_core::Index;
 
-pub(crate) const TREE: u8 = b't';
 pub(crate) const UPDATE: u8 = b'u';
 pub(crate) const EPOCH_UPDATES: u8 = b'e';
 pub(crate) const HEAD: u8 = b'h';
@@ -64,18 +63,4 @@ pub(crate) fn signature(space: u8, epoch: u64, signer: &[u8; 32]) -> Vec<u8> {
     k
 }
 
-/// Zeroes every bit at position `depth` and beyond.
-pub(crate) fn mask_after(bytes: &mut [u8; 32], depth: usize) {
-    for (i, b) in bytes.iter_mut().enumerate() {
-        let start = i * 8;
-        if start >= depth {
-            *b = 0;
-        } else if depth - start < 8 {
-            *b &= 0xffu8 << (8 - (depth - start));
-        }
-    }
-}
-
-pub(crate) fn be_u64(bytes: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(bytes.try_into().ok()?))
-}
+pub(crate) use keyraft_epoch::keys::be_u64;

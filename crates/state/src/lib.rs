@@ -1,7 +1,10 @@
 //! # keyraft-state
 //!
-//! The deterministic heart of a keyraft replica: the persistent prefix tree and the step
-//! function that applies the replicated log to it, over any `keyraft_storage::Storage`.
+//! The deterministic heart of a keyraft replica: the step function that applies the
+//! replicated log to the stored state, over any `keyraft_storage::Storage`. The tree, the
+//! head chain and the verifier's recomputation live in `keyraft_epoch`, which replicas and
+//! verifiers share: this crate closes epochs with the same functions a verifier checks them
+//! with.
 //! Nothing here touches the network, a clock or randomness; the server crate feeds the
 //! committed log in and runs the returned effects.
 //!
@@ -12,19 +15,17 @@
 //! - [`harness`]: a whole realm in one process, driven by an in-memory log, for tests and demos.
 #![forbid(unsafe_code)]
 
-mod error;
 pub mod harness;
 mod keys;
 mod machine;
-pub mod parallel;
 mod proof;
 pub mod proposer;
-#[doc(hidden)]
-pub mod testing;
-mod tree;
-pub mod verifier;
 
-pub use error::StateError;
+pub use keyraft_epoch::StateError;
+
+fn corrupt(what: impl std::fmt::Display) -> StateError {
+    StateError::corrupt(what)
+}
 pub use keyraft_core::{Command, LogPosition};
 pub use machine::{
     Effect, EpochState, Ignored, Outcome, PublishedEpoch, Rejected, StateMachine, Step, STATE_FORMAT_VERSION,

@@ -13,9 +13,8 @@
 //!   keyserver-ratified, so ratification happens in epoch order too;
 //! - at most one update per index is staged in the open epoch.
 
-use crate::error::{corrupt, StateError};
+use crate::corrupt;
 use crate::keys;
-use crate::tree;
 use keyraft_core::lookup::{head_signing_message, ratification_message};
 use keyraft_core::tree::TreeProof;
 use keyraft_core::update::check_update;
@@ -23,6 +22,9 @@ use keyraft_core::{
     decode_canonical, Canonical, Digest, EpochHead, Index, PublicKey, RealmConfig, Signature, Update, UpdateRejection,
 };
 use keyraft_core::{Command, LogPosition};
+use keyraft_epoch::head::{close_epoch, ChainTip, ClosedEpoch};
+use keyraft_epoch::tree;
+use keyraft_epoch::StateError;
 use keyraft_storage::{check_format_version, prefix_successor, Batch, Direction, Storage};
 use std::collections::BTreeMap;
 
@@ -237,7 +239,6 @@ pub struct PublishedEpoch {
 pub struct StateMachine<S> {
     store: S,
     config: RealmConfig,
-    config_hash: Digest,
     epoch_state: EpochState,
     applied: LogPosition,
     pages: tree::PageCache,
@@ -305,7 +306,6 @@ impl<S: Storage> StateMachine<S> {
             },
             Some(_) => return Err(corrupt("applied position has the wrong length")),
         };
-        let config_hash = config.hash();
         let open_leaves: BTreeMap<Index, Digest> =
             epoch_leaves(&store, epoch_state.open_epoch())?.into_iter().collect();
         if open_leaves.len() as u64 != epoch_state.pending_updates {
@@ -318,7 +318,6 @@ impl<S: Storage> StateMachine<S> {
         Ok(Self {
             store,
             config,
-            config_hash,
             epoch_state,
             applied,
             pages: tree::PageCache::default(),
@@ -403,6 +402,8 @@ impl<S: Storage> StateMachine<S> {
     /// The step must have been computed against the current state and nothing else may have
     /// been committed in between.
     pub fn commit(&mut self, step: Step) -> Result<(Outcome, Vec<Effect>), StateError> {
+        // A programming error, never a consequence of log contents: the caller committed a
+        // step computed against another state. Panicking here is right.
         assert!(step.base_applied == self.applied, "a step must be committed onto the state it was computed from");
         let mut batch = std::mem::take(&mut self.unwritten);
         self.unwritten_staged.clear();
@@ -429,6 +430,7 @@ impl<S: Storage> StateMachine<S> {
     /// itself does: it consults the deferred staged updates). If writing fails the replica must
     /// stop, as after any storage error.
     pub fn commit_deferred(&mut self, step: Step) -> Result<(Outcome, Vec<Effect>), StateError> {
+        // As in `commit`: a caller's programming error, not reachable from log contents.
         assert!(step.base_applied == self.applied, "a step must be committed onto the state it was computed from");
         if !step.deferrable || step.closed_epoch || !step.written_pages.is_empty() {
             return self.commit(step);
@@ -563,26 +565,11 @@ impl<S: Storage> StateMachine<S> {
         if leaves.len() as u64 != st.pending_updates {
             return Err(corrupt(format!("{} staged updates, epoch state says {}", leaves.len(), st.pending_updates)));
         }
-        let (root, written) = tree::apply_epoch(
-            &self.store,
-            &self.pages,
-            (st.last_epoch > 0).then_some(st.last_epoch),
-            epoch,
-            &leaves,
-            &mut step.batch,
-        )?;
+        let tip = ChainTip { epoch: st.last_epoch, head_hash: st.last_head_hash, issue_time_ms: st.last_issue_time_ms };
+        let ClosedEpoch { head, written } =
+            close_epoch(&self.store, &self.pages, &self.config, &tip, &leaves, timestamp_ms, &mut step.batch)?;
         step.written_pages = written;
         step.closed_epoch = true;
-        let head = EpochHead {
-            realm: self.config.realm.clone(),
-            epoch,
-            root,
-            previous_head_hash: st.last_head_hash,
-            // A new leader's clock may lag the old one's; heads never go back in time.
-            issue_time_ms: timestamp_ms.max(st.last_issue_time_ms),
-            update_count: st.pending_updates,
-            config_hash: self.config_hash,
-        };
         step.batch.put(keys::head(epoch), head.encode());
         step.epoch_state = EpochState {
             last_epoch: epoch,
@@ -618,10 +605,22 @@ impl<S: Storage> StateMachine<S> {
         step.batch.put(key, signature.0.to_vec());
         let stored = self.count(&keys::epoch_prefix(keys::REPLICA_SIG, epoch))? + 1;
         step.effects.push(Effect::SignaturesChanged { epoch });
-        let ratified = stored == self.config.replica_majority();
+        // Ratified by this signature: a majority now, and not before it.
+        let ratified = self.config.is_replica_majority(stored) && !self.config.is_replica_majority(stored - 1);
         if ratified {
-            // Delimiters wait for ratification, so only the last epoch can be completing.
-            assert_eq!(epoch, self.epoch_state.last_epoch, "an older epoch reached its majority late");
+            // Delimiters wait for ratification, so only the last epoch can be completing. An
+            // older one completing means the stored signatures contradict the epoch state;
+            // every replica would meet it on the same entry, so it stops this replica with an
+            // error (its data is at fault) rather than a panic.
+            if epoch != self.epoch_state.last_epoch {
+                return Err(StateError::Inconsistent {
+                    epoch,
+                    what: format!(
+                        "epoch {epoch} reached its replica majority only now, but epoch {} was closed after it, which requires epoch {epoch} ratified first",
+                        self.epoch_state.last_epoch
+                    ),
+                });
+            }
             step.epoch_state.ratified_epoch = epoch;
             step.effects.push(Effect::EpochRatified { epoch });
         }

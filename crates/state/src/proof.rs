@@ -1,10 +1,11 @@
 //! Assembling the server's half of a lookup proof from stored state.
 
-use crate::error::{corrupt, StateError};
+use crate::corrupt;
 use crate::machine::StateMachine;
 use keyraft_core::lookup::PositionalSignature;
 use keyraft_core::tree::{Terminal, TreeProof};
 use keyraft_core::{Entry, EpochHead, Index, Profile, PublicKey, Signature};
+use keyraft_epoch::StateError;
 use keyraft_storage::Storage;
 
 /// Everything in a lookup proof except the user id and the VRF proof, which only the edge

@@ -6,10 +6,8 @@
 //! restart; here nothing about it lives outside the stored state.
 
 use crate::machine::EpochState;
-use ed25519_dalek::{Signer as _, SigningKey};
-use keyraft_core::lookup::{head_signing_message, ratification_message};
-use keyraft_core::Command;
-use keyraft_core::{EpochHead, PublicKey, Signature};
+/// The signatures over heads live with the epoch rules, which verifiers share.
+pub use keyraft_epoch::signing::{ratify_head, sign_head};
 
 /// How often epochs are cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,35 +72,13 @@ pub fn decide_epoch(state: &EpochState, is_leader: bool, now_ms: u64, intervals:
     EpochDecision::WaitUntil { at_ms }
 }
 
-/// Capped exponential backoff for re-proposing: `base * 2^attempt`, at most `cap`.
-pub fn retry_delay_ms(attempt: u32, base_ms: u64, cap_ms: u64) -> u64 {
-    base_ms.saturating_mul(1u64.checked_shl(attempt.min(63)).unwrap_or(u64::MAX)).min(cap_ms)
-}
+/// Capped exponential backoff for re-proposing: the rule clients and verifiers retry by too.
+pub use keyraft_core::backoff::delay_ms as retry_delay_ms;
 
 /// The signature proposer: the epoch this replica should sign, if any. `signed_last` says
 /// whether the state already holds this replica's signature over the last head.
 pub fn epoch_to_sign(state: &EpochState, signed_last: bool) -> Option<u64> {
     (state.last_epoch > 0 && !signed_last).then_some(state.last_epoch)
-}
-
-/// The command carrying this replica's signature over `head`.
-pub fn sign_head(key: &SigningKey, head: &EpochHead) -> Result<Command, keyraft_core::DecodeError> {
-    let signature = Signature(key.sign(&head_signing_message(head)).to_bytes());
-    Ok(Command::ReplicaSignature {
-        epoch: head.epoch,
-        signer: PublicKey::from_verifying_key(&key.verifying_key())?,
-        signature,
-    })
-}
-
-/// A verifier's ratification of `head`.
-pub fn ratify_head(key: &SigningKey, head: &EpochHead) -> Result<Command, keyraft_core::DecodeError> {
-    let signature = Signature(key.sign(&ratification_message(head)).to_bytes());
-    Ok(Command::VerifierSignature {
-        epoch: head.epoch,
-        verifier: PublicKey::from_verifying_key(&key.verifying_key())?,
-        signature,
-    })
 }
 
 #[cfg(test)]
@@ -147,14 +123,6 @@ mod tests {
         let idle = state(3, 3, 1000, 0);
         assert_eq!(decide_epoch(&idle, true, 1100, IV), EpochDecision::WaitUntil { at_ms: 2000 });
         assert_eq!(decide_epoch(&idle, true, 2000, IV), EpochDecision::Propose { epoch: 4, timestamp_ms: 2000 });
-    }
-
-    #[test]
-    fn backoff_is_capped() {
-        assert_eq!(retry_delay_ms(0, 50, 1000), 50);
-        assert_eq!(retry_delay_ms(3, 50, 1000), 400);
-        assert_eq!(retry_delay_ms(10, 50, 1000), 1000);
-        assert_eq!(retry_delay_ms(200, 50, 1000), 1000);
     }
 
     #[test]

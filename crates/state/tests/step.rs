@@ -416,3 +416,36 @@ fn deferred_commits_reach_the_same_state_and_survive_crashes() {
         }
     }
 }
+
+/// A replica whose stored signatures contradict its epoch state (an older epoch lacking the
+/// majority it needed before the next one closed) stops with an error naming the epoch when
+/// a committed signature completes that majority: a panic there would take down every
+/// replica at once, on the same entry.
+#[test]
+fn an_older_epoch_completing_its_majority_is_an_inconsistency_error_not_a_panic() {
+    let mut h = Harness::new("inconsistent.example", 3, 1, 31);
+    h.cut_epoch().unwrap();
+    h.sign(1, 2).unwrap();
+    assert_eq!(h.machine.epoch_state().ratified_epoch, 1);
+    h.cut_epoch().unwrap();
+    assert_eq!(h.machine.epoch_state().last_epoch, 2);
+    // Damage: one of epoch 1's two signatures disappears from storage (key `r || epoch || signer`).
+    let (signer, _) = h.machine.replica_signatures(1).unwrap()[0];
+    let mut key = vec![b'r'];
+    key.extend_from_slice(&1u64.to_be_bytes());
+    key.extend_from_slice(signer.as_bytes());
+    let mut damage = keyraft_storage::Batch::new();
+    damage.delete(key);
+    h.machine.store().write(damage).unwrap();
+    let head = h.machine.head(1).unwrap().unwrap();
+    let third = sign_head(&h.replicas[2], &head).unwrap();
+    let applied = h.machine.applied();
+    match h.append(third) {
+        Err(keyraft_state::StateError::Inconsistent { epoch: 1, what }) => {
+            assert!(what.contains("epoch 2"), "{what}");
+        }
+        other => panic!("expected an inconsistency error for epoch 1, got {other:?}"),
+    }
+    // Nothing of the entry was applied.
+    assert_eq!(h.machine.applied(), applied);
+}

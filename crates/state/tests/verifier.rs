@@ -2,8 +2,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use keyraft_core::{EpochHead, SignedEntry};
+use keyraft_epoch::verifier::{Mismatch, VerifierState, VerifyFailure};
 use keyraft_state::harness::{derive_signing_key, Harness};
-use keyraft_state::verifier::{Mismatch, VerifierState, VerifyFailure};
 use keyraft_storage::MemoryStorage;
 
 fn realm() -> Harness {
@@ -41,7 +41,7 @@ fn published(h: &Harness) -> Vec<(Vec<SignedEntry>, EpochHead)> {
         .collect()
 }
 
-fn mismatch(r: Result<keyraft_state::verifier::CheckedEpoch, VerifyFailure>) -> Mismatch {
+fn mismatch(r: Result<keyraft_epoch::verifier::CheckedEpoch, VerifyFailure>) -> Mismatch {
     match r {
         Err(VerifyFailure::Mismatch(m)) => m,
         other => panic!("expected a mismatch, got {other:?}"),

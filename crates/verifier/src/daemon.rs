@@ -1,13 +1,16 @@
 //! The verifier's loop: stream, check, commit, sign, push.
 
 use ed25519_dalek::SigningKey;
+use keyraft_core::backoff;
 use keyraft_core::lookup::head_signing_message;
 use keyraft_core::{decode_canonical, Canonical, EpochHead, PublicKey, RealmConfig, RealmFile, Signature, SignedEntry};
+use keyraft_epoch::signing::ratification_signature;
+use keyraft_epoch::verifier::{Mismatch, VerifierState, VerifyFailure};
+use keyraft_epoch::StateError;
+use keyraft_proto::convert::Refusal;
 use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_proto::pb::verifier_frame::{Frame, SignedHead};
 use keyraft_proto::pb::{ListEpochsRequest, PushRatificationRequest, VerifierStreamRequest};
-use keyraft_state::proposer::ratify_head;
-use keyraft_state::verifier::{Mismatch, VerifierState, VerifyFailure};
 use keyraft_storage::SledStorage;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -72,9 +75,24 @@ pub enum Error {
         /// The evidence file.
         evidence: String,
     },
-    /// Local storage failed.
-    #[error("local state: {0}")]
-    State(String),
+    /// This verifier's own storage failed or holds what it cannot accept: its disk or data
+    /// directory is at fault, not the realm. Once repaired, a restart resumes from what the
+    /// storage holds.
+    #[error("this verifier's local state failed (its own storage is at fault, not the realm): {0}")]
+    State(#[from] StateError),
+    /// The data directory could not be created: the operator's configuration or disk.
+    #[error("cannot create the verifier's data directory {}: {source}", path.display())]
+    DataDir {
+        /// The directory (`data_dir`).
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The task pushing ratifications stopped while epochs still needed pushing: a fault of
+    /// this verifier (it panicked), not of the realm.
+    #[error("this verifier's ratification push task stopped")]
+    PushTaskStopped,
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
@@ -143,13 +161,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if endpoints.is_empty() {
         return Err(Error::Config("no endpoints: none configured and none in the realm file".into()));
     }
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| Error::State(e.to_string()))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| Error::DataDir { path: config.data_dir.clone(), source })?;
     let halted = config.data_dir.join("HALTED");
     if let Ok(why) = std::fs::read_to_string(&halted) {
         return Err(Error::Halted(format!("{} (remove {} once resolved)", why.trim(), halted.display())));
     }
-    let store = SledStorage::open(&config.data_dir.join("state")).map_err(|e| Error::State(e.to_string()))?;
-    let state = VerifierState::open(store, realm.clone()).map_err(|e| Error::State(e.to_string()))?;
+    let store = SledStorage::open(&config.data_dir.join("state")).map_err(StateError::from)?;
+    let state = VerifierState::open(store, realm.clone())?;
     tracing::info!(epoch = state.last_epoch(), "verifier state opened");
     // Ratifications are pushed after the epochs they sign are durable, so a stop can leave
     // verified epochs unratified: the pusher first ratifies those the realm lacks, reading
@@ -178,7 +197,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     // Whatever stopped it, the epochs committed so far were verified: make them durable, then
     // give their ratifications a while to reach the realm.
-    let flushed = verifier.state.flush().map_err(|e| Error::State(e.to_string()));
+    let flushed = verifier.state.flush().map_err(Error::State);
     let drain = async {
         let released = verifier.release(&push_tx).await;
         drop(push_tx);
@@ -256,8 +275,8 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
 }
 
 fn jittered(attempt: u32) -> Duration {
-    let base = RECONNECT_DELAY_MS.saturating_mul(1u64 << attempt.min(10)).min(RECONNECT_DELAY_MAX_MS);
-    Duration::from_millis(base / 2 + rand::random::<u64>() % (base / 2 + 1))
+    let delay = backoff::delay_ms(attempt, RECONNECT_DELAY_MS, RECONNECT_DELAY_MAX_MS);
+    Duration::from_millis(backoff::jittered_ms(delay, rand::random()))
 }
 
 /// A stream ended: retry elsewhere, or stop for good.
@@ -302,7 +321,7 @@ impl Verifier {
         };
         let stream = match c.verifier_stream(request).await {
             Ok(s) => s.into_inner(),
-            Err(s) if s.code() == tonic::Code::FailedPrecondition && s.message().contains("diverged") => {
+            Err(s) if matches!(Refusal::of(&s), Some(Refusal::HistoryDiverged { .. })) => {
                 // A replica's word is not evidence (anyone between us and it can say this):
                 // try the others; a realm that really forked has to show a signed head.
                 tracing::warn!(endpoint = %addr, reason = %s.message(), "a replica says our history diverged from its own");
@@ -420,11 +439,11 @@ impl Verifier {
             return Ok(());
         }
         let state = &mut self.state;
-        blocking(|| state.flush()).map_err(|e| Error::State(e.to_string()))?;
+        blocking(|| state.flush())?;
         self.unflushed_since = None;
         // One by one, removed once queued: a stop while the queue is full loses none.
         while let Some(req) = self.unflushed.first().cloned() {
-            push.send(req).await.map_err(|_| Error::State("the push task stopped".into()))?;
+            push.send(req).await.map_err(|_| Error::PushTaskStopped)?;
             self.unflushed.remove(0);
         }
         Ok(())
@@ -441,7 +460,7 @@ impl Verifier {
         push: &mpsc::Sender<PushRatificationRequest>,
     ) -> Result<(), Ended> {
         let started = std::time::Instant::now();
-        let decoded = blocking(|| keyraft_state::parallel::try_map(raw, |_, b| decode_canonical::<SignedEntry>(b)));
+        let decoded = blocking(|| keyraft_epoch::parallel::try_map(raw, |_, b| decode_canonical::<SignedEntry>(b)));
         let updates = match decoded {
             Ok(u) => u,
             Err((position, e)) => {
@@ -454,20 +473,16 @@ impl Verifier {
         match blocking(|| state.check_epoch(updates, &head)) {
             Ok(checked) => {
                 if let Err(e) = blocking(|| state.commit(checked)) {
-                    return Err(Ended::Misbehaved(Error::State(e.to_string())));
+                    return Err(Ended::Misbehaved(Error::State(e)));
                 }
-                match ratify_head(&self.key, &head) {
-                    Ok(keyraft_core::Command::VerifierSignature { epoch, signature, .. }) => {
-                        self.unflushed_since.get_or_insert_with(std::time::Instant::now);
-                        self.unflushed.push(PushRatificationRequest {
-                            epoch,
-                            verifier: self.public.as_bytes().to_vec(),
-                            signature: signature.0.to_vec(),
-                            head: head.encode(),
-                        });
-                    }
-                    other => return Err(Ended::Misbehaved(Error::State(format!("signing failed: {other:?}")))),
-                }
+                let signature = ratification_signature(&self.key, &head);
+                self.unflushed_since.get_or_insert_with(std::time::Instant::now);
+                self.unflushed.push(PushRatificationRequest {
+                    epoch: head.epoch,
+                    verifier: self.public.as_bytes().to_vec(),
+                    signature: signature.0.to_vec(),
+                    head: head.encode(),
+                });
                 if flush || self.unflushed.len() >= UNFLUSHED_EPOCHS_MAX {
                     self.release(push).await.map_err(Ended::Misbehaved)?;
                 }
@@ -500,7 +515,7 @@ impl Verifier {
                     None,
                 )));
             }
-            Err(VerifyFailure::State(e)) => return Err(Ended::Misbehaved(Error::State(e.to_string()))),
+            Err(VerifyFailure::State(e)) => return Err(Ended::Misbehaved(Error::State(e))),
         }
         Ok(())
     }
@@ -518,7 +533,7 @@ impl Verifier {
                 good.insert(key);
             }
         }
-        if good.len() < self.realm.replica_majority() {
+        if !self.realm.is_replica_majority(good.len()) {
             return Err(format!("head of epoch {} lacks a replica majority's signatures", head.epoch));
         }
         Ok(head)
@@ -703,21 +718,14 @@ impl Pusher {
             tracing::info!(epochs = missing.len(), "ratifying epochs verified but not ratified");
         }
         for head in missing.iter().rev() {
-            match ratify_head(&self.key, head) {
-                Ok(keyraft_core::Command::VerifierSignature { epoch, signature, .. }) => {
-                    self.push(PushRatificationRequest {
-                        epoch,
-                        verifier: self.public.as_bytes().to_vec(),
-                        signature: signature.0.to_vec(),
-                        head: head.encode(),
-                    })
-                    .await;
-                }
-                other => {
-                    tracing::error!(epoch = head.epoch, result = ?other, "signing failed");
-                    return;
-                }
-            }
+            let signature = ratification_signature(&self.key, head);
+            self.push(PushRatificationRequest {
+                epoch: head.epoch,
+                verifier: self.public.as_bytes().to_vec(),
+                signature: signature.0.to_vec(),
+                head: head.encode(),
+            })
+            .await;
         }
         self.ratified_through = anchor.epoch;
         self.contiguous = true;
@@ -805,5 +813,26 @@ impl Pusher {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A local storage failure keeps its cause, for the operator to act on (item 8 of issue
+    /// 12: it used to be flattened into a string).
+    #[test]
+    fn local_state_errors_keep_their_source() {
+        let store = keyraft_storage::MemoryStorage::new();
+        let first = keyraft_epoch::testing::realm_config("one.example");
+        VerifierState::open(store.clone(), first).expect("a fresh store opens");
+        let refused = VerifierState::open(store, keyraft_epoch::testing::realm_config("two.example"))
+            .err()
+            .map(Error::from)
+            .expect("a store of another realm is refused");
+        assert!(refused.to_string().contains("not the realm"), "{refused}");
+        let source = std::error::Error::source(&refused).expect("the cause is kept");
+        assert!(matches!(source.downcast_ref::<StateError>(), Some(StateError::ConfigMismatch(_))), "{source:?}");
     }
 }

@@ -26,11 +26,10 @@
 //! restart resumes from what storage holds, a prefix of the committed epochs).
 
 use crate::error::{corrupt, StateError};
+use crate::head::{close_epoch, ChainTip, ClosedEpoch};
 use crate::tree;
 use keyraft_core::update::check_signed_entry;
-use keyraft_core::{
-    decode_canonical, Canonical, Digest, Entry, EpochHead, Index, RealmConfig, SignedEntry, UpdateRejection,
-};
+use keyraft_core::{decode_canonical, Canonical, Entry, EpochHead, Index, RealmConfig, SignedEntry, UpdateRejection};
 use keyraft_storage::{check_format_version, Batch, Migration, Storage};
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
@@ -177,7 +176,6 @@ pub enum Mismatch {
 pub struct VerifierState<S: Storage> {
     store: Arc<S>,
     config: RealmConfig,
-    config_hash: Digest,
     pages: tree::PageCache,
     last: Option<EpochHead>,
     writer: Writer,
@@ -310,18 +308,9 @@ impl<S: Storage> VerifierState<S> {
             Some(b) => Some(EpochHead::from_bytes(&b).map_err(|e| corrupt(format!("verifier head: {e}")))?),
         };
         roll_back_pending(&store, last.as_ref().map_or(0, |h| h.epoch))?;
-        let config_hash = config.hash();
         let store = Arc::new(store);
         let writer = Writer::start(store.clone());
-        Ok(Self {
-            store,
-            config,
-            config_hash,
-            pages: tree::PageCache::default(),
-            last,
-            writer,
-            unwritten: HashMap::new(),
-        })
+        Ok(Self { store, config, pages: tree::PageCache::default(), last, writer, unwritten: HashMap::new() })
     }
 
     /// Waits for every committed epoch's batch and flushes the store: committed epochs are
@@ -400,19 +389,11 @@ impl<S: Storage> VerifierState<S> {
             batches.push(batch);
         }
         let mut batch = Batch::new();
-        let previous = self.last.as_ref().map(|h| h.epoch);
-        let (root, written) = tree::apply_epoch(&self.store, &self.pages, previous, epoch, &leaves, &mut batch)?;
-        let last_time = self.last.as_ref().map_or(0, |h| h.issue_time_ms);
-        let expected = EpochHead {
-            realm: self.config.realm.clone(),
-            epoch,
-            root,
-            previous_head_hash: self.last.as_ref().map_or([0; 32], EpochHead::hash),
-            // The leader's clock is not ours to check, but heads never go back in time.
-            issue_time_ms: head.issue_time_ms.max(last_time),
-            update_count: updates.len() as u64,
-            config_hash: self.config_hash,
-        };
+        // The leader's clock is not ours to check; the head rule keeps heads from going back in
+        // time, exactly as the replicas apply it.
+        let tip = self.last.as_ref().map(ChainTip::of).unwrap_or_default();
+        let ClosedEpoch { head: expected, written } =
+            close_epoch(&*self.store, &self.pages, &self.config, &tip, &leaves, head.issue_time_ms, &mut batch)?;
         if expected != *head {
             return Err(
                 Mismatch::HeadDiffers { epoch, expected: Box::new(expected), got: Box::new(head.clone()) }.into()
@@ -465,7 +446,9 @@ mod tests {
         let entry = Entry {
             index: Index([3; 32]),
             version: 4,
-            update_policy: Policy::single(crate::harness::public_key(&crate::harness::derive_signing_key(1, "k"))),
+            update_policy: Policy::single(keyraft_core::keys::public_key_of(&ed25519_dalek::SigningKey::from_bytes(
+                &[1; 32],
+            ))),
             profile_commitment: [6; 32],
         };
         let replaced = vec![(Index([1; 32]), None), (Index([3; 32]), Some(entry))];
@@ -490,8 +473,7 @@ mod tests {
         let mut b = Batch::new();
         b.put(keyraft_storage::format::FORMAT_VERSION_KEY, 1u32.to_be_bytes().to_vec());
         store.write(b).unwrap();
-        let h = crate::harness::Harness::new("migrate.example", 3, 1, 2);
-        let v = VerifierState::open(store.clone(), h.config().clone()).unwrap();
+        let v = VerifierState::open(store.clone(), crate::testing::realm_config("migrate.example")).unwrap();
         assert_eq!(v.last_epoch(), 0);
         assert_eq!(store.get(keyraft_storage::format::FORMAT_VERSION_KEY).unwrap(), Some(2u32.to_be_bytes().to_vec()));
     }

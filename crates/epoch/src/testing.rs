@@ -117,3 +117,23 @@ pub fn rss_mib() -> u64 {
         })
         .map_or(0, |kib| kib / 1024)
 }
+
+/// A valid realm configuration with one replica and one verifier, keys derived from `realm`
+/// (tests of this crate need a configuration, not a realm that runs).
+///
+/// # Panics
+/// Never for the fixed keys it derives.
+pub fn realm_config(realm: &str) -> keyraft_core::RealmConfig {
+    let key = |name: &str| {
+        let seed = keyraft_core::hash::hash("keyraft-epoch test key", &[realm.as_bytes(), name.as_bytes()]);
+        ed25519_dalek::SigningKey::from_bytes(&seed)
+    };
+    let vrf = keyraft_core::vrf::VrfSecretKey::from_seed(&key("vrf").to_bytes());
+    keyraft_core::RealmConfig::new(
+        realm,
+        vrf.public_key(),
+        vec![keyraft_core::keys::public_key_of(&key("replica"))],
+        vec![keyraft_core::keys::public_key_of(&key("verifier"))],
+    )
+    .expect("derived keys make a valid configuration")
+}

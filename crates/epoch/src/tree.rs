@@ -255,7 +255,7 @@ impl Page {
 }
 
 /// A page's identity: its stratum and the index bits above it (the rest zeroed).
-pub(crate) type PageId = (u8, [u8; 32]);
+pub type PageId = (u8, [u8; 32]);
 
 const ROOT_PAGE: PageId = (0, [0; 32]);
 
@@ -305,7 +305,7 @@ fn chunk_key(epoch: u64, chunk: u32) -> Vec<u8> {
 /// see `verifier::VerifierState::commit`). It never evicts, so a page not in it has not been
 /// written since the process started and storage holds its newest version.
 #[derive(Debug, Default)]
-pub(crate) struct PageCache {
+pub struct PageCache {
     pages: Mutex<HashMap<PageId, Arc<Vec<u8>>>>,
 }
 
@@ -315,14 +315,14 @@ impl PageCache {
     }
 
     /// Records pages whose batch is now written.
-    pub(crate) fn commit(&self, written: WrittenPages) {
+    pub fn commit(&self, written: WrittenPages) {
         if let Ok(mut pages) = self.pages.lock() {
             pages.extend(written);
         }
     }
 
     /// Forgets everything (after a failed write, when storage and memory may disagree).
-    pub(crate) fn clear(&self) {
+    pub fn clear(&self) {
         if let Ok(mut pages) = self.pages.lock() {
             pages.clear();
         }
@@ -330,7 +330,7 @@ impl PageCache {
 }
 
 /// Pages written by an epoch, to put into the [`PageCache`] once the batch is written.
-pub(crate) type WrittenPages = Vec<(PageId, Arc<Vec<u8>>)>;
+pub type WrittenPages = Vec<(PageId, Arc<Vec<u8>>)>;
 
 /// Reads the pages of one tree version (proofs and roots of past epochs).
 struct Pages<'a> {
@@ -561,7 +561,7 @@ impl<'a> Descent<'a> {
 }
 
 /// The root hash of the tree as of `epoch` (the empty hash before the first leaf).
-pub(crate) fn root_at(store: &dyn Storage, epoch: u64) -> Result<Digest, StateError> {
+pub fn root_at(store: &dyn Storage, epoch: u64) -> Result<Digest, StateError> {
     let root_epoch = root_version(store, epoch)?;
     Ok(Pages::new(store, root_epoch).read(0, &Index([0; 32]))?.map_or_else(empty_hash, |n| n.hash(0)))
 }
@@ -572,7 +572,7 @@ fn root_version(store: &dyn Storage, epoch: u64) -> Result<Option<u64>, StateErr
 }
 
 /// Builds the inclusion or absence proof for `index` in the tree of `epoch`.
-pub(crate) fn prove(store: &dyn Storage, epoch: u64, index: &Index) -> Result<TreeProof, StateError> {
+pub fn prove(store: &dyn Storage, epoch: u64, index: &Index) -> Result<TreeProof, StateError> {
     let empty = empty_hash();
     let mut pages = Pages::new(store, root_version(store, epoch)?);
     let mut siblings = Vec::new();
@@ -609,7 +609,7 @@ pub(crate) fn prove(store: &dyn Storage, epoch: u64, index: &Index) -> Result<Tr
 /// so every page is encoded once, after its children (whose new locations it records). With
 /// several cores and a full root page, the subtrees under the root page are rewritten on
 /// separate threads; the bytes written are the same either way.
-pub(crate) fn apply_epoch(
+pub fn apply_epoch(
     store: &dyn Storage,
     cache: &PageCache,
     previous: Option<u64>,

@@ -5,7 +5,7 @@
 
 use keyraft_core::tree::{TreeAnswer, TreeProof};
 use keyraft_core::{decode_canonical, Canonical, Digest, Index};
-use keyraft_state::testing::TreeFixture;
+use keyraft_epoch::testing::TreeFixture;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
