@@ -1,4 +1,10 @@
 //! The verifier's loop: stream, check, commit, sign, push.
+//!
+//! This file runs the loop (connect, follow a replica's stream, check and commit each epoch,
+//! release its ratification once durable). Its other jobs live beside it: `config` (the
+//! configuration file and the errors), `framing` (reading a stream's frames ahead),
+//! `evidence` (what a verifier writes when the realm misbehaves) and `push` (delivering
+//! ratifications and backfilling missing ones).
 
 use ed25519_dalek::SigningKey;
 use keyraft_core::backoff;
@@ -10,129 +16,34 @@ use keyraft_epoch::StateError;
 use keyraft_proto::convert::Refusal;
 use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_proto::pb::verifier_frame::{Frame, SignedHead};
-use keyraft_proto::pb::{ListEpochsRequest, PushRatificationRequest, VerifierStreamRequest};
+use keyraft_proto::pb::{PushRatificationRequest, VerifierStreamRequest};
 use keyraft_storage::SledStorage;
-use serde::{Deserialize, Serialize};
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::config::read_key;
+pub use crate::config::{Config, Error};
+use crate::framing::read_ahead;
+use crate::push::Pusher;
+pub use crate::push::{
+    BACKFILL_EPOCHS_MAX, PUSH_QUEUE_MAX, PUSH_TIMEOUT_MS, RATIFIED_THROUGH_FILE, SHUTDOWN_PUSH_DEADLINE_MS,
+};
 
 /// First reconnection delay, in milliseconds (doubled per failure, jittered).
 pub const RECONNECT_DELAY_MS: u64 = 200;
 /// Longest reconnection delay, in milliseconds.
 pub const RECONNECT_DELAY_MAX_MS: u64 = 10_000;
-/// Ratifications waiting to be pushed, at most.
-pub const PUSH_QUEUE_MAX: usize = 1024;
-/// Deadline of one push, in milliseconds.
-pub const PUSH_TIMEOUT_MS: u64 = 10_000;
-/// Longest a stopping verifier spends pushing the ratifications it holds, in milliseconds;
-/// whatever is left is pushed by its next start.
-pub const SHUTDOWN_PUSH_DEADLINE_MS: u64 = 10_000;
-/// Epochs a starting verifier checks for its ratification, at most, below the last epoch it
-/// verified (the first start after an upgrade checks every epoch up to this many).
-pub const BACKFILL_EPOCHS_MAX: u64 = 100_000;
-/// Epochs per `ListEpochs` page while looking for missing ratifications.
-const BACKFILL_PAGE_EPOCHS: u64 = 256;
-/// How often the ratified-through mark is saved while pushing, at most, in milliseconds.
-const RATIFIED_THROUGH_SAVE_MS: u64 = 1_000;
-/// The file in the data directory holding the ratified-through mark: every epoch up to this
-/// number carries this verifier's ratification in the realm (or had it refused for good).
-pub const RATIFIED_THROUGH_FILE: &str = "ratified-through";
 
-/// The verifier's configuration file (`verifier.toml`); relative paths are relative to it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// Where the verifier keeps its state, evidence and `HALTED` marker.
-    pub data_dir: PathBuf,
-    /// The realm file; this verifier's public key must be one of its `verifier_keys`.
-    pub realm_file: PathBuf,
-    /// The verifier's Ed25519 signing key (64 hex digits).
-    pub signing_key_file: PathBuf,
-    /// Replica public addresses to stream from (default: the realm file's endpoints).
-    #[serde(default)]
-    pub endpoints: Vec<String>,
-}
-
-/// Why the verifier stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The configuration or a key file is wrong.
-    #[error("configuration error: {0}")]
-    Config(String),
-    /// A previous mismatch halted ratification; an operator must look at the evidence.
-    #[error("ratification is halted: {0}")]
-    Halted(String),
-    /// The realm published something that does not verify; evidence was written.
-    #[error("the realm misbehaved at epoch {epoch}: {reason}; evidence in {evidence}")]
-    Misbehaved {
-        /// The epoch.
-        epoch: u64,
-        /// What was wrong.
-        reason: String,
-        /// The evidence file.
-        evidence: String,
-    },
-    /// This verifier's own storage failed or holds what it cannot accept: its disk or data
-    /// directory is at fault, not the realm. Once repaired, a restart resumes from what the
-    /// storage holds.
-    #[error("this verifier's local state failed (its own storage is at fault, not the realm): {0}")]
-    State(#[from] StateError),
-    /// The data directory could not be created: the operator's configuration or disk.
-    #[error("cannot create the verifier's data directory {}: {source}", path.display())]
-    DataDir {
-        /// The directory (`data_dir`).
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The task pushing ratifications stopped while epochs still needed pushing: a fault of
-    /// this verifier (it panicked), not of the realm.
-    #[error("this verifier's ratification push task stopped")]
-    PushTaskStopped,
-}
-
-fn resolve(base: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_owned()
-    } else {
-        base.join(p)
-    }
-}
-
-fn read_key(path: &Path) -> Result<SigningKey, Error> {
-    let needed_by = "signing_key_file";
-    let read = keyraft_core::key_file::read_secret(path, needed_by).map_err(|e| Error::Config(e.to_string()))?;
-    if read.legacy {
-        tracing::warn!("{}", keyraft_core::key_file::legacy_warning(path, needed_by));
-    }
-    Ok(SigningKey::from_bytes(&read.key))
-}
-
-impl Config {
-    /// Reads `path`.
-    pub fn load(path: &Path) -> Result<Self, Error> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| Error::Config(format!("reading {}: {e}", path.display())))?;
-        let mut c: Config = toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        c.data_dir = resolve(base, &c.data_dir);
-        c.realm_file = resolve(base, &c.realm_file);
-        c.signing_key_file = resolve(base, &c.signing_key_file);
-        Ok(c)
-    }
-}
-
-struct Verifier {
-    realm: RealmConfig,
+pub(crate) struct Verifier {
+    pub(crate) realm: RealmConfig,
     key: SigningKey,
-    public: PublicKey,
+    pub(crate) public: PublicKey,
     endpoints: Vec<String>,
-    data_dir: PathBuf,
-    state: VerifierState<SledStorage>,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) state: VerifierState<SledStorage>,
     /// Ratifications of epochs committed but not yet flushed: released only once durable, so
     /// that a crash can never make this verifier sign a second, different head for an epoch.
     unflushed: Vec<PushRatificationRequest>,
@@ -215,7 +126,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     result.and(flushed)
 }
 
-fn client(addr: &str) -> Result<KeyraftClient<Channel>, Error> {
+pub(crate) fn client(addr: &str) -> Result<KeyraftClient<Channel>, Error> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| Error::Config(format!("endpoint {addr:?}: {e}")))?
         .connect_timeout(Duration::from_secs(2))
@@ -235,36 +146,6 @@ const RELEASE_DELAY_MAX_MS: u64 = 1_000;
 /// How often catch-up progress is logged, in milliseconds.
 const PROGRESS_LOG_INTERVAL_MS: u64 = 2_000;
 
-/// Frames received ahead of the one being checked, at most (each at most a few MiB).
-const FRAMES_AHEAD_MAX: usize = 16;
-
-/// The frames of a stream, received by their own task: the next epoch arrives while this one
-/// is checked, instead of waiting in the replica's buffers.
-struct ReadAhead {
-    rx: mpsc::Receiver<Result<Option<keyraft_proto::pb::VerifierFrame>, tonic::Status>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for ReadAhead {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn read_ahead(mut stream: tonic::Streaming<keyraft_proto::pb::VerifierFrame>) -> ReadAhead {
-    let (tx, rx) = mpsc::channel(FRAMES_AHEAD_MAX);
-    let task = tokio::spawn(async move {
-        loop {
-            let item = stream.message().await;
-            let last = !matches!(item, Ok(Some(_)));
-            if tx.send(item).await.is_err() || last {
-                return;
-            }
-        }
-    });
-    ReadAhead { rx, task }
-}
-
 /// Runs CPU- or disk-bound work without stalling the runtime's other tasks (the read-ahead,
 /// the pushes), when the runtime has threads to hand them to.
 fn blocking<R>(f: impl FnOnce() -> R) -> R {
@@ -274,7 +155,7 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-fn jittered(attempt: u32) -> Duration {
+pub(crate) fn jittered(attempt: u32) -> Duration {
     let delay = backoff::delay_ms(attempt, RECONNECT_DELAY_MS, RECONNECT_DELAY_MAX_MS);
     Duration::from_millis(backoff::jittered_ms(delay, rand::random()))
 }
@@ -537,302 +418,5 @@ impl Verifier {
             return Err(format!("head of epoch {} lacks a replica majority's signatures", head.epoch));
         }
         Ok(head)
-    }
-
-    /// Writes the evidence file and `HALTED`, logs the alarm, returns the error to stop with.
-    fn evidence(
-        &self,
-        epoch: u64,
-        reason: &str,
-        endpoint: &str,
-        head: Option<(&SignedHead, Option<EpochHead>)>,
-        updates: &[SignedEntry],
-        raw: Option<&Vec<u8>>,
-    ) -> Error {
-        let record = serde_json::json!({
-            "realm": self.realm.realm,
-            "epoch": epoch,
-            "reason": reason,
-            "endpoint": endpoint,
-            "verifier": hex::encode(self.public.as_bytes()),
-            "received_head": head.as_ref().map(|(h, _)| hex::encode(&h.head)),
-            "received_replica_signatures": head.as_ref().map(|(h, _)| h.replica_signatures.iter().map(|s| serde_json::json!({
-                "signer": hex::encode(&s.signer), "signature": hex::encode(&s.signature)
-            })).collect::<Vec<_>>()),
-            "expected_head": head.as_ref().and_then(|(_, e)| e.as_ref().map(|e| hex::encode(e.encode()))),
-            "previous_verified_head": self.state.last_head().map(|h| hex::encode(h.encode())),
-            "updates": updates.iter().map(|u| hex::encode(u.encode())).collect::<Vec<_>>(),
-            "undecodable_update": raw.map(hex::encode),
-            "how_to_check": "heads and updates are canonical bytes (docs/protocol.md); verify the replica signatures over the received head, recompute the tree from the previous verified head's epoch",
-        });
-        let dir = self.data_dir.join("evidence");
-        let path = dir.join(format!("epoch-{epoch}.json"));
-        let written = std::fs::create_dir_all(&dir)
-            .and_then(|()| std::fs::write(&path, serde_json::to_vec_pretty(&record).unwrap_or_default()))
-            .and_then(|()| {
-                std::fs::write(
-                    self.data_dir.join("HALTED"),
-                    format!("epoch {epoch}: {reason}; evidence {}\n", path.display()),
-                )
-            });
-        if let Err(e) = written {
-            tracing::error!(error = %e, "could not write the evidence file");
-        }
-        tracing::error!(epoch, reason, evidence = %path.display(), "ALARM: the realm published an epoch that does not verify; ratification halted");
-        Error::Misbehaved { epoch, reason: reason.to_owned(), evidence: path.display().to_string() }
-    }
-}
-
-/// Pushes ratifications in epoch order, retrying each (with failover) until a replica accepts
-/// it, and keeps the ratified-through mark.
-struct Pusher {
-    endpoints: Vec<String>,
-    which: usize,
-    key: SigningKey,
-    public: PublicKey,
-    mark_path: PathBuf,
-    /// Every epoch up to this one carries our ratification (or had it refused for good).
-    ratified_through: u64,
-    /// Whether pushes may advance the mark: false while (or if) epochs below the queue's
-    /// may lack our ratification.
-    contiguous: bool,
-    saved: std::time::Instant,
-}
-
-/// Why a search for missing ratifications stopped on one replica.
-enum ScanFailure {
-    /// Try again, elsewhere.
-    Retry(String),
-    /// The replica's chain of heads is not the one this verifier verified.
-    Diverged(String),
-}
-
-impl Pusher {
-    fn new(endpoints: Vec<String>, key: SigningKey, public: PublicKey, data_dir: &Path) -> Self {
-        let mark_path = data_dir.join(RATIFIED_THROUGH_FILE);
-        let ratified_through = match std::fs::read_to_string(&mark_path) {
-            Ok(text) => text.trim().parse().unwrap_or_else(|e| {
-                tracing::warn!(path = %mark_path.display(), error = %e, "unreadable ratified-through mark; checking from the oldest epoch");
-                0
-            }),
-            Err(_) => 0,
-        };
-        Self {
-            endpoints,
-            which: 0,
-            key,
-            public,
-            mark_path,
-            ratified_through,
-            contiguous: false,
-            saved: std::time::Instant::now(),
-        }
-    }
-
-    /// First ratifies the epochs up to `anchor` (the last one verified, durable) that the
-    /// realm lacks, then pushes the queue's ratifications as they come.
-    async fn run(mut self, anchor: Option<EpochHead>, mut rx: mpsc::Receiver<PushRatificationRequest>) {
-        match anchor {
-            Some(anchor) if anchor.epoch > self.ratified_through => self.backfill(&anchor).await,
-            // A mark above the state (a state deleted, the mark kept) would skip epochs.
-            anchor => {
-                self.ratified_through = anchor.map_or(0, |a| a.epoch);
-                self.contiguous = true;
-            }
-        }
-        while let Some(req) = rx.recv().await {
-            let epoch = req.epoch;
-            self.push(req).await;
-            if self.contiguous && epoch == self.ratified_through + 1 {
-                self.ratified_through = epoch;
-                if self.saved.elapsed() >= Duration::from_millis(RATIFIED_THROUGH_SAVE_MS) {
-                    self.save_mark();
-                }
-            }
-        }
-        self.save_mark();
-    }
-
-    fn save_mark(&mut self) {
-        self.saved = std::time::Instant::now();
-        if !self.contiguous {
-            return;
-        }
-        let mut tmp = self.mark_path.clone().into_os_string();
-        tmp.push(".tmp");
-        let written = std::fs::write(&tmp, format!("{}\n", self.ratified_through))
-            .and_then(|()| std::fs::rename(&tmp, &self.mark_path));
-        if let Err(e) = written {
-            // Only costs a longer search at the next start.
-            tracing::warn!(path = %self.mark_path.display(), error = %e, "could not save the ratified-through mark");
-        }
-    }
-
-    /// Ratifies, oldest first, every epoch from the mark to `anchor` that lacks our
-    /// ratification. Only heads this verifier verified are signed: the replicas' heads are
-    /// accepted only as links of the hash chain ending at `anchor`, which is the chain it
-    /// checked epoch by epoch.
-    async fn backfill(&mut self, anchor: &EpochHead) {
-        let lowest = (self.ratified_through + 1).max(anchor.epoch.saturating_sub(BACKFILL_EPOCHS_MAX) + 1);
-        if lowest > self.ratified_through + 1 {
-            tracing::warn!(
-                below = lowest,
-                max = BACKFILL_EPOCHS_MAX,
-                "not checking older epochs for missing ratifications"
-            );
-        }
-        tracing::info!(from = lowest, to = anchor.epoch, "looking for epochs verified but not ratified");
-        let mut missing = Vec::new();
-        let mut top = anchor.epoch;
-        let mut expected = anchor.hash();
-        let (mut attempt, mut diverged) = (0u32, 0usize);
-        while top >= lowest {
-            let bottom = lowest.max(top.saturating_sub(BACKFILL_PAGE_EPOCHS - 1));
-            let addr = self.endpoints[self.which % self.endpoints.len()].clone();
-            match self.scan_page(&addr, bottom, top, &mut expected, &mut missing).await {
-                Ok(()) => {
-                    top = bottom - 1;
-                    attempt = 0;
-                    diverged = 0;
-                }
-                Err(failure) => {
-                    let why = match failure {
-                        ScanFailure::Retry(why) => why,
-                        ScanFailure::Diverged(why) => {
-                            diverged += 1;
-                            if diverged >= self.endpoints.len() {
-                                tracing::error!(reason = %why, "no replica serves the chain of heads this verifier verified; not ratifying older epochs");
-                                return;
-                            }
-                            why
-                        }
-                    };
-                    tracing::debug!(endpoint = %addr, reason = %why, "listing epochs failed; retrying");
-                    self.which += 1;
-                    tokio::time::sleep(jittered(attempt)).await;
-                    attempt = attempt.saturating_add(1);
-                }
-            }
-        }
-        if !missing.is_empty() {
-            tracing::info!(epochs = missing.len(), "ratifying epochs verified but not ratified");
-        }
-        for head in missing.iter().rev() {
-            let signature = ratification_signature(&self.key, head);
-            self.push(PushRatificationRequest {
-                epoch: head.epoch,
-                verifier: self.public.as_bytes().to_vec(),
-                signature: signature.0.to_vec(),
-                head: head.encode(),
-            })
-            .await;
-        }
-        self.ratified_through = anchor.epoch;
-        self.contiguous = true;
-        self.save_mark();
-    }
-
-    /// Checks epochs `bottom..=top` on one replica, newest first: each head must hash to
-    /// `expected` (then the previous head's hash is expected); those lacking our
-    /// ratification are added to `missing`.
-    async fn scan_page(
-        &self,
-        addr: &str,
-        bottom: u64,
-        top: u64,
-        expected: &mut keyraft_core::Digest,
-        missing: &mut Vec<EpochHead>,
-    ) -> Result<(), ScanFailure> {
-        let mut c = client(addr).map_err(|e| ScanFailure::Retry(e.to_string()))?;
-        let mut request = tonic::Request::new(ListEpochsRequest {
-            start_epoch: bottom,
-            page_size: u32::try_from(top - bottom + 1).unwrap_or(u32::MAX),
-            page_token: Vec::new(),
-        });
-        request.set_timeout(Duration::from_millis(PUSH_TIMEOUT_MS));
-        let page = c
-            .list_epochs(request)
-            .await
-            .map_err(|s| ScanFailure::Retry(format!("{}: {}", s.code(), s.message())))?
-            .into_inner();
-        let mut heads = std::collections::BTreeMap::new();
-        for info in page.epochs {
-            let head =
-                EpochHead::from_bytes(&info.head).map_err(|e| ScanFailure::Retry(format!("undecodable head: {e}")))?;
-            let ours = info.verifier_signatures.iter().any(|s| s.signer == self.public.as_bytes());
-            heads.insert(head.epoch, (head, ours));
-        }
-        let mut next = *expected;
-        for epoch in (bottom..=top).rev() {
-            let Some((head, ours)) = heads.remove(&epoch) else {
-                return Err(ScanFailure::Retry(format!("the replica lacks epoch {epoch}")));
-            };
-            if head.hash() != next {
-                return Err(ScanFailure::Diverged(format!(
-                    "{addr}: the head of epoch {epoch} is not the one verified"
-                )));
-            }
-            next = head.previous_head_hash;
-            if !ours {
-                missing.push(head);
-            }
-        }
-        *expected = next;
-        Ok(())
-    }
-
-    /// Pushes one ratification until a replica accepts or refuses it for good.
-    async fn push(&mut self, req: PushRatificationRequest) {
-        let mut attempt = 0u32;
-        loop {
-            let addr = &self.endpoints[self.which % self.endpoints.len()];
-            let result = match client(addr) {
-                Ok(mut c) => {
-                    let mut r = tonic::Request::new(req.clone());
-                    r.set_timeout(Duration::from_millis(PUSH_TIMEOUT_MS));
-                    c.push_ratification(r).await.map(|_| ())
-                }
-                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
-            };
-            match result {
-                Ok(()) => return,
-                Err(s)
-                    if matches!(
-                        s.code(),
-                        tonic::Code::PermissionDenied | tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition
-                    ) =>
-                {
-                    tracing::error!(epoch = req.epoch, status = %s, "ratification refused; not retrying");
-                    return;
-                }
-                Err(s) => {
-                    tracing::debug!(epoch = req.epoch, status = %s, "push failed; retrying");
-                    self.which += 1;
-                    tokio::time::sleep(jittered(attempt)).await;
-                    attempt = attempt.saturating_add(1);
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A local storage failure keeps its cause, for the operator to act on (item 8 of issue
-    /// 12: it used to be flattened into a string).
-    #[test]
-    fn local_state_errors_keep_their_source() {
-        let store = keyraft_storage::MemoryStorage::new();
-        let first = keyraft_epoch::testing::realm_config("one.example");
-        VerifierState::open(store.clone(), first).expect("a fresh store opens");
-        let refused = VerifierState::open(store, keyraft_epoch::testing::realm_config("two.example"))
-            .err()
-            .map(Error::from)
-            .expect("a store of another realm is refused");
-        assert!(refused.to_string().contains("not the realm"), "{refused}");
-        let source = std::error::Error::source(&refused).expect("the cause is kept");
-        assert!(matches!(source.downcast_ref::<StateError>(), Some(StateError::ConfigMismatch(_))), "{source:?}");
     }
 }

@@ -17,6 +17,10 @@
 //! reconnects with jittered backoff and fails over between replicas.
 #![forbid(unsafe_code)]
 
+mod config;
 pub mod daemon;
+mod evidence;
+mod framing;
+mod push;
 
 pub use daemon::{run, Config, Error};

@@ -1,0 +1,136 @@
+//! Read accessors over the stored state: updates and their history, heads, signatures, the
+//! verifier log's epochs, tree roots and proofs.
+
+use super::{PublishedEpoch, StateMachine};
+use crate::corrupt;
+use crate::keys;
+use keyraft_core::tree::TreeProof;
+use keyraft_core::{decode_canonical, Digest, EpochHead, Index, PublicKey, Signature, Update};
+use keyraft_epoch::tree;
+use keyraft_epoch::StateError;
+use keyraft_storage::{prefix_successor, Direction, Storage};
+
+/// The indexes updated in `epoch` with their entry hashes (the `e` keyspace), in index order.
+pub(super) fn epoch_leaves(store: &dyn Storage, epoch: u64) -> Result<Vec<(Index, Digest)>, StateError> {
+    let mut out = Vec::new();
+    for item in store.scan_prefix(&keys::epoch_prefix(keys::EPOCH_UPDATES, epoch)) {
+        let (key, value) = item?;
+        let index: [u8; 32] =
+            key.get(9..41).and_then(|k| k.try_into().ok()).ok_or_else(|| corrupt("epoch update key"))?;
+        let hash: Digest = value.as_slice().try_into().map_err(|_| corrupt("epoch update entry hash"))?;
+        out.push((Index(index), hash));
+    }
+    Ok(out)
+}
+
+impl<S: Storage> StateMachine<S> {
+    /// The newest update for `index` and its epoch, including one staged in the open epoch.
+    pub fn latest_update(&self, index: &Index) -> Result<Option<(u64, Update)>, StateError> {
+        self.update_at(index, u64::MAX)
+    }
+
+    /// The newest update for `index` in an epoch at or before `epoch`.
+    pub fn update_at(&self, index: &Index, epoch: u64) -> Result<Option<(u64, Update)>, StateError> {
+        let prefix = keys::update_prefix(index);
+        let end = if epoch == u64::MAX { prefix_successor(&prefix) } else { Some(keys::update(index, epoch + 1)) };
+        let found = self.store.range(&prefix, end.as_deref(), Direction::Reverse).next().transpose()?;
+        let Some((key, value)) = found else { return Ok(None) };
+        let epoch = keys::be_u64(&key[33..]).ok_or_else(|| corrupt("update key"))?;
+        let update = decode_canonical(&value).map_err(|e| corrupt(format!("stored update: {e}")))?;
+        Ok(Some((epoch, update)))
+    }
+
+    /// Updates of `index` in epochs before `before_epoch` (staged ones included), newest first,
+    /// at most `limit` of them: an identity's history, one page at a time.
+    pub fn update_history(
+        &self,
+        index: &Index,
+        before_epoch: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Update)>, StateError> {
+        let prefix = keys::update_prefix(index);
+        let end = keys::update(index, before_epoch);
+        let mut out = Vec::new();
+        for item in self.store.range(&prefix, Some(&end), Direction::Reverse).take(limit) {
+            let (key, value) = item?;
+            let epoch = keys::be_u64(&key[33..]).ok_or_else(|| corrupt("update key"))?;
+            let update = decode_canonical(&value).map_err(|e| corrupt(format!("stored update: {e}")))?;
+            out.push((epoch, update));
+        }
+        Ok(out)
+    }
+
+    /// The head of `epoch`, if that epoch is closed.
+    pub fn head(&self, epoch: u64) -> Result<Option<EpochHead>, StateError> {
+        match self.store.get(&keys::head(epoch))? {
+            None => Ok(None),
+            Some(b) => EpochHead::from_bytes(&b).map(Some).map_err(|e| corrupt(format!("head {epoch}: {e}"))),
+        }
+    }
+
+    /// Replica signatures stored for `epoch`, sorted by signer.
+    pub fn replica_signatures(&self, epoch: u64) -> Result<Vec<(PublicKey, Signature)>, StateError> {
+        self.signatures(keys::REPLICA_SIG, epoch)
+    }
+
+    /// Verifier ratifications stored for `epoch`, sorted by verifier.
+    pub fn verifier_signatures(&self, epoch: u64) -> Result<Vec<(PublicKey, Signature)>, StateError> {
+        self.signatures(keys::VERIFIER_SIG, epoch)
+    }
+
+    fn signatures(&self, space: u8, epoch: u64) -> Result<Vec<(PublicKey, Signature)>, StateError> {
+        let mut out = Vec::new();
+        for item in self.store.scan_prefix(&keys::epoch_prefix(space, epoch)) {
+            let (k, v) = item?;
+            let signer = PublicKey::from_slice(&k[9..]).map_err(|e| corrupt(format!("signer key: {e}")))?;
+            let signature = Signature::from_slice(&v).map_err(|e| corrupt(format!("signature: {e}")))?;
+            out.push((signer, signature));
+        }
+        Ok(out)
+    }
+
+    /// The indexes updated in `epoch`, in index order (the order verifiers replay them in).
+    pub fn epoch_indexes(&self, epoch: u64) -> Result<Vec<Index>, StateError> {
+        Ok(epoch_leaves(&self.store, epoch)?.into_iter().map(|(index, _)| index).collect())
+    }
+
+    /// A keyserver-ratified epoch as the verifier log presents it: its updates in index order
+    /// (signed entries, without profiles), then its head with a replica majority's
+    /// signatures. `None` while the epoch has no majority (verifiers never see it before).
+    ///
+    /// The verifier log is the sequence of these, epoch after epoch; it is derived from the
+    /// stored state rather than copied, so every replica serves identical positions.
+    pub fn published_epoch(&self, epoch: u64) -> Result<Option<PublishedEpoch>, StateError> {
+        if epoch == 0 || epoch > self.epoch_state.ratified_epoch {
+            return Ok(None);
+        }
+        let head = self.head(epoch)?.ok_or_else(|| corrupt(format!("ratified epoch {epoch} has no head")))?;
+        let mut updates = Vec::new();
+        for index in self.epoch_indexes(epoch)? {
+            let stored =
+                self.store.get(&keys::update(&index, epoch))?.ok_or_else(|| corrupt("epoch index without update"))?;
+            let update: Update = decode_canonical(&stored).map_err(|e| corrupt(format!("stored update: {e}")))?;
+            updates.push(update.signed);
+        }
+        if updates.len() as u64 != head.update_count {
+            return Err(corrupt(format!(
+                "epoch {epoch} lists {} updates, its head says {}",
+                updates.len(),
+                head.update_count
+            )));
+        }
+        let mut replica_signatures = self.replica_signatures(epoch)?;
+        replica_signatures.truncate(self.config.replica_majority());
+        Ok(Some(PublishedEpoch { updates, head, replica_signatures }))
+    }
+
+    /// The tree root as of `epoch`.
+    pub fn root_at(&self, epoch: u64) -> Result<Digest, StateError> {
+        tree::root_at(&self.store, epoch)
+    }
+
+    /// The tree proof for `index` in the tree of `epoch`.
+    pub fn tree_proof(&self, epoch: u64, index: &Index) -> Result<TreeProof, StateError> {
+        tree::prove(&self.store, epoch, index)
+    }
+}
