@@ -4,8 +4,8 @@
 
 use crate::machine::{Outcome, StateMachine};
 use crate::proposer::{ratify_head, sign_head};
-use ed25519_dalek::SigningKey;
-use keyraft_core::lookup::{ClientRealm, LookupProof};
+use ed25519_dalek::{Signer as _, SigningKey};
+use keyraft_core::lookup::{head_signing_message, ratification_message, ClientRealm, LookupProof};
 use keyraft_core::types::vrf_input;
 use keyraft_core::vrf::{VrfProof, VrfSecretKey};
 use keyraft_core::{Command, LogPosition};
@@ -172,6 +172,21 @@ impl Harness {
 
     fn head(&self, epoch: u64) -> Result<EpochHead, StateError> {
         self.machine.head(epoch)?.ok_or_else(|| StateError::Corrupt(format!("no head for epoch {epoch}")))
+    }
+
+    /// Signs `proof`'s head afresh with every replica and verifier the proof's signatures name,
+    /// for tests that tamper with a head and want only the tampering to be wrong with it.
+    pub fn resign(&self, proof: &mut LookupProof) {
+        let head_message = head_signing_message(&proof.head);
+        for s in &mut proof.replica_signatures {
+            s.signature =
+                keyraft_core::Signature(self.replicas[usize::from(s.position)].sign(&head_message).to_bytes());
+        }
+        let ratification = ratification_message(&proof.head);
+        for s in &mut proof.verifier_signatures {
+            s.signature =
+                keyraft_core::Signature(self.verifiers[usize::from(s.position)].sign(&ratification).to_bytes());
+        }
     }
 
     /// A lookup proof for `user_id` at `epoch` (default: the last closed epoch) carrying up to

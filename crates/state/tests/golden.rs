@@ -14,7 +14,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use ed25519_dalek::Signer as _;
-use keyraft_core::lookup::{head_signing_message, ratification_message, PositionalSignature};
+use keyraft_core::lookup::{head_signing_message, PositionalSignature};
 use keyraft_core::tree::Terminal;
 use keyraft_core::types::{entry_hash, profile_commitment};
 use keyraft_core::vrf::VrfProof;
@@ -59,19 +59,6 @@ struct Vector {
     check: Option<&'static str>,
 }
 
-/// Re-signs a tampered head with the harness's keys, at the positions the proof already has,
-/// so that only the tampering (not a broken signature) is wrong with it.
-fn resign(h: &Harness, p: &mut LookupProof) {
-    let head_message = head_signing_message(&p.head);
-    for s in &mut p.replica_signatures {
-        s.signature = Signature(h.replicas[usize::from(s.position)].sign(&head_message).to_bytes());
-    }
-    let ratification = ratification_message(&p.head);
-    for s in &mut p.verifier_signatures {
-        s.signature = Signature(h.verifiers[usize::from(s.position)].sign(&ratification).to_bytes());
-    }
-}
-
 /// `p` carrying `entry` and `profile` as raw bytes, with its leaf's value the hash of `entry`
 /// and the head's root recomputed and re-signed: a tree the signers really signed, whose
 /// entry or profile is not canonical, so that only the decoding rule (step 0) refuses it.
@@ -80,7 +67,7 @@ fn signed_carrying(h: &Harness, p: &LookupProof, entry: &[u8], profile: &[u8]) -
     let index = p.entry.as_ref().unwrap().0.index;
     p.tree_proof.terminal = Terminal::Leaf { value: entry_hash(entry) };
     p.head.root = p.tree_proof.compute_root(&index).unwrap().0;
-    resign(h, &mut p);
+    h.resign(&mut p);
     p.entry = None;
     let mut bytes = p.encode();
     assert_eq!(bytes.pop(), Some(0), "an entry-less proof ends with its presence byte");
@@ -276,7 +263,7 @@ fn refused_early(p: &Proofs<'_>) -> Vec<Vector> {
         ),
         tampered("head-epoch-0", "the head's epoch set to 0 and re-signed by every signer", "decode", &|p| {
             p.head.epoch = 0;
-            resign(h, p);
+            h.resign(p);
         }),
         Vector {
             name: "epoch-1-previous-hash",
@@ -288,7 +275,7 @@ fn refused_early(p: &Proofs<'_>) -> Vec<Vector> {
                 &{
                     let mut p = inclusion1.clone();
                     p.head.previous_head_hash[31] = 1;
-                    resign(h, &mut p);
+                    h.resign(&mut p);
                     p
                 },
                 Some("decode"),

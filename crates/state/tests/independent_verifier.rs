@@ -5,11 +5,10 @@
 //! rejects tampered ones.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use ed25519_dalek::Signer as _;
-use keyraft_core::lookup::{head_signing_message, ratification_message, verify_lookup_bytes};
+use keyraft_core::lookup::verify_lookup_bytes;
 use keyraft_core::tree::Terminal;
 use keyraft_core::types::{entry_hash, profile_commitment};
-use keyraft_core::{Canonical, LookupProof, Signature};
+use keyraft_core::{Canonical, LookupProof};
 use keyraft_state::harness::{derive_signing_key, public_key, Harness};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -234,14 +233,7 @@ fn signed_proof_carrying(h: &Harness, honest: &LookupProof, entry: &[u8], profil
     let index = p.entry.as_ref().unwrap().0.index;
     p.tree_proof.terminal = Terminal::Leaf { value: entry_hash(entry) };
     p.head.root = p.tree_proof.compute_root(&index).unwrap().0;
-    let head_message = head_signing_message(&p.head);
-    for s in &mut p.replica_signatures {
-        s.signature = Signature(h.replicas[usize::from(s.position)].sign(&head_message).to_bytes());
-    }
-    let ratification = ratification_message(&p.head);
-    for s in &mut p.verifier_signatures {
-        s.signature = Signature(h.verifiers[usize::from(s.position)].sign(&ratification).to_bytes());
-    }
+    h.resign(&mut p);
     p.entry = None;
     let mut bytes = p.encode();
     assert_eq!(bytes.pop(), Some(0), "an entry-less proof ends with its presence byte");
