@@ -50,7 +50,7 @@
 //!
 //! ## Reading and writing
 //!
-//! Reads ([`root_at`], [`prove`]) serve any closed epoch: they start at that epoch's root page
+//! Reads ([`root_at`], [`prove`]) serve any applied epoch: they start at that epoch's root page
 //! and follow child locations, reading each chunk at most once per call. Writes
 //! ([`apply_epoch`]) only ever extend the newest tree, whose pages a [`PageCache`] keeps in
 //! memory; the caller puts an epoch's [`WrittenPages`] into it once the epoch's batch is
