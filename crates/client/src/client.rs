@@ -157,7 +157,11 @@ impl Client {
     /// Calls the endpoints in turn, preferred ones first, until one's answer passes
     /// `accept`: an error another replica may not give ([`ClientError::try_elsewhere`]) moves
     /// on to the next one and demotes this one; any other error is returned at once.
-    pub(crate) async fn each<R, T, F, Fut>(&self, call: F, accept: impl Fn(R) -> Result<T, ClientError>) -> Result<T, ClientError>
+    pub(crate) async fn each<R, T, F, Fut>(
+        &self,
+        call: F,
+        accept: impl Fn(R) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError>
     where
         F: Fn(KeyraftClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<R, tonic::Status>>,

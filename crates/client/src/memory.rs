@@ -102,10 +102,8 @@ fn read_file(path: &Path) -> Result<FileContents, ClientError> {
             let contents: FileContents =
                 serde_json::from_str(&text).map_err(|e| local("reading it: it is corrupt", e.into()))?;
             if !(1..=FORMAT_VERSION).contains(&contents.version) {
-                let unknown = format!(
-                    "format version {}, this client reads versions 1 to {FORMAT_VERSION}",
-                    contents.version
-                );
+                let unknown =
+                    format!("format version {}, this client reads versions 1 to {FORMAT_VERSION}", contents.version);
                 return Err(local("reading it", std::io::Error::new(std::io::ErrorKind::InvalidData, unknown)));
             }
             Ok(contents)

@@ -2,9 +2,9 @@
 
 use super::{count, load_realm, state_file, CmdResult};
 use keyraft_client::{ClientError, ClientOptions, ProofChecker};
+use keyraft_core::decode_canonical;
 use keyraft_core::human;
 use keyraft_core::lookup::LookupProof;
-use keyraft_core::decode_canonical;
 use std::io::Write;
 use std::path::PathBuf;
 
