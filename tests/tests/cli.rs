@@ -111,6 +111,10 @@ fn a_newcomer_registers_updates_and_follows_an_identity_with_verified_answers() 
     let watch = ok(&realm, &with_realm(&["watch", "alice", "--count", "2"]));
     let lines: Vec<&str> = watch.lines().filter(|l| !l.starts_with("  ")).collect();
     assert!(lines[0].starts_with("CHANGED") && lines[0].contains("version 2"), "{watch}");
+    // A change is printed as `lookup` prints an answer: policy, quorum, head, replica.
+    for detail in ["  policy ", "  ratified by a replica majority", "  head issued at ", "  answered by "] {
+        assert!(watch.contains(detail), "{detail:?} not in {watch}");
+    }
     assert!(
         lines[1].starts_with("unchanged in epoch")
             && lines[1].contains("version 2")

@@ -2,7 +2,8 @@
 //! endpoint tried and why; a proof from another realm says so (both realms, both
 //! configuration hashes), not "VRF"; admin failures read as words, never tonic's `Debug`
 //! structures; no `--help` points at Rust paths; `keyraft dev --verifier-count` (processes) is
-//! told apart from a client's `--verifiers` (the minimum number of ratifications).
+//! told apart from a client's `--verifiers` (the minimum number of ratifications); a client
+//! state file this machine cannot read is its disk's fault, exit code 4.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use keyraft_core::vrf::VrfSecretKey;
@@ -71,6 +72,24 @@ fn an_unreachable_realm_names_every_endpoint_tried_and_why() {
     let stderr = stderr_of(&out);
     assert!(stderr.contains(&format!("error: admin status on {peer}: connection refused")), "{stderr}");
     assert_no_tonic_internals(&stderr);
+}
+
+#[test]
+fn a_state_file_the_client_cannot_use_is_this_machines_fault_with_its_own_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    realm_file_with(dir.path(), vec![format!("127.0.0.1:{}", closed_port())]);
+    std::fs::write(dir.path().join("garbled.json"), b"{not json").unwrap();
+    std::fs::write(dir.path().join("blocker"), b"a file, not a directory").unwrap();
+    for (state, what) in [("garbled.json", "corrupt"), ("blocker/state.json", "reading it")] {
+        for command in ["lookup", "history", "watch"] {
+            let out = keyraft(dir.path(), &[command, "--realm", "realm.json", "--state", state, "alice"]);
+            let stderr = stderr_of(&out);
+            assert_eq!(out.status.code(), Some(4), "keyraft {command} --state {state}: {stderr}");
+            assert!(stderr.contains(state) && stderr.contains(what), "{stderr}");
+            assert!(stderr.contains("this machine") && stderr.contains("not the realm"), "{stderr}");
+            assert!(!stderr.contains("invalid request") && !stderr.contains("misbehaved"), "{stderr}");
+        }
+    }
 }
 
 /// The short form of a configuration hash that error messages show.

@@ -3,7 +3,9 @@
 //! [`ProofChecker`], and `keyraft verify-proof` verifies a saved proof with one, offline and
 //! against the same epoch memory.
 
-use crate::{decode_proof, verify_classified, ClientError, ClientOptions, EpochMemory, LookupAnswer};
+use crate::error::verify_classified;
+use crate::lookup::decode_proof;
+use crate::{ClientError, ClientOptions, EpochMemory, LookupAnswer};
 use keyraft_core::lookup::{verify_lookup, verify_lookup_at, ClientRealm};
 use keyraft_core::RealmFile;
 

@@ -96,25 +96,20 @@ pub struct EpochMemory {
 }
 
 fn read_file(path: &Path) -> Result<FileContents, ClientError> {
+    let local = |action, source| ClientError::LocalState { path: path.to_owned(), action, source };
     match std::fs::read_to_string(path) {
         Ok(text) => {
-            let contents: FileContents = serde_json::from_str(&text).map_err(|e| {
-                ClientError::Invalid(format!(
-                    "client state file {} is corrupt ({e}); it holds the newest epoch seen per realm: fix it or delete it to start over",
-                    path.display()
-                ))
-            })?;
+            let contents: FileContents =
+                serde_json::from_str(&text).map_err(|e| local("reading it: it is corrupt", e.into()))?;
             if !(1..=FORMAT_VERSION).contains(&contents.version) {
-                return Err(ClientError::Invalid(format!(
-                    "client state file {} has format version {}, this client reads versions 1 to {FORMAT_VERSION}",
-                    path.display(),
-                    contents.version
-                )));
+                let unknown =
+                    format!("format version {}, this client reads versions 1 to {FORMAT_VERSION}", contents.version);
+                return Err(local("reading it", std::io::Error::new(std::io::ErrorKind::InvalidData, unknown)));
             }
             Ok(contents)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileContents::default()),
-        Err(e) => Err(ClientError::Invalid(format!("reading client state file {}: {e}", path.display()))),
+        Err(e) => Err(local("reading it", e)),
     }
 }
 
@@ -203,21 +198,21 @@ impl EpochMemory {
 }
 
 fn write_atomically(path: &Path, contents: &FileContents) -> Result<(), ClientError> {
-    let fail = |e: std::io::Error| ClientError::Invalid(format!("writing client state file {}: {e}", path.display()));
+    let local = |action| move |source| ClientError::LocalState { path: path.to_owned(), action, source };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(fail)?;
+        std::fs::create_dir_all(dir).map_err(local("creating its directory"))?;
     }
-    let json = serde_json::to_vec_pretty(contents).map_err(|e| ClientError::Invalid(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(contents).map_err(|e| local("writing it")(e.into()))?;
     // Unique per writer: two clients of one process may share the file.
     static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(format!(".tmp-{}-{n}", std::process::id()));
     let tmp = PathBuf::from(tmp_name);
-    let mut file = std::fs::File::create(&tmp).map_err(fail)?;
-    file.write_all(&json).map_err(fail)?;
-    file.sync_all().map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)?;
+    let mut file = std::fs::File::create(&tmp).map_err(local("writing it"))?;
+    file.write_all(&json).map_err(local("writing it"))?;
+    file.sync_all().map_err(local("writing it"))?;
+    std::fs::rename(&tmp, path).map_err(local("replacing it"))?;
     Ok(())
 }
 
@@ -287,11 +282,49 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         std::fs::write(&path, b"{not json").unwrap();
-        let err = EpochMemory::open(&path).unwrap_err().to_string();
-        assert!(err.contains("corrupt") && err.contains("state.json"), "{err}");
+        let err = EpochMemory::open(&path).unwrap_err();
+        assert!(matches!(&err, ClientError::LocalState { path: p, .. } if *p == path), "{err:?}");
+        let err = err.to_string();
+        assert!(err.contains("corrupt") && err.contains("state.json") && err.contains("this machine"), "{err}");
         std::fs::write(&path, br#"{"version":7,"realms":{}}"#).unwrap();
-        let err = EpochMemory::open(&path).unwrap_err().to_string();
-        assert!(err.contains("format version 7"), "{err}");
+        let err = EpochMemory::open(&path).unwrap_err();
+        assert!(matches!(&err, ClientError::LocalState { .. }), "{err:?}");
+        assert!(err.to_string().contains("format version 7"), "{err}");
+    }
+
+    /// A state file the disk will not read or write is this machine's fault, with the OS error
+    /// kept: never reported as the caller's invalid request, nor as the server's misbehaviour.
+    #[test]
+    fn a_state_file_that_cannot_be_read_or_written_is_the_local_disks_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("blocker");
+        std::fs::write(&blocker, b"a file, not a directory").unwrap();
+        let local = |e: &ClientError| match e {
+            ClientError::LocalState { path, action, source } => Some((path.clone(), *action, source.kind())),
+            _ => None,
+        };
+
+        // Unreadable: its path runs through a file.
+        let unreadable = blocker.join("state.json");
+        let err = EpochMemory::open(&unreadable).unwrap_err();
+        let (path, action, _) = local(&err).unwrap_or_else(|| panic!("not a local state error: {err:?}"));
+        assert_eq!((path, action), (unreadable.clone(), "reading it"));
+        assert!(!err.is_misbehavior() && !err.try_elsewhere());
+        assert!(std::error::Error::source(&err).is_some(), "the io::Error is kept as the source");
+
+        // Unwritable: its directory cannot be created.
+        let unwritable = blocker.join("sub/state.json");
+        let err = write_atomically(&unwritable, &FileContents::default()).unwrap_err();
+        let (path, action, _) = local(&err).unwrap_or_else(|| panic!("not a local state error: {err:?}"));
+        assert_eq!((path, action), (unwritable, "creating its directory"));
+
+        // A file that goes bad under a running client fails its next write the same way.
+        let path = dir.path().join("later/state.json");
+        let m = EpochMemory::open(&path).unwrap();
+        std::fs::write(dir.path().join("later"), b"now a file").unwrap();
+        let err = m.observe("dev", 1, 5).unwrap_err();
+        assert!(local(&err).is_some(), "{err:?}");
+        assert!(err.to_string().contains("not the realm"), "{err}");
     }
 
     #[test]

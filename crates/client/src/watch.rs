@@ -7,13 +7,29 @@
 //! ratified yet), the watch resumes on the next one after the last epoch it verified.
 //! A watch from an epoch no replica has reached is refused at once.
 
-use crate::{decode_proof, status_error, Client, ClientError, LookupAnswer, Tried};
-use keyraft_core::Entry;
+use crate::client::Tried;
+use crate::error::status_error;
+use crate::lookup::decode_proof;
+use crate::{Client, ClientError, LookupAnswer};
+use keyraft_core::{backoff, Entry};
 use keyraft_proto::pb::watch_event::Event;
 use keyraft_proto::pb::WatchRequest;
 
 /// How many times in a row a watch may fail to reach any replica before it gives up.
 pub const WATCH_RECONNECT_ROUNDS_MAX: u32 = 3;
+/// First pause after a round of replicas that all failed, in milliseconds (doubled each
+/// round, jittered).
+const WATCH_RECONNECT_DELAY_MS: u64 = 500;
+/// Longest pause between two rounds, in milliseconds.
+const WATCH_RECONNECT_DELAY_MAX_MS: u64 = 4_000;
+
+/// The pause before round `round` (1 for the first retry) of reconnecting: the capped
+/// exponential backoff every retry loop uses, spread so that the watchers of a replica that
+/// went away do not all come back at once.
+fn reconnect_pause(round: u32) -> std::time::Duration {
+    let delay_ms = backoff::delay_ms(round.saturating_sub(1), WATCH_RECONNECT_DELAY_MS, WATCH_RECONNECT_DELAY_MAX_MS);
+    std::time::Duration::from_millis(backoff::jittered_ms(delay_ms, rand::random()))
+}
 
 /// One verified event.
 #[derive(Debug, Clone)]
@@ -79,7 +95,7 @@ impl Watch {
         for round in 0..WATCH_RECONNECT_ROUNDS_MAX {
             if round > 0 {
                 // A whole round failed: let the realm recover before the next one.
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                tokio::time::sleep(reconnect_pause(round)).await;
             }
             // The last round's endpoints are reported, each with its cause.
             tried = Tried::new();
@@ -184,6 +200,7 @@ impl Watch {
         } else {
             self.client.accept_past(&self.user_id, bytes, epoch)?
         };
+        let answer = LookupAnswer { endpoint: Some(self.client.endpoints[self.endpoint].0.clone()), ..answer };
         let entry = answer.lookup.entry.as_ref().map(|(e, _)| e.clone());
         if let Some((last_epoch, last_entry)) = &self.last {
             if epoch <= *last_epoch {
@@ -220,5 +237,67 @@ impl Watch {
         }
         self.last = Some((epoch, entry));
         Ok(if changed { WatchUpdate::Changed(answer) } else { WatchUpdate::Unchanged(answer) })
+    }
+}
+
+impl Client {
+    /// Watches `user_id`: the current value, then every change, and heartbeats proving it
+    /// unchanged. With `from_epoch`, starts with the changes after that epoch (the caller knows
+    /// the value at `from_epoch`; the first event is not compared with it).
+    pub async fn watch(&self, user_id: &str, from_epoch: u64) -> Result<Watch, ClientError> {
+        Watch::open(self.clone(), user_id.to_owned(), from_epoch).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use keyraft_core::vrf::VrfSecretKey;
+    use keyraft_core::{RealmConfig, RealmFile};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn the_pause_between_rounds_backs_off_up_to_its_cap() {
+        for _ in 0..100 {
+            let first = reconnect_pause(1).as_millis() as u64;
+            assert!((WATCH_RECONNECT_DELAY_MS / 2..=WATCH_RECONNECT_DELAY_MS).contains(&first), "{first}");
+            let second = reconnect_pause(2).as_millis() as u64;
+            assert!((WATCH_RECONNECT_DELAY_MS..=2 * WATCH_RECONNECT_DELAY_MS).contains(&second), "{second}");
+            assert!(reconnect_pause(u32::MAX).as_millis() as u64 <= WATCH_RECONNECT_DELAY_MAX_MS);
+        }
+    }
+
+    /// A replica that takes connections and drops them: every round of the watch tries it
+    /// again, after a pause, until the rounds run out.
+    #[tokio::test]
+    async fn a_watch_retries_every_round_with_a_pause_before_giving_up() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                counter.fetch_add(1, Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+        let key = |n: u8| crate::public_key(&ed25519_dalek::SigningKey::from_bytes(&[n; 32]));
+        let vrf = VrfSecretKey::from_seed(&[9; 32]).public_key();
+        let config = RealmConfig::new("dropping.example", vrf, vec![key(1), key(2), key(3)], vec![]).unwrap();
+        let file = RealmFile::new(&config, 60_000, 5_000, vec![addr]);
+        let client = Client::new(&file, &[]).unwrap();
+
+        let started = std::time::Instant::now();
+        let err = client.watch("alice", 0).await.unwrap_err();
+        assert!(matches!(err, ClientError::Unavailable(_)), "{err}");
+        let rounds = WATCH_RECONNECT_ROUNDS_MAX as usize;
+        assert!(accepted.load(Ordering::SeqCst) >= rounds, "{} connections", accepted.load(Ordering::SeqCst));
+        // The shortest pauses backoff allows between the rounds.
+        let pauses_ms: u64 = (1..WATCH_RECONNECT_ROUNDS_MAX)
+            .map(|round| backoff::delay_ms(round - 1, WATCH_RECONNECT_DELAY_MS, WATCH_RECONNECT_DELAY_MAX_MS) / 2)
+            .sum();
+        assert!(started.elapsed() >= std::time::Duration::from_millis(pauses_ms), "{:?}", started.elapsed());
     }
 }

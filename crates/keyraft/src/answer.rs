@@ -3,7 +3,7 @@
 //! threshold, the head's time, the replica that answered, and whether newer epochs exist
 //! than the newest the client's quorum ratified.
 
-use crate::client_cmd::{count, print_profile};
+use crate::client_cmd::count;
 use crate::json::Verification;
 use keyraft_client::LookupAnswer;
 use keyraft_core::human;
@@ -54,9 +54,13 @@ pub fn print_lookup(
     if verification == Verification::Historical {
         writeln!(out, "HISTORICAL: what {:?} was in epoch {}, nothing about today", l.user_id, l.epoch())?;
     }
-    crate::client_cmd::print_lookup(out, l)?;
-    if let Some((entry, _)) = &l.entry {
-        writeln!(out, "  policy {}", policy_text(&entry.update_policy))?;
+    match &l.entry {
+        None => writeln!(out, "{:?} is not registered (epoch {}, VERIFIED)", l.user_id, l.epoch())?,
+        Some((entry, profile)) => {
+            writeln!(out, "{:?}: version {} in epoch {} (VERIFIED)", l.user_id, entry.version, l.epoch())?;
+            print_profile(out, profile)?;
+            writeln!(out, "  policy {}", policy_text(&entry.update_policy))?;
+        }
     }
     writeln!(out, "  index {}", hex::encode(l.index.0))?;
     writeln!(out, "  ratified by a replica majority and {}", count(l.ratified_by.len() as u64, "verifier"))?;
@@ -67,6 +71,17 @@ pub fn print_lookup(
     if verification == Verification::Current {
         if let Some(line) = behind_line(a) {
             writeln!(out, "{line}")?;
+        }
+    }
+    Ok(())
+}
+
+/// Profile keys as text when printable (binary keys as hex).
+pub(crate) fn print_profile(out: &mut dyn Write, profile: &keyraft_core::Profile) -> std::io::Result<()> {
+    for (app, key) in &profile.keys {
+        match std::str::from_utf8(key) {
+            Ok(s) if s.chars().all(|c| !c.is_control()) && app != "ed25519" => writeln!(out, "  {app} = {s}")?,
+            _ => writeln!(out, "  {app} = hex:{}", hex::encode(key))?,
         }
     }
     Ok(())

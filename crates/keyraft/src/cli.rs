@@ -54,6 +54,24 @@ pub enum Command {
 /// that its quorum of verifiers did not ratify within the wait.
 pub const EXIT_NOT_RATIFIED: u8 = 3;
 
+/// Exit code of a client command that could not read or write the client's own state file
+/// (the epochs it has seen): this machine's disk or file is at fault, neither the realm nor the
+/// request. Fix or delete the file the message names.
+pub const EXIT_LOCAL_STATE: u8 = 4;
+
+/// The exit code of a command that failed with `e`: [`EXIT_LOCAL_STATE`] when the client's own
+/// state file is at fault, else 1 (the message says whose fault it is).
+pub fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(keyraft_client::ClientError::LocalState { .. }) = c.downcast_ref() {
+            return EXIT_LOCAL_STATE;
+        }
+        cause = c.source();
+    }
+    1
+}
+
 /// Ends the process with this exit code; the command has already said why.
 #[derive(Debug)]
 pub struct Exit(pub u8);

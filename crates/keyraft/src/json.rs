@@ -5,8 +5,9 @@
 
 use keyraft_client::{LookupAnswer, UpdateStatus};
 use keyraft_core::human;
-use keyraft_core::lookup::{ClientRealm, LookupProof};
+use keyraft_core::lookup::{ClientRealm, LookupProof, PositionalSignature};
 use keyraft_core::policy::{Quorum, QuorumMember};
+use keyraft_core::tree::Terminal;
 use keyraft_core::{decode_canonical, EpochHead, Policy};
 use keyraft_proto::peer::StatusReply;
 use serde_json::{json, Map, Value};
@@ -136,7 +137,7 @@ pub fn lookup(
         out.extend(fields);
     }
     let proof: LookupProof = decode_canonical(&a.proof)?;
-    out.insert("proof".into(), crate::client_cmd::proof_json(&proof, &a.proof));
+    out.insert("proof".into(), proof_json(&proof, &a.proof));
     Ok(Value::Object(out))
 }
 
@@ -193,6 +194,56 @@ pub fn admin_status(s: &StatusReply) -> Value {
             "id": n.id, "voter": n.voter, "peer_addr": n.peer_addr, "public_addr": n.public_addr,
             "matched_index": n.matched_index, "lag": n.lag,
         })).collect::<Vec<_>>(),
+    })
+}
+
+fn sigs_json(sigs: &[PositionalSignature]) -> serde_json::Value {
+    sigs.iter()
+        .map(|s| serde_json::json!({ "position": s.position, "signature": hex::encode(s.signature.0) }))
+        .collect()
+}
+
+/// The whole proof, field by field, plus its canonical bytes.
+pub fn proof_json(p: &LookupProof, bytes: &[u8]) -> serde_json::Value {
+    let terminal = match &p.tree_proof.terminal {
+        Terminal::Empty => serde_json::json!({ "kind": "empty" }),
+        Terminal::Leaf { value } => serde_json::json!({ "kind": "leaf", "value": hex::encode(value) }),
+        Terminal::OtherLeaf { index, value } => {
+            serde_json::json!({ "kind": "other_leaf", "index": hex::encode(index.0), "value": hex::encode(value) })
+        }
+    };
+    let entry = p.entry.as_ref().map(|(e, profile)| {
+        serde_json::json!({
+            "index": hex::encode(e.index.0),
+            "version": e.version,
+            "profile_commitment": hex::encode(e.profile_commitment),
+            "update_policy_keys": e.update_policy.keys().iter().map(|k| hex::encode(k.as_bytes())).collect::<Vec<_>>(),
+            "profile": {
+                "nonce": hex::encode(&profile.nonce),
+                "keys": profile.keys.iter().map(|(a, k)| (a.clone(), serde_json::Value::String(hex::encode(k)))).collect::<serde_json::Map<_, _>>(),
+            },
+        })
+    });
+    serde_json::json!({
+        "user_id": p.user_id,
+        "vrf_proof": hex::encode(p.vrf_proof.as_bytes()),
+        "head": {
+            "realm": p.head.realm,
+            "epoch": p.head.epoch,
+            "root": hex::encode(p.head.root),
+            "previous_head_hash": hex::encode(p.head.previous_head_hash),
+            "issue_time_ms": p.head.issue_time_ms,
+            "update_count": p.head.update_count,
+            "config_hash": hex::encode(p.head.config_hash),
+        },
+        "replica_signatures": sigs_json(&p.replica_signatures),
+        "verifier_signatures": sigs_json(&p.verifier_signatures),
+        "tree_proof": {
+            "terminal": terminal,
+            "siblings": p.tree_proof.siblings.iter().map(|s| s.map(hex::encode)).collect::<Vec<_>>(),
+        },
+        "entry": entry,
+        "proof_hex": hex::encode(bytes),
     })
 }
 

@@ -17,7 +17,7 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::SUCCESS;
             }
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(keyraft::cli::exit_code(e.as_ref()))
         }
     }
 }

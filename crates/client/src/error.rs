@@ -1,0 +1,206 @@
+//! What went wrong, by whose fault: the one error type of the client, the one classification
+//! of a proof that does not verify, and gRPC statuses in words.
+
+use crate::CONNECT_TIMEOUT_MS;
+use keyraft_core::lookup::{ClientRealm, VerifyError};
+use std::path::PathBuf;
+
+/// What went wrong, by whose fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The caller's input or configuration is wrong; retrying will not help.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The server refused the request as it stands (a version or policy conflict, an unknown
+    /// epoch); the message says why.
+    #[error("refused by the server ({}): {message}", code_in_words(*code))]
+    Refused {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The server's explanation.
+        message: String,
+    },
+    /// No replica answered usefully; try again later.
+    #[error("try again: {0}")]
+    Unavailable(String),
+    /// A replica sent an answer that does not verify: it is faulty or lying. Keep the proof.
+    #[error("the server misbehaved: {0}")]
+    Misbehaved(#[from] VerifyError),
+    /// The newest answer satisfying this client's quorum is older than its epoch TTL: the
+    /// realm, or the verifiers this client requires, are behind, or a replica is hiding newer
+    /// epochs. Not proof of misbehaviour on its own; try later or another replica.
+    #[error("no fresh enough answer: {0}")]
+    Stale(VerifyError),
+    /// A replica sent answers that verify one by one but contradict the request or each other
+    /// (an older epoch than asked for, a "change" that changes nothing): it is faulty or lying.
+    #[error("the server misbehaved: {0}")]
+    Contradicted(String),
+    /// This client's own state on this machine (the state file of the newest epochs seen and
+    /// of its own updates) could not be read or written, or holds what this client cannot
+    /// read: the local disk's or the file's fault, neither a server's nor the request's.
+    /// Retrying will not help until the file is fixed (or deleted, forgetting the epochs seen).
+    #[error(
+        "this client's state file {} ({action}): {source}; the file or the disk on this machine is at fault, not the realm: fix it, or delete it to start over (forgetting the epochs seen)",
+        path.display()
+    )]
+    LocalState {
+        /// The state file.
+        path: PathBuf,
+        /// What was being done with it: "reading it", "writing it", ...
+        action: &'static str,
+        /// The OS error, or what is wrong with the bytes read (`InvalidData`).
+        #[source]
+        source: std::io::Error,
+    },
+    /// An update that was to wait for its ratification is in an epoch, which did not reach the
+    /// verifier ratifications this client requires within the wait: it was accepted and stays
+    /// applied (its status says where; a lookup proves it once ratified). Do not resubmit it.
+    #[error(
+        "accepted in epoch {epoch}; not yet ratified by {verifiers} verifier{} (update id {}): look it up later",
+        if *verifiers == 1 { "" } else { "s" },
+        hex::encode(update_id)
+    )]
+    NotRatifiedYet {
+        /// The update's id.
+        update_id: Vec<u8>,
+        /// The epoch it is in.
+        epoch: u64,
+        /// How many verifier ratifications this client requires.
+        verifiers: usize,
+    },
+}
+
+impl ClientError {
+    /// Whether the server, not the network or the caller, is at fault: keep the evidence.
+    pub fn is_misbehavior(&self) -> bool {
+        matches!(self, Self::Misbehaved(_) | Self::Contradicted(_))
+    }
+
+    /// Whether another replica may answer usefully: "try again", a stale answer, an epoch not
+    /// ratified yet, an epoch beyond the replica's newest, or an answer older than one already
+    /// seen (a lagging or lying replica; reported if no replica does better).
+    pub(crate) fn try_elsewhere(&self) -> bool {
+        // OUT_OF_RANGE: the epoch asked for is beyond the replica's newest; a replica far
+        // behind (a full disk, a partition) says so about epochs its peers have.
+        matches!(
+            self,
+            Self::Unavailable(_)
+                | Self::Stale(_)
+                | Self::Misbehaved(VerifyError::Rollback { .. })
+                | Self::Refused { code: tonic::Code::OutOfRange, .. }
+        )
+    }
+
+    /// Which error of several to report: the most telling one.
+    pub(crate) fn weight(&self) -> u8 {
+        match self {
+            Self::Misbehaved(_) | Self::Contradicted(_) => 3,
+            Self::Stale(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// The one classification of a proof that does not verify. A head older than the TTL is
+/// stale and a head lacking the verifier ratifications the client requires is not ratified
+/// yet: neither proves a signed statement false, so both are worth retrying (later, on another
+/// replica, or for an older epoch). Anything else in the proof that fails, even with the
+/// ratifications missing, proves the replica wrong.
+pub(crate) fn verify_classified<T>(
+    realm: &ClientRealm,
+    epoch: u64,
+    verify: impl Fn(&ClientRealm) -> Result<T, VerifyError>,
+) -> Result<T, ClientError> {
+    let classify = |e: VerifyError| match e {
+        VerifyError::HeadExpired { .. } => ClientError::Stale(e),
+        e => ClientError::Misbehaved(e),
+    };
+    match verify(realm) {
+        Ok(v) => Ok(v),
+        Err(VerifyError::VerifierQuorumMissing { have, need }) => {
+            let lenient = ClientRealm { verifier_threshold: have, ..realm.clone() };
+            match verify(&lenient) {
+                Err(e) => Err(classify(e)),
+                Ok(_) => Err(ClientError::Unavailable(format!(
+                    "epoch {epoch} is not ratified yet: it has {have} of the {need} verifier ratifications this client requires (retry later or on another replica, or ask for an older epoch)"
+                ))),
+            }
+        }
+        Err(e) => Err(classify(e)),
+    }
+}
+
+pub(crate) fn status_error(endpoint: &str, status: &tonic::Status) -> ClientError {
+    use tonic::Code;
+    let message = format!("{endpoint}: {}", status_in_words(status));
+    match status.code() {
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Cancelled
+        | Code::Unknown
+        | Code::Internal
+        | Code::Aborted => ClientError::Unavailable(message),
+        code => ClientError::Refused { code, message: format!("{endpoint}: {}", status.message()) },
+    }
+}
+
+/// A gRPC status code in words, for messages: "failed precondition", "unavailable".
+pub fn code_in_words(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown error",
+        Code::InvalidArgument => "invalid argument",
+        Code::DeadlineExceeded => "deadline exceeded",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::PermissionDenied => "permission denied",
+        Code::ResourceExhausted => "resource exhausted",
+        Code::FailedPrecondition => "failed precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out of range",
+        Code::Unimplemented => "not implemented",
+        Code::Internal => "internal error",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+/// Why a call failed on the way to or from the server, in words, when the network (not the
+/// server) ended it: "connection refused", "timed out after 2 s" (connecting), "no answer
+/// within the call's deadline".
+pub fn network_cause(status: &tonic::Status) -> Option<String> {
+    use std::error::Error as _;
+    let mut cause = status.source();
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return Some(match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+                // The only timeout below a call's own deadline is the connect timeout.
+                std::io::ErrorKind::TimedOut => {
+                    format!("timed out after {} s", CONNECT_TIMEOUT_MS.div_ceil(1_000))
+                }
+                _ => io.to_string(),
+            });
+        }
+        if c.downcast_ref::<tonic::TimeoutExpired>().is_some() {
+            return Some("no answer within the call's deadline".to_owned());
+        }
+        cause = c.source();
+    }
+    None
+}
+
+/// A status in words, never tonic's `Debug` structures: the network cause when the call never
+/// got an answer ("connection refused"), else "<code in words>: <message>".
+pub fn status_in_words(status: &tonic::Status) -> String {
+    if let Some(cause) = network_cause(status) {
+        return cause;
+    }
+    match status.message() {
+        "" => code_in_words(status.code()).to_owned(),
+        message => format!("{}: {message}", code_in_words(status.code())),
+    }
+}

@@ -1,0 +1,409 @@
+//! Updates: an entry built on the identity's verified current entry, signed by its owners,
+//! submitted (and resubmitted, the same bytes, while the answer is "try again"), optionally
+//! waited for until this client's quorum ratified its epoch.
+
+use crate::client::CALL_TIMEOUT_MS;
+use crate::{public_key, sign_entry, Client, ClientError, LookupAnswer, LookupOptions, UpdateStatus};
+use ed25519_dalek::SigningKey;
+use keyraft_core::{Canonical, Entry, Policy, Profile, SignedEntry, Update};
+use keyraft_proto::pb::{UpdateRequest, UpdateResponse};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// How long an update waiting for the quorum lets the server wait, in milliseconds.
+pub const QUORUM_WAIT_MS: u32 = 10_000;
+/// Bytes of random nonce in profiles this client creates.
+pub const PROFILE_NONCE_BYTES: usize = 32;
+/// How long an update answered "try again" is resubmitted, the same bytes each time (an update
+/// is idempotent: one applied meanwhile is answered as a duplicate), in milliseconds.
+pub const UPDATE_RETRY_MS: u64 = 10_000;
+/// First delay between two submissions of an update, in milliseconds (doubled each time).
+const UPDATE_RETRY_DELAY_MS: u64 = 250;
+/// Longest delay between two submissions of an update, in milliseconds.
+const UPDATE_RETRY_DELAY_MAX_MS: u64 = 2_000;
+
+/// The outcome of an update.
+#[derive(Debug, Clone)]
+pub struct UpdateOutcome {
+    /// The update's id (for `GetUpdateStatus`).
+    pub update_id: Vec<u8>,
+    /// The epoch it appears in.
+    pub epoch: u64,
+    /// True when this exact update had already been applied.
+    pub duplicate: bool,
+    /// With [`UpdateBuilder::wait_for_quorum`]: the verified proof that the epoch holds the
+    /// new entry, ratified by this client's quorum.
+    pub proof: Option<LookupAnswer>,
+    /// The profile keys of the entry the update replaced (empty for a registration).
+    pub previous_keys: BTreeMap<String, Vec<u8>>,
+    /// The profile keys the update published.
+    pub keys: BTreeMap<String, Vec<u8>>,
+}
+
+/// How an update's profile keys are made.
+#[derive(Debug, Clone)]
+pub enum ProfileKeys {
+    /// Exactly these keys: the current profile's are dropped.
+    Replace(BTreeMap<String, Vec<u8>>),
+    /// The current profile's keys (none for a registration), with `set` added or changed and
+    /// `unset` removed.
+    Edit {
+        /// Keys to add or change.
+        set: BTreeMap<String, Vec<u8>>,
+        /// Keys to remove: each must be in the current profile and not in `set`.
+        unset: BTreeSet<String>,
+    },
+}
+
+impl Default for ProfileKeys {
+    fn default() -> Self {
+        Self::Replace(BTreeMap::new())
+    }
+}
+
+impl ProfileKeys {
+    /// The keys this makes from `current`. Unsetting a key `current` lacks, or setting and
+    /// unsetting the same key, is the caller's mistake.
+    pub fn apply(self, current: &BTreeMap<String, Vec<u8>>) -> Result<BTreeMap<String, Vec<u8>>, ClientError> {
+        match self {
+            Self::Replace(keys) => Ok(keys),
+            Self::Edit { set, unset } => {
+                let mut keys = current.clone();
+                for app in &unset {
+                    if set.contains_key(app) {
+                        return Err(ClientError::Invalid(format!("profile key {app:?} is both set and unset")));
+                    }
+                    if keys.remove(app).is_none() {
+                        let held: Vec<&str> = current.keys().map(String::as_str).collect();
+                        return Err(ClientError::Invalid(format!(
+                            "cannot unset profile key {app:?}: the current profile does not hold it (it holds: {})",
+                            if held.is_empty() { "nothing".to_owned() } else { held.join(", ") }
+                        )));
+                    }
+                }
+                keys.extend(set);
+                Ok(keys)
+            }
+        }
+    }
+}
+
+/// A profile holding `keys` with a fresh random nonce.
+pub fn new_profile(keys: BTreeMap<String, Vec<u8>>) -> Profile {
+    let mut nonce = vec![0u8; PROFILE_NONCE_BYTES];
+    rand::Rng::fill(&mut rand::thread_rng(), nonce.as_mut_slice());
+    Profile { nonce, keys }
+}
+
+impl Client {
+    /// Submits a signed update. With `verifier_threshold`, waits for that quorum and returns
+    /// the raw response (its proof unverified: [`UpdateBuilder::send`] verifies it).
+    pub async fn submit(
+        &self,
+        user_id: &str,
+        update: &Update,
+        verifier_threshold: Option<u32>,
+        wait_ms: u32,
+    ) -> Result<UpdateResponse, ClientError> {
+        let request =
+            UpdateRequest { user_id: user_id.to_owned(), update: update.encode(), verifier_threshold, wait_ms };
+        let timeout = Duration::from_millis(CALL_TIMEOUT_MS + u64::from(wait_ms));
+        self.each(
+            |mut c| {
+                let mut r = tonic::Request::new(request.clone());
+                r.set_timeout(timeout);
+                async move { c.update(r).await.map(tonic::Response::into_inner) }
+            },
+            Ok,
+        )
+        .await
+    }
+
+    /// Registers `user_id` (version 0), owned by `owner` unless [`UpdateBuilder::policy`] says
+    /// otherwise.
+    pub fn registration(&self, user_id: &str, owner: &SigningKey) -> UpdateBuilder<'_> {
+        UpdateBuilder::new(self, user_id, true).signer(owner)
+    }
+
+    /// Changes `user_id`'s entry (next version), keeping its policy unless told otherwise.
+    pub fn change(&self, user_id: &str) -> UpdateBuilder<'_> {
+        UpdateBuilder::new(self, user_id, false)
+    }
+
+    /// Registers `user_id` owned by `owner`, publishing `keys`.
+    pub async fn register(
+        &self,
+        user_id: &str,
+        owner: &SigningKey,
+        keys: BTreeMap<String, Vec<u8>>,
+    ) -> Result<UpdateOutcome, ClientError> {
+        self.registration(user_id, owner).keys(keys).send().await
+    }
+
+    /// Changes `user_id`'s keys to `keys`, signed by `signer` (who must satisfy the current
+    /// policy). With `new_owner`, the policy becomes that key alone (it signs too).
+    pub async fn update(
+        &self,
+        user_id: &str,
+        signer: &SigningKey,
+        new_owner: Option<&SigningKey>,
+        keys: BTreeMap<String, Vec<u8>>,
+    ) -> Result<UpdateOutcome, ClientError> {
+        let mut b = self.change(user_id).signer(signer).keys(keys);
+        if let Some(k) = new_owner {
+            b = b.signer(k).policy(Policy::single(public_key(k)));
+        }
+        b.send().await
+    }
+}
+
+/// Builds, signs and submits one update.
+#[derive(Debug)]
+pub struct UpdateBuilder<'a> {
+    client: &'a Client,
+    user_id: String,
+    registration: bool,
+    signers: Vec<SigningKey>,
+    policy: Option<Policy>,
+    keys: ProfileKeys,
+    wait_for_quorum: bool,
+    wait_ms: u32,
+}
+
+impl<'a> UpdateBuilder<'a> {
+    fn new(client: &'a Client, user_id: &str, registration: bool) -> Self {
+        Self {
+            client,
+            user_id: user_id.to_owned(),
+            registration,
+            signers: Vec::new(),
+            policy: None,
+            keys: ProfileKeys::default(),
+            wait_for_quorum: false,
+            wait_ms: QUORUM_WAIT_MS,
+        }
+    }
+
+    /// Adds a signer: together the signers must satisfy the current policy (for a change) and
+    /// the new one.
+    #[must_use]
+    pub fn signer(mut self, key: &SigningKey) -> Self {
+        if !self.signers.iter().any(|k| k.verifying_key() == key.verifying_key()) {
+            self.signers.push(key.clone());
+        }
+        self
+    }
+
+    /// The new update policy (default: unchanged; for a registration, the first signer alone).
+    #[must_use]
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// The profile's keys: exactly these (the current profile's are dropped).
+    #[must_use]
+    pub fn keys(mut self, keys: BTreeMap<String, Vec<u8>>) -> Self {
+        self.keys = ProfileKeys::Replace(keys);
+        self
+    }
+
+    /// How the profile's keys are made from the current profile's (the default replaces
+    /// them with none).
+    #[must_use]
+    pub fn profile_keys(mut self, keys: ProfileKeys) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// Waits until the update's epoch satisfies the client's quorum and returns its proof; an
+    /// update accepted whose epoch does not within the wait is [`ClientError::NotRatifiedYet`].
+    #[must_use]
+    pub fn wait_for_quorum(mut self) -> Self {
+        self.wait_for_quorum = true;
+        self
+    }
+
+    /// How long [`Self::wait_for_quorum`] lets the server wait for the ratification, in
+    /// milliseconds (default [`QUORUM_WAIT_MS`]; a server caps it at its `wait_ms_max`).
+    #[must_use]
+    pub fn wait_ms(mut self, wait_ms: u32) -> Self {
+        self.wait_ms = wait_ms;
+        self
+    }
+
+    /// Signs and submits. The entry builds on the identity's current entry, looked up at
+    /// least as of this client's own last update of the identity (a registration or change
+    /// made without waiting is found even before its epoch is ratified: the lookup waits for
+    /// it). An update answered "try again" may still have been applied: it is resubmitted,
+    /// the same bytes, for up to [`UPDATE_RETRY_MS`], and one applied meanwhile is reported
+    /// as a duplicate, never built anew.
+    pub async fn send(self) -> Result<UpdateOutcome, ClientError> {
+        let client = self.client;
+        let user_id = &self.user_id;
+        let Some(first) = self.signers.first() else {
+            return Err(ClientError::Invalid("an update needs at least one signer".into()));
+        };
+        let own = client.checker.memory.own_update(&client.checker.memory_key, user_id);
+        if let Some(epoch) = own {
+            tracing::info!(user_id, epoch, "waiting for the epoch of this client's last update of the identity");
+        }
+        let options = LookupOptions { min_epoch: own.unwrap_or(0), wait_ms: QUORUM_WAIT_MS, epoch: 0 };
+        let current = client.lookup(user_id, options).await.map_err(|e| match (own, e) {
+            (Some(epoch), ClientError::Unavailable(why)) => ClientError::Unavailable(format!(
+                "this client's last update of {user_id:?} is in epoch {epoch}, not yet ratified by its quorum: {why}"
+            )),
+            (_, e) => e,
+        })?;
+        let previous_keys = current.lookup.entry.as_ref().map(|(_, p)| p.keys.clone()).unwrap_or_default();
+        let (version, policy) = match (&current.lookup.entry, self.registration) {
+            (Some(_), true) => {
+                return Err(ClientError::Invalid(format!("{user_id:?} is already registered; change it instead")))
+            }
+            (None, false) => {
+                return Err(ClientError::Invalid(format!(
+                    "{user_id:?} is not registered in epoch {}, the newest epoch ratified by this client's quorum; if it was registered a moment ago (by another client, or without waiting), its epoch is not ratified yet: retry in a few seconds (a registration that waits for its ratification avoids this)",
+                    current.lookup.epoch()
+                )))
+            }
+            (None, true) => (0, self.policy.unwrap_or_else(|| Policy::single(public_key(first)))),
+            (Some((entry, _)), false) => {
+                (entry.version + 1, self.policy.unwrap_or_else(|| entry.update_policy.clone()))
+            }
+        };
+        let keys = self.keys.apply(&previous_keys)?;
+        let profile = new_profile(keys.clone());
+        let entry = Entry {
+            index: current.lookup.index,
+            version,
+            update_policy: policy,
+            profile_commitment: profile.commitment(),
+        };
+        let signers: Vec<&SigningKey> = self.signers.iter().collect();
+        let signatures = sign_entry(&client.realm().config.realm, &entry, &signers);
+        let update = Update { signed: SignedEntry { entry, signatures }, profile };
+        let (threshold, wait_ms) =
+            if self.wait_for_quorum { (Some(client.threshold()), self.wait_ms) } else { (None, 0) };
+        let started = tokio::time::Instant::now();
+        let response = submit_until_answered(client, user_id, &update, threshold, wait_ms).await?;
+        let proof = if self.wait_for_quorum {
+            let answer = if response.proof.is_empty() {
+                // Found applied by its status, without the proof the Update call returns: the
+                // rest of the wait goes to a lookup of its epoch.
+                let waited = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
+                let at = LookupOptions { epoch: response.epoch, min_epoch: 0, wait_ms: wait_ms.saturating_sub(waited) };
+                client.lookup(user_id, at).await.map_err(|e| match e {
+                    // Not ratified within the wait, by the verifiers or yet by the replicas.
+                    ClientError::Unavailable(_) | ClientError::Refused { code: tonic::Code::NotFound, .. } => {
+                        not_ratified(client, &update, response.epoch)
+                    }
+                    e => e,
+                })?
+            } else {
+                client.accept_past(user_id, response.proof, response.epoch)?
+            };
+            let shown = answer.lookup.entry.as_ref().map(|(e, _)| e);
+            if shown != Some(&update.signed.entry) {
+                return Err(ClientError::Contradicted(format!(
+                    "the update was acknowledged in epoch {}, but the proof of that epoch does not show it",
+                    response.epoch
+                )));
+            }
+            client.checker.observe(response.epoch)?;
+            Some(answer)
+        } else {
+            client.checker.memory.record_own_update(&client.checker.memory_key, user_id, response.epoch)?;
+            None
+        };
+        Ok(UpdateOutcome {
+            update_id: response.update_id,
+            epoch: response.epoch,
+            duplicate: response.duplicate,
+            proof,
+            previous_keys,
+            keys,
+        })
+    }
+}
+
+fn not_ratified(client: &Client, update: &Update, epoch: u64) -> ClientError {
+    ClientError::NotRatifiedYet { update_id: update.id().to_vec(), epoch, verifiers: client.realm().verifier_threshold }
+}
+
+/// Submits `update`, resubmitting the same bytes while the answer is "try again", for up to
+/// [`UPDATE_RETRY_MS`] after the first such answer (a resubmission still running then is
+/// dropped: the update is idempotent). A refusal after such an answer may mean the earlier
+/// attempt was applied (and something after it): the update's status tells. An update that was
+/// to wait for the verifiers (`threshold`) and was answered "try again" (the wait ran out, or
+/// the answer was lost) is looked for first: applied, it is not resubmitted to wait once more.
+async fn submit_until_answered(
+    client: &Client,
+    user_id: &str,
+    update: &Update,
+    threshold: Option<u32>,
+    wait_ms: u32,
+) -> Result<UpdateResponse, ClientError> {
+    let unanswered = |why: &str| {
+        ClientError::Unavailable(format!(
+            "{why}; the update (id {}) may still be applied: look {user_id:?} up before changing it again",
+            hex::encode(update.id())
+        ))
+    };
+    // Applied, it is answered without a proof: the caller waits for the ratification (for what
+    // is left of its wait) by a lookup.
+    let applied = || async {
+        threshold?;
+        match client.update_status(update).await {
+            Ok(UpdateStatus::InEpoch(epoch)) => {
+                Some(UpdateResponse { update_id: update.id().to_vec(), epoch, duplicate: false, proof: Vec::new() })
+            }
+            _ => None,
+        }
+    };
+    let why = match client.submit(user_id, update, threshold, wait_ms).await {
+        Err(ClientError::Unavailable(why)) => why,
+        other => return other,
+    };
+    if let Some(response) = applied().await {
+        return Ok(response);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(UPDATE_RETRY_MS);
+    let mut retry = 0u32;
+    let mut last = why;
+    loop {
+        let delay = Duration::from_millis(keyraft_core::backoff::delay_ms(
+            retry,
+            UPDATE_RETRY_DELAY_MS,
+            UPDATE_RETRY_DELAY_MAX_MS,
+        ));
+        retry = retry.saturating_add(1);
+        if tokio::time::Instant::now() + delay >= deadline {
+            return Err(unanswered(&last));
+        }
+        tracing::info!(user_id, error = %last, "update: try again; resubmitting the same update");
+        tokio::time::sleep(delay).await;
+        let attempt = client.submit(user_id, update, threshold, wait_ms);
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Err(_) => return Err(unanswered(&last)),
+            Ok(Ok(response)) => return Ok(response),
+            Ok(Err(ClientError::Unavailable(why))) => {
+                if let Some(response) = applied().await {
+                    return Ok(response);
+                }
+                last = why;
+            }
+            Ok(Err(refused @ ClientError::Refused { code: tonic::Code::FailedPrecondition, .. })) => {
+                return match client.update_status(update).await {
+                    Ok(UpdateStatus::InEpoch(epoch)) => Ok(UpdateResponse {
+                        update_id: update.id().to_vec(),
+                        epoch,
+                        duplicate: true,
+                        proof: Vec::new(),
+                    }),
+                    _ => Err(refused),
+                };
+            }
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+}

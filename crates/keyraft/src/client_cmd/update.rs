@@ -1,0 +1,213 @@
+//! `keyraft register` and `keyraft update`: an entry signed with the owner's key files,
+//! submitted, and with `--wait` proven ratified by the client's quorum.
+
+use super::keys::load_key;
+use super::{client, count, runtime, CmdResult, RealmArgs};
+use ed25519_dalek::SigningKey;
+use keyraft_client::{public_key, ClientError, ProfileKeys};
+use keyraft_core::{key_file, Policy, PublicKey};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Options of `keyraft register` and `keyraft update`.
+#[derive(Debug, clap::Args)]
+pub struct UpdateArgs {
+    #[command(flatten)]
+    /// Realm.
+    pub realm: RealmArgs,
+    /// The identity.
+    #[arg(long)]
+    pub user: String,
+    /// A signer's secret key file (from `keyraft keygen`); repeat when the policy needs
+    /// several signatures. For `register`, the first is the owner by default.
+    #[arg(long = "key", required = true)]
+    pub keys: Vec<PathBuf>,
+    /// For `update`: hand the identity over to this key (the policy becomes this key alone;
+    /// it signs too).
+    #[arg(long, conflicts_with_all = ["policy_keys", "policy_threshold"])]
+    pub new_key: Option<PathBuf>,
+    /// A new update policy: these public keys (hex, or a public key file such as the `.pub`
+    /// file `keyraft keygen` writes; a secret key file is refused) ...
+    #[arg(long = "policy-key", requires = "policy_threshold")]
+    pub policy_keys: Vec<String>,
+    /// ... of which this many must sign each later update.
+    #[arg(long, requires = "policy_keys")]
+    pub policy_threshold: Option<u16>,
+    /// A profile key to add or change, as APP=VALUE (VALUE as text, or hex:...); repeat for
+    /// several. `update` keeps every key of the current profile that `--set` and `--unset` do
+    /// not name. A registration without `--set` publishes `ed25519=<owner's public key>`.
+    #[arg(long = "set", value_name = "APP=VALUE")]
+    pub set: Vec<String>,
+    /// For `update`: remove this key from the profile (it must be there); repeat for several.
+    #[arg(long = "unset", value_name = "APP", conflicts_with = "replace_profile")]
+    pub unset: Vec<String>,
+    /// For `update`: start from an empty profile, so it holds only the `--set` keys (without
+    /// `--set`: `ed25519=<owner's public key>`), instead of keeping the current profile's.
+    #[arg(long)]
+    pub replace_profile: bool,
+    /// Wait until the update's epoch is ratified by the quorum (`--verifiers`) and print the
+    /// verified proof's summary. Exit codes: 0 ratified; 3 accepted in an epoch not ratified
+    /// within the wait (the update stays applied: do not resend it; `keyraft status` tells its
+    /// epoch); 4 the client's state file on this machine could not be read or written; 1 any
+    /// other failure (the message says whether the update may still have been applied).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long `--wait` waits for the ratification, in milliseconds (a replica caps it at its
+    /// `limits.wait_ms_max`).
+    #[arg(long, requires = "wait", default_value_t = keyraft_client::QUORUM_WAIT_MS)]
+    pub wait_ms: u32,
+}
+
+/// A public key given as hex or as a public key file (the `.pub` file `keyraft keygen` writes).
+fn policy_key(s: &str) -> Result<PublicKey, Box<dyn std::error::Error>> {
+    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let bytes: [u8; 32] =
+            hex::decode(s)?.try_into().map_err(|_| format!("--policy-key {s:?}: expected 32 bytes"))?;
+        return Ok(PublicKey::from_bytes(&bytes).map_err(|e| format!("--policy-key {s:?}: {e}"))?);
+    }
+    let path = std::path::Path::new(s);
+    let read = key_file::read_public(path, "--policy-key")?;
+    if read.legacy {
+        tracing::warn!("{}", key_file::legacy_warning(path, "--policy-key"));
+    }
+    Ok(read.key)
+}
+
+/// The profile keys an update makes: a registration and `--replace-profile` start from an
+/// empty profile (holding the owner's public key when nothing is `--set`); any other update
+/// edits the current profile.
+fn profile_keys(
+    args: &UpdateArgs,
+    is_update: bool,
+    owner: &SigningKey,
+) -> Result<ProfileKeys, Box<dyn std::error::Error>> {
+    if !is_update && (args.replace_profile || !args.unset.is_empty()) {
+        return Err(
+            "register: --unset and --replace-profile are for `update` (a registration has no profile yet)".into()
+        );
+    }
+    let set = parse_set(&args.set)?;
+    if is_update && !args.replace_profile {
+        let unset = args.unset.iter().cloned().collect();
+        return Ok(ProfileKeys::Edit { set, unset });
+    }
+    if set.is_empty() {
+        return Ok(ProfileKeys::Replace(BTreeMap::from([(
+            "ed25519".to_owned(),
+            public_key(owner).as_bytes().to_vec(),
+        )])));
+    }
+    Ok(ProfileKeys::Replace(set))
+}
+
+fn parse_set(set: &[String]) -> Result<BTreeMap<String, Vec<u8>>, Box<dyn std::error::Error>> {
+    let mut out = BTreeMap::new();
+    for s in set {
+        let (app, value) = s.split_once('=').ok_or_else(|| format!("--set {s:?}: expected APP=VALUE"))?;
+        let bytes = match value.strip_prefix("hex:") {
+            Some(h) => hex::decode(h).map_err(|e| format!("--set {s:?}: {e}"))?,
+            None => value.as_bytes().to_vec(),
+        };
+        out.insert(app.to_owned(), bytes);
+    }
+    Ok(out)
+}
+
+/// `keyraft register` (`is_update == false`) and `keyraft update`.
+pub fn update(args: &UpdateArgs, is_update: bool, out: &mut dyn Write) -> CmdResult {
+    let rt = runtime()?;
+    let _entered = rt.enter();
+    // Key files first: the wrong kind of file is the caller's mistake whatever the realm is.
+    let keys: Vec<SigningKey> = args.keys.iter().map(|p| load_key(p, "--key")).collect::<Result<_, _>>()?;
+    let new_key = args.new_key.as_deref().map(|p| load_key(p, "--new-key")).transpose()?;
+    let owner = new_key.as_ref().or(keys.first()).ok_or("--key is required")?;
+    let profile = profile_keys(args, is_update, owner)?;
+    let policy = match args.policy_threshold {
+        Some(t) => {
+            let list = args.policy_keys.iter().map(|k| policy_key(k)).collect::<Result<Vec<_>, _>>()?;
+            Some(Policy::threshold(t, list).map_err(|e| format!("the new policy is invalid: {e}"))?)
+        }
+        None => new_key.as_ref().map(|k| Policy::single(public_key(k))),
+    };
+    let client = client(&args.realm)?;
+    let mut builder = if is_update { client.change(&args.user) } else { client.registration(&args.user, owner) };
+    for k in keys.iter().chain(new_key.as_ref()) {
+        builder = builder.signer(k);
+    }
+    if let Some(p) = policy {
+        builder = builder.policy(p);
+    }
+    if args.wait {
+        builder = builder.wait_for_quorum().wait_ms(args.wait_ms);
+    }
+    let what = if is_update { "updated" } else { "registered" };
+    let outcome = match rt.block_on(builder.profile_keys(profile).send()) {
+        Ok(outcome) => outcome,
+        Err(ClientError::NotRatifiedYet { update_id, epoch, verifiers }) => {
+            let id = hex::encode(&update_id);
+            writeln!(
+                out,
+                "{what} {:?}: accepted in epoch {epoch}; not yet ratified by {} within {} ms (update id {id})",
+                args.user,
+                count(verifiers as u64, "verifier"),
+                args.wait_ms
+            )?;
+            writeln!(
+                out,
+                "  the update stays applied: do not resend it; `keyraft status --realm {} {id} --user {}` tells its epoch, `keyraft lookup` proves it once ratified",
+                args.realm.realm.display(),
+                args.user
+            )?;
+            return Err(crate::cli::Exit(crate::cli::EXIT_NOT_RATIFIED).into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if outcome.duplicate {
+        // An attempt answered "try again" had gone through: the resubmission found it.
+        writeln!(
+            out,
+            "{what} {:?}: the update was already applied in epoch {} (an earlier attempt went through; update id {})",
+            args.user,
+            outcome.epoch,
+            hex::encode(&outcome.update_id)
+        )?;
+    } else {
+        writeln!(
+            out,
+            "{what} {:?}: accepted in epoch {} (update id {})",
+            args.user,
+            outcome.epoch,
+            hex::encode(&outcome.update_id)
+        )?;
+    }
+    print_profile_changes(out, &outcome.previous_keys, &outcome.keys)?;
+    if let Some(answer) = &outcome.proof {
+        writeln!(
+            out,
+            "  VERIFIED in epoch {}: ratified by a replica majority and {}",
+            answer.lookup.epoch(),
+            count(answer.lookup.ratified_by.len() as u64, "verifier")
+        )?;
+    }
+    Ok(())
+}
+
+/// One line per profile key: added, changed, removed or kept.
+fn print_profile_changes(
+    out: &mut dyn Write,
+    before: &BTreeMap<String, Vec<u8>>,
+    after: &BTreeMap<String, Vec<u8>>,
+) -> std::io::Result<()> {
+    let apps: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    for app in apps {
+        let what = match (before.get(app), after.get(app)) {
+            (None, _) => "added",
+            (Some(_), None) => "removed",
+            (Some(old), Some(new)) if old == new => "kept",
+            _ => "changed",
+        };
+        writeln!(out, "  {app}: {what}")?;
+    }
+    Ok(())
+}
