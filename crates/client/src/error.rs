@@ -52,6 +52,22 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// The update was applied, but this client could not record that in its state file (the
+    /// source says why). The update stays applied: do not resubmit it as a new one; fix the
+    /// file, then look the identity up.
+    #[error(
+        "the update was applied in epoch {epoch} (update id {}), but this client could not record it: {source}",
+        hex::encode(update_id)
+    )]
+    AppliedNotRecorded {
+        /// The update's id.
+        update_id: Vec<u8>,
+        /// The epoch it is in.
+        epoch: u64,
+        /// Why it could not be recorded (a [`ClientError::LocalState`]).
+        #[source]
+        source: Box<ClientError>,
+    },
     /// An update that was to wait for its ratification is in an epoch, which did not reach the
     /// verifier ratifications this client requires within the wait: it was accepted and stays
     /// applied (its status says where; a lookup proves it once ratified). Do not resubmit it.

@@ -309,10 +309,17 @@ impl<'a> UpdateBuilder<'a> {
                     response.epoch
                 )));
             }
-            client.checker.observe(response.epoch)?;
+            client
+                .checker
+                .observe(response.epoch)
+                .map_err(|e| applied_not_recorded(e, &response.update_id, response.epoch))?;
             Some(answer)
         } else {
-            client.checker.memory.record_own_update(&client.checker.memory_key, user_id, response.epoch)?;
+            client
+                .checker
+                .memory
+                .record_own_update(&client.checker.memory_key, user_id, response.epoch)
+                .map_err(|e| applied_not_recorded(e, &response.update_id, response.epoch))?;
             None
         };
         Ok(UpdateOutcome {
@@ -323,6 +330,17 @@ impl<'a> UpdateBuilder<'a> {
             previous_keys,
             keys,
         })
+    }
+}
+
+/// An applied update whose recording failed says it was applied: the caller must not think it
+/// failed and submit another.
+fn applied_not_recorded(e: ClientError, update_id: &[u8], epoch: u64) -> ClientError {
+    match e {
+        e @ ClientError::LocalState { .. } => {
+            ClientError::AppliedNotRecorded { update_id: update_id.to_vec(), epoch, source: Box::new(e) }
+        }
+        other => other,
     }
 }
 
@@ -405,5 +423,27 @@ async fn submit_until_answered(
             }
             Ok(Err(e)) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_applied_update_that_could_not_be_recorded_says_it_was_applied() {
+        let local = ClientError::LocalState {
+            path: "/tmp/state.json".into(),
+            action: "writing it",
+            source: std::io::Error::other("disk full"),
+        };
+        let e = applied_not_recorded(local, &[0xab; 32], 7);
+        let message = e.to_string();
+        assert!(matches!(e, ClientError::AppliedNotRecorded { epoch: 7, .. }), "{e:?}");
+        assert!(message.starts_with("the update was applied in epoch 7 (update id abab"), "{message}");
+        assert!(message.contains("disk full"), "{message}");
+        // Other failures keep their meaning.
+        let other = applied_not_recorded(ClientError::Contradicted("x".into()), &[0xab; 32], 7);
+        assert!(matches!(other, ClientError::Contradicted(_)));
     }
 }

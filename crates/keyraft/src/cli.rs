@@ -64,7 +64,10 @@ pub const EXIT_LOCAL_STATE: u8 = 4;
 pub fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
     let mut cause = Some(e);
     while let Some(c) = cause {
-        if let Some(keyraft_client::ClientError::LocalState { .. }) = c.downcast_ref() {
+        if let Some(
+            keyraft_client::ClientError::LocalState { .. } | keyraft_client::ClientError::AppliedNotRecorded { .. },
+        ) = c.downcast_ref()
+        {
             return EXIT_LOCAL_STATE;
         }
         cause = c.source();
@@ -118,5 +121,25 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Admin(args) => crate::admin::run(&args, out),
         Command::Bench(args) => crate::bench::run(&args, out),
         Command::Demo(args) => crate::demo::run(&args, out),
+    }
+}
+
+#[cfg(test)]
+mod exit_code_tests {
+    use super::*;
+    use keyraft_client::ClientError;
+
+    #[test]
+    fn the_local_state_exit_code_also_covers_an_applied_update_left_unrecorded() {
+        let local = || ClientError::LocalState {
+            path: "/tmp/state.json".into(),
+            action: "writing it",
+            source: std::io::Error::other("disk full"),
+        };
+        assert_eq!(exit_code(&local()), EXIT_LOCAL_STATE);
+        let unrecorded =
+            ClientError::AppliedNotRecorded { update_id: vec![1; 32], epoch: 3, source: Box::new(local()) };
+        assert_eq!(exit_code(&unrecorded), EXIT_LOCAL_STATE);
+        assert_eq!(exit_code(&ClientError::Contradicted("x".into())), 1);
     }
 }
