@@ -8,13 +8,15 @@
 
 use crate::node::{Node, ProposeError};
 use crate::page_token::{Cursor, Listing, PageTokens};
+use crate::outcome::{self, rejection_status, Taken};
 use crate::raft::types::ApplyResponse;
 use keyraft_core::limits::{UPDATE_BYTES_MAX, USER_ID_BYTES_MAX};
 use keyraft_core::lookup::ratification_message;
 use keyraft_core::types::validate_user_id;
 use keyraft_core::update::check_update;
 use keyraft_core::vrf::VrfProof;
-use keyraft_core::{Command, EpochHead, Index, Update, UpdateRejection};
+use keyraft_core::{Command, EpochHead, Index, Update};
+use keyraft_state::Outcome;
 use keyraft_proto::convert::{canonical, public_key, signature, LookupReply};
 use keyraft_proto::pb::keyraft_server::Keyraft;
 use keyraft_proto::pb::{self, get_update_status_response::State};
@@ -88,14 +90,6 @@ impl std::fmt::Debug for PublicService {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn rejection_status(reason: &UpdateRejection) -> Status {
-    if reason.is_retryable() {
-        Status::unavailable(format!("update refused for now, retry later: {reason}"))
-    } else {
-        Status::failed_precondition(format!("update refused: {reason}"))
-    }
 }
 
 fn propose_status(node: &Node, e: ProposeError) -> Status {
@@ -295,18 +289,13 @@ impl Keyraft for PublicService {
                     let _pending = PendingGuard::new(&self.pending, id);
                     self.node.propose(&Command::Update(Box::new(update))).await
                 };
-                match result.map_err(|e| propose_status(&self.node, e))? {
-                    ApplyResponse::UpdateAccepted { epoch, .. } => (epoch, false),
-                    ApplyResponse::UpdateDuplicate { epoch, .. } => (epoch, true),
-                    ApplyResponse::UpdateRejected { reason, retryable, .. } => {
-                        self.remember_rejection(id, reason.clone(), retryable);
-                        return Err(if retryable {
-                            Status::unavailable(format!("update refused for now, retry later: {reason}"))
-                        } else {
-                            Status::failed_precondition(format!("update refused: {reason}"))
-                        });
-                    }
-                    other => return Err(Status::internal(format!("unexpected apply result for an update: {other:?}"))),
+                let response = result.map_err(|e| propose_status(&self.node, e))?;
+                if let ApplyResponse::Applied(Outcome::UpdateRejected { reason, .. }) = &response {
+                    self.remember_rejection(id, reason.to_string(), reason.is_retryable());
+                }
+                match outcome::answer(response)? {
+                    Taken::Update { epoch, duplicate } => (epoch, duplicate),
+                    other => return Err(Status::internal(format!("the log answered an update with {other:?}"))),
                 }
             }
         };
@@ -526,12 +515,10 @@ impl Keyraft for PublicService {
             return Ok(Response::new(pb::PushRatificationResponse { duplicate: true }));
         }
         let command = Command::VerifierSignature { epoch: req.epoch, verifier, signature };
-        match self.node.propose(&command).await.map_err(|e| propose_status(&self.node, e))? {
-            ApplyResponse::SignatureStored { .. } => {
-                Ok(Response::new(pb::PushRatificationResponse { duplicate: false }))
-            }
-            ApplyResponse::Ignored(_) => Ok(Response::new(pb::PushRatificationResponse { duplicate: true })),
-            other => Err(Status::failed_precondition(format!("ratification refused: {other:?}"))),
+        let response = self.node.propose(&command).await.map_err(|e| propose_status(&self.node, e))?;
+        match outcome::answer(response)? {
+            Taken::Signature { duplicate, .. } => Ok(Response::new(pb::PushRatificationResponse { duplicate })),
+            other => Err(Status::internal(format!("the log answered a ratification with {other:?}"))),
         }
     }
 }
