@@ -150,10 +150,7 @@ mod tests {
     use super::*;
 
     fn applied(last_epoch: u64, ratified_epoch: u64) -> Applied {
-        Applied {
-            raft_index: 1,
-            epoch_state: EpochState { last_epoch, ratified_epoch, ..EpochState::default() },
-        }
+        Applied { raft_index: 1, epoch_state: EpochState { last_epoch, ratified_epoch, ..EpochState::default() } }
     }
 
     #[test]

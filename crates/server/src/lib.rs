@@ -28,8 +28,8 @@
 
 pub mod acceptor;
 mod blocking;
-pub mod effects;
 pub mod config;
+pub mod effects;
 mod error;
 pub mod node;
 mod outcome;
@@ -44,6 +44,7 @@ pub mod server;
 pub mod service;
 mod snapshot_file;
 pub mod stream;
+mod update_status;
 pub mod verifier_stream;
 pub mod watch;
 

@@ -104,10 +104,7 @@ mod tests {
             (applied(Outcome::UpdateAccepted { id, epoch: 4 }), Ok(Taken::Update { epoch: 4, duplicate: false })),
             (applied(Outcome::UpdateDuplicate { id, epoch: 3 }), Ok(Taken::Update { epoch: 3, duplicate: true })),
             (
-                applied(Outcome::UpdateRejected {
-                    id,
-                    reason: UpdateRejection::AlreadyUpdatedInEpoch { epoch: 4 },
-                }),
+                applied(Outcome::UpdateRejected { id, reason: UpdateRejection::AlreadyUpdatedInEpoch { epoch: 4 } }),
                 Err(Code::Unavailable),
             ),
             (
@@ -118,7 +115,10 @@ mod tests {
                 applied(Outcome::ReplicaSignatureStored { epoch: 2, ratified: true }),
                 Ok(Taken::Signature { epoch: 2, duplicate: false }),
             ),
-            (applied(Outcome::VerifierSignatureStored { epoch: 2 }), Ok(Taken::Signature { epoch: 2, duplicate: false })),
+            (
+                applied(Outcome::VerifierSignatureStored { epoch: 2 }),
+                Ok(Taken::Signature { epoch: 2, duplicate: false }),
+            ),
             (
                 applied(Outcome::Ignored(Ignored::DuplicateSignature { epoch: 2 })),
                 Ok(Taken::Signature { epoch: 2, duplicate: true }),
@@ -128,7 +128,10 @@ mod tests {
                 Err(Code::FailedPrecondition),
             ),
             (applied(Outcome::Rejected(Rejected::UnknownVerifier(key()))), Err(Code::PermissionDenied)),
-            (applied(Outcome::Rejected(Rejected::BadSignature { epoch: 1, signer: key() })), Err(Code::InvalidArgument)),
+            (
+                applied(Outcome::Rejected(Rejected::BadSignature { epoch: 1, signer: key() })),
+                Err(Code::InvalidArgument),
+            ),
             (applied(Outcome::Rejected(Rejected::UnknownEpoch(9))), Err(Code::NotFound)),
             (applied(Outcome::Rejected(Rejected::EpochNotKeyserverRatified(9))), Err(Code::Unavailable)),
             (applied(Outcome::AlreadyApplied), Err(Code::Internal)),
@@ -148,7 +151,8 @@ mod tests {
         }))
         .unwrap_err();
         assert_eq!(status.message(), "update refused: version 4 does not exceed the current version 4");
-        let status = answer(ApplyResponse::Applied(Outcome::Rejected(Rejected::EpochNotKeyserverRatified(7)))).unwrap_err();
+        let status =
+            answer(ApplyResponse::Applied(Outcome::Rejected(Rejected::EpochNotKeyserverRatified(7)))).unwrap_err();
         assert!(status.message().contains("epoch 7 is not keyserver-ratified yet"), "{}", status.message());
     }
 

@@ -8,9 +8,9 @@ use crate::node::Node;
 use crate::raft::types::{ApplyResponse, NodeAddr, NodeId};
 use keyraft_core::Command;
 use keyraft_proto::convert::encode_log_entry;
+use keyraft_state::proposer::{decide_epoch, epoch_to_sign, retry_delay_ms, EpochDecision, EpochIntervals};
 use keyraft_state::Outcome;
 use openraft::metrics::RaftServerMetrics;
-use keyraft_state::proposer::{decide_epoch, epoch_to_sign, retry_delay_ms, EpochDecision, EpochIntervals};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -110,9 +110,7 @@ pub async fn epoch_proposer(node: Arc<Node>, settings: EpochSettings, mut shutdo
             EpochDecision::Idle(_) => {
                 // Leadership and ratification arrive as metrics and apply changes; the timeout
                 // only bounds how long a missed notification could delay us.
-                if !wakeups.wait(Some(Duration::from_millis(settings.max_epoch_interval_ms)), &mut shutdown)
-                    .await
-                {
+                if !wakeups.wait(Some(Duration::from_millis(settings.max_epoch_interval_ms)), &mut shutdown).await {
                     return;
                 }
             }

@@ -7,21 +7,22 @@
 //! known or a retry will help, DEADLINE_EXCEEDED when a wait runs out.
 
 use crate::node::{Node, ProposeError};
-use crate::page_token::{Cursor, Listing, PageTokens};
 use crate::outcome::{self, rejection_status, Taken};
+use crate::page_token::{Cursor, Listing, PageTokens};
 use crate::raft::types::ApplyResponse;
+use crate::update_status::UpdateTracker;
 use keyraft_core::limits::{UPDATE_BYTES_MAX, USER_ID_BYTES_MAX};
 use keyraft_core::lookup::ratification_message;
 use keyraft_core::types::validate_user_id;
 use keyraft_core::update::check_update;
 use keyraft_core::vrf::VrfProof;
 use keyraft_core::{Command, EpochHead, Index, Update};
-use keyraft_state::Outcome;
 use keyraft_proto::convert::{canonical, public_key, signature, LookupReply};
 use keyraft_proto::pb::keyraft_server::Keyraft;
 use keyraft_proto::pb::{self, get_update_status_response::State};
+use keyraft_state::Outcome;
 use prost::Message as _;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use tonic::{Request, Response, Status};
@@ -32,50 +33,15 @@ pub const PAGE_SIZE_DEFAULT: u32 = 100;
 pub const PAGE_SIZE_MAX: u32 = 1000;
 /// How many VRF results are cached (a lookup's VRF proof costs about 130 us).
 const VRF_CACHE_ENTRIES_MAX: usize = 100_000;
-/// How many recent rejections `GetUpdateStatus` remembers.
-const REJECTIONS_REMEMBERED_MAX: usize = 10_000;
 pub use crate::read::EPOCHS_AHEAD_MAX;
-
-/// Recent rejections by update id (reason, retryable), oldest first in the queue.
-type Rejections = (HashMap<[u8; 32], (String, bool)>, VecDeque<[u8; 32]>);
-/// Update ids being proposed by this replica's handlers, with how many handlers propose each.
-type Pending = Arc<Mutex<HashMap<[u8; 32], usize>>>;
-
-/// An update id counted in `pending` while its handler proposes it. Dropping the guard, also
-/// when the handler's future is dropped (the caller or the server's timeout gave up), uncounts
-/// it, so GetUpdateStatus never answers PENDING for an update no handler proposes any more.
-struct PendingGuard {
-    pending: Pending,
-    id: [u8; 32],
-}
-
-impl PendingGuard {
-    fn new(pending: &Pending, id: [u8; 32]) -> Self {
-        *lock(pending).entry(id).or_default() += 1;
-        Self { pending: pending.clone(), id }
-    }
-}
-
-impl Drop for PendingGuard {
-    fn drop(&mut self) {
-        let mut pending = lock(&self.pending);
-        if let Some(n) = pending.get_mut(&self.id) {
-            *n -= 1;
-            if *n == 0 {
-                pending.remove(&self.id);
-            }
-        }
-    }
-}
 
 /// The public service of one replica.
 #[derive(Clone)]
 pub struct PublicService {
     node: Arc<Node>,
     vrf_cache: Arc<Mutex<HashMap<String, (Index, VrfProof)>>>,
-    pending: Pending,
+    updates: UpdateTracker,
     tokens: PageTokens,
-    rejections: Arc<Mutex<Rejections>>,
     /// Open `Watch` streams, against `limits.watch_streams_max`.
     watch_streams: Arc<std::sync::atomic::AtomicUsize>,
     /// Open `VerifierStream`s, against `limits.verifier_streams_max`.
@@ -139,9 +105,8 @@ impl PublicService {
         Self {
             node,
             vrf_cache: Arc::default(),
-            pending: Arc::default(),
+            updates: UpdateTracker::default(),
             tokens,
-            rejections: Arc::default(),
             watch_streams: Arc::default(),
             verifier_streams: Arc::default(),
         }
@@ -192,19 +157,6 @@ impl PublicService {
         match waited_ms {
             Some(ms) => Status::deadline_exceeded(format!("{what}; waited {ms} ms")),
             None => Status::unavailable(format!("{what}; retry later")),
-        }
-    }
-
-    fn remember_rejection(&self, id: [u8; 32], reason: String, retryable: bool) {
-        let mut guard = lock(&self.rejections);
-        let (map, order) = &mut *guard;
-        if map.insert(id, (reason, retryable)).is_none() {
-            order.push_back(id);
-        }
-        while order.len() > REJECTIONS_REMEMBERED_MAX {
-            if let Some(old) = order.pop_front() {
-                map.remove(&old);
-            }
         }
     }
 }
@@ -275,7 +227,7 @@ impl Keyraft for PublicService {
                     if let Err(reason) =
                         check_update(&self.node.realm.realm, current.as_ref().map(|(_, u)| &u.signed.entry), &update)
                     {
-                        self.remember_rejection(id, reason.to_string(), reason.is_retryable());
+                        self.updates.rejected(id, &reason);
                         return Err(rejection_status(&reason));
                     }
                     None
@@ -286,12 +238,12 @@ impl Keyraft for PublicService {
             Some(e) => (e, true),
             None => {
                 let result = {
-                    let _pending = PendingGuard::new(&self.pending, id);
+                    let _proposing = self.updates.proposing(id);
                     self.node.propose(&Command::Update(Box::new(update))).await
                 };
                 let response = result.map_err(|e| propose_status(&self.node, e))?;
                 if let ApplyResponse::Applied(Outcome::UpdateRejected { reason, .. }) = &response {
-                    self.remember_rejection(id, reason.to_string(), reason.is_retryable());
+                    self.updates.rejected(id, reason);
                 }
                 match outcome::answer(response)? {
                     Taken::Update { epoch, duplicate } => (epoch, duplicate),
@@ -335,11 +287,11 @@ impl Keyraft for PublicService {
                 return answer(State::InEpoch, *epoch, String::new(), false);
             }
         }
-        if lock(&self.pending).contains_key(&id) {
+        if self.updates.is_proposing(&id) {
             return answer(State::Pending, 0, String::new(), false);
         }
-        if let Some((reason, retryable)) = lock(&self.rejections).0.get(&id).cloned() {
-            return answer(State::Rejected, 0, reason, retryable);
+        if let Some(rejection) = self.updates.rejection(&id) {
+            return answer(State::Rejected, 0, rejection.reason, rejection.retryable);
         }
         answer(State::Unknown, 0, String::new(), false)
     }

@@ -5,8 +5,8 @@
 use keyraft_proto::convert::encode_log_entry;
 use keyraft_server::raft::sm_store::{StateLocation, StateMachineStore};
 use keyraft_server::raft::types::{ApplyResponse, CommandRefused, Entry, LogCommands, TypeConfig};
-use keyraft_state::Outcome;
 use keyraft_state::harness::{derive_signing_key, Harness};
+use keyraft_state::Outcome;
 use keyraft_storage::dump_all;
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
@@ -89,7 +89,10 @@ async fn applying_an_epoch_close_on_a_current_thread_runtime_works() {
         StateMachineStore::open(StateLocation::Memory, dir.path().join("snap"), h.config().clone()).unwrap();
     let entries = entries(&h, 1);
     let responses = RaftStateMachine::<TypeConfig>::apply(&mut store, entries.clone()).await.unwrap();
-    assert!(responses.iter().flat_map(|r| r.0.iter()).any(|r| matches!(r, ApplyResponse::Applied(Outcome::EpochClosed(_)))));
+    assert!(responses
+        .iter()
+        .flat_map(|r| r.0.iter())
+        .any(|r| matches!(r, ApplyResponse::Applied(Outcome::EpochClosed(_)))));
     // A snapshot is built and its file written on the same runtime.
     let mut builder = RaftStateMachine::<TypeConfig>::get_snapshot_builder(&mut store).await;
     let snapshot = openraft::RaftSnapshotBuilder::<TypeConfig>::build_snapshot(&mut builder).await.unwrap();

@@ -12,14 +12,14 @@
 
 use super::io_err;
 use super::types::{
-    ApplyResponse, ApplyResponses, CommandRefused, Entry, LogId, NodeAddr, NodeId, RaftStorageError, StoredMembership, TypeConfig,
-    COMMANDS_PER_ENTRY_MAX,
+    ApplyResponse, ApplyResponses, CommandRefused, Entry, LogId, NodeAddr, NodeId, RaftStorageError, StoredMembership,
+    TypeConfig, COMMANDS_PER_ENTRY_MAX,
 };
 use crate::effects::{Applied, Effects};
 use crate::snapshot_file;
+use keyraft_core::Command;
 use keyraft_core::RealmConfig;
 use keyraft_proto::convert::decode_log_entry;
-use keyraft_core::Command;
 use keyraft_state::{Effect, LogPosition, Outcome, StateMachine};
 use keyraft_storage::{Batch, MemoryStorage, SledOptions, SledStorage, Storage, StorageError};
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
