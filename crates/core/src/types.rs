@@ -319,8 +319,9 @@ impl Canonical for RealmConfig {
     }
 }
 
-/// The head of an epoch: what replicas sign and verifiers ratify.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The head of an epoch: what replicas sign and verifiers ratify. (Serde is for messages
+/// between replicas; what is signed is always the canonical encoding.)
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EpochHead {
     /// The realm's name.
     pub realm: String,

@@ -108,7 +108,7 @@ impl Update {
 
 /// Why an update cannot be applied. The client is at fault for all of these except
 /// [`UpdateRejection::AlreadyUpdatedInEpoch`], which asks it to retry after the epoch.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Error, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum UpdateRejection {
     /// A first entry must have version 0.

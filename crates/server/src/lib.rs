@@ -17,14 +17,22 @@
 //! Reads go one way: the public service, [`watch`] and [`verifier_stream`] ask
 //! [`read::ReadView`] (satisfying epochs, proofs, epoch info, waiting for an epoch), which
 //! runs large reads on blocking threads; the two streams share [`stream::BoundedStream`].
+//! What applying the log changes reaches the rest of the replica as the step's published
+//! effects ([`effects`]): the proposers, waiting lookups, `Watch` and `VerifierStream` each wake
+//! on the channel they depend on instead of polling the state, and apply never waits for
+//! them. A proposer learns what became of its own command from the log's response
+//! ([`raft::types::ApplyResponse`], the step's typed `Outcome`), which `outcome` turns into
+//! the caller's answer: the one place a log outcome becomes a gRPC status.
 //! Everything openraft-specific stays under [`raft`].
 #![forbid(unsafe_code)]
 
 pub mod acceptor;
 mod blocking;
 pub mod config;
+pub mod effects;
 mod error;
 pub mod node;
+mod outcome;
 mod page_token;
 pub mod peer_client;
 pub mod peer_service;
@@ -36,6 +44,7 @@ pub mod server;
 pub mod service;
 mod snapshot_file;
 pub mod stream;
+mod update_status;
 pub mod verifier_stream;
 pub mod watch;
 

@@ -172,11 +172,11 @@ impl Peer for PeerService {
         // nothing: checked before waiting (a quick answer) and again at the boundary.
         check_caught_up(&self.node, &voters)?;
         // Membership changes take effect at an epoch boundary: wait for the next delimiter.
-        let mut changes = self.node.shared.subscribe();
-        let start = changes.borrow().epoch_state.last_epoch;
+        let mut closed = self.node.shared.effects().subscribe_closed();
+        let start = *closed.borrow_and_update();
         let wait = tokio::time::timeout(Duration::from_millis(self.boundary_wait_ms), async {
-            while changes.borrow().epoch_state.last_epoch == start {
-                if changes.changed().await.is_err() {
+            while *closed.borrow_and_update() == start {
+                if closed.changed().await.is_err() {
                     break;
                 }
             }

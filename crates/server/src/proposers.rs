@@ -5,10 +5,12 @@
 
 use crate::config::EpochSettings;
 use crate::node::Node;
-use crate::raft::types::ApplyResponse;
+use crate::raft::types::{ApplyResponse, NodeAddr, NodeId};
 use keyraft_core::Command;
 use keyraft_proto::convert::encode_log_entry;
 use keyraft_state::proposer::{decide_epoch, epoch_to_sign, retry_delay_ms, EpochDecision, EpochIntervals};
+use keyraft_state::Outcome;
+use openraft::metrics::RaftServerMetrics;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -17,22 +19,47 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Waits for an apply, a metrics change (leadership), `timeout` or shutdown; false on shutdown
-/// and once Raft has stopped (its metrics channel closes with the core: waiting on it again
-/// would return at once, and the proposer would spin).
-async fn wait_for_input(node: &Node, timeout: Option<Duration>, shutdown: &mut watch::Receiver<bool>) -> bool {
-    let mut changes = node.shared.subscribe();
-    let mut metrics = node.raft.metrics();
-    changes.borrow_and_update();
-    if metrics.borrow_and_update().running_state.is_err() {
-        return false;
+/// What wakes a proposer: the published effects it depends on, leadership changes, a
+/// timer, shutdown. The receivers live as long as the proposer, and each round marks them seen
+/// before reading the state, so a change between the read and the wait is never missed.
+struct Wakeups {
+    effect: watch::Receiver<u64>,
+    other_effect: Option<watch::Receiver<u64>>,
+    leadership: watch::Receiver<RaftServerMetrics<NodeId, NodeAddr>>,
+}
+
+impl Wakeups {
+    fn new(node: &Node, effect: watch::Receiver<u64>, other_effect: Option<watch::Receiver<u64>>) -> Self {
+        Self { effect, other_effect, leadership: node.raft.server_metrics() }
     }
-    let sleep = tokio::time::sleep(timeout.unwrap_or(Duration::from_secs(3600)));
-    tokio::select! {
-        r = changes.changed() => r.is_ok(),
-        r = metrics.changed() => r.is_ok() && metrics.borrow().running_state.is_ok(),
-        () = sleep => true,
-        _ = shutdown.changed() => false,
+
+    /// Marks everything seen; call before reading the state a decision is made from.
+    fn mark_seen(&mut self) {
+        self.effect.mark_unchanged();
+        if let Some(rx) = &mut self.other_effect {
+            rx.mark_unchanged();
+        }
+        self.leadership.mark_unchanged();
+    }
+
+    /// Waits for a change, `timeout` or shutdown; false on shutdown and once Raft has stopped
+    /// (its metrics channel closes with the core: waiting on it again would return at once,
+    /// and the proposer would spin).
+    async fn wait(&mut self, timeout: Option<Duration>, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let sleep = tokio::time::sleep(timeout.unwrap_or(Duration::from_secs(3600)));
+        let other = async {
+            match &mut self.other_effect {
+                Some(rx) => rx.changed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = self.effect.changed() => r.is_ok(),
+            r = other => r.is_ok(),
+            r = self.leadership.changed() => r.is_ok(),
+            () = sleep => true,
+            _ = shutdown.changed() => false,
+        }
     }
 }
 
@@ -42,16 +69,20 @@ pub async fn epoch_proposer(node: Arc<Node>, settings: EpochSettings, mut shutdo
         min_epoch_interval_ms: settings.min_epoch_interval_ms,
         max_epoch_interval_ms: settings.max_epoch_interval_ms,
     };
+    // Ratification lets the next epoch be cut; pending updates start the clock towards it.
+    let effects = node.shared.effects();
+    let mut wakeups = Wakeups::new(&node, effects.subscribe_ratified(), Some(effects.subscribe_pending()));
     let mut attempt = 0u32;
     while !*shutdown.borrow() {
+        wakeups.mark_seen();
         let state = node.shared.applied().epoch_state;
         let now = now_ms();
         match decide_epoch(&state, node.is_leader(), now, intervals) {
             EpochDecision::Propose { epoch, timestamp_ms } => {
                 let bytes = encode_log_entry(&Command::EpochDelimiter { epoch, timestamp_ms });
                 match node.propose_local(bytes).await {
-                    Ok(ApplyResponse::EpochClosed { epoch }) => {
-                        tracing::debug!(epoch, "epoch closed");
+                    Ok(ApplyResponse::Applied(Outcome::EpochClosed(head))) => {
+                        tracing::debug!(epoch = head.epoch, "epoch closed");
                         attempt = 0;
                     }
                     Ok(other) => {
@@ -65,23 +96,21 @@ pub async fn epoch_proposer(node: Arc<Node>, settings: EpochSettings, mut shutdo
                 }
                 if attempt > 0 {
                     let delay = retry_delay_ms(attempt - 1, settings.proposal_retry_ms, settings.proposal_retry_max_ms);
-                    if !wait_for_input(&node, Some(Duration::from_millis(delay)), &mut shutdown).await {
+                    if !wakeups.wait(Some(Duration::from_millis(delay)), &mut shutdown).await {
                         return;
                     }
                 }
             }
             EpochDecision::WaitUntil { at_ms } => {
                 let timeout = Duration::from_millis(at_ms.saturating_sub(now).max(1));
-                if !wait_for_input(&node, Some(timeout), &mut shutdown).await {
+                if !wakeups.wait(Some(timeout), &mut shutdown).await {
                     return;
                 }
             }
             EpochDecision::Idle(_) => {
                 // Leadership and ratification arrive as metrics and apply changes; the timeout
                 // only bounds how long a missed notification could delay us.
-                if !wait_for_input(&node, Some(Duration::from_millis(settings.max_epoch_interval_ms)), &mut shutdown)
-                    .await
-                {
+                if !wakeups.wait(Some(Duration::from_millis(settings.max_epoch_interval_ms)), &mut shutdown).await {
                     return;
                 }
             }
@@ -92,8 +121,11 @@ pub async fn epoch_proposer(node: Arc<Node>, settings: EpochSettings, mut shutdo
 /// Signs every new head with this replica's key and proposes the signature until it is
 /// applied.
 pub async fn signature_proposer(node: Arc<Node>, settings: EpochSettings, mut shutdown: watch::Receiver<bool>) {
+    // A new head is the only thing to sign; leadership does not matter here.
+    let mut wakeups = Wakeups::new(&node, node.shared.effects().subscribe_closed(), None);
     let mut attempt = 0u32;
     while !*shutdown.borrow() {
+        wakeups.mark_seen();
         let state = node.shared.applied().epoch_state;
         let to_sign = {
             let m = node.shared.read();
@@ -111,7 +143,7 @@ pub async fn signature_proposer(node: Arc<Node>, settings: EpochSettings, mut sh
         };
         let Some(head) = to_sign else {
             attempt = 0;
-            if !wait_for_input(&node, None, &mut shutdown).await {
+            if !wakeups.wait(None, &mut shutdown).await {
                 return;
             }
             continue;
@@ -136,7 +168,7 @@ pub async fn signature_proposer(node: Arc<Node>, settings: EpochSettings, mut sh
         }
         let delay =
             retry_delay_ms(attempt.saturating_sub(1), settings.proposal_retry_ms, settings.proposal_retry_max_ms);
-        if !wait_for_input(&node, Some(Duration::from_millis(delay)), &mut shutdown).await {
+        if !wakeups.wait(Some(Duration::from_millis(delay)), &mut shutdown).await {
             return;
         }
     }

@@ -15,7 +15,8 @@
 //! into the state themselves.
 
 use crate::blocking::Readers;
-use crate::raft::sm_store::{Applied, SharedState};
+use crate::effects::{Applied, SignaturesChanged};
+use crate::raft::sm_store::SharedState;
 use keyraft_core::vrf::VrfProof;
 use keyraft_core::{Canonical, Digest, Index, PublicKey, Signature, Update};
 use keyraft_proto::pb;
@@ -73,9 +74,14 @@ impl ReadView {
         self.applied().epoch_state.last_epoch
     }
 
-    /// Notified when epochs or their signatures change.
-    pub(crate) fn subscribe_epochs(&self) -> watch::Receiver<Applied> {
-        self.shared.subscribe_epochs()
+    /// Woken when some epoch's signatures change, its ratification included.
+    pub(crate) fn subscribe_signatures(&self) -> watch::Receiver<SignaturesChanged> {
+        self.shared.effects().subscribe_signatures()
+    }
+
+    /// Woken when an epoch becomes keyserver-ratified; the value is the newest such epoch.
+    pub(crate) fn subscribe_ratified(&self) -> watch::Receiver<u64> {
+        self.shared.effects().subscribe_ratified()
     }
 
     /// Runs `read`, a large read (a listing, a stream's epoch), on a blocking thread with a
@@ -208,7 +214,7 @@ impl ReadView {
         mut probe: impl FnMut(&Self) -> Result<Option<T>, Status>,
     ) -> Result<Option<T>, Status> {
         let deadline = Instant::now() + Duration::from_millis(wait_ms.min(self.wait_ms_max));
-        let mut changes = self.subscribe_epochs();
+        let mut changes = self.subscribe_signatures();
         loop {
             changes.borrow_and_update();
             if let Some(v) = probe(self)? {

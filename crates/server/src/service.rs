@@ -7,19 +7,22 @@
 //! known or a retry will help, DEADLINE_EXCEEDED when a wait runs out.
 
 use crate::node::{Node, ProposeError};
+use crate::outcome::{self, rejection_status, Taken};
 use crate::page_token::{Cursor, Listing, PageTokens};
 use crate::raft::types::ApplyResponse;
+use crate::update_status::UpdateTracker;
 use keyraft_core::limits::{UPDATE_BYTES_MAX, USER_ID_BYTES_MAX};
 use keyraft_core::lookup::ratification_message;
 use keyraft_core::types::validate_user_id;
 use keyraft_core::update::check_update;
 use keyraft_core::vrf::VrfProof;
-use keyraft_core::{Command, EpochHead, Index, Update, UpdateRejection};
+use keyraft_core::{Command, EpochHead, Index, Update};
 use keyraft_proto::convert::{canonical, public_key, signature, LookupReply};
 use keyraft_proto::pb::keyraft_server::Keyraft;
 use keyraft_proto::pb::{self, get_update_status_response::State};
+use keyraft_state::Outcome;
 use prost::Message as _;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use tonic::{Request, Response, Status};
@@ -30,50 +33,15 @@ pub const PAGE_SIZE_DEFAULT: u32 = 100;
 pub const PAGE_SIZE_MAX: u32 = 1000;
 /// How many VRF results are cached (a lookup's VRF proof costs about 130 us).
 const VRF_CACHE_ENTRIES_MAX: usize = 100_000;
-/// How many recent rejections `GetUpdateStatus` remembers.
-const REJECTIONS_REMEMBERED_MAX: usize = 10_000;
 pub use crate::read::EPOCHS_AHEAD_MAX;
-
-/// Recent rejections by update id (reason, retryable), oldest first in the queue.
-type Rejections = (HashMap<[u8; 32], (String, bool)>, VecDeque<[u8; 32]>);
-/// Update ids being proposed by this replica's handlers, with how many handlers propose each.
-type Pending = Arc<Mutex<HashMap<[u8; 32], usize>>>;
-
-/// An update id counted in `pending` while its handler proposes it. Dropping the guard, also
-/// when the handler's future is dropped (the caller or the server's timeout gave up), uncounts
-/// it, so GetUpdateStatus never answers PENDING for an update no handler proposes any more.
-struct PendingGuard {
-    pending: Pending,
-    id: [u8; 32],
-}
-
-impl PendingGuard {
-    fn new(pending: &Pending, id: [u8; 32]) -> Self {
-        *lock(pending).entry(id).or_default() += 1;
-        Self { pending: pending.clone(), id }
-    }
-}
-
-impl Drop for PendingGuard {
-    fn drop(&mut self) {
-        let mut pending = lock(&self.pending);
-        if let Some(n) = pending.get_mut(&self.id) {
-            *n -= 1;
-            if *n == 0 {
-                pending.remove(&self.id);
-            }
-        }
-    }
-}
 
 /// The public service of one replica.
 #[derive(Clone)]
 pub struct PublicService {
     node: Arc<Node>,
     vrf_cache: Arc<Mutex<HashMap<String, (Index, VrfProof)>>>,
-    pending: Pending,
+    updates: UpdateTracker,
     tokens: PageTokens,
-    rejections: Arc<Mutex<Rejections>>,
     /// Open `Watch` streams, against `limits.watch_streams_max`.
     watch_streams: Arc<std::sync::atomic::AtomicUsize>,
     /// Open `VerifierStream`s, against `limits.verifier_streams_max`.
@@ -88,14 +56,6 @@ impl std::fmt::Debug for PublicService {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn rejection_status(reason: &UpdateRejection) -> Status {
-    if reason.is_retryable() {
-        Status::unavailable(format!("update refused for now, retry later: {reason}"))
-    } else {
-        Status::failed_precondition(format!("update refused: {reason}"))
-    }
 }
 
 fn propose_status(node: &Node, e: ProposeError) -> Status {
@@ -145,9 +105,8 @@ impl PublicService {
         Self {
             node,
             vrf_cache: Arc::default(),
-            pending: Arc::default(),
+            updates: UpdateTracker::default(),
             tokens,
-            rejections: Arc::default(),
             watch_streams: Arc::default(),
             verifier_streams: Arc::default(),
         }
@@ -198,19 +157,6 @@ impl PublicService {
         match waited_ms {
             Some(ms) => Status::deadline_exceeded(format!("{what}; waited {ms} ms")),
             None => Status::unavailable(format!("{what}; retry later")),
-        }
-    }
-
-    fn remember_rejection(&self, id: [u8; 32], reason: String, retryable: bool) {
-        let mut guard = lock(&self.rejections);
-        let (map, order) = &mut *guard;
-        if map.insert(id, (reason, retryable)).is_none() {
-            order.push_back(id);
-        }
-        while order.len() > REJECTIONS_REMEMBERED_MAX {
-            if let Some(old) = order.pop_front() {
-                map.remove(&old);
-            }
         }
     }
 }
@@ -281,7 +227,7 @@ impl Keyraft for PublicService {
                     if let Err(reason) =
                         check_update(&self.node.realm.realm, current.as_ref().map(|(_, u)| &u.signed.entry), &update)
                     {
-                        self.remember_rejection(id, reason.to_string(), reason.is_retryable());
+                        self.updates.rejected(id, &reason);
                         return Err(rejection_status(&reason));
                     }
                     None
@@ -292,21 +238,16 @@ impl Keyraft for PublicService {
             Some(e) => (e, true),
             None => {
                 let result = {
-                    let _pending = PendingGuard::new(&self.pending, id);
+                    let _proposing = self.updates.proposing(id);
                     self.node.propose(&Command::Update(Box::new(update))).await
                 };
-                match result.map_err(|e| propose_status(&self.node, e))? {
-                    ApplyResponse::UpdateAccepted { epoch, .. } => (epoch, false),
-                    ApplyResponse::UpdateDuplicate { epoch, .. } => (epoch, true),
-                    ApplyResponse::UpdateRejected { reason, retryable, .. } => {
-                        self.remember_rejection(id, reason.clone(), retryable);
-                        return Err(if retryable {
-                            Status::unavailable(format!("update refused for now, retry later: {reason}"))
-                        } else {
-                            Status::failed_precondition(format!("update refused: {reason}"))
-                        });
-                    }
-                    other => return Err(Status::internal(format!("unexpected apply result for an update: {other:?}"))),
+                let response = result.map_err(|e| propose_status(&self.node, e))?;
+                if let ApplyResponse::Applied(Outcome::UpdateRejected { reason, .. }) = &response {
+                    self.updates.rejected(id, reason);
+                }
+                match outcome::answer(response)? {
+                    Taken::Update { epoch, duplicate } => (epoch, duplicate),
+                    other => return Err(Status::internal(format!("the log answered an update with {other:?}"))),
                 }
             }
         };
@@ -346,11 +287,11 @@ impl Keyraft for PublicService {
                 return answer(State::InEpoch, *epoch, String::new(), false);
             }
         }
-        if lock(&self.pending).contains_key(&id) {
+        if self.updates.is_proposing(&id) {
             return answer(State::Pending, 0, String::new(), false);
         }
-        if let Some((reason, retryable)) = lock(&self.rejections).0.get(&id).cloned() {
-            return answer(State::Rejected, 0, reason, retryable);
+        if let Some(rejection) = self.updates.rejection(&id) {
+            return answer(State::Rejected, 0, rejection.reason, rejection.retryable);
         }
         answer(State::Unknown, 0, String::new(), false)
     }
@@ -526,12 +467,10 @@ impl Keyraft for PublicService {
             return Ok(Response::new(pb::PushRatificationResponse { duplicate: true }));
         }
         let command = Command::VerifierSignature { epoch: req.epoch, verifier, signature };
-        match self.node.propose(&command).await.map_err(|e| propose_status(&self.node, e))? {
-            ApplyResponse::SignatureStored { .. } => {
-                Ok(Response::new(pb::PushRatificationResponse { duplicate: false }))
-            }
-            ApplyResponse::Ignored(_) => Ok(Response::new(pb::PushRatificationResponse { duplicate: true })),
-            other => Err(Status::failed_precondition(format!("ratification refused: {other:?}"))),
+        let response = self.node.propose(&command).await.map_err(|e| propose_status(&self.node, e))?;
+        match outcome::answer(response)? {
+            Taken::Signature { duplicate, .. } => Ok(Response::new(pb::PushRatificationResponse { duplicate })),
+            other => Err(Status::internal(format!("the log answered a ratification with {other:?}"))),
         }
     }
 }

@@ -135,12 +135,12 @@ impl Producer {
         }))
         .await?;
         let mut next = resume_epoch + 1;
-        let mut changes = self.node.read.subscribe_epochs();
+        let mut ratified = self.node.read.subscribe_ratified();
         let stopped = replica_stopped(&self.node);
         tokio::pin!(stopped);
         let mut caught_up = false;
         loop {
-            let newest = changes.borrow_and_update().epoch_state.ratified_epoch;
+            let newest = *ratified.borrow_and_update();
             while next <= newest {
                 self.send_epoch(next).await?;
                 next += 1;
@@ -151,7 +151,7 @@ impl Producer {
             }
             let heartbeat = tokio::time::sleep(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
             tokio::select! {
-                changed = changes.changed() => {
+                changed = ratified.changed() => {
                     if changed.is_err() {
                         return Err(Stop::Failed(Status::unavailable("this replica is shutting down")));
                     }

@@ -29,6 +29,7 @@
 //! streams (more are refused with RESOURCE_EXHAUSTED); a replica shutting down ends its
 //! streams with UNAVAILABLE.
 
+use crate::effects::SignaturesChanged;
 use crate::node::Node;
 use crate::read::ReadView;
 use crate::stream::{bounded, replica_stopped, BoundedStream, ReaderGone, StallSender, StreamSlot};
@@ -124,7 +125,7 @@ impl Watcher {
     }
 
     async fn stream(&self) -> Result<(), Stop> {
-        let mut changes = self.read.subscribe_epochs();
+        let mut changes = self.read.subscribe_signatures();
         let mut stopped: Stopped<'_> = Box::pin(replica_stopped(&self.node));
         let threshold = self.target.threshold;
         let mut last = if self.target.from_epoch == 0 {
@@ -142,7 +143,8 @@ impl Watcher {
             self.target.from_epoch
         };
         loop {
-            let ratified = changes.borrow_and_update().epoch_state.ratified_epoch;
+            changes.borrow_and_update();
+            let ratified = self.read.ratified_epoch();
             // Woken only when epochs or signatures change; the state is read only when a newer
             // epoch exists.
             if ratified > last {
@@ -160,13 +162,14 @@ impl Watcher {
     async fn wait_ratified(
         &self,
         epoch: u64,
-        changes: &mut watch::Receiver<crate::raft::sm_store::Applied>,
+        changes: &mut watch::Receiver<SignaturesChanged>,
         stopped: &mut Stopped<'_>,
     ) -> Result<(), Stop> {
         let wait_ms = self.node.limits.wait_ms_max;
         let deadline = Instant::now() + Duration::from_millis(wait_ms);
         loop {
-            let ratified = changes.borrow_and_update().epoch_state.ratified_epoch;
+            changes.borrow_and_update();
+            let ratified = self.read.ratified_epoch();
             if ratified >= epoch {
                 return Ok(());
             }
@@ -182,7 +185,7 @@ impl Watcher {
     /// Waits for the next applied change; `false` if `deadline` passed first.
     async fn next_change(
         &self,
-        changes: &mut watch::Receiver<crate::raft::sm_store::Applied>,
+        changes: &mut watch::Receiver<SignaturesChanged>,
         stopped: &mut Stopped<'_>,
         deadline: Option<Instant>,
     ) -> Result<bool, Stop> {

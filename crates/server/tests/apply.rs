@@ -4,8 +4,9 @@
 
 use keyraft_proto::convert::encode_log_entry;
 use keyraft_server::raft::sm_store::{StateLocation, StateMachineStore};
-use keyraft_server::raft::types::{ApplyResponse, Entry, LogCommands, TypeConfig};
+use keyraft_server::raft::types::{ApplyResponse, CommandRefused, Entry, LogCommands, TypeConfig};
 use keyraft_state::harness::{derive_signing_key, Harness};
+use keyraft_state::Outcome;
 use keyraft_storage::dump_all;
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
@@ -64,12 +65,14 @@ async fn batched_entries_reach_the_state_of_single_commands_and_replay_changes_n
         }
         let commands: Vec<ApplyResponse> = responses.into_iter().flat_map(|r| r.0).collect();
         assert_eq!(commands.len(), h.log.len());
-        assert!(commands.iter().all(|r| !matches!(r, ApplyResponse::Refused(_) | ApplyResponse::AlreadyApplied)));
+        assert!(commands
+            .iter()
+            .all(|r| !matches!(r, ApplyResponse::Refused(_) | ApplyResponse::Applied(Outcome::AlreadyApplied))));
         assert_eq!(state_of(&store), reference, "{per_entry} commands per entry, {deferred_max} deferred writes");
         // Replaying the whole log (as after a crash before openraft's applied id was stored)
         // applies nothing twice.
         let replay = RaftStateMachine::<TypeConfig>::apply(&mut store, entries.clone()).await.unwrap();
-        assert!(replay.iter().flat_map(|r| r.0.iter()).all(|r| *r == ApplyResponse::AlreadyApplied));
+        assert!(replay.iter().flat_map(|r| r.0.iter()).all(|r| *r == ApplyResponse::Applied(Outcome::AlreadyApplied)));
         assert_eq!(state_of(&store), reference);
         let (applied, _) = RaftStateMachine::<TypeConfig>::applied_state(&mut store).await.unwrap();
         assert_eq!(applied.unwrap().index, entries.len() as u64);
@@ -86,9 +89,67 @@ async fn applying_an_epoch_close_on_a_current_thread_runtime_works() {
         StateMachineStore::open(StateLocation::Memory, dir.path().join("snap"), h.config().clone()).unwrap();
     let entries = entries(&h, 1);
     let responses = RaftStateMachine::<TypeConfig>::apply(&mut store, entries.clone()).await.unwrap();
-    assert!(responses.iter().flat_map(|r| r.0.iter()).any(|r| matches!(r, ApplyResponse::EpochClosed { .. })));
+    assert!(responses
+        .iter()
+        .flat_map(|r| r.0.iter())
+        .any(|r| matches!(r, ApplyResponse::Applied(Outcome::EpochClosed(_)))));
     // A snapshot is built and its file written on the same runtime.
     let mut builder = RaftStateMachine::<TypeConfig>::get_snapshot_builder(&mut store).await;
     let snapshot = openraft::RaftSnapshotBuilder::<TypeConfig>::build_snapshot(&mut builder).await.unwrap();
     assert_eq!(snapshot.meta.last_log_id.unwrap().index, entries.len() as u64);
+}
+
+/// The step's effects reach their channels once the apply call's writes are in storage: a
+/// consumer woken by "epoch E closed" or "epoch E ratified" finds E in the state, and a call
+/// that only stages updates wakes the epoch proposer's channel and no other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn effects_are_published_after_their_writes_to_their_own_channels() {
+    let h = harness_log();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store =
+        StateMachineStore::open(StateLocation::Memory, dir.path().join("snap"), h.config().clone()).unwrap();
+    let shared = store.shared();
+    let effects = shared.effects();
+    let (mut closed, mut ratified, signatures, mut pending) = (
+        effects.subscribe_closed(),
+        effects.subscribe_ratified(),
+        effects.subscribe_signatures(),
+        effects.subscribe_pending(),
+    );
+    let entries = entries(&h, 1);
+    // The first entry is a registration: it stages an update and nothing else.
+    RaftStateMachine::<TypeConfig>::apply(&mut store, entries[..1].to_vec()).await.unwrap();
+    assert!(pending.has_changed().unwrap());
+    assert!(!closed.has_changed().unwrap() && !ratified.has_changed().unwrap() && !signatures.has_changed().unwrap());
+    pending.mark_unchanged();
+
+    RaftStateMachine::<TypeConfig>::apply(&mut store, entries[1..].to_vec()).await.unwrap();
+    let expected = h.machine.epoch_state();
+    assert!(expected.last_epoch >= 3, "the log closes several epochs");
+    assert_eq!(*closed.borrow_and_update(), expected.last_epoch);
+    assert_eq!(*ratified.borrow_and_update(), expected.ratified_epoch);
+    assert!(signatures.has_changed().unwrap());
+    assert_eq!(shared.applied().epoch_state, expected);
+    assert_eq!(shared.applied().raft_index, entries.len() as u64);
+    let machine = shared.read();
+    assert!(machine.head(expected.last_epoch).unwrap().is_some(), "the closed epoch is readable once announced");
+}
+
+/// A command that does not decode is refused with a typed reason, the same on every replica,
+/// and the entry's other commands still apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_command_is_refused_with_its_reason() {
+    let h = harness_log();
+    let dir = tempfile::tempdir().unwrap();
+    let mut store =
+        StateMachineStore::open(StateLocation::Memory, dir.path().join("snap"), h.config().clone()).unwrap();
+    let good = encode_log_entry(&h.log[0]);
+    let entry = Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+        payload: EntryPayload::Normal(LogCommands(vec![vec![0xff, 0x01], good])),
+    };
+    let responses = RaftStateMachine::<TypeConfig>::apply(&mut store, vec![entry]).await.unwrap();
+    let responses = &responses[0].0;
+    assert!(matches!(&responses[0], ApplyResponse::Refused(CommandRefused::Undecodable { .. })), "{responses:?}");
+    assert!(matches!(&responses[1], ApplyResponse::Applied(Outcome::UpdateAccepted { .. })), "{responses:?}");
 }

@@ -2,7 +2,7 @@
 //! every replica, verifier and user derived from a seed. Tests use it to register, update,
 //! cut epochs, sign, ratify, look up and verify without any network.
 
-use crate::machine::{Outcome, StateMachine};
+use crate::machine::{Effect, Outcome, StateMachine};
 use crate::proposer::{ratify_head, sign_head};
 use ed25519_dalek::{Signer as _, SigningKey};
 use keyraft_core::lookup::{head_signing_message, ratification_message, ClientRealm, LookupProof};
@@ -48,6 +48,8 @@ pub struct Harness {
     pub vrf: VrfSecretKey,
     /// The client clock used for verification, in ms.
     pub now_ms: u64,
+    /// The effects of the last appended command, as a server would publish them.
+    pub last_effects: Vec<Effect>,
 }
 
 impl Harness {
@@ -75,6 +77,7 @@ impl Harness {
             verifiers: verifier_keys,
             vrf,
             now_ms: 1_700_000_000_000,
+            last_effects: Vec::new(),
         }
     }
 
@@ -106,8 +109,9 @@ impl Harness {
     pub fn append(&mut self, command: Command) -> Result<Outcome, StateError> {
         self.log.push(command.clone());
         let position = LogPosition { term: 1, index: self.log.len() as u64 };
-        let (outcome, _effects) = self.machine.apply(position, &command)?;
+        let (outcome, effects) = self.machine.apply(position, &command)?;
         self.machine.store().flush()?;
+        self.last_effects = effects;
         Ok(outcome)
     }
 

@@ -5,7 +5,7 @@
 use keyraft_core::{Command, LogPosition, Policy, Signature, UpdateRejection};
 use keyraft_state::harness::{derive_signing_key, public_key, test_profile, Harness};
 use keyraft_state::proposer::{ratify_head, sign_head};
-use keyraft_state::{Ignored, Outcome, Rejected, StateMachine};
+use keyraft_state::{Effect, Ignored, Outcome, Rejected, StateMachine};
 use keyraft_storage::{dump_all, MemoryStorage, SledStorage, Storage};
 
 fn rejected(outcome: Outcome) -> UpdateRejection {
@@ -448,4 +448,30 @@ fn an_older_epoch_completing_its_majority_is_an_inconsistency_error_not_a_panic(
     }
     // Nothing of the entry was applied.
     assert_eq!(h.machine.applied(), applied);
+}
+
+/// Every change others must learn of is an effect of the step that made it, and nothing else
+/// is: the server publishes exactly these to its proposers, waiting lookups and streams.
+#[test]
+fn each_step_announces_what_it_changed() {
+    let (mut h, _) = realm_with_alice();
+    let bob = derive_signing_key(7, "bob");
+    h.register("bob@example.org", &bob, &[("mail", b"k")]).unwrap();
+    assert_eq!(h.last_effects, vec![Effect::PendingUpdatesChanged]);
+    // The same update again changes nothing, so announces nothing.
+    let again = h.log.last().unwrap().clone();
+    assert!(matches!(h.append(again).unwrap(), Outcome::UpdateDuplicate { .. }));
+    assert_eq!(h.last_effects, vec![]);
+
+    let epoch = h.machine.epoch_state().open_epoch();
+    h.cut_epoch().unwrap();
+    assert_eq!(h.last_effects, vec![Effect::HeadStored { epoch }]);
+    h.sign(epoch, 1).unwrap();
+    assert_eq!(h.last_effects, vec![Effect::SignaturesChanged { epoch }]);
+    h.sign(epoch, 2).unwrap(); // the first signature again (ignored), then the second
+    assert_eq!(h.last_effects, vec![Effect::SignaturesChanged { epoch }, Effect::EpochRatified { epoch }]);
+    h.ratify(epoch, 0).unwrap();
+    assert_eq!(h.last_effects, vec![Effect::SignaturesChanged { epoch }]);
+    h.ratify(epoch, 0).unwrap();
+    assert_eq!(h.last_effects, vec![], "a duplicate ratification changes nothing");
 }

@@ -12,19 +12,20 @@
 
 use super::io_err;
 use super::types::{
-    ApplyResponse, ApplyResponses, Entry, LogId, NodeAddr, NodeId, RaftStorageError, StoredMembership, TypeConfig,
-    COMMANDS_PER_ENTRY_MAX,
+    ApplyResponse, ApplyResponses, CommandRefused, Entry, LogId, NodeAddr, NodeId, RaftStorageError, StoredMembership,
+    TypeConfig, COMMANDS_PER_ENTRY_MAX,
 };
+use crate::effects::{Applied, Effects};
 use crate::snapshot_file;
+use keyraft_core::Command;
 use keyraft_core::RealmConfig;
 use keyraft_proto::convert::decode_log_entry;
-use keyraft_state::{EpochState, LogPosition, Outcome, StateMachine};
+use keyraft_state::{Effect, LogPosition, Outcome, StateMachine};
 use keyraft_storage::{Batch, MemoryStorage, SledOptions, SledStorage, Storage, StorageError};
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
-use tokio::sync::watch;
 
 /// The state machine over a run-time chosen engine.
 pub type Machine = StateMachine<Arc<dyn Storage>>;
@@ -46,24 +47,10 @@ pub enum StateLocation {
     },
 }
 
-/// What changed after an apply: what waiters and proposers look at.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Applied {
-    /// The last applied Raft log index.
-    pub raft_index: u64,
-    /// The persisted epoch state.
-    pub epoch_state: EpochState,
-    /// Bumped on every apply, so that signature changes wake waiters too.
-    pub sequence: u64,
-}
-
 /// The state shared by the apply path, the services and the proposers.
 pub struct SharedState {
     machine: RwLock<Machine>,
-    changes: watch::Sender<Applied>,
-    /// Like `changes`, but only when epochs or their signatures changed: what streams of
-    /// epochs (Watch) wait for, without waking on every update.
-    epoch_changes: watch::Sender<Applied>,
+    effects: Effects,
 }
 
 impl std::fmt::Debug for SharedState {
@@ -78,33 +65,18 @@ impl SharedState {
         self.machine.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Notified after every apply.
-    pub fn subscribe(&self) -> watch::Receiver<Applied> {
-        self.changes.subscribe()
-    }
-
-    /// Notified after applies that closed an epoch or stored a signature (and snapshot
-    /// installs).
-    pub fn subscribe_epochs(&self) -> watch::Receiver<Applied> {
-        self.epoch_changes.subscribe()
+    /// The published effects of applying the log, to subscribe to.
+    pub fn effects(&self) -> &Effects {
+        &self.effects
     }
 
     /// The latest applied view.
     pub fn applied(&self) -> Applied {
-        *self.changes.borrow()
+        self.effects.applied()
     }
 
-    fn notify(&self, raft_index: u64, epochs_changed: bool) {
-        let epoch_state = self.read().epoch_state();
-        self.changes.send_modify(|a| {
-            a.raft_index = raft_index;
-            a.epoch_state = epoch_state;
-            a.sequence += 1;
-        });
-        if epochs_changed {
-            let applied = *self.changes.borrow();
-            self.epoch_changes.send_replace(applied);
-        }
+    fn applied_now(&self, raft_index: u64) -> Applied {
+        Applied { raft_index, epoch_state: self.read().epoch_state() }
     }
 }
 
@@ -192,11 +164,8 @@ impl StateMachineStore {
         let applied = Applied {
             raft_index: read_applied(machine.store())?.map(|l| l.index).unwrap_or(0),
             epoch_state: machine.epoch_state(),
-            sequence: 0,
         };
-        let (changes, _) = watch::channel(applied);
-        let (epoch_changes, _) = watch::channel(applied);
-        let shared = Arc::new(SharedState { machine: RwLock::new(machine), changes, epoch_changes });
+        let shared = Arc::new(SharedState { machine: RwLock::new(machine), effects: Effects::new(applied) });
         Ok(Self { shared, location, generation, snapshot_dir, config, deferred_writes_max: DEFERRED_WRITES_MAX })
     }
 
@@ -215,7 +184,8 @@ impl StateMachineStore {
         self.shared.machine.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn apply_one(&self, entry: Entry) -> Result<ApplyResponses, StorageError> {
+    /// Applies one entry's commands, appending their effects to `effects`.
+    fn apply_one(&self, entry: Entry, effects: &mut Vec<Effect>) -> Result<ApplyResponses, StorageError> {
         let log_id = entry.log_id;
         let mut meta = Batch::new();
         meta.put(RAFT_APPLIED, postcard::to_allocvec(&log_id).map_err(super::postcard_err)?);
@@ -232,39 +202,47 @@ impl StateMachineStore {
             self.write_lock().defer(meta);
             return Ok(ApplyResponses(vec![ApplyResponse::Internal]));
         };
-        let mut responses = Vec::with_capacity(commands.0.len());
-        for (k, bytes) in commands.0.iter().enumerate() {
-            responses.push(self.apply_command(log_id, k, bytes)?);
-        }
+        let decoded: Vec<Result<Command, CommandRefused>> =
+            commands.0.iter().enumerate().map(|(k, bytes)| decode_command(log_id, k, bytes)).collect();
+        let mut apply_all = || -> Result<Vec<ApplyResponse>, StorageError> {
+            let mut responses = Vec::with_capacity(decoded.len());
+            for (k, command) in decoded.iter().enumerate() {
+                responses.push(match command {
+                    Ok(command) => ApplyResponse::Applied(self.apply_command(log_id, k, command, effects)?),
+                    Err(refused) => ApplyResponse::Refused(refused.clone()),
+                });
+            }
+            Ok(responses)
+        };
+        // Closing an epoch takes long enough to starve other tasks on this worker; hand the
+        // worker's other work to another thread for it. Other commands are short.
+        let responses = if decoded.iter().any(|c| matches!(c, Ok(Command::EpochDelimiter { .. }))) {
+            crate::blocking::in_place(apply_all)
+        } else {
+            apply_all()
+        }?;
         // The entry counts as applied once all its commands are; a crash in between replays
         // the entry, and the commands already applied are skipped by their positions.
         self.write_lock().defer(meta);
         Ok(ApplyResponses(responses))
     }
 
-    fn apply_command(&self, log_id: LogId, k: usize, bytes: &[u8]) -> Result<ApplyResponse, StorageError> {
-        let index = (k as u64)
-            .checked_add(log_id.index.saturating_mul(COMMANDS_PER_ENTRY_MAX))
-            .filter(|_| (k as u64) < COMMANDS_PER_ENTRY_MAX && log_id.index < u64::MAX / COMMANDS_PER_ENTRY_MAX);
-        let Some(index) = index else {
-            tracing::error!(index = log_id.index, command = k, "refusing a command beyond the per-entry limit");
-            return Ok(ApplyResponse::Refused(format!("more than {COMMANDS_PER_ENTRY_MAX} commands in one entry")));
-        };
-        let command = match decode_log_entry(bytes) {
-            Ok(c) => c,
-            Err(e) => {
-                // A proposer only proposes what it encoded itself, so this is a bug or disk
-                // corruption; refusing keeps every replica identical.
-                tracing::error!(index = log_id.index, command = k, error = %e, "refusing an undecodable log command");
-                return Ok(ApplyResponse::Refused(format!("undecodable log command: {e}")));
-            }
-        };
+    fn apply_command(
+        &self,
+        log_id: LogId,
+        k: usize,
+        command: &Command,
+        effects: &mut Vec<Effect>,
+    ) -> Result<Outcome, StorageError> {
+        // `decode_command` checked that this cannot overflow.
+        let index = log_id.index * COMMANDS_PER_ENTRY_MAX + k as u64;
         let position = LogPosition { term: log_id.leader_id.term, index };
         let started = std::time::Instant::now();
-        let step = self.shared.read().step(position, &command).map_err(state_to_storage)?;
+        let step = self.shared.read().step(position, command).map_err(state_to_storage)?;
         // Updates' writes are deferred to the end of the apply call (one storage write for the
         // whole batch of entries); everything else is written at once, after them.
-        let (outcome, _effects) = self.write_lock().commit_deferred(step).map_err(state_to_storage)?;
+        let (outcome, step_effects) = self.write_lock().commit_deferred(step).map_err(state_to_storage)?;
+        effects.extend(step_effects);
         if let Outcome::EpochClosed(head) = &outcome {
             tracing::info!(
                 epoch = head.epoch,
@@ -273,37 +251,29 @@ impl StateMachineStore {
                 "epoch applied"
             );
         }
-        Ok(response(outcome))
+        Ok(outcome)
     }
 }
 
-/// Whether an entry holds an epoch delimiter (peeking at the protobuf tag, without decoding).
-fn closes_epoch(entry: &Entry) -> bool {
-    // LogEntry field 2 (epoch_delimiter), wire type 2: tag byte 0x12.
-    matches!(&entry.payload, EntryPayload::Normal(cmds) if cmds.0.iter().any(|c| c.first() == Some(&0x12)))
+/// Decodes the `k`-th command of the entry at `log_id`, or says why the log refuses it. Both
+/// refusals are bugs or disk corruption (a proposer only proposes what it encoded itself);
+/// refusing them the same way everywhere keeps every replica identical.
+fn decode_command(log_id: LogId, k: usize, bytes: &[u8]) -> Result<Command, CommandRefused> {
+    let positioned = (k as u64) < COMMANDS_PER_ENTRY_MAX && log_id.index < u64::MAX / COMMANDS_PER_ENTRY_MAX;
+    if !positioned {
+        tracing::error!(index = log_id.index, command = k, "refusing a command beyond the per-entry limit");
+        return Err(CommandRefused::TooManyCommands { max: COMMANDS_PER_ENTRY_MAX });
+    }
+    decode_log_entry(bytes).map_err(|e| {
+        tracing::error!(index = log_id.index, command = k, error = %e, "refusing an undecodable log command");
+        CommandRefused::Undecodable { message: e.to_string() }
+    })
 }
 
 fn state_to_storage(e: keyraft_state::StateError) -> StorageError {
     match e {
         keyraft_state::StateError::Storage(s) => s,
         other => StorageError::Corrupt { what: other.to_string() },
-    }
-}
-
-fn response(outcome: Outcome) -> ApplyResponse {
-    match outcome {
-        Outcome::AlreadyApplied => ApplyResponse::AlreadyApplied,
-        Outcome::UpdateAccepted { id, epoch } => ApplyResponse::UpdateAccepted { id, epoch },
-        Outcome::UpdateDuplicate { id, epoch } => ApplyResponse::UpdateDuplicate { id, epoch },
-        Outcome::UpdateRejected { id, reason } => {
-            ApplyResponse::UpdateRejected { id, retryable: reason.is_retryable(), reason: reason.to_string() }
-        }
-        Outcome::EpochClosed(head) => ApplyResponse::EpochClosed { epoch: head.epoch },
-        Outcome::ReplicaSignatureStored { epoch, .. } | Outcome::VerifierSignatureStored { epoch } => {
-            ApplyResponse::SignatureStored { epoch }
-        }
-        Outcome::Ignored(why) => ApplyResponse::Ignored(format!("{why:?}")),
-        Outcome::Rejected(why) => ApplyResponse::Refused(format!("{why:?}")),
     }
 }
 
@@ -353,17 +323,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let mut out = Vec::new();
         let mut last = None;
+        let mut effects = Vec::new();
         for entry in entries {
             let index = entry.log_id.index;
-            // Closing an epoch takes long enough to starve other tasks on this worker; hand the
-            // worker's other work to another thread for it. Other entries are short.
-            let r = if closes_epoch(&entry) {
-                crate::blocking::in_place(|| self.apply_one(entry))
-            } else {
-                self.apply_one(entry)
-            }
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-            out.push(r);
+            out.push(self.apply_one(entry, &mut effects).map_err(|e| sm_err(ErrorVerb::Write, e))?);
             last = Some(index);
             // A replica catching up applies thousands of entries per call; one storage batch
             // for all of them would make sled hold gigabytes (its memory grows with the size
@@ -373,12 +336,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
         }
         self.write_lock().write_deferred().map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        let epochs_changed = out
-            .iter()
-            .flat_map(|r| &r.0)
-            .any(|r| matches!(r, ApplyResponse::EpochClosed { .. } | ApplyResponse::SignatureStored { .. }));
+        // Only now is everything the effects speak of in storage.
         if let Some(index) = last {
-            self.shared.notify(index, epochs_changed);
+            self.shared.effects.publish(self.shared.applied_now(index), &effects);
         }
         Ok(out)
     }
@@ -423,7 +383,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let meta = meta.clone();
         crate::blocking::in_place(|| self.install(&meta, &mut received)).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
-        self.shared.notify(index, true);
+        self.shared.effects.publish_replaced(self.shared.applied_now(index));
         tracing::info!(snapshot = %meta.snapshot_id, last_log = ?meta.last_log_id, "snapshot installed");
         Ok(())
     }

@@ -7,6 +7,7 @@
 //! concurrently share one Raft entry (see [`crate::node`]): openraft 0.9 flushes a leader's
 //! log once per entry, so one entry per update would cap throughput at one flush per update.
 
+use keyraft_state::Outcome;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -30,50 +31,36 @@ pub struct ApplyResponses(pub Vec<ApplyResponse>);
 /// applied.
 pub const COMMANDS_PER_ENTRY_MAX: u64 = 1024;
 
-/// What applying one command did, returned to its proposer.
+/// What applying one command did, returned to its proposer (through the network, postcard
+/// encoded, when a follower forwarded it). [`crate::outcome`] turns it into the proposer's
+/// answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ApplyResponse {
     /// A Raft-internal entry (blank or membership).
     Internal,
-    /// The entry was at or before the applied position (replayed after a restart).
-    AlreadyApplied,
-    /// The update was staged into `epoch`.
-    UpdateAccepted {
-        /// Update id.
-        id: [u8; 32],
-        /// The epoch it lands in.
-        epoch: u64,
+    /// The state machine applied the command (which may still have refused it: see
+    /// [`Outcome`]).
+    Applied(Outcome),
+    /// The command never reached the state machine.
+    Refused(CommandRefused),
+}
+
+/// Why a log command never reached the state machine. Both are bugs or corruption: a proposer
+/// only proposes commands it encoded itself, one batch at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum CommandRefused {
+    /// The entry holds more commands than positions are numbered for.
+    #[error("more than {max} commands in one log entry")]
+    TooManyCommands {
+        /// Commands per entry, at most.
+        max: u64,
     },
-    /// The same update was applied before.
-    UpdateDuplicate {
-        /// Update id.
-        id: [u8; 32],
-        /// The epoch it appears in.
-        epoch: u64,
+    /// The command's bytes are not a `LogEntry`.
+    #[error("undecodable log command: {message}")]
+    Undecodable {
+        /// The decoder's complaint.
+        message: String,
     },
-    /// The update broke a rule that depends on the state.
-    UpdateRejected {
-        /// Update id.
-        id: [u8; 32],
-        /// Why, for humans.
-        reason: String,
-        /// Whether resubmitting later may succeed.
-        retryable: bool,
-    },
-    /// The open epoch was closed.
-    EpochClosed {
-        /// The closed epoch.
-        epoch: u64,
-    },
-    /// A replica or verifier signature was stored.
-    SignatureStored {
-        /// The epoch signed.
-        epoch: u64,
-    },
-    /// A well-formed entry that did not apply (stale, duplicate, premature).
-    Ignored(String),
-    /// An entry refused as invalid (bad signature, unknown signer, undecodable).
-    Refused(String),
 }
 
 /// How peers and clients reach a node.

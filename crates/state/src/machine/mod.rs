@@ -68,8 +68,10 @@ impl EpochState {
     }
 }
 
-/// What applying one command did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What applying one command did. It travels back to the command's proposer, also across the
+/// network when a follower forwarded the command (hence serde), and is mapped to the client's
+/// answer in one place in the server.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
     /// The entry was at or before the applied position: already applied, nothing changed.
     AlreadyApplied,
@@ -115,9 +117,10 @@ pub enum Outcome {
 }
 
 /// Why a command was ignored: stale, duplicate or premature, all harmless.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Ignored {
     /// A delimiter for an epoch other than the open one (a stale retry or a duplicate).
+    #[error("a delimiter for epoch {got}, but epoch {open} is open")]
     DelimiterForOtherEpoch {
         /// The open epoch.
         open: u64,
@@ -125,11 +128,13 @@ pub enum Ignored {
         got: u64,
     },
     /// A delimiter while the previous epoch still lacks a replica majority.
+    #[error("a delimiter while epoch {epoch} still lacks a replica majority")]
     PreviousEpochNotRatified {
         /// The epoch lacking signatures.
         epoch: u64,
     },
     /// A signature that is already stored.
+    #[error("this signature over epoch {epoch} is already stored")]
     DuplicateSignature {
         /// The epoch.
         epoch: u64,
@@ -137,13 +142,16 @@ pub enum Ignored {
 }
 
 /// Why a command was refused as invalid.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Rejected {
     /// The signer is not one of the realm's replicas.
+    #[error("signer {0} is not one of the realm's replicas")]
     UnknownReplica(PublicKey),
     /// The signer is not a registered verifier.
+    #[error("signer {0} is not one of the realm's verifiers")]
     UnknownVerifier(PublicKey),
     /// The signature does not verify over the stored head.
+    #[error("the signature by {signer} does not verify over the head of epoch {epoch}")]
     BadSignature {
         /// The epoch.
         epoch: u64,
@@ -151,19 +159,18 @@ pub enum Rejected {
         signer: PublicKey,
     },
     /// No head exists for the epoch.
+    #[error("epoch {0} does not exist")]
     UnknownEpoch(u64),
     /// Verifiers only ratify epochs that a replica majority already signed.
+    #[error("epoch {0} is not keyserver-ratified yet: verifiers ratify only what a replica majority signed")]
     EpochNotKeyserverRatified(u64),
 }
 
-/// Work to do after the step's batch is durable (and only then).
+/// What others must learn once the step's batch is written (and only then): the server
+/// publishes these to its proposers, waiting lookups, watch and verifier streams. The proposer
+/// of a command learns its [`Outcome`] through the log's response instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    /// Answer whoever waits for the update `id`.
-    UpdateDecided {
-        /// The update's identifier.
-        id: Digest,
-    },
     /// A head was stored: the signature proposer should sign it.
     HeadStored {
         /// The epoch.

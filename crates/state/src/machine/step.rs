@@ -57,7 +57,6 @@ impl<S: Storage> StateMachine<S> {
         let index = update.signed.entry.index;
         let open = self.epoch_state.open_epoch();
         let entry_bytes = update.signed.entry.encode();
-        step.effects.push(Effect::UpdateDecided { id });
 
         let staged = match self.unwritten_staged.get(&index) {
             Some(bytes) => Some(bytes.clone()),
