@@ -6,16 +6,13 @@
 use crate::config::EpochSettings;
 use crate::node::Node;
 use crate::raft::types::ApplyResponse;
+use keyraft_core::clock::Clock;
 use keyraft_core::Command;
 use keyraft_proto::convert::encode_log_entry;
 use keyraft_state::proposer::{decide_epoch, epoch_to_sign, retry_delay_ms, EpochDecision, EpochIntervals};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::watch;
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
 
 /// Waits for an apply, a metrics change (leadership), `timeout` or shutdown; false on shutdown
 /// and once Raft has stopped (its metrics channel closes with the core: waiting on it again
@@ -36,8 +33,14 @@ async fn wait_for_input(node: &Node, timeout: Option<Duration>, shutdown: &mut w
     }
 }
 
-/// Cuts epochs on the leader, by the sensitivity list of docs/architecture.md section 2.
-pub async fn epoch_proposer(node: Arc<Node>, settings: EpochSettings, mut shutdown: watch::Receiver<bool>) {
+/// Cuts epochs on the leader, by the sensitivity list of docs/architecture.md section 2,
+/// stamping them with `clock`.
+pub async fn epoch_proposer(
+    node: Arc<Node>,
+    settings: EpochSettings,
+    clock: Arc<dyn Clock>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let intervals = EpochIntervals {
         min_epoch_interval_ms: settings.min_epoch_interval_ms,
         max_epoch_interval_ms: settings.max_epoch_interval_ms,
@@ -45,7 +48,7 @@ pub async fn epoch_proposer(node: Arc<Node>, settings: EpochSettings, mut shutdo
     let mut attempt = 0u32;
     while !*shutdown.borrow() {
         let state = node.shared.applied().epoch_state;
-        let now = now_ms();
+        let now = clock.now_ms();
         match decide_epoch(&state, node.is_leader(), now, intervals) {
             EpochDecision::Propose { epoch, timestamp_ms } => {
                 let bytes = encode_log_entry(&Command::EpochDelimiter { epoch, timestamp_ms });

@@ -53,8 +53,12 @@ async fn batched_entries_reach_the_state_of_single_commands_and_replay_changes_n
     // (commands per entry, deferred writes at which an apply call writes them mid-call)
     for (per_entry, deferred_max) in [(1, 2048), (3, 2048), (7, 2048), (1000, 2048), (1, 1), (3, 5), (7, 40)] {
         let dir = tempfile::tempdir().unwrap();
-        let mut store =
-            StateMachineStore::open(StateLocation::Memory, dir.path().join("snap"), h.config().clone()).unwrap();
+        let mut store = StateMachineStore::open(
+            StateLocation::Memory(Default::default()),
+            dir.path().join("snap"),
+            h.config().clone(),
+        )
+        .unwrap();
         store.set_deferred_writes_max(deferred_max);
         let entries = entries(&h, per_entry);
         // Apply in irregular groups of entries, as openraft does.
@@ -83,7 +87,8 @@ async fn applying_an_epoch_close_on_a_current_thread_runtime_works() {
     let h = harness_log();
     let dir = tempfile::tempdir().unwrap();
     let mut store =
-        StateMachineStore::open(StateLocation::Memory, dir.path().join("snap"), h.config().clone()).unwrap();
+        StateMachineStore::open(StateLocation::Memory(Default::default()), dir.path().join("snap"), h.config().clone())
+            .unwrap();
     let entries = entries(&h, 1);
     let responses = RaftStateMachine::<TypeConfig>::apply(&mut store, entries.clone()).await.unwrap();
     assert!(responses.iter().flat_map(|r| r.0.iter()).any(|r| matches!(r, ApplyResponse::EpochClosed { .. })));
