@@ -32,6 +32,7 @@ pub use memory::{EpochMemory, OWN_UPDATES_MAX};
 pub use watch::{Watch, WatchUpdate, WATCH_RECONNECT_ROUNDS_MAX};
 
 use ed25519_dalek::SigningKey;
+use keyraft_core::clock::{Clock, SystemClock};
 use keyraft_core::lookup::{ClientRealm, Lookup, LookupProof, VerifyError};
 use keyraft_core::{
     decode_canonical, Canonical, Entry, EpochHead, Policy, Profile, RealmFile, SignedEntry, Update, Verified,
@@ -42,11 +43,12 @@ use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_proto::pb::{
     GetEpochRequest, GetUpdateStatusRequest, HistoryRequest, LookupRequest, UpdateRequest, UpdateResponse,
 };
+use keyraft_proto::transport::{ChannelOptions, Channels};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tonic::transport::{Channel, Endpoint};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
 
 /// Deadline of one call, in milliseconds, on top of any server-side wait the call asks for.
 pub const CALL_TIMEOUT_MS: u64 = 10_000;
@@ -226,6 +228,10 @@ pub struct ClientOptions {
     pub clock_skew_ms: Option<u64>,
     /// Where to remember the newest epoch seen per realm (`None`: for this process only).
     pub state_file: Option<PathBuf>,
+    /// The clock freshness is judged by (`None`: the host's).
+    pub clock: Option<Arc<dyn Clock>>,
+    /// How to reach the endpoints (`None`: TCP with [`client_channel_options`]).
+    pub channels: Option<Channels>,
 }
 
 impl ClientOptions {
@@ -359,9 +365,15 @@ pub struct Client {
     demoted: Arc<Mutex<Vec<Option<Instant>>>>,
 }
 
-/// The current time in milliseconds since the Unix epoch.
+/// The host's time in milliseconds since the Unix epoch (a [`Client`] reads the clock in
+/// its [`ClientOptions`]).
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemClock.now_ms()
+}
+
+/// How a client's channels connect by default.
+pub fn client_channel_options() -> ChannelOptions {
+    ChannelOptions { connect_timeout_ms: Some(CONNECT_TIMEOUT_MS), tcp_nodelay: true, keep_alive: None }
 }
 
 pub(crate) fn status_error(endpoint: &str, status: &tonic::Status) -> ClientError {
@@ -523,13 +535,11 @@ impl Client {
         if list.is_empty() {
             return Err(ClientError::Invalid("no endpoints: the realm file lists none and none were given".into()));
         }
+        let channels = options.channels.clone().unwrap_or_else(|| Channels::new(client_channel_options()));
         let mut out = Vec::new();
         for addr in list {
-            let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| ClientError::Invalid(format!("endpoint {addr:?}: {e}")))?
-                .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-                .tcp_nodelay(true);
-            out.push((addr.clone(), KeyraftClient::new(endpoint.connect_lazy())));
+            let channel = channels.lazy(addr).map_err(|e| ClientError::Invalid(format!("endpoint: {e}")))?;
+            out.push((addr.clone(), KeyraftClient::new(channel)));
         }
         let demoted = Arc::new(Mutex::new(vec![None; out.len()]));
         Ok(Self { checker: Arc::new(checker), endpoints: out, demoted })
@@ -637,7 +647,7 @@ impl Client {
         proof: Vec<u8>,
         last_seen: Option<u64>,
     ) -> Result<LookupAnswer, ClientError> {
-        self.checker.accept_current(user_id, proof, now_ms(), last_seen)
+        self.checker.accept_current(user_id, proof, self.checker.now_ms(), last_seen)
     }
 
     /// Verifies a proof about a past `epoch`.

@@ -275,6 +275,7 @@ fn client(args: &RealmArgs) -> Result<Client, Box<dyn std::error::Error>> {
         epoch_ttl_ms: args.ttl_ms,
         clock_skew_ms: args.skew_ms,
         state_file: state_file(args.state.as_ref(), args.no_state),
+        ..ClientOptions::default()
     };
     Ok(Client::with_options(&load_realm(&args.realm)?, &args.endpoints, &options)?)
 }
@@ -706,6 +707,7 @@ pub fn verify_proof(args: &VerifyProofArgs, out: &mut dyn Write) -> CmdResult {
         clock_skew_ms: args.skew_ms,
         // A historical check neither reads nor updates the memory of the present.
         state_file: if historical { None } else { state_file(args.state.as_ref(), args.no_state) },
+        ..ClientOptions::default()
     };
     let checker = ProofChecker::new(&file, &options)?;
     let now = keyraft_client::now_ms();

@@ -32,8 +32,9 @@ pub async fn with_seed<F: Future>(seed: Option<u64>, build: F) -> F::Output {
 /// One draw's generator: seeded in a [`with_seed`] scope, the thread's otherwise.
 #[derive(Debug)]
 pub enum RaftRng {
-    /// Derived from the scope's seeded generator (which it advances).
-    Seeded(StdRng),
+    /// Derived from the scope's seeded generator (which it advances); boxed, as a ChaCha
+    /// state is a few hundred bytes and the thread's generator a pointer.
+    Seeded(Box<StdRng>),
     /// The thread's generator (production).
     Thread(ThreadRng),
 }
@@ -119,7 +120,7 @@ impl AsyncRuntime for SeedableRuntime {
         RAFT_RNG
             .try_with(|rng| {
                 let seed = rng.lock().unwrap_or_else(std::sync::PoisonError::into_inner).next_u64();
-                RaftRng::Seeded(StdRng::seed_from_u64(seed))
+                RaftRng::Seeded(Box::new(StdRng::seed_from_u64(seed)))
             })
             .unwrap_or_else(|_| RaftRng::Thread(rand::thread_rng()))
     }
