@@ -6,8 +6,10 @@
 use crate::error::verify_classified;
 use crate::lookup::decode_proof;
 use crate::{ClientError, ClientOptions, EpochMemory, LookupAnswer};
+use keyraft_core::clock::{self, Clock};
 use keyraft_core::lookup::{verify_lookup, verify_lookup_at, ClientRealm};
 use keyraft_core::RealmFile;
+use std::sync::Arc;
 
 /// A realm's keys with this client's quorum and freshness rules, and its memory of the
 /// newest epoch seen (protocol step 8).
@@ -18,6 +20,8 @@ pub struct ProofChecker {
     /// The realm's name and configuration hash: two realms of the same name (a dev realm
     /// made afresh) keep separate epoch memories.
     pub(crate) memory_key: String,
+    /// What freshness is judged by.
+    clock: Arc<dyn Clock>,
 }
 
 impl ProofChecker {
@@ -32,7 +36,13 @@ impl ProofChecker {
         };
         let memory_key = format!("{}/{}", realm.config.realm, hex::encode(&realm.config.hash()[..8]));
         memory.adopt_unquorumed(&memory_key, file.verifier_threshold);
-        Ok(Self { realm, memory, memory_key })
+        let clock = options.clock.clone().unwrap_or_else(clock::system);
+        Ok(Self { realm, memory, memory_key, clock })
+    }
+
+    /// The time by this checker's clock, in milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     /// What this client trusts.
@@ -89,5 +99,39 @@ impl ProofChecker {
             verify_lookup(realm, user_id, &decoded, at_ms, None)
         })?;
         Ok(LookupAnswer { lookup, proof, endpoint: None, newest_epoch_hint: None })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use keyraft_core::clock::ManualClock;
+
+    fn file() -> RealmFile {
+        let vrf = keyraft_core::vrf::VrfSecretKey::from_seed(&[1; 32]).public_key();
+        let replica = ed25519_dalek::SigningKey::from_bytes(&[2; 32]);
+        RealmFile {
+            realm: "clock.example".into(),
+            vrf_public_key: hex::encode(vrf.as_bytes()),
+            replica_keys: vec![hex::encode(replica.verifying_key().as_bytes())],
+            verifier_keys: vec![],
+            verifier_threshold: 0,
+            epoch_ttl_ms: 60_000,
+            clock_skew_ms: 5_000,
+            endpoints: vec![],
+        }
+    }
+
+    #[test]
+    fn freshness_is_judged_by_the_configured_clock() {
+        let clock = ManualClock::new(42);
+        let options = ClientOptions { clock: Some(Arc::new(clock.clone())), ..ClientOptions::default() };
+        let checker = ProofChecker::new(&file(), &options).unwrap();
+        assert_eq!(checker.now_ms(), 42);
+        clock.advance(8);
+        assert_eq!(checker.now_ms(), 50);
+        let host = ProofChecker::new(&file(), &ClientOptions::default()).unwrap();
+        assert!(host.now_ms() > 1_577_836_800_000, "the host's clock by default");
     }
 }

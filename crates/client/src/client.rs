@@ -3,12 +3,14 @@
 
 use crate::error::{network_cause, status_error, status_in_words};
 use crate::{ClientError, ClientOptions, ProofChecker};
+use keyraft_core::clock::{Clock, SystemClock};
 use keyraft_core::lookup::ClientRealm;
 use keyraft_core::RealmFile;
 use keyraft_proto::pb::keyraft_client::KeyraftClient;
+use keyraft_proto::transport::{ChannelOptions, Channels};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tonic::transport::{Channel, Endpoint};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
 
 /// Deadline of one call, in milliseconds, on top of any server-side wait the call asks for.
 pub const CALL_TIMEOUT_MS: u64 = 10_000;
@@ -31,7 +33,12 @@ pub struct Client {
 
 /// The current time in milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemClock.now_ms()
+}
+
+/// How a client's channels connect by default.
+pub fn client_channel_options() -> ChannelOptions {
+    ChannelOptions { connect_timeout_ms: Some(CONNECT_TIMEOUT_MS), tcp_nodelay: true, keep_alive: None }
 }
 
 /// The endpoints a call tried, each with why it gave no usable answer, for the error that
@@ -104,13 +111,11 @@ impl Client {
         if list.is_empty() {
             return Err(ClientError::Invalid("no endpoints: the realm file lists none and none were given".into()));
         }
+        let channels = options.channels.clone().unwrap_or_else(|| Channels::new(client_channel_options()));
         let mut out = Vec::new();
         for addr in list {
-            let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| ClientError::Invalid(format!("endpoint {addr:?}: {e}")))?
-                .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-                .tcp_nodelay(true);
-            out.push((addr.clone(), KeyraftClient::new(endpoint.connect_lazy())));
+            let channel = channels.lazy(addr).map_err(|e| ClientError::Invalid(format!("endpoint: {e}")))?;
+            out.push((addr.clone(), KeyraftClient::new(channel)));
         }
         let demoted = Arc::new(Mutex::new(vec![None; out.len()]));
         Ok(Self { checker: Arc::new(checker), endpoints: out, demoted })

@@ -44,7 +44,7 @@ mod update_status;
 mod watch;
 
 pub use checker::ProofChecker;
-pub use client::{now_ms, Client, CALL_TIMEOUT_MS, CONNECT_TIMEOUT_MS, ENDPOINT_DEMOTION_MS};
+pub use client::{client_channel_options, now_ms, Client, CALL_TIMEOUT_MS, CONNECT_TIMEOUT_MS, ENDPOINT_DEMOTION_MS};
 pub use error::{code_in_words, network_cause, status_in_words, ClientError};
 pub use history::HistoryPage;
 pub use lookup::{LookupAnswer, LookupOptions, LAG_WAIT_MS};

@@ -2,7 +2,7 @@
 //! seen, or its value at a given past epoch.
 
 use crate::client::CALL_TIMEOUT_MS;
-use crate::{now_ms, Client, ClientError};
+use crate::{Client, ClientError};
 use keyraft_core::lookup::{Lookup, LookupProof, VerifyError};
 use keyraft_core::{decode_canonical, EpochHead, Verified};
 use keyraft_proto::convert::LookupReply;
@@ -64,7 +64,7 @@ impl Client {
         proof: Vec<u8>,
         last_seen: Option<u64>,
     ) -> Result<LookupAnswer, ClientError> {
-        self.checker.accept_current(user_id, proof, now_ms(), last_seen)
+        self.checker.accept_current(user_id, proof, self.checker.now_ms(), last_seen)
     }
 
     /// Verifies a proof about a past `epoch`.

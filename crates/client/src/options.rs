@@ -2,8 +2,11 @@
 //! and state file.
 
 use crate::ClientError;
+use keyraft_core::clock::Clock;
 use keyraft_core::lookup::ClientRealm;
+use keyraft_proto::transport::Channels;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// What a client accepts, on top of the realm file. `None` keeps the realm file's value.
 #[derive(Debug, Clone, Default)]
@@ -17,6 +20,10 @@ pub struct ClientOptions {
     pub clock_skew_ms: Option<u64>,
     /// Where to remember the newest epoch seen per realm (`None`: for this process only).
     pub state_file: Option<PathBuf>,
+    /// The clock freshness is judged by (`None`: the host's).
+    pub clock: Option<Arc<dyn Clock>>,
+    /// How to reach the endpoints (`None`: TCP with [`crate::client_channel_options`]).
+    pub channels: Option<Channels>,
 }
 
 impl ClientOptions {

@@ -146,7 +146,7 @@ impl Watch {
                     Ok(update) => {
                         self.failures = 0;
                         let issued = update.answer().lookup.head.issue_time_ms;
-                        if !self.client.realm().head_expired(issued, crate::now_ms()) {
+                        if !self.client.realm().head_expired(issued, self.client.checker.now_ms()) {
                             self.last_fresh = std::time::Instant::now();
                         }
                         return Some(Ok(update));
@@ -168,7 +168,7 @@ impl Watch {
                 Err(_) => ClientError::Stale(keyraft_core::VerifyError::HeadExpired {
                     epoch: self.last.as_ref().map_or(0, |(e, _)| *e),
                     issue_time_ms: 0,
-                    now_ms: crate::now_ms(),
+                    now_ms: self.client.checker.now_ms(),
                     ttl_ms: self.client.realm().epoch_ttl_ms,
                 }),
             };

@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod clock;
 pub mod command;
 pub mod ed25519;
 pub mod encoding;

@@ -16,13 +16,14 @@ use keyraft_core::lookup::{verify_lookup, LookupProof};
 use keyraft_core::{decode_canonical, Canonical, Entry, Policy, Profile, RealmFile, SignedEntry, Update};
 use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_proto::pb::{GetEpochRequest, LookupRequest, UpdateRequest};
+use keyraft_proto::transport::{ChannelOptions, Channels};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 type CmdResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -151,9 +152,10 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> CmdResult {
     runtime.block_on(async {
         // A few connections per endpoint, so that one HTTP/2 connection is not the bottleneck.
         let mut channels: Vec<KeyraftClient<Channel>> = Vec::new();
+        let transport = Channels::new(ChannelOptions { connect_timeout_ms: None, ..ChannelOptions::default() });
         for _ in 0..4 {
             for e in &endpoints {
-                let ch = Endpoint::from_shared(format!("http://{e}"))?.tcp_nodelay(true).connect_lazy();
+                let ch = transport.lazy(e)?;
                 channels.push(KeyraftClient::new(ch).max_decoding_message_size(4 << 20));
             }
         }

@@ -22,6 +22,7 @@ pub mod peer {
 
 pub mod codec;
 pub mod convert;
+pub mod transport;
 
 /// The encoded `FileDescriptorSet` of the API, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/keyraft_descriptor.bin"));

@@ -264,6 +264,9 @@ pub struct Loaded {
     pub signing_key: SigningKey,
     /// The cluster token.
     pub cluster_token: String,
+    /// The clock, storage engine, network and randomness to run with: production's unless
+    /// a simulation or a test replaces them.
+    pub seams: crate::seams::Seams,
 }
 
 fn resolve(base: &Path, p: &Path) -> PathBuf {
@@ -326,7 +329,7 @@ impl NodeConfig {
             .trim()
             .to_owned();
         check_token(&cluster_token)?;
-        Ok(Loaded { config, realm, vrf, signing_key, cluster_token })
+        Ok(Loaded { config, realm, vrf, signing_key, cluster_token, seams: crate::seams::Seams::default() })
     }
 
     /// Checks every setting against its range (a message names the key), then the relations

@@ -40,6 +40,7 @@ pub mod proposers;
 pub mod raft;
 pub mod read;
 pub mod request_limits;
+pub mod seams;
 pub mod server;
 pub mod service;
 mod snapshot_file;
@@ -50,4 +51,5 @@ pub mod watch;
 
 pub use config::{Loaded, NodeConfig};
 pub use error::Error;
+pub use seams::{MemoryEngine, Seams, StorageEngine};
 pub use server::{run, Listening};

@@ -2,15 +2,28 @@
 //! cluster token and have explicit message size limits.
 
 use keyraft_proto::peer::peer_client::PeerClient as Generated;
-use std::time::Duration;
+use keyraft_proto::transport::{ChannelOptions, Channels, KeepAlive};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Largest peer message, in bytes, in both directions (a batch of appended entries or one
 /// snapshot chunk fits well below it).
 pub const PEER_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// How long connecting to a peer may take.
 pub const PEER_CONNECT_TIMEOUT_MS: u64 = 2_000;
+
+/// How peer channels connect: keep-alive pings notice a dead peer on an idle connection
+/// before Raft's next call has to time out on it.
+pub const PEER_CHANNEL_OPTIONS: ChannelOptions = ChannelOptions {
+    connect_timeout_ms: Some(PEER_CONNECT_TIMEOUT_MS),
+    tcp_nodelay: true,
+    keep_alive: Some(KeepAlive { interval_ms: 10_000, timeout_ms: 5_000 }),
+};
+
+/// Peer channels over TCP.
+pub fn peer_channels() -> Channels {
+    Channels::new(PEER_CHANNEL_OPTIONS)
+}
 
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]
@@ -28,15 +41,14 @@ impl tonic::service::Interceptor for Auth {
 /// A peer-service client.
 pub type PeerClient = Generated<InterceptedService<Channel, Auth>>;
 
-/// A client for the peer at `addr` (host:port), connecting on first use.
+/// A client for the peer at `addr` (host:port) over TCP, connecting on first use.
 pub fn connect_lazy(addr: &str, token: &str) -> Result<PeerClient, crate::Error> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| crate::Error::config_because(format!("peer address {addr:?}"), e))?
-        .connect_timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5));
-    let channel = endpoint.connect_lazy();
+    connect_lazy_over(&peer_channels(), addr, token)
+}
+
+/// A client for the peer at `addr` (host:port) over `channels`, connecting on first use.
+pub fn connect_lazy_over(channels: &Channels, addr: &str, token: &str) -> Result<PeerClient, crate::Error> {
+    let channel = channels.lazy(addr).map_err(|e| crate::Error::config_because("peer address", e))?;
     let header = format!("Bearer {token}")
         .parse()
         .map_err(|_| crate::Error::config("the cluster token must be printable ASCII"))?;

@@ -6,18 +6,15 @@
 use crate::config::EpochSettings;
 use crate::node::Node;
 use crate::raft::types::{ApplyResponse, NodeAddr, NodeId};
+use keyraft_core::clock::Clock;
 use keyraft_core::Command;
 use keyraft_proto::convert::encode_log_entry;
 use keyraft_state::proposer::{decide_epoch, epoch_to_sign, retry_delay_ms, EpochDecision, EpochIntervals};
 use keyraft_state::Outcome;
 use openraft::metrics::RaftServerMetrics;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::watch;
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
 
 /// What wakes a proposer: the published effects it depends on, leadership changes, a
 /// timer, shutdown. The receivers live as long as the proposer, and each round marks them seen
@@ -63,8 +60,14 @@ impl Wakeups {
     }
 }
 
-/// Cuts epochs on the leader, by the sensitivity list of docs/architecture.md section 2.
-pub async fn epoch_proposer(node: Arc<Node>, settings: EpochSettings, mut shutdown: watch::Receiver<bool>) {
+/// Cuts epochs on the leader, by the sensitivity list of docs/architecture.md section 2,
+/// stamping them with `clock`.
+pub async fn epoch_proposer(
+    node: Arc<Node>,
+    settings: EpochSettings,
+    clock: Arc<dyn Clock>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let intervals = EpochIntervals {
         min_epoch_interval_ms: settings.min_epoch_interval_ms,
         max_epoch_interval_ms: settings.max_epoch_interval_ms,
@@ -76,7 +79,7 @@ pub async fn epoch_proposer(node: Arc<Node>, settings: EpochSettings, mut shutdo
     while !*shutdown.borrow() {
         wakeups.mark_seen();
         let state = node.shared.applied().epoch_state;
-        let now = now_ms();
+        let now = clock.now_ms();
         match decide_epoch(&state, node.is_leader(), now, intervals) {
             EpochDecision::Propose { epoch, timestamp_ms } => {
                 let bytes = encode_log_entry(&Command::EpochDelimiter { epoch, timestamp_ms });

@@ -2,15 +2,17 @@
 //! cleanly on shutdown.
 
 use crate::acceptor::{self, ConnectionLimits};
-use crate::config::{Loaded, VoterSpec};
+use crate::config::{Loaded, NodeConfig, VoterSpec};
 use crate::node::Node;
-use crate::peer_client::PEER_MESSAGE_BYTES_MAX;
+use crate::peer_client::{peer_channels, PEER_MESSAGE_BYTES_MAX};
 use crate::peer_service::{init_cluster, CheckToken, PeerService};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::PeerNetwork;
+use crate::raft::runtime;
 use crate::raft::sm_store::{StateLocation, StateMachineStore};
 use crate::raft::types::Raft;
 use crate::request_limits::{public_request_bytes_max, RequestLimits};
+use crate::seams::StorageEngine;
 use crate::service::PublicService;
 use crate::{proposers, Error};
 use keyraft_proto::pb::keyraft_server::KeyraftServer;
@@ -45,21 +47,9 @@ pub struct Listening {
 /// the cluster with the configured voters first (refused if it already is initialised).
 #[allow(clippy::too_many_lines)] // one linear start-up sequence reads best in one place
 pub async fn run(loaded: Loaded, init: bool, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let Loaded { config, realm, vrf, signing_key, cluster_token } = loaded;
+    let Loaded { config, realm, vrf, signing_key, cluster_token, seams } = loaded;
     check_data_dir(&config.data_dir)?;
-    let log_path = config.data_dir.join("log");
-    let log_storage: Arc<dyn Storage> = Arc::new(
-        SledStorage::open_with(
-            &log_path,
-            // Purged entries would stay in a value log forever.
-            SledOptions { cache_capacity_bytes: config.storage.log_cache_bytes, value_log_min_bytes: None },
-        )
-        .map_err(|e| Error::DataDir { path: log_path.clone(), message: format!("opening the Raft log: {e}") })?,
-    );
-    let location = StateLocation::Dir {
-        path: config.data_dir.join("state"),
-        options: SledOptions { cache_capacity_bytes: config.storage.state_cache_bytes, ..SledOptions::default() },
-    };
+    let (log_storage, location) = open_storage(&seams.storage, &config)?;
     let sm = StateMachineStore::open(location, config.data_dir.join("snapshots"), realm.clone()).map_err(|e| {
         Error::DataDir { path: config.data_dir.clone(), message: format!("opening the state and snapshots: {e}") }
     })?;
@@ -82,10 +72,15 @@ pub async fn run(loaded: Loaded, init: bool, shutdown: impl Future<Output = ()>)
     }
     .validate()
     .map_err(|e| Error::config_because("raft", e))?;
-    let network = PeerNetwork::new(&cluster_token);
-    let raft = Raft::new(config.node_id, Arc::new(raft_config), network.clone(), log, sm)
-        .await
-        .map_err(|e| Error::Raft(Box::new(e)))?;
+    let mut peer_channels = peer_channels();
+    if let Some(connector) = seams.network.clone() {
+        peer_channels = peer_channels.with_connector(connector);
+    }
+    let network = PeerNetwork::new(&cluster_token, peer_channels);
+    let raft =
+        runtime::with_seed(seams.raft_seed, Raft::new(config.node_id, Arc::new(raft_config), network.clone(), log, sm))
+            .await
+            .map_err(|e| Error::Raft(Box::new(e)))?;
 
     let node =
         Arc::new(Node::new(config.node_id, raft.clone(), shared, realm, vrf, signing_key, network, config.limits)?);
@@ -183,7 +178,8 @@ pub async fn run(loaded: Loaded, init: bool, shutdown: impl Future<Output = ()>)
         }
     }
 
-    let epoch_task = tokio::spawn(proposers::epoch_proposer(node.clone(), config.epochs, stop_rx.clone()));
+    let epoch_task =
+        tokio::spawn(proposers::epoch_proposer(node.clone(), config.epochs, seams.clock.clone(), stop_rx.clone()));
     let sign_task = tokio::spawn(proposers::signature_proposer(node.clone(), config.epochs, stop_rx.clone()));
 
     // A Raft core that stops on its own (a full disk) leaves a replica that answers from a
@@ -222,6 +218,32 @@ pub async fn run(loaded: Loaded, init: bool, shutdown: impl Future<Output = ()>)
     log_storage.flush()?;
     tracing::info!(node = config.node_id, "stopped");
     Ok(())
+}
+
+/// Opens the Raft log and locates the state on `engine`.
+fn open_storage(engine: &StorageEngine, config: &NodeConfig) -> Result<(Arc<dyn Storage>, StateLocation), Error> {
+    match engine {
+        StorageEngine::Sled => {
+            let log_path = config.data_dir.join("log");
+            let log = SledStorage::open_with(
+                &log_path,
+                // Purged entries would stay in a value log forever.
+                SledOptions { cache_capacity_bytes: config.storage.log_cache_bytes, value_log_min_bytes: None },
+            )
+            .map_err(|e| Error::DataDir { path: log_path.clone(), message: format!("opening the Raft log: {e}") })?;
+            let location = StateLocation::Dir {
+                path: config.data_dir.join("state"),
+                options: SledOptions {
+                    cache_capacity_bytes: config.storage.state_cache_bytes,
+                    ..SledOptions::default()
+                },
+            };
+            Ok((Arc::new(log), location))
+        }
+        StorageEngine::Memory(memory) => {
+            Ok((Arc::new(memory.log.clone()), StateLocation::Memory(memory.state.clone())))
+        }
+    }
 }
 
 /// Creates the data directory if needed and checks that this process can write there: a

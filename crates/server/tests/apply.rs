@@ -54,8 +54,12 @@ async fn batched_entries_reach_the_state_of_single_commands_and_replay_changes_n
     // (commands per entry, deferred writes at which an apply call writes them mid-call)
     for (per_entry, deferred_max) in [(1, 2048), (3, 2048), (7, 2048), (1000, 2048), (1, 1), (3, 5), (7, 40)] {
         let dir = tempfile::tempdir().unwrap();
-        let mut store =
-            StateMachineStore::open(StateLocation::Memory, dir.path().join("snap"), h.config().clone()).unwrap();
+        let mut store = StateMachineStore::open(
+            StateLocation::Memory(Default::default()),
+            dir.path().join("snap"),
+            h.config().clone(),
+        )
+        .unwrap();
         store.set_deferred_writes_max(deferred_max);
         let entries = entries(&h, per_entry);
         // Apply in irregular groups of entries, as openraft does.
@@ -86,7 +90,8 @@ async fn applying_an_epoch_close_on_a_current_thread_runtime_works() {
     let h = harness_log();
     let dir = tempfile::tempdir().unwrap();
     let mut store =
-        StateMachineStore::open(StateLocation::Memory, dir.path().join("snap"), h.config().clone()).unwrap();
+        StateMachineStore::open(StateLocation::Memory(Default::default()), dir.path().join("snap"), h.config().clone())
+            .unwrap();
     let entries = entries(&h, 1);
     let responses = RaftStateMachine::<TypeConfig>::apply(&mut store, entries.clone()).await.unwrap();
     assert!(responses
@@ -107,7 +112,8 @@ async fn effects_are_published_after_their_writes_to_their_own_channels() {
     let h = harness_log();
     let dir = tempfile::tempdir().unwrap();
     let mut store =
-        StateMachineStore::open(StateLocation::Memory, dir.path().join("snap"), h.config().clone()).unwrap();
+        StateMachineStore::open(StateLocation::Memory(Default::default()), dir.path().join("snap"), h.config().clone())
+            .unwrap();
     let shared = store.shared();
     let effects = shared.effects();
     let (mut closed, mut ratified, signatures, mut pending) = (
@@ -142,7 +148,8 @@ async fn an_undecodable_command_is_refused_with_its_reason() {
     let h = harness_log();
     let dir = tempfile::tempdir().unwrap();
     let mut store =
-        StateMachineStore::open(StateLocation::Memory, dir.path().join("snap"), h.config().clone()).unwrap();
+        StateMachineStore::open(StateLocation::Memory(Default::default()), dir.path().join("snap"), h.config().clone())
+            .unwrap();
     let good = encode_log_entry(&h.log[0]);
     let entry = Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),

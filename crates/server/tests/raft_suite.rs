@@ -39,7 +39,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
                 StateLocation::Dir { path: dir.path().join("state"), options: Default::default() },
             )
         } else {
-            (Arc::new(MemoryStorage::new()), StateLocation::Memory)
+            (Arc::new(MemoryStorage::new()), StateLocation::Memory(Default::default()))
         };
         let sm = StateMachineStore::open(location, dir.path().join("snapshots"), realm()).unwrap();
         Ok((dir, LogStore::new(log), sm))

@@ -17,12 +17,13 @@ use keyraft_proto::convert::Refusal;
 use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_proto::pb::verifier_frame::{Frame, SignedHead};
 use keyraft_proto::pb::{PushRatificationRequest, VerifierStreamRequest};
+use keyraft_proto::transport::{ChannelOptions, Channels};
 use keyraft_storage::SledStorage;
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::config::read_key;
 pub use crate::config::{Config, Error};
@@ -127,11 +128,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 pub(crate) fn client(addr: &str) -> Result<KeyraftClient<Channel>, Error> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| Error::Config(format!("endpoint {addr:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true);
-    Ok(KeyraftClient::new(endpoint.connect_lazy()).max_decoding_message_size(4 << 20))
+    let channel =
+        Channels::new(ChannelOptions::default()).lazy(addr).map_err(|e| Error::Config(format!("endpoint: {e}")))?;
+    Ok(KeyraftClient::new(channel).max_decoding_message_size(4 << 20))
 }
 
 /// Epochs committed without a flush, at most, while catching up. Their ratifications wait

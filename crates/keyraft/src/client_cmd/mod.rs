@@ -89,6 +89,7 @@ pub(super) fn client(args: &RealmArgs) -> Result<Client, Box<dyn std::error::Err
         epoch_ttl_ms: args.ttl_ms,
         clock_skew_ms: args.skew_ms,
         state_file: state_file(args.state.as_ref(), args.no_state),
+        ..ClientOptions::default()
     };
     Ok(Client::with_options(&load_realm(&args.realm)?, &args.endpoints, &options)?)
 }

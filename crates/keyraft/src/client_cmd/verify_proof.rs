@@ -66,6 +66,7 @@ pub fn verify_proof(args: &VerifyProofArgs, out: &mut dyn Write) -> CmdResult {
         clock_skew_ms: args.skew_ms,
         // A historical check neither reads nor updates the memory of the present.
         state_file: if historical { None } else { state_file(args.state.as_ref(), args.no_state) },
+        ..ClientOptions::default()
     };
     let checker = ProofChecker::new(&file, &options)?;
     let now = keyraft_client::now_ms();

@@ -3,6 +3,7 @@
 
 pub mod log_store;
 pub mod network;
+pub mod runtime;
 pub mod sm_store;
 pub mod types;
 

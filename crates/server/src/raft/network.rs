@@ -5,6 +5,7 @@
 use super::types::{NodeAddr, NodeId, TypeConfig};
 use crate::peer_client::{self, PeerClient};
 use keyraft_proto::peer::RaftMessage;
+use keyraft_proto::transport::Channels;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -20,13 +21,15 @@ use std::sync::{Arc, Mutex};
 #[derive(Clone)]
 pub struct PeerNetwork {
     token: Arc<str>,
+    channels: Channels,
     clients: Arc<Mutex<HashMap<String, PeerClient>>>,
 }
 
 impl PeerNetwork {
-    /// A network that authenticates with `token`.
-    pub fn new(token: &str) -> Self {
-        Self { token: token.into(), clients: Arc::default() }
+    /// A network over `channels` ([`peer_client::peer_channels`] in production) that
+    /// authenticates with `token`.
+    pub fn new(token: &str, channels: Channels) -> Self {
+        Self { token: token.into(), channels, clients: Arc::default() }
     }
 
     /// A (cached) client for the peer service at `addr`.
@@ -35,7 +38,7 @@ impl PeerNetwork {
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
-        let c = peer_client::connect_lazy(addr, &self.token)?;
+        let c = peer_client::connect_lazy_over(&self.channels, addr, &self.token)?;
         clients.insert(addr.to_owned(), c.clone());
         Ok(c)
     }

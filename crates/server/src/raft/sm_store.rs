@@ -21,7 +21,7 @@ use keyraft_core::Command;
 use keyraft_core::RealmConfig;
 use keyraft_proto::convert::decode_log_entry;
 use keyraft_state::{Effect, LogPosition, Outcome, StateMachine};
-use keyraft_storage::{Batch, MemoryStorage, SledOptions, SledStorage, Storage, StorageError};
+use keyraft_storage::{Batch, SledOptions, SledStorage, Storage, StorageError};
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
 use std::path::{Path, PathBuf};
@@ -36,8 +36,8 @@ const RAFT_MEMBERSHIP: &[u8] = b"xraft-membership";
 /// Where the state lives.
 #[derive(Debug, Clone)]
 pub enum StateLocation {
-    /// In memory (tests).
-    Memory,
+    /// In memory, in this handle: a replica reopening the same handle finds its state.
+    Memory(crate::seams::MemoryState),
     /// sled databases under this directory, one per generation, chosen by `CURRENT`.
     Dir {
         /// The state directory.
@@ -110,7 +110,7 @@ fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> RaftStorageError {
 
 fn open_generation(location: &StateLocation, generation: u64) -> Result<Arc<dyn Storage>, StorageError> {
     match location {
-        StateLocation::Memory => Ok(Arc::new(MemoryStorage::new())),
+        StateLocation::Memory(state) => Ok(Arc::new(state.generation(generation))),
         StateLocation::Dir { path, options } => {
             Ok(Arc::new(SledStorage::open_with(&path.join(format!("gen-{generation}")), *options)?))
         }
@@ -153,7 +153,7 @@ impl StateMachineStore {
     pub fn open(location: StateLocation, snapshot_dir: PathBuf, config: RealmConfig) -> Result<Self, crate::Error> {
         std::fs::create_dir_all(&snapshot_dir).map_err(|e| crate::Error::io("creating the snapshot directory", e))?;
         let generation = match &location {
-            StateLocation::Memory => 0,
+            StateLocation::Memory(state) => state.current(),
             StateLocation::Dir { path, .. } => {
                 std::fs::create_dir_all(path).map_err(|e| crate::Error::io("creating the state directory", e))?;
                 current_generation(path)?
@@ -418,12 +418,15 @@ impl StateMachineStore {
         std::fs::rename(&tmp, &path).map_err(|e| crate::Error::io("renaming the snapshot copy", e))?;
 
         let generation = self.generation + 1;
-        if let StateLocation::Dir { path: dir, .. } = &self.location {
-            let stale = dir.join(format!("gen-{generation}"));
-            if stale.exists() {
-                std::fs::remove_dir_all(&stale)
-                    .map_err(|e| crate::Error::io("removing a stale state generation", e))?;
+        match &self.location {
+            StateLocation::Dir { path: dir, .. } => {
+                let stale = dir.join(format!("gen-{generation}"));
+                if stale.exists() {
+                    std::fs::remove_dir_all(&stale)
+                        .map_err(|e| crate::Error::io("removing a stale state generation", e))?;
+                }
             }
+            StateLocation::Memory(state) => state.remove(generation),
         }
         let store = open_generation(&self.location, generation)?;
         snapshot_file::load(&path, store.as_ref())?;
@@ -436,16 +439,20 @@ impl StateMachineStore {
         store.write(b)?;
         store.flush()?;
         let machine = StateMachine::open(store, self.config.clone())?;
-        if let StateLocation::Dir { path: dir, .. } = &self.location {
-            set_current_generation(dir, generation)?;
+        match &self.location {
+            StateLocation::Dir { path: dir, .. } => set_current_generation(dir, generation)?,
+            StateLocation::Memory(state) => state.set_current(generation),
         }
         let old = std::mem::replace(&mut *self.write_lock(), machine);
         drop(old);
-        if let StateLocation::Dir { path: dir, .. } = &self.location {
-            let previous = dir.join(format!("gen-{}", self.generation));
-            if let Err(e) = std::fs::remove_dir_all(&previous) {
-                tracing::warn!(error = %e, dir = %previous.display(), "could not remove the previous state generation");
+        match &self.location {
+            StateLocation::Dir { path: dir, .. } => {
+                let previous = dir.join(format!("gen-{}", self.generation));
+                if let Err(e) = std::fs::remove_dir_all(&previous) {
+                    tracing::warn!(error = %e, dir = %previous.display(), "could not remove the previous state generation");
+                }
             }
+            StateLocation::Memory(state) => state.remove(self.generation),
         }
         self.generation = generation;
         snapshot_file::set_current(&self.snapshot_dir, meta, &path)?;

@@ -91,7 +91,7 @@ openraft::declare_raft_types!(
         Node = NodeAddr,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = tokio::fs::File,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = super::runtime::SeedableRuntime,
 );
 
 /// The Raft handle.
