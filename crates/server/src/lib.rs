@@ -18,12 +18,16 @@
 //! [`read::ReadView`] (satisfying epochs, proofs, epoch info, waiting for an epoch), which
 //! runs large reads on blocking threads; the two streams share [`stream::BoundedStream`].
 //! Everything openraft-specific stays under [`raft`].
+//!
+//! Every task a replica starts is spawned through [`lifecycle::Tasks`] and ends before [`run`]
+//! returns; so does the log's flusher thread.
 #![forbid(unsafe_code)]
 
 pub mod acceptor;
 mod blocking;
 pub mod config;
 mod error;
+pub mod lifecycle;
 pub mod node;
 mod page_token;
 pub mod peer_client;
@@ -41,4 +45,4 @@ pub mod watch;
 
 pub use config::{Loaded, NodeConfig};
 pub use error::Error;
-pub use server::{run, Listening};
+pub use server::{run, run_with, Listeners, Listening};

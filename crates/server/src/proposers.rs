@@ -11,7 +11,7 @@ use keyraft_proto::convert::encode_log_entry;
 use keyraft_state::proposer::{decide_epoch, epoch_to_sign, retry_delay_ms, EpochDecision, EpochIntervals};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -20,7 +20,7 @@ fn now_ms() -> u64 {
 /// Waits for an apply, a metrics change (leadership), `timeout` or shutdown; false on shutdown
 /// and once Raft has stopped (its metrics channel closes with the core: waiting on it again
 /// would return at once, and the proposer would spin).
-async fn wait_for_input(node: &Node, timeout: Option<Duration>, shutdown: &mut watch::Receiver<bool>) -> bool {
+async fn wait_for_input(node: &Node, timeout: Option<Duration>, shutdown: &CancellationToken) -> bool {
     let mut changes = node.shared.subscribe();
     let mut metrics = node.raft.metrics();
     changes.borrow_and_update();
@@ -32,18 +32,18 @@ async fn wait_for_input(node: &Node, timeout: Option<Duration>, shutdown: &mut w
         r = changes.changed() => r.is_ok(),
         r = metrics.changed() => r.is_ok() && metrics.borrow().running_state.is_ok(),
         () = sleep => true,
-        _ = shutdown.changed() => false,
+        () = shutdown.cancelled() => false,
     }
 }
 
 /// Cuts epochs on the leader, by the sensitivity list of docs/architecture.md section 2.
-pub async fn epoch_proposer(node: Arc<Node>, settings: EpochSettings, mut shutdown: watch::Receiver<bool>) {
+pub async fn epoch_proposer(node: Arc<Node>, settings: EpochSettings, shutdown: CancellationToken) {
     let intervals = EpochIntervals {
         min_epoch_interval_ms: settings.min_epoch_interval_ms,
         max_epoch_interval_ms: settings.max_epoch_interval_ms,
     };
     let mut attempt = 0u32;
-    while !*shutdown.borrow() {
+    while !shutdown.is_cancelled() {
         let state = node.shared.applied().epoch_state;
         let now = now_ms();
         match decide_epoch(&state, node.is_leader(), now, intervals) {
@@ -65,21 +65,21 @@ pub async fn epoch_proposer(node: Arc<Node>, settings: EpochSettings, mut shutdo
                 }
                 if attempt > 0 {
                     let delay = retry_delay_ms(attempt - 1, settings.proposal_retry_ms, settings.proposal_retry_max_ms);
-                    if !wait_for_input(&node, Some(Duration::from_millis(delay)), &mut shutdown).await {
+                    if !wait_for_input(&node, Some(Duration::from_millis(delay)), &shutdown).await {
                         return;
                     }
                 }
             }
             EpochDecision::WaitUntil { at_ms } => {
                 let timeout = Duration::from_millis(at_ms.saturating_sub(now).max(1));
-                if !wait_for_input(&node, Some(timeout), &mut shutdown).await {
+                if !wait_for_input(&node, Some(timeout), &shutdown).await {
                     return;
                 }
             }
             EpochDecision::Idle(_) => {
                 // Leadership and ratification arrive as metrics and apply changes; the timeout
                 // only bounds how long a missed notification could delay us.
-                if !wait_for_input(&node, Some(Duration::from_millis(settings.max_epoch_interval_ms)), &mut shutdown)
+                if !wait_for_input(&node, Some(Duration::from_millis(settings.max_epoch_interval_ms)), &shutdown)
                     .await
                 {
                     return;
@@ -91,9 +91,9 @@ pub async fn epoch_proposer(node: Arc<Node>, settings: EpochSettings, mut shutdo
 
 /// Signs every new head with this replica's key and proposes the signature until it is
 /// applied.
-pub async fn signature_proposer(node: Arc<Node>, settings: EpochSettings, mut shutdown: watch::Receiver<bool>) {
+pub async fn signature_proposer(node: Arc<Node>, settings: EpochSettings, shutdown: CancellationToken) {
     let mut attempt = 0u32;
-    while !*shutdown.borrow() {
+    while !shutdown.is_cancelled() {
         let state = node.shared.applied().epoch_state;
         let to_sign = {
             let m = node.shared.read();
@@ -111,7 +111,7 @@ pub async fn signature_proposer(node: Arc<Node>, settings: EpochSettings, mut sh
         };
         let Some(head) = to_sign else {
             attempt = 0;
-            if !wait_for_input(&node, None, &mut shutdown).await {
+            if !wait_for_input(&node, None, &shutdown).await {
                 return;
             }
             continue;
@@ -136,7 +136,7 @@ pub async fn signature_proposer(node: Arc<Node>, settings: EpochSettings, mut sh
         }
         let delay =
             retry_delay_ms(attempt.saturating_sub(1), settings.proposal_retry_ms, settings.proposal_retry_max_ms);
-        if !wait_for_input(&node, Some(Duration::from_millis(delay)), &mut shutdown).await {
+        if !wait_for_input(&node, Some(Duration::from_millis(delay)), &shutdown).await {
             return;
         }
     }
