@@ -488,7 +488,8 @@ mod tests {
     fn the_writer_thread_comes_from_the_spawner_and_is_joined_on_drop() {
         let threads = keyraft_storage::threads::CountedThreads::default();
         let config = crate::testing::realm_config("join.example");
-        let mut v = VerifierState::open_with(keyraft_storage::MemoryStorage::new(), config, &threads.spawner()).unwrap();
+        let mut v =
+            VerifierState::open_with(keyraft_storage::MemoryStorage::new(), config, &threads.spawner()).unwrap();
         assert_eq!((threads.started(), threads.running()), (1, 1));
         let mut b = Batch::new();
         b.put(b"x", b"1".to_vec());

@@ -79,8 +79,7 @@ pub async fn epoch_proposer(node: Arc<Node>, settings: EpochSettings, shutdown: 
             EpochDecision::Idle(_) => {
                 // Leadership and ratification arrive as metrics and apply changes; the timeout
                 // only bounds how long a missed notification could delay us.
-                if !wait_for_input(&node, Some(Duration::from_millis(settings.max_epoch_interval_ms)), &shutdown)
-                    .await
+                if !wait_for_input(&node, Some(Duration::from_millis(settings.max_epoch_interval_ms)), &shutdown).await
                 {
                     return;
                 }

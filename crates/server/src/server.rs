@@ -56,12 +56,16 @@ pub struct Listeners {
 impl Listeners {
     /// Binds `config.public_listen` and `config.peer_listen`.
     pub async fn bind(config: &NodeConfig) -> Result<Self, Error> {
-        let public = TcpListener::bind(&config.public_listen)
-            .await
-            .map_err(|source| Error::Network { listener: "public", addr: config.public_listen.clone(), source })?;
-        let peer = TcpListener::bind(&config.peer_listen)
-            .await
-            .map_err(|source| Error::Network { listener: "peer", addr: config.peer_listen.clone(), source })?;
+        let public = TcpListener::bind(&config.public_listen).await.map_err(|source| Error::Network {
+            listener: "public",
+            addr: config.public_listen.clone(),
+            source,
+        })?;
+        let peer = TcpListener::bind(&config.peer_listen).await.map_err(|source| Error::Network {
+            listener: "peer",
+            addr: config.peer_listen.clone(),
+            source,
+        })?;
         Ok(Self { public, peer })
     }
 }
@@ -240,16 +244,12 @@ pub async fn run_with(
         }
     }
 
-    // Cancelled mid-proposal is safe: a proposer keeps no progress outside the state.
-    let stopping = tasks.token().clone();
-    tasks.spawn(
-        "epoch-proposer",
-        stopping.clone().run_until_cancelled_owned(proposers::epoch_proposer(node.clone(), config.epochs, stopping.clone())),
-    );
-    tasks.spawn(
-        "signature-proposer",
-        stopping.clone().run_until_cancelled_owned(proposers::signature_proposer(node.clone(), config.epochs, stopping)),
-    );
+    // Dropped mid-proposal when cancelled: a proposer keeps no progress outside the state.
+    let stopping = tasks.token();
+    let epoch_proposer = proposers::epoch_proposer(node.clone(), config.epochs, stopping.clone());
+    tasks.spawn("epoch-proposer", stopping.clone().run_until_cancelled_owned(epoch_proposer));
+    let signature_proposer = proposers::signature_proposer(node.clone(), config.epochs, stopping.clone());
+    tasks.spawn("signature-proposer", stopping.clone().run_until_cancelled_owned(signature_proposer));
 
     // A Raft core that stops on its own (a full disk) leaves a replica that answers from a
     // frozen state and can never catch up: stop it, so that a supervisor restarts it.

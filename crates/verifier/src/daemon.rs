@@ -149,7 +149,10 @@ pub async fn run_with(
     }
     tasks.close();
     if tokio::time::timeout(Duration::from_millis(TASKS_STOP_DEADLINE_MS), tasks.wait()).await.is_err() {
-        tracing::warn!(tasks = tasks.len(), "verifier tasks still running after the deadline; leaving them to the runtime");
+        tracing::warn!(
+            tasks = tasks.len(),
+            "verifier tasks still running after the deadline; leaving them to the runtime"
+        );
     }
     // Dropping the state joins its writer thread.
     drop(verifier);

@@ -31,13 +31,13 @@ mod connection;
 mod limits;
 
 use crate::config::Limits;
+use crate::lifecycle::Tasks;
 use bytes::Bytes;
-use keyraft_core::backoff;
 use connection::connection;
 pub use connection::TrackedBody;
-use crate::lifecycle::Tasks;
 use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
+use keyraft_core::backoff;
 use limits::{RefusalLog, Slots};
 use std::convert::Infallible;
 use std::io;
@@ -137,13 +137,8 @@ impl<B> ResponseBody for B where
 /// closes them gracefully (see the module's documentation). `name` names the listener in the
 /// log. Every connection and every request is a task of `tasks`; the connections end before
 /// this returns.
-pub async fn serve<S, B>(
-    name: &'static str,
-    listener: TcpListener,
-    limits: ConnectionLimits,
-    service: S,
-    tasks: Tasks,
-) where
+pub async fn serve<S, B>(name: &'static str, listener: TcpListener, limits: ConnectionLimits, service: S, tasks: Tasks)
+where
     S: HttpService<B>,
     B: ResponseBody,
 {
@@ -251,7 +246,6 @@ impl AcceptBackoff {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
 
     #[test]
     fn accept_failures_back_off_up_to_the_cap_and_reset_on_success() {
