@@ -30,7 +30,7 @@ use crate::head::{close_epoch, ChainTip, ClosedEpoch};
 use crate::tree;
 use keyraft_core::update::check_signed_entry;
 use keyraft_core::{decode_canonical, Canonical, Entry, EpochHead, Index, RealmConfig, SignedEntry, UpdateRejection};
-use keyraft_storage::{check_format_version, Batch, Migration, Storage};
+use keyraft_storage::{check_format_version, Batch, Migration, Storage, ThreadHandle, ThreadSpawner};
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -187,7 +187,7 @@ pub struct VerifierState<S: Storage> {
 #[derive(Debug)]
 struct Writer {
     tx: Option<std::sync::mpsc::SyncSender<Batch>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<ThreadHandle>,
     progress: Arc<(Mutex<WriterProgress>, Condvar)>,
     sent: u64,
 }
@@ -199,11 +199,11 @@ struct WriterProgress {
 }
 
 impl Writer {
-    fn start<S: Storage>(store: Arc<S>) -> Self {
+    fn start<S: Storage>(store: Arc<S>, threads: &ThreadSpawner) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(BATCHES_QUEUED_MAX);
         let progress: Arc<(Mutex<WriterProgress>, Condvar)> = Arc::default();
         let shared = progress.clone();
-        let thread = std::thread::Builder::new().name("verifier-writer".into()).spawn(move || {
+        let thread = threads.spawn("verifier-writer", move || {
             for batch in rx {
                 let result = store.write(batch);
                 let (lock, cvar) = &*shared;
@@ -219,7 +219,13 @@ impl Writer {
                 cvar.notify_all();
             }
         });
-        let thread = thread.ok();
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "no writer thread: the verifier writes each epoch before checking the next");
+                None
+            }
+        };
         Self { tx: thread.as_ref().map(|_| tx), thread, progress, sent: 0 }
     }
 
@@ -261,7 +267,9 @@ impl Drop for Writer {
         // Closing the queue lets the thread finish the batches it has, then stop.
         self.tx = None;
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            if let Err(panic) = t.join() {
+                tracing::error!(%panic, "the verifier's writer thread panicked");
+            }
         }
     }
 }
@@ -291,8 +299,15 @@ impl CheckedEpoch {
 }
 
 impl<S: Storage> VerifierState<S> {
-    /// Opens (or creates) a verifier's state for `config`.
+    /// Opens (or creates) a verifier's state for `config`, writing on an operating-system
+    /// thread.
     pub fn open(store: S, config: RealmConfig) -> Result<Self, StateError> {
+        Self::open_with(store, config, &ThreadSpawner::default())
+    }
+
+    /// [`VerifierState::open`], starting the writer thread with `threads`. The thread is
+    /// joined when the state is dropped.
+    pub fn open_with(store: S, config: RealmConfig, threads: &ThreadSpawner) -> Result<Self, StateError> {
         check_format_version(&store, VERIFIER_FORMAT_VERSION, MIGRATIONS)?;
         match store.get(META_CONFIG)? {
             None => {
@@ -309,7 +324,7 @@ impl<S: Storage> VerifierState<S> {
         };
         roll_back_pending(&store, last.as_ref().map_or(0, |h| h.epoch))?;
         let store = Arc::new(store);
-        let writer = Writer::start(store.clone());
+        let writer = Writer::start(store.clone(), threads);
         Ok(Self { store, config, pages: tree::PageCache::default(), last, writer, unwritten: HashMap::new() })
     }
 
@@ -465,6 +480,24 @@ mod tests {
         let mut huge = bytes[..8].to_vec();
         huge.extend_from_slice(&u32::MAX.to_be_bytes());
         assert!(decode_pending(&huge).is_err());
+    }
+
+    /// The writer thread is started through the given spawner and has ended once the state
+    /// is dropped, its queued batches written.
+    #[test]
+    fn the_writer_thread_comes_from_the_spawner_and_is_joined_on_drop() {
+        let threads = keyraft_storage::threads::CountedThreads::default();
+        let config = crate::testing::realm_config("join.example");
+        let mut v =
+            VerifierState::open_with(keyraft_storage::MemoryStorage::new(), config, &threads.spawner()).unwrap();
+        assert_eq!((threads.started(), threads.running()), (1, 1));
+        let mut b = Batch::new();
+        b.put(b"x", b"1".to_vec());
+        let store = v.store.clone();
+        v.writer.send(&*store, b).unwrap();
+        drop(v);
+        assert_eq!(threads.running(), 0, "the writer thread outlived its state");
+        assert_eq!(store.get(b"x").unwrap(), Some(b"1".to_vec()), "a queued batch was lost on drop");
     }
 
     #[test]

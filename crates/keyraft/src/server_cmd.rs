@@ -1,6 +1,7 @@
 //! `keyraft server`: one replica.
 
 use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
 
 /// Options of `keyraft server`.
 #[derive(Debug, clap::Args)]
@@ -47,6 +48,18 @@ pub async fn shutdown_signal() {
 pub fn run(args: &ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
     let loaded = keyraft_server::NodeConfig::load(&args.config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(keyraft_server::run(loaded, args.init, shutdown_signal()))?;
+    runtime.block_on(async {
+        let listeners = keyraft_server::Listeners::bind(&loaded.config).await?;
+        let shutdown = CancellationToken::new();
+        let replica = keyraft_server::run(loaded, listeners, args.init, shutdown.clone());
+        tokio::pin!(replica);
+        tokio::select! {
+            stopped = &mut replica => stopped,
+            () = shutdown_signal() => {
+                shutdown.cancel();
+                replica.await
+            }
+        }
+    })?;
     Ok(())
 }

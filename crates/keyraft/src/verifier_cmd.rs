@@ -16,6 +16,17 @@ pub struct VerifierArgs {
 pub fn run(args: &VerifierArgs) -> Result<(), Box<dyn std::error::Error>> {
     let config = keyraft_verifier::Config::load(&args.config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(keyraft_verifier::run(config, crate::server_cmd::shutdown_signal()))?;
+    runtime.block_on(async {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let verifier = keyraft_verifier::run(config, shutdown.clone());
+        tokio::pin!(verifier);
+        tokio::select! {
+            stopped = &mut verifier => stopped,
+            () = crate::server_cmd::shutdown_signal() => {
+                shutdown.cancel();
+                verifier.await
+            }
+        }
+    })?;
     Ok(())
 }

@@ -24,6 +24,9 @@
 //! ([`raft::types::ApplyResponse`], the step's typed `Outcome`), which `outcome` turns into
 //! the caller's answer: the one place a log outcome becomes a gRPC status.
 //! Everything openraft-specific stays under [`raft`].
+//!
+//! Every task a replica starts is spawned through [`lifecycle::Tasks`] and ends before [`run`]
+//! returns; so does the log's flusher thread.
 #![forbid(unsafe_code)]
 
 pub mod acceptor;
@@ -31,6 +34,7 @@ mod blocking;
 pub mod config;
 pub mod effects;
 mod error;
+pub mod lifecycle;
 pub mod node;
 mod outcome;
 mod page_token;
@@ -52,4 +56,4 @@ pub mod watch;
 pub use config::{Loaded, NodeConfig};
 pub use error::Error;
 pub use seams::{MemoryEngine, Seams, StorageEngine};
-pub use server::{run, Listening};
+pub use server::{run, run_with, Listeners, Listening};

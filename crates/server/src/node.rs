@@ -7,6 +7,7 @@
 //! proposes a lone command at once.
 
 use crate::config::Limits;
+use crate::lifecycle::Tasks;
 use crate::page_token::PageTokens;
 use crate::peer_client::PeerClient;
 use crate::raft::network::PeerNetwork;
@@ -50,11 +51,11 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the batcher task for `raft`.
-    pub fn start(raft: Raft) -> Self {
+    /// Starts the batcher task for `raft`, which stops with `tasks`.
+    pub fn start(raft: Raft, tasks: &Tasks) -> Self {
         const _: () = assert!(BATCH_COMMANDS_MAX as u64 <= COMMANDS_PER_ENTRY_MAX);
         let (tx, rx) = mpsc::channel(BATCH_QUEUE_MAX);
-        tokio::spawn(run_batcher(raft, rx));
+        tasks.spawn("batcher", run_batcher(raft, rx, tasks.clone()));
         Self { tx }
     }
 
@@ -65,11 +66,25 @@ impl Batcher {
     }
 }
 
-async fn run_batcher(raft: Raft, mut rx: mpsc::Receiver<(Vec<u8>, Reply)>) {
+/// Commands still queued when the batcher stops get "the batcher dropped a command".
+async fn run_batcher(raft: Raft, mut rx: mpsc::Receiver<(Vec<u8>, Reply)>, tasks: Tasks) {
     let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            () = tasks.cancelled() => return,
+            first = rx.recv() => match first {
+                Some(first) => first,
+                None => return,
+            },
+        };
         // Waiting for a slot first lets commands pile up behind the batches in flight.
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let slot = tokio::select! {
+            () = tasks.cancelled() => return,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+        };
         let mut bytes = first.0.len();
         let mut batch = vec![first];
         while batch.len() < BATCH_COMMANDS_MAX && bytes < BATCH_BYTES_MAX {
@@ -82,10 +97,23 @@ async fn run_batcher(raft: Raft, mut rx: mpsc::Receiver<(Vec<u8>, Reply)>) {
             }
         }
         let raft = raft.clone();
-        tokio::spawn(async move {
+        let stopping = tasks.clone();
+        tasks.spawn("batch", async move {
             let (commands, replies): (Vec<Vec<u8>>, Vec<Reply>) = batch.into_iter().unzip();
             let n = commands.len();
-            match raft.client_write(LogCommands(commands)).await {
+            // A write waits for a quorum, which a stopping replica may never see again.
+            let written = tokio::select! {
+                () = stopping.cancelled() => {
+                    for reply in replies {
+                        let _ = reply.send(Err(BatchError::Fatal(
+                            "this replica is shutting down; the command may or may not have been applied".into(),
+                        )));
+                    }
+                    return;
+                }
+                written = raft.client_write(LogCommands(commands)) => written,
+            };
+            match written {
                 Ok(r) if r.data.0.len() == n => {
                     for (reply, response) in replies.into_iter().zip(r.data.0) {
                         let _ = reply.send(Ok(response));
@@ -164,6 +192,8 @@ pub struct Node {
     pub(crate) limits: Limits,
     /// Gathers commands into Raft entries.
     batcher: Batcher,
+    /// Spawns the replica's tasks (the batcher's, the streams'), and tells them to stop.
+    pub(crate) tasks: Tasks,
 }
 
 impl std::fmt::Debug for Node {
@@ -173,7 +203,7 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    /// The parts of a running replica; starts its batcher.
+    /// The parts of a running replica; starts its batcher with `tasks`.
     #[allow(clippy::too_many_arguments)] // the parts a replica is made of, each named once
     pub(crate) fn new(
         id: NodeId,
@@ -184,12 +214,13 @@ impl Node {
         signing_key: SigningKey,
         network: PeerNetwork,
         limits: Limits,
+        tasks: Tasks,
     ) -> Result<Self, crate::Error> {
         let signing_public = PublicKey::from_verifying_key(&signing_key.verifying_key())
             .map_err(|e| crate::Error::config_because("signing key", e))?;
         let read = ReadView::new(shared.clone(), limits.wait_ms_max, limits.storage_reads_max);
-        let batcher = Batcher::start(raft.clone());
-        Ok(Self { id, raft, shared, read, realm, vrf, signing_key, signing_public, network, limits, batcher })
+        let batcher = Batcher::start(raft.clone(), &tasks);
+        Ok(Self { id, raft, shared, read, realm, vrf, signing_key, signing_public, network, limits, batcher, tasks })
     }
 
     /// The VRF index of `user_id` in this realm and its proof.

@@ -15,6 +15,7 @@ use openraft::metrics::RaftServerMetrics;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// What wakes a proposer: the published effects it depends on, leadership changes, a
 /// timer, shutdown. The receivers live as long as the proposer, and each round marks them seen
@@ -42,7 +43,7 @@ impl Wakeups {
     /// Waits for a change, `timeout` or shutdown; false on shutdown and once Raft has stopped
     /// (its metrics channel closes with the core: waiting on it again would return at once,
     /// and the proposer would spin).
-    async fn wait(&mut self, timeout: Option<Duration>, shutdown: &mut watch::Receiver<bool>) -> bool {
+    async fn wait(&mut self, timeout: Option<Duration>, shutdown: &CancellationToken) -> bool {
         let sleep = tokio::time::sleep(timeout.unwrap_or(Duration::from_secs(3600)));
         let other = async {
             match &mut self.other_effect {
@@ -55,7 +56,7 @@ impl Wakeups {
             r = other => r.is_ok(),
             r = self.leadership.changed() => r.is_ok(),
             () = sleep => true,
-            _ = shutdown.changed() => false,
+            () = shutdown.cancelled() => false,
         }
     }
 }
@@ -66,7 +67,7 @@ pub async fn epoch_proposer(
     node: Arc<Node>,
     settings: EpochSettings,
     clock: Arc<dyn Clock>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let intervals = EpochIntervals {
         min_epoch_interval_ms: settings.min_epoch_interval_ms,
@@ -76,7 +77,7 @@ pub async fn epoch_proposer(
     let effects = node.shared.effects();
     let mut wakeups = Wakeups::new(&node, effects.subscribe_ratified(), Some(effects.subscribe_pending()));
     let mut attempt = 0u32;
-    while !*shutdown.borrow() {
+    while !shutdown.is_cancelled() {
         wakeups.mark_seen();
         let state = node.shared.applied().epoch_state;
         let now = clock.now_ms();
@@ -99,21 +100,21 @@ pub async fn epoch_proposer(
                 }
                 if attempt > 0 {
                     let delay = retry_delay_ms(attempt - 1, settings.proposal_retry_ms, settings.proposal_retry_max_ms);
-                    if !wakeups.wait(Some(Duration::from_millis(delay)), &mut shutdown).await {
+                    if !wakeups.wait(Some(Duration::from_millis(delay)), &shutdown).await {
                         return;
                     }
                 }
             }
             EpochDecision::WaitUntil { at_ms } => {
                 let timeout = Duration::from_millis(at_ms.saturating_sub(now).max(1));
-                if !wakeups.wait(Some(timeout), &mut shutdown).await {
+                if !wakeups.wait(Some(timeout), &shutdown).await {
                     return;
                 }
             }
             EpochDecision::Idle(_) => {
                 // Leadership and ratification arrive as metrics and apply changes; the timeout
                 // only bounds how long a missed notification could delay us.
-                if !wakeups.wait(Some(Duration::from_millis(settings.max_epoch_interval_ms)), &mut shutdown).await {
+                if !wakeups.wait(Some(Duration::from_millis(settings.max_epoch_interval_ms)), &shutdown).await {
                     return;
                 }
             }
@@ -123,11 +124,11 @@ pub async fn epoch_proposer(
 
 /// Signs every new head with this replica's key and proposes the signature until it is
 /// applied.
-pub async fn signature_proposer(node: Arc<Node>, settings: EpochSettings, mut shutdown: watch::Receiver<bool>) {
+pub async fn signature_proposer(node: Arc<Node>, settings: EpochSettings, shutdown: CancellationToken) {
     // A new head is the only thing to sign; leadership does not matter here.
     let mut wakeups = Wakeups::new(&node, node.shared.effects().subscribe_closed(), None);
     let mut attempt = 0u32;
-    while !*shutdown.borrow() {
+    while !shutdown.is_cancelled() {
         wakeups.mark_seen();
         let state = node.shared.applied().epoch_state;
         let to_sign = {
@@ -146,7 +147,7 @@ pub async fn signature_proposer(node: Arc<Node>, settings: EpochSettings, mut sh
         };
         let Some(head) = to_sign else {
             attempt = 0;
-            if !wakeups.wait(None, &mut shutdown).await {
+            if !wakeups.wait(None, &shutdown).await {
                 return;
             }
             continue;
@@ -171,7 +172,7 @@ pub async fn signature_proposer(node: Arc<Node>, settings: EpochSettings, mut sh
         }
         let delay =
             retry_delay_ms(attempt.saturating_sub(1), settings.proposal_retry_ms, settings.proposal_retry_max_ms);
-        if !wakeups.wait(Some(Duration::from_millis(delay)), &mut shutdown).await {
+        if !wakeups.wait(Some(Duration::from_millis(delay)), &shutdown).await {
             return;
         }
     }

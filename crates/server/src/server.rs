@@ -1,8 +1,14 @@
-//! Running a replica: open storage, start Raft, the listeners and the proposers, and stop
-//! cleanly on shutdown.
+//! Running a replica: open storage, start Raft, serve the bound listeners, start the
+//! proposers, and stop cleanly on shutdown.
+//!
+//! The caller binds the listeners ([`Listeners::bind`]) and owns the shutdown token, so that a
+//! test or a simulation picks the ports and the moment a replica stops. On shutdown the
+//! listeners stop accepting, every task is told to stop and awaited (up to a deadline), then
+//! Raft stops, the stores are flushed and the log's flusher thread is joined.
 
 use crate::acceptor::{self, ConnectionLimits};
 use crate::config::{Loaded, NodeConfig, VoterSpec};
+use crate::lifecycle::Tasks;
 use crate::node::Node;
 use crate::peer_client::{peer_channels, PEER_MESSAGE_BYTES_MAX};
 use crate::peer_service::{init_cluster, CheckToken, PeerService};
@@ -18,19 +24,53 @@ use crate::{proposers, Error};
 use keyraft_proto::pb::keyraft_server::KeyraftServer;
 use keyraft_proto::peer::peer_server::PeerServer;
 use keyraft_proto::peer::NodeSpec;
-use keyraft_storage::{SledOptions, SledStorage, Storage};
+use keyraft_storage::{SledOptions, SledStorage, Storage, ThreadSpawner};
 use openraft::SnapshotPolicy;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Largest public answer the transport sends, in bytes (a verifier frame of up to 4 MiB).
 /// Requests have their own, much smaller bounds (`crate::request_limits`).
 pub const PUBLIC_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Snapshot chunk size, in bytes (at most 1 MiB with the message around it).
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 1_000_000;
+
+/// How long a stopping replica's tasks get beyond the requests' own deadline (the longest a
+/// connection is given to close), in milliseconds.
+pub const SHUTDOWN_MARGIN_MS: u64 = 5_000;
+/// How long the tasks of a replica whose Raft core stopped get to end, in milliseconds: its
+/// connections are dropped at once, and requests waiting for epochs would wait in vain.
+pub const RAFT_STOPPED_TASKS_DEADLINE_MS: u64 = 2_000;
+
+/// A replica's two listeners, bound by the caller of [`run`].
+#[derive(Debug)]
+pub struct Listeners {
+    /// The public service's (clients, verifiers).
+    pub public: TcpListener,
+    /// The peer service's (Raft, forwarding, admin).
+    pub peer: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `config.public_listen` and `config.peer_listen`.
+    pub async fn bind(config: &NodeConfig) -> Result<Self, Error> {
+        let public = TcpListener::bind(&config.public_listen).await.map_err(|source| Error::Network {
+            listener: "public",
+            addr: config.public_listen.clone(),
+            source,
+        })?;
+        let peer = TcpListener::bind(&config.peer_listen).await.map_err(|source| Error::Network {
+            listener: "peer",
+            addr: config.peer_listen.clone(),
+            source,
+        })?;
+        Ok(Self { public, peer })
+    }
+}
 
 /// Where a running replica listens, written to `<data_dir>/listen.json` once bound.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -43,18 +83,39 @@ pub struct Listening {
     pub peer_addr: SocketAddr,
 }
 
-/// Runs the replica described by `loaded` until `shutdown` completes. With `init`, bootstraps
-/// the cluster with the configured voters first (refused if it already is initialised).
+/// Runs the replica described by `loaded` on `listeners` until `shutdown` is cancelled. With
+/// `init`, bootstraps the cluster with the configured voters first (refused if it already is
+/// initialised). Returns once every task it started has ended (or, past the shutdown deadline,
+/// been named in the log) and the log's flusher thread is joined.
+///
+/// # Errors
+/// The configuration or the data directory is unusable, or the Raft core stopped on its own
+/// ([`Error::RaftStopped`]: a supervisor should restart the replica).
+pub async fn run(loaded: Loaded, listeners: Listeners, init: bool, shutdown: CancellationToken) -> Result<(), Error> {
+    run_with(loaded, listeners, init, shutdown, TaskTracker::new(), &ThreadSpawner::default()).await
+}
+
+/// [`run`], spawning the replica's tasks into `tracker` and its threads with `threads`: a test
+/// or a simulation passes its own to see every one of them.
 #[allow(clippy::too_many_lines)] // one linear start-up sequence reads best in one place
-pub async fn run(loaded: Loaded, init: bool, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+pub async fn run_with(
+    loaded: Loaded,
+    listeners: Listeners,
+    init: bool,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    threads: &ThreadSpawner,
+) -> Result<(), Error> {
     let Loaded { config, realm, vrf, signing_key, cluster_token, seams } = loaded;
+    // A child: a Raft core that stops on its own stops the tasks, not the caller's token.
+    let tasks = Tasks::new(shutdown.child_token(), tracker);
     check_data_dir(&config.data_dir)?;
     let (log_storage, location) = open_storage(&seams.storage, &config)?;
     let sm = StateMachineStore::open(location, config.data_dir.join("snapshots"), realm.clone()).map_err(|e| {
         Error::DataDir { path: config.data_dir.clone(), message: format!("opening the state and snapshots: {e}") }
     })?;
     let shared = sm.shared();
-    let log = LogStore::new(log_storage.clone());
+    let log = LogStore::with_threads(log_storage.clone(), threads);
 
     let r = config.raft;
     let raft_config = openraft::Config {
@@ -77,32 +138,39 @@ pub async fn run(loaded: Loaded, init: bool, shutdown: impl Future<Output = ()>)
         peer_channels = peer_channels.with_connector(connector);
     }
     let network = PeerNetwork::new(&cluster_token, peer_channels);
-    let raft =
-        runtime::with_seed(seams.raft_seed, Raft::new(config.node_id, Arc::new(raft_config), network.clone(), log, sm))
-            .await
-            .map_err(|e| Error::Raft(Box::new(e)))?;
+    let raft = runtime::with_seed(
+        seams.raft_seed,
+        Raft::new(config.node_id, Arc::new(raft_config), network.clone(), log.clone(), sm),
+    )
+    .await
+    .map_err(|e| Error::Raft(Box::new(e)))?;
 
-    let node =
-        Arc::new(Node::new(config.node_id, raft.clone(), shared, realm, vrf, signing_key, network, config.limits)?);
+    let node = Arc::new(Node::new(
+        config.node_id,
+        raft.clone(),
+        shared,
+        realm,
+        vrf,
+        signing_key,
+        network,
+        config.limits,
+        tasks.clone(),
+    )?);
 
-    let public_listener = tokio::net::TcpListener::bind(&config.public_listen)
-        .await
-        .map_err(|source| Error::Network { listener: "public", addr: config.public_listen.clone(), source })?;
-    let peer_listener = tokio::net::TcpListener::bind(&config.peer_listen).await.map_err(|source| Error::Network {
-        listener: "peer",
-        addr: config.peer_listen.clone(),
-        source,
-    })?;
+    let Listeners { public: public_listener, peer: peer_listener } = listeners;
     let listening = Listening {
         node_id: config.node_id,
         public_addr: public_listener.local_addr().map_err(|e| Error::io("public listener address", e))?,
         peer_addr: peer_listener.local_addr().map_err(|e| Error::io("peer listener address", e))?,
     };
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
+    let listen_json = serde_json::to_vec_pretty(&listening).map_err(|e| Error::io("encoding listen.json", e.into()))?;
+    let listen_path = config.data_dir.join("listen.json");
+    std::fs::write(listen_path.with_extension("json.tmp"), listen_json)
+        .map_err(|e| Error::io("writing listen.json", e))?;
+    std::fs::rename(listen_path.with_extension("json.tmp"), &listen_path)
+        .map_err(|e| Error::io("writing listen.json", e))?;
+
     // The longest a public request may take: its wait, and time to answer.
     let request_deadline = Duration::from_millis(config.limits.wait_ms_max.saturating_add(5_000));
     let limits = config.limits;
@@ -117,7 +185,7 @@ pub async fn run(loaded: Loaded, init: bool, shutdown: impl Future<Output = ()>)
         requests_max: Some(limits.concurrency_per_connection),
         ..ConnectionLimits::from_config(&limits, request_deadline)
     };
-    let public_server = acceptor::serve("public", public_listener, public_limits, public, stopped(stop_rx.clone()));
+    let public_server = acceptor::serve("public", public_listener, public_limits, public, tasks.clone());
     let boundary_wait_ms = config.epochs.max_epoch_interval_ms.saturating_mul(3).max(10_000);
     let peer = tonic::service::Routes::new(tonic::service::interceptor::InterceptedService::new(
         PeerServer::new(PeerService::new(node.clone(), boundary_wait_ms))
@@ -131,17 +199,11 @@ pub async fn run(loaded: Loaded, init: bool, shutdown: impl Future<Output = ()>)
         peer_listener,
         ConnectionLimits::from_config(&limits, request_deadline),
         peer,
-        stopped(stop_rx.clone()),
+        tasks.clone(),
     );
-    let public_task = tokio::spawn(public_server);
-    let peer_task = tokio::spawn(peer_server);
+    let public_task = tasks.spawn("public-listener", public_server);
+    let peer_task = tasks.spawn("peer-listener", peer_server);
 
-    let listen_json = serde_json::to_vec_pretty(&listening).map_err(|e| Error::io("encoding listen.json", e.into()))?;
-    let listen_path = config.data_dir.join("listen.json");
-    std::fs::write(listen_path.with_extension("json.tmp"), listen_json)
-        .map_err(|e| Error::io("writing listen.json", e))?;
-    std::fs::rename(listen_path.with_extension("json.tmp"), &listen_path)
-        .map_err(|e| Error::io("writing listen.json", e))?;
     tracing::info!(
         node = config.node_id,
         public = %listening.public_addr,
@@ -171,50 +233,48 @@ pub async fn run(loaded: Loaded, init: bool, shutdown: impl Future<Output = ()>)
         match init_cluster(&node, &voters).await {
             Ok(message) => tracing::info!("{message}"),
             Err(status) => {
-                let _ = stop_tx.send(true);
+                tasks.stop(Duration::from_millis(RAFT_STOPPED_TASKS_DEADLINE_MS)).await;
                 let _ = raft.shutdown().await;
+                log.close();
                 return Err(Error::config(format!("--init: {}", status.message())));
             }
         }
     }
 
-    let epoch_task =
-        tokio::spawn(proposers::epoch_proposer(node.clone(), config.epochs, seams.clock.clone(), stop_rx.clone()));
-    let sign_task = tokio::spawn(proposers::signature_proposer(node.clone(), config.epochs, stop_rx.clone()));
+    // Dropped mid-proposal when cancelled: a proposer keeps no progress outside the state.
+    let stopping = tasks.token();
+    let epoch_proposer = proposers::epoch_proposer(node.clone(), config.epochs, seams.clock.clone(), stopping.clone());
+    tasks.spawn("epoch-proposer", stopping.clone().run_until_cancelled_owned(epoch_proposer));
+    let signature_proposer = proposers::signature_proposer(node.clone(), config.epochs, stopping.clone());
+    tasks.spawn("signature-proposer", stopping.clone().run_until_cancelled_owned(signature_proposer));
 
     // A Raft core that stops on its own (a full disk) leaves a replica that answers from a
     // frozen state and can never catch up: stop it, so that a supervisor restarts it.
     let raft_stopped = tokio::select! {
-        () = shutdown => None,
+        () = shutdown.cancelled() => None,
         cause = crate::raft::core_stopped(&raft) => Some(cause),
     };
-    let _ = stop_tx.send(true);
     if let Some(cause) = raft_stopped {
-        // Requests in flight would wait for epochs that never come (up to `wait_ms_max`), and
-        // a proposer may be waiting for a forward to the leader (up to `forward_timeout_ms`).
-        for task in [epoch_task, sign_task] {
-            task.abort();
-            let _ = task.await;
-        }
-        for task in [public_task, peer_task] {
-            task.abort();
-            let _ = task.await;
-        }
+        // Requests in flight would wait for epochs that never come (up to `wait_ms_max`):
+        // drop the connections at once rather than close them gracefully.
+        public_task.abort();
+        peer_task.abort();
+        tasks.stop(Duration::from_millis(RAFT_STOPPED_TASKS_DEADLINE_MS)).await;
         // Best effort: the disk that stopped Raft may refuse these too, and the state is
         // re-derived from the log on restart anyway.
         let _ = node.shared.read().store().flush();
+        log.close();
         let _ = log_storage.flush();
         return Err(Error::RaftStopped { cause, data_dir: config.data_dir.clone() });
     }
     tracing::info!(node = config.node_id, "shutting down");
-    let _ = epoch_task.await;
-    let _ = sign_task.await;
+    // Connections get `request_deadline` to close; the tasks a little more.
+    tasks.stop(request_deadline + Duration::from_millis(SHUTDOWN_MARGIN_MS)).await;
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft shutdown");
     }
-    let _ = public_task.await;
-    let _ = peer_task.await;
     node.shared.read().store().flush()?;
+    log.close();
     log_storage.flush()?;
     tracing::info!(node = config.node_id, "stopped");
     Ok(())

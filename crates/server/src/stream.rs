@@ -122,12 +122,8 @@ impl Drop for StreamSlot {
     }
 }
 
-/// Completes once this replica's Raft has shut down. Open streams keep a replica's graceful
-/// shutdown waiting (the public listener waits for them to end), and the state's change
-/// channel outlives them (the node holds it), so streams watch Raft's server metrics, whose
-/// sender is dropped when Raft stops.
+/// Completes once this replica is stopping: its streams end first, so that open streams never
+/// hold up its shutdown (the public listener waits for them to end).
 pub(crate) async fn replica_stopped(node: &Node) {
-    let mut metrics = node.raft.server_metrics();
-    // Changes of leader or membership are rare; only the channel's end matters here.
-    while metrics.changed().await.is_ok() {}
+    node.tasks.cancelled().await;
 }

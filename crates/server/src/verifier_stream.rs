@@ -98,8 +98,9 @@ pub fn start(node: Arc<Node>, req: &VerifierStreamRequest, open: &Arc<AtomicUsiz
         node.limits.verifier_stream_stall_ms,
         "resume from the last epoch you verified",
     );
+    let tasks = node.tasks.clone();
     let producer = Producer { node, out, max_frame, _slot: slot };
-    tokio::spawn(producer.run(req.resume_epoch, ratified));
+    tasks.spawn("verifier-stream", producer.run(req.resume_epoch, ratified));
     Ok(stream)
 }
 

@@ -84,8 +84,9 @@ pub(crate) fn start(
         node.limits.watch_stall_ms,
         "reopen the Watch with from_epoch = the epoch of the last event you received",
     );
+    let tasks = node.tasks.clone();
     let watcher = Watcher { read: node.read.clone(), node, target: Arc::new(target), out, _slot: slot };
-    tokio::spawn(watcher.run());
+    tasks.spawn("watch-stream", watcher.run());
     Ok(stream)
 }
 

@@ -1,5 +1,5 @@
 //! openraft's storage conformance suite against our log store and state-machine store, on
-//! the in-memory engine and on sled.
+//! the in-memory engine and on sled, and with the log's flusher thread closed.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use keyraft_core::vrf::VrfSecretKey;
@@ -22,6 +22,9 @@ fn realm() -> RealmConfig {
 
 struct Builder {
     sled: bool,
+    /// Closes the log's flusher before handing the log out: every append then writes and
+    /// flushes in place (what a log does after `LogStore::close`).
+    flusher_closed: bool,
 }
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
@@ -42,16 +45,25 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
             (Arc::new(MemoryStorage::new()), StateLocation::Memory(Default::default()))
         };
         let sm = StateMachineStore::open(location, dir.path().join("snapshots"), realm()).unwrap();
-        Ok((dir, LogStore::new(log), sm))
+        let log = LogStore::new(log);
+        if self.flusher_closed {
+            log.close();
+        }
+        Ok((dir, log, sm))
     }
 }
 
 #[test]
 fn openraft_suite_on_memory() {
-    Suite::test_all(Builder { sled: false }).unwrap();
+    Suite::test_all(Builder { sled: false, flusher_closed: false }).unwrap();
 }
 
 #[test]
 fn openraft_suite_on_sled() {
-    Suite::test_all(Builder { sled: true }).unwrap();
+    Suite::test_all(Builder { sled: true, flusher_closed: false }).unwrap();
+}
+
+#[test]
+fn openraft_suite_with_the_log_flusher_closed() {
+    Suite::test_all(Builder { sled: false, flusher_closed: true }).unwrap();
 }

@@ -12,15 +12,15 @@ use keyraft_proto::transport::{Channels, Connecting, Connection, Connector};
 use keyraft_server::config::{EpochSettings, Limits, RaftSettings, StorageSettings};
 use keyraft_server::peer_client::peer_channels;
 use keyraft_server::raft::network::PeerNetwork;
-use keyraft_server::{Listening, Loaded, MemoryEngine, NodeConfig, Seams, StorageEngine};
+use keyraft_server::{Listeners, Listening, Loaded, MemoryEngine, NodeConfig, Seams, StorageEngine};
 use keyraft_state::harness::derive_signing_key;
 use keyraft_state::{EpochState, StateMachine};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 const SEED: u64 = 12;
 const TOKEN: &str = "seams-cluster-token-0123456789";
@@ -69,21 +69,20 @@ fn loaded(dir: &Path, epochs: EpochSettings, seams: Seams) -> Loaded {
 }
 
 struct Running {
-    stop: oneshot::Sender<()>,
+    stop: CancellationToken,
     task: JoinHandle<Result<(), keyraft_server::Error>>,
 }
 
 impl Running {
-    fn start(loaded: Loaded, init: bool) -> Self {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(keyraft_server::run(loaded, init, async move {
-            let _ = stopped.await;
-        }));
+    async fn start(loaded: Loaded, init: bool) -> Self {
+        let listeners = Listeners::bind(&loaded.config).await.unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(keyraft_server::run(loaded, listeners, init, stop.clone()));
         Self { stop, task }
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(());
+        self.stop.cancel();
         self.task.await.unwrap().unwrap();
     }
 }
@@ -133,14 +132,14 @@ async fn a_memory_replica_restarted_on_the_same_handle_keeps_its_log_and_state()
     let engine = MemoryEngine::default();
     let seams = memory_seams(&engine, keyraft_core::clock::system());
 
-    let first = Running::start(loaded(dir.path(), FAST_EPOCHS, seams.clone()), true);
+    let first = Running::start(loaded(dir.path(), FAST_EPOCHS, seams.clone()), true).await;
     let before = wait_for("a ratified epoch", &engine, |s| s.last_epoch >= 2 && s.last_epoch_ratified()).await;
     first.stop().await;
     assert!(!dir.path().join("log").exists() && !dir.path().join("state").exists(), "sled was not opened");
 
     // Not initialised again: only the log and membership kept in the handle let it lead and go
     // on cutting epochs after the ones it had.
-    let second = Running::start(loaded(dir.path(), FAST_EPOCHS, seams), false);
+    let second = Running::start(loaded(dir.path(), FAST_EPOCHS, seams), false).await;
     let after = wait_for("an epoch after the restart", &engine, |s| s.last_epoch > before.last_epoch + 1).await;
     second.stop().await;
     let state = state_of(&engine);
@@ -155,7 +154,8 @@ async fn epochs_are_stamped_and_paced_by_the_injected_clock() {
     let engine = MemoryEngine::default();
     let clock = ManualClock::new(T0_MS);
     let epochs = EpochSettings { min_epoch_interval_ms: 500, max_epoch_interval_ms: 500, ..FAST_EPOCHS };
-    let replica = Running::start(loaded(dir.path(), epochs, memory_seams(&engine, Arc::new(clock.clone()))), true);
+    let replica =
+        Running::start(loaded(dir.path(), epochs, memory_seams(&engine, Arc::new(clock.clone()))), true).await;
 
     wait_for("epoch 1", &engine, |s| s.last_epoch == 1 && s.last_epoch_ratified()).await;
     assert_eq!(state_of(&engine).head(1).unwrap().unwrap().issue_time_ms, T0_MS);
@@ -194,7 +194,8 @@ async fn custom_connectors_carry_public_and_peer_calls() {
     let dir = tempfile::tempdir().unwrap();
     let engine = MemoryEngine::default();
     let replica =
-        Running::start(loaded(dir.path(), FAST_EPOCHS, memory_seams(&engine, keyraft_core::clock::system())), true);
+        Running::start(loaded(dir.path(), FAST_EPOCHS, memory_seams(&engine, keyraft_core::clock::system())), true)
+            .await;
     wait_for("a ratified epoch", &engine, |s| s.last_epoch >= 1 && s.last_epoch_ratified()).await;
     let at = listening(dir.path()).await;
 

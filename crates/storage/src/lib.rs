@@ -14,7 +14,8 @@
 //! - iterators never see a torn batch; they may or may not see batches written after they
 //!   were created.
 //!
-//! The first key byte `0x00` is reserved for this crate ([`format`]).
+//! The first key byte `0x00` is reserved for this crate ([`format`]). Threads that write a store
+//! behind their owner's back are started through [`threads`], so that a simulation can run them.
 #![forbid(unsafe_code)]
 
 pub mod format;
@@ -22,10 +23,12 @@ mod memory;
 mod sled_store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod threads;
 
 pub use format::{check_format_version, FormatOutcome, Migration, RESERVED_PREFIX};
 pub use memory::MemoryStorage;
 pub use sled_store::{SledOptions, SledStorage, VALUE_LOG_MIN_BYTES};
+pub use threads::{ThreadHandle, ThreadSpawner};
 
 use thiserror::Error;
 

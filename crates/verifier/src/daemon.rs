@@ -18,11 +18,12 @@ use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_proto::pb::verifier_frame::{Frame, SignedHead};
 use keyraft_proto::pb::{PushRatificationRequest, VerifierStreamRequest};
 use keyraft_proto::transport::{ChannelOptions, Channels};
-use keyraft_storage::SledStorage;
-use std::future::Future;
+use keyraft_storage::{SledStorage, ThreadSpawner};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 
 use crate::config::read_key;
@@ -37,6 +38,9 @@ pub use crate::push::{
 pub const RECONNECT_DELAY_MS: u64 = 200;
 /// Longest reconnection delay, in milliseconds.
 pub const RECONNECT_DELAY_MAX_MS: u64 = 10_000;
+/// How long a stopping verifier waits for its tasks once the pushes are done or given up, in
+/// milliseconds (they are a stream's read-ahead, already told to stop).
+pub const TASKS_STOP_DEADLINE_MS: u64 = 2_000;
 
 pub(crate) struct Verifier {
     pub(crate) realm: RealmConfig,
@@ -53,10 +57,25 @@ pub(crate) struct Verifier {
     /// Catch-up progress: the newest epoch the serving replica had when the stream began,
     /// when progress was last logged, and the updates checked since.
     progress: (u64, std::time::Instant, usize),
+    /// Every task of this verifier (the pusher, each stream's read-ahead), awaited on the way
+    /// out.
+    tasks: TaskTracker,
 }
 
-/// Runs the verifier until `shutdown` completes or the realm misbehaves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+/// Runs the verifier until `shutdown` is cancelled or the realm misbehaves. Returns once its
+/// tasks have ended and its writer thread is joined.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    run_with(config, shutdown, TaskTracker::new(), &ThreadSpawner::default()).await
+}
+
+/// [`run`], spawning the verifier's tasks into `tasks` and its writer thread with `threads`: a
+/// test or a simulation passes its own to see every one of them.
+pub async fn run_with(
+    config: Config,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    threads: &ThreadSpawner,
+) -> Result<(), Error> {
     let file_text = std::fs::read_to_string(&config.realm_file)
         .map_err(|e| Error::Config(format!("reading {}: {e}", config.realm_file.display())))?;
     let file = RealmFile::from_json(&file_text).map_err(|e| Error::Config(e.to_string()))?;
@@ -80,7 +99,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         return Err(Error::Halted(format!("{} (remove {} once resolved)", why.trim(), halted.display())));
     }
     let store = SledStorage::open(&config.data_dir.join("state")).map_err(StateError::from)?;
-    let state = VerifierState::open(store, realm.clone())?;
+    let state = VerifierState::open_with(store, realm.clone(), threads)?;
     tracing::info!(epoch = state.last_epoch(), "verifier state opened");
     // Ratifications are pushed after the epochs they sign are durable, so a stop can leave
     // verified epochs unratified: the pusher first ratifies those the realm lacks, reading
@@ -88,7 +107,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let pusher = Pusher::new(endpoints.clone(), key.clone(), public, &config.data_dir);
     let anchor = state.last_head().cloned();
     let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE_MAX);
-    let push_task = tokio::spawn(pusher.run(anchor, push_rx));
+    let push_task = tasks.spawn(pusher.run(anchor, push_rx));
     let mut verifier = Verifier {
         realm,
         key,
@@ -99,10 +118,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         unflushed: Vec::new(),
         unflushed_since: None,
         progress: (0, std::time::Instant::now(), 0),
+        tasks: tasks.clone(),
     };
     let result = tokio::select! {
         r = verifier.follow(&push_tx) => r,
-        () = shutdown => {
+        () = shutdown.cancelled() => {
             tracing::info!("verifier shutting down");
             Ok(())
         }
@@ -110,6 +130,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // Whatever stopped it, the epochs committed so far were verified: make them durable, then
     // give their ratifications a while to reach the realm.
     let flushed = verifier.state.flush().map_err(Error::State);
+    let abort_push = push_task.abort_handle();
     let drain = async {
         let released = verifier.release(&push_tx).await;
         drop(push_tx);
@@ -119,11 +140,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     match tokio::time::timeout(Duration::from_millis(SHUTDOWN_PUSH_DEADLINE_MS), drain).await {
         Ok(Ok(())) => tracing::info!("every ratification pushed"),
         Ok(Err(e)) => tracing::warn!(error = %e, "ratifications not pushed; the next start pushes them"),
-        Err(_) => tracing::warn!(
-            deadline_ms = SHUTDOWN_PUSH_DEADLINE_MS,
-            "stopping with ratifications not pushed; the next start pushes them"
-        ),
+        Err(_) => {
+            abort_push.abort();
+            tracing::warn!(
+                deadline_ms = SHUTDOWN_PUSH_DEADLINE_MS,
+                "stopping with ratifications not pushed; the next start pushes them"
+            );
+        }
     }
+    tasks.close();
+    if tokio::time::timeout(Duration::from_millis(TASKS_STOP_DEADLINE_MS), tasks.wait()).await.is_err() {
+        tracing::warn!(
+            tasks = tasks.len(),
+            "verifier tasks still running after the deadline; leaving them to the runtime"
+        );
+    }
+    // Dropping the state joins its writer thread.
+    drop(verifier);
     result.and(flushed)
 }
 
@@ -209,7 +242,7 @@ impl Verifier {
             }
             Err(s) => return Ended::Retry(format!("{}: {}", s.code(), s.message())),
         };
-        let mut frames = read_ahead(stream);
+        let mut frames = read_ahead(stream, &self.tasks);
         // Raw until the head arrives: decoding (two key decompressions per update) is then
         // spread over every core with the signature checks.
         let mut raw: Vec<Vec<u8>> = Vec::new();

@@ -18,9 +18,14 @@ impl Drop for ReadAhead {
     }
 }
 
-pub(crate) fn read_ahead(mut stream: tonic::Streaming<keyraft_proto::pb::VerifierFrame>) -> ReadAhead {
+/// Starts the read-ahead task in `tasks`; it ends with the stream, or when the [`ReadAhead`] is
+/// dropped.
+pub(crate) fn read_ahead(
+    mut stream: tonic::Streaming<keyraft_proto::pb::VerifierFrame>,
+    tasks: &tokio_util::task::TaskTracker,
+) -> ReadAhead {
     let (tx, rx) = mpsc::channel(FRAMES_AHEAD_MAX);
-    let task = tokio::spawn(async move {
+    let task = tasks.spawn(async move {
         loop {
             let item = stream.message().await;
             let last = !matches!(item, Ok(Some(_)));

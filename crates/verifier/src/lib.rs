@@ -23,4 +23,4 @@ mod evidence;
 mod framing;
 mod push;
 
-pub use daemon::{run, Config, Error};
+pub use daemon::{run, run_with, Config, Error};

@@ -10,7 +10,9 @@
 //! callbacks in submission order: appends are acknowledged only once durable, in order, and
 //! concurrent appends share one write and one flush (group commit). openraft appends a leader's
 //! entries one client write at a time, and a storage batch per entry is what sled does worst
-//! (each batch seals its IO buffer and wakes its IO threads).
+//! (each batch seals its IO buffer and wakes its IO threads). The flusher is joined by
+//! [`LogStore::close`] (or once the last clone is dropped); appends after that write and flush
+//! in place.
 //!
 //! Two mutexes: `writes` serialises every write of entries to storage (the flusher, a
 //! truncation, a purge, a vote), so a truncation or a purge never interleaves with the
@@ -22,7 +24,7 @@
 
 use super::types::{Entry, LogId, NodeId, RaftStorageError, TypeConfig};
 use super::{io_err, postcard_err};
-use keyraft_storage::{Batch, Direction, Storage, StorageError};
+use keyraft_storage::{Batch, Direction, Storage, StorageError, ThreadHandle, ThreadSpawner};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, RaftLogReader, Vote};
 use std::collections::BTreeMap;
@@ -60,7 +62,7 @@ pub struct LogStore {
     store: Arc<dyn Storage>,
     pending: Arc<Mutex<Pending>>,
     writes: Arc<Mutex<()>>,
-    flusher: mpsc::Sender<LogFlushed<TypeConfig>>,
+    flusher: Arc<Flusher>,
 }
 
 impl Debug for LogStore {
@@ -80,49 +82,110 @@ fn drain_into(pending: &mut Pending, batch: &mut Batch) {
     }
 }
 
+/// The flusher thread's queue and handle, shared by every clone of a log.
+struct Flusher {
+    /// `None` once closed (or if the thread could not start): appends then flush in place.
+    queue: Mutex<Option<mpsc::Sender<LogFlushed<TypeConfig>>>>,
+    thread: Mutex<Option<ThreadHandle>>,
+}
+
+impl Flusher {
+    /// Queues `callback` for the flusher; gives it back when there is no flusher.
+    fn submit(&self, callback: LogFlushed<TypeConfig>) -> Result<(), LogFlushed<TypeConfig>> {
+        match &*lock(&self.queue) {
+            Some(queue) => queue.send(callback).map_err(|mpsc::SendError(callback)| callback),
+            None => Err(callback),
+        }
+    }
+
+    /// Closes the queue and waits for the thread, which first completes what was queued.
+    fn close(&self) {
+        drop(lock(&self.queue).take());
+        let thread = lock(&self.thread).take();
+        if let Some(thread) = thread {
+            if let Err(panic) = thread.join() {
+                tracing::error!(%panic, "the Raft log's flusher thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The flusher thread: writes what was appended meanwhile in one batch, flushes once, then
+/// acknowledges the appends in order; ends once the queue is closed and empty.
+fn flush_appends(
+    queue: mpsc::Receiver<LogFlushed<TypeConfig>>,
+    store: Arc<dyn Storage>,
+    pending: Arc<Mutex<Pending>>,
+    writes: Arc<Mutex<()>>,
+) {
+    while let Ok(first) = queue.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(queue.try_iter());
+        let written = {
+            let _writing = lock(&writes);
+            // Copied under the lock, written without it: appends go on meanwhile.
+            let copied: Pending = lock(&pending).clone();
+            let mut batch = Batch::new();
+            for (index, bytes) in &copied {
+                batch.put(entry_key(*index), bytes.clone());
+            }
+            let written = if batch.is_empty() { Ok(()) } else { store.write(batch) };
+            if written.is_ok() {
+                // Only truncations replace entries, and they wait for `writes`.
+                let mut pending = lock(&pending);
+                for index in copied.keys() {
+                    pending.remove(index);
+                }
+            }
+            written
+        };
+        let result = written.and_then(|()| store.flush());
+        for callback in waiting {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            callback.log_io_completed(r);
+        }
+    }
+}
+
 impl LogStore {
-    /// A log over `store`, which it must not share keys with anything else.
+    /// A log over `store`, which it must not share keys with anything else, flushed by an
+    /// operating-system thread.
     pub fn new(store: Arc<dyn Storage>) -> Self {
+        Self::with_threads(store, &ThreadSpawner::default())
+    }
+
+    /// [`LogStore::new`], starting the flusher thread with `threads`. The thread is joined by
+    /// [`LogStore::close`], or once the last clone is dropped.
+    pub fn with_threads(store: Arc<dyn Storage>, threads: &ThreadSpawner) -> Self {
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let pending: Arc<Mutex<Pending>> = Arc::default();
         let writes: Arc<Mutex<()>> = Arc::default();
         let (flush_store, flush_pending, flush_writes) = (store.clone(), pending.clone(), writes.clone());
-        std::thread::Builder::new()
-            .name("keyraft-log-flush".into())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut waiting = vec![first];
-                    waiting.extend(rx.try_iter());
-                    let written = {
-                        let _writing = lock(&flush_writes);
-                        // Copied under the lock, written without it: appends go on meanwhile.
-                        let copied: Pending = lock(&flush_pending).clone();
-                        let mut batch = Batch::new();
-                        for (index, bytes) in &copied {
-                            batch.put(entry_key(*index), bytes.clone());
-                        }
-                        let written = if batch.is_empty() { Ok(()) } else { flush_store.write(batch) };
-                        if written.is_ok() {
-                            // Only truncations replace entries, and they wait for `writes`.
-                            let mut pending = lock(&flush_pending);
-                            for index in copied.keys() {
-                                pending.remove(index);
-                            }
-                        }
-                        written
-                    };
-                    let result = written.and_then(|()| flush_store.flush());
-                    for callback in waiting {
-                        let r = match &result {
-                            Ok(()) => Ok(()),
-                            Err(e) => Err(std::io::Error::other(e.to_string())),
-                        };
-                        callback.log_io_completed(r);
-                    }
-                }
-            })
-            .expect("spawning the log flusher thread");
-        Self { store, pending, writes, flusher: tx }
+        let flusher = match threads
+            .spawn("keyraft-log-flush", move || flush_appends(rx, flush_store, flush_pending, flush_writes))
+        {
+            Ok(thread) => Flusher { queue: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) },
+            Err(e) => {
+                tracing::warn!(error = %e, "no log flusher thread: every append flushes on its own");
+                Flusher { queue: Mutex::new(None), thread: Mutex::new(None) }
+            }
+        };
+        Self { store, pending, writes, flusher: Arc::new(flusher) }
+    }
+
+    /// Stops the flusher thread once it has made every queued append durable, and returns
+    /// once it has ended. Appends after this flush in place. Idempotent.
+    pub fn close(&self) {
+        self.flusher.close();
     }
 
     /// Runs `f` on a blocking thread: storage scans and writes stay off the async workers.
@@ -264,10 +327,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             encoded.push((entry.log_id.index, postcard::to_allocvec(&entry).map_err(|e| write_err(postcard_err(e)))?));
         }
         lock(&self.pending).extend(encoded);
-        if let Err(mpsc::SendError(callback)) = self.flusher.send(callback) {
-            // The flusher thread is gone: flush here rather than acknowledge without it.
-            let r = self.flush_blocking().await.map_err(|e| std::io::Error::other(e.to_string()));
-            callback.log_io_completed(r);
+        if let Err(callback) = self.flusher.submit(callback) {
+            // No flusher (closed, or it never started): write and flush here rather than
+            // acknowledge without it.
+            let written = self.blocking(|log| {
+                let _writing = lock(&log.writes);
+                // Held across the write, so that readers see each entry pending or stored.
+                let mut guard = lock(&log.pending);
+                let mut b = Batch::new();
+                drain_into(&mut guard, &mut b);
+                if b.is_empty() {
+                    Ok(())
+                } else {
+                    log.store.write(b)
+                }
+            });
+            let r = match written.await {
+                Ok(()) => self.flush_blocking().await,
+                Err(e) => Err(e),
+            };
+            callback.log_io_completed(r.map_err(|e| std::io::Error::other(e.to_string())));
         }
         Ok(())
     }
@@ -307,5 +386,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await
         .map_err(write_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyraft_storage::threads::CountedThreads;
+    use keyraft_storage::MemoryStorage;
+
+    #[test]
+    fn close_returns_once_the_flusher_thread_has_ended() {
+        let threads = CountedThreads::default();
+        let log = LogStore::with_threads(Arc::new(MemoryStorage::new()), &threads.spawner());
+        let clone = log.clone();
+        assert_eq!((threads.started(), threads.running()), (1, 1));
+        log.close();
+        assert_eq!(threads.running(), 0, "close returned before the flusher thread ended");
+        clone.close();
+        drop((log, clone));
+        assert_eq!(threads.started(), 1);
+    }
+
+    #[test]
+    fn dropping_the_last_clone_joins_the_flusher_thread() {
+        let threads = CountedThreads::default();
+        let log = LogStore::with_threads(Arc::new(MemoryStorage::new()), &threads.spawner());
+        let clone = log.clone();
+        drop(log);
+        assert_eq!(threads.running(), 1, "a clone still uses the flusher");
+        drop(clone);
+        assert_eq!(threads.running(), 0);
     }
 }

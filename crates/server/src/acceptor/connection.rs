@@ -1,0 +1,293 @@
+//! One accepted connection: its handshake, then HTTP/2 with a count of open requests, an
+//! idle close and a graceful close on shutdown.
+
+use super::limits::Slot;
+use super::{HttpService, ResponseBody, Shared, IDLE_CLOSE_GRACE};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tower::{Service, ServiceExt as _};
+
+/// The HTTP/2 client connection preface's fixed part (RFC 9113, section 3.4); a SETTINGS
+/// frame follows it.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// An HTTP/2 frame header's length.
+const FRAME_HEADER_BYTES: usize = 9;
+/// The largest frame a client may send before it learns the server's settings (the initial
+/// SETTINGS_MAX_FRAME_SIZE).
+const INITIAL_FRAME_BYTES_MAX: usize = 16_384;
+
+/// Serves one accepted connection to its end.
+pub(super) async fn connection<S, B>(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    _slot: Slot,
+    shared: Arc<Shared<S>>,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: HttpService<B>,
+    B: ResponseBody,
+{
+    let name = shared.name;
+    let limits = shared.limits;
+    // Small gRPC frames would otherwise wait for delayed ACKs (about 40 ms each).
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(listener = name, %remote, error = %e, "setting TCP_NODELAY");
+    }
+    let io = tokio::select! {
+        done = tokio::time::timeout(limits.handshake, handshake(tcp)) => match done {
+            Ok(Ok(io)) => io,
+            Ok(Err(e)) => {
+                tracing::debug!(listener = name, %remote, error = %e, "closing a connection that failed its handshake");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(
+                    listener = name,
+                    %remote,
+                    handshake_ms = limits.handshake.as_millis(),
+                    "closing a connection that did not finish its handshake in time"
+                );
+                return;
+            }
+        },
+        _ = stop.wait_for(|stopping| *stopping) => return,
+    };
+
+    let (activity, open_requests) = watch::channel(0usize);
+    let activity = Arc::new(activity);
+    let service = Tracked { inner: shared.service.clone(), activity: activity.clone() };
+    let service = match limits.requests_max {
+        Some(n) => tower::util::Either::Left(tower::limit::ConcurrencyLimit::new(service, n)),
+        None => tower::util::Either::Right(service),
+    };
+    let conn = shared.builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+    tokio::pin!(conn);
+    let idle = idle_for(open_requests, limits.idle);
+    tokio::pin!(idle);
+    // Once closing: by when the connection must be gone.
+    let mut closing: Option<tokio::time::Instant> = None;
+    loop {
+        let give_up = async {
+            match closing {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            done = conn.as_mut() => {
+                if let Err(e) = done {
+                    tracing::debug!(listener = name, %remote, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = &mut idle, if closing.is_none() => {
+                tracing::debug!(listener = name, %remote, idle_ms = limits.idle.as_millis(), "closing an idle connection");
+                conn.as_mut().graceful_shutdown();
+                closing = Some(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
+            }
+            _ = stop.wait_for(|stopping| *stopping), if closing.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                closing = Some(tokio::time::Instant::now() + limits.close_grace);
+            }
+            () = give_up => {
+                tracing::debug!(listener = name, %remote, "dropping a connection that did not close in time");
+                return;
+            }
+        }
+    }
+}
+
+/// Reads the client's connection preface (HTTP/2 magic and SETTINGS frame) and returns the
+/// connection with those bytes put back for the HTTP/2 server to read. TLS, when added,
+/// comes first here.
+async fn handshake<T: AsyncRead + Unpin>(mut io: T) -> io::Result<Rewind<T>> {
+    let mut head = vec![0u8; PREFACE.len() + FRAME_HEADER_BYTES];
+    io.read_exact(&mut head).await?;
+    if head[..PREFACE.len()] != PREFACE[..] {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "not an HTTP/2 connection preface"));
+    }
+    let frame = &head[PREFACE.len()..];
+    let length = usize::from(frame[0]) << 16 | usize::from(frame[1]) << 8 | usize::from(frame[2]);
+    let (kind, flags, stream) = (frame[3], frame[4], &frame[5..9]);
+    if kind != 4 || flags & 1 != 0 || stream != [0; 4] || length > INITIAL_FRAME_BYTES_MAX {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "the connection preface lacks its SETTINGS frame"));
+    }
+    let start = head.len();
+    head.resize(start + length, 0);
+    io.read_exact(&mut head[start..]).await?;
+    Ok(Rewind { prefix: head, read: 0, inner: io })
+}
+
+/// A connection whose first bytes, already read, are read again.
+struct Rewind<T> {
+    prefix: Vec<u8>,
+    read: usize,
+    inner: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.read < this.prefix.len() {
+            let n = (this.prefix.len() - this.read).min(buf.remaining());
+            buf.put_slice(&this.prefix[this.read..this.read + n]);
+            this.read += n;
+            if this.read == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.read = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Completes once no request has been open for `idle`.
+async fn idle_for(mut open_requests: watch::Receiver<usize>, idle: Duration) {
+    loop {
+        if *open_requests.borrow_and_update() > 0 {
+            // The connection holds the sender: this ends only with the connection.
+            let _ = open_requests.changed().await;
+            continue;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(idle) => return,
+            _ = open_requests.changed() => {}
+        }
+    }
+}
+
+/// Counts a connection's open requests, from the call until its response body is dropped
+/// (the end of a stream).
+#[derive(Clone)]
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<watch::Sender<usize>>,
+}
+
+/// One open request.
+struct OpenRequest(Arc<watch::Sender<usize>>);
+
+impl OpenRequest {
+    fn new(activity: &Arc<watch::Sender<usize>>) -> Self {
+        activity.send_modify(|n| *n += 1);
+        Self(activity.clone())
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+impl<S, Req, B> Service<Req> for Tracked<S>
+where
+    S: Service<Req, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    Req: Send + 'static,
+{
+    type Response = http::Response<TrackedBody<B>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let open = OpenRequest::new(&self.activity);
+        // The clone that was made ready serves this request (tower's rule).
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let response = ready.oneshot(request).await?;
+            Ok(response.map(|inner| TrackedBody { inner, _open: open }))
+        })
+    }
+}
+
+/// A response body that keeps its request counted as open.
+pub struct TrackedBody<B> {
+    inner: B,
+    _open: OpenRequest,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_handshake_reads_the_preface_and_gives_it_back() {
+        let mut hello = PREFACE.to_vec();
+        hello.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100]);
+        hello.extend_from_slice(b"rest");
+        let mut io = handshake(&hello[..]).await.unwrap();
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, hello);
+
+        let mut not_settings = PREFACE.to_vec();
+        not_settings.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 1]);
+        assert!(handshake(&not_settings[..]).await.is_err());
+        assert!(handshake(&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n1234567"[..]).await.is_err());
+        assert!(handshake(&PREFACE[..]).await.is_err(), "a preface cut short");
+    }
+}

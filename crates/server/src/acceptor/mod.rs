@@ -1,0 +1,263 @@
+//! The one place connections come in: the public and the peer listener both run [`serve`].
+//!
+//! Each accepted connection goes through the same steps:
+//!
+//! 1. **limits**: at most `connections_max` open connections per listener and
+//!    `connections_per_address_max` per remote IP address; past them the connection is closed
+//!    at once, before anything is read (a refused client sees the connection closed);
+//! 2. **handshake**, under one deadline (`handshake_ms`): the client's HTTP/2 connection
+//!    preface (the 24-octet magic and its SETTINGS frame). TLS, when it comes, is the first
+//!    part of this step, under the same deadline;
+//! 3. **serving** with hyper's HTTP/2 server (hyper-util's auto builder, HTTP/2 only for now;
+//!    an HTTP/1.1 gateway turns HTTP/1 on there), at most `streams_per_connection_max`
+//!    concurrent streams, HTTP/2 keepalive pings to find dead peers, and an idle limit: a
+//!    connection with no open request for `idle_ms` is closed with GOAWAY.
+//!
+//! Why not tonic's own server: it has no handshake deadline and no idle limit, and its accept
+//! loop retries a failing `accept` (EMFILE) at once, spinning (docs/decisions.md).
+//!
+//! Accept errors never end the loop: errors about one connection are skipped, the others
+//! (out of file descriptors, out of memory) are logged once per burst and retried with a
+//! back-off of up to [`ACCEPT_BACKOFF_MAX_MS`] (`keyraft_core::backoff`, the one retry rule).
+//!
+//! On shutdown the listener is closed at once, every connection is asked to close gracefully
+//! (GOAWAY; open requests finish), and [`serve`] returns when all are closed, or after
+//! `close_grace` for those that do not.
+//!
+//! This file runs the accept loop; `limits` counts connections against the caps, and
+//! `connection` serves one connection (steps 2 and 3).
+
+mod connection;
+mod limits;
+
+use crate::config::Limits;
+use crate::lifecycle::Tasks;
+use bytes::Bytes;
+use connection::connection;
+pub use connection::TrackedBody;
+use hyper_util::rt::TokioTimer;
+use hyper_util::server::conn::auto;
+use keyraft_core::backoff;
+use limits::{RefusalLog, Slots};
+use std::convert::Infallible;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::Service;
+
+/// Longest pause between `accept` attempts while they fail, in milliseconds.
+pub const ACCEPT_BACKOFF_MAX_MS: u64 = 1_000;
+/// First pause after a failed `accept`, in milliseconds.
+const ACCEPT_BACKOFF_MIN_MS: u64 = 5;
+/// How long a connection closed for being idle may take to finish closing: only the
+/// client's acknowledgement of the GOAWAY's ping is awaited.
+pub const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// HTTP/2 keepalive: a ping after this long without a frame from the client ...
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// ... which, unanswered for this long, closes the connection (the peer is gone).
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What a listener allows its connections (from `[limits]`, the same for both listeners).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Time from accept to the end of the handshake.
+    pub handshake: Duration,
+    /// A connection with no open request for this long is closed.
+    pub idle: Duration,
+    /// Open connections per remote IP address.
+    pub per_address_max: usize,
+    /// Open connections on the listener.
+    pub total_max: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub streams_max: u32,
+    /// Requests served at once per connection (further ones wait); `None`: no limit besides
+    /// `streams_max`.
+    pub requests_max: Option<usize>,
+    /// On shutdown, connections still open this long after being asked to close are dropped.
+    pub close_grace: Duration,
+}
+
+impl ConnectionLimits {
+    /// The limits `[limits]` sets; `close_grace` as given.
+    pub fn from_config(limits: &Limits, close_grace: Duration) -> Self {
+        Self {
+            handshake: Duration::from_millis(limits.handshake_ms),
+            idle: Duration::from_millis(limits.idle_ms),
+            per_address_max: limits.connections_per_address_max,
+            total_max: limits.connections_max,
+            streams_max: limits.streams_per_connection_max,
+            requests_max: None,
+            close_grace,
+        }
+    }
+}
+
+/// A service the acceptor serves on a connection: tonic's routes today; an HTTP gateway
+/// routed beside them later.
+pub trait HttpService<B>:
+    Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<B>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S, B> HttpService<B> for S where
+    S: Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<B>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// The body of a response the acceptor writes.
+pub trait ResponseBody:
+    http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + Unpin + 'static
+{
+}
+
+impl<B> ResponseBody for B where
+    B: http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + Unpin + 'static
+{
+}
+
+/// Serves `service` on the connections `listener` accepts until `tasks` are told to stop, then
+/// closes them gracefully (see the module's documentation). `name` names the listener in the
+/// log. Every connection and every request is a task of `tasks`; the connections end before
+/// this returns.
+pub async fn serve<S, B>(name: &'static str, listener: TcpListener, limits: ConnectionLimits, service: S, tasks: Tasks)
+where
+    S: HttpService<B>,
+    B: ResponseBody,
+{
+    let mut builder = auto::Builder::new(tasks.clone()).http2_only();
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.streams_max)
+        .keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+    let shared = Arc::new(Shared { name, limits, builder, service });
+    let slots = Arc::new(Slots::new(limits));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    let mut backoff = AcceptBackoff::default();
+    let mut refusals = RefusalLog::default();
+    let shutdown = tasks.cancelled();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, remote) = match accepted {
+            Ok(accepted) => {
+                backoff.succeeded(name);
+                accepted
+            }
+            // The client gave up before its connection was accepted: nothing to do.
+            Err(e) if is_about_one_connection(&e) => continue,
+            Err(e) => {
+                let pause = backoff.failed(name, &e);
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(pause) => continue,
+                }
+            }
+        };
+        let slot = match slots.take(remote.ip()) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                refusals.refused(name, remote, &refused);
+                continue;
+            }
+        };
+        // In a set, so that aborting `serve` drops its connections at once.
+        connections.spawn(tasks.track("connection", connection(tcp, remote, slot, shared.clone(), stop_rx.clone())));
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    while connections.join_next().await.is_some() {}
+}
+
+/// What every connection of a listener shares.
+struct Shared<S> {
+    name: &'static str,
+    limits: ConnectionLimits,
+    builder: auto::Builder<Tasks>,
+    service: S,
+}
+
+/// Errors of `accept` about one connection (the client left before it was accepted), not
+/// about the listener.
+fn is_about_one_connection(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted)
+}
+
+/// Pauses between failing `accept`s, and one log line per burst of failures.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    /// Failures since the last success.
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    /// Records a failure; returns how long to wait before the next attempt.
+    fn failed(&mut self, name: &str, e: &io::Error) -> Duration {
+        if self.failures == 0 {
+            tracing::warn!(
+                listener = name,
+                error = %e,
+                "accepting connections failed (out of file descriptors?); retrying with a back-off until it works again"
+            );
+        }
+        self.failures = self.failures.saturating_add(1);
+        self.pause()
+    }
+
+    fn pause(&self) -> Duration {
+        let delay_ms = backoff::delay_ms(self.failures.saturating_sub(1), ACCEPT_BACKOFF_MIN_MS, ACCEPT_BACKOFF_MAX_MS);
+        Duration::from_millis(delay_ms)
+    }
+
+    /// Records a success, ending a burst of failures.
+    fn succeeded(&mut self, name: &str) {
+        if self.failures > 0 {
+            tracing::info!(listener = name, failures = self.failures, "accepting connections again");
+            self.failures = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_back_off_up_to_the_cap_and_reset_on_success() {
+        let mut backoff = AcceptBackoff::default();
+        let e = io::Error::from_raw_os_error(24); // EMFILE
+        let pauses: Vec<Duration> = (0..12).map(|_| backoff.failed("test", &e)).collect();
+        assert_eq!(pauses[0], Duration::from_millis(ACCEPT_BACKOFF_MIN_MS));
+        assert!(pauses.windows(2).all(|w| w[0] <= w[1]), "{pauses:?}");
+        assert_eq!(pauses[11], Duration::from_millis(ACCEPT_BACKOFF_MAX_MS));
+        backoff.succeeded("test");
+        assert_eq!(backoff.failed("test", &e), Duration::from_millis(ACCEPT_BACKOFF_MIN_MS));
+        assert!(!is_about_one_connection(&e));
+        assert!(is_about_one_connection(&io::Error::from(io::ErrorKind::ConnectionAborted)));
+    }
+}
