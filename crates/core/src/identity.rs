@@ -344,6 +344,41 @@ mod tests {
         assert_eq!(canon("a@ab\u{03B1}.gr"), Err("confusable_domain"));
     }
 
+    #[test]
+    fn default_ignorable_code_points_are_the_ones_the_specification_lists() {
+        // docs/protocol.md section 3.1, step 2, lists the ranges; the data must not drift from it.
+        let listed: &[(u32, u32)] = &[
+            (0x00AD, 0x00AD),
+            (0x034F, 0x034F),
+            (0x061C, 0x061C),
+            (0x115F, 0x1160),
+            (0x17B4, 0x17B5),
+            (0x180B, 0x180F),
+            (0x200B, 0x200F),
+            (0x202A, 0x202E),
+            (0x2060, 0x206F),
+            (0x3164, 0x3164),
+            (0xFE00, 0xFE0F),
+            (0xFEFF, 0xFEFF),
+            (0xFFA0, 0xFFA0),
+            (0xFFF0, 0xFFF8),
+            (0x1BCA0, 0x1BCA3),
+            (0x1D173, 0x1D17A),
+            (0xE0000, 0xE0FFF),
+        ];
+        let set = CodePointSetData::new::<DefaultIgnorableCodePoint>();
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            let cp = u32::from(c);
+            let in_list = listed.iter().any(|&(lo, hi)| (lo..=hi).contains(&cp));
+            assert_eq!(set.contains(c), in_list, "{}", CodePoint(c));
+        }
+    }
+
+    #[test]
+    fn domain_labels_are_checked_one_by_one() {
+        assert_eq!(canon("a@\u{0431}\u{044E}\u{0440}\u{043E}.com"), Ok("a@xn--90a0af9c.com".to_owned()));
+    }
+
     fn arbitrary_id() -> impl Strategy<Value = String> {
         // Mix plain characters, '@' and the awkward ones so the e-mail path is exercised.
         let ch = prop_oneof![
