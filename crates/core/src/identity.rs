@@ -146,12 +146,14 @@ pub enum IdentityError {
     },
     /// Step 5: a domain label mixes scripts in a way that can imitate another domain.
     #[error(
-        "user id's domain label {label:?} mixes scripts in a way that can imitate another domain (UTS 39 \
-         restriction level {level:?}; a label must be ASCII, a single script, or highly restrictive)"
+        "user id's domain label {label:?} {why} (UTS 39 restriction level {level:?}; a label must be ASCII, a \
+         single script, or highly restrictive)"
     )]
     ConfusableDomain {
         /// The label, in Unicode.
         label: String,
+        /// What is wrong with it, in words.
+        why: &'static str,
         /// The UTS 39 restriction level it reached.
         level: RestrictionLevel,
     },
@@ -263,7 +265,12 @@ fn canonical_domain(domain: &str) -> Result<String, IdentityError> {
     for label in unicode.split('.') {
         let level = label.detect_restriction_level();
         if level > RestrictionLevel::HighlyRestrictive {
-            return Err(IdentityError::ConfusableDomain { label: label.to_owned(), level });
+            let why = if level == RestrictionLevel::Unrestricted {
+                "has a character outside the UTS 39 identifier profile (a symbol, or a restricted script)"
+            } else {
+                "mixes scripts in a way that can imitate another domain"
+            };
+            return Err(IdentityError::ConfusableDomain { label: label.to_owned(), why, level });
         }
     }
     // UTS 46 output is lowercase already; this keeps the rule visible and costs nothing.
@@ -342,6 +349,10 @@ mod tests {
         // Latin with Japanese is UTS 39 "highly restrictive".
         assert!(canon("a@abcひらがな.jp").is_ok());
         assert_eq!(canon("a@ab\u{03B1}.gr"), Err("confusable_domain"));
+        let e = canonical_user_id("a@\u{2665}.com", LocalPartRule::default()).unwrap_err();
+        assert!(e.to_string().contains("outside the UTS 39 identifier profile"), "{e}");
+        let e = canonical_user_id("a@p\u{0430}ypal.com", LocalPartRule::default()).unwrap_err();
+        assert!(e.to_string().contains("mixes scripts"), "{e}");
     }
 
     #[test]
