@@ -18,6 +18,7 @@
 //! - [`hash`]: domain separation labels for every hash and signature;
 //! - [`ed25519`]: the one signature verification rule, single and batch;
 //! - [`keys`], [`policy`], [`types`], [`update`]: the data and the update rules;
+//! - [`identity`]: canonical user ids (protocol version 2, not yet wired to the VRF input);
 //! - [`tree`], [`lookup`]: proofs and their verification, returning [`Verified`] values.
 #![forbid(unsafe_code)]
 
@@ -28,6 +29,7 @@ pub mod ed25519;
 pub mod encoding;
 pub mod hash;
 pub mod human;
+pub mod identity;
 pub mod key_file;
 pub mod keys;
 pub mod limits;

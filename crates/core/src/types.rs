@@ -398,11 +398,19 @@ pub fn vrf_input(realm: &str, user_id: &str) -> Vec<u8> {
 
 /// Checks a user id: 1 to 256 bytes of UTF-8 without control characters.
 pub fn validate_user_id(user_id: &str) -> Result<(), DecodeError> {
-    if user_id.is_empty() || user_id.len() > USER_ID_BYTES_MAX {
-        return Err(DecodeError::Invalid { what: "user id", why: "must be 1 to 256 bytes" });
-    }
+    validate_user_id_length(user_id)?;
     if user_id.chars().any(char::is_control) {
         return Err(DecodeError::Invalid { what: "user id", why: "contains control characters" });
+    }
+    Ok(())
+}
+
+/// The length half of [`validate_user_id`]: 1 to [`USER_ID_BYTES_MAX`] bytes of UTF-8.
+/// Separate so that [`crate::identity`] can apply it first and then name a control
+/// character's position itself.
+pub fn validate_user_id_length(user_id: &str) -> Result<(), DecodeError> {
+    if user_id.is_empty() || user_id.len() > USER_ID_BYTES_MAX {
+        return Err(DecodeError::Invalid { what: "user id", why: "must be 1 to 256 bytes" });
     }
     Ok(())
 }
