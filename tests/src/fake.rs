@@ -166,6 +166,12 @@ impl Keyraft for FakeReplica {
             None => relay!(self, update, r),
         }
     }
+    async fn send_email_code(
+        &self,
+        r: Request<pb::SendEmailCodeRequest>,
+    ) -> Result<Response<pb::SendEmailCodeResponse>, Status> {
+        relay!(self, send_email_code, r)
+    }
     async fn get_update_status(
         &self,
         r: Request<pb::GetUpdateStatusRequest>,

@@ -138,7 +138,7 @@ fn register_through_a_follower_and_look_up_through_every_replica() {
     let entry = keyraft_core::Entry { version: 1, profile_commitment: profile.commitment(), ..current };
     let signatures = keyraft_client::sign_entry(&realm.name(), &entry, &[&alice]);
     let update = keyraft_core::Update { signed: keyraft_core::SignedEntry { entry, signatures }, profile };
-    let r = realm.runtime.block_on(other.submit("alice@example.com", &update, Some(0), 20_000)).unwrap();
+    let r = realm.runtime.block_on(other.submit("alice@example.com", &update, None, Some(0), 20_000)).unwrap();
     let proof: keyraft_core::LookupProof = keyraft_core::decode_canonical(&r.proof).unwrap();
     let verified =
         keyraft_core::verify_lookup(other.realm(), "alice@example.com", &proof, keyraft_client::now_ms(), None)
@@ -321,6 +321,7 @@ fn malformed_oversized_conflicting_and_unauthenticated_requests_get_their_status
         update: bytes,
         verifier_threshold: None,
         wait_ms: 0,
+        registration: None,
     };
 
     let e = rt.block_on(c.update(update("bob", vec![1, 2, 3]))).unwrap_err();

@@ -266,8 +266,13 @@ fn an_update_whose_caller_gave_up_is_not_pending_forever() {
         realm.kill(i);
     }
     let mut c = grpc(&realm, leader);
-    let request =
-        pb::UpdateRequest { user_id: ALICE.into(), update: update.encode(), verifier_threshold: None, wait_ms: 0 };
+    let request = pb::UpdateRequest {
+        user_id: ALICE.into(),
+        update: update.encode(),
+        verifier_threshold: None,
+        wait_ms: 0,
+        registration: None,
+    };
     let e = realm.runtime.block_on(c.update(timed(request, Duration::from_millis(200)))).unwrap_err();
     assert!(matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled), "{e}");
 

@@ -204,7 +204,13 @@ fn register_large_entries(realm: &Realm, n: usize) -> u64 {
                     let keys: Vec<&SigningKey> = signers.iter().collect();
                     let signatures = keyraft_core::update::sign_entry(&name, &entry, &keys);
                     let update = Update { signed: SignedEntry { entry, signatures }, profile };
-                    let req = UpdateRequest { user_id, update: update.encode(), verifier_threshold: None, wait_ms: 0 };
+                    let req = UpdateRequest {
+                        user_id,
+                        update: update.encode(),
+                        verifier_threshold: None,
+                        wait_ms: 0,
+                        registration: None,
+                    };
                     newest = newest.max(c.update(req).await.unwrap().into_inner().epoch);
                 }
                 newest

@@ -120,6 +120,8 @@ mod tests {
             epoch_ttl_ms: 60_000,
             clock_skew_ms: 5_000,
             endpoints: vec![],
+            protocol_version: 1,
+            registration: None,
         }
     }
 

@@ -149,6 +149,14 @@ impl Client {
         self.checker.realm()
     }
 
+    /// The id `user_id` stands for in this client's realm: its canonical form under protocol
+    /// version 2 (docs/protocol.md section 3.1), the id as given under version 1. The replicas
+    /// compute the same with the same function; an id with no canonical form is the caller's
+    /// mistake.
+    pub fn canonical_user_id(&self, user_id: &str) -> Result<String, ClientError> {
+        self.realm().config.canonical_user_id(user_id).map_err(|e| ClientError::Invalid(e.to_string()))
+    }
+
     /// The newest epoch this client has verified for its realm.
     pub fn newest_epoch_seen(&self) -> Option<u64> {
         self.checker.newest_epoch_seen()

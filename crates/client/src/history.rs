@@ -23,6 +23,7 @@ impl Client {
     /// missing is not (versions only have to increase): compare with what a watch saw, or with
     /// lookups at the epochs in between.
     pub async fn history(&self, user_id: &str, page_size: u32, page_token: &[u8]) -> Result<HistoryPage, ClientError> {
+        let user_id = &self.canonical_user_id(user_id)?;
         let request = HistoryRequest {
             user_id: user_id.to_owned(),
             page_size,

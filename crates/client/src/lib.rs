@@ -51,7 +51,8 @@ pub use lookup::{LookupAnswer, LookupOptions, LAG_WAIT_MS};
 pub use memory::{EpochMemory, OWN_UPDATES_MAX};
 pub use options::ClientOptions;
 pub use update::{
-    new_profile, ProfileKeys, UpdateBuilder, UpdateOutcome, PROFILE_NONCE_BYTES, QUORUM_WAIT_MS, UPDATE_RETRY_MS,
+    new_profile, PreparedUpdate, ProfileKeys, RegistrationProof, UpdateBuilder, UpdateOutcome, PROFILE_NONCE_BYTES,
+    QUORUM_WAIT_MS, UPDATE_RETRY_MS,
 };
 pub use update_status::UpdateStatus;
 pub use watch::{Watch, WatchUpdate, WATCH_RECONNECT_ROUNDS_MAX};

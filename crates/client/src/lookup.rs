@@ -75,6 +75,7 @@ impl Client {
     /// Looks `user_id` up and verifies the answer: today's value (fresh, not older than any
     /// epoch seen before), or with `options.epoch` the value in that epoch.
     pub async fn lookup(&self, user_id: &str, options: LookupOptions) -> Result<LookupAnswer, ClientError> {
+        let user_id = &self.canonical_user_id(user_id)?;
         let last_seen = self.newest_epoch_seen();
         let seen = last_seen.unwrap_or(0);
         let (min_epoch, wait_ms) = if options.epoch == 0 && seen > options.min_epoch {

@@ -5,8 +5,9 @@
 use crate::client::CALL_TIMEOUT_MS;
 use crate::{public_key, sign_entry, Client, ClientError, LookupAnswer, LookupOptions, UpdateStatus};
 use ed25519_dalek::SigningKey;
+use keyraft_core::registration::Attestation;
 use keyraft_core::{Canonical, Entry, Policy, Profile, SignedEntry, Update};
-use keyraft_proto::pb::{UpdateRequest, UpdateResponse};
+use keyraft_proto::pb::{self, SendEmailCodeRequest, UpdateRequest, UpdateResponse};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -38,6 +39,101 @@ pub struct UpdateOutcome {
     pub previous_keys: BTreeMap<String, Vec<u8>>,
     /// The profile keys the update published.
     pub keys: BTreeMap<String, Vec<u8>>,
+}
+
+/// The proof, sent with a registration, of the right to register the identity (in a realm of
+/// protocol version 2 whose policy does not make its namespace open). Each is bound to one
+/// update by its id: build the update first ([`UpdateBuilder::prepare`]), then get the proof
+/// for [`PreparedUpdate::update_id`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistrationProof {
+    /// An attestation signed by one of the realm's registrar keys.
+    Attestation(Attestation),
+    /// An OpenID Connect ID token whose `nonce` is [`PreparedUpdate::oidc_nonce`].
+    OidcIdToken(String),
+    /// The code a replica mailed ([`Client::send_email_code`]).
+    EmailCode(String),
+}
+
+impl RegistrationProof {
+    fn to_proto(&self) -> pb::Registration {
+        use pb::registration::Proof;
+        let proof = match self {
+            Self::Attestation(a) => Proof::RegistrarAttestation(a.encode()),
+            Self::OidcIdToken(t) => Proof::OidcIdToken(t.clone()),
+            Self::EmailCode(c) => Proof::EmailCode(c.clone()),
+        };
+        pb::Registration { proof: Some(proof) }
+    }
+}
+
+/// A signed update built on the identity's verified current entry and not sent yet: what a
+/// registration proof is made for. It can be saved ([`Self::to_json`]) and sent later, by
+/// this process or another, with [`Client::send_prepared`]; it stays valid while the
+/// identity's entry does not change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedUpdate {
+    /// The realm.
+    pub realm: String,
+    /// The canonical user id.
+    pub user_id: String,
+    /// The signed update.
+    pub update: Update,
+    /// The profile keys of the entry it replaces (empty for a registration).
+    pub previous_keys: BTreeMap<String, Vec<u8>>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreparedFile {
+    realm: String,
+    user_id: String,
+    update_id: String,
+    oidc_nonce: String,
+    update: String,
+    previous_keys: BTreeMap<String, String>,
+}
+
+impl PreparedUpdate {
+    /// The update's id, which registration proofs bind.
+    pub fn update_id(&self) -> [u8; 32] {
+        self.update.id()
+    }
+
+    /// The `nonce` an OIDC ID token for this registration must carry: the update id in
+    /// base64url without padding (docs/protocol.md section 6.1).
+    pub fn oidc_nonce(&self) -> String {
+        keyraft_core::registration::oidc_nonce(&self.update_id())
+    }
+
+    /// JSON for a file (it holds no secret: the update is signed, the keys are public).
+    pub fn to_json(&self) -> String {
+        let file = PreparedFile {
+            realm: self.realm.clone(),
+            user_id: self.user_id.clone(),
+            update_id: hex::encode(self.update_id()),
+            oidc_nonce: self.oidc_nonce(),
+            update: hex::encode(self.update.encode()),
+            previous_keys: self.previous_keys.iter().map(|(k, v)| (k.clone(), hex::encode(v))).collect(),
+        };
+        serde_json::to_string_pretty(&file).unwrap_or_default()
+    }
+
+    /// Reads [`Self::to_json`]'s output; the update must decode and its id match.
+    pub fn from_json(json: &str) -> Result<Self, ClientError> {
+        let bad = |why: String| ClientError::Invalid(format!("prepared update: {why}"));
+        let file: PreparedFile = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+        let bytes = hex::decode(&file.update).map_err(|e| bad(format!("update: {e}")))?;
+        let update: Update = keyraft_core::decode_canonical(&bytes).map_err(|e| bad(format!("update: {e}")))?;
+        if hex::encode(update.id()) != file.update_id {
+            return Err(bad(format!("update_id {} is not the id of its update", file.update_id)));
+        }
+        let mut previous_keys = BTreeMap::new();
+        for (k, v) in file.previous_keys {
+            previous_keys.insert(k.clone(), hex::decode(v).map_err(|e| bad(format!("previous_keys.{k}: {e}")))?);
+        }
+        Ok(Self { realm: file.realm, user_id: file.user_id, update, previous_keys })
+    }
 }
 
 /// How an update's profile keys are made.
@@ -102,11 +198,17 @@ impl Client {
         &self,
         user_id: &str,
         update: &Update,
+        registration: Option<&RegistrationProof>,
         verifier_threshold: Option<u32>,
         wait_ms: u32,
     ) -> Result<UpdateResponse, ClientError> {
-        let request =
-            UpdateRequest { user_id: user_id.to_owned(), update: update.encode(), verifier_threshold, wait_ms };
+        let request = UpdateRequest {
+            user_id: user_id.to_owned(),
+            update: update.encode(),
+            verifier_threshold,
+            wait_ms,
+            registration: registration.map(RegistrationProof::to_proto),
+        };
         let timeout = Duration::from_millis(CALL_TIMEOUT_MS + u64::from(wait_ms));
         self.each(
             |mut c| {
@@ -117,6 +219,25 @@ impl Client {
             Ok,
         )
         .await
+    }
+
+    /// Asks a replica to mail a code registering `prepared`'s identity (an e-mail address)
+    /// with exactly that update: the address it was sent to, and when the code expires (ms
+    /// since the Unix epoch). The code, typed back, goes in [`RegistrationProof::EmailCode`].
+    pub async fn send_email_code(&self, prepared: &PreparedUpdate) -> Result<(String, u64), ClientError> {
+        let request =
+            SendEmailCodeRequest { user_id: prepared.user_id.clone(), update_id: prepared.update.id().to_vec() };
+        let response = self
+            .each(
+                |mut c| {
+                    let mut r = tonic::Request::new(request.clone());
+                    r.set_timeout(Duration::from_millis(CALL_TIMEOUT_MS));
+                    async move { c.send_email_code(r).await.map(tonic::Response::into_inner) }
+                },
+                Ok,
+            )
+            .await?;
+        Ok((response.address, response.expires_ms))
     }
 
     /// Registers `user_id` (version 0), owned by `owner` unless [`UpdateBuilder::policy`] says
@@ -168,6 +289,7 @@ pub struct UpdateBuilder<'a> {
     keys: ProfileKeys,
     wait_for_quorum: bool,
     wait_ms: u32,
+    proof: Option<RegistrationProof>,
 }
 
 impl<'a> UpdateBuilder<'a> {
@@ -181,6 +303,7 @@ impl<'a> UpdateBuilder<'a> {
             keys: ProfileKeys::default(),
             wait_for_quorum: false,
             wait_ms: QUORUM_WAIT_MS,
+            proof: None,
         }
     }
 
@@ -232,15 +355,23 @@ impl<'a> UpdateBuilder<'a> {
         self
     }
 
-    /// Signs and submits. The entry builds on the identity's current entry, looked up at
-    /// least as of this client's own last update of the identity (a registration or change
-    /// made without waiting is found even before its epoch is ratified: the lookup waits for
-    /// it). An update answered "try again" may still have been applied: it is resubmitted,
-    /// the same bytes, for up to [`UPDATE_RETRY_MS`], and one applied meanwhile is reported
-    /// as a duplicate, never built anew.
-    pub async fn send(self) -> Result<UpdateOutcome, ClientError> {
+    /// The proof of the right to register the identity (for a registration in a realm that
+    /// asks for one). Bound to one update, it is normally made for a [`PreparedUpdate`] and
+    /// passed to [`Client::send_prepared`]; here it suits a proof that does not depend on
+    /// the update, or a test.
+    #[must_use]
+    pub fn registration_proof(mut self, proof: RegistrationProof) -> Self {
+        self.proof = Some(proof);
+        self
+    }
+
+    /// Builds and signs the update without sending it. The entry builds on the identity's
+    /// current entry, looked up at least as of this client's own last update of the identity
+    /// (a registration or change made without waiting is found even before its epoch is
+    /// ratified: the lookup waits for it).
+    pub async fn prepare(&self) -> Result<PreparedUpdate, ClientError> {
         let client = self.client;
-        let user_id = &self.user_id;
+        let user_id = &client.canonical_user_id(&self.user_id)?;
         let Some(first) = self.signers.first() else {
             return Err(ClientError::Invalid("an update needs at least one signer".into()));
         };
@@ -266,13 +397,13 @@ impl<'a> UpdateBuilder<'a> {
                     current.lookup.epoch()
                 )))
             }
-            (None, true) => (0, self.policy.unwrap_or_else(|| Policy::single(public_key(first)))),
+            (None, true) => (0, self.policy.clone().unwrap_or_else(|| Policy::single(public_key(first)))),
             (Some((entry, _)), false) => {
-                (entry.version + 1, self.policy.unwrap_or_else(|| entry.update_policy.clone()))
+                (entry.version + 1, self.policy.clone().unwrap_or_else(|| entry.update_policy.clone()))
             }
         };
-        let keys = self.keys.apply(&previous_keys)?;
-        let profile = new_profile(keys.clone());
+        let keys = self.keys.clone().apply(&previous_keys)?;
+        let profile = new_profile(keys);
         let entry = Entry {
             index: current.lookup.index,
             version,
@@ -281,12 +412,52 @@ impl<'a> UpdateBuilder<'a> {
         };
         let signers: Vec<&SigningKey> = self.signers.iter().collect();
         let signatures = sign_entry(&client.realm().config.realm, &entry, &signers);
-        let update = Update { signed: SignedEntry { entry, signatures }, profile };
-        let (threshold, wait_ms) =
-            if self.wait_for_quorum { (Some(client.threshold()), self.wait_ms) } else { (None, 0) };
+        Ok(PreparedUpdate {
+            realm: client.realm().config.realm.clone(),
+            user_id: user_id.clone(),
+            update: Update { signed: SignedEntry { entry, signatures }, profile },
+            previous_keys,
+        })
+    }
+
+    /// Signs and submits ([`Self::prepare`], then [`Client::send_prepared`]).
+    pub async fn send(self) -> Result<UpdateOutcome, ClientError> {
+        let prepared = self.prepare().await?;
+        let wait = self.wait_for_quorum.then_some(self.wait_ms);
+        self.client.send_prepared(&prepared, self.proof.as_ref(), wait).await
+    }
+}
+
+impl Client {
+    /// Sends a prepared update, with the proof of the right to register the identity when
+    /// the realm asks for one; with `wait_for_quorum_ms`, waits (that long at most) until the
+    /// update's epoch satisfies the client's quorum and returns its verified proof. An update
+    /// answered "try again" may still have been applied: it is resubmitted, the same bytes,
+    /// for up to [`UPDATE_RETRY_MS`], and one applied meanwhile is reported as a duplicate,
+    /// never built anew.
+    pub async fn send_prepared(
+        &self,
+        prepared: &PreparedUpdate,
+        registration: Option<&RegistrationProof>,
+        wait_for_quorum_ms: Option<u32>,
+    ) -> Result<UpdateOutcome, ClientError> {
+        let client = self;
+        if prepared.realm != client.realm().config.realm {
+            return Err(ClientError::Invalid(format!(
+                "the prepared update is for realm {:?}, this client's realm is {:?}",
+                prepared.realm,
+                client.realm().config.realm
+            )));
+        }
+        let user_id = &prepared.user_id;
+        let update = &prepared.update;
+        let (threshold, wait_ms) = match wait_for_quorum_ms {
+            Some(ms) => (Some(client.threshold()), ms),
+            None => (None, 0),
+        };
         let started = tokio::time::Instant::now();
-        let response = submit_until_answered(client, user_id, &update, threshold, wait_ms).await?;
-        let proof = if self.wait_for_quorum {
+        let response = submit_until_answered(client, user_id, update, registration, threshold, wait_ms).await?;
+        let proof = if wait_for_quorum_ms.is_some() {
             let answer = if response.proof.is_empty() {
                 // Found applied by its status, without the proof the Update call returns: the
                 // rest of the wait goes to a lookup of its epoch.
@@ -295,7 +466,7 @@ impl<'a> UpdateBuilder<'a> {
                 client.lookup(user_id, at).await.map_err(|e| match e {
                     // Not ratified within the wait, by the verifiers or yet by the replicas.
                     ClientError::Unavailable(_) | ClientError::Refused { code: tonic::Code::NotFound, .. } => {
-                        not_ratified(client, &update, response.epoch)
+                        not_ratified(client, update, response.epoch)
                     }
                     e => e,
                 })?
@@ -327,8 +498,8 @@ impl<'a> UpdateBuilder<'a> {
             epoch: response.epoch,
             duplicate: response.duplicate,
             proof,
-            previous_keys,
-            keys,
+            previous_keys: prepared.previous_keys.clone(),
+            keys: update.profile.keys.clone(),
         })
     }
 }
@@ -358,6 +529,7 @@ async fn submit_until_answered(
     client: &Client,
     user_id: &str,
     update: &Update,
+    registration: Option<&RegistrationProof>,
     threshold: Option<u32>,
     wait_ms: u32,
 ) -> Result<UpdateResponse, ClientError> {
@@ -378,7 +550,7 @@ async fn submit_until_answered(
             _ => None,
         }
     };
-    let why = match client.submit(user_id, update, threshold, wait_ms).await {
+    let why = match client.submit(user_id, update, registration, threshold, wait_ms).await {
         Err(ClientError::Unavailable(why)) => why,
         other => return other,
     };
@@ -400,7 +572,7 @@ async fn submit_until_answered(
         }
         tracing::info!(user_id, error = %last, "update: try again; resubmitting the same update");
         tokio::time::sleep(delay).await;
-        let attempt = client.submit(user_id, update, threshold, wait_ms);
+        let attempt = client.submit(user_id, update, registration, threshold, wait_ms);
         match tokio::time::timeout_at(deadline, attempt).await {
             Err(_) => return Err(unanswered(&last)),
             Ok(Ok(response)) => return Ok(response),

@@ -145,6 +145,11 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    /// The next byte, not consumed.
+    pub fn peek_u8(&self, what: &'static str) -> Result<u8, DecodeError> {
+        self.rest.first().copied().ok_or(DecodeError::Truncated { what })
+    }
+
     /// Reads a `u8`.
     pub fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
         Ok(self.array::<1>(what)?[0])

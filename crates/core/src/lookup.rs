@@ -402,6 +402,11 @@ fn verify(
     when: When,
 ) -> Result<Verified<Lookup>, VerifyError> {
     let config = &realm.config;
+    // The id asked about stands for its canonical form in this realm (protocol version 2,
+    // docs/protocol.md section 3.1; under version 1 the id as given): the proof must be about
+    // exactly that. An id with no canonical form matches no proof.
+    let canonical = config.canonical_user_id(user_id);
+    let user_id = canonical.as_deref().unwrap_or(user_id);
     if proof.user_id != user_id {
         return Err(VerifyError::UserIdMismatch { expected: user_id.to_owned(), got: proof.user_id.clone() });
     }

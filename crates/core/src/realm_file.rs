@@ -9,9 +9,22 @@
 //!   "verifier_threshold": 0,
 //!   "epoch_ttl_ms": 60000,
 //!   "clock_skew_ms": 5000,
-//!   "endpoints": ["127.0.0.1:7001", ...]
+//!   "endpoints": ["127.0.0.1:7001", ...],
+//!   "protocol_version": 2,
+//!   "registration": {
+//!     "local_part_rule": "case_insensitive",
+//!     "registrar_keys": ["<64 hex>"],
+//!     "namespaces": [
+//!       { "namespace": "*@example.com",
+//!         "methods": ["registrar", "email",
+//!                     { "oidc": { "issuer": "https://accounts.example.com", "audience": "keyraft" } }] },
+//!       { "namespace": "*", "methods": ["open"] }
+//!     ]
+//!   }
 //! }
 //! ```
+//!
+//! A file without `protocol_version` is of version 1 and has no `registration`.
 //!
 //! The schema and the rules are docs/protocol.md section 5.3. Keys are checked when the file
 //! is read (64 lower-case hex digits, canonical, not of small order), key lists must already
@@ -20,7 +33,9 @@
 //! silently would let two implementations read one file as different key positions (proofs
 //! name signers by position), so an unsorted list is the file writer's error.
 
+use crate::identity::LocalPartRule;
 use crate::lookup::ClientRealm;
+use crate::registration::{Method, NamespaceRule, RegistrationPolicy, OIDC_CLAIM_DEFAULT};
 use crate::types::RealmConfig;
 use crate::vrf::VrfPublicKey;
 use crate::PublicKey;
@@ -49,6 +64,156 @@ pub struct RealmFile {
     /// Public addresses (host:port) of the replicas.
     #[serde(default)]
     pub endpoints: Vec<String>,
+    /// The protocol version: 1 (the default, for files written before version 2) or 2.
+    #[serde(default = "protocol_version_1")]
+    pub protocol_version: u8,
+    /// Who may register identities (version 2 only, where it is required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration: Option<RegistrationFile>,
+}
+
+fn protocol_version_1() -> u8 {
+    1
+}
+
+/// The realm file's `registration` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationFile {
+    /// `case_insensitive` (default) or `case_sensitive`.
+    #[serde(default = "case_insensitive")]
+    pub local_part_rule: String,
+    /// Keys that sign registrar attestations, hex, sorted ascending.
+    #[serde(default)]
+    pub registrar_keys: Vec<String>,
+    /// The rules, in order: the first whose namespace matches a canonical id decides.
+    pub namespaces: Vec<NamespaceFile>,
+}
+
+fn case_insensitive() -> String {
+    LocalPartRule::CaseInsensitive.name().to_owned()
+}
+
+/// One namespace rule in the realm file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceFile {
+    /// A glob on canonical user ids (`*` matches anything).
+    pub namespace: String,
+    /// The methods: `"open"`, `"registrar"`, `"email"` or `{"oidc": {...}}`.
+    pub methods: Vec<MethodFile>,
+}
+
+/// A registration method in the realm file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum MethodFile {
+    /// First come, first served.
+    Open,
+    /// A registrar attestation.
+    Registrar,
+    /// A mailed code.
+    Email,
+    /// An OpenID Connect ID token.
+    Oidc {
+        /// The token's `iss`.
+        issuer: String,
+        /// A value its `aud` must hold.
+        audience: String,
+        /// The claim holding the identity (default `email`, which needs `email_verified`).
+        #[serde(default = "default_claim")]
+        claim: String,
+    },
+}
+
+fn default_claim() -> String {
+    OIDC_CLAIM_DEFAULT.to_owned()
+}
+
+impl RegistrationFile {
+    /// The file form of `policy`.
+    pub fn new(policy: &RegistrationPolicy) -> Self {
+        Self {
+            local_part_rule: policy.local_part_rule.name().to_owned(),
+            registrar_keys: policy.registrar_keys.iter().map(|k| hex::encode(k.as_bytes())).collect(),
+            namespaces: policy
+                .rules
+                .iter()
+                .map(|r| NamespaceFile {
+                    namespace: r.namespace.clone(),
+                    methods: r
+                        .methods
+                        .iter()
+                        .map(|m| match m {
+                            Method::Open => MethodFile::Open,
+                            Method::Registrar => MethodFile::Registrar,
+                            Method::Email => MethodFile::Email,
+                            Method::Oidc { issuer, audience, claim } => MethodFile::Oidc {
+                                issuer: issuer.clone(),
+                                audience: audience.clone(),
+                                claim: claim.clone(),
+                            },
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The policy this describes. Methods may be listed in any order (the canonical order is
+    /// the encoding's); a method listed twice in one namespace is refused.
+    pub fn policy(&self) -> Result<RegistrationPolicy, RealmFileError> {
+        let local_part_rule = match self.local_part_rule.as_str() {
+            "case_insensitive" => LocalPartRule::CaseInsensitive,
+            "case_sensitive" => LocalPartRule::CaseSensitive,
+            other => {
+                return Err(RealmFileError::Invalid(format!(
+                    "registration.local_part_rule {other:?}: expected \"case_insensitive\" or \"case_sensitive\""
+                )))
+            }
+        };
+        let registrar_keys = keys("registration.registrar_keys", &self.registrar_keys)?;
+        let mut rules = Vec::with_capacity(self.namespaces.len());
+        for (i, ns) in self.namespaces.iter().enumerate() {
+            let mut methods: Vec<Method> = ns
+                .methods
+                .iter()
+                .map(|m| match m {
+                    MethodFile::Open => Method::Open,
+                    MethodFile::Registrar => Method::Registrar,
+                    MethodFile::Email => Method::Email,
+                    MethodFile::Oidc { issuer, audience, claim } => {
+                        Method::Oidc { issuer: issuer.clone(), audience: audience.clone(), claim: claim.clone() }
+                    }
+                })
+                .collect();
+            let listed = methods.len();
+            methods.sort();
+            methods.dedup();
+            if methods.len() != listed {
+                return Err(RealmFileError::Invalid(format!(
+                    "registration.namespaces[{i}] ({:?}) lists a method twice",
+                    ns.namespace
+                )));
+            }
+            // Canonical ids have lower-case domains: a namespace with an upper-case ASCII
+            // letter after its last `@` could never match, which is surely a mistake.
+            if let Some((_, domain)) = ns.namespace.rsplit_once('@') {
+                if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+                    return Err(RealmFileError::Invalid(format!(
+                        "registration.namespaces[{i}] ({:?}): canonical ids have lower-case domains, so this \
+                         namespace would never match; write the domain in lower case",
+                        ns.namespace
+                    )));
+                }
+            }
+            rules.push(NamespaceRule { namespace: ns.namespace.clone(), methods });
+        }
+        let mut policy = RegistrationPolicy { local_part_rule, registrar_keys, rules };
+        policy.sort_methods();
+        policy.validate().map_err(|e| RealmFileError::Invalid(format!("registration: {e}")))?;
+        Ok(policy)
+    }
 }
 
 /// Why a realm file was refused.
@@ -135,6 +300,8 @@ impl RealmFile {
             epoch_ttl_ms,
             clock_skew_ms,
             endpoints,
+            protocol_version: config.protocol_version(),
+            registration: config.registration.as_ref().map(RegistrationFile::new),
         }
     }
 
@@ -142,13 +309,28 @@ impl RealmFile {
     pub fn config(&self) -> Result<RealmConfig, RealmFileError> {
         let vrf = VrfPublicKey::from_bytes(&key32("vrf_public_key", &self.vrf_public_key)?)
             .map_err(|e| RealmFileError::Key { field: "vrf_public_key".into(), message: e.to_string() })?;
-        RealmConfig::new(
+        let config = RealmConfig::new(
             self.realm.clone(),
             vrf,
             keys("replica_keys", &self.replica_keys)?,
             keys("verifier_keys", &self.verifier_keys)?,
         )
-        .map_err(|e| RealmFileError::Invalid(e.to_string()))
+        .map_err(|e| RealmFileError::Invalid(e.to_string()))?;
+        match (self.protocol_version, &self.registration) {
+            (1, None) => Ok(config),
+            (1, Some(_)) => Err(RealmFileError::Invalid(
+                "`registration` needs protocol_version 2 (version 1 realms register first come, first served)".into(),
+            )),
+            (2, Some(registration)) => {
+                config.with_registration(registration.policy()?).map_err(|e| RealmFileError::Invalid(e.to_string()))
+            }
+            (2, None) => Err(RealmFileError::Invalid(
+                "protocol_version 2 needs a `registration` object saying who may register identities".into(),
+            )),
+            (v, _) => Err(RealmFileError::Invalid(format!(
+                "protocol_version {v} is not one this keyraft speaks (1 or 2); upgrade keyraft"
+            ))),
+        }
     }
 
     /// What a client trusts.

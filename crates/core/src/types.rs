@@ -2,9 +2,11 @@
 
 use crate::encoding::{decode_canonical, put_count, put_u64, put_var_bytes, Canonical, DecodeError, Reader};
 use crate::hash::{hash, label, Digest};
+use crate::identity::CanonicalUserId;
 use crate::keys::PublicKey;
 use crate::limits::*;
 use crate::policy::Policy;
+use crate::registration::RegistrationPolicy;
 use crate::vrf::VrfPublicKey;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -206,7 +208,14 @@ pub struct RealmConfig {
     pub replica_keys: Vec<PublicKey>,
     /// The registered third-party verifiers' keys, sorted ascending.
     pub verifier_keys: Vec<PublicKey>,
+    /// Who may register identities and how user ids are canonicalized: `Some` in a realm of
+    /// protocol version 2, `None` in one of version 1 (raw user ids, registration first come,
+    /// first served). See [`crate::registration`].
+    pub registration: Option<RegistrationPolicy>,
 }
+
+/// The protocol versions this implementation speaks.
+pub const PROTOCOL_VERSIONS: [u8; 2] = [1, 2];
 
 impl RealmConfig {
     /// Builds and validates a configuration (keys may be given in any order).
@@ -218,9 +227,43 @@ impl RealmConfig {
     ) -> Result<Self, DecodeError> {
         replica_keys.sort();
         verifier_keys.sort();
-        let config = Self { realm: realm.into(), vrf_public_key, replica_keys, verifier_keys };
+        let config = Self { realm: realm.into(), vrf_public_key, replica_keys, verifier_keys, registration: None };
         config.validate()?;
         Ok(config)
+    }
+
+    /// This configuration under protocol version 2 with `policy` (its registrar keys sorted).
+    pub fn with_registration(mut self, mut policy: RegistrationPolicy) -> Result<Self, DecodeError> {
+        policy.registrar_keys.sort();
+        policy.sort_methods();
+        self.registration = Some(policy);
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// The protocol version: 2 with a registration policy, else 1.
+    pub fn protocol_version(&self) -> u8 {
+        if self.registration.is_some() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// The id a user id stands for in this realm: under protocol version 2 its canonical
+    /// form (docs/protocol.md section 3.1), under version 1 the id as given (checked against
+    /// the user id rule only). The one function the client and the edge both call before the
+    /// VRF.
+    pub fn canonical_user_id(&self, raw: &str) -> Result<String, crate::identity::IdentityError> {
+        match &self.registration {
+            Some(policy) => {
+                crate::identity::canonical_user_id(raw, policy.local_part_rule).map(CanonicalUserId::into_string)
+            }
+            None => {
+                validate_user_id(raw).map_err(crate::identity::IdentityError::Limits)?;
+                Ok(raw.to_owned())
+            }
+        }
     }
 
     fn validate(&self) -> Result<(), DecodeError> {
@@ -242,6 +285,19 @@ impl RealmConfig {
         }
         if self.replica_keys.iter().any(|k| self.verifier_keys.binary_search(k).is_ok()) {
             return Err(DecodeError::Invalid { what: "realm keys", why: "a key is both a replica and a verifier key" });
+        }
+        if let Some(policy) = &self.registration {
+            policy.validate()?;
+            if policy
+                .registrar_keys
+                .iter()
+                .any(|k| self.replica_keys.binary_search(k).is_ok() || self.verifier_keys.binary_search(k).is_ok())
+            {
+                return Err(DecodeError::Invalid {
+                    what: "realm keys",
+                    why: "a registrar key is also a replica or verifier key",
+                });
+            }
         }
         Ok(())
     }
@@ -297,6 +353,12 @@ impl Canonical for RealmConfig {
     const NAME: &'static str = "realm config";
 
     fn encode_into(&self, out: &mut Vec<u8>) {
+        // Version 1 starts with the realm name's u16 length, whose high byte is 0 (names are
+        // at most 64 bytes); version 2 starts with its version byte, so one decoder reads both
+        // and a version-1 configuration keeps its encoding, hence its hash.
+        if self.registration.is_some() {
+            out.push(2);
+        }
         put_var_bytes(out, self.realm.as_bytes());
         out.extend_from_slice(self.vrf_public_key.as_bytes());
         for keys in [&self.replica_keys, &self.verifier_keys] {
@@ -305,15 +367,27 @@ impl Canonical for RealmConfig {
                 out.extend_from_slice(k.as_bytes());
             }
         }
+        if let Some(policy) = &self.registration {
+            policy.encode_into(out);
+        }
     }
 
     fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let version2 = match r.peek_u8("realm config")? {
+            0 => false,
+            2 => {
+                r.u8("realm config version")?;
+                true
+            }
+            _ => return Err(DecodeError::Invalid { what: "realm config", why: "unknown protocol version" }),
+        };
         let realm = decode_realm_name(r)?;
         let vrf_public_key = VrfPublicKey::from_bytes(r.bytes(32, "vrf public key")?)
             .map_err(|_| DecodeError::Invalid { what: "vrf public key", why: "not a valid VRF public key" })?;
         let replica_keys = decode_key_set(r, 1, REPLICAS_MAX, "replica keys")?;
         let verifier_keys = decode_key_set(r, 0, VERIFIERS_MAX, "verifier keys")?;
-        let config = Self { realm, vrf_public_key, replica_keys, verifier_keys };
+        let registration = if version2 { Some(RegistrationPolicy::decode_from(r)?) } else { None };
+        let config = Self { realm, vrf_public_key, replica_keys, verifier_keys, registration };
         config.validate()?;
         Ok(config)
     }

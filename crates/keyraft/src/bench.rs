@@ -246,9 +246,16 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> CmdResult {
                             update,
                             verifier_threshold: Some(threshold),
                             wait_ms: 60_000,
+                            registration: None,
                         }
                     } else {
-                        UpdateRequest { user_id: user.clone(), update, verifier_threshold: None, wait_ms: 0 }
+                        UpdateRequest {
+                            user_id: user.clone(),
+                            update,
+                            verifier_threshold: None,
+                            wait_ms: 0,
+                            registration: None,
+                        }
                     };
                     let r = client.update(request).await.map_err(|s| crate::cli::call_failed("update", &s))?;
                     let r = r.into_inner();

@@ -264,6 +264,9 @@ pub struct Loaded {
     pub signing_key: SigningKey,
     /// The cluster token.
     pub cluster_token: String,
+    /// The realm file's `clock_skew_ms`: how far apart clocks may be when registration proofs
+    /// (attestations, ID tokens) are judged.
+    pub realm_clock_skew_ms: u64,
     /// The clock, storage engine, network and randomness to run with: production's unless
     /// a simulation or a test replaces them.
     pub seams: crate::seams::Seams,
@@ -304,9 +307,10 @@ impl NodeConfig {
 
         let realm_json = std::fs::read_to_string(&config.realm_file)
             .map_err(|e| Error::io(format!("reading the realm file {}", config.realm_file.display()), e))?;
-        let realm = RealmFile::from_json(&realm_json)
-            .and_then(|f| f.config())
+        let realm_file = RealmFile::from_json(&realm_json)
             .map_err(|e| Error::config_because(config.realm_file.display().to_string(), e))?;
+        let realm =
+            realm_file.config().map_err(|e| Error::config_because(config.realm_file.display().to_string(), e))?;
         let vrf = VrfSecretKey::from_seed(&read_secret32(&config.vrf_secret_key_file, "vrf_secret_key_file")?);
         if vrf.public_key() != realm.vrf_public_key {
             return Err(Error::config(format!(
@@ -329,7 +333,15 @@ impl NodeConfig {
             .trim()
             .to_owned();
         check_token(&cluster_token)?;
-        Ok(Loaded { config, realm, vrf, signing_key, cluster_token, seams: crate::seams::Seams::default() })
+        Ok(Loaded {
+            config,
+            realm,
+            vrf,
+            signing_key,
+            cluster_token,
+            realm_clock_skew_ms: realm_file.clock_skew_ms,
+            seams: crate::seams::Seams::default(),
+        })
     }
 
     /// Checks every setting against its range (a message names the key), then the relations

@@ -17,6 +17,7 @@ use crate::raft::network::PeerNetwork;
 use crate::raft::runtime;
 use crate::raft::sm_store::{StateLocation, StateMachineStore};
 use crate::raft::types::Raft;
+use crate::registration::Registrations;
 use crate::request_limits::{public_request_bytes_max, RequestLimits};
 use crate::seams::StorageEngine;
 use crate::service::PublicService;
@@ -106,7 +107,8 @@ pub async fn run_with(
     tracker: TaskTracker,
     threads: &ThreadSpawner,
 ) -> Result<(), Error> {
-    let Loaded { config, realm, vrf, signing_key, cluster_token, seams } = loaded;
+    let Loaded { config, realm, vrf, signing_key, cluster_token, realm_clock_skew_ms, seams } = loaded;
+    let registrations = Arc::new(Registrations::new(&realm, seams.clock.clone(), realm_clock_skew_ms));
     // A child: a Raft core that stops on its own stops the tasks, not the caller's token.
     let tasks = Tasks::new(shutdown.child_token(), tracker);
     check_data_dir(&config.data_dir)?;
@@ -175,7 +177,7 @@ pub async fn run_with(
     let request_deadline = Duration::from_millis(config.limits.wait_ms_max.saturating_add(5_000));
     let limits = config.limits;
     let public = tonic::service::Routes::new(
-        KeyraftServer::new(PublicService::new(node.clone()))
+        KeyraftServer::new(PublicService::new(node.clone(), registrations))
             .max_decoding_message_size(public_request_bytes_max(&limits))
             .max_encoding_message_size(PUBLIC_MESSAGE_BYTES_MAX),
     )

@@ -10,10 +10,10 @@ use crate::node::{Node, ProposeError};
 use crate::outcome::{self, rejection_status, Taken};
 use crate::page_token::{Cursor, Listing, PageTokens};
 use crate::raft::types::ApplyResponse;
+use crate::registration::Registrations;
 use crate::update_status::UpdateTracker;
 use keyraft_core::limits::{UPDATE_BYTES_MAX, USER_ID_BYTES_MAX};
 use keyraft_core::lookup::ratification_message;
-use keyraft_core::types::validate_user_id;
 use keyraft_core::update::check_update;
 use keyraft_core::vrf::VrfProof;
 use keyraft_core::{Command, EpochHead, Index, Update};
@@ -46,6 +46,8 @@ pub struct PublicService {
     watch_streams: Arc<std::sync::atomic::AtomicUsize>,
     /// Open `VerifierStream`s, against `limits.verifier_streams_max`.
     verifier_streams: Arc<std::sync::atomic::AtomicUsize>,
+    /// Who may register an identity.
+    registrations: Arc<Registrations>,
 }
 
 impl std::fmt::Debug for PublicService {
@@ -100,7 +102,7 @@ fn lagging(pinned: u64, newest: u64) -> Status {
 
 impl PublicService {
     /// The service of `node`.
-    pub fn new(node: Arc<Node>) -> Self {
+    pub fn new(node: Arc<Node>, registrations: Arc<Registrations>) -> Self {
         let tokens = node.page_tokens();
         Self {
             node,
@@ -109,12 +111,16 @@ impl PublicService {
             tokens,
             watch_streams: Arc::default(),
             verifier_streams: Arc::default(),
+            registrations,
         }
     }
 
-    pub(crate) fn check_user_id(user_id: &str) -> Result<(), Status> {
+    /// The id `user_id` stands for in the realm, the one its index and proofs are about: its
+    /// canonical form under protocol version 2 (docs/protocol.md section 3.1), the id as given
+    /// under version 1. The client computes the same with the same function.
+    pub(crate) fn check_user_id(&self, user_id: &str) -> Result<String, Status> {
         check_size(user_id.len(), USER_ID_BYTES_MAX, "user_id")?;
-        validate_user_id(user_id).map_err(|e| Status::invalid_argument(format!("user_id: {e}")))
+        self.node.realm.canonical_user_id(user_id).map_err(|e| Status::invalid_argument(format!("user_id: {e}")))
     }
 
     /// The user id's index and VRF proof (cached: proving costs about 130 us).
@@ -167,9 +173,9 @@ type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> +
 impl Keyraft for PublicService {
     async fn lookup(&self, request: Request<pb::LookupRequest>) -> Result<Response<pb::LookupResponse>, Status> {
         let req = request.into_inner();
-        Self::check_user_id(&req.user_id)?;
+        let user_id = self.check_user_id(&req.user_id)?;
         let threshold = self.check_threshold(req.verifier_threshold)?;
-        let (index, vrf_proof) = self.index_of(&req.user_id)?;
+        let (index, vrf_proof) = self.index_of(&user_id)?;
         let wait_ms = u64::from(req.wait_ms);
         self.node.read.check_reachable(req.epoch, "epoch")?;
         self.node.read.check_reachable(req.min_epoch, "min_epoch")?;
@@ -197,7 +203,7 @@ impl Keyraft for PublicService {
                 None => return Err(self.not_ratified_yet(req.min_epoch, threshold, Some(wait_ms))),
             }
         };
-        let proof = self.node.read.proof(&req.user_id, index, vrf_proof, epoch, threshold)?;
+        let proof = self.node.read.proof(&user_id, index, vrf_proof, epoch, threshold)?;
         // Lets a client say its quorum's newest epoch is behind the realm's (its verifiers lag).
         let newest = self.node.read.ratified_epoch();
         Ok(Response::new(LookupReply { proof, newest_epoch_hint: Some(newest.max(epoch)) }.into()))
@@ -207,10 +213,10 @@ impl Keyraft for PublicService {
         let req = request.into_inner();
         check_size(req.encoded_len(), self.node.limits.request_bytes_max, "the request")?;
         check_size(req.update.len(), UPDATE_BYTES_MAX, "update")?;
-        Self::check_user_id(&req.user_id)?;
+        let user_id = self.check_user_id(&req.user_id)?;
         let update: Update = canonical("update", &req.update).map_err(|e| e.to_status())?;
         let threshold = req.verifier_threshold.map(|t| self.check_threshold(t)).transpose()?;
-        let (index, vrf_proof) = self.index_of(&req.user_id)?;
+        let (index, vrf_proof) = self.index_of(&user_id)?;
         if update.signed.entry.index != index {
             return Err(Status::invalid_argument(
                 "update: the entry's index is not the VRF index of user_id (look the user id up first to learn it)",
@@ -229,6 +235,12 @@ impl Keyraft for PublicService {
                     {
                         self.updates.rejected(id, &reason);
                         return Err(rejection_status(&reason));
+                    }
+                    if current.is_none() {
+                        let proof = req.registration.as_ref().and_then(|r| r.proof.as_ref());
+                        // User ids stay out of logs: the state keeps none at rest, logs must not either.
+                        let admitted = self.registrations.check(&user_id, &id, proof)?;
+                        tracing::debug!(method = admitted.method(), "registration admitted");
                     }
                     None
                 }
@@ -259,9 +271,28 @@ impl Keyraft for PublicService {
                     "the update is in epoch {epoch}, which did not reach {t} verifier ratifications within {wait_ms} ms; look it up later"
                 )));
             }
-            proof = self.node.read.proof(&req.user_id, index, vrf_proof, epoch, t)?;
+            proof = self.node.read.proof(&user_id, index, vrf_proof, epoch, t)?;
         }
         Ok(Response::new(pb::UpdateResponse { update_id: id.to_vec(), epoch, duplicate, proof }))
+    }
+
+    async fn send_email_code(
+        &self,
+        request: Request<pb::SendEmailCodeRequest>,
+    ) -> Result<Response<pb::SendEmailCodeResponse>, Status> {
+        let req = request.into_inner();
+        let user_id = self.check_user_id(&req.user_id)?;
+        let update_id: [u8; 32] = req.update_id.as_slice().try_into().map_err(|_| {
+            Status::invalid_argument(format!("update_id must be 32 bytes, got {}", req.update_id.len()))
+        })?;
+        let (index, _) = self.index_of(&user_id)?;
+        if self.node.read.latest_update(&index)?.is_some() {
+            return Err(Status::failed_precondition(format!(
+                "{user_id:?} is already registered: its updates need its update policy's signatures, not a code"
+            )));
+        }
+        let (address, expires_ms) = self.registrations.send_email_code(&user_id, &update_id).await?;
+        Ok(Response::new(pb::SendEmailCodeResponse { address, expires_ms }))
     }
 
     async fn get_update_status(
@@ -350,10 +381,10 @@ impl Keyraft for PublicService {
 
     async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
         let req = request.into_inner();
-        Self::check_user_id(&req.user_id)?;
+        let user_id = self.check_user_id(&req.user_id)?;
         let size = page_size(req.page_size)?;
         let threshold = self.check_threshold(req.verifier_threshold)?;
-        let (index, vrf_proof) = self.index_of(&req.user_id)?;
+        let (index, vrf_proof) = self.index_of(&user_id)?;
         let listing = Listing::History(index);
         // A listing is pinned to the newest epoch satisfying the threshold, as a lookup
         // answers from: a newer one could not be proven with the ratifications asked for.
@@ -371,7 +402,7 @@ impl Keyraft for PublicService {
             },
         };
         let before = cursor.position.min(cursor.pinned.saturating_add(1));
-        let user_id = req.user_id;
+
         let (epochs, versions) = self
             .node
             .read
@@ -408,11 +439,10 @@ impl Keyraft for PublicService {
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let req = request.into_inner();
-        Self::check_user_id(&req.user_id)?;
+        let user_id = self.check_user_id(&req.user_id)?;
         let threshold = self.check_threshold(req.verifier_threshold)?;
-        let (index, vrf_proof) = self.index_of(&req.user_id)?;
-        let target =
-            crate::watch::Target { user_id: req.user_id, index, vrf_proof, threshold, from_epoch: req.from_epoch };
+        let (index, vrf_proof) = self.index_of(&user_id)?;
+        let target = crate::watch::Target { user_id, index, vrf_proof, threshold, from_epoch: req.from_epoch };
         let stream = crate::watch::start(self.node.clone(), target, &self.watch_streams)?;
         Ok(Response::new(Box::pin(stream)))
     }

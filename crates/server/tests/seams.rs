@@ -64,6 +64,7 @@ fn loaded(dir: &Path, epochs: EpochSettings, seams: Seams) -> Loaded {
         vrf: vrf(),
         signing_key: derive_signing_key(SEED, "replica-0"),
         cluster_token: TOKEN.into(),
+        realm_clock_skew_ms: 5_000,
         seams,
     }
 }

@@ -40,6 +40,7 @@ fn loaded(dir: &std::path::Path) -> Loaded {
         vrf,
         signing_key,
         cluster_token: "shutdown-test-cluster-token".into(),
+        realm_clock_skew_ms: 5_000,
         seams: Default::default(),
     }
 }
