@@ -48,7 +48,7 @@ pub struct UpdateOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegistrationProof {
     /// An attestation signed by one of the realm's registrar keys.
-    Attestation(Attestation),
+    Attestation(Box<Attestation>),
     /// An OpenID Connect ID token whose `nonce` is [`PreparedUpdate::oidc_nonce`].
     OidcIdToken(String),
     /// The code a replica mailed ([`Client::send_email_code`]).

@@ -26,8 +26,12 @@ pub enum Command {
     /// Key file tools.
     #[command(subcommand)]
     Key(crate::client_cmd::KeyCommand),
-    /// Registers an identity (version 0).
+    /// Registers an identity (version 0). In a realm that asks for a proof of the right to
+    /// the identity: `--prepare FILE`, get the proof, then `--prepared FILE` with it.
     Register(crate::client_cmd::UpdateArgs),
+    /// Registrar tools: attest a prepared registration.
+    #[command(subcommand)]
+    Registrar(crate::client_cmd::RegistrarCommand),
     /// Changes an identity's profile keys (those --set / --unset name; the others are kept), and
     /// optionally its owner or update policy.
     Update(crate::client_cmd::UpdateArgs),
@@ -113,6 +117,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Key(crate::client_cmd::KeyCommand::Migrate(args)) => crate::client_cmd::key_migrate(&args, out),
         Command::Register(args) => crate::client_cmd::update(&args, false, out),
         Command::Update(args) => crate::client_cmd::update(&args, true, out),
+        Command::Registrar(command) => crate::client_cmd::registrar(&command, out),
         Command::Lookup(args) => crate::client_cmd::lookup(&args, out),
         Command::Status(args) => crate::client_cmd::status(&args, out),
         Command::History(args) => crate::client_cmd::history(&args, out),

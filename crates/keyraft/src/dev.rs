@@ -9,6 +9,7 @@
 //! exiting, logged); ctrl-c or SIGTERM of `keyraft dev` stops them all gracefully.
 
 use keyraft_core::key_file::write_secret;
+use keyraft_core::registration::{Method, NamespaceRule, RegistrationPolicy};
 use keyraft_core::vrf::VrfSecretKey;
 use keyraft_core::{RealmConfig, RealmFile};
 use keyraft_server::config::{EpochSettings, NodeConfig, RaftSettings, VoterSpec};
@@ -57,6 +58,52 @@ pub struct DevArgs {
     /// (`verifier_stream_stall_ms` and `watch_stall_ms`; first start only; default 60000).
     #[arg(long)]
     pub stream_stall_ms: Option<u64>,
+    /// The realm's protocol version (first start only): 2 (canonical user ids, a
+    /// registration policy) or 1 (raw ids, first come, first served; for testing upgrades).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub protocol_version: u8,
+    /// Who may register identities (first start only): NAMESPACE=METHOD[,METHOD...], repeat
+    /// for several namespaces, the first matching decides. Methods: `open`, `registrar`,
+    /// `email`, `oidc` (with `--oidc-issuer` and `--oidc-audience`). Default: `*=open`, first
+    /// come, first served, which the summary says.
+    #[arg(long = "registration", value_name = "NAMESPACE=METHODS")]
+    pub registration: Vec<String>,
+    /// A registrar's public key (hex, or a `.pub` file from `keyraft keygen`) for the
+    /// `registrar` method; repeat for several (first start only).
+    #[arg(long = "registrar-key", value_name = "KEY")]
+    pub registrar_keys: Vec<String>,
+}
+
+/// The realm's registration policy from `--registration` and `--registrar-key`.
+fn registration_policy(args: &DevArgs) -> Result<RegistrationPolicy, Box<dyn std::error::Error>> {
+    let mut policy = RegistrationPolicy::open();
+    policy.registrar_keys = args
+        .registrar_keys
+        .iter()
+        .map(|k| crate::client_cmd::public_key_arg(k, "--registrar-key"))
+        .collect::<Result<_, _>>()?;
+    if args.registration.is_empty() {
+        return Ok(policy);
+    }
+    policy.rules.clear();
+    for spec in &args.registration {
+        let (namespace, methods) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("--registration {spec:?}: expected NAMESPACE=METHOD[,METHOD...]"))?;
+        let methods = methods
+            .split(',')
+            .map(|m| match m.trim() {
+                "open" => Ok(Method::Open),
+                "registrar" => Ok(Method::Registrar),
+                "email" => Ok(Method::Email),
+                other => {
+                    Err(format!("--registration {spec:?}: unknown method {other:?} (open, registrar, email, oidc)"))
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        policy.rules.push(NamespaceRule { namespace: namespace.to_owned(), methods });
+    }
+    Ok(policy)
 }
 
 fn node_config_path(dir: &Path, id: u64) -> PathBuf {
@@ -107,7 +154,13 @@ fn create(args: &DevArgs) -> CmdResult {
     }
     // A name of its own, so that proofs from two dev realms are told apart by name.
     let name = format!("dev-{}", hex::encode(rand::Rng::gen::<[u8; 4]>(&mut rng)));
-    let config = RealmConfig::new(name, VrfSecretKey::from_seed(&vrf_seed).public_key(), replica_keys, verifier_keys)?;
+    let mut config =
+        RealmConfig::new(name, VrfSecretKey::from_seed(&vrf_seed).public_key(), replica_keys, verifier_keys)?;
+    if args.protocol_version == 2 {
+        config = config.with_registration(registration_policy(args)?)?;
+    } else if !args.registration.is_empty() || !args.registrar_keys.is_empty() {
+        return Err("--registration and --registrar-key need --protocol-version 2".into());
+    }
     let mut voters = Vec::new();
     for id in 1..=args.replicas {
         let offset = u16::try_from(id).map_err(|_| "too many replicas")?;
@@ -451,6 +504,19 @@ fn summary(dir: &Path, realm: &RealmFile, listening: &[Listening], out: &mut dyn
     for n in 1..=realm.verifier_keys.len() {
         if verifier_config_path(dir, n).exists() {
             writeln!(out, "  verifier {n}: recomputes and ratifies every epoch (log: {d}/logs/verifier-{n}.log)")?;
+        }
+    }
+    match realm.config()?.registration {
+        None => writeln!(
+            out,
+            "  protocol version 1: user ids are taken as typed and anyone may register any identity (first come, first served)"
+        )?,
+        Some(policy) => {
+            for rule in &policy.rules {
+                let methods: Vec<String> = rule.methods.iter().map(ToString::to_string).collect();
+                let open = if rule.is_open() { " (OPEN: first come, first served)" } else { "" };
+                writeln!(out, "  registration of {:?}: {}{open}", rule.namespace, methods.join(", "))?;
+            }
         }
     }
     if realm.verifier_threshold > 0 {

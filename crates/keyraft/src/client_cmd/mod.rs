@@ -8,6 +8,7 @@
 mod history;
 mod keys;
 mod lookup;
+mod registrar;
 mod status;
 mod update;
 mod verify_proof;
@@ -16,8 +17,9 @@ mod watch;
 pub use history::{history, HistoryArgs};
 pub use keys::{key_migrate, keygen, KeyCommand, KeyMigrateArgs, KeygenArgs};
 pub use lookup::{lookup, LookupArgs};
+pub use registrar::{registrar, AttestArgs, RegistrarCommand};
 pub use status::{status, StatusArgs};
-pub use update::{update, UpdateArgs};
+pub use update::{public_key_arg, update, UpdateArgs};
 pub use verify_proof::{verify_proof, VerifyProofArgs};
 pub use watch::{watch, WatchArgs};
 

@@ -4,7 +4,8 @@
 use super::keys::load_key;
 use super::{client, count, runtime, CmdResult, RealmArgs};
 use ed25519_dalek::SigningKey;
-use keyraft_client::{public_key, ClientError, ProfileKeys};
+use keyraft_client::{public_key, ClientError, PreparedUpdate, ProfileKeys, RegistrationProof, UpdateOutcome};
+use keyraft_core::registration::Attestation;
 use keyraft_core::{key_file, Policy, PublicKey};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -17,12 +18,36 @@ pub struct UpdateArgs {
     /// Realm.
     pub realm: RealmArgs,
     /// The identity.
-    #[arg(long)]
-    pub user: String,
+    #[arg(long, required_unless_present = "prepared", conflicts_with = "prepared")]
+    pub user: Option<String>,
     /// A signer's secret key file (from `keyraft keygen`); repeat when the policy needs
     /// several signatures. For `register`, the first is the owner by default.
-    #[arg(long = "key", required = true)]
+    #[arg(long = "key", required_unless_present = "prepared")]
     pub keys: Vec<PathBuf>,
+    /// For `register` in a realm that asks for a proof of the right to the identity: build
+    /// and sign the registration, write it to this file and stop. It prints the update id
+    /// (for a registrar attestation or an e-mail code) and the OIDC nonce (for an ID token);
+    /// send it with `--prepared`.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["prepared", "attestation", "id_token", "email_code"])]
+    pub prepare: Option<PathBuf>,
+    /// Send the registration prepared with `--prepare` (the user and keys come from the file),
+    /// with its proof.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["keys", "new_key", "policy_keys", "set", "unset", "replace_profile"])]
+    pub prepared: Option<PathBuf>,
+    /// With `--prepared`: ask a replica to mail a registration code for it to the identity's
+    /// address, and stop; then send it with `--email-code`.
+    #[arg(long, requires = "prepared", conflicts_with_all = ["attestation", "id_token", "email_code"])]
+    pub send_email_code: bool,
+    /// The proof: a registrar attestation file (from `keyraft registrar attest`).
+    #[arg(long, value_name = "FILE", requires = "prepared", conflicts_with_all = ["id_token", "email_code"])]
+    pub attestation: Option<PathBuf>,
+    /// The proof: an OpenID Connect ID token whose nonce is the prepared update's (the token,
+    /// or @FILE holding it).
+    #[arg(long, value_name = "TOKEN|@FILE", requires = "prepared", conflicts_with = "email_code")]
+    pub id_token: Option<String>,
+    /// The proof: the code mailed after `--send-email-code`.
+    #[arg(long, value_name = "CODE", requires = "prepared")]
+    pub email_code: Option<String>,
     /// For `update`: hand the identity over to this key (the policy becomes this key alone;
     /// it signs too).
     #[arg(long, conflicts_with_all = ["policy_keys", "policy_threshold"])]
@@ -59,17 +84,21 @@ pub struct UpdateArgs {
     pub wait_ms: u32,
 }
 
-/// A public key given as hex or as a public key file (the `.pub` file `keyraft keygen` writes).
 fn policy_key(s: &str) -> Result<PublicKey, Box<dyn std::error::Error>> {
+    public_key_arg(s, "--policy-key")
+}
+
+/// A public key given as hex or as a public key file (the `.pub` file `keyraft keygen`
+/// writes); `flag` names the option in errors.
+pub fn public_key_arg(s: &str, flag: &str) -> Result<PublicKey, Box<dyn std::error::Error>> {
     if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        let bytes: [u8; 32] =
-            hex::decode(s)?.try_into().map_err(|_| format!("--policy-key {s:?}: expected 32 bytes"))?;
-        return Ok(PublicKey::from_bytes(&bytes).map_err(|e| format!("--policy-key {s:?}: {e}"))?);
+        let bytes: [u8; 32] = hex::decode(s)?.try_into().map_err(|_| format!("{flag} {s:?}: expected 32 bytes"))?;
+        return Ok(PublicKey::from_bytes(&bytes).map_err(|e| format!("{flag} {s:?}: {e}"))?);
     }
     let path = std::path::Path::new(s);
-    let read = key_file::read_public(path, "--policy-key")?;
+    let read = key_file::read_public(path, flag)?;
     if read.legacy {
-        tracing::warn!("{}", key_file::legacy_warning(path, "--policy-key"));
+        tracing::warn!("{}", key_file::legacy_warning(path, flag));
     }
     Ok(read.key)
 }
@@ -114,8 +143,76 @@ fn parse_set(set: &[String]) -> Result<BTreeMap<String, Vec<u8>>, Box<dyn std::e
     Ok(out)
 }
 
+/// Reads an attestation file: the hex of its canonical bytes (what `keyraft registrar attest`
+/// writes).
+pub(super) fn read_attestation(path: &std::path::Path) -> Result<Attestation, Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--attestation: reading {}: {e}", path.display()))?;
+    let bytes = hex::decode(text.trim())
+        .map_err(|e| format!("--attestation {}: not the hex of an attestation: {e}", path.display()))?;
+    Ok(keyraft_core::decode_canonical(&bytes).map_err(|e| format!("--attestation {}: {e}", path.display()))?)
+}
+
+/// Reads a prepared update file.
+pub(super) fn read_prepared(path: &std::path::Path, flag: &str) -> Result<PreparedUpdate, Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{flag}: reading {}: {e}", path.display()))?;
+    Ok(PreparedUpdate::from_json(&text).map_err(|e| format!("{flag} {}: {e}", path.display()))?)
+}
+
+fn registration_proof(args: &UpdateArgs) -> Result<Option<RegistrationProof>, Box<dyn std::error::Error>> {
+    if let Some(path) = &args.attestation {
+        return Ok(Some(RegistrationProof::Attestation(Box::new(read_attestation(path)?))));
+    }
+    if let Some(token) = &args.id_token {
+        let token = match token.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path).map_err(|e| format!("--id-token: reading {path}: {e}"))?,
+            None => token.clone(),
+        };
+        return Ok(Some(RegistrationProof::OidcIdToken(token.trim().to_owned())));
+    }
+    Ok(args.email_code.clone().map(RegistrationProof::EmailCode))
+}
+
+/// `keyraft register --prepared`: send a prepared registration with its proof, or ask for an
+/// e-mail code for it.
+fn send_prepared(args: &UpdateArgs, path: &std::path::Path, out: &mut dyn Write) -> CmdResult {
+    let rt = runtime()?;
+    let _entered = rt.enter();
+    let prepared = read_prepared(path, "--prepared")?;
+    let client = client(&args.realm)?;
+    if args.send_email_code {
+        let (address, expires_ms) = rt.block_on(client.send_email_code(&prepared))?;
+        writeln!(
+            out,
+            "a registration code for {:?} was mailed to {address}; it expires at {} (in {} s)",
+            prepared.user_id,
+            keyraft_core::human::utc(expires_ms),
+            expires_ms.saturating_sub(keyraft_client::now_ms()) / 1000
+        )?;
+        writeln!(
+            out,
+            "  then: keyraft register --realm {} --prepared {} --email-code CODE",
+            args.realm.realm.display(),
+            path.display()
+        )?;
+        return Ok(());
+    }
+    let proof = registration_proof(args)?;
+    let wait = args.wait.then_some(args.wait_ms);
+    let result = rt.block_on(client.send_prepared(&prepared, proof.as_ref(), wait));
+    report(args, false, &prepared.user_id, result, out)
+}
+
 /// `keyraft register` (`is_update == false`) and `keyraft update`.
 pub fn update(args: &UpdateArgs, is_update: bool, out: &mut dyn Write) -> CmdResult {
+    if is_update && (args.prepare.is_some() || args.prepared.is_some()) {
+        return Err(
+            "update: --prepare and --prepared are for `register` (a change needs no proof but its signatures)".into()
+        );
+    }
+    if let Some(path) = &args.prepared {
+        return send_prepared(args, path, out);
+    }
+    let user = args.user.as_deref().ok_or("--user is required")?;
     let rt = runtime()?;
     let _entered = rt.enter();
     // Key files first: the wrong kind of file is the caller's mistake whatever the realm is.
@@ -131,7 +228,7 @@ pub fn update(args: &UpdateArgs, is_update: bool, out: &mut dyn Write) -> CmdRes
         None => new_key.as_ref().map(|k| Policy::single(public_key(k))),
     };
     let client = client(&args.realm)?;
-    let mut builder = if is_update { client.change(&args.user) } else { client.registration(&args.user, owner) };
+    let mut builder = if is_update { client.change(user) } else { client.registration(user, owner) };
     for k in keys.iter().chain(new_key.as_ref()) {
         builder = builder.signer(k);
     }
@@ -141,15 +238,42 @@ pub fn update(args: &UpdateArgs, is_update: bool, out: &mut dyn Write) -> CmdRes
     if args.wait {
         builder = builder.wait_for_quorum().wait_ms(args.wait_ms);
     }
+    let builder = builder.profile_keys(profile);
+    if let Some(path) = &args.prepare {
+        let prepared = rt.block_on(builder.prepare())?;
+        std::fs::write(path, prepared.to_json()).map_err(|e| format!("--prepare: writing {}: {e}", path.display()))?;
+        writeln!(out, "prepared the registration of {:?} in {}", prepared.user_id, path.display())?;
+        writeln!(out, "  update id:  {}", hex::encode(prepared.update_id()))?;
+        writeln!(out, "  OIDC nonce: {}", prepared.oidc_nonce())?;
+        writeln!(
+            out,
+            "  get a proof for it (`keyraft registrar attest --prepared {0}`, an ID token with that nonce, or \
+             `keyraft register --prepared {0} --send-email-code`), then send it with `keyraft register --prepared {0} ...`",
+            path.display()
+        )?;
+        return Ok(());
+    }
+    let result = rt.block_on(builder.send());
+    report(args, is_update, user, result, out)
+}
+
+/// Prints what became of an update.
+fn report(
+    args: &UpdateArgs,
+    is_update: bool,
+    user: &str,
+    result: Result<UpdateOutcome, ClientError>,
+    out: &mut dyn Write,
+) -> CmdResult {
     let what = if is_update { "updated" } else { "registered" };
-    let outcome = match rt.block_on(builder.profile_keys(profile).send()) {
+    let outcome = match result {
         Ok(outcome) => outcome,
         Err(ClientError::NotRatifiedYet { update_id, epoch, verifiers }) => {
             let id = hex::encode(&update_id);
             writeln!(
                 out,
                 "{what} {:?}: accepted in epoch {epoch}; not yet ratified by {} within {} ms (update id {id})",
-                args.user,
+                user,
                 count(verifiers as u64, "verifier"),
                 args.wait_ms
             )?;
@@ -157,7 +281,7 @@ pub fn update(args: &UpdateArgs, is_update: bool, out: &mut dyn Write) -> CmdRes
                 out,
                 "  the update stays applied: do not resend it; `keyraft status --realm {} {id} --user {}` tells its epoch, `keyraft lookup` proves it once ratified",
                 args.realm.realm.display(),
-                args.user
+                user
             )?;
             return Err(crate::cli::Exit(crate::cli::EXIT_NOT_RATIFIED).into());
         }
@@ -168,7 +292,7 @@ pub fn update(args: &UpdateArgs, is_update: bool, out: &mut dyn Write) -> CmdRes
         writeln!(
             out,
             "{what} {:?}: the update was already applied in epoch {} (an earlier attempt went through; update id {})",
-            args.user,
+            user,
             outcome.epoch,
             hex::encode(&outcome.update_id)
         )?;
@@ -176,7 +300,7 @@ pub fn update(args: &UpdateArgs, is_update: bool, out: &mut dyn Write) -> CmdRes
         writeln!(
             out,
             "{what} {:?}: accepted in epoch {} (update id {})",
-            args.user,
+            user,
             outcome.epoch,
             hex::encode(&outcome.update_id)
         )?;

@@ -28,7 +28,7 @@ pub enum Admitted {
     /// The identity's namespace is open.
     Open,
     /// A registrar attested it.
-    Registrar(Verified<Attestation>),
+    Registrar(Box<Verified<Attestation>>),
 }
 
 impl Admitted {
@@ -96,7 +96,7 @@ impl Registrations {
                     self.skew_ms,
                 )
                 .map_err(|e| Status::permission_denied(format!("registration refused: {e}")))?;
-                Ok(Admitted::Registrar(verified))
+                Ok(Admitted::Registrar(Box::new(verified)))
             }
             Proof::OidcIdToken(_) => {
                 require(rule, |m| matches!(m, Method::Oidc { .. }), "an OIDC ID token")?;
