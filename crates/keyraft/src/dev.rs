@@ -11,7 +11,7 @@
 use keyraft_core::key_file::write_secret;
 use keyraft_core::vrf::VrfSecretKey;
 use keyraft_core::{RealmConfig, RealmFile};
-use keyraft_server::config::{EpochSettings, NodeConfig, RaftSettings, VoterSpec};
+use keyraft_server::config::{EpochSettings, Limits, NodeConfig, RaftSettings, VoterSpec};
 use keyraft_server::peer_client::connect_lazy;
 use keyraft_server::Listening;
 use std::io::Write;
@@ -57,6 +57,12 @@ pub struct DevArgs {
     /// (`verifier_stream_stall_ms` and `watch_stall_ms`; first start only; default 60000).
     #[arg(long)]
     pub stream_stall_ms: Option<u64>,
+    /// Keep the production rate limits (`[limits]` `rate_*`) for loopback clients too (first
+    /// start only). Without it the replicas exempt loopback (`rate_exempt_addresses`): a dev
+    /// realm's clients are the developer, its tests and `keyraft bench`, and load tests run
+    /// against a realm configured for them.
+    #[arg(long)]
+    pub rate_limits: bool,
 }
 
 fn node_config_path(dir: &Path, id: u64) -> PathBuf {
@@ -136,20 +142,27 @@ fn create(args: &DevArgs) -> CmdResult {
                 ..EpochSettings::default()
             },
             raft: RaftSettings::default(),
-            limits: match args.stream_stall_ms {
-                Some(ms) => keyraft_server::config::Limits {
-                    verifier_stream_stall_ms: ms,
-                    watch_stall_ms: ms,
-                    ..Default::default()
-                },
-                None => Default::default(),
-            },
+            limits: dev_limits(args)?,
             storage: Default::default(),
             voters: voters.clone(),
         };
         std::fs::write(node_config_path(dir, v.id), toml::to_string_pretty(&node)?)?;
     }
     Ok(())
+}
+
+/// The replicas' `[limits]`: the defaults, with `--stream-stall-ms` and loopback exempt from
+/// the rate limits unless `--rate-limits`.
+fn dev_limits(args: &DevArgs) -> Result<Limits, Box<dyn std::error::Error>> {
+    let mut limits = Limits::default();
+    if let Some(ms) = args.stream_stall_ms {
+        limits.verifier_stream_stall_ms = ms;
+        limits.watch_stall_ms = ms;
+    }
+    if !args.rate_limits {
+        limits.rate_exempt_addresses = vec!["127.0.0.0/8".parse()?, "::1".parse()?];
+    }
+    Ok(limits)
 }
 
 fn spawn(dir: &Path, id: u64) -> Result<Child, Box<dyn std::error::Error>> {

@@ -3,13 +3,14 @@
 //!
 //! Error statuses follow `proto/keyraft/v1/keyraft.proto`: INVALID_ARGUMENT for malformed
 //! input (naming the field), FAILED_PRECONDITION for conflicts with the state,
-//! RESOURCE_EXHAUSTED over a size limit, UNAVAILABLE (with a `leader-hint`) when no leader is
+//! RESOURCE_EXHAUSTED over a size or rate limit (a rate limit adds `retry-after-ms`), UNAVAILABLE (with a `leader-hint`) when no leader is
 //! known or a retry will help, DEADLINE_EXCEEDED when a wait runs out.
 
 use crate::node::{Node, ProposeError};
 use crate::outcome::{self, rejection_status, Taken};
 use crate::page_token::{Cursor, Listing, PageTokens};
 use crate::raft::types::ApplyResponse;
+use crate::rate_limits::RateLimits;
 use crate::update_status::UpdateTracker;
 use keyraft_core::limits::{UPDATE_BYTES_MAX, USER_ID_BYTES_MAX};
 use keyraft_core::lookup::ratification_message;
@@ -46,6 +47,8 @@ pub struct PublicService {
     watch_streams: Arc<std::sync::atomic::AtomicUsize>,
     /// Open `VerifierStream`s, against `limits.verifier_streams_max`.
     verifier_streams: Arc<std::sync::atomic::AtomicUsize>,
+    /// Abuse limits per client address and per identity (`limits.rate_*`).
+    pub(crate) rate_limits: Arc<RateLimits>,
 }
 
 impl std::fmt::Debug for PublicService {
@@ -99,10 +102,11 @@ fn lagging(pinned: u64, newest: u64) -> Status {
 }
 
 impl PublicService {
-    /// The service of `node`.
-    pub fn new(node: Arc<Node>) -> Self {
+    /// The service of `node`, refusing requests over `rate_limits`.
+    pub fn new(node: Arc<Node>, rate_limits: RateLimits) -> Self {
         let tokens = node.page_tokens();
         Self {
+            rate_limits: Arc::new(rate_limits),
             node,
             vrf_cache: Arc::default(),
             updates: UpdateTracker::default(),
@@ -166,8 +170,10 @@ type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> +
 #[tonic::async_trait]
 impl Keyraft for PublicService {
     async fn lookup(&self, request: Request<pb::LookupRequest>) -> Result<Response<pb::LookupResponse>, Status> {
+        let peer = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
         Self::check_user_id(&req.user_id)?;
+        self.rate_limits.check_lookup(peer, &req.user_id)?;
         let threshold = self.check_threshold(req.verifier_threshold)?;
         let (index, vrf_proof) = self.index_of(&req.user_id)?;
         let wait_ms = u64::from(req.wait_ms);
@@ -204,6 +210,7 @@ impl Keyraft for PublicService {
     }
 
     async fn update(&self, request: Request<pb::UpdateRequest>) -> Result<Response<pb::UpdateResponse>, Status> {
+        let peer = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
         check_size(req.encoded_len(), self.node.limits.request_bytes_max, "the request")?;
         check_size(req.update.len(), UPDATE_BYTES_MAX, "update")?;
@@ -217,8 +224,10 @@ impl Keyraft for PublicService {
             ));
         }
         let id = update.id();
+        let current = self.node.read.latest_update(&index)?;
+        // Before any check of the update: failed attempts count too.
+        self.rate_limits.check_update(peer, &index, current.is_none())?;
         let duplicate_epoch = {
-            let current = self.node.read.latest_update(&index)?;
             match &current {
                 Some((epoch, stored)) if stored.id() == id => Some(*epoch),
                 _ => {
