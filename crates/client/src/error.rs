@@ -27,7 +27,7 @@ pub enum ClientError {
     /// acts on) sent too many requests: the caller's rate, not a server fault. Not retried
     /// here, neither on another replica (each counts its own) nor after the wait: the caller
     /// decides whether to wait `retry_after_ms` and try again.
-    #[error("rate limited, retry in {retry_after_ms} ms: {message}")]
+    #[error("rate limited (the caller's rate, not a server fault; retry in {retry_after_ms} ms): {message}")]
     RateLimited {
         /// The replica's explanation: which limit, with its configuration keys.
         message: String,
@@ -263,7 +263,10 @@ mod rate_limit_tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(e.to_string().starts_with("rate limited, retry in 1250 ms: "), "{e}");
+        assert!(
+            e.to_string().starts_with("rate limited (the caller's rate, not a server fault; retry in 1250 ms): "),
+            "{e}"
+        );
         assert!(!e.try_elsewhere() && !e.is_misbehavior());
         // Without the metadata (a size limit), RESOURCE_EXHAUSTED stays a refusal.
         let size = status_error("a", &tonic::Status::resource_exhausted("the request is 2000000 bytes"));
