@@ -531,7 +531,7 @@ impl RateLimits {
         }
     }
 
-    /// The key of the client at `peer`, or `None` when it is exempt or unknown.
+    /// Who `peer` is to the limits: exempt, unknown (no address), or its address's key.
     fn client(&self, peer: Option<IpAddr>) -> Client {
         match peer {
             None => Client::Unknown,

@@ -3,8 +3,9 @@
 //!
 //! Error statuses follow `proto/keyraft/v1/keyraft.proto`: INVALID_ARGUMENT for malformed
 //! input (naming the field), FAILED_PRECONDITION for conflicts with the state,
-//! RESOURCE_EXHAUSTED over a size or rate limit (a rate limit adds `retry-after-ms`), UNAVAILABLE (with a `leader-hint`) when no leader is
-//! known or a retry will help, DEADLINE_EXCEEDED when a wait runs out.
+//! RESOURCE_EXHAUSTED over a size or rate limit (a rate limit adds `retry-after-ms`,
+//! [`crate::rate_limits`]), UNAVAILABLE (with a `leader-hint`) when no leader is known or a
+//! retry will help, DEADLINE_EXCEEDED when a wait runs out.
 
 use crate::node::{Node, ProposeError};
 use crate::outcome::{self, rejection_status, Taken};
