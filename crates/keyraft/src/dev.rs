@@ -496,3 +496,37 @@ fn summary(dir: &Path, realm: &RealmFile, listening: &[Listening], out: &mut dyn
     writeln!(out, "ctrl-c stops the realm; running `{exe} dev` again restarts it with the same keys and data.")?;
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    fn args(rate_limits: bool) -> DevArgs {
+        DevArgs {
+            dir: "unused".into(),
+            base_port: 0,
+            replicas: 3,
+            min_epoch_interval_ms: 500,
+            max_epoch_interval_ms: 5_000,
+            verifier_count: 1,
+            exit_when_ready: true,
+            stream_stall_ms: Some(2_000),
+            rate_limits,
+        }
+    }
+
+    #[test]
+    fn a_dev_realm_exempts_loopback_from_rate_limits_unless_asked_to_keep_them() {
+        let exempt =
+            |l: &Limits, ip: &str| l.rate_exempt_addresses.iter().any(|r| r.contains(ip.parse::<IpAddr>().unwrap()));
+        let dev = dev_limits(&args(false)).unwrap();
+        assert!(exempt(&dev, "127.0.0.1") && exempt(&dev, "127.0.0.2") && exempt(&dev, "::1"));
+        assert!(!exempt(&dev, "192.0.2.1"));
+        assert_eq!(dev.watch_stall_ms, 2_000);
+        let kept = dev_limits(&args(true)).unwrap();
+        assert!(!exempt(&kept, "127.0.0.1"));
+        assert_eq!(kept.rate_updates_per_address_per_minute, Limits::default().rate_updates_per_address_per_minute);
+    }
+}

@@ -359,8 +359,11 @@ impl Keyraft for PublicService {
     }
 
     async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
+        let peer = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
         Self::check_user_id(&req.user_id)?;
+        // Its answer holds the user id's index too: the same VRF oracle as a lookup.
+        self.rate_limits.check_lookup(peer, &req.user_id)?;
         let size = page_size(req.page_size)?;
         let threshold = self.check_threshold(req.verifier_threshold)?;
         let (index, vrf_proof) = self.index_of(&req.user_id)?;
@@ -417,8 +420,11 @@ impl Keyraft for PublicService {
     type WatchStream = BoxStream<pb::WatchEvent>;
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let peer = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
         Self::check_user_id(&req.user_id)?;
+        // Its answer holds the user id's index too: the same VRF oracle as a lookup.
+        self.rate_limits.check_lookup(peer, &req.user_id)?;
         let threshold = self.check_threshold(req.verifier_threshold)?;
         let (index, vrf_proof) = self.index_of(&req.user_id)?;
         let target =
