@@ -1,5 +1,5 @@
 //! Rate limits against real replicas (issue 13, section 3): a client over its updates or its
-//! lookups of new user ids is refused with RESOURCE_EXHAUSTED and `retry-after-ms`, the client
+//! lookups (and histories) of new user ids is refused with RESOURCE_EXHAUSTED and `retry-after-ms`, the client
 //! library and the CLI say it is the caller's rate, and a retry after the wait succeeds.
 //!
 //! `keyraft dev` exempts loopback from the rate limits (its realms serve tests and load
@@ -76,7 +76,8 @@ fn a_rate_limited_client_is_told_how_long_to_wait_and_then_succeeds() {
     // stay free.
     let _g = realm.runtime.enter();
     let endpoint = format!("http://{}", realm.public_addr(0));
-    let mut raw = KeyraftClient::new(tonic::transport::Endpoint::from_shared(endpoint).unwrap().connect_lazy());
+    let channel = tonic::transport::Endpoint::from_shared(endpoint).unwrap().connect_lazy();
+    let mut raw = KeyraftClient::new(channel.clone());
     let mut lookup = |user: &str| {
         realm.runtime.block_on(raw.lookup(pb::LookupRequest { user_id: user.into(), ..Default::default() }))
     };
@@ -91,6 +92,13 @@ fn a_rate_limited_client_is_told_how_long_to_wait_and_then_succeeds() {
         })
         .expect("the distinct-lookup limit is hit");
     lookup(&user).expect("a user id this address looked up recently is free");
+    // History by user id reveals the index too: it shares the bucket.
+    let history = |user: &str| {
+        let request = pb::HistoryRequest { user_id: user.into(), ..Default::default() };
+        realm.runtime.block_on(KeyraftClient::new(channel.clone()).history(request))
+    };
+    retry_after_ms(&history("another-stranger@example.com").unwrap_err(), key);
+    history(&user).expect("a history of a user id this address looked up recently is free");
     std::thread::sleep(Duration::from_millis(wait_ms));
     lookup(&new_id).expect("a lookup after the wait");
 
