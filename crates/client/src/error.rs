@@ -23,6 +23,17 @@ pub enum ClientError {
     /// No replica answered usefully; try again later.
     #[error("try again: {0}")]
     Unavailable(String),
+    /// A replica refused the request because this caller (its address, or the identity it
+    /// acts on) sent too many requests: the caller's rate, not a server fault. Not retried
+    /// here, neither on another replica (each counts its own) nor after the wait: the caller
+    /// decides whether to wait `retry_after_ms` and try again.
+    #[error("rate limited (the caller's rate, not a server fault; retry in {retry_after_ms} ms): {message}")]
+    RateLimited {
+        /// The replica's explanation: which limit, with its configuration keys.
+        message: String,
+        /// Milliseconds until a retry can succeed, as the replica said (its `retry-after-ms`).
+        retry_after_ms: u64,
+    },
     /// A replica sent an answer that does not verify: it is faulty or lying. Keep the proof.
     #[error("the server misbehaved: {0}")]
     Misbehaved(#[from] VerifyError),
@@ -146,8 +157,22 @@ pub(crate) fn verify_classified<T>(
     }
 }
 
+/// The metadata of a rate-limit refusal: integer milliseconds until a retry can succeed (the
+/// server's `rate_limits::RETRY_AFTER_MS_METADATA`).
+pub(crate) const RETRY_AFTER_MS_METADATA: &str = "retry-after-ms";
+
 pub(crate) fn status_error(endpoint: &str, status: &tonic::Status) -> ClientError {
     use tonic::Code;
+    if status.code() == Code::ResourceExhausted {
+        let retry_after_ms = status
+            .metadata()
+            .get(RETRY_AFTER_MS_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(retry_after_ms) = retry_after_ms {
+            return ClientError::RateLimited { message: format!("{endpoint}: {}", status.message()), retry_after_ms };
+        }
+    }
     let message = format!("{endpoint}: {}", status_in_words(status));
     match status.code() {
         Code::Unavailable
@@ -218,5 +243,36 @@ pub fn status_in_words(status: &tonic::Status) -> String {
     match status.message() {
         "" => code_in_words(status.code()).to_owned(),
         message => format!("{}: {message}", code_in_words(status.code())),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod rate_limit_tests {
+    use super::*;
+
+    #[test]
+    fn resource_exhausted_with_retry_after_is_the_callers_rate_limit() {
+        let mut status = tonic::Status::resource_exhausted("rate limited: updates from this client address ...");
+        status.metadata_mut().insert(RETRY_AFTER_MS_METADATA, 1_250u64.into());
+        let e = status_error("127.0.0.1:7001", &status);
+        match &e {
+            ClientError::RateLimited { message, retry_after_ms } => {
+                assert_eq!(*retry_after_ms, 1_250);
+                assert!(message.starts_with("127.0.0.1:7001: rate limited: updates"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            e.to_string().starts_with("rate limited (the caller's rate, not a server fault; retry in 1250 ms): "),
+            "{e}"
+        );
+        assert!(!e.try_elsewhere() && !e.is_misbehavior());
+        // Without the metadata (a size limit), RESOURCE_EXHAUSTED stays a refusal.
+        let size = status_error("a", &tonic::Status::resource_exhausted("the request is 2000000 bytes"));
+        assert!(matches!(size, ClientError::Refused { code: tonic::Code::ResourceExhausted, .. }), "{size:?}");
+        let mut garbled = tonic::Status::resource_exhausted("x");
+        garbled.metadata_mut().insert(RETRY_AFTER_MS_METADATA, "soon".parse().unwrap());
+        assert!(matches!(status_error("a", &garbled), ClientError::Refused { .. }));
     }
 }

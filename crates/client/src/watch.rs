@@ -109,8 +109,11 @@ impl Watch {
                     }
                     Err(status) => {
                         let e = status_error(addr, &status);
-                        // A replica at its stream cap says to watch through another one.
-                        if !e.try_elsewhere() && status.code() != tonic::Code::ResourceExhausted {
+                        // A replica at its stream cap says to watch through another one; a
+                        // rate limit is the caller's to wait out, on any replica.
+                        let stream_cap = status.code() == tonic::Code::ResourceExhausted
+                            && !matches!(e, ClientError::RateLimited { .. });
+                        if !e.try_elsewhere() && !stream_cap {
                             return Err(e);
                         }
                         tracing::debug!(endpoint = %addr, error = %e, "watch: trying the next endpoint");

@@ -12,7 +12,7 @@ use keyraft_core::key_file::write_secret;
 use keyraft_core::registration::{Method, NamespaceRule, RegistrationPolicy};
 use keyraft_core::vrf::VrfSecretKey;
 use keyraft_core::{RealmConfig, RealmFile};
-use keyraft_server::config::{EpochSettings, NodeConfig, RaftSettings, VoterSpec};
+use keyraft_server::config::{EpochSettings, Limits, NodeConfig, RaftSettings, VoterSpec};
 use keyraft_server::peer_client::connect_lazy;
 use keyraft_server::Listening;
 use std::io::Write;
@@ -72,6 +72,12 @@ pub struct DevArgs {
     /// `registrar` method; repeat for several (first start only).
     #[arg(long = "registrar-key", value_name = "KEY")]
     pub registrar_keys: Vec<String>,
+    /// Keep the production rate limits (`[limits]` `rate_*`) for loopback clients too (first
+    /// start only). Without it the replicas exempt loopback (`rate_exempt_addresses`): a dev
+    /// realm's clients are the developer, its tests and `keyraft bench`, and load tests run
+    /// against a realm configured for them.
+    #[arg(long)]
+    pub rate_limits: bool,
 }
 
 /// The realm's registration policy from `--registration` and `--registrar-key`.
@@ -189,20 +195,27 @@ fn create(args: &DevArgs) -> CmdResult {
                 ..EpochSettings::default()
             },
             raft: RaftSettings::default(),
-            limits: match args.stream_stall_ms {
-                Some(ms) => keyraft_server::config::Limits {
-                    verifier_stream_stall_ms: ms,
-                    watch_stall_ms: ms,
-                    ..Default::default()
-                },
-                None => Default::default(),
-            },
+            limits: dev_limits(args)?,
             storage: Default::default(),
             voters: voters.clone(),
         };
         std::fs::write(node_config_path(dir, v.id), toml::to_string_pretty(&node)?)?;
     }
     Ok(())
+}
+
+/// The replicas' `[limits]`: the defaults, with `--stream-stall-ms` and loopback exempt from
+/// the rate limits unless `--rate-limits`.
+fn dev_limits(args: &DevArgs) -> Result<Limits, Box<dyn std::error::Error>> {
+    let mut limits = Limits::default();
+    if let Some(ms) = args.stream_stall_ms {
+        limits.verifier_stream_stall_ms = ms;
+        limits.watch_stall_ms = ms;
+    }
+    if !args.rate_limits {
+        limits.rate_exempt_addresses = vec!["127.0.0.0/8".parse()?, "::1".parse()?];
+    }
+    Ok(limits)
 }
 
 fn spawn(dir: &Path, id: u64) -> Result<Child, Box<dyn std::error::Error>> {
@@ -548,4 +561,37 @@ fn summary(dir: &Path, realm: &RealmFile, listening: &[Listening], out: &mut dyn
     writeln!(out)?;
     writeln!(out, "ctrl-c stops the realm; running `{exe} dev` again restarts it with the same keys and data.")?;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    fn args(rate_limits: bool) -> DevArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            dev: DevArgs,
+        }
+        let mut argv = vec!["keyraft-dev", "--dir", "unused", "--stream-stall-ms", "2000"];
+        if rate_limits {
+            argv.push("--rate-limits");
+        }
+        <Cli as clap::Parser>::try_parse_from(argv).unwrap().dev
+    }
+
+    #[test]
+    fn a_dev_realm_exempts_loopback_from_rate_limits_unless_asked_to_keep_them() {
+        let exempt =
+            |l: &Limits, ip: &str| l.rate_exempt_addresses.iter().any(|r| r.contains(ip.parse::<IpAddr>().unwrap()));
+        let dev = dev_limits(&args(false)).unwrap();
+        assert!(exempt(&dev, "127.0.0.1") && exempt(&dev, "127.0.0.2") && exempt(&dev, "::1"));
+        assert!(!exempt(&dev, "192.0.2.1"));
+        assert_eq!(dev.watch_stall_ms, 2_000);
+        let kept = dev_limits(&args(true)).unwrap();
+        assert!(!exempt(&kept, "127.0.0.1"));
+        assert_eq!(kept.rate_updates_per_address_per_minute, Limits::default().rate_updates_per_address_per_minute);
+    }
 }

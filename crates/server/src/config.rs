@@ -23,6 +23,7 @@
 //! Relative paths are relative to the configuration file's directory. Every section but the
 //! first block has defaults; see [`RaftSettings`] and [`Limits`].
 
+use crate::rate_limits::AddressRange;
 use crate::server::PUBLIC_MESSAGE_BYTES_MAX;
 use crate::Error;
 use ed25519_dalek::SigningKey;
@@ -153,11 +154,29 @@ pub const STALL_MS_MIN: u64 = 1_000;
 /// connections_per_address_max = 1000
 /// connections_max = 10000
 /// streams_per_connection_max = 100
+/// # Rate limits of the public service (crate::rate_limits); a rate of 0 turns its limit off.
+/// rate_exempt_addresses = []                     # e.g. ["10.1.0.0/16", "192.0.2.7"]
+/// rate_updates_per_address_per_minute = 600
+/// rate_updates_per_address_burst = 100
+/// rate_updates_per_identity_per_minute = 12
+/// rate_updates_per_identity_burst = 10
+/// rate_registrations_per_address_per_hour = 20
+/// rate_registrations_per_address_burst = 10
+/// rate_lookups_distinct_per_address_per_minute = 300
+/// rate_lookups_distinct_per_address_burst = 1000
+/// rate_email_codes_per_address_per_hour = 20
+/// rate_email_codes_per_address_burst = 5
+/// rate_email_codes_per_identity_per_hour = 6
+/// rate_email_codes_per_identity_burst = 3
+/// rate_keys_max = 100000
 /// ```
 ///
 /// The connection limits apply to the public and the peer listener alike, each counting its
-/// own connections.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+/// own connections. The rate limits are per replica: a client spreading its requests over
+/// the realm's replicas gets each replica's rate. Each is a token bucket: `_burst` requests at
+/// once, then one more each period divided by the rate. A client address is an IPv4 address or
+/// an IPv6 /64.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest public request accepted, in bytes.
@@ -200,6 +219,50 @@ pub struct Limits {
     /// Lookups read in place and never wait behind them. Default: half the host's cores, at
     /// least 1, so that listings never take every core from lookups.
     pub storage_reads_max: usize,
+    /// Client addresses, or networks in CIDR form (`10.1.0.0/16`), that no rate limit applies
+    /// to, not even per identity: trusted frontends that enforce their own limits, load
+    /// generators. Load tests run against a realm configured for them.
+    pub rate_exempt_addresses: Vec<AddressRange>,
+    /// Updates per client address, per minute. Default 600 (10 per second): people update
+    /// their keys rarely, but an address may be a NAT of many people; one address cannot take
+    /// more than a small share of a replica's few thousand updates per second.
+    pub rate_updates_per_address_per_minute: u32,
+    /// Updates per client address at once. Default 100: a client registering a household's or
+    /// a small team's keys in one go.
+    pub rate_updates_per_address_burst: u32,
+    /// Updates of one identity (its VRF index), from any address, per minute. Default 12 (one
+    /// every 5 s): an identity changes its key a few times a year; many addresses hammering
+    /// one identity (guessing a registration code, flooding its history) share this bucket.
+    /// While it is drained the owner's own updates wait too, hence not lower.
+    pub rate_updates_per_identity_per_minute: u32,
+    /// Updates of one identity at once. Default 10: an owner's retries after failed attempts.
+    pub rate_updates_per_identity_burst: u32,
+    /// Registration attempts (updates of an identity without an entry, failed ones included)
+    /// per client address, per hour. Default 20: a household or an office registering its
+    /// people; guessing registration codes from one address gets 20 tries an hour.
+    pub rate_registrations_per_address_per_hour: u32,
+    /// Registration attempts per client address at once. Default 10.
+    pub rate_registrations_per_address_burst: u32,
+    /// Lookups of user ids the client address has not asked for recently (its last 256), per
+    /// minute. Default 300 (5 per second): re-checking one's contacts costs nothing, while
+    /// enumerating user ids through the VRF drops from about 1,300 per second per replica to 5.
+    pub rate_lookups_distinct_per_address_per_minute: u32,
+    /// New user ids looked up per client address at once. Default 1000: a new device checking
+    /// an address book.
+    pub rate_lookups_distinct_per_address_burst: u32,
+    /// E-mail code requests per client address, per hour. Default 20: each sends a mail.
+    pub rate_email_codes_per_address_per_hour: u32,
+    /// E-mail code requests per client address at once. Default 5.
+    pub rate_email_codes_per_address_burst: u32,
+    /// E-mail code requests for one identity (its mailbox), from any address, per hour.
+    /// Default 6: a person asking again because mail was slow; more is mail bombing.
+    pub rate_email_codes_per_identity_per_hour: u32,
+    /// E-mail code requests for one identity at once. Default 3.
+    pub rate_email_codes_per_identity_burst: u32,
+    /// Keys (client addresses, identities) each rate limit remembers. When a new key finds the
+    /// table full, the half closest to a full bucket is forgotten. Default 100000: about 100
+    /// bytes each, at most about 10 MB per limit under an attack from many addresses.
+    pub rate_keys_max: usize,
 }
 
 impl Default for Limits {
@@ -219,6 +282,20 @@ impl Default for Limits {
             connections_max: 10_000,
             streams_per_connection_max: 100,
             storage_reads_max: std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            rate_exempt_addresses: Vec::new(),
+            rate_updates_per_address_per_minute: 600,
+            rate_updates_per_address_burst: 100,
+            rate_updates_per_identity_per_minute: 12,
+            rate_updates_per_identity_burst: 10,
+            rate_registrations_per_address_per_hour: 20,
+            rate_registrations_per_address_burst: 10,
+            rate_lookups_distinct_per_address_per_minute: 300,
+            rate_lookups_distinct_per_address_burst: 1_000,
+            rate_email_codes_per_address_per_hour: 20,
+            rate_email_codes_per_address_burst: 5,
+            rate_email_codes_per_identity_per_hour: 6,
+            rate_email_codes_per_identity_burst: 3,
+            rate_keys_max: 100_000,
         }
     }
 }
@@ -375,10 +452,18 @@ impl NodeConfig {
             ("limits.connections_max", l.connections_max as u64, 1, 10_000_000),
             ("limits.streams_per_connection_max", u64::from(l.streams_per_connection_max), 1, 1_000_000),
             ("limits.storage_reads_max", l.storage_reads_max as u64, 1, STORAGE_READS_MAX),
+            ("limits.rate_keys_max", l.rate_keys_max as u64, 1_000, 100_000_000),
             ("storage.state_cache_bytes", s.state_cache_bytes, MIB, 1 << 40),
             ("storage.log_cache_bytes", s.log_cache_bytes, MIB, 1 << 40),
         ] {
             check_range(key, value, min, max)?;
+        }
+        for (key, rate, burst_key, burst) in l.rate_settings() {
+            check_range(key, u64::from(rate), 0, RATE_MAX)?;
+            // A rate of 0 turns the limit off; a burst of 0 with a rate would refuse everything.
+            if rate > 0 {
+                check_range(burst_key, u64::from(burst), 1, RATE_MAX)?;
+            }
         }
         for (key, value, other, bound) in [
             (
@@ -410,6 +495,52 @@ impl NodeConfig {
     }
 }
 
+impl Limits {
+    /// Each rate limit's keys and settings: (rate key, rate, burst key, burst).
+    fn rate_settings(&self) -> [(&'static str, u32, &'static str, u32); 6] {
+        [
+            (
+                "limits.rate_updates_per_address_per_minute",
+                self.rate_updates_per_address_per_minute,
+                "limits.rate_updates_per_address_burst",
+                self.rate_updates_per_address_burst,
+            ),
+            (
+                "limits.rate_updates_per_identity_per_minute",
+                self.rate_updates_per_identity_per_minute,
+                "limits.rate_updates_per_identity_burst",
+                self.rate_updates_per_identity_burst,
+            ),
+            (
+                "limits.rate_registrations_per_address_per_hour",
+                self.rate_registrations_per_address_per_hour,
+                "limits.rate_registrations_per_address_burst",
+                self.rate_registrations_per_address_burst,
+            ),
+            (
+                "limits.rate_lookups_distinct_per_address_per_minute",
+                self.rate_lookups_distinct_per_address_per_minute,
+                "limits.rate_lookups_distinct_per_address_burst",
+                self.rate_lookups_distinct_per_address_burst,
+            ),
+            (
+                "limits.rate_email_codes_per_address_per_hour",
+                self.rate_email_codes_per_address_per_hour,
+                "limits.rate_email_codes_per_address_burst",
+                self.rate_email_codes_per_address_burst,
+            ),
+            (
+                "limits.rate_email_codes_per_identity_per_hour",
+                self.rate_email_codes_per_identity_per_hour,
+                "limits.rate_email_codes_per_identity_burst",
+                self.rate_email_codes_per_identity_burst,
+            ),
+        ]
+    }
+}
+
+/// Largest rate (per minute or per hour) and burst of a rate limit.
+const RATE_MAX: u64 = 1_000_000;
 const MINUTE_MS: u64 = 60_000;
 const HOUR_MS: u64 = 60 * MINUTE_MS;
 const DAY_MS: u64 = 24 * HOUR_MS;
@@ -505,6 +636,20 @@ mod tests {
         refused("limits.watch_streams_max", |c| c.limits.watch_streams_max = 0);
         refused("limits.storage_reads_max", |c| c.limits.storage_reads_max = 0);
         refused("limits.storage_reads_max", |c| c.limits.storage_reads_max = 10_000);
+        refused("limits.rate_keys_max", |c| c.limits.rate_keys_max = 0);
+        refused("limits.rate_updates_per_address_per_minute", |c| {
+            c.limits.rate_updates_per_address_per_minute = u32::MAX
+        });
+        refused("limits.rate_updates_per_address_burst", |c| c.limits.rate_updates_per_address_burst = 0);
+        refused("limits.rate_updates_per_identity_burst", |c| c.limits.rate_updates_per_identity_burst = 0);
+        refused("limits.rate_registrations_per_address_burst", |c| c.limits.rate_registrations_per_address_burst = 0);
+        refused("limits.rate_lookups_distinct_per_address_burst", |c| {
+            c.limits.rate_lookups_distinct_per_address_burst = 0;
+        });
+        refused("limits.rate_email_codes_per_address_burst", |c| c.limits.rate_email_codes_per_address_burst = 0);
+        refused("limits.rate_email_codes_per_identity_per_hour", |c| {
+            c.limits.rate_email_codes_per_identity_per_hour = 2_000_000;
+        });
         refused("storage.state_cache_bytes", |c| c.storage.state_cache_bytes = 0);
         refused("storage.log_cache_bytes", |c| c.storage.log_cache_bytes = u64::MAX);
     }
@@ -538,5 +683,40 @@ mod tests {
         c.raft.snapshot_after_entries = 1;
         c.raft.entries_kept_after_snapshot = 0;
         c.check().unwrap();
+    }
+
+    #[test]
+    fn a_rate_of_zero_turns_its_limit_off_whatever_its_burst() {
+        let mut c = config();
+        c.limits.rate_updates_per_address_per_minute = 0;
+        c.limits.rate_updates_per_address_burst = 0;
+        c.check().unwrap();
+    }
+
+    #[test]
+    fn rate_settings_read_from_toml_and_bad_exempt_addresses_are_refused_by_name() {
+        let base = "node_id = 1\ndata_dir = \"d\"\npublic_listen = \"x\"\npeer_listen = \"y\"\n\
+                    realm_file = \"r\"\nvrf_secret_key_file = \"v\"\nsigning_key_file = \"s\"\n\
+                    cluster_token_file = \"t\"\n[limits]\n";
+        let parsed: NodeConfig = toml::from_str(&format!(
+            "{base}rate_exempt_addresses = [\"127.0.0.1\", \"10.1.0.0/16\", \"::1\"]\nrate_updates_per_identity_burst = 3\n"
+        ))
+        .unwrap();
+        assert_eq!(parsed.limits.rate_exempt_addresses.len(), 3);
+        assert_eq!(parsed.limits.rate_updates_per_identity_burst, 3);
+        assert_eq!(
+            parsed.limits.rate_updates_per_address_per_minute,
+            Limits::default().rate_updates_per_address_per_minute
+        );
+        // Written back as written: `keyraft dev` rewrites configurations.
+        let again: NodeConfig = toml::from_str(&toml::to_string_pretty(&parsed).unwrap()).unwrap();
+        assert_eq!(again.limits.rate_exempt_addresses, parsed.limits.rate_exempt_addresses);
+        for (bad, says) in
+            [("10.1.0.1/16", "bits set after its /16"), ("10.0.0.0/33", "0 to 32"), ("localhost", "not an IP")]
+        {
+            let e = toml::from_str::<NodeConfig>(&format!("{base}rate_exempt_addresses = [\"{bad}\"]\n")).unwrap_err();
+            let m = e.to_string();
+            assert!(m.contains("rate_exempt_addresses") && m.contains(says), "{bad}: {m}");
+        }
     }
 }

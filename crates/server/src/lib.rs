@@ -42,6 +42,7 @@ pub mod peer_client;
 pub mod peer_service;
 pub mod proposers;
 pub mod raft;
+pub mod rate_limits;
 pub mod read;
 pub mod registration;
 pub mod request_limits;

@@ -17,6 +17,7 @@ use crate::raft::network::PeerNetwork;
 use crate::raft::runtime;
 use crate::raft::sm_store::{StateLocation, StateMachineStore};
 use crate::raft::types::Raft;
+use crate::rate_limits::RateLimits;
 use crate::registration::Registrations;
 use crate::request_limits::{public_request_bytes_max, RequestLimits};
 use crate::seams::StorageEngine;
@@ -155,7 +156,7 @@ pub async fn run_with(
         vrf,
         signing_key,
         network,
-        config.limits,
+        config.limits.clone(),
         tasks.clone(),
     )?);
 
@@ -175,14 +176,18 @@ pub async fn run_with(
 
     // The longest a public request may take: its wait, and time to answer.
     let request_deadline = Duration::from_millis(config.limits.wait_ms_max.saturating_add(5_000));
-    let limits = config.limits;
+    let limits = config.limits.clone();
     let public = tonic::service::Routes::new(
-        KeyraftServer::new(PublicService::new(node.clone(), registrations))
-            .max_decoding_message_size(public_request_bytes_max(&limits))
-            .max_encoding_message_size(PUBLIC_MESSAGE_BYTES_MAX),
+        KeyraftServer::new(PublicService::new(
+            node.clone(),
+            registrations,
+            RateLimits::new(&limits, seams.clock.clone()),
+        ))
+        .max_decoding_message_size(public_request_bytes_max(&limits))
+        .max_encoding_message_size(PUBLIC_MESSAGE_BYTES_MAX),
     )
     .prepare();
-    let public = RequestLimits::new(public, limits, request_deadline);
+    let public = RequestLimits::new(public, limits.clone(), request_deadline);
     let public_limits = ConnectionLimits {
         requests_max: Some(limits.concurrency_per_connection),
         ..ConnectionLimits::from_config(&limits, request_deadline)

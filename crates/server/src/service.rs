@@ -3,13 +3,15 @@
 //!
 //! Error statuses follow `proto/keyraft/v1/keyraft.proto`: INVALID_ARGUMENT for malformed
 //! input (naming the field), FAILED_PRECONDITION for conflicts with the state,
-//! RESOURCE_EXHAUSTED over a size limit, UNAVAILABLE (with a `leader-hint`) when no leader is
-//! known or a retry will help, DEADLINE_EXCEEDED when a wait runs out.
+//! RESOURCE_EXHAUSTED over a size or rate limit (a rate limit adds `retry-after-ms`,
+//! [`crate::rate_limits`]), UNAVAILABLE (with a `leader-hint`) when no leader is known or a
+//! retry will help, DEADLINE_EXCEEDED when a wait runs out.
 
 use crate::node::{Node, ProposeError};
 use crate::outcome::{self, rejection_status, Taken};
 use crate::page_token::{Cursor, Listing, PageTokens};
 use crate::raft::types::ApplyResponse;
+use crate::rate_limits::RateLimits;
 use crate::registration::Registrations;
 use crate::update_status::UpdateTracker;
 use keyraft_core::limits::{UPDATE_BYTES_MAX, USER_ID_BYTES_MAX};
@@ -48,6 +50,8 @@ pub struct PublicService {
     verifier_streams: Arc<std::sync::atomic::AtomicUsize>,
     /// Who may register an identity.
     registrations: Arc<Registrations>,
+    /// Abuse limits per client address and per identity (`limits.rate_*`).
+    pub(crate) rate_limits: Arc<RateLimits>,
 }
 
 impl std::fmt::Debug for PublicService {
@@ -101,10 +105,12 @@ fn lagging(pinned: u64, newest: u64) -> Status {
 }
 
 impl PublicService {
-    /// The service of `node`.
-    pub fn new(node: Arc<Node>, registrations: Arc<Registrations>) -> Self {
+    /// The service of `node`, admitting registrations by `registrations` and refusing
+    /// requests over `rate_limits`.
+    pub fn new(node: Arc<Node>, registrations: Arc<Registrations>, rate_limits: RateLimits) -> Self {
         let tokens = node.page_tokens();
         Self {
+            rate_limits: Arc::new(rate_limits),
             node,
             vrf_cache: Arc::default(),
             updates: UpdateTracker::default(),
@@ -172,8 +178,10 @@ type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> +
 #[tonic::async_trait]
 impl Keyraft for PublicService {
     async fn lookup(&self, request: Request<pb::LookupRequest>) -> Result<Response<pb::LookupResponse>, Status> {
+        let peer = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
         let user_id = self.check_user_id(&req.user_id)?;
+        self.rate_limits.check_lookup(peer, &user_id)?;
         let threshold = self.check_threshold(req.verifier_threshold)?;
         let (index, vrf_proof) = self.index_of(&user_id)?;
         let wait_ms = u64::from(req.wait_ms);
@@ -210,6 +218,7 @@ impl Keyraft for PublicService {
     }
 
     async fn update(&self, request: Request<pb::UpdateRequest>) -> Result<Response<pb::UpdateResponse>, Status> {
+        let peer = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
         check_size(req.encoded_len(), self.node.limits.request_bytes_max, "the request")?;
         check_size(req.update.len(), UPDATE_BYTES_MAX, "update")?;
@@ -223,8 +232,10 @@ impl Keyraft for PublicService {
             ));
         }
         let id = update.id();
+        let current = self.node.read.latest_update(&index)?;
+        // Before any check of the update: failed attempts count too.
+        self.rate_limits.check_update(peer, &index, current.is_none())?;
         let duplicate_epoch = {
-            let current = self.node.read.latest_update(&index)?;
             match &current {
                 Some((epoch, stored)) if stored.id() == id => Some(*epoch),
                 _ => {
@@ -280,8 +291,11 @@ impl Keyraft for PublicService {
         &self,
         request: Request<pb::SendEmailCodeRequest>,
     ) -> Result<Response<pb::SendEmailCodeResponse>, Status> {
+        let peer = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
         let user_id = self.check_user_id(&req.user_id)?;
+        // Mail bombing: per address and per identity, before anything is sent.
+        self.rate_limits.check_email_code(peer, &user_id)?;
         let update_id: [u8; 32] = req.update_id.as_slice().try_into().map_err(|_| {
             Status::invalid_argument(format!("update_id must be 32 bytes, got {}", req.update_id.len()))
         })?;
@@ -380,8 +394,11 @@ impl Keyraft for PublicService {
     }
 
     async fn history(&self, request: Request<pb::HistoryRequest>) -> Result<Response<pb::HistoryResponse>, Status> {
+        let peer = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
         let user_id = self.check_user_id(&req.user_id)?;
+        // Its answer holds the user id's index too: the same VRF oracle as a lookup.
+        self.rate_limits.check_lookup(peer, &user_id)?;
         let size = page_size(req.page_size)?;
         let threshold = self.check_threshold(req.verifier_threshold)?;
         let (index, vrf_proof) = self.index_of(&user_id)?;
@@ -438,8 +455,11 @@ impl Keyraft for PublicService {
     type WatchStream = BoxStream<pb::WatchEvent>;
 
     async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let peer = request.remote_addr().map(|a| a.ip());
         let req = request.into_inner();
         let user_id = self.check_user_id(&req.user_id)?;
+        // Its answer holds the user id's index too: the same VRF oracle as a lookup.
+        self.rate_limits.check_lookup(peer, &user_id)?;
         let threshold = self.check_threshold(req.verifier_threshold)?;
         let (index, vrf_proof) = self.index_of(&user_id)?;
         let target = crate::watch::Target { user_id, index, vrf_proof, threshold, from_epoch: req.from_epoch };

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tonic::transport::server::TcpConnectInfo;
 use tower::{Service, ServiceExt as _};
 
 /// The HTTP/2 client connection preface's fixed part (RFC 9113, section 3.4); a SETTINGS
@@ -39,6 +40,9 @@ pub(super) async fn connection<S, B>(
 {
     let name = shared.name;
     let limits = shared.limits;
+    // What tonic's own server would tell each request (`Request::remote_addr`): the rate
+    // limits key on the client's address.
+    let connect_info = TcpConnectInfo { local_addr: tcp.local_addr().ok(), remote_addr: Some(remote) };
     // Small gRPC frames would otherwise wait for delayed ACKs (about 40 ms each).
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(listener = name, %remote, error = %e, "setting TCP_NODELAY");
@@ -65,7 +69,7 @@ pub(super) async fn connection<S, B>(
 
     let (activity, open_requests) = watch::channel(0usize);
     let activity = Arc::new(activity);
-    let service = Tracked { inner: shared.service.clone(), activity: activity.clone() };
+    let service = Tracked { inner: shared.service.clone(), activity: activity.clone(), connect_info };
     let service = match limits.requests_max {
         Some(n) => tower::util::Either::Left(tower::limit::ConcurrencyLimit::new(service, n)),
         None => tower::util::Either::Right(service),
@@ -194,11 +198,12 @@ async fn idle_for(mut open_requests: watch::Receiver<usize>, idle: Duration) {
 }
 
 /// Counts a connection's open requests, from the call until its response body is dropped
-/// (the end of a stream).
+/// (the end of a stream), and gives each request the connection's addresses.
 #[derive(Clone)]
 struct Tracked<S> {
     inner: S,
     activity: Arc<watch::Sender<usize>>,
+    connect_info: TcpConnectInfo,
 }
 
 /// One open request.
@@ -217,11 +222,11 @@ impl Drop for OpenRequest {
     }
 }
 
-impl<S, Req, B> Service<Req> for Tracked<S>
+impl<S, ReqB, B> Service<http::Request<ReqB>> for Tracked<S>
 where
-    S: Service<Req, Response = http::Response<B>> + Clone + Send + 'static,
+    S: Service<http::Request<ReqB>, Response = http::Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    Req: Send + 'static,
+    ReqB: Send + 'static,
 {
     type Response = http::Response<TrackedBody<B>>;
     type Error = S::Error;
@@ -231,7 +236,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Req) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<ReqB>) -> Self::Future {
+        request.extensions_mut().insert(self.connect_info.clone());
         let open = OpenRequest::new(&self.activity);
         // The clone that was made ready serves this request (tower's rule).
         let clone = self.inner.clone();

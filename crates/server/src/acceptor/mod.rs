@@ -246,6 +246,37 @@ impl AcceptBackoff {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    /// tonic's `Request::remote_addr` reads what the acceptor puts in each request: the rate
+    /// limits key on it.
+    #[tokio::test]
+    async fn requests_carry_the_client_address_for_tonic() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server_addr = listener.local_addr().unwrap();
+        let tasks = Tasks::new(CancellationToken::new(), TaskTracker::new());
+        let echo = tower::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+            let remote = tonic::Request::from_http(request).remote_addr();
+            let body = tonic::body::Body::empty();
+            Ok::<_, Infallible>(http::Response::builder().header("x-remote", format!("{remote:?}")).body(body).unwrap())
+        });
+        let limits = ConnectionLimits::from_config(&Limits::default(), Duration::from_secs(1));
+        let serving = tokio::spawn(serve("test", listener, limits, echo, tasks.clone()));
+
+        let tcp = tokio::net::TcpStream::connect(server_addr).await.unwrap();
+        let client_addr = tcp.local_addr().unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::get(format!("http://{server_addr}/")).body(()).unwrap();
+        let (response, _) = client.send_request(request, true).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.headers()["x-remote"], format!("{:?}", Some(client_addr)));
+
+        tasks.token().cancel();
+        serving.await.unwrap();
+    }
 
     #[test]
     fn accept_failures_back_off_up_to_the_cap_and_reset_on_success() {
