@@ -52,6 +52,7 @@ async fn mail_and_read_back(sink: &SmtpSink, mailer: &Mailer, codes: &EmailCodes
     let mail = sink.wait_for_message(user.as_str(), MAIL_DEADLINE).await.expect("the mail arrives");
     assert_eq!(mail.from, "noreply@example.org");
     assert_eq!(mail.to, vec![user.as_str().to_owned()]);
+    assert!(!mail.tls, "a sink without a certificate offers no STARTTLS");
     let code = extract_code(&mail.data).unwrap_or_else(|| panic!("no code in the mail:\n{}", mail.data));
     assert_eq!(code, issued.as_str());
     code

@@ -9,6 +9,8 @@ use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor};
 use std::fmt;
 use std::time::Duration;
+use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 use zeroize::Zeroizing;
 
 /// Where codes go.
@@ -204,6 +206,15 @@ fn tls_parameters(config: &SmtpConfig) -> Result<TlsParameters, EmailConfigError
             path: shown.clone(),
             source,
         })?;
+        // lettre takes a file without a certificate in it as an empty list: count them here.
+        match CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>() {
+            Ok(list) if list.is_empty() => {
+                let reason = "it holds no CERTIFICATE block".to_owned();
+                return Err(EmailConfigError::CaFile { path: shown, reason });
+            }
+            Ok(_) => {}
+            Err(e) => return Err(EmailConfigError::CaFile { path: shown, reason: e.to_string() }),
+        }
         let certificate =
             Certificate::from_pem(&pem).map_err(|e| EmailConfigError::CaFile { path: shown, reason: e.to_string() })?;
         builder = builder.add_root_certificate(certificate);

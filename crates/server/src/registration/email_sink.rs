@@ -1,15 +1,19 @@
 //! A loopback SMTP server that keeps every mail it is given, for tests (the unit tests here
-//! and the multi-process tests of keyraft-tests): enough SMTP for lettre, no TLS, and AUTH
-//! PLAIN accepted with any password (the user name is kept).
+//! and the multi-process tests of keyraft-tests): enough SMTP for lettre, STARTTLS when
+//! started with a certificate, and AUTH PLAIN accepted with any password (the user name is
+//! kept).
 
 use base64::Engine as _;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
+use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
 
 pub use super::extract_code;
 
@@ -27,6 +31,8 @@ pub struct ReceivedMail {
     pub to: Vec<String>,
     /// The user name of AUTH PLAIN on this connection, if the client authenticated.
     pub auth_user: Option<String>,
+    /// Whether the mail came after STARTTLS.
+    pub tls: bool,
     /// The message (headers and body) with dot-stuffing undone; lines end in CRLF.
     pub data: String,
 }
@@ -40,8 +46,31 @@ pub struct SmtpSink {
 }
 
 impl SmtpSink {
-    /// Starts the sink on the current tokio runtime.
+    /// Starts a sink without TLS on the current tokio runtime.
     pub async fn start() -> io::Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// Starts a sink that offers STARTTLS with this certificate chain and private key (PEM,
+    /// leaf first; the key in PKCS#8, SEC1 or PKCS#1).
+    pub async fn start_with_starttls(cert_chain_pem: &[u8], key_pem: &[u8]) -> io::Result<Self> {
+        let invalid =
+            |what: &str, e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, format!("{what}: {e}"));
+        let chain = CertificateDer::pem_slice_iter(cert_chain_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("the certificate chain", &e))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| invalid("the private key", &e))?;
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| invalid("the TLS versions", &e))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| invalid("the certificate and key", &e))?;
+        Self::start_with(Some(TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(tls: Option<TlsAcceptor>) -> io::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let mails = Arc::new(Mutex::new(Vec::new()));
@@ -52,7 +81,7 @@ impl SmtpSink {
                 tokio::select! {
                     accepted = listener.accept() => match accepted {
                         Ok((stream, _)) => {
-                            connections.spawn(serve(stream, Arc::clone(&kept)));
+                            connections.spawn(serve(stream, tls.clone(), Arc::clone(&kept)));
                         }
                         // Out of descriptors or similar: keep serving the open connections.
                         Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -127,94 +156,192 @@ async fn read_line<R: AsyncRead + Unpin>(reader: &mut BufReader<R>) -> io::Resul
     Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
 }
 
-async fn serve(stream: TcpStream, mails: Arc<Mutex<Vec<ReceivedMail>>>) {
-    // A client that goes away is the end of its session, not the sink's concern.
-    let _ = session(stream, mails).await;
+/// What a command line asks of the connection.
+enum Step {
+    /// Send this reply and read the next command.
+    Reply(&'static [u8]),
+    /// AUTH PLAIN without an initial response: ask for it.
+    AuthResponse,
+    /// DATA accepted: read the message.
+    Data,
+    /// STARTTLS accepted: upgrade, then start over.
+    StartTls,
+    /// QUIT.
+    Quit,
 }
 
-async fn session(stream: TcpStream, mails: Arc<Mutex<Vec<ReceivedMail>>>) -> io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    write.write_all(b"220 keyraft-sink ESMTP\r\n").await?;
-    let mut from: Option<String> = None;
-    let mut to: Vec<String> = Vec::new();
-    let mut auth_user: Option<String> = None;
-    while let Some(line) = read_line(&mut reader).await? {
+/// One connection's SMTP state.
+struct Session {
+    /// Whether to offer STARTTLS (a TLS sink, not yet upgraded).
+    offer_starttls: bool,
+    encrypted: bool,
+    from: Option<String>,
+    to: Vec<String>,
+    auth_user: Option<String>,
+}
+
+impl Session {
+    fn command(&mut self, line: &str) -> Step {
         let upper = line.to_ascii_uppercase();
-        let reply: &[u8] = if upper.starts_with("EHLO") {
-            b"250-keyraft-sink\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-AUTH PLAIN\r\n250 SIZE 1048576\r\n"
-        } else if upper.starts_with("HELO") {
-            b"250 keyraft-sink\r\n"
-        } else if upper.starts_with("AUTH PLAIN") {
-            let initial = line.get("AUTH PLAIN".len()..).unwrap_or("").trim();
-            let response = if initial.is_empty() {
-                write.write_all(b"334 \r\n").await?;
-                read_line(&mut reader).await?.unwrap_or_default()
+        if upper.starts_with("EHLO") {
+            Step::Reply(if self.offer_starttls {
+                b"250-keyraft-sink\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-STARTTLS\r\n250-AUTH PLAIN\r\n250 SIZE 1048576\r\n"
             } else {
-                initial.to_owned()
-            };
-            match plain_user(&response) {
-                Some(user) => {
-                    auth_user = Some(user);
-                    b"235 2.7.0 Authentication successful\r\n"
-                }
-                None => b"501 5.5.2 Cannot decode AUTH PLAIN response\r\n",
+                b"250-keyraft-sink\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-AUTH PLAIN\r\n250 SIZE 1048576\r\n"
+            })
+        } else if upper.starts_with("HELO") {
+            Step::Reply(b"250 keyraft-sink\r\n")
+        } else if upper == "STARTTLS" && self.offer_starttls {
+            Step::StartTls
+        } else if upper.starts_with("AUTH PLAIN") {
+            match line.get("AUTH PLAIN".len()..).map(str::trim).filter(|r| !r.is_empty()) {
+                Some(response) => self.authenticate(response),
+                None => Step::AuthResponse,
             }
         } else if upper.starts_with("MAIL FROM:") {
-            match path_argument(&line, "MAIL FROM:".len()) {
+            match path_argument(line, "MAIL FROM:".len()) {
                 Some(path) => {
-                    from = Some(path);
-                    to.clear();
-                    b"250 2.1.0 OK\r\n"
+                    self.from = Some(path);
+                    self.to.clear();
+                    Step::Reply(b"250 2.1.0 OK\r\n")
                 }
-                None => b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n",
+                None => Step::Reply(b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n"),
             }
         } else if upper.starts_with("RCPT TO:") {
-            match (&from, path_argument(&line, "RCPT TO:".len())) {
-                (None, _) => b"503 5.5.1 MAIL first\r\n",
+            match (&self.from, path_argument(line, "RCPT TO:".len())) {
+                (None, _) => Step::Reply(b"503 5.5.1 MAIL first\r\n"),
                 (Some(_), Some(path)) => {
-                    to.push(path);
-                    b"250 2.1.5 OK\r\n"
+                    self.to.push(path);
+                    Step::Reply(b"250 2.1.5 OK\r\n")
                 }
-                (Some(_), None) => b"501 5.5.4 Syntax: RCPT TO:<address>\r\n",
+                (Some(_), None) => Step::Reply(b"501 5.5.4 Syntax: RCPT TO:<address>\r\n"),
             }
         } else if upper == "DATA" {
-            match (&from, to.is_empty()) {
-                (Some(sender), false) => {
-                    write.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n").await?;
-                    match read_data(&mut reader).await? {
-                        Data::Closed => return Ok(()),
-                        Data::TooBig => b"552 5.3.4 Message too big\r\n",
-                        Data::Complete(data) => {
-                            let mail = ReceivedMail {
-                                from: sender.clone(),
-                                to: std::mem::take(&mut to),
-                                auth_user: auth_user.clone(),
-                                data,
-                            };
-                            mails.lock().unwrap_or_else(PoisonError::into_inner).push(mail);
-                            from = None;
-                            b"250 2.0.0 OK queued\r\n"
-                        }
-                    }
-                }
-                _ => b"503 5.5.1 MAIL and RCPT first\r\n",
+            if self.from.is_some() && !self.to.is_empty() {
+                Step::Data
+            } else {
+                Step::Reply(b"503 5.5.1 MAIL and RCPT first\r\n")
             }
         } else if upper == "RSET" {
-            from = None;
-            to.clear();
-            b"250 2.0.0 OK\r\n"
+            self.reset();
+            Step::Reply(b"250 2.0.0 OK\r\n")
         } else if upper.starts_with("NOOP") {
-            b"250 2.0.0 OK\r\n"
+            Step::Reply(b"250 2.0.0 OK\r\n")
         } else if upper == "QUIT" {
-            write.write_all(b"221 2.0.0 Bye\r\n").await?;
-            return Ok(());
+            Step::Quit
         } else {
-            b"502 5.5.2 Command not implemented\r\n"
-        };
-        write.write_all(reply).await?;
+            Step::Reply(b"502 5.5.2 Command not implemented\r\n")
+        }
     }
-    Ok(())
+
+    fn authenticate(&mut self, response: &str) -> Step {
+        match plain_user(response) {
+            Some(user) => {
+                self.auth_user = Some(user);
+                Step::Reply(b"235 2.7.0 Authentication successful\r\n")
+            }
+            None => Step::Reply(b"501 5.5.2 Cannot decode AUTH PLAIN response\r\n"),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.from = None;
+        self.to.clear();
+    }
+
+    /// The mail of the current transaction with `data`, ending the transaction.
+    fn take_mail(&mut self, data: String) -> ReceivedMail {
+        let mail = ReceivedMail {
+            from: self.from.take().unwrap_or_default(),
+            to: std::mem::take(&mut self.to),
+            auth_user: self.auth_user.clone(),
+            tls: self.encrypted,
+            data,
+        };
+        self.reset();
+        mail
+    }
+}
+
+/// How a conversation on one stream ended.
+enum End {
+    /// QUIT, or the client went away.
+    Closed,
+    /// The client asked for STARTTLS and was told to go ahead.
+    StartTls,
+}
+
+async fn serve(stream: TcpStream, tls: Option<TlsAcceptor>, mails: Arc<Mutex<Vec<ReceivedMail>>>) {
+    // A client that goes away is the end of its session, not the sink's concern.
+    let _ = session(stream, tls, mails).await;
+}
+
+async fn session(stream: TcpStream, tls: Option<TlsAcceptor>, mails: Arc<Mutex<Vec<ReceivedMail>>>) -> io::Result<()> {
+    let mut io = BufReader::new(stream);
+    io.write_all(b"220 keyraft-sink ESMTP\r\n").await?;
+    let mut session =
+        Session { offer_starttls: tls.is_some(), encrypted: false, from: None, to: Vec::new(), auth_user: None };
+    let (End::StartTls, Some(acceptor)) = (converse(&mut io, &mut session, &mails).await?, tls) else {
+        return Ok(());
+    };
+    // Whatever the client sent after STARTTLS in the clear is dropped with the buffer
+    // (RFC 3207 section 4.2: nothing before the handshake counts).
+    let encrypted = acceptor.accept(io.into_inner()).await?;
+    let mut io = BufReader::new(encrypted);
+    let mut session = Session { offer_starttls: false, encrypted: true, from: None, to: Vec::new(), auth_user: None };
+    converse(&mut io, &mut session, &mails).await.map(|_| ())
+}
+
+/// Answers commands until QUIT, STARTTLS or the end of the stream.
+async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut BufReader<S>,
+    session: &mut Session,
+    mails: &Mutex<Vec<ReceivedMail>>,
+) -> io::Result<End> {
+    while let Some(line) = read_line(io).await? {
+        let reply: &[u8] = match session.command(&line) {
+            Step::Reply(reply) => reply,
+            Step::AuthResponse => {
+                io.write_all(b"334 \r\n").await?;
+                io.flush().await?;
+                let response = read_line(io).await?.unwrap_or_default();
+                match session.authenticate(&response) {
+                    Step::Reply(reply) => reply,
+                    _ => b"501 5.5.2 Cannot decode AUTH PLAIN response\r\n",
+                }
+            }
+            Step::Data => {
+                io.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n").await?;
+                io.flush().await?;
+                match read_data(io).await? {
+                    Data::Closed => return Ok(End::Closed),
+                    Data::TooBig => {
+                        session.reset();
+                        b"552 5.3.4 Message too big\r\n"
+                    }
+                    Data::Complete(data) => {
+                        let mail = session.take_mail(data);
+                        mails.lock().unwrap_or_else(PoisonError::into_inner).push(mail);
+                        b"250 2.0.0 OK queued\r\n"
+                    }
+                }
+            }
+            Step::StartTls => {
+                io.write_all(b"220 2.0.0 Ready to start TLS\r\n").await?;
+                io.flush().await?;
+                return Ok(End::StartTls);
+            }
+            Step::Quit => {
+                io.write_all(b"221 2.0.0 Bye\r\n").await?;
+                io.flush().await?;
+                return Ok(End::Closed);
+            }
+        };
+        io.write_all(reply).await?;
+        // TLS streams buffer: each reply must reach the client before the next command.
+        io.flush().await?;
+    }
+    Ok(End::Closed)
 }
 
 /// What the DATA phase gave.
