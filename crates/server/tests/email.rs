@@ -202,3 +202,59 @@ async fn the_sink_keeps_each_mail_of_a_connection() {
     assert_eq!(to, ["a@example.com", "b@example.com", "c@example.com"]);
     assert!(sink.wait_for_message("nobody@example.com", Duration::from_millis(100)).await.is_none());
 }
+
+/// Reads one SMTP reply (its last line has a space after the code) and returns it whole.
+async fn reply(reader: &mut tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>) -> String {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut whole = String::new();
+    loop {
+        let mut line = String::new();
+        let n = tokio::time::timeout(MAIL_DEADLINE, reader.read_line(&mut line))
+            .await
+            .expect("the sink answers")
+            .expect("read");
+        assert!(n > 0, "the sink closed the connection after {whole:?}");
+        whole.push_str(&line);
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return whole;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_sink_speaks_plain_smtp() {
+    use tokio::io::AsyncWriteExt as _;
+    let sink = SmtpSink::start().await.expect("start the sink");
+    let stream = tokio::net::TcpStream::connect(sink.addr()).await.expect("connect");
+    let (read, mut write) = stream.into_split();
+    let mut reader = tokio::io::BufReader::new(read);
+    assert!(reply(&mut reader).await.starts_with("220 "));
+    let exchange = [
+        ("HELO test\r\n", "250 "),
+        ("NOOP\r\n", "250 "),
+        ("RCPT TO:<early@example.com>\r\n", "503 "),
+        ("DATA\r\n", "503 "),
+        ("MAIL FROM:<dropped@example.org>\r\n", "250 "),
+        ("RCPT TO:<dropped@example.com>\r\n", "250 "),
+        ("RSET\r\n", "250 "),
+        ("MAIL FROM:<sender@example.org> BODY=8BITMIME\r\n", "250 "),
+        ("RCPT TO:<one@example.com>\r\n", "250 "),
+        ("RCPT TO:<two@example.com>\r\n", "250 "),
+        ("RCPT TO:nobrackets\r\n", "501 "),
+        ("DATA\r\n", "354 "),
+        ("Subject: hi\r\n\r\n..starts with a dot\r\nplain\r\n.\r\n", "250 "),
+        ("VRFY someone\r\n", "502 "),
+        ("QUIT\r\n", "221 "),
+    ];
+    for (send, expect) in exchange {
+        write.write_all(send.as_bytes()).await.expect("write");
+        let got = reply(&mut reader).await;
+        assert!(got.starts_with(expect), "{send:?}: expected {expect:?}, got {got:?}");
+    }
+    let mails = sink.messages();
+    assert_eq!(mails.len(), 1, "the RSET transaction is dropped: {mails:?}");
+    assert_eq!(mails[0].from, "sender@example.org");
+    assert_eq!(mails[0].to, ["one@example.com", "two@example.com"]);
+    assert_eq!(mails[0].data, "Subject: hi\r\n\r\n.starts with a dot\r\nplain\r\n");
+    assert_eq!(mails[0].auth_user, None);
+}

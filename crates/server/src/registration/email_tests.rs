@@ -287,6 +287,42 @@ fn the_mail_names_realm_identity_code_and_expiry() {
     assert_eq!(extract_code(&mail.body).as_deref(), Some(code.as_str()));
 }
 
+/// A log line sink for the tracing subscriber.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_log_mailer_writes_the_code_and_address_at_warn() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let code = codes().issue(&alice(), &UPDATE, NOW_MS);
+    Mailer::Log.send_code(REALM, &alice(), &code).await.expect("logging cannot fail");
+    let log =
+        String::from_utf8_lossy(&captured.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).into_owned();
+    assert!(log.contains("WARN"), "{log}");
+    assert!(log.contains("to=alice@example.com"), "{log}");
+    assert!(log.contains(&format!("code={code}")), "{log}");
+    assert!(log.contains("realm=\"example.org\""), "{log}");
+    assert!(log.contains("log_codes"), "{log}");
+}
+
 mod config {
     use super::super::*;
 
