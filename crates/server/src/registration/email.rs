@@ -66,6 +66,8 @@
 //! ```
 //!
 //! Errors of the configuration name the setting at fault by its name in this section.
+//! Relays are reached on their submission port with STARTTLS (rustls, the Mozilla roots
+//! built in plus `ca_file`); implicit TLS (port 465) is not offered.
 
 #[doc(hidden)]
 #[path = "email_sink.rs"]
