@@ -13,6 +13,8 @@
 //! 4. otherwise the request must carry a proof of a method the namespace allows, and it must
 //!    pass that method's check against this exact update (its update id).
 
+pub mod email;
+
 use keyraft_core::clock::Clock;
 use keyraft_core::registration::{verify_attestation, Attestation, Method, NamespaceRule, RegistrationPolicy};
 use keyraft_core::{decode_canonical, RealmConfig, Verified};
