@@ -5,3 +5,4 @@
 //! is checked here, at every replica's edge, before the update is proposed; the proof of
 //! registration is not kept, so verifiers cannot check it (see the trust model in
 //! docs/protocol.md).
+pub mod oidc;
