@@ -247,8 +247,9 @@ fn unknown_kid_is_refused_and_names_the_kid_and_a_refresh() {
 #[test]
 fn missing_kid_is_refused() {
     let issuer = TestIssuer::new();
-    let token = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &issuer.claims(USER, &UPDATE_ID, NOW_MS), &ec_key())
-        .unwrap();
+    let token =
+        jsonwebtoken::encode(&Header::new(Algorithm::ES256), &issuer.claims(USER, &UPDATE_ID, NOW_MS), &ec_key())
+            .unwrap();
     assert_eq!(check(&issuer, &token), Err(OidcError::MissingKid));
 }
 
@@ -536,14 +537,19 @@ fn issuer_config_parses_with_defaults_and_refuses_unknown_fields() {
 fn issuer_config_needs_exactly_one_safe_source() {
     let none = OidcIssuerConfig { jwks_file: None, ..OidcIssuerConfig::file("https://a", "/x") };
     assert!(matches!(none.validate(), Err(OidcConfigError::NoSource { .. })));
-    let both = OidcIssuerConfig { jwks_url: Some("https://a/jwks".into()), ..OidcIssuerConfig::file("https://a", "/x") };
+    let both =
+        OidcIssuerConfig { jwks_url: Some("https://a/jwks".into()), ..OidcIssuerConfig::file("https://a", "/x") };
     assert!(matches!(both.validate(), Err(OidcConfigError::BothSources { .. })));
     assert!(matches!(
         OidcIssuerConfig::url("https://a", "http://issuer.example/jwks").validate(),
         Err(OidcConfigError::PlainHttp { .. })
     ));
-    assert!(matches!(OidcIssuerConfig::url("https://a", "ftp://a/jwks").validate(), Err(OidcConfigError::BadUrl { .. })));
-    for ok in ["http://127.0.0.1:1/jwks", "http://[::1]:1/jwks", "http://localhost/jwks", "https://issuer.example/jwks"] {
+    assert!(matches!(
+        OidcIssuerConfig::url("https://a", "ftp://a/jwks").validate(),
+        Err(OidcConfigError::BadUrl { .. })
+    ));
+    for ok in ["http://127.0.0.1:1/jwks", "http://[::1]:1/jwks", "http://localhost/jwks", "https://issuer.example/jwks"]
+    {
         OidcIssuerConfig::url("https://a", ok).validate().unwrap();
     }
     let zero = OidcIssuerConfig { refresh_ms: Some(0), ..OidcIssuerConfig::file("https://a", "/x") };

@@ -41,7 +41,6 @@
 //! this is and that the token was minted for this update, not how the user signed in. `iat` is
 //! optional here (OIDC Core requires it, but some issuers' test tokens omit it and nothing here
 //! depends on it besides the future check).
-#![allow(clippy::module_name_repetitions)]
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -456,11 +455,8 @@ impl JwkKeys {
     }
 
     fn unusable_reasons(&self) -> String {
-        let reasons: Vec<String> = self
-            .keys
-            .iter()
-            .filter_map(|(kid, k)| k.as_ref().err().map(|r| format!("\"{kid}\": {r}")))
-            .collect();
+        let reasons: Vec<String> =
+            self.keys.iter().filter_map(|(kid, k)| k.as_ref().err().map(|r| format!("\"{kid}\": {r}"))).collect();
         if reasons.is_empty() {
             "no key has a kid".to_owned()
         } else {
@@ -518,8 +514,7 @@ fn classify_jwk(entry: &Value) -> Result<UsableKey, String> {
 }
 
 fn check_length(field: &str, value: &str, bytes: usize) -> Result<(), String> {
-    let decoded =
-        URL_SAFE_NO_PAD.decode(value).map_err(|e| format!("its {field} is not base64url: {e}"))?;
+    let decoded = URL_SAFE_NO_PAD.decode(value).map_err(|e| format!("its {field} is not base64url: {e}"))?;
     if decoded.len() != bytes {
         return Err(format!("its {field} is {} bytes, expected {bytes}", decoded.len()));
     }
@@ -534,9 +529,7 @@ fn check_rsa_material(n: &str, e: &str) -> Result<(), String> {
         None => 0,
     };
     if !(RSA_MODULUS_MIN_BITS..=RSA_MODULUS_MAX_BITS).contains(&n_bits) {
-        return Err(format!(
-            "its modulus is {n_bits} bits, outside {RSA_MODULUS_MIN_BITS}..={RSA_MODULUS_MAX_BITS}"
-        ));
+        return Err(format!("its modulus is {n_bits} bits, outside {RSA_MODULUS_MIN_BITS}..={RSA_MODULUS_MAX_BITS}"));
     }
     if e.is_empty() || e.len() > 8 {
         return Err(format!("its exponent is {} bytes, expected 1 to 8", e.len()));
@@ -609,18 +602,15 @@ fn verify_signature(
     validation.validate_nbf = false;
     validation.validate_aud = false;
     validation.required_spec_claims.clear();
-    let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation).map_err(|e| {
-        match e.kind() {
+    let data =
+        jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation).map_err(|e| match e.kind() {
             JwtErrorKind::InvalidSignature => OidcError::BadSignature { kid: kid.clone() },
             JwtErrorKind::InvalidEcdsaKey
             | JwtErrorKind::InvalidEddsaKey
             | JwtErrorKind::InvalidRsaKey(_)
-            | JwtErrorKind::InvalidKeyFormat => {
-                OidcError::KeyUnusable { kid: kid.clone(), reason: e.to_string() }
-            }
+            | JwtErrorKind::InvalidKeyFormat => OidcError::KeyUnusable { kid: kid.clone(), reason: e.to_string() },
             _ => OidcError::Malformed { reason: e.to_string() },
-        }
-    })?;
+        })?;
     Ok((kid, algorithm, data.claims))
 }
 
@@ -729,9 +719,7 @@ impl Claims<'_> {
     fn check_identity(&self, rule: &OidcRule, expected: &Expected<'_>) -> Result<(), OidcError> {
         let claim = rule.claim.as_str();
         let raw = match self.0.get(claim) {
-            None | Some(Value::Null) => {
-                return Err(OidcError::MissingIdentityClaim { claim: rule.claim.clone() })
-            }
+            None | Some(Value::Null) => return Err(OidcError::MissingIdentityClaim { claim: rule.claim.clone() }),
             Some(Value::String(s)) => s.as_str(),
             Some(_) => return Err(OidcError::ClaimType { claim: "identity claim", expected: "a string" }),
         };
@@ -878,8 +866,8 @@ impl OidcIssuerConfig {
 }
 
 fn parse_jwks_url(url: &str) -> Result<reqwest::Url, OidcConfigError> {
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| OidcConfigError::BadUrl { url: url.to_owned(), reason: e.to_string() })?;
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| OidcConfigError::BadUrl { url: url.to_owned(), reason: e.to_string() })?;
     match parsed.scheme() {
         "https" => Ok(parsed),
         "http" => {
@@ -897,10 +885,9 @@ fn parse_jwks_url(url: &str) -> Result<reqwest::Url, OidcConfigError> {
                 Err(OidcConfigError::PlainHttp { url: url.to_owned() })
             }
         }
-        other => Err(OidcConfigError::BadUrl {
-            url: url.to_owned(),
-            reason: format!("scheme {other} is not https or http"),
-        }),
+        other => {
+            Err(OidcConfigError::BadUrl { url: url.to_owned(), reason: format!("scheme {other} is not https or http") })
+        }
     }
 }
 
@@ -1118,10 +1105,9 @@ impl Jwks {
         config.validate()?;
         let source = match (&config.jwks_file, &config.jwks_url) {
             (Some(path), _) => Source::File(path.clone()),
-            (None, Some(url)) => Source::Url {
-                url: parse_jwks_url(url)?,
-                client: http_client(config.fetch_timeout_ms)?,
-            },
+            (None, Some(url)) => {
+                Source::Url { url: parse_jwks_url(url)?, client: http_client(config.fetch_timeout_ms)? }
+            }
             (None, None) => return Err(OidcConfigError::NoSource { issuer: config.issuer.clone() }),
         };
         let jwks = Self {
@@ -1253,7 +1239,10 @@ enum FileRead {
     Loaded(FileStamp, JwkKeys),
     /// `seen` names the file version (or the error, when there is no file to stamp), so one
     /// bad version is warned about once.
-    Failed { seen: String, error: JwksError },
+    Failed {
+        seen: String,
+        error: JwksError,
+    },
 }
 
 async fn load_file(path: &Path, loaded: Option<FileStamp>) -> FileRead {
@@ -1305,12 +1294,8 @@ fn http_client(timeout_ms: u64) -> Result<reqwest::Client, OidcConfigError> {
 
 async fn fetch(client: &reqwest::Client, url: &reqwest::Url) -> Result<JwkKeys, JwksError> {
     let fetch_error = |e: reqwest::Error| JwksError::Fetch { url: url.to_string(), reason: e.to_string() };
-    let mut response = client
-        .get(url.clone())
-        .header(http::header::ACCEPT, "application/json")
-        .send()
-        .await
-        .map_err(fetch_error)?;
+    let mut response =
+        client.get(url.clone()).header(http::header::ACCEPT, "application/json").send().await.map_err(fetch_error)?;
     if !response.status().is_success() {
         return Err(JwksError::HttpStatus { url: url.to_string(), status: response.status().as_u16() });
     }
