@@ -340,14 +340,23 @@ fn iat_in_the_future_is_refused() {
 }
 
 #[test]
-fn time_claims_of_the_wrong_type_are_malformed() {
+fn claims_of_the_wrong_type_are_malformed() {
     let issuer = TestIssuer::new();
-    for (claim, value) in [("exp", json!("tomorrow")), ("nbf", json!(-1)), ("iat", json!([1]))] {
+    for (claim, value) in [
+        ("exp", json!("tomorrow")),
+        ("nbf", json!(-1)),
+        ("iat", json!([1])),
+        ("iss", json!(5)),
+        ("aud", json!([1])),
+        ("aud", json!({"a": 1})),
+        ("email", json!(5)),
+        ("nonce", json!(true)),
+    ] {
         let token = eddsa_with(&issuer, |c| {
             c.insert(claim.into(), value);
         });
         let refused = check(&issuer, &token).unwrap_err();
-        assert!(matches!(refused, OidcError::ClaimType { claim: c, .. } if c == claim), "{refused:?}");
+        assert!(matches!(&refused, OidcError::ClaimType { claim: c, .. } if c == claim), "{refused:?}");
         assert!(refused.is_malformed());
     }
 }

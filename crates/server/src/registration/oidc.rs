@@ -215,7 +215,7 @@ pub enum OidcError {
     #[error("ID token claim `{claim}` must be {expected}")]
     ClaimType {
         /// The claim.
-        claim: &'static str,
+        claim: String,
         /// What it must be.
         expected: &'static str,
     },
@@ -639,7 +639,7 @@ impl Claims<'_> {
         match self.0.get(claim) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(OidcError::ClaimType { claim, expected: "a string" }),
+            Some(_) => Err(OidcError::ClaimType { claim: claim.to_owned(), expected: "a string" }),
         }
     }
 
@@ -655,10 +655,10 @@ impl Claims<'_> {
                 match n.as_f64() {
                     // `as` saturates for floats beyond u64, and the range check keeps out NaN.
                     Some(seconds) if seconds >= 0.0 && seconds.is_finite() => Ok(Some((seconds * 1000.0) as u64)),
-                    _ => Err(OidcError::ClaimType { claim, expected: EXPECTED }),
+                    _ => Err(OidcError::ClaimType { claim: claim.to_owned(), expected: EXPECTED }),
                 }
             }
-            Some(_) => Err(OidcError::ClaimType { claim, expected: EXPECTED }),
+            Some(_) => Err(OidcError::ClaimType { claim: claim.to_owned(), expected: EXPECTED }),
         }
     }
 
@@ -681,14 +681,14 @@ impl Claims<'_> {
                 let mut found = false;
                 for entry in many {
                     let Value::String(one) = entry else {
-                        return Err(OidcError::ClaimType { claim: "aud", expected: EXPECTED });
+                        return Err(OidcError::ClaimType { claim: "aud".to_owned(), expected: EXPECTED });
                     };
                     found |= one == &rule.audience;
                 }
                 found
             }
             Value::Null => return Err(OidcError::MissingAudience),
-            _ => return Err(OidcError::ClaimType { claim: "aud", expected: EXPECTED }),
+            _ => return Err(OidcError::ClaimType { claim: "aud".to_owned(), expected: EXPECTED }),
         };
         if contains {
             Ok(())
@@ -721,7 +721,7 @@ impl Claims<'_> {
         let raw = match self.0.get(claim) {
             None | Some(Value::Null) => return Err(OidcError::MissingIdentityClaim { claim: rule.claim.clone() }),
             Some(Value::String(s)) => s.as_str(),
-            Some(_) => return Err(OidcError::ClaimType { claim: "identity claim", expected: "a string" }),
+            Some(_) => return Err(OidcError::ClaimType { claim: rule.claim.clone(), expected: "a string" }),
         };
         let canonical = canonical_user_id(raw, expected.local_part_rule)
             .map_err(|source| OidcError::IdentityClaimInvalid { claim: rule.claim.clone(), source })?;
@@ -1065,8 +1065,10 @@ struct RefreshState {
     warned: Option<String>,
 }
 
-/// One issuer's keys, from a JWKS file or URL, re-read as configured. Cheap to share behind an
-/// `Arc`; reads never block each other, and at most one re-read runs at a time.
+/// One issuer's keys, from a JWKS file or URL, re-read as configured, lazily: on use, when the
+/// interval has passed (no task of its own, so nothing to stop at shutdown). Shared behind an
+/// `Arc`; at most one re-read runs at a time, and scheduled re-reads never make other callers
+/// wait.
 pub struct Jwks {
     issuer: String,
     source: Source,
@@ -1134,9 +1136,13 @@ impl Jwks {
     }
 
     /// The keys in force now, re-reading the source first when `refresh_ms` has passed (or,
-    /// after a failed fetch, `min_refetch_ms`).
+    /// after a failed fetch, `min_refetch_ms`). While another caller re-reads, the keys in
+    /// force are returned at once: a slow issuer delays one registration per interval, not all
+    /// of them (a token with a new kid still waits, in [`Jwks::refresh_early`]).
     pub async fn keys(&self, now_ms: u64) -> Arc<JwkKeys> {
-        let mut state = self.refresh.lock().await;
+        let Ok(mut state) = self.refresh.try_lock() else {
+            return self.current();
+        };
         let interval_ms = if state.last_failed { self.min_refetch_ms.min(self.refresh_ms) } else { self.refresh_ms };
         if elapsed_at_least(now_ms, state.last_read_ms, interval_ms) {
             // Failures are logged by `read` and leave the old keys in force.
