@@ -616,6 +616,24 @@ async fn unknown_kid_rereads_the_file_early_before_its_interval() {
 }
 
 #[tokio::test]
+async fn an_issuer_is_configured_once_and_its_keys_serve_only_its_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    let issuer = TestIssuer::new();
+    write_atomically(&path, &issuer.jwks_json());
+    let config = OidcIssuerConfig::file(TEST_ISSUER, &path);
+    let twice = OidcIssuers::open(&[config.clone(), config.clone()], NOW_MS).await;
+    assert_eq!(twice.unwrap_err(), OidcConfigError::DuplicateIssuer { issuer: TEST_ISSUER.to_owned() });
+    let jwks = Jwks::open(&config, NOW_MS).await.unwrap();
+    let token = issuer.mint(&issuer.claims(USER, &UPDATE_ID, NOW_MS));
+    let other = OidcRule { issuer: "https://other.example".to_owned(), ..rule() };
+    assert_eq!(
+        jwks.verify(&token, &other, &expected(), NOW_MS, SKEW_MS).await,
+        Err(OidcError::IssuerNotConfigured { issuer: "https://other.example".to_owned() })
+    );
+}
+
+#[tokio::test]
 async fn jwks_file_that_cannot_be_loaded_fails_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let missing = OidcIssuerConfig::file(TEST_ISSUER, dir.path().join("absent.json"));
