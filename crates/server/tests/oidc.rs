@@ -600,6 +600,53 @@ async fn jwks_file_is_reloaded_when_replaced_and_a_bad_file_keeps_the_old_keys()
     assert!(matches!(refused, Err(OidcError::UnknownKid { .. })), "{refused:?}");
 }
 
+/// Log lines, captured for one test's thread.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn count(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).matches(needle).count()
+    }
+}
+
+#[tokio::test]
+async fn a_bad_jwks_file_is_warned_about_once_per_change() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+    // The default current-thread runtime keeps every read on this thread.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    let issuer = TestIssuer::new();
+    write_atomically(&path, &issuer.jwks_json());
+    let jwks = Jwks::open(&OidcIssuerConfig::file(TEST_ISSUER, &path), NOW_MS).await.unwrap();
+    const WARNING: &str = "JWKS file not usable";
+
+    write_atomically(&path, "{\"keys\": 5}");
+    for step in 1..=3 {
+        assert!(jwks.keys(NOW_MS + step * 1_000).await.usable_kids().eq([issuer.kid()]));
+    }
+    assert_eq!(logs.count(WARNING), 1);
+
+    write_atomically(&path, "not json, another change");
+    for step in 4..=6 {
+        assert!(jwks.keys(NOW_MS + step * 1_000).await.usable_kids().eq([issuer.kid()]));
+    }
+    assert_eq!(logs.count(WARNING), 2);
+}
+
 #[tokio::test]
 async fn unknown_kid_rereads_the_file_early_before_its_interval() {
     let dir = tempfile::tempdir().unwrap();

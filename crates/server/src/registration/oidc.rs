@@ -36,6 +36,13 @@
 //! `nbf - skew` on, and `iat` may be at most `skew` ahead of `now`. NumericDates are seconds and
 //! may carry a fraction; they are compared in milliseconds.
 //!
+//! # Ed25519 here is not the protocol's Ed25519
+//! The protocol checks its own Ed25519 signatures with `keyraft_core::ed25519` so that every
+//! replica and verifier agrees on edge cases (clippy.toml forbids the other checks). EdDSA ID
+//! tokens are checked by jsonwebtoken's ed25519-dalek instead: the issuer's signature is judged
+//! only here, at the edge, before the update is proposed, and is neither logged nor replayed by
+//! verifiers, so no two parties need to agree on it.
+//!
 //! # What is not checked
 //! `azp`, `at_hash`, `auth_time` and `acr`: a registration needs to know who the issuer says
 //! this is and that the token was minted for this update, not how the user signed in. `iat` is
