@@ -14,6 +14,7 @@
 //!    pass that method's check against this exact update (its update id).
 
 pub mod email;
+pub mod oidc;
 
 use keyraft_core::clock::Clock;
 use keyraft_core::registration::{verify_attestation, Attestation, Method, NamespaceRule, RegistrationPolicy};
