@@ -14,6 +14,9 @@ use keyraft_core::vrf::VrfSecretKey;
 use keyraft_core::{RealmConfig, RealmFile};
 use keyraft_server::config::{EpochSettings, Limits, NodeConfig, RaftSettings, VoterSpec};
 use keyraft_server::peer_client::connect_lazy;
+use keyraft_server::registration::email::{generate_mac_key_file, EmailConfig, SmtpConfig, CODE_TTL_MS_DEFAULT};
+use keyraft_server::registration::oidc::OidcIssuerConfig;
+use keyraft_server::registration::RegistrationSettings;
 use keyraft_server::Listening;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -72,12 +75,79 @@ pub struct DevArgs {
     /// `registrar` method; repeat for several (first start only).
     #[arg(long = "registrar-key", value_name = "KEY")]
     pub registrar_keys: Vec<String>,
+    /// For the `email` method: write registration codes to the replicas' logs
+    /// (`keyraft-dev/logs/node-N.log`) instead of mailing them (first start only; the summary
+    /// says so).
+    #[arg(long, conflicts_with = "smtp_relay")]
+    pub email_codes_to_log: bool,
+    /// For the `email` method: mail codes through this SMTP relay (HOST:PORT; plaintext,
+    /// loopback only; first start only).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub smtp_relay: Option<String>,
+    /// For the `oidc` method: the ID tokens' issuer (first start only).
+    #[arg(long, requires = "oidc_audience")]
+    pub oidc_issuer: Option<String>,
+    /// For the `oidc` method: the audience (client id) the tokens must name.
+    #[arg(long, requires = "oidc_issuer")]
+    pub oidc_audience: Option<String>,
+    /// For the `oidc` method: the issuer's JWKS file (re-read when it changes).
+    #[arg(long, requires = "oidc_issuer", conflicts_with = "oidc_jwks_url")]
+    pub oidc_jwks_file: Option<PathBuf>,
+    /// For the `oidc` method: the issuer's JWKS URL.
+    #[arg(long, requires = "oidc_issuer")]
+    pub oidc_jwks_url: Option<String>,
     /// Keep the production rate limits (`[limits]` `rate_*`) for loopback clients too (first
     /// start only). Without it the replicas exempt loopback (`rate_exempt_addresses`): a dev
     /// realm's clients are the developer, its tests and `keyraft bench`, and load tests run
     /// against a realm configured for them.
     #[arg(long)]
     pub rate_limits: bool,
+}
+
+/// The replicas' `[registration]` settings from `--email-codes-to-log`, `--smtp-relay` and
+/// `--oidc-*`; writes the e-mail MAC key the replicas share when e-mail codes are on.
+fn registration_settings(args: &DevArgs, dir: &Path) -> Result<RegistrationSettings, Box<dyn std::error::Error>> {
+    let mut settings = RegistrationSettings::default();
+    if args.email_codes_to_log || args.smtp_relay.is_some() {
+        let key = dir.join("keys/email-mac.key");
+        generate_mac_key_file(&key)?;
+        let smtp = match &args.smtp_relay {
+            Some(relay) => {
+                let (host, port) = relay
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+                    .ok_or_else(|| format!("--smtp-relay {relay:?}: expected HOST:PORT"))?;
+                Some(SmtpConfig {
+                    host,
+                    port,
+                    from: "keyraft-dev@localhost".into(),
+                    starttls: false,
+                    username: None,
+                    password_file: None,
+                    ca_file: None,
+                    timeout_ms: 10_000,
+                })
+            }
+            None => None,
+        };
+        settings.email = Some(EmailConfig {
+            mac_key_file: "keys/email-mac.key".into(),
+            code_ttl_ms: CODE_TTL_MS_DEFAULT,
+            smtp,
+            log_codes: args.email_codes_to_log,
+        });
+    }
+    if let Some(issuer) = &args.oidc_issuer {
+        let mut config = match (&args.oidc_jwks_file, &args.oidc_jwks_url) {
+            (Some(file), _) => OidcIssuerConfig::file(issuer.clone(), std::path::absolute(file)?),
+            (None, Some(url)) => OidcIssuerConfig::url(issuer.clone(), url.clone()),
+            (None, None) => return Err("--oidc-issuer needs --oidc-jwks-file or --oidc-jwks-url".into()),
+        };
+        // Tests replace the file and expect the new keys soon.
+        config.min_refetch_ms = config.min_refetch_ms.min(1_000);
+        settings.oidc.push(config);
+    }
+    Ok(settings)
 }
 
 /// The realm's registration policy from `--registration` and `--registrar-key`.
@@ -102,6 +172,14 @@ fn registration_policy(args: &DevArgs) -> Result<RegistrationPolicy, Box<dyn std
                 "open" => Ok(Method::Open),
                 "registrar" => Ok(Method::Registrar),
                 "email" => Ok(Method::Email),
+                "oidc" => match (&args.oidc_issuer, &args.oidc_audience) {
+                    (Some(issuer), Some(audience)) => Ok(Method::Oidc {
+                        issuer: issuer.clone(),
+                        audience: audience.clone(),
+                        claim: keyraft_core::registration::OIDC_CLAIM_DEFAULT.to_owned(),
+                    }),
+                    _ => Err(format!("--registration {spec:?}: `oidc` needs --oidc-issuer and --oidc-audience")),
+                },
                 other => {
                     Err(format!("--registration {spec:?}: unknown method {other:?} (open, registrar, email, oidc)"))
                 }
@@ -167,6 +245,7 @@ fn create(args: &DevArgs) -> CmdResult {
     } else if !args.registration.is_empty() || !args.registrar_keys.is_empty() {
         return Err("--registration and --registrar-key need --protocol-version 2".into());
     }
+    let registration_settings = registration_settings(args, dir)?;
     let mut voters = Vec::new();
     for id in 1..=args.replicas {
         let offset = u16::try_from(id).map_err(|_| "too many replicas")?;
@@ -198,6 +277,7 @@ fn create(args: &DevArgs) -> CmdResult {
             limits: dev_limits(args)?,
             storage: Default::default(),
             voters: voters.clone(),
+            registration: registration_settings.clone(),
         };
         std::fs::write(node_config_path(dir, v.id), toml::to_string_pretty(&node)?)?;
     }

@@ -68,6 +68,10 @@ pub struct NodeConfig {
     /// The initial voters, for `--init`.
     #[serde(default)]
     pub voters: Vec<VoterSpec>,
+    /// The registration methods' settings (`[registration]`): the e-mail code key and relay,
+    /// the OIDC issuers' keys.
+    #[serde(default)]
+    pub registration: crate::registration::RegistrationSettings,
 }
 
 /// Epoch timing.
@@ -380,6 +384,7 @@ impl NodeConfig {
         config.vrf_secret_key_file = resolve(base, &config.vrf_secret_key_file);
         config.signing_key_file = resolve(base, &config.signing_key_file);
         config.cluster_token_file = resolve(base, &config.cluster_token_file);
+        config.registration.resolve_paths(base);
         config.check()?;
 
         let realm_json = std::fs::read_to_string(&config.realm_file)
@@ -589,6 +594,7 @@ mod tests {
             limits: Limits::default(),
             storage: StorageSettings::default(),
             voters: vec![],
+            registration: Default::default(),
         }
     }
 

@@ -109,7 +109,8 @@ pub async fn run_with(
     threads: &ThreadSpawner,
 ) -> Result<(), Error> {
     let Loaded { config, realm, vrf, signing_key, cluster_token, realm_clock_skew_ms, seams } = loaded;
-    let registrations = Arc::new(Registrations::new(&realm, seams.clock.clone(), realm_clock_skew_ms));
+    let registrations =
+        Arc::new(Registrations::open(&realm, &config.registration, seams.clock.clone(), realm_clock_skew_ms).await?);
     // A child: a Raft core that stops on its own stops the tasks, not the caller's token.
     let tasks = Tasks::new(shutdown.child_token(), tracker);
     check_data_dir(&config.data_dir)?;

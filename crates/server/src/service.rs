@@ -250,7 +250,7 @@ impl Keyraft for PublicService {
                     if current.is_none() {
                         let proof = req.registration.as_ref().and_then(|r| r.proof.as_ref());
                         // User ids stay out of logs: the state keeps none at rest, logs must not either.
-                        let admitted = self.registrations.check(&user_id, &id, proof)?;
+                        let admitted = self.registrations.check(&user_id, &id, proof).await?;
                         tracing::debug!(method = admitted.method(), "registration admitted");
                     }
                     None

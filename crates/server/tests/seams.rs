@@ -57,6 +57,7 @@ fn loaded(dir: &Path, epochs: EpochSettings, seams: Seams) -> Loaded {
         limits: Limits::default(),
         storage: StorageSettings::default(),
         voters: vec![],
+        registration: Default::default(),
     };
     Loaded {
         config,

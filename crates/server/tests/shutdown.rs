@@ -32,6 +32,7 @@ fn loaded(dir: &std::path::Path) -> Loaded {
         limits: Limits::default(),
         storage: StorageSettings { state_cache_bytes: 1 << 20, log_cache_bytes: 1 << 20 },
         voters: Vec::new(),
+        registration: Default::default(),
     };
     let signing_key = replicas.into_iter().next().unwrap();
     Loaded {

@@ -16,12 +16,47 @@
 pub mod email;
 pub mod oidc;
 
+use crate::error::Error;
+use email::{EmailCodeError, EmailCodes, EmailConfig, MailError, Mailer};
 use keyraft_core::clock::Clock;
+use keyraft_core::identity::canonical_user_id;
 use keyraft_core::registration::{verify_attestation, Attestation, Method, NamespaceRule, RegistrationPolicy};
 use keyraft_core::{decode_canonical, RealmConfig, Verified};
 use keyraft_proto::pb::registration::Proof;
+use oidc::{Expected, OidcIssuerConfig, OidcIssuers, OidcRule, VerifiedIdToken};
 use std::sync::Arc;
 use tonic::Status;
+
+/// A replica's settings for the registration methods that need more than the realm file:
+/// `[registration]` in its configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationSettings {
+    /// The `email` method: the MAC key the realm's replicas share and how codes are sent.
+    /// Required when the realm allows `email` anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<EmailConfig>,
+    /// The `oidc` method: where each issuer's keys come from (`[[registration.oidc]]`), one
+    /// entry per issuer the realm names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oidc: Vec<OidcIssuerConfig>,
+}
+
+impl RegistrationSettings {
+    /// Resolves relative paths against the configuration file's directory.
+    pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        if let Some(email) = &mut self.email {
+            email.resolve_paths(base);
+        }
+        for issuer in &mut self.oidc {
+            if let Some(f) = &issuer.jwks_file {
+                if f.is_relative() {
+                    issuer.jwks_file = Some(base.join(f));
+                }
+            }
+        }
+    }
+}
 
 /// Why an identity may be registered: what passed.
 #[derive(Debug)]
@@ -32,6 +67,10 @@ pub enum Admitted {
     Open,
     /// A registrar attested it.
     Registrar(Box<Verified<Attestation>>),
+    /// An ID token from an issuer the namespace names.
+    Oidc(Box<VerifiedIdToken>),
+    /// A code mailed to the address.
+    Email(Box<email::VerifiedEmailCode>),
 }
 
 impl Admitted {
@@ -41,12 +80,13 @@ impl Admitted {
             Self::Version1 => "version1",
             Self::Open => "open",
             Self::Registrar(_) => "registrar",
+            Self::Oidc(_) => "oidc",
+            Self::Email(_) => "email",
         }
     }
 }
 
 /// A replica's registration checks.
-#[derive(Debug)]
 pub struct Registrations {
     realm: String,
     policy: Option<RegistrationPolicy>,
@@ -54,17 +94,77 @@ pub struct Registrations {
     /// How far apart the replica's and a proof issuer's clocks may be (the realm file's
     /// `clock_skew_ms`).
     skew_ms: u64,
+    email: Option<(EmailCodes, Mailer)>,
+    oidc: OidcIssuers,
+}
+
+impl std::fmt::Debug for Registrations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registrations")
+            .field("realm", &self.realm)
+            .field("protocol_version", &if self.policy.is_some() { 2 } else { 1 })
+            .field("email", &self.email.as_ref().map(|(_, m)| m.describe()))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Registrations {
-    /// The checks of `realm`, judged by `clock` with `skew_ms` of tolerance.
-    pub fn new(realm: &RealmConfig, clock: Arc<dyn Clock>, skew_ms: u64) -> Self {
-        Self { realm: realm.realm.clone(), policy: realm.registration.clone(), clock, skew_ms }
+    /// The checks of `realm` with this replica's `settings`, judged by `clock` with `skew_ms`
+    /// of tolerance. Every method the realm's policy names must be usable here: a replica
+    /// that could not check a method the realm promises refuses to start.
+    pub async fn open(
+        realm: &RealmConfig,
+        settings: &RegistrationSettings,
+        clock: Arc<dyn Clock>,
+        skew_ms: u64,
+    ) -> Result<Self, Error> {
+        let policy = realm.registration.clone();
+        let methods: Vec<&Method> = policy.iter().flat_map(|p| p.rules.iter().flat_map(|r| r.methods.iter())).collect();
+        let email = match &settings.email {
+            Some(config) => {
+                let codes = config.codes(&realm.realm).map_err(|e| Error::config_because("registration.email", e))?;
+                let mailer = config.mailer().map_err(|e| Error::config_because("registration.email", e))?;
+                tracing::info!(mailer = %mailer.describe(), "registration by e-mail code");
+                Some((codes, mailer))
+            }
+            None if methods.iter().any(|m| matches!(m, Method::Email)) => {
+                return Err(Error::config(
+                    "the realm allows registration by e-mail code, but [registration.email] is not configured \
+                     (the MAC key the replicas share, and an SMTP relay)",
+                ))
+            }
+            None => None,
+        };
+        for m in &methods {
+            if let Method::Oidc { issuer, .. } = m {
+                if !settings.oidc.iter().any(|c| &c.issuer == issuer) {
+                    return Err(Error::config(format!(
+                        "the realm allows registration by ID tokens of issuer {issuer:?}, but no [[registration.oidc]] \
+                         entry says where its keys are (jwks_file or jwks_url)"
+                    )));
+                }
+            }
+        }
+        let oidc = OidcIssuers::open(&settings.oidc, clock.now_ms())
+            .await
+            .map_err(|e| Error::config_because("registration.oidc", e))?;
+        match &policy {
+            None => tracing::warn!(
+                realm = %realm.realm,
+                "protocol version 1: user ids are taken as typed and anyone may register any identity"
+            ),
+            Some(p) => {
+                for rule in p.rules.iter().filter(|r| r.is_open()) {
+                    tracing::info!(namespace = %rule.namespace, "registration is open (first come, first served) here");
+                }
+            }
+        }
+        Ok(Self { realm: realm.realm.clone(), policy, clock, skew_ms, email, oidc })
     }
 
     /// Checks that `user_id` (canonical), which has no entry yet, may be registered with the
     /// update `update_id`, given the request's `proof`.
-    pub fn check(&self, user_id: &str, update_id: &[u8; 32], proof: Option<&Proof>) -> Result<Admitted, Status> {
+    pub async fn check(&self, user_id: &str, update_id: &[u8; 32], proof: Option<&Proof>) -> Result<Admitted, Status> {
         let Some(policy) = &self.policy else { return Ok(Admitted::Version1) };
         let Some(rule) = policy.rule_for(user_id) else {
             return Err(Status::permission_denied(format!(
@@ -83,37 +183,59 @@ impl Registrations {
                 allowed(rule)
             )));
         };
+        let now_ms = self.clock.now_ms();
         match proof {
             Proof::RegistrarAttestation(bytes) => {
                 require(rule, |m| matches!(m, Method::Registrar), "a registrar attestation")?;
                 let attestation: Attestation = decode_canonical(bytes).map_err(|e| {
                     Status::invalid_argument(format!("registration.registrar_attestation: malformed: {e}"))
                 })?;
-                let verified = verify_attestation(
-                    &self.realm,
-                    policy,
-                    &attestation,
-                    user_id,
-                    update_id,
-                    self.clock.now_ms(),
-                    self.skew_ms,
-                )
-                .map_err(|e| Status::permission_denied(format!("registration refused: {e}")))?;
+                let verified =
+                    verify_attestation(&self.realm, policy, &attestation, user_id, update_id, now_ms, self.skew_ms)
+                        .map_err(|e| Status::permission_denied(format!("registration refused: {e}")))?;
                 Ok(Admitted::Registrar(Box::new(verified)))
             }
-            Proof::OidcIdToken(_) => {
+            Proof::OidcIdToken(token) => {
                 require(rule, |m| matches!(m, Method::Oidc { .. }), "an OIDC ID token")?;
-                Err(Status::failed_precondition("this replica cannot check OIDC ID tokens"))
+                let expected = Expected { user_id, local_part_rule: policy.local_part_rule, update_id };
+                // The namespace may name several issuers: the token is checked against each
+                // (its `iss` picks one in practice); the error of the last is reported.
+                let mut last = None;
+                for m in &rule.methods {
+                    if let Method::Oidc { issuer, audience, claim } = m {
+                        let oidc_rule =
+                            OidcRule { issuer: issuer.clone(), audience: audience.clone(), claim: claim.clone() };
+                        match self.oidc.verify(token, &oidc_rule, &expected, now_ms, self.skew_ms).await {
+                            Ok(verified) => return Ok(Admitted::Oidc(Box::new(verified))),
+                            Err(e) => last = Some(e),
+                        }
+                    }
+                }
+                let e = last.ok_or_else(|| Status::internal("an oidc namespace without an oidc method"))?;
+                Err(if e.is_malformed() {
+                    Status::invalid_argument(format!("registration.oidc_id_token: {e}"))
+                } else {
+                    Status::permission_denied(format!("registration refused: ID token: {e}"))
+                })
             }
-            Proof::EmailCode(_) => {
+            Proof::EmailCode(code) => {
                 require(rule, |m| matches!(m, Method::Email), "an e-mail code")?;
-                Err(Status::failed_precondition("this replica cannot check e-mail codes"))
+                let (codes, _) = self.email.as_ref().ok_or_else(|| {
+                    Status::internal("the realm allows e-mail codes but this replica has none configured")
+                })?;
+                let id = canonical_user_id(user_id, policy.local_part_rule)
+                    .map_err(|e| Status::invalid_argument(format!("user_id: {e}")))?;
+                match codes.check(code, &id, update_id, now_ms) {
+                    Ok(verified) => Ok(Admitted::Email(Box::new(verified))),
+                    Err(e @ EmailCodeError::Malformed(_)) => {
+                        Err(Status::invalid_argument(format!("registration.email_code: {e}")))
+                    }
+                    Err(e) => Err(Status::permission_denied(format!("registration refused: e-mail code: {e}"))),
+                }
             }
         }
     }
-}
 
-impl Registrations {
     /// Mails a code registering `user_id` (canonical, with no entry yet) with the update
     /// `update_id`: the address and the code's expiry.
     pub async fn send_email_code(&self, user_id: &str, update_id: &[u8; 32]) -> Result<(String, u64), Status> {
@@ -136,8 +258,19 @@ impl Registrations {
                 allowed(rule)
             )));
         }
-        let _ = update_id;
-        Err(Status::failed_precondition("this replica cannot send e-mail codes"))
+        let (codes, mailer) = self
+            .email
+            .as_ref()
+            .ok_or_else(|| Status::internal("the realm allows e-mail codes but this replica has none configured"))?;
+        let id = canonical_user_id(user_id, policy.local_part_rule)
+            .map_err(|e| Status::invalid_argument(format!("user_id: {e}")))?;
+        let code = codes.issue(&id, update_id, self.clock.now_ms());
+        mailer.send_code(&self.realm, &id, &code).await.map_err(|e| match e {
+            MailError::NotAnAddress { .. } => Status::invalid_argument(e.to_string()),
+            MailError::Relay { .. } => Status::unavailable(format!("{e}; retry later")),
+            other => Status::internal(other.to_string()),
+        })?;
+        Ok((id.into_string(), code.expires_at_ms()))
     }
 }
 
