@@ -65,7 +65,7 @@ pub struct RealmFile {
     #[serde(default)]
     pub endpoints: Vec<String>,
     /// The protocol version: 1 (the default, for files written before version 2) or 2.
-    #[serde(default = "protocol_version_1")]
+    #[serde(default = "protocol_version_1", skip_serializing_if = "is_version_1")]
     pub protocol_version: u8,
     /// Who may register identities (version 2 only, where it is required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -74,6 +74,12 @@ pub struct RealmFile {
 
 fn protocol_version_1() -> u8 {
     1
+}
+
+/// A version-1 file is written as before version 2 existed, so that readers written for
+/// version 1 (which refuse unknown fields) still read it.
+fn is_version_1(v: &u8) -> bool {
+    *v == 1
 }
 
 /// The realm file's `registration` object.
