@@ -612,6 +612,16 @@ fn summary(dir: &Path, realm: &RealmFile, listening: &[Listening], out: &mut dyn
             }
         }
     }
+    if let Ok(text) = std::fs::read_to_string(node_config_path(dir, 1)) {
+        if let Ok(node) = toml::from_str::<NodeConfig>(&text) {
+            if node.registration.email.as_ref().is_some_and(|e| e.log_codes) {
+                writeln!(
+                    out,
+                    "  e-mail registration codes are written to the replicas' logs ({d}/logs/node-N.log), not mailed"
+                )?;
+            }
+        }
+    }
     if realm.verifier_threshold > 0 {
         writeln!(
             out,
