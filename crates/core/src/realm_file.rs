@@ -282,9 +282,63 @@ fn keys(field: &'static str, list: &[String]) -> Result<Vec<PublicKey>, RealmFil
     Ok(out)
 }
 
+/// What serde alone would let through: `null` for an optional field (read as absent), a JSON
+/// array in place of an object (read field by field in declaration order), `{"open": null}`
+/// for a unit method. The spec allows none of them, and two readers must agree on every file.
+fn check_shape(value: &serde_json::Value) -> Result<(), RealmFileError> {
+    use serde_json::Value;
+    fn shape(field: &str, message: &str) -> RealmFileError {
+        RealmFileError::Key { field: field.to_owned(), message: message.to_owned() }
+    }
+    fn no_null(path: &str, v: &Value) -> Result<(), RealmFileError> {
+        match v {
+            Value::Null => Err(shape(path, "null is not a value of any field (leave the field out)")),
+            Value::Array(items) => {
+                items.iter().enumerate().try_for_each(|(i, item)| no_null(&format!("{path}[{i}]"), item))
+            }
+            Value::Object(map) => map.iter().try_for_each(|(k, item)| {
+                no_null(&if path.is_empty() { k.clone() } else { format!("{path}.{k}") }, item)
+            }),
+            _ => Ok(()),
+        }
+    }
+    let Value::Object(top) = value else { return Err(shape("(file)", "expected a JSON object")) };
+    no_null("", value)?;
+    let Some(registration) = top.get("registration") else { return Ok(()) };
+    let Value::Object(registration) = registration else { return Err(shape("registration", "expected an object")) };
+    let Some(namespaces) = registration.get("namespaces") else { return Ok(()) };
+    let Value::Array(namespaces) = namespaces else {
+        return Err(shape("registration.namespaces", "expected a list"));
+    };
+    for (i, ns) in namespaces.iter().enumerate() {
+        let at = format!("registration.namespaces[{i}]");
+        let Value::Object(ns) = ns else { return Err(shape(&at, "expected an object")) };
+        let Some(Value::Array(methods)) = ns.get("methods") else { continue };
+        for (j, m) in methods.iter().enumerate() {
+            let at = format!("{at}.methods[{j}]");
+            match m {
+                Value::String(_) => {}
+                Value::Object(map) => {
+                    for (name, body) in map {
+                        if !body.is_object() {
+                            return Err(shape(&format!("{at}.{name}"), "expected an object of the method's settings"));
+                        }
+                    }
+                }
+                _ => return Err(shape(&at, "expected a method name or an object")),
+            }
+        }
+    }
+    Ok(())
+}
+
 impl RealmFile {
     /// Parses and checks a realm file.
     pub fn from_json(json: &str) -> Result<Self, RealmFileError> {
+        let value: serde_json::Value = serde_json::from_str(json).map_err(|e| RealmFileError::Json(e.to_string()))?;
+        check_shape(&value)?;
+        // Read again from the text: a `Value` keeps only the last of duplicate fields, which
+        // the typed read refuses.
         let file: Self = serde_json::from_str(json).map_err(|e| RealmFileError::Json(e.to_string()))?;
         file.client_realm()?;
         Ok(file)

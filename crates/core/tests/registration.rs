@@ -222,3 +222,30 @@ fn flipping_any_bit_of_an_attestation_makes_it_fail() {
         }
     }
 }
+
+#[test]
+fn realm_files_in_shapes_serde_would_bend_are_refused() {
+    let json = RealmFile::new(&v2(), 60_000, 5_000, vec![]).to_json();
+    let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        f(&mut v);
+        RealmFile::from_json(&v.to_string()).map(|_| ()).map_err(|e| e.to_string())
+    };
+    edit(&|_| {}).unwrap();
+    let e = edit(&|v| v["verifier_keys"] = serde_json::Value::Null).unwrap_err();
+    assert!(e.contains("verifier_keys") && e.contains("null"), "{e}");
+    let e = edit(&|v| v["registration"]["namespaces"][1]["methods"] = serde_json::json!([{"open": null}])).unwrap_err();
+    assert!(e.contains("null") || e.contains("methods[0]"), "{e}");
+    let e = edit(&|v| v["registration"]["namespaces"][1] = serde_json::json!(["*", ["open"]])).unwrap_err();
+    assert!(e.contains("namespaces[1]"), "{e}");
+    let e = edit(&|v| {
+        v["registration"]["namespaces"][0]["methods"][0] = serde_json::json!({"oidc": ["https://id", "aud"]});
+    })
+    .unwrap_err();
+    assert!(e.contains("oidc"), "{e}");
+    let mut one: serde_json::Value =
+        serde_json::from_str(&RealmFile::new(&v1(), 60_000, 5_000, vec![]).to_json()).unwrap();
+    one["registration"] = serde_json::Value::Null;
+    assert!(RealmFile::from_json(&one.to_string()).is_err());
+    assert!(RealmFile::from_json("[\"example.org\"]").is_err());
+}
