@@ -96,217 +96,215 @@ fn accepted() -> Vec<(&'static str, &'static str, Value)> {
     ]
 }
 
-/// (name, description, realm file, the field a refusal names), each a change to the
-/// every-method file.
-fn refused() -> Vec<(&'static str, &'static str, Value, &'static str)> {
+/// A change to a realm file: set the value at a JSON pointer (`null` removes the field).
+type Change = (&'static str, Value);
+
+/// (name, description, change, the field a refusal names): changes of registrar keys and of
+/// the protocol version.
+fn refused_keys_and_versions() -> Vec<(&'static str, &'static str, Change, &'static str)> {
     let base = file_of(&v1().with_registration(every_method()).unwrap());
-    let edit = |f: &dyn Fn(&mut Value)| {
-        let mut v = base.clone();
-        f(&mut v);
-        v
-    };
-    let hex_of = |k: PublicKey| Value::from(hex::encode(k.as_bytes()));
-    let nine_methods: Vec<Value> = ["open", "registrar", "email"]
-        .into_iter()
-        .map(Value::from)
-        .chain((0..6).map(|i| json!({"oidc": {"issuer": format!("https://id{i}.example"), "audience": "kr"}})))
-        .collect();
+    let registrar = |i: usize| base["registration"]["registrar_keys"][i].clone();
     let mut many_keys: Vec<String> = (10..43).map(|n| hex::encode(key(n).as_bytes())).collect();
     many_keys.sort();
+    let keys = "/registration/registrar_keys";
     vec![
-        (
-            "unknown-method",
-            "a method no version defines",
-            edit(&|v| v["registration"]["namespaces"][1]["methods"] = json!(["open", "sms"])),
-            "registration.namespaces[1].methods[1]",
-        ),
-        (
-            "oidc-as-a-string",
-            "oidc needs its issuer and audience",
-            edit(&|v| v["registration"]["namespaces"][1]["methods"] = json!(["oidc"])),
-            "registration.namespaces[1].methods[0]",
-        ),
         (
             "registrar-keys-unsorted",
             "registrar keys in descending order",
-            edit(&|v| {
-                v["registration"]["registrar_keys"].as_array_mut().unwrap().reverse();
-            }),
+            (keys, json!([registrar(1), registrar(0)])),
             "registration.registrar_keys[1]",
         ),
         (
             "registrar-key-twice",
             "a registrar key listed twice",
-            edit(&|v| v["registration"]["registrar_keys"][1] = v["registration"]["registrar_keys"][0].clone()),
+            (keys, json!([registrar(0), registrar(0)])),
             "registration.registrar_keys[1]",
         ),
         (
             "registrar-key-upper-case",
             "a registrar key in upper-case hex",
-            edit(&|v| {
-                v["registration"]["registrar_keys"][0] =
-                    v["registration"]["registrar_keys"][0].as_str().unwrap().to_uppercase().into()
-            }),
+            (keys, json!([registrar(0).as_str().unwrap().to_uppercase(), registrar(1)])),
             "registration.registrar_keys[0]",
         ),
         (
             "registrar-key-is-a-replica-key",
             "a registrar key that is also a replica key",
-            edit(&|v| v["registration"]["registrar_keys"] = json!([hex_of(key(1))])),
+            (keys, json!([hex::encode(key(1).as_bytes())])),
             "registration.registrar_keys[0]",
         ),
         (
             "33-registrar-keys",
             "one registrar key more than the limit",
-            edit(&|v| v["registration"]["registrar_keys"] = json!(many_keys)),
+            (keys, json!(many_keys)),
             "registration.registrar_keys",
         ),
         (
             "registrar-without-registrar-keys",
             "a rule allowing registrar in a realm with no registrar key",
-            edit(&|v| v["registration"]["registrar_keys"] = json!([])),
+            (keys, json!([])),
             "registration.namespaces[0].methods[0]",
         ),
         (
             "version-2-without-registration",
             "protocol_version 2 and no registration object",
-            edit(&|v| {
-                v.as_object_mut().unwrap().remove("registration");
-            }),
+            ("/registration", Value::Null),
             "registration",
         ),
         (
             "registration-under-version-1",
             "a registration object without protocol_version (so version 1)",
-            edit(&|v| {
-                v.as_object_mut().unwrap().remove("protocol_version");
-            }),
+            ("/protocol_version", Value::Null),
             "registration",
         ),
         (
             "protocol-version-3",
             "a version this protocol does not define",
-            edit(&|v| v["protocol_version"] = 3.into()),
+            ("/protocol_version", json!(3)),
             "protocol_version",
         ),
         (
             "protocol-version-as-a-string",
             "\"2\" is not the integer 2",
-            edit(&|v| v["protocol_version"] = "2".into()),
+            ("/protocol_version", json!("2")),
             "protocol_version",
-        ),
-        (
-            "method-twice",
-            "open listed twice in one rule",
-            edit(&|v| v["registration"]["namespaces"][1]["methods"] = json!(["open", "open"])),
-            "registration.namespaces[1].methods[1]",
-        ),
-        (
-            "oidc-twice",
-            "one OIDC method twice, once with the default claim left out",
-            edit(&|v| {
-                v["registration"]["namespaces"][1]["methods"] = json!([
-                    {"oidc": {"issuer": "https://id.example", "audience": "kr"}},
-                    {"oidc": {"issuer": "https://id.example", "audience": "kr", "claim": "email"}},
-                ])
-            }),
-            "registration.namespaces[1].methods[1]",
-        ),
-        (
-            "nine-methods",
-            "one method more than the limit",
-            edit(&|v| v["registration"]["namespaces"][1]["methods"] = json!(nine_methods)),
-            "registration.namespaces[1].methods",
-        ),
-        (
-            "no-method",
-            "a rule with no method",
-            edit(&|v| v["registration"]["namespaces"][1]["methods"] = json!([])),
-            "registration.namespaces[1].methods",
-        ),
-        (
-            "no-namespace",
-            "a policy with no rule",
-            edit(&|v| v["registration"]["namespaces"] = json!([])),
-            "registration.namespaces",
-        ),
-        (
-            "upper-case-domain",
-            "a namespace with an upper-case letter after its last @",
-            edit(&|v| v["registration"]["namespaces"][0]["namespace"] = "*@Example.com".into()),
-            "registration.namespaces[0].namespace",
-        ),
-        (
-            "empty-namespace",
-            "a namespace of 0 bytes",
-            edit(&|v| v["registration"]["namespaces"][1]["namespace"] = "".into()),
-            "registration.namespaces[1].namespace",
-        ),
-        (
-            "namespace-257-bytes",
-            "a namespace one byte over the limit",
-            edit(&|v| v["registration"]["namespaces"][1]["namespace"] = format!("*{}", "\u{e9}".repeat(128)).into()),
-            "registration.namespaces[1].namespace",
-        ),
-        (
-            "namespace-control-character",
-            "a namespace holding a tab",
-            edit(&|v| v["registration"]["namespaces"][1]["namespace"] = "*\t".into()),
-            "registration.namespaces[1].namespace",
         ),
         (
             "local-part-rule-unknown",
             "a local-part rule that does not exist",
-            edit(&|v| v["registration"]["local_part_rule"] = "loose".into()),
+            ("/registration/local_part_rule", json!("loose")),
             "registration.local_part_rule",
         ),
         (
             "unknown-registration-field",
             "a misspelled registrar_keys",
-            edit(&|v| v["registration"]["registrar_key"] = json!([])),
+            ("/registration/registrar_key", json!([])),
             "registration.registrar_key",
+        ),
+        ("no-namespace", "a policy with no rule", ("/registration/namespaces", json!([])), "registration.namespaces"),
+    ]
+}
+
+/// (name, description, change, the field a refusal names): changes of namespace rules.
+fn refused_rules() -> Vec<(&'static str, &'static str, Change, &'static str)> {
+    let nine_methods: Vec<Value> = ["open", "registrar", "email"]
+        .into_iter()
+        .map(Value::from)
+        .chain((0..6).map(|i| json!({"oidc": {"issuer": format!("https://id{i}.example"), "audience": "kr"}})))
+        .collect();
+    let methods = "/registration/namespaces/1/methods";
+    let namespace = "/registration/namespaces/1/namespace";
+    let oidc = |fields: Value| json!([{ "oidc": fields }]);
+    vec![
+        (
+            "unknown-method",
+            "a method no version defines",
+            (methods, json!(["open", "sms"])),
+            "registration.namespaces[1].methods[1]",
+        ),
+        (
+            "oidc-as-a-string",
+            "oidc needs its issuer and audience",
+            (methods, json!(["oidc"])),
+            "registration.namespaces[1].methods[0]",
+        ),
+        (
+            "method-twice",
+            "open listed twice in one rule",
+            (methods, json!(["open", "open"])),
+            "registration.namespaces[1].methods[1]",
+        ),
+        (
+            "oidc-twice",
+            "one OIDC method twice, once with the default claim left out",
+            (
+                methods,
+                json!([
+                    {"oidc": {"issuer": "https://id.example", "audience": "kr"}},
+                    {"oidc": {"issuer": "https://id.example", "audience": "kr", "claim": "email"}},
+                ]),
+            ),
+            "registration.namespaces[1].methods[1]",
+        ),
+        (
+            "nine-methods",
+            "one method more than the limit",
+            (methods, json!(nine_methods)),
+            "registration.namespaces[1].methods",
+        ),
+        ("no-method", "a rule with no method", (methods, json!([])), "registration.namespaces[1].methods"),
+        (
+            "upper-case-domain",
+            "a namespace with an upper-case letter after its last @",
+            ("/registration/namespaces/0/namespace", json!("*@Example.com")),
+            "registration.namespaces[0].namespace",
+        ),
+        ("empty-namespace", "a namespace of 0 bytes", (namespace, json!("")), "registration.namespaces[1].namespace"),
+        (
+            "namespace-257-bytes",
+            "a namespace one byte over the limit",
+            (namespace, json!(format!("*{}", "\u{e9}".repeat(128)))),
+            "registration.namespaces[1].namespace",
+        ),
+        (
+            "namespace-control-character",
+            "a namespace holding a tab",
+            (namespace, json!("*\t")),
+            "registration.namespaces[1].namespace",
         ),
         (
             "unknown-namespace-field",
             "a field a namespace rule does not have",
-            edit(&|v| v["registration"]["namespaces"][1]["priority"] = 1.into()),
+            ("/registration/namespaces/1/priority", json!(1)),
             "registration.namespaces[1].priority",
         ),
         (
             "unknown-oidc-field",
             "a field OIDC does not have",
-            edit(&|v| {
-                v["registration"]["namespaces"][1]["methods"] =
-                    json!([{"oidc": {"issuer": "https://id.example", "audience": "kr", "scope": "openid"}}])
-            }),
+            (methods, oidc(json!({"issuer": "https://id.example", "audience": "kr", "scope": "openid"}))),
             "registration.namespaces[1].methods[0].oidc.scope",
         ),
         (
             "oidc-without-audience",
             "OIDC needs an audience",
-            edit(&|v| {
-                v["registration"]["namespaces"][1]["methods"] = json!([{"oidc": {"issuer": "https://id.example"}}])
-            }),
+            (methods, oidc(json!({"issuer": "https://id.example"}))),
             "registration.namespaces[1].methods[0].oidc.audience",
         ),
         (
             "oidc-empty-issuer",
             "an issuer of 0 bytes",
-            edit(&|v| {
-                v["registration"]["namespaces"][1]["methods"] = json!([{"oidc": {"issuer": "", "audience": "kr"}}])
-            }),
+            (methods, oidc(json!({"issuer": "", "audience": "kr"}))),
             "registration.namespaces[1].methods[0].oidc.issuer",
         ),
         (
             "oidc-claim-65-bytes",
             "a claim name one byte over the limit",
-            edit(&|v| {
-                v["registration"]["namespaces"][1]["methods"] =
-                    json!([{"oidc": {"issuer": "https://id.example", "audience": "kr", "claim": "c".repeat(65)}}])
-            }),
+            (methods, oidc(json!({"issuer": "https://id.example", "audience": "kr", "claim": "c".repeat(65)}))),
             "registration.namespaces[1].methods[0].oidc.claim",
         ),
     ]
+}
+
+/// The every-method file with `change` made.
+fn changed(change: &Change) -> Value {
+    let mut file = file_of(&v1().with_registration(every_method()).unwrap());
+    let (pointer, value) = change;
+    let (parent, field) = pointer.rsplit_once('/').unwrap();
+    let object = file.pointer_mut(parent).and_then(Value::as_object_mut).unwrap();
+    if value.is_null() {
+        assert!(object.remove(field).is_some(), "{pointer} is in the file");
+    } else {
+        object.insert(field.to_owned(), value.clone());
+    }
+    file
+}
+
+/// (name, description, realm file, the field a refusal names) of the files every reader refuses.
+fn refused() -> Vec<(&'static str, &'static str, Value, &'static str)> {
+    refused_keys_and_versions()
+        .into_iter()
+        .chain(refused_rules())
+        .map(|(name, description, change, field)| (name, description, changed(&change), field))
+        .collect()
 }
 
 fn path() -> PathBuf {
