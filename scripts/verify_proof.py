@@ -12,6 +12,7 @@ usage: verify_proof.py REALM PROOF_FILE USER_ID NOW_MS
        verify_proof.py --vectors docs/vectors/lookup-v1.json
        verify_proof.py --ed25519-vectors docs/vectors/ed25519.json
        verify_proof.py --check-realm-vectors docs/vectors/realm-config-v2.json
+       verify_proof.py --read-realm-files JSON...
        verify_proof.py --decode-entry HEX... | --decode-profile HEX... | --decode-realm-config HEX...
 
 REALM is a realm file (JSON, section 5.3, protocol version 1 or 2; its threshold, TTL and skew
@@ -28,6 +29,9 @@ With --vectors it checks every vector of the file and prints one line per vector
 With --check-realm-vectors it reads every realm file of the file and checks its RealmConfig
 bytes and hash, and that each refused realm file is refused naming the expected field; one line
 each, exit status 1 if any differs.
+
+With --read-realm-files it reads each JSON argument as a realm file and prints one line each:
+"accept <RealmConfig hex>" or "reject <field>: <why>".
 
 With --decode-entry, --decode-profile or --decode-realm-config it only decodes each HEX
 argument as an Entry (section 2.4), a Profile (section 2.3) or a RealmConfig of either version
@@ -980,6 +984,18 @@ def check_realm_vectors(path):
     return agree
 
 
+def read_realm_files(texts):
+    """--read-realm-files: one line per realm file text, "accept <RealmConfig hex>" or
+    "reject <field>: <why>", so the test suite can hold this reader against keyraft-core's."""
+    for text in texts:
+        try:
+            config, _ = parse_realm_file(text)
+            print(f"accept {config['bytes'].hex()}")
+        except RealmFileError as e:
+            print(f"reject {e.field}: {e.message}")
+    return 0
+
+
 def decode_only(decoder, hexes):
     """--decode-entry / --decode-profile: one line per argument, "accept" or "reject: <why>",
     so the test suite can hold these decoders against keyraft-core's on the same bytes."""
@@ -997,6 +1013,8 @@ def main():
                 "--decode-realm-config": parse_realm_config}
     if len(sys.argv) >= 2 and sys.argv[1] in decoders:
         return decode_only(decoders[sys.argv[1]], sys.argv[2:])
+    if len(sys.argv) >= 2 and sys.argv[1] == "--read-realm-files":
+        return read_realm_files(sys.argv[2:])
     if len(sys.argv) == 3 and sys.argv[1] == "--check-realm-vectors":
         agree = check_realm_vectors(sys.argv[2])
         print("all realm vectors agree" if agree else "DISAGREEMENT with the expected realm configurations")

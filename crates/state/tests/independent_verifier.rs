@@ -628,3 +628,91 @@ fn the_independent_realm_config_decoder_agrees_with_keyraft_core() {
     let accepted = inputs.iter().filter(|b| reference(b)).count();
     assert!(accepted > 20 && accepted < inputs.len() / 2, "{accepted} of {}", inputs.len());
 }
+
+/// Every node of `file` (a JSON value) replaced in turn by each value of `replacements`, every
+/// field of every object removed in turn, and every array reversed, shortened and lengthened.
+fn json_mutations(file: &Value) -> Vec<Value> {
+    fn paths(v: &Value, at: String, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => m.iter().for_each(|(k, c)| paths(c, format!("{at}/{k}"), out)),
+            Value::Array(a) => a.iter().enumerate().for_each(|(i, c)| paths(c, format!("{at}/{i}"), out)),
+            _ => {}
+        }
+        out.push(at);
+    }
+    let mut all = Vec::new();
+    paths(file, String::new(), &mut all);
+    let replacements = serde_json::json!([null, true, 0, 2, 256, -1, 1.5, "", "open", "x", [], {}, ["open"]]);
+    let mut out = Vec::new();
+    for path in all.iter().filter(|p| !p.is_empty()) {
+        for r in replacements.as_array().unwrap() {
+            let mut v = file.clone();
+            *v.pointer_mut(path).unwrap() = r.clone();
+            out.push(v);
+        }
+        let mut v = file.clone();
+        match v.pointer_mut(path).unwrap() {
+            Value::Object(m) => {
+                for k in m.keys().cloned().collect::<Vec<_>>() {
+                    let mut w = file.clone();
+                    w.pointer_mut(path).unwrap().as_object_mut().unwrap().remove(&k);
+                    out.push(w);
+                }
+            }
+            Value::Array(a) if !a.is_empty() => {
+                for change in [0, 1, 2] {
+                    let mut w = file.clone();
+                    let list = w.pointer_mut(path).unwrap().as_array_mut().unwrap();
+                    match change {
+                        0 => list.reverse(),
+                        1 => drop(list.remove(0)),
+                        _ => list.push(list[0].clone()),
+                    }
+                    out.push(w);
+                }
+            }
+            _ => {}
+        }
+    }
+    // The top level too.
+    for k in file.as_object().unwrap().keys() {
+        let mut w = file.clone();
+        w.as_object_mut().unwrap().remove(k);
+        out.push(w);
+    }
+    out
+}
+
+/// The script's realm-file reader (section 5.3) accepts exactly the files keyraft-core's
+/// accepts, with the same RealmConfig bytes, on every single change (a value replaced by
+/// another of any JSON type, a field removed, a list reordered, shortened or lengthened) of
+/// a version-2 file with every method kind.
+#[test]
+fn the_independent_realm_file_reader_agrees_with_keyraft_core() {
+    let file: Value = serde_json::from_str(&realm_file_json(v2_harness().config(), 1)).unwrap();
+    let texts: Vec<String> = json_mutations(&file).iter().map(Value::to_string).collect();
+    let out = Command::new("python3")
+        .arg(script())
+        .arg("--read-realm-files")
+        .args(&texts)
+        .output()
+        .expect("python3 is needed to run the independent verifier (it is on every CI machine)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), texts.len(), "one verdict per file:\n{stdout}");
+    let mut accepted = 0;
+    for (text, script) in texts.iter().zip(lines) {
+        let reference = RealmFile::from_json(text).and_then(|f| f.config());
+        match &reference {
+            Ok(config) => {
+                accepted += 1;
+                assert_eq!(script, format!("accept {}", hex::encode(config.encode())), "{text}");
+            }
+            Err(e) => {
+                assert!(script.starts_with("reject "), "keyraft-core refuses ({e}), the script: {script}\n{text}")
+            }
+        }
+    }
+    assert!(accepted > 20 && accepted < texts.len() / 2, "{accepted} of {}", texts.len());
+}
