@@ -643,8 +643,14 @@ def parse_realm_file(text):
     for k in ("replica_keys", "verifier_keys", "endpoints"):
         if not isinstance(f[k], list):
             raise RealmFileError(k, "expected a list")
-    if any(not isinstance(e, str) for e in f["endpoints"]):
-        raise RealmFileError("endpoints", "expected strings (host:port)")
+    for i, e in enumerate(f["endpoints"]):
+        if not isinstance(e, str):
+            raise RealmFileError(f"endpoints[{i}]", "expected a string (host:port)")
+        try:
+            e.encode("utf-8")
+        except UnicodeEncodeError:
+            # Python's json reads a lone surrogate escape (\ud800), which is no UTF-8 text.
+            raise RealmFileError(f"endpoints[{i}]", "not UTF-8 (a lone surrogate)") from None
     vrf_key = hex_key("vrf_public_key", f["vrf_public_key"])
     lists = {k: file_key_list(k, f[k]) for k in ("replica_keys", "verifier_keys")}
     registration = None
