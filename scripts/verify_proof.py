@@ -11,10 +11,14 @@ usage: verify_proof.py REALM PROOF_FILE USER_ID NOW_MS
                        [--past EPOCH]
        verify_proof.py --vectors docs/vectors/lookup-v1.json
        verify_proof.py --ed25519-vectors docs/vectors/ed25519.json
-       verify_proof.py --decode-entry HEX... | --decode-profile HEX...
+       verify_proof.py --check-realm-vectors docs/vectors/realm-config-v2.json
+       verify_proof.py --read-realm-files JSON...
+       verify_proof.py --decode-entry HEX... | --decode-profile HEX... | --decode-realm-config HEX...
 
-REALM is a realm file (JSON, section 5.3; its threshold, TTL and skew are the defaults) or a
-file holding the hex of the canonical RealmConfig bytes (section 2.6); PROOF_FILE holds the
+REALM is a realm file (JSON, section 5.3, protocol version 1 or 2; its threshold, TTL and skew
+are the defaults) or a file holding the hex of the canonical RealmConfig bytes of either
+version (section 2.6); USER_ID is the id as it goes into the VRF (under version 2 the canonical
+id of section 3.1, which the client computes: this script does not); PROOF_FILE holds the
 canonical LookupProof bytes (section 5.2). Exit status 0 and "OK ..." on success; 1 and
 "REJECTED (<check>): ..." naming the failing check otherwise (section 5.1 names the checks).
 
@@ -22,8 +26,16 @@ With --vectors it checks every vector of the file and prints one line per vector
 <name>: accept ..." or "VECTOR <name>: reject <check>: ...", and one per refused realm file,
 "REALM-FILE <name>: reject <field>: ..."; exit status 1 if any verdict differs from the file's.
 
-With --decode-entry or --decode-profile it only decodes each HEX argument as an Entry (section
-2.4) or a Profile (section 2.3) and prints one line each: "accept" or "reject: <why>".
+With --check-realm-vectors it reads every realm file of the file and checks its RealmConfig
+bytes and hash, and that each refused realm file is refused naming the expected field; one line
+each, exit status 1 if any differs.
+
+With --read-realm-files it reads each JSON argument as a realm file and prints one line each:
+"accept <RealmConfig hex>" or "reject <field>: <why>".
+
+With --decode-entry, --decode-profile or --decode-realm-config it only decodes each HEX
+argument as an Entry (section 2.4), a Profile (section 2.3) or a RealmConfig of either version
+(section 2.6) and prints one line each: "accept" or "reject: <why>".
 """
 import argparse
 import hashlib
@@ -287,8 +299,147 @@ def check_key_list(what, keys):
             raise Reject(f"{what}[{i}]: keys must be sorted strictly ascending; this one sorts before {what}[{i - 1}]")
 
 
-def realm_config(realm, vrf_key, replicas, verifiers):
-    """Checks a realm configuration (section 2.6) and returns it with its bytes and hash."""
+# ---- the registration policy of protocol version 2 (section 2.6) -------------------------
+REGISTRAR_KEYS_MAX = 32
+NAMESPACE_RULES_MAX = 64
+NAMESPACE_BYTES_MAX = 256
+METHODS_PER_RULE_MAX = 8
+OIDC_FIELD_BYTES_MAX = 255
+OIDC_CLAIM_BYTES_MAX = 64
+LOCAL_PART_RULES = ("case_insensitive", "case_sensitive")  # encoded as their position
+METHOD_TAGS = {"open": 1, "registrar": 2, "email": 3, "oidc": 4}
+OIDC_FIELDS = (("issuer", OIDC_FIELD_BYTES_MAX), ("audience", OIDC_FIELD_BYTES_MAX), ("claim", OIDC_CLAIM_BYTES_MAX))
+
+
+class PolicyError(Reject):
+    """A registration policy breaking a rule of section 2.6; `field` says where."""
+
+    def __init__(self, field, message):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+def has_control(text):
+    """General category Cc, as in the user id rule of section 2.1."""
+    return any(ord(ch) <= 0x1f or 0x7f <= ord(ch) <= 0x9f for ch in text)
+
+
+def encode_method(method):
+    """Section 2.6: `Method`. A method is ("open",), ("registrar",), ("email",) or
+    ("oidc", issuer, audience, claim)."""
+    out = bytes([METHOD_TAGS[method[0]]])
+    for text in method[1:]:
+        raw = text.encode("utf-8")
+        out += len(raw).to_bytes(2, "big") + raw
+    return out
+
+
+def check_text(field, text, max_bytes):
+    """1 to max_bytes of UTF-8 without a control character."""
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PolicyError(field, "not UTF-8 (a lone surrogate)") from None
+    if not 1 <= len(raw) <= max_bytes:
+        raise PolicyError(field, f"{len(raw)} bytes, must be 1 to {max_bytes}")
+    if has_control(text):
+        raise PolicyError(field, "contains a control character")
+
+
+def check_policy(policy, replicas, verifiers):
+    """Every rule of section 2.6 on a registration policy, whether read from bytes or from a
+    realm file: {"local_part_rule": 0|1, "registrar_keys": [...], "rules": [(namespace, [method])]},
+    each rule's methods already in the order they are encoded."""
+    keys = policy["registrar_keys"]
+    if len(keys) > REGISTRAR_KEYS_MAX:
+        raise PolicyError("registration.registrar_keys", f"{len(keys)} keys, at most {REGISTRAR_KEYS_MAX}")
+    for i, k in enumerate(keys):
+        if not valid_key(k):
+            raise PolicyError(f"registration.registrar_keys[{i}]", "not a valid Ed25519 public key")
+        if i and keys[i - 1] >= k:
+            raise PolicyError(f"registration.registrar_keys[{i}]",
+                              f"keys must be sorted strictly ascending; this one is not after registrar_keys[{i - 1}]")
+        # A registrar is an outside party: a replica or verifier key signing attestations would
+        # let one role vouch for another's checks.
+        if k in replicas or k in verifiers:
+            raise PolicyError(f"registration.registrar_keys[{i}]", "is also a replica or verifier key")
+    rules = policy["rules"]
+    if not 1 <= len(rules) <= NAMESPACE_RULES_MAX:
+        raise PolicyError("registration.namespaces", f"{len(rules)} rules, must be 1 to {NAMESPACE_RULES_MAX}")
+    for i, (namespace, methods) in enumerate(rules):
+        where = f"registration.namespaces[{i}]"
+        check_text(f"{where}.namespace", namespace, NAMESPACE_BYTES_MAX)
+        if not 1 <= len(methods) <= METHODS_PER_RULE_MAX:
+            raise PolicyError(f"{where}.methods", f"{len(methods)} methods, must be 1 to {METHODS_PER_RULE_MAX}")
+        encoded = [encode_method(m) for m in methods]
+        for j, m in enumerate(methods):
+            if j and encoded[j - 1] >= encoded[j]:
+                raise PolicyError(f"{where}.methods[{j}]", "methods must be sorted strictly ascending by their encoding")
+            if m[0] == "oidc":
+                for (name, max_bytes), value in zip(OIDC_FIELDS, m[1:]):
+                    check_text(f"{where}.methods[{j}].oidc.{name}", value, max_bytes)
+            if m[0] == "registrar" and not keys:
+                raise PolicyError(f"{where}.methods[{j}]", "allows `registrar` but the realm has no registrar key")
+
+
+def encode_policy(policy):
+    out = bytes([policy["local_part_rule"]]) + len(policy["registrar_keys"]).to_bytes(2, "big")
+    out += b"".join(policy["registrar_keys"]) + len(policy["rules"]).to_bytes(2, "big")
+    for namespace, methods in policy["rules"]:
+        raw = namespace.encode("utf-8")
+        out += len(raw).to_bytes(2, "big") + raw + len(methods).to_bytes(2, "big")
+        out += b"".join(encode_method(m) for m in methods)
+    return out
+
+
+def parse_policy_bytes(r):
+    """Section 2.6: the registration policy at the end of a version-2 RealmConfig."""
+    def text(max_bytes, what):
+        with named(what):
+            raw = r.var(1, max_bytes)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Reject(f"{what}: not UTF-8") from None
+
+    rule = r.u8()
+    if rule >= len(LOCAL_PART_RULES):
+        raise Reject(f"registration local part rule {rule}: unknown (0 case_insensitive, 1 case_sensitive)")
+    with named("registration registrar keys"):
+        n = r.u16()
+        if n > REGISTRAR_KEYS_MAX:
+            raise Reject(f"registration registrar keys: {n}, at most {REGISTRAR_KEYS_MAX}")
+        keys = [r.take(32) for _ in range(n)]
+    with named("registration rules"):
+        n = r.u16()
+    if not 1 <= n <= NAMESPACE_RULES_MAX:
+        raise Reject(f"registration rules: {n}, must be 1 to {NAMESPACE_RULES_MAX}")
+    rules = []
+    for i in range(n):
+        namespace = text(NAMESPACE_BYTES_MAX, f"registration rule {i} namespace")
+        with named(f"registration rule {i} methods"):
+            m = r.u16()
+        if not 1 <= m <= METHODS_PER_RULE_MAX:
+            raise Reject(f"registration rule {i}: {m} methods, must be 1 to {METHODS_PER_RULE_MAX}")
+        methods = []
+        for j in range(m):
+            with named(f"registration rule {i} method {j}"):
+                tag = r.u8()
+            names = [name for name, t in METHOD_TAGS.items() if t == tag]
+            if not names:
+                raise Reject(f"registration rule {i} method {j}: unknown method tag {tag}")
+            if names[0] == "oidc":
+                methods.append(("oidc",) + tuple(text(max_bytes, f"registration rule {i} method {j} oidc {name}")
+                                                 for name, max_bytes in OIDC_FIELDS))
+            else:
+                methods.append((names[0],))
+        rules.append((namespace, methods))
+    return {"local_part_rule": rule, "registrar_keys": keys, "rules": rules}
+
+
+def realm_config(realm, vrf_key, replicas, verifiers, registration=None):
+    """Checks a realm configuration (section 2.6) and returns it with its bytes and hash:
+    protocol version 1 without a registration policy, 2 with one."""
     y = decode_point(vrf_key)
     if y is None or small_order(y):
         raise Reject("VRF public key invalid")
@@ -303,18 +454,36 @@ def realm_config(realm, vrf_key, replicas, verifiers):
     name = realm.encode("ascii")
     b = (len(name).to_bytes(2, "big") + name + vrf_key + len(replicas).to_bytes(2, "big") + b"".join(replicas)
          + len(verifiers).to_bytes(2, "big") + b"".join(verifiers))
-    return {"realm": realm, "vrf": vrf_key, "replicas": replicas, "verifiers": verifiers, "bytes": b,
+    if registration is not None:
+        check_policy(registration, replicas, verifiers)
+        # The version byte first: a version-1 encoding starts with the realm name's length,
+        # whose high byte is 0, so the first byte tells the versions apart.
+        b = b"\x02" + b + encode_policy(registration)
+    return {"realm": realm, "vrf": vrf_key, "replicas": replicas, "verifiers": verifiers,
+            "registration": registration, "protocol_version": 1 if registration is None else 2, "bytes": b,
             "hash": hl("keyraft/v1/realm-config", b)}
 
 
 def parse_realm_config(b):
+    """Section 2.6: a canonical RealmConfig of either version, told apart by its first byte."""
     r = Reader(b)
-    realm = realm_name(r.var(1, 64))
-    vrf_key = r.take(32)
-    replicas = [r.take(32) for _ in range(r.u16())]
-    verifiers = [r.take(32) for _ in range(r.u16())]
+    with named("realm config"):
+        first = b[0] if b else r.u8()
+    if first == 2:
+        r.u8()
+    elif first != 0:
+        raise Reject(f"realm config: first byte {first}: neither version 1 (0) nor version 2 (2)")
+    with named("realm config"):
+        realm = realm_name(r.var(1, 64))
+        vrf_key = r.take(32)
+        replicas = [r.take(32) for _ in range(r.u16())]
+        verifiers = [r.take(32) for _ in range(r.u16())]
+        registration = parse_policy_bytes(r) if first == 2 else None
     r.done()
-    return realm_config(realm, vrf_key, replicas, verifiers)
+    config = realm_config(realm, vrf_key, replicas, verifiers, registration)
+    if config["bytes"] != b:
+        raise Reject("realm config: not its canonical encoding")
+    return config
 
 
 class RealmFileError(Exception):
@@ -326,7 +495,9 @@ class RealmFileError(Exception):
 
 
 REALM_FILE_REQUIRED = ("realm", "vrf_public_key", "replica_keys", "epoch_ttl_ms", "clock_skew_ms")
-REALM_FILE_OPTIONAL = {"verifier_keys": [], "verifier_threshold": 0, "endpoints": []}
+REALM_FILE_OPTIONAL = {"verifier_keys": [], "verifier_threshold": 0, "endpoints": [], "protocol_version": 1}
+# Optional without a default: present exactly when protocol_version is 2.
+REALM_FILE_REGISTRATION = "registration"
 U64_MAX = 2**64 - 1
 
 
@@ -339,53 +510,158 @@ def no_duplicate_fields(pairs):
     return out
 
 
+def not_json_constant(name):
+    # Python's json reads NaN and Infinity, which RFC 8259 does not have.
+    raise RealmFileError("(file)", f"not JSON: {name}")
+
+
 def hex_key(field, s):
     if not isinstance(s, str) or len(s) != 64 or any(c not in "0123456789abcdef" for c in s):
         raise RealmFileError(field, f"expected 64 lower-case hex digits (32 bytes), got {s!r}")
     return bytes.fromhex(s)
 
 
+def file_key_list(field, value):
+    """A key list of the realm file: every key valid, sorted strictly ascending, never sorted
+    for the reader (section 5.3)."""
+    if not isinstance(value, list):
+        raise RealmFileError(field, "expected a list of keys")
+    keys = [hex_key(f"{field}[{i}]", s) for i, s in enumerate(value)]
+    for i, key in enumerate(keys):
+        if not valid_key(key):
+            raise RealmFileError(f"{field}[{i}]", "not a valid Ed25519 public key")
+        if i and keys[i - 1] == key:
+            raise RealmFileError(f"{field}[{i}]", f"duplicate of {field}[{i - 1}]")
+        if i and keys[i - 1] > key:
+            raise RealmFileError(f"{field}[{i}]", f"keys must be sorted strictly ascending; this one sorts before {field}[{i - 1}]")
+    return keys
+
+
+def file_object(field, value, required, optional):
+    """A JSON object with exactly these fields (unknown ones refused, section 5.3)."""
+    if not isinstance(value, dict):
+        raise RealmFileError(field, "expected a JSON object")
+    for k in value:
+        if k not in required and k not in optional:
+            raise RealmFileError(f"{field}.{k}", "unknown field")
+    for k in required:
+        if k not in value:
+            raise RealmFileError(f"{field}.{k}", "missing field")
+    return {**optional, **value}
+
+
+def file_text(field, value, max_bytes):
+    if not isinstance(value, str):
+        raise RealmFileError(field, "expected a string")
+    try:
+        check_text(field, value, max_bytes)
+    except PolicyError as e:
+        raise RealmFileError(e.field, e.message) from None
+    return value
+
+
+def file_method(field, value):
+    """A method of the realm file: "open", "registrar", "email" or {"oidc": {...}}."""
+    if isinstance(value, str):
+        if value not in METHOD_TAGS or value == "oidc":
+            raise RealmFileError(field, f"unknown method {value!r}: expected \"open\", \"registrar\", \"email\" or "
+                                        "{\"oidc\": {...}}")
+        return (value,)
+    if not isinstance(value, dict) or list(value) != ["oidc"]:
+        raise RealmFileError(field, "expected \"open\", \"registrar\", \"email\" or an object with the one field \"oidc\"")
+    oidc = file_object(f"{field}.oidc", value["oidc"], ("issuer", "audience"), {"claim": "email"})
+    return ("oidc",) + tuple(file_text(f"{field}.oidc.{name}", oidc[name], max_bytes) for name, max_bytes in OIDC_FIELDS)
+
+
+def file_registration(value, replicas, verifiers):
+    """Section 5.3: the `registration` object, as the policy of section 2.6."""
+    reg = file_object("registration", value, ("namespaces",),
+                      {"local_part_rule": "case_insensitive", "registrar_keys": []})
+    if reg["local_part_rule"] not in LOCAL_PART_RULES:
+        raise RealmFileError("registration.local_part_rule",
+                             f"{reg['local_part_rule']!r}: expected \"case_insensitive\" or \"case_sensitive\"")
+    keys = file_key_list("registration.registrar_keys", reg["registrar_keys"])
+    if not isinstance(reg["namespaces"], list):
+        raise RealmFileError("registration.namespaces", "expected a list")
+    rules = []
+    for i, ns in enumerate(reg["namespaces"]):
+        where = f"registration.namespaces[{i}]"
+        ns = file_object(where, ns, ("namespace", "methods"), {})
+        namespace = file_text(f"{where}.namespace", ns["namespace"], NAMESPACE_BYTES_MAX)
+        # Canonical ids have lower-case domains: such a namespace could never match.
+        if "@" in namespace and any("A" <= c <= "Z" for c in namespace.rsplit("@", 1)[1]):
+            raise RealmFileError(f"{where}.namespace", "upper-case letter after the last @: canonical ids have "
+                                                       "lower-case domains, so it would never match")
+        if not isinstance(ns["methods"], list):
+            raise RealmFileError(f"{where}.methods", "expected a list")
+        methods = []
+        for j, m in enumerate(ns["methods"]):
+            method = file_method(f"{where}.methods[{j}]", m)
+            if method in methods:
+                raise RealmFileError(f"{where}.methods[{j}]", f"duplicate of {where}.methods[{methods.index(method)}]")
+            if method == ("registrar",) and not keys:
+                raise RealmFileError(f"{where}.methods[{j}]", "allows `registrar` but registration.registrar_keys is empty")
+            methods.append(method)
+        # Listed in any order; the configuration holds them sorted by their encoding.
+        rules.append((namespace, sorted(methods, key=encode_method)))
+    policy = {"local_part_rule": LOCAL_PART_RULES.index(reg["local_part_rule"]), "registrar_keys": keys,
+              "rules": rules}
+    try:
+        check_policy(policy, replicas, verifiers)
+    except PolicyError as e:
+        raise RealmFileError(e.field, e.message) from None
+    return policy
+
+
 def parse_realm_file(text):
     """Section 5.3: the realm file, read strictly. Returns (config, client rules)."""
     try:
-        f = json.loads(text, object_pairs_hook=no_duplicate_fields)
+        f = json.loads(text, object_pairs_hook=no_duplicate_fields, parse_constant=not_json_constant)
     except ValueError as e:
         raise RealmFileError("(file)", f"not JSON: {e}") from None
     if not isinstance(f, dict):
         raise RealmFileError("(file)", "not a JSON object")
     for k in f:
-        if k not in REALM_FILE_REQUIRED and k not in REALM_FILE_OPTIONAL:
+        if k not in REALM_FILE_REQUIRED and k not in REALM_FILE_OPTIONAL and k != REALM_FILE_REGISTRATION:
             raise RealmFileError(k, "unknown field")
     for k in REALM_FILE_REQUIRED:
         if k not in f:
             raise RealmFileError(k, "missing field")
     f = {**REALM_FILE_OPTIONAL, **f}
-    for k in ("verifier_threshold", "epoch_ttl_ms", "clock_skew_ms"):
+    for k in ("verifier_threshold", "epoch_ttl_ms", "clock_skew_ms", "protocol_version"):
         v = f[k]
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= U64_MAX:
             raise RealmFileError(k, f"expected an integer from 0 to 2^64-1, got {v!r}")
+    if f["protocol_version"] not in (1, 2):
+        raise RealmFileError("protocol_version", f"{f['protocol_version']}: only versions 1 and 2 exist")
+    if f["protocol_version"] == 1 and REALM_FILE_REGISTRATION in f:
+        raise RealmFileError("registration", "only under protocol_version 2 (version 1 registers first come, first served)")
+    if f["protocol_version"] == 2 and REALM_FILE_REGISTRATION not in f:
+        raise RealmFileError("registration", "missing: protocol_version 2 needs the registration policy")
     if not isinstance(f["realm"], str):
         raise RealmFileError("realm", "expected a string")
     for k in ("replica_keys", "verifier_keys", "endpoints"):
         if not isinstance(f[k], list):
             raise RealmFileError(k, "expected a list")
-    if any(not isinstance(e, str) for e in f["endpoints"]):
-        raise RealmFileError("endpoints", "expected strings (host:port)")
+    for i, e in enumerate(f["endpoints"]):
+        if not isinstance(e, str):
+            raise RealmFileError(f"endpoints[{i}]", "expected a string (host:port)")
+        try:
+            e.encode("utf-8")
+        except UnicodeEncodeError:
+            # Python's json reads a lone surrogate escape (\ud800), which is no UTF-8 text.
+            raise RealmFileError(f"endpoints[{i}]", "not UTF-8 (a lone surrogate)") from None
     vrf_key = hex_key("vrf_public_key", f["vrf_public_key"])
-    lists = {}
-    for k in ("replica_keys", "verifier_keys"):
-        lists[k] = [hex_key(f"{k}[{i}]", s) for i, s in enumerate(f[k])]
-        for i, key in enumerate(lists[k]):
-            if not valid_key(key):
-                raise RealmFileError(f"{k}[{i}]", "not a valid Ed25519 public key")
-            if i and lists[k][i - 1] == key:
-                raise RealmFileError(f"{k}[{i}]", f"duplicate of {k}[{i - 1}]")
-            if i and lists[k][i - 1] > key:
-                raise RealmFileError(f"{k}[{i}]", f"keys must be sorted strictly ascending; this one sorts before {k}[{i - 1}]")
+    lists = {k: file_key_list(k, f[k]) for k in ("replica_keys", "verifier_keys")}
+    registration = None
+    if f["protocol_version"] == 2:
+        registration = file_registration(f[REALM_FILE_REGISTRATION], lists["replica_keys"], lists["verifier_keys"])
     try:
         realm_name(f["realm"].encode("utf-8"))
-        config = realm_config(f["realm"], vrf_key, lists["replica_keys"], lists["verifier_keys"])
-    except Reject as e:
+        config = realm_config(f["realm"], vrf_key, lists["replica_keys"], lists["verifier_keys"], registration)
+    except PolicyError as e:
+        raise RealmFileError(e.field, e.message) from None
+    except (Reject, UnicodeEncodeError) as e:
         raise RealmFileError("(realm)", str(e)) from None
     if f["verifier_threshold"] > len(config["verifiers"]):
         raise RealmFileError("verifier_threshold", "exceeds the number of verifier keys")
@@ -684,6 +960,48 @@ def run_vectors(path):
     return agree
 
 
+def check_realm_vectors(path):
+    """--check-realm-vectors: every realm file of docs/vectors/realm-config-v2.json gives the
+    file's RealmConfig bytes and hash (and those bytes decode to the same configuration), and
+    every refused realm file is refused naming the file's field. One line each; True if all agree."""
+    doc = json.load(open(path))
+    agree = True
+    for v in doc["realm_files"]:
+        try:
+            config, _ = parse_realm_file(json.dumps(v["realm_file"]))
+            decoded = parse_realm_config(config["bytes"])
+        except (RealmFileError, Reject) as e:
+            print(f"REALM-CONFIG {v['name']}: reject {e}")
+            agree = False
+            continue
+        same = (config["bytes"].hex() == v["config_hex"] and config["hash"].hex() == v["config_hash"]
+                and decoded["hash"] == config["hash"] and config["protocol_version"] == v["protocol_version"])
+        print(f"REALM-CONFIG {v['name']}: accept version {config['protocol_version']} hash {config['hash'].hex()}"
+              + ("" if same else f" DIFFERS from the file's {v['config_hash']}"))
+        agree &= same
+    for v in doc["realm_files_refused"]:
+        try:
+            parse_realm_file(v["json"])
+            got, line = None, "accept"
+        except RealmFileError as e:
+            got, line = e.field, f"reject {e.field}: {e.message}"
+        print(f"REALM-FILE {v['name']}: {line}")
+        agree &= got == v["field"]
+    return agree
+
+
+def read_realm_files(texts):
+    """--read-realm-files: one line per realm file text, "accept <RealmConfig hex>" or
+    "reject <field>: <why>", so the test suite can hold this reader against keyraft-core's."""
+    for text in texts:
+        try:
+            config, _ = parse_realm_file(text)
+            print(f"accept {config['bytes'].hex()}")
+        except RealmFileError as e:
+            print(f"reject {e.field}: {e.message}")
+    return 0
+
+
 def decode_only(decoder, hexes):
     """--decode-entry / --decode-profile: one line per argument, "accept" or "reject: <why>",
     so the test suite can hold these decoders against keyraft-core's on the same bytes."""
@@ -697,8 +1015,16 @@ def decode_only(decoder, hexes):
 
 
 def main():
-    if len(sys.argv) >= 2 and sys.argv[1] in ("--decode-entry", "--decode-profile"):
-        return decode_only(parse_entry if sys.argv[1] == "--decode-entry" else parse_profile, sys.argv[2:])
+    decoders = {"--decode-entry": parse_entry, "--decode-profile": parse_profile,
+                "--decode-realm-config": parse_realm_config}
+    if len(sys.argv) >= 2 and sys.argv[1] in decoders:
+        return decode_only(decoders[sys.argv[1]], sys.argv[2:])
+    if len(sys.argv) >= 2 and sys.argv[1] == "--read-realm-files":
+        return read_realm_files(sys.argv[2:])
+    if len(sys.argv) == 3 and sys.argv[1] == "--check-realm-vectors":
+        agree = check_realm_vectors(sys.argv[2])
+        print("all realm vectors agree" if agree else "DISAGREEMENT with the expected realm configurations")
+        return 0 if agree else 1
     if len(sys.argv) == 3 and sys.argv[1] == "--ed25519-vectors":
         return check_ed25519_vectors(sys.argv[2])
     if len(sys.argv) == 3 and sys.argv[1] == "--vectors":

@@ -6,6 +6,7 @@ use crate::machine::{Effect, Outcome, StateMachine};
 use crate::proposer::{ratify_head, sign_head};
 use ed25519_dalek::{Signer as _, SigningKey};
 use keyraft_core::lookup::{head_signing_message, ratification_message, ClientRealm, LookupProof};
+use keyraft_core::registration::RegistrationPolicy;
 use keyraft_core::types::vrf_input;
 use keyraft_core::vrf::{VrfProof, VrfSecretKey};
 use keyraft_core::{Command, LogPosition};
@@ -55,6 +56,21 @@ pub struct Harness {
 impl Harness {
     /// A realm with `replicas` replicas and `verifiers` verifiers, keys derived from `seed`.
     pub fn new(realm: &str, replicas: usize, verifiers: usize, seed: u64) -> Self {
+        Self::build(realm, replicas, verifiers, seed, None)
+    }
+
+    /// The same realm as [`Harness::new`] under protocol version 2, with `policy`.
+    pub fn with_registration(
+        realm: &str,
+        replicas: usize,
+        verifiers: usize,
+        seed: u64,
+        policy: RegistrationPolicy,
+    ) -> Self {
+        Self::build(realm, replicas, verifiers, seed, Some(policy))
+    }
+
+    fn build(realm: &str, replicas: usize, verifiers: usize, seed: u64, policy: Option<RegistrationPolicy>) -> Self {
         let mut replica_keys: Vec<SigningKey> =
             (0..replicas).map(|i| derive_signing_key(seed, &format!("replica-{i}"))).collect();
         let mut verifier_keys: Vec<SigningKey> =
@@ -69,6 +85,10 @@ impl Harness {
             verifier_keys.iter().map(public_key).collect(),
         )
         .expect("harness realm configuration is valid");
+        let config = match policy {
+            Some(policy) => config.with_registration(policy).expect("harness registration policy is valid"),
+            None => config,
+        };
         let machine = StateMachine::open(MemoryStorage::new(), config).expect("fresh memory store opens");
         Self {
             machine,

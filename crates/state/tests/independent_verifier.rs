@@ -5,10 +5,12 @@
 //! rejects tampered ones.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+use keyraft_core::identity::LocalPartRule;
 use keyraft_core::lookup::verify_lookup_bytes;
+use keyraft_core::registration::{Method, NamespaceRule, RegistrationPolicy};
 use keyraft_core::tree::Terminal;
 use keyraft_core::types::{entry_hash, profile_commitment};
-use keyraft_core::{Canonical, LookupProof};
+use keyraft_core::{Canonical, ClientRealm, LookupProof, RealmConfig, RealmFile};
 use keyraft_state::harness::{derive_signing_key, public_key, Harness};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -421,4 +423,296 @@ fn the_independent_entry_and_profile_decoders_agree_with_keyraft_core() {
     // profile key's bytes), most do not.
     let accepted = entries.iter().filter(|e| keyraft_core::decode_canonical::<keyraft_core::Entry>(e).is_ok()).count();
     assert!(accepted > 100 && accepted < entries.len() - 100, "{accepted} of {}", entries.len());
+}
+
+// ---- Protocol version 2: the registration policy in the realm configuration -----------------
+//
+// docs/protocol.md sections 2.6 and 5.3: a version-2 realm file carries `protocol_version: 2`
+// and a `registration` object; its RealmConfig starts with the byte 2 and ends with the
+// policy, and config_hash covers it. The script reads such files and encodings by the same
+// rules as keyraft-core, so it accepts the proofs of a version-2 realm, refuses them against
+// the same keys under another policy, and refuses the same bad realm files.
+
+const SEED_V2: u64 = 24;
+
+/// A policy with every method kind (as crates/core/tests/registration.rs), two registrar keys.
+fn every_method_policy() -> RegistrationPolicy {
+    RegistrationPolicy {
+        local_part_rule: LocalPartRule::CaseInsensitive,
+        registrar_keys: (0..2).map(|i| public_key(&derive_signing_key(SEED_V2, &format!("registrar-{i}")))).collect(),
+        rules: vec![
+            NamespaceRule {
+                namespace: "*@example.com".into(),
+                methods: vec![
+                    Method::Oidc {
+                        issuer: "https://id.example.com".into(),
+                        audience: "kr".into(),
+                        claim: "email".into(),
+                    },
+                    Method::Email,
+                    Method::Registrar,
+                ],
+            },
+            NamespaceRule { namespace: "*".into(), methods: vec![Method::Open] },
+        ],
+    }
+}
+
+fn v2_harness() -> Harness {
+    Harness::with_registration("example.com", 3, 2, SEED_V2, every_method_policy())
+}
+
+fn realm_file_json(config: &RealmConfig, verifier_threshold: usize) -> String {
+    let mut file = RealmFile::new(config, 60_000, 5_000, vec!["127.0.0.1:7001".into()]);
+    file.verifier_threshold = verifier_threshold;
+    file.to_json()
+}
+
+/// Runs the script with `realm` (a realm file's text) as its realm; its exit status and output.
+fn run_realm_file(dir: &Path, realm: &str, user: &str, proof: &[u8], now_ms: u64) -> (Option<i32>, String) {
+    let realm_file = dir.join("realm.json");
+    std::fs::write(&realm_file, realm).unwrap();
+    let proof_file = dir.join("proof.bin");
+    std::fs::write(&proof_file, proof).unwrap();
+    let out = Command::new("python3")
+        .arg(script())
+        .arg(&realm_file)
+        .arg(&proof_file)
+        .arg(user)
+        .arg(now_ms.to_string())
+        .output()
+        .expect("python3 is needed to run the independent verifier (it is on every CI machine)");
+    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn the_independent_verifier_accepts_a_version_2_realm_and_binds_its_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = v2_harness();
+    assert_eq!(h.config().protocol_version(), 2);
+    let alice = derive_signing_key(SEED_V2, "alice");
+    h.register("alice@example.com", &alice, &[("mail", b"alice-key")]).unwrap();
+    for i in 0..10 {
+        h.register(&format!("u{i}@example.com"), &derive_signing_key(SEED_V2, &format!("u{i}")), &[("mail", b"k")])
+            .unwrap();
+    }
+    h.publish_epoch().unwrap();
+    let realm = realm_file_json(h.config(), 2);
+    let present = h.lookup_proof("alice@example.com", None, 2).unwrap().encode();
+    let absent = h.lookup_proof("nobody@example.com", None, 2).unwrap().encode();
+    for (user, proof, answer) in [("alice@example.com", &present, "present"), ("nobody@example.com", &absent, "absent")]
+    {
+        verify_lookup_bytes(&h.client_realm(2), user, proof, h.now_ms, None).unwrap();
+        let (status, out) = run_realm_file(dir.path(), &realm, user, proof, h.now_ms);
+        assert!(status == Some(0) && out.contains(answer), "{user} with the realm file: {out}");
+        // The same realm given as its version-2 RealmConfig bytes.
+        let (ok, out) = run(&h, dir.path(), user, proof, &["--verifier-threshold", "2"]);
+        assert!(ok && out.contains(answer), "{user} with the config bytes: {out}");
+    }
+
+    // The policy is in config_hash: the same keys under version 1, or under another policy,
+    // are another realm, for both verifiers.
+    let v1 = Harness::new("example.com", 3, 2, SEED_V2);
+    let open = Harness::with_registration("example.com", 3, 2, SEED_V2, RegistrationPolicy::open());
+    assert_eq!(v1.config().replica_keys, h.config().replica_keys);
+    for other in [v1.config(), open.config()] {
+        let client =
+            ClientRealm { config: other.clone(), verifier_threshold: 2, epoch_ttl_ms: 60_000, clock_skew_ms: 5_000 };
+        let refused = verify_lookup_bytes(&client, "alice@example.com", &present, h.now_ms, None).unwrap_err();
+        assert!(refused.to_string().contains("realm"), "{refused}");
+        let (status, out) =
+            run_realm_file(dir.path(), &realm_file_json(other, 2), "alice@example.com", &present, h.now_ms);
+        assert!(
+            status == Some(1) && out.contains("REJECTED (realm): the proof is for a different realm"),
+            "version {}: {out}",
+            other.protocol_version()
+        );
+    }
+}
+
+#[test]
+fn bad_version_2_realm_files_are_refused_by_both_verifiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = v2_harness();
+    h.publish_epoch().unwrap();
+    let proof = h.lookup_proof("nobody@example.com", None, 0).unwrap().encode();
+    let good: Value = serde_json::from_str(&realm_file_json(h.config(), 0)).unwrap();
+    let (status, out) = run_realm_file(dir.path(), &good.to_string(), "nobody@example.com", &proof, h.now_ms);
+    assert_eq!(status, Some(0), "the unchanged file is accepted: {out}");
+    let edit = |f: &dyn Fn(&mut Value)| {
+        let mut v = good.clone();
+        f(&mut v);
+        v.to_string()
+    };
+    let cases = [
+        (
+            "unknown method",
+            edit(&|v| v["registration"]["namespaces"][1]["methods"] = serde_json::json!(["open", "sms"])),
+            "registration.namespaces[1].methods[1]",
+        ),
+        (
+            "unsorted registrar keys",
+            edit(&|v| v["registration"]["registrar_keys"].as_array_mut().unwrap().reverse()),
+            "registration.registrar_keys[1]",
+        ),
+        (
+            "protocol_version 2 without registration",
+            edit(&|v| {
+                v.as_object_mut().unwrap().remove("registration");
+            }),
+            "registration",
+        ),
+        ("protocol_version 3", edit(&|v| v["protocol_version"] = 3.into()), "protocol_version"),
+    ];
+    for (what, json, field) in cases {
+        assert!(RealmFile::from_json(&json).is_err(), "{what}: keyraft-core accepted it");
+        let (status, out) = run_realm_file(dir.path(), &json, "nobody@example.com", &proof, h.now_ms);
+        assert!(
+            status == Some(2) && out.starts_with(&format!("REALM REFUSED: {field}: ")),
+            "{what}: the script must refuse it naming {field}:\n{out}"
+        );
+    }
+}
+
+/// docs/vectors/realm-config-v2.json (generated and checked against keyraft-core by
+/// crates/core/tests/realm_config_vectors.rs): the script reads every realm file to the same
+/// config bytes and hash, and refuses every refused one naming the file's field.
+#[test]
+fn the_independent_verifier_agrees_on_the_realm_config_vectors() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/vectors/realm-config-v2.json");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let out = Command::new("python3")
+        .arg(script())
+        .arg("--check-realm-vectors")
+        .arg(&file)
+        .output()
+        .expect("python3 is needed to run the independent verifier (it is on every CI machine)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    let accepted = doc["realm_files"].as_array().unwrap();
+    let refused = doc["realm_files_refused"].as_array().unwrap();
+    assert!(accepted.len() >= 3 && refused.len() >= 4, "{file:?}");
+    for v in accepted {
+        let expected = format!(
+            "REALM-CONFIG {}: accept version {} hash {}",
+            v["name"].as_str().unwrap(),
+            v["protocol_version"],
+            v["config_hash"].as_str().unwrap()
+        );
+        assert!(lines.contains(&expected.as_str()), "{expected}:\n{report}");
+    }
+    for v in refused {
+        let expected = format!("REALM-FILE {}: reject {}: ", v["name"].as_str().unwrap(), v["field"].as_str().unwrap());
+        assert!(lines.iter().any(|l| l.starts_with(&expected)), "{expected}:\n{report}");
+    }
+    assert_eq!(lines.len(), accepted.len() + refused.len() + 1, "{report}");
+    assert!(out.status.success() && stdout.contains("all realm vectors agree"), "{report}");
+}
+
+/// The script's RealmConfig decoder (section 2.6, both versions) accepts exactly what
+/// keyraft-core's accepts, on every truncation and single-bit change of a version-2
+/// configuration with every method kind and of its version-1 counterpart.
+#[test]
+fn the_independent_realm_config_decoder_agrees_with_keyraft_core() {
+    let two = v2_harness().config().encode();
+    let one = Harness::new("example.com", 3, 2, SEED_V2).config().encode();
+    assert_eq!((two[0], one[0]), (2, 0));
+    let inputs: Vec<Vec<u8>> = mutations(&two).into_iter().chain(mutations(&one)).collect();
+    let reference = |bytes: &[u8]| keyraft_core::decode_canonical::<RealmConfig>(bytes).is_ok();
+    for (bytes, script) in inputs.iter().zip(script_decodes("--decode-realm-config", &inputs)) {
+        assert_eq!(script, if reference(bytes) { "accept" } else { "reject" }, "realm config {}", hex::encode(bytes));
+    }
+    // Not vacuous: changes inside the namespaces, OIDC strings and version byte... some keep
+    // the bytes a valid configuration, most do not.
+    let accepted = inputs.iter().filter(|b| reference(b)).count();
+    assert!(accepted > 20 && accepted < inputs.len() / 2, "{accepted} of {}", inputs.len());
+}
+
+/// Every node of `file` (a JSON value) replaced in turn by each value of `replacements`, every
+/// field of every object removed in turn, and every array reversed, shortened and lengthened.
+fn json_mutations(file: &Value) -> Vec<Value> {
+    fn paths(v: &Value, at: String, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => m.iter().for_each(|(k, c)| paths(c, format!("{at}/{k}"), out)),
+            Value::Array(a) => a.iter().enumerate().for_each(|(i, c)| paths(c, format!("{at}/{i}"), out)),
+            _ => {}
+        }
+        out.push(at);
+    }
+    let mut all = Vec::new();
+    paths(file, String::new(), &mut all);
+    let replacements = serde_json::json!([null, true, 0, 2, 256, -1, 1.5, "", "open", "x", [], {}, ["open"]]);
+    let mut out = Vec::new();
+    for path in all.iter().filter(|p| !p.is_empty()) {
+        for r in replacements.as_array().unwrap() {
+            let mut v = file.clone();
+            *v.pointer_mut(path).unwrap() = r.clone();
+            out.push(v);
+        }
+        let mut v = file.clone();
+        match v.pointer_mut(path).unwrap() {
+            Value::Object(m) => {
+                for k in m.keys().cloned().collect::<Vec<_>>() {
+                    let mut w = file.clone();
+                    w.pointer_mut(path).unwrap().as_object_mut().unwrap().remove(&k);
+                    out.push(w);
+                }
+            }
+            Value::Array(a) if !a.is_empty() => {
+                for change in [0, 1, 2] {
+                    let mut w = file.clone();
+                    let list = w.pointer_mut(path).unwrap().as_array_mut().unwrap();
+                    match change {
+                        0 => list.reverse(),
+                        1 => drop(list.remove(0)),
+                        _ => list.push(list[0].clone()),
+                    }
+                    out.push(w);
+                }
+            }
+            _ => {}
+        }
+    }
+    // The top level too.
+    for k in file.as_object().unwrap().keys() {
+        let mut w = file.clone();
+        w.as_object_mut().unwrap().remove(k);
+        out.push(w);
+    }
+    out
+}
+
+/// The script's realm-file reader (section 5.3) accepts exactly the files keyraft-core's
+/// accepts, with the same RealmConfig bytes, on every single change (a value replaced by
+/// another of any JSON type, a field removed, a list reordered, shortened or lengthened) of
+/// a version-2 file with every method kind.
+#[test]
+fn the_independent_realm_file_reader_agrees_with_keyraft_core() {
+    let file: Value = serde_json::from_str(&realm_file_json(v2_harness().config(), 1)).unwrap();
+    let texts: Vec<String> = json_mutations(&file).iter().map(Value::to_string).collect();
+    let out = Command::new("python3")
+        .arg(script())
+        .arg("--read-realm-files")
+        .args(&texts)
+        .output()
+        .expect("python3 is needed to run the independent verifier (it is on every CI machine)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), texts.len(), "one verdict per file:\n{stdout}");
+    let mut accepted = 0;
+    for (text, script) in texts.iter().zip(lines) {
+        let reference = RealmFile::from_json(text).and_then(|f| f.config());
+        match &reference {
+            Ok(config) => {
+                accepted += 1;
+                assert_eq!(script, format!("accept {}", hex::encode(config.encode())), "{text}");
+            }
+            Err(e) => {
+                assert!(script.starts_with("reject "), "keyraft-core refuses ({e}), the script: {script}\n{text}")
+            }
+        }
+    }
+    assert!(accepted > 20 && accepted < texts.len() / 2, "{accepted} of {}", texts.len());
 }
