@@ -156,6 +156,39 @@ impl Realm {
             .expect("run keyraft")
     }
 
+    /// Runs a CLI command against this realm: `--realm realm.json` goes after the command
+    /// (after `registrar attest`'s subcommand), except for `keygen`, which takes none.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let at = match args[0] {
+            "keygen" => return self.run_cli(args),
+            "registrar" => 2,
+            _ => 1,
+        };
+        let mut v = args[..at].to_vec();
+        v.extend_from_slice(&["--realm", "realm.json"]);
+        v.extend_from_slice(&args[at..]);
+        self.run_cli(&v)
+    }
+
+    /// [`Realm::cli`], which must succeed: its standard output.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "keyraft {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    }
+
+    /// [`Realm::cli`], which must fail: its standard error.
+    pub fn cli_fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(!out.status.success(), "keyraft {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8(out.stderr).expect("UTF-8 output")
+    }
+
     /// The realm's name (`keyraft dev` makes a unique one per realm).
     pub fn name(&self) -> String {
         self.realm_file().realm

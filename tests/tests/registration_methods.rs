@@ -6,34 +6,7 @@ use keyraft_server::registration::email::extract_code;
 use keyraft_server::registration::email::testing::SmtpSink;
 use keyraft_server::registration::oidc::testing::{TestIssuer, TEST_AUDIENCE, TEST_ISSUER};
 use keyraft_tests::{serial, Realm};
-use std::process::Output;
 use std::time::Duration;
-
-fn run(realm: &Realm, args: &[&str]) -> Output {
-    if args[0] == "keygen" {
-        return realm.run_cli(args);
-    }
-    let mut v = vec![args[0], "--realm", "realm.json"];
-    v.extend_from_slice(&args[1..]);
-    realm.run_cli(&v)
-}
-
-fn ok(realm: &Realm, args: &[&str]) -> String {
-    let out = run(realm, args);
-    assert!(
-        out.status.success(),
-        "keyraft {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(realm: &Realm, args: &[&str]) -> String {
-    let out = run(realm, args);
-    assert!(!out.status.success(), "keyraft {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
-    String::from_utf8(out.stderr).unwrap()
-}
 
 /// The update id written by `register --prepare`.
 fn update_id(realm: &Realm, prepared: &str) -> [u8; 32] {
@@ -52,39 +25,39 @@ fn an_email_code_mailed_by_one_replica_registers_exactly_its_update() {
         &["--verifier-count", "0", "--registration", "*@example.com=email", "--smtp-relay", &relay],
         |_| {},
     );
-    ok(&realm, &["keygen", "--out", "alice.key"]);
-    ok(&realm, &["register", "--user", "Alice@Example.com", "--key", "alice.key", "--prepare", "alice.json"]);
-    ok(&realm, &["register", "--user", "bob@example.com", "--key", "alice.key", "--prepare", "bob.json"]);
+    realm.cli_ok(&["keygen", "--out", "alice.key"]);
+    realm.cli_ok(&["register", "--user", "Alice@Example.com", "--key", "alice.key", "--prepare", "alice.json"]);
+    realm.cli_ok(&["register", "--user", "bob@example.com", "--key", "alice.key", "--prepare", "bob.json"]);
 
-    let out = ok(&realm, &["register", "--prepared", "alice.json", "--send-email-code"]);
+    let out = realm.cli_ok(&["register", "--prepared", "alice.json", "--send-email-code"]);
     assert!(out.contains("mailed to alice@example.com"), "{out}");
     let mail = rt.block_on(sink.wait_for_message("alice@example.com", Duration::from_secs(60))).expect("a mail");
     let code = extract_code(&mail.data).expect("a code in the mail");
-    ok(&realm, &["register", "--prepared", "bob.json", "--send-email-code"]);
+    realm.cli_ok(&["register", "--prepared", "bob.json", "--send-email-code"]);
     let bob_mail = rt.block_on(sink.wait_for_message("bob@example.com", Duration::from_secs(60))).expect("a mail");
     let bob_code = extract_code(&bob_mail.data).unwrap();
 
     // A wrong code, bob's code, a malformed code: refused, nothing stored.
-    let e = fails(&realm, &["register", "--prepared", "alice.json", "--email-code", &bob_code]);
+    let e = realm.cli_fails(&["register", "--prepared", "alice.json", "--email-code", &bob_code]);
     assert!(e.contains("e-mail code"), "{e}");
-    let e = fails(&realm, &["register", "--prepared", "alice.json", "--email-code", "not a code"]);
+    let e = realm.cli_fails(&["register", "--prepared", "alice.json", "--email-code", "not a code"]);
     assert!(e.contains("registration.email_code"), "{e}");
-    let e = fails(&realm, &["register", "--prepared", "alice.json"]);
+    let e = realm.cli_fails(&["register", "--prepared", "alice.json"]);
     assert!(e.contains("needs a proof") && e.contains("email"), "{e}");
-    let out = ok(&realm, &["lookup", "alice@example.com"]);
+    let out = realm.cli_ok(&["lookup", "alice@example.com"]);
     assert!(!out.contains("version 0"), "a refused registration stored something: {out}");
 
     // The right code, typed in lower case (any replica checks it).
-    let out = ok(&realm, &["register", "--prepared", "alice.json", "--email-code", &code.to_lowercase(), "--wait"]);
+    let out = realm.cli_ok(&["register", "--prepared", "alice.json", "--email-code", &code.to_lowercase(), "--wait"]);
     assert!(out.contains("registered \"alice@example.com\""), "{out}");
     // Registered: no more codes for it.
-    let e = fails(&realm, &["register", "--prepared", "alice.json", "--send-email-code"]);
+    let e = realm.cli_fails(&["register", "--prepared", "alice.json", "--send-email-code"]);
     assert!(e.contains("already registered"), "{e}");
     // Bob's code still registers bob's own update.
-    ok(&realm, &["register", "--prepared", "bob.json", "--email-code", &bob_code, "--wait"]);
+    realm.cli_ok(&["register", "--prepared", "bob.json", "--email-code", &bob_code, "--wait"]);
     // Codes cannot be asked for outside the namespace.
-    ok(&realm, &["register", "--user", "carol@else.example", "--key", "alice.key", "--prepare", "carol.json"]);
-    let e = fails(&realm, &["register", "--prepared", "carol.json", "--send-email-code"]);
+    realm.cli_ok(&["register", "--user", "carol@else.example", "--key", "alice.key", "--prepare", "carol.json"]);
+    let e = realm.cli_fails(&["register", "--prepared", "carol.json", "--send-email-code"]);
     assert!(e.contains("closed"), "{e}");
 }
 
@@ -110,16 +83,16 @@ fn an_id_token_registers_the_update_its_nonce_names_and_forged_ones_are_refused(
         ],
         |_| {},
     );
-    ok(&realm, &["keygen", "--out", "alice.key"]);
-    let out = ok(&realm, &["register", "--user", "alice@example.com", "--key", "alice.key", "--prepare", "a.json"]);
+    realm.cli_ok(&["keygen", "--out", "alice.key"]);
+    let out = realm.cli_ok(&["register", "--user", "alice@example.com", "--key", "alice.key", "--prepare", "a.json"]);
     assert!(out.contains("OIDC nonce"), "{out}");
-    ok(&realm, &["register", "--user", "bob@example.com", "--key", "alice.key", "--prepare", "b.json"]);
+    realm.cli_ok(&["register", "--user", "bob@example.com", "--key", "alice.key", "--prepare", "b.json"]);
     let id = update_id(&realm, "a.json");
     let now_ms = keyraft_client::now_ms();
 
     let refused = |claims: serde_json::Value, what: &str| {
         let token = issuer.mint(&claims);
-        let e = fails(&realm, &["register", "--prepared", "a.json", "--id-token", &token]);
+        let e = realm.cli_fails(&["register", "--prepared", "a.json", "--id-token", &token]);
         assert!(e.contains(what), "expected {what:?} in: {e}");
     };
     // A token for bob's update (its nonce), for bob, expired, for another audience.
@@ -137,7 +110,7 @@ fn an_id_token_registers_the_update_its_nonce_names_and_forged_ones_are_refused(
     // Signed by a key the issuer's JWKS does not hold.
     let impostor = TestIssuer::new();
     let token = impostor.mint(&issuer.claims("alice@example.com", &id, now_ms));
-    let e = fails(&realm, &["register", "--prepared", "a.json", "--id-token", &token]);
+    let e = realm.cli_fails(&["register", "--prepared", "a.json", "--id-token", &token]);
     assert!(e.contains("kid"), "{e}");
     // `alg: none`.
     let none = format!(
@@ -145,13 +118,13 @@ fn an_id_token_registers_the_update_its_nonce_names_and_forged_ones_are_refused(
         b64(br#"{"alg":"none","typ":"JWT"}"#),
         b64(issuer.claims("alice@example.com", &id, now_ms).to_string().as_bytes())
     );
-    let e = fails(&realm, &["register", "--prepared", "a.json", "--id-token", &none]);
+    let e = realm.cli_fails(&["register", "--prepared", "a.json", "--id-token", &none]);
     assert!(e.contains("none"), "{e}");
 
     // The real thing, from a file.
     let token = issuer.mint(&issuer.claims("alice@example.com", &id, now_ms));
     std::fs::write(realm.path().join("token.jwt"), &token).unwrap();
-    let out = ok(&realm, &["register", "--prepared", "a.json", "--id-token", "@token.jwt", "--wait"]);
+    let out = realm.cli_ok(&["register", "--prepared", "a.json", "--id-token", "@token.jwt", "--wait"]);
     assert!(out.contains("registered \"alice@example.com\""), "{out}");
 }
 

@@ -116,9 +116,10 @@ pub struct Expected<'a> {
 }
 
 /// The `nonce` a token must carry to register the update `update_id`: base64url without
-/// padding of its 32 bytes. Clients put this in their authentication request.
+/// padding of its 32 bytes, by the one rule clients use too
+/// ([`keyraft_core::registration::oidc_nonce`]).
 pub fn nonce_for_update(update_id: &[u8; 32]) -> String {
-    URL_SAFE_NO_PAD.encode(update_id)
+    keyraft_core::registration::oidc_nonce(update_id)
 }
 
 /// The signature algorithms an ID token may use.
