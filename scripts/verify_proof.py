@@ -9,6 +9,7 @@ docs/vectors/ and against proofs made by the Rust server code.
 usage: verify_proof.py REALM PROOF_FILE USER_ID NOW_MS
                        [--verifier-threshold T] [--ttl-ms MS] [--skew-ms MS] [--last-seen-epoch E]
                        [--past EPOCH]
+       verify_proof.py --history REALM USER_ID CURRENT_PROOF VERSION_PROOF...
        verify_proof.py --vectors docs/vectors/lookup-v1.json
        verify_proof.py --ed25519-vectors docs/vectors/ed25519.json
        verify_proof.py --check-realm-vectors docs/vectors/realm-config-v2.json
@@ -21,6 +22,11 @@ version (section 2.6); USER_ID is the id as it goes into the VRF (under version 
 id of section 3.1, which the client computes: this script does not); PROOF_FILE holds the
 canonical LookupProof bytes (section 5.2). Exit status 0 and "OK ..." on success; 1 and
 "REJECTED (<check>): ..." naming the failing check otherwise (section 5.1 names the checks).
+
+With --history it checks a whole History listing (section 8.1): CURRENT_PROOF is the first
+page's proof of the current version, the VERSION_PROOFs are the listed versions' proofs newest
+first (`keyraft history --all --save-proofs DIR` writes current-epoch-E.proof and
+version-V-epoch-E.proof). "OK history ..." or "REJECTED (<check>): ..." with status 0 or 1.
 
 With --vectors it checks every vector of the file and prints one line per vector, "VECTOR
 <name>: accept ..." or "VECTOR <name>: reject <check>: ...", and one per refused realm file,
@@ -922,7 +928,47 @@ def verify(config, proof_bytes, user_id, now_ms, threshold, ttl_ms, skew_ms, las
     if past_epoch is None and last_seen is not None and head["epoch"] < last_seen:
         raise Failed("rollback", f"epoch {head['epoch']} is older than epoch {last_seen} already seen")
     version = p["entry_fields"]["version"] if entry is not None else None
-    return {"epoch": head["epoch"], "present": entry is not None, "index": index, "version": version}
+    return {"epoch": head["epoch"], "present": entry is not None, "index": index, "version": version,
+            "verifiers": len(p["verifier_sigs"])}
+
+
+def verify_history(config, user_id, threshold, current, versions):
+    """Section 8.1: a whole History listing, from its first page (whose `current` proof is
+    `current`) to its last, as the versions' proofs newest first. Raises Failed("history", ...)
+    or the failing check of a proof; returns (versions listed, whether completeness was proven,
+    versions below the verifier threshold)."""
+    own_epoch = lambda b: checked("decode", parse_proof, b)["head"]["epoch"]  # noqa: E731
+    # Step 4's proof, with the verifier threshold.
+    cur = verify(config, current, user_id, None, threshold, None, None, None, own_epoch(current))
+    listed, below = [], []
+    for b in versions:
+        # Step 1: each at its epoch, the threshold counted, not required.
+        out = verify(config, b, user_id, None, 0, None, None, None, own_epoch(b))
+        if not out["present"]:
+            raise Failed("history", f"the version proof of epoch {out['epoch']} shows no entry")
+        if out["verifiers"] < threshold:
+            below.append(out["version"])
+        listed.append(out)
+    v2 = config["protocol_version"] == 2
+    for newer, older in zip(listed, listed[1:]):
+        # Step 2: newest first.
+        if older["version"] >= newer["version"] or older["epoch"] >= newer["epoch"]:
+            raise Failed("history", f"not newest-first: version {older['version']} (epoch {older['epoch']}) "
+                         f"follows version {newer['version']} (epoch {newer['epoch']})")
+        # Step 3: rule 1 of section 6 between neighbours.
+        if v2 and newer["version"] != older["version"] + 1:
+            raise Failed("history", f"versions {older['version'] + 1} to {newer['version'] - 1} were left out")
+    # Step 4: the newest listed is the current one.
+    if cur["present"]:
+        if not listed or listed[0]["version"] != cur["version"] or listed[0]["epoch"] > cur["epoch"]:
+            raise Failed("history", f"the current version at epoch {cur['epoch']} is {cur['version']}, "
+                         f"the listing starts at {listed[0]['version'] if listed else 'nothing'}")
+    elif listed:
+        raise Failed("history", f"the identity is absent at epoch {cur['epoch']}, yet versions are listed")
+    # Step 5: the oldest is a registration.
+    if v2 and listed and listed[-1]["version"] != 0:
+        raise Failed("history", f"the listing ends at version {listed[-1]['version']}, not 0: older versions were left out")
+    return [o["version"] for o in listed], v2, below
 
 
 def run_vectors(path):
@@ -1014,6 +1060,35 @@ def decode_only(decoder, hexes):
     return 0
 
 
+def read_realm(path):
+    """A realm file, or the hex of a canonical RealmConfig with default client rules."""
+    text = open(path).read()
+    if text.lstrip().startswith("{"):
+        return parse_realm_file(text)
+    return parse_realm_config(bytes.fromhex(text.strip())), {"verifier_threshold": 0, "ttl_ms": 60_000, "skew_ms": 5_000}
+
+
+def history_main(realm_path, user_id, current_file, version_files):
+    """--history: section 8.1 over saved proofs (`keyraft history --all --save-proofs DIR`)."""
+    try:
+        config, rules = read_realm(realm_path)
+    except (RealmFileError, Reject) as e:
+        print(f"REALM REFUSED: {e}")
+        return 2
+    read = lambda f: open(f, "rb").read()  # noqa: E731
+    try:
+        listed, complete, below = verify_history(config, user_id, rules["verifier_threshold"], read(current_file),
+                                                 [read(f) for f in version_files])
+    except Failed as e:
+        print(f"REJECTED ({e.check}): {e}")
+        return 1
+    span = f"versions {listed[0]} to {listed[-1]}" if listed else "no versions"
+    how = "complete, none left out" if complete else "in order (protocol version 1: gaps cannot be told from omissions)"
+    flag = f"; below the verifier threshold: {below}" if below else ""
+    print(f"OK history of {user_id}: {span}, {how}{flag}")
+    return 0
+
+
 def main():
     decoders = {"--decode-entry": parse_entry, "--decode-profile": parse_profile,
                 "--decode-realm-config": parse_realm_config}
@@ -1031,6 +1106,8 @@ def main():
         agree = run_vectors(sys.argv[2])
         print("all vectors agree" if agree else "DISAGREEMENT with the expected verdicts")
         return 0 if agree else 1
+    if len(sys.argv) >= 5 and sys.argv[1] == "--history":
+        return history_main(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("realm")
     ap.add_argument("proof_file")

@@ -30,6 +30,7 @@ fn serving(realm: &Realm, proof: Vec<u8>, epoch: u64) -> String {
             Ok(pb::HistoryResponse {
                 versions: vec![pb::HistoryVersion { version: 0, epoch, proof: history.clone() }],
                 next_page_token: Vec::new(),
+                current: history.clone(),
             })
         })
         .watch(move |_| vec![pb::WatchEvent { event: Some(pb::watch_event::Event::Changed(watch.clone())) }])
@@ -80,7 +81,7 @@ fn an_epoch_lacking_the_verifiers_ratifications_is_not_misbehaviour_and_another_
     assert_eq!(answer.lookup.ratified_by.len(), 1);
     let page = realm.runtime.block_on(both.history(ALICE, 10, &[])).unwrap();
     assert_eq!(page.versions.len(), 1);
-    assert_eq!(page.versions[0].1.lookup.ratified_by.len(), 1);
+    assert_eq!(page.versions[0].answer.lookup.ratified_by.len(), 1);
     let first = realm.runtime.block_on(async {
         let mut watch = both.watch(ALICE, 0).await.unwrap();
         watch.next().await.unwrap()

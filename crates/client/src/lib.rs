@@ -46,7 +46,7 @@ mod watch;
 pub use checker::ProofChecker;
 pub use client::{client_channel_options, now_ms, Client, CALL_TIMEOUT_MS, CONNECT_TIMEOUT_MS, ENDPOINT_DEMOTION_MS};
 pub use error::{code_in_words, network_cause, status_in_words, ClientError};
-pub use history::HistoryPage;
+pub use history::{HistoryPage, HistoryVersion};
 pub use lookup::{LookupAnswer, LookupOptions, LAG_WAIT_MS};
 pub use memory::{EpochMemory, OWN_UPDATES_MAX};
 pub use options::ClientOptions;

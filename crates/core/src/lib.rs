@@ -18,7 +18,7 @@
 //! - [`hash`]: domain separation labels for every hash and signature;
 //! - [`ed25519`]: the one signature verification rule, single and batch;
 //! - [`keys`], [`policy`], [`types`], [`update`]: the data and the update rules;
-//! - [`identity`]: canonical user ids (protocol version 2, not yet wired to the VRF input);
+//! - [`identity`]: canonical user ids (protocol version 2: the id the VRF input carries);
 //! - [`tree`], [`lookup`]: proofs and their verification, returning [`Verified`] values.
 #![forbid(unsafe_code)]
 

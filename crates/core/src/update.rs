@@ -6,8 +6,10 @@
 //!
 //! The rules, for a new entry `new` signed by `signatures`, given the `current` entry at the
 //! same index (if any):
-//! 1. registration (`current` is absent) requires `new.version == 0`; otherwise
-//!    `new.version > current.version`;
+//! 1. registration (`current` is absent) requires `new.version == 0`; otherwise, under
+//!    protocol version 2, `new.version == current.version + 1` (so an identity's versions
+//!    form an unbroken chain from 0 and a history can be checked for completeness by
+//!    counting), and under version 1 `new.version > current.version`;
 //! 2. each signature is by a key of the current policy or of the new one, and valid over
 //!    `len(label) || "keyraft/v1/entry-update" || len(realm) (u16) || realm || entry bytes`;
 //! 3. the valid signers satisfy the current policy (the owner consents) and the new policy
@@ -19,7 +21,7 @@ use crate::hash::{context, signed_message, Digest};
 use crate::keys::{decode_signature_set, encode_signature_set, public_key_of, KeySignature, Signature};
 use crate::limits::{ENTRY_BYTES_MAX, PROFILE_BYTES_MAX, UPDATE_BYTES_MAX, UPDATE_SIGNATURES_MAX};
 use crate::policy::Policy;
-use crate::types::{profile_commitment, Entry, Profile};
+use crate::types::{profile_commitment, Entry, Profile, RealmConfig};
 use ed25519_dalek::{Signer as _, SigningKey};
 use std::collections::BTreeSet;
 use thiserror::Error;
@@ -117,9 +119,18 @@ pub enum UpdateRejection {
         /// The version submitted.
         got: u64,
     },
-    /// Versions must strictly increase.
+    /// Versions must strictly increase (protocol version 1).
     #[error("version {got} does not exceed the current version {current}")]
     VersionNotIncreasing {
+        /// The current version.
+        current: u64,
+        /// The version submitted.
+        got: u64,
+    },
+    /// Under protocol version 2 each update's version is the current one plus one, so that
+    /// no version can be left out of a history (and none can jump to the last one).
+    #[error("version {got} is not the next version after the current version {current} (protocol version 2 requires {current} + 1)")]
+    VersionNotNext {
         /// The current version.
         current: u64,
         /// The version submitted.
@@ -161,20 +172,34 @@ impl UpdateRejection {
     }
 }
 
-/// Checks rules 1 to 3 for a signed entry against the current entry at its index.
-pub fn check_signed_entry(realm: &str, current: Option<&Entry>, new: &SignedEntry) -> Result<(), UpdateRejection> {
+/// Rule 1: whether `new` may follow `current` (None: a registration) in a realm whose
+/// configuration is `config`. The one version rule of replicas, verifiers and clients (a
+/// history is complete when consecutive versions pass it).
+pub fn check_version(config: &RealmConfig, current: Option<&Entry>, new: &Entry) -> Result<(), UpdateRejection> {
     match current {
-        None if new.entry.version != 0 => {
-            return Err(UpdateRejection::RegistrationVersionNotZero { got: new.entry.version });
+        None if new.version != 0 => Err(UpdateRejection::RegistrationVersionNotZero { got: new.version }),
+        None => Ok(()),
+        Some(cur) if config.protocol_version() >= 2 => match cur.version.checked_add(1) {
+            Some(next) if next == new.version => Ok(()),
+            _ => Err(UpdateRejection::VersionNotNext { current: cur.version, got: new.version }),
+        },
+        Some(cur) if new.version <= cur.version => {
+            Err(UpdateRejection::VersionNotIncreasing { current: cur.version, got: new.version })
         }
-        Some(cur) if new.entry.version <= cur.version => {
-            return Err(UpdateRejection::VersionNotIncreasing { current: cur.version, got: new.entry.version });
-        }
-        _ => {}
+        Some(_) => Ok(()),
     }
+}
+
+/// Checks rules 1 to 3 for a signed entry against the current entry at its index.
+pub fn check_signed_entry(
+    config: &RealmConfig,
+    current: Option<&Entry>,
+    new: &SignedEntry,
+) -> Result<(), UpdateRejection> {
+    check_version(config, current, &new.entry)?;
     debug_assert!(current.is_none_or(|c| c.index == new.entry.index), "current entry looked up at another index");
 
-    let message = entry_update_message(realm, &new.entry.encode());
+    let message = entry_update_message(&config.realm, &new.entry.encode());
     let new_policy = &new.entry.update_policy;
     let current_policy = current.map(|c| &c.update_policy);
     let mut signed_new = BTreeSet::new();
@@ -207,9 +232,9 @@ pub fn check_signed_entry(realm: &str, current: Option<&Entry>, new: &SignedEntr
 }
 
 /// Checks every rule for a complete update.
-pub fn check_update(realm: &str, current: Option<&Entry>, update: &Update) -> Result<(), UpdateRejection> {
+pub fn check_update(config: &RealmConfig, current: Option<&Entry>, update: &Update) -> Result<(), UpdateRejection> {
     if update.signed.entry.profile_commitment != profile_commitment(&update.profile.encode()) {
         return Err(UpdateRejection::ProfileCommitmentMismatch);
     }
-    check_signed_entry(realm, current, &update.signed)
+    check_signed_entry(config, current, &update.signed)
 }

@@ -169,7 +169,9 @@ fn epoch_heads_decode_within_their_bounds() {
 fn signed_entry_rules_without_a_profile() {
     let e = Entry { version: 0, ..entry() };
     let unsigned = SignedEntry { entry: e, signatures: vec![] };
-    assert!(check_signed_entry("example.org", None, &unsigned).is_err());
+    let vrf = keyraft_core::vrf::VrfSecretKey::from_seed(&[4; 32]).public_key();
+    let config = RealmConfig::new("example.org", vrf, vec![key(8)], vec![]).unwrap();
+    assert!(check_signed_entry(&config, None, &unsigned).is_err());
 }
 
 proptest! {

@@ -379,7 +379,7 @@ impl<S: Storage> VerifierState<S> {
         // update is independent: do them on every core.
         let replaced = crate::parallel::try_map(updates, |_, update| {
             let current = self.current_entry(&update.entry.index).map_err(VerifyFailure::State)?;
-            check_signed_entry(&self.config.realm, current.as_ref(), update).map_err(|reason| {
+            check_signed_entry(&self.config, current.as_ref(), update).map_err(|reason| {
                 VerifyFailure::Mismatch(Mismatch::UnauthorizedUpdate {
                     epoch,
                     index: hex::encode(update.entry.index.0),

@@ -5,7 +5,7 @@
 
 use crate::client_cmd::count;
 use crate::json::Verification;
-use keyraft_client::LookupAnswer;
+use keyraft_client::{HistoryVersion, LookupAnswer};
 use keyraft_core::human;
 use keyraft_core::policy::{Quorum, QuorumMember};
 use keyraft_core::Policy;
@@ -93,14 +93,18 @@ pub fn history_heading(user_id: &str) -> String {
 }
 
 /// One version of `history`.
-pub fn print_history_version(out: &mut dyn Write, version: u64, a: &LookupAnswer, now_ms: u64) -> std::io::Result<()> {
-    let l = &a.lookup;
+pub fn print_history_version(out: &mut dyn Write, v: &HistoryVersion, now_ms: u64) -> std::io::Result<()> {
+    let l = &v.answer.lookup;
+    let verifiers = count(l.ratified_by.len() as u64, "verifier");
+    // A version whose epoch lacks the client's verifier quorum is listed so that the history
+    // has no gap; say plainly that it is proven by the replicas alone.
+    let quorum = if v.meets_threshold { String::new() } else { ", fewer verifiers than you require".to_owned() };
     writeln!(
         out,
-        "version {version} in epoch {} (head issued at {}, ratified by a replica majority and {}, VERIFIED)",
+        "version {} in epoch {} (head issued at {}, ratified by a replica majority and {verifiers}{quorum}, VERIFIED)",
+        v.version,
         l.epoch(),
         human::time_and_age(l.head.issue_time_ms, now_ms),
-        count(l.ratified_by.len() as u64, "verifier")
     )?;
     if let Some((entry, profile)) = &l.entry {
         let keys: Vec<String> = entry.update_policy.keys().iter().map(|k| hex::encode(k.as_bytes())).collect();

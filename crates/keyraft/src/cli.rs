@@ -63,16 +63,22 @@ pub const EXIT_NOT_RATIFIED: u8 = 3;
 /// request. Fix or delete the file the message names.
 pub const EXIT_LOCAL_STATE: u8 = 4;
 
+/// Exit code of a client command whose answer proved the realm wrong (a proof that does not
+/// verify, a history with a gap, a rollback): keep the evidence the message names and alert.
+pub const EXIT_MISBEHAVED: u8 = 5;
+
 /// The exit code of a command that failed with `e`: [`EXIT_LOCAL_STATE`] when the client's own
-/// state file is at fault, else 1 (the message says whose fault it is).
+/// state file is at fault, [`EXIT_MISBEHAVED`] when the realm misbehaved, else 1 (the message
+/// says whose fault it is).
 pub fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
     let mut cause = Some(e);
     while let Some(c) = cause {
-        if let Some(
-            keyraft_client::ClientError::LocalState { .. } | keyraft_client::ClientError::AppliedNotRecorded { .. },
-        ) = c.downcast_ref()
-        {
-            return EXIT_LOCAL_STATE;
+        match c.downcast_ref::<keyraft_client::ClientError>() {
+            Some(
+                keyraft_client::ClientError::LocalState { .. } | keyraft_client::ClientError::AppliedNotRecorded { .. },
+            ) => return EXIT_LOCAL_STATE,
+            Some(e) if e.is_misbehavior() => return EXIT_MISBEHAVED,
+            _ => {}
         }
         cause = c.source();
     }

@@ -3,7 +3,7 @@
 //! `version`; a change that renames, retypes or drops a field bumps the version (adding a
 //! field does not). Times stay raw milliseconds, with their RFC 3339 text next to them.
 
-use keyraft_client::{LookupAnswer, UpdateStatus};
+use keyraft_client::{HistoryVersion, LookupAnswer, UpdateStatus};
 use keyraft_core::human;
 use keyraft_core::lookup::{ClientRealm, LookupProof, PositionalSignature};
 use keyraft_core::policy::{Quorum, QuorumMember};
@@ -144,17 +144,27 @@ pub fn lookup(
 /// `history --json`: every version listed, newest first, each with its proof.
 pub fn history(
     user_id: &str,
-    versions: &[(u64, LookupAnswer)],
+    versions: &[HistoryVersion],
     next_page_token: &[u8],
+    complete: bool,
     realm: &ClientRealm,
 ) -> Result<Value, Box<dyn std::error::Error>> {
-    let versions =
-        versions.iter().map(|(_, a)| answer(a, realm, Verification::Historical)).collect::<Result<Vec<_>, _>>()?;
+    let versions = versions
+        .iter()
+        .map(|v| {
+            let mut a = answer(&v.answer, realm, Verification::Historical)?;
+            if let Value::Object(fields) = &mut a {
+                fields.insert("meets_verifier_threshold".into(), Value::Bool(v.meets_threshold));
+            }
+            Ok(a)
+        })
+        .collect::<Result<Vec<_>, Box<dyn std::error::Error>>>()?;
     Ok(json!({
         "schema": "keyraft.history",
         "version": SCHEMA_VERSION,
         "user_id": user_id,
         "versions": versions,
+        "complete": complete,
         "next_page_token": (!next_page_token.is_empty()).then(|| hex::encode(next_page_token)),
     }))
 }

@@ -242,7 +242,7 @@ impl Keyraft for PublicService {
                     // Rejections that do not depend on the open epoch are final here; the
                     // step re-checks everything against the state the update is applied to.
                     if let Err(reason) =
-                        check_update(&self.node.realm.realm, current.as_ref().map(|(_, u)| &u.signed.entry), &update)
+                        check_update(&self.node.realm, current.as_ref().map(|(_, u)| &u.signed.entry), &update)
                     {
                         self.updates.rejected(id, &reason);
                         return Err(rejection_status(&reason));
@@ -419,27 +419,27 @@ impl Keyraft for PublicService {
             },
         };
         let before = cursor.position.min(cursor.pinned.saturating_add(1));
+        let first_page = req.page_token.is_empty();
+        let pinned = cursor.pinned;
 
-        let (epochs, versions) = self
+        let (epochs, versions, current) = self
             .node
             .read
             .blocking(move |read| {
                 let history = read.history(&index, before, size + 1)?;
                 let mut versions = Vec::new();
                 for (epoch, update) in history.iter().take(size) {
-                    // A version in an epoch lacking the threshold (one a verifier skipped)
-                    // cannot be proven as asked: it is left out, never proven with fewer
-                    // ratifications.
-                    if read.satisfies(*epoch, threshold)? {
-                        let proof = read.proof(&user_id, index, vrf_proof, *epoch, threshold)?;
-                        versions.push(pb::HistoryVersion {
-                            version: update.signed.entry.version,
-                            epoch: *epoch,
-                            proof,
-                        });
-                    }
+                    // A version in an epoch lacking the threshold (one a verifier skipped, or
+                    // one before a verifier joined) is still listed, proven by the replica
+                    // majority alone: leaving it out would be a gap in the history, which
+                    // clients of protocol version 2 take for misbehaviour. They flag it.
+                    let proven_with = if read.satisfies(*epoch, threshold)? { threshold } else { 0 };
+                    let proof = read.proof(&user_id, index, vrf_proof, *epoch, proven_with)?;
+                    versions.push(pb::HistoryVersion { version: update.signed.entry.version, epoch: *epoch, proof });
                 }
-                Ok((history.into_iter().map(|(epoch, _)| epoch).collect::<Vec<u64>>(), versions))
+                let current =
+                    if first_page { read.proof(&user_id, index, vrf_proof, pinned, threshold)? } else { Vec::new() };
+                Ok((history.into_iter().map(|(epoch, _)| epoch).collect::<Vec<u64>>(), versions, current))
             })
             .await?;
         // More than `size` were read: the next page lists those before the last one scanned.
@@ -449,7 +449,7 @@ impl Keyraft for PublicService {
             }
             _ => Vec::new(),
         };
-        Ok(Response::new(pb::HistoryResponse { versions, next_page_token }))
+        Ok(Response::new(pb::HistoryResponse { versions, next_page_token, current }))
     }
 
     type WatchStream = BoxStream<pb::WatchEvent>;

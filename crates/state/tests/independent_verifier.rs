@@ -716,3 +716,73 @@ fn the_independent_realm_file_reader_agrees_with_keyraft_core() {
     }
     assert!(accepted > 20 && accepted < texts.len() / 2, "{accepted} of {}", texts.len());
 }
+
+/// Runs `verify_proof.py --history` over a realm file, the current proof and version proofs.
+fn run_history(dir: &Path, config: &RealmConfig, user: &str, current: &[u8], versions: &[Vec<u8>]) -> (bool, String) {
+    let realm = dir.join("history-realm.json");
+    std::fs::write(&realm, realm_file_json(config, 1)).unwrap();
+    let current_file = dir.join("current.proof");
+    std::fs::write(&current_file, current).unwrap();
+    let mut files = Vec::new();
+    for (i, v) in versions.iter().enumerate() {
+        let f = dir.join(format!("listed-{i}.proof"));
+        std::fs::write(&f, v).unwrap();
+        files.push(f);
+    }
+    let out = Command::new("python3")
+        .arg(script())
+        .arg("--history")
+        .arg(&realm)
+        .arg(user)
+        .arg(&current_file)
+        .args(&files)
+        .output()
+        .expect("python3 is needed to run the independent verifier");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn the_independent_verifier_checks_a_history_complete_and_catches_every_version_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = v2_harness();
+    let user = "carol@example.com";
+    let carol = derive_signing_key(SEED_V2, "carol");
+    h.register(user, &carol, &[("mail", b"c0")]).unwrap();
+    let mut epochs = vec![h.publish_epoch().unwrap().epoch];
+    for version in 1..=3u64 {
+        let profile = keyraft_state::harness::test_profile(&format!("c{version}"), &[("mail", b"c")]);
+        let u = h.make_update(user, version, keyraft_core::Policy::single(public_key(&carol)), profile, &[&carol]);
+        h.append(keyraft_core::Command::Update(Box::new(u))).unwrap();
+        epochs.push(h.publish_epoch().unwrap().epoch);
+    }
+    // An epoch without a change, the listing's pin.
+    let pinned = h.publish_epoch().unwrap().epoch;
+    let current = h.lookup_proof(user, Some(pinned), 1).unwrap().encode();
+    // Newest first; version 1's epoch proven by the replica majority alone (a verifier skipped
+    // it): listed, and flagged.
+    let proofs: Vec<Vec<u8>> = epochs
+        .iter()
+        .rev()
+        .map(|e| h.lookup_proof(user, Some(*e), if *e == epochs[1] { 0 } else { 1 }).unwrap().encode())
+        .collect();
+    let (ok, out) = run_history(dir.path(), h.config(), user, &current, &proofs);
+    assert!(ok && out.contains("versions 3 to 0, complete") && out.contains("threshold: [1]"), "{out}");
+
+    let without = |i: usize| -> Vec<Vec<u8>> {
+        proofs.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, p)| p.clone()).collect()
+    };
+    for (i, what) in [(0, "the current version"), (1, "versions 2 to 2 were left out"), (3, "not 0")] {
+        let (ok, out) = run_history(dir.path(), h.config(), user, &current, &without(i));
+        assert!(!ok && out.contains("REJECTED (history)") && out.contains(what), "version {} left out: {out}", 3 - i);
+    }
+    let mut reordered = proofs.clone();
+    reordered.swap(0, 1);
+    let (ok, out) = run_history(dir.path(), h.config(), user, &current, &reordered);
+    assert!(!ok && out.contains("not newest-first"), "{out}");
+    // A tampered version proof fails its own check, as a lookup would.
+    let mut tampered = proofs.clone();
+    let at = tampered[2].len() / 2;
+    tampered[2][at] ^= 1;
+    let (ok, out) = run_history(dir.path(), h.config(), user, &current, &tampered);
+    assert!(!ok && out.contains("REJECTED ("), "{out}");
+}

@@ -2,6 +2,7 @@
 //! crash-replay from any point.
 #![allow(clippy::unwrap_used, missing_docs)]
 
+use keyraft_core::registration::RegistrationPolicy;
 use keyraft_core::{Command, LogPosition, Policy, Signature, UpdateRejection};
 use keyraft_state::harness::{derive_signing_key, public_key, test_profile, Harness};
 use keyraft_state::proposer::{ratify_head, sign_head};
@@ -51,9 +52,28 @@ fn versions_strictly_increase() {
         rejected(h.append(Command::Update(Box::new(u))).unwrap()),
         UpdateRejection::VersionNotIncreasing { current: 0, got: 0 }
     );
-    // Gaps are allowed.
+    // Gaps are allowed under protocol version 1 (not under 2: see the next test).
     let u =
         h.make_update("alice@example.org", 5, Policy::single(public_key(&alice)), test_profile("y", &[]), &[&alice]);
+    assert_eq!(accepted_epoch(h.append(Command::Update(Box::new(u))).unwrap()), 2);
+}
+
+#[test]
+fn under_protocol_version_2_each_version_is_the_next() {
+    let mut h = Harness::with_registration("example.org", 3, 2, 7, RegistrationPolicy::open());
+    let alice = derive_signing_key(7, "alice");
+    assert_eq!(accepted_epoch(h.register("alice@example.org", &alice, &[("mail", b"pgp-key-1")]).unwrap()), 1);
+    h.publish_epoch().unwrap();
+    let policy = Policy::single(public_key(&alice));
+    // A gap would let a history leave versions out, and 2^64-1 would lock the identity.
+    for (version, current) in [(5, 0), (0, 0), (u64::MAX, 0)] {
+        let u = h.make_update("alice@example.org", version, policy.clone(), test_profile("y", &[]), &[&alice]);
+        assert_eq!(
+            rejected(h.append(Command::Update(Box::new(u))).unwrap()),
+            UpdateRejection::VersionNotNext { current, got: version }
+        );
+    }
+    let u = h.make_update("alice@example.org", 1, policy, test_profile("y", &[]), &[&alice]);
     assert_eq!(accepted_epoch(h.append(Command::Update(Box::new(u))).unwrap()), 2);
 }
 
@@ -348,7 +368,7 @@ fn verifiers_see_only_ratified_epochs_and_can_recompute_them() {
         let published = h.machine.published_epoch(epoch).unwrap().unwrap();
         assert!(published.replica_signatures.len() >= 2);
         for signed in &published.updates {
-            check_signed_entry("example.org", entries.get(&signed.entry.index), signed).unwrap();
+            check_signed_entry(h.config(), entries.get(&signed.entry.index), signed).unwrap();
             entries.insert(signed.entry.index, signed.entry.clone());
         }
         let leaves: Vec<_> = entries.iter().map(|(i, e)| (*i, e.hash())).collect();

@@ -173,3 +173,41 @@ fn an_epoch_interrupted_between_its_batches_is_rolled_back_on_open() {
     v.flush().unwrap();
     assert_eq!(v.last_head(), epochs.last().map(|(_, h)| h));
 }
+
+#[test]
+fn under_protocol_version_2_a_version_gap_is_an_unauthorized_update() {
+    use keyraft_core::registration::RegistrationPolicy;
+    use keyraft_core::update::{sign_entry, UpdateRejection};
+    use keyraft_state::harness::{public_key, test_profile};
+
+    let mut h = Harness::with_registration("verify.example", 3, 1, 9, RegistrationPolicy::open());
+    let key = derive_signing_key(9, "gap");
+    h.register("gap@verify.example", &key, &[("pgp", b"k0")]).unwrap();
+    h.publish_epoch().unwrap();
+    let u = h.make_update(
+        "gap@verify.example",
+        1,
+        keyraft_core::Policy::single(public_key(&key)),
+        test_profile("gap1", &[("pgp", b"k1")]),
+        &[&key],
+    );
+    h.append(keyraft_core::Command::Update(Box::new(u))).unwrap();
+    h.publish_epoch().unwrap();
+    let epochs = published(&h);
+    let mut v = VerifierState::open(MemoryStorage::new(), h.config().clone()).unwrap();
+    let checked = v.check_epoch(&epochs[0].0, &epochs[0].1).unwrap();
+    v.commit(checked).unwrap();
+    // The honest epoch passes; the same epoch with the version jumping to 2, properly signed
+    // by the owner, is what replicas that hide version 1 from histories would publish.
+    let (updates, head) = &epochs[1];
+    let mut gap = updates.clone();
+    gap[0].entry.version = 2;
+    gap[0].signatures = sign_entry(&h.config().realm, &gap[0].entry, &[&key]);
+    match mismatch(v.check_epoch(&gap, head)) {
+        Mismatch::UnauthorizedUpdate { reason, .. } => {
+            assert_eq!(reason, UpdateRejection::VersionNotNext { current: 0, got: 2 })
+        }
+        other => panic!("expected an unauthorized update, got {other:?}"),
+    }
+    v.check_epoch(updates, head).unwrap();
+}

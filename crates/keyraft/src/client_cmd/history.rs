@@ -26,7 +26,8 @@ pub struct HistoryArgs {
     #[arg(long)]
     pub json: bool,
     /// Also write each listed version's proof to this directory, as
-    /// `version-V-epoch-E.proof` (for `keyraft verify-proof --past E`).
+    /// `version-V-epoch-E.proof` (for `keyraft verify-proof --past E`), and the first page's
+    /// proof of the current version as `current-epoch-E.proof`.
     #[arg(long, value_name = "DIR")]
     pub save_proofs: Option<PathBuf>,
 }
@@ -48,35 +49,48 @@ pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> CmdResult {
     let mut listed = Vec::new();
     let mut shown = 0usize;
     let mut endpoints: Vec<String> = Vec::new();
+    let started_at_newest = token.is_empty();
+    let mut previous: Option<keyraft_client::HistoryPage> = None;
     loop {
         let page = rt.block_on(client.history(&args.user, args.page_size, &token))?;
-        for (version, answer) in &page.versions {
+        // Pages followed with --all form one chain: a gap between two is misbehaviour too.
+        if let Some(newer) = &previous {
+            page.check_continues(newer, client.realm())?;
+        }
+        if let (Some(dir), Some(current)) = (&args.save_proofs, &page.current) {
+            crate::history_out::save_current_proof(dir, current)?;
+        }
+        for v in &page.versions {
             if let Some(dir) = &args.save_proofs {
-                crate::history_out::save_proof(dir, *version, answer)?;
+                crate::history_out::save_proof(dir, v.version, &v.answer)?;
             }
             if !args.json {
                 if shown == 0 {
                     writeln!(out, "{}", crate::answer::history_heading(&args.user))?;
                 }
-                crate::answer::print_history_version(out, *version, answer, now)?;
+                crate::answer::print_history_version(out, v, now)?;
             }
             shown += 1;
         }
         if !endpoints.contains(&page.endpoint) {
-            endpoints.push(page.endpoint);
+            endpoints.push(page.endpoint.clone());
         }
+        token = page.next_page_token.clone();
         if args.json {
-            listed.extend(page.versions);
+            listed.extend(page.versions.iter().cloned());
         }
-        token = page.next_page_token;
+        previous = Some(page);
         if token.is_empty() || !args.all {
             break;
         }
     }
+    // Checked from the newest version to the first (each page within, and each link between
+    // pages): under protocol version 2 that proves no version was left out.
+    let complete = started_at_newest && token.is_empty() && client.realm().config.protocol_version() >= 2;
     if args.json {
-        let json = crate::json::history(&args.user, &listed, &token, client.realm())?;
+        let json = crate::json::history(&args.user, &listed, &token, complete, client.realm())?;
         writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
         return Ok(());
     }
-    Ok(crate::history_out::finish(out, args, shown, &token, &endpoints)?)
+    Ok(crate::history_out::finish(out, args, shown, &token, complete, &endpoints)?)
 }

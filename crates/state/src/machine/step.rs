@@ -75,7 +75,7 @@ impl<S: Storage> StateMachine<S> {
                 return Ok(Outcome::UpdateDuplicate { id, epoch: *epoch });
             }
         }
-        if let Err(reason) = check_update(&self.config.realm, current.as_ref().map(|(_, u)| &u.signed.entry), update) {
+        if let Err(reason) = check_update(&self.config, current.as_ref().map(|(_, u)| &u.signed.entry), update) {
             return Ok(Outcome::UpdateRejected { id, reason });
         }
         // Staged updates are stored where they will live, under the open epoch, so closing the
