@@ -18,8 +18,11 @@ fn keygen(realm: &Realm, name: &str) -> String {
     name.to_owned()
 }
 
+/// The public key of a key file, hex (the 64-hex-digit word of its `.pub` file).
 fn public_hex(realm: &Realm, key: &str) -> String {
-    std::fs::read_to_string(realm.path().join(format!("{key}.pub"))).unwrap().trim().to_owned()
+    let text = std::fs::read_to_string(realm.path().join(format!("{key}.pub"))).unwrap();
+    let word = text.split_whitespace().find(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()));
+    word.unwrap_or_else(|| panic!("no key in {key}.pub: {text}")).to_owned()
 }
 
 /// Prepares an update with `verb` (`register` or `recover`), has the registrar attest it and
