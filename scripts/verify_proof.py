@@ -354,7 +354,8 @@ def check_text(field, text, max_bytes):
 
 def check_policy(policy, replicas, verifiers):
     """Every rule of section 2.6 on a registration policy, whether read from bytes or from a
-    realm file: {"local_part_rule": 0|1, "registrar_keys": [...], "rules": [(namespace, [method])]},
+    realm file: {"local_part_rule": 0|1, "registrar_keys": [...], "rules": [(namespace, [method])],
+    "recovery_window_ms": n},
     each rule's methods already in the order they are encoded."""
     keys = policy["registrar_keys"]
     if len(keys) > REGISTRAR_KEYS_MAX:
@@ -388,6 +389,10 @@ def check_policy(policy, replicas, verifiers):
                 raise PolicyError(f"{where}.methods[{j}]", "allows `registrar` but the realm has no registrar key")
 
 
+# A day: the veto window of a realm file that does not name one (section 5.3).
+RECOVERY_WINDOW_MS_DEFAULT = 86_400_000
+
+
 def encode_policy(policy):
     out = bytes([policy["local_part_rule"]]) + len(policy["registrar_keys"]).to_bytes(2, "big")
     out += b"".join(policy["registrar_keys"]) + len(policy["rules"]).to_bytes(2, "big")
@@ -395,7 +400,7 @@ def encode_policy(policy):
         raw = namespace.encode("utf-8")
         out += len(raw).to_bytes(2, "big") + raw + len(methods).to_bytes(2, "big")
         out += b"".join(encode_method(m) for m in methods)
-    return out
+    return out + policy["recovery_window_ms"].to_bytes(8, "big")
 
 
 def parse_policy_bytes(r):
@@ -440,7 +445,9 @@ def parse_policy_bytes(r):
             else:
                 methods.append((names[0],))
         rules.append((namespace, methods))
-    return {"local_part_rule": rule, "registrar_keys": keys, "rules": rules}
+    with named("registration recovery window"):
+        window = r.u64()
+    return {"local_part_rule": rule, "registrar_keys": keys, "rules": rules, "recovery_window_ms": window}
 
 
 def realm_config(realm, vrf_key, replicas, verifiers, registration=None):
@@ -582,7 +589,11 @@ def file_method(field, value):
 def file_registration(value, replicas, verifiers):
     """Section 5.3: the `registration` object, as the policy of section 2.6."""
     reg = file_object("registration", value, ("namespaces",),
-                      {"local_part_rule": "case_insensitive", "registrar_keys": []})
+                      {"local_part_rule": "case_insensitive", "registrar_keys": [],
+                       "recovery_window_ms": RECOVERY_WINDOW_MS_DEFAULT})
+    window = reg["recovery_window_ms"]
+    if isinstance(window, bool) or not isinstance(window, int) or not 0 <= window <= U64_MAX:
+        raise RealmFileError("registration.recovery_window_ms", "expected an integer from 0 to 2^64 - 1")
     if reg["local_part_rule"] not in LOCAL_PART_RULES:
         raise RealmFileError("registration.local_part_rule",
                              f"{reg['local_part_rule']!r}: expected \"case_insensitive\" or \"case_sensitive\"")
@@ -611,7 +622,7 @@ def file_registration(value, replicas, verifiers):
         # Listed in any order; the configuration holds them sorted by their encoding.
         rules.append((namespace, sorted(methods, key=encode_method)))
     policy = {"local_part_rule": LOCAL_PART_RULES.index(reg["local_part_rule"]), "registrar_keys": keys,
-              "rules": rules}
+              "rules": rules, "recovery_window_ms": window}
     try:
         check_policy(policy, replicas, verifiers)
     except PolicyError as e:
@@ -781,6 +792,7 @@ def parse_quorum(r, key_count, depth, used, where):
     if not 1 <= n <= POLICY_MEMBERS_MAX:
         raise Reject(f"{where}: {n} members, must be 1 to {POLICY_MEMBERS_MAX}")
     here = set()
+    members = []
     for i in range(n):
         tag = r.u8()
         if tag == 0:
@@ -791,13 +803,22 @@ def parse_quorum(r, key_count, depth, used, where):
                 raise Reject(f"{where}.members[{i}]: key position {pos} appears twice in one expression")
             here.add(pos)
             used.add(pos)
+            members.append(pos)
         elif tag == 1:
-            parse_quorum(r, key_count, depth + 1, used, f"{where}.members[{i}]")
+            members.append(parse_quorum(r, key_count, depth + 1, used, f"{where}.members[{i}]"))
         else:
             raise Reject(f"{where}.members[{i}]: unknown member tag {tag}")
     # Zero would be met by no signature at all; above the member count, never.
     if not 1 <= threshold <= n:
         raise Reject(f"{where}: threshold {threshold}, must be 1 to its {n} members")
+    return (threshold, members)
+
+
+def satisfied(quorum, signed):
+    """Section 2.2: whether the signer positions `signed` satisfy a quorum expression."""
+    threshold, members = quorum
+    met = sum(1 for m in members if (m in signed if isinstance(m, int) else satisfied(m, signed)))
+    return met >= threshold
 
 
 def parse_policy(r, where):
@@ -809,11 +830,11 @@ def parse_policy(r, where):
     keys = [r.take(32) for _ in range(n)]
     check_key_list(f"{where}.keys", keys)
     used = set()
-    parse_quorum(r, n, 1, used, f"{where}.quorum")
+    quorum = parse_quorum(r, n, 1, used, f"{where}.quorum")
     unused = sorted(set(range(n)) - used)
     if unused:
         raise Reject(f"{where}.keys[{unused[0]}] is not referenced by the quorum expression")
-    return {"keys": keys}
+    return {"keys": keys, "quorum": quorum}
 
 
 def parse_entry(b):
@@ -855,10 +876,67 @@ def parse_profile(b):
     return {"nonce": nonce, "keys": keys}
 
 
+UPDATE_SIGNATURES_MAX = 32
+PENDING_RECOVERY_BYTES_MAX = 2 + 2048 + 2 + UPDATE_SIGNATURES_MAX * 96 + 16
+
+
+def parse_pending_recovery(b):
+    """Section 6.3: PendingRecovery = SignedEntry || u64 requested_epoch || u64 effective_ms,
+    SignedEntry = bytes<1..2048> Entry || list<[32] signer || [64] signature> (at most 32,
+    sorted strictly by signer, each a valid key)."""
+    r = Reader(b)
+    with named("pending recovery entry"):
+        entry = r.var(1, 2048)
+    fields = parse_entry(entry)
+    with named("pending recovery signatures"):
+        n = r.u16()
+        if n > UPDATE_SIGNATURES_MAX:
+            raise Reject(f"pending recovery signatures: {n}, at most {UPDATE_SIGNATURES_MAX}")
+        signatures = [(r.take(32), r.take(64)) for _ in range(n)]
+    for i, (signer, _) in enumerate(signatures):
+        if not valid_key(signer):
+            raise Reject(f"pending recovery signatures[{i}]: not a valid Ed25519 public key")
+        if i and signatures[i - 1][0] >= signer:
+            raise Reject(f"pending recovery signatures[{i}]: signers not sorted strictly ascending")
+    with named("pending recovery times"):
+        requested, effective = r.u64(), r.u64()
+    if requested == 0:
+        raise Reject("pending recovery requested in epoch 0: epochs start at 1")
+    r.done()
+    return {"entry": entry, "entry_fields": fields, "signatures": signatures, "requested_epoch": requested,
+            "effective_ms": effective, "bytes": b}
+
+
+def check_recovery(config, current, pending):
+    """Section 6.3, rules 1 to 5: the pending recovery's signed entry against the entry it would
+    replace. Returns the refusal, or None."""
+    window = (config["registration"] or {}).get("recovery_window_ms", 0)
+    if not window:
+        return "the realm allows no recovery"
+    new = pending["entry_fields"]
+    if new["version"] != current["version"] + 1:
+        return f"version {new['version']}, not the current version {current['version']} plus one"
+    if new["index"] != current["index"]:
+        return "the recovery's entry is at another index"
+    realm = config["realm"].encode()
+    message = framed("keyraft/v1/entry-update") + len(realm).to_bytes(2, "big") + realm + pending["entry"]
+    keys = new["update_policy"]["keys"]
+    signed = set()
+    for signer, signature in pending["signatures"]:
+        if signer not in keys:
+            return "a signer is not a key of the new policy"
+        if not ed25519_verify(signer, message, signature):
+            return "a signature does not verify"
+        signed.add(keys.index(signer))
+    if not satisfied(new["update_policy"]["quorum"], signed):
+        return "the signatures do not satisfy the new policy"
+    return None
+
+
 def parse_proof(b):
     """Section 5: the LookupProof structure (step 0, check "decode")."""
-    if len(b) > 32768:
-        raise Reject("lookup proof over 32768 bytes")
+    if len(b) > 36864:
+        raise Reject("lookup proof over 36864 bytes")
     r = Reader(b)
     proof = {"user_id": user_id_text(r.var(1, 256)), "pi": r.take(80), "head": parse_head(r.var(1, 512)),
              "replica_sigs": parse_positional(r, 9), "verifier_sigs": parse_positional(r, 32)}
@@ -872,6 +950,15 @@ def parse_proof(b):
         proof["entry_fields"], proof["profile_fields"] = parse_entry(proof["entry"]), parse_profile(proof["profile"])
     elif present != 0:
         raise Reject("bad presence byte")
+    # Section 5: a pending recovery, only while one is pending: absent is no byte at all.
+    proof["pending"] = None
+    if r.i != len(b):
+        if r.u8() != 1:
+            raise Reject("pending recovery presence byte must be 1")
+        if proof["entry"] is None:
+            raise Reject("a pending recovery without an entry")
+        with named("pending recovery"):
+            proof["pending"] = parse_pending_recovery(r.var(1, PENDING_RECOVERY_BYTES_MAX))
     r.done()
     return proof
 
@@ -920,16 +1007,33 @@ def verify(config, proof_bytes, user_id, now_ms, threshold, ttl_ms, skew_ms, las
         raise Failed("entry", "entry presence does not match the tree")
     if entry is not None:
         fields = p["entry_fields"]
-        if hl("keyraft/v1/entry", entry) != value or fields["index"] != index:
+        pending = p["pending"]
+        # Section 4: with a pending recovery the leaf commits to the entry and to it.
+        leaf = (hl("keyraft/v1/entry", entry) if pending is None
+                else hl("keyraft/v2/entry-pending-recovery", entry, pending["bytes"]))
+        if leaf != value or fields["index"] != index:
             raise Failed("entry", "entry does not match the leaf")
         if hl("keyraft/v1/profile-commitment", profile) != fields["profile_commitment"]:
             raise Failed("profile", "profile does not match the commitment")
+        if pending is not None:
+            why = check_recovery(config, fields, pending)
+            if why is None and pending["requested_epoch"] > head["epoch"]:
+                why = "requested after the proof's epoch"
+            if why is None and pending["requested_epoch"] == head["epoch"]:
+                expected = min(head["issue_time_ms"] + config["registration"]["recovery_window_ms"], U64_MAX)
+                if pending["effective_ms"] != expected:
+                    why = "its effective time is not its epoch's issue time plus the window"
+            if why is None and head["epoch"] > pending["requested_epoch"] and \
+                    head["issue_time_ms"] >= pending["effective_ms"]:
+                why = "its window ended before this head: it should be the entry"
+            if why is not None:
+                raise Failed("recovery", f"pending recovery: {why}")
     # Rollback (the current answer only).
     if past_epoch is None and last_seen is not None and head["epoch"] < last_seen:
         raise Failed("rollback", f"epoch {head['epoch']} is older than epoch {last_seen} already seen")
     version = p["entry_fields"]["version"] if entry is not None else None
     return {"epoch": head["epoch"], "present": entry is not None, "index": index, "version": version,
-            "verifiers": len(p["verifier_sigs"])}
+            "verifiers": len(p["verifier_sigs"]), "pending_recovery": p["pending"]}
 
 
 def verify_history(config, user_id, threshold, current, versions):
@@ -1138,6 +1242,10 @@ def main():
         print(f"REJECTED ({e.check}): {e}")
         return 1
     print(f"OK epoch {out['epoch']}: {a.user_id} is {'present' if out['present'] else 'absent'}")
+    pending = out["pending_recovery"]
+    if pending is not None:
+        print(f"RECOVERY PENDING: version {pending['entry_fields']['version']} requested in epoch "
+              f"{pending['requested_epoch']}, takes effect at {pending['effective_ms']} ms unless vetoed")
     return 0
 
 

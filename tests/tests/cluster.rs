@@ -322,6 +322,7 @@ fn malformed_oversized_conflicting_and_unauthenticated_requests_get_their_status
         verifier_threshold: None,
         wait_ms: 0,
         registration: None,
+        recovery: false,
     };
 
     let e = rt.block_on(c.update(update("bob", vec![1, 2, 3]))).unwrap_err();

@@ -272,6 +272,7 @@ fn an_update_whose_caller_gave_up_is_not_pending_forever() {
         verifier_threshold: None,
         wait_ms: 0,
         registration: None,
+        recovery: false,
     };
     let e = realm.runtime.block_on(c.update(timed(request, Duration::from_millis(200)))).unwrap_err();
     assert!(matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled), "{e}");

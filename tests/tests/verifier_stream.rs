@@ -210,6 +210,7 @@ fn register_large_entries(realm: &Realm, n: usize) -> u64 {
                         verifier_threshold: None,
                         wait_ms: 0,
                         registration: None,
+                        recovery: false,
                     };
                     newest = newest.max(c.update(req).await.unwrap().into_inner().epoch);
                 }

@@ -81,6 +81,9 @@ pub struct PreparedUpdate {
     pub update: Update,
     /// The profile keys of the entry it replaces (empty for a registration).
     pub previous_keys: BTreeMap<String, Vec<u8>>,
+    /// A recovery request (docs/protocol.md section 6.3): signed by the new policy only, sent
+    /// with a registration proof, the entry only after the realm's veto window.
+    pub recovery: bool,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -92,6 +95,8 @@ struct PreparedFile {
     oidc_nonce: String,
     update: String,
     previous_keys: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    recovery: bool,
 }
 
 impl PreparedUpdate {
@@ -115,6 +120,7 @@ impl PreparedUpdate {
             oidc_nonce: self.oidc_nonce(),
             update: hex::encode(self.update.encode()),
             previous_keys: self.previous_keys.iter().map(|(k, v)| (k.clone(), hex::encode(v))).collect(),
+            recovery: self.recovery,
         };
         serde_json::to_string_pretty(&file).unwrap_or_default()
     }
@@ -132,7 +138,7 @@ impl PreparedUpdate {
         for (k, v) in file.previous_keys {
             previous_keys.insert(k.clone(), hex::decode(v).map_err(|e| bad(format!("previous_keys.{k}: {e}")))?);
         }
-        Ok(Self { realm: file.realm, user_id: file.user_id, update, previous_keys })
+        Ok(Self { realm: file.realm, user_id: file.user_id, update, previous_keys, recovery: file.recovery })
     }
 }
 
@@ -202,12 +208,26 @@ impl Client {
         verifier_threshold: Option<u32>,
         wait_ms: u32,
     ) -> Result<UpdateResponse, ClientError> {
+        self.submit_as(user_id, update, registration, false, verifier_threshold, wait_ms).await
+    }
+
+    /// [`Client::submit`], as a recovery request when `recovery`.
+    async fn submit_as(
+        &self,
+        user_id: &str,
+        update: &Update,
+        registration: Option<&RegistrationProof>,
+        recovery: bool,
+        verifier_threshold: Option<u32>,
+        wait_ms: u32,
+    ) -> Result<UpdateResponse, ClientError> {
         let request = UpdateRequest {
             user_id: user_id.to_owned(),
             update: update.encode(),
             verifier_threshold,
             wait_ms,
             registration: registration.map(RegistrationProof::to_proto),
+            recovery,
         };
         let timeout = Duration::from_millis(CALL_TIMEOUT_MS + u64::from(wait_ms));
         self.each(
@@ -251,6 +271,46 @@ impl Client {
         UpdateBuilder::new(self, user_id, false)
     }
 
+    /// Recovers `user_id`, whose keys are lost, for `new_owner` (docs/protocol.md section
+    /// 6.3): the next version, owned by `new_owner` unless [`UpdateBuilder::policy`] says
+    /// otherwise, signed by the new policy only. Send it with the registration proof the
+    /// identity's namespace asks for ([`UpdateBuilder::prepare`], then
+    /// [`Client::send_prepared`]); it becomes the entry after the realm's veto window unless
+    /// the current owner updates the identity first.
+    pub fn recovery(&self, user_id: &str, new_owner: &SigningKey) -> UpdateBuilder<'_> {
+        let mut b = UpdateBuilder::new(self, user_id, false).signer(new_owner);
+        b.recovery = true;
+        b
+    }
+
+    /// Requests the recovery of `user_id` for `new_owner`, publishing `keys`, with the
+    /// registration `proof` (made for this exact update: see [`Client::recovery`] to prepare
+    /// it first).
+    pub async fn recover(
+        &self,
+        user_id: &str,
+        new_owner: &SigningKey,
+        keys: BTreeMap<String, Vec<u8>>,
+        proof: Option<RegistrationProof>,
+    ) -> Result<UpdateOutcome, ClientError> {
+        let mut b = self.recovery(user_id, new_owner).keys(keys);
+        if let Some(p) = proof {
+            b = b.registration_proof(p);
+        }
+        b.send().await
+    }
+
+    /// Vetoes a pending recovery of `user_id`: the next version with the same policy and
+    /// profile keys, signed by `signer` under the current policy. Any ordinary update cancels
+    /// a pending recovery; this one changes nothing else.
+    pub async fn veto(&self, user_id: &str, signer: &SigningKey) -> Result<UpdateOutcome, ClientError> {
+        self.change(user_id)
+            .signer(signer)
+            .profile_keys(ProfileKeys::Edit { set: BTreeMap::new(), unset: BTreeSet::new() })
+            .send()
+            .await
+    }
+
     /// Registers `user_id` owned by `owner`, publishing `keys`.
     pub async fn register(
         &self,
@@ -290,11 +350,13 @@ pub struct UpdateBuilder<'a> {
     wait_for_quorum: bool,
     wait_ms: u32,
     proof: Option<RegistrationProof>,
+    recovery: bool,
 }
 
 impl<'a> UpdateBuilder<'a> {
     fn new(client: &'a Client, user_id: &str, registration: bool) -> Self {
         Self {
+            recovery: false,
             client,
             user_id: user_id.to_owned(),
             registration,
@@ -398,6 +460,10 @@ impl<'a> UpdateBuilder<'a> {
                 )))
             }
             (None, true) => (0, self.policy.clone().unwrap_or_else(|| Policy::single(public_key(first)))),
+            // A recovery's policy is the new owner's: the current one's keys are what was lost.
+            (Some((entry, _)), false) if self.recovery => {
+                (entry.version + 1, self.policy.clone().unwrap_or_else(|| Policy::single(public_key(first))))
+            }
             (Some((entry, _)), false) => {
                 (entry.version + 1, self.policy.clone().unwrap_or_else(|| entry.update_policy.clone()))
             }
@@ -417,6 +483,7 @@ impl<'a> UpdateBuilder<'a> {
             user_id: user_id.clone(),
             update: Update { signed: SignedEntry { entry, signatures }, profile },
             previous_keys,
+            recovery: self.recovery,
         })
     }
 
@@ -456,7 +523,8 @@ impl Client {
             None => (None, 0),
         };
         let started = tokio::time::Instant::now();
-        let response = submit_until_answered(client, user_id, update, registration, threshold, wait_ms).await?;
+        let response =
+            submit_until_answered(client, user_id, update, registration, prepared.recovery, threshold, wait_ms).await?;
         let proof = if wait_for_quorum_ms.is_some() {
             let answer = if response.proof.is_empty() {
                 // Found applied by its status, without the proof the Update call returns: the
@@ -474,7 +542,10 @@ impl Client {
                 client.accept_past(user_id, response.proof, response.epoch)?
             };
             let shown = answer.lookup.entry.as_ref().map(|(e, _)| e);
-            if shown != Some(&update.signed.entry) {
+            // A recovery request shows as the pending recovery (or, its window passed, as the
+            // entry).
+            let pending = answer.lookup.pending_recovery.as_ref().map(|p| &p.signed.entry);
+            if shown != Some(&update.signed.entry) && !(prepared.recovery && pending == Some(&update.signed.entry)) {
                 return Err(ClientError::Contradicted(format!(
                     "the update was acknowledged in epoch {}, but the proof of that epoch does not show it",
                     response.epoch
@@ -530,6 +601,7 @@ async fn submit_until_answered(
     user_id: &str,
     update: &Update,
     registration: Option<&RegistrationProof>,
+    recovery: bool,
     threshold: Option<u32>,
     wait_ms: u32,
 ) -> Result<UpdateResponse, ClientError> {
@@ -550,7 +622,7 @@ async fn submit_until_answered(
             _ => None,
         }
     };
-    let why = match client.submit(user_id, update, registration, threshold, wait_ms).await {
+    let why = match client.submit_as(user_id, update, registration, recovery, threshold, wait_ms).await {
         Err(ClientError::Unavailable(why)) => why,
         other => return other,
     };
@@ -572,7 +644,7 @@ async fn submit_until_answered(
         }
         tracing::info!(user_id, error = %last, "update: try again; resubmitting the same update");
         tokio::time::sleep(delay).await;
-        let attempt = client.submit(user_id, update, registration, threshold, wait_ms);
+        let attempt = client.submit_as(user_id, update, registration, recovery, threshold, wait_ms);
         match tokio::time::timeout_at(deadline, attempt).await {
             Err(_) => return Err(unanswered(&last)),
             Ok(Ok(response)) => return Ok(response),

@@ -11,7 +11,11 @@ use crate::client::Tried;
 use crate::error::status_error;
 use crate::lookup::decode_proof;
 use crate::{Client, ClientError, LookupAnswer};
+use keyraft_core::recovery::PendingRecovery;
 use keyraft_core::{backoff, Entry};
+
+/// What an identity's leaf commits to: its entry and the recovery pending for it.
+type Leaf = (Option<Entry>, Option<PendingRecovery>);
 use keyraft_proto::pb::watch_event::Event;
 use keyraft_proto::pb::WatchRequest;
 
@@ -58,8 +62,8 @@ pub struct Watch {
     from_epoch: u64,
     stream: Option<tonic::Streaming<keyraft_proto::pb::WatchEvent>>,
     endpoint: usize,
-    /// The epoch and entry of the last verified event.
-    last: Option<(u64, Option<Entry>)>,
+    /// The epoch, entry and pending recovery of the last verified event.
+    last: Option<(u64, Leaf)>,
     /// Stream failures since the last verified event.
     failures: u32,
     /// When the last event whose head was within the TTL arrived.
@@ -205,27 +209,30 @@ impl Watch {
         };
         let answer = LookupAnswer { endpoint: Some(self.client.endpoints[self.endpoint].0.clone()), ..answer };
         let entry = answer.lookup.entry.as_ref().map(|(e, _)| e.clone());
-        if let Some((last_epoch, last_entry)) = &self.last {
+        let leaf = (entry.clone(), answer.lookup.pending_recovery.clone());
+        if let Some((last_epoch, last_leaf)) = &self.last {
+            let last_entry = &last_leaf.0;
             if epoch <= *last_epoch {
                 return Err(ClientError::Contradicted(format!(
                     "watch went from epoch {last_epoch} back to epoch {epoch}"
                 )));
             }
-            match (changed, last_entry == &entry) {
+            // A change is of the leaf: the entry, or the pending recovery its owner must see.
+            match (changed, last_leaf == &leaf) {
                 (true, true) => {
                     return Err(ClientError::Contradicted(format!(
-                        "watch reports a change in epoch {epoch} that shows the same entry as epoch {last_epoch}"
+                        "watch reports a change in epoch {epoch} that shows the same entry (and pending recovery) as epoch {last_epoch}"
                     )))
                 }
                 (false, false) => {
                     return Err(ClientError::Contradicted(format!(
-                        "watch says unchanged in epoch {epoch}, but the entry differs from epoch {last_epoch}: a change was hidden"
+                        "watch says unchanged in epoch {epoch}, but the entry or pending recovery differs from epoch {last_epoch}: a change was hidden"
                     )))
                 }
                 _ => {}
             }
             if let (true, Some(old), Some(new)) = (changed, last_entry, &entry) {
-                if new.version <= old.version {
+                if new.version < old.version || (new.version == old.version && new != old) {
                     return Err(ClientError::Contradicted(format!(
                         "watch went from version {} to version {} in epoch {epoch}",
                         old.version, new.version
@@ -238,7 +245,7 @@ impl Watch {
                 self.from_epoch
             )));
         }
-        self.last = Some((epoch, entry));
+        self.last = Some((epoch, leaf));
         Ok(if changed { WatchUpdate::Changed(answer) } else { WatchUpdate::Unchanged(answer) })
     }
 }

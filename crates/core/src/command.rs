@@ -42,4 +42,8 @@ pub enum Command {
         /// The signature over the head.
         signature: Signature,
     },
+    /// A recovery request (protocol version 2, docs/protocol.md section 6.3): an update signed
+    /// by its new policy only, whose registration proof the edge checked. It becomes the entry
+    /// after the realm's veto window unless an ordinary update cancels it first.
+    RecoveryRequest(Box<Update>),
 }

@@ -28,6 +28,9 @@ pub mod label {
     pub const REALM_CONFIG: &str = "keyraft/v1/realm-config";
     /// The VRF input for an identity.
     pub const VRF_INDEX: &str = "keyraft/v1/vrf-index";
+    /// The value of a leaf whose identity has a pending recovery (protocol version 2):
+    /// `entry bytes || pending recovery bytes`.
+    pub const ENTRY_PENDING_RECOVERY: &str = "keyraft/v2/entry-pending-recovery";
 }
 
 /// Labels (signing contexts) for signatures.
@@ -87,6 +90,7 @@ mod tests {
             label::EPOCH_HEAD,
             label::REALM_CONFIG,
             label::VRF_INDEX,
+            label::ENTRY_PENDING_RECOVERY,
             context::ENTRY_UPDATE,
             context::EPOCH_HEAD,
             context::VERIFIER_RATIFICATION,

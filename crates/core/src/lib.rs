@@ -36,6 +36,7 @@ pub mod limits;
 pub mod lookup;
 pub mod policy;
 pub mod realm_file;
+pub mod recovery;
 pub mod registration;
 pub mod tree;
 pub mod types;

@@ -12,7 +12,8 @@
 //!    be valid and from a distinct registered key;
 //! 5. the tree proof leads from the index to the head's root;
 //! 6. the entry hashes to the leaf's value and is at the index;
-//! 7. the profile matches the entry's commitment;
+//! 7. the profile matches the entry's commitment; a pending recovery (which the leaf value
+//!    commits to, check 6) obeys the recovery rules and has not matured by the head's epoch;
 //! 8. the epoch is not older than the newest one this client has seen for the realm.
 //!
 //! [`verify_lookup_at`] checks a proof about a past epoch (history, a saved proof checked as
@@ -26,8 +27,10 @@ use crate::hash::{context, signed_message};
 use crate::human;
 use crate::keys::{PublicKey, Signature};
 use crate::limits::{
-    ENTRY_BYTES_MAX, LOOKUP_PROOF_BYTES_MAX, PROFILE_BYTES_MAX, REPLICAS_MAX, USER_ID_BYTES_MAX, VERIFIERS_MAX,
+    ENTRY_BYTES_MAX, LOOKUP_PROOF_BYTES_MAX, PENDING_RECOVERY_BYTES_MAX, PROFILE_BYTES_MAX, REPLICAS_MAX,
+    USER_ID_BYTES_MAX, VERIFIERS_MAX,
 };
+use crate::recovery::{check_pending_in_head, leaf_value, PendingRecovery, PendingRecoveryError};
 use crate::tree::{TreeAnswer, TreeProof, TreeProofError};
 use crate::types::{validate_user_id, vrf_input, EpochHead, Index, Profile, RealmConfig};
 use crate::verified::Verified;
@@ -73,6 +76,10 @@ pub struct LookupProof {
     pub tree_proof: TreeProof,
     /// The entry and its profile, present exactly when the tree proof shows inclusion.
     pub entry: Option<(crate::types::Entry, Profile)>,
+    /// The recovery pending for the identity (protocol version 2), which its leaf commits to
+    /// next to the entry: a proof cannot leave it out. Encoded as a trailing optional field,
+    /// so proofs without one keep their version-1 bytes.
+    pub pending_recovery: Option<PendingRecovery>,
 }
 
 fn encode_positional(out: &mut Vec<u8>, sigs: &[PositionalSignature]) {
@@ -118,6 +125,10 @@ impl Canonical for LookupProof {
                 put_var_bytes(out, &profile.encode());
             }
         }
+        if let Some(pending) = &self.pending_recovery {
+            out.push(1);
+            put_var_bytes(out, &pending.encode());
+        }
     }
 
     fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -143,7 +154,34 @@ impl Canonical for LookupProof {
             }
             _ => return Err(DecodeError::Invalid { what: "entry presence", why: "must be 0 or 1" }),
         };
-        Ok(Self { user_id, vrf_proof, head, replica_signatures, verifier_signatures, tree_proof, entry })
+        // Absent is no byte at all (a version-1 proof's encoding), so the only tag is 1.
+        let pending_recovery = if r.remaining() == 0 {
+            None
+        } else {
+            if r.u8("pending recovery presence")? != 1 {
+                return Err(DecodeError::Invalid {
+                    what: "pending recovery presence",
+                    why: "must be 1 (an absent pending recovery is no byte)",
+                });
+            }
+            if entry.is_none() {
+                return Err(DecodeError::Invalid {
+                    what: "pending recovery",
+                    why: "only an identity with an entry can have a pending recovery",
+                });
+            }
+            Some(decode_canonical(r.var_bytes(1, PENDING_RECOVERY_BYTES_MAX, "pending recovery")?)?)
+        };
+        Ok(Self {
+            user_id,
+            vrf_proof,
+            head,
+            replica_signatures,
+            verifier_signatures,
+            tree_proof,
+            entry,
+            pending_recovery,
+        })
     }
 }
 
@@ -210,6 +248,9 @@ pub struct Lookup {
     pub entry: Option<(crate::types::Entry, Profile)>,
     /// The verifiers whose ratification was checked.
     pub ratified_by: Vec<PublicKey>,
+    /// A recovery of the identity waiting for its veto window (protocol version 2): its
+    /// owner's devices alert, and veto it with an ordinary update if it is not theirs.
+    pub pending_recovery: Option<PendingRecovery>,
 }
 
 impl Lookup {
@@ -352,6 +393,9 @@ pub enum VerifyError {
         /// The proof's epoch.
         got: u64,
     },
+    /// Check 7b: the pending recovery the leaf commits to cannot be what replicas hold.
+    #[error("pending recovery rejected: {0}")]
+    PendingRecovery(PendingRecoveryError),
     /// Check 8: the server answered from an epoch older than one the client already saw.
     #[error("epoch {got} is older than epoch {last_seen} already seen for this realm (rollback)")]
     Rollback {
@@ -452,7 +496,9 @@ fn verify(
     match (answer, &proof.entry) {
         (TreeAnswer::Absent, None) => {}
         (TreeAnswer::Present(value), Some((entry, profile))) => {
-            if entry.hash() != value {
+            // The leaf commits to the pending recovery too, so a proof leaving it out (or
+            // carrying another) fails here.
+            if leaf_value(entry, proof.pending_recovery.as_ref()) != value {
                 return Err(VerifyError::EntryHashMismatch);
             }
             if entry.index != index {
@@ -460,6 +506,10 @@ fn verify(
             }
             if profile.commitment() != entry.profile_commitment {
                 return Err(VerifyError::ProfileCommitmentMismatch);
+            }
+            // 7b. Recovery: what the client can check of the pending recovery.
+            if let Some(pending) = &proof.pending_recovery {
+                check_pending_in_head(config, head, entry, pending).map_err(VerifyError::PendingRecovery)?;
             }
         }
         (TreeAnswer::Absent, Some(_)) => return Err(VerifyError::EntryPresenceMismatch { tree_says_present: false }),
@@ -479,6 +529,7 @@ fn verify(
         head: head.clone(),
         entry: proof.entry.clone(),
         ratified_by,
+        pending_recovery: proof.pending_recovery.clone(),
     }))
 }
 
@@ -539,7 +590,7 @@ pub fn verify_lookup_bytes(
 impl VerifyError {
     /// The stable name of the check that refused the proof (docs/protocol.md section 5.1):
     /// `decode`, `user_id`, `realm`, `vrf`, `freshness`, `quorum`, `tree`, `entry`, `profile`,
-    /// `rollback`, or `epoch` for a historical proof of another epoch. Test vectors
+    /// `recovery`, `rollback`, or `epoch` for a historical proof of another epoch. Test vectors
     /// (docs/vectors) and other implementations name checks this way, not by step number,
     /// so that reordering steps does not rename them.
     pub fn check(&self) -> &'static str {
@@ -558,6 +609,7 @@ impl VerifyError {
             Self::TreeProof(_) => "tree",
             Self::EntryPresenceMismatch { .. } | Self::EntryHashMismatch | Self::EntryIndexMismatch => "entry",
             Self::ProfileCommitmentMismatch => "profile",
+            Self::PendingRecovery(_) => "recovery",
             Self::EpochMismatch { .. } => "epoch",
             Self::Rollback { .. } => "rollback",
         }

@@ -94,6 +94,13 @@ pub struct RegistrationFile {
     pub registrar_keys: Vec<String>,
     /// The rules, in order: the first whose namespace matches a canonical id decides.
     pub namespaces: Vec<NamespaceFile>,
+    /// The veto window of recoveries in milliseconds (default a day); 0 disables recovery.
+    #[serde(default = "recovery_window_default")]
+    pub recovery_window_ms: u64,
+}
+
+fn recovery_window_default() -> u64 {
+    crate::registration::RECOVERY_WINDOW_MS_DEFAULT
 }
 
 fn case_insensitive() -> String {
@@ -163,6 +170,7 @@ impl RegistrationFile {
                         .collect(),
                 })
                 .collect(),
+            recovery_window_ms: policy.recovery_window_ms,
         }
     }
 
@@ -215,7 +223,8 @@ impl RegistrationFile {
             }
             rules.push(NamespaceRule { namespace: ns.namespace.clone(), methods });
         }
-        let mut policy = RegistrationPolicy { local_part_rule, registrar_keys, rules };
+        let mut policy =
+            RegistrationPolicy { local_part_rule, registrar_keys, rules, recovery_window_ms: self.recovery_window_ms };
         policy.sort_methods();
         policy.validate().map_err(|e| RealmFileError::Invalid(format!("registration: {e}")))?;
         Ok(policy)

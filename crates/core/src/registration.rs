@@ -209,7 +209,14 @@ pub struct RegistrationPolicy {
     pub registrar_keys: Vec<PublicKey>,
     /// The rules, in order: the first whose namespace matches decides.
     pub rules: Vec<NamespaceRule>,
+    /// How long a recovery waits for its owner's veto before it takes effect, in milliseconds
+    /// of epoch issue time (docs/protocol.md section 6.3); 0 disables recovery in the realm.
+    pub recovery_window_ms: u64,
 }
+
+/// The veto window of a realm file that does not name one: a day, long enough for an owner
+/// whose devices are offline overnight to see a pending recovery and veto it.
+pub const RECOVERY_WINDOW_MS_DEFAULT: u64 = 86_400_000;
 
 impl RegistrationPolicy {
     /// A policy letting anyone register anything (the dev realm's).
@@ -218,7 +225,13 @@ impl RegistrationPolicy {
             local_part_rule: LocalPartRule::CaseInsensitive,
             registrar_keys: Vec::new(),
             rules: vec![NamespaceRule { namespace: "*".into(), methods: vec![Method::Open] }],
+            recovery_window_ms: RECOVERY_WINDOW_MS_DEFAULT,
         }
+    }
+
+    /// Whether identities of this realm can be recovered at all (a window of 0 disables it).
+    pub fn recovery_enabled(&self) -> bool {
+        self.recovery_window_ms > 0
     }
 
     /// The rule deciding registrations of `user_id` (canonical), if any.
@@ -309,6 +322,7 @@ impl RegistrationPolicy {
                 m.encode_into(out);
             }
         }
+        put_u64(out, self.recovery_window_ms);
     }
 
     pub(crate) fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
@@ -336,7 +350,8 @@ impl RegistrationPolicy {
             }
             rules.push(NamespaceRule { namespace, methods });
         }
-        let policy = Self { local_part_rule, registrar_keys, rules };
+        let recovery_window_ms = r.u64("recovery window")?;
+        let policy = Self { local_part_rule, registrar_keys, rules, recovery_window_ms };
         policy.validate()?;
         Ok(policy)
     }
@@ -556,6 +571,7 @@ mod tests {
                 NamespaceRule { namespace: "*@example.com".into(), methods: vec![Method::Email] },
                 NamespaceRule { namespace: "*".into(), methods: vec![Method::Open] },
             ],
+            recovery_window_ms: RECOVERY_WINDOW_MS_DEFAULT,
         };
         assert_eq!(policy.rule_for("a@example.com").unwrap().methods, vec![Method::Email]);
         assert!(policy.rule_for("bob").unwrap().is_open());

@@ -163,6 +163,9 @@ pub enum UpdateRejection {
         /// The open epoch.
         epoch: u64,
     },
+    /// A recovery request breaks a rule of its own (docs/protocol.md section 6.3).
+    #[error("recovery refused: {0}")]
+    Recovery(crate::recovery::RecoveryRejection),
 }
 
 impl UpdateRejection {

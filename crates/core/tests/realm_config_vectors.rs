@@ -47,6 +47,7 @@ fn every_method() -> RegistrationPolicy {
             },
             NamespaceRule { namespace: "*".into(), methods: vec![Method::Open] },
         ],
+        recovery_window_ms: 3_600_000,
     }
 }
 
@@ -61,6 +62,8 @@ fn closed_case_sensitive() -> RegistrationPolicy {
             NamespaceRule { namespace: "*@example.org".into(), methods: vec![Method::Email] },
             NamespaceRule { namespace: "zo\u{eb}*".into(), methods: vec![Method::Registrar, Method::Email] },
         ],
+        // Recovery disabled.
+        recovery_window_ms: 0,
     }
 }
 

@@ -41,6 +41,7 @@ fn policy() -> RegistrationPolicy {
             },
             NamespaceRule { namespace: "*".into(), methods: vec![Method::Open] },
         ],
+        recovery_window_ms: 86_400_000,
     }
 }
 

@@ -47,10 +47,17 @@ pub fn next_head(
         epoch: tip.next_epoch(),
         root,
         previous_head_hash: tip.head_hash,
-        issue_time_ms: proposed_time_ms.max(tip.issue_time_ms),
+        issue_time_ms: next_issue_time_ms(tip, proposed_time_ms),
         update_count,
         config_hash: config.hash(),
     }
+}
+
+/// The issue time of the head after `tip` when the leader proposed `proposed_time_ms`: never
+/// before the previous head's. Recovery windows are counted in these times, so the step
+/// computes them before the tree (a pending recovery's leaf commits to its effective time).
+pub fn next_issue_time_ms(tip: &ChainTip, proposed_time_ms: u64) -> u64 {
+    proposed_time_ms.max(tip.issue_time_ms)
 }
 
 /// An epoch closed: its head, and the tree pages it wrote (for the page cache, once the batch
@@ -75,10 +82,27 @@ pub fn close_epoch(
     proposed_time_ms: u64,
     batch: &mut Batch,
 ) -> Result<ClosedEpoch, StateError> {
+    close_epoch_counted(store, pages, config, tip, leaves, proposed_time_ms, leaves.len() as u64, batch)
+}
+
+/// [`close_epoch`] for an epoch whose head counts `update_count` updates, which under protocol
+/// version 2 may differ from the leaves it changes: a recovery that takes effect changes a
+/// leaf without an update of the epoch (docs/protocol.md section 6.3).
+#[allow(clippy::too_many_arguments)]
+pub fn close_epoch_counted(
+    store: &dyn Storage,
+    pages: &tree::PageCache,
+    config: &RealmConfig,
+    tip: &ChainTip,
+    leaves: &[(Index, Digest)],
+    proposed_time_ms: u64,
+    update_count: u64,
+    batch: &mut Batch,
+) -> Result<ClosedEpoch, StateError> {
     let epoch = tip.next_epoch();
     let previous = (tip.epoch > 0).then_some(tip.epoch);
     let (root, written) = tree::apply_epoch(store, pages, previous, epoch, leaves, batch)?;
-    let head = next_head(config, tip, root, proposed_time_ms, leaves.len() as u64);
+    let head = next_head(config, tip, root, proposed_time_ms, update_count);
     Ok(ClosedEpoch { head, written })
 }
 

@@ -8,8 +8,17 @@
 //! evidence; a verifier signs only heads that passed ([`CheckedEpoch`]).
 //!
 //! Keyspaces (a verifier's own store): `t` the tree (as replicas store it), `c || index` the
-//! current entry of each index, `mverifier` the last checked epoch, `mpending` the epoch being
-//! written.
+//! current entry of each index, `p || index` the recovery pending for the index (protocol
+//! version 2; empty in stores written before recoveries, so no format bump), `mverifier` the
+//! last checked epoch, `mpending` the epoch being written.
+//!
+//! Recoveries (docs/protocol.md section 6.3) are replayed by the replicas' rules: a streamed
+//! recovery request is checked with [`check_recovery_entry`] and becomes pending (the leaf
+//! commits to the entry and the pending record, effective the head's issue time plus the
+//! window); an update of an index with a pending recovery cancels it; a pending recovery
+//! becomes the entry in the first later epoch issued at or after its effective time. The
+//! pending set is small and kept in memory. Its changes, and the entries recoveries install,
+//! are written in the epoch's last batch, atomically with its head.
 //!
 //! An epoch is written in several batches, because sled's memory grows with the size of its
 //! batches (an epoch of 10k updates in one batch per epoch held gigabytes): first `mpending`,
@@ -26,12 +35,13 @@
 //! restart resumes from what storage holds, a prefix of the committed epochs).
 
 use crate::error::{corrupt, StateError};
-use crate::head::{close_epoch, ChainTip, ClosedEpoch};
+use crate::head::{close_epoch_counted, ChainTip, ClosedEpoch};
 use crate::tree;
+use keyraft_core::recovery::{self, check_recovery_entry, leaf_value, PendingRecovery};
 use keyraft_core::update::check_signed_entry;
 use keyraft_core::{decode_canonical, Canonical, Entry, EpochHead, Index, RealmConfig, SignedEntry, UpdateRejection};
 use keyraft_storage::{check_format_version, Batch, Migration, Storage, ThreadHandle, ThreadSpawner};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex};
 
 /// Committed batches queued for the writer, at most: enough for an epoch of 20k updates, so
@@ -40,6 +50,7 @@ use std::sync::{Arc, Condvar, Mutex};
 const BATCHES_QUEUED_MAX: usize = 16;
 
 const CURRENT: u8 = b'c';
+const PENDING: u8 = b'p';
 const META: &[u8] = b"mverifier";
 const META_CONFIG: &[u8] = b"mconfig";
 const META_PENDING: &[u8] = b"mpending";
@@ -121,6 +132,23 @@ fn roll_back_pending(store: &dyn Storage, last_epoch: u64) -> Result<(), StateEr
     Ok(())
 }
 
+fn pending_key(index: &Index) -> Vec<u8> {
+    let mut k = Vec::with_capacity(33);
+    k.push(PENDING);
+    k.extend_from_slice(&index.0);
+    k
+}
+
+/// Refuses a head issued further ahead of the verifier's clock `now_ms` than the realm's
+/// `skew_ms`: replicas that stamp heads in the future would end recovery windows early, so a
+/// verifier ratifies no such head (its signature vouches for the window too).
+pub fn check_issue_time(head: &EpochHead, now_ms: u64, skew_ms: u64) -> Result<(), Mismatch> {
+    if head.issue_time_ms > now_ms.saturating_add(skew_ms) {
+        return Err(Mismatch::IssueTimeAhead { epoch: head.epoch, issue_time_ms: head.issue_time_ms, now_ms, skew_ms });
+    }
+    Ok(())
+}
+
 fn current_key(index: &Index) -> Vec<u8> {
     let mut k = Vec::with_capacity(33);
     k.push(CURRENT);
@@ -159,6 +187,39 @@ pub enum Mismatch {
         /// The rule broken.
         reason: UpdateRejection,
     },
+    /// A streamed entry is marked as a recovery request, but no entry of the epoch has its
+    /// index.
+    #[error("epoch {epoch}: index {index} is marked as a recovery request, but the epoch has no entry for it")]
+    StrayRecoveryMark {
+        /// The epoch.
+        epoch: u64,
+        /// The index (hex).
+        index: String,
+    },
+    /// The head's issue time is before the previous head's: issue times count recovery
+    /// windows, so they may never go back.
+    #[error("epoch {epoch}: issued at {got} ms, before the previous head's {previous} ms")]
+    IssueTimeBackwards {
+        /// The epoch.
+        epoch: u64,
+        /// The previous head's issue time.
+        previous: u64,
+        /// This head's.
+        got: u64,
+    },
+    /// The head's issue time is ahead of this verifier's clock by more than the realm's skew:
+    /// ratifying it would let recovery windows end early.
+    #[error("epoch {epoch}: issued at {issue_time_ms} ms, ahead of this verifier's clock ({now_ms} ms) by more than the skew of {skew_ms} ms")]
+    IssueTimeAhead {
+        /// The epoch.
+        epoch: u64,
+        /// The head's issue time.
+        issue_time_ms: u64,
+        /// The verifier's clock.
+        now_ms: u64,
+        /// The realm's allowed skew.
+        skew_ms: u64,
+    },
     /// The head differs from the one recomputed.
     #[error("epoch {epoch}: the received head differs from the recomputed one")]
     HeadDiffers {
@@ -181,6 +242,8 @@ pub struct VerifierState<S: Storage> {
     writer: Writer,
     /// Current entries of committed epochs, until a flush confirms their batches written.
     unwritten: HashMap<Index, Entry>,
+    /// The recoveries pending after the last committed epoch (the `p` keyspace, in memory).
+    pending: BTreeMap<Index, PendingRecovery>,
 }
 
 /// The writer thread's queue and progress.
@@ -282,6 +345,8 @@ pub struct CheckedEpoch {
     batches: Vec<Batch>,
     written: tree::WrittenPages,
     entries: Vec<(Index, Entry)>,
+    /// Pending recoveries the epoch set (`Some`) or ended (`None`).
+    pending: Vec<(Index, Option<PendingRecovery>)>,
 }
 
 impl CheckedEpoch {
@@ -323,9 +388,18 @@ impl<S: Storage> VerifierState<S> {
             Some(b) => Some(EpochHead::from_bytes(&b).map_err(|e| corrupt(format!("verifier head: {e}")))?),
         };
         roll_back_pending(&store, last.as_ref().map_or(0, |h| h.epoch))?;
+        let mut pending = BTreeMap::new();
+        for item in store.scan_prefix(&[PENDING]) {
+            let (key, value) = item?;
+            let index =
+                key.get(1..33).and_then(|k| k.try_into().ok()).map(Index).ok_or_else(|| corrupt("pending key"))?;
+            let record = decode_canonical::<PendingRecovery>(&value)
+                .map_err(|e| corrupt(format!("verifier pending recovery: {e}")))?;
+            pending.insert(index, record);
+        }
         let store = Arc::new(store);
         let writer = Writer::start(store.clone(), threads);
-        Ok(Self { store, config, pages: tree::PageCache::default(), last, writer, unwritten: HashMap::new() })
+        Ok(Self { store, config, pages: tree::PageCache::default(), last, writer, unwritten: HashMap::new(), pending })
     }
 
     /// Waits for every committed epoch's batch and flushes the store: committed epochs are
@@ -363,11 +437,31 @@ impl<S: Storage> VerifierState<S> {
         &self.store
     }
 
+    /// The recoveries pending after the last committed epoch.
+    pub fn pending_recoveries(&self) -> &BTreeMap<Index, PendingRecovery> {
+        &self.pending
+    }
+
     /// Re-checks `epoch`'s updates and recomputes its head; compares it with `head`.
     pub fn check_epoch(&self, updates: &[SignedEntry], head: &EpochHead) -> Result<CheckedEpoch, VerifyFailure> {
+        self.check_epoch_with(updates, &[], head)
+    }
+
+    /// [`VerifierState::check_epoch`] for an epoch whose entries at `recovery_requests` (sorted
+    /// indexes, protocol version 2) are recovery requests rather than updates.
+    pub fn check_epoch_with(
+        &self,
+        updates: &[SignedEntry],
+        recovery_requests: &[Index],
+        head: &EpochHead,
+    ) -> Result<CheckedEpoch, VerifyFailure> {
         let epoch = self.last_epoch() + 1;
         if head.epoch != epoch {
             return Err(Mismatch::OutOfOrder { expected: epoch, got: head.epoch }.into());
+        }
+        let previous = self.last.as_ref().map_or(0, |h| h.issue_time_ms);
+        if head.issue_time_ms < previous {
+            return Err(Mismatch::IssueTimeBackwards { epoch, previous, got: head.issue_time_ms }.into());
         }
         let mut leaves = Vec::with_capacity(updates.len());
         for position in 1..updates.len() {
@@ -375,11 +469,20 @@ impl<S: Storage> VerifierState<S> {
                 return Err(Mismatch::UnorderedUpdates { epoch, position }.into());
             }
         }
+        let recovery: BTreeSet<Index> = recovery_requests.iter().copied().collect();
+        if let Some(stray) = recovery.iter().find(|i| updates.binary_search_by(|u| u.entry.index.cmp(i)).is_err()) {
+            return Err(Mismatch::StrayRecoveryMark { epoch, index: hex::encode(stray.0) }.into());
+        }
         // Reading the entries replaced and checking signatures dominate catch-up, and each
         // update is independent: do them on every core.
         let replaced = crate::parallel::try_map(updates, |_, update| {
             let current = self.current_entry(&update.entry.index).map_err(VerifyFailure::State)?;
-            check_signed_entry(&self.config, current.as_ref(), update).map_err(|reason| {
+            let checked = if recovery.contains(&update.entry.index) {
+                check_recovery_entry(&self.config, current.as_ref(), update)
+            } else {
+                check_signed_entry(&self.config, current.as_ref(), update)
+            };
+            checked.map_err(|reason| {
                 VerifyFailure::Mismatch(Mismatch::UnauthorizedUpdate {
                     epoch,
                     index: hex::encode(update.entry.index.0),
@@ -394,21 +497,60 @@ impl<S: Storage> VerifierState<S> {
         pending.put(META_PENDING, encode_pending(epoch, &replaced));
         batches.push(pending);
         let mut entries = Vec::with_capacity(updates.len());
-        for part in updates.chunks(ENTRY_WRITES_PER_BATCH_MAX) {
+        let mut pending = Vec::new();
+        for (part, replaced_part) in
+            updates.chunks(ENTRY_WRITES_PER_BATCH_MAX).zip(replaced.chunks(ENTRY_WRITES_PER_BATCH_MAX))
+        {
             let mut batch = Batch::new();
-            for update in part {
-                batch.put(current_key(&update.entry.index), update.entry.encode());
-                leaves.push((update.entry.index, update.entry.hash()));
-                entries.push((update.entry.index, update.entry.clone()));
+            for (update, (index, current)) in part.iter().zip(replaced_part) {
+                if recovery.contains(index) {
+                    // The entry stays; the leaf commits to it and the pending recovery.
+                    let current = current.as_ref().ok_or_else(|| corrupt("a checked recovery without entry"))?;
+                    let effective_ms = recovery::effective_ms(&self.config, head.issue_time_ms)
+                        .ok_or_else(|| corrupt("a checked recovery in a realm without recovery"))?;
+                    let record = PendingRecovery { signed: update.clone(), requested_epoch: epoch, effective_ms };
+                    leaves.push((*index, leaf_value(current, Some(&record))));
+                    pending.push((*index, Some(record)));
+                    continue;
+                }
+                if self.pending.contains_key(index) {
+                    // The owner's veto.
+                    pending.push((*index, None));
+                }
+                batch.put(current_key(index), update.entry.encode());
+                leaves.push((*index, update.entry.hash()));
+                entries.push((*index, update.entry.clone()));
             }
             batches.push(batch);
         }
         let mut batch = Batch::new();
-        // The leader's clock is not ours to check; the head rule keeps heads from going back in
-        // time, exactly as the replicas apply it.
+        for (index, entry) in self.matured(updates, epoch, head.issue_time_ms) {
+            batch.put(current_key(&index), entry.encode());
+            leaves.push((index, entry.hash()));
+            entries.push((index, entry));
+            pending.push((index, None));
+        }
+        leaves.sort_by_key(|(index, _)| *index);
+        for (index, record) in &pending {
+            match record {
+                Some(r) => batch.put(pending_key(index), r.encode()),
+                None => batch.delete(pending_key(index)),
+            }
+        }
+        // The leader's clock is not ours to check beyond the skew (the daemon's
+        // `check_issue_time`); the head rule keeps heads from going back in time, exactly as
+        // the replicas apply it.
         let tip = self.last.as_ref().map(ChainTip::of).unwrap_or_default();
-        let ClosedEpoch { head: expected, written } =
-            close_epoch(&*self.store, &self.pages, &self.config, &tip, &leaves, head.issue_time_ms, &mut batch)?;
+        let ClosedEpoch { head: expected, written } = close_epoch_counted(
+            &*self.store,
+            &self.pages,
+            &self.config,
+            &tip,
+            &leaves,
+            head.issue_time_ms,
+            updates.len() as u64,
+            &mut batch,
+        )?;
         if expected != *head {
             return Err(
                 Mismatch::HeadDiffers { epoch, expected: Box::new(expected), got: Box::new(head.clone()) }.into()
@@ -417,14 +559,25 @@ impl<S: Storage> VerifierState<S> {
         batch.put(META, head.encode());
         batch.delete(META_PENDING);
         batches.push(batch);
-        Ok(CheckedEpoch { head: expected, batches, written, entries })
+        Ok(CheckedEpoch { head: expected, batches, written, entries, pending })
+    }
+
+    /// The entries of the recoveries whose window has passed by `epoch`'s issue time: they
+    /// become the entry, unless the epoch updated their index (a veto or a replacement).
+    fn matured(&self, updates: &[SignedEntry], epoch: u64, issue_time_ms: u64) -> Vec<(Index, Entry)> {
+        let touched: BTreeSet<Index> = updates.iter().map(|u| u.entry.index).collect();
+        self.pending
+            .iter()
+            .filter(|(index, record)| !touched.contains(index) && record.matures_in(epoch, issue_time_ms))
+            .map(|(index, record)| (*index, record.signed.entry.clone()))
+            .collect()
     }
 
     /// Commits a checked epoch: the next epoch can be checked at once, while the epoch's
     /// batch is written in the background (durable after [`VerifierState::flush`]).
     pub fn commit(&mut self, checked: CheckedEpoch) -> Result<(), StateError> {
         assert_eq!(checked.head.epoch, self.last_epoch() + 1, "checked epochs are committed in order");
-        let CheckedEpoch { head, batches, written, entries } = checked;
+        let CheckedEpoch { head, batches, written, entries, pending } = checked;
         for batch in batches {
             if let Err(e) = self.writer.send(&*self.store, batch) {
                 self.pages.clear();
@@ -435,6 +588,12 @@ impl<S: Storage> VerifierState<S> {
         // a failed write stops this state for good (every later call fails).
         self.pages.commit(written);
         self.unwritten.extend(entries);
+        for (index, record) in pending {
+            match record {
+                Some(r) => self.pending.insert(index, r),
+                None => self.pending.remove(&index),
+            };
+        }
         self.last = Some(head);
         Ok(())
     }

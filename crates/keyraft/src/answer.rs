@@ -62,6 +62,9 @@ pub fn print_lookup(
             writeln!(out, "  policy {}", policy_text(&entry.update_policy))?;
         }
     }
+    if let Some(p) = &l.pending_recovery {
+        writeln!(out, "{}", recovery_pending_line(&l.user_id, p, now_ms))?;
+    }
     writeln!(out, "  index {}", hex::encode(l.index.0))?;
     writeln!(out, "  ratified by a replica majority and {}", count(l.ratified_by.len() as u64, "verifier"))?;
     writeln!(out, "  head issued at {}", human::time_and_age(l.head.issue_time_ms, now_ms))?;
@@ -74,6 +77,22 @@ pub fn print_lookup(
         }
     }
     Ok(())
+}
+
+/// The line an owner's device alerts on: someone asked to recover the identity, and unless
+/// its owner vetoes, the new keys take over at the effective time.
+pub fn recovery_pending_line(user_id: &str, p: &keyraft_core::recovery::PendingRecovery, now_ms: u64) -> String {
+    let policy = &p.signed.entry.update_policy;
+    let keys: Vec<String> = policy.keys().iter().map(|k| hex::encode(k.as_bytes())).collect();
+    format!(
+        "RECOVERY PENDING: a recovery of {user_id:?} to version {} with policy {} ({}) was requested in epoch {}; \
+         it takes effect at {} unless the owner vetoes it (`keyraft veto {user_id} --key <current key>`)",
+        p.signed.entry.version,
+        policy_text(policy),
+        keys.join(", "),
+        p.requested_epoch,
+        human::time_and_age(p.effective_ms, now_ms),
+    )
 }
 
 /// Profile keys as text when printable (binary keys as hex).

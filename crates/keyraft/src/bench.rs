@@ -247,6 +247,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> CmdResult {
                             verifier_threshold: Some(threshold),
                             wait_ms: 60_000,
                             registration: None,
+                            recovery: false,
                         }
                     } else {
                         UpdateRequest {
@@ -255,6 +256,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> CmdResult {
                             verifier_threshold: None,
                             wait_ms: 0,
                             registration: None,
+                            recovery: false,
                         }
                     };
                     let r = client.update(request).await.map_err(|s| crate::cli::call_failed("update", &s))?;

@@ -35,6 +35,13 @@ pub enum Command {
     /// Changes an identity's profile keys (those --set / --unset name; the others are kept), and
     /// optionally its owner or update policy.
     Update(crate::client_cmd::UpdateArgs),
+    /// Recovers an identity whose keys are lost, with the proof its registration needs
+    /// (`--prepare FILE`, get the proof, then `--prepared FILE` with it). It takes effect after
+    /// the realm's veto window unless the current owner updates or vetoes it first.
+    Recover(crate::client_cmd::UpdateArgs),
+    /// Cancels a pending recovery of an identity: an update under its current policy that
+    /// keeps its profile and policy.
+    Veto(crate::client_cmd::VetoArgs),
     /// Looks an identity up and verifies the answer.
     Lookup(crate::client_cmd::LookupArgs),
     /// Where an update is (pending, in an epoch, rejected), as a replica reports it.
@@ -123,6 +130,8 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Key(crate::client_cmd::KeyCommand::Migrate(args)) => crate::client_cmd::key_migrate(&args, out),
         Command::Register(args) => crate::client_cmd::update(&args, false, out),
         Command::Update(args) => crate::client_cmd::update(&args, true, out),
+        Command::Recover(args) => crate::client_cmd::recover(&args, out),
+        Command::Veto(args) => crate::client_cmd::veto(&args, out),
         Command::Registrar(command) => crate::client_cmd::registrar(&command, out),
         Command::Lookup(args) => crate::client_cmd::lookup(&args, out),
         Command::Status(args) => crate::client_cmd::status(&args, out),

@@ -75,6 +75,10 @@ pub struct DevArgs {
     /// `registrar` method; repeat for several (first start only).
     #[arg(long = "registrar-key", value_name = "KEY")]
     pub registrar_keys: Vec<String>,
+    /// The veto window of recoveries, in milliseconds (first start only; default a day; 0
+    /// disables recovery): how long a recovery waits for its owner's veto.
+    #[arg(long)]
+    pub recovery_window_ms: Option<u64>,
     /// For the `email` method: write registration codes to the replicas' logs
     /// (`keyraft-dev/logs/node-N.log`) instead of mailing them (first start only; the summary
     /// says so).
@@ -158,6 +162,9 @@ fn registration_policy(args: &DevArgs) -> Result<RegistrationPolicy, Box<dyn std
         .iter()
         .map(|k| crate::client_cmd::public_key_arg(k, "--registrar-key"))
         .collect::<Result<_, _>>()?;
+    if let Some(window) = args.recovery_window_ms {
+        policy.recovery_window_ms = window;
+    }
     if args.registration.is_empty() {
         return Ok(policy);
     }
@@ -242,8 +249,8 @@ fn create(args: &DevArgs) -> CmdResult {
         RealmConfig::new(name, VrfSecretKey::from_seed(&vrf_seed).public_key(), replica_keys, verifier_keys)?;
     if args.protocol_version == 2 {
         config = config.with_registration(registration_policy(args)?)?;
-    } else if !args.registration.is_empty() || !args.registrar_keys.is_empty() {
-        return Err("--registration and --registrar-key need --protocol-version 2".into());
+    } else if !args.registration.is_empty() || !args.registrar_keys.is_empty() || args.recovery_window_ms.is_some() {
+        return Err("--registration, --registrar-key and --recovery-window-ms need --protocol-version 2".into());
     }
     let registration_settings = registration_settings(args, dir)?;
     let mut voters = Vec::new();
@@ -609,6 +616,14 @@ fn summary(dir: &Path, realm: &RealmFile, listening: &[Listening], out: &mut dyn
                 let methods: Vec<String> = rule.methods.iter().map(ToString::to_string).collect();
                 let open = if rule.is_open() { " (OPEN: first come, first served)" } else { "" };
                 writeln!(out, "  registration of {:?}: {}{open}", rule.namespace, methods.join(", "))?;
+            }
+            match policy.recovery_window_ms {
+                0 => writeln!(out, "  recovery: disabled (a window of 0)")?,
+                w => writeln!(
+                    out,
+                    "  recovery: through the registration method, after a veto window of {}",
+                    keyraft_core::human::duration(w)
+                )?,
             }
         }
     }

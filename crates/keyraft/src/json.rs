@@ -119,8 +119,19 @@ pub fn answer(
         "index": hex::encode(l.index.0),
         "registered": entry.is_some(),
         "entry": entry,
+        "pending_recovery": l.pending_recovery.as_ref().map(pending_recovery),
         "proof_hex": hex::encode(&a.proof),
     }))
+}
+
+/// A recovery waiting for its veto window: an owner's device alerts on it (`null` when none).
+pub fn pending_recovery(p: &keyraft_core::recovery::PendingRecovery) -> Value {
+    let mut out = Map::new();
+    out.insert("version".into(), json!(p.signed.entry.version));
+    out.insert("policy".into(), policy(&p.signed.entry.update_policy));
+    out.insert("requested_epoch".into(), json!(p.requested_epoch));
+    time("effective", p.effective_ms, &mut out);
+    Value::Object(out)
 }
 
 /// `lookup --json`: the answer, plus the whole proof field by field.

@@ -111,6 +111,9 @@ impl TryFrom<pb::LogEntry> for Command {
         use pb::log_entry::Command as C;
         Ok(match entry.command.ok_or(ConversionError::Missing { field: "LogEntry.command" })? {
             C::Update(bytes) => Command::Update(Box::new(canonical::<Update>("LogEntry.update", &bytes)?)),
+            C::RecoveryRequest(bytes) => {
+                Command::RecoveryRequest(Box::new(canonical::<Update>("LogEntry.recovery_request", &bytes)?))
+            }
             C::EpochDelimiter(d) => Command::EpochDelimiter { epoch: d.epoch, timestamp_ms: d.timestamp_ms },
             C::ReplicaSignature(s) => Command::ReplicaSignature {
                 epoch: s.epoch,
@@ -131,6 +134,7 @@ impl From<&Command> for pb::LogEntry {
         use pb::log_entry::Command as C;
         let command = match command {
             Command::Update(update) => C::Update(update.encode()),
+            Command::RecoveryRequest(update) => C::RecoveryRequest(update.encode()),
             Command::EpochDelimiter { epoch, timestamp_ms } => {
                 C::EpochDelimiter(pb::EpochDelimiter { epoch: *epoch, timestamp_ms: *timestamp_ms })
             }

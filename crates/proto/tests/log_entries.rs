@@ -22,7 +22,11 @@ fn commands() -> Vec<Command> {
         profile_commitment: profile.commitment(),
     };
     vec![
-        Command::Update(Box::new(Update { signed: SignedEntry { entry, signatures: vec![] }, profile })),
+        Command::Update(Box::new(Update {
+            signed: SignedEntry { entry: entry.clone(), signatures: vec![] },
+            profile: profile.clone(),
+        })),
+        Command::RecoveryRequest(Box::new(Update { signed: SignedEntry { entry, signatures: vec![] }, profile })),
         Command::EpochDelimiter { epoch: 7, timestamp_ms: 1_700_000_000_000 },
         Command::ReplicaSignature { epoch: 7, signer: key(2), signature: Signature([5; 64]) },
         Command::VerifierSignature { epoch: 7, verifier: key(3), signature: Signature([6; 64]) },

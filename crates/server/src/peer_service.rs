@@ -204,7 +204,12 @@ impl Peer for PeerService {
 /// refuse every later head, and heads never go back in time).
 fn check_forwardable(payload: &[u8]) -> Result<(), Status> {
     match decode_log_entry(payload) {
-        Ok(Command::Update(_) | Command::ReplicaSignature { .. } | Command::VerifierSignature { .. }) => Ok(()),
+        Ok(
+            Command::Update(_)
+            | Command::RecoveryRequest(_)
+            | Command::ReplicaSignature { .. }
+            | Command::VerifierSignature { .. },
+        ) => Ok(()),
         Ok(Command::EpochDelimiter { .. }) => Err(Status::permission_denied(
             "Forward accepts updates and signatures only; epoch delimiters are proposed by the leader itself",
         )),

@@ -190,6 +190,11 @@ impl ReadView {
         self.shared.read().update_history(index, before, limit).map_err(internal)
     }
 
+    /// The epochs in `(after, upto]` in which the identity's pending recovery changed.
+    pub(crate) fn pending_change_epochs(&self, index: &Index, after: u64, upto: u64) -> Result<Vec<u64>, Status> {
+        self.shared.read().pending_change_epochs(index, after, upto).map_err(internal)
+    }
+
     /// The identity's newest version and its epoch.
     pub(crate) fn latest_update(&self, index: &Index) -> Result<Option<(u64, Update)>, Status> {
         self.shared.read().latest_update(index).map_err(internal)

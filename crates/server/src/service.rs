@@ -16,6 +16,7 @@ use crate::registration::Registrations;
 use crate::update_status::UpdateTracker;
 use keyraft_core::limits::{UPDATE_BYTES_MAX, USER_ID_BYTES_MAX};
 use keyraft_core::lookup::ratification_message;
+use keyraft_core::recovery::check_recovery;
 use keyraft_core::update::check_update;
 use keyraft_core::vrf::VrfProof;
 use keyraft_core::{Command, EpochHead, Index, Update};
@@ -234,20 +235,30 @@ impl Keyraft for PublicService {
         let id = update.id();
         let current = self.node.read.latest_update(&index)?;
         // Before any check of the update: failed attempts count too.
-        self.rate_limits.check_update(peer, &index, current.is_none())?;
+        // A recovery claims an identity as a registration does: limited as one.
+        self.rate_limits.check_update(peer, &index, current.is_none() || req.recovery)?;
         let duplicate_epoch = {
             match &current {
                 Some((epoch, stored)) if stored.id() == id => Some(*epoch),
                 _ => {
                     // Rejections that do not depend on the open epoch are final here; the
                     // step re-checks everything against the state the update is applied to.
-                    if let Err(reason) =
-                        check_update(&self.node.realm, current.as_ref().map(|(_, u)| &u.signed.entry), &update)
-                    {
+                    let current_entry = current.as_ref().map(|(_, u)| &u.signed.entry);
+                    let checked = if req.recovery {
+                        check_recovery(&self.node.realm, current_entry, &update)
+                    } else {
+                        check_update(&self.node.realm, current_entry, &update)
+                    };
+                    if let Err(reason) = checked {
                         self.updates.rejected(id, &reason);
                         return Err(rejection_status(&reason));
                     }
-                    if current.is_none() {
+                    if req.recovery {
+                        // The same proof as a first registration of the identity.
+                        let proof = req.registration.as_ref().and_then(|r| r.proof.as_ref());
+                        let admitted = self.registrations.check_recovery(&user_id, &id, proof).await?;
+                        tracing::debug!(method = admitted.method(), "recovery admitted");
+                    } else if current.is_none() {
                         let proof = req.registration.as_ref().and_then(|r| r.proof.as_ref());
                         // User ids stay out of logs: the state keeps none at rest, logs must not either.
                         let admitted = self.registrations.check(&user_id, &id, proof).await?;
@@ -262,7 +273,12 @@ impl Keyraft for PublicService {
             None => {
                 let result = {
                     let _proposing = self.updates.proposing(id);
-                    self.node.propose(&Command::Update(Box::new(update))).await
+                    let command = if req.recovery {
+                        Command::RecoveryRequest(Box::new(update))
+                    } else {
+                        Command::Update(Box::new(update))
+                    };
+                    self.node.propose(&command).await
                 };
                 let response = result.map_err(|e| propose_status(&self.node, e))?;
                 if let ApplyResponse::Applied(Outcome::UpdateRejected { reason, .. }) = &response {

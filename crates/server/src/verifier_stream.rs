@@ -188,17 +188,28 @@ impl Producer {
         let mut entries: Vec<Vec<u8>> = Vec::new();
         let mut bytes = 0usize;
         let total = published.updates.len();
+        // Positions in the chunk of the entries that are recovery requests (version 2).
+        let mut recoveries: Vec<u32> = Vec::new();
         for (i, update) in published.updates.iter().enumerate() {
             let encoded = update.encode();
             // Protobuf framing adds a few bytes per entry; keep a margin.
             if !entries.is_empty() && bytes + encoded.len() + 16 > self.max_frame {
                 let full = std::mem::take(&mut entries);
-                self.send(Frame::Updates(EpochUpdates { epoch, chunk, signed_entries: full, last_chunk: false }))
-                    .await?;
+                self.send(Frame::Updates(EpochUpdates {
+                    epoch,
+                    chunk,
+                    signed_entries: full,
+                    last_chunk: false,
+                    recovery_requests: std::mem::take(&mut recoveries),
+                }))
+                .await?;
                 chunk += 1;
                 bytes = 0;
             }
             bytes += encoded.len() + 16;
+            if published.recovery_requests.binary_search(&update.entry.index).is_ok() {
+                recoveries.push(entries.len() as u32);
+            }
             entries.push(encoded);
             if i + 1 == total {
                 self.send(Frame::Updates(EpochUpdates {
@@ -206,13 +217,20 @@ impl Producer {
                     chunk,
                     signed_entries: std::mem::take(&mut entries),
                     last_chunk: true,
+                    recovery_requests: std::mem::take(&mut recoveries),
                 }))
                 .await?;
             }
         }
         if total == 0 {
-            self.send(Frame::Updates(EpochUpdates { epoch, chunk: 0, signed_entries: vec![], last_chunk: true }))
-                .await?;
+            self.send(Frame::Updates(EpochUpdates {
+                epoch,
+                chunk: 0,
+                signed_entries: vec![],
+                last_chunk: true,
+                recovery_requests: vec![],
+            }))
+            .await?;
         }
         let head = SignedHead { head: published.head.encode(), replica_signatures: sigs(published.replica_signatures) };
         self.send(Frame::Head(head)).await

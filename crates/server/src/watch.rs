@@ -231,7 +231,8 @@ impl Watcher {
         Ok(())
     }
 
-    /// The epochs in `(after, upto]` in which the identity's entry changed, increasing, read
+    /// The epochs in `(after, upto]` in which the identity's leaf changed (its entry, or its
+    /// pending recovery), increasing, read
     /// on a blocking thread. The state lists an identity's updates newest first, one per epoch
     /// at most, so this walks down from `upto` one update at a time and holds at most
     /// `upto - after` epoch numbers.
@@ -253,6 +254,11 @@ impl Watcher {
                     }
                 }
                 found.reverse();
+                // A recovery requested, vetoed or replaced changes the identity's leaf (and
+                // what its owner must see) without a new version.
+                found.extend(read.pending_change_epochs(&target.index, after, upto)?);
+                found.sort_unstable();
+                found.dedup();
                 Ok(found)
             })
             .await

@@ -162,6 +162,41 @@ impl Harness {
         self.append(Command::Update(Box::new(update)))
     }
 
+    /// Requests the recovery of `user_id` (which must have an entry) to a single-key policy of
+    /// `new_owner`: the next version, signed by the new key only.
+    pub fn recover(
+        &mut self,
+        user_id: &str,
+        new_owner: &SigningKey,
+        keys: &[(&str, &[u8])],
+    ) -> Result<Outcome, StateError> {
+        let update = self.make_recovery(user_id, new_owner, keys)?;
+        self.append(Command::RecoveryRequest(Box::new(update)))
+    }
+
+    /// The recovery request [`Harness::recover`] appends.
+    pub fn make_recovery(
+        &self,
+        user_id: &str,
+        new_owner: &SigningKey,
+        keys: &[(&str, &[u8])],
+    ) -> Result<Update, StateError> {
+        let (index, _) = self.index_of(user_id);
+        let (_, current) = self
+            .machine
+            .latest_update(&index)?
+            .ok_or_else(|| StateError::Corrupt(format!("{user_id} has no entry to recover")))?;
+        let profile =
+            test_profile(&format!("{user_id}/recovery/{}", hex::encode(public_key(new_owner).as_bytes())), keys);
+        Ok(self.make_update(
+            user_id,
+            current.signed.entry.version + 1,
+            Policy::single(public_key(new_owner)),
+            profile,
+            &[new_owner],
+        ))
+    }
+
     /// Closes the open epoch with the client clock as the leader's timestamp.
     pub fn cut_epoch(&mut self) -> Result<Outcome, StateError> {
         let epoch = self.machine.epoch_state().open_epoch();

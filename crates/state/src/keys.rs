@@ -12,6 +12,12 @@
 //! | `h`    | `h` + epoch (u64)                     | the epoch's head bytes                 |
 //! | `r`    | `r` + epoch (u64) + replica key (32)  | the replica's signature over the head  |
 //! | `v`    | `v` + epoch (u64) + verifier key (32) | the verifier's ratification            |
+//! | `p`    | `p` + index + epoch (u64)             | the index's pending recovery from `epoch` on: `PendingRecovery` bytes then the recovery's `Profile` bytes, or empty (none pending from then on) |
+//! | `q`    | `q` + index                           | the recoveries pending now: requested epoch (u64) and effective time (u64), for the delimiter to find matured ones without scanning the tree |
+//! | `s`    | `s` + index                           | a recovery request staged in the open epoch (the `Update` bytes) |
+//!
+//! `p`, `q` and `s` (protocol version 2, recovery) are empty in stores written before them,
+//! which is what a store without recoveries holds: they need no format version bump.
 //!
 //! The first byte 0x00 belongs to the storage crate (format version).
 
@@ -22,6 +28,9 @@ pub(crate) const EPOCH_UPDATES: u8 = b'e';
 pub(crate) const HEAD: u8 = b'h';
 pub(crate) const REPLICA_SIG: u8 = b'r';
 pub(crate) const VERIFIER_SIG: u8 = b'v';
+pub(crate) const PENDING: u8 = b'p';
+pub(crate) const PENDING_NOW: u8 = b'q';
+pub(crate) const STAGED_RECOVERY: u8 = b's';
 
 pub(crate) const META_APPLIED: &[u8] = b"mapplied";
 pub(crate) const META_EPOCH: &[u8] = b"mepoch";
@@ -37,6 +46,19 @@ pub(crate) fn update_prefix(index: &Index) -> Vec<u8> {
     let mut k = Vec::with_capacity(41);
     k.push(UPDATE);
     k.extend_from_slice(&index.0);
+    k
+}
+
+pub(crate) fn index_key(space: u8, index: &Index) -> Vec<u8> {
+    let mut k = Vec::with_capacity(41);
+    k.push(space);
+    k.extend_from_slice(&index.0);
+    k
+}
+
+pub(crate) fn pending(index: &Index, epoch: u64) -> Vec<u8> {
+    let mut k = index_key(PENDING, index);
+    k.extend_from_slice(&epoch.to_be_bytes());
     k
 }
 

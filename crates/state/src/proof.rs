@@ -3,6 +3,7 @@
 use crate::corrupt;
 use crate::machine::StateMachine;
 use keyraft_core::lookup::PositionalSignature;
+use keyraft_core::recovery::{leaf_value, PendingRecovery};
 use keyraft_core::tree::{Terminal, TreeProof};
 use keyraft_core::{Entry, EpochHead, Index, Profile, PublicKey, Signature};
 use keyraft_epoch::StateError;
@@ -22,6 +23,8 @@ pub struct LookupParts {
     pub tree_proof: TreeProof,
     /// The entry and profile when present.
     pub entry: Option<(Entry, Profile)>,
+    /// The recovery pending in the epoch, which the leaf commits to (protocol version 2).
+    pub pending_recovery: Option<PendingRecovery>,
 }
 
 impl LookupParts {
@@ -35,6 +38,7 @@ impl LookupParts {
             verifier_signatures: self.verifier_signatures,
             tree_proof: self.tree_proof,
             entry: self.entry,
+            pending_recovery: self.pending_recovery,
         }
     }
 }
@@ -71,17 +75,18 @@ impl<S: Storage> StateMachine<S> {
             positional(&config.replica_keys, self.replica_signatures(epoch)?, config.replica_majority())?;
         let verifier_signatures = positional(&config.verifier_keys, self.verifier_signatures(epoch)?, verifiers_max)?;
         let tree_proof = self.tree_proof(epoch, index)?;
-        let entry = match tree_proof.terminal {
+        let (entry, pending_recovery) = match tree_proof.terminal {
             Terminal::Leaf { value } => {
                 let (_, update) =
                     self.update_at(index, epoch)?.ok_or_else(|| corrupt("tree leaf without a stored update"))?;
-                if update.signed.entry.hash() != value {
-                    return Err(corrupt("tree leaf value differs from the stored entry's hash"));
+                let pending = self.pending_recovery_at(index, epoch)?.map(|(p, _)| p);
+                if leaf_value(&update.signed.entry, pending.as_ref()) != value {
+                    return Err(corrupt("tree leaf value differs from the stored entry's (and pending recovery's)"));
                 }
-                Some((update.signed.entry, update.profile))
+                (Some((update.signed.entry, update.profile)), pending)
             }
-            _ => None,
+            _ => (None, None),
         };
-        Ok(Some(LookupParts { head, replica_signatures, verifier_signatures, tree_proof, entry }))
+        Ok(Some(LookupParts { head, replica_signatures, verifier_signatures, tree_proof, entry, pending_recovery }))
     }
 }

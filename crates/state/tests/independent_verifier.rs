@@ -455,6 +455,7 @@ fn every_method_policy() -> RegistrationPolicy {
             },
             NamespaceRule { namespace: "*".into(), methods: vec![Method::Open] },
         ],
+        recovery_window_ms: 86_400_000,
     }
 }
 
@@ -785,4 +786,49 @@ fn the_independent_verifier_checks_a_history_complete_and_catches_every_version_
     tampered[2][at] ^= 1;
     let (ok, out) = run_history(dir.path(), h.config(), user, &current, &tampered);
     assert!(!ok && out.contains("REJECTED ("), "{out}");
+}
+
+// docs/protocol.md sections 4, 5 and 6.3: a proof of an identity with a pending recovery
+// carries it, its leaf commits to it, and the script checks the recovery rules as the client
+// does.
+
+#[test]
+fn the_independent_verifier_checks_a_pending_recovery_as_keyraft_core_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = v2_harness();
+    let alice = derive_signing_key(SEED_V2, "alice");
+    h.register("alice@example.com", &alice, &[("mail", b"alice-key")]).unwrap();
+    h.publish_epoch().unwrap();
+    h.recover("alice@example.com", &derive_signing_key(SEED_V2, "alice-new"), &[("mail", b"new")]).unwrap();
+    h.now_ms += 1_000;
+    h.publish_epoch().unwrap();
+    let proof = h.lookup_proof("alice@example.com", None, 2).unwrap();
+    assert!(proof.pending_recovery.is_some());
+    let bytes = proof.encode();
+    verify_lookup_bytes(&h.client_realm(2), "alice@example.com", &bytes, h.now_ms, None).unwrap();
+    let (ok, out) = run(&h, dir.path(), "alice@example.com", &bytes, &["--verifier-threshold", "2"]);
+    assert!(ok && out.contains("present") && out.contains("RECOVERY PENDING: version 1"), "{out}");
+
+    // Both refuse the same proofs by the same checks: without the pending recovery, with a
+    // byte of it flipped, and kept pending past its time.
+    let mut hidden = proof.clone();
+    hidden.pending_recovery = None;
+    let mut overdue = proof.clone();
+    let effective = proof.pending_recovery.as_ref().unwrap().effective_ms;
+    overdue.head.epoch = 3;
+    overdue.head.previous_head_hash = [1; 32];
+    overdue.head.issue_time_ms = effective;
+    h.resign(&mut overdue);
+    let mut cases = vec![("hidden", hidden.encode(), h.now_ms), ("overdue", overdue.encode(), effective)];
+    for at in [bytes.len() - 1, bytes.len() - 9, bytes.len() - 20, bytes.len() - 100] {
+        let mut flipped = bytes.clone();
+        flipped[at] ^= 1;
+        cases.push(("flipped", flipped, h.now_ms));
+    }
+    for (name, tampered, now_ms) in cases {
+        h.now_ms = now_ms;
+        let core = verify_lookup_bytes(&h.client_realm(2), "alice@example.com", &tampered, now_ms, None).unwrap_err();
+        let (ok, out) = run(&h, dir.path(), "alice@example.com", &tampered, &["--verifier-threshold", "2"]);
+        assert!(!ok && out.contains(&format!("REJECTED ({})", core.check())), "{name}: core says {core}; {out}");
+    }
 }

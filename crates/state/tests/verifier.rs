@@ -134,7 +134,8 @@ fn every_kind_of_lie_is_caught() {
     assert!(matches!(mismatch(v.check_epoch(updates, &bad)), Mismatch::HeadDiffers { .. }));
     let mut bad = head.clone();
     bad.issue_time_ms = epochs[0].1.issue_time_ms - 1;
-    assert!(matches!(mismatch(v.check_epoch(updates, &bad)), Mismatch::HeadDiffers { .. }));
+    // Issue times count recovery windows: going back is named as such.
+    assert!(matches!(mismatch(v.check_epoch(updates, &bad)), Mismatch::IssueTimeBackwards { .. }));
     // Nothing was committed by the failures: the honest epoch still passes.
     let checked = v.check_epoch(updates, head).unwrap();
     v.commit(checked).unwrap();

@@ -49,6 +49,9 @@ pub(crate) struct Verifier {
     endpoints: Vec<String>,
     pub(crate) data_dir: PathBuf,
     pub(crate) state: VerifierState<SledStorage>,
+    /// The realm file's clock skew: heads issued further ahead of `clock` are not ratified.
+    clock_skew_ms: u64,
+    clock: std::sync::Arc<dyn keyraft_core::clock::Clock>,
     /// Ratifications of epochs committed but not yet flushed: released only once durable, so
     /// that a crash can never make this verifier sign a second, different head for an epoch.
     unflushed: Vec<PushRatificationRequest>,
@@ -115,6 +118,8 @@ pub async fn run_with(
         endpoints,
         data_dir: config.data_dir,
         state,
+        clock_skew_ms: file.clock_skew_ms,
+        clock: keyraft_core::clock::system(),
         unflushed: Vec::new(),
         unflushed_since: None,
         progress: (0, std::time::Instant::now(), 0),
@@ -246,6 +251,8 @@ impl Verifier {
         // Raw until the head arrives: decoding (two key decompressions per update) is then
         // spread over every core with the signature checks.
         let mut raw: Vec<Vec<u8>> = Vec::new();
+        // Positions in `raw` of the recovery requests (protocol version 2).
+        let mut recoveries: Vec<usize> = Vec::new();
         let mut epoch_of_updates = None;
         let mut next_chunk = 0u32;
         loop {
@@ -281,6 +288,8 @@ impl Verifier {
                     }
                     epoch_of_updates = Some(u.epoch);
                     next_chunk += 1;
+                    let base = raw.len();
+                    recoveries.extend(u.recovery_requests.iter().map(|p| base + *p as usize));
                     raw.extend(u.signed_entries);
                 }
                 Frame::Head(h) => {
@@ -297,10 +306,11 @@ impl Verifier {
                         || self
                             .unflushed_since
                             .is_some_and(|t| t.elapsed() >= Duration::from_millis(RELEASE_DELAY_MAX_MS));
-                    if let Err(ended) = self.ratify(&h, head, &raw, flush, addr, push).await {
+                    if let Err(ended) = self.ratify(&h, head, &raw, &recoveries, flush, addr, push).await {
                         return ended;
                     }
                     raw.clear();
+                    recoveries.clear();
                     epoch_of_updates = None;
                     next_chunk = 0;
                 }
@@ -363,11 +373,13 @@ impl Verifier {
     }
 
     /// Checks an epoch, commits it, and queues its ratification; evidence on a mismatch.
+    #[allow(clippy::too_many_arguments)]
     async fn ratify(
         &mut self,
         h: &SignedHead,
         head: EpochHead,
         raw: &[Vec<u8>],
+        recoveries: &[usize],
         flush: bool,
         addr: &str,
         push: &mpsc::Sender<PushRatificationRequest>,
@@ -382,8 +394,24 @@ impl Verifier {
             }
         };
         let updates = updates.as_slice();
+        // Issue times count recovery windows: a head from further in the future than the
+        // realm's skew would end windows early. Not evidence (this clock may be the one
+        // behind): refuse it for now, and retry once the clock has caught up.
+        if let Err(m) = keyraft_epoch::verifier::check_issue_time(&head, self.clock.now_ms(), self.clock_skew_ms) {
+            tracing::warn!(reason = %m, "not ratifying a head from the future");
+            return Err(Ended::Retry(m.to_string()));
+        }
+        let mut recovery_requests = Vec::with_capacity(recoveries.len());
+        for &position in recoveries {
+            let Some(update) = updates.get(position) else {
+                let why = format!("epoch {}: recovery request position {position} is past its updates", head.epoch);
+                return Err(Ended::Misbehaved(self.evidence(head.epoch, &why, addr, None, updates, None)));
+            };
+            recovery_requests.push(update.entry.index);
+        }
+        recovery_requests.sort();
         let state = &mut self.state;
-        match blocking(|| state.check_epoch(updates, &head)) {
+        match blocking(|| state.check_epoch_with(updates, &recovery_requests, &head)) {
             Ok(checked) => {
                 if let Err(e) = blocking(|| state.commit(checked)) {
                     return Err(Ended::Misbehaved(Error::State(e)));

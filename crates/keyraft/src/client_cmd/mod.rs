@@ -19,7 +19,7 @@ pub use keys::{key_migrate, keygen, KeyCommand, KeyMigrateArgs, KeygenArgs};
 pub use lookup::{lookup, LookupArgs};
 pub use registrar::{registrar, AttestArgs, RegistrarCommand};
 pub use status::{status, StatusArgs};
-pub use update::{public_key_arg, update, UpdateArgs};
+pub use update::{public_key_arg, recover, update, veto, UpdateArgs, VetoArgs};
 pub use verify_proof::{verify_proof, VerifyProofArgs};
 pub use watch::{watch, WatchArgs};
 

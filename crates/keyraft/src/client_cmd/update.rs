@@ -199,7 +199,115 @@ fn send_prepared(args: &UpdateArgs, path: &std::path::Path, out: &mut dyn Write)
     let proof = registration_proof(args)?;
     let wait = args.wait.then_some(args.wait_ms);
     let result = rt.block_on(client.send_prepared(&prepared, proof.as_ref(), wait));
-    report(args, false, &prepared.user_id, result, out)
+    let what = if prepared.recovery { Done::Recovery } else { Done::Registered };
+    report(&args.realm.realm, args.wait_ms, what, &prepared.user_id, result, out)
+}
+
+/// What an update did, in `report`'s words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Done {
+    Registered,
+    Updated,
+    Recovery,
+    Vetoed,
+}
+
+impl Done {
+    fn words(self) -> &'static str {
+        match self {
+            Self::Registered => "registered",
+            Self::Updated => "updated",
+            Self::Recovery => "recovery requested for",
+            Self::Vetoed => "vetoed recovery of",
+        }
+    }
+}
+
+/// `keyraft recover`: a recovery request, prepared (`--prepare`) for its registration proof
+/// and sent with it (`--prepared`). Its keys are the new owner's (`--key`); its profile is
+/// made afresh, as a registration's.
+pub fn recover(args: &UpdateArgs, out: &mut dyn Write) -> CmdResult {
+    if let Some(path) = &args.prepared {
+        return send_prepared(args, path, out);
+    }
+    if args.new_key.is_some() || args.replace_profile || !args.unset.is_empty() {
+        return Err("recover: the new owner is --key; --new-key, --unset and --replace-profile are for `update`".into());
+    }
+    let user = args.user.as_deref().ok_or("--user is required")?;
+    let rt = runtime()?;
+    let _entered = rt.enter();
+    let keys: Vec<SigningKey> = args.keys.iter().map(|p| load_key(p, "--key")).collect::<Result<_, _>>()?;
+    let owner = keys.first().ok_or("--key is required")?;
+    let profile = profile_keys(args, false, owner)?;
+    let client = client(&args.realm)?;
+    let mut builder = client.recovery(user, owner);
+    for k in &keys {
+        builder = builder.signer(k);
+    }
+    if let Some(t) = args.policy_threshold {
+        let list = args.policy_keys.iter().map(|k| policy_key(k)).collect::<Result<Vec<_>, _>>()?;
+        builder = builder.policy(Policy::threshold(t, list).map_err(|e| format!("the new policy is invalid: {e}"))?);
+    }
+    if args.wait {
+        builder = builder.wait_for_quorum().wait_ms(args.wait_ms);
+    }
+    let builder = builder.profile_keys(profile);
+    if let Some(path) = &args.prepare {
+        let prepared = rt.block_on(builder.prepare())?;
+        std::fs::write(path, prepared.to_json()).map_err(|e| format!("--prepare: writing {}: {e}", path.display()))?;
+        writeln!(out, "prepared the recovery of {:?} in {}", prepared.user_id, path.display())?;
+        writeln!(out, "  update id:  {}", hex::encode(prepared.update_id()))?;
+        writeln!(out, "  OIDC nonce: {}", prepared.oidc_nonce())?;
+        writeln!(
+            out,
+            "  get the proof a registration of the identity needs (`keyraft registrar attest --prepared {0}`, an ID \
+             token with that nonce, or `keyraft recover --prepared {0} --send-email-code`), then send it with \
+             `keyraft recover --prepared {0} ...`",
+            path.display()
+        )?;
+        return Ok(());
+    }
+    let result = rt.block_on(builder.send());
+    report(&args.realm.realm, args.wait_ms, Done::Recovery, user, result, out)
+}
+
+/// Options of `keyraft veto`.
+#[derive(Debug, clap::Args)]
+pub struct VetoArgs {
+    #[command(flatten)]
+    /// Realm.
+    pub realm: RealmArgs,
+    /// The identity whose pending recovery to cancel.
+    pub user: String,
+    /// A secret key file of the current policy; repeat when it needs several signatures.
+    #[arg(long = "key", required = true)]
+    pub keys: Vec<PathBuf>,
+    /// Wait until the veto's epoch is ratified by the quorum.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long `--wait` waits, in milliseconds.
+    #[arg(long, requires = "wait", default_value_t = keyraft_client::QUORUM_WAIT_MS)]
+    pub wait_ms: u32,
+}
+
+/// `keyraft veto`: the next version, same policy and profile keys, signed under the current
+/// policy; it cancels any pending recovery.
+pub fn veto(args: &VetoArgs, out: &mut dyn Write) -> CmdResult {
+    let rt = runtime()?;
+    let _entered = rt.enter();
+    let keys: Vec<SigningKey> = args.keys.iter().map(|p| load_key(p, "--key")).collect::<Result<_, _>>()?;
+    let client = client(&args.realm)?;
+    let mut builder = client
+        .change(&args.user)
+        .profile_keys(ProfileKeys::Edit { set: BTreeMap::new(), unset: std::collections::BTreeSet::new() });
+    for k in &keys {
+        builder = builder.signer(k);
+    }
+    if args.wait {
+        builder = builder.wait_for_quorum().wait_ms(args.wait_ms);
+    }
+    let result = rt.block_on(builder.send());
+    report(&args.realm.realm, args.wait_ms, Done::Vetoed, &args.user, result, out)
 }
 
 /// `keyraft register` (`is_update == false`) and `keyraft update`.
@@ -254,18 +362,19 @@ pub fn update(args: &UpdateArgs, is_update: bool, out: &mut dyn Write) -> CmdRes
         return Ok(());
     }
     let result = rt.block_on(builder.send());
-    report(args, is_update, user, result, out)
+    report(&args.realm.realm, args.wait_ms, if is_update { Done::Updated } else { Done::Registered }, user, result, out)
 }
 
 /// Prints what became of an update.
 fn report(
-    args: &UpdateArgs,
-    is_update: bool,
+    realm_file: &std::path::Path,
+    wait_ms: u32,
+    done: Done,
     user: &str,
     result: Result<UpdateOutcome, ClientError>,
     out: &mut dyn Write,
 ) -> CmdResult {
-    let what = if is_update { "updated" } else { "registered" };
+    let what = done.words();
     let outcome = match result {
         Ok(outcome) => outcome,
         Err(ClientError::NotRatifiedYet { update_id, epoch, verifiers }) => {
@@ -275,12 +384,12 @@ fn report(
                 "{what} {:?}: accepted in epoch {epoch}; not yet ratified by {} within {} ms (update id {id})",
                 user,
                 count(verifiers as u64, "verifier"),
-                args.wait_ms
+                wait_ms
             )?;
             writeln!(
                 out,
                 "  the update stays applied: do not resend it; `keyraft status --realm {} {id} --user {}` tells its epoch, `keyraft lookup` proves it once ratified",
-                args.realm.realm.display(),
+                realm_file.display(),
                 user
             )?;
             return Err(crate::cli::Exit(crate::cli::EXIT_NOT_RATIFIED).into());
@@ -306,6 +415,15 @@ fn report(
         )?;
     }
     print_profile_changes(out, &outcome.previous_keys, &outcome.keys)?;
+    match done {
+        Done::Recovery => writeln!(
+            out,
+            "  the recovery takes effect after the realm's veto window, unless the current owner updates or vetoes \
+             the identity first; `keyraft lookup` shows it pending"
+        )?,
+        Done::Vetoed => writeln!(out, "  any recovery pending in an earlier epoch is cancelled")?,
+        Done::Registered | Done::Updated => {}
+    }
     if let Some(answer) = &outcome.proof {
         writeln!(
             out,

@@ -33,6 +33,8 @@ pub fn watch(args: &WatchArgs, out: &mut dyn Write) -> CmdResult {
         // A watch from an epoch first replays the changes after it: statements about their
         // epochs, until the first heartbeat brings the watch up to date.
         let mut replaying = args.from_epoch > 0;
+        // The recovery pending as of the last event, to say how it ended.
+        let mut pending: Option<keyraft_core::recovery::PendingRecovery> = None;
         while args.count.is_none_or(|n| seen < n) {
             let Some(event) = watch.next().await else {
                 writeln!(out, "the replica ended the watch")?;
@@ -41,6 +43,30 @@ pub fn watch(args: &WatchArgs, out: &mut dyn Write) -> CmdResult {
             match event? {
                 WatchUpdate::Changed(answer) => {
                     let verification = if replaying { Verification::Historical } else { Verification::Current };
+                    let l = &answer.lookup;
+                    // A recovery that was pending and is no more: it took effect, or its
+                    // owner vetoed it.
+                    if let (Some(before), None) = (&pending, &l.pending_recovery) {
+                        let now = l.entry.as_ref().map(|(e, _)| e);
+                        if now == Some(&before.signed.entry) {
+                            writeln!(
+                                out,
+                                "RECOVERY COMPLETED: the recovery of {:?} requested in epoch {} took effect in epoch {}",
+                                l.user_id,
+                                before.requested_epoch,
+                                l.epoch()
+                            )?;
+                        } else {
+                            writeln!(
+                                out,
+                                "RECOVERY CANCELLED: the recovery of {:?} requested in epoch {} was vetoed in epoch {}",
+                                l.user_id,
+                                before.requested_epoch,
+                                l.epoch()
+                            )?;
+                        }
+                    }
+                    pending = l.pending_recovery.clone();
                     write!(out, "CHANGED ")?;
                     crate::answer::print_lookup(out, &answer, verification, keyraft_client::now_ms())?;
                 }
@@ -49,9 +75,10 @@ pub fn watch(args: &WatchArgs, out: &mut dyn Write) -> CmdResult {
                     let l = &answer.lookup;
                     let version =
                         l.entry.as_ref().map_or("not registered".to_owned(), |(e, _)| format!("version {}", e.version));
+                    let recovery = if l.pending_recovery.is_some() { ", RECOVERY PENDING" } else { "" };
                     writeln!(
                         out,
-                        "unchanged in epoch {} (head issued {}, {version}, VERIFIED)",
+                        "unchanged in epoch {} (head issued {}, {version}{recovery}, VERIFIED)",
                         l.epoch(),
                         human::time_and_age(l.head.issue_time_ms, keyraft_client::now_ms())
                     )?;

@@ -236,6 +236,31 @@ impl Registrations {
         }
     }
 
+    /// Checks that `user_id` (canonical, with an entry) may be recovered with the update
+    /// `update_id`: the proof a first registration of it would need. Identities of an `open`
+    /// namespace cannot be recovered (anyone could claim them), nor any under protocol
+    /// version 1.
+    pub async fn check_recovery(
+        &self,
+        user_id: &str,
+        update_id: &[u8; 32],
+        proof: Option<&Proof>,
+    ) -> Result<Admitted, Status> {
+        let Some(policy) = &self.policy else {
+            return Err(Status::failed_precondition(format!(
+                "realm {:?} is of protocol version 1: it has no registration method to recover an identity with",
+                self.realm
+            )));
+        };
+        if policy.rule_for(user_id).is_some_and(NamespaceRule::is_open) {
+            return Err(Status::permission_denied(format!(
+                "recovery refused: {} ({user_id:?})",
+                keyraft_core::recovery::RecoveryRejection::OpenNamespace
+            )));
+        }
+        self.check(user_id, update_id, proof).await
+    }
+
     /// Mails a code registering `user_id` (canonical, with no entry yet) with the update
     /// `update_id`: the address and the code's expiry.
     pub async fn send_email_code(&self, user_id: &str, update_id: &[u8; 32]) -> Result<(String, u64), Status> {

@@ -222,6 +222,9 @@ pub struct PublishedEpoch {
     pub head: EpochHead,
     /// A replica majority's signatures over the head, sorted by signer.
     pub replica_signatures: Vec<(PublicKey, Signature)>,
+    /// The indexes among `updates` whose signed entry is a recovery request rather than an
+    /// update (protocol version 2), in index order.
+    pub recovery_requests: Vec<Index>,
 }
 
 /// The keyserver state: the tree, the entries and the epochs, over any [`Storage`].

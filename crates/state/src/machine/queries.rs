@@ -4,8 +4,10 @@
 use super::{PublishedEpoch, StateMachine};
 use crate::corrupt;
 use crate::keys;
+use keyraft_core::encoding::Reader;
+use keyraft_core::recovery::PendingRecovery;
 use keyraft_core::tree::TreeProof;
-use keyraft_core::{decode_canonical, Digest, EpochHead, Index, PublicKey, Signature, Update};
+use keyraft_core::{decode_canonical, Canonical, Digest, EpochHead, Index, Profile, PublicKey, Signature, Update};
 use keyraft_epoch::tree;
 use keyraft_epoch::StateError;
 use keyraft_storage::{prefix_successor, Direction, Storage};
@@ -38,6 +40,45 @@ impl<S: Storage> StateMachine<S> {
         let epoch = keys::be_u64(&key[33..]).ok_or_else(|| corrupt("update key"))?;
         let update = decode_canonical(&value).map_err(|e| corrupt(format!("stored update: {e}")))?;
         Ok(Some((epoch, update)))
+    }
+
+    /// The recovery of `index` pending as of the close of `epoch` (protocol version 2), with
+    /// the recovery's profile, if any.
+    pub fn pending_recovery_at(
+        &self,
+        index: &Index,
+        epoch: u64,
+    ) -> Result<Option<(PendingRecovery, Profile)>, StateError> {
+        let prefix = keys::index_key(keys::PENDING, index);
+        let end = keys::pending(index, epoch.saturating_add(1));
+        let found = self.store.range(&prefix, Some(&end), Direction::Reverse).next().transpose()?;
+        let Some((_, value)) = found else { return Ok(None) };
+        if value.is_empty() {
+            return Ok(None);
+        }
+        let mut r = Reader::new(&value);
+        let pending = PendingRecovery::decode_from(&mut r).map_err(|e| corrupt(format!("pending recovery: {e}")))?;
+        // The profile is the rest of the record.
+        let profile = decode_canonical(&value[value.len() - r.remaining()..])
+            .map_err(|e| corrupt(format!("pending recovery profile: {e}")))?;
+        Ok(Some((pending, profile)))
+    }
+
+    /// The epochs in `(after, upto]` in which the pending recovery of `index` changed (one was
+    /// requested, vetoed, replaced or took effect), increasing. With the epochs of its updates,
+    /// these are the epochs in which the identity's leaf changed.
+    pub fn pending_change_epochs(&self, index: &Index, after: u64, upto: u64) -> Result<Vec<u64>, StateError> {
+        if upto <= after {
+            return Ok(Vec::new());
+        }
+        let start = keys::pending(index, after.saturating_add(1));
+        let end = keys::pending(index, upto.saturating_add(1));
+        let mut out = Vec::new();
+        for item in self.store.range(&start, Some(&end), Direction::Forward) {
+            let (key, _) = item?;
+            out.push(keys::be_u64(&key[33..]).ok_or_else(|| corrupt("pending recovery key"))?);
+        }
+        Ok(out)
     }
 
     /// Updates of `index` in epochs before `before_epoch` (staged ones included), newest first,
@@ -106,11 +147,24 @@ impl<S: Storage> StateMachine<S> {
         }
         let head = self.head(epoch)?.ok_or_else(|| corrupt(format!("ratified epoch {epoch} has no head")))?;
         let mut updates = Vec::new();
+        let mut recovery_requests = Vec::new();
         for index in self.epoch_indexes(epoch)? {
-            let stored =
-                self.store.get(&keys::update(&index, epoch))?.ok_or_else(|| corrupt("epoch index without update"))?;
-            let update: Update = decode_canonical(&stored).map_err(|e| corrupt(format!("stored update: {e}")))?;
-            updates.push(update.signed);
+            match self.store.get(&keys::update(&index, epoch))? {
+                Some(stored) => {
+                    let update: Update =
+                        decode_canonical(&stored).map_err(|e| corrupt(format!("stored update: {e}")))?;
+                    updates.push(update.signed);
+                }
+                // Not an update: a recovery request, whose record the epoch's close wrote.
+                None => {
+                    let (pending, _) = self
+                        .pending_recovery_at(&index, epoch)?
+                        .filter(|(p, _)| p.requested_epoch == epoch)
+                        .ok_or_else(|| corrupt("epoch index without update or recovery request"))?;
+                    updates.push(pending.signed);
+                    recovery_requests.push(index);
+                }
+            }
         }
         if updates.len() as u64 != head.update_count {
             return Err(corrupt(format!(
@@ -121,7 +175,7 @@ impl<S: Storage> StateMachine<S> {
         }
         let mut replica_signatures = self.replica_signatures(epoch)?;
         replica_signatures.truncate(self.config.replica_majority());
-        Ok(Some(PublishedEpoch { updates, head, replica_signatures }))
+        Ok(Some(PublishedEpoch { updates, head, replica_signatures, recovery_requests }))
     }
 
     /// The tree root as of `epoch`.

@@ -6,12 +6,19 @@ use super::{Effect, EpochState, Ignored, Outcome, Rejected, StateMachine, Step};
 use crate::corrupt;
 use crate::keys;
 use keyraft_core::lookup::{head_signing_message, ratification_message};
+use keyraft_core::recovery::{self, check_recovery, leaf_value, PendingRecovery};
 use keyraft_core::update::check_update;
 use keyraft_core::{decode_canonical, Canonical, Digest, Index, PublicKey, Signature, Update, UpdateRejection};
 use keyraft_core::{Command, LogPosition};
-use keyraft_epoch::head::{close_epoch, ChainTip, ClosedEpoch};
+use keyraft_epoch::head::{close_epoch_counted, next_issue_time_ms, ChainTip, ClosedEpoch};
 use keyraft_epoch::StateError;
 use keyraft_storage::{Batch, Storage};
+use std::collections::BTreeMap;
+
+/// The index in a key of the `s` or `q` keyspace (one prefix byte, then the index).
+fn index_of(key: &[u8]) -> Result<Index, StateError> {
+    key.get(1..33).and_then(|k| k.try_into().ok()).map(Index).ok_or_else(|| corrupt("recovery keyspace key"))
+}
 
 impl<S: Storage> StateMachine<S> {
     /// Computes the effect of `command` at `position` without changing anything.
@@ -44,6 +51,9 @@ impl<S: Storage> StateMachine<S> {
             Command::VerifierSignature { epoch, verifier, signature } => {
                 self.step_verifier_signature(*epoch, verifier, signature, &mut step)?
             }
+            // Not deferrable: it changes the pending-recovery keyspaces, which the step reads
+            // from storage (see `step_recovery`).
+            Command::RecoveryRequest(update) => self.step_recovery(update, &mut step)?,
         };
         step.batch.put(keys::META_APPLIED, encode_position(position));
         if step.epoch_state != self.epoch_state {
@@ -69,6 +79,10 @@ impl<S: Storage> StateMachine<S> {
             }
             return Ok(Outcome::UpdateRejected { id, reason: UpdateRejection::AlreadyUpdatedInEpoch { epoch: open } });
         }
+        // One command per index per epoch, recovery requests included.
+        if self.store.get(&keys::index_key(keys::STAGED_RECOVERY, &index))?.is_some() {
+            return Ok(Outcome::UpdateRejected { id, reason: UpdateRejection::AlreadyUpdatedInEpoch { epoch: open } });
+        }
         let current = self.update_at(&index, self.epoch_state.last_epoch)?;
         if let Some((epoch, cur)) = &current {
             if cur.signed.entry.encode() == entry_bytes {
@@ -78,6 +92,16 @@ impl<S: Storage> StateMachine<S> {
         if let Err(reason) = check_update(&self.config, current.as_ref().map(|(_, u)| &u.signed.entry), update) {
             return Ok(Outcome::UpdateRejected { id, reason });
         }
+        // An update under the current policy while a recovery is pending is the owner's veto:
+        // the leaf it makes commits to no pending recovery, and none is pending from this
+        // epoch on. Written now (lookups read closed epochs only) and not deferred, because
+        // the delimiter reads the pending keyspace from storage.
+        let pending_now = keys::index_key(keys::PENDING_NOW, &index);
+        if self.store.get(&pending_now)?.is_some() {
+            step.deferrable = false;
+            step.batch.delete(pending_now);
+            step.batch.put(keys::pending(&index, open), Vec::new());
+        }
         // Staged updates are stored where they will live, under the open epoch, so closing the
         // epoch moves nothing; lookups never see them, as they only read closed epochs.
         let encoded = update.encode();
@@ -85,6 +109,54 @@ impl<S: Storage> StateMachine<S> {
         let leaf = update.signed.entry.hash();
         step.batch.put(keys::epoch_update(open, &index), leaf.to_vec());
         step.staged = Some((index, leaf, encoded));
+        step.epoch_state.pending_updates += 1;
+        step.effects.push(Effect::PendingUpdatesChanged);
+        Ok(Outcome::UpdateAccepted { id, epoch: open })
+    }
+
+    /// A recovery request: checked with the recovery rules against the current entry, and
+    /// staged in its own keyspace (`s`). Its pending record needs the issue time of the epoch
+    /// that applies it, so the delimiter writes it (`step_delimiter`). The step is not
+    /// deferred: later steps and the delimiter read the recovery keyspaces from storage.
+    fn step_recovery(&self, update: &Update, step: &mut Step) -> Result<Outcome, StateError> {
+        let id = update.id();
+        let index = update.signed.entry.index;
+        let open = self.epoch_state.open_epoch();
+        let entry_bytes = update.signed.entry.encode();
+        let already = UpdateRejection::AlreadyUpdatedInEpoch { epoch: open };
+        if self.unwritten_staged.contains_key(&index) || self.store.get(&keys::update(&index, open))?.is_some() {
+            return Ok(Outcome::UpdateRejected { id, reason: already });
+        }
+        let staged_key = keys::index_key(keys::STAGED_RECOVERY, &index);
+        if let Some(staged) = self.store.get(&staged_key)? {
+            let staged: Update = decode_canonical(&staged).map_err(|e| corrupt(format!("staged recovery: {e}")))?;
+            if staged.signed.entry.encode() == entry_bytes {
+                return Ok(Outcome::UpdateDuplicate { id, epoch: open });
+            }
+            return Ok(Outcome::UpdateRejected { id, reason: already });
+        }
+        let current = self.update_at(&index, self.epoch_state.last_epoch)?;
+        if let Some((pending, _)) = self.pending_recovery_at(&index, self.epoch_state.last_epoch)? {
+            if pending.signed.entry.encode() == entry_bytes {
+                return Ok(Outcome::UpdateDuplicate { id, epoch: pending.requested_epoch });
+            }
+        }
+        let current_entry = current.as_ref().map(|(_, u)| &u.signed.entry);
+        if let Err(reason) = check_recovery(&self.config, current_entry, update) {
+            return Ok(Outcome::UpdateRejected { id, reason });
+        }
+        let Some(current_entry) = current_entry else {
+            return Err(corrupt("a recovery passed its rules without a current entry"));
+        };
+        let encoded = update.encode();
+        step.batch.put(staged_key, encoded.clone());
+        // A recovery pending before is replaced (its window restarts with this one).
+        step.batch.delete(keys::index_key(keys::PENDING_NOW, &index));
+        // The leaf is only known once the epoch's issue time is: the delimiter overwrites this
+        // placeholder (the leaf as it is) with the leaf committing to the pending recovery.
+        let placeholder = current_entry.hash();
+        step.batch.put(keys::epoch_update(open, &index), placeholder.to_vec());
+        step.staged = Some((index, placeholder, encoded));
         step.epoch_state.pending_updates += 1;
         step.effects.push(Effect::PendingUpdatesChanged);
         Ok(Outcome::UpdateAccepted { id, epoch: open })
@@ -99,13 +171,26 @@ impl<S: Storage> StateMachine<S> {
             return Ok(Outcome::Ignored(Ignored::PreviousEpochNotRatified { epoch: st.last_epoch }));
         }
         // The open epoch's leaves are mirrored in memory (see `open_leaves`), already sorted.
-        let leaves: Vec<(Index, Digest)> = self.open_leaves.iter().map(|(i, h)| (*i, *h)).collect();
+        let mut leaves: BTreeMap<Index, Digest> = self.open_leaves.clone();
         if leaves.len() as u64 != st.pending_updates {
             return Err(corrupt(format!("{} staged updates, epoch state says {}", leaves.len(), st.pending_updates)));
         }
         let tip = ChainTip { epoch: st.last_epoch, head_hash: st.last_head_hash, issue_time_ms: st.last_issue_time_ms };
-        let ClosedEpoch { head, written } =
-            close_epoch(&self.store, &self.pages, &self.config, &tip, &leaves, timestamp_ms, &mut step.batch)?;
+        let issue_time_ms = next_issue_time_ms(&tip, timestamp_ms);
+        self.close_recoveries(epoch, issue_time_ms, &mut leaves, &mut step.batch)?;
+        let leaves: Vec<(Index, Digest)> = leaves.into_iter().collect();
+        // The head counts the commands the epoch applied (as verifiers receive them), not the
+        // recoveries that took effect by themselves.
+        let ClosedEpoch { head, written } = close_epoch_counted(
+            &self.store,
+            &self.pages,
+            &self.config,
+            &tip,
+            &leaves,
+            timestamp_ms,
+            st.pending_updates,
+            &mut step.batch,
+        )?;
         step.written_pages = written;
         step.closed_epoch = true;
         step.batch.put(keys::head(epoch), head.encode());
@@ -191,6 +276,72 @@ impl<S: Storage> StateMachine<S> {
         step.batch.put(key, signature.0.to_vec());
         step.effects.push(Effect::SignaturesChanged { epoch });
         Ok(Outcome::VerifierSignatureStored { epoch })
+    }
+
+    /// The recovery half of closing `epoch` (issued at `issue_time_ms`): each recovery request
+    /// staged in it becomes pending (its leaf commits to the entry and the pending record,
+    /// effective the issue time plus the window), and each recovery pending before whose time
+    /// has come becomes the entry. Both in index order, from the small `s` and `q` keyspaces.
+    fn close_recoveries(
+        &self,
+        epoch: u64,
+        issue_time_ms: u64,
+        leaves: &mut BTreeMap<Index, Digest>,
+        batch: &mut Batch,
+    ) -> Result<(), StateError> {
+        let last = self.epoch_state.last_epoch;
+        for item in self.store.scan_prefix(&[keys::STAGED_RECOVERY]) {
+            let (key, value) = item?;
+            let index = index_of(&key)?;
+            let update: Update = decode_canonical(&value).map_err(|e| corrupt(format!("staged recovery: {e}")))?;
+            let (_, current) =
+                self.update_at(&index, last)?.ok_or_else(|| corrupt("a staged recovery of an index without entry"))?;
+            let effective_ms = recovery::effective_ms(&self.config, issue_time_ms)
+                .ok_or_else(|| corrupt("a staged recovery in a realm without recovery"))?;
+            let pending = PendingRecovery { signed: update.signed, requested_epoch: epoch, effective_ms };
+            let leaf = leaf_value(&current.signed.entry, Some(&pending));
+            let mut record = pending.encode();
+            record.extend_from_slice(&update.profile.encode());
+            batch.put(keys::pending(&index, epoch), record);
+            let mut now = epoch.to_be_bytes().to_vec();
+            now.extend_from_slice(&effective_ms.to_be_bytes());
+            batch.put(keys::index_key(keys::PENDING_NOW, &index), now);
+            batch.delete(key);
+            batch.put(keys::epoch_update(epoch, &index), leaf.to_vec());
+            if leaves.insert(index, leaf).is_none() {
+                return Err(corrupt("a staged recovery without its staged leaf"));
+            }
+        }
+        for item in self.store.scan_prefix(&[keys::PENDING_NOW]) {
+            let (key, value) = item?;
+            let index = index_of(&key)?;
+            let (requested, effective) = match (value.get(..8), value.get(8..)) {
+                (Some(r), Some(e)) if e.len() == 8 => (
+                    keys::be_u64(r).ok_or_else(|| corrupt("pending recovery epoch"))?,
+                    keys::be_u64(e).ok_or_else(|| corrupt("pending recovery time"))?,
+                ),
+                _ => return Err(corrupt("pending recovery record has the wrong length")),
+            };
+            if leaves.contains_key(&index) {
+                // Staging an update or a recovery of the index removed its `q` record.
+                return Err(corrupt("a pending recovery of an index updated in the closing epoch"));
+            }
+            let (pending, profile) = self
+                .pending_recovery_at(&index, last)?
+                .ok_or_else(|| corrupt("a recovery listed as pending without its record"))?;
+            if (pending.requested_epoch, pending.effective_ms) != (requested, effective) {
+                return Err(corrupt("a pending recovery's record and listing disagree"));
+            }
+            if !pending.matures_in(epoch, issue_time_ms) {
+                continue;
+            }
+            let matured = Update { signed: pending.signed, profile };
+            leaves.insert(index, matured.signed.entry.hash());
+            batch.put(keys::update(&index, epoch), matured.encode());
+            batch.put(keys::pending(&index, epoch), Vec::new());
+            batch.delete(key);
+        }
+        Ok(())
     }
 
     fn count(&self, prefix: &[u8]) -> Result<usize, StateError> {
