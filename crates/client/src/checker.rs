@@ -115,6 +115,8 @@ mod tests {
             realm: "clock.example".into(),
             vrf_public_key: hex::encode(vrf.as_bytes()),
             replica_keys: vec![hex::encode(replica.verifying_key().as_bytes())],
+            replicas: None,
+            generation: None,
             verifier_keys: vec![],
             verifier_threshold: 0,
             epoch_ttl_ms: 60_000,

@@ -12,6 +12,11 @@
 //! | `h`    | `h` + epoch (u64)                     | the epoch's head bytes                 |
 //! | `r`    | `r` + epoch (u64) + replica key (32)  | the replica's signature over the head  |
 //! | `v`    | `v` + epoch (u64) + verifier key (32) | the verifier's ratification            |
+//! | `c`    | `c` + generation (u64)                | a configuration change in a head: its first epoch (u64) + the `SignedConfigChange` bytes |
+//!
+//! `mpending-config` holds a configuration change applied from the log and not yet in a head.
+//! The `c` keyspace and `mpending-config` are empty in stores written before configuration
+//! changes existed, which read exactly as before: no format version bump.
 //!
 //! The first byte 0x00 belongs to the storage crate (format version).
 
@@ -22,10 +27,16 @@ pub(crate) const EPOCH_UPDATES: u8 = b'e';
 pub(crate) const HEAD: u8 = b'h';
 pub(crate) const REPLICA_SIG: u8 = b'r';
 pub(crate) const VERIFIER_SIG: u8 = b'v';
+pub(crate) const CONFIG_CHANGE: u8 = b'c';
 
 pub(crate) const META_APPLIED: &[u8] = b"mapplied";
 pub(crate) const META_EPOCH: &[u8] = b"mepoch";
 pub(crate) const META_CONFIG: &[u8] = b"mconfig";
+pub(crate) const META_PENDING_CONFIG: &[u8] = b"mpending-config";
+
+pub(crate) fn config_change(generation: u64) -> Vec<u8> {
+    epoch_prefix(CONFIG_CHANGE, generation)
+}
 
 pub(crate) fn update(index: &Index, epoch: u64) -> Vec<u8> {
     let mut k = update_prefix(index);

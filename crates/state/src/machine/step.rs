@@ -2,12 +2,16 @@
 //! function per command kind. Reads storage (and the deferred staged updates), writes nothing.
 
 use super::codec::encode_position;
+use super::configs::{encode_applied, AppliedChange, ConfigUpdate};
 use super::{Effect, EpochState, Ignored, Outcome, Rejected, StateMachine, Step};
 use crate::corrupt;
 use crate::keys;
+use keyraft_core::config_change::check_config_change;
 use keyraft_core::lookup::{head_signing_message, ratification_message};
 use keyraft_core::update::check_update;
-use keyraft_core::{decode_canonical, Canonical, Digest, Index, PublicKey, Signature, Update, UpdateRejection};
+use keyraft_core::{
+    decode_canonical, Canonical, Digest, Index, PublicKey, Signature, SignedConfigChange, Update, UpdateRejection,
+};
 use keyraft_core::{Command, LogPosition};
 use keyraft_epoch::head::{close_epoch, ChainTip, ClosedEpoch};
 use keyraft_epoch::StateError;
@@ -27,6 +31,7 @@ impl<S: Storage> StateMachine<S> {
             staged: None,
             closed_epoch: false,
             deferrable: false,
+            config_update: None,
         };
         if position.index <= self.applied.index {
             return Ok(step);
@@ -44,6 +49,7 @@ impl<S: Storage> StateMachine<S> {
             Command::VerifierSignature { epoch, verifier, signature } => {
                 self.step_verifier_signature(*epoch, verifier, signature, &mut step)?
             }
+            Command::ConfigChange(change) => self.step_config_change(change, &mut step),
         };
         step.batch.put(keys::META_APPLIED, encode_position(position));
         if step.epoch_state != self.epoch_state {
@@ -75,7 +81,9 @@ impl<S: Storage> StateMachine<S> {
                 return Ok(Outcome::UpdateDuplicate { id, epoch: *epoch });
             }
         }
-        if let Err(reason) = check_update(&self.config.realm, current.as_ref().map(|(_, u)| &u.signed.entry), update) {
+        if let Err(reason) =
+            check_update(&self.open_epoch_config().realm, current.as_ref().map(|(_, u)| &u.signed.entry), update)
+        {
             return Ok(Outcome::UpdateRejected { id, reason });
         }
         // Staged updates are stored where they will live, under the open epoch, so closing the
@@ -104,8 +112,22 @@ impl<S: Storage> StateMachine<S> {
             return Err(corrupt(format!("{} staged updates, epoch state says {}", leaves.len(), st.pending_updates)));
         }
         let tip = ChainTip { epoch: st.last_epoch, head_hash: st.last_head_hash, issue_time_ms: st.last_issue_time_ms };
+        // A pending configuration change takes effect here: this head commits to it.
+        let config = match &self.configs.pending {
+            Some((change, config)) => {
+                step.batch.put(keys::config_change(config.generation), encode_applied(epoch, change));
+                step.batch.delete(keys::META_PENDING_CONFIG);
+                step.config_update = Some(ConfigUpdate::Committed(AppliedChange {
+                    first_epoch: epoch,
+                    change: change.clone(),
+                    config: config.clone(),
+                }));
+                config
+            }
+            None => self.configs.config(),
+        };
         let ClosedEpoch { head, written } =
-            close_epoch(&self.store, &self.pages, &self.config, &tip, &leaves, timestamp_ms, &mut step.batch)?;
+            close_epoch(&self.store, &self.pages, config, &tip, &leaves, timestamp_ms, &mut step.batch)?;
         step.written_pages = written;
         step.closed_epoch = true;
         step.batch.put(keys::head(epoch), head.encode());
@@ -127,7 +149,9 @@ impl<S: Storage> StateMachine<S> {
         signature: &Signature,
         step: &mut Step,
     ) -> Result<Outcome, StateError> {
-        if self.config.replica_keys.binary_search(signer).is_err() {
+        // The signers of a head are the replicas of the configuration it commits to.
+        let config = self.configs.config_of_epoch(epoch);
+        if config.replica_keys.binary_search(signer).is_err() {
             return Ok(Outcome::Rejected(Rejected::UnknownReplica(*signer)));
         }
         let Some(head) = self.head(epoch)? else {
@@ -144,7 +168,7 @@ impl<S: Storage> StateMachine<S> {
         let stored = self.count(&keys::epoch_prefix(keys::REPLICA_SIG, epoch))? + 1;
         step.effects.push(Effect::SignaturesChanged { epoch });
         // Ratified by this signature: a majority now, and not before it.
-        let ratified = self.config.is_replica_majority(stored) && !self.config.is_replica_majority(stored - 1);
+        let ratified = config.is_replica_majority(stored) && !config.is_replica_majority(stored - 1);
         if ratified {
             // Delimiters wait for ratification, so only the last epoch can be completing. An
             // older one completing means the stored signatures contradict the epoch state;
@@ -172,7 +196,7 @@ impl<S: Storage> StateMachine<S> {
         signature: &Signature,
         step: &mut Step,
     ) -> Result<Outcome, StateError> {
-        if self.config.verifier_keys.binary_search(verifier).is_err() {
+        if self.configs.config_of_epoch(epoch).verifier_keys.binary_search(verifier).is_err() {
             return Ok(Outcome::Rejected(Rejected::UnknownVerifier(*verifier)));
         }
         let Some(head) = self.head(epoch)? else {
@@ -191,6 +215,37 @@ impl<S: Storage> StateMachine<S> {
         step.batch.put(key, signature.0.to_vec());
         step.effects.push(Effect::SignaturesChanged { epoch });
         Ok(Outcome::VerifierSignatureStored { epoch })
+    }
+
+    /// A configuration change: checked against the configuration in force with the one core
+    /// rule, then kept pending until the next delimiter, whose head commits to it. One change
+    /// at a time: the next must follow the configuration this one leads to, which is in force
+    /// only once a head commits to it.
+    fn step_config_change(&self, change: &SignedConfigChange, step: &mut Step) -> Outcome {
+        let generation = change.change.new_config.generation;
+        let already = |c: &SignedConfigChange| c.change == change.change;
+        if self.configs.changes.iter().any(|c| already(&c.change))
+            || self.configs.pending.as_ref().is_some_and(|(c, _)| already(c))
+        {
+            return Outcome::Ignored(Ignored::DuplicateConfigChange { generation });
+        }
+        if let Some((_, pending)) = &self.configs.pending {
+            return Outcome::Rejected(Rejected::ConfigChangePending { pending_generation: pending.generation });
+        }
+        match check_config_change(self.configs.config(), change) {
+            Err(e) => Outcome::Rejected(Rejected::ConfigChange(e)),
+            Ok(config) => {
+                step.batch.put(keys::META_PENDING_CONFIG, change.encode());
+                step.config_update = Some(ConfigUpdate::Pending(change.clone(), config));
+                Outcome::ConfigChangeStaged { generation, epoch: self.epoch_state.open_epoch() }
+            }
+        }
+    }
+
+    /// The configuration the open epoch's head will commit to: a pending change's, or the
+    /// one in force.
+    pub(super) fn open_epoch_config(&self) -> &keyraft_core::RealmConfig {
+        self.configs.pending.as_ref().map_or(self.configs.config(), |(_, config)| config)
     }
 
     fn count(&self, prefix: &[u8]) -> Result<usize, StateError> {
