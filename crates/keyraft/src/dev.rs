@@ -394,7 +394,7 @@ pub fn run(args: &DevArgs, out: &mut dyn Write) -> CmdResult {
     }
     let dir = std::fs::canonicalize(&args.dir)?;
     let realm = RealmFile::from_json(&std::fs::read_to_string(dir.join("realm.json"))?)?;
-    let ids: Vec<u64> = (1..=realm.replica_keys.len() as u64).collect();
+    let ids: Vec<u64> = (1..=realm.config()?.replica_keys.len() as u64).collect();
     let mut children = Vec::new();
     for id in &ids {
         // Stale address files would let us read the previous run's ports.
