@@ -104,3 +104,67 @@ fn a_replica_key_is_rotated_while_clients_and_a_verifier_run() {
     let (ok, out) = submit();
     assert!(ok && out.contains("already applied"), "{out}");
 }
+
+/// A version-1 realm upgrades to version 2 through a change: the replicas' majority signs it,
+/// each node keeps signing with the key now bound to its id, and a client starting from the
+/// version-1 realm file reaches the version-2 configuration.
+#[test]
+fn a_version_1_realm_upgrades_to_version_2_through_a_change() {
+    let _s = serial();
+    let realm = Realm::start_with(&["--protocol-version", "1", "--verifier-count", "0"], |_| {});
+    let old_config = realm.realm_file().config().unwrap();
+    assert_eq!(old_config.protocol_version(), 1);
+    let client = realm.client(0);
+    let alice = SigningKey::generate(&mut rand::rngs::OsRng);
+    let user = "alice@example.com";
+    realm.runtime.block_on(client.registration(user, &alice).wait_for_quorum().send()).unwrap();
+    // Node N signs with keys/replica-N.key: the upgrade binds exactly that.
+    let mut args: Vec<String> =
+        ["admin", "realm", "propose", "--realm", "realm.json", "--out", "upgrade.hex", "upgrade-v2"]
+            .map(String::from)
+            .into();
+    for n in 1..=3 {
+        let secret =
+            keyraft_core::key_file::read_secret(&realm.path().join(format!("keys/replica-{n}.key")), "test").unwrap();
+        let public = PublicKey::from_verifying_key(&SigningKey::from_bytes(&secret.key).verifying_key()).unwrap();
+        args.push("--node".into());
+        args.push(format!("{}={n}", hex::encode(public.as_bytes())));
+    }
+    let run = |args: &[&str]| {
+        let out = realm.run_cli(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    run(&["admin", "realm", "sign", "--change", "upgrade.hex", "--key", "keys/replica-1.key"]);
+    run(&["admin", "realm", "sign", "--change", "upgrade.hex", "--key", "keys/replica-3.key"]);
+    let peer = realm.peer_addr(0);
+    let out = run(&[
+        "admin",
+        "--peer",
+        &peer,
+        "--token-file",
+        "keys/cluster.token",
+        "realm",
+        "submit",
+        "--change",
+        "upgrade.hex",
+    ]);
+    assert!(out.contains("generation 1"), "{out}");
+    let answer = wait_for("an answer under the version-2 configuration", || {
+        let a = realm.runtime.block_on(client.lookup(user, LookupOptions::default())).ok()?;
+        (client.config_chain().newest().protocol_version() == 2).then_some(a)
+    });
+    assert_eq!(answer.lookup.head.config_hash, client.config_chain().newest().hash());
+    assert!(answer.lookup.entry.is_some(), "alice's id was canonical: her index did not move");
+    // Every node still signs: the epoch after the upgrade gets all three signatures.
+    let epoch = answer.lookup.epoch();
+    wait_for("three signatures on a version-2 head", || {
+        let _g = realm.runtime.enter();
+        let mut c = keyraft_proto::pb::keyraft_client::KeyraftClient::new(
+            tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(0))).unwrap().connect_lazy(),
+        );
+        let info = realm.runtime.block_on(c.get_epoch(keyraft_proto::pb::GetEpochRequest { epoch: epoch + 1 })).ok()?;
+        (info.into_inner().replica_signatures.len() == 3).then_some(())
+    });
+}
