@@ -100,6 +100,10 @@ fn a_replica_key_is_rotated_while_clients_and_a_verifier_run() {
     assert_eq!(answer.lookup.head.config_hash, new_config.hash());
     assert_eq!(fresh.config_chain().configs().len(), 2);
 
+    // The operator's view: the chain from the old realm file, followed and checked.
+    let (ok, out) = admin(&["realm", "show", "--realm", "realm.json"]);
+    assert!(ok && out.contains("generation 1") && out.contains(&format!("replica node 1: {next}")), "{out}");
+
     // Replaying the change is refused.
     let (ok, out) = submit();
     assert!(ok && out.contains("already applied"), "{out}");

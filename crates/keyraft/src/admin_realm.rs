@@ -57,6 +57,14 @@ pub enum RealmAction {
         #[arg(long)]
         change: PathBuf,
     },
+    /// Shows the realm's configuration in force (generation, replicas by node, verifiers)
+    /// and the chain of changes that leads to it from the realm file's configuration,
+    /// followed and checked with the core rule (asks the realm file's endpoints).
+    Show {
+        /// The realm file (any configuration of the realm's chain).
+        #[arg(long)]
+        realm: PathBuf,
+    },
     /// Writes the realm file of the configuration a change leads to (endpoints and client
     /// defaults from `--realm`), for clients that start from it.
     RealmFile {
@@ -293,7 +301,51 @@ pub fn run_offline(action: &RealmAction, out: &mut dyn Write) -> Option<CmdResul
             writeln!(out, "wrote {} (generation {})", new_path.display(), next.generation)?;
             Ok(())
         })(),
+        RealmAction::Show { realm } => show(realm, out),
         RealmAction::Submit { .. } => return None,
     };
     Some(result)
+}
+
+fn show(realm: &Path, out: &mut dyn Write) -> CmdResult {
+    let (file, _) = read_realm(realm)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let chain = runtime.block_on(async {
+        let client = keyraft_client::Client::new(&file, &file.endpoints)?;
+        client.follow_config_chain().await?;
+        Ok::<_, keyraft_client::ClientError>(client.config_chain())
+    })?;
+    let config = chain.newest();
+    writeln!(
+        out,
+        "realm {:?}, protocol version {}, generation {} (config hash {})",
+        config.realm,
+        config.protocol_version(),
+        config.generation,
+        hex::encode(config.hash())
+    )?;
+    for (i, key) in config.replica_keys.iter().enumerate() {
+        match config.replica_node_ids.get(i) {
+            Some(node) => writeln!(out, "  replica node {node}: {key}")?,
+            None => writeln!(out, "  replica: {key}")?,
+        }
+    }
+    for key in &config.verifier_keys {
+        writeln!(out, "  verifier: {key}")?;
+    }
+    if let Some(policy) = &config.registration {
+        for key in &policy.registrar_keys {
+            writeln!(out, "  registrar: {key}")?;
+        }
+    }
+    writeln!(
+        out,
+        "{} configuration change(s) after the realm file's (generation {}), each signed by a majority of the replicas before it",
+        chain.changes().len(),
+        chain.trusted().generation
+    )?;
+    for (change, next) in chain.changes().iter().zip(&chain.configs()[1..]) {
+        writeln!(out, "  generation {}: signed by {} replicas", next.generation, change.signatures.len())?;
+    }
+    Ok(())
 }
