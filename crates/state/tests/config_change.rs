@@ -279,3 +279,21 @@ fn the_independent_verifier_follows_the_chain() {
     let (code, out) = run(2, Some(&forged));
     assert!(code == Some(2) && out.contains("NotEnoughSignatures"), "{out}");
 }
+
+/// A removed verifier's ratification counts for the epochs of the configuration that listed
+/// it, and is refused for the epochs after the change.
+#[test]
+fn a_removed_verifier_ratifies_old_epochs_only() {
+    let mut h = realm();
+    let mut next = h.config().clone();
+    next.verifier_keys.clear();
+    let (a, b) = (h.replicas[0].clone(), h.replicas[1].clone());
+    let change = h.config_change(next, &[&a, &b]);
+    assert!(matches!(h.append(Command::ConfigChange(Box::new(change))).unwrap(), Outcome::ConfigChangeStaged { .. }));
+    h.cut_epoch().unwrap();
+    h.sign(2, 3).unwrap();
+    let removed = public_key(&h.verifiers[0]);
+    assert_eq!(h.ratify(2, 0).unwrap(), Outcome::Rejected(Rejected::UnknownVerifier(removed)));
+    assert_eq!(h.machine.config_of_epoch(1).verifier_keys, vec![removed]);
+    assert_eq!(h.ratify(1, 0).unwrap(), Outcome::Ignored(Ignored::DuplicateSignature { epoch: 1 }));
+}
