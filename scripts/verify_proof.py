@@ -8,13 +8,17 @@ docs/vectors/ and against proofs made by the Rust server code.
 
 usage: verify_proof.py REALM PROOF_FILE USER_ID NOW_MS
                        [--verifier-threshold T] [--ttl-ms MS] [--skew-ms MS] [--last-seen-epoch E]
-                       [--past EPOCH]
+                       [--past EPOCH] [--config-chain FILE]
        verify_proof.py --history REALM USER_ID CURRENT_PROOF VERSION_PROOF...
        verify_proof.py --vectors docs/vectors/lookup-v1.json
        verify_proof.py --ed25519-vectors docs/vectors/ed25519.json
        verify_proof.py --check-realm-vectors docs/vectors/realm-config-v2.json
        verify_proof.py --read-realm-files JSON...
        verify_proof.py --decode-entry HEX... | --decode-profile HEX... | --decode-realm-config HEX...
+
+With --config-chain FILE (SignedConfigChange hex, one per line, section 2.8) the chain is
+followed from REALM's configuration and the proof checked with the configuration its head
+commits to; exit status 2 and "CHAIN REFUSED: ..." if a change does not follow.
 
 REALM is a realm file (JSON, section 5.3, protocol version 1 or 2; its threshold, TTL and skew
 are the defaults) or a file holding the hex of the canonical RealmConfig bytes of either
@@ -450,9 +454,10 @@ def parse_policy_bytes(r):
     return {"local_part_rule": rule, "registrar_keys": keys, "rules": rules, "recovery_window_ms": window}
 
 
-def realm_config(realm, vrf_key, replicas, verifiers, registration=None):
+def realm_config(realm, vrf_key, replicas, verifiers, registration=None, generation=0, node_ids=None):
     """Checks a realm configuration (section 2.6) and returns it with its bytes and hash:
-    protocol version 1 without a registration policy, 2 with one."""
+    protocol version 1 without a registration policy, 2 with one (and with the generation and
+    the replicas' node ids, aligned with `replicas`)."""
     y = decode_point(vrf_key)
     if y is None or small_order(y):
         raise Reject("VRF public key invalid")
@@ -472,8 +477,20 @@ def realm_config(realm, vrf_key, replicas, verifiers, registration=None):
         # The version byte first: a version-1 encoding starts with the realm name's length,
         # whose high byte is 0, so the first byte tells the versions apart.
         b = b"\x02" + b + encode_policy(registration)
+        node_ids = list(node_ids or [])
+        if len(node_ids) != len(replicas):
+            raise Reject("replica node ids: every replica key needs exactly one node id")
+        if 0 in node_ids or len(set(node_ids)) != len(node_ids):
+            raise Reject("replica node ids: must be distinct and at least 1")
+        if not 0 <= generation <= U64_MAX:
+            raise Reject("generation out of range")
+        b += generation.to_bytes(8, "big") + len(node_ids).to_bytes(2, "big") + b"".join(
+            n.to_bytes(8, "big") for n in node_ids)
+    elif generation != 0 or node_ids:
+        raise Reject("generations and replica node ids need protocol version 2")
     return {"realm": realm, "vrf": vrf_key, "replicas": replicas, "verifiers": verifiers,
             "registration": registration, "protocol_version": 1 if registration is None else 2, "bytes": b,
+            "generation": generation, "node_ids": list(node_ids or []),
             "hash": hl("keyraft/v1/realm-config", b)}
 
 
@@ -492,11 +509,76 @@ def parse_realm_config(b):
         replicas = [r.take(32) for _ in range(r.u16())]
         verifiers = [r.take(32) for _ in range(r.u16())]
         registration = parse_policy_bytes(r) if first == 2 else None
+        generation, node_ids = 0, None
+        if first == 2:
+            generation = r.u64()
+            count = r.u16()
+            if count != len(replicas):
+                raise Reject("realm config: the replica node ids are not one per replica key")
+            node_ids = [r.u64() for _ in range(count)]
     r.done()
-    config = realm_config(realm, vrf_key, replicas, verifiers, registration)
+    config = realm_config(realm, vrf_key, replicas, verifiers, registration, generation, node_ids)
     if config["bytes"] != b:
         raise Reject("realm config: not its canonical encoding")
     return config
+
+
+# ---- configuration changes (section 2.8) ---------------------------------------------------
+def parse_config_change(b):
+    """Section 2.8: a SignedConfigChange. Returns (signatures, change bytes, previous config
+    hash, new config)."""
+    r = Reader(b)
+    with named("config change"):
+        sigs = []
+        for _ in range(r.u16()):
+            signer, sig = r.take(32), r.take(64)
+            if sigs and sigs[-1][0] >= signer:
+                raise Reject("config change: signers not sorted strictly ascending")
+            sigs.append((signer, sig))
+        if len(sigs) > 9:
+            raise Reject("config change: more than 9 signatures")
+    # The change (previous hash and new configuration) is the rest.
+    change = b[r.i:]
+    if len(change) < 33:
+        raise Reject("config change: truncated")
+    return sigs, change, change[:32], parse_realm_config(change[32:])
+
+
+def check_config_change(in_force, change_bytes):
+    """Section 2.8's rule: the configuration the change leads to, or Reject naming the check."""
+    sigs, change, previous_hash, new = parse_config_change(change_bytes)
+    if previous_hash != in_force["hash"]:
+        raise Reject("NotAfterConfigInForce: the change follows another configuration")
+    if new["realm"] != in_force["realm"]:
+        raise Reject("RealmRenamed")
+    if new["vrf"] != in_force["vrf"]:
+        raise Reject("VrfKeyChanged: the VRF key cannot be rotated")
+    if new["protocol_version"] != 2:
+        raise Reject("NotVersion2")
+    if new["generation"] != in_force["generation"] + 1:
+        raise Reject(f"GenerationNotNext: expected {in_force['generation'] + 1}, got {new['generation']}")
+    message = framed("keyraft/v2/config-change") + change
+    for signer, sig in sigs:
+        if signer not in in_force["replicas"]:
+            raise Reject(f"UnknownSigner {signer.hex()}")
+        if not ed25519_verify(signer, message, sig):
+            raise Reject(f"BadSignature by {signer.hex()}")
+    need = len(in_force["replicas"]) // 2 + 1
+    if len(sigs) < need:
+        raise Reject(f"NotEnoughSignatures: {len(sigs)} of the {need} needed")
+    return new
+
+
+def follow_chain(trusted, changes):
+    """Every configuration from `trusted` through `changes` (SignedConfigChange bytes, oldest
+    first), each checked against the one before."""
+    configs = [trusted]
+    for i, change in enumerate(changes):
+        try:
+            configs.append(check_config_change(configs[-1], change))
+        except Reject as e:
+            raise Reject(f"configuration change {i} of the chain: {e}") from None
+    return configs
 
 
 class RealmFileError(Exception):
@@ -507,10 +589,13 @@ class RealmFileError(Exception):
         self.field, self.message = field, message
 
 
-REALM_FILE_REQUIRED = ("realm", "vrf_public_key", "replica_keys", "epoch_ttl_ms", "clock_skew_ms")
+REALM_FILE_REQUIRED = ("realm", "vrf_public_key", "epoch_ttl_ms", "clock_skew_ms")
 REALM_FILE_OPTIONAL = {"verifier_keys": [], "verifier_threshold": 0, "endpoints": [], "protocol_version": 1}
 # Optional without a default: present exactly when protocol_version is 2.
 REALM_FILE_REGISTRATION = "registration"
+# Version 1 lists `replica_keys`; version 2 lists `replicas` (node id and key) and may say its
+# `generation` (default 0).
+REALM_FILE_VERSIONED = ("replica_keys", "replicas", "generation")
 U64_MAX = 2**64 - 1
 
 
@@ -639,7 +724,8 @@ def parse_realm_file(text):
     if not isinstance(f, dict):
         raise RealmFileError("(file)", "not a JSON object")
     for k in f:
-        if k not in REALM_FILE_REQUIRED and k not in REALM_FILE_OPTIONAL and k != REALM_FILE_REGISTRATION:
+        if (k not in REALM_FILE_REQUIRED and k not in REALM_FILE_OPTIONAL and k != REALM_FILE_REGISTRATION
+                and k not in REALM_FILE_VERSIONED):
             raise RealmFileError(k, "unknown field")
     for k in REALM_FILE_REQUIRED:
         if k not in f:
@@ -655,6 +741,33 @@ def parse_realm_file(text):
         raise RealmFileError("registration", "only under protocol_version 2 (version 1 registers first come, first served)")
     if f["protocol_version"] == 2 and REALM_FILE_REGISTRATION not in f:
         raise RealmFileError("registration", "missing: protocol_version 2 needs the registration policy")
+    node_ids, generation = None, 0
+    if f["protocol_version"] == 1:
+        for k in ("replicas", "generation"):
+            if k in f:
+                raise RealmFileError(k, "only under protocol_version 2")
+        if "replica_keys" not in f:
+            raise RealmFileError("replica_keys", "missing field")
+    else:
+        if "replica_keys" in f:
+            raise RealmFileError("replica_keys", "protocol_version 2 lists `replicas` (node id and key) instead")
+        if "replicas" not in f:
+            raise RealmFileError("replicas", "missing field")
+        if not isinstance(f["replicas"], list):
+            raise RealmFileError("replicas", "expected a list")
+        replicas = [file_object(f"replicas[{i}]", r, ("node_id", "key"), {}) for i, r in enumerate(f["replicas"])]
+        node_ids = []
+        for i, r in enumerate(replicas):
+            n = r["node_id"]
+            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= U64_MAX:
+                raise RealmFileError(f"replicas[{i}].node_id", f"expected an integer from 1 to 2^64-1, got {n!r}")
+            if n in node_ids:
+                raise RealmFileError(f"replicas[{i}].node_id", f"duplicate of replicas[{node_ids.index(n)}].node_id")
+            node_ids.append(n)
+        f["replica_keys"] = [r["key"] for r in replicas]
+        generation = f.get("generation", 0)
+        if isinstance(generation, bool) or not isinstance(generation, int) or not 0 <= generation <= U64_MAX:
+            raise RealmFileError("generation", f"expected an integer from 0 to 2^64-1, got {generation!r}")
     if not isinstance(f["realm"], str):
         raise RealmFileError("realm", "expected a string")
     for k in ("replica_keys", "verifier_keys", "endpoints"):
@@ -669,13 +782,15 @@ def parse_realm_file(text):
             # Python's json reads a lone surrogate escape (\ud800), which is no UTF-8 text.
             raise RealmFileError(f"endpoints[{i}]", "not UTF-8 (a lone surrogate)") from None
     vrf_key = hex_key("vrf_public_key", f["vrf_public_key"])
-    lists = {k: file_key_list(k, f[k]) for k in ("replica_keys", "verifier_keys")}
+    lists = {k: file_key_list("replicas" if k == "replica_keys" and node_ids is not None else k, f[k])
+             for k in ("replica_keys", "verifier_keys")}
     registration = None
     if f["protocol_version"] == 2:
         registration = file_registration(f[REALM_FILE_REGISTRATION], lists["replica_keys"], lists["verifier_keys"])
     try:
         realm_name(f["realm"].encode("utf-8"))
-        config = realm_config(f["realm"], vrf_key, lists["replica_keys"], lists["verifier_keys"], registration)
+        config = realm_config(f["realm"], vrf_key, lists["replica_keys"], lists["verifier_keys"], registration,
+                              generation, node_ids)
     except PolicyError as e:
         raise RealmFileError(e.field, e.message) from None
     except (Reject, UnicodeEncodeError) as e:
@@ -1222,6 +1337,9 @@ def main():
     ap.add_argument("--skew-ms", type=int)
     ap.add_argument("--last-seen-epoch", type=int)
     ap.add_argument("--past", type=int, metavar="EPOCH")
+    ap.add_argument("--config-chain", metavar="FILE",
+                    help="SignedConfigChange hex, one per line, oldest first (section 2.8): followed from the realm's "
+                         "configuration; the proof is checked with the configuration its head commits to")
     a = ap.parse_args()
     text = open(a.realm).read()
     try:
@@ -1233,8 +1351,22 @@ def main():
     except (RealmFileError, Reject) as e:
         print(f"REALM REFUSED: {e}")
         return 2
-    pick = lambda given, key: rules[key] if given is None else given  # noqa: E731
     proof = open(a.proof_file, "rb").read()
+    if a.config_chain:
+        lines = [ln.strip() for ln in open(a.config_chain).read().splitlines() if ln.strip()]
+        try:
+            configs = follow_chain(config, [bytes.fromhex(ln) for ln in lines])
+        except (Reject, ValueError) as e:
+            print(f"CHAIN REFUSED: {e}")
+            return 2
+        # The configuration of the proof's epoch: the one its head commits to (if the proof
+        # does not even decode, the newest, and the decode check names the fault).
+        try:
+            wanted = parse_proof(proof)["head"]["config_hash"]
+        except Reject:
+            wanted = configs[-1]["hash"]
+        config = next((c for c in reversed(configs) if c["hash"] == wanted), configs[-1])
+    pick = lambda given, key: rules[key] if given is None else given  # noqa: E731
     try:
         out = verify(config, proof, a.user_id, a.now_ms, pick(a.verifier_threshold, "verifier_threshold"),
                      pick(a.ttl_ms, "ttl_ms"), pick(a.skew_ms, "skew_ms"), a.last_seen_epoch, a.past)

@@ -222,4 +222,10 @@ impl Keyraft for FakeReplica {
             None => relay!(self, push_ratification, r),
         }
     }
+    async fn get_config_chain(
+        &self,
+        r: Request<pb::GetConfigChainRequest>,
+    ) -> Result<Response<pb::GetConfigChainResponse>, Status> {
+        relay!(self, get_config_chain, r)
+    }
 }

@@ -78,6 +78,8 @@ async fn read_epochs(
                 }
             }
             Frame::Heartbeat(_) => {}
+            // This realm's configuration does not change (tests/tests/config_chain.rs does).
+            Frame::ConfigChange(_) => panic!("no configuration change was made"),
         }
     }
 }

@@ -7,9 +7,10 @@ use crate::error::verify_classified;
 use crate::lookup::decode_proof;
 use crate::{ClientError, ClientOptions, EpochMemory, LookupAnswer};
 use keyraft_core::clock::{self, Clock};
-use keyraft_core::lookup::{verify_lookup, verify_lookup_at, ClientRealm};
-use keyraft_core::RealmFile;
-use std::sync::Arc;
+use keyraft_core::config_change::extend_chain;
+use keyraft_core::lookup::{verify_lookup, verify_lookup_at, ClientRealm, LookupProof};
+use keyraft_core::{follow_chain, ConfigChain, Digest, RealmFile, SignedConfigChange, Verified};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// A realm's keys with this client's quorum and freshness rules, and its memory of the
 /// newest epoch seen (protocol step 8).
@@ -22,6 +23,13 @@ pub struct ProofChecker {
     pub(crate) memory_key: String,
     /// What freshness is judged by.
     clock: Arc<dyn Clock>,
+    /// The realm's configurations this client followed from its realm file's, through
+    /// majority-signed changes (docs/protocol.md section 2.8): a proof is checked with the
+    /// one its head commits to.
+    chain: Mutex<Verified<ConfigChain>>,
+    /// A configuration a proof's head committed to that the chain does not hold (yet): the
+    /// client fetches the changes after its newest configuration and tries again.
+    unknown_config: Mutex<Option<Digest>>,
 }
 
 impl ProofChecker {
@@ -37,7 +45,8 @@ impl ProofChecker {
         let memory_key = format!("{}/{}", realm.config.realm, hex::encode(&realm.config.hash()[..8]));
         memory.adopt_unquorumed(&memory_key, file.verifier_threshold);
         let clock = options.clock.clone().unwrap_or_else(clock::system);
-        Ok(Self { realm, memory, memory_key, clock })
+        let chain = follow_chain(&realm.config, &[]).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        Ok(Self { realm, memory, memory_key, clock, chain: Mutex::new(chain), unknown_config: Mutex::new(None) })
     }
 
     /// The time by this checker's clock, in milliseconds since the Unix epoch.
@@ -48,6 +57,43 @@ impl ProofChecker {
     /// What this client trusts.
     pub fn realm(&self) -> &ClientRealm {
         &self.realm
+    }
+
+    /// The configurations followed so far (the realm file's first).
+    pub fn config_chain(&self) -> Verified<ConfigChain> {
+        self.chain.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Follows `changes` (the realm's answer to `GetConfigChain` from the newest configuration
+    /// followed) with the core rule; a change that does not follow is the realm's fault.
+    pub fn follow_config_changes(&self, changes: &[SignedConfigChange]) -> Result<(), ClientError> {
+        let mut chain = self.chain.lock().unwrap_or_else(PoisonError::into_inner);
+        let longer = extend_chain(&chain, changes)
+            .map_err(|e| ClientError::Contradicted(format!("the realm's chain of configurations: {e}")))?;
+        *chain = longer;
+        Ok(())
+    }
+
+    /// Takes the configuration hash a proof committed to that the chain did not hold.
+    pub(crate) fn take_unknown_config(&self) -> Option<Digest> {
+        self.unknown_config.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    /// What this client trusts for `proof`: its rules with the configuration of the chain the
+    /// head commits to. A head of this realm's name committing to a configuration the chain
+    /// lacks is noted (see [`Self::take_unknown_config`]) and checked against the realm
+    /// file's, which refuses it as another realm's until the chain is followed further.
+    fn realm_for(&self, proof: &LookupProof) -> ClientRealm {
+        let chain = self.chain.lock().unwrap_or_else(PoisonError::into_inner);
+        match chain.client_realm(&self.realm, &proof.head.config_hash) {
+            Some(realm) => realm,
+            None => {
+                if proof.head.realm == self.realm.config.realm {
+                    *self.unknown_config.lock().unwrap_or_else(PoisonError::into_inner) = Some(proof.head.config_hash);
+                }
+                self.realm.clone()
+            }
+        }
     }
 
     /// The newest epoch this client has verified for its realm with at least its verifier
@@ -73,7 +119,7 @@ impl ProofChecker {
         last_seen: Option<u64>,
     ) -> Result<LookupAnswer, ClientError> {
         let decoded = decode_proof(&proof)?;
-        let lookup = verify_classified(&self.realm, decoded.head.epoch, |realm| {
+        let lookup = verify_classified(&self.realm_for(&decoded), decoded.head.epoch, |realm| {
             verify_lookup(realm, user_id, &decoded, now_ms, last_seen)
         })?;
         self.observe(lookup.epoch())?;
@@ -84,7 +130,7 @@ impl ProofChecker {
     /// rollback, which are about the present; the epoch memory is left as it is.
     pub fn accept_past(&self, user_id: &str, proof: Vec<u8>, epoch: u64) -> Result<LookupAnswer, ClientError> {
         let decoded = decode_proof(&proof)?;
-        let lookup = verify_classified(&self.realm, decoded.head.epoch, |realm| {
+        let lookup = verify_classified(&self.realm_for(&decoded), decoded.head.epoch, |realm| {
             verify_lookup_at(realm, user_id, &decoded, epoch)
         })?;
         Ok(LookupAnswer { lookup, proof, endpoint: None, newest_epoch_hint: None })
@@ -95,7 +141,7 @@ impl ProofChecker {
     /// memory is left as it is. Like [`Self::accept_past`], it says nothing about today.
     pub fn accept_as_of(&self, user_id: &str, proof: Vec<u8>, at_ms: u64) -> Result<LookupAnswer, ClientError> {
         let decoded = decode_proof(&proof)?;
-        let lookup = verify_classified(&self.realm, decoded.head.epoch, |realm| {
+        let lookup = verify_classified(&self.realm_for(&decoded), decoded.head.epoch, |realm| {
             verify_lookup(realm, user_id, &decoded, at_ms, None)
         })?;
         Ok(LookupAnswer { lookup, proof, endpoint: None, newest_epoch_hint: None })
@@ -115,6 +161,8 @@ mod tests {
             realm: "clock.example".into(),
             vrf_public_key: hex::encode(vrf.as_bytes()),
             replica_keys: vec![hex::encode(replica.verifying_key().as_bytes())],
+            replicas: None,
+            generation: None,
             verifier_keys: vec![],
             verifier_threshold: 0,
             epoch_ttl_ms: 60_000,

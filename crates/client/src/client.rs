@@ -154,7 +154,15 @@ impl Client {
     /// compute the same with the same function; an id with no canonical form is the caller's
     /// mistake.
     pub fn canonical_user_id(&self, user_id: &str) -> Result<String, ClientError> {
-        self.realm().config.canonical_user_id(user_id).map_err(|e| ClientError::Invalid(e.to_string()))
+        // The newest configuration followed: after an upgrade to version 2, ids are canonical.
+        let chain = self.checker.config_chain();
+        chain.newest().canonical_user_id(user_id).map_err(|e| ClientError::Invalid(e.to_string()))
+    }
+
+    /// The realm configurations this client followed from its realm file's (docs/protocol.md
+    /// section 2.8); [`Client::lookup`] follows newer ones when a proof needs them.
+    pub fn config_chain(&self) -> keyraft_core::Verified<keyraft_core::ConfigChain> {
+        self.checker.config_chain()
     }
 
     /// The newest epoch this client has verified for its realm.

@@ -4,9 +4,9 @@
 use crate::client::CALL_TIMEOUT_MS;
 use crate::{Client, ClientError};
 use keyraft_core::lookup::{Lookup, LookupProof, VerifyError};
-use keyraft_core::{decode_canonical, EpochHead, Verified};
+use keyraft_core::{decode_canonical, EpochHead, SignedConfigChange, Verified};
 use keyraft_proto::convert::LookupReply;
-use keyraft_proto::pb::{GetEpochRequest, LookupRequest};
+use keyraft_proto::pb::{GetConfigChainRequest, GetEpochRequest, LookupRequest};
 use std::time::Duration;
 
 /// How long a replica may wait to reach the newest epoch this client has seen, in
@@ -73,8 +73,49 @@ impl Client {
     }
 
     /// Looks `user_id` up and verifies the answer: today's value (fresh, not older than any
-    /// epoch seen before), or with `options.epoch` the value in that epoch.
+    /// epoch seen before), or with `options.epoch` the value in that epoch. An answer whose
+    /// head commits to a configuration this client has not followed to makes it fetch the
+    /// realm's configuration changes, follow them from the one it trusts, and ask again.
     pub async fn lookup(&self, user_id: &str, options: LookupOptions) -> Result<LookupAnswer, ClientError> {
+        let _ = self.checker.take_unknown_config();
+        match self.lookup_once(user_id, options).await {
+            Err(e) if self.checker.take_unknown_config().is_some() => {
+                tracing::info!(error = %e, "an answer commits to a realm configuration this client does not know: following the realm's configuration changes");
+                self.follow_config_chain().await?;
+                self.lookup_once(user_id, options).await
+            }
+            other => other,
+        }
+    }
+
+    /// Fetches the configuration changes after the newest configuration this client
+    /// followed, and follows them with the core rule.
+    pub async fn follow_config_chain(&self) -> Result<(), ClientError> {
+        let from = self.checker.config_chain().newest().hash().to_vec();
+        let changes = self
+            .each(
+                |mut c| {
+                    let mut r = tonic::Request::new(GetConfigChainRequest { from_config_hash: from.clone() });
+                    r.set_timeout(Duration::from_millis(CALL_TIMEOUT_MS));
+                    async move { c.get_config_chain(r).await.map(|r| r.into_inner()) }
+                },
+                |reply| {
+                    reply
+                        .changes
+                        .iter()
+                        .map(|b| {
+                            SignedConfigChange::from_bytes(b).map_err(|e| {
+                                ClientError::Contradicted(format!("an undecodable configuration change: {e}"))
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                },
+            )
+            .await?;
+        self.checker.follow_config_changes(&changes)
+    }
+
+    async fn lookup_once(&self, user_id: &str, options: LookupOptions) -> Result<LookupAnswer, ClientError> {
         let user_id = &self.canonical_user_id(user_id)?;
         let last_seen = self.newest_epoch_seen();
         let seen = last_seen.unwrap_or(0);

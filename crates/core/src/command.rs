@@ -1,5 +1,6 @@
 //! The commands of the replicated log, as the state machine applies them.
 
+use crate::config_change::SignedConfigChange;
 use crate::{PublicKey, Signature, Update};
 
 /// A position in the Raft log. Raft's term and index are kept apart from keyraft's epochs and
@@ -46,4 +47,8 @@ pub enum Command {
     /// by its new policy only, whose registration proof the edge checked. It becomes the entry
     /// after the realm's veto window unless an ordinary update cancels it first.
     RecoveryRequest(Box<Update>),
+    /// A realm configuration change signed by a majority of the configuration in force's
+    /// replicas (protocol version 2). Applied at the next epoch boundary: the head of the
+    /// epoch open when it is applied commits to the new configuration.
+    ConfigChange(Box<SignedConfigChange>),
 }

@@ -41,6 +41,8 @@ pub mod context {
     pub const EPOCH_HEAD: &str = "keyraft/v1/epoch-head";
     /// A third-party verifier's signature over an epoch head it recomputed.
     pub const VERIFIER_RATIFICATION: &str = "keyraft/v1/verifier-ratification";
+    /// A replica's approval of a realm configuration change (protocol version 2).
+    pub const CONFIG_CHANGE: &str = "keyraft/v2/config-change";
 }
 
 /// `len(label) || label`, the framing shared by hashes and signed messages.
@@ -94,6 +96,7 @@ mod tests {
             context::ENTRY_UPDATE,
             context::EPOCH_HEAD,
             context::VERIFIER_RATIFICATION,
+            context::CONFIG_CHANGE,
         ];
         for (i, a) in all.iter().enumerate() {
             assert!(a.len() < 256);

@@ -25,6 +25,7 @@
 pub mod backoff;
 pub mod clock;
 pub mod command;
+pub mod config_change;
 pub mod ed25519;
 pub mod encoding;
 pub mod hash;
@@ -45,6 +46,7 @@ mod verified;
 pub mod vrf;
 
 pub use command::{Command, LogPosition};
+pub use config_change::{follow_chain, ConfigChain, ConfigChange, ConfigChangeError, SignedConfigChange};
 pub use encoding::{decode_canonical, Canonical, DecodeError};
 pub use hash::Digest;
 pub use keys::{KeySignature, PublicKey, Signature};

@@ -49,8 +49,17 @@ pub struct RealmFile {
     pub realm: String,
     /// The VRF public key, hex.
     pub vrf_public_key: String,
-    /// The replicas' head-signing keys, hex.
+    /// The replicas' head-signing keys, hex (protocol version 1; version 2 has `replicas`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replica_keys: Vec<String>,
+    /// The replicas, each a Raft node id and its head-signing key (protocol version 2 only,
+    /// where it is required), sorted by key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Vec<ReplicaFile>>,
+    /// How many configuration changes led to this configuration (protocol version 2 only;
+    /// default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
     /// The registered verifiers' keys, hex.
     #[serde(default)]
     pub verifier_keys: Vec<String>,
@@ -80,6 +89,16 @@ fn protocol_version_1() -> u8 {
 /// version 1 (which refuse unknown fields) still read it.
 fn is_version_1(v: &u8) -> bool {
     *v == 1
+}
+
+/// A replica in a version-2 realm file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaFile {
+    /// The Raft node id of the replica (at least 1).
+    pub node_id: u64,
+    /// Its head-signing key, hex.
+    pub key: String,
 }
 
 /// The realm file's `registration` object.
@@ -313,6 +332,14 @@ fn check_shape(value: &serde_json::Value) -> Result<(), RealmFileError> {
     }
     let Value::Object(top) = value else { return Err(shape("(file)", "expected a JSON object")) };
     no_null("", value)?;
+    if let Some(replicas) = top.get("replicas") {
+        let Value::Array(replicas) = replicas else { return Err(shape("replicas", "expected a list")) };
+        for (i, r) in replicas.iter().enumerate() {
+            if !r.is_object() {
+                return Err(shape(&format!("replicas[{i}]"), "expected an object with node_id and key"));
+            }
+        }
+    }
     let Some(registration) = top.get("registration") else { return Ok(()) };
     let Value::Object(registration) = registration else { return Err(shape("registration", "expected an object")) };
     let Some(namespaces) = registration.get("namespaces") else { return Ok(()) };
@@ -360,10 +387,21 @@ impl RealmFile {
 
     /// A realm file for `config`.
     pub fn new(config: &RealmConfig, epoch_ttl_ms: u64, clock_skew_ms: u64, endpoints: Vec<String>) -> Self {
+        let version2 = config.registration.is_some();
+        let hex_keys = || config.replica_keys.iter().map(|k| hex::encode(k.as_bytes()));
         Self {
             realm: config.realm.clone(),
             vrf_public_key: hex::encode(config.vrf_public_key.as_bytes()),
-            replica_keys: config.replica_keys.iter().map(|k| hex::encode(k.as_bytes())).collect(),
+            replica_keys: if version2 { Vec::new() } else { hex_keys().collect() },
+            replicas: version2.then(|| {
+                config
+                    .replica_node_ids
+                    .iter()
+                    .zip(hex_keys())
+                    .map(|(node_id, key)| ReplicaFile { node_id: *node_id, key })
+                    .collect()
+            }),
+            generation: version2.then_some(config.generation),
             verifier_keys: config.verifier_keys.iter().map(|k| hex::encode(k.as_bytes())).collect(),
             verifier_threshold: 0,
             epoch_ttl_ms,
@@ -378,13 +416,48 @@ impl RealmFile {
     pub fn config(&self) -> Result<RealmConfig, RealmFileError> {
         let vrf = VrfPublicKey::from_bytes(&key32("vrf_public_key", &self.vrf_public_key)?)
             .map_err(|e| RealmFileError::Key { field: "vrf_public_key".into(), message: e.to_string() })?;
-        let config = RealmConfig::new(
-            self.realm.clone(),
-            vrf,
-            keys("replica_keys", &self.replica_keys)?,
-            keys("verifier_keys", &self.verifier_keys)?,
-        )
-        .map_err(|e| RealmFileError::Invalid(e.to_string()))?;
+        if !(1..=2).contains(&self.protocol_version) {
+            return Err(RealmFileError::Invalid(format!(
+                "protocol_version {} is not one this keyraft speaks (1 or 2); upgrade keyraft",
+                self.protocol_version
+            )));
+        }
+        let (replica_keys, bindings) =
+            match (self.protocol_version, &self.replicas) {
+                (2, Some(replicas)) => {
+                    let listed: Vec<String> = replicas.iter().map(|r| r.key.clone()).collect();
+                    let replica_keys = keys("replicas", &listed)?;
+                    let bindings: Vec<(u64, PublicKey)> =
+                        replicas.iter().map(|r| r.node_id).zip(replica_keys.iter().copied()).collect();
+                    (replica_keys, Some(bindings))
+                }
+                (2, None) => return Err(RealmFileError::Invalid(
+                    "protocol_version 2 lists its replicas as `replicas` ([{\"node_id\": N, \"key\": \"<hex>\"}]), \
+                     binding each key to its Raft node id"
+                        .into(),
+                )),
+                (_, Some(_)) => {
+                    return Err(RealmFileError::Invalid(
+                        "`replicas` needs protocol_version 2 (version 1 lists `replica_keys`)".into(),
+                    ))
+                }
+                (_, None) => (keys("replica_keys", &self.replica_keys)?, None),
+            };
+        if self.protocol_version == 2 && !self.replica_keys.is_empty() {
+            return Err(RealmFileError::Invalid(
+                "protocol_version 2 lists its replicas as `replicas` with node ids, not `replica_keys`".into(),
+            ));
+        }
+        if self.protocol_version != 2 && self.generation.is_some() {
+            return Err(RealmFileError::Invalid("`generation` needs protocol_version 2".into()));
+        }
+        let mut config =
+            RealmConfig::new(self.realm.clone(), vrf, replica_keys, keys("verifier_keys", &self.verifier_keys)?)
+                .map_err(|e| RealmFileError::Invalid(e.to_string()))?;
+        if let Some(bindings) = bindings {
+            config.generation = self.generation.unwrap_or(0);
+            config = config.with_replica_node_ids(&bindings).map_err(|e| RealmFileError::Invalid(e.to_string()))?;
+        }
         match (self.protocol_version, &self.registration) {
             (1, None) => Ok(config),
             (1, Some(_)) => Err(RealmFileError::Invalid(

@@ -212,6 +212,14 @@ pub struct RealmConfig {
     /// protocol version 2, `None` in one of version 1 (raw user ids, registration first come,
     /// first served). See [`crate::registration`].
     pub registration: Option<RegistrationPolicy>,
+    /// How many ratified configuration changes led to this configuration: 0 for a realm's
+    /// first, one more with every change (see [`crate::config_change`]), so no configuration
+    /// repeats and no change can be replayed. Always 0 under protocol version 1.
+    pub generation: u64,
+    /// The Raft node id of each replica, aligned with `replica_keys` (distinct, at least 1):
+    /// the node that signs heads with that key. Required under protocol version 2, empty
+    /// under version 1.
+    pub replica_node_ids: Vec<u64>,
 }
 
 /// The protocol versions this implementation speaks.
@@ -227,18 +235,73 @@ impl RealmConfig {
     ) -> Result<Self, DecodeError> {
         replica_keys.sort();
         verifier_keys.sort();
-        let config = Self { realm: realm.into(), vrf_public_key, replica_keys, verifier_keys, registration: None };
+        let config = Self {
+            realm: realm.into(),
+            vrf_public_key,
+            replica_keys,
+            verifier_keys,
+            registration: None,
+            generation: 0,
+            replica_node_ids: Vec::new(),
+        };
         config.validate()?;
         Ok(config)
     }
 
     /// This configuration under protocol version 2 with `policy` (its registrar keys sorted).
+    /// Replicas not yet bound to node ids (see [`RealmConfig::with_replica_node_ids`]) are
+    /// bound to nodes 1, 2, ... in the order of their sorted keys.
     pub fn with_registration(mut self, mut policy: RegistrationPolicy) -> Result<Self, DecodeError> {
         policy.registrar_keys.sort();
         policy.sort_methods();
         self.registration = Some(policy);
+        if self.replica_node_ids.is_empty() {
+            self.replica_node_ids = (1..=self.replica_keys.len() as u64).collect();
+        }
         self.validate()?;
         Ok(self)
+    }
+
+    /// Binds each replica key to the Raft node id that signs with it (protocol version 2;
+    /// call before or after [`RealmConfig::with_registration`]). Every replica key must be
+    /// bound exactly once, and node ids must be distinct and at least 1.
+    pub fn with_replica_node_ids(mut self, bindings: &[(u64, PublicKey)]) -> Result<Self, DecodeError> {
+        if bindings.len() != self.replica_keys.len() {
+            return Err(DecodeError::Invalid {
+                what: "replica node ids",
+                why: "every replica key needs exactly one node id",
+            });
+        }
+        let mut ids = Vec::with_capacity(bindings.len());
+        for key in &self.replica_keys {
+            let mut bound = bindings.iter().filter(|(_, k)| k == key);
+            match (bound.next(), bound.next()) {
+                (Some((id, _)), None) => ids.push(*id),
+                _ => {
+                    return Err(DecodeError::Invalid {
+                        what: "replica node ids",
+                        why: "every replica key needs exactly one node id",
+                    })
+                }
+            }
+        }
+        self.replica_node_ids = ids;
+        if self.registration.is_some() {
+            self.validate()?;
+        }
+        Ok(self)
+    }
+
+    /// The Raft node id bound to replica `key` (protocol version 2).
+    pub fn replica_node_id(&self, key: &PublicKey) -> Option<u64> {
+        let position = self.replica_keys.binary_search(key).ok()?;
+        self.replica_node_ids.get(position).copied()
+    }
+
+    /// The replica key bound to Raft node `node_id` (protocol version 2).
+    pub fn replica_key_of_node(&self, node_id: u64) -> Option<PublicKey> {
+        let position = self.replica_node_ids.iter().position(|id| *id == node_id)?;
+        self.replica_keys.get(position).copied()
     }
 
     /// The protocol version: 2 with a registration policy, else 1.
@@ -285,6 +348,26 @@ impl RealmConfig {
         }
         if self.replica_keys.iter().any(|k| self.verifier_keys.binary_search(k).is_ok()) {
             return Err(DecodeError::Invalid { what: "realm keys", why: "a key is both a replica and a verifier key" });
+        }
+        match &self.registration {
+            None if self.generation != 0 || !self.replica_node_ids.is_empty() => {
+                return Err(DecodeError::Invalid {
+                    what: "realm config",
+                    why: "generations and replica node ids need protocol version 2",
+                });
+            }
+            Some(_) if self.replica_node_ids.len() != self.replica_keys.len() => {
+                return Err(DecodeError::Invalid {
+                    what: "replica node ids",
+                    why: "every replica key needs exactly one node id",
+                });
+            }
+            _ => {}
+        }
+        let mut ids = self.replica_node_ids.clone();
+        ids.sort_unstable();
+        if ids.first() == Some(&0) || ids.windows(2).any(|w| w[0] == w[1]) {
+            return Err(DecodeError::Invalid { what: "replica node ids", why: "must be distinct and at least 1" });
         }
         if let Some(policy) = &self.registration {
             policy.validate()?;
@@ -369,6 +452,11 @@ impl Canonical for RealmConfig {
         }
         if let Some(policy) = &self.registration {
             policy.encode_into(out);
+            put_u64(out, self.generation);
+            put_count(out, self.replica_node_ids.len());
+            for id in &self.replica_node_ids {
+                put_u64(out, *id);
+            }
         }
     }
 
@@ -386,8 +474,17 @@ impl Canonical for RealmConfig {
             .map_err(|_| DecodeError::Invalid { what: "vrf public key", why: "not a valid VRF public key" })?;
         let replica_keys = decode_key_set(r, 1, REPLICAS_MAX, "replica keys")?;
         let verifier_keys = decode_key_set(r, 0, VERIFIERS_MAX, "verifier keys")?;
-        let registration = if version2 { Some(RegistrationPolicy::decode_from(r)?) } else { None };
-        let config = Self { realm, vrf_public_key, replica_keys, verifier_keys, registration };
+        let (registration, generation, replica_node_ids) = if version2 {
+            let policy = RegistrationPolicy::decode_from(r)?;
+            let generation = r.u64("realm config generation")?;
+            let n = r.count(replica_keys.len(), replica_keys.len(), "replica node ids")?;
+            let ids = (0..n).map(|_| r.u64("replica node id")).collect::<Result<Vec<_>, _>>()?;
+            (Some(policy), generation, ids)
+        } else {
+            (None, 0, Vec::new())
+        };
+        let config =
+            Self { realm, vrf_public_key, replica_keys, verifier_keys, registration, generation, replica_node_ids };
         config.validate()?;
         Ok(config)
     }

@@ -92,6 +92,19 @@ fn accepted() -> Vec<(&'static str, &'static str, Value)> {
             any_order,
         ),
         (
+            "generation-and-node-ids",
+            "the open realm at generation 7, its replicas on nodes 3, 1 and 2 (not in key order): what a chain of configuration changes leads to",
+            file_of(&{
+                let mut c = v1()
+                    .with_replica_node_ids(&[(3, key(1)), (1, key(2)), (2, key(3))])
+                    .unwrap()
+                    .with_registration(RegistrationPolicy::open())
+                    .unwrap();
+                c.generation = 7;
+                c
+            }),
+        ),
+        (
             "closed-case-sensitive",
             "case-sensitive local parts, registrar and e-mail rules, no open rule, a non-ASCII namespace",
             file_of(&v1().with_registration(closed_case_sensitive()).unwrap()),
@@ -184,6 +197,61 @@ fn refused_keys_and_versions() -> Vec<(&'static str, &'static str, Change, &'sta
             "registration.registrar_key",
         ),
         ("no-namespace", "a policy with no rule", ("/registration/namespaces", json!([])), "registration.namespaces"),
+    ]
+}
+
+/// (name, description, change, the field a refusal names): changes of the replicas' node ids
+/// and of the generation.
+fn refused_replicas() -> Vec<(&'static str, &'static str, Change, &'static str)> {
+    let base = file_of(&v1().with_registration(every_method()).unwrap());
+    let replica = |i: usize| base["replicas"][i].clone();
+    let key_of = |i: usize| base["replicas"][i]["key"].clone();
+    vec![
+        (
+            "replica-keys-under-version-2",
+            "a version-2 file listing replica_keys besides replicas",
+            ("/replica_keys", json!([key_of(0), key_of(1), key_of(2)])),
+            "replica_keys",
+        ),
+        ("replicas-missing", "a version-2 file without replicas", ("/replicas", Value::Null), "replicas"),
+        (
+            "replicas-unsorted",
+            "replicas not sorted by key",
+            ("/replicas", json!([replica(1), replica(0), replica(2)])),
+            "replicas[1]",
+        ),
+        (
+            "replica-node-id-twice",
+            "two replicas bound to one node id",
+            ("/replicas", json!([replica(0), {"node_id": replica(0)["node_id"], "key": key_of(1)}, replica(2)])),
+            "replicas[1].node_id",
+        ),
+        (
+            "replica-node-id-zero",
+            "node ids start at 1",
+            ("/replicas", json!([{"node_id": 0, "key": key_of(0)}, replica(1), replica(2)])),
+            "replicas[0].node_id",
+        ),
+        (
+            "replica-without-node-id",
+            "a replica without its node id",
+            ("/replicas", json!([{"key": key_of(0)}, replica(1), replica(2)])),
+            "replicas[0].node_id",
+        ),
+        (
+            "replica-as-an-array",
+            "a replica written as [node_id, key]",
+            ("/replicas", json!([[1, key_of(0)], replica(1), replica(2)])),
+            "replicas[0]",
+        ),
+        (
+            "replica-unknown-field",
+            "a field a replica does not have",
+            ("/replicas", json!([{"node_id": 1, "key": key_of(0), "name": "a"}, replica(1), replica(2)])),
+            "replicas[0].name",
+        ),
+        ("generation-as-a-string", "\"1\" is not the integer 1", ("/generation", json!("1")), "generation"),
+        ("generation-negative", "generations are unsigned", ("/generation", json!(-1)), "generation"),
     ]
 }
 
@@ -306,6 +374,7 @@ fn refused() -> Vec<(&'static str, &'static str, Value, &'static str)> {
     refused_keys_and_versions()
         .into_iter()
         .chain(refused_rules())
+        .chain(refused_replicas())
         .map(|(name, description, change, field)| (name, description, changed(&change), field))
         .collect()
 }

@@ -10,7 +10,11 @@
 //! Keyspaces (a verifier's own store): `t` the tree (as replicas store it), `c || index` the
 //! current entry of each index, `p || index` the recovery pending for the index (protocol
 //! version 2; empty in stores written before recoveries, so no format bump), `mverifier` the
-//! last checked epoch, `mpending` the epoch being written.
+//! last checked epoch, `mpending` the epoch being
+//! written, `k || generation (u64)` each configuration change whose head was checked (the
+//! chain, from `mconfig`, the first configuration), `mpending-config` a change received and
+//! not yet in a checked head. (`k` and `mpending-config` are empty in stores written before
+//! configuration changes existed, which read as before: no format bump.)
 //!
 //! Recoveries (docs/protocol.md section 6.3) are replayed by the replicas' rules: a streamed
 //! recovery request is checked with [`check_recovery_entry`] and becomes pending (the leaf
@@ -37,9 +41,13 @@
 use crate::error::{corrupt, StateError};
 use crate::head::{close_epoch_counted, ChainTip, ClosedEpoch};
 use crate::tree;
+use keyraft_core::config_change::check_config_change;
 use keyraft_core::recovery::{self, check_recovery_entry, leaf_value, PendingRecovery};
 use keyraft_core::update::check_signed_entry;
-use keyraft_core::{decode_canonical, Canonical, Entry, EpochHead, Index, RealmConfig, SignedEntry, UpdateRejection};
+use keyraft_core::{
+    decode_canonical, Canonical, ConfigChangeError, Entry, EpochHead, Index, RealmConfig, SignedConfigChange,
+    SignedEntry, UpdateRejection,
+};
 use keyraft_storage::{check_format_version, Batch, Migration, Storage, ThreadHandle, ThreadSpawner};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex};
@@ -54,6 +62,14 @@ const PENDING: u8 = b'p';
 const META: &[u8] = b"mverifier";
 const META_CONFIG: &[u8] = b"mconfig";
 const META_PENDING: &[u8] = b"mpending";
+const CONFIG_CHANGE: u8 = b'k';
+const META_PENDING_CONFIG: &[u8] = b"mpending-config";
+
+fn config_change_key(generation: u64) -> Vec<u8> {
+    let mut k = vec![CONFIG_CHANGE];
+    k.extend_from_slice(&generation.to_be_bytes());
+    k
+}
 /// The on-disk format of a verifier's store: 2 added `mpending` (a store of format 1 has none).
 pub const VERIFIER_FORMAT_VERSION: u32 = 2;
 const MIGRATIONS: &[Migration] = &[Migration { from: 1, to: 2, run: |_| Ok(()) }];
@@ -220,6 +236,15 @@ pub enum Mismatch {
         /// The realm's allowed skew.
         skew_ms: u64,
     },
+    /// The realm published a configuration change that does not follow from the
+    /// configuration in force (or a second one before the first was in a head).
+    #[error("configuration change to generation {generation}: {reason}")]
+    ConfigChange {
+        /// The generation the change claims to lead to.
+        generation: u64,
+        /// Why it was refused.
+        reason: ConfigChangeError,
+    },
     /// The head differs from the one recomputed.
     #[error("epoch {epoch}: the received head differs from the recomputed one")]
     HeadDiffers {
@@ -236,7 +261,12 @@ pub enum Mismatch {
 #[derive(Debug)]
 pub struct VerifierState<S: Storage> {
     store: Arc<S>,
+    /// The configuration in force: the one the last checked head commits to (or the first).
     config: RealmConfig,
+    /// A change received from the stream, which the next head must commit to.
+    pending_config: Option<(SignedConfigChange, RealmConfig)>,
+    /// Every configuration change followed so far, oldest first.
+    chain: Vec<SignedConfigChange>,
     pages: tree::PageCache,
     last: Option<EpochHead>,
     writer: Writer,
@@ -374,15 +404,46 @@ impl<S: Storage> VerifierState<S> {
     /// joined when the state is dropped.
     pub fn open_with(store: S, config: RealmConfig, threads: &ThreadSpawner) -> Result<Self, StateError> {
         check_format_version(&store, VERIFIER_FORMAT_VERSION, MIGRATIONS)?;
-        match store.get(META_CONFIG)? {
+        let genesis = match store.get(META_CONFIG)? {
             None => {
                 let mut b = Batch::new();
                 b.put(META_CONFIG, config.encode());
                 store.write(b)?;
+                config.clone()
             }
-            Some(stored) if stored == config.encode() => {}
-            Some(_) => return Err(StateError::ConfigMismatch("the verifier's store belongs to another realm".into())),
+            Some(stored) => decode_canonical::<RealmConfig>(&stored)
+                .map_err(|e| corrupt(format!("verifier realm configuration: {e}")))?,
+        };
+        // The configured realm file may hold any configuration of the followed chain.
+        let mut in_force = genesis;
+        let mut known = vec![in_force.hash()];
+        let mut chain = Vec::new();
+        for item in store.scan_prefix(&[CONFIG_CHANGE]) {
+            let (_, bytes) = item?;
+            let change = SignedConfigChange::from_bytes(&bytes)
+                .map_err(|e| corrupt(format!("verifier configuration change: {e}")))?;
+            in_force = check_config_change(&in_force, &change)
+                .map_err(|e| corrupt(format!("verifier configuration change: {e}")))?;
+            known.push(in_force.hash());
+            chain.push(change);
         }
+        if !known.contains(&config.hash()) {
+            return Err(StateError::ConfigMismatch(
+                "the verifier's store belongs to another realm (its chain of configurations does not hold the configured one)"
+                    .into(),
+            ));
+        }
+        let pending_config = match store.get(META_PENDING_CONFIG)? {
+            None => None,
+            Some(bytes) => {
+                let change = SignedConfigChange::from_bytes(&bytes)
+                    .map_err(|e| corrupt(format!("verifier pending configuration change: {e}")))?;
+                let next = check_config_change(&in_force, &change)
+                    .map_err(|e| corrupt(format!("verifier pending configuration change: {e}")))?;
+                Some((change, next))
+            }
+        };
+        let config = in_force;
         let last = match store.get(META)? {
             None => None,
             Some(b) => Some(EpochHead::from_bytes(&b).map_err(|e| corrupt(format!("verifier head: {e}")))?),
@@ -399,7 +460,62 @@ impl<S: Storage> VerifierState<S> {
         }
         let store = Arc::new(store);
         let writer = Writer::start(store.clone(), threads);
-        Ok(Self { store, config, pages: tree::PageCache::default(), last, writer, unwritten: HashMap::new(), pending })
+        Ok(Self {
+            store,
+            config,
+            pending_config,
+            chain,
+            pages: tree::PageCache::default(),
+            last,
+            writer,
+            unwritten: HashMap::new(),
+            pending,
+        })
+    }
+
+    /// The configuration in force: the one the last checked head commits to.
+    pub fn config(&self) -> &RealmConfig {
+        &self.config
+    }
+
+    /// The configuration the next head must commit to: a received change's, or the one in
+    /// force.
+    pub fn next_config(&self) -> &RealmConfig {
+        self.pending_config.as_ref().map_or(&self.config, |(_, c)| c)
+    }
+
+    /// The configuration changes followed, oldest first (a received one not yet in a head
+    /// excluded).
+    pub fn config_chain(&self) -> &[SignedConfigChange] {
+        &self.chain
+    }
+
+    /// Takes a configuration change from the stream: checked against the configuration in
+    /// force with the one core rule, and kept (durably) for the next head, which must commit
+    /// to it. Receiving the change already held is not an error (a reconnected stream
+    /// resends it).
+    pub fn receive_config_change(&mut self, change: &SignedConfigChange) -> Result<&RealmConfig, VerifyFailure> {
+        let generation = change.change.new_config.generation;
+        if let Some((held, _)) = &self.pending_config {
+            if held.change == change.change {
+                return Ok(self.next_config());
+            }
+            return Err(Mismatch::ConfigChange {
+                generation,
+                reason: ConfigChangeError::GenerationNotNext {
+                    expected: self.next_config().generation.saturating_add(1),
+                    got: generation,
+                },
+            }
+            .into());
+        }
+        let next = check_config_change(&self.config, change)
+            .map_err(|reason| VerifyFailure::Mismatch(Mismatch::ConfigChange { generation, reason }))?;
+        let mut b = Batch::new();
+        b.put(META_PENDING_CONFIG, change.encode());
+        self.writer.send(&*self.store, b)?;
+        self.pending_config = Some((change.clone(), next));
+        Ok(self.next_config())
     }
 
     /// Waits for every committed epoch's batch and flushes the store: committed epochs are
@@ -459,6 +575,7 @@ impl<S: Storage> VerifierState<S> {
         if head.epoch != epoch {
             return Err(Mismatch::OutOfOrder { expected: epoch, got: head.epoch }.into());
         }
+        let config = self.next_config();
         let previous = self.last.as_ref().map_or(0, |h| h.issue_time_ms);
         if head.issue_time_ms < previous {
             return Err(Mismatch::IssueTimeBackwards { epoch, previous, got: head.issue_time_ms }.into());
@@ -478,9 +595,9 @@ impl<S: Storage> VerifierState<S> {
         let replaced = crate::parallel::try_map(updates, |_, update| {
             let current = self.current_entry(&update.entry.index).map_err(VerifyFailure::State)?;
             let checked = if recovery.contains(&update.entry.index) {
-                check_recovery_entry(&self.config, current.as_ref(), update)
+                check_recovery_entry(config, current.as_ref(), update)
             } else {
-                check_signed_entry(&self.config, current.as_ref(), update)
+                check_signed_entry(config, current.as_ref(), update)
             };
             checked.map_err(|reason| {
                 VerifyFailure::Mismatch(Mismatch::UnauthorizedUpdate {
@@ -506,7 +623,7 @@ impl<S: Storage> VerifierState<S> {
                 if recovery.contains(index) {
                     // The entry stays; the leaf commits to it and the pending recovery.
                     let current = current.as_ref().ok_or_else(|| corrupt("a checked recovery without entry"))?;
-                    let effective_ms = recovery::effective_ms(&self.config, head.issue_time_ms)
+                    let effective_ms = recovery::effective_ms(config, head.issue_time_ms)
                         .ok_or_else(|| corrupt("a checked recovery in a realm without recovery"))?;
                     let record = PendingRecovery { signed: update.clone(), requested_epoch: epoch, effective_ms };
                     leaves.push((*index, leaf_value(current, Some(&record))));
@@ -544,7 +661,7 @@ impl<S: Storage> VerifierState<S> {
         let ClosedEpoch { head: expected, written } = close_epoch_counted(
             &*self.store,
             &self.pages,
-            &self.config,
+            config,
             &tip,
             &leaves,
             head.issue_time_ms,
@@ -558,6 +675,11 @@ impl<S: Storage> VerifierState<S> {
         }
         batch.put(META, head.encode());
         batch.delete(META_PENDING);
+        if let Some((change, next)) = &self.pending_config {
+            // This head commits to the received change: it joins the chain with the epoch.
+            batch.put(config_change_key(next.generation), change.encode());
+            batch.delete(META_PENDING_CONFIG);
+        }
         batches.push(batch);
         Ok(CheckedEpoch { head: expected, batches, written, entries, pending })
     }
@@ -593,6 +715,15 @@ impl<S: Storage> VerifierState<S> {
                 Some(r) => self.pending.insert(index, r),
                 None => self.pending.remove(&index),
             };
+        }
+        if let Some((change, next)) = self.pending_config.take() {
+            tracing::info!(
+                epoch = head.epoch,
+                generation = next.generation,
+                "the realm's configuration changed with this epoch's head"
+            );
+            self.chain.push(change);
+            self.config = next;
         }
         self.last = Some(head);
         Ok(())

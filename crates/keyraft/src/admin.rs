@@ -14,12 +14,13 @@ pub const ADMIN_TIMEOUT_MS: u64 = 120_000;
 /// Options of `keyraft admin`.
 #[derive(Debug, clap::Args)]
 pub struct AdminArgs {
-    /// A node's peer address (host:port).
+    /// A node's peer address (host:port); needed by every action but the offline
+    /// `realm propose`, `realm sign`, `realm check` and `realm realm-file`.
     #[arg(long)]
-    pub peer: String,
-    /// The cluster token file.
+    pub peer: Option<String>,
+    /// The cluster token file (with `--peer`).
     #[arg(long)]
-    pub token_file: PathBuf,
+    pub token_file: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub action: AdminAction,
@@ -57,6 +58,12 @@ pub enum AdminAction {
         /// The voter ids.
         #[arg(long = "voter", required = true, value_delimiter = ',')]
         voters: Vec<u64>,
+    },
+    /// Realm configuration changes: propose, sign, check, submit (docs/protocol.md 2.8).
+    Realm {
+        /// What to do.
+        #[command(subcommand)]
+        action: crate::admin_realm::RealmAction,
     },
 }
 
@@ -140,16 +147,23 @@ pub fn status_json(s: &StatusReply) -> serde_json::Value {
 
 /// `keyraft admin`.
 pub fn run(args: &AdminArgs, out: &mut dyn Write) -> CmdResult {
-    let token = std::fs::read_to_string(&args.token_file)
-        .map_err(|e| format!("reading the token file {}: {e}", args.token_file.display()))?
+    if let AdminAction::Realm { action } = &args.action {
+        if let Some(result) = crate::admin_realm::run_offline(action, out) {
+            return result;
+        }
+    }
+    let (Some(peer), Some(token_file)) = (&args.peer, &args.token_file) else {
+        return Err("this admin action calls the cluster: give --peer and --token-file".into());
+    };
+    let token = std::fs::read_to_string(token_file)
+        .map_err(|e| format!("reading the token file {}: {e}", token_file.display()))?
         .trim()
         .to_owned();
-    let failed = |action: &str, status: &tonic::Status| {
-        crate::cli::call_failed(&format!("admin {action} on {}", args.peer), status)
-    };
+    let failed =
+        |action: &str, status: &tonic::Status| crate::cli::call_failed(&format!("admin {action} on {peer}"), status);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let mut client = connect_lazy(&args.peer, &token)?;
+        let mut client = connect_lazy(peer, &token)?;
         match &args.action {
             AdminAction::Status { json } => {
                 let s = client.status(request(StatusRequest {})).await.map_err(|e| failed("status", &e))?.into_inner();
@@ -185,6 +199,41 @@ pub fn run(args: &AdminArgs, out: &mut dyn Write) -> CmdResult {
                 .map_err(|e| failed("change-voters", &e))?;
                 writeln!(out, "{}", r.message)?;
             }
+            AdminAction::Realm { action: crate::admin_realm::RealmAction::Submit { change } } => {
+                let change = crate::admin_realm::read_change(change)?;
+                let payload =
+                    keyraft_proto::convert::encode_log_entry(&keyraft_core::Command::ConfigChange(Box::new(change)));
+                // Forward proposes on the leader only: ask this node who leads.
+                let status =
+                    client.status(request(StatusRequest {})).await.map_err(|e| failed("status", &e))?.into_inner();
+                let leader = status
+                    .nodes
+                    .iter()
+                    .find(|n| status.has_leader && n.id == status.leader_id)
+                    .map(|n| n.peer_addr.clone())
+                    .ok_or("the cluster has no leader right now; retry")?;
+                let mut leader = connect_lazy(&leader, &token)?;
+                let reply = leader
+                    .forward(request(keyraft_proto::peer::ForwardRequest { payload }))
+                    .await
+                    .map_err(|e| failed("realm submit", &e))?
+                    .into_inner();
+                let applied: keyraft_server::raft::types::ApplyResponse = postcard::from_bytes(&reply.payload)
+                    .map_err(|e| format!("the leader's answer does not decode: {e}"))?;
+                match applied {
+                    keyraft_server::raft::types::ApplyResponse::Applied(
+                        keyraft_state::Outcome::ConfigChangeStaged { generation, epoch },
+                    ) => writeln!(out, "accepted: the head of epoch {epoch} commits to generation {generation}")?,
+                    keyraft_server::raft::types::ApplyResponse::Applied(keyraft_state::Outcome::Ignored(why)) => {
+                        writeln!(out, "already applied: {why}")?
+                    }
+                    keyraft_server::raft::types::ApplyResponse::Applied(keyraft_state::Outcome::Rejected(why)) => {
+                        return Err(format!("the realm refused the change: {why}").into())
+                    }
+                    other => return Err(format!("unexpected answer: {other:?}").into()),
+                }
+            }
+            AdminAction::Realm { .. } => return Err("this realm action runs offline (without --peer)".into()),
         }
         Ok::<(), Box<dyn std::error::Error>>(())
     })

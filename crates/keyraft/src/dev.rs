@@ -245,10 +245,12 @@ fn create(args: &DevArgs) -> CmdResult {
     }
     // A name of its own, so that proofs from two dev realms are told apart by name.
     let name = format!("dev-{}", hex::encode(rand::Rng::gen::<[u8; 4]>(&mut rng)));
+    // Node `id` signs with keys/replica-{id}.key: version 2 binds the key to the node id.
+    let bindings: Vec<(u64, keyraft_core::PublicKey)> = (1..).zip(replica_keys.iter().copied()).collect();
     let mut config =
         RealmConfig::new(name, VrfSecretKey::from_seed(&vrf_seed).public_key(), replica_keys, verifier_keys)?;
     if args.protocol_version == 2 {
-        config = config.with_registration(registration_policy(args)?)?;
+        config = config.with_replica_node_ids(&bindings)?.with_registration(registration_policy(args)?)?;
     } else if !args.registration.is_empty() || !args.registrar_keys.is_empty() || args.recovery_window_ms.is_some() {
         return Err("--registration, --registrar-key and --recovery-window-ms need --protocol-version 2".into());
     }
@@ -274,6 +276,7 @@ fn create(args: &DevArgs) -> CmdResult {
             realm_file: "realm.json".into(),
             vrf_secret_key_file: "keys/vrf.key".into(),
             signing_key_file: format!("keys/replica-{}.key", v.id).into(),
+            next_signing_key_files: vec![],
             cluster_token_file: "keys/cluster.token".into(),
             epochs: EpochSettings {
                 min_epoch_interval_ms: args.min_epoch_interval_ms,
@@ -398,7 +401,7 @@ pub fn run(args: &DevArgs, out: &mut dyn Write) -> CmdResult {
     }
     let dir = std::fs::canonicalize(&args.dir)?;
     let realm = RealmFile::from_json(&std::fs::read_to_string(dir.join("realm.json"))?)?;
-    let ids: Vec<u64> = (1..=realm.replica_keys.len() as u64).collect();
+    let ids: Vec<u64> = (1..=realm.config()?.replica_keys.len() as u64).collect();
     let mut children = Vec::new();
     for id in &ids {
         // Stale address files would let us read the previous run's ports.

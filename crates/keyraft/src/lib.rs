@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_realm;
 pub mod answer;
 pub mod bench;
 pub mod cli;

@@ -125,6 +125,10 @@ impl TryFrom<pb::LogEntry> for Command {
                 verifier: public_key("VerifierSignature.verifier", &s.verifier)?,
                 signature: signature("VerifierSignature.signature", &s.signature)?,
             },
+            C::ConfigChange(bytes) => Command::ConfigChange(Box::new(canonical::<keyraft_core::SignedConfigChange>(
+                "LogEntry.config_change",
+                &bytes,
+            )?)),
         })
     }
 }
@@ -148,6 +152,7 @@ impl From<&Command> for pb::LogEntry {
                 verifier: verifier.as_bytes().to_vec(),
                 signature: signature.0.to_vec(),
             }),
+            Command::ConfigChange(change) => C::ConfigChange(change.encode()),
         };
         pb::LogEntry { command: Some(command) }
     }

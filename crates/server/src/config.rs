@@ -8,6 +8,7 @@
 //! realm_file = "realm.json"
 //! vrf_secret_key_file = "keys/vrf.key"
 //! signing_key_file = "keys/replica-1.key"
+//! next_signing_key_files = ["keys/replica-1-next.key"]   # optional: see below
 //! cluster_token_file = "keys/cluster.token"
 //!
 //! [epochs]
@@ -51,6 +52,11 @@ pub struct NodeConfig {
     /// This replica's Ed25519 head-signing key (64 hex digits); its public key must be one of
     /// the realm's replica keys.
     pub signing_key_file: PathBuf,
+    /// Further head-signing keys this node holds, for a key rotation: the key a configuration
+    /// change binds to this node id (docs/protocol.md section 2.8). The node signs each head
+    /// with the key its node id is bound to in the configuration that head commits to.
+    #[serde(default)]
+    pub next_signing_key_files: Vec<PathBuf>,
     /// A secret shared by the cluster's nodes and its operators, required on the peer port.
     pub cluster_token_file: PathBuf,
     /// Epoch timing.
@@ -343,6 +349,8 @@ pub struct Loaded {
     pub vrf: VrfSecretKey,
     /// This replica's head-signing key.
     pub signing_key: SigningKey,
+    /// Its further head-signing keys (`next_signing_key_files`).
+    pub next_signing_keys: Vec<SigningKey>,
     /// The cluster token.
     pub cluster_token: String,
     /// The realm file's `clock_skew_ms`: how far apart clocks may be when registration proofs
@@ -383,6 +391,7 @@ impl NodeConfig {
         config.realm_file = resolve(base, &config.realm_file);
         config.vrf_secret_key_file = resolve(base, &config.vrf_secret_key_file);
         config.signing_key_file = resolve(base, &config.signing_key_file);
+        config.next_signing_key_files = config.next_signing_key_files.iter().map(|p| resolve(base, p)).collect();
         config.cluster_token_file = resolve(base, &config.cluster_token_file);
         config.registration.resolve_paths(base);
         config.check()?;
@@ -401,13 +410,38 @@ impl NodeConfig {
             )));
         }
         let signing_key = SigningKey::from_bytes(&read_secret32(&config.signing_key_file, "signing_key_file")?);
-        let public = keyraft_core::PublicKey::from_verifying_key(&signing_key.verifying_key())
-            .map_err(|e| Error::config_because("signing key", e))?;
-        if !realm.replica_keys.contains(&public) {
+        let next_signing_keys = config
+            .next_signing_key_files
+            .iter()
+            .map(|p| read_secret32(p, "next_signing_key_files").map(|k| SigningKey::from_bytes(&k)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let files = std::iter::once(&config.signing_key_file).chain(&config.next_signing_key_files);
+        let mut known = false;
+        for (file, key) in files.zip(std::iter::once(&signing_key).chain(&next_signing_keys)) {
+            let public = keyraft_core::PublicKey::from_verifying_key(&key.verifying_key())
+                .map_err(|e| Error::config_because("signing key", e))?;
+            known |= realm.replica_keys.contains(&public);
+            // A key bound to another node would have this node sign in that node's place.
+            if let Some(bound) = realm.replica_node_id(&public).filter(|id| *id != config.node_id) {
+                return Err(Error::config(format!(
+                    "the signing key {} (public {}) is bound to node {bound} in the realm file, not to this node \
+                     (node_id {})",
+                    file.display(),
+                    hex::encode(public.as_bytes()),
+                    config.node_id
+                )));
+            }
+        }
+        // A key a later configuration added is unknown to an older realm file: one of the
+        // node's keys must be in the realm file's configuration.
+        if !known {
             return Err(Error::config(format!(
-                "the signing key {} (public {}) is not one of the realm's replica_keys",
-                config.signing_key_file.display(),
-                hex::encode(public.as_bytes())
+                "none of this node's signing keys ({}) is one of the realm file's replica keys",
+                std::iter::once(&config.signing_key_file)
+                    .chain(&config.next_signing_key_files)
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         let cluster_token = std::fs::read_to_string(&config.cluster_token_file)
@@ -420,6 +454,7 @@ impl NodeConfig {
             realm,
             vrf,
             signing_key,
+            next_signing_keys,
             cluster_token,
             realm_clock_skew_ms: realm_file.clock_skew_ms,
             seams: crate::seams::Seams::default(),
@@ -588,6 +623,7 @@ mod tests {
             realm_file: "realm.json".into(),
             vrf_secret_key_file: "vrf.key".into(),
             signing_key_file: "replica.key".into(),
+            next_signing_key_files: vec![],
             cluster_token_file: "cluster.token".into(),
             epochs: EpochSettings::default(),
             raft: RaftSettings::default(),

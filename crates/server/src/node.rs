@@ -182,9 +182,9 @@ pub struct Node {
     pub(crate) realm: RealmConfig,
     /// The realm's VRF secret key.
     vrf: VrfSecretKey,
-    /// This replica's head-signing key.
-    signing_key: SigningKey,
-    /// Its public half.
+    /// This replica's head-signing keys with their public halves, its main key first.
+    signing_keys: Vec<(PublicKey, SigningKey)>,
+    /// The public half of its main key.
     pub(crate) signing_public: PublicKey,
     /// Peer clients (shared with Raft's network).
     pub(crate) network: PeerNetwork,
@@ -211,16 +211,27 @@ impl Node {
         shared: Arc<SharedState>,
         realm: RealmConfig,
         vrf: VrfSecretKey,
-        signing_key: SigningKey,
+        signing_keys: Vec<SigningKey>,
         network: PeerNetwork,
         limits: Limits,
         tasks: Tasks,
     ) -> Result<Self, crate::Error> {
-        let signing_public = PublicKey::from_verifying_key(&signing_key.verifying_key())
+        let signing_keys = signing_keys
+            .into_iter()
+            .map(|k| PublicKey::from_verifying_key(&k.verifying_key()).map(|p| (p, k)))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| crate::Error::config_because("signing key", e))?;
+        let signing_public =
+            signing_keys.first().map(|(p, _)| *p).ok_or_else(|| crate::Error::config("no signing key".to_owned()))?;
         let read = ReadView::new(shared.clone(), limits.wait_ms_max, limits.storage_reads_max);
         let batcher = Batcher::start(raft.clone(), &tasks);
-        Ok(Self { id, raft, shared, read, realm, vrf, signing_key, signing_public, network, limits, batcher, tasks })
+        Ok(Self { id, raft, shared, read, realm, vrf, signing_keys, signing_public, network, limits, batcher, tasks })
+    }
+
+    /// The realm configuration in force: the newest one a head committed to (the realm file
+    /// this node started with may be older, see docs/protocol.md section 2.8).
+    pub(crate) fn config(&self) -> RealmConfig {
+        self.shared.read().config().clone()
     }
 
     /// The VRF index of `user_id` in this realm and its proof.
@@ -240,9 +251,44 @@ impl Node {
         PageTokens::new(&self.vrf, &self.realm.realm)
     }
 
-    /// The command storing this replica's signature over `head`.
-    pub(crate) fn sign_head(&self, head: &EpochHead) -> Result<Command, keyraft_core::DecodeError> {
-        keyraft_state::proposer::sign_head(&self.signing_key, head)
+    /// The key this node signs heads with under `config`: under protocol version 2 the key
+    /// bound to its node id (which it must hold), under version 1 the first of its keys that
+    /// is a replica key. An error says why this node cannot sign.
+    pub(crate) fn signing_key_for(&self, config: &RealmConfig) -> Result<&(PublicKey, SigningKey), String> {
+        if config.protocol_version() >= 2 {
+            for (public, _) in &self.signing_keys {
+                if let Some(bound) = config.replica_node_id(public).filter(|id| *id != self.id) {
+                    return Err(format!(
+                        "this node's key {public} is bound to node {bound} in the realm configuration of generation {}",
+                        config.generation
+                    ));
+                }
+            }
+            let Some(bound) = config.replica_key_of_node(self.id) else {
+                return Err(format!(
+                    "node {} is not a replica of the realm configuration of generation {}",
+                    self.id, config.generation
+                ));
+            };
+            return self.signing_keys.iter().find(|(p, _)| *p == bound).ok_or_else(|| {
+                format!(
+                    "the realm configuration of generation {} binds node {} to key {bound}, which this node does not \
+                     hold (add it to next_signing_key_files)",
+                    config.generation, self.id
+                )
+            });
+        }
+        self.signing_keys
+            .iter()
+            .find(|(p, _)| config.replica_keys.contains(p))
+            .ok_or_else(|| "none of this node's keys is a replica key of the realm".to_owned())
+    }
+
+    /// The command storing this replica's signature over `head`, with the key bound to it in
+    /// the configuration `head` commits to (`config`).
+    pub(crate) fn sign_head(&self, head: &EpochHead, config: &RealmConfig) -> Result<Command, String> {
+        let (_, key) = self.signing_key_for(config)?;
+        keyraft_state::proposer::sign_head(key, head).map_err(|e| e.to_string())
     }
 
     /// The current leader and its addresses, as this node knows them.

@@ -29,6 +29,13 @@ pub(crate) enum Taken {
         /// Whether it was stored before.
         duplicate: bool,
     },
+    /// A configuration change is pending until the next head (or was applied before).
+    ConfigChange {
+        /// The generation it leads to.
+        generation: u64,
+        /// Whether it was applied before.
+        duplicate: bool,
+    },
 }
 
 /// The status for an update the rules refuse, whether the edge or the step found it: retryable
@@ -61,6 +68,10 @@ pub(crate) fn answer(response: ApplyResponse) -> Result<Taken, Status> {
             Ok(Taken::Signature { epoch, duplicate: false })
         }
         Outcome::Ignored(Ignored::DuplicateSignature { epoch }) => Ok(Taken::Signature { epoch, duplicate: true }),
+        Outcome::ConfigChangeStaged { generation, .. } => Ok(Taken::ConfigChange { generation, duplicate: false }),
+        Outcome::Ignored(Ignored::DuplicateConfigChange { generation }) => {
+            Ok(Taken::ConfigChange { generation, duplicate: true })
+        }
         Outcome::Ignored(why @ (Ignored::DelimiterForOtherEpoch { .. } | Ignored::PreviousEpochNotRatified { .. })) => {
             Err(Status::failed_precondition(format!("the log ignored the command: {why}")))
         }
@@ -78,6 +89,10 @@ fn rejected_status(why: &Rejected) -> Status {
         Rejected::UnknownEpoch(_) => Status::not_found(message),
         // This replica's view may lag the one the caller acted on: retry.
         Rejected::EpochNotKeyserverRatified(_) => Status::unavailable(message),
+        // The change's authors must fix it (sign it by a majority, follow the newest config).
+        Rejected::ConfigChange(_) => Status::failed_precondition(message),
+        // Another change is on its way into a head: retry after it.
+        Rejected::ConfigChangePending { .. } => Status::unavailable(message),
     }
 }
 

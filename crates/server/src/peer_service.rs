@@ -204,11 +204,14 @@ impl Peer for PeerService {
 /// refuse every later head, and heads never go back in time).
 fn check_forwardable(payload: &[u8]) -> Result<(), Status> {
     match decode_log_entry(payload) {
+        // A configuration change carries a replica majority's signatures, which the step
+        // checks: the cluster token alone cannot forge one.
         Ok(
             Command::Update(_)
             | Command::RecoveryRequest(_)
             | Command::ReplicaSignature { .. }
-            | Command::VerifierSignature { .. },
+            | Command::VerifierSignature { .. }
+            | Command::ConfigChange(_),
         ) => Ok(()),
         Ok(Command::EpochDelimiter { .. }) => Err(Status::permission_denied(
             "Forward accepts updates and signatures only; epoch delimiters are proposed by the leader itself",
@@ -397,7 +400,8 @@ const VERIFIER_STATUS_EPOCHS_MAX: u64 = 1000;
 
 /// Each registered verifier with the newest epoch it ratified.
 fn verifier_status(node: &Node, ratified: u64) -> Vec<VerifierStatus> {
-    let keys = &node.realm.verifier_keys;
+    let config = node.config();
+    let keys = &config.verifier_keys;
     let mut latest = vec![0u64; keys.len()];
     let machine = node.shared.read();
     let mut epoch = ratified;

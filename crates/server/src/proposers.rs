@@ -133,26 +133,35 @@ pub async fn signature_proposer(node: Arc<Node>, settings: EpochSettings, shutdo
         let state = node.shared.applied().epoch_state;
         let to_sign = {
             let m = node.shared.read();
-            let signed = match m.replica_signatures(state.last_epoch) {
-                Ok(sigs) => sigs.iter().any(|(k, _)| *k == node.signing_public),
-                Err(e) => {
+            // Heads are signed with the key bound to this node in the configuration they
+            // commit to; after a key rotation that is another key than before.
+            let config = m.config_of_epoch(state.last_epoch).clone();
+            let ours = node.signing_key_for(&config).map(|(p, _)| *p);
+            let signed = match (&ours, m.replica_signatures(state.last_epoch)) {
+                (Ok(ours), Ok(sigs)) => sigs.iter().any(|(k, _)| k == ours),
+                // No key of ours signs under this configuration: nothing to do but say so.
+                (Err(why), _) => {
+                    tracing::warn!(epoch = state.last_epoch, reason = %why, "this replica does not sign this head");
+                    true
+                }
+                (_, Err(e)) => {
                     tracing::error!(error = %e, "reading signatures failed");
                     false
                 }
             };
             match epoch_to_sign(&state, signed) {
-                Some(epoch) => m.head(epoch).ok().flatten(),
+                Some(epoch) => m.head(epoch).ok().flatten().map(|h| (h, config)),
                 None => None,
             }
         };
-        let Some(head) = to_sign else {
+        let Some((head, config)) = to_sign else {
             attempt = 0;
             if !wakeups.wait(None, &shutdown).await {
                 return;
             }
             continue;
         };
-        let command = match node.sign_head(&head) {
+        let command = match node.sign_head(&head, &config) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "cannot sign with this replica's key");

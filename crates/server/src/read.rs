@@ -205,6 +205,18 @@ impl ReadView {
         self.shared.read().verifier_signatures(epoch).map_err(internal)
     }
 
+    /// The changes leading from the configuration whose hash is `from` to the one in force;
+    /// `None` if the realm never had that configuration.
+    pub(crate) fn config_changes_after(&self, from: &Digest) -> Option<Vec<keyraft_core::SignedConfigChange>> {
+        self.shared.read().config_changes_after(from)
+    }
+
+    /// The configuration the head of `epoch` commits to (the one in force for an epoch
+    /// without a head).
+    pub(crate) fn config_of_epoch(&self, epoch: u64) -> keyraft_core::RealmConfig {
+        self.shared.read().config_of_epoch(epoch).clone()
+    }
+
     /// An epoch's head, if it exists.
     pub(crate) fn head(&self, epoch: u64) -> Result<Option<keyraft_core::EpochHead>, Status> {
         self.shared.read().head(epoch).map_err(internal)

@@ -108,7 +108,8 @@ pub async fn run_with(
     tracker: TaskTracker,
     threads: &ThreadSpawner,
 ) -> Result<(), Error> {
-    let Loaded { config, realm, vrf, signing_key, cluster_token, realm_clock_skew_ms, seams } = loaded;
+    let Loaded { config, realm, vrf, signing_key, next_signing_keys, cluster_token, realm_clock_skew_ms, seams } =
+        loaded;
     let registrations =
         Arc::new(Registrations::open(&realm, &config.registration, seams.clock.clone(), realm_clock_skew_ms).await?);
     // A child: a Raft core that stops on its own stops the tasks, not the caller's token.
@@ -155,7 +156,7 @@ pub async fn run_with(
         shared,
         realm,
         vrf,
-        signing_key,
+        std::iter::once(signing_key).chain(next_signing_keys).collect(),
         network,
         config.limits.clone(),
         tasks.clone(),

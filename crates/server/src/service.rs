@@ -19,7 +19,7 @@ use keyraft_core::lookup::ratification_message;
 use keyraft_core::recovery::check_recovery;
 use keyraft_core::update::check_update;
 use keyraft_core::vrf::VrfProof;
-use keyraft_core::{Command, EpochHead, Index, Update};
+use keyraft_core::{Canonical, Command, Digest, EpochHead, Index, Update};
 use keyraft_proto::convert::{canonical, public_key, signature, LookupReply};
 use keyraft_proto::pb::keyraft_server::Keyraft;
 use keyraft_proto::pb::{self, get_update_status_response::State};
@@ -127,7 +127,7 @@ impl PublicService {
     /// under version 1. The client computes the same with the same function.
     pub(crate) fn check_user_id(&self, user_id: &str) -> Result<String, Status> {
         check_size(user_id.len(), USER_ID_BYTES_MAX, "user_id")?;
-        self.node.realm.canonical_user_id(user_id).map_err(|e| Status::invalid_argument(format!("user_id: {e}")))
+        self.node.config().canonical_user_id(user_id).map_err(|e| Status::invalid_argument(format!("user_id: {e}")))
     }
 
     /// The user id's index and VRF proof (cached: proving costs about 130 us).
@@ -145,7 +145,7 @@ impl PublicService {
     }
 
     pub(crate) fn check_threshold(&self, threshold: u32) -> Result<usize, Status> {
-        let n = self.node.realm.verifier_keys.len();
+        let n = self.node.config().verifier_keys.len();
         if threshold as usize > n {
             return Err(Status::invalid_argument(format!(
                 "verifier_threshold {threshold} exceeds the {n} verifiers registered in the realm"
@@ -492,6 +492,22 @@ impl Keyraft for PublicService {
         crate::verifier_stream::start(self.node.clone(), request.get_ref(), &self.verifier_streams).map(Response::new)
     }
 
+    async fn get_config_chain(
+        &self,
+        request: Request<pb::GetConfigChainRequest>,
+    ) -> Result<Response<pb::GetConfigChainResponse>, Status> {
+        let from: Digest = request.into_inner().from_config_hash.as_slice().try_into().map_err(|_| {
+            Status::invalid_argument("from_config_hash: expected the 32 bytes of a configuration's config_hash")
+        })?;
+        let changes = self.node.read.config_changes_after(&from).ok_or_else(|| {
+            Status::not_found(format!(
+                "from_config_hash: configuration {} was never this realm's (check the realm file)",
+                hex::encode(&from[..8])
+            ))
+        })?;
+        Ok(Response::new(pb::GetConfigChainResponse { changes: changes.iter().map(Canonical::encode).collect() }))
+    }
+
     async fn push_ratification(
         &self,
         request: Request<pb::PushRatificationRequest>,
@@ -500,8 +516,12 @@ impl Keyraft for PublicService {
         let verifier = public_key("verifier", &req.verifier).map_err(|e| e.to_status())?;
         let signature = signature("signature", &req.signature).map_err(|e| e.to_status())?;
         let head: EpochHead = canonical("head", &req.head).map_err(|e| e.to_status())?;
-        if !self.node.realm.verifier_keys.contains(&verifier) {
-            return Err(Status::permission_denied("verifier: this key is not a verifier registered in the realm"));
+        // Registered in the configuration the epoch's head commits to.
+        if !self.node.read.config_of_epoch(req.epoch).verifier_keys.contains(&verifier) {
+            return Err(Status::permission_denied(format!(
+                "verifier: this key is not a verifier registered in the realm's configuration of epoch {}",
+                req.epoch
+            )));
         }
         if head.epoch != req.epoch {
             return Err(Status::invalid_argument(format!(

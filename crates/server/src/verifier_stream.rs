@@ -5,7 +5,8 @@
 //! user ids or profiles) in chunks of at most `max_frame_bytes`, then its head with a replica
 //! majority's signatures; `CaughtUp` once replay reaches the newest epoch; then live epochs as
 //! they are ratified, and a `Heartbeat` with the newest signed head when nothing happened for
-//! [`HEARTBEAT_INTERVAL_MS`].
+//! [`HEARTBEAT_INTERVAL_MS`]. An epoch whose head is the first to commit to a new realm
+//! configuration is preceded by a `ConfigChange` frame carrying the signed change.
 //!
 //! Every stream has its own task reading from storage: a lagging reader never holds the apply
 //! path, and memory per stream is bounded by [`FRAMES_BUFFERED_MAX`] frames plus one epoch. A
@@ -184,6 +185,11 @@ impl Producer {
 
     async fn send_epoch(&self, epoch: u64) -> Result<(), Stop> {
         let published = self.published(epoch).await?;
+        // A configuration change goes before the epoch whose head first commits to it: the
+        // verifier checks it, then recomputes the head with the new configuration.
+        if let Some(change) = &published.config_change {
+            self.send(Frame::ConfigChange(change.encode())).await?;
+        }
         let mut chunk = 0u32;
         let mut entries: Vec<Vec<u8>> = Vec::new();
         let mut bytes = 0usize;

@@ -5,11 +5,12 @@
 use crate::machine::{Effect, Outcome, StateMachine};
 use crate::proposer::{ratify_head, sign_head};
 use ed25519_dalek::{Signer as _, SigningKey};
+use keyraft_core::keys::KeySignature;
 use keyraft_core::lookup::{head_signing_message, ratification_message, ClientRealm, LookupProof};
 use keyraft_core::registration::RegistrationPolicy;
 use keyraft_core::types::vrf_input;
 use keyraft_core::vrf::{VrfProof, VrfSecretKey};
-use keyraft_core::{Command, LogPosition};
+use keyraft_core::{Command, ConfigChange, LogPosition, SignedConfigChange};
 use keyraft_core::{Entry, EpochHead, Index, Policy, Profile, RealmConfig, SignedEntry, Update};
 use keyraft_epoch::StateError;
 use keyraft_storage::{MemoryStorage, Storage};
@@ -51,6 +52,8 @@ pub struct Harness {
     pub now_ms: u64,
     /// The effects of the last appended command, as a server would publish them.
     pub last_effects: Vec<Effect>,
+    /// The realm's first configuration (what a fresh replica starts from).
+    pub genesis: RealmConfig,
 }
 
 impl Harness {
@@ -89,8 +92,10 @@ impl Harness {
             Some(policy) => config.with_registration(policy).expect("harness registration policy is valid"),
             None => config,
         };
+        let genesis = config.clone();
         let machine = StateMachine::open(MemoryStorage::new(), config).expect("fresh memory store opens");
         Self {
+            genesis,
             machine,
             log: Vec::new(),
             replicas: replica_keys,
@@ -260,9 +265,55 @@ impl Harness {
         Ok(parts.into_proof(user_id, vrf_proof))
     }
 
-    /// Replays this harness's log into a fresh state machine over `store`.
+    /// A change from the configuration in force to `new_config` (its generation set to the
+    /// next one), signed by `signers`.
+    pub fn config_change(&self, mut new_config: RealmConfig, signers: &[&SigningKey]) -> SignedConfigChange {
+        new_config.generation = self.config().generation + 1;
+        let mut change = SignedConfigChange::unsigned(ConfigChange::new(self.config(), new_config));
+        let message = change.change.signing_message();
+        for key in signers {
+            change.add_signature(KeySignature {
+                signer: public_key(key),
+                signature: keyraft_core::Signature(key.sign(&message).to_bytes()),
+            });
+        }
+        change
+    }
+
+    /// The configuration in force with the replica key on `node_id` replaced by `new_key`'s
+    /// (protocol version 2; generation unchanged, [`Harness::config_change`] sets it).
+    pub fn rotated_config(&self, node_id: u64, new_key: &SigningKey) -> RealmConfig {
+        let config = self.config();
+        let bindings: Vec<(u64, keyraft_core::PublicKey)> = config
+            .replica_node_ids
+            .iter()
+            .zip(&config.replica_keys)
+            .map(|(id, key)| (*id, if *id == node_id { public_key(new_key) } else { *key }))
+            .collect();
+        let policy = config.registration.clone().expect("rotation needs a version-2 realm");
+        RealmConfig::new(
+            config.realm.clone(),
+            config.vrf_public_key,
+            bindings.iter().map(|(_, k)| *k).collect(),
+            config.verifier_keys.clone(),
+        )
+        .and_then(|c| c.with_replica_node_ids(&bindings))
+        .and_then(|c| c.with_registration(policy))
+        .expect("rotated configuration is valid")
+    }
+
+    /// Has `keys` sign `epoch`'s head.
+    pub fn sign_with(&mut self, epoch: u64, keys: &[&SigningKey]) -> Result<Vec<Outcome>, StateError> {
+        let head = self.head(epoch)?;
+        let commands: Vec<Command> =
+            keys.iter().map(|k| sign_head(k, &head).expect("harness keys are valid")).collect();
+        commands.into_iter().map(|c| self.append(c)).collect()
+    }
+
+    /// Replays this harness's log into a fresh state machine over `store`, from the realm's
+    /// first configuration.
     pub fn replay_into<S: Storage>(&self, store: S) -> Result<StateMachine<S>, StateError> {
-        let mut machine = StateMachine::open(store, self.config().clone())?;
+        let mut machine = StateMachine::open(store, self.genesis.clone())?;
         for (i, command) in self.log.iter().enumerate() {
             machine.apply(LogPosition { term: 1, index: i as u64 + 1 }, command)?;
         }

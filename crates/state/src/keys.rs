@@ -19,6 +19,12 @@
 //! `p`, `q` and `s` (protocol version 2, recovery) are empty in stores written before them,
 //! which is what a store without recoveries holds: they need no format version bump.
 //!
+//! | `c`    | `c` + generation (u64)                | a configuration change in a head: its first epoch (u64) + the `SignedConfigChange` bytes |
+//!
+//! `mpending-config` holds a configuration change applied from the log and not yet in a head.
+//! The `c` keyspace and `mpending-config` are empty in stores written before configuration
+//! changes existed, which read exactly as before: no format version bump.
+//!
 //! The first byte 0x00 belongs to the storage crate (format version).
 
 use keyraft_core::Index;
@@ -31,10 +37,16 @@ pub(crate) const VERIFIER_SIG: u8 = b'v';
 pub(crate) const PENDING: u8 = b'p';
 pub(crate) const PENDING_NOW: u8 = b'q';
 pub(crate) const STAGED_RECOVERY: u8 = b's';
+pub(crate) const CONFIG_CHANGE: u8 = b'c';
 
 pub(crate) const META_APPLIED: &[u8] = b"mapplied";
 pub(crate) const META_EPOCH: &[u8] = b"mepoch";
 pub(crate) const META_CONFIG: &[u8] = b"mconfig";
+pub(crate) const META_PENDING_CONFIG: &[u8] = b"mpending-config";
+
+pub(crate) fn config_change(generation: u64) -> Vec<u8> {
+    epoch_prefix(CONFIG_CHANGE, generation)
+}
 
 pub(crate) fn update(index: &Index, epoch: u64) -> Vec<u8> {
     let mut k = update_prefix(index);

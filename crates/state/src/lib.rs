@@ -28,6 +28,7 @@ fn corrupt(what: impl std::fmt::Display) -> StateError {
 }
 pub use keyraft_core::{Command, LogPosition};
 pub use machine::{
-    Effect, EpochState, Ignored, Outcome, PublishedEpoch, Rejected, StateMachine, Step, STATE_FORMAT_VERSION,
+    AppliedChange, Effect, EpochState, Ignored, Outcome, PublishedEpoch, Rejected, StateMachine, Step,
+    STATE_FORMAT_VERSION,
 };
 pub use proof::LookupParts;

@@ -70,7 +70,8 @@ impl<S: Storage> StateMachine<S> {
         verifiers_max: usize,
     ) -> Result<Option<LookupParts>, StateError> {
         let Some(head) = self.head(epoch)? else { return Ok(None) };
-        let config = self.config();
+        // Positions refer to the keys of the configuration the head commits to.
+        let config = self.config_of_epoch(epoch);
         let replica_signatures =
             positional(&config.replica_keys, self.replica_signatures(epoch)?, config.replica_majority())?;
         let verifier_signatures = positional(&config.verifier_keys, self.verifier_signatures(epoch)?, verifiers_max)?;

@@ -9,7 +9,10 @@
 use ed25519_dalek::SigningKey;
 use keyraft_core::backoff;
 use keyraft_core::lookup::head_signing_message;
-use keyraft_core::{decode_canonical, Canonical, EpochHead, PublicKey, RealmConfig, RealmFile, Signature, SignedEntry};
+use keyraft_core::{
+    decode_canonical, Canonical, EpochHead, PublicKey, RealmConfig, RealmFile, Signature, SignedConfigChange,
+    SignedEntry,
+};
 use keyraft_epoch::signing::ratification_signature;
 use keyraft_epoch::verifier::{Mismatch, VerifierState, VerifyFailure};
 use keyraft_epoch::StateError;
@@ -63,6 +66,8 @@ pub(crate) struct Verifier {
     /// Every task of this verifier (the pusher, each stream's read-ahead), awaited on the way
     /// out.
     tasks: TaskTracker,
+    /// The configuration generation that removed this verifier's key, once logged.
+    removed_at_generation: Option<u64>,
 }
 
 /// Runs the verifier until `shutdown` is cancelled or the realm misbehaves. Returns once its
@@ -85,12 +90,6 @@ pub async fn run_with(
     let realm = file.config().map_err(|e| Error::Config(e.to_string()))?;
     let key = read_key(&config.signing_key_file)?;
     let public = PublicKey::from_verifying_key(&key.verifying_key()).map_err(|e| Error::Config(e.to_string()))?;
-    if !realm.verifier_keys.contains(&public) {
-        return Err(Error::Config(format!(
-            "this verifier's key {} is not registered in the realm's verifier_keys",
-            hex::encode(public.as_bytes())
-        )));
-    }
     let endpoints = if config.endpoints.is_empty() { file.endpoints.clone() } else { config.endpoints.clone() };
     if endpoints.is_empty() {
         return Err(Error::Config("no endpoints: none configured and none in the realm file".into()));
@@ -103,7 +102,15 @@ pub async fn run_with(
     }
     let store = SledStorage::open(&config.data_dir.join("state")).map_err(StateError::from)?;
     let state = VerifierState::open_with(store, realm.clone(), threads)?;
-    tracing::info!(epoch = state.last_epoch(), "verifier state opened");
+    tracing::info!(epoch = state.last_epoch(), generation = state.config().generation, "verifier state opened");
+    // The configuration followed so far decides (the realm file may be older than it).
+    if !state.next_config().verifier_keys.contains(&public) {
+        return Err(Error::Config(format!(
+            "this verifier's key {} is not registered in the realm's verifier_keys (configuration generation {})",
+            hex::encode(public.as_bytes()),
+            state.next_config().generation
+        )));
+    }
     // Ratifications are pushed after the epochs they sign are durable, so a stop can leave
     // verified epochs unratified: the pusher first ratifies those the realm lacks, reading
     // the replicas from the last epoch verified down to the ratified-through mark.
@@ -124,6 +131,7 @@ pub async fn run_with(
         unflushed_since: None,
         progress: (0, std::time::Instant::now(), 0),
         tasks: tasks.clone(),
+        removed_at_generation: None,
     };
     let result = tokio::select! {
         r = verifier.follow(&push_tx) => r,
@@ -319,6 +327,14 @@ impl Verifier {
                         return ended;
                     }
                 }
+                Frame::ConfigChange(bytes) => {
+                    if epoch_of_updates.is_some() {
+                        return Ended::Retry("a configuration change in the middle of an epoch's updates".into());
+                    }
+                    if let Err(ended) = self.on_config_change(&bytes, addr) {
+                        return ended;
+                    }
+                }
             }
         }
     }
@@ -341,6 +357,50 @@ impl Verifier {
             return Err(Ended::Misbehaved(self.evidence(head.epoch, &why, addr, Some((h, Some(ours))), &[], None)));
         }
         Ok(())
+    }
+
+    /// A configuration change: checked with the core rule against the configuration in
+    /// force; the next head must commit to it. A change that does not follow is evidence.
+    fn on_config_change(&mut self, bytes: &Vec<u8>, addr: &str) -> Result<(), Ended> {
+        let epoch = self.state.last_epoch() + 1;
+        let change = match SignedConfigChange::from_bytes(bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                let why = format!("the configuration change before epoch {epoch} does not decode: {e}");
+                return Err(Ended::Misbehaved(self.evidence(epoch, &why, addr, None, &[], Some(bytes))));
+            }
+        };
+        let state = &mut self.state;
+        match blocking(|| state.receive_config_change(&change).map(|c| c.generation)) {
+            Ok(generation) => {
+                tracing::info!(epoch, generation, "the realm's configuration changes with this epoch");
+                Ok(())
+            }
+            Err(VerifyFailure::Mismatch(m)) => {
+                Err(Ended::Misbehaved(self.evidence(epoch, &m.to_string(), addr, None, &[], Some(bytes))))
+            }
+            Err(VerifyFailure::State(e)) => Err(Ended::Misbehaved(Error::State(e))),
+        }
+    }
+
+    /// Whether this verifier's key is in the configuration `head` commits to; logs (once per
+    /// configuration) when it was removed, since it then verifies without ratifying.
+    fn registered_for(&mut self, head: &EpochHead) -> bool {
+        let config = self.state.config();
+        if config.hash() == head.config_hash && config.verifier_keys.contains(&self.public) {
+            return true;
+        }
+        if self.removed_at_generation != Some(config.generation) {
+            self.removed_at_generation = Some(config.generation);
+            tracing::error!(
+                epoch = head.epoch,
+                generation = config.generation,
+                verifier = %hex::encode(self.public.as_bytes()),
+                "this verifier's key is not in the realm's configuration from this epoch on (it was removed): it \
+                 keeps verifying but stops ratifying"
+            );
+        }
+        false
     }
 
     /// Logs catch-up progress every few seconds while far behind.
@@ -416,6 +476,10 @@ impl Verifier {
                 if let Err(e) = blocking(|| state.commit(checked)) {
                     return Err(Ended::Misbehaved(Error::State(e)));
                 }
+                if !self.registered_for(&head) {
+                    self.log_progress(head.epoch, updates.len());
+                    return Ok(());
+                }
                 let signature = ratification_signature(&self.key, &head);
                 self.unflushed_since.get_or_insert_with(std::time::Instant::now);
                 self.unflushed.push(PushRatificationRequest {
@@ -464,17 +528,29 @@ impl Verifier {
     /// The head, if a majority of the realm's replicas signed it.
     fn signed_by_majority(&self, h: &SignedHead) -> Result<EpochHead, String> {
         let head = EpochHead::from_bytes(&h.head).map_err(|e| format!("undecodable head: {e}"))?;
+        // Signers are the replicas of the configuration the head commits to: the one in force,
+        // or the one a received change leads to.
+        let config = [self.state.config(), self.state.next_config()]
+            .into_iter()
+            .find(|c| c.hash() == head.config_hash)
+            .ok_or_else(|| {
+                format!(
+                    "head of epoch {} commits to configuration {}, which this verifier has not followed to",
+                    head.epoch,
+                    hex::encode(&head.config_hash[..8])
+                )
+            })?;
         let message = head_signing_message(&head);
         let mut good = std::collections::BTreeSet::new();
         for s in &h.replica_signatures {
             let (Ok(key), Ok(sig)) = (PublicKey::from_slice(&s.signer), Signature::from_slice(&s.signature)) else {
                 continue;
             };
-            if self.realm.replica_keys.contains(&key) && key.verify(&message, &sig) {
+            if config.replica_keys.contains(&key) && key.verify(&message, &sig) {
                 good.insert(key);
             }
         }
-        if !self.realm.is_replica_majority(good.len()) {
+        if !config.is_replica_majority(good.len()) {
             return Err(format!("head of epoch {} lacks a replica majority's signatures", head.epoch));
         }
         Ok(head)

@@ -33,7 +33,16 @@ impl<S: Storage> StateMachine<S> {
         let mut batch = std::mem::take(&mut self.unwritten);
         self.unwritten_staged.clear();
         let Step {
-            batch: step_batch, outcome, effects, epoch_state, applied, written_pages, staged, closed_epoch, ..
+            batch: step_batch,
+            outcome,
+            effects,
+            epoch_state,
+            applied,
+            written_pages,
+            staged,
+            closed_epoch,
+            config_update,
+            ..
         } = step;
         batch.extend(step_batch);
         if !batch.is_empty() {
@@ -41,6 +50,9 @@ impl<S: Storage> StateMachine<S> {
                 self.pages.clear();
                 return Err(e.into());
             }
+        }
+        if let Some(update) = config_update {
+            self.configs.apply(update);
         }
         self.finish_commit(outcome, effects, epoch_state, applied, written_pages, staged, closed_epoch)
     }
@@ -57,7 +69,7 @@ impl<S: Storage> StateMachine<S> {
     pub fn commit_deferred(&mut self, step: Step) -> Result<(Outcome, Vec<Effect>), StateError> {
         // As in `commit`: a caller's programming error, not reachable from log contents.
         assert!(step.base_applied == self.applied, "a step must be committed onto the state it was computed from");
-        if !step.deferrable || step.closed_epoch || !step.written_pages.is_empty() {
+        if !step.deferrable || step.closed_epoch || !step.written_pages.is_empty() || step.config_update.is_some() {
             return self.commit(step);
         }
         let Step { batch, outcome, effects, epoch_state, applied, written_pages, staged, closed_epoch, .. } = step;

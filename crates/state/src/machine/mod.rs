@@ -22,15 +22,18 @@
 
 mod codec;
 mod commit;
+mod configs;
 mod queries;
 mod step;
 
+pub use self::configs::AppliedChange;
+use self::configs::{ConfigHistory, ConfigUpdate};
 use self::queries::epoch_leaves;
 use crate::corrupt;
 use crate::keys;
 use keyraft_core::LogPosition;
 use keyraft_core::{
-    decode_canonical, Canonical, Digest, EpochHead, Index, PublicKey, RealmConfig, Signature, UpdateRejection,
+    ConfigChangeError, Digest, EpochHead, Index, PublicKey, RealmConfig, Signature, SignedConfigChange, UpdateRejection,
 };
 use keyraft_epoch::tree;
 use keyraft_epoch::StateError;
@@ -110,6 +113,14 @@ pub enum Outcome {
         /// The epoch ratified.
         epoch: u64,
     },
+    /// A configuration change was checked and waits for the next head, the head of `epoch`,
+    /// which will commit to the configuration of `generation`.
+    ConfigChangeStaged {
+        /// The new configuration's generation.
+        generation: u64,
+        /// The epoch whose head will commit to it.
+        epoch: u64,
+    },
     /// A well-formed command that does not apply to the current state; nothing changed.
     Ignored(Ignored),
     /// A command with an invalid signature or an unknown signer; nothing changed.
@@ -139,6 +150,12 @@ pub enum Ignored {
         /// The epoch.
         epoch: u64,
     },
+    /// A configuration change that is already applied (pending, or in a head).
+    #[error("this configuration change (to generation {generation}) is already applied")]
+    DuplicateConfigChange {
+        /// The generation it leads to.
+        generation: u64,
+    },
 }
 
 /// Why a command was refused as invalid.
@@ -164,6 +181,17 @@ pub enum Rejected {
     /// Verifiers only ratify epochs that a replica majority already signed.
     #[error("epoch {0} is not keyserver-ratified yet: verifiers ratify only what a replica majority signed")]
     EpochNotKeyserverRatified(u64),
+    /// A configuration change that does not follow from the configuration in force.
+    #[error("configuration change refused: {0}")]
+    ConfigChange(ConfigChangeError),
+    /// A second configuration change before the first is in a head.
+    #[error(
+        "a configuration change (to generation {pending_generation}) is pending until the next head; submit this one after it"
+    )]
+    ConfigChangePending {
+        /// The generation of the pending change.
+        pending_generation: u64,
+    },
 }
 
 /// What others must learn once the step's batch is written (and only then): the server
@@ -208,6 +236,8 @@ pub struct Step {
     staged: Option<(Index, Digest, Vec<u8>)>,
     /// Whether this step closed the open epoch.
     closed_epoch: bool,
+    /// How this step changes the configuration history.
+    config_update: Option<ConfigUpdate>,
     /// Whether its writes may be deferred: an update's step reads only closed epochs and the
     /// staged updates (which deferral keeps visible to the step function).
     deferrable: bool,
@@ -225,13 +255,16 @@ pub struct PublishedEpoch {
     /// The indexes among `updates` whose signed entry is a recovery request rather than an
     /// update (protocol version 2), in index order.
     pub recovery_requests: Vec<Index>,
+    /// The configuration change this head is the first to commit to, if any: verifiers check
+    /// it against their configuration in force before the epoch.
+    pub config_change: Option<SignedConfigChange>,
 }
 
 /// The keyserver state: the tree, the entries and the epochs, over any [`Storage`].
 #[derive(Debug)]
 pub struct StateMachine<S> {
     store: S,
-    config: RealmConfig,
+    configs: ConfigHistory,
     epoch_state: EpochState,
     applied: LogPosition,
     pages: tree::PageCache,
@@ -246,27 +279,11 @@ pub struct StateMachine<S> {
 
 impl<S: Storage> StateMachine<S> {
     /// Opens the state in `store` for the realm `config`. A fresh store is initialised; a
-    /// store written for another configuration is refused.
+    /// store written for another realm is refused. `config` may be any configuration of the
+    /// stored chain of changes; the newest stored one is in force.
     pub fn open(store: S, config: RealmConfig) -> Result<Self, StateError> {
         check_format_version(&store, STATE_FORMAT_VERSION, &[])?;
-        let config_bytes = config.encode();
-        match store.get(keys::META_CONFIG)? {
-            None => {
-                let mut b = Batch::new();
-                b.put(keys::META_CONFIG, config_bytes);
-                store.write(b)?;
-            }
-            Some(stored) if stored == config_bytes => {}
-            Some(stored) => {
-                let name = decode_canonical::<RealmConfig>(&stored)
-                    .map(|c| c.realm)
-                    .unwrap_or_else(|_| "<undecodable>".into());
-                return Err(StateError::ConfigMismatch(format!(
-                    "stored realm {name:?}, configured {:?}",
-                    config.realm
-                )));
-            }
-        }
+        let configs = ConfigHistory::open(&store, &config)?;
         let epoch_state = match store.get(keys::META_EPOCH)? {
             None => EpochState::default(),
             Some(b) => EpochState::decode(&b)?,
@@ -290,7 +307,7 @@ impl<S: Storage> StateMachine<S> {
         }
         Ok(Self {
             store,
-            config,
+            configs,
             epoch_state,
             applied,
             pages: tree::PageCache::default(),
@@ -300,9 +317,31 @@ impl<S: Storage> StateMachine<S> {
         })
     }
 
-    /// The realm configuration.
+    /// The realm configuration in force: the newest one a head committed to (or the first).
     pub fn config(&self) -> &RealmConfig {
-        &self.config
+        self.configs.config()
+    }
+
+    /// The configuration the head of `epoch` commits to (for an epoch without a head, the
+    /// configuration in force): the one whose keys its signatures are checked against.
+    pub fn config_of_epoch(&self, epoch: u64) -> &RealmConfig {
+        self.configs.config_of_epoch(epoch)
+    }
+
+    /// The configuration changes in heads, oldest first, with their first epochs.
+    pub fn config_changes(&self) -> &[AppliedChange] {
+        &self.configs.changes
+    }
+
+    /// The changes that lead from the configuration whose hash is `from_config_hash` to the
+    /// one in force; `None` if that configuration is not one of this realm's.
+    pub fn config_changes_after(&self, from_config_hash: &Digest) -> Option<Vec<SignedConfigChange>> {
+        self.configs.changes_after(from_config_hash)
+    }
+
+    /// The change applied from the log that the next head will commit to, if any.
+    pub fn pending_config_change(&self) -> Option<&SignedConfigChange> {
+        self.configs.pending.as_ref().map(|(change, _)| change)
     }
 
     /// The storage underneath.

@@ -174,8 +174,9 @@ impl<S: Storage> StateMachine<S> {
             )));
         }
         let mut replica_signatures = self.replica_signatures(epoch)?;
-        replica_signatures.truncate(self.config.replica_majority());
-        Ok(Some(PublishedEpoch { updates, head, replica_signatures, recovery_requests }))
+        replica_signatures.truncate(self.config_of_epoch(epoch).replica_majority());
+        let config_change = self.config_changes().iter().find(|c| c.first_epoch == epoch).map(|c| c.change.clone());
+        Ok(Some(PublishedEpoch { updates, head, replica_signatures, recovery_requests, config_change }))
     }
 
     /// The tree root as of `epoch`.

@@ -2,13 +2,17 @@
 //! function per command kind. Reads storage (and the deferred staged updates), writes nothing.
 
 use super::codec::encode_position;
+use super::configs::{encode_applied, AppliedChange, ConfigUpdate};
 use super::{Effect, EpochState, Ignored, Outcome, Rejected, StateMachine, Step};
 use crate::corrupt;
 use crate::keys;
+use keyraft_core::config_change::check_config_change;
 use keyraft_core::lookup::{head_signing_message, ratification_message};
 use keyraft_core::recovery::{self, check_recovery, leaf_value, PendingRecovery};
 use keyraft_core::update::check_update;
-use keyraft_core::{decode_canonical, Canonical, Digest, Index, PublicKey, Signature, Update, UpdateRejection};
+use keyraft_core::{
+    decode_canonical, Canonical, Digest, Index, PublicKey, Signature, SignedConfigChange, Update, UpdateRejection,
+};
 use keyraft_core::{Command, LogPosition};
 use keyraft_epoch::head::{close_epoch_counted, next_issue_time_ms, ChainTip, ClosedEpoch};
 use keyraft_epoch::StateError;
@@ -34,6 +38,7 @@ impl<S: Storage> StateMachine<S> {
             staged: None,
             closed_epoch: false,
             deferrable: false,
+            config_update: None,
         };
         if position.index <= self.applied.index {
             return Ok(step);
@@ -54,6 +59,7 @@ impl<S: Storage> StateMachine<S> {
             // Not deferrable: it changes the pending-recovery keyspaces, which the step reads
             // from storage (see `step_recovery`).
             Command::RecoveryRequest(update) => self.step_recovery(update, &mut step)?,
+            Command::ConfigChange(change) => self.step_config_change(change, &mut step),
         };
         step.batch.put(keys::META_APPLIED, encode_position(position));
         if step.epoch_state != self.epoch_state {
@@ -89,7 +95,9 @@ impl<S: Storage> StateMachine<S> {
                 return Ok(Outcome::UpdateDuplicate { id, epoch: *epoch });
             }
         }
-        if let Err(reason) = check_update(&self.config, current.as_ref().map(|(_, u)| &u.signed.entry), update) {
+        if let Err(reason) =
+            check_update(self.open_epoch_config(), current.as_ref().map(|(_, u)| &u.signed.entry), update)
+        {
             return Ok(Outcome::UpdateRejected { id, reason });
         }
         // An update under the current policy while a recovery is pending is the owner's veto:
@@ -142,7 +150,7 @@ impl<S: Storage> StateMachine<S> {
             }
         }
         let current_entry = current.as_ref().map(|(_, u)| &u.signed.entry);
-        if let Err(reason) = check_recovery(&self.config, current_entry, update) {
+        if let Err(reason) = check_recovery(self.open_epoch_config(), current_entry, update) {
             return Ok(Outcome::UpdateRejected { id, reason });
         }
         let Some(current_entry) = current_entry else {
@@ -176,15 +184,29 @@ impl<S: Storage> StateMachine<S> {
             return Err(corrupt(format!("{} staged updates, epoch state says {}", leaves.len(), st.pending_updates)));
         }
         let tip = ChainTip { epoch: st.last_epoch, head_hash: st.last_head_hash, issue_time_ms: st.last_issue_time_ms };
+        // A pending configuration change takes effect here: this head commits to it.
+        let config = match &self.configs.pending {
+            Some((change, config)) => {
+                step.batch.put(keys::config_change(config.generation), encode_applied(epoch, change));
+                step.batch.delete(keys::META_PENDING_CONFIG);
+                step.config_update = Some(ConfigUpdate::Committed(AppliedChange {
+                    first_epoch: epoch,
+                    change: change.clone(),
+                    config: config.clone(),
+                }));
+                config
+            }
+            None => self.configs.config(),
+        };
         let issue_time_ms = next_issue_time_ms(&tip, timestamp_ms);
-        self.close_recoveries(epoch, issue_time_ms, &mut leaves, &mut step.batch)?;
+        self.close_recoveries(config, epoch, issue_time_ms, &mut leaves, &mut step.batch)?;
         let leaves: Vec<(Index, Digest)> = leaves.into_iter().collect();
         // The head counts the commands the epoch applied (as verifiers receive them), not the
         // recoveries that took effect by themselves.
         let ClosedEpoch { head, written } = close_epoch_counted(
             &self.store,
             &self.pages,
-            &self.config,
+            config,
             &tip,
             &leaves,
             timestamp_ms,
@@ -212,7 +234,9 @@ impl<S: Storage> StateMachine<S> {
         signature: &Signature,
         step: &mut Step,
     ) -> Result<Outcome, StateError> {
-        if self.config.replica_keys.binary_search(signer).is_err() {
+        // The signers of a head are the replicas of the configuration it commits to.
+        let config = self.configs.config_of_epoch(epoch);
+        if config.replica_keys.binary_search(signer).is_err() {
             return Ok(Outcome::Rejected(Rejected::UnknownReplica(*signer)));
         }
         let Some(head) = self.head(epoch)? else {
@@ -229,7 +253,7 @@ impl<S: Storage> StateMachine<S> {
         let stored = self.count(&keys::epoch_prefix(keys::REPLICA_SIG, epoch))? + 1;
         step.effects.push(Effect::SignaturesChanged { epoch });
         // Ratified by this signature: a majority now, and not before it.
-        let ratified = self.config.is_replica_majority(stored) && !self.config.is_replica_majority(stored - 1);
+        let ratified = config.is_replica_majority(stored) && !config.is_replica_majority(stored - 1);
         if ratified {
             // Delimiters wait for ratification, so only the last epoch can be completing. An
             // older one completing means the stored signatures contradict the epoch state;
@@ -257,7 +281,7 @@ impl<S: Storage> StateMachine<S> {
         signature: &Signature,
         step: &mut Step,
     ) -> Result<Outcome, StateError> {
-        if self.config.verifier_keys.binary_search(verifier).is_err() {
+        if self.configs.config_of_epoch(epoch).verifier_keys.binary_search(verifier).is_err() {
             return Ok(Outcome::Rejected(Rejected::UnknownVerifier(*verifier)));
         }
         let Some(head) = self.head(epoch)? else {
@@ -284,6 +308,7 @@ impl<S: Storage> StateMachine<S> {
     /// has come becomes the entry. Both in index order, from the small `s` and `q` keyspaces.
     fn close_recoveries(
         &self,
+        config: &keyraft_core::RealmConfig,
         epoch: u64,
         issue_time_ms: u64,
         leaves: &mut BTreeMap<Index, Digest>,
@@ -296,7 +321,7 @@ impl<S: Storage> StateMachine<S> {
             let update: Update = decode_canonical(&value).map_err(|e| corrupt(format!("staged recovery: {e}")))?;
             let (_, current) =
                 self.update_at(&index, last)?.ok_or_else(|| corrupt("a staged recovery of an index without entry"))?;
-            let effective_ms = recovery::effective_ms(&self.config, issue_time_ms)
+            let effective_ms = recovery::effective_ms(config, issue_time_ms)
                 .ok_or_else(|| corrupt("a staged recovery in a realm without recovery"))?;
             let pending = PendingRecovery { signed: update.signed, requested_epoch: epoch, effective_ms };
             let leaf = leaf_value(&current.signed.entry, Some(&pending));
@@ -342,6 +367,37 @@ impl<S: Storage> StateMachine<S> {
             batch.delete(key);
         }
         Ok(())
+    }
+
+    /// A configuration change: checked against the configuration in force with the one core
+    /// rule, then kept pending until the next delimiter, whose head commits to it. One change
+    /// at a time: the next must follow the configuration this one leads to, which is in force
+    /// only once a head commits to it.
+    fn step_config_change(&self, change: &SignedConfigChange, step: &mut Step) -> Outcome {
+        let generation = change.change.new_config.generation;
+        let already = |c: &SignedConfigChange| c.change == change.change;
+        if self.configs.changes.iter().any(|c| already(&c.change))
+            || self.configs.pending.as_ref().is_some_and(|(c, _)| already(c))
+        {
+            return Outcome::Ignored(Ignored::DuplicateConfigChange { generation });
+        }
+        if let Some((_, pending)) = &self.configs.pending {
+            return Outcome::Rejected(Rejected::ConfigChangePending { pending_generation: pending.generation });
+        }
+        match check_config_change(self.configs.config(), change) {
+            Err(e) => Outcome::Rejected(Rejected::ConfigChange(e)),
+            Ok(config) => {
+                step.batch.put(keys::META_PENDING_CONFIG, change.encode());
+                step.config_update = Some(ConfigUpdate::Pending(change.clone(), config));
+                Outcome::ConfigChangeStaged { generation, epoch: self.epoch_state.open_epoch() }
+            }
+        }
+    }
+
+    /// The configuration the open epoch's head will commit to: a pending change's, or the
+    /// one in force.
+    pub(super) fn open_epoch_config(&self) -> &keyraft_core::RealmConfig {
+        self.configs.pending.as_ref().map_or(self.configs.config(), |(_, config)| config)
     }
 
     fn count(&self, prefix: &[u8]) -> Result<usize, StateError> {
