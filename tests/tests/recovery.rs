@@ -50,6 +50,52 @@ fn state(realm: &Realm, user: &str) -> (String, u64, bool) {
     )
 }
 
+/// A `keyraft watch` of `user`, and its output lines as they come.
+fn spawn_watch(realm: &Realm, user: &str) -> (std::process::Child, WatchLines) {
+    let mut watch = Command::new(keyraft_bin())
+        .args(["watch", "--realm", "realm.json", user])
+        .env("KEYRAFT_STATE_FILE", realm.path().join("watch-state.json"))
+        .current_dir(realm.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    (watch, WatchLines { rx, seen: String::new() })
+}
+
+struct WatchLines {
+    rx: mpsc::Receiver<String>,
+    seen: String,
+}
+
+impl WatchLines {
+    /// Waits (30 s at most) for a line containing `needle`.
+    fn expect(&mut self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    self.seen.push_str(&line);
+                    self.seen.push('\n');
+                    if line.contains(needle) {
+                        return;
+                    }
+                }
+                Err(_) => panic!("the watch printed no {needle:?} line:\n{}", self.seen),
+            }
+        }
+    }
+}
+
 #[test]
 fn a_recovery_completes_after_the_window_and_another_is_vetoed_by_the_watching_owner() {
     let _s = serial();
@@ -99,7 +145,7 @@ fn a_recovery_completes_after_the_window_and_another_is_vetoed_by_the_watching_o
         let s = state(&realm, "alice@example.com");
         (s.1 == 1).then_some(s)
     });
-    assert_eq!((owner, pending), (public_hex(&realm, &new), false));
+    assert_eq!((owner, version, pending), (public_hex(&realm, &new), 1, false));
     assert!(keyraft_client::now_ms() + 1_000 >= effective_ms, "took effect before its window ended");
     assert!(started.elapsed() < Duration::from_secs(20));
     // The recovered key works; the lost one no longer does.
@@ -114,46 +160,13 @@ fn a_recovery_completes_after_the_window_and_another_is_vetoed_by_the_watching_o
     // Carol registers and watches her identity; a thief who fooled the registrar asks to
     // recover it, and Carol's watch shows it pending; she vetoes it.
     attested(&realm, "register", "carol@example.com", &carol, registrar);
-    let mut watch = Command::new(keyraft_bin())
-        .args(["watch", "--realm", "realm.json", "carol@example.com"])
-        .env("KEYRAFT_STATE_FILE", realm.path().join("watch-state.json"))
-        .current_dir(realm.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, lines) = mpsc::channel::<String>();
-    let stdout = watch.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap_or_default()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = String::new();
-    let mut expect_line = |needle: &str| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) => {
-                    seen.push_str(&line);
-                    seen.push('\n');
-                    if line.contains(needle) {
-                        return;
-                    }
-                }
-                Err(_) => panic!("the watch printed no {needle:?} line:\n{seen}"),
-            }
-        }
-    };
-    expect_line("CHANGED");
+    let (mut watch, mut lines) = spawn_watch(&realm, "carol@example.com");
+    lines.expect("CHANGED");
     attested(&realm, "recover", "carol@example.com", &thief, registrar);
-    expect_line("RECOVERY PENDING");
+    lines.expect("RECOVERY PENDING");
     let out = realm.cli_ok(&["veto", "carol@example.com", "--key", &carol, "--wait"]);
     assert!(out.contains("vetoed recovery of \"carol@example.com\""), "{out}");
-    expect_line("RECOVERY CANCELLED");
+    lines.expect("RECOVERY CANCELLED");
     watch.kill().unwrap();
     let _ = watch.wait();
     let (owner, version, pending) = state(&realm, "carol@example.com");

@@ -245,8 +245,11 @@ impl Client {
     /// with exactly that update: the address it was sent to, and when the code expires (ms
     /// since the Unix epoch). The code, typed back, goes in [`RegistrationProof::EmailCode`].
     pub async fn send_email_code(&self, prepared: &PreparedUpdate) -> Result<(String, u64), ClientError> {
-        let request =
-            SendEmailCodeRequest { user_id: prepared.user_id.clone(), update_id: prepared.update.id().to_vec() };
+        let request = SendEmailCodeRequest {
+            user_id: prepared.user_id.clone(),
+            update_id: prepared.update.id().to_vec(),
+            recovery: prepared.recovery,
+        };
         let response = self
             .each(
                 |mut c| {

@@ -316,9 +316,13 @@ impl Keyraft for PublicService {
             Status::invalid_argument(format!("update_id must be 32 bytes, got {}", req.update_id.len()))
         })?;
         let (index, _) = self.index_of(&user_id)?;
-        if self.node.read.latest_update(&index)?.is_some() {
+        // A registered identity takes a code only for a recovery (docs/protocol.md section 6.3),
+        // where the realm allows one.
+        let recovery = req.recovery && keyraft_core::recovery::recovery_window_ms(&self.node.realm).is_some();
+        if !recovery && self.node.read.latest_update(&index)?.is_some() {
             return Err(Status::failed_precondition(format!(
-                "{user_id:?} is already registered: its updates need its update policy's signatures, not a code"
+                "{user_id:?} is already registered: its updates need its update policy's signatures, not a code \
+                 (a code recovers it only with a recovery request, in a realm that allows recovery)"
             )));
         }
         let (address, expires_ms) = self.registrations.send_email_code(&user_id, &update_id).await?;

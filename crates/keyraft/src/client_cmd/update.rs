@@ -190,7 +190,8 @@ fn send_prepared(args: &UpdateArgs, path: &std::path::Path, out: &mut dyn Write)
         )?;
         writeln!(
             out,
-            "  then: keyraft register --realm {} --prepared {} --email-code CODE",
+            "  then: keyraft {} --realm {} --prepared {} --email-code CODE",
+            if prepared.recovery { "recover" } else { "register" },
             args.realm.realm.display(),
             path.display()
         )?;

@@ -85,6 +85,9 @@ pub fn verify_proof(args: &VerifyProofArgs, out: &mut dyn Write) -> CmdResult {
         None => writeln!(out, "VERIFIED: {user:?} was not registered in epoch {epoch}")?,
         Some((entry, _)) => writeln!(out, "VERIFIED: {user:?} had version {} in epoch {epoch}", entry.version)?,
     }
+    if let Some(p) = &verified.pending_recovery {
+        writeln!(out, "{}", crate::answer::recovery_pending_line(&user, p, now))?;
+    }
     let realm = checker.realm();
     let issued = verified.head.issue_time_ms;
     match (args.past, args.at_ms) {
