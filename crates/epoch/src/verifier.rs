@@ -563,24 +563,23 @@ impl<S: Storage> VerifierState<S> {
         self.check_epoch_with(updates, &[], head)
     }
 
-    /// [`VerifierState::check_epoch`] for an epoch whose entries at `recovery_requests` (sorted
-    /// indexes, protocol version 2) are recovery requests rather than updates.
-    pub fn check_epoch_with(
+    /// The checks of an epoch before its updates': the next epoch, issued no earlier than the
+    /// last, its updates in strictly increasing index order, each recovery mark on one of them.
+    /// Returns the epoch and the marked indexes.
+    fn check_epoch_order(
         &self,
         updates: &[SignedEntry],
         recovery_requests: &[Index],
         head: &EpochHead,
-    ) -> Result<CheckedEpoch, VerifyFailure> {
+    ) -> Result<(u64, BTreeSet<Index>), VerifyFailure> {
         let epoch = self.last_epoch() + 1;
         if head.epoch != epoch {
             return Err(Mismatch::OutOfOrder { expected: epoch, got: head.epoch }.into());
         }
-        let config = self.next_config();
         let previous = self.last.as_ref().map_or(0, |h| h.issue_time_ms);
         if head.issue_time_ms < previous {
             return Err(Mismatch::IssueTimeBackwards { epoch, previous, got: head.issue_time_ms }.into());
         }
-        let mut leaves = Vec::with_capacity(updates.len());
         for position in 1..updates.len() {
             if updates[position - 1].entry.index >= updates[position].entry.index {
                 return Err(Mismatch::UnorderedUpdates { epoch, position }.into());
@@ -590,6 +589,20 @@ impl<S: Storage> VerifierState<S> {
         if let Some(stray) = recovery.iter().find(|i| updates.binary_search_by(|u| u.entry.index.cmp(i)).is_err()) {
             return Err(Mismatch::StrayRecoveryMark { epoch, index: hex::encode(stray.0) }.into());
         }
+        Ok((epoch, recovery))
+    }
+
+    /// [`VerifierState::check_epoch`] for an epoch whose entries at `recovery_requests` (sorted
+    /// indexes, protocol version 2) are recovery requests rather than updates.
+    pub fn check_epoch_with(
+        &self,
+        updates: &[SignedEntry],
+        recovery_requests: &[Index],
+        head: &EpochHead,
+    ) -> Result<CheckedEpoch, VerifyFailure> {
+        let (epoch, recovery) = self.check_epoch_order(updates, recovery_requests, head)?;
+        let config = self.next_config();
+        let mut leaves = Vec::with_capacity(updates.len());
         // Reading the entries replaced and checking signatures dominate catch-up, and each
         // update is independent: do them on every core.
         let replaced = crate::parallel::try_map(updates, |_, update| {
