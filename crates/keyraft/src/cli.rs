@@ -160,6 +160,8 @@ mod exit_code_tests {
         let unrecorded =
             ClientError::AppliedNotRecorded { update_id: vec![1; 32], epoch: 3, source: Box::new(local()) };
         assert_eq!(exit_code(&unrecorded), EXIT_LOCAL_STATE);
-        assert_eq!(exit_code(&ClientError::Contradicted("x".into())), 1);
+        // Misbehaviour has its own code; a realm that is merely unreachable does not.
+        assert_eq!(exit_code(&ClientError::Contradicted("x".into())), EXIT_MISBEHAVED);
+        assert_eq!(exit_code(&ClientError::Unavailable("x".into())), 1);
     }
 }
