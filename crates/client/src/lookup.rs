@@ -81,8 +81,16 @@ impl Client {
         match self.lookup_once(user_id, options).await {
             Err(e) if self.checker.take_unknown_config().is_some() => {
                 tracing::info!(error = %e, "an answer commits to a realm configuration this client does not know: following the realm's configuration changes");
-                self.follow_config_chain().await?;
-                self.lookup_once(user_id, options).await
+                match self.follow_config_chain().await {
+                    Ok(()) => self.lookup_once(user_id, options).await,
+                    // No replica proved a chain to the head's configuration: the answer is
+                    // refused for what it is (a head of an unknown configuration).
+                    Err(chain) if !chain.is_misbehavior() => {
+                        tracing::warn!(error = %chain, "no configuration chain to the answer's configuration");
+                        Err(e)
+                    }
+                    Err(chain) => Err(chain),
+                }
             }
             other => other,
         }
