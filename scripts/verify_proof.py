@@ -1217,8 +1217,11 @@ def run_vectors(path):
                          v.get("rollback_floor"), past)
             present = "present" if out["present"] else "absent"
             print(f"VECTOR {v['name']}: accept epoch {out['epoch']} {present} index {out['index'].hex()}")
+            pending = out["pending_recovery"]
+            pending_version = pending["entry_fields"]["version"] if pending is not None else None
             agree &= (v["expected"] == "accept" and out["epoch"] == v["epoch"] and out["present"] == v["present"]
-                      and out["index"].hex() == v["index"] and out["version"] == v.get("version"))
+                      and out["index"].hex() == v["index"] and out["version"] == v.get("version")
+                      and pending_version == v.get("pending_recovery_version"))
         except Failed as e:
             print(f"VECTOR {v['name']}: reject {e.check}: {e}")
             agree &= v["expected"] == "reject" and v["check"] == e.check

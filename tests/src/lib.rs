@@ -194,20 +194,75 @@ impl Realm {
         self.realm_file().realm
     }
 
-    /// Starts node 4, not yet a member: replica 3's key, fresh data, ports chosen by the OS.
-    /// Returns its replica number (3).
+    /// Starts node 4, not yet a member: a key of its own (`keys/replica-4.key`, which no
+    /// configuration binds yet), replica 3's settings otherwise, fresh data, ports chosen by
+    /// the OS. Returns its replica number (3).
     pub fn start_node_4(&mut self) -> usize {
         let config4 = self.path().join("node-4.toml");
         std::fs::copy(&self.replicas[2].config, &config4).unwrap();
+        let seed: [u8; 32] = rand::random();
+        keyraft_core::key_file::write_secret(&self.path().join("keys/replica-4.key"), &seed).expect("node 4's key");
         edit_config(&config4, &|t: &mut toml::Table| {
             t.insert("node_id".into(), 4.into());
             t.insert("data_dir".into(), "data/node-4".into());
             t.insert("public_listen".into(), "127.0.0.1:0".into());
             t.insert("peer_listen".into(), "127.0.0.1:0".into());
+            t.insert("signing_key_file".into(), "keys/replica-4.key".into());
         });
         self.replicas.push(Replica { id: 4, config: config4, child: None, listening: None });
         self.start_replica(3);
         3
+    }
+
+    /// The public key in `keys/replica-<id>.key`, hex.
+    pub fn replica_key_hex(&self, id: u64) -> String {
+        let secret = keyraft_core::key_file::read_secret(&self.path().join(format!("keys/replica-{id}.key")), "key")
+            .expect("replica key");
+        hex::encode(ed25519_dalek::SigningKey::from_bytes(&secret.key).verifying_key().as_bytes())
+    }
+
+    /// Makes a realm configuration change as operators do, with the CLI: proposes `change`
+    /// (the words after `keyraft admin realm propose ... --out F`) from the realm file
+    /// `realm`, signs it with the keys of replicas `signers`, submits it through replica
+    /// `via`, and waits until a head commits to it. Writes and returns the realm file of
+    /// the new configuration (`realm-g<generation>.json`).
+    pub fn change_config(&self, realm: &str, change: &[&str], signers: &[u64], via: usize) -> String {
+        let run = |args: &[&str]| {
+            let out = self.run_cli(args);
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success(), "keyraft {args:?}: {text}");
+            text
+        };
+        let file = format!("change-{}.hex", rand::random::<u32>());
+        run(&[&["admin", "realm", "propose", "--realm", realm, "--out", &file], change].concat());
+        for id in signers {
+            run(&["admin", "realm", "sign", "--change", &file, "--key", &format!("keys/replica-{id}.key")]);
+        }
+        let peer = self.peer_addr(via);
+        let submitted = run(&[
+            "admin",
+            "--peer",
+            &peer,
+            "--token-file",
+            "keys/cluster.token",
+            "realm",
+            "submit",
+            "--change",
+            &file,
+        ]);
+        assert!(submitted.contains("accepted"), "{submitted}");
+        let probe = format!("{file}.realm.json");
+        run(&["admin", "realm", "realm-file", "--change", &file, "--realm", realm, "--out", &probe]);
+        let next = RealmFile::from_json(&std::fs::read_to_string(self.path().join(&probe)).expect("new realm file"))
+            .expect("new realm file");
+        let generation = next.config().expect("new configuration").generation;
+        let new_realm = format!("realm-g{generation}.json");
+        std::fs::rename(self.path().join(&probe), self.path().join(&new_realm)).expect("rename realm file");
+        wait_for("a head to commit to the configuration change", || {
+            let out = self.run_cli(&["admin", "realm", "show", "--realm", "realm.json"]);
+            String::from_utf8_lossy(&out.stdout).contains(&format!("generation {generation} ")).then_some(())
+        });
+        new_realm
     }
 
     /// Starts replica `i` (its process) and waits until it listens.

@@ -257,7 +257,12 @@ fn a_wiped_node_re_added_as_a_new_member_catches_up_by_snapshot() {
         (s.snapshot_index > resp.epoch && s.purged_index > 0 && s.ratified_epoch > resp.epoch).then_some(())
     });
 
+    // The replacement is a new node with a key of its own: the replicas that remain sign it
+    // into the realm's configuration (node 3 out, node 4 in), as operators would.
     realm.start_node_4();
+    let g1 = realm.change_config("realm.json", &["remove-replica", "--node-id", "3"], &[1, 2], leader);
+    let key4 = realm.replica_key_hex(4);
+    realm.change_config(&g1, &["add-replica", "--node-id", "4", "--key", &key4], &[1, 2], leader);
     let spec = NodeSpec { id: 4, peer_addr: realm.peer_addr(3), public_addr: realm.public_addr(3) };
     realm.runtime.block_on(peer.add_learner(spec)).unwrap();
     realm.runtime.block_on(peer.change_voters(ChangeVotersRequest { voters: vec![1, 2, 4] })).unwrap();
@@ -269,12 +274,12 @@ fn a_wiped_node_re_added_as_a_new_member_catches_up_by_snapshot() {
     assert!(s4.snapshot_index > 0);
     let a = realm.runtime.block_on(realm.client(3).lookup("alice@example.com", WAIT)).unwrap();
     assert_eq!(a.lookup.entry.as_ref().unwrap().1.keys, keys("a"));
-    // Node 4 signs with replica 3's key.
-    let key3 = replica_public_key(&realm, 3);
+    // Node 4 signs with the key the configuration binds to it.
+    let key4 = replica_public_key(&realm, 4);
     let from = realm.status(leader).unwrap().ratified_epoch + 1;
     wait_for("node 4 to sign a head", || {
         let last = realm.status(leader)?.ratified_epoch;
-        (from..=last).find(|e| epoch_signers(&realm, leader, *e).contains(&key3))
+        (from..=last).find(|e| epoch_signers(&realm, leader, *e).contains(&key4))
     });
 }
 

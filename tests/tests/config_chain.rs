@@ -100,6 +100,16 @@ fn a_replica_key_is_rotated_while_clients_and_a_verifier_run() {
     assert_eq!(answer.lookup.head.config_hash, new_config.hash());
     assert_eq!(fresh.config_chain().configs().len(), 2);
 
+    // The CLI saves the chain it followed in its state file (checked again when read).
+    realm.cli_ok(&["lookup", user]);
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(realm.path().join("client-state.json")).unwrap()).unwrap();
+    let chains = state["config_chains"].as_object().expect("config_chains in the client state file");
+    assert_eq!(chains.len(), 1, "{state}");
+    assert_eq!(chains.values().next().unwrap().as_array().unwrap().len(), 1, "{state}");
+    let again = realm.cli_ok(&["lookup", user]);
+    assert!(again.contains(user), "{again}");
+
     // The operator's view: the chain from the old realm file, followed and checked.
     let (ok, out) = admin(&["realm", "show", "--realm", "realm.json"]);
     assert!(ok && out.contains("generation 1") && out.contains(&format!("replica node 1: {next}")), "{out}");

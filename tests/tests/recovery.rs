@@ -133,6 +133,10 @@ fn a_recovery_completes_after_the_window_and_another_is_vetoed_by_the_watching_o
     assert!(e.contains("needs a proof") && e.contains("registrar"), "{e}");
     let out = attested(&realm, "recover", "alice@example.com", &new, registrar);
     assert!(out.contains("recovery requested for \"alice@example.com\""), "{out}");
+    // The history shows the pending recovery before the versions; it is not a version yet.
+    let history = realm.cli_ok(&["history", "alice@example.com", "--all"]);
+    assert!(history.contains("RECOVERY PENDING") && history.contains(&public_hex(&realm, &new)), "{history}");
+    assert!(history.contains("complete:"), "{history}");
     let shown = realm.cli_ok(&["lookup", "alice@example.com"]);
     assert!(shown.contains("RECOVERY PENDING") && shown.contains(&public_hex(&realm, &new)), "{shown}");
     assert!(shown.contains("version 0"), "the old entry stays until the window passes: {shown}");

@@ -45,7 +45,7 @@ impl ProofChecker {
         let memory_key = format!("{}/{}", realm.config.realm, hex::encode(&realm.config.hash()[..8]));
         memory.adopt_unquorumed(&memory_key, file.verifier_threshold);
         let clock = options.clock.clone().unwrap_or_else(clock::system);
-        let chain = follow_chain(&realm.config, &[]).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let chain = saved_chain(&realm, &memory, &memory_key)?;
         Ok(Self { realm, memory, memory_key, clock, chain: Mutex::new(chain), unknown_config: Mutex::new(None) })
     }
 
@@ -71,7 +71,9 @@ impl ProofChecker {
         let longer = extend_chain(&chain, changes)
             .map_err(|e| ClientError::Contradicted(format!("the realm's chain of configurations: {e}")))?;
         *chain = longer;
-        Ok(())
+        // Saved, so that a restarted client starts from the newest configuration it followed.
+        let bytes: Vec<Vec<u8>> = chain.changes().iter().map(keyraft_core::Canonical::encode).collect();
+        self.memory.record_config_changes(&self.memory_key, &bytes)
     }
 
     /// Takes the configuration hash a proof committed to that the chain did not hold.
@@ -145,6 +147,22 @@ impl ProofChecker {
             verify_lookup(realm, user_id, &decoded, at_ms, None)
         })?;
         Ok(LookupAnswer { lookup, proof, endpoint: None, newest_epoch_hint: None })
+    }
+}
+
+/// The chain of configurations saved in the client's state file for this realm, followed again
+/// from the realm file's configuration with the core rule. The state file is local and saves
+/// the fetching, it is not trusted: a saved chain that does not follow is dropped (the client
+/// fetches the chain anew when it meets a newer configuration).
+fn saved_chain(realm: &ClientRealm, memory: &EpochMemory, key: &str) -> Result<Verified<ConfigChain>, ClientError> {
+    let saved: Result<Vec<SignedConfigChange>, _> =
+        memory.config_changes(key).iter().map(|b| SignedConfigChange::from_bytes(b)).collect();
+    match saved.map_err(|e| e.to_string()).and_then(|c| follow_chain(&realm.config, &c).map_err(|e| e.to_string())) {
+        Ok(chain) => Ok(chain),
+        Err(why) => {
+            tracing::warn!(error = %why, "the configuration chain saved in the client state file does not follow; ignoring it");
+            follow_chain(&realm.config, &[]).map_err(|e| ClientError::Invalid(e.to_string()))
+        }
     }
 }
 

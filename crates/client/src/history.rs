@@ -112,14 +112,16 @@ impl Client {
             verifier_threshold: self.threshold(),
         };
         let first_page = page_token.is_empty();
-        self.each_from(
-            |mut c| {
-                let mut r = tonic::Request::new(request.clone());
-                r.set_timeout(Duration::from_millis(CALL_TIMEOUT_MS));
-                async move { c.history(r).await.map(tonic::Response::into_inner) }
-            },
-            |endpoint, response| self.accept_history(user_id, endpoint, response, first_page),
-        )
+        self.following_chain(|| {
+            self.each_from(
+                |mut c| {
+                    let mut r = tonic::Request::new(request.clone());
+                    r.set_timeout(Duration::from_millis(CALL_TIMEOUT_MS));
+                    async move { c.history(r).await.map(tonic::Response::into_inner) }
+                },
+                |endpoint, response| self.accept_history(user_id, endpoint, response, first_page),
+            )
+        })
         .await
     }
 

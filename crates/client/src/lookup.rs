@@ -77,12 +77,25 @@ impl Client {
     /// head commits to a configuration this client has not followed to makes it fetch the
     /// realm's configuration changes, follow them from the one it trusts, and ask again.
     pub async fn lookup(&self, user_id: &str, options: LookupOptions) -> Result<LookupAnswer, ClientError> {
+        self.following_chain(|| self.lookup_once(user_id, options)).await
+    }
+
+    /// Runs `verified` (a call whose answers this client verifies); when it fails on a head
+    /// committing to a configuration this client has not followed to, follows the realm's
+    /// configuration changes from the one it trusts and runs it once more. Every call that
+    /// verifies proofs goes through here, so a client with an old realm file reaches the
+    /// configuration in force whichever call meets it first.
+    pub(crate) async fn following_chain<T, F, Fut>(&self, mut verified: F) -> Result<T, ClientError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
         let _ = self.checker.take_unknown_config();
-        match self.lookup_once(user_id, options).await {
+        match verified().await {
             Err(e) if self.checker.take_unknown_config().is_some() => {
                 tracing::info!(error = %e, "an answer commits to a realm configuration this client does not know: following the realm's configuration changes");
                 match self.follow_config_chain().await {
-                    Ok(()) => self.lookup_once(user_id, options).await,
+                    Ok(()) => verified().await,
                     // No replica proved a chain to the head's configuration: the answer is
                     // refused for what it is (a head of an unknown configuration).
                     Err(chain) if !chain.is_misbehavior() => {

@@ -27,7 +27,7 @@ use std::sync::Mutex;
 
 /// Version of the file format (2 added `own_updates`, 3 `by_quorum`; versions 1 and 2 are
 /// read, their epochs taken as seen under the realm file's quorum).
-const FORMAT_VERSION: u32 = 3;
+const FORMAT_VERSION: u32 = 4;
 
 /// Own updates remembered per realm, at most (the oldest epochs are forgotten first).
 pub const OWN_UPDATES_MAX: usize = 1_000;
@@ -45,6 +45,11 @@ struct FileContents {
     /// epoch is newer than the newest seen.
     #[serde(default)]
     own_updates: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Realm name to the configuration changes followed from its realm file's configuration
+    /// (hex `SignedConfigChange`s, in order; format 4). Checked again when read: the file
+    /// saves the fetching, it is not trusted.
+    #[serde(default)]
+    config_chains: BTreeMap<String, Vec<String>>,
 }
 
 impl FileContents {
@@ -59,6 +64,14 @@ impl FileContents {
             for (t, e) in quorums {
                 let epoch = mine.entry(t).or_insert(e);
                 *epoch = (*epoch).max(e);
+            }
+        }
+        for (r, chain) in other.config_chains {
+            // Chains from one configuration never fork (each change names the one before), so
+            // the longer one extends the shorter.
+            let mine = self.config_chains.entry(r).or_default();
+            if chain.len() > mine.len() {
+                *mine = chain;
             }
         }
         for (r, users) in other.own_updates {
@@ -155,6 +168,24 @@ impl EpochMemory {
         seen.own_updates.get(realm)?.get(user_id).copied().filter(|&e| e > newest)
     }
 
+    /// The configuration changes followed for `realm` (canonical bytes, in order), as saved;
+    /// the caller checks them again. An entry that is not hex is skipped with the rest.
+    pub fn config_changes(&self, realm: &str) -> Vec<Vec<u8>> {
+        let seen = self.lock();
+        let Some(chain) = seen.config_chains.get(realm) else { return Vec::new() };
+        chain.iter().map_while(|c| hex::decode(c).ok()).collect()
+    }
+
+    /// Saves the configuration changes followed for `realm`, if more than saved.
+    pub fn record_config_changes(&self, realm: &str, changes: &[Vec<u8>]) -> Result<(), ClientError> {
+        let mut seen = self.lock();
+        if seen.config_chains.get(realm).is_some_and(|c| c.len() >= changes.len()) {
+            return Ok(());
+        }
+        seen.config_chains.insert(realm.to_owned(), changes.iter().map(hex::encode).collect());
+        self.save(&mut seen)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, FileContents> {
         self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -220,6 +251,23 @@ fn write_atomically(path: &Path, contents: &FileContents) -> Result<(), ClientEr
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn keeps_the_longest_configuration_chain_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let m = EpochMemory::open(&path).unwrap();
+        assert!(m.config_changes("dev").is_empty());
+        m.record_config_changes("dev", &[vec![1, 2], vec![3]]).unwrap();
+        // A shorter chain (another process that followed less) does not replace it.
+        let other = EpochMemory::open(&path).unwrap();
+        other.record_config_changes("dev", &[vec![1, 2]]).unwrap();
+        other.observe("dev", 1, 9).unwrap();
+        let again = EpochMemory::open(&path).unwrap();
+        assert_eq!(again.config_changes("dev"), vec![vec![1, 2], vec![3]]);
+        assert_eq!(again.newest("dev"), Some(9));
+        assert!(again.config_changes("other").is_empty());
+    }
 
     #[test]
     fn remembers_the_newest_epoch_across_instances() {

@@ -542,7 +542,8 @@ impl Client {
                     e => e,
                 })?
             } else {
-                client.accept_past(user_id, response.proof, response.epoch)?
+                let (proof, epoch) = (&response.proof, response.epoch);
+                client.following_chain(|| async { client.accept_past(user_id, proof.clone(), epoch) }).await?
             };
             let shown = answer.lookup.entry.as_ref().map(|(e, _)| e);
             // A recovery request shows as the pending recovery (or, its window passed, as the

@@ -149,7 +149,7 @@ impl Watch {
             };
             let addr = self.client.endpoints[self.endpoint].0.clone();
             let failure = match tokio::time::timeout(silence, stream.message()).await {
-                Ok(Ok(Some(event))) => match self.accept(event.event) {
+                Ok(Ok(Some(event))) => match self.accept(event.event).await {
                     Ok(update) => {
                         self.failures = 0;
                         let issued = update.answer().lookup.head.issue_time_ms;
@@ -190,7 +190,7 @@ impl Watch {
         }
     }
 
-    fn accept(&mut self, event: Option<Event>) -> Result<WatchUpdate, ClientError> {
+    async fn accept(&mut self, event: Option<Event>) -> Result<WatchUpdate, ClientError> {
         let (changed, bytes) = match event {
             Some(Event::Changed(b)) => (true, b),
             Some(Event::Heartbeat(b)) => (false, b),
@@ -200,13 +200,18 @@ impl Watch {
         // The first value of a watch from "now" must be fresh; replayed changes are past
         // statements, and the heartbeat that follows them brings the watch up to date.
         let fresh = !changed || (self.last.is_none() && self.from_epoch == 0);
-        let answer = if fresh {
-            // The watch checks its own order of epochs below; a replica one epoch behind
-            // another call of this client is not a rollback.
-            self.client.accept_fresh(&self.user_id, bytes, None)?
-        } else {
-            self.client.accept_past(&self.user_id, bytes, epoch)?
-        };
+        let (client, user_id) = (&self.client, &self.user_id);
+        let answer = client
+            .following_chain(|| async {
+                if fresh {
+                    // The watch checks its own order of epochs below; a replica one epoch
+                    // behind another call of this client is not a rollback.
+                    client.accept_fresh(user_id, bytes.clone(), None)
+                } else {
+                    client.accept_past(user_id, bytes.clone(), epoch)
+                }
+            })
+            .await?;
         let answer = LookupAnswer { endpoint: Some(self.client.endpoints[self.endpoint].0.clone()), ..answer };
         let entry = answer.lookup.entry.as_ref().map(|(e, _)| e.clone());
         let leaf = (entry.clone(), answer.lookup.pending_recovery.clone());

@@ -48,7 +48,7 @@ pub enum Command {
     /// after the realm's veto window unless an ordinary update cancels it first.
     RecoveryRequest(Box<Update>),
     /// A realm configuration change signed by a majority of the configuration in force's
-    /// replicas (protocol version 2). Applied at the next epoch boundary: the head of the
-    /// epoch open when it is applied commits to the new configuration.
+    /// replicas (protocol version 2). In force from the epoch after the one open when it is
+    /// applied: that epoch's head is the first to commit to the new configuration.
     ConfigChange(Box<SignedConfigChange>),
 }

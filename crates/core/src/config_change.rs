@@ -4,7 +4,10 @@
 //! the replicas' node ids) changes only through a [`SignedConfigChange`]: the hash of the
 //! configuration in force and the complete new configuration, signed by a strict majority of
 //! the replicas *of the configuration in force*. Replicas apply it from the log at an epoch
-//! boundary, so the head of that epoch commits to the new `config_hash`; verifiers receive it
+//! boundary: the epoch open when it is applied stays under the configuration it opened with,
+//! and the next epoch is checked under the new one, its head the first to commit to the new
+//! `config_hash` (so every update of an epoch is checked under one configuration, the one its
+//! head commits to); verifiers receive it
 //! on their stream; clients fetch the chain of changes and follow it from the configuration
 //! they trust (their realm file) to the newest one. All three call [`check_config_change`]
 //! and [`follow_chain`]: one rule, one function.

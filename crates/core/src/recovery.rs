@@ -20,8 +20,7 @@ use crate::encoding::{put_u64, Canonical, DecodeError, Reader};
 use crate::hash::{hash, label};
 use crate::limits::PENDING_RECOVERY_BYTES_MAX;
 use crate::types::{profile_commitment, Entry, RealmConfig};
-use crate::update::{entry_update_message, SignedEntry, Update, UpdateRejection};
-use std::collections::BTreeSet;
+use crate::update::{check_signatures, check_version, SignedEntry, Update, UpdateRejection};
 use thiserror::Error;
 
 /// A recovery waiting for its veto window to pass: what the leaf of its index commits to next
@@ -136,31 +135,18 @@ pub fn check_recovery_entry(
     let Some(current) = current else {
         return Err(UpdateRejection::Recovery(RecoveryRejection::RecoveryOfUnregistered));
     };
-    if current.version.checked_add(1) != Some(new.entry.version) {
-        return Err(UpdateRejection::Recovery(RecoveryRejection::VersionNotNext {
+    // The version rule of every update (recovery exists from protocol version 2, where it is
+    // +1), reported as a recovery's.
+    check_version(config, Some(current), &new.entry).map_err(|_| {
+        UpdateRejection::Recovery(RecoveryRejection::VersionNotNext {
             current: current.version,
             got: new.entry.version,
-        }));
-    }
+        })
+    })?;
     if new.entry.index != current.index {
         return Err(UpdateRejection::Recovery(RecoveryRejection::IndexMismatch));
     }
-    let message = entry_update_message(&config.realm, &new.entry.encode());
-    let policy = &new.entry.update_policy;
-    let mut signed = BTreeSet::new();
-    for s in &new.signatures {
-        let Some(position) = policy.position(&s.signer) else {
-            return Err(UpdateRejection::UnknownSigner { signer: s.signer.to_string() });
-        };
-        if !s.signer.verify(&message, &s.signature) {
-            return Err(UpdateRejection::BadSignature { signer: s.signer.to_string() });
-        }
-        signed.insert(position);
-    }
-    if !policy.is_satisfied_by(&signed) {
-        return Err(UpdateRejection::NewPolicyNotSatisfied);
-    }
-    Ok(())
+    check_signatures(config, new, None)
 }
 
 /// [`check_recovery_entry`] for a complete request, with its profile.

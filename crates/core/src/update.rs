@@ -202,9 +202,19 @@ pub fn check_signed_entry(
     check_version(config, current, &new.entry)?;
     debug_assert!(current.is_none_or(|c| c.index == new.entry.index), "current entry looked up at another index");
 
+    check_signatures(config, new, current.map(|c| &c.update_policy))
+}
+
+/// Rules 2 and 3: every signature is by a key of the new policy or of `current_policy` and
+/// verifies, and each of the two policies is satisfied by its signers. A recovery passes no
+/// current policy: the new policy alone signs it.
+pub(crate) fn check_signatures(
+    config: &RealmConfig,
+    new: &SignedEntry,
+    current_policy: Option<&Policy>,
+) -> Result<(), UpdateRejection> {
     let message = entry_update_message(&config.realm, &new.entry.encode());
     let new_policy = &new.entry.update_policy;
-    let current_policy = current.map(|c| &c.update_policy);
     let mut signed_new = BTreeSet::new();
     let mut signed_current = BTreeSet::new();
     for s in &new.signatures {

@@ -355,6 +355,30 @@ fn refused_rules() -> Vec<(&'static str, &'static str, Change, &'static str)> {
     ]
 }
 
+/// Recovery windows that are not a whole number of ms from 0 to 2^64 - 1.
+fn refused_recovery_windows() -> Vec<(&'static str, &'static str, Change, &'static str)> {
+    vec![
+        (
+            "negative-recovery-window",
+            "a recovery window below 0",
+            ("/registration/recovery_window_ms", json!(-1)),
+            "registration.recovery_window_ms",
+        ),
+        (
+            "recovery-window-as-text",
+            "a recovery window written with a unit",
+            ("/registration/recovery_window_ms", json!("24h")),
+            "registration.recovery_window_ms",
+        ),
+        (
+            "fractional-recovery-window",
+            "a recovery window that is not a whole number of ms",
+            ("/registration/recovery_window_ms", json!(1.5)),
+            "registration.recovery_window_ms",
+        ),
+    ]
+}
+
 /// The every-method file with `change` made.
 fn changed(change: &Change) -> Value {
     let mut file = file_of(&v1().with_registration(every_method()).unwrap());
@@ -374,6 +398,7 @@ fn refused() -> Vec<(&'static str, &'static str, Value, &'static str)> {
     refused_keys_and_versions()
         .into_iter()
         .chain(refused_rules())
+        .chain(refused_recovery_windows())
         .chain(refused_replicas())
         .map(|(name, description, change, field)| (name, description, changed(&change), field))
         .collect()

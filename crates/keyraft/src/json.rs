@@ -152,10 +152,12 @@ pub fn lookup(
     Ok(Value::Object(out))
 }
 
-/// `history --json`: every version listed, newest first, each with its proof.
+/// `history --json`: every version listed, newest first, each with its proof, and the
+/// recovery pending at the epoch the listing is pinned to (first page only).
 pub fn history(
     user_id: &str,
     versions: &[HistoryVersion],
+    pending: Option<&keyraft_core::recovery::PendingRecovery>,
     next_page_token: &[u8],
     complete: bool,
     realm: &ClientRealm,
@@ -175,6 +177,7 @@ pub fn history(
         "version": SCHEMA_VERSION,
         "user_id": user_id,
         "versions": versions,
+        "pending_recovery": pending.map(pending_recovery),
         "complete": complete,
         "next_page_token": (!next_page_token.is_empty()).then(|| hex::encode(next_page_token)),
     }))

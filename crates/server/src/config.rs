@@ -415,34 +415,13 @@ impl NodeConfig {
             .iter()
             .map(|p| read_secret32(p, "next_signing_key_files").map(|k| SigningKey::from_bytes(&k)))
             .collect::<Result<Vec<_>, _>>()?;
-        let files = std::iter::once(&config.signing_key_file).chain(&config.next_signing_key_files);
-        let mut known = false;
-        for (file, key) in files.zip(std::iter::once(&signing_key).chain(&next_signing_keys)) {
-            let public = keyraft_core::PublicKey::from_verifying_key(&key.verifying_key())
+        // Whether these keys sign is decided per configuration, once the state says which
+        // one is in force: a node may start before the change that binds its key is in a
+        // head (a replacement node, a rotation), so a key the realm file does not know is no
+        // error here (the signature proposer says why this node does not sign).
+        for key in std::iter::once(&signing_key).chain(&next_signing_keys) {
+            keyraft_core::PublicKey::from_verifying_key(&key.verifying_key())
                 .map_err(|e| Error::config_because("signing key", e))?;
-            known |= realm.replica_keys.contains(&public);
-            // A key bound to another node would have this node sign in that node's place.
-            if let Some(bound) = realm.replica_node_id(&public).filter(|id| *id != config.node_id) {
-                return Err(Error::config(format!(
-                    "the signing key {} (public {}) is bound to node {bound} in the realm file, not to this node \
-                     (node_id {})",
-                    file.display(),
-                    hex::encode(public.as_bytes()),
-                    config.node_id
-                )));
-            }
-        }
-        // A key a later configuration added is unknown to an older realm file: one of the
-        // node's keys must be in the realm file's configuration.
-        if !known {
-            return Err(Error::config(format!(
-                "none of this node's signing keys ({}) is one of the realm file's replica keys",
-                std::iter::once(&config.signing_key_file)
-                    .chain(&config.next_signing_key_files)
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
         }
         let cluster_token = std::fs::read_to_string(&config.cluster_token_file)
             .map_err(|e| Error::io(format!("reading the cluster token {}", config.cluster_token_file.display()), e))?

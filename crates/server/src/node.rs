@@ -178,7 +178,8 @@ pub struct Node {
     pub(crate) shared: Arc<SharedState>,
     /// What request handlers read.
     pub(crate) read: ReadView,
-    /// The realm.
+    /// The realm file's configuration: its name and VRF key never change; for the keys and
+    /// policies in force, [`Node::config`].
     pub(crate) realm: RealmConfig,
     /// The realm's VRF secret key.
     vrf: VrfSecretKey,
@@ -228,8 +229,8 @@ impl Node {
         Ok(Self { id, raft, shared, read, realm, vrf, signing_keys, signing_public, network, limits, batcher, tasks })
     }
 
-    /// The realm configuration in force: the newest one a head committed to (the realm file
-    /// this node started with may be older, see docs/protocol.md section 2.8).
+    /// The realm configuration in force: the open epoch's (the realm file this node started
+    /// with may be older, see docs/protocol.md section 2.8).
     pub(crate) fn config(&self) -> RealmConfig {
         self.shared.read().config().clone()
     }

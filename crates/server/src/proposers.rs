@@ -128,6 +128,7 @@ pub async fn signature_proposer(node: Arc<Node>, settings: EpochSettings, shutdo
     // A new head is the only thing to sign; leadership does not matter here.
     let mut wakeups = Wakeups::new(&node, node.shared.effects().subscribe_closed(), None);
     let mut attempt = 0u32;
+    let mut last_refusal: Option<String> = None;
     while !shutdown.is_cancelled() {
         wakeups.mark_seen();
         let state = node.shared.applied().epoch_state;
@@ -138,10 +139,20 @@ pub async fn signature_proposer(node: Arc<Node>, settings: EpochSettings, shutdo
             let config = m.config_of_epoch(state.last_epoch).clone();
             let ours = node.signing_key_for(&config).map(|(p, _)| *p);
             let signed = match (&ours, m.replica_signatures(state.last_epoch)) {
-                (Ok(ours), Ok(sigs)) => sigs.iter().any(|(k, _)| k == ours),
+                (Ok(ours), Ok(sigs)) => {
+                    if last_refusal.take().is_some() {
+                        tracing::info!(epoch = state.last_epoch, "this replica signs heads again");
+                    }
+                    sigs.iter().any(|(k, _)| k == ours)
+                }
                 // No key of ours signs under this configuration: nothing to do but say so.
                 (Err(why), _) => {
-                    tracing::warn!(epoch = state.last_epoch, reason = %why, "this replica does not sign this head");
+                    // Once per reason, not once per head: a learner or a replaced node would
+                    // otherwise fill the log every epoch.
+                    if last_refusal.as_deref() != Some(why.as_str()) {
+                        tracing::warn!(epoch = state.last_epoch, reason = %why, "this replica does not sign heads");
+                        last_refusal = Some(why.clone());
+                    }
                     true
                 }
                 (_, Err(e)) => {

@@ -110,8 +110,6 @@ pub async fn run_with(
 ) -> Result<(), Error> {
     let Loaded { config, realm, vrf, signing_key, next_signing_keys, cluster_token, realm_clock_skew_ms, seams } =
         loaded;
-    let registrations =
-        Arc::new(Registrations::open(&realm, &config.registration, seams.clock.clone(), realm_clock_skew_ms).await?);
     // A child: a Raft core that stops on its own stops the tasks, not the caller's token.
     let tasks = Tasks::new(shutdown.child_token(), tracker);
     check_data_dir(&config.data_dir)?;
@@ -120,6 +118,10 @@ pub async fn run_with(
         Error::DataDir { path: config.data_dir.clone(), message: format!("opening the state and snapshots: {e}") }
     })?;
     let shared = sm.shared();
+    // The methods of the policy in force (the realm file's may be older) must be usable here.
+    let in_force = shared.read().config().clone();
+    let registrations =
+        Arc::new(Registrations::open(&in_force, &config.registration, seams.clock.clone(), realm_clock_skew_ms).await?);
     let log = LogStore::with_threads(log_storage.clone(), threads);
 
     let r = config.raft;

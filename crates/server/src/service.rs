@@ -243,11 +243,13 @@ impl Keyraft for PublicService {
                 _ => {
                     // Rejections that do not depend on the open epoch are final here; the
                     // step re-checks everything against the state the update is applied to.
+                    // Under the configuration in force (the realm file may be older).
+                    let config = self.node.config();
                     let current_entry = current.as_ref().map(|(_, u)| &u.signed.entry);
                     let checked = if req.recovery {
-                        check_recovery(&self.node.realm, current_entry, &update)
+                        check_recovery(&config, current_entry, &update)
                     } else {
-                        check_update(&self.node.realm, current_entry, &update)
+                        check_update(&config, current_entry, &update)
                     };
                     if let Err(reason) = checked {
                         self.updates.rejected(id, &reason);
@@ -256,12 +258,14 @@ impl Keyraft for PublicService {
                     if req.recovery {
                         // The same proof as a first registration of the identity.
                         let proof = req.registration.as_ref().and_then(|r| r.proof.as_ref());
-                        let admitted = self.registrations.check_recovery(&user_id, &id, proof).await?;
+                        let policy = config.registration.as_ref();
+                        let admitted = self.registrations.check_recovery(policy, &user_id, &id, proof).await?;
                         tracing::debug!(method = admitted.method(), "recovery admitted");
                     } else if current.is_none() {
                         let proof = req.registration.as_ref().and_then(|r| r.proof.as_ref());
                         // User ids stay out of logs: the state keeps none at rest, logs must not either.
-                        let admitted = self.registrations.check(&user_id, &id, proof).await?;
+                        let policy = config.registration.as_ref();
+                        let admitted = self.registrations.check(policy, &user_id, &id, proof).await?;
                         tracing::debug!(method = admitted.method(), "registration admitted");
                     }
                     None
@@ -318,14 +322,16 @@ impl Keyraft for PublicService {
         let (index, _) = self.index_of(&user_id)?;
         // A registered identity takes a code only for a recovery (docs/protocol.md section 6.3),
         // where the realm allows one.
-        let recovery = req.recovery && keyraft_core::recovery::recovery_window_ms(&self.node.realm).is_some();
+        let config = self.node.config();
+        let recovery = req.recovery && keyraft_core::recovery::recovery_window_ms(&config).is_some();
         if !recovery && self.node.read.latest_update(&index)?.is_some() {
             return Err(Status::failed_precondition(format!(
                 "{user_id:?} is already registered: its updates need its update policy's signatures, not a code \
                  (a code recovers it only with a recovery request, in a realm that allows recovery)"
             )));
         }
-        let (address, expires_ms) = self.registrations.send_email_code(&user_id, &update_id).await?;
+        let (address, expires_ms) =
+            self.registrations.send_email_code(config.registration.as_ref(), &user_id, &update_id).await?;
         Ok(Response::new(pb::SendEmailCodeResponse { address, expires_ms }))
     }
 

@@ -1,7 +1,8 @@
 //! Test vectors: docs/vectors/lookup-v1.json holds realm files, epoch heads and lookup proofs
 //! made from fixed keys, honest and tampered, each with the client's inputs (threshold, clock,
 //! TTL, skew, rollback floor) and the verdict: accept, or the name of the check that must
-//! refuse it (docs/vectors/README.md explains the fields).
+//! refuse it (docs/vectors/README.md explains the fields). docs/vectors/lookup-v2.json does the
+//! same for a realm of protocol version 2 with pending recoveries.
 //!
 //! This test checks that the reference code still makes exactly these bytes, and that the
 //! reference verifier (keyraft-core, which replicas, verifiers and clients all call) gives
@@ -47,8 +48,8 @@ const CHECKS: &[&str] = &[
     "epoch",
 ];
 
-fn path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/vectors/lookup-v1.json")
+fn path(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/vectors").join(file)
 }
 
 fn user(name: &str) -> String {
@@ -532,7 +533,9 @@ fn refused_realm_files(main: &RealmFile) -> Vec<Value> {
     cases.into_iter().map(|(name, json, field)| json!({ "name": name, "json": json, "field": field })).collect()
 }
 
-fn document(r: &Realm) -> String {
+/// The vector file of `r`: its realm files and heads, `vectors`, and (for the version-1
+/// file) the realm files every reader refuses.
+fn document(r: &Realm, vectors: Vec<Vector>, format: &str) -> String {
     let files: serde_json::Map<String, Value> =
         r.files.iter().map(|(k, f)| ((*k).to_owned(), serde_json::from_str(&f.to_json()).unwrap())).collect();
     let configs: serde_json::Map<String, Value> = r
@@ -543,7 +546,7 @@ fn document(r: &Realm) -> String {
             ((*k).to_owned(), json!({ "hex": hex::encode(c.encode()), "hash": hex::encode(c.hash()) }))
         })
         .collect();
-    let vectors: Vec<Value> = vectors(r)
+    let vectors: Vec<Value> = vectors
         .into_iter()
         .map(|v| {
             let mut o = json!({
@@ -576,26 +579,31 @@ fn document(r: &Realm) -> String {
                 None => {
                     // What an accepting verifier learns, to compare with.
                     let proof = LookupProof::from_bytes(&v.proof).unwrap();
-                    let (index, _) = r.h.index_of(&v.user_id);
+                    // The index of the canonical id the proof is about (the id asked may stand for it).
+                    let (index, _) = r.h.index_of(&proof.user_id);
                     o.insert("epoch".into(), proof.head.epoch.into());
                     o.insert("index".into(), hex::encode(index.0).into());
                     o.insert("present".into(), proof.entry.is_some().into());
                     o.insert("version".into(), proof.entry.as_ref().map(|(e, _)| e.version).into());
+                    let pending = proof.pending_recovery.as_ref().map(|p| p.signed.entry.version);
+                    o.insert("pending_recovery_version".into(), pending.into());
                 }
             }
             Value::Object(o.clone())
         })
         .collect();
-    let doc = json!({
-        "format": "keyraft lookup-proof test vectors, protocol version 1 (docs/vectors/README.md)",
+    let mut doc = json!({
+        "format": format,
         "generated_by": "crates/state/tests/golden.rs (KEYRAFT_REGEN_FIXTURES=1 regenerates)",
         "checks": CHECKS,
         "realm_files": files,
         "realm_configs": configs,
         "heads": r.heads.iter().map(head_json).collect::<Vec<_>>(),
         "vectors": vectors,
-        "realm_files_refused": refused_realm_files(&r.files["main"]),
     });
+    if r.files.contains_key("other-config") {
+        doc["realm_files_refused"] = refused_realm_files(&r.files["main"]).into();
+    }
     serde_json::to_string_pretty(&doc).unwrap() + "\n"
 }
 
@@ -622,17 +630,32 @@ fn reference_verdict(files: &BTreeMap<String, RealmFile>, v: &Value) -> Result<V
         "index": hex::encode(lookup.index.0),
         "present": lookup.entry.is_some(),
         "version": lookup.entry.as_ref().map(|(e, _)| e.version),
+        "pending_recovery_version": lookup.pending_recovery.as_ref().map(|p| p.signed.entry.version),
     }))
 }
 
 #[test]
 fn vectors_are_stable_and_the_reference_verifier_gives_every_verdict() {
-    let actual = document(&realm());
+    let r = realm();
+    check_file("lookup-v1.json", &document(&r, vectors(&r), FORMAT_V1));
+}
+
+#[test]
+fn version_2_vectors_are_stable_and_the_reference_verifier_gives_every_verdict() {
+    let r = v2::realm();
+    check_file("lookup-v2.json", &document(&r, v2::vectors(&r), v2::FORMAT));
+}
+
+const FORMAT_V1: &str = "keyraft lookup-proof test vectors, protocol version 1 (docs/vectors/README.md)";
+
+/// The file is what the reference code makes (rewritten with `KEYRAFT_REGEN_FIXTURES`), and
+/// the reference verifier reaches every verdict it holds.
+fn check_file(file: &str, actual: &str) {
     if std::env::var_os("KEYRAFT_REGEN_FIXTURES").is_some() {
-        std::fs::write(path(), &actual).unwrap();
+        std::fs::write(path(file), actual).unwrap();
     }
     let expected =
-        std::fs::read_to_string(path()).expect("test vectors present (see this file's header to regenerate)");
+        std::fs::read_to_string(path(file)).expect("test vectors present (see this file's header to regenerate)");
     assert!(actual == expected, "protocol bytes changed: if deliberate, regenerate and update docs/protocol.md");
 
     let doc: Value = serde_json::from_str(&expected).unwrap();
@@ -651,7 +674,7 @@ fn vectors_are_stable_and_the_reference_verifier_gives_every_verdict() {
         match v["expected"].as_str().unwrap() {
             "accept" => {
                 let got = got.unwrap_or_else(|check| panic!("{name}: refused by {check}, expected to verify"));
-                for field in ["epoch", "index", "present", "version"] {
+                for field in ["epoch", "index", "present", "version", "pending_recovery_version"] {
                     assert_eq!(got[field], v[field], "{name}: {field}");
                 }
             }
@@ -662,7 +685,7 @@ fn vectors_are_stable_and_the_reference_verifier_gives_every_verdict() {
             }
         }
     }
-    for v in doc["realm_files_refused"].as_array().unwrap() {
+    for v in doc["realm_files_refused"].as_array().map_or(&[][..], Vec::as_slice) {
         let name = v["name"].as_str().unwrap();
         let field = v["field"].as_str().unwrap();
         let e = RealmFile::from_json(v["json"].as_str().unwrap()).err();
@@ -674,14 +697,15 @@ fn vectors_are_stable_and_the_reference_verifier_gives_every_verdict() {
 #[test]
 fn every_check_has_a_refused_vector_and_both_terminals_of_absence_appear() {
     let r = realm();
-    let doc: Value = serde_json::from_str(&document(&r)).unwrap();
+    let doc: Value = serde_json::from_str(&document(&r, vectors(&r), FORMAT_V1)).unwrap();
     let vectors = doc["vectors"].as_array().unwrap();
-    // `recovery` needs a realm of protocol version 2 (a pending recovery); this file's realm is
-    // of version 1. Both verifiers refuse the same pending-recovery proofs by that check in
-    // independent_verifier.rs.
+    // `recovery` needs a realm of protocol version 2 (a pending recovery): lookup-v2.json.
+    let v2 = v2::realm();
+    let v2_doc: Value = serde_json::from_str(&document(&v2, v2::vectors(&v2), v2::FORMAT)).unwrap();
     for check in CHECKS.iter().filter(|c| **c != "recovery") {
         assert!(vectors.iter().any(|v| v["check"] == *check), "no vector refused by {check}");
     }
+    assert!(v2_doc["vectors"].as_array().unwrap().iter().any(|v| v["check"] == "recovery"));
     let kinds: Vec<&str> = ["absence-empty", "absence-other-leaf"]
         .iter()
         .map(|n| {
@@ -693,4 +717,167 @@ fn every_check_has_a_refused_vector_and_both_terminals_of_absence_appear() {
     assert_eq!(kinds, ["empty", "other"]);
     assert_eq!(r.heads[0].previous_head_hash, [0; 32]);
     assert_eq!(r.heads[1].previous_head_hash, r.heads[0].hash());
+}
+
+/// docs/vectors/lookup-v2.json: a realm of protocol version 2 (a registration policy and a
+/// recovery window), an identity with a pending recovery, and pending recoveries tampered
+/// inside a tree the signers really signed, so that only the `recovery` check refuses them.
+/// Every user id is canonical: the canonical id (docs/vectors/identity.json) is the client's
+/// step before it asks, not part of a proof's check.
+mod v2 {
+    use super::{absent_user, Realm, Vector, SKEW_MS, TTL_MS};
+    use keyraft_core::identity::LocalPartRule;
+    use keyraft_core::recovery::{leaf_value, PendingRecovery};
+    use keyraft_core::registration::{Method, NamespaceRule, RegistrationPolicy};
+    use keyraft_core::tree::Terminal;
+    use keyraft_core::update::sign_entry;
+    use keyraft_core::{Canonical, Command, LookupProof, Policy, RealmFile};
+    use keyraft_state::harness::{derive_signing_key, public_key, test_profile, Harness};
+    use std::collections::BTreeMap;
+
+    const SEED: u64 = 12;
+    const REALM: &str = "vectors2.example";
+    const WINDOW_MS: u64 = 3_600_000;
+    pub(super) const FORMAT: &str =
+        "keyraft lookup-proof test vectors, protocol version 2: pending recoveries (docs/vectors/README.md)";
+
+    fn user(name: &str) -> String {
+        format!("{name}@{REALM}")
+    }
+
+    /// Epoch 1: alice, bob and carol register. Epoch 2, 30 s later: alice's second version,
+    /// and a recovery of bob to a new key, pending until epoch 2's issue time plus the window.
+    pub(super) fn realm() -> Realm {
+        let policy = RegistrationPolicy {
+            local_part_rule: LocalPartRule::CaseInsensitive,
+            registrar_keys: vec![public_key(&derive_signing_key(SEED, "registrar"))],
+            rules: vec![
+                NamespaceRule { namespace: format!("*@{REALM}"), methods: vec![Method::Registrar] },
+                NamespaceRule { namespace: "*".into(), methods: vec![Method::Open] },
+            ],
+            recovery_window_ms: WINDOW_MS,
+        };
+        let mut h = Harness::with_registration(REALM, 3, 2, SEED, policy);
+        for name in ["alice", "bob", "carol"] {
+            let key = derive_signing_key(SEED, name);
+            h.register(&user(name), &key, &[("mail", format!("{name}-mail-key-v0").as_bytes())]).unwrap();
+        }
+        let head1 = h.publish_epoch().unwrap();
+        h.now_ms += 30_000;
+        let alice = derive_signing_key(SEED, "alice");
+        let profile = test_profile("alice v1", &[("mail", b"alice-mail-key-v1")]);
+        let update = h.make_update(&user("alice"), 1, Policy::single(public_key(&alice)), profile, &[&alice]);
+        h.append(Command::Update(Box::new(update))).unwrap();
+        h.recover(&user("bob"), &derive_signing_key(SEED, "bob-new"), &[("mail", b"bob-mail-key-recovered")]).unwrap();
+        let head2 = h.publish_epoch().unwrap();
+        let endpoints = (1..=3).map(|i| format!("replica-{i}.{REALM}:7001")).collect::<Vec<_>>();
+        let mut main = RealmFile::new(h.config(), TTL_MS, SKEW_MS, endpoints);
+        main.verifier_threshold = 1;
+        Realm { h, heads: vec![head1, head2], files: BTreeMap::from([("main", main)]) }
+    }
+
+    /// `proof` with its pending recovery replaced by `f`'s change of it, the leaf and root
+    /// recomputed and the head re-signed: only the recovery rules can refuse it.
+    fn with_pending(h: &Harness, proof: &LookupProof, f: &dyn Fn(&mut PendingRecovery)) -> LookupProof {
+        let mut p = proof.clone();
+        let mut pending = p.pending_recovery.clone().unwrap();
+        f(&mut pending);
+        let (entry, _) = p.entry.as_ref().unwrap();
+        let index = entry.index;
+        p.tree_proof.terminal = Terminal::Leaf { value: leaf_value(entry, Some(&pending)) };
+        p.head.root = p.tree_proof.compute_root(&index).unwrap().0;
+        p.pending_recovery = Some(pending);
+        h.resign(&mut p);
+        p
+    }
+
+    pub(super) fn vectors(r: &Realm) -> Vec<Vector> {
+        let h = &r.h;
+        let t2 = r.heads[1].issue_time_ms;
+        let alice = h.lookup_proof(&user("alice"), Some(2), 2).unwrap();
+        let bob = h.lookup_proof(&user("bob"), Some(2), 2).unwrap();
+        assert!(bob.pending_recovery.is_some(), "bob's recovery is pending in epoch 2");
+        let base = |name, description, user_id: &str, proof: &LookupProof, check| Vector {
+            name,
+            description,
+            realm_file: "main",
+            user_id: user_id.to_owned(),
+            proof: proof.encode(),
+            past_epoch: None,
+            now_ms: t2,
+            verifier_threshold: 2,
+            rollback_floor: None,
+            check,
+        };
+        let bob_id = user("bob");
+        let bob_new = derive_signing_key(SEED, "bob-new");
+        let pending = |name, description, f: &dyn Fn(&mut PendingRecovery)| {
+            base(name, description, &bob_id, &with_pending(h, &bob, f), Some("recovery"))
+        };
+        let effective = bob.pending_recovery.as_ref().unwrap().effective_ms;
+        let mut overdue = bob.clone();
+        overdue.head.epoch = 3;
+        overdue.head.previous_head_hash = r.heads[1].hash();
+        overdue.head.issue_time_ms = effective;
+        h.resign(&mut overdue);
+        let mut hidden = bob.clone();
+        hidden.pending_recovery = None;
+        let absent = absent_user(h, 2, "empty");
+        vec![
+            base("v2-inclusion", "alice's entry (version 1) in epoch 2", &user("alice"), &alice, None),
+            base("v2-absence", "an absent user id", &absent.user_id, &absent, None),
+            base(
+                "pending-recovery",
+                "bob's entry (version 0) with a recovery to version 1 pending",
+                &bob_id,
+                &bob,
+                None,
+            ),
+            Vector {
+                name: "pending-recovery-past",
+                description: "bob's pending recovery as a statement about epoch 2",
+                past_epoch: Some(2),
+                ..base("", "", &bob_id, &bob, None)
+            },
+            base(
+                "v2-wrong-user-id",
+                "alice's proof checked as an answer about carol",
+                &user("carol"),
+                &alice,
+                Some("user_id"),
+            ),
+            base(
+                "pending-recovery-hidden",
+                "bob's proof without its pending recovery: the leaf commits to it",
+                &bob_id,
+                &hidden,
+                Some("entry"),
+            ),
+            pending("pending-recovery-version-gap", "the recovery's entry at version 2 (re-signed by its key)", &|p| {
+                p.signed.entry.version = 2;
+                p.signed.signatures = sign_entry(REALM, &p.signed.entry, &[&bob_new]);
+            }),
+            pending("pending-recovery-old-key", "the recovery signed by bob's old key (not in its new policy)", &|p| {
+                p.signed.signatures = sign_entry(REALM, &p.signed.entry, &[&derive_signing_key(SEED, "bob")])
+            }),
+            pending(
+                "pending-recovery-effective-time",
+                "the effective time 1 ms later than epoch 2's issue time plus the window",
+                &|p| {
+                    p.effective_ms += 1;
+                },
+            ),
+            pending("pending-recovery-requested-later", "requested in epoch 3, after the proof's epoch 2", &|p| {
+                p.requested_epoch = 3;
+                p.effective_ms += 30_000;
+            }),
+            Vector {
+                name: "pending-recovery-overdue",
+                description:
+                    "still pending in an epoch-3 head issued at its effective time (re-signed): it should be the entry",
+                now_ms: effective,
+                ..base("", "", &bob_id, &overdue, Some("recovery"))
+            },
+        ]
+    }
 }

@@ -51,6 +51,7 @@ pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> CmdResult {
     let mut endpoints: Vec<String> = Vec::new();
     let started_at_newest = token.is_empty();
     let mut previous: Option<keyraft_client::HistoryPage> = None;
+    let mut pending = None;
     loop {
         let page = rt.block_on(client.history(&args.user, args.page_size, &token))?;
         // Pages followed with --all form one chain: a gap between two is misbehaviour too.
@@ -59,6 +60,13 @@ pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> CmdResult {
         }
         if let (Some(dir), Some(current)) = (&args.save_proofs, &page.current) {
             crate::history_out::save_current_proof(dir, current)?;
+        }
+        // A recovery waiting for its window is not a version yet, and its owner must see it.
+        if let Some(p) = page.current.as_ref().and_then(|c| c.lookup.pending_recovery.as_ref()) {
+            if !args.json {
+                writeln!(out, "{}", crate::answer::recovery_pending_line(&args.user, p, now))?;
+            }
+            pending = Some(p.clone());
         }
         for v in &page.versions {
             if let Some(dir) = &args.save_proofs {
@@ -88,7 +96,7 @@ pub fn history(args: &HistoryArgs, out: &mut dyn Write) -> CmdResult {
     // pages): under protocol version 2 that proves no version was left out.
     let complete = started_at_newest && token.is_empty() && client.realm().config.protocol_version() >= 2;
     if args.json {
-        let json = crate::json::history(&args.user, &listed, &token, complete, client.realm())?;
+        let json = crate::json::history(&args.user, &listed, pending.as_ref(), &token, complete, client.realm())?;
         writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
         return Ok(());
     }

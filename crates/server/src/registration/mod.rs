@@ -86,10 +86,20 @@ impl Admitted {
     }
 }
 
-/// A replica's registration checks.
+/// A policy in force may name e-mail codes although this replica started without their
+/// settings (a configuration change added them): the operator's to fix, not the caller's.
+fn email_unconfigured() -> Status {
+    Status::unavailable(
+        "the realm's registration policy allows e-mail codes, but this replica has no [registration.email] \
+         settings (its operator adds them and restarts it); another replica may have them",
+    )
+}
+
+/// A replica's registration checks: its methods' settings (e-mail relay, OIDC issuers'
+/// keys), applied under the registration policy of the configuration in force, which each
+/// check is given (a configuration change may replace the policy while the replica runs).
 pub struct Registrations {
     realm: String,
-    policy: Option<RegistrationPolicy>,
     clock: Arc<dyn Clock>,
     /// How far apart the replica's and a proof issuer's clocks may be (the realm file's
     /// `clock_skew_ms`).
@@ -102,7 +112,6 @@ impl std::fmt::Debug for Registrations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registrations")
             .field("realm", &self.realm)
-            .field("protocol_version", &if self.policy.is_some() { 2 } else { 1 })
             .field("email", &self.email.as_ref().map(|(_, m)| m.describe()))
             .finish_non_exhaustive()
     }
@@ -159,13 +168,20 @@ impl Registrations {
                 }
             }
         }
-        Ok(Self { realm: realm.realm.clone(), policy, clock, skew_ms, email, oidc })
+        Ok(Self { realm: realm.realm.clone(), clock, skew_ms, email, oidc })
     }
 
     /// Checks that `user_id` (canonical), which has no entry yet, may be registered with the
-    /// update `update_id`, given the request's `proof`.
-    pub async fn check(&self, user_id: &str, update_id: &[u8; 32], proof: Option<&Proof>) -> Result<Admitted, Status> {
-        let Some(policy) = &self.policy else { return Ok(Admitted::Version1) };
+    /// update `update_id` under `policy` (the configuration in force's; none under protocol
+    /// version 1), given the request's `proof`.
+    pub async fn check(
+        &self,
+        policy: Option<&RegistrationPolicy>,
+        user_id: &str,
+        update_id: &[u8; 32],
+        proof: Option<&Proof>,
+    ) -> Result<Admitted, Status> {
+        let Some(policy) = policy else { return Ok(Admitted::Version1) };
         let Some(rule) = policy.rule_for(user_id) else {
             return Err(Status::permission_denied(format!(
                 "registration of {user_id:?} is closed: no namespace of realm {:?} admits it",
@@ -220,9 +236,7 @@ impl Registrations {
             }
             Proof::EmailCode(code) => {
                 require(rule, |m| matches!(m, Method::Email), "an e-mail code")?;
-                let (codes, _) = self.email.as_ref().ok_or_else(|| {
-                    Status::internal("the realm allows e-mail codes but this replica has none configured")
-                })?;
+                let (codes, _) = self.email.as_ref().ok_or_else(email_unconfigured)?;
                 let id = canonical_user_id(user_id, policy.local_part_rule)
                     .map_err(|e| Status::invalid_argument(format!("user_id: {e}")))?;
                 match codes.check(code, &id, update_id, now_ms) {
@@ -242,11 +256,12 @@ impl Registrations {
     /// version 1.
     pub async fn check_recovery(
         &self,
+        policy: Option<&RegistrationPolicy>,
         user_id: &str,
         update_id: &[u8; 32],
         proof: Option<&Proof>,
     ) -> Result<Admitted, Status> {
-        let Some(policy) = &self.policy else {
+        let Some(policy) = policy else {
             return Err(Status::failed_precondition(format!(
                 "realm {:?} is of protocol version 1: it has no registration method to recover an identity with",
                 self.realm
@@ -258,13 +273,19 @@ impl Registrations {
                 keyraft_core::recovery::RecoveryRejection::OpenNamespace
             )));
         }
-        self.check(user_id, update_id, proof).await
+        self.check(Some(policy), user_id, update_id, proof).await
     }
 
     /// Mails a code registering `user_id` (canonical, with no entry yet) with the update
-    /// `update_id`: the address and the code's expiry.
-    pub async fn send_email_code(&self, user_id: &str, update_id: &[u8; 32]) -> Result<(String, u64), Status> {
-        let Some(policy) = &self.policy else {
+    /// `update_id` under `policy` (the configuration in force's): the address and the code's
+    /// expiry.
+    pub async fn send_email_code(
+        &self,
+        policy: Option<&RegistrationPolicy>,
+        user_id: &str,
+        update_id: &[u8; 32],
+    ) -> Result<(String, u64), Status> {
+        let Some(policy) = policy else {
             return Err(Status::failed_precondition(format!(
                 "realm {:?} is of protocol version 1: registration needs no code",
                 self.realm
@@ -283,10 +304,7 @@ impl Registrations {
                 allowed(rule)
             )));
         }
-        let (codes, mailer) = self
-            .email
-            .as_ref()
-            .ok_or_else(|| Status::internal("the realm allows e-mail codes but this replica has none configured"))?;
+        let (codes, mailer) = self.email.as_ref().ok_or_else(email_unconfigured)?;
         let id = canonical_user_id(user_id, policy.local_part_rule)
             .map_err(|e| Status::invalid_argument(format!("user_id: {e}")))?;
         let code = codes.issue(&id, update_id, self.clock.now_ms());

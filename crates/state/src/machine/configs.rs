@@ -1,6 +1,6 @@
 //! The realm's configurations over time: the first one (`META_CONFIG`), each ratified change
 //! with the first epoch whose head commits to it (`c` keyspace), and the change applied from
-//! the log that waits for the next head (`META_PENDING_CONFIG`).
+//! the log that waits for the open epoch to close (`META_PENDING_CONFIG`).
 
 use crate::corrupt;
 use crate::keys;
@@ -31,18 +31,30 @@ pub(crate) struct ConfigHistory {
 /// How a step changes the configuration history, applied to memory at commit.
 #[derive(Debug, Clone)]
 pub(crate) enum ConfigUpdate {
-    /// A change was applied from the log and waits for the next head.
+    /// A change was applied from the log and waits for the open epoch to close.
     Pending(SignedConfigChange, RealmConfig),
-    /// The pending change is in the head just stored.
+    /// The open epoch closed: the pending change is in force from the next one.
     Committed(AppliedChange),
 }
 
 impl ConfigHistory {
-    /// Reads the history, initialising a fresh store with `configured`. The node's realm file
-    /// may hold any configuration of the stored chain (an operator need not replace the file
-    /// after each change); the newest stored one is in force.
+    /// Reads the history, initialising a fresh store with `configured`, which must then be a
+    /// first configuration (generation 0). The realm file of a replica with state may hold any
+    /// configuration of the stored chain (an operator need not replace the file after each
+    /// change); the newest stored one is in force.
     pub(crate) fn open<S: Storage>(store: &S, configured: &RealmConfig) -> Result<Self, StateError> {
         let genesis = match store.get(keys::META_CONFIG)? {
+            // A fresh replica replays the log from its first entry (or installs a snapshot
+            // holding the chain); replaying under a later configuration would make heads no
+            // other replica makes.
+            None if configured.generation > 0 => {
+                return Err(StateError::ConfigMismatch(format!(
+                    "the state is empty and the realm file holds generation {} of realm {:?}: a new replica \
+                     starts from the realm's first realm file (generation 0) and follows the ratified changes \
+                     from the log or a snapshot",
+                    configured.generation, configured.realm
+                )))
+            }
             None => {
                 let mut b = Batch::new();
                 b.put(keys::META_CONFIG, configured.encode());
@@ -88,7 +100,7 @@ impl ConfigHistory {
         Ok(history)
     }
 
-    /// The configuration in force: the newest one in a head (or the first).
+    /// The configuration in force: the open epoch's (the first, or the newest change's).
     pub(crate) fn config(&self) -> &RealmConfig {
         self.changes.last().map_or(&self.genesis, |c| &c.config)
     }

@@ -113,8 +113,9 @@ pub enum Outcome {
         /// The epoch ratified.
         epoch: u64,
     },
-    /// A configuration change was checked and waits for the next head, the head of `epoch`,
-    /// which will commit to the configuration of `generation`.
+    /// A configuration change was checked and waits for the open epoch to close; `epoch`,
+    /// the next one, is checked under the configuration of `generation` and its head is the
+    /// first to commit to it.
     ConfigChangeStaged {
         /// The new configuration's generation.
         generation: u64,
@@ -184,9 +185,9 @@ pub enum Rejected {
     /// A configuration change that does not follow from the configuration in force.
     #[error("configuration change refused: {0}")]
     ConfigChange(ConfigChangeError),
-    /// A second configuration change before the first is in a head.
+    /// A second configuration change before the first is in force.
     #[error(
-        "a configuration change (to generation {pending_generation}) is pending until the next head; submit this one after it"
+        "a configuration change (to generation {pending_generation}) is pending until the open epoch closes; submit this one after it"
     )]
     ConfigChangePending {
         /// The generation of the pending change.
@@ -317,7 +318,8 @@ impl<S: Storage> StateMachine<S> {
         })
     }
 
-    /// The realm configuration in force: the newest one a head committed to (or the first).
+    /// The realm configuration in force: the open epoch's, under which updates are checked and
+    /// which its head will commit to (the first, or the newest change's).
     pub fn config(&self) -> &RealmConfig {
         self.configs.config()
     }
@@ -339,7 +341,7 @@ impl<S: Storage> StateMachine<S> {
         self.configs.changes_after(from_config_hash)
     }
 
-    /// The change applied from the log that the next head will commit to, if any.
+    /// The change applied from the log that is in force once the open epoch closes, if any.
     pub fn pending_config_change(&self) -> Option<&SignedConfigChange> {
         self.configs.pending.as_ref().map(|(change, _)| change)
     }

@@ -184,20 +184,21 @@ impl<S: Storage> StateMachine<S> {
             return Err(corrupt(format!("{} staged updates, epoch state says {}", leaves.len(), st.pending_updates)));
         }
         let tip = ChainTip { epoch: st.last_epoch, head_hash: st.last_head_hash, issue_time_ms: st.last_issue_time_ms };
-        // A pending configuration change takes effect here: this head commits to it.
-        let config = match &self.configs.pending {
-            Some((change, config)) => {
-                step.batch.put(keys::config_change(config.generation), encode_applied(epoch, change));
-                step.batch.delete(keys::META_PENDING_CONFIG);
-                step.config_update = Some(ConfigUpdate::Committed(AppliedChange {
-                    first_epoch: epoch,
-                    change: change.clone(),
-                    config: config.clone(),
-                }));
-                config
-            }
-            None => self.configs.config(),
-        };
+        // This epoch's updates were checked under the configuration in force when it opened,
+        // and its head commits to that one, as verifiers check it. A change applied during
+        // the epoch takes effect with the next: the epoch this delimiter opens is checked
+        // under it and its head is the first to commit to it.
+        let config = self.configs.config();
+        if let Some((change, next)) = &self.configs.pending {
+            let first_epoch = epoch + 1;
+            step.batch.put(keys::config_change(next.generation), encode_applied(first_epoch, change));
+            step.batch.delete(keys::META_PENDING_CONFIG);
+            step.config_update = Some(ConfigUpdate::Committed(AppliedChange {
+                first_epoch,
+                change: change.clone(),
+                config: next.clone(),
+            }));
+        }
         let issue_time_ms = next_issue_time_ms(&tip, timestamp_ms);
         self.close_recoveries(config, epoch, issue_time_ms, &mut leaves, &mut step.batch)?;
         let leaves: Vec<(Index, Digest)> = leaves.into_iter().collect();
@@ -370,9 +371,9 @@ impl<S: Storage> StateMachine<S> {
     }
 
     /// A configuration change: checked against the configuration in force with the one core
-    /// rule, then kept pending until the next delimiter, whose head commits to it. One change
-    /// at a time: the next must follow the configuration this one leads to, which is in force
-    /// only once a head commits to it.
+    /// rule, then kept pending until the next delimiter, after which it is in force: the epoch
+    /// that delimiter opens is checked under it and its head is the first to commit to it.
+    /// One change at a time: the next must follow the configuration this one leads to.
     fn step_config_change(&self, change: &SignedConfigChange, step: &mut Step) -> Outcome {
         let generation = change.change.new_config.generation;
         let already = |c: &SignedConfigChange| c.change == change.change;
@@ -389,15 +390,15 @@ impl<S: Storage> StateMachine<S> {
             Ok(config) => {
                 step.batch.put(keys::META_PENDING_CONFIG, change.encode());
                 step.config_update = Some(ConfigUpdate::Pending(change.clone(), config));
-                Outcome::ConfigChangeStaged { generation, epoch: self.epoch_state.open_epoch() }
+                Outcome::ConfigChangeStaged { generation, epoch: self.epoch_state.open_epoch() + 1 }
             }
         }
     }
 
-    /// The configuration the open epoch's head will commit to: a pending change's, or the
-    /// one in force.
+    /// The configuration the open epoch's updates are checked under and its head will commit
+    /// to: the one in force when it opened (a change pending in it waits for the next epoch).
     pub(super) fn open_epoch_config(&self) -> &keyraft_core::RealmConfig {
-        self.configs.pending.as_ref().map_or(self.configs.config(), |(_, config)| config)
+        self.configs.config()
     }
 
     fn count(&self, prefix: &[u8]) -> Result<usize, StateError> {
