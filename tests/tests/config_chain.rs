@@ -133,38 +133,13 @@ fn a_version_1_realm_upgrades_to_version_2_through_a_change() {
     let user = "alice@example.com";
     realm.runtime.block_on(client.registration(user, &alice).wait_for_quorum().send()).unwrap();
     // Node N signs with keys/replica-N.key: the upgrade binds exactly that.
-    let mut args: Vec<String> =
-        ["admin", "realm", "propose", "--realm", "realm.json", "--out", "upgrade.hex", "upgrade-v2"]
-            .map(String::from)
-            .into();
-    for n in 1..=3 {
-        let secret =
-            keyraft_core::key_file::read_secret(&realm.path().join(format!("keys/replica-{n}.key")), "test").unwrap();
-        let public = PublicKey::from_verifying_key(&SigningKey::from_bytes(&secret.key).verifying_key()).unwrap();
-        args.push("--node".into());
-        args.push(format!("{}={n}", hex::encode(public.as_bytes())));
+    let bindings: Vec<String> = (1..=3).map(|n| format!("{}={n}", realm.replica_key_hex(n))).collect();
+    let mut change = vec!["upgrade-v2"];
+    for b in &bindings {
+        change.extend(["--node", b]);
     }
-    let run = |args: &[&str]| {
-        let out = realm.run_cli(args);
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    run(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    run(&["admin", "realm", "sign", "--change", "upgrade.hex", "--key", "keys/replica-1.key"]);
-    run(&["admin", "realm", "sign", "--change", "upgrade.hex", "--key", "keys/replica-3.key"]);
-    let peer = realm.peer_addr(0);
-    let out = run(&[
-        "admin",
-        "--peer",
-        &peer,
-        "--token-file",
-        "keys/cluster.token",
-        "realm",
-        "submit",
-        "--change",
-        "upgrade.hex",
-    ]);
-    assert!(out.contains("generation 1"), "{out}");
+    let upgraded = realm.change_config("realm.json", &change, &[1, 3], 0);
+    assert_eq!(upgraded, "realm-g1.json");
     let answer = wait_for("an answer under the version-2 configuration", || {
         let a = realm.runtime.block_on(client.lookup(user, LookupOptions::default())).ok()?;
         (client.config_chain().newest().protocol_version() == 2).then_some(a)

@@ -5,7 +5,7 @@
 use keyraft_server::registration::email::extract_code;
 use keyraft_server::registration::email::testing::SmtpSink;
 use keyraft_server::registration::oidc::testing::{TestIssuer, TEST_AUDIENCE, TEST_ISSUER};
-use keyraft_tests::{serial, Realm};
+use keyraft_tests::{serial, wait_for, Realm};
 use std::time::Duration;
 
 /// The update id written by `register --prepare`.
@@ -55,6 +55,22 @@ fn an_email_code_mailed_by_one_replica_registers_exactly_its_update() {
     assert!(e.contains("already registered"), "{e}");
     // Bob's code still registers bob's own update.
     realm.cli_ok(&["register", "--prepared", "bob.json", "--email-code", &bob_code, "--wait"]);
+    // Alice loses her key: a recovery proven with a fresh e-mail code, which her old code
+    // (for another update) does not prove; it is pending for the realm's window (a day).
+    let mailed = sink.messages().len();
+    realm.cli_ok(&["keygen", "--out", "alice-new.key"]);
+    realm.cli_ok(&["recover", "--user", "alice@example.com", "--key", "alice-new.key", "--prepare", "recovery.json"]);
+    let out = realm.cli_ok(&["recover", "--prepared", "recovery.json", "--send-email-code"]);
+    assert!(out.contains("mailed to alice@example.com"), "{out}");
+    let mail = wait_for("the recovery code's mail", || sink.messages().get(mailed).cloned());
+    assert!(mail.to.iter().any(|t| t == "alice@example.com"), "{:?}", mail.to);
+    let recovery_code = extract_code(&mail.data).expect("a code in the mail");
+    let e = realm.cli_fails(&["recover", "--prepared", "recovery.json", "--email-code", &code]);
+    assert!(e.contains("e-mail code"), "{e}");
+    let out = realm.cli_ok(&["recover", "--prepared", "recovery.json", "--email-code", &recovery_code, "--wait"]);
+    assert!(out.contains("recovery requested for \"alice@example.com\""), "{out}");
+    let shown = realm.cli_ok(&["lookup", "alice@example.com"]);
+    assert!(shown.contains("RECOVERY PENDING") && shown.contains("version 0"), "{shown}");
     // Codes cannot be asked for outside the namespace.
     realm.cli_ok(&["register", "--user", "carol@else.example", "--key", "alice.key", "--prepare", "carol.json"]);
     let e = realm.cli_fails(&["register", "--prepared", "carol.json", "--send-email-code"]);

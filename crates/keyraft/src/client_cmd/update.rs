@@ -254,22 +254,35 @@ pub fn recover(args: &UpdateArgs, out: &mut dyn Write) -> CmdResult {
     }
     let builder = builder.profile_keys(profile);
     if let Some(path) = &args.prepare {
-        let prepared = rt.block_on(builder.prepare())?;
-        std::fs::write(path, prepared.to_json()).map_err(|e| format!("--prepare: writing {}: {e}", path.display()))?;
-        writeln!(out, "prepared the recovery of {:?} in {}", prepared.user_id, path.display())?;
-        writeln!(out, "  update id:  {}", hex::encode(prepared.update_id()))?;
-        writeln!(out, "  OIDC nonce: {}", prepared.oidc_nonce())?;
-        writeln!(
-            out,
-            "  get the proof a registration of the identity needs (`keyraft registrar attest --prepared {0}`, an ID \
-             token with that nonce, or `keyraft recover --prepared {0} --send-email-code`), then send it with \
-             `keyraft recover --prepared {0} ...`",
-            path.display()
-        )?;
-        return Ok(());
+        return write_prepared(&rt, builder, path, "recovery", "recover", out);
     }
     let result = rt.block_on(builder.send());
     report(&args.realm.realm, args.wait_ms, Done::Recovery, user, result, out)
+}
+
+/// `--prepare`: signs the update, writes it to `path` for the registration proof it needs
+/// (`what` it is, sent back with `keyraft <command> --prepared`), and says how to get one.
+fn write_prepared(
+    rt: &tokio::runtime::Runtime,
+    builder: keyraft_client::UpdateBuilder<'_>,
+    path: &std::path::Path,
+    what: &str,
+    command: &str,
+    out: &mut dyn Write,
+) -> CmdResult {
+    let prepared = rt.block_on(builder.prepare())?;
+    std::fs::write(path, prepared.to_json()).map_err(|e| format!("--prepare: writing {}: {e}", path.display()))?;
+    writeln!(out, "prepared the {what} of {:?} in {}", prepared.user_id, path.display())?;
+    writeln!(out, "  update id:  {}", hex::encode(prepared.update_id()))?;
+    writeln!(out, "  OIDC nonce: {}", prepared.oidc_nonce())?;
+    writeln!(
+        out,
+        "  get the proof a registration of the identity needs (`keyraft registrar attest --prepared {0}`, an ID \
+         token with that nonce, or `keyraft {command} --prepared {0} --send-email-code`), then send it with \
+         `keyraft {command} --prepared {0} ...`",
+        path.display()
+    )?;
+    Ok(())
 }
 
 /// Options of `keyraft veto`.
@@ -349,18 +362,7 @@ pub fn update(args: &UpdateArgs, is_update: bool, out: &mut dyn Write) -> CmdRes
     }
     let builder = builder.profile_keys(profile);
     if let Some(path) = &args.prepare {
-        let prepared = rt.block_on(builder.prepare())?;
-        std::fs::write(path, prepared.to_json()).map_err(|e| format!("--prepare: writing {}: {e}", path.display()))?;
-        writeln!(out, "prepared the registration of {:?} in {}", prepared.user_id, path.display())?;
-        writeln!(out, "  update id:  {}", hex::encode(prepared.update_id()))?;
-        writeln!(out, "  OIDC nonce: {}", prepared.oidc_nonce())?;
-        writeln!(
-            out,
-            "  get a proof for it (`keyraft registrar attest --prepared {0}`, an ID token with that nonce, or \
-             `keyraft register --prepared {0} --send-email-code`), then send it with `keyraft register --prepared {0} ...`",
-            path.display()
-        )?;
-        return Ok(());
+        return write_prepared(&rt, builder, path, "registration", "register", out);
     }
     let result = rt.block_on(builder.send());
     report(&args.realm.realm, args.wait_ms, if is_update { Done::Updated } else { Done::Registered }, user, result, out)
