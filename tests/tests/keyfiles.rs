@@ -140,3 +140,85 @@ fn key_files_of_an_earlier_version_keep_working() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("migrate"), "{stderr}");
 }
+
+/// Secrets at rest: a replica refuses to start on a key file or cluster token that others can
+/// read or write, naming the file and the fix; the CLI refuses such a token file too; a
+/// running realm's logs (at debug level) and `admin status` hold none of its secrets.
+#[test]
+#[cfg(unix)]
+fn secret_files_others_can_read_are_refused_and_no_secret_reaches_the_logs() {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::time::{Duration, Instant};
+    let _s = serial();
+    let mut realm = Realm::create_with(&[], |_| {});
+    let dir = realm.path().to_owned();
+    let set_mode = |file: &str, mode: u32| {
+        std::fs::set_permissions(dir.join(file), std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    for (file, setting, mode) in [
+        ("keys/replica-1.key", "signing_key_file", 0o644),
+        ("keys/vrf.key", "vrf_secret_key_file", 0o640),
+        ("keys/cluster.token", "cluster_token_file", 0o606),
+    ] {
+        set_mode(file, mode);
+        let mut child = std::process::Command::new(keyraft_tests::keyraft_bin())
+            .args(["server", "--config", "node-1.toml"])
+            .current_dir(realm.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("a replica started with {file} at mode {mode:o}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains(setting) && stderr.contains("chmod 600") && stderr.contains(file), "{file}: {stderr}");
+        set_mode(file, 0o600);
+    }
+
+    // At debug level, with traffic: no secret appears in any log or in `admin status`.
+    std::env::set_var("RUST_LOG", "debug,h2=info,hyper=info,tower=info");
+    for i in 0..3 {
+        realm.start_replica(i);
+    }
+    std::env::remove_var("RUST_LOG");
+    realm.wait_leader();
+    ok(&realm, &["keygen", "--out", "alice.key"]);
+    ok(&realm, &register("alice@example.com", &["--key", "alice.key", "--wait"]));
+    let peer = realm.peer_addr(0);
+    let status = stdout(&ok(&realm, &["admin", "--peer", &peer, "--token-file", "keys/cluster.token", "status"]));
+    set_mode("keys/cluster.token", 0o644);
+    let e = refused(&realm, &["admin", "--peer", &peer, "--token-file", "keys/cluster.token", "status"]);
+    assert!(e.contains("--token-file") && e.contains("chmod 600"), "{e}");
+    set_mode("keys/cluster.token", 0o600);
+
+    let mut secrets = vec![std::fs::read_to_string(realm.path().join("keys/cluster.token")).unwrap().trim().to_owned()];
+    for entry in std::fs::read_dir(realm.path().join("keys")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "key") {
+            let seed = keyraft_core::key_file::read_secret(&path, "test").unwrap();
+            secrets.push(hex::encode(*seed.key));
+        }
+    }
+    secrets
+        .push(hex::encode(*keyraft_core::key_file::read_secret(&realm.path().join("alice.key"), "test").unwrap().key));
+    let mut logs = vec![("admin status".to_owned(), status)];
+    for entry in std::fs::read_dir(realm.path().join("logs")).unwrap() {
+        let path = entry.unwrap().path();
+        logs.push((path.display().to_string(), std::fs::read_to_string(&path).unwrap()));
+    }
+    assert!(logs.iter().any(|(_, text)| text.contains("DEBUG")), "the replicas logged at debug level");
+    for (name, text) in &logs {
+        for secret in &secrets {
+            // Half a secret is as good as a whole one to a patient attacker.
+            assert!(!text.contains(&secret[..32]) && !text.contains(&secret[32..]), "{name} holds a secret");
+        }
+    }
+}

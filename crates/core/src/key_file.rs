@@ -16,6 +16,36 @@
 
 use crate::keys::PublicKey;
 use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+/// A secret key file's 32 bytes: wiped from memory when dropped, never shown by `Debug`.
+pub type SecretSeed = Secret<[u8; 32]>;
+
+/// A secret value (a key's bytes, a token): wiped from memory when dropped, and never shown by
+/// `Debug` (a secret in a log or an error message is a secret given away). `Deref` gives the
+/// value to the code that uses it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T: zeroize::Zeroize>(Zeroizing<T>);
+
+impl<T: zeroize::Zeroize> Secret<T> {
+    /// Wraps `value` (a copy the caller keeps is its own to wipe).
+    pub fn new(value: T) -> Self {
+        Self(Zeroizing::new(value))
+    }
+}
+
+impl<T: zeroize::Zeroize> std::ops::Deref for Secret<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: zeroize::Zeroize> std::fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
 
 /// First line of a secret key file.
 pub const SECRET_HEADER: &str = "keyraft-ed25519-secret-v1";
@@ -75,6 +105,21 @@ pub enum KeyFileError {
         wanted: Kind,
         /// The file has no header: its kind was taken from its name.
         legacy: bool,
+    },
+    /// A secret key file that others than its owner may read or write (unix permissions).
+    #[error(
+        "{path} ({needed_by}) is a secret key file that others can {access} (mode {mode:04o}); a secret key file must \
+         be readable by its owner only: `chmod 600 {path}`"
+    )]
+    Exposed {
+        /// The file.
+        path: String,
+        /// What reads it.
+        needed_by: String,
+        /// The file's permission bits.
+        mode: u32,
+        /// "read", "write" or "read and write".
+        access: &'static str,
     },
     /// The file cannot be parsed.
     #[error("{path} ({needed_by}) is not a keyraft key file: {why}")]
@@ -185,9 +230,42 @@ fn read_text(path: &Path) -> Result<String, KeyFileError> {
 }
 
 /// Reads a secret key file (an Ed25519 seed, also used as the VRF seed). `needed_by` names
-/// what wants it, for the error message.
-pub fn read_secret(path: &Path, needed_by: &str) -> Result<Read<[u8; 32]>, KeyFileError> {
-    classify(path, &read_text(path)?, Kind::Secret, needed_by)
+/// what wants it, for the error message. A file that others than its owner can read or write
+/// is refused (as ssh refuses such a private key): the key may already be someone else's.
+pub fn read_secret(path: &Path, needed_by: &str) -> Result<Read<SecretSeed>, KeyFileError> {
+    let text = Zeroizing::new(read_text(path)?);
+    // The kind first: a public key file given for a secret one is that mistake, whatever its
+    // permissions.
+    let read = classify(path, &text, Kind::Secret, needed_by)?;
+    check_owner_only(path, needed_by)?;
+    Ok(Read { key: SecretSeed::new(read.key), legacy: read.legacy })
+}
+
+/// Refuses a secret file whose permissions let the group or others read or write it. Any
+/// secret file (key, cluster token, MAC key) is checked with this one rule.
+pub fn check_owner_only(path: &Path, needed_by: &str) -> Result<(), KeyFileError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path)
+            .map_err(|source| KeyFileError::Io { action: "reading", path: path.display().to_string(), source })?
+            .permissions()
+            .mode()
+            & 0o777;
+        let (read, write) = (mode & 0o044 != 0, mode & 0o022 != 0);
+        let access = match (read, write) {
+            (true, true) => "read and write",
+            (true, false) => "read",
+            (false, true) => "write",
+            (false, false) => return Ok(()),
+        };
+        Err(KeyFileError::Exposed { path: path.display().to_string(), needed_by: needed_by.into(), mode, access })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, needed_by);
+        Ok(())
+    }
 }
 
 /// Reads a public key file and validates the key.
@@ -228,6 +306,12 @@ fn io_write(path: &Path, source: std::io::Error) -> KeyFileError {
 /// overwritten (it may be the only copy of a key).
 pub fn write_secret(path: &Path, seed: &[u8; 32]) -> Result<(), KeyFileError> {
     write_new(path, &secret_text(seed), true)
+}
+
+/// Writes a new file of other secret text (a cluster token), readable by its owner only; an
+/// existing file is never overwritten.
+pub fn write_secret_text(path: &Path, text: &str) -> Result<(), KeyFileError> {
+    write_new(path, text, true)
 }
 
 /// Writes a new public key file (an existing file is not overwritten).
@@ -360,6 +444,38 @@ mod tests {
     }
 
     #[test]
+    #[cfg(unix)]
+    fn a_secret_others_can_read_or_write_is_refused_and_debug_shows_no_secret() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("keyraft-key-perms-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let seed: [u8; 32] = hex::decode(HEX).unwrap().try_into().unwrap();
+        let path = dir.join("a.key");
+        write_secret(&path, &seed).unwrap();
+        for (mode, access) in [(0o640, "read"), (0o604, "read"), (0o620, "write"), (0o666, "read and write")] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = read_secret(&path, "signing_key_file").unwrap_err();
+            assert!(
+                matches!(err, KeyFileError::Exposed { mode: m, access: a, .. } if m == mode && a == access),
+                "{err}"
+            );
+            let text = err.to_string();
+            assert!(
+                text.contains("signing_key_file") && text.contains(&format!("chmod 600 {}", path.display())),
+                "{text}"
+            );
+            assert!(!text.contains(HEX), "{text}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let read = read_secret(&path, "signing_key_file").unwrap();
+        assert_eq!(*read.key, seed);
+        let shown = format!("{read:?} {:?}", Secret::new("a token".to_owned()));
+        assert!(!shown.contains(HEX) && !shown.contains(&HEX[..8]) && !shown.contains("a token"), "{shown}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn written_files_read_back_and_migrate_keeps_the_key() {
         let dir = std::env::temp_dir().join(format!("keyraft-key-file-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -371,7 +487,7 @@ mod tests {
         write_secret(&secret_path, &seed).unwrap();
         assert!(write_secret(&secret_path, &seed).is_err(), "an existing key file is never overwritten");
         write_public(&public_path_for(&secret_path), &public).unwrap();
-        assert_eq!(read_secret(&secret_path, "--key").unwrap(), Read { key: seed, legacy: false });
+        assert_eq!(read_secret(&secret_path, "--key").unwrap(), Read { key: SecretSeed::new(seed), legacy: false });
         assert_eq!(read_public(&dir.join("a.key.pub"), "--policy-key").unwrap().key.as_bytes(), public.as_bytes());
         #[cfg(unix)]
         {

@@ -134,16 +134,17 @@ pub struct VrfSecretKey {
 impl VrfSecretKey {
     /// Expands a 32-byte seed as RFC 8032 does for Ed25519.
     pub fn from_seed(seed: &[u8; 32]) -> Self {
-        let h = Sha512::digest(seed);
-        let mut a = [0u8; 32];
+        let mut h = Sha512::digest(seed);
+        let mut a = zeroize::Zeroizing::new([0u8; 32]);
         a.copy_from_slice(&h[..32]);
         a[0] &= 248;
         a[31] &= 127;
         a[31] |= 64;
         let mut nonce_prefix = [0u8; 32];
         nonce_prefix.copy_from_slice(&h[32..]);
+        zeroize::Zeroize::zeroize(h.as_mut_slice());
         // The clamped integer times B equals its reduction mod L times B (B has order L).
-        let scalar = Scalar::from_bytes_mod_order(a);
+        let scalar = Scalar::from_bytes_mod_order(*a);
         let public = VrfPublicKey((&scalar * ED25519_BASEPOINT_TABLE).compress().to_bytes());
         Self { scalar, nonce_prefix, public }
     }
@@ -191,6 +192,15 @@ impl VrfSecretKey {
         pi[32..48].copy_from_slice(&c);
         pi[48..].copy_from_slice(s.as_bytes());
         Ok((VrfProof(pi), gamma_to_output(&gamma)))
+    }
+}
+
+// The expanded secret is wiped when the key goes (a seed's copies are the caller's).
+impl Drop for VrfSecretKey {
+    fn drop(&mut self) {
+        use zeroize::Zeroize as _;
+        self.scalar.zeroize();
+        self.nonce_prefix.zeroize();
     }
 }
 

@@ -155,10 +155,12 @@ pub fn run(args: &AdminArgs, out: &mut dyn Write) -> CmdResult {
     let (Some(peer), Some(token_file)) = (&args.peer, &args.token_file) else {
         return Err("this admin action calls the cluster: give --peer and --token-file".into());
     };
-    let token = std::fs::read_to_string(token_file)
-        .map_err(|e| format!("reading the token file {}: {e}", token_file.display()))?
-        .trim()
-        .to_owned();
+    keyraft_core::key_file::check_owner_only(token_file, "--token-file")?;
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(token_file)
+            .map_err(|e| format!("reading the token file {}: {e}", token_file.display()))?,
+    );
+    let token = keyraft_core::key_file::Secret::new(text.trim().to_owned());
     let failed =
         |action: &str, status: &tonic::Status| crate::cli::call_failed(&format!("admin {action} on {peer}"), status);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

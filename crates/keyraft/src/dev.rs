@@ -223,7 +223,7 @@ fn create(args: &DevArgs) -> CmdResult {
     let vrf_seed: [u8; 32] = rand::Rng::gen(&mut rng);
     write_secret(&dir.join("keys/vrf.key"), &vrf_seed)?;
     let token: [u8; 32] = rand::Rng::gen(&mut rng);
-    std::fs::write(dir.join("keys/cluster.token"), format!("{}\n", hex::encode(token)))?;
+    keyraft_core::key_file::write_secret_text(&dir.join("keys/cluster.token"), &format!("{}\n", hex::encode(token)))?;
     let mut replica_keys = Vec::new();
     for id in 1..=args.replicas {
         let seed: [u8; 32] = rand::Rng::gen(&mut rng);

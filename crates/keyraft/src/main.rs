@@ -16,10 +16,26 @@ fn main() -> std::process::ExitCode {
                 // `keyraft history ... | head`: the reader has all it wanted.
                 return std::process::ExitCode::SUCCESS;
             }
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", with_causes(e.as_ref()));
             std::process::ExitCode::from(keyraft::cli::exit_code(e.as_ref()))
         }
     }
+}
+
+/// `e`'s message followed by each cause's that it does not already say: a configuration
+/// error names the setting, its cause what is wrong with it, and the operator needs both.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Whether `e` (or what caused it) is a write to a pipe whose reader has closed it.

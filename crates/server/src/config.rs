@@ -338,7 +338,9 @@ pub struct VoterSpec {
     pub public_addr: String,
 }
 
-/// A configuration with its secrets loaded and checked.
+pub use keyraft_core::key_file::Secret;
+
+/// A configuration with its secrets loaded and checked (`Debug` shows none of them).
 #[derive(Debug)]
 pub struct Loaded {
     /// The file's settings, with paths resolved.
@@ -352,7 +354,7 @@ pub struct Loaded {
     /// Its further head-signing keys (`next_signing_key_files`).
     pub next_signing_keys: Vec<SigningKey>,
     /// The cluster token.
-    pub cluster_token: String,
+    pub cluster_token: Secret<String>,
     /// The realm file's `clock_skew_ms`: how far apart clocks may be when registration proofs
     /// (attestations, ID tokens) are judged.
     pub realm_clock_skew_ms: u64,
@@ -371,7 +373,7 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
 
 /// Reads a secret key file ([`keyraft_core::key_file`]); `what` names the setting that
 /// needs it. A legacy (headerless) file is accepted with a warning to migrate it.
-pub fn read_secret32(path: &Path, what: &str) -> Result<[u8; 32], Error> {
+pub fn read_secret32(path: &Path, what: &str) -> Result<keyraft_core::key_file::SecretSeed, Error> {
     let read =
         keyraft_core::key_file::read_secret(path, what).map_err(|e| Error::config_because(what.to_owned(), e))?;
     if read.legacy {
@@ -402,14 +404,14 @@ impl NodeConfig {
             .map_err(|e| Error::config_because(config.realm_file.display().to_string(), e))?;
         let realm =
             realm_file.config().map_err(|e| Error::config_because(config.realm_file.display().to_string(), e))?;
-        let vrf = VrfSecretKey::from_seed(&read_secret32(&config.vrf_secret_key_file, "vrf_secret_key_file")?);
+        let vrf = VrfSecretKey::from_seed(&*read_secret32(&config.vrf_secret_key_file, "vrf_secret_key_file")?);
         if vrf.public_key() != realm.vrf_public_key {
             return Err(Error::config(format!(
                 "the VRF secret key {} does not match the realm's vrf_public_key",
                 config.vrf_secret_key_file.display()
             )));
         }
-        let signing_key = SigningKey::from_bytes(&read_secret32(&config.signing_key_file, "signing_key_file")?);
+        let signing_key = SigningKey::from_bytes(&*read_secret32(&config.signing_key_file, "signing_key_file")?);
         let next_signing_keys = config
             .next_signing_key_files
             .iter()
@@ -423,10 +425,13 @@ impl NodeConfig {
             keyraft_core::PublicKey::from_verifying_key(&key.verifying_key())
                 .map_err(|e| Error::config_because("signing key", e))?;
         }
-        let cluster_token = std::fs::read_to_string(&config.cluster_token_file)
-            .map_err(|e| Error::io(format!("reading the cluster token {}", config.cluster_token_file.display()), e))?
-            .trim()
-            .to_owned();
+        keyraft_core::key_file::check_owner_only(&config.cluster_token_file, "cluster_token_file")
+            .map_err(|e| Error::config_because("cluster_token_file", e))?;
+        let text =
+            zeroize::Zeroizing::new(std::fs::read_to_string(&config.cluster_token_file).map_err(|e| {
+                Error::io(format!("reading the cluster token {}", config.cluster_token_file.display()), e)
+            })?);
+        let cluster_token = Secret::new(text.trim().to_owned());
         check_token(&cluster_token)?;
         Ok(Loaded {
             config,

@@ -66,7 +66,7 @@ fn loaded(dir: &Path, epochs: EpochSettings, seams: Seams) -> Loaded {
         vrf: vrf(),
         signing_key: derive_signing_key(SEED, "replica-0"),
         next_signing_keys: vec![],
-        cluster_token: TOKEN.into(),
+        cluster_token: keyraft_server::config::Secret::new(TOKEN.to_owned()),
         realm_clock_skew_ms: 5_000,
         seams,
     }

@@ -42,7 +42,7 @@ fn loaded(dir: &std::path::Path) -> Loaded {
         vrf,
         signing_key,
         next_signing_keys: vec![],
-        cluster_token: "shutdown-test-cluster-token".into(),
+        cluster_token: keyraft_server::config::Secret::new("shutdown-test-cluster-token".to_owned()),
         realm_clock_skew_ms: 5_000,
         seams: Default::default(),
     }

@@ -673,25 +673,17 @@ pub fn load_mac_key(path: &Path) -> Result<Zeroizing<[u8; 32]>, EmailConfigError
     Ok(key)
 }
 
-/// Refuses a secret file whose mode lets anyone but its owner read or write it.
+/// Refuses a secret file whose mode lets anyone but its owner read or write it (the rule of
+/// every secret file, [`keyraft_core::key_file::check_owner_only`]).
 pub(crate) fn check_owner_only(path: &Path, setting: &'static str) -> Result<(), EmailConfigError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let metadata = std::fs::metadata(path).map_err(|source| EmailConfigError::Io {
-            action: "reading",
-            setting,
-            path: path.display().to_string(),
-            source,
-        })?;
-        let mode = metadata.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(EmailConfigError::OpenPermissions { setting, path: path.display().to_string(), mode });
+    use keyraft_core::key_file::KeyFileError;
+    keyraft_core::key_file::check_owner_only(path, setting).map_err(|e| match e {
+        KeyFileError::Exposed { path, mode, .. } => EmailConfigError::OpenPermissions { setting, path, mode },
+        KeyFileError::Io { source, .. } => {
+            EmailConfigError::Io { action: "reading", setting, path: path.display().to_string(), source }
         }
-    }
-    #[cfg(not(unix))]
-    let _ = (path, setting);
-    Ok(())
+        other => EmailConfigError::MalformedMacKey { path: path.display().to_string(), why: other.to_string() },
+    })
 }
 
 /// Writes a new MAC key file with a random key, readable by its owner only (0600). An
