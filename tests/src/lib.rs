@@ -214,6 +214,19 @@ impl Realm {
         3
     }
 
+    /// `req` signed with `keys/verifier-1.key` at this moment: replicas serve the verifier
+    /// stream to the realm's registered verifiers only (docs/protocol.md section 7.1).
+    pub fn signed_stream(
+        &self,
+        req: keyraft_proto::pb::VerifierStreamRequest,
+    ) -> keyraft_proto::pb::VerifierStreamRequest {
+        let secret = keyraft_core::key_file::read_secret(&self.path().join("keys/verifier-1.key"), "verifier key")
+            .expect("verifier 1's key");
+        let key = ed25519_dalek::SigningKey::from_bytes(&secret.key);
+        let now_ms = keyraft_core::clock::system().now_ms();
+        keyraft_proto::convert::sign_stream_request(req, &key, &self.name(), now_ms).expect("a valid key")
+    }
+
     /// The public key in `keys/replica-<id>.key`, hex.
     pub fn replica_key_hex(&self, id: u64) -> String {
         let secret = keyraft_core::key_file::read_secret(&self.path().join(format!("keys/replica-{id}.key")), "key")

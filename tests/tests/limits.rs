@@ -355,8 +355,9 @@ fn verifier_streams_are_capped_per_replica() {
     };
     let open = |c: &mut KeyraftClient<Channel>| {
         let mut c = c.clone();
+        let req = realm.signed_stream(VerifierStreamRequest::default());
         async move {
-            let mut s = c.verifier_stream(VerifierStreamRequest::default()).await?.into_inner();
+            let mut s = c.verifier_stream(req).await?.into_inner();
             let first = tokio::time::timeout(DEADLINE, s.message()).await.unwrap()?.unwrap();
             assert!(matches!(first.frame, Some(Frame::Init(_))));
             Ok::<_, tonic::Status>(s)

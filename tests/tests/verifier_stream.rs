@@ -99,9 +99,15 @@ fn verifiers_stream_identical_signed_epochs_from_any_replica_and_resume_by_root(
     realm.wait_ratified(2, target);
 
     let (from0, from2) = realm.runtime.block_on(async {
-        let mut a = client(&realm, 0).verifier_stream(VerifierStreamRequest::default()).await.unwrap().into_inner();
+        let mut a = client(&realm, 0)
+            .verifier_stream(realm.signed_stream(VerifierStreamRequest::default()))
+            .await
+            .unwrap()
+            .into_inner();
         let mut b = client(&realm, 2)
-            .verifier_stream(VerifierStreamRequest { max_frame_bytes: 65_536, ..Default::default() })
+            .verifier_stream(
+                realm.signed_stream(VerifierStreamRequest { max_frame_bytes: 65_536, ..Default::default() }),
+            )
             .await
             .unwrap()
             .into_inner();
@@ -122,8 +128,13 @@ fn verifiers_stream_identical_signed_epochs_from_any_replica_and_resume_by_root(
     // Resume after epoch 2 with its root: the stream starts at epoch 3.
     let head2 = EpochHead::from_bytes(&from0[&2].head).unwrap();
     realm.runtime.block_on(async {
-        let req = VerifierStreamRequest { resume_epoch: 2, resume_root: head2.root.to_vec(), max_frame_bytes: 0 };
-        let mut s = client(&realm, 1).verifier_stream(req).await.unwrap().into_inner();
+        let req = VerifierStreamRequest {
+            resume_epoch: 2,
+            resume_root: head2.root.to_vec(),
+            max_frame_bytes: 0,
+            ..Default::default()
+        };
+        let mut s = client(&realm, 1).verifier_stream(realm.signed_stream(req)).await.unwrap().into_inner();
         let resumed = read_epochs(&mut s, target, true).await;
         assert_eq!(resumed.keys().next(), Some(&3));
         for (e, epoch) in &resumed {
@@ -132,8 +143,13 @@ fn verifiers_stream_identical_signed_epochs_from_any_replica_and_resume_by_root(
         // A diverged root and a future epoch are refused, loudly.
         let mut bad = head2.root;
         bad[0] ^= 1;
-        let req = VerifierStreamRequest { resume_epoch: 2, resume_root: bad.to_vec(), max_frame_bytes: 0 };
-        let e = client(&realm, 1).verifier_stream(req).await.unwrap_err();
+        let req = VerifierStreamRequest {
+            resume_epoch: 2,
+            resume_root: bad.to_vec(),
+            max_frame_bytes: 0,
+            ..Default::default()
+        };
+        let e = client(&realm, 1).verifier_stream(realm.signed_stream(req)).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
         assert!(e.message().contains("diverged"), "{e}");
         // The refusal is typed, for the verifier to act on without reading the words.
@@ -142,17 +158,27 @@ fn verifiers_stream_identical_signed_epochs_from_any_replica_and_resume_by_root(
             Some(keyraft_proto::convert::Refusal::HistoryDiverged { epoch: 2 }),
             "{e}"
         );
-        let req = VerifierStreamRequest { resume_epoch: 1_000_000, resume_root: vec![0; 32], max_frame_bytes: 0 };
-        let e = client(&realm, 1).verifier_stream(req).await.unwrap_err();
+        let req = VerifierStreamRequest {
+            resume_epoch: 1_000_000,
+            resume_root: vec![0; 32],
+            max_frame_bytes: 0,
+            ..Default::default()
+        };
+        let e = client(&realm, 1).verifier_stream(realm.signed_stream(req)).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
-        let req = VerifierStreamRequest { resume_epoch: 0, resume_root: vec![], max_frame_bytes: 10 };
-        let e = client(&realm, 1).verifier_stream(req).await.unwrap_err();
+        let req =
+            VerifierStreamRequest { resume_epoch: 0, resume_root: vec![], max_frame_bytes: 10, ..Default::default() };
+        let e = client(&realm, 1).verifier_stream(realm.signed_stream(req)).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
     });
 
     // Live: after CaughtUp, a new update arrives in a new epoch on the open stream.
     realm.runtime.block_on(async {
-        let mut s = client(&realm, 1).verifier_stream(VerifierStreamRequest::default()).await.unwrap().into_inner();
+        let mut s = client(&realm, 1)
+            .verifier_stream(realm.signed_stream(VerifierStreamRequest::default()))
+            .await
+            .unwrap()
+            .into_inner();
         let caught_up = read_epochs(&mut s, 0, true).await;
         let last = *caught_up.keys().next_back().unwrap();
         let key = SigningKey::generate(&mut rand::rngs::OsRng);
@@ -262,7 +288,7 @@ fn a_verifier_stream_reader_that_stops_reading_is_closed_with_a_reason() {
             .initial_connection_window_size(65_535);
         let mut c = KeyraftClient::new(endpoint.connect_lazy());
         let req = VerifierStreamRequest { max_frame_bytes: 65_536, ..Default::default() };
-        let mut s = c.verifier_stream(req).await.unwrap().into_inner();
+        let mut s = c.verifier_stream(realm.signed_stream(req)).await.unwrap().into_inner();
         let first = tokio::time::timeout(DEADLINE, s.message()).await.unwrap().unwrap().unwrap();
         assert!(matches!(first.frame, Some(Frame::Init(_))));
         s
@@ -281,7 +307,11 @@ fn a_verifier_stream_reader_that_stops_reading_is_closed_with_a_reason() {
     // A replica shutting down ends its open streams with UNAVAILABLE instead of waiting for
     // them (its listener's graceful shutdown would).
     let mut open = realm.runtime.block_on(async {
-        let mut s = client(&realm, 2).verifier_stream(VerifierStreamRequest::default()).await.unwrap().into_inner();
+        let mut s = client(&realm, 2)
+            .verifier_stream(realm.signed_stream(VerifierStreamRequest::default()))
+            .await
+            .unwrap()
+            .into_inner();
         read_epochs(&mut s, 0, true).await;
         s
     });
@@ -322,7 +352,7 @@ fn many_verifier_streams_that_do_not_read_hold_bounded_memory() {
         for _ in 0..STREAMS {
             let mut c = KeyraftClient::new(endpoint.connect_lazy());
             let req = VerifierStreamRequest { max_frame_bytes: 65_536, ..Default::default() };
-            let mut s = c.verifier_stream(req).await.unwrap().into_inner();
+            let mut s = c.verifier_stream(realm.signed_stream(req)).await.unwrap().into_inner();
             let first = tokio::time::timeout(DEADLINE, s.message()).await.unwrap().unwrap().unwrap();
             assert!(matches!(first.frame, Some(Frame::Init(_))));
             streams.push(s);
@@ -338,4 +368,47 @@ fn many_verifier_streams_that_do_not_read_hold_bounded_memory() {
     // The streams are still served: nothing was dropped for lack of memory.
     assert_eq!(realm.status(0).map(|s| s.has_leader), Some(true));
     drop(streams);
+}
+
+/// The stream is served to registered verifiers only (docs/protocol.md section 7.1): an
+/// unsigned request, a key the realm does not list, a signature from outside the clock skew,
+/// another realm's signature and a flipped signature are refused with their statuses; the
+/// realm's verifier, signing now, reads.
+#[test]
+fn only_the_realms_verifiers_read_the_stream() {
+    let _s = serial();
+    let realm = Realm::start(|_| {});
+    let secret = keyraft_core::key_file::read_secret(&realm.path().join("keys/verifier-1.key"), "key").unwrap();
+    let verifier = SigningKey::from_bytes(&secret.key);
+    let stranger = SigningKey::generate(&mut rand::rngs::OsRng);
+    let now = keyraft_core::clock::system().now_ms();
+    let skew = realm.realm_file().clock_skew_ms;
+    let sign = |key: &SigningKey, realm_name: &str, time_ms: u64| {
+        keyraft_proto::convert::sign_stream_request(VerifierStreamRequest::default(), key, realm_name, time_ms).unwrap()
+    };
+    let name = realm.name();
+    let mut flipped = sign(&verifier, &name, now);
+    flipped.access_signature[10] ^= 1;
+    let refused = [
+        ("unsigned", VerifierStreamRequest::default(), tonic::Code::Unauthenticated, "registered verifiers"),
+        ("a stranger", sign(&stranger, &name, now), tonic::Code::PermissionDenied, "not a verifier key"),
+        ("too old", sign(&verifier, &name, now - skew - 60_000), tonic::Code::Unauthenticated, "clock"),
+        ("from the future", sign(&verifier, &name, now + skew + 60_000), tonic::Code::Unauthenticated, "clock"),
+        ("another realm", sign(&verifier, "other.example", now), tonic::Code::Unauthenticated, "does not verify"),
+        ("flipped", flipped, tonic::Code::Unauthenticated, "does not verify"),
+    ];
+    realm.runtime.block_on(async {
+        for (what, req, code, says) in refused {
+            let e = client(&realm, 0).verifier_stream(req).await.unwrap_err();
+            assert_eq!(e.code(), code, "{what}: {e}");
+            assert!(e.message().contains(says), "{what}: {e}");
+        }
+        let mut s = client(&realm, 0)
+            .verifier_stream(realm.signed_stream(VerifierStreamRequest::default()))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = tokio::time::timeout(DEADLINE, s.message()).await.unwrap().unwrap().unwrap();
+        assert!(matches!(first.frame, Some(Frame::Init(_))));
+    });
 }

@@ -43,6 +43,8 @@ pub mod context {
     pub const VERIFIER_RATIFICATION: &str = "keyraft/v1/verifier-ratification";
     /// A replica's approval of a realm configuration change (protocol version 2).
     pub const CONFIG_CHANGE: &str = "keyraft/v2/config-change";
+    /// A verifier's request to read the verifier stream (protocol version 2, section 7.1).
+    pub const VERIFIER_STREAM: &str = "keyraft/v2/verifier-stream";
 }
 
 /// `len(label) || label`, the framing shared by hashes and signed messages.

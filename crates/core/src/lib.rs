@@ -43,6 +43,7 @@ pub mod tree;
 pub mod types;
 pub mod update;
 mod verified;
+pub mod verifier_access;
 pub mod vrf;
 
 pub use command::{Command, LogPosition};

@@ -158,6 +158,31 @@ impl From<&Command> for pb::LogEntry {
     }
 }
 
+/// The verifier's signed access in a `VerifierStreamRequest` (docs/protocol.md section 7.1).
+pub fn stream_access(
+    req: &crate::pb::VerifierStreamRequest,
+) -> Result<keyraft_core::verifier_access::StreamAccess, ConversionError> {
+    Ok(keyraft_core::verifier_access::StreamAccess {
+        verifier: public_key("verifier_key", &req.verifier_key)?,
+        time_ms: req.access_time_ms,
+        signature: signature("access_signature", &req.access_signature)?,
+    })
+}
+
+/// `req` signed for reading the stream of `realm` with verifier `key` at `time_ms`.
+pub fn sign_stream_request(
+    mut req: crate::pb::VerifierStreamRequest,
+    key: &ed25519_dalek::SigningKey,
+    realm: &str,
+    time_ms: u64,
+) -> Result<crate::pb::VerifierStreamRequest, keyraft_core::DecodeError> {
+    let access = keyraft_core::verifier_access::stream_access(key, realm, time_ms)?;
+    req.verifier_key = access.verifier.as_bytes().to_vec();
+    req.access_time_ms = access.time_ms;
+    req.access_signature = access.signature.0.to_vec();
+    Ok(req)
+}
+
 /// The bytes of a log entry as the Raft log stores them.
 pub fn encode_log_entry(command: &Command) -> Vec<u8> {
     pb::LogEntry::from(command).encode_to_vec()

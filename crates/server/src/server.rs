@@ -186,6 +186,8 @@ pub async fn run_with(
             node.clone(),
             registrations,
             RateLimits::new(&limits, seams.clock.clone()),
+            seams.clock.clone(),
+            realm_clock_skew_ms,
         ))
         .max_decoding_message_size(public_request_bytes_max(&limits))
         .max_encoding_message_size(PUBLIC_MESSAGE_BYTES_MAX),

@@ -53,6 +53,9 @@ pub struct PublicService {
     registrations: Arc<Registrations>,
     /// Abuse limits per client address and per identity (`limits.rate_*`).
     pub(crate) rate_limits: Arc<RateLimits>,
+    /// The clock a verifier's signed stream request is judged by, and the realm's clock skew.
+    clock: Arc<dyn keyraft_core::clock::Clock>,
+    skew_ms: u64,
 }
 
 impl std::fmt::Debug for PublicService {
@@ -106,9 +109,16 @@ fn lagging(pinned: u64, newest: u64) -> Status {
 }
 
 impl PublicService {
-    /// The service of `node`, admitting registrations by `registrations` and refusing
-    /// requests over `rate_limits`.
-    pub fn new(node: Arc<Node>, registrations: Arc<Registrations>, rate_limits: RateLimits) -> Self {
+    /// The service of `node`, admitting registrations by `registrations`, refusing requests
+    /// over `rate_limits`, and judging verifiers' signed stream requests by `clock` with the
+    /// realm's `skew_ms`.
+    pub fn new(
+        node: Arc<Node>,
+        registrations: Arc<Registrations>,
+        rate_limits: RateLimits,
+        clock: Arc<dyn keyraft_core::clock::Clock>,
+        skew_ms: u64,
+    ) -> Self {
         let tokens = node.page_tokens();
         Self {
             rate_limits: Arc::new(rate_limits),
@@ -119,6 +129,8 @@ impl PublicService {
             watch_streams: Arc::default(),
             verifier_streams: Arc::default(),
             registrations,
+            clock,
+            skew_ms,
         }
     }
 
@@ -499,7 +511,26 @@ impl Keyraft for PublicService {
         &self,
         request: Request<pb::VerifierStreamRequest>,
     ) -> Result<Response<Self::VerifierStreamStream>, Status> {
-        crate::verifier_stream::start(self.node.clone(), request.get_ref(), &self.verifier_streams).map(Response::new)
+        let req = request.get_ref();
+        // Registered verifiers only (docs/protocol.md section 7.1): the stream links every
+        // update of an identity through its owner keys.
+        if req.verifier_key.is_empty() && req.access_signature.is_empty() {
+            return Err(Status::unauthenticated(
+                "the verifier stream is served to the realm's registered verifiers: sign the request with a verifier \
+                 key (verifier_key, access_time_ms, access_signature; docs/protocol.md section 7.1)",
+            ));
+        }
+        let access = keyraft_proto::convert::stream_access(req).map_err(|e| e.to_status())?;
+        let config = self.node.config();
+        keyraft_core::verifier_access::check_stream_access(&config, &access, self.clock.now_ms(), self.skew_ms)
+            .map_err(|e| match e {
+                keyraft_core::verifier_access::StreamAccessError::NotAVerifier(_) => {
+                    Status::permission_denied(e.to_string())
+                }
+                _ => Status::unauthenticated(e.to_string()),
+            })?;
+        tracing::debug!(verifier = %access.verifier, "verifier stream opened");
+        crate::verifier_stream::start(self.node.clone(), req, &self.verifier_streams).map(Response::new)
     }
 
     async fn get_config_chain(

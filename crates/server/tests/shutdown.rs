@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// A single-replica realm's node, in `dir`.
-fn loaded(dir: &std::path::Path) -> Loaded {
-    let Harness { replicas, vrf, machine, .. } = Harness::new("shutdown.example", 1, 1, 7);
+/// A single-replica realm's node, in `dir`, and its verifier's key.
+fn loaded(dir: &std::path::Path) -> (Loaded, ed25519_dalek::SigningKey) {
+    let Harness { replicas, vrf, machine, verifiers, .. } = Harness::new("shutdown.example", 1, 1, 7);
     let realm = machine.config().clone();
     let config = NodeConfig {
         node_id: 1,
@@ -36,7 +36,8 @@ fn loaded(dir: &std::path::Path) -> Loaded {
         registration: Default::default(),
     };
     let signing_key = replicas.into_iter().next().unwrap();
-    Loaded {
+    let verifier = verifiers.into_iter().next().unwrap();
+    let loaded = Loaded {
         config,
         realm,
         vrf,
@@ -45,7 +46,8 @@ fn loaded(dir: &std::path::Path) -> Loaded {
         cluster_token: keyraft_server::config::Secret::new("shutdown-test-cluster-token".to_owned()),
         realm_clock_skew_ms: 5_000,
         seams: Default::default(),
-    }
+    };
+    (loaded, verifier)
 }
 
 /// Longest a cancelled replica may take to return here: its streams end at once and no
@@ -55,7 +57,7 @@ const RETURN_BOUND: Duration = Duration::from_secs(10);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_replica_returns_promptly_with_every_task_ended_and_the_log_flusher_joined() {
     let dir = tempfile::tempdir().unwrap();
-    let loaded = loaded(dir.path());
+    let (loaded, verifier) = loaded(dir.path());
     let listeners = Listeners::bind(&loaded.config).await.unwrap();
     let public_addr = listeners.public.local_addr().unwrap();
     let shutdown = CancellationToken::new();
@@ -78,11 +80,15 @@ async fn a_cancelled_replica_returns_promptly_with_every_task_ended_and_the_log_
         assert!(Instant::now() < deadline, "the replica ratified no epoch in 30 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut frames = client
-        .verifier_stream(VerifierStreamRequest { resume_epoch: 0, resume_root: Vec::new(), max_frame_bytes: 0 })
-        .await
-        .unwrap()
-        .into_inner();
+    let now_ms = keyraft_core::clock::system().now_ms();
+    let request = keyraft_proto::convert::sign_stream_request(
+        VerifierStreamRequest::default(),
+        &verifier,
+        "shutdown.example",
+        now_ms,
+    )
+    .unwrap();
+    let mut frames = client.verifier_stream(request).await.unwrap().into_inner();
     assert!(frames.message().await.unwrap().is_some(), "the stream's first frame");
     assert!(!tracker.is_empty(), "the replica's tasks are not in the tracker");
     assert_eq!(threads.running(), 1, "the log flusher thread");

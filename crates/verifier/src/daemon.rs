@@ -235,15 +235,26 @@ impl Verifier {
         }
     }
 
+    /// The request resuming after the newest epoch checked, signed afresh for this
+    /// connection: replicas serve the stream to registered verifiers only, within the realm's
+    /// clock skew (docs/protocol.md section 7.1).
+    fn stream_request(&self) -> Result<VerifierStreamRequest, keyraft_core::DecodeError> {
+        let request = VerifierStreamRequest {
+            resume_epoch: self.state.last_epoch(),
+            resume_root: self.state.last_head().map(|h| h.root.to_vec()).unwrap_or_default(),
+            ..Default::default()
+        };
+        keyraft_proto::convert::sign_stream_request(request, &self.key, &self.realm.realm, self.clock.now_ms())
+    }
+
     async fn stream_from(&mut self, addr: &str, push: &mpsc::Sender<PushRatificationRequest>) -> Ended {
         let mut c = match client(addr) {
             Ok(c) => c,
             Err(e) => return Ended::Retry(e.to_string()),
         };
-        let request = VerifierStreamRequest {
-            resume_epoch: self.state.last_epoch(),
-            resume_root: self.state.last_head().map(|h| h.root.to_vec()).unwrap_or_default(),
-            max_frame_bytes: 0,
+        let request = match self.stream_request() {
+            Ok(r) => r,
+            Err(e) => return Ended::Retry(format!("signing the stream request: {e}")),
         };
         let stream = match c.verifier_stream(request).await {
             Ok(s) => s.into_inner(),
