@@ -126,7 +126,7 @@ impl Realm {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let token = std::fs::read_to_string(dir.path().join("keys/cluster.token")).expect("token").trim().to_owned();
+        let token = std::fs::read_to_string(dir.path().join("keys/admin.token")).expect("token").trim().to_owned();
         let mut replicas = Vec::new();
         for id in 1..=3 {
             let config = dir.path().join(format!("node-{id}.toml"));
@@ -252,17 +252,8 @@ impl Realm {
             run(&["admin", "realm", "sign", "--change", &file, "--key", &format!("keys/replica-{id}.key")]);
         }
         let peer = self.peer_addr(via);
-        let submitted = run(&[
-            "admin",
-            "--peer",
-            &peer,
-            "--token-file",
-            "keys/cluster.token",
-            "realm",
-            "submit",
-            "--change",
-            &file,
-        ]);
+        let submitted =
+            run(&["admin", "--peer", &peer, "--token-file", "keys/admin.token", "realm", "submit", "--change", &file]);
         assert!(submitted.contains("accepted"), "{submitted}");
         let probe = format!("{file}.realm.json");
         run(&["admin", "realm", "realm-file", "--change", &file, "--realm", realm, "--out", &probe]);

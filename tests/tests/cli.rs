@@ -144,7 +144,7 @@ fn a_newcomer_registers_updates_and_follows_an_identity_with_verified_answers() 
     assert!(out.contains("version 4") && out.contains("pgp = five"), "{out}");
 
     // Operators see the verifier's progress.
-    let token_file = realm.path().join("keys/cluster.token");
+    let token_file = realm.path().join("keys/admin.token");
     wait_for("the verifier in the status", || {
         let status = ok(
             &realm,

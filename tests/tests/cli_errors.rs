@@ -65,7 +65,7 @@ fn an_unreachable_realm_names_every_endpoint_tried_and_why() {
     assert_no_tonic_internals(&stderr);
 
     // The same for an admin call.
-    std::fs::write(dir.path().join("token"), "0123\n").unwrap();
+    keyraft_core::key_file::write_secret_text(&dir.path().join("token"), "0123\n").unwrap();
     let peer = &endpoints[0];
     let out = keyraft(dir.path(), &["admin", "--peer", peer, "--token-file", "token", "status"]);
     assert!(!out.status.success());
@@ -128,13 +128,13 @@ fn a_proof_from_another_realm_is_named_as_such_and_admin_refusals_read_as_words(
 
     // A refusal by the node: what failed, the code in words, the node's message.
     let peer = ours.peer_addr(0);
-    let init = ["admin", "--peer", &peer, "--token-file", "keys/cluster.token", "init", "--voter", "1=a:1,b:1"];
+    let init = ["admin", "--peer", &peer, "--token-file", "keys/admin.token", "init", "--voter", "1=a:1,b:1"];
     let out = ours.run_cli(&init);
     assert!(!out.status.success());
     let stderr = stderr_of(&out);
     assert!(stderr.starts_with(&format!("error: admin init on {peer}: ")), "{stderr}");
     assert_no_tonic_internals(&stderr);
-    std::fs::write(ours.path().join("wrong.token"), "not-the-token\n").unwrap();
+    keyraft_core::key_file::write_secret_text(&ours.path().join("wrong.token"), "not-the-token\n").unwrap();
     let out = ours.run_cli(&["admin", "--peer", &peer, "--token-file", "wrong.token", "status"]);
     assert!(!out.status.success());
     let stderr = stderr_of(&out);

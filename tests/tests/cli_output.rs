@@ -250,7 +250,7 @@ fn json_outputs_follow_the_documented_schema_and_history_exports_every_version_s
     );
     assert!(status["epoch"].as_u64().unwrap() > 0, "{status}");
 
-    let token = realm.path().join("keys/cluster.token");
+    let token = realm.path().join("keys/admin.token");
     let admin = ["admin", "--peer", &realm.peer_addr(0), "--token-file", token.to_str().unwrap(), "status", "--json"];
     let admin = json(&realm, &admin);
     assert_eq!((admin["schema"].as_str(), admin["version"].as_u64()), (Some("keyraft.admin-status"), Some(1)));

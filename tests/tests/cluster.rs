@@ -101,7 +101,7 @@ fn cli_drives_the_realm(realm: &Realm) {
     }
     assert_eq!(json["entry"]["version"], 0);
     assert!(json["proof_hex"].as_str().unwrap().len() > 200);
-    let token = realm.path().join("keys/cluster.token");
+    let token = realm.path().join("keys/admin.token");
     let status =
         cli(&["admin", "--peer", &realm.peer_addr(0), "--token-file", token.to_str().unwrap(), "status", "--json"]);
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();

@@ -57,7 +57,7 @@ fn a_replica_key_is_rotated_while_clients_and_a_verifier_run() {
     assert!(ok, "{out}");
     let peer = realm.peer_addr(0);
     let submit =
-        || admin(&["--peer", &peer, "--token-file", "keys/cluster.token", "realm", "submit", "--change", "change.hex"]);
+        || admin(&["--peer", &peer, "--token-file", "keys/admin.token", "realm", "submit", "--change", "change.hex"]);
 
     // Signed by one replica of three: refused by the realm, saying why.
     let (ok, out) = admin(&["realm", "sign", "--change", "change.hex", "--key", "keys/replica-2.key"]);

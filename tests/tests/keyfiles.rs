@@ -193,13 +193,14 @@ fn secret_files_others_can_read_are_refused_and_no_secret_reaches_the_logs() {
     ok(&realm, &["keygen", "--out", "alice.key"]);
     ok(&realm, &register("alice@example.com", &["--key", "alice.key", "--wait"]));
     let peer = realm.peer_addr(0);
-    let status = stdout(&ok(&realm, &["admin", "--peer", &peer, "--token-file", "keys/cluster.token", "status"]));
-    set_mode("keys/cluster.token", 0o644);
-    let e = refused(&realm, &["admin", "--peer", &peer, "--token-file", "keys/cluster.token", "status"]);
+    let status = stdout(&ok(&realm, &["admin", "--peer", &peer, "--token-file", "keys/admin.token", "status"]));
+    set_mode("keys/admin.token", 0o644);
+    let e = refused(&realm, &["admin", "--peer", &peer, "--token-file", "keys/admin.token", "status"]);
     assert!(e.contains("--token-file") && e.contains("chmod 600"), "{e}");
-    set_mode("keys/cluster.token", 0o600);
+    set_mode("keys/admin.token", 0o600);
 
-    let mut secrets = vec![std::fs::read_to_string(realm.path().join("keys/cluster.token")).unwrap().trim().to_owned()];
+    let token = |name: &str| std::fs::read_to_string(realm.path().join(name)).unwrap().trim().to_owned();
+    let mut secrets = vec![token("keys/cluster.token"), token("keys/admin.token")];
     for entry in std::fs::read_dir(realm.path().join("keys")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "key") {
@@ -221,4 +222,47 @@ fn secret_files_others_can_read_are_refused_and_no_secret_reaches_the_logs() {
             assert!(!text.contains(&secret[..32]) && !text.contains(&secret[32..]), "{name} holds a secret");
         }
     }
+}
+
+/// The admin credential is not the replicas' (issue 15 part 3): the cluster token makes no
+/// admin call, the admin token sends no Raft message and forwards nothing but configuration
+/// changes, and every admin call is logged with where it came from.
+#[test]
+fn the_cluster_token_is_no_admin_credential_and_the_admin_token_no_replicas() {
+    let _s = serial();
+    let realm = Realm::start(|_| {});
+    let peer = realm.peer_addr(0);
+    let e = refused(
+        &realm,
+        &["admin", "--peer", &peer, "--token-file", "keys/cluster.token", "change-voters", "--voter", "1,2,3"],
+    );
+    assert!(e.contains("permission denied") && e.contains("needs the admin token"), "{e}");
+    ok(&realm, &["admin", "--peer", &peer, "--token-file", "keys/admin.token", "status"]);
+    let admin_token = std::fs::read_to_string(realm.path().join("keys/admin.token")).unwrap().trim().to_owned();
+    let _g = realm.runtime.enter();
+    let mut as_admin = keyraft_server::peer_client::connect_lazy(&peer, &admin_token).unwrap();
+    let raft = keyraft_proto::peer::RaftMessage { target: 1, payload: vec![] };
+    let e = realm.runtime.block_on(as_admin.append_entries(raft)).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("for replicas"), "{e}");
+    let update = keyraft_proto::peer::ForwardRequest {
+        payload: keyraft_proto::convert::encode_log_entry(&keyraft_core::Command::EpochDelimiter {
+            epoch: 9,
+            timestamp_ms: 1,
+        }),
+    };
+    let e = realm.runtime.block_on(as_admin.forward(update)).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    // The CLI takes a membership change to the leader: every node's log counts (written by a
+    // background writer, so polled).
+    keyraft_tests::wait_for("the refused and the admin calls in the logs", || {
+        let log: String = (1..=3)
+            .map(|n| std::fs::read_to_string(realm.path().join(format!("logs/node-{n}.log"))).unwrap_or_default())
+            .collect();
+        let admin = log.lines().any(|l| l.contains("admin call") && l.contains("append-entries"));
+        let refused = log
+            .lines()
+            .any(|l| l.contains("an admin call with the cluster token refused") && l.contains("change-voters"));
+        (admin && refused).then_some(())
+    });
 }

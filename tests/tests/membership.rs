@@ -32,7 +32,7 @@ fn add_learner_returns_once_the_learner_applied_what_the_leader_had() {
     realm.start_node_4();
 
     let at_call = realm.status(leader).unwrap().applied_index;
-    let token = realm.path().join("keys/cluster.token");
+    let token = realm.path().join("keys/admin.token");
     let out = std::process::Command::new(keyraft_bin())
         .args(["admin", "--peer", &realm.peer_addr(leader), "--token-file", token.to_str().unwrap(), "add-learner"])
         .args(["--id", "4", "--peer-addr", &realm.peer_addr(3), "--public-addr", &realm.public_addr(3)])

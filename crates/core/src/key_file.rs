@@ -108,8 +108,8 @@ pub enum KeyFileError {
     },
     /// A secret key file that others than its owner may read or write (unix permissions).
     #[error(
-        "{path} ({needed_by}) is a secret key file that others can {access} (mode {mode:04o}); a secret key file must \
-         be readable by its owner only: `chmod 600 {path}`"
+        "{path} ({needed_by}) is a secret file that others can {access} (mode {mode:04o}); a secret file must be \
+         readable by its owner only: `chmod 600 {path}`"
     )]
     Exposed {
         /// The file.

@@ -224,6 +224,12 @@ fn create(args: &DevArgs) -> CmdResult {
     write_secret(&dir.join("keys/vrf.key"), &vrf_seed)?;
     let token: [u8; 32] = rand::Rng::gen(&mut rng);
     keyraft_core::key_file::write_secret_text(&dir.join("keys/cluster.token"), &format!("{}\n", hex::encode(token)))?;
+    // The operators' credential, another secret than the replicas' (docs/operations.md).
+    let admin_token: [u8; 32] = rand::Rng::gen(&mut rng);
+    keyraft_core::key_file::write_secret_text(
+        &dir.join("keys/admin.token"),
+        &format!("{}\n", hex::encode(admin_token)),
+    )?;
     let mut replica_keys = Vec::new();
     for id in 1..=args.replicas {
         let seed: [u8; 32] = rand::Rng::gen(&mut rng);
@@ -278,6 +284,7 @@ fn create(args: &DevArgs) -> CmdResult {
             signing_key_file: format!("keys/replica-{}.key", v.id).into(),
             next_signing_key_files: vec![],
             cluster_token_file: "keys/cluster.token".into(),
+            admin_token_file: Some("keys/admin.token".into()),
             epochs: EpochSettings {
                 min_epoch_interval_ms: args.min_epoch_interval_ms,
                 max_epoch_interval_ms: args.max_epoch_interval_ms,
@@ -413,7 +420,7 @@ pub fn run(args: &DevArgs, out: &mut dyn Write) -> CmdResult {
         for id in &ids {
             listening.push(wait_listening(&dir, *id, &mut children)?);
         }
-        let token = std::fs::read_to_string(dir.join("keys/cluster.token"))?.trim().to_owned();
+        let token = std::fs::read_to_string(dir.join("keys/admin.token"))?.trim().to_owned();
         if first_start {
             pin_ports(&dir, &listening)?;
             let voters = listening
@@ -664,7 +671,7 @@ fn summary(dir: &Path, realm: &RealmFile, listening: &[Listening], out: &mut dyn
     )?;
     writeln!(out, "  {exe} history --realm {d}/realm.json alice@example.com")?;
     writeln!(out, "  {exe} watch --realm {d}/realm.json alice@example.com")?;
-    writeln!(out, "  {exe} admin --peer {} --token-file {d}/keys/cluster.token status", listening[0].peer_addr)?;
+    writeln!(out, "  {exe} admin --peer {} --token-file {d}/keys/admin.token status", listening[0].peer_addr)?;
     writeln!(out, "  {exe} bench --realm {d}/realm.json")?;
     writeln!(out)?;
     writeln!(out, "ctrl-c stops the realm; running `{exe} dev` again restarts it with the same keys and data.")?;

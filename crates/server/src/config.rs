@@ -10,6 +10,7 @@
 //! signing_key_file = "keys/replica-1.key"
 //! next_signing_key_files = ["keys/replica-1-next.key"]   # optional: see below
 //! cluster_token_file = "keys/cluster.token"
+//! admin_token_file = "keys/admin.token"        # optional: without it, no admin calls
 //!
 //! [epochs]
 //! min_epoch_interval_ms = 1000
@@ -57,8 +58,13 @@ pub struct NodeConfig {
     /// with the key its node id is bound to in the configuration that head commits to.
     #[serde(default)]
     pub next_signing_key_files: Vec<PathBuf>,
-    /// A secret shared by the cluster's nodes and its operators, required on the peer port.
+    /// A secret shared by the cluster's nodes, required on the peer port for Raft messages.
     pub cluster_token_file: PathBuf,
+    /// The operators' credential for admin calls on the peer port (status, init, add-learner,
+    /// change-voters, realm submit), distinct from the cluster token: holding one does not
+    /// give the other's powers. Without it this node takes no admin calls.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
     /// Epoch timing.
     #[serde(default)]
     pub epochs: EpochSettings,
@@ -355,6 +361,8 @@ pub struct Loaded {
     pub next_signing_keys: Vec<SigningKey>,
     /// The cluster token.
     pub cluster_token: Secret<String>,
+    /// The admin token, if admin calls are taken.
+    pub admin_token: Option<Secret<String>>,
     /// The realm file's `clock_skew_ms`: how far apart clocks may be when registration proofs
     /// (attestations, ID tokens) are judged.
     pub realm_clock_skew_ms: u64,
@@ -395,6 +403,7 @@ impl NodeConfig {
         config.signing_key_file = resolve(base, &config.signing_key_file);
         config.next_signing_key_files = config.next_signing_key_files.iter().map(|p| resolve(base, p)).collect();
         config.cluster_token_file = resolve(base, &config.cluster_token_file);
+        config.admin_token_file = config.admin_token_file.as_ref().map(|p| resolve(base, p));
         config.registration.resolve_paths(base);
         config.check()?;
 
@@ -425,14 +434,14 @@ impl NodeConfig {
             keyraft_core::PublicKey::from_verifying_key(&key.verifying_key())
                 .map_err(|e| Error::config_because("signing key", e))?;
         }
-        keyraft_core::key_file::check_owner_only(&config.cluster_token_file, "cluster_token_file")
-            .map_err(|e| Error::config_because("cluster_token_file", e))?;
-        let text =
-            zeroize::Zeroizing::new(std::fs::read_to_string(&config.cluster_token_file).map_err(|e| {
-                Error::io(format!("reading the cluster token {}", config.cluster_token_file.display()), e)
-            })?);
-        let cluster_token = Secret::new(text.trim().to_owned());
-        check_token(&cluster_token)?;
+        let cluster_token = read_token(&config.cluster_token_file, "cluster_token_file")?;
+        let admin_token = config.admin_token_file.as_deref().map(|p| read_token(p, "admin_token_file")).transpose()?;
+        if admin_token.as_ref().is_some_and(|a| **a == *cluster_token) {
+            return Err(Error::config(
+                "admin_token_file holds the cluster token: the admin credential must be another secret (a replica \
+                 must not be able to act as an operator, nor an operator as a replica)",
+            ));
+        }
         Ok(Loaded {
             config,
             realm,
@@ -440,6 +449,7 @@ impl NodeConfig {
             signing_key,
             next_signing_keys,
             cluster_token,
+            admin_token,
             realm_clock_skew_ms: realm_file.clock_skew_ms,
             seams: crate::seams::Seams::default(),
         })
@@ -589,9 +599,21 @@ fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), Error> {
 /// Tokens go into an HTTP header: printable ASCII, long enough to guess hard.
 pub fn check_token(token: &str) -> Result<(), Error> {
     if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Error::config("the cluster token must be at least 16 printable ASCII characters"));
+        return Err(Error::config("a token must be at least 16 printable ASCII characters"));
     }
     Ok(())
+}
+
+/// Reads a token file (owner-only, at least 16 printable characters); `setting` names it.
+fn read_token(path: &Path, setting: &str) -> Result<Secret<String>, Error> {
+    keyraft_core::key_file::check_owner_only(path, setting)
+        .map_err(|e| Error::config_because(setting.to_owned(), e))?;
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {setting} {}", path.display()), e))?,
+    );
+    let token = Secret::new(text.trim().to_owned());
+    check_token(&token).map_err(|e| Error::config(format!("{setting} {}: {e}", path.display())))?;
+    Ok(token)
 }
 
 #[cfg(test)]
@@ -609,6 +631,7 @@ mod tests {
             signing_key_file: "replica.key".into(),
             next_signing_key_files: vec![],
             cluster_token_file: "cluster.token".into(),
+            admin_token_file: None,
             epochs: EpochSettings::default(),
             raft: RaftSettings::default(),
             limits: Limits::default(),

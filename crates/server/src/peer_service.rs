@@ -35,29 +35,72 @@ impl PeerService {
     }
 }
 
-/// Checks `authorization: Bearer <token>` in constant time.
+/// Who a peer-service call comes from, as its bearer token says: a replica (the cluster
+/// token) or an operator (the admin token). Each method requires its own; neither token gives
+/// the other's powers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// A node of the cluster: Raft messages and forwarded proposals.
+    Replica,
+    /// An operator: status, init, membership, realm configuration changes.
+    Admin,
+}
+
+/// Checks `authorization: Bearer <token>` in constant time against the cluster token and the
+/// admin token, and records which one the call carries.
 #[derive(Clone)]
 pub struct CheckToken {
-    expected: Arc<[u8]>,
+    replica: Arc<[u8]>,
+    admin: Option<Arc<[u8]>>,
 }
 
 impl CheckToken {
-    /// Requires `token`.
-    pub fn new(token: &str) -> Self {
-        Self { expected: format!("Bearer {token}").into_bytes().into() }
+    /// Takes `cluster_token` from replicas and, if given, `admin_token` from operators.
+    pub fn new(cluster_token: &str, admin_token: Option<&str>) -> Self {
+        let bearer = |t: &str| -> Arc<[u8]> { format!("Bearer {t}").into_bytes().into() };
+        Self { replica: bearer(cluster_token), admin: admin_token.map(bearer) }
     }
 }
 
 impl tonic::service::Interceptor for CheckToken {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let got = request.metadata().get("authorization").map(|v| v.as_bytes()).unwrap_or_default();
-        // Unequal lengths are refused at once (the length of the token is no secret).
-        if bool::from(subtle::ConstantTimeEq::ct_eq(got, &*self.expected)) {
-            Ok(request)
+        // Unequal lengths are refused at once (the length of a token is no secret).
+        let is = |expected: &[u8]| bool::from(subtle::ConstantTimeEq::ct_eq(got, expected));
+        let caller = if is(&self.replica) {
+            Caller::Replica
+        } else if self.admin.as_deref().is_some_and(is) {
+            Caller::Admin
         } else {
-            Err(Status::unauthenticated("the peer service requires the cluster token (authorization: Bearer <token>)"))
-        }
+            return Err(Status::unauthenticated(
+                "the peer service requires the cluster token (replicas) or the admin token (operators): \
+                 authorization: Bearer <token>",
+            ));
+        };
+        request.extensions_mut().insert(caller);
+        Ok(request)
     }
+}
+
+/// Requires `caller` of `request` for `what`; an operator's call is logged with where it came
+/// from, whatever it asks.
+fn require<T>(request: &Request<T>, wanted: &[Caller], what: &str) -> Result<Caller, Status> {
+    let caller =
+        request.extensions().get::<Caller>().copied().ok_or_else(|| Status::unauthenticated("no credential"))?;
+    let from = || request.remote_addr().map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+    let allowed = wanted.contains(&caller);
+    if caller == Caller::Admin {
+        tracing::info!(action = what, caller = "admin token", from = %from(), allowed, "admin call");
+    } else if !allowed {
+        tracing::warn!(action = what, caller = "cluster token", from = %from(), "an admin call with the cluster token refused");
+    }
+    if allowed {
+        return Ok(caller);
+    }
+    Err(Status::permission_denied(match caller {
+        Caller::Admin => format!("{what} is for replicas (the cluster token), not for the admin token"),
+        Caller::Replica => format!("{what} is an admin call: it needs the admin token, not the cluster token"),
+    }))
 }
 
 fn decode<T: DeserializeOwned>(node: NodeId, msg: &RaftMessage) -> Result<T, Status> {
@@ -101,22 +144,33 @@ fn write_error(node: &Node, e: RaftError<NodeId, ClientWriteError<NodeId, NodeAd
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+        require(&request, &[Caller::Replica], "append-entries")?;
         let req = decode(self.node.id, request.get_ref())?;
         reply(&self.node.raft.append_entries(req).await)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+        require(&request, &[Caller::Replica], "vote")?;
         let req = decode(self.node.id, request.get_ref())?;
         reply(&self.node.raft.vote(req).await)
     }
 
     async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+        require(&request, &[Caller::Replica], "install-snapshot")?;
         let req: openraft::raft::InstallSnapshotRequest<TypeConfig> = decode(self.node.id, request.get_ref())?;
         reply(&self.node.raft.install_snapshot(req).await)
     }
 
     async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardReply>, Status> {
+        // Replicas forward their clients' proposals; operators submit configuration changes
+        // (whose replica signatures the step checks, so the admin token forges nothing).
+        let caller = require(&request, &[Caller::Replica, Caller::Admin], "forward")?;
         let payload = request.into_inner().payload;
+        if caller == Caller::Admin && !matches!(decode_log_entry(&payload), Ok(Command::ConfigChange(_))) {
+            return Err(Status::permission_denied(
+                "the admin token forwards realm configuration changes only (admin realm submit)",
+            ));
+        }
         check_forwardable(&payload)?;
         match self.node.propose_local(payload).await {
             Ok(r) => {
@@ -130,12 +184,14 @@ impl Peer for PeerService {
     }
 
     async fn init(&self, request: Request<InitRequest>) -> Result<Response<AdminReply>, Status> {
+        require(&request, &[Caller::Admin], "init")?;
         let voters = request.into_inner().voters;
         let message = init_cluster(&self.node, &voters).await?;
         Ok(Response::new(AdminReply { message }))
     }
 
     async fn add_learner(&self, request: Request<NodeSpec>) -> Result<Response<AdminReply>, Status> {
+        require(&request, &[Caller::Admin], "add-learner")?;
         let spec = request.into_inner();
         let addr = node_addr(&spec)?;
         if !self.node.is_leader() {
@@ -161,6 +217,7 @@ impl Peer for PeerService {
     }
 
     async fn change_voters(&self, request: Request<ChangeVotersRequest>) -> Result<Response<AdminReply>, Status> {
+        require(&request, &[Caller::Admin], "change-voters")?;
         let voters: BTreeSet<NodeId> = request.into_inner().voters.into_iter().collect();
         if voters.is_empty() {
             return Err(Status::invalid_argument("voters: at least one voter is required"));
@@ -192,7 +249,9 @@ impl Peer for PeerService {
         Ok(Response::new(AdminReply { message: format!("voters are now {voters:?}") }))
     }
 
-    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        // Replicas read a learner's status while adding it.
+        require(&request, &[Caller::Replica, Caller::Admin], "status")?;
         Ok(Response::new(status(&self.node)))
     }
 }

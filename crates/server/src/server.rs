@@ -108,8 +108,17 @@ pub async fn run_with(
     tracker: TaskTracker,
     threads: &ThreadSpawner,
 ) -> Result<(), Error> {
-    let Loaded { config, realm, vrf, signing_key, next_signing_keys, cluster_token, realm_clock_skew_ms, seams } =
-        loaded;
+    let Loaded {
+        config,
+        realm,
+        vrf,
+        signing_key,
+        next_signing_keys,
+        cluster_token,
+        admin_token,
+        realm_clock_skew_ms,
+        seams,
+    } = loaded;
     // A child: a Raft core that stops on its own stops the tasks, not the caller's token.
     let tasks = Tasks::new(shutdown.child_token(), tracker);
     check_data_dir(&config.data_dir)?;
@@ -204,7 +213,7 @@ pub async fn run_with(
         PeerServer::new(PeerService::new(node.clone(), boundary_wait_ms))
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
-        CheckToken::new(&cluster_token),
+        CheckToken::new(&cluster_token, admin_token.as_deref().map(String::as_str)),
     ))
     .prepare();
     let peer_server = acceptor::serve(

@@ -53,6 +53,7 @@ fn loaded(dir: &Path, epochs: EpochSettings, seams: Seams) -> Loaded {
         signing_key_file: "unused".into(),
         next_signing_key_files: vec![],
         cluster_token_file: "unused".into(),
+        admin_token_file: None,
         epochs,
         raft: RaftSettings::default(),
         limits: Limits::default(),
@@ -67,6 +68,7 @@ fn loaded(dir: &Path, epochs: EpochSettings, seams: Seams) -> Loaded {
         signing_key: derive_signing_key(SEED, "replica-0"),
         next_signing_keys: vec![],
         cluster_token: keyraft_server::config::Secret::new(TOKEN.to_owned()),
+        admin_token: None,
         realm_clock_skew_ms: 5_000,
         seams,
     }

@@ -28,6 +28,7 @@ fn loaded(dir: &std::path::Path) -> (Loaded, ed25519_dalek::SigningKey) {
         signing_key_file: PathBuf::new(),
         next_signing_key_files: vec![],
         cluster_token_file: PathBuf::new(),
+        admin_token_file: None,
         epochs: EpochSettings { min_epoch_interval_ms: 50, max_epoch_interval_ms: 200, ..EpochSettings::default() },
         raft: RaftSettings::default(),
         limits: Limits::default(),
@@ -44,6 +45,7 @@ fn loaded(dir: &std::path::Path) -> (Loaded, ed25519_dalek::SigningKey) {
         signing_key,
         next_signing_keys: vec![],
         cluster_token: keyraft_server::config::Secret::new("shutdown-test-cluster-token".to_owned()),
+        admin_token: None,
         realm_clock_skew_ms: 5_000,
         seams: Default::default(),
     };
