@@ -381,9 +381,17 @@ impl Realm {
         Client::with_options(&self.realm_file(), &[self.public_addr(i)], &options).expect("client")
     }
 
+    /// Replica `i`'s peer service as an operator (the admin token).
     pub fn peer(&self, i: usize) -> PeerClient {
         let _g = self.runtime.enter();
         connect_lazy(&self.peer_addr(i), &self.token).expect("peer client")
+    }
+
+    /// Replica `i`'s peer service as another replica would call it (the cluster token).
+    pub fn replica_peer(&self, i: usize) -> PeerClient {
+        let token = std::fs::read_to_string(self.path().join("keys/cluster.token")).expect("cluster token");
+        let _g = self.runtime.enter();
+        connect_lazy(&self.peer_addr(i), token.trim()).expect("peer client")
     }
 
     /// Replica `i`'s status, if it answers.

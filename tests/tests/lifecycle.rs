@@ -48,7 +48,8 @@ fn a_forwarded_epoch_delimiter_is_refused_and_heads_keep_the_leaders_clock() {
     let before = realm.wait_ratified(leader, 2);
     let ten_years_ms = 10 * 365 * 24 * 3_600_000;
     let forged = Command::EpochDelimiter { epoch: before.last_epoch + 1, timestamp_ms: now_ms() + ten_years_ms };
-    let mut peer = realm.peer(leader);
+    // What a holder of the cluster token (a replica) could send.
+    let mut peer = realm.replica_peer(leader);
     let rt = &realm.runtime;
     match rt.block_on(peer.forward(ForwardRequest { payload: encode_log_entry(&forged) })) {
         Ok(_) => {

@@ -420,7 +420,11 @@ pub fn run(args: &DevArgs, out: &mut dyn Write) -> CmdResult {
         for id in &ids {
             listening.push(wait_listening(&dir, *id, &mut children)?);
         }
-        let token = std::fs::read_to_string(dir.join("keys/admin.token"))?.trim().to_owned();
+        // A directory made before admin tokens existed has none: its nodes take status calls
+        // with the cluster token, and only status is asked of them after the first start.
+        let admin = dir.join("keys/admin.token");
+        let token_file = if admin.exists() { admin } else { dir.join("keys/cluster.token") };
+        let token = std::fs::read_to_string(token_file)?.trim().to_owned();
         if first_start {
             pin_ports(&dir, &listening)?;
             let voters = listening
