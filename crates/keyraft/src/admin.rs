@@ -18,7 +18,7 @@ pub struct AdminArgs {
     /// `realm propose`, `realm sign`, `realm check` and `realm realm-file`.
     #[arg(long)]
     pub peer: Option<String>,
-    /// The cluster token file (with `--peer`).
+    /// The admin token file (with `--peer`; `keyraft dev` writes keys/admin.token).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
     /// What to do.

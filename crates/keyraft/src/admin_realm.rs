@@ -1,8 +1,9 @@
 //! `keyraft admin realm`: realm configuration changes (docs/protocol.md section 2.8).
 //!
 //! An operator proposes a change from the configuration in force (`propose`, offline), each
-//! replica operator signs it with their replica key (`sign`, offline), and anyone with the
-//! cluster token submits it (`submit`); the head of the next epoch commits to it. A change
+//! replica operator signs it with their replica key (`sign`, offline), and an operator with
+//! the admin token submits it (`submit`); it is in force from the next epoch, whose head is the
+//! first to commit to it. A change
 //! file holds the hex of a `SignedConfigChange` (no signature in a fresh proposal).
 
 use keyraft_core::config_change::check_config_change;

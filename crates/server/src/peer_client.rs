@@ -1,5 +1,5 @@
-//! Clients of the peer service: Raft traffic, forwarding and admin calls all carry the
-//! cluster token and have explicit message size limits.
+//! Clients of the peer service: Raft traffic and forwarding carry the cluster token, admin
+//! calls the admin token; all have explicit message size limits.
 
 use keyraft_proto::peer::peer_client::PeerClient as Generated;
 use keyraft_proto::transport::{ChannelOptions, Channels, KeepAlive};
@@ -51,7 +51,7 @@ pub fn connect_lazy_over(channels: &Channels, addr: &str, token: &str) -> Result
     let channel = channels.lazy(addr).map_err(|e| crate::Error::config_because("peer address", e))?;
     let header = format!("Bearer {token}")
         .parse()
-        .map_err(|_| crate::Error::config("the cluster token must be printable ASCII"))?;
+        .map_err(|_| crate::Error::config("a peer-service token must be printable ASCII"))?;
     Ok(Generated::with_interceptor(channel, Auth { header })
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX))
