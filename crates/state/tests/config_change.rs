@@ -42,6 +42,15 @@ fn stage_rotation(h: &mut Harness) -> RealmConfig {
     config
 }
 
+/// After [`stage_rotation`]: closes epoch 2 under the old configuration, then epoch 3 under
+/// the new one, signed by the rotated key and the second replica (a majority).
+fn close_epoch_3_under_the_new_configuration(h: &mut Harness) {
+    close_epoch_2_under_the_old_configuration(h);
+    h.cut_epoch().unwrap();
+    let (next, second) = (new_key(), h.replicas[1].clone());
+    h.sign_with(3, &[&next, &second]).unwrap();
+}
+
 /// Closes epoch 2 (still under the old configuration) with the old replicas' signatures and
 /// the verifier's ratification; epoch 3 opens under the new configuration.
 fn close_epoch_2_under_the_old_configuration(h: &mut Harness) {
@@ -144,10 +153,7 @@ fn replay_is_deterministic_across_engines_and_a_restart_reads_the_chain() {
     let mut h = realm();
     let old = h.config().clone();
     let new = stage_rotation(&mut h);
-    close_epoch_2_under_the_old_configuration(&mut h);
-    h.cut_epoch().unwrap();
-    let (next, second) = (new_key(), h.replicas[1].clone());
-    h.sign_with(3, &[&next, &second]).unwrap();
+    close_epoch_3_under_the_new_configuration(&mut h);
     let memory = h.replay_into(MemoryStorage::new()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sled = h.replay_into(SledStorage::open(dir.path()).unwrap()).unwrap();
@@ -254,10 +260,7 @@ fn a_verifier_follows_a_change_and_refuses_a_forged_one() {
     let mut h = realm();
     let old = h.config().clone();
     let new = stage_rotation(&mut h);
-    close_epoch_2_under_the_old_configuration(&mut h);
-    h.cut_epoch().unwrap();
-    let (next, second) = (new_key(), h.replicas[1].clone());
-    h.sign_with(3, &[&next, &second]).unwrap();
+    close_epoch_3_under_the_new_configuration(&mut h);
     h.ratify(3, 0).unwrap();
     h.publish_epoch().unwrap();
     let store = MemoryStorage::new();
@@ -314,10 +317,7 @@ fn the_independent_verifier_follows_the_chain() {
     let mut h = realm();
     let old = h.config().clone();
     stage_rotation(&mut h);
-    close_epoch_2_under_the_old_configuration(&mut h);
-    h.cut_epoch().unwrap();
-    let (next, second) = (new_key(), h.replicas[1].clone());
-    h.sign_with(3, &[&next, &second]).unwrap();
+    close_epoch_3_under_the_new_configuration(&mut h);
     let dir = tempfile::tempdir().unwrap();
     let realm_file = dir.path().join("realm.hex");
     std::fs::write(&realm_file, hex::encode(old.encode())).unwrap();
