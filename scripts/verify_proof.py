@@ -596,6 +596,9 @@ REALM_FILE_REGISTRATION = "registration"
 # Version 1 lists `replica_keys`; version 2 lists `replicas` (node id and key) and may say its
 # `generation` (default 0).
 REALM_FILE_VERSIONED = ("replica_keys", "replicas", "generation")
+# How clients authenticate the replicas' listeners (TLS): transport only, no part of the
+# configuration proofs commit to.
+REALM_FILE_TLS = "tls"
 U64_MAX = 2**64 - 1
 
 
@@ -725,7 +728,7 @@ def parse_realm_file(text):
         raise RealmFileError("(file)", "not a JSON object")
     for k in f:
         if (k not in REALM_FILE_REQUIRED and k not in REALM_FILE_OPTIONAL and k != REALM_FILE_REGISTRATION
-                and k not in REALM_FILE_VERSIONED):
+                and k not in REALM_FILE_VERSIONED and k != REALM_FILE_TLS):
             raise RealmFileError(k, "unknown field")
     for k in REALM_FILE_REQUIRED:
         if k not in f:
@@ -768,6 +771,10 @@ def parse_realm_file(text):
         generation = f.get("generation", 0)
         if isinstance(generation, bool) or not isinstance(generation, int) or not 0 <= generation <= U64_MAX:
             raise RealmFileError("generation", f"expected an integer from 0 to 2^64-1, got {generation!r}")
+    if REALM_FILE_TLS in f:
+        tls = file_object("tls", f[REALM_FILE_TLS], ("ca_pem",), {})
+        if not isinstance(tls["ca_pem"], str) or "-----BEGIN CERTIFICATE-----" not in tls["ca_pem"]:
+            raise RealmFileError("tls.ca_pem", "expected PEM certificates (-----BEGIN CERTIFICATE----- ...)")
     if not isinstance(f["realm"], str):
         raise RealmFileError("realm", "expected a string")
     for k in ("replica_keys", "verifier_keys", "endpoints"):

@@ -130,24 +130,43 @@ impl FakeReplica {
         self
     }
 
-    /// Serves the fake on a loopback port the OS chooses, on `runtime`; returns its address.
-    pub fn serve(mut self, runtime: &tokio::runtime::Runtime) -> String {
+    /// Serves the fake on a loopback port the OS chooses, on `realm`'s runtime, as the
+    /// realm's replicas do (with TLS and node 1's certificate, unless the realm is plaintext:
+    /// a compromised replica has its certificate); returns its address.
+    pub fn serve(mut self, realm: &crate::Realm) -> String {
+        let runtime = &realm.runtime;
         if let Some(addr) = &self.relay {
             let _g = runtime.enter();
-            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("relay address");
-            self.upstream = Some(KeyraftClient::new(endpoint.connect_lazy()));
+            let tls = keyraft_proto::tls::TlsClient::for_realm(&realm.realm_file()).expect("the realm file's TLS");
+            let channels = keyraft_proto::transport::Channels::default().with_tls(tls);
+            self.upstream = Some(KeyraftClient::new(channels.lazy(addr).expect("relay address")));
         }
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
         let addr = listener.local_addr().expect("local addr").to_string();
-        // Without TCP_NODELAY every small answer waits for a delayed ACK.
-        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
-            s.inspect(|s| {
-                let _ = s.set_nodelay(true);
-            })
+        let tls = realm.tls_dir().map(|dir| {
+            use keyraft_proto::tls::{provider, read_certificates, read_private_key, ALPN_H2};
+            let chain = read_certificates(&dir.join("node-1.crt"), "cert").expect("node 1's certificate");
+            let key = read_private_key(&dir.join("node-1.key"), "key").expect("node 1's key");
+            let mut config = rustls::ServerConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .expect("TLS 1.3")
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .expect("certificate and key");
+            config.alpn_protocols = vec![ALPN_H2.to_vec()];
+            keyraft_server::tls::ServerTls::new(config)
         });
-        runtime.spawn(
-            tonic::transport::Server::builder().add_service(KeyraftServer::new(self)).serve_with_incoming(incoming),
+        let limits = keyraft_server::acceptor::ConnectionLimits::from_config(
+            &keyraft_server::config::Limits::default(),
+            std::time::Duration::from_secs(1),
         );
+        let routes = tonic::service::Routes::new(KeyraftServer::new(self)).prepare();
+        // Never told to stop: the fake lives as long as the test's runtime.
+        let tasks = keyraft_server::lifecycle::Tasks::new(
+            tokio_util::sync::CancellationToken::new(),
+            tokio_util::task::TaskTracker::new(),
+        );
+        runtime.spawn(keyraft_server::acceptor::serve("fake", listener, limits, tls, routes, tasks));
         addr
     }
 }

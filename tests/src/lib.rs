@@ -10,13 +10,23 @@ pub mod fake;
 use keyraft_client::{Client, ClientOptions};
 use keyraft_core::RealmFile;
 use keyraft_proto::peer::{StatusReply, StatusRequest};
+use keyraft_proto::tls::TlsClient;
+use keyraft_proto::transport::Channels;
 use keyraft_server::config::NodeConfig;
-use keyraft_server::peer_client::{connect_lazy, PeerClient};
+use keyraft_server::peer_client::{connect_lazy, peer_channels, PeerClient};
 use keyraft_server::Listening;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
+
+/// A TLS client with the realm's CA `ca` and the certificate `cert` with its key `key`.
+pub fn tls_client(ca: &Path, cert: &Path, key: &Path) -> TlsClient {
+    use keyraft_proto::tls::{client_config, read_certificates, read_private_key, roots};
+    let ca = read_certificates(ca, "ca").expect("CA certificate");
+    let identity = (read_certificates(cert, "cert").expect("certificate"), read_private_key(key, "key").expect("key"));
+    TlsClient::new(client_config(roots(&ca, "ca").expect("CA"), Some(identity)).expect("client config"))
+}
 
 /// Generous: machines have 2 cores and run three replicas plus the test.
 pub const DEADLINE: Duration = Duration::from_secs(90);
@@ -146,14 +156,66 @@ impl Realm {
             .expect("realm file")
     }
 
-    /// Runs the `keyraft` CLI in the realm's directory with its own client state file.
+    /// Runs the `keyraft` CLI in the realm's directory with its own client state file (and,
+    /// for `keyraft admin`, the operator's TLS directory).
     pub fn run_cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(keyraft_bin())
-            .args(args)
-            .env("KEYRAFT_STATE_FILE", self.path().join("client-state.json"))
-            .current_dir(self.path())
-            .output()
-            .expect("run keyraft")
+        self.command().args(args).output().expect("run keyraft")
+    }
+
+    /// The `keyraft` CLI as [`Realm::run_cli`] runs it, to add to.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(keyraft_bin());
+        command.env("KEYRAFT_STATE_FILE", self.path().join("client-state.json")).current_dir(self.path());
+        if let Some(tls) = self.tls_dir() {
+            command.env("KEYRAFT_TLS_DIR", tls);
+        }
+        command
+    }
+
+    /// The realm's TLS directory (`keyraft dev` made a CA and certificates), unless it was
+    /// made with `--plaintext`.
+    pub fn tls_dir(&self) -> Option<PathBuf> {
+        let dir = self.path().join("tls");
+        dir.join("ca.crt").exists().then_some(dir)
+    }
+
+    /// Channels to the public listeners as a client reads the realm file (TLS trusting its CA,
+    /// or plaintext).
+    pub fn channels(&self) -> Channels {
+        let tls = keyraft_proto::tls::TlsClient::for_realm(&self.realm_file()).expect("the realm file's TLS");
+        Channels::default().with_tls(tls)
+    }
+
+    /// A lazily connected channel to replica `i`'s public listener (see [`Realm::channels`]).
+    pub fn public_channel(&self, i: usize) -> tonic::transport::Channel {
+        let _g = self.runtime.enter();
+        self.channels().lazy(&self.public_addr(i)).expect("public address")
+    }
+
+    /// [`Realm::public_channel`] with HTTP/2 windows of 64 KiB: the server sends only that
+    /// far ahead of what the test reads (hyper's client default is 2 MiB per stream).
+    pub fn small_window_channel(&self, i: usize) -> tonic::transport::Channel {
+        let _g = self.runtime.enter();
+        let channels = self.channels();
+        let addr = self.public_addr(i);
+        let endpoint = channels
+            .endpoint(&addr)
+            .expect("public address")
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535);
+        channels.lazy_over(endpoint, &addr, None).expect("public address")
+    }
+
+    /// Channels to the peer services as an operator (the operator certificate over TLS).
+    pub fn admin_channels(&self) -> Channels {
+        peer_channels(self.tls_dir().map(|d| keyraft_proto::tls::operator_client(&d).expect("operator TLS files")))
+    }
+
+    /// Channels to the peer services as node `id` (its certificate over TLS).
+    pub fn node_channels(&self, id: u64) -> Channels {
+        peer_channels(self.tls_dir().map(|d| {
+            tls_client(&d.join("ca.crt"), &d.join(format!("node-{id}.crt")), &d.join(format!("node-{id}.key")))
+        }))
     }
 
     /// Runs a CLI command against this realm: `--realm realm.json` goes after the command
@@ -195,14 +257,26 @@ impl Realm {
     }
 
     /// Starts node 4, not yet a member: a key of its own (`keys/replica-4.key`, which no
-    /// configuration binds yet), replica 3's settings otherwise, fresh data, ports chosen by
-    /// the OS. Returns its replica number (3).
+    /// configuration binds yet) and, over TLS, a certificate of its own from the realm's CA,
+    /// replica 3's settings otherwise, fresh data, ports chosen by the OS. Returns its
+    /// replica number (3).
     pub fn start_node_4(&mut self) -> usize {
         let config4 = self.path().join("node-4.toml");
         std::fs::copy(&self.replicas[2].config, &config4).unwrap();
         let seed: [u8; 32] = rand::random();
         keyraft_core::key_file::write_secret(&self.path().join("keys/replica-4.key"), &seed).expect("node 4's key");
+        if let Some(tls) = self.tls_dir() {
+            let ca = keyraft::certs::RealmCa::open(&tls, &self.name()).expect("the realm's CA");
+            let hosts = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+            ca.issue_node(&tls, 4, &hosts, keyraft::certs::Validity::days(1)).expect("node 4's certificate");
+        }
         edit_config(&config4, &|t: &mut toml::Table| {
+            if let Some(toml::Value::Table(tls)) = t.get_mut("tls") {
+                if tls.contains_key("cert_file") {
+                    tls.insert("cert_file".into(), "tls/node-4.crt".into());
+                    tls.insert("key_file".into(), "tls/node-4.key".into());
+                }
+            }
             t.insert("node_id".into(), 4.into());
             t.insert("data_dir".into(), "data/node-4".into());
             t.insert("public_listen".into(), "127.0.0.1:0".into());
@@ -384,14 +458,15 @@ impl Realm {
     /// Replica `i`'s peer service as an operator (the admin token).
     pub fn peer(&self, i: usize) -> PeerClient {
         let _g = self.runtime.enter();
-        connect_lazy(&self.peer_addr(i), &self.token).expect("peer client")
+        connect_lazy(&self.admin_channels(), &self.peer_addr(i), &self.token).expect("peer client")
     }
 
-    /// Replica `i`'s peer service as another replica would call it (the cluster token).
+    /// Replica `i`'s peer service as node 1 would call it (the cluster token, and node 1's
+    /// certificate over TLS).
     pub fn replica_peer(&self, i: usize) -> PeerClient {
         let token = std::fs::read_to_string(self.path().join("keys/cluster.token")).expect("cluster token");
         let _g = self.runtime.enter();
-        connect_lazy(&self.peer_addr(i), token.trim()).expect("peer client")
+        connect_lazy(&self.node_channels(1), &self.peer_addr(i), token.trim()).expect("peer client")
     }
 
     /// Replica `i`'s status, if it answers.

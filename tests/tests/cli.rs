@@ -163,9 +163,7 @@ fn losing_the_first_answer(
 ) -> (String, Arc<AtomicUsize>) {
     let upstream = {
         let _g = realm.runtime.enter();
-        KeyraftClient::new(
-            tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(0))).unwrap().connect_lazy(),
-        )
+        KeyraftClient::new(realm.public_channel(0))
     };
     let updates = Arc::new(AtomicUsize::new(0));
     let seen = updates.clone();
@@ -182,7 +180,7 @@ fn losing_the_first_answer(
                 later(answer)
             }
         })
-        .serve(&realm.runtime);
+        .serve(&realm);
     (addr, updates)
 }
 

@@ -34,7 +34,7 @@ fn serving(realm: &Realm, proof: Vec<u8>, epoch: u64) -> String {
             })
         })
         .watch(move |_| vec![pb::WatchEvent { event: Some(pb::watch_event::Event::Changed(watch.clone())) }])
-        .serve(&realm.runtime)
+        .serve(&realm)
 }
 
 fn not_ratified_yet(e: &ClientError) -> bool {
@@ -121,7 +121,7 @@ fn a_client_leaves_a_replica_serving_old_epochs_for_a_fresh_one_and_asks_it_last
             counter.fetch_add(1, Ordering::SeqCst);
             Ok(pb::LookupResponse { proof: proof.clone(), newest_epoch_hint: 0 })
         })
-        .serve(&realm.runtime);
+        .serve(&realm);
     let options = ClientOptions { verifier_threshold: Some(0), epoch_ttl_ms: Some(TTL_MS), ..ClientOptions::default() };
     let c = client(&realm, &[zombie, realm.public_addr(2)], options);
     let fresh = realm.runtime.block_on(c.lookup(ALICE, LookupOptions::default())).unwrap();
@@ -146,7 +146,7 @@ fn a_replica_that_has_not_reached_the_clients_epoch_is_left_for_the_next() {
     // another replica may have them.
     let behind = FakeReplica::default()
         .lookup(|_| Err(tonic::Status::out_of_range("epoch 500 is beyond this replica's newest epoch 3")))
-        .serve(&realm.runtime);
+        .serve(&realm);
     let options = ClientOptions { verifier_threshold: Some(0), ..ClientOptions::default() };
     let c = client(&realm, &[behind.clone(), realm.public_addr(1)], options.clone());
     realm.runtime.block_on(c.lookup(ALICE, LookupOptions::default())).unwrap();

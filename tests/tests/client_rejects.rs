@@ -19,7 +19,7 @@ const ALICE: &str = "alice@example.com";
 fn replaying(realm: &Realm, answer: Arc<Mutex<Vec<u8>>>) -> String {
     FakeReplica::default()
         .lookup(move |_| Ok(pb::LookupResponse { proof: answer.lock().unwrap().clone(), newest_epoch_hint: 0 }))
-        .serve(&realm.runtime)
+        .serve(&realm)
 }
 
 fn client(realm: &Realm, endpoint: &str, options: ClientOptions) -> Client {
@@ -116,7 +116,7 @@ fn a_watcher_rejects_a_hidden_change_and_a_step_back() {
         }),
     };
     let story = |events: Vec<pb::WatchEvent>| {
-        let liar = FakeReplica::default().watch(move |_| events.clone()).serve(&realm.runtime);
+        let liar = FakeReplica::default().watch(move |_| events.clone()).serve(&realm);
         let watcher = client(&realm, &liar, ClientOptions::default());
         realm.runtime.block_on(async {
             let mut watch = watcher.watch(ALICE, 0).await.unwrap();

@@ -32,9 +32,7 @@ fn replica_public_key(realm: &Realm, id: u64) -> PublicKey {
 
 fn epoch_signers(realm: &Realm, i: usize, epoch: u64) -> Vec<PublicKey> {
     let _g = realm.runtime.enter();
-    let mut c = KeyraftClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(i))).unwrap().connect_lazy(),
-    );
+    let mut c = KeyraftClient::new(realm.public_channel(i));
     let info = realm.runtime.block_on(c.get_epoch(GetEpochRequest { epoch })).unwrap().into_inner();
     info.replica_signatures.iter().map(|s| PublicKey::from_slice(&s.signer).unwrap()).collect()
 }
@@ -151,11 +149,7 @@ fn register_through_a_follower_and_look_up_through_every_replica() {
     let heads: Vec<Vec<Vec<u8>>> = (0..3)
         .map(|i| {
             let _g = realm.runtime.enter();
-            let mut c = KeyraftClient::new(
-                tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(i)))
-                    .unwrap()
-                    .connect_lazy(),
-            );
+            let mut c = KeyraftClient::new(realm.public_channel(i));
             let req = pb::ListEpochsRequest { start_epoch: 1, page_size: (r.epoch + 1) as u32, page_token: vec![] };
             realm
                 .runtime
@@ -317,9 +311,7 @@ fn malformed_oversized_conflicting_and_unauthenticated_requests_get_their_status
     let _s = serial();
     let realm = Realm::start(|_| {});
     let _g = realm.runtime.enter();
-    let mut c = KeyraftClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(1))).unwrap().connect_lazy(),
-    );
+    let mut c = KeyraftClient::new(realm.public_channel(1));
     let rt = &realm.runtime;
     let update = |user: &str, bytes: Vec<u8>| pb::UpdateRequest {
         user_id: user.into(),
@@ -433,10 +425,9 @@ fn pagination_and_peer_authentication(realm: &Realm, c: &mut KeyraftClient<tonic
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
 
-    // The peer port refuses calls without the cluster token.
-    let mut anonymous = keyraft_proto::peer::peer_client::PeerClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", realm.peer_addr(0))).unwrap().connect_lazy(),
-    );
+    // The peer port refuses calls without the cluster token (with node 1's certificate).
+    let mut anonymous =
+        keyraft_proto::peer::peer_client::PeerClient::new(realm.node_channels(1).lazy(&realm.peer_addr(0)).unwrap());
     let e = rt.block_on(anonymous.status(StatusRequest {})).unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
 }

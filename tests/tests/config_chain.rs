@@ -150,9 +150,7 @@ fn a_version_1_realm_upgrades_to_version_2_through_a_change() {
     let epoch = answer.lookup.epoch();
     wait_for("three signatures on a version-2 head", || {
         let _g = realm.runtime.enter();
-        let mut c = keyraft_proto::pb::keyraft_client::KeyraftClient::new(
-            tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(0))).unwrap().connect_lazy(),
-        );
+        let mut c = keyraft_proto::pb::keyraft_client::KeyraftClient::new(realm.public_channel(0));
         let info = realm.runtime.block_on(c.get_epoch(keyraft_proto::pb::GetEpochRequest { epoch: epoch + 1 })).ok()?;
         (info.into_inner().replica_signatures.len() == 3).then_some(())
     });

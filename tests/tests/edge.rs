@@ -32,9 +32,7 @@ fn owner() -> SigningKey {
 
 fn grpc(realm: &Realm, i: usize) -> KeyraftClient<Channel> {
     let _g = realm.runtime.enter();
-    KeyraftClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(i))).unwrap().connect_lazy(),
-    )
+    KeyraftClient::new(realm.public_channel(i))
 }
 
 fn timed<T>(message: T, timeout: Duration) -> tonic::Request<T> {

@@ -26,8 +26,7 @@ fn client(realm: &Realm, endpoint: &str) -> Client {
 /// The honest first (and only) page of ALICE's history, from replica 1.
 fn honest_page(realm: &Realm) -> pb::HistoryResponse {
     let _g = realm.runtime.enter();
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(0))).unwrap();
-    let mut grpc = KeyraftClient::new(endpoint.connect_lazy());
+    let mut grpc = KeyraftClient::new(realm.public_channel(0));
     let request = pb::HistoryRequest { user_id: ALICE.into(), page_size: 100, ..Default::default() };
     realm.runtime.block_on(grpc.history(request)).unwrap().into_inner()
 }
@@ -36,7 +35,7 @@ fn honest_page(realm: &Realm) -> pb::HistoryResponse {
 fn serving(realm: &Realm, first: pb::HistoryResponse, later: pb::HistoryResponse) -> String {
     FakeReplica::default()
         .history(move |r| Ok(if r.page_token.is_empty() { first.clone() } else { later.clone() }))
-        .serve(&realm.runtime)
+        .serve(&realm)
 }
 
 fn left_out(e: &ClientError, what: &str) -> bool {

@@ -232,15 +232,23 @@ fn the_cluster_token_is_no_admin_credential_and_the_admin_token_no_replicas() {
     let _s = serial();
     let realm = Realm::start(|_| {});
     let peer = realm.peer_addr(0);
+    // Over TLS the operator's certificate goes with the operator's token only.
     let e = refused(
         &realm,
         &["admin", "--peer", &peer, "--token-file", "keys/cluster.token", "change-voters", "--voter", "1,2,3"],
     );
-    assert!(e.contains("permission denied") && e.contains("needs the admin token"), "{e}");
+    assert!(
+        e.contains("permission denied") && e.contains("the cluster token came with the operator certificate"),
+        "{e}"
+    );
     ok(&realm, &["admin", "--peer", &peer, "--token-file", "keys/admin.token", "status"]);
-    let admin_token = std::fs::read_to_string(realm.path().join("keys/admin.token")).unwrap().trim().to_owned();
-    let _g = realm.runtime.enter();
-    let mut as_admin = keyraft_server::peer_client::connect_lazy(&peer, &admin_token).unwrap();
+    // A replica (its certificate and the cluster token) makes no admin call.
+    let mut as_replica = realm.replica_peer(0);
+    let change = keyraft_proto::peer::ChangeVotersRequest { voters: vec![1, 2, 3] };
+    let e = realm.runtime.block_on(as_replica.change_voters(change)).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("needs the admin token"), "{e}");
+    let mut as_admin = realm.peer(0);
     let raft = keyraft_proto::peer::RaftMessage { target: 1, payload: vec![] };
     let e = realm.runtime.block_on(as_admin.append_entries(raft)).unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
@@ -260,9 +268,8 @@ fn the_cluster_token_is_no_admin_credential_and_the_admin_token_no_replicas() {
             .map(|n| std::fs::read_to_string(realm.path().join(format!("logs/node-{n}.log"))).unwrap_or_default())
             .collect();
         let admin = log.lines().any(|l| l.contains("admin call") && l.contains("append-entries"));
-        let refused = log
-            .lines()
-            .any(|l| l.contains("an admin call with the cluster token refused") && l.contains("change-voters"));
+        let refused =
+            log.lines().any(|l| l.contains("an admin call by a replica refused") && l.contains("change-voters"));
         (admin && refused).then_some(())
     });
 }

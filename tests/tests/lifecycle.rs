@@ -29,9 +29,7 @@ fn keys(v: &str) -> BTreeMap<String, Vec<u8>> {
 /// Epoch `epoch`'s head as replica `i` serves it, if it has one.
 fn head(realm: &Realm, i: usize, epoch: u64) -> Option<EpochHead> {
     let _g = realm.runtime.enter();
-    let mut c = KeyraftClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(i))).unwrap().connect_lazy(),
-    );
+    let mut c = KeyraftClient::new(realm.public_channel(i));
     let info = realm.runtime.block_on(c.get_epoch(GetEpochRequest { epoch })).ok()?.into_inner();
     Some(EpochHead::from_bytes(&info.head).unwrap())
 }

@@ -2,6 +2,10 @@
 //! never finish their handshake, idle connections, connections per address and in total,
 //! request messages above their method's bound (refused before their body arrives), the
 //! `VerifierStream` cap, and requests that are not valid protobuf (the client's fault).
+//!
+//! The realms here serve plaintext: the tests speak raw HTTP/2 (h2) to see each limit at
+//! work. TLS is the first part of the same handshake step; tests/tls.rs holds a TLS
+//! handshake to the same deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use bytes::{Buf as _, BufMut as _, Bytes};
@@ -18,6 +22,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 use tonic::codegen::http;
 use tonic::transport::Channel;
+
+/// `keyraft dev --plaintext`.
+const PLAINTEXT: &[&str] = &["--plaintext"];
 
 const ALICE: &str = "alice@example.com";
 /// The client connection preface's 24 octets (RFC 9113, section 3.4).
@@ -95,7 +102,7 @@ fn lookup_works(realm: &Realm, client: &keyraft_client::Client) {
 #[test]
 fn connections_that_never_handshake_are_closed_and_no_address_takes_all_connections() {
     let _s = serial();
-    let realm = Realm::start(|t| {
+    let realm = Realm::start_with(PLAINTEXT, |t| {
         set(t, "handshake_ms", 1_000);
         set(t, "connections_per_address_max", 20);
         set(t, "connections_max", 30);
@@ -179,7 +186,7 @@ fn connections_that_never_handshake_are_closed_and_no_address_takes_all_connecti
 #[test]
 fn idle_connections_are_closed_but_connections_with_open_streams_are_not() {
     let _s = serial();
-    let realm = Realm::start(|t| set(t, "idle_ms", 2_000));
+    let realm = Realm::start_with(PLAINTEXT, |t| set(t, "idle_ms", 2_000));
     register_alice(&realm);
     let public = addr(&realm.public_addr(0));
     realm.runtime.block_on(async {
@@ -242,7 +249,7 @@ fn log_lines(realm: &Realm, node: u64, needle: &str) -> usize {
 #[test]
 fn a_replica_out_of_file_descriptors_backs_off_instead_of_spinning_and_recovers() {
     let _s = serial();
-    let realm = Realm::start(|t| set(t, "handshake_ms", 1_000));
+    let realm = Realm::start_with(PLAINTEXT, |t| set(t, "handshake_ms", 1_000));
     register_alice(&realm);
     let pid = realm.replicas[0].child.as_ref().unwrap().id();
     // Room for a few dozen more descriptors: connections then exhaust them.
@@ -320,7 +327,7 @@ async fn declare(to: SocketAddr, path: &str, declared: u32, sent: usize) -> toni
 #[test]
 fn request_messages_above_their_bound_are_refused_before_their_body_arrives() {
     let _s = serial();
-    let realm = Realm::start(|_| {});
+    let realm = Realm::start_with(PLAINTEXT, |_| {});
     let public = addr(&realm.public_addr(0));
     realm.runtime.block_on(async {
         for (path, declared, what) in [
@@ -346,12 +353,10 @@ fn request_messages_above_their_bound_are_refused_before_their_body_arrives() {
 #[test]
 fn verifier_streams_are_capped_per_replica() {
     let _s = serial();
-    let realm = Realm::start(|t| set(t, "verifier_streams_max", 2));
+    let realm = Realm::start_with(PLAINTEXT, |t| set(t, "verifier_streams_max", 2));
     let client = |i: usize| {
         let _g = realm.runtime.enter();
-        KeyraftClient::new(
-            tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(i))).unwrap().connect_lazy(),
-        )
+        KeyraftClient::new(realm.public_channel(i))
     };
     let open = |c: &mut KeyraftClient<Channel>| {
         let mut c = c.clone();
@@ -441,7 +446,7 @@ async fn raw_call(realm: &Realm, path: &'static str, message: Vec<u8>) -> Result
 #[test]
 fn requests_that_are_not_valid_protobuf_are_the_clients_fault() {
     let _s = serial();
-    let realm = Realm::start(|_| {});
+    let realm = Realm::start_with(PLAINTEXT, |_| {});
     register_alice(&realm);
     const LOOKUP: &str = "/keyraft.v1.Keyraft/Lookup";
     let bad = [

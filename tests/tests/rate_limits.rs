@@ -75,8 +75,7 @@ fn a_rate_limited_client_is_told_how_long_to_wait_and_then_succeeds() {
     // Lookups of new user ids: RESOURCE_EXHAUSTED with the metadata; ids already asked for
     // stay free.
     let _g = realm.runtime.enter();
-    let endpoint = format!("http://{}", realm.public_addr(0));
-    let channel = tonic::transport::Endpoint::from_shared(endpoint).unwrap().connect_lazy();
+    let channel = realm.public_channel(0);
     let mut raw = KeyraftClient::new(channel.clone());
     let mut lookup = |user: &str| {
         realm.runtime.block_on(raw.lookup(pb::LookupRequest { user_id: user.into(), ..Default::default() }))

@@ -31,9 +31,7 @@ fn ratifications_are_checked_before_they_reach_the_log() {
         &keyraft_server::config::read_secret32(&realm.path().join("keys/verifier-1.key"), "key").unwrap(),
     );
     let _g = realm.runtime.enter();
-    let mut c = KeyraftClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(1))).unwrap().connect_lazy(),
-    );
+    let mut c = KeyraftClient::new(realm.public_channel(1));
     let rt = &realm.runtime;
     let info = rt.block_on(c.get_epoch(GetEpochRequest { epoch })).unwrap().into_inner();
     let head = EpochHead::from_bytes(&info.head).unwrap();

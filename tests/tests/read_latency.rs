@@ -32,10 +32,7 @@ fn env_or(name: &str, default: usize) -> usize {
 
 fn grpc(realm: &Realm, i: usize) -> KeyraftClient<Channel> {
     let _g = realm.runtime.enter();
-    KeyraftClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(i))).unwrap().connect_lazy(),
-    )
-    .max_decoding_message_size(64 * 1024 * 1024)
+    KeyraftClient::new(realm.public_channel(i)).max_decoding_message_size(64 * 1024 * 1024)
 }
 
 /// p50 and p99 of `LOOKUPS` sequential lookups of `ALICE` on replica 0, in microseconds.

@@ -19,9 +19,7 @@ use std::sync::{Arc, Mutex};
 /// How many verifiers ratified `epoch`, as replica 1 stores it.
 fn ratifications(realm: &Realm, epoch: u64) -> usize {
     let _g = realm.runtime.enter();
-    let mut c = KeyraftClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(0))).unwrap().connect_lazy(),
-    );
+    let mut c = KeyraftClient::new(realm.public_channel(0));
     realm
         .runtime
         .block_on(c.get_epoch(GetEpochRequest { epoch }))
@@ -101,10 +99,7 @@ fn two_verifiers_ratify_and_each_client_chooses_how_many_it_requires() {
 /// Every epoch up to the newest, with its signatures, as replica 1 stores them.
 fn epochs(realm: &Realm) -> Vec<keyraft_proto::pb::EpochInfo> {
     let _g = realm.runtime.enter();
-    let mut c = KeyraftClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(0))).unwrap().connect_lazy(),
-    )
-    .max_decoding_message_size(16 << 20);
+    let mut c = KeyraftClient::new(realm.public_channel(0)).max_decoding_message_size(16 << 20);
     let mut out = Vec::new();
     let mut token = Vec::new();
     loop {
@@ -222,9 +217,7 @@ fn a_restarted_verifier_signs_no_head_off_the_chain_it_verified() {
     // issue time: a head the verifier never verified), and keeping the ratifications it gets.
     let upstream = {
         let _g = realm.runtime.enter();
-        KeyraftClient::new(
-            tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(0))).unwrap().connect_lazy(),
-        )
+        KeyraftClient::new(realm.public_channel(0))
     };
     let forged = ratified_to + 1;
     let pushed = Arc::new(Mutex::new(Vec::new()));
@@ -249,7 +242,7 @@ fn a_restarted_verifier_signs_no_head_off_the_chain_it_verified() {
             kept.lock().unwrap().push(request.epoch);
             Ok(keyraft_proto::pb::PushRatificationResponse { duplicate: false })
         })
-        .serve(&realm.runtime);
+        .serve(&realm);
     keyraft_tests::edit_config(&realm.path().join("verifier-1.toml"), &|t: &mut toml::Table| {
         t.insert("endpoints".into(), toml::Value::Array(vec![toml::Value::String(liar.clone())]));
     });

@@ -87,7 +87,7 @@ fn tampering_source(realm: &Realm, upstream: String, tamper_epoch: u64, tamper: 
                 Ok(Box::pin(relayed) as BoxStream<VerifierFrame>)
             }
         })
-        .serve(&realm.runtime)
+        .serve(&realm)
 }
 
 #[test]
@@ -170,11 +170,7 @@ fn run_against_tampering_source(tamper: impl Fn(&Realm) -> Tamper) -> serde_json
     let tamper_epoch = (1..=realm.status(0).unwrap().ratified_epoch)
         .find(|e| {
             let _g = realm.runtime.enter();
-            let mut c = KeyraftClient::new(
-                tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(0)))
-                    .unwrap()
-                    .connect_lazy(),
-            );
+            let mut c = KeyraftClient::new(realm.public_channel(0));
             let info = realm.runtime.block_on(c.get_epoch(pb::GetEpochRequest { epoch: *e })).unwrap().into_inner();
             keyraft_core::EpochHead::from_bytes(&info.head).unwrap().update_count > 0
         })
@@ -207,9 +203,7 @@ fn run_against_tampering_source(tamper: impl Fn(&Realm) -> Tamper) -> serde_json
     assert!(String::from_utf8_lossy(&out.stderr).contains("halted"), "{}", String::from_utf8_lossy(&out.stderr));
     // It signed nothing from the tampered epoch on.
     let _g = realm.runtime.enter();
-    let mut c = KeyraftClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(0))).unwrap().connect_lazy(),
-    );
+    let mut c = KeyraftClient::new(realm.public_channel(0));
     let info = realm.runtime.block_on(c.get_epoch(pb::GetEpochRequest { epoch: tamper_epoch })).unwrap().into_inner();
     assert!(info.verifier_signatures.is_empty(), "the verifier ratified the epoch it found tampered");
     record

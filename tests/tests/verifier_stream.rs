@@ -22,9 +22,7 @@ struct Epoch {
 
 fn client(realm: &Realm, i: usize) -> KeyraftClient<tonic::transport::Channel> {
     let _g = realm.runtime.enter();
-    KeyraftClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(i))).unwrap().connect_lazy(),
-    )
+    KeyraftClient::new(realm.public_channel(i))
 }
 
 /// Reads frames until `until` epochs are complete (after `CaughtUp` when `until` is 0).
@@ -282,11 +280,7 @@ fn a_verifier_stream_reader_that_stops_reading_is_closed_with_a_reason() {
     realm.wait_ratified(0, newest);
 
     let mut stalled = realm.runtime.block_on(async {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(0)))
-            .unwrap()
-            .initial_stream_window_size(65_535)
-            .initial_connection_window_size(65_535);
-        let mut c = KeyraftClient::new(endpoint.connect_lazy());
+        let mut c = KeyraftClient::new(realm.small_window_channel(0));
         let req = VerifierStreamRequest { max_frame_bytes: 65_536, ..Default::default() };
         let mut s = c.verifier_stream(realm.signed_stream(req)).await.unwrap().into_inner();
         let first = tokio::time::timeout(DEADLINE, s.message()).await.unwrap().unwrap().unwrap();
@@ -344,13 +338,10 @@ fn many_verifier_streams_that_do_not_read_hold_bounded_memory() {
     let pid = realm.replicas[0].child.as_ref().unwrap().id();
     let before = rss_bytes(pid);
     let streams = realm.runtime.block_on(async {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(0)))
-            .unwrap()
-            .initial_stream_window_size(65_535)
-            .initial_connection_window_size(65_535);
         let mut streams = Vec::new();
         for _ in 0..STREAMS {
-            let mut c = KeyraftClient::new(endpoint.connect_lazy());
+            // A connection each.
+            let mut c = KeyraftClient::new(realm.small_window_channel(0));
             let req = VerifierStreamRequest { max_frame_bytes: 65_536, ..Default::default() };
             let mut s = c.verifier_stream(realm.signed_stream(req)).await.unwrap().into_inner();
             let first = tokio::time::timeout(DEADLINE, s.message()).await.unwrap().unwrap().unwrap();

@@ -29,12 +29,11 @@ fn owner() -> SigningKey {
 /// 64 KiB ahead of what the test reads (hyper's client default is 2 MiB per stream), so a
 /// test that stops reading soon stops the server's sender.
 fn grpc(realm: &Realm, i: usize, small_windows: bool) -> KeyraftClient<Channel> {
-    let _g = realm.runtime.enter();
-    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", realm.public_addr(i))).unwrap();
     if small_windows {
-        endpoint = endpoint.initial_stream_window_size(65_535).initial_connection_window_size(65_535);
+        KeyraftClient::new(realm.small_window_channel(i))
+    } else {
+        KeyraftClient::new(realm.public_channel(i))
     }
-    KeyraftClient::new(endpoint.connect_lazy())
 }
 
 fn watch_request(user_id: &str, verifier_threshold: u32, from_epoch: u64) -> WatchRequest {

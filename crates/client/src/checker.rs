@@ -188,6 +188,7 @@ mod tests {
             endpoints: vec![],
             protocol_version: 1,
             registration: None,
+            tls: None,
         }
     }
 

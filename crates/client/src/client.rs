@@ -111,7 +111,13 @@ impl Client {
         if list.is_empty() {
             return Err(ClientError::Invalid("no endpoints: the realm file lists none and none were given".into()));
         }
-        let channels = options.channels.clone().unwrap_or_else(|| Channels::new(client_channel_options()));
+        let channels = match &options.channels {
+            Some(channels) => channels.clone(),
+            None => Channels::new(client_channel_options()).with_tls(
+                keyraft_proto::tls::TlsClient::for_realm(file)
+                    .map_err(|e| ClientError::Invalid(format!("realm file: {e}")))?,
+            ),
+        };
         let mut out = Vec::new();
         for addr in list {
             let channel = channels.lazy(addr).map_err(|e| ClientError::Invalid(format!("endpoint: {e}")))?;

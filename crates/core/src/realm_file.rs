@@ -10,6 +10,7 @@
 //!   "epoch_ttl_ms": 60000,
 //!   "clock_skew_ms": 5000,
 //!   "endpoints": ["127.0.0.1:7001", ...],
+//!   "tls": { "ca_pem": "-----BEGIN CERTIFICATE-----\n..." },
 //!   "protocol_version": 2,
 //!   "registration": {
 //!     "local_part_rule": "case_insensitive",
@@ -79,7 +80,24 @@ pub struct RealmFile {
     /// Who may register identities (version 2 only, where it is required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registration: Option<RegistrationFile>,
+    /// How clients authenticate the replicas' public listeners: TLS with this CA. Absent: the
+    /// replicas serve plaintext. Not part of the realm's configuration (no head commits to
+    /// it): proofs are the root of trust, TLS keeps who looks up whom from the network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFile>,
 }
+
+/// The realm file's `tls` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// The certificates (PEM) that replicas' certificates must chain to: clients accept a
+    /// replica whose certificate is issued by one of them for the endpoint's host.
+    pub ca_pem: String,
+}
+
+/// The PEM label of a certificate.
+const PEM_CERTIFICATE_BEGIN: &str = "-----BEGIN CERTIFICATE-----";
 
 fn protocol_version_1() -> u8 {
     1
@@ -340,6 +358,9 @@ fn check_shape(value: &serde_json::Value) -> Result<(), RealmFileError> {
             }
         }
     }
+    if top.get("tls").is_some_and(|tls| !tls.is_object()) {
+        return Err(shape("tls", "expected an object with ca_pem"));
+    }
     let Some(registration) = top.get("registration") else { return Ok(()) };
     let Value::Object(registration) = registration else { return Err(shape("registration", "expected an object")) };
     let Some(namespaces) = registration.get("namespaces") else { return Ok(()) };
@@ -377,6 +398,15 @@ impl RealmFile {
         // the typed read refuses.
         let file: Self = serde_json::from_str(json).map_err(|e| RealmFileError::Json(e.to_string()))?;
         file.client_realm()?;
+        if let Some(tls) = &file.tls {
+            // The certificates themselves are parsed where TLS is set up (the transport).
+            if !tls.ca_pem.contains(PEM_CERTIFICATE_BEGIN) {
+                return Err(RealmFileError::Key {
+                    field: "tls.ca_pem".into(),
+                    message: format!("expected PEM certificates ({PEM_CERTIFICATE_BEGIN} ...)"),
+                });
+            }
+        }
         Ok(file)
     }
 
@@ -409,6 +439,7 @@ impl RealmFile {
             endpoints,
             protocol_version: config.protocol_version(),
             registration: config.registration.as_ref().map(RegistrationFile::new),
+            tls: None,
         }
     }
 

@@ -81,3 +81,28 @@ fn unknown_and_duplicate_fields_are_refused() {
     let e = RealmFile::from_json(&twice).unwrap_err().to_string();
     assert!(e.contains("duplicate field") && e.contains("clock_skew_ms"), "{e}");
 }
+
+#[test]
+fn the_tls_object_names_a_ca_and_nothing_else() {
+    let mut f = file();
+    f.tls = Some(keyraft_core::realm_file::TlsFile {
+        ca_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+    });
+    let read = RealmFile::from_json(&f.to_json()).unwrap();
+    assert_eq!(read, f);
+    assert_eq!(read.config().unwrap(), file().config().unwrap(), "TLS is no part of the configuration");
+
+    f.tls = Some(keyraft_core::realm_file::TlsFile { ca_pem: "a CA".into() });
+    let e = refused(&f);
+    assert!(e.contains("tls.ca_pem") && e.contains("PEM"), "{e}");
+
+    let text = file().to_json();
+    for (bad, field) in [
+        (r#""tls": "ca.crt","#, "tls"),
+        (r#""tls": {"ca_pem": "-----BEGIN CERTIFICATE-----", "pins": []},"#, "pins"),
+        (r#""tls": {},"#, "ca_pem"),
+    ] {
+        let e = RealmFile::from_json(&text.replacen('{', &format!("{{\n  {bad}"), 1)).unwrap_err().to_string();
+        assert!(e.contains(field), "{bad}: {e}");
+    }
+}

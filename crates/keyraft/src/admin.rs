@@ -1,7 +1,8 @@
 //! `keyraft admin`: operator calls on the peer service.
 
 use keyraft_proto::peer::{AdminReply, ChangeVotersRequest, InitRequest, NodeSpec, StatusReply, StatusRequest};
-use keyraft_server::peer_client::{connect_lazy, PeerClient};
+use keyraft_proto::transport::Channels;
+use keyraft_server::peer_client::{connect_lazy, peer_channels, PeerClient};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +22,11 @@ pub struct AdminArgs {
     /// The admin token file (with `--peer`; `keyraft dev` writes keys/admin.token).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// The operator's TLS directory: the realm's CA (ca.crt) and an operator certificate
+    /// (admin.crt, admin.key; `keyraft tls admin` issues one, `keyraft dev` writes DIR/tls).
+    /// Without it, calls go in plaintext, which only nodes with `[tls] plaintext = true` take.
+    #[arg(long, env = "KEYRAFT_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub action: AdminAction,
@@ -82,7 +88,12 @@ fn request<T>(msg: T) -> tonic::Request<T> {
 }
 
 /// Makes an admin call, following the `leader-peer-addr` hint of an UNAVAILABLE answer once.
-async fn on_leader<F, Fut>(client: PeerClient, token: &str, call: F) -> Result<AdminReply, tonic::Status>
+async fn on_leader<F, Fut>(
+    client: PeerClient,
+    channels: &Channels,
+    token: &str,
+    call: F,
+) -> Result<AdminReply, tonic::Status>
 where
     F: Fn(PeerClient) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<AdminReply>, tonic::Status>>,
@@ -93,7 +104,7 @@ where
                 .metadata()
                 .get("leader-peer-addr")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|addr| connect_lazy(addr, token).ok());
+                .and_then(|addr| connect_lazy(channels, addr, token).ok());
             match leader {
                 Some(leader) => call(leader).await.map(tonic::Response::into_inner),
                 None => Err(status),
@@ -101,6 +112,13 @@ where
         }
         other => other.map(tonic::Response::into_inner),
     }
+}
+
+/// The channels an operator calls the peer services over: TLS with the operator certificate
+/// of `tls_dir`, or plaintext without one.
+pub fn admin_channels(tls_dir: Option<&std::path::Path>) -> Result<Channels, keyraft_proto::tls::TlsError> {
+    let tls = tls_dir.map(keyraft_proto::tls::operator_client).transpose()?;
+    Ok(peer_channels(tls))
 }
 
 /// Prints a status reply.
@@ -163,9 +181,10 @@ pub fn run(args: &AdminArgs, out: &mut dyn Write) -> CmdResult {
     let token = keyraft_core::key_file::Secret::new(text.trim().to_owned());
     let failed =
         |action: &str, status: &tonic::Status| crate::cli::call_failed(&format!("admin {action} on {peer}"), status);
+    let channels = admin_channels(args.tls_dir.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let mut client = connect_lazy(peer, &token)?;
+        let mut client = connect_lazy(&channels, peer, &token)?;
         match &args.action {
             AdminAction::Status { json } => {
                 let s = client.status(request(StatusRequest {})).await.map_err(|e| failed("status", &e))?.into_inner();
@@ -183,7 +202,7 @@ pub fn run(args: &AdminArgs, out: &mut dyn Write) -> CmdResult {
             }
             AdminAction::AddLearner { id, peer_addr, public_addr } => {
                 let spec = NodeSpec { id: *id, peer_addr: peer_addr.clone(), public_addr: public_addr.clone() };
-                let r = on_leader(client, &token, |mut c| {
+                let r = on_leader(client, &channels, &token, |mut c| {
                     let spec = spec.clone();
                     async move { c.add_learner(request(spec)).await }
                 })
@@ -193,7 +212,7 @@ pub fn run(args: &AdminArgs, out: &mut dyn Write) -> CmdResult {
             }
             AdminAction::ChangeVoters { voters } => {
                 let req = ChangeVotersRequest { voters: voters.clone() };
-                let r = on_leader(client, &token, |mut c| {
+                let r = on_leader(client, &channels, &token, |mut c| {
                     let req = req.clone();
                     async move { c.change_voters(request(req)).await }
                 })
@@ -214,7 +233,7 @@ pub fn run(args: &AdminArgs, out: &mut dyn Write) -> CmdResult {
                     .find(|n| status.has_leader && n.id == status.leader_id)
                     .map(|n| n.peer_addr.clone())
                     .ok_or("the cluster has no leader right now; retry")?;
-                let mut leader = connect_lazy(&leader, &token)?;
+                let mut leader = connect_lazy(&channels, &leader, &token)?;
                 let reply = leader
                     .forward(request(keyraft_proto::peer::ForwardRequest { payload }))
                     .await

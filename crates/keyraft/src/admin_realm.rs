@@ -298,6 +298,8 @@ pub fn run_offline(action: &RealmAction, out: &mut dyn Write) -> Option<CmdResul
             let next = check_config_change(&from, &change)?;
             let mut new_file = RealmFile::new(&next, file.epoch_ttl_ms, file.clock_skew_ms, file.endpoints.clone());
             new_file.verifier_threshold = file.verifier_threshold.min(next.verifier_keys.len());
+            // The transport is no part of the configuration: the replicas keep their certificates.
+            new_file.tls = file.tls.clone();
             std::fs::write(new_path, new_file.to_json())?;
             writeln!(out, "wrote {} (generation {})", new_path.display(), next.generation)?;
             Ok(())

@@ -152,7 +152,8 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> CmdResult {
     runtime.block_on(async {
         // A few connections per endpoint, so that one HTTP/2 connection is not the bottleneck.
         let mut channels: Vec<KeyraftClient<Channel>> = Vec::new();
-        let transport = Channels::new(ChannelOptions { connect_timeout_ms: None, ..ChannelOptions::default() });
+        let transport = Channels::new(ChannelOptions { connect_timeout_ms: None, ..ChannelOptions::default() })
+            .with_tls(keyraft_proto::tls::TlsClient::for_realm(&file)?);
         for _ in 0..4 {
             for e in &endpoints {
                 let ch = transport.lazy(e)?;

@@ -59,6 +59,9 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Runs a whole realm in this process (no network), printing each step of the protocol.
     Demo(crate::demo::DemoArgs),
+    /// A realm's CA and its node and operator certificates (TLS and mutual TLS).
+    #[command(subcommand)]
+    Tls(crate::tls_cmd::TlsCommand),
 }
 
 /// Exit code of `register --wait` / `update --wait` when the update was accepted in an epoch
@@ -141,6 +144,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Admin(args) => crate::admin::run(&args, out),
         Command::Bench(args) => crate::bench::run(&args, out),
         Command::Demo(args) => crate::demo::run(&args, out),
+        Command::Tls(command) => crate::tls_cmd::run(&command, out),
     }
 }
 

@@ -12,7 +12,8 @@ use keyraft_core::key_file::write_secret;
 use keyraft_core::registration::{Method, NamespaceRule, RegistrationPolicy};
 use keyraft_core::vrf::VrfSecretKey;
 use keyraft_core::{RealmConfig, RealmFile};
-use keyraft_server::config::{EpochSettings, Limits, NodeConfig, RaftSettings, VoterSpec};
+use keyraft_proto::transport::Channels;
+use keyraft_server::config::{EpochSettings, Limits, NodeConfig, RaftSettings, TlsSettings, VoterSpec};
 use keyraft_server::peer_client::connect_lazy;
 use keyraft_server::registration::email::{generate_mac_key_file, EmailConfig, SmtpConfig, CODE_TTL_MS_DEFAULT};
 use keyraft_server::registration::oidc::OidcIssuerConfig;
@@ -106,7 +107,18 @@ pub struct DevArgs {
     /// against a realm configured for them.
     #[arg(long)]
     pub rate_limits: bool,
+    /// Serve without TLS (first start only): tokens and lookups cross loopback in clear, and
+    /// the summary says so. Without it the realm gets its own CA under DIR/tls, a certificate
+    /// per node (mutual TLS between replicas) and one for the operator.
+    #[arg(long)]
+    pub plaintext: bool,
 }
+
+/// Where `keyraft dev` keeps the realm's CA and certificates.
+pub const TLS_DIR: &str = "tls";
+/// The names each dev node's certificate is valid for besides `node-<id>.<realm>`: the
+/// loopback addresses clients dial.
+const DEV_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
 /// The replicas' `[registration]` settings from `--email-codes-to-log`, `--smtp-relay` and
 /// `--oidc-*`; writes the e-mail MAC key the replicas share when e-mail codes are on.
@@ -272,8 +284,30 @@ fn create(args: &DevArgs) -> CmdResult {
     }
     let mut realm = RealmFile::new(&config, 60_000, 5_000, voters.iter().map(|v| v.public_addr.clone()).collect());
     realm.verifier_threshold = args.verifier_count.min(1);
+    let tls_dir = dir.join(TLS_DIR);
+    if !args.plaintext {
+        let validity = crate::certs::Validity::days(crate::certs::CERT_VALID_DAYS);
+        let ca = crate::certs::RealmCa::create(&tls_dir, &config.realm, validity)?;
+        let hosts: Vec<String> = DEV_HOSTS.iter().map(|h| (*h).to_owned()).collect();
+        for v in &voters {
+            ca.issue_node(&tls_dir, v.id, &hosts, validity)?;
+        }
+        ca.issue_admin(&tls_dir, None, validity)?;
+        let ca_pem = std::fs::read_to_string(tls_dir.join(crate::certs::CA_CERT_FILE))?;
+        realm.tls = Some(keyraft_core::realm_file::TlsFile { ca_pem });
+    }
     std::fs::write(dir.join("realm.json"), realm.to_json())?;
     for v in &voters {
+        let tls = if args.plaintext {
+            TlsSettings::plaintext()
+        } else {
+            TlsSettings {
+                cert_file: Some(format!("{TLS_DIR}/node-{}.crt", v.id).into()),
+                key_file: Some(format!("{TLS_DIR}/node-{}.key", v.id).into()),
+                ca_file: Some(format!("{TLS_DIR}/{}", crate::certs::CA_CERT_FILE).into()),
+                plaintext: false,
+            }
+        };
         let node = NodeConfig {
             node_id: v.id,
             data_dir: PathBuf::from(format!("data/node-{}", v.id)),
@@ -285,6 +319,7 @@ fn create(args: &DevArgs) -> CmdResult {
             next_signing_key_files: vec![],
             cluster_token_file: "keys/cluster.token".into(),
             admin_token_file: Some("keys/admin.token".into()),
+            tls: Some(tls),
             epochs: EpochSettings {
                 min_epoch_interval_ms: args.min_epoch_interval_ms,
                 max_epoch_interval_ms: args.max_epoch_interval_ms,
@@ -425,6 +460,7 @@ pub fn run(args: &DevArgs, out: &mut dyn Write) -> CmdResult {
         let admin = dir.join("keys/admin.token");
         let token_file = if admin.exists() { admin } else { dir.join("keys/cluster.token") };
         let token = std::fs::read_to_string(token_file)?.trim().to_owned();
+        let channels = dev_admin_channels(&dir)?;
         if first_start {
             pin_ports(&dir, &listening)?;
             let voters = listening
@@ -437,12 +473,12 @@ pub fn run(args: &DevArgs, out: &mut dyn Write) -> CmdResult {
                 .collect();
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(async {
-                let mut c = connect_lazy(&listening[0].peer_addr.to_string(), &token)?;
+                let mut c = connect_lazy(&channels, &listening[0].peer_addr.to_string(), &token)?;
                 c.init(keyraft_proto::peer::InitRequest { voters }).await?;
                 Ok::<(), Box<dyn std::error::Error>>(())
             })?;
         }
-        wait_ratified(&listening[0], &token, &mut children)?;
+        wait_ratified(&listening[0], &channels, &token, &mut children)?;
         // The verifier reads the realm file's endpoints, final once the ports are pinned.
         if !args.exit_when_ready {
             for n in 1..=realm.verifier_keys.len() {
@@ -582,12 +618,20 @@ impl Supervised {
     }
 }
 
+/// How `keyraft dev` calls its nodes as their operator: with the operator certificate it
+/// wrote, or in plaintext for a realm made with `--plaintext`.
+fn dev_admin_channels(dir: &Path) -> Result<Channels, Box<dyn std::error::Error>> {
+    let tls_dir = dir.join(TLS_DIR);
+    let tls = tls_dir.join("admin.crt").exists().then_some(tls_dir);
+    Ok(crate::admin::admin_channels(tls.as_deref())?)
+}
+
 /// Waits until a leader exists and the first epoch is keyserver-ratified.
-fn wait_ratified(first: &Listening, token: &str, children: &mut [Child]) -> CmdResult {
+fn wait_ratified(first: &Listening, channels: &Channels, token: &str, children: &mut [Child]) -> CmdResult {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let _entered = rt.enter();
     let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
-    let mut client = connect_lazy(&first.peer_addr.to_string(), token)?;
+    let mut client = connect_lazy(channels, &first.peer_addr.to_string(), token)?;
     while Instant::now() < deadline {
         if let Ok(s) = rt.block_on(client.status(keyraft_proto::peer::StatusRequest {})) {
             let s = s.into_inner();
@@ -651,6 +695,17 @@ fn summary(dir: &Path, realm: &RealmFile, listening: &[Listening], out: &mut dyn
             }
         }
     }
+    match &realm.tls {
+        Some(_) => writeln!(
+            out,
+            "  TLS: on; clients trust the realm's CA ({d}/{TLS_DIR}/ca.crt, in the realm file); replicas authenticate \
+             each other with mutual TLS; operators use {d}/{TLS_DIR}/admin.crt"
+        )?,
+        None => writeln!(
+            out,
+            "  TLS: OFF (--plaintext): tokens and lookups cross loopback in clear; for development on this machine only"
+        )?,
+    }
     if realm.verifier_threshold > 0 {
         writeln!(
             out,
@@ -675,7 +730,14 @@ fn summary(dir: &Path, realm: &RealmFile, listening: &[Listening], out: &mut dyn
     )?;
     writeln!(out, "  {exe} history --realm {d}/realm.json alice@example.com")?;
     writeln!(out, "  {exe} watch --realm {d}/realm.json alice@example.com")?;
-    writeln!(out, "  {exe} admin --peer {} --token-file {d}/keys/admin.token status", listening[0].peer_addr)?;
+    let tls_dir = dir.join(TLS_DIR);
+    let tls_flag =
+        if tls_dir.join("admin.crt").exists() { format!(" --tls-dir {}", tls_dir.display()) } else { String::new() };
+    writeln!(
+        out,
+        "  {exe} admin --peer {}{tls_flag} --token-file {d}/keys/admin.token status",
+        listening[0].peer_addr
+    )?;
     writeln!(out, "  {exe} bench --realm {d}/realm.json")?;
     writeln!(out)?;
     writeln!(out, "ctrl-c stops the realm; running `{exe} dev` again restarts it with the same keys and data.")?;

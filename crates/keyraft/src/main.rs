@@ -6,6 +6,8 @@ use clap::Parser as _;
 fn main() -> std::process::ExitCode {
     let cli = keyraft::cli::Cli::parse();
     keyraft::cli::init_tracing();
+    // Every TLS configuration names ring itself; this covers libraries that do not.
+    keyraft_proto::tls::install_default_provider();
     match keyraft::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -22,6 +22,7 @@ pub mod peer {
 
 pub mod codec;
 pub mod convert;
+pub mod tls;
 pub mod transport;
 
 /// The encoded `FileDescriptorSet` of the API, for gRPC reflection.

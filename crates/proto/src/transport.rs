@@ -2,11 +2,18 @@
 //! talking to peers, clients, verifiers and the benchmark alike.
 //!
 //! [`Channels`] builds an [`Endpoint`] for an address with [`ChannelOptions`] and connects
-//! it lazily, over TCP by default or through a [`Connector`]: a deterministic simulation
-//! routes every channel of a realm through its own network that way, and TLS will be added
-//! here too.
+//! it lazily, over TCP by default or through a [`Connector`] (a deterministic simulation
+//! routes every channel of a realm through its own network that way), in plaintext or with
+//! TLS ([`Channels::with_tls`]): the TLS handshake runs over whatever stream the connector
+//! opened, under the connect timeout.
+//!
+//! With TLS the server's certificate must be valid for the address's host, or for the name
+//! given to [`Channels::lazy_named`] (replicas name each other `node-<id>.<realm>` whatever
+//! their addresses).
 
+use crate::tls::TlsClient;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -68,12 +75,34 @@ pub struct InvalidAddress {
     pub source: tonic::transport::Error,
 }
 
-/// Builds channels with one set of options over one connector. Clones share the connector.
+/// The name a server's certificate must be valid for is not a DNS name or an IP address.
+#[derive(Debug, thiserror::Error)]
+#[error("{name:?} cannot name a TLS server (not a DNS name or an IP address)")]
+pub struct InvalidServerName {
+    /// The name as given.
+    pub name: String,
+}
+
+/// A channel that cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// A bad address.
+    #[error(transparent)]
+    Address(#[from] InvalidAddress),
+    /// A bad server name.
+    #[error(transparent)]
+    ServerName(#[from] InvalidServerName),
+}
+
+/// Builds channels with one set of options over one connector, in plaintext or with one TLS
+/// configuration. Clones share the connector and the TLS configuration.
 #[derive(Clone, Default)]
 pub struct Channels {
     options: ChannelOptions,
     /// `None`: TCP, with the options' socket settings.
     connector: Option<Arc<dyn Connector>>,
+    /// `None`: plaintext.
+    tls: Option<TlsClient>,
 }
 
 impl fmt::Debug for Channels {
@@ -81,14 +110,26 @@ impl fmt::Debug for Channels {
         f.debug_struct("Channels")
             .field("options", &self.options)
             .field("connector", &if self.connector.is_some() { "custom" } else { "tcp" })
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
 
 impl Channels {
-    /// Channels over TCP with `options`.
+    /// Channels over TCP with `options`, in plaintext.
     pub fn new(options: ChannelOptions) -> Self {
-        Self { options, connector: None }
+        Self { options, connector: None, tls: None }
+    }
+
+    /// The same channels, with TLS as `tls` configures it (`None`: plaintext).
+    #[must_use]
+    pub fn with_tls(self, tls: Option<TlsClient>) -> Self {
+        Self { tls, ..self }
+    }
+
+    /// Whether channels speak TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The same options, over `connector` instead of TCP.
@@ -126,18 +167,67 @@ impl Channels {
     }
 
     /// A channel to `addr` (`host:port`) that connects on first use and reconnects after a
-    /// failure.
-    pub fn lazy(&self, addr: &str) -> Result<Channel, InvalidAddress> {
-        let endpoint = self.endpoint(addr)?;
-        let Some(connector) = self.connector.clone() else {
-            return Ok(endpoint.connect_lazy());
+    /// failure. With TLS, the server's certificate must be valid for the address's host.
+    pub fn lazy(&self, addr: &str) -> Result<Channel, ChannelError> {
+        self.lazy_named(addr, None)
+    }
+
+    /// [`Channels::lazy`], the server's certificate being valid for `server_name` if given
+    /// (with TLS; plaintext channels ignore it).
+    pub fn lazy_named(&self, addr: &str, server_name: Option<&str>) -> Result<Channel, ChannelError> {
+        self.lazy_over(self.endpoint(addr)?, addr, server_name)
+    }
+
+    /// [`Channels::lazy_named`] over `endpoint`: [`Channels::endpoint`] of `addr` with
+    /// settings of the caller's (HTTP/2 windows, say).
+    pub fn lazy_over(
+        &self,
+        endpoint: Endpoint,
+        addr: &str,
+        server_name: Option<&str>,
+    ) -> Result<Channel, ChannelError> {
+        let Some(tls) = self.tls.clone() else {
+            let Some(connector) = self.connector.clone() else {
+                return Ok(endpoint.connect_lazy());
+            };
+            let target = addr.to_owned();
+            return Ok(endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+                let opening = connector.connect(&target);
+                async move { opening.await.map(TokioIo::new) }
+            })));
         };
+        let name = match server_name {
+            Some(name) => name.to_owned(),
+            // An IPv6 host comes in brackets.
+            None => endpoint.uri().host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_owned(),
+        };
+        let server_name = ServerName::try_from(name.clone()).map_err(|_| InvalidServerName { name })?;
+        let connector = self.connector.clone();
+        let nodelay = self.options.tcp_nodelay;
         let target = addr.to_owned();
         Ok(endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-            let opening = connector.connect(&target);
-            async move { opening.await.map(TokioIo::new) }
+            let opening: Connecting = match &connector {
+                Some(c) => c.connect(&target),
+                None => tcp(target.clone(), nodelay),
+            };
+            let tls = tokio_rustls::TlsConnector::from(tls.config());
+            let server_name = server_name.clone();
+            async move {
+                let stream = opening.await?;
+                let stream = tls.connect(server_name, stream).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
         })))
     }
+}
+
+/// Opens a TCP connection to `addr`.
+fn tcp(addr: String, nodelay: bool) -> Connecting {
+    Box::pin(async move {
+        let stream = tokio::net::TcpStream::connect(&addr).await?;
+        stream.set_nodelay(nodelay)?;
+        Ok(Box::new(stream) as Box<dyn Connection>)
+    })
 }
 
 #[cfg(test)]

@@ -12,6 +12,11 @@
 //! cluster_token_file = "keys/cluster.token"
 //! admin_token_file = "keys/admin.token"        # optional: without it, no admin calls
 //!
+//! [tls]                 # required: the files, or `plaintext = true` (development only)
+//! cert_file = "tls/node-1.crt"
+//! key_file = "tls/node-1.key"
+//! ca_file = "tls/ca.crt"
+//!
 //! [epochs]
 //! min_epoch_interval_ms = 1000
 //! max_epoch_interval_ms = 10000
@@ -65,6 +70,9 @@ pub struct NodeConfig {
     /// give the other's powers. Without it this node takes no admin calls.
     #[serde(default)]
     pub admin_token_file: Option<PathBuf>,
+    /// TLS on both listeners and to peers (`[tls]`, required: see [`TlsSettings`]).
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
     /// Epoch timing.
     #[serde(default)]
     pub epochs: EpochSettings,
@@ -84,6 +92,35 @@ pub struct NodeConfig {
     /// the OIDC issuers' keys.
     #[serde(default)]
     pub registration: crate::registration::RegistrationSettings,
+}
+
+/// `[tls]`: the node's certificate and key and the realm's CA (`crate::tls`), or an explicit
+/// `plaintext = true`. A node configuration without `[tls]` is refused: serving plaintext is a
+/// choice the operator writes down, never a default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The node's certificate chain (PEM), issued by `ca_file`, valid for `node-<id>.<realm>`
+    /// and the names clients use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM), readable by its owner only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// The realm's CA (PEM): peers' certificates must be issued by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Serve both listeners and dial peers without TLS: tokens and lookups cross the network
+    /// in clear. For a development realm on one machine only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plaintext: bool,
+}
+
+impl TlsSettings {
+    /// The explicit plaintext setting.
+    pub fn plaintext() -> Self {
+        Self { plaintext: true, ..Self::default() }
+    }
 }
 
 /// Epoch timing.
@@ -363,6 +400,8 @@ pub struct Loaded {
     pub cluster_token: Secret<String>,
     /// The admin token, if admin calls are taken.
     pub admin_token: Option<Secret<String>>,
+    /// TLS, or `None` for plaintext.
+    pub tls: Option<crate::tls::NodeTls>,
     /// The realm file's `clock_skew_ms`: how far apart clocks may be when registration proofs
     /// (attestations, ID tokens) are judged.
     pub realm_clock_skew_ms: u64,
@@ -405,6 +444,11 @@ impl NodeConfig {
         config.cluster_token_file = resolve(base, &config.cluster_token_file);
         config.admin_token_file = config.admin_token_file.as_ref().map(|p| resolve(base, p));
         config.registration.resolve_paths(base);
+        if let Some(tls) = &mut config.tls {
+            for p in [&mut tls.cert_file, &mut tls.key_file, &mut tls.ca_file].into_iter().flatten() {
+                *p = resolve(base, p);
+            }
+        }
         config.check()?;
 
         let realm_json = std::fs::read_to_string(&config.realm_file)
@@ -442,6 +486,22 @@ impl NodeConfig {
                  must not be able to act as an operator, nor an operator as a replica)",
             ));
         }
+        let tls_settings = config.tls.as_ref().ok_or_else(|| {
+            Error::config(
+                "[tls] is missing: give cert_file, key_file and ca_file (docs/operations.md, \"Certificates\"), or \
+                 plaintext = true to serve without TLS (development only)",
+            )
+        })?;
+        let tls = match crate::tls::TlsFiles::from_settings(tls_settings)? {
+            Some(files) => Some(crate::tls::NodeTls::load(files, config.node_id, &realm.realm)?),
+            None => {
+                tracing::warn!(
+                    "[tls] plaintext = true: this node serves and dials without TLS; tokens and lookups cross the \
+                     network in clear (development only)"
+                );
+                None
+            }
+        };
         Ok(Loaded {
             config,
             realm,
@@ -450,6 +510,7 @@ impl NodeConfig {
             next_signing_keys,
             cluster_token,
             admin_token,
+            tls,
             realm_clock_skew_ms: realm_file.clock_skew_ms,
             seams: crate::seams::Seams::default(),
         })
@@ -632,6 +693,7 @@ mod tests {
             next_signing_key_files: vec![],
             cluster_token_file: "cluster.token".into(),
             admin_token_file: None,
+            tls: Some(TlsSettings::plaintext()),
             epochs: EpochSettings::default(),
             raft: RaftSettings::default(),
             limits: Limits::default(),

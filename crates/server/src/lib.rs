@@ -51,6 +51,7 @@ pub mod server;
 pub mod service;
 mod snapshot_file;
 pub mod stream;
+pub mod tls;
 mod update_status;
 pub mod verifier_stream;
 pub mod watch;

@@ -311,7 +311,7 @@ impl Node {
         let bytes = encode_log_entry(command);
         match self.batcher.propose(bytes.clone()).await {
             Ok(r) => Ok(r),
-            Err(BatchError::NotLeader(Some((id, leader)))) if id != self.id => self.forward(&leader, bytes).await,
+            Err(BatchError::NotLeader(Some((id, leader)))) if id != self.id => self.forward(id, &leader, bytes).await,
             Err(BatchError::NotLeader(_)) => Err(ProposeError::NoLeader),
             Err(BatchError::Fatal(e)) => Err(ProposeError::Fatal(e)),
         }
@@ -326,9 +326,9 @@ impl Node {
         }
     }
 
-    async fn forward(&self, leader: &NodeAddr, bytes: Vec<u8>) -> Result<ApplyResponse, ProposeError> {
+    async fn forward(&self, id: NodeId, leader: &NodeAddr, bytes: Vec<u8>) -> Result<ApplyResponse, ProposeError> {
         let fail = |message: String| ProposeError::Forward { leader: leader.public_addr.clone(), message };
-        let mut client: PeerClient = self.network.client_for(&leader.peer_addr).map_err(|e| fail(e.to_string()))?;
+        let mut client: PeerClient = self.network.client_for(id, &leader.peer_addr).map_err(|e| fail(e.to_string()))?;
         let mut request = tonic::Request::new(ForwardRequest { payload: bytes });
         request.set_timeout(Duration::from_millis(self.limits.forward_timeout_ms));
         match client.forward(request).await {

@@ -1,7 +1,10 @@
 //! Clients of the peer service: Raft traffic and forwarding carry the cluster token, admin
-//! calls the admin token; all have explicit message size limits.
+//! calls the admin token; all have explicit message size limits. Over TLS the client
+//! presents its certificate (a node's, or an operator's), and a replica checks that the peer
+//! it dials is the node it means (`node-<id>.<realm>`).
 
 use keyraft_proto::peer::peer_client::PeerClient as Generated;
+use keyraft_proto::tls::TlsClient;
 use keyraft_proto::transport::{ChannelOptions, Channels, KeepAlive};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -20,9 +23,9 @@ pub const PEER_CHANNEL_OPTIONS: ChannelOptions = ChannelOptions {
     keep_alive: Some(KeepAlive { interval_ms: 10_000, timeout_ms: 5_000 }),
 };
 
-/// Peer channels over TCP.
-pub fn peer_channels() -> Channels {
-    Channels::new(PEER_CHANNEL_OPTIONS)
+/// Peer channels over TCP, with TLS if `tls` is given.
+pub fn peer_channels(tls: Option<TlsClient>) -> Channels {
+    Channels::new(PEER_CHANNEL_OPTIONS).with_tls(tls)
 }
 
 /// Adds `authorization: Bearer <token>` to every call.
@@ -41,14 +44,21 @@ impl tonic::service::Interceptor for Auth {
 /// A peer-service client.
 pub type PeerClient = Generated<InterceptedService<Channel, Auth>>;
 
-/// A client for the peer at `addr` (host:port) over TCP, connecting on first use.
-pub fn connect_lazy(addr: &str, token: &str) -> Result<PeerClient, crate::Error> {
-    connect_lazy_over(&peer_channels(), addr, token)
+/// A client for the peer at `addr` (host:port) over `channels`, connecting on first use; over
+/// TLS the peer's certificate must be valid for the address's host.
+pub fn connect_lazy(channels: &Channels, addr: &str, token: &str) -> Result<PeerClient, crate::Error> {
+    connect_lazy_named(channels, addr, None, token)
 }
 
-/// A client for the peer at `addr` (host:port) over `channels`, connecting on first use.
-pub fn connect_lazy_over(channels: &Channels, addr: &str, token: &str) -> Result<PeerClient, crate::Error> {
-    let channel = channels.lazy(addr).map_err(|e| crate::Error::config_because("peer address", e))?;
+/// [`connect_lazy`], the peer's certificate being valid for `server_name` if given.
+pub fn connect_lazy_named(
+    channels: &Channels,
+    addr: &str,
+    server_name: Option<&str>,
+    token: &str,
+) -> Result<PeerClient, crate::Error> {
+    let channel =
+        channels.lazy_named(addr, server_name).map_err(|e| crate::Error::config_because("peer address", e))?;
     let header = format!("Bearer {token}")
         .parse()
         .map_err(|_| crate::Error::config("a peer-service token must be printable ASCII"))?;

@@ -1,9 +1,19 @@
-//! The peer service: Raft messages, forwarded commands and admin calls, behind the cluster
-//! token.
+//! The peer service: Raft messages, forwarded commands and admin calls.
+//!
+//! Who calls is checked twice. The bearer token says the role: the cluster token a replica,
+//! the admin token an operator; neither gives the other's powers. Over TLS the client's
+//! certificate (issued by the realm's CA, checked in the handshake) says who: a replica's
+//! `node-<id>.<realm>` must come with the cluster token and an operator's `admin.<realm>`
+//! with the admin token, and every Raft message must come from the node its certificate
+//! names. The token stays as a second factor on purpose: a certificate is issued per node and
+//! lives for months, while the tokens can be rotated at once for the whole cluster without a
+//! CA, and a leaked node key alone does not make its holder a member (docs/decisions.md).
 
+use crate::acceptor::ClientCertificate;
 use crate::node::{Node, ProposeError};
 use crate::peer_client::PeerClient;
 use crate::raft::types::{NodeAddr, NodeId, TypeConfig};
+use crate::tls::client_identity;
 use keyraft_core::Command;
 use keyraft_proto::convert::decode_log_entry;
 use keyraft_proto::peer::peer_server::Peer;
@@ -11,6 +21,7 @@ use keyraft_proto::peer::{
     AdminReply, ChangeVotersRequest, ForwardReply, ForwardRequest, InitRequest, NodeSpec, NodeStatus, RaftMessage,
     RaftReply, StatusReply, StatusRequest, VerifierStatus,
 };
+use keyraft_proto::tls::{node_name, CertIdentity};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::ServerState;
 use serde::de::DeserializeOwned;
@@ -35,72 +46,138 @@ impl PeerService {
     }
 }
 
-/// Who a peer-service call comes from, as its bearer token says: a replica (the cluster
-/// token) or an operator (the admin token). Each method requires its own; neither token gives
-/// the other's powers.
+/// What a peer-service caller may do, as its bearer token says. Each method requires its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Caller {
-    /// A node of the cluster: Raft messages and forwarded proposals.
+pub enum Role {
+    /// A node of the cluster (the cluster token): Raft messages and forwarded proposals.
     Replica,
-    /// An operator: status, init, membership, realm configuration changes.
+    /// An operator (the admin token): status, init, membership, realm configuration changes.
     Admin,
 }
 
+/// Who a peer-service call comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// What its token lets it do.
+    pub role: Role,
+    /// Over TLS, the node a replica's certificate names; `None` for operators and in
+    /// plaintext.
+    pub node: Option<NodeId>,
+    /// How the log names it: its certificate's name, or its token's in plaintext.
+    pub name: String,
+}
+
 /// Checks `authorization: Bearer <token>` in constant time against the cluster token and the
-/// admin token, and records which one the call carries.
+/// admin token and, over TLS, that the client's certificate is of the same kind; records the
+/// [`Caller`].
 #[derive(Clone)]
 pub struct CheckToken {
     replica: Arc<[u8]>,
     admin: Option<Arc<[u8]>>,
+    /// Over TLS, the realm whose names certificates must carry.
+    realm: Option<Arc<str>>,
 }
 
 impl CheckToken {
-    /// Takes `cluster_token` from replicas and, if given, `admin_token` from operators.
-    pub fn new(cluster_token: &str, admin_token: Option<&str>) -> Self {
+    /// Takes `cluster_token` from replicas and, if given, `admin_token` from operators; with
+    /// `tls_realm`, each with a certificate of that realm of its kind.
+    pub fn new(cluster_token: &str, admin_token: Option<&str>, tls_realm: Option<&str>) -> Self {
         let bearer = |t: &str| -> Arc<[u8]> { format!("Bearer {t}").into_bytes().into() };
-        Self { replica: bearer(cluster_token), admin: admin_token.map(bearer) }
+        Self { replica: bearer(cluster_token), admin: admin_token.map(bearer), realm: tls_realm.map(Arc::from) }
     }
-}
 
-impl tonic::service::Interceptor for CheckToken {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+    fn caller(&self, request: &Request<()>) -> Result<Caller, Status> {
         let got = request.metadata().get("authorization").map(|v| v.as_bytes()).unwrap_or_default();
         // Unequal lengths are refused at once (the length of a token is no secret).
         let is = |expected: &[u8]| bool::from(subtle::ConstantTimeEq::ct_eq(got, expected));
-        let caller = if is(&self.replica) {
-            Caller::Replica
+        let role = if is(&self.replica) {
+            Role::Replica
         } else if self.admin.as_deref().is_some_and(is) {
-            Caller::Admin
+            Role::Admin
         } else {
             return Err(Status::unauthenticated(
                 "the peer service requires the cluster token (replicas) or the admin token (operators): \
                  authorization: Bearer <token>",
             ));
         };
-        request.extensions_mut().insert(caller);
-        Ok(request)
+        let Some(realm) = &self.realm else {
+            let name = match role {
+                Role::Replica => "cluster token",
+                Role::Admin => "admin token",
+            };
+            return Ok(Caller { role, node: None, name: name.to_owned() });
+        };
+        // The listener requires a certificate: without one there is no request at all.
+        let certificate = request
+            .extensions()
+            .get::<ClientCertificate>()
+            .ok_or_else(|| Status::unauthenticated("the peer service takes calls with a client certificate only"))?;
+        let identity = client_identity(&certificate.0, realm).map_err(Status::permission_denied)?;
+        match (role, identity) {
+            (Role::Replica, CertIdentity::Node(id)) => Ok(Caller { role, node: Some(id), name: node_name(id, realm) }),
+            (Role::Admin, CertIdentity::Admin(name)) => Ok(Caller { role, node: None, name }),
+            (Role::Replica, CertIdentity::Admin(name)) => Err(Status::permission_denied(format!(
+                "the cluster token came with the operator certificate {name}: replicas call with their node certificate"
+            ))),
+            (Role::Admin, CertIdentity::Node(id)) => Err(Status::permission_denied(format!(
+                "the admin token came with the certificate of node {id}: operators call with an operator certificate \
+                 ({})",
+                keyraft_proto::tls::admin_name(None, realm)
+            ))),
+        }
     }
 }
 
-/// Requires `caller` of `request` for `what`; an operator's call is logged with where it came
-/// from, whatever it asks.
-fn require<T>(request: &Request<T>, wanted: &[Caller], what: &str) -> Result<Caller, Status> {
+impl tonic::service::Interceptor for CheckToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        match self.caller(&request) {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                Ok(request)
+            }
+            Err(status) => {
+                let from = request.remote_addr().map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+                tracing::warn!(%from, reason = status.message(), "a peer call refused");
+                Err(status)
+            }
+        }
+    }
+}
+
+/// Requires a caller of one of the `wanted` roles of `request` for `what`; an operator's call
+/// is logged with who made it and from where, whatever it asks.
+fn require<T>(request: &Request<T>, wanted: &[Role], what: &str) -> Result<Caller, Status> {
     let caller =
-        request.extensions().get::<Caller>().copied().ok_or_else(|| Status::unauthenticated("no credential"))?;
+        request.extensions().get::<Caller>().cloned().ok_or_else(|| Status::unauthenticated("no credential"))?;
     let from = || request.remote_addr().map_or_else(|| "unknown".to_owned(), |a| a.to_string());
-    let allowed = wanted.contains(&caller);
-    if caller == Caller::Admin {
-        tracing::info!(action = what, caller = "admin token", from = %from(), allowed, "admin call");
+    let allowed = wanted.contains(&caller.role);
+    if caller.role == Role::Admin {
+        tracing::info!(action = what, caller = %caller.name, from = %from(), allowed, "admin call");
     } else if !allowed {
-        tracing::warn!(action = what, caller = "cluster token", from = %from(), "an admin call with the cluster token refused");
+        tracing::warn!(action = what, caller = %caller.name, from = %from(), "an admin call by a replica refused");
     }
     if allowed {
         return Ok(caller);
     }
-    Err(Status::permission_denied(match caller {
-        Caller::Admin => format!("{what} is for replicas (the cluster token), not for the admin token"),
-        Caller::Replica => format!("{what} is an admin call: it needs the admin token, not the cluster token"),
+    Err(Status::permission_denied(match caller.role {
+        Role::Admin => format!("{what} is for replicas (the cluster token), not for the admin token"),
+        Role::Replica => format!("{what} is an admin call: it needs the admin token, not the cluster token"),
     }))
+}
+
+/// Over TLS, a Raft message must come from the node the caller's certificate names: a node's
+/// certificate does not let it vote or lead as another.
+fn check_sender(caller: &Caller, sender: Option<NodeId>, what: &str) -> Result<(), Status> {
+    match caller.node {
+        Some(node) if sender != Some(node) => {
+            tracing::warn!(caller = %caller.name, ?sender, action = what, "a raft message in another node's name refused");
+            Err(Status::permission_denied(format!(
+                "{what} from node {} sent with the certificate of node {node}",
+                sender.map_or_else(|| "(none)".to_owned(), |s| s.to_string())
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn decode<T: DeserializeOwned>(node: NodeId, msg: &RaftMessage) -> Result<T, Status> {
@@ -144,29 +221,32 @@ fn write_error(node: &Node, e: RaftError<NodeId, ClientWriteError<NodeId, NodeAd
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
-        require(&request, &[Caller::Replica], "append-entries")?;
-        let req = decode(self.node.id, request.get_ref())?;
+        let caller = require(&request, &[Role::Replica], "append-entries")?;
+        let req: openraft::raft::AppendEntriesRequest<TypeConfig> = decode(self.node.id, request.get_ref())?;
+        check_sender(&caller, req.vote.leader_id().voted_for(), "append-entries")?;
         reply(&self.node.raft.append_entries(req).await)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
-        require(&request, &[Caller::Replica], "vote")?;
-        let req = decode(self.node.id, request.get_ref())?;
+        let caller = require(&request, &[Role::Replica], "vote")?;
+        let req: openraft::raft::VoteRequest<NodeId> = decode(self.node.id, request.get_ref())?;
+        check_sender(&caller, req.vote.leader_id().voted_for(), "vote")?;
         reply(&self.node.raft.vote(req).await)
     }
 
     async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
-        require(&request, &[Caller::Replica], "install-snapshot")?;
+        let caller = require(&request, &[Role::Replica], "install-snapshot")?;
         let req: openraft::raft::InstallSnapshotRequest<TypeConfig> = decode(self.node.id, request.get_ref())?;
+        check_sender(&caller, req.vote.leader_id().voted_for(), "install-snapshot")?;
         reply(&self.node.raft.install_snapshot(req).await)
     }
 
     async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardReply>, Status> {
         // Replicas forward their clients' proposals; operators submit configuration changes
         // (whose replica signatures the step checks, so the admin token forges nothing).
-        let caller = require(&request, &[Caller::Replica, Caller::Admin], "forward")?;
+        let caller = require(&request, &[Role::Replica, Role::Admin], "forward")?;
         let payload = request.into_inner().payload;
-        if caller == Caller::Admin && !matches!(decode_log_entry(&payload), Ok(Command::ConfigChange(_))) {
+        if caller.role == Role::Admin && !matches!(decode_log_entry(&payload), Ok(Command::ConfigChange(_))) {
             return Err(Status::permission_denied(
                 "the admin token forwards realm configuration changes only (admin realm submit)",
             ));
@@ -184,14 +264,14 @@ impl Peer for PeerService {
     }
 
     async fn init(&self, request: Request<InitRequest>) -> Result<Response<AdminReply>, Status> {
-        require(&request, &[Caller::Admin], "init")?;
+        require(&request, &[Role::Admin], "init")?;
         let voters = request.into_inner().voters;
         let message = init_cluster(&self.node, &voters).await?;
         Ok(Response::new(AdminReply { message }))
     }
 
     async fn add_learner(&self, request: Request<NodeSpec>) -> Result<Response<AdminReply>, Status> {
-        require(&request, &[Caller::Admin], "add-learner")?;
+        require(&request, &[Role::Admin], "add-learner")?;
         let spec = request.into_inner();
         let addr = node_addr(&spec)?;
         if !self.node.is_leader() {
@@ -217,7 +297,7 @@ impl Peer for PeerService {
     }
 
     async fn change_voters(&self, request: Request<ChangeVotersRequest>) -> Result<Response<AdminReply>, Status> {
-        require(&request, &[Caller::Admin], "change-voters")?;
+        require(&request, &[Role::Admin], "change-voters")?;
         let voters: BTreeSet<NodeId> = request.into_inner().voters.into_iter().collect();
         if voters.is_empty() {
             return Err(Status::invalid_argument("voters: at least one voter is required"));
@@ -251,7 +331,7 @@ impl Peer for PeerService {
 
     async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         // Replicas read a learner's status while adding it.
-        require(&request, &[Caller::Replica, Caller::Admin], "status")?;
+        require(&request, &[Role::Replica, Role::Admin], "status")?;
         Ok(Response::new(status(&self.node)))
     }
 }
@@ -298,7 +378,8 @@ struct Learner<'a> {
 
 impl<'a> Learner<'a> {
     fn new(node: &Node, spec: &'a NodeSpec) -> Result<Self, Status> {
-        let client = node.network.client_for(&spec.peer_addr).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let client =
+            node.network.client_for(spec.id, &spec.peer_addr).map_err(|e| Status::invalid_argument(e.to_string()))?;
         Ok(Self { spec, client })
     }
 

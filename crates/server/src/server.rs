@@ -22,6 +22,7 @@ use crate::registration::Registrations;
 use crate::request_limits::{public_request_bytes_max, RequestLimits};
 use crate::seams::StorageEngine;
 use crate::service::PublicService;
+use crate::tls::NodeTls;
 use crate::{proposers, Error};
 use keyraft_proto::pb::keyraft_server::KeyraftServer;
 use keyraft_proto::peer::peer_server::PeerServer;
@@ -116,6 +117,7 @@ pub async fn run_with(
         next_signing_keys,
         cluster_token,
         admin_token,
+        tls,
         realm_clock_skew_ms,
         seams,
     } = loaded;
@@ -149,11 +151,11 @@ pub async fn run_with(
     }
     .validate()
     .map_err(|e| Error::config_because("raft", e))?;
-    let mut peer_channels = peer_channels();
+    let mut peer_channels = peer_channels(tls.as_ref().map(NodeTls::peer_client));
     if let Some(connector) = seams.network.clone() {
         peer_channels = peer_channels.with_connector(connector);
     }
-    let network = PeerNetwork::new(&cluster_token, peer_channels);
+    let network = PeerNetwork::new(&cluster_token, peer_channels, &realm.realm);
     let raft = runtime::with_seed(
         seams.raft_seed,
         Raft::new(config.node_id, Arc::new(raft_config), network.clone(), log.clone(), sm),
@@ -207,22 +209,34 @@ pub async fn run_with(
         requests_max: Some(limits.concurrency_per_connection),
         ..ConnectionLimits::from_config(&limits, request_deadline)
     };
-    let public_server = acceptor::serve("public", public_listener, public_limits, public, tasks.clone());
+    let public_server = acceptor::serve(
+        "public",
+        public_listener,
+        public_limits,
+        tls.as_ref().map(NodeTls::public),
+        public,
+        tasks.clone(),
+    );
     let boundary_wait_ms = config.epochs.max_epoch_interval_ms.saturating_mul(3).max(10_000);
     let peer = tonic::service::Routes::new(tonic::service::interceptor::InterceptedService::new(
         PeerServer::new(PeerService::new(node.clone(), boundary_wait_ms))
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
-        CheckToken::new(&cluster_token, admin_token.as_deref().map(String::as_str)),
+        CheckToken::new(&cluster_token, admin_token.as_deref().map(String::as_str), tls.as_ref().map(|t| t.realm())),
     ))
     .prepare();
     let peer_server = acceptor::serve(
         "peer",
         peer_listener,
         ConnectionLimits::from_config(&limits, request_deadline),
+        tls.as_ref().map(NodeTls::peer),
         peer,
         tasks.clone(),
     );
+    if let Some(tls) = tls {
+        let stopping = tasks.token().clone();
+        tasks.spawn("tls-reload", stopping.run_until_cancelled_owned(reload_on_sighup(tls)));
+    }
     let public_task = tasks.spawn("public-listener", public_server);
     let peer_task = tasks.spawn("peer-listener", peer_server);
 
@@ -300,6 +314,31 @@ pub async fn run_with(
     log_storage.flush()?;
     tracing::info!(node = config.node_id, "stopped");
     Ok(())
+}
+
+/// Reads the certificate and key files again at each SIGHUP (`crate::tls`).
+async fn reload_on_sighup(tls: NodeTls) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch for SIGHUP: certificates reload on restart only");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate, key and CA reloaded; new connections use them"),
+            Err(e) => {
+                let mut message = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    message = format!("{message}: {c}");
+                    cause = c.source();
+                }
+                tracing::error!(error = %message, "SIGHUP: reloading TLS failed; the certificate in use stays in use");
+            }
+        }
+    }
 }
 
 /// Opens the Raft log and locates the state on `engine`.

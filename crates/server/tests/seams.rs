@@ -9,7 +9,7 @@ use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_proto::pb::GetEpochRequest;
 use keyraft_proto::peer::StatusRequest;
 use keyraft_proto::transport::{Channels, Connecting, Connection, Connector};
-use keyraft_server::config::{EpochSettings, Limits, RaftSettings, StorageSettings};
+use keyraft_server::config::{EpochSettings, Limits, RaftSettings, StorageSettings, TlsSettings};
 use keyraft_server::peer_client::peer_channels;
 use keyraft_server::raft::network::PeerNetwork;
 use keyraft_server::{Listeners, Listening, Loaded, MemoryEngine, NodeConfig, Seams, StorageEngine};
@@ -54,6 +54,7 @@ fn loaded(dir: &Path, epochs: EpochSettings, seams: Seams) -> Loaded {
         next_signing_key_files: vec![],
         cluster_token_file: "unused".into(),
         admin_token_file: None,
+        tls: Some(TlsSettings::plaintext()),
         epochs,
         raft: RaftSettings::default(),
         limits: Limits::default(),
@@ -69,6 +70,7 @@ fn loaded(dir: &Path, epochs: EpochSettings, seams: Seams) -> Loaded {
         next_signing_keys: vec![],
         cluster_token: keyraft_server::config::Secret::new(TOKEN.to_owned()),
         admin_token: None,
+        tls: None,
         realm_clock_skew_ms: 5_000,
         seams,
     }
@@ -213,8 +215,8 @@ async fn custom_connectors_carry_public_and_peer_calls() {
 
     // The replica's own peer channels: what `Seams::network` replaces.
     let peers = Arc::new(CountingTcp::default());
-    let network = PeerNetwork::new(TOKEN, peer_channels().with_connector(peers.clone()));
-    let mut client = network.client_for(&at.peer_addr.to_string()).unwrap();
+    let network = PeerNetwork::new(TOKEN, peer_channels(None).with_connector(peers.clone()), "seams");
+    let mut client = network.client_for(1, &at.peer_addr.to_string()).unwrap();
     client.status(StatusRequest {}).await.unwrap();
     assert_eq!(peers.opened.load(Ordering::SeqCst), 1);
     replica.stop().await;

@@ -4,7 +4,7 @@
 
 use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_proto::pb::{GetEpochRequest, VerifierStreamRequest};
-use keyraft_server::config::{EpochSettings, Limits, RaftSettings, StorageSettings};
+use keyraft_server::config::{EpochSettings, Limits, RaftSettings, StorageSettings, TlsSettings};
 use keyraft_server::{Listeners, Loaded, NodeConfig};
 use keyraft_state::harness::Harness;
 use keyraft_storage::threads::CountedThreads;
@@ -29,6 +29,7 @@ fn loaded(dir: &std::path::Path) -> (Loaded, ed25519_dalek::SigningKey) {
         next_signing_key_files: vec![],
         cluster_token_file: PathBuf::new(),
         admin_token_file: None,
+        tls: Some(TlsSettings::plaintext()),
         epochs: EpochSettings { min_epoch_interval_ms: 50, max_epoch_interval_ms: 200, ..EpochSettings::default() },
         raft: RaftSettings::default(),
         limits: Limits::default(),
@@ -46,6 +47,7 @@ fn loaded(dir: &std::path::Path) -> (Loaded, ed25519_dalek::SigningKey) {
         next_signing_keys: vec![],
         cluster_token: keyraft_server::config::Secret::new("shutdown-test-cluster-token".to_owned()),
         admin_token: None,
+        tls: None,
         realm_clock_skew_ms: 5_000,
         seams: Default::default(),
     };

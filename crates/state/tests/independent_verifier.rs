@@ -694,10 +694,12 @@ fn json_mutations(file: &Value) -> Vec<Value> {
 /// The script's realm-file reader (section 5.3) accepts exactly the files keyraft-core's
 /// accepts, with the same RealmConfig bytes, on every single change (a value replaced by
 /// another of any JSON type, a field removed, a list reordered, shortened or lengthened) of
-/// a version-2 file with every method kind.
+/// a version-2 file with every method kind and a `tls` object.
 #[test]
 fn the_independent_realm_file_reader_agrees_with_keyraft_core() {
-    let file: Value = serde_json::from_str(&realm_file_json(v2_harness().config(), 1)).unwrap();
+    let mut file: Value = serde_json::from_str(&realm_file_json(v2_harness().config(), 1)).unwrap();
+    // The transport object too (its text is checked, not its certificates).
+    file["tls"] = serde_json::json!({ "ca_pem": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n" });
     let texts: Vec<String> = json_mutations(&file).iter().map(Value::to_string).collect();
     let out = Command::new("python3")
         .arg(script())

@@ -50,6 +50,8 @@ pub(crate) struct Verifier {
     key: SigningKey,
     pub(crate) public: PublicKey,
     endpoints: Vec<String>,
+    /// How the replicas are dialled (TLS as the realm file says).
+    channels: Channels,
     pub(crate) data_dir: PathBuf,
     pub(crate) state: VerifierState<SledStorage>,
     /// The realm file's clock skew: heads issued further ahead of `clock` are not ratified.
@@ -114,7 +116,10 @@ pub async fn run_with(
     // Ratifications are pushed after the epochs they sign are durable, so a stop can leave
     // verified epochs unratified: the pusher first ratifies those the realm lacks, reading
     // the replicas from the last epoch verified down to the ratified-through mark.
-    let pusher = Pusher::new(endpoints.clone(), key.clone(), public, &config.data_dir);
+    let channels = Channels::new(ChannelOptions::default()).with_tls(
+        keyraft_proto::tls::TlsClient::for_realm(&file).map_err(|e| Error::Config(format!("realm file: {e}")))?,
+    );
+    let pusher = Pusher::new(endpoints.clone(), channels.clone(), key.clone(), public, &config.data_dir);
     let anchor = state.last_head().cloned();
     let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE_MAX);
     let push_task = tasks.spawn(pusher.run(anchor, push_rx));
@@ -123,6 +128,7 @@ pub async fn run_with(
         key,
         public,
         endpoints,
+        channels,
         data_dir: config.data_dir,
         state,
         clock_skew_ms: file.clock_skew_ms,
@@ -173,9 +179,8 @@ pub async fn run_with(
     result.and(flushed)
 }
 
-pub(crate) fn client(addr: &str) -> Result<KeyraftClient<Channel>, Error> {
-    let channel =
-        Channels::new(ChannelOptions::default()).lazy(addr).map_err(|e| Error::Config(format!("endpoint: {e}")))?;
+pub(crate) fn client(channels: &Channels, addr: &str) -> Result<KeyraftClient<Channel>, Error> {
+    let channel = channels.lazy(addr).map_err(|e| Error::Config(format!("endpoint: {e}")))?;
     Ok(KeyraftClient::new(channel).max_decoding_message_size(4 << 20))
 }
 
@@ -248,7 +253,7 @@ impl Verifier {
     }
 
     async fn stream_from(&mut self, addr: &str, push: &mpsc::Sender<PushRatificationRequest>) -> Ended {
-        let mut c = match client(addr) {
+        let mut c = match client(&self.channels, addr) {
             Ok(c) => c,
             Err(e) => return Ended::Retry(e.to_string()),
         };

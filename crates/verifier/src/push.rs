@@ -5,6 +5,7 @@ use ed25519_dalek::SigningKey;
 use keyraft_core::{Canonical, EpochHead, PublicKey};
 use keyraft_epoch::signing::ratification_signature;
 use keyraft_proto::pb::{ListEpochsRequest, PushRatificationRequest};
+use keyraft_proto::transport::Channels;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -33,6 +34,7 @@ pub const RATIFIED_THROUGH_FILE: &str = "ratified-through";
 /// it, and keeps the ratified-through mark.
 pub(crate) struct Pusher {
     endpoints: Vec<String>,
+    channels: Channels,
     which: usize,
     key: SigningKey,
     public: PublicKey,
@@ -54,7 +56,13 @@ enum ScanFailure {
 }
 
 impl Pusher {
-    pub(crate) fn new(endpoints: Vec<String>, key: SigningKey, public: PublicKey, data_dir: &Path) -> Self {
+    pub(crate) fn new(
+        endpoints: Vec<String>,
+        channels: Channels,
+        key: SigningKey,
+        public: PublicKey,
+        data_dir: &Path,
+    ) -> Self {
         let mark_path = data_dir.join(RATIFIED_THROUGH_FILE);
         let ratified_through = match std::fs::read_to_string(&mark_path) {
             Ok(text) => text.trim().parse().unwrap_or_else(|e| {
@@ -65,6 +73,7 @@ impl Pusher {
         };
         Self {
             endpoints,
+            channels,
             which: 0,
             key,
             public,
@@ -189,7 +198,7 @@ impl Pusher {
         expected: &mut keyraft_core::Digest,
         missing: &mut Vec<EpochHead>,
     ) -> Result<(), ScanFailure> {
-        let mut c = client(addr).map_err(|e| ScanFailure::Retry(e.to_string()))?;
+        let mut c = client(&self.channels, addr).map_err(|e| ScanFailure::Retry(e.to_string()))?;
         let mut request = tonic::Request::new(ListEpochsRequest {
             start_epoch: bottom,
             page_size: u32::try_from(top - bottom + 1).unwrap_or(u32::MAX),
@@ -232,7 +241,7 @@ impl Pusher {
         let mut attempt = 0u32;
         loop {
             let addr = &self.endpoints[self.which % self.endpoints.len()];
-            let result = match client(addr) {
+            let result = match client(&self.channels, addr) {
                 Ok(mut c) => {
                     let mut r = tonic::Request::new(req.clone());
                     r.set_timeout(Duration::from_millis(PUSH_TIMEOUT_MS));

@@ -1,10 +1,12 @@
-//! One accepted connection: its handshake, then HTTP/2 with a count of open requests, an
-//! idle close and a graceful close on shutdown.
+//! One accepted connection: its handshake (TLS, then the HTTP/2 preface), then HTTP/2 or
+//! HTTP/1.1 with a count of open requests, an idle close and a graceful close on shutdown.
 
 use super::limits::Slot;
 use super::{HttpService, ResponseBody, Shared, IDLE_CLOSE_GRACE};
+use crate::tls::{ServerTls, ALPN_HTTP1};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::CertificateDer;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -47,9 +49,9 @@ pub(super) async fn connection<S, B>(
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(listener = name, %remote, error = %e, "setting TCP_NODELAY");
     }
-    let io = tokio::select! {
-        done = tokio::time::timeout(limits.handshake, handshake(tcp)) => match done {
-            Ok(Ok(io)) => io,
+    let Handshaken { io, client_certificate, http1 } = tokio::select! {
+        done = tokio::time::timeout(limits.handshake, handshake(tcp, shared.tls.as_ref())) => match done {
+            Ok(Ok(done)) => done,
             Ok(Err(e)) => {
                 tracing::debug!(listener = name, %remote, error = %e, "closing a connection that failed its handshake");
                 return;
@@ -69,12 +71,14 @@ pub(super) async fn connection<S, B>(
 
     let (activity, open_requests) = watch::channel(0usize);
     let activity = Arc::new(activity);
-    let service = Tracked { inner: shared.service.clone(), activity: activity.clone(), connect_info };
+    let service =
+        Tracked { inner: shared.service.clone(), activity: activity.clone(), connect_info, client_certificate };
     let service = match limits.requests_max {
         Some(n) => tower::util::Either::Left(tower::limit::ConcurrencyLimit::new(service, n)),
         None => tower::util::Either::Right(service),
     };
-    let conn = shared.builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+    let builder = if http1 { &shared.http1 } else { &shared.builder };
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(conn);
     let idle = idle_for(open_requests, limits.idle);
     tokio::pin!(idle);
@@ -111,10 +115,43 @@ pub(super) async fn connection<S, B>(
     }
 }
 
+/// The certificate a client presented in its TLS handshake (end entity), in the extensions of
+/// each of its requests. The handshake checked it against the listener's CA.
+#[derive(Clone, Debug)]
+pub struct ClientCertificate(pub Arc<CertificateDer<'static>>);
+
+/// A byte stream after the handshake.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+/// A connection that passed its handshake.
+struct Handshaken {
+    io: Box<dyn Stream>,
+    client_certificate: Option<ClientCertificate>,
+    /// TLS negotiated HTTP/1.1.
+    http1: bool,
+}
+
+/// Step 2: TLS if the listener has it, then the HTTP/2 preface unless TLS chose HTTP/1.1.
+async fn handshake(tcp: TcpStream, tls: Option<&ServerTls>) -> io::Result<Handshaken> {
+    let Some(tls) = tls else {
+        return Ok(Handshaken { io: Box::new(preface(tcp).await?), client_certificate: None, http1: false });
+    };
+    let stream = tokio_rustls::TlsAcceptor::from(tls.config()).accept(tcp).await?;
+    let (_, session) = stream.get_ref();
+    let client_certificate = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| ClientCertificate(Arc::new(c.clone().into_owned())));
+    if session.alpn_protocol() == Some(ALPN_HTTP1) {
+        return Ok(Handshaken { io: Box::new(stream), client_certificate, http1: true });
+    }
+    Ok(Handshaken { io: Box::new(preface(stream).await?), client_certificate, http1: false })
+}
+
 /// Reads the client's connection preface (HTTP/2 magic and SETTINGS frame) and returns the
-/// connection with those bytes put back for the HTTP/2 server to read. TLS, when added,
-/// comes first here.
-async fn handshake<T: AsyncRead + Unpin>(mut io: T) -> io::Result<Rewind<T>> {
+/// connection with those bytes put back for the HTTP/2 server to read.
+async fn preface<T: AsyncRead + Unpin>(mut io: T) -> io::Result<Rewind<T>> {
     let mut head = vec![0u8; PREFACE.len() + FRAME_HEADER_BYTES];
     io.read_exact(&mut head).await?;
     if head[..PREFACE.len()] != PREFACE[..] {
@@ -204,6 +241,7 @@ struct Tracked<S> {
     inner: S,
     activity: Arc<watch::Sender<usize>>,
     connect_info: TcpConnectInfo,
+    client_certificate: Option<ClientCertificate>,
 }
 
 /// One open request.
@@ -238,6 +276,9 @@ where
 
     fn call(&mut self, mut request: http::Request<ReqB>) -> Self::Future {
         request.extensions_mut().insert(self.connect_info.clone());
+        if let Some(certificate) = &self.client_certificate {
+            request.extensions_mut().insert(certificate.clone());
+        }
         let open = OpenRequest::new(&self.activity);
         // The clone that was made ready serves this request (tower's rule).
         let clone = self.inner.clone();
@@ -285,15 +326,15 @@ mod tests {
         let mut hello = PREFACE.to_vec();
         hello.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100]);
         hello.extend_from_slice(b"rest");
-        let mut io = handshake(&hello[..]).await.unwrap();
+        let mut io = preface(&hello[..]).await.unwrap();
         let mut all = Vec::new();
         io.read_to_end(&mut all).await.unwrap();
         assert_eq!(all, hello);
 
         let mut not_settings = PREFACE.to_vec();
         not_settings.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 1]);
-        assert!(handshake(&not_settings[..]).await.is_err());
-        assert!(handshake(&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n1234567"[..]).await.is_err());
-        assert!(handshake(&PREFACE[..]).await.is_err(), "a preface cut short");
+        assert!(preface(&not_settings[..]).await.is_err());
+        assert!(preface(&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n1234567"[..]).await.is_err());
+        assert!(preface(&PREFACE[..]).await.is_err(), "a preface cut short");
     }
 }

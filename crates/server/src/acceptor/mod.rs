@@ -5,13 +5,16 @@
 //! 1. **limits**: at most `connections_max` open connections per listener and
 //!    `connections_per_address_max` per remote IP address; past them the connection is closed
 //!    at once, before anything is read (a refused client sees the connection closed);
-//! 2. **handshake**, under one deadline (`handshake_ms`): the client's HTTP/2 connection
-//!    preface (the 24-octet magic and its SETTINGS frame). TLS, when it comes, is the first
-//!    part of this step, under the same deadline;
-//! 3. **serving** with hyper's HTTP/2 server (hyper-util's auto builder, HTTP/2 only for now;
-//!    an HTTP/1.1 gateway turns HTTP/1 on there), at most `streams_per_connection_max`
-//!    concurrent streams, HTTP/2 keepalive pings to find dead peers, and an idle limit: a
-//!    connection with no open request for `idle_ms` is closed with GOAWAY.
+//! 2. **handshake**, under one deadline (`handshake_ms`): on a TLS listener the TLS handshake
+//!    first (rustls; the configuration read per connection, so a reloaded certificate serves
+//!    the next connection), whose ALPN picks the protocol; then, for HTTP/2, the client's
+//!    connection preface (the 24-octet magic and its SETTINGS frame). The client's
+//!    certificate, if it gave one, goes with each of its requests ([`ClientCertificate`]);
+//! 3. **serving** with hyper: HTTP/2 (gRPC), or HTTP/1.1 where TLS negotiated `http/1.1`
+//!    (the HTTP gateway's clients; its first request line is due within `handshake_ms`), at
+//!    most `streams_per_connection_max` concurrent streams, HTTP/2 keepalive pings to find dead
+//!    peers, and an idle limit: a connection with no open request for `idle_ms` is closed
+//!    (GOAWAY in HTTP/2).
 //!
 //! Why not tonic's own server: it has no handshake deadline and no idle limit, and its accept
 //! loop retries a failing `accept` (EMFILE) at once, spinning (docs/decisions.md).
@@ -32,9 +35,10 @@ mod limits;
 
 use crate::config::Limits;
 use crate::lifecycle::Tasks;
+use crate::tls::ServerTls;
 use bytes::Bytes;
 use connection::connection;
-pub use connection::TrackedBody;
+pub use connection::{ClientCertificate, TrackedBody};
 use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use keyraft_core::backoff;
@@ -135,10 +139,16 @@ impl<B> ResponseBody for B where
 
 /// Serves `service` on the connections `listener` accepts until `tasks` are told to stop, then
 /// closes them gracefully (see the module's documentation). `name` names the listener in the
-/// log. Every connection and every request is a task of `tasks`; the connections end before
-/// this returns.
-pub async fn serve<S, B>(name: &'static str, listener: TcpListener, limits: ConnectionLimits, service: S, tasks: Tasks)
-where
+/// log; `tls`, if given, is what its connections are secured with. Every connection and every
+/// request is a task of `tasks`; the connections end before this returns.
+pub async fn serve<S, B>(
+    name: &'static str,
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    tls: Option<ServerTls>,
+    service: S,
+    tasks: Tasks,
+) where
     S: HttpService<B>,
     B: ResponseBody,
 {
@@ -149,7 +159,9 @@ where
         .max_concurrent_streams(limits.streams_max)
         .keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT);
-    let shared = Arc::new(Shared { name, limits, builder, service });
+    let mut http1 = auto::Builder::new(tasks.clone()).http1_only();
+    http1.http1().timer(TokioTimer::new()).header_read_timeout(limits.handshake);
+    let shared = Arc::new(Shared { name, limits, builder, http1, tls, service });
     let slots = Arc::new(Slots::new(limits));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
@@ -197,7 +209,11 @@ where
 struct Shared<S> {
     name: &'static str,
     limits: ConnectionLimits,
+    /// HTTP/2.
     builder: auto::Builder<Tasks>,
+    /// HTTP/1.1, where TLS negotiated it.
+    http1: auto::Builder<Tasks>,
+    tls: Option<ServerTls>,
     service: S,
 }
 
@@ -262,7 +278,7 @@ mod tests {
             Ok::<_, Infallible>(http::Response::builder().header("x-remote", format!("{remote:?}")).body(body).unwrap())
         });
         let limits = ConnectionLimits::from_config(&Limits::default(), Duration::from_secs(1));
-        let serving = tokio::spawn(serve("test", listener, limits, echo, tasks.clone()));
+        let serving = tokio::spawn(serve("test", listener, limits, None, echo, tasks.clone()));
 
         let tcp = tokio::net::TcpStream::connect(server_addr).await.unwrap();
         let client_addr = tcp.local_addr().unwrap();

@@ -22,24 +22,29 @@ use std::sync::{Arc, Mutex};
 pub struct PeerNetwork {
     token: Arc<str>,
     channels: Channels,
-    clients: Arc<Mutex<HashMap<String, PeerClient>>>,
+    /// The realm name, in the name each peer's certificate must have.
+    realm: Arc<str>,
+    clients: Arc<Mutex<HashMap<(NodeId, String), PeerClient>>>,
 }
 
 impl PeerNetwork {
-    /// A network over `channels` ([`peer_client::peer_channels`] in production) that
-    /// authenticates with `token`.
-    pub fn new(token: &str, channels: Channels) -> Self {
-        Self { token: token.into(), channels, clients: Arc::default() }
+    /// A network of `realm`'s nodes over `channels` ([`peer_client::peer_channels`] in
+    /// production) that authenticates with `token`.
+    pub fn new(token: &str, channels: Channels, realm: &str) -> Self {
+        Self { token: token.into(), channels, realm: realm.into(), clients: Arc::default() }
     }
 
-    /// A (cached) client for the peer service at `addr`.
-    pub fn client_for(&self, addr: &str) -> Result<PeerClient, crate::Error> {
+    /// A (cached) client for the peer service of node `id` at `addr`; over TLS its
+    /// certificate must be node `id`'s.
+    pub fn client_for(&self, id: NodeId, addr: &str) -> Result<PeerClient, crate::Error> {
         let mut clients = self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(c) = clients.get(addr) {
+        let key = (id, addr.to_owned());
+        if let Some(c) = clients.get(&key) {
             return Ok(c.clone());
         }
-        let c = peer_client::connect_lazy_over(&self.channels, addr, &self.token)?;
-        clients.insert(addr.to_owned(), c.clone());
+        let name = keyraft_proto::tls::node_name(id, &self.realm);
+        let c = peer_client::connect_lazy_named(&self.channels, addr, Some(&name), &self.token)?;
+        clients.insert(key, c.clone());
         Ok(c)
     }
 }
@@ -55,7 +60,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> PeerConnection {
-        let client = self.client_for(&node.peer_addr).map_err(|e| e.to_string());
+        let client = self.client_for(target, &node.peer_addr).map_err(|e| e.to_string());
         PeerConnection { target, addr: node.peer_addr.clone(), client }
     }
 }
