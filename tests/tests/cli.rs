@@ -180,7 +180,7 @@ fn losing_the_first_answer(
                 later(answer)
             }
         })
-        .serve(&realm);
+        .serve(realm);
     (addr, updates)
 }
 

@@ -34,7 +34,7 @@ fn serving(realm: &Realm, proof: Vec<u8>, epoch: u64) -> String {
             })
         })
         .watch(move |_| vec![pb::WatchEvent { event: Some(pb::watch_event::Event::Changed(watch.clone())) }])
-        .serve(&realm)
+        .serve(realm)
 }
 
 fn not_ratified_yet(e: &ClientError) -> bool {

@@ -19,7 +19,7 @@ const ALICE: &str = "alice@example.com";
 fn replaying(realm: &Realm, answer: Arc<Mutex<Vec<u8>>>) -> String {
     FakeReplica::default()
         .lookup(move |_| Ok(pb::LookupResponse { proof: answer.lock().unwrap().clone(), newest_epoch_hint: 0 }))
-        .serve(&realm)
+        .serve(realm)
 }
 
 fn client(realm: &Realm, endpoint: &str, options: ClientOptions) -> Client {

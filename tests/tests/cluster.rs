@@ -100,8 +100,19 @@ fn cli_drives_the_realm(realm: &Realm) {
     assert_eq!(json["entry"]["version"], 0);
     assert!(json["proof_hex"].as_str().unwrap().len() > 200);
     let token = realm.path().join("keys/admin.token");
-    let status =
-        cli(&["admin", "--peer", &realm.peer_addr(0), "--token-file", token.to_str().unwrap(), "status", "--json"]);
+    let tls = realm.tls_dir().unwrap();
+    let peer = realm.peer_addr(0);
+    let status = cli(&[
+        "admin",
+        "--peer",
+        &peer,
+        "--tls-dir",
+        tls.to_str().unwrap(),
+        "--token-file",
+        token.to_str().unwrap(),
+        "status",
+        "--json",
+    ]);
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["nodes"].as_array().unwrap().len(), 3);
     assert!(status["leader_id"].as_u64().is_some());

@@ -35,7 +35,7 @@ fn honest_page(realm: &Realm) -> pb::HistoryResponse {
 fn serving(realm: &Realm, first: pb::HistoryResponse, later: pb::HistoryResponse) -> String {
     FakeReplica::default()
         .history(move |r| Ok(if r.page_token.is_empty() { first.clone() } else { later.clone() }))
-        .serve(&realm)
+        .serve(realm)
 }
 
 fn left_out(e: &ClientError, what: &str) -> bool {

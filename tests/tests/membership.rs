@@ -4,7 +4,7 @@
 
 use ed25519_dalek::SigningKey;
 use keyraft_proto::peer::{ChangeVotersRequest, NodeSpec};
-use keyraft_tests::{keyraft_bin, serial, wait_for, Realm};
+use keyraft_tests::{serial, wait_for, Realm};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -33,7 +33,8 @@ fn add_learner_returns_once_the_learner_applied_what_the_leader_had() {
 
     let at_call = realm.status(leader).unwrap().applied_index;
     let token = realm.path().join("keys/admin.token");
-    let out = std::process::Command::new(keyraft_bin())
+    let out = realm
+        .command()
         .args(["admin", "--peer", &realm.peer_addr(leader), "--token-file", token.to_str().unwrap(), "add-learner"])
         .args(["--id", "4", "--peer-addr", &realm.peer_addr(3), "--public-addr", &realm.public_addr(3)])
         .output()

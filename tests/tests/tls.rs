@@ -1,5 +1,6 @@
 //! TLS and mutual TLS with real processes (issue 15): who may connect, who may speak as
 //! which node, and certificates reloaded without a restart.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use keyraft::certs::{RealmCa, Validity};
 use keyraft_proto::pb::keyraft_client::KeyraftClient;
@@ -32,6 +33,13 @@ fn vote_as(realm: &Realm, i: usize, candidate: u64, channels: &Channels) -> Resu
     let _g = realm.runtime.enter();
     let mut peer = connect_lazy(channels, &realm.peer_addr(i), &cluster_token(realm)).unwrap();
     realm.runtime.block_on(peer.vote(message)).map(|_| ())
+}
+
+/// How a call refused in the TLS handshake ends: the connection fails (UNAVAILABLE) or, where
+/// TLS 1.3 lets the client finish first and the server then refuses its certificate, the
+/// stream breaks (UNKNOWN, or CANCELLED when hyper sees the close first); never with an answer.
+fn refused_in_handshake(e: &tonic::Status) -> bool {
+    matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled)
 }
 
 fn tls_dir(realm: &Realm) -> std::path::PathBuf {
@@ -79,7 +87,7 @@ fn peers_are_known_by_their_certificates_and_speak_only_as_themselves() {
         .unwrap(),
     )));
     let e = status_with(&realm, 0, &anonymous).unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+    assert!(refused_in_handshake(&e), "{e}");
 
     // The realm's CA, but a node of another realm: no identity here.
     let (cert, key) = issue(&realm, "other-realm", &[&format!("node-1.other-{name}")], Validity::days(1));
@@ -92,12 +100,12 @@ fn peers_are_known_by_their_certificates_and_speak_only_as_themselves() {
     let other_ca = RealmCa::create(other.path(), &name, Validity::days(1)).unwrap();
     let (cert, key) = other_ca.issue_node(other.path(), 1, &[], Validity::days(1)).unwrap();
     let e = status_with(&realm, 0, &channels_with(&ca, &cert, &key)).unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+    assert!(refused_in_handshake(&e), "{e}");
 
     // Expired: the handshake fails.
     let (cert, key) = issue(&realm, "expired", &[&format!("node-1.{name}")], Validity::expired());
     let e = status_with(&realm, 0, &channels_with(&ca, &cert, &key)).unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+    assert!(refused_in_handshake(&e), "{e}");
 
     // A node checks whom it dials: a server with another node's certificate is refused. Node
     // 1 is reached at replica 2's address while it expects node 1.
@@ -111,6 +119,7 @@ fn peers_are_known_by_their_certificates_and_speak_only_as_themselves() {
     .unwrap();
     let e = realm.runtime.block_on(wrong.status(StatusRequest {})).unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+    assert!(format!("{e:?}").contains("NotValidForName"), "{e:?}");
 
     // Each refusal is in the replica's log with its reason.
     wait_for("the refusals in node 1's log", || {

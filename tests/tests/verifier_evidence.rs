@@ -43,13 +43,13 @@ fn resign(head_bytes: &[u8], keys: &[ed25519_dalek::SigningKey]) -> pb::verifier
 /// A stream source that relays `upstream`'s verifier stream, altering epoch `tamper_epoch`
 /// as `tamper` says.
 fn tampering_source(realm: &Realm, upstream: String, tamper_epoch: u64, tamper: Tamper) -> String {
+    let channels = realm.channels();
     FakeReplica::default()
         .verifier_stream(move |request| {
             let (upstream, tamper) = (upstream.clone(), tamper.clone());
+            let channel = channels.lazy(&upstream).map_err(|e| Status::unavailable(e.to_string()));
             async move {
-                let mut up = KeyraftClient::connect(format!("http://{upstream}"))
-                    .await
-                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                let mut up = KeyraftClient::new(channel?);
                 let stream = up.verifier_stream(request).await?.into_inner();
                 let mut tampered = false;
                 let mut last_head: Option<pb::verifier_frame::SignedHead> = None;
@@ -87,7 +87,7 @@ fn tampering_source(realm: &Realm, upstream: String, tamper_epoch: u64, tamper: 
                 Ok(Box::pin(relayed) as BoxStream<VerifierFrame>)
             }
         })
-        .serve(&realm)
+        .serve(realm)
 }
 
 #[test]

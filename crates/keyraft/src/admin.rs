@@ -179,8 +179,16 @@ pub fn run(args: &AdminArgs, out: &mut dyn Write) -> CmdResult {
             .map_err(|e| format!("reading the token file {}: {e}", token_file.display()))?,
     );
     let token = keyraft_core::key_file::Secret::new(text.trim().to_owned());
-    let failed =
-        |action: &str, status: &tonic::Status| crate::cli::call_failed(&format!("admin {action} on {peer}"), status);
+    let plaintext = args.tls_dir.is_none();
+    let failed = |action: &str, status: &tonic::Status| {
+        let e = crate::cli::call_failed(&format!("admin {action} on {peer}"), status);
+        // A plaintext call to a TLS listener ends in a closed stream, which says nothing.
+        if plaintext && matches!(status.code(), tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Internal)
+        {
+            return format!("{e} (no --tls-dir given: if the nodes serve TLS, give the operator's TLS directory)");
+        }
+        e
+    };
     let channels = admin_channels(args.tls_dir.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {

@@ -100,18 +100,33 @@ fn ca_params(realm: &str, validity: Validity) -> CertificateParams {
     params
 }
 
-fn write(path: &Path, text: &str) -> Result<(), CertError> {
+/// A temporary file beside `path`, renamed over it once written: a node reloading on SIGHUP
+/// never reads half a file, and reissuing replaces the old certificate and key.
+fn temporary(path: &Path) -> Result<PathBuf, CertError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|source| CertError::Io { path: parent.to_owned(), source })?;
     }
-    std::fs::write(path, text).map_err(|source| CertError::Io { path: path.to_owned(), source })
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(name);
+    let _ = std::fs::remove_file(&tmp);
+    Ok(tmp)
+}
+
+fn replace(tmp: &Path, path: &Path) -> Result<(), CertError> {
+    std::fs::rename(tmp, path).map_err(|source| CertError::Io { path: path.to_owned(), source })
+}
+
+fn write(path: &Path, text: &str) -> Result<(), CertError> {
+    let tmp = temporary(path)?;
+    std::fs::write(&tmp, text).map_err(|source| CertError::Io { path: tmp.clone(), source })?;
+    replace(&tmp, path)
 }
 
 fn write_secret(path: &Path, text: &str) -> Result<(), CertError> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|source| CertError::Io { path: parent.to_owned(), source })?;
-    }
-    Ok(keyraft_core::key_file::write_secret_text(path, text)?)
+    let tmp = temporary(path)?;
+    keyraft_core::key_file::write_secret_text(&tmp, text)?;
+    replace(&tmp, path)
 }
 
 impl RealmCa {

@@ -284,30 +284,12 @@ fn create(args: &DevArgs) -> CmdResult {
     }
     let mut realm = RealmFile::new(&config, 60_000, 5_000, voters.iter().map(|v| v.public_addr.clone()).collect());
     realm.verifier_threshold = args.verifier_count.min(1);
-    let tls_dir = dir.join(TLS_DIR);
     if !args.plaintext {
-        let validity = crate::certs::Validity::days(crate::certs::CERT_VALID_DAYS);
-        let ca = crate::certs::RealmCa::create(&tls_dir, &config.realm, validity)?;
-        let hosts: Vec<String> = DEV_HOSTS.iter().map(|h| (*h).to_owned()).collect();
-        for v in &voters {
-            ca.issue_node(&tls_dir, v.id, &hosts, validity)?;
-        }
-        ca.issue_admin(&tls_dir, None, validity)?;
-        let ca_pem = std::fs::read_to_string(tls_dir.join(crate::certs::CA_CERT_FILE))?;
-        realm.tls = Some(keyraft_core::realm_file::TlsFile { ca_pem });
+        realm.tls = Some(create_tls(dir, &config.realm, &voters)?);
     }
     std::fs::write(dir.join("realm.json"), realm.to_json())?;
     for v in &voters {
-        let tls = if args.plaintext {
-            TlsSettings::plaintext()
-        } else {
-            TlsSettings {
-                cert_file: Some(format!("{TLS_DIR}/node-{}.crt", v.id).into()),
-                key_file: Some(format!("{TLS_DIR}/node-{}.key", v.id).into()),
-                ca_file: Some(format!("{TLS_DIR}/{}", crate::certs::CA_CERT_FILE).into()),
-                plaintext: false,
-            }
-        };
+        let tls = if args.plaintext { TlsSettings::plaintext() } else { node_tls(v.id) };
         let node = NodeConfig {
             node_id: v.id,
             data_dir: PathBuf::from(format!("data/node-{}", v.id)),
@@ -334,6 +316,35 @@ fn create(args: &DevArgs) -> CmdResult {
         std::fs::write(node_config_path(dir, v.id), toml::to_string_pretty(&node)?)?;
     }
     Ok(())
+}
+
+/// Makes the realm's CA and every certificate under DIR/tls: one per node, one for the
+/// operator; returns the realm file's `tls` (the CA certificate).
+fn create_tls(
+    dir: &Path,
+    realm: &str,
+    voters: &[VoterSpec],
+) -> Result<keyraft_core::realm_file::TlsFile, Box<dyn std::error::Error>> {
+    let tls_dir = dir.join(TLS_DIR);
+    let validity = crate::certs::Validity::days(crate::certs::CERT_VALID_DAYS);
+    let ca = crate::certs::RealmCa::create(&tls_dir, realm, validity)?;
+    let hosts: Vec<String> = DEV_HOSTS.iter().map(|h| (*h).to_owned()).collect();
+    for v in voters {
+        ca.issue_node(&tls_dir, v.id, &hosts, validity)?;
+    }
+    ca.issue_admin(&tls_dir, None, validity)?;
+    let ca_pem = std::fs::read_to_string(tls_dir.join(crate::certs::CA_CERT_FILE))?;
+    Ok(keyraft_core::realm_file::TlsFile { ca_pem })
+}
+
+/// Node `id`'s `[tls]`: its certificate from DIR/tls.
+fn node_tls(id: u64) -> TlsSettings {
+    TlsSettings {
+        cert_file: Some(format!("{TLS_DIR}/node-{id}.crt").into()),
+        key_file: Some(format!("{TLS_DIR}/node-{id}.key").into()),
+        ca_file: Some(format!("{TLS_DIR}/{}", crate::certs::CA_CERT_FILE).into()),
+        plaintext: false,
+    }
 }
 
 /// The replicas' `[limits]`: the defaults, with `--stream-stall-ms` and loopback exempt from
