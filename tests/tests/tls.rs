@@ -243,6 +243,15 @@ fn a_node_refuses_to_start_without_tls_settings_or_with_another_nodes_certificat
     assert!(!out.status.success());
     assert!(err.contains(&format!("is not a valid certificate of node-1.{}", realm.name())), "{err}");
 
+    // A TLS key others can read is refused like any secret file.
+    use std::os::unix::fs::PermissionsExt as _;
+    let key = realm.path().join("tls/node-2.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = realm.run_cli(&["server", "--config", "node-2.toml"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("key_file") && err.contains("others can read") && err.contains("chmod 600"), "{err}");
+
     let config = realm.path().join("node-3.toml");
     let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
     table.remove("tls");

@@ -223,7 +223,7 @@ pub fn network_cause(status: &tonic::Status) -> Option<String> {
                 std::io::ErrorKind::TimedOut => {
                     format!("timed out after {} s", CONNECT_TIMEOUT_MS.div_ceil(1_000))
                 }
-                _ => io.to_string(),
+                _ => tls_in_words(io).unwrap_or_else(|| io.to_string()),
             });
         }
         if c.downcast_ref::<tonic::TimeoutExpired>().is_some() {
@@ -232,6 +232,22 @@ pub fn network_cause(status: &tonic::Status) -> Option<String> {
         cause = c.source();
     }
     None
+}
+
+/// A TLS failure in words, with what to check: rustls's own words name the cause, not the
+/// likely mistake.
+fn tls_in_words(io: &std::io::Error) -> Option<String> {
+    let tls = io.get_ref()?.downcast_ref::<rustls::Error>()?;
+    Some(match tls {
+        rustls::Error::InvalidMessage(_) => {
+            format!("TLS handshake failed ({tls}): the replica does not speak TLS; is its realm file's `tls` right?")
+        }
+        rustls::Error::InvalidCertificate(e) => format!(
+            "the replica's TLS certificate is not acceptable ({e}): it must be issued by the realm file's `tls.ca_pem` \
+             for the endpoint's host"
+        ),
+        other => format!("TLS: {other}"),
+    })
 }
 
 /// A status in words, never tonic's `Debug` structures: the network cause when the call never
@@ -274,5 +290,20 @@ mod rate_limit_tests {
         let mut garbled = tonic::Status::resource_exhausted("x");
         garbled.metadata_mut().insert(RETRY_AFTER_MS_METADATA, "soon".parse().unwrap());
         assert!(matches!(status_error("a", &garbled), ClientError::Refused { .. }));
+    }
+}
+
+#[cfg(test)]
+mod tls_words_tests {
+    use super::*;
+
+    #[test]
+    fn tls_failures_say_what_to_check() {
+        let io = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let plaintext = tls_in_words(&io(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)));
+        assert!(plaintext.is_some_and(|m| m.contains("does not speak TLS")));
+        let wrong = tls_in_words(&io(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)));
+        assert!(wrong.is_some_and(|m| m.contains("tls.ca_pem")));
+        assert_eq!(tls_in_words(&std::io::Error::from(std::io::ErrorKind::ConnectionReset)), None);
     }
 }

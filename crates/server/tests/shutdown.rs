@@ -73,9 +73,8 @@ async fn a_cancelled_replica_returns_promptly_with_every_task_ended_and_the_log_
     });
 
     // Running for real: an epoch ratified, a verifier stream open and following.
-    let mut client = KeyraftClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{public_addr}")).unwrap().connect_lazy(),
-    );
+    let mut client =
+        KeyraftClient::new(keyraft_proto::transport::Channels::default().lazy(&public_addr.to_string()).unwrap());
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if client.get_epoch(GetEpochRequest { epoch: 1 }).await.is_ok() {
