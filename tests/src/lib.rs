@@ -345,6 +345,11 @@ impl Realm {
 
     /// Starts replica `i` (its process) and waits until it listens.
     pub fn start_replica(&mut self, i: usize) {
+        self.start_replica_with_env(i, &[]);
+    }
+
+    /// [`Realm::start_replica`] with `env` set for the process (e.g. `KEYRAFT_LOG_FORMAT`).
+    pub fn start_replica_with_env(&mut self, i: usize, env: &[(&str, &str)]) {
         let r = &mut self.replicas[i];
         let data_dir = data_dir(&r.config);
         let _ = std::fs::remove_file(data_dir.join("listen.json"));
@@ -355,6 +360,7 @@ impl Realm {
             .open(self.dir.path().join(format!("logs/node-{}.log", r.id)))
             .expect("log file");
         let child = Command::new(keyraft_bin())
+            .envs(env.iter().copied())
             .arg("server")
             .arg("--config")
             .arg(&r.config)

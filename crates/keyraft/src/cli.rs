@@ -6,9 +6,22 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "keyraft", version, about)]
 pub struct Cli {
+    /// How log lines are written on stderr: `text`, or `json` (one JSON object per line; a
+    /// request's lines carry its `span` with `request_id` and `path`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KEYRAFT_LOG_FORMAT")]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// The subcommands.
@@ -114,12 +127,23 @@ pub fn call_failed(what: &str, status: &tonic::Status) -> String {
     format!("{what}: {}", keyraft_client::status_in_words(status))
 }
 
-/// Sets up logging from `RUST_LOG` (default: warnings).
-pub fn init_tracing() {
+/// Sets up logging from `RUST_LOG` (default: warnings), in `format`.
+pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+    let _ = match format {
+        LogFormat::Text => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init()
+        }
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .try_init(),
+    };
 }
 
 /// Runs a parsed command line.

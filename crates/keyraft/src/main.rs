@@ -5,7 +5,7 @@ use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
     let cli = keyraft::cli::Cli::parse();
-    keyraft::cli::init_tracing();
+    keyraft::cli::init_tracing(cli.log_format);
     // Every TLS configuration names ring itself; this covers libraries that do not.
     keyraft_proto::tls::install_default_provider();
     match keyraft::cli::run(cli) {

@@ -2,6 +2,7 @@
 //! HTTP/1.1 with a count of open requests, an idle close and a graceful close on shutdown.
 
 use super::limits::Slot;
+use super::request_id::{RequestId, REQUEST_ID_HEADER};
 use super::{HttpService, ResponseBody, Shared, IDLE_CLOSE_GRACE};
 use crate::tls::{ServerTls, ALPN_HTTP1};
 use hyper_util::rt::TokioIo;
@@ -19,6 +20,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tonic::transport::server::TcpConnectInfo;
 use tower::{Service, ServiceExt as _};
+use tracing::Instrument as _;
 
 /// The HTTP/2 client connection preface's fixed part (RFC 9113, section 3.4); a SETTINGS
 /// frame follows it.
@@ -279,14 +281,24 @@ where
         if let Some(certificate) = &self.client_certificate {
             request.extensions_mut().insert(certificate.clone());
         }
+        let id = RequestId::for_request(request.headers());
+        let header = http::HeaderValue::from_str(id.as_str()).ok();
+        let span = tracing::info_span!("request", request_id = %id, path = %request.uri().path());
+        request.extensions_mut().insert(id);
         let open = OpenRequest::new(&self.activity);
         // The clone that was made ready serves this request (tower's rule).
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let response = ready.oneshot(request).await?;
-            Ok(response.map(|inner| TrackedBody { inner, _open: open }))
-        })
+        Box::pin(
+            async move {
+                let mut response = ready.oneshot(request).await?;
+                if let Some(header) = header {
+                    response.headers_mut().insert(REQUEST_ID_HEADER, header);
+                }
+                Ok(response.map(|inner| TrackedBody { inner, _open: open }))
+            }
+            .instrument(span),
+        )
     }
 }
 

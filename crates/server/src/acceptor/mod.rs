@@ -32,6 +32,7 @@
 
 mod connection;
 mod limits;
+pub mod request_id;
 
 use crate::config::Limits;
 use crate::lifecycle::Tasks;
