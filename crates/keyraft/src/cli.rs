@@ -75,6 +75,9 @@ pub enum Command {
     /// A realm's CA and its node and operator certificates (TLS and mutual TLS).
     #[command(subcommand)]
     Tls(crate::tls_cmd::TlsCommand),
+    /// Whether a replica is ready to serve (or alive, with --live), from its metrics listener:
+    /// exit status 0 if so (for container health checks).
+    Health(crate::health_cmd::HealthArgs),
 }
 
 /// Exit code of `register --wait` / `update --wait` when the update was accepted in an epoch
@@ -169,6 +172,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Bench(args) => crate::bench::run(&args, out),
         Command::Demo(args) => crate::demo::run(&args, out),
         Command::Tls(command) => crate::tls_cmd::run(&command, out),
+        Command::Health(args) => crate::health_cmd::run(&args, out),
     }
 }
 

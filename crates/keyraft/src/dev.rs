@@ -37,8 +37,9 @@ pub struct DevArgs {
     /// The realm's directory (created on first start, reused after).
     #[arg(long, default_value = "keyraft-dev")]
     pub dir: PathBuf,
-    /// Public ports are base+1..base+3, peer ports base+101..base+103; 0 lets the OS choose
-    /// (first start only; the chosen ports are kept).
+    /// Public ports are base+1..base+3, peer ports base+101..base+103, metrics ports (HTTP
+    /// probes) base+201..base+203; 0 lets the OS choose (first start only; the chosen ports
+    /// are kept).
     #[arg(long, default_value_t = 7000)]
     pub base_port: u16,
     /// Number of replicas (first start only).
@@ -295,6 +296,10 @@ fn create(args: &DevArgs) -> CmdResult {
             data_dir: PathBuf::from(format!("data/node-{}", v.id)),
             public_listen: v.public_addr.clone(),
             peer_listen: v.peer_addr.clone(),
+            metrics_listen: Some(format!(
+                "127.0.0.1:{}",
+                port(args.base_port, 200 + u16::try_from(v.id).map_err(|_| "too many replicas")?)?
+            )),
             realm_file: "realm.json".into(),
             vrf_secret_key_file: "keys/vrf.key".into(),
             signing_key_file: format!("keys/replica-{}.key", v.id).into(),
@@ -414,6 +419,9 @@ fn pin_ports(dir: &Path, listening: &[Listening]) -> CmdResult {
         let mut node: NodeConfig = toml::from_str(&std::fs::read_to_string(&path)?)?;
         node.public_listen = l.public_addr.to_string();
         node.peer_listen = l.peer_addr.to_string();
+        if let Some(metrics) = l.metrics_addr {
+            node.metrics_listen = Some(metrics.to_string());
+        }
         node.voters = voters.clone();
         std::fs::write(&path, toml::to_string_pretty(&node)?)?;
     }
@@ -664,9 +672,10 @@ fn summary(dir: &Path, realm: &RealmFile, listening: &[Listening], out: &mut dyn
     let d = dir.display();
     writeln!(out, "keyraft dev realm \"{}\" is up: {} replicas, data under {d}", realm.realm, listening.len())?;
     for l in listening {
+        let metrics = l.metrics_addr.map(|a| format!("  metrics {a}")).unwrap_or_default();
         writeln!(
             out,
-            "  replica {}: public {}  peer {}  (log: {d}/logs/node-{}.log)",
+            "  replica {}: public {}  peer {}{metrics}  (log: {d}/logs/node-{}.log)",
             l.node_id, l.public_addr, l.peer_addr, l.node_id
         )?;
     }

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod client_cmd;
 pub mod demo;
 pub mod dev;
+pub mod health_cmd;
 pub mod history_out;
 pub mod json;
 pub mod server_cmd;

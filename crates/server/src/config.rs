@@ -5,6 +5,7 @@
 //! data_dir = "data/node-1"
 //! public_listen = "127.0.0.1:7001"   # clients and verifiers; port 0 lets the OS choose
 //! peer_listen = "127.0.0.1:7101"     # Raft and admin
+//! metrics_listen = "127.0.0.1:7201"  # optional: /healthz, /readyz (plain HTTP, no credential)
 //! realm_file = "realm.json"
 //! vrf_secret_key_file = "keys/vrf.key"
 //! signing_key_file = "keys/replica-1.key"
@@ -51,6 +52,10 @@ pub struct NodeConfig {
     pub public_listen: String,
     /// Listen address of the peer service.
     pub peer_listen: String,
+    /// Listen address of the metrics listener (plain HTTP: `/healthz`, `/readyz`); none
+    /// without it. Keep it on a private network: it takes no credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
     /// The realm file (its `realm`, `vrf_public_key`, `replica_keys` and `verifier_keys`).
     pub realm_file: PathBuf,
     /// The VRF secret key (64 hex digits), shared by the realm's replicas.
@@ -687,6 +692,7 @@ mod tests {
             data_dir: "data".into(),
             public_listen: "127.0.0.1:0".into(),
             peer_listen: "127.0.0.1:0".into(),
+            metrics_listen: None,
             realm_file: "realm.json".into(),
             vrf_secret_key_file: "vrf.key".into(),
             signing_key_file: "replica.key".into(),

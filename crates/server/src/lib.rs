@@ -34,6 +34,7 @@ mod blocking;
 pub mod config;
 pub mod effects;
 mod error;
+pub mod health;
 pub mod lifecycle;
 pub mod node;
 mod outcome;

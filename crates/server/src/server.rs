@@ -56,6 +56,8 @@ pub struct Listeners {
     pub public: TcpListener,
     /// The peer service's (Raft, forwarding, admin).
     pub peer: TcpListener,
+    /// The metrics listener's, if configured (`/healthz`, `/readyz`).
+    pub metrics: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -71,7 +73,15 @@ impl Listeners {
             addr: config.peer_listen.clone(),
             source,
         })?;
-        Ok(Self { public, peer })
+        let metrics = match &config.metrics_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| Error::Network {
+                listener: "metrics",
+                addr: addr.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        Ok(Self { public, peer, metrics })
     }
 }
 
@@ -84,6 +94,9 @@ pub struct Listening {
     pub public_addr: SocketAddr,
     /// The peer listener's address.
     pub peer_addr: SocketAddr,
+    /// The metrics listener's address, if there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Runs the replica described by `loaded` on `listeners` until `shutdown` is cancelled. With
@@ -175,11 +188,16 @@ pub async fn run_with(
         tasks.clone(),
     )?);
 
-    let Listeners { public: public_listener, peer: peer_listener } = listeners;
+    let Listeners { public: public_listener, peer: peer_listener, metrics: metrics_listener } = listeners;
     let listening = Listening {
         node_id: config.node_id,
         public_addr: public_listener.local_addr().map_err(|e| Error::io("public listener address", e))?,
         peer_addr: peer_listener.local_addr().map_err(|e| Error::io("peer listener address", e))?,
+        metrics_addr: metrics_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()
+            .map_err(|e| Error::io("metrics listener address", e))?,
     };
 
     let listen_json = serde_json::to_vec_pretty(&listening).map_err(|e| Error::io("encoding listen.json", e.into()))?;
@@ -192,6 +210,16 @@ pub async fn run_with(
     // The longest a public request may take: its wait, and time to answer.
     let request_deadline = Duration::from_millis(config.limits.wait_ms_max.saturating_add(5_000));
     let limits = config.limits.clone();
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(keyraft_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // The peer service is in the same descriptors but not on this listener.
+        .with_service_name(crate::health::PUBLIC_SERVICE)
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection")
+        .build_v1()
+        .map_err(|e| Error::io("building the reflection service", std::io::Error::other(e)))?;
     let public = tonic::service::Routes::new(
         KeyraftServer::new(PublicService::new(
             node.clone(),
@@ -203,7 +231,25 @@ pub async fn run_with(
         .max_decoding_message_size(public_request_bytes_max(&limits))
         .max_encoding_message_size(PUBLIC_MESSAGE_BYTES_MAX),
     )
+    .add_service(health_service)
+    .add_service(reflection)
     .prepare();
+    {
+        let stopping = tasks.token().clone();
+        tasks.spawn(
+            "health-reporter",
+            stopping.run_until_cancelled_owned(crate::health::report(node.clone(), health_reporter)),
+        );
+    }
+    if let Some(listener) = metrics_listener {
+        let stopping = tasks.token().clone();
+        let routes = crate::health::probe_routes(node.clone());
+        tasks.spawn("metrics-listener", async move {
+            if let Err(e) = axum::serve(listener, routes).with_graceful_shutdown(stopping.cancelled_owned()).await {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        });
+    }
     let public = RequestLimits::new(public, limits.clone(), request_deadline);
     let public_limits = ConnectionLimits {
         requests_max: Some(limits.concurrency_per_connection),
@@ -244,6 +290,7 @@ pub async fn run_with(
         node = config.node_id,
         public = %listening.public_addr,
         peer = %listening.peer_addr,
+        metrics = ?listening.metrics_addr,
         realm = %node.realm.realm,
         "replica listening"
     );

@@ -47,6 +47,7 @@ fn loaded(dir: &Path, epochs: EpochSettings, seams: Seams) -> Loaded {
         data_dir: dir.to_owned(),
         public_listen: "127.0.0.1:0".into(),
         peer_listen: "127.0.0.1:0".into(),
+        metrics_listen: None,
         // Read by `NodeConfig::load` only; `run` takes the loaded keys.
         realm_file: "unused".into(),
         vrf_secret_key_file: "unused".into(),

@@ -22,6 +22,7 @@ fn loaded(dir: &std::path::Path) -> (Loaded, ed25519_dalek::SigningKey) {
         data_dir: dir.to_owned(),
         public_listen: "127.0.0.1:0".into(),
         peer_listen: "127.0.0.1:0".into(),
+        metrics_listen: None,
         // Read by `NodeConfig::load` only; `Loaded` carries what they hold.
         realm_file: PathBuf::new(),
         vrf_secret_key_file: PathBuf::new(),
