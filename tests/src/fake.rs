@@ -166,7 +166,7 @@ impl FakeReplica {
             tokio_util::sync::CancellationToken::new(),
             tokio_util::task::TaskTracker::new(),
         );
-        runtime.spawn(keyraft_server::acceptor::serve("fake", listener, limits, tls, routes, tasks));
+        runtime.spawn(keyraft_server::acceptor::serve("fake", listener, limits, tls, None, routes, tasks));
         addr
     }
 }

@@ -281,6 +281,9 @@ impl Realm {
             t.insert("data_dir".into(), "data/node-4".into());
             t.insert("public_listen".into(), "127.0.0.1:0".into());
             t.insert("peer_listen".into(), "127.0.0.1:0".into());
+            if t.contains_key("metrics_listen") {
+                t.insert("metrics_listen".into(), "127.0.0.1:0".into());
+            }
             t.insert("signing_key_file".into(), "keys/replica-4.key".into());
         });
         self.replicas.push(Replica { id: 4, config: config4, child: None, listening: None });

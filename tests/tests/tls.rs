@@ -142,7 +142,9 @@ fn plaintext_clients_cannot_talk_to_tls_listeners_and_http1_is_negotiated_by_alp
     for addr in [realm.public_addr(0), realm.peer_addr(0)] {
         let channel = Channels::new(ChannelOptions::default()).lazy(&addr).unwrap();
         let e = realm.runtime.block_on(KeyraftClient::new(channel).get_epoch(GetEpochRequest::default())).unwrap_err();
-        assert!(matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Internal), "{addr}: {e}");
+        // What the client sees of the TLS alert depends on timing: a connection error, a broken
+        // stream, or bytes that are no HTTP/2; never an answer.
+        assert!(refused_in_handshake(&e) || e.code() == tonic::Code::Internal, "{addr}: {e}");
     }
     // A connection that never finishes its TLS handshake is closed at the handshake deadline.
     realm.runtime.block_on(async {

@@ -5,7 +5,7 @@
 //! data_dir = "data/node-1"
 //! public_listen = "127.0.0.1:7001"   # clients and verifiers; port 0 lets the OS choose
 //! peer_listen = "127.0.0.1:7101"     # Raft and admin
-//! metrics_listen = "127.0.0.1:7201"  # optional: /healthz, /readyz (plain HTTP, no credential)
+//! metrics_listen = "127.0.0.1:7201"  # optional: /metrics, /healthz, /readyz (plain HTTP, no credential)
 //! realm_file = "realm.json"
 //! vrf_secret_key_file = "keys/vrf.key"
 //! signing_key_file = "keys/replica-1.key"
@@ -52,7 +52,7 @@ pub struct NodeConfig {
     pub public_listen: String,
     /// Listen address of the peer service.
     pub peer_listen: String,
-    /// Listen address of the metrics listener (plain HTTP: `/healthz`, `/readyz`); none
+    /// Listen address of the metrics listener (plain HTTP: `/metrics`, `/healthz`, `/readyz`); none
     /// without it. Keep it on a private network: it takes no credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,

@@ -36,6 +36,7 @@ pub mod effects;
 mod error;
 pub mod health;
 pub mod lifecycle;
+pub mod metrics;
 pub mod node;
 mod outcome;
 mod page_token;

@@ -141,6 +141,8 @@ pub async fn run_with(
     let sm = StateMachineStore::open(location, config.data_dir.join("snapshots"), realm.clone()).map_err(|e| {
         Error::DataDir { path: config.data_dir.clone(), message: format!("opening the state and snapshots: {e}") }
     })?;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let sm = sm.with_metrics(metrics.clone());
     let shared = sm.shared();
     // The methods of the policy in force (the realm file's may be older) must be usable here.
     let in_force = shared.read().config().clone();
@@ -243,7 +245,8 @@ pub async fn run_with(
     }
     if let Some(listener) = metrics_listener {
         let stopping = tasks.token().clone();
-        let routes = crate::health::probe_routes(node.clone());
+        let routes = crate::health::probe_routes(node.clone())
+            .merge(crate::metrics::metrics_route(node.clone(), metrics.clone()));
         tasks.spawn("metrics-listener", async move {
             if let Err(e) = axum::serve(listener, routes).with_graceful_shutdown(stopping.cancelled_owned()).await {
                 tracing::error!(error = %e, "the metrics listener stopped");
@@ -260,6 +263,7 @@ pub async fn run_with(
         public_listener,
         public_limits,
         tls.as_ref().map(NodeTls::public),
+        Some(metrics.clone()),
         public,
         tasks.clone(),
     );
@@ -276,6 +280,7 @@ pub async fn run_with(
         peer_listener,
         ConnectionLimits::from_config(&limits, request_deadline),
         tls.as_ref().map(NodeTls::peer),
+        Some(metrics.clone()),
         peer,
         tasks.clone(),
     );

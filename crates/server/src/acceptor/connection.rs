@@ -4,6 +4,7 @@
 use super::limits::Slot;
 use super::request_id::{RequestId, REQUEST_ID_HEADER};
 use super::{HttpService, ResponseBody, Shared, IDLE_CLOSE_GRACE};
+use crate::metrics::Metrics;
 use crate::tls::{ServerTls, ALPN_HTTP1};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -73,8 +74,13 @@ pub(super) async fn connection<S, B>(
 
     let (activity, open_requests) = watch::channel(0usize);
     let activity = Arc::new(activity);
-    let service =
-        Tracked { inner: shared.service.clone(), activity: activity.clone(), connect_info, client_certificate };
+    let service = Tracked {
+        inner: shared.service.clone(),
+        activity: activity.clone(),
+        connect_info,
+        client_certificate,
+        metrics: shared.metrics.clone().map(|m| (m, name)),
+    };
     let service = match limits.requests_max {
         Some(n) => tower::util::Either::Left(tower::limit::ConcurrencyLimit::new(service, n)),
         None => tower::util::Either::Right(service),
@@ -244,6 +250,8 @@ struct Tracked<S> {
     activity: Arc<watch::Sender<usize>>,
     connect_info: TcpConnectInfo,
     client_certificate: Option<ClientCertificate>,
+    /// Where requests are recorded, and the listener's name.
+    metrics: Option<(Arc<Metrics>, &'static str)>,
 }
 
 /// One open request.
@@ -281,6 +289,13 @@ where
         if let Some(certificate) = &self.client_certificate {
             request.extensions_mut().insert(certificate.clone());
         }
+        let record = self.metrics.as_ref().map(|(metrics, listener)| Record {
+            metrics: metrics.clone(),
+            listener,
+            path: request.uri().path().to_owned(),
+            started: std::time::Instant::now(),
+            code: None,
+        });
         let id = RequestId::for_request(request.headers());
         let header = http::HeaderValue::from_str(id.as_str()).ok();
         let span = tracing::info_span!("request", request_id = %id, path = %request.uri().path());
@@ -295,17 +310,44 @@ where
                 if let Some(header) = header {
                     response.headers_mut().insert(REQUEST_ID_HEADER, header);
                 }
-                Ok(response.map(|inner| TrackedBody { inner, _open: open }))
+                let mut record = record;
+                if let Some(r) = &mut record {
+                    // A trailers-only answer (an error) has its status in the headers.
+                    r.code = grpc_status(response.headers());
+                }
+                Ok(response.map(|inner| TrackedBody { inner, _open: open, record }))
             }
             .instrument(span),
         )
     }
 }
 
-/// A response body that keeps its request counted as open.
+/// A response body that keeps its request counted as open, and records the request in the
+/// metrics when it ends (dropped: the answer ended or the client left).
 pub struct TrackedBody<B> {
     inner: B,
     _open: OpenRequest,
+    record: Option<Record>,
+}
+
+/// A request to record once its answer ends.
+struct Record {
+    metrics: Arc<Metrics>,
+    listener: &'static str,
+    path: String,
+    started: std::time::Instant,
+    /// The gRPC status, once seen (headers or trailers).
+    code: Option<String>,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.metrics.request(self.listener, &self.path, self.code.as_deref(), self.started.elapsed());
+    }
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<String> {
+    headers.get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
 impl<B: http_body::Body + Unpin> http_body::Body for TrackedBody<B> {
@@ -316,7 +358,13 @@ impl<B: http_body::Body + Unpin> http_body::Body for TrackedBody<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let (Some(trailers), Some(record)) = (frame.trailers_ref(), self.record.as_mut()) {
+                record.code = grpc_status(trailers).or(record.code.take());
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -140,13 +140,15 @@ impl<B> ResponseBody for B where
 
 /// Serves `service` on the connections `listener` accepts until `tasks` are told to stop, then
 /// closes them gracefully (see the module's documentation). `name` names the listener in the
-/// log; `tls`, if given, is what its connections are secured with. Every connection and every
-/// request is a task of `tasks`; the connections end before this returns.
+/// log and the metrics; `tls`, if given, is what its connections are secured with; `metrics`,
+/// if given, records each request. Every connection and every request is a task of `tasks`;
+/// the connections end before this returns.
 pub async fn serve<S, B>(
     name: &'static str,
     listener: TcpListener,
     limits: ConnectionLimits,
     tls: Option<ServerTls>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     service: S,
     tasks: Tasks,
 ) where
@@ -162,7 +164,7 @@ pub async fn serve<S, B>(
         .keep_alive_timeout(KEEPALIVE_TIMEOUT);
     let mut http1 = auto::Builder::new(tasks.clone()).http1_only();
     http1.http1().timer(TokioTimer::new()).header_read_timeout(limits.handshake);
-    let shared = Arc::new(Shared { name, limits, builder, http1, tls, service });
+    let shared = Arc::new(Shared { name, limits, builder, http1, tls, metrics, service });
     let slots = Arc::new(Slots::new(limits));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
@@ -215,6 +217,7 @@ struct Shared<S> {
     /// HTTP/1.1, where TLS negotiated it.
     http1: auto::Builder<Tasks>,
     tls: Option<ServerTls>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     service: S,
 }
 
@@ -279,7 +282,7 @@ mod tests {
             Ok::<_, Infallible>(http::Response::builder().header("x-remote", format!("{remote:?}")).body(body).unwrap())
         });
         let limits = ConnectionLimits::from_config(&Limits::default(), Duration::from_secs(1));
-        let serving = tokio::spawn(serve("test", listener, limits, None, echo, tasks.clone()));
+        let serving = tokio::spawn(serve("test", listener, limits, None, None, echo, tasks.clone()));
 
         let tcp = tokio::net::TcpStream::connect(server_addr).await.unwrap();
         let client_addr = tcp.local_addr().unwrap();

@@ -89,6 +89,8 @@ pub struct StateMachineStore {
     config: RealmConfig,
     /// Deferred storage writes at which an apply call writes them before going on.
     deferred_writes_max: usize,
+    /// Where epoch apply times are recorded.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl std::fmt::Debug for StateMachineStore {
@@ -166,7 +168,21 @@ impl StateMachineStore {
             epoch_state: machine.epoch_state(),
         };
         let shared = Arc::new(SharedState { machine: RwLock::new(machine), effects: Effects::new(applied) });
-        Ok(Self { shared, location, generation, snapshot_dir, config, deferred_writes_max: DEFERRED_WRITES_MAX })
+        Ok(Self {
+            shared,
+            location,
+            generation,
+            snapshot_dir,
+            config,
+            deferred_writes_max: DEFERRED_WRITES_MAX,
+            metrics: None,
+        })
+    }
+
+    /// Records epoch apply times and sizes in `metrics`.
+    #[must_use]
+    pub fn with_metrics(self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Self { metrics: Some(metrics), ..self }
     }
 
     /// The state shared with services and proposers.
@@ -244,12 +260,16 @@ impl StateMachineStore {
         let (outcome, step_effects) = self.write_lock().commit_deferred(step).map_err(state_to_storage)?;
         effects.extend(step_effects);
         if let Outcome::EpochClosed(head) = &outcome {
+            let took = started.elapsed();
             tracing::info!(
                 epoch = head.epoch,
                 updates = head.update_count,
-                apply_ms = started.elapsed().as_millis() as u64,
+                apply_ms = took.as_millis() as u64,
                 "epoch applied"
             );
+            if let Some(m) = &self.metrics {
+                m.epoch_applied(took, head.update_count);
+            }
         }
         Ok(outcome)
     }

@@ -1,0 +1,77 @@
+//! Prometheus metrics (issue 16 part 1), scraped from a running replica's metrics listener:
+//! the values move as the realm works.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use keyraft_client::LookupOptions;
+use keyraft_tests::{serial, wait_for, Realm};
+use std::collections::BTreeMap;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// `GET /metrics` from replica `i`: each sample line's name with labels, and its value.
+fn scrape(realm: &Realm, i: usize) -> BTreeMap<String, f64> {
+    let addr = realm.replicas[i].listening.as_ref().unwrap().metrics_addr.unwrap();
+    let text = realm.runtime.block_on(async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.unwrap();
+        answer
+    });
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: application/openmetrics-text"), "{head}");
+    body.lines()
+        .filter(|l| l.starts_with("keyraft_"))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_owned(), v.parse().ok()?))))
+        .collect()
+}
+
+fn value(m: &BTreeMap<String, f64>, key: &str) -> f64 {
+    *m.get(key).unwrap_or_else(|| panic!("{key} not in {:#?}", m.keys().collect::<Vec<_>>()))
+}
+
+#[test]
+fn a_scrape_shows_raft_epochs_requests_and_verifiers_moving() {
+    let _s = serial();
+    let mut realm = Realm::start(|_| {});
+    realm.start_verifier();
+    let leader = realm.wait_leader();
+    let before = scrape(&realm, leader);
+    assert_eq!(value(&before, "keyraft_raft_is_leader"), 1.0);
+    assert!(value(&before, "keyraft_raft_term") >= 1.0);
+    assert_eq!(value(&before, "keyraft_ready"), 1.0);
+    for node in 1..=3 {
+        assert!(before.contains_key(&format!("keyraft_raft_replication_lag_entries{{node=\"{node}\"}}")), "{before:?}");
+    }
+
+    let client = realm.client(leader);
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let r = realm.runtime.block_on(client.register("metrics@example.com", &key, Default::default())).unwrap();
+    realm.wait_ratified(leader, r.epoch);
+    realm.runtime.block_on(client.lookup("metrics@example.com", LookupOptions::default())).unwrap();
+
+    let lookups =
+        r#"keyraft_request_duration_seconds_count{listener="public",rpc="/keyraft.v1.Keyraft/Lookup",code="0"}"#;
+    let after = wait_for("the scrape to show the lookup, the new epochs and a ratification", || {
+        let m = scrape(&realm, leader);
+        let verifier_lag =
+            m.iter().find(|(k, _)| k.starts_with("keyraft_verifier_ratification_lag_epochs{")).map(|(_, v)| *v);
+        (m.get(lookups).is_some_and(|n| *n >= 1.0)
+            && value(&m, "keyraft_epoch") > value(&before, "keyraft_epoch")
+            && value(&m, "keyraft_raft_applied_index") > value(&before, "keyraft_raft_applied_index")
+            && value(&m, "keyraft_epoch_apply_seconds_count") > value(&before, "keyraft_epoch_apply_seconds_count")
+            && verifier_lag.is_some_and(|lag| lag <= 2.0))
+        .then_some(m)
+    });
+    assert!(value(&after, "keyraft_epoch_updates_sum") >= 1.0, "the registration is in an epoch");
+    assert!(value(&after, "keyraft_epoch_ratified") >= r.epoch as f64);
+    // A follower says who leads.
+    let follower = (leader + 1) % 3;
+    let f = scrape(&realm, follower);
+    assert_eq!(value(&f, "keyraft_raft_is_leader"), 0.0);
+    assert_eq!(value(&f, "keyraft_raft_leader_id"), value(&after, "keyraft_raft_leader_id"));
+    // The leader's Raft traffic is counted on the follower's peer listener.
+    let appends =
+        r#"keyraft_request_duration_seconds_count{listener="peer",rpc="/keyraft.peer.v1.Peer/AppendEntries",code="0"}"#;
+    assert!(value(&f, appends) >= 1.0);
+}
