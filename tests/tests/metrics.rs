@@ -70,6 +70,11 @@ fn a_scrape_shows_raft_epochs_requests_and_verifiers_moving() {
     let f = scrape(&realm, follower);
     assert_eq!(value(&f, "keyraft_raft_is_leader"), 0.0);
     assert_eq!(value(&f, "keyraft_raft_leader_id"), value(&after, "keyraft_raft_leader_id"));
+    // The verifier streams from one of the replicas.
+    let verifier_streams: f64 =
+        (0..3).map(|i| scrape(&realm, i).get(r#"keyraft_streams_open{kind="verifier"}"#).copied().unwrap_or(0.0)).sum();
+    assert!(verifier_streams >= 1.0, "{verifier_streams}");
+    assert_eq!(value(&f, r#"keyraft_streams_open{kind="watch"}"#), 0.0);
     // The leader's Raft traffic is counted on the follower's peer listener.
     let appends =
         r#"keyraft_request_duration_seconds_count{listener="peer",rpc="/keyraft.peer.v1.Peer/AppendEntries",code="0"}"#;

@@ -23,6 +23,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -79,6 +80,11 @@ pub struct Metrics {
     pending_updates: Gauge,
     ratification_lag: Family<Labels, Gauge>,
     ready: Gauge,
+    snapshot_duration: Family<Labels, Histogram>,
+    snapshot_bytes: Family<Labels, Gauge>,
+    streams_open: Family<Labels, Gauge>,
+    /// The public service's open-stream counters (`Watch`, `VerifierStream`).
+    stream_counters: Mutex<Vec<(&'static str, Arc<AtomicUsize>)>>,
 }
 
 fn gauge_value(v: u64) -> i64 {
@@ -141,6 +147,23 @@ impl Metrics {
             ratification_lag.clone(),
         );
         let ready = gauge(&mut r, "ready", "1 when the replica is ready to serve (see /readyz)");
+        let snapshot_duration =
+            Family::<Labels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.01, 2.0, 14)));
+        r.register_with_unit(
+            "snapshot_duration",
+            "Snapshots built (a consistent dump of the state) and installed (received from the leader)",
+            Unit::Seconds,
+            snapshot_duration.clone(),
+        );
+        let snapshot_bytes = Family::<Labels, Gauge>::default();
+        r.register_with_unit(
+            "snapshot",
+            "The size of the newest snapshot built or installed",
+            Unit::Bytes,
+            snapshot_bytes.clone(),
+        );
+        let streams_open = Family::<Labels, Gauge>::default();
+        r.register("streams_open", "Open Watch and VerifierStream streams", streams_open.clone());
         Self {
             registry: Mutex::new(r),
             methods: served_methods(),
@@ -159,7 +182,23 @@ impl Metrics {
             pending_updates,
             ratification_lag,
             ready,
+            snapshot_duration,
+            snapshot_bytes,
+            streams_open,
+            stream_counters: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Counts the open streams of `kind` (`watch`, `verifier`) from `open` at each scrape.
+    pub fn count_streams(&self, kind: &'static str, open: Arc<AtomicUsize>) {
+        self.stream_counters.lock().unwrap_or_else(PoisonError::into_inner).push((kind, open));
+    }
+
+    /// Records a snapshot `built` or `installed` in `took`, of `bytes`.
+    pub fn snapshot(&self, how: &str, took: Duration, bytes: u64) {
+        let labels = vec![("how".to_owned(), how.to_owned())];
+        self.snapshot_duration.get_or_create(&labels).observe(took.as_secs_f64());
+        self.snapshot_bytes.get_or_create(&labels).set(gauge_value(bytes));
     }
 
     /// Records a request of `listener` to `path` that ended with gRPC status `code` (`None`:
@@ -213,6 +252,10 @@ impl Metrics {
         }
         let ready = crate::health::readiness(&crate::health::Probe::of(node)) == crate::health::Readiness::Ready;
         self.ready.set(i64::from(ready));
+        for (kind, open) in self.stream_counters.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            let labels = vec![("kind".to_owned(), (*kind).to_owned())];
+            self.streams_open.get_or_create(&labels).set(gauge_value(open.load(Ordering::Relaxed) as u64));
+        }
         let mut text = String::new();
         let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
         // Writing into a String cannot fail.
@@ -260,5 +303,13 @@ mod tests {
         assert!(text.contains(r#"rpc="/keyraft.peer.v1.Peer/AppendEntries",code="0"} 1"#), "{text}");
         assert!(text.contains(r#"rpc="/grpc.health.v1.Health/Check",code="0"} 1"#), "{text}");
         assert!(!text.contains("Nonsense") && !text.contains("/any/http"), "{text}");
+
+        m.snapshot("built", Duration::from_millis(250), 4_096);
+        let open = Arc::new(AtomicUsize::new(3));
+        m.count_streams("watch", open);
+        let mut text = String::new();
+        encode(&mut text, &m.registry.lock().unwrap_or_else(PoisonError::into_inner)).unwrap_or_default();
+        assert!(text.contains(r#"keyraft_snapshot_bytes{how="built"} 4096"#), "{text}");
+        assert!(text.contains(r#"keyraft_snapshot_duration_seconds_count{how="built"} 1"#), "{text}");
     }
 }

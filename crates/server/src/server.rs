@@ -222,16 +222,20 @@ pub async fn run_with(
         .with_service_name("grpc.reflection.v1.ServerReflection")
         .build_v1()
         .map_err(|e| Error::io("building the reflection service", std::io::Error::other(e)))?;
+    let public_service = PublicService::new(
+        node.clone(),
+        registrations,
+        RateLimits::new(&limits, seams.clock.clone()),
+        seams.clock.clone(),
+        realm_clock_skew_ms,
+    );
+    for (kind, open) in public_service.stream_counters() {
+        metrics.count_streams(kind, open);
+    }
     let public = tonic::service::Routes::new(
-        KeyraftServer::new(PublicService::new(
-            node.clone(),
-            registrations,
-            RateLimits::new(&limits, seams.clock.clone()),
-            seams.clock.clone(),
-            realm_clock_skew_ms,
-        ))
-        .max_decoding_message_size(public_request_bytes_max(&limits))
-        .max_encoding_message_size(PUBLIC_MESSAGE_BYTES_MAX),
+        KeyraftServer::new(public_service)
+            .max_decoding_message_size(public_request_bytes_max(&limits))
+            .max_encoding_message_size(PUBLIC_MESSAGE_BYTES_MAX),
     )
     .add_service(health_service)
     .add_service(reflection)

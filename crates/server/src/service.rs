@@ -109,6 +109,11 @@ fn lagging(pinned: u64, newest: u64) -> Status {
 }
 
 impl PublicService {
+    /// The counters of open `Watch` and `VerifierStream` streams, for the metrics.
+    pub fn stream_counters(&self) -> [(&'static str, Arc<std::sync::atomic::AtomicUsize>); 2] {
+        [("watch", self.watch_streams.clone()), ("verifier", self.verifier_streams.clone())]
+    }
+
     /// The service of `node`, admitting registrations by `registrations`, refusing requests
     /// over `rate_limits`, and judging verifiers' signed stream requests by `clock` with the
     /// realm's `skew_ms`.

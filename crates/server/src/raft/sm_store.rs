@@ -364,6 +364,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let started = std::time::Instant::now();
         // Apply is paused while this runs: the dump is a consistent view of one log position.
         let prepared = crate::blocking::in_place(|| {
             let machine = self.shared.read();
@@ -376,8 +377,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             snapshot_file::write(store.as_ref(), &path).map_err(|e| e.to_string())?;
             Ok((SnapshotMeta { last_log_id, last_membership, snapshot_id }, path))
         });
-        if let Err(e) = &prepared {
-            tracing::error!(error = %e, "building a snapshot failed");
+        match &prepared {
+            Err(e) => tracing::error!(error = %e, "building a snapshot failed"),
+            Ok((_, path)) => {
+                if let Some(m) = &self.metrics {
+                    let bytes = std::fs::metadata(path).map(|md| md.len()).unwrap_or(0);
+                    m.snapshot("built", started.elapsed(), bytes);
+                }
+            }
         }
         SnapshotBuilder { prepared, snapshot_dir: self.snapshot_dir.clone() }
     }
@@ -399,12 +406,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta<NodeId, NodeAddr>,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), RaftStorageError> {
+        let started = std::time::Instant::now();
         let mut received = snapshot.into_std().await;
+        let bytes = received.metadata().map(|md| md.len()).unwrap_or(0);
         let meta = meta.clone();
         crate::blocking::in_place(|| self.install(&meta, &mut received)).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
         self.shared.effects.publish_replaced(self.shared.applied_now(index));
         tracing::info!(snapshot = %meta.snapshot_id, last_log = ?meta.last_log_id, "snapshot installed");
+        if let Some(m) = &self.metrics {
+            m.snapshot("installed", started.elapsed(), bytes);
+        }
         Ok(())
     }
 
