@@ -9,7 +9,11 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// `GET /metrics` from replica `i`: each sample line's name with labels, and its value.
 fn scrape(realm: &Realm, i: usize) -> BTreeMap<String, f64> {
-    let addr = realm.replicas[i].listening.as_ref().unwrap().metrics_addr.unwrap();
+    scrape_at(realm, realm.replicas[i].listening.as_ref().unwrap().metrics_addr.unwrap())
+}
+
+/// `GET /metrics` from `addr`.
+fn scrape_at(realm: &Realm, addr: std::net::SocketAddr) -> BTreeMap<String, f64> {
     let text = realm.runtime.block_on(async {
         let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
@@ -70,6 +74,18 @@ fn a_scrape_shows_raft_epochs_requests_and_verifiers_moving() {
     let f = scrape(&realm, follower);
     assert_eq!(value(&f, "keyraft_raft_is_leader"), 0.0);
     assert_eq!(value(&f, "keyraft_raft_leader_id"), value(&after, "keyraft_raft_leader_id"));
+    // The verifier's own metrics, on the address it wrote.
+    let listen = realm.path().join("data/verifier-1/listen.json");
+    let listen: serde_json::Value = serde_json::from_slice(&std::fs::read(listen).unwrap()).unwrap();
+    let verifier_addr = listen["metrics_addr"].as_str().unwrap().parse().unwrap();
+    let v = wait_for("the verifier to report the registration's epoch", || {
+        let v = scrape_at(&realm, verifier_addr);
+        (v.get("keyraft_verifier_verified_epoch").is_some_and(|e| *e >= r.epoch as f64)).then_some(v)
+    });
+    assert!(value(&v, "keyraft_verifier_updates_checked_total") >= 1.0);
+    assert!(value(&v, "keyraft_verifier_epoch_check_seconds_count") >= 1.0);
+    assert!(value(&v, "keyraft_verifier_lag_epochs") <= 5.0);
+    assert_eq!(value(&v, "keyraft_verifier_halted"), 0.0);
     // The verifier streams from one of the replicas.
     let verifier_streams: f64 =
         (0..3).map(|i| scrape(&realm, i).get(r#"keyraft_streams_open{kind="verifier"}"#).copied().unwrap_or(0.0)).sum();

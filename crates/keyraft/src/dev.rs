@@ -38,8 +38,8 @@ pub struct DevArgs {
     #[arg(long, default_value = "keyraft-dev")]
     pub dir: PathBuf,
     /// Public ports are base+1..base+3, peer ports base+101..base+103, metrics ports (HTTP
-    /// probes) base+201..base+203; 0 lets the OS choose (first start only; the chosen ports
-    /// are kept).
+    /// probes) base+201..base+203, verifiers' metrics ports base+301..; 0 lets the OS choose
+    /// (first start only; the chosen replica ports are kept).
     #[arg(long, default_value_t = 7000)]
     pub base_port: u16,
     /// Number of replicas (first start only).
@@ -259,6 +259,10 @@ fn create(args: &DevArgs) -> CmdResult {
             realm_file: "realm.json".into(),
             signing_key_file: format!("keys/verifier-{n}.key").into(),
             endpoints: vec![],
+            metrics_listen: Some(format!(
+                "127.0.0.1:{}",
+                port(args.base_port, 300 + u16::try_from(n).map_err(|_| "too many verifiers")?)?
+            )),
         };
         std::fs::write(verifier_config_path(dir, n), toml::to_string_pretty(&verifier)?)?;
     }

@@ -18,6 +18,10 @@ pub struct Config {
     /// Replica public addresses to stream from (default: the realm file's endpoints).
     #[serde(default)]
     pub endpoints: Vec<String>,
+    /// Listen address of the metrics listener (plain HTTP: `/metrics`, `/healthz`); none
+    /// without it. The bound address is written to `<data_dir>/listen.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
 }
 
 /// Why the verifier stopped.

@@ -23,6 +23,7 @@ use keyraft_proto::pb::{PushRatificationRequest, VerifierStreamRequest};
 use keyraft_proto::transport::{ChannelOptions, Channels};
 use keyraft_storage::{SledStorage, ThreadSpawner};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +47,8 @@ pub const RECONNECT_DELAY_MAX_MS: u64 = 10_000;
 pub const TASKS_STOP_DEADLINE_MS: u64 = 2_000;
 
 pub(crate) struct Verifier {
+    /// What the metrics listener reports.
+    metrics: Arc<crate::metrics::VerifierMetrics>,
     pub(crate) realm: RealmConfig,
     key: SigningKey,
     pub(crate) public: PublicKey,
@@ -98,6 +101,9 @@ pub async fn run_with(
     }
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| Error::DataDir { path: config.data_dir.clone(), source })?;
+    let metrics = Arc::new(crate::metrics::VerifierMetrics::new());
+    let metrics_stop = CancellationToken::new();
+    serve_metrics(&config, &metrics, &metrics_stop, &tasks).await?;
     let halted = config.data_dir.join("HALTED");
     if let Ok(why) = std::fs::read_to_string(&halted) {
         return Err(Error::Halted(format!("{} (remove {} once resolved)", why.trim(), halted.display())));
@@ -124,6 +130,7 @@ pub async fn run_with(
     let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE_MAX);
     let push_task = tasks.spawn(pusher.run(anchor, push_rx));
     let mut verifier = Verifier {
+        metrics: metrics.clone(),
         realm,
         key,
         public,
@@ -146,6 +153,9 @@ pub async fn run_with(
             Ok(())
         }
     };
+    if matches!(result, Err(Error::Misbehaved { .. })) {
+        metrics.halt();
+    }
     // Whatever stopped it, the epochs committed so far were verified: make them durable, then
     // give their ratifications a while to reach the realm.
     let flushed = verifier.state.flush().map_err(Error::State);
@@ -167,6 +177,7 @@ pub async fn run_with(
             );
         }
     }
+    metrics_stop.cancel();
     tasks.close();
     if tokio::time::timeout(Duration::from_millis(TASKS_STOP_DEADLINE_MS), tasks.wait()).await.is_err() {
         tracing::warn!(
@@ -177,6 +188,27 @@ pub async fn run_with(
     // Dropping the state joins its writer thread.
     drop(verifier);
     result.and(flushed)
+}
+
+/// Starts the metrics listener if `metrics_listen` names one, writing the bound address to
+/// `<data_dir>/listen.json`; it serves until `stop`.
+async fn serve_metrics(
+    config: &Config,
+    metrics: &Arc<crate::metrics::VerifierMetrics>,
+    stop: &CancellationToken,
+    tasks: &TaskTracker,
+) -> Result<(), Error> {
+    let Some(addr) = &config.metrics_listen else { return Ok(()) };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Config(format!("metrics_listen {addr}: cannot listen: {e}")))?;
+    let bound = listener.local_addr().map_err(|e| Error::Config(format!("metrics_listen {addr}: {e}")))?;
+    let listen = serde_json::json!({ "metrics_addr": bound.to_string() }).to_string();
+    std::fs::write(config.data_dir.join(crate::metrics::LISTEN_FILE), listen)
+        .map_err(|source| Error::DataDir { path: config.data_dir.clone(), source })?;
+    tracing::info!(metrics = %bound, "metrics listener");
+    tasks.spawn(crate::metrics::serve(listener, metrics.clone(), stop.clone()));
+    Ok(())
 }
 
 pub(crate) fn client(channels: &Channels, addr: &str) -> Result<KeyraftClient<Channel>, Error> {
@@ -289,6 +321,7 @@ impl Verifier {
             match frame {
                 Frame::Init(init) => {
                     self.progress = (init.head_epoch, std::time::Instant::now(), 0);
+                    self.metrics.realm_at(init.head_epoch);
                     tracing::info!(
                         endpoint = %addr,
                         replica = %hex::encode(&init.serving_replica),
@@ -299,6 +332,7 @@ impl Verifier {
                 }
                 Frame::CaughtUp(c) => {
                     tracing::info!(epoch = c.epoch, "caught up");
+                    self.metrics.realm_at(c.epoch);
                     if let Err(e) = self.release(push).await {
                         return Ended::Misbehaved(e);
                     }
@@ -494,6 +528,7 @@ impl Verifier {
                 }
                 if !self.registered_for(&head) {
                     self.log_progress(head.epoch, updates.len());
+                    self.metrics.verified(head.epoch, updates.len(), started.elapsed());
                     return Ok(());
                 }
                 let signature = ratification_signature(&self.key, &head);
@@ -508,6 +543,7 @@ impl Verifier {
                     self.release(push).await.map_err(Ended::Misbehaved)?;
                 }
                 self.log_progress(head.epoch, updates.len());
+                self.metrics.verified(head.epoch, updates.len(), started.elapsed());
                 tracing::debug!(
                     epoch = head.epoch,
                     updates = updates.len(),

@@ -21,6 +21,7 @@ mod config;
 pub mod daemon;
 mod evidence;
 mod framing;
+pub mod metrics;
 mod push;
 
 pub use daemon::{run, run_with, Config, Error};
