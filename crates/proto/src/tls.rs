@@ -128,29 +128,40 @@ pub fn client_config(
     Ok(config)
 }
 
-/// A client's TLS configuration, replaceable while channels use it: a reloaded certificate
-/// serves every connection opened after the reload. Clones share it.
-#[derive(Clone, Debug)]
-pub struct TlsClient {
-    current: Arc<RwLock<Arc<ClientConfig>>>,
+/// A TLS configuration replaceable while in use: each new connection takes the current one,
+/// open connections keep theirs (a certificate reloaded on SIGHUP). Clones share it.
+#[derive(Debug)]
+pub struct Reloadable<T> {
+    current: Arc<RwLock<Arc<T>>>,
 }
 
-impl TlsClient {
-    /// A client with `config`.
-    pub fn new(config: ClientConfig) -> Self {
+impl<T> Clone for Reloadable<T> {
+    fn clone(&self) -> Self {
+        Self { current: self.current.clone() }
+    }
+}
+
+impl<T> Reloadable<T> {
+    /// Starting with `config`.
+    pub fn new(config: T) -> Self {
         Self { current: Arc::new(RwLock::new(Arc::new(config))) }
     }
 
     /// The configuration new connections use.
-    pub fn config(&self) -> Arc<ClientConfig> {
+    pub fn config(&self) -> Arc<T> {
         self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// Replaces the configuration for new connections (open ones keep theirs).
-    pub fn replace(&self, config: ClientConfig) {
+    /// Replaces the configuration for new connections.
+    pub fn replace(&self, config: T) {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
     }
+}
 
+/// A client's TLS configuration.
+pub type TlsClient = Reloadable<ClientConfig>;
+
+impl TlsClient {
     /// How a client reaches the replicas of the realm `file` describes: TLS trusting its
     /// `tls.ca_pem`, or `None` (plaintext) if it has none.
     pub fn for_realm(file: &RealmFile) -> Result<Option<Self>, TlsError> {

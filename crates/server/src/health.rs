@@ -104,34 +104,24 @@ pub async fn report(node: Arc<Node>, reporter: tonic_health::server::HealthRepor
 /// The metrics listener's probe routes: `/healthz` and `/readyz`, answering 200 with `ok`
 /// or 503 with the reason.
 pub fn probe_routes(node: Arc<Node>) -> axum::Router {
+    let route = |live: bool| {
+        let node = node.clone();
+        axum::routing::get(move || {
+            let node = node.clone();
+            async move { probe_answer(&readiness(&Probe::of(&node)), live) }
+        })
+    };
+    axum::Router::new().route("/healthz", route(true)).route("/readyz", route(false))
+}
+
+/// The answer to `/healthz` (`live`) or `/readyz` for `readiness`.
+fn probe_answer(readiness: &Readiness, live: bool) -> (axum::http::StatusCode, String) {
     use axum::http::StatusCode;
-    let live = node.clone();
-    axum::Router::new()
-        .route(
-            "/healthz",
-            axum::routing::get(move || {
-                let node = live.clone();
-                async move {
-                    match readiness(&Probe::of(&node)) {
-                        Readiness::Dead => (StatusCode::SERVICE_UNAVAILABLE, "raft stopped\n".to_owned()),
-                        _ => (StatusCode::OK, "ok\n".to_owned()),
-                    }
-                }
-            }),
-        )
-        .route(
-            "/readyz",
-            axum::routing::get(move || {
-                let node = node.clone();
-                async move {
-                    match readiness(&Probe::of(&node)) {
-                        Readiness::Ready => (StatusCode::OK, "ok\n".to_owned()),
-                        Readiness::NotReady(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
-                        Readiness::Dead => (StatusCode::SERVICE_UNAVAILABLE, "raft stopped\n".to_owned()),
-                    }
-                }
-            }),
-        )
+    match readiness {
+        Readiness::Dead => (StatusCode::SERVICE_UNAVAILABLE, "raft stopped\n".to_owned()),
+        Readiness::NotReady(why) if !live => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        _ => (StatusCode::OK, "ok\n".to_owned()),
+    }
 }
 
 #[cfg(test)]

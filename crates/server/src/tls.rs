@@ -29,32 +29,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::ServerConfig;
 use std::path::PathBuf;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 
 /// The ALPN protocol of HTTP/1.1 (the public listener's HTTP clients).
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
-/// A listener's TLS configuration, replaceable while it serves. Clones share it.
-#[derive(Clone, Debug)]
-pub struct ServerTls {
-    current: Arc<RwLock<Arc<ServerConfig>>>,
-}
-
-impl ServerTls {
-    /// A listener serving `config`.
-    pub fn new(config: ServerConfig) -> Self {
-        Self { current: Arc::new(RwLock::new(Arc::new(config))) }
-    }
-
-    /// The configuration new connections are accepted with.
-    pub fn config(&self) -> Arc<ServerConfig> {
-        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-
-    fn replace(&self, config: ServerConfig) {
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
-    }
-}
+/// A listener's TLS configuration, replaceable while it serves.
+pub type ServerTls = keyraft_proto::tls::Reloadable<ServerConfig>;
 
 /// The files of `[tls]`, paths resolved.
 #[derive(Debug, Clone)]
