@@ -219,10 +219,11 @@ impl Realm {
     }
 
     /// Runs a CLI command against this realm: `--realm realm.json` goes after the command
-    /// (after `registrar attest`'s subcommand), except for `keygen`, which takes none.
+    /// (after `registrar attest`'s subcommand), except for `keygen`, `admin` and `restore`,
+    /// which take none.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         let at = match args[0] {
-            "keygen" => return self.run_cli(args),
+            "keygen" | "admin" | "restore" => return self.run_cli(args),
             "registrar" => 2,
             _ => 1,
         };

@@ -74,6 +74,12 @@ fn a_scrape_shows_raft_epochs_requests_and_verifiers_moving() {
     let f = scrape(&realm, follower);
     assert_eq!(value(&f, "keyraft_raft_is_leader"), 0.0);
     assert_eq!(value(&f, "keyraft_raft_leader_id"), value(&after, "keyraft_raft_leader_id"));
+    // The stores on disk, and the leader's connections to the follower's peer listener.
+    for store in ["log", "state"] {
+        assert!(value(&after, &format!("keyraft_storage_bytes{{store=\"{store}\"}}")) > 0.0, "{store}");
+    }
+    assert!(after.contains_key(r#"keyraft_storage_bytes{store="snapshots"}"#));
+    assert!(value(&f, r#"keyraft_connections_open{listener="peer"}"#) >= 1.0, "{f:?}");
     // The verifier's own metrics, on the address it wrote.
     let listen = realm.path().join("data/verifier-1/listen.json");
     let listen: serde_json::Value = serde_json::from_slice(&std::fs::read(listen).unwrap()).unwrap();

@@ -65,6 +65,13 @@ pub enum AdminAction {
         #[arg(long = "voter", required = true, value_delimiter = ',')]
         voters: Vec<u64>,
     },
+    /// Streams a consistent snapshot of this node's state into a backup file (checksummed,
+    /// with its epoch and log position), for `keyraft restore`.
+    Backup {
+        /// The backup file to write (replaced atomically: whole or absent).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Realm configuration changes: propose, sign, check, submit (docs/protocol.md 2.8).
     Realm {
         /// What to do.
@@ -161,6 +168,32 @@ pub fn print_status(s: &StatusReply, out: &mut dyn Write) -> std::io::Result<()>
 /// Status as JSON (schema `keyraft.admin-status`, docs/cli-json.md).
 pub fn status_json(s: &StatusReply) -> serde_json::Value {
     crate::json::admin_status(s)
+}
+
+/// Deadline of a backup call: the snapshot is built, then streamed.
+pub const BACKUP_TIMEOUT_MS: u64 = 3_600_000;
+
+/// `keyraft admin backup`: the node's snapshot into `file`.
+async fn backup(client: &mut PeerClient, file: &std::path::Path, out: &mut dyn Write) -> CmdResult {
+    let started = std::time::Instant::now();
+    let mut call = tonic::Request::new(keyraft_proto::peer::BackupRequest {});
+    call.set_timeout(Duration::from_millis(BACKUP_TIMEOUT_MS));
+    let stream = client.backup(call).await.map_err(keyraft_server::backup::BackupError::Call)?.into_inner();
+    let h = keyraft_server::backup::receive(stream, file).await?;
+    writeln!(
+        out,
+        "backup of realm {:?} from node {}: epoch {}, Raft log index {} (term {}), snapshot of {} bytes (SHA-256 {}), written to {} in {:.1} s",
+        h.realm,
+        h.node_id,
+        h.epoch,
+        h.last_log_index,
+        h.last_log_term,
+        h.snapshot_bytes,
+        h.snapshot_sha256,
+        file.display(),
+        started.elapsed().as_secs_f64()
+    )?;
+    Ok(())
 }
 
 /// `keyraft admin`.
@@ -262,6 +295,7 @@ pub fn run(args: &AdminArgs, out: &mut dyn Write) -> CmdResult {
                     other => return Err(format!("unexpected answer: {other:?}").into()),
                 }
             }
+            AdminAction::Backup { out: file } => backup(&mut client, file, out).await?,
             AdminAction::Realm { .. } => return Err("this realm action runs offline (without --peer)".into()),
         }
         Ok::<(), Box<dyn std::error::Error>>(())

@@ -78,6 +78,9 @@ pub enum Command {
     /// Whether a replica is ready to serve (or alive, with --live), from its metrics listener:
     /// exit status 0 if so (for container health checks).
     Health(crate::health_cmd::HealthArgs),
+    /// Creates a new replica data directory from a backup file (`keyraft admin backup`), or
+    /// checks the file with --check.
+    Restore(crate::restore_cmd::RestoreArgs),
 }
 
 /// Exit code of `register --wait` / `update --wait` when the update was accepted in an epoch
@@ -173,6 +176,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Demo(args) => crate::demo::run(&args, out),
         Command::Tls(command) => crate::tls_cmd::run(&command, out),
         Command::Health(args) => crate::health_cmd::run(&args, out),
+        Command::Restore(args) => crate::restore_cmd::run(&args, out),
     }
 }
 

@@ -16,6 +16,7 @@ pub mod dev;
 pub mod health_cmd;
 pub mod history_out;
 pub mod json;
+pub mod restore_cmd;
 pub mod server_cmd;
 pub mod tls_cmd;
 pub mod verifier_cmd;

@@ -30,10 +30,12 @@
 #![forbid(unsafe_code)]
 
 pub mod acceptor;
+pub mod backup;
 mod blocking;
 pub mod config;
 pub mod effects;
 mod error;
+pub mod gateway;
 pub mod health;
 pub mod lifecycle;
 pub mod metrics;

@@ -34,7 +34,7 @@ type Labels = Vec<(String, String)>;
 const GRPC_UNIMPLEMENTED: &str = "12";
 
 /// Every gRPC method keyraft serves (`/package.Service/Method`): the public and peer APIs,
-/// health checking and reflection, read from their descriptors.
+/// health checking and reflection, read from their descriptors; and the HTTP gateway's routes.
 fn served_methods() -> std::collections::BTreeSet<String> {
     use prost::Message as _;
     let sets = [
@@ -42,7 +42,8 @@ fn served_methods() -> std::collections::BTreeSet<String> {
         tonic_health::pb::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
     ];
-    let mut methods = std::collections::BTreeSet::new();
+    let mut methods: std::collections::BTreeSet<String> =
+        crate::gateway::ROUTES.iter().map(|r| (*r).to_owned()).collect();
     for bytes in sets {
         // Compiled in: a descriptor that does not decode leaves its methods labelled `other`.
         let Ok(set) = prost_types::FileDescriptorSet::decode(bytes) else { continue };
@@ -85,6 +86,26 @@ pub struct Metrics {
     streams_open: Family<Labels, Gauge>,
     /// The public service's open-stream counters (`Watch`, `VerifierStream`).
     stream_counters: Mutex<Vec<(&'static str, Arc<AtomicUsize>)>>,
+    connections_open: Family<Labels, Gauge>,
+    storage_bytes: Family<Labels, Gauge>,
+    /// The data directory whose stores are sized at each scrape.
+    data_dir: Option<std::path::PathBuf>,
+}
+
+/// The stores of a data directory, sized in `keyraft_storage_bytes{store}`.
+const STORES: [&str; 3] = ["log", "state", "snapshots"];
+
+/// The bytes of the files under `path` (0 if it is absent).
+fn dir_bytes(path: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 fn gauge_value(v: u64) -> i64 {
@@ -164,6 +185,15 @@ impl Metrics {
         );
         let streams_open = Family::<Labels, Gauge>::default();
         r.register("streams_open", "Open Watch and VerifierStream streams", streams_open.clone());
+        let connections_open = Family::<Labels, Gauge>::default();
+        r.register("connections_open", "Open connections per listener", connections_open.clone());
+        let storage_bytes = Family::<Labels, Gauge>::default();
+        r.register_with_unit(
+            "storage",
+            "Bytes on disk per store of the data directory: the Raft log, the state, the snapshots",
+            Unit::Bytes,
+            storage_bytes.clone(),
+        );
         Self {
             registry: Mutex::new(r),
             methods: served_methods(),
@@ -186,7 +216,21 @@ impl Metrics {
             snapshot_bytes,
             streams_open,
             stream_counters: Mutex::new(Vec::new()),
+            connections_open,
+            storage_bytes,
+            data_dir: None,
         }
+    }
+
+    /// Sizes the stores under `data_dir` at each scrape.
+    #[must_use]
+    pub fn with_data_dir(self, data_dir: std::path::PathBuf) -> Self {
+        Self { data_dir: Some(data_dir), ..self }
+    }
+
+    /// The gauge of `listener`'s open connections, which the acceptor moves.
+    pub fn connections(&self, listener: &str) -> Gauge {
+        self.connections_open.get_or_create(&vec![("listener".to_owned(), listener.to_owned())]).clone()
     }
 
     /// Counts the open streams of `kind` (`watch`, `verifier`) from `open` at each scrape.
@@ -255,6 +299,12 @@ impl Metrics {
         for (kind, open) in self.stream_counters.lock().unwrap_or_else(PoisonError::into_inner).iter() {
             let labels = vec![("kind".to_owned(), (*kind).to_owned())];
             self.streams_open.get_or_create(&labels).set(gauge_value(open.load(Ordering::Relaxed) as u64));
+        }
+        if let Some(dir) = &self.data_dir {
+            for store in STORES {
+                let labels = vec![("store".to_owned(), store.to_owned())];
+                self.storage_bytes.get_or_create(&labels).set(gauge_value(dir_bytes(&dir.join(store))));
+            }
         }
         let mut text = String::new();
         let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);

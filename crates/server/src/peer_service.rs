@@ -18,8 +18,8 @@ use keyraft_core::Command;
 use keyraft_proto::convert::decode_log_entry;
 use keyraft_proto::peer::peer_server::Peer;
 use keyraft_proto::peer::{
-    AdminReply, ChangeVotersRequest, ForwardReply, ForwardRequest, InitRequest, NodeSpec, NodeStatus, RaftMessage,
-    RaftReply, StatusReply, StatusRequest, VerifierStatus,
+    AdminReply, BackupRequest, ChangeVotersRequest, ForwardReply, ForwardRequest, InitRequest, NodeSpec, NodeStatus,
+    RaftMessage, RaftReply, StatusReply, StatusRequest, VerifierStatus,
 };
 use keyraft_proto::tls::{node_name, CertIdentity};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
@@ -37,12 +37,16 @@ pub struct PeerService {
     node: Arc<Node>,
     /// Longest an admin membership change waits for the next epoch boundary.
     boundary_wait_ms: u64,
+    /// Where the node's snapshots are, for backups.
+    snapshot_dir: std::path::PathBuf,
+    /// One backup at a time.
+    backups: crate::backup::BackupSlot,
 }
 
 impl PeerService {
-    /// The service for `node`.
-    pub fn new(node: Arc<Node>, boundary_wait_ms: u64) -> Self {
-        Self { node, boundary_wait_ms }
+    /// The service for `node`, whose snapshots are in `snapshot_dir`.
+    pub fn new(node: Arc<Node>, boundary_wait_ms: u64, snapshot_dir: std::path::PathBuf) -> Self {
+        Self { node, boundary_wait_ms, snapshot_dir, backups: crate::backup::BackupSlot::default() }
     }
 }
 
@@ -333,6 +337,13 @@ impl Peer for PeerService {
         // Replicas read a learner's status while adding it.
         require(&request, &[Role::Replica, Role::Admin], "status")?;
         Ok(Response::new(status(&self.node)))
+    }
+
+    type BackupStream = crate::backup::BackupStream;
+
+    async fn backup(&self, request: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        require(&request, &[Role::Admin], "backup")?;
+        Ok(Response::new(crate::backup::serve(&self.node, &self.snapshot_dir, &self.backups).await?))
     }
 }
 

@@ -141,7 +141,7 @@ pub async fn run_with(
     let sm = StateMachineStore::open(location, config.data_dir.join("snapshots"), realm.clone()).map_err(|e| {
         Error::DataDir { path: config.data_dir.clone(), message: format!("opening the state and snapshots: {e}") }
     })?;
-    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let metrics = Arc::new(crate::metrics::Metrics::new().with_data_dir(config.data_dir.clone()));
     let sm = sm.with_metrics(metrics.clone());
     let shared = sm.shared();
     // The methods of the policy in force (the realm file's may be older) must be usable here.
@@ -232,6 +232,7 @@ pub async fn run_with(
     for (kind, open) in public_service.stream_counters() {
         metrics.count_streams(kind, open);
     }
+    let gateway = crate::gateway::router(public_service.clone(), limits.request_bytes_max, request_deadline);
     let public = tonic::service::Routes::new(
         KeyraftServer::new(public_service)
             .max_decoding_message_size(public_request_bytes_max(&limits))
@@ -257,9 +258,11 @@ pub async fn run_with(
             }
         });
     }
-    let public = RequestLimits::new(public, limits.clone(), request_deadline);
+    let public =
+        crate::gateway::PublicRoutes::new(RequestLimits::new(public, limits.clone(), request_deadline), gateway);
     let public_limits = ConnectionLimits {
         requests_max: Some(limits.concurrency_per_connection),
+        http1: true,
         ..ConnectionLimits::from_config(&limits, request_deadline)
     };
     let public_server = acceptor::serve(
@@ -273,7 +276,7 @@ pub async fn run_with(
     );
     let boundary_wait_ms = config.epochs.max_epoch_interval_ms.saturating_mul(3).max(10_000);
     let peer = tonic::service::Routes::new(tonic::service::interceptor::InterceptedService::new(
-        PeerServer::new(PeerService::new(node.clone(), boundary_wait_ms))
+        PeerServer::new(PeerService::new(node.clone(), boundary_wait_ms, config.data_dir.join("snapshots")))
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
         CheckToken::new(&cluster_token, admin_token.as_deref().map(String::as_str), tls.as_ref().map(|t| t.realm())),

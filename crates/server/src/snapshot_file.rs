@@ -197,22 +197,40 @@ pub(crate) fn load(path: &Path, store: &dyn Storage) -> Result<u64, Error> {
 struct Current {
     meta: SnapshotMeta<NodeId, NodeAddr>,
     file: String,
+    /// The last closed epoch in the snapshot (0 in files written before it was recorded).
+    #[serde(default)]
+    epoch: u64,
 }
 
-/// Records `path` as the current snapshot and removes older snapshot files.
-pub(crate) fn set_current(dir: &Path, meta: &SnapshotMeta<NodeId, NodeAddr>, path: &Path) -> Result<(), Error> {
+/// The current snapshot: its openraft metadata, its file and the last epoch it holds.
+#[derive(Debug, Clone)]
+pub(crate) struct CurrentSnapshot {
+    pub meta: Meta,
+    pub path: PathBuf,
+    pub epoch: u64,
+}
+
+/// Records `path`, holding the state up to `epoch`, as the current snapshot and removes older
+/// snapshot files.
+pub(crate) fn set_current(
+    dir: &Path,
+    meta: &SnapshotMeta<NodeId, NodeAddr>,
+    path: &Path,
+    epoch: u64,
+) -> Result<(), Error> {
     let io = |e| Error::io("recording the current snapshot", e);
     let file = path
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| Error::snapshot(path, "the snapshot path has no file name".into()))?;
-    let json = serde_json::to_vec_pretty(&Current { meta: meta.clone(), file: file.to_owned() }).map_err(|e| {
-        Error::Snapshot {
-            file: dir.join("current.json"),
-            problem: "encoding the snapshot metadata".into(),
-            source: Some(Box::new(e)),
-        }
-    })?;
+    let json =
+        serde_json::to_vec_pretty(&Current { meta: meta.clone(), file: file.to_owned(), epoch }).map_err(|e| {
+            Error::Snapshot {
+                file: dir.join("current.json"),
+                problem: "encoding the snapshot metadata".into(),
+                source: Some(Box::new(e)),
+            }
+        })?;
     let tmp = dir.join("current.json.tmp");
     std::fs::write(&tmp, json).map_err(io)?;
     std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
@@ -227,8 +245,8 @@ pub(crate) fn set_current(dir: &Path, meta: &SnapshotMeta<NodeId, NodeAddr>, pat
     Ok(())
 }
 
-/// The current snapshot's metadata and file, if any.
-pub(crate) fn current(dir: &Path) -> Result<Option<(Meta, PathBuf)>, Error> {
+/// The current snapshot, if any.
+pub(crate) fn current(dir: &Path) -> Result<Option<CurrentSnapshot>, Error> {
     let bytes = match std::fs::read(dir.join("current.json")) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -239,7 +257,7 @@ pub(crate) fn current(dir: &Path) -> Result<Option<(Meta, PathBuf)>, Error> {
         problem: "the file is corrupt (the disk is at fault, or it was edited)".into(),
         source: Some(Box::new(e)),
     })?;
-    Ok(Some((current.meta, dir.join(current.file))))
+    Ok(Some(CurrentSnapshot { meta: current.meta, path: dir.join(current.file), epoch: current.epoch }))
 }
 
 /// Removes partially received snapshots.

@@ -53,7 +53,7 @@ pub(super) async fn connection<S, B>(
         tracing::debug!(listener = name, %remote, error = %e, "setting TCP_NODELAY");
     }
     let Handshaken { io, client_certificate, http1 } = tokio::select! {
-        done = tokio::time::timeout(limits.handshake, handshake(tcp, shared.tls.as_ref())) => match done {
+        done = tokio::time::timeout(limits.handshake, handshake(tcp, shared.tls.as_ref(), limits.http1)) => match done {
             Ok(Ok(done)) => done,
             Ok(Err(e)) => {
                 tracing::debug!(listener = name, %remote, error = %e, "closing a connection that failed its handshake");
@@ -141,9 +141,11 @@ struct Handshaken {
 }
 
 /// Step 2: TLS if the listener has it, then the HTTP/2 preface unless TLS chose HTTP/1.1.
-async fn handshake(tcp: TcpStream, tls: Option<&ServerTls>) -> io::Result<Handshaken> {
+/// Where `http1` allows it, a connection that did not choose by ALPN (plaintext, or TLS
+/// without ALPN) and does not start with the preface is served as HTTP/1.1.
+async fn handshake(tcp: TcpStream, tls: Option<&ServerTls>, http1: bool) -> io::Result<Handshaken> {
     let Some(tls) = tls else {
-        return Ok(Handshaken { io: Box::new(preface(tcp).await?), client_certificate: None, http1: false });
+        return Ok(sniffed(sniff(tcp, http1).await?, None));
     };
     let stream = tokio_rustls::TlsAcceptor::from(tls.config()).accept(tcp).await?;
     let (_, session) = stream.get_ref();
@@ -151,21 +153,42 @@ async fn handshake(tcp: TcpStream, tls: Option<&ServerTls>) -> io::Result<Handsh
         .peer_certificates()
         .and_then(|c| c.first())
         .map(|c| ClientCertificate(Arc::new(c.clone().into_owned())));
-    if session.alpn_protocol() == Some(ALPN_HTTP1) {
-        return Ok(Handshaken { io: Box::new(stream), client_certificate, http1: true });
+    match session.alpn_protocol() {
+        Some(ALPN_HTTP1) if http1 => Ok(Handshaken { io: Box::new(stream), client_certificate, http1: true }),
+        Some(ALPN_HTTP1) => Err(io::Error::new(io::ErrorKind::InvalidData, "HTTP/1.1 is not served here")),
+        Some(_) => Ok(sniffed(sniff(stream, false).await?, client_certificate)),
+        None => Ok(sniffed(sniff(stream, http1).await?, client_certificate)),
     }
-    Ok(Handshaken { io: Box::new(preface(stream).await?), client_certificate, http1: false })
 }
 
-/// Reads the client's connection preface (HTTP/2 magic and SETTINGS frame) and returns the
-/// connection with those bytes put back for the HTTP/2 server to read.
-async fn preface<T: AsyncRead + Unpin>(mut io: T) -> io::Result<Rewind<T>> {
-    let mut head = vec![0u8; PREFACE.len() + FRAME_HEADER_BYTES];
-    io.read_exact(&mut head).await?;
-    if head[..PREFACE.len()] != PREFACE[..] {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "not an HTTP/2 connection preface"));
+fn sniffed<T: Stream>((io, http1): (Rewind<T>, bool), client_certificate: Option<ClientCertificate>) -> Handshaken {
+    Handshaken { io: Box::new(io), client_certificate, http1 }
+}
+
+/// Reads the client's first bytes: the HTTP/2 connection preface (magic and SETTINGS frame),
+/// or, where `http1` allows it, anything else as the start of an HTTP/1.1 request. Returns the
+/// connection with those bytes put back for the HTTP server to read, and whether it is
+/// HTTP/1.1.
+async fn sniff<T: AsyncRead + Unpin>(mut io: T, http1: bool) -> io::Result<(Rewind<T>, bool)> {
+    let mut head = Vec::with_capacity(PREFACE.len() + FRAME_HEADER_BYTES);
+    let mut chunk = [0u8; PREFACE.len()];
+    while head.len() < PREFACE.len() {
+        let n = io.read(&mut chunk[..PREFACE.len() - head.len()]).await?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the connection ended before its first request"));
+        }
+        head.extend_from_slice(&chunk[..n]);
+        if !PREFACE.starts_with(&head) {
+            if http1 {
+                return Ok((Rewind { prefix: head, read: 0, inner: io }, true));
+            }
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not an HTTP/2 connection preface"));
+        }
     }
-    let frame = &head[PREFACE.len()..];
+    let start = head.len();
+    head.resize(start + FRAME_HEADER_BYTES, 0);
+    io.read_exact(&mut head[start..]).await?;
+    let frame = &head[start..];
     let length = usize::from(frame[0]) << 16 | usize::from(frame[1]) << 8 | usize::from(frame[2]);
     let (kind, flags, stream) = (frame[3], frame[4], &frame[5..9]);
     if kind != 4 || flags & 1 != 0 || stream != [0; 4] || length > INITIAL_FRAME_BYTES_MAX {
@@ -174,7 +197,7 @@ async fn preface<T: AsyncRead + Unpin>(mut io: T) -> io::Result<Rewind<T>> {
     let start = head.len();
     head.resize(start + length, 0);
     io.read_exact(&mut head[start..]).await?;
-    Ok(Rewind { prefix: head, read: 0, inner: io })
+    Ok((Rewind { prefix: head, read: 0, inner: io }, false))
 }
 
 /// A connection whose first bytes, already read, are read again.
@@ -312,8 +335,14 @@ where
                 }
                 let mut record = record;
                 if let Some(r) = &mut record {
-                    // A trailers-only answer (an error) has its status in the headers.
-                    r.code = grpc_status(response.headers());
+                    if let Some(call) = response.extensions().get::<crate::gateway::GatewayCall>() {
+                        // An HTTP/JSON call: its route and the gRPC code it answered with.
+                        r.path = call.route.to_owned();
+                        r.code = Some((call.code as i32).to_string());
+                    } else {
+                        // A trailers-only answer (an error) has its status in the headers.
+                        r.code = grpc_status(response.headers());
+                    }
                 }
                 Ok(response.map(|inner| TrackedBody { inner, _open: open, record }))
             }
@@ -386,15 +415,32 @@ mod tests {
         let mut hello = PREFACE.to_vec();
         hello.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100]);
         hello.extend_from_slice(b"rest");
-        let mut io = preface(&hello[..]).await.unwrap();
-        let mut all = Vec::new();
-        io.read_to_end(&mut all).await.unwrap();
-        assert_eq!(all, hello);
+        for http1 in [false, true] {
+            let (mut io, is_http1) = sniff(&hello[..], http1).await.unwrap();
+            assert!(!is_http1);
+            let mut all = Vec::new();
+            io.read_to_end(&mut all).await.unwrap();
+            assert_eq!(all, hello);
+        }
 
         let mut not_settings = PREFACE.to_vec();
         not_settings.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 1]);
-        assert!(preface(&not_settings[..]).await.is_err());
-        assert!(preface(&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n1234567"[..]).await.is_err());
-        assert!(preface(&PREFACE[..]).await.is_err(), "a preface cut short");
+        assert!(sniff(&not_settings[..], true).await.is_err());
+        assert!(sniff(&PREFACE[..], true).await.is_err(), "a preface cut short");
+        assert!(sniff(&PREFACE[..10], true).await.is_err(), "a preface cut short");
+    }
+
+    #[tokio::test]
+    async fn anything_but_the_preface_is_http1_where_allowed() {
+        let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert!(sniff(&request[..], false).await.is_err());
+        let (mut io, is_http1) = sniff(&request[..], true).await.unwrap();
+        assert!(is_http1);
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, request);
+        // A short request is not held waiting for 24 bytes: the first differing byte decides.
+        let (_, is_http1) = sniff(&b"GET"[..], true).await.unwrap();
+        assert!(is_http1);
     }
 }

@@ -23,6 +23,8 @@ pub(super) enum Refused {
 pub(super) struct Slots {
     limits: ConnectionLimits,
     open: Mutex<Counts>,
+    /// The metrics' count of open connections, if any.
+    gauge: Option<prometheus_client::metrics::gauge::Gauge>,
 }
 
 #[derive(Default)]
@@ -32,8 +34,8 @@ struct Counts {
 }
 
 impl Slots {
-    pub(super) fn new(limits: ConnectionLimits) -> Self {
-        Self { limits, open: Mutex::default() }
+    pub(super) fn new(limits: ConnectionLimits, gauge: Option<prometheus_client::metrics::gauge::Gauge>) -> Self {
+        Self { limits, open: Mutex::default(), gauge }
     }
 
     pub(super) fn take(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Refused> {
@@ -48,6 +50,9 @@ impl Slots {
         }
         *from_ip += 1;
         open.total += 1;
+        if let Some(g) = &self.gauge {
+            g.inc();
+        }
         Ok(Slot { slots: self.clone(), ip })
     }
 }
@@ -62,6 +67,9 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut open = self.slots.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         open.total -= 1;
+        if let Some(g) = &self.slots.gauge {
+            g.dec();
+        }
         if let Some(n) = open.per_address.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -122,12 +130,13 @@ mod tests {
             streams_max: 10,
             requests_max: None,
             close_grace: Duration::from_secs(1),
+            http1: false,
         }
     }
 
     #[test]
     fn slots_count_per_address_and_in_total_and_free_on_drop() {
-        let slots = Arc::new(Slots::new(limits()));
+        let slots = Arc::new(Slots::new(limits(), None));
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();

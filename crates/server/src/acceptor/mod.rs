@@ -10,8 +10,10 @@
 //!    the next connection), whose ALPN picks the protocol; then, for HTTP/2, the client's
 //!    connection preface (the 24-octet magic and its SETTINGS frame). The client's
 //!    certificate, if it gave one, goes with each of its requests ([`ClientCertificate`]);
-//! 3. **serving** with hyper: HTTP/2 (gRPC), or HTTP/1.1 where TLS negotiated `http/1.1`
-//!    (the HTTP gateway's clients; its first request line is due within `handshake_ms`), at
+//! 3. **serving** with hyper: HTTP/2 (gRPC and the JSON gateway), or, on a listener that
+//!    allows it, HTTP/1.1 where TLS negotiated `http/1.1` or the client's first bytes are not
+//!    the HTTP/2 preface (the gateway's clients; the request head is due within
+//!    `handshake_ms`), at
 //!    most `streams_per_connection_max` concurrent streams, HTTP/2 keepalive pings to find dead
 //!    peers, and an idle limit: a connection with no open request for `idle_ms` is closed
 //!    (GOAWAY in HTTP/2).
@@ -82,6 +84,9 @@ pub struct ConnectionLimits {
     pub requests_max: Option<usize>,
     /// On shutdown, connections still open this long after being asked to close are dropped.
     pub close_grace: Duration,
+    /// Whether HTTP/1.1 clients are served (the public listener's JSON gateway): chosen by
+    /// ALPN under TLS, or by a first request that is not the HTTP/2 preface. Else HTTP/2 only.
+    pub http1: bool,
 }
 
 impl ConnectionLimits {
@@ -95,6 +100,7 @@ impl ConnectionLimits {
             streams_max: limits.streams_per_connection_max,
             requests_max: None,
             close_grace,
+            http1: false,
         }
     }
 }
@@ -165,7 +171,7 @@ pub async fn serve<S, B>(
     let mut http1 = auto::Builder::new(tasks.clone()).http1_only();
     http1.http1().timer(TokioTimer::new()).header_read_timeout(limits.handshake);
     let shared = Arc::new(Shared { name, limits, builder, http1, tls, metrics, service });
-    let slots = Arc::new(Slots::new(limits));
+    let slots = Arc::new(Slots::new(limits, shared.metrics.as_ref().map(|m| m.connections(name))));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = tokio::task::JoinSet::new();
     let mut backoff = AcceptBackoff::default();

@@ -312,14 +312,16 @@ fn read_membership(store: &Arc<dyn Storage>) -> Result<StoredMembership, Storage
 /// Builds snapshots from a file written while apply was paused.
 #[derive(Debug)]
 pub struct SnapshotBuilder {
-    prepared: Result<(SnapshotMeta<NodeId, NodeAddr>, PathBuf), String>,
+    /// The snapshot's metadata, file and last epoch.
+    prepared: Result<(SnapshotMeta<NodeId, NodeAddr>, PathBuf, u64), String>,
     snapshot_dir: PathBuf,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftStorageError> {
-        let (meta, path) = self.prepared.clone().map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        snapshot_file::set_current(&self.snapshot_dir, &meta, &path).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let (meta, path, epoch) = self.prepared.clone().map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        snapshot_file::set_current(&self.snapshot_dir, &meta, &path, epoch)
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let file = tokio::fs::File::open(&path).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
         tracing::info!(snapshot = %meta.snapshot_id, last_log = ?meta.last_log_id, "snapshot built");
         Ok(Snapshot { meta, snapshot: Box::new(file) })
@@ -375,11 +377,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let snapshot_id = snapshot_file::new_id(last_log_id.as_ref());
             let path = self.snapshot_dir.join(format!("{snapshot_id}.snap"));
             snapshot_file::write(store.as_ref(), &path).map_err(|e| e.to_string())?;
-            Ok((SnapshotMeta { last_log_id, last_membership, snapshot_id }, path))
+            let epoch = machine.epoch_state().last_epoch;
+            Ok((SnapshotMeta { last_log_id, last_membership, snapshot_id }, path, epoch))
         });
         match &prepared {
             Err(e) => tracing::error!(error = %e, "building a snapshot failed"),
-            Ok((_, path)) => {
+            Ok((_, path, _)) => {
                 if let Some(m) = &self.metrics {
                     let bytes = std::fs::metadata(path).map(|md| md.len()).unwrap_or(0);
                     m.snapshot("built", started.elapsed(), bytes);
@@ -421,18 +424,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
-        let Some((meta, path)) =
-            snapshot_file::current(&self.snapshot_dir).map_err(|e| snap_err(ErrorVerb::Read, e))?
+        let Some(current) = snapshot_file::current(&self.snapshot_dir).map_err(|e| snap_err(ErrorVerb::Read, e))?
         else {
             return Ok(None);
         };
-        let file = tokio::fs::File::open(&path).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
+        let file = tokio::fs::File::open(&current.path).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot { meta: current.meta, snapshot: Box::new(file) }))
     }
 }
 
 impl StateMachineStore {
-    fn install(
+    /// Replaces the state with the snapshot in `received` (a whole snapshot file), described
+    /// by `meta`, and makes it the current snapshot. The snapshot's digest is checked before
+    /// anything is replaced.
+    pub(crate) fn install(
         &mut self,
         meta: &SnapshotMeta<NodeId, NodeAddr>,
         received: &mut std::fs::File,
@@ -471,6 +476,7 @@ impl StateMachineStore {
         store.write(b)?;
         store.flush()?;
         let machine = StateMachine::open(store, self.config.clone())?;
+        let epoch = machine.epoch_state().last_epoch;
         match &self.location {
             StateLocation::Dir { path: dir, .. } => set_current_generation(dir, generation)?,
             StateLocation::Memory(state) => state.set_current(generation),
@@ -487,7 +493,7 @@ impl StateMachineStore {
             StateLocation::Memory(state) => state.remove(self.generation),
         }
         self.generation = generation;
-        snapshot_file::set_current(&self.snapshot_dir, meta, &path)?;
+        snapshot_file::set_current(&self.snapshot_dir, meta, &path, epoch)?;
         snapshot_file::remove_partial(&self.snapshot_dir);
         Ok(())
     }
