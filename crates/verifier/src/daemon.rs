@@ -20,7 +20,7 @@ use keyraft_proto::convert::Refusal;
 use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_proto::pb::verifier_frame::{Frame, SignedHead};
 use keyraft_proto::pb::{PushRatificationRequest, VerifierStreamRequest};
-use keyraft_proto::transport::{ChannelOptions, Channels};
+use keyraft_proto::transport::{ChannelOptions, Channels, KeepAlive};
 use keyraft_storage::{SledStorage, ThreadSpawner};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,6 +42,12 @@ pub use crate::push::{
 pub const RECONNECT_DELAY_MS: u64 = 200;
 /// Longest reconnection delay, in milliseconds.
 pub const RECONNECT_DELAY_MAX_MS: u64 = 10_000;
+/// HTTP/2 pings on the verifier's connections to replicas: a replica that vanished from the
+/// network without closing the connection (a cut cable, `docker network disconnect`) sends no
+/// frame and no reset, and the stream would wait for it forever while the realm's epochs go
+/// unratified; an unanswered ping ends the stream within interval + timeout (10 s), and the
+/// verifier moves to another replica. (Found by scripts/compose-test.sh.)
+pub const REPLICA_KEEP_ALIVE: KeepAlive = KeepAlive { interval_ms: 5_000, timeout_ms: 5_000 };
 /// How long a stopping verifier waits for its tasks once the pushes are done or given up, in
 /// milliseconds (they are a stream's read-ahead, already told to stop).
 pub const TASKS_STOP_DEADLINE_MS: u64 = 2_000;
@@ -122,7 +128,8 @@ pub async fn run_with(
     // Ratifications are pushed after the epochs they sign are durable, so a stop can leave
     // verified epochs unratified: the pusher first ratifies those the realm lacks, reading
     // the replicas from the last epoch verified down to the ratified-through mark.
-    let channels = Channels::new(ChannelOptions::default()).with_tls(
+    let options = ChannelOptions { keep_alive: Some(REPLICA_KEEP_ALIVE), ..ChannelOptions::default() };
+    let channels = Channels::new(options).with_tls(
         keyraft_proto::tls::TlsClient::for_realm(&file).map_err(|e| Error::Config(format!("realm file: {e}")))?,
     );
     let pusher = Pusher::new(endpoints.clone(), channels.clone(), key.clone(), public, &config.data_dir);
