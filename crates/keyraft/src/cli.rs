@@ -30,6 +30,10 @@ pub enum Command {
     /// Starts a complete local realm: three replicas as three processes, keys and data under
     /// one directory, a realm file for clients.
     Dev(crate::dev::DevArgs),
+    /// Writes a realm's configuration for replicas on other hosts (containers, machines):
+    /// each replica's and verifier's directory, the realm file, the CA, the operator's
+    /// credentials (docs/operations.md, "Containers and compose").
+    ClusterConfig(crate::cluster_cmd::ClusterConfigArgs),
     /// Runs one replica.
     Server(crate::server_cmd::ServerArgs),
     /// Runs a third-party verifier: recomputes every epoch, ratifies it or files evidence.
@@ -157,6 +161,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let out = &mut std::io::stdout();
     match cli.command {
         Command::Dev(args) => crate::dev::run(&args, out),
+        Command::ClusterConfig(args) => crate::cluster_cmd::run(&args, out),
         Command::Server(args) => crate::server_cmd::run(&args),
         Command::Verifier(args) => crate::verifier_cmd::run(&args),
         Command::Keygen(args) => crate::client_cmd::keygen(&args, out),

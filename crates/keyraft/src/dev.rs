@@ -169,20 +169,32 @@ fn registration_settings(args: &DevArgs, dir: &Path) -> Result<RegistrationSetti
 
 /// The realm's registration policy from `--registration` and `--registrar-key`.
 fn registration_policy(args: &DevArgs) -> Result<RegistrationPolicy, Box<dyn std::error::Error>> {
+    let oidc = args.oidc_issuer.as_deref().zip(args.oidc_audience.as_deref());
+    registration_policy_from(&args.registration, &args.registrar_keys, args.recovery_window_ms, oidc)
+}
+
+/// A registration policy from `--registration NAMESPACE=METHODS` specs, `--registrar-key`
+/// keys, a recovery window and the OIDC issuer and audience (`keyraft dev`,
+/// `keyraft cluster-config`): open to all when `specs` is empty.
+pub(crate) fn registration_policy_from(
+    specs: &[String],
+    registrar_keys: &[String],
+    recovery_window_ms: Option<u64>,
+    oidc: Option<(&str, &str)>,
+) -> Result<RegistrationPolicy, Box<dyn std::error::Error>> {
     let mut policy = RegistrationPolicy::open();
-    policy.registrar_keys = args
-        .registrar_keys
+    policy.registrar_keys = registrar_keys
         .iter()
         .map(|k| crate::client_cmd::public_key_arg(k, "--registrar-key"))
         .collect::<Result<_, _>>()?;
-    if let Some(window) = args.recovery_window_ms {
+    if let Some(window) = recovery_window_ms {
         policy.recovery_window_ms = window;
     }
-    if args.registration.is_empty() {
+    if specs.is_empty() {
         return Ok(policy);
     }
     policy.rules.clear();
-    for spec in &args.registration {
+    for spec in specs {
         let (namespace, methods) = spec
             .split_once('=')
             .ok_or_else(|| format!("--registration {spec:?}: expected NAMESPACE=METHOD[,METHOD...]"))?;
@@ -192,13 +204,13 @@ fn registration_policy(args: &DevArgs) -> Result<RegistrationPolicy, Box<dyn std
                 "open" => Ok(Method::Open),
                 "registrar" => Ok(Method::Registrar),
                 "email" => Ok(Method::Email),
-                "oidc" => match (&args.oidc_issuer, &args.oidc_audience) {
-                    (Some(issuer), Some(audience)) => Ok(Method::Oidc {
-                        issuer: issuer.clone(),
-                        audience: audience.clone(),
+                "oidc" => match oidc {
+                    Some((issuer, audience)) => Ok(Method::Oidc {
+                        issuer: issuer.to_owned(),
+                        audience: audience.to_owned(),
                         claim: keyraft_core::registration::OIDC_CLAIM_DEFAULT.to_owned(),
                     }),
-                    _ => Err(format!("--registration {spec:?}: `oidc` needs --oidc-issuer and --oidc-audience")),
+                    None => Err(format!("--registration {spec:?}: `oidc` needs --oidc-issuer and --oidc-audience")),
                 },
                 other => {
                     Err(format!("--registration {spec:?}: unknown method {other:?} (open, registrar, email, oidc)"))
@@ -225,6 +237,109 @@ fn port(base: u16, offset: u16) -> Result<u16, String> {
     base.checked_add(offset).ok_or_else(|| format!("--base-port {base} is too high"))
 }
 
+/// 32 random bytes (a key seed, a token).
+pub(crate) fn random32() -> [u8; 32] {
+    rand::Rng::gen(&mut rand::rngs::OsRng)
+}
+
+/// A new token (the cluster token, the admin token): 64 hex digits and a newline.
+pub(crate) fn new_token() -> String {
+    format!("{}\n", hex::encode(random32()))
+}
+
+/// The public key of an Ed25519 seed.
+pub(crate) fn public_key_of(seed: &[u8; 32]) -> keyraft_core::PublicKey {
+    keyraft_client::public_key(&ed25519_dalek::SigningKey::from_bytes(seed))
+}
+
+/// A realm's configuration: replica `n` (from 1) of `replica_keys` is bound to node id `n`
+/// in protocol version 2 (with `registration`); version 1 without it.
+pub(crate) fn realm_config(
+    name: String,
+    vrf_seed: &[u8; 32],
+    replica_keys: Vec<keyraft_core::PublicKey>,
+    verifier_keys: Vec<keyraft_core::PublicKey>,
+    registration: Option<RegistrationPolicy>,
+) -> Result<RealmConfig, Box<dyn std::error::Error>> {
+    // Node `id` signs with keys/replica-{id}.key: version 2 binds the key to the node id.
+    let bindings: Vec<(u64, keyraft_core::PublicKey)> = (1..).zip(replica_keys.iter().copied()).collect();
+    let config = RealmConfig::new(name, VrfSecretKey::from_seed(vrf_seed).public_key(), replica_keys, verifier_keys)?;
+    Ok(match registration {
+        Some(policy) => config.with_replica_node_ids(&bindings)?.with_registration(policy)?,
+        None => config,
+    })
+}
+
+/// The realm file clients, replicas and verifiers read: a minute's TTL, 5 s of clock skew,
+/// the replicas' public addresses, and the verifiers' ratification required when there are
+/// any.
+pub(crate) fn realm_file(config: &RealmConfig, endpoints: Vec<String>) -> RealmFile {
+    let mut realm = RealmFile::new(config, 60_000, 5_000, endpoints);
+    realm.verifier_threshold = config.verifier_keys.len().min(1);
+    realm
+}
+
+/// Verifier `n`'s configuration, its paths relative to the file: `realm.json`,
+/// `keys/verifier-<n>.key`, and `data_dir`.
+pub(crate) fn verifier_config(n: usize, data_dir: PathBuf, metrics_listen: Option<String>) -> keyraft_verifier::Config {
+    keyraft_verifier::Config {
+        data_dir,
+        realm_file: "realm.json".into(),
+        signing_key_file: format!("keys/verifier-{n}.key").into(),
+        endpoints: vec![],
+        metrics_listen,
+    }
+}
+
+/// Where a node listens.
+pub(crate) struct NodeListen {
+    /// The public listener.
+    pub public: String,
+    /// The peer listener.
+    pub peer: String,
+    /// The metrics listener.
+    pub metrics: Option<String>,
+}
+
+/// What every node of a realm shares in its configuration.
+pub(crate) struct NodeSettings {
+    /// The `[[voters]]` (`--init`).
+    pub voters: Vec<VoterSpec>,
+    /// `[tls]` plaintext, or each node's certificate under `tls/`.
+    pub plaintext: bool,
+    /// `[epochs]`.
+    pub epochs: EpochSettings,
+    /// `[limits]`.
+    pub limits: Limits,
+    /// `[registration]`.
+    pub registration: RegistrationSettings,
+}
+
+/// Node `id`'s configuration, its paths relative to the file: `realm.json`, `keys/vrf.key`,
+/// `keys/replica-<id>.key`, `keys/cluster.token`, `keys/admin.token`, `tls/` and `data_dir`.
+pub(crate) fn node_config(id: u64, data_dir: PathBuf, listen: NodeListen, shared: &NodeSettings) -> NodeConfig {
+    NodeConfig {
+        node_id: id,
+        data_dir,
+        public_listen: listen.public,
+        peer_listen: listen.peer,
+        metrics_listen: listen.metrics,
+        realm_file: "realm.json".into(),
+        vrf_secret_key_file: "keys/vrf.key".into(),
+        signing_key_file: format!("keys/replica-{id}.key").into(),
+        next_signing_key_files: vec![],
+        cluster_token_file: "keys/cluster.token".into(),
+        admin_token_file: Some("keys/admin.token".into()),
+        tls: Some(if shared.plaintext { TlsSettings::plaintext() } else { node_tls(id) }),
+        epochs: shared.epochs,
+        raft: RaftSettings::default(),
+        limits: shared.limits.clone(),
+        storage: Default::default(),
+        voters: shared.voters.clone(),
+        registration: shared.registration.clone(),
+    }
+}
+
 /// Creates keys, realm file and configurations.
 fn create(args: &DevArgs) -> CmdResult {
     let dir = &args.dir;
@@ -232,51 +347,39 @@ fn create(args: &DevArgs) -> CmdResult {
     // Secret keys live here: whatever checkout the directory is created in, `git add -A`
     // must not commit them.
     std::fs::write(dir.join(".gitignore"), "# written by keyraft dev: secret keys live here\n*\n")?;
-    let mut rng = rand::rngs::OsRng;
-    let vrf_seed: [u8; 32] = rand::Rng::gen(&mut rng);
+    let vrf_seed = random32();
     write_secret(&dir.join("keys/vrf.key"), &vrf_seed)?;
-    let token: [u8; 32] = rand::Rng::gen(&mut rng);
-    keyraft_core::key_file::write_secret_text(&dir.join("keys/cluster.token"), &format!("{}\n", hex::encode(token)))?;
+    keyraft_core::key_file::write_secret_text(&dir.join("keys/cluster.token"), &new_token())?;
     // The operators' credential, another secret than the replicas' (docs/operations.md).
-    let admin_token: [u8; 32] = rand::Rng::gen(&mut rng);
-    keyraft_core::key_file::write_secret_text(
-        &dir.join("keys/admin.token"),
-        &format!("{}\n", hex::encode(admin_token)),
-    )?;
+    keyraft_core::key_file::write_secret_text(&dir.join("keys/admin.token"), &new_token())?;
     let mut replica_keys = Vec::new();
     for id in 1..=args.replicas {
-        let seed: [u8; 32] = rand::Rng::gen(&mut rng);
+        let seed = random32();
         write_secret(&dir.join(format!("keys/replica-{id}.key")), &seed)?;
-        replica_keys.push(keyraft_client::public_key(&ed25519_dalek::SigningKey::from_bytes(&seed)));
+        replica_keys.push(public_key_of(&seed));
     }
     let mut verifier_keys = Vec::new();
     for n in 1..=args.verifier_count {
-        let seed: [u8; 32] = rand::Rng::gen(&mut rng);
+        let seed = random32();
         write_secret(&dir.join(format!("keys/verifier-{n}.key")), &seed)?;
-        verifier_keys.push(keyraft_client::public_key(&ed25519_dalek::SigningKey::from_bytes(&seed)));
-        let verifier = keyraft_verifier::Config {
-            data_dir: format!("data/verifier-{n}").into(),
-            realm_file: "realm.json".into(),
-            signing_key_file: format!("keys/verifier-{n}.key").into(),
-            endpoints: vec![],
-            metrics_listen: Some(format!(
-                "127.0.0.1:{}",
-                port(args.base_port, 300 + u16::try_from(n).map_err(|_| "too many verifiers")?)?
-            )),
-        };
+        verifier_keys.push(public_key_of(&seed));
+        let metrics = format!(
+            "127.0.0.1:{}",
+            port(args.base_port, 300 + u16::try_from(n).map_err(|_| "too many verifiers")?)?
+        );
+        let verifier = verifier_config(n, format!("data/verifier-{n}").into(), Some(metrics));
         std::fs::write(verifier_config_path(dir, n), toml::to_string_pretty(&verifier)?)?;
     }
     // A name of its own, so that proofs from two dev realms are told apart by name.
-    let name = format!("dev-{}", hex::encode(rand::Rng::gen::<[u8; 4]>(&mut rng)));
-    // Node `id` signs with keys/replica-{id}.key: version 2 binds the key to the node id.
-    let bindings: Vec<(u64, keyraft_core::PublicKey)> = (1..).zip(replica_keys.iter().copied()).collect();
-    let mut config =
-        RealmConfig::new(name, VrfSecretKey::from_seed(&vrf_seed).public_key(), replica_keys, verifier_keys)?;
-    if args.protocol_version == 2 {
-        config = config.with_replica_node_ids(&bindings)?.with_registration(registration_policy(args)?)?;
+    let name = format!("dev-{}", hex::encode(rand::Rng::gen::<[u8; 4]>(&mut rand::rngs::OsRng)));
+    let registration = if args.protocol_version == 2 {
+        Some(registration_policy(args)?)
     } else if !args.registration.is_empty() || !args.registrar_keys.is_empty() || args.recovery_window_ms.is_some() {
         return Err("--registration, --registrar-key and --recovery-window-ms need --protocol-version 2".into());
-    }
+    } else {
+        None
+    };
+    let config = realm_config(name, &vrf_seed, replica_keys, verifier_keys, registration)?;
     let registration_settings = registration_settings(args, dir)?;
     let mut voters = Vec::new();
     for id in 1..=args.replicas {
@@ -287,62 +390,75 @@ fn create(args: &DevArgs) -> CmdResult {
             public_addr: format!("127.0.0.1:{}", port(args.base_port, offset)?),
         });
     }
-    let mut realm = RealmFile::new(&config, 60_000, 5_000, voters.iter().map(|v| v.public_addr.clone()).collect());
-    realm.verifier_threshold = args.verifier_count.min(1);
+    let mut realm = realm_file(&config, voters.iter().map(|v| v.public_addr.clone()).collect());
     if !args.plaintext {
-        realm.tls = Some(create_tls(dir, &config.realm, &voters)?);
+        let tls_dir = dir.join(TLS_DIR);
+        let hosts: Vec<String> = DEV_HOSTS.iter().map(|h| (*h).to_owned()).collect();
+        let nodes: Vec<NodeCert> =
+            voters.iter().map(|v| NodeCert { id: v.id, dir: tls_dir.clone(), hosts: hosts.clone() }).collect();
+        let validity = crate::certs::Validity::days(crate::certs::CERT_VALID_DAYS);
+        realm.tls = Some(create_tls(&tls_dir, &config.realm, &nodes, &tls_dir, validity)?);
     }
     std::fs::write(dir.join("realm.json"), realm.to_json())?;
+    let shared = NodeSettings {
+        voters: voters.clone(),
+        plaintext: args.plaintext,
+        epochs: EpochSettings {
+            min_epoch_interval_ms: args.min_epoch_interval_ms,
+            max_epoch_interval_ms: args.max_epoch_interval_ms,
+            ..EpochSettings::default()
+        },
+        limits: dev_limits(args)?,
+        registration: registration_settings,
+    };
     for v in &voters {
-        let tls = if args.plaintext { TlsSettings::plaintext() } else { node_tls(v.id) };
-        let node = NodeConfig {
-            node_id: v.id,
-            data_dir: PathBuf::from(format!("data/node-{}", v.id)),
-            public_listen: v.public_addr.clone(),
-            peer_listen: v.peer_addr.clone(),
-            metrics_listen: Some(format!(
-                "127.0.0.1:{}",
-                port(args.base_port, 200 + u16::try_from(v.id).map_err(|_| "too many replicas")?)?
-            )),
-            realm_file: "realm.json".into(),
-            vrf_secret_key_file: "keys/vrf.key".into(),
-            signing_key_file: format!("keys/replica-{}.key", v.id).into(),
-            next_signing_key_files: vec![],
-            cluster_token_file: "keys/cluster.token".into(),
-            admin_token_file: Some("keys/admin.token".into()),
-            tls: Some(tls),
-            epochs: EpochSettings {
-                min_epoch_interval_ms: args.min_epoch_interval_ms,
-                max_epoch_interval_ms: args.max_epoch_interval_ms,
-                ..EpochSettings::default()
-            },
-            raft: RaftSettings::default(),
-            limits: dev_limits(args)?,
-            storage: Default::default(),
-            voters: voters.clone(),
-            registration: registration_settings.clone(),
-        };
+        let metrics = format!(
+            "127.0.0.1:{}",
+            port(args.base_port, 200 + u16::try_from(v.id).map_err(|_| "too many replicas")?)?
+        );
+        let listen = NodeListen { public: v.public_addr.clone(), peer: v.peer_addr.clone(), metrics: Some(metrics) };
+        let node = node_config(v.id, PathBuf::from(format!("data/node-{}", v.id)), listen, &shared);
         std::fs::write(node_config_path(dir, v.id), toml::to_string_pretty(&node)?)?;
     }
     Ok(())
 }
 
-/// Makes the realm's CA and every certificate under DIR/tls: one per node, one for the
-/// operator; returns the realm file's `tls` (the CA certificate).
-fn create_tls(
-    dir: &Path,
+/// A node certificate to issue: node `id`'s, into `dir`, also valid for `hosts`.
+pub(crate) struct NodeCert {
+    /// The node id.
+    pub id: u64,
+    /// Where `node-<id>.crt` and `.key` go (and a copy of the CA certificate).
+    pub dir: PathBuf,
+    /// The host names and addresses clients and peers dial it by.
+    pub hosts: Vec<String>,
+}
+
+/// Makes the realm's CA in `ca_dir`, a certificate per node (each in its `dir`) and one for
+/// the operator (`admin.crt` in `admin_dir`); every directory also gets the CA certificate.
+/// Returns the realm file's `tls` (the CA certificate).
+pub(crate) fn create_tls(
+    ca_dir: &Path,
     realm: &str,
-    voters: &[VoterSpec],
+    nodes: &[NodeCert],
+    admin_dir: &Path,
+    validity: crate::certs::Validity,
 ) -> Result<keyraft_core::realm_file::TlsFile, Box<dyn std::error::Error>> {
-    let tls_dir = dir.join(TLS_DIR);
-    let validity = crate::certs::Validity::days(crate::certs::CERT_VALID_DAYS);
-    let ca = crate::certs::RealmCa::create(&tls_dir, realm, validity)?;
-    let hosts: Vec<String> = DEV_HOSTS.iter().map(|h| (*h).to_owned()).collect();
-    for v in voters {
-        ca.issue_node(&tls_dir, v.id, &hosts, validity)?;
+    let ca = crate::certs::RealmCa::create(ca_dir, realm, validity)?;
+    let ca_cert = ca_dir.join(crate::certs::CA_CERT_FILE);
+    let copy_ca = |dir: &Path| -> std::io::Result<()> {
+        if dir != ca_dir {
+            std::fs::create_dir_all(dir)?;
+            std::fs::copy(&ca_cert, dir.join(crate::certs::CA_CERT_FILE))?;
+        }
+        Ok(())
+    };
+    for node in nodes {
+        ca.issue_node(&node.dir, node.id, &node.hosts, validity)?;
+        copy_ca(&node.dir)?;
     }
-    ca.issue_admin(&tls_dir, None, validity)?;
-    let ca_pem = std::fs::read_to_string(tls_dir.join(crate::certs::CA_CERT_FILE))?;
+    ca.issue_admin(admin_dir, None, validity)?;
+    copy_ca(admin_dir)?;
+    let ca_pem = std::fs::read_to_string(&ca_cert)?;
     Ok(keyraft_core::realm_file::TlsFile { ca_pem })
 }
 
@@ -359,15 +475,20 @@ fn node_tls(id: u64) -> TlsSettings {
 /// The replicas' `[limits]`: the defaults, with `--stream-stall-ms` and loopback exempt from
 /// the rate limits unless `--rate-limits`.
 fn dev_limits(args: &DevArgs) -> Result<Limits, Box<dyn std::error::Error>> {
+    let exempt = if args.rate_limits { vec![] } else { vec!["127.0.0.0/8".parse()?, "::1".parse()?] };
+    Ok(limits(args.stream_stall_ms, exempt))
+}
+
+/// `[limits]`: the defaults, with the stream stall limits (`verifier_stream_stall_ms`,
+/// `watch_stall_ms`) and the addresses exempt from rate limits.
+pub(crate) fn limits(stream_stall_ms: Option<u64>, rate_exempt: Vec<keyraft_server::rate_limits::AddressRange>) -> Limits {
     let mut limits = Limits::default();
-    if let Some(ms) = args.stream_stall_ms {
+    if let Some(ms) = stream_stall_ms {
         limits.verifier_stream_stall_ms = ms;
         limits.watch_stall_ms = ms;
     }
-    if !args.rate_limits {
-        limits.rate_exempt_addresses = vec!["127.0.0.0/8".parse()?, "::1".parse()?];
-    }
-    Ok(limits)
+    limits.rate_exempt_addresses = rate_exempt;
+    limits
 }
 
 fn spawn(dir: &Path, id: u64) -> Result<Child, Box<dyn std::error::Error>> {

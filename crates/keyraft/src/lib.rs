@@ -11,6 +11,7 @@ pub mod bench;
 pub mod certs;
 pub mod cli;
 pub mod client_cmd;
+pub mod cluster_cmd;
 pub mod demo;
 pub mod dev;
 pub mod health_cmd;

@@ -14,6 +14,21 @@ pub struct ServerArgs {
     /// when the cluster is already initialised).
     #[arg(long)]
     pub init: bool,
+    /// `--init` on this node's first start only: when its data directory holds no Raft log
+    /// yet (does not exist or is empty). For a container whose command line cannot change
+    /// between starts (`keyraft cluster-config`, docker/compose.yaml); later starts join the
+    /// cluster that first start made.
+    #[arg(long, conflicts_with = "init")]
+    pub init_if_new: bool,
+}
+
+/// Whether `data_dir` is a new node's: it does not exist or holds nothing.
+pub fn data_dir_is_new(data_dir: &std::path::Path) -> std::io::Result<bool> {
+    match std::fs::read_dir(data_dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e),
+    }
 }
 
 /// Completes on ctrl-c or SIGTERM.
@@ -47,11 +62,19 @@ pub async fn shutdown_signal() {
 /// Runs a replica until ctrl-c or SIGTERM.
 pub fn run(args: &ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
     let loaded = keyraft_server::NodeConfig::load(&args.config)?;
+    let data_dir = &loaded.config.data_dir;
+    let init = args.init
+        || (args.init_if_new
+            && data_dir_is_new(data_dir).map_err(|e| format!("data directory {}: {e}", data_dir.display()))?);
+    if args.init_if_new {
+        let what = if init { "new: initialising the cluster" } else { "not new: not initialising" };
+        tracing::info!(data_dir = %data_dir.display(), "--init-if-new: the data directory is {what}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let listeners = keyraft_server::Listeners::bind(&loaded.config).await?;
         let shutdown = CancellationToken::new();
-        let replica = keyraft_server::run(loaded, listeners, args.init, shutdown.clone());
+        let replica = keyraft_server::run(loaded, listeners, init, shutdown.clone());
         tokio::pin!(replica);
         tokio::select! {
             stopped = &mut replica => stopped,
