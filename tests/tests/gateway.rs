@@ -130,6 +130,23 @@ fn the_gateway_registers_and_looks_up_with_proofs_that_verify_over_http1_and_htt
         assert_eq!(entry.version, 0);
         assert_eq!(profile.keys, prepared.update.profile.keys);
         assert!(verified.lookup.epoch() >= epoch);
+        // The independent implementation of docs/protocol.md agrees, from the JSON's bytes.
+        let file = realm.path().join("gateway.proof");
+        std::fs::write(&file, &proof).unwrap();
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/verify_proof.py");
+        let now = keyraft_client::now_ms().to_string();
+        let out = std::process::Command::new("python3")
+            .arg(&script)
+            .arg(realm.path().join("realm.json"))
+            .args([file.to_str().unwrap(), user, &now, "--verifier-threshold", "0"])
+            .output()
+            .expect("python3 runs the independent verifier (it is on every CI machine)");
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         // One flipped byte and it no longer verifies.
         let mut bad = proof;
         let i = bad.len() / 2;
