@@ -229,7 +229,19 @@ fn send_file(mut file: std::fs::File, header: WireHeader, tx: &tokio::sync::mpsc
 
 /// Writes the backup streamed by `chunks` to `out` (through a temporary file beside it,
 /// synced, then renamed: `out` is whole or absent) and returns its header.
-pub async fn receive<S>(mut chunks: S, out: &Path) -> Result<BackupHeader, BackupError>
+pub async fn receive<S>(chunks: S, out: &Path) -> Result<BackupHeader, BackupError>
+where
+    S: tokio_stream::Stream<Item = Result<BackupChunk, Status>> + Unpin,
+{
+    let tmp = out.with_extension("partial");
+    let received = receive_into(chunks, &tmp, out).await;
+    if received.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    received
+}
+
+async fn receive_into<S>(mut chunks: S, tmp: &Path, out: &Path) -> Result<BackupHeader, BackupError>
 where
     S: tokio_stream::Stream<Item = Result<BackupChunk, Status>> + Unpin,
 {
@@ -239,9 +251,8 @@ where
     let Some(Part::Header(wire)) = first.part else { return Err(bad("it did not start with its header")) };
     let meta: Meta =
         serde_json::from_slice(&wire.snapshot_meta).map_err(|e| BackupError::Stream(format!("snapshot_meta: {e}")))?;
-    let tmp = out.with_extension("partial");
     let mut file =
-        std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?);
+        std::io::BufWriter::new(std::fs::File::create(tmp).map_err(io(format!("creating {}", tmp.display())))?);
     let write = |file: &mut std::io::BufWriter<std::fs::File>, bytes: &[u8], whole: &mut Sha256| {
         whole.update(bytes);
         file.write_all(bytes).map_err(io(format!("writing {}", tmp.display())))
@@ -295,7 +306,7 @@ where
         .into_inner()
         .map_err(|e| BackupError::Io { context: format!("writing {}", tmp.display()), source: e.into_error() })?;
     file.sync_all().map_err(io(format!("syncing {}", tmp.display())))?;
-    std::fs::rename(&tmp, out).map_err(io(format!("renaming {} to {}", tmp.display(), out.display())))?;
+    std::fs::rename(tmp, out).map_err(io(format!("renaming {} to {}", tmp.display(), out.display())))?;
     Ok(header)
 }
 
@@ -360,6 +371,26 @@ pub fn restore(path: &Path, data_dir: &Path) -> Result<BackupHeader, BackupError
         }
     }
     std::fs::create_dir_all(data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
+    let installed = install(path, data_dir, &header, &meta, config);
+    if installed.is_err() {
+        // The directory was empty: leave it so, not half restored.
+        for made in ["state", "snapshots"] {
+            let _ = std::fs::remove_dir_all(data_dir.join(made));
+        }
+    }
+    installed.map(|()| header)
+}
+
+/// Installs the snapshot of backup `path` (described by `header` and `meta`) into the empty
+/// `data_dir`.
+fn install(
+    path: &Path,
+    data_dir: &Path,
+    header: &BackupHeader,
+    meta: &Meta,
+    config: RealmConfig,
+) -> Result<(), BackupError> {
+    let damaged = |problem: String| BackupError::File { file: path.to_owned(), problem };
     let snapshots = data_dir.join("snapshots");
     let location = StateLocation::Dir { path: data_dir.join("state"), options: SledOptions::default() };
     let mut store = StateMachineStore::open(location, snapshots.clone(), config)?;
@@ -376,10 +407,10 @@ pub fn restore(path: &Path, data_dir: &Path) -> Result<BackupHeader, BackupError
         }
     }
     let mut received = std::fs::File::open(&part).map_err(io(format!("opening {}", part.display())))?;
-    store.install(&meta, &mut received)?;
+    store.install(meta, &mut received)?;
     drop(received);
     let _ = std::fs::remove_file(&part);
-    Ok(header)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -417,5 +448,6 @@ mod tests {
         let e = receive(tokio_stream::iter(parts), &out).await.unwrap_err();
         assert!(e.to_string().contains("SHA-256"), "{e}");
         assert!(!out.exists());
+        assert!(!out.with_extension("partial").exists(), "no partial file is left");
     }
 }
