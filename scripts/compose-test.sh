@@ -43,8 +43,13 @@ export KEYRAFT_CONFIG=$CONFIG KEYRAFT_IMAGE=$IMAGE KEYRAFT_NET=$NET KEYRAFT_PORT
 dc() { docker-compose -p "$PROJECT" -f "$ROOT/docker/compose.yaml" "$@"; }
 
 LOAD_PIDS=()
+MAIN_PID=$BASHPID
+CLEANED=0
 cleanup() {
     local rc=$?
+    # Only the script itself tears down, once.
+    if [ "$BASHPID" != "$MAIN_PID" ] || [ "$CLEANED" = 1 ]; then exit "$rc"; fi
+    CLEANED=1
     touch "$WORK/stop-load" 2>/dev/null || true
     for pid in "${LOAD_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     if [ "$rc" != 0 ]; then
@@ -155,13 +160,14 @@ C="--realm $REALM --state $WORK/state-main.json"
 say "6. HTTP/JSON gateway (curl on the public port, same TLS)"
 GW=https://127.0.0.1:${PORTS}001
 GATEWAY=missing
-code=$(curl -sS --cacert "$CA" -o "$WORK/gw-probe.json" -w '%{http_code}' "$GW/v1/lookup/alice%40compose.test" 2>"$WORK/gw-probe.err" || true)
+code=$(curl -sS --cacert "$CA" -o "$WORK/gw-probe.json" -w '%{http_code}' "$GW/v1/lookup/alice%40compose.test?verifier_threshold=1" 2>"$WORK/gw-probe.err" || true)
 if [ "$code" = 200 ] && python3 -c "import json,sys; json.load(open(sys.argv[1]))['proof']" "$WORK/gw-probe.json" 2>/dev/null; then
     GATEWAY=present
 fi
 b64file() { python3 -c "import base64,json,sys; open(sys.argv[2],'wb').write(base64.b64decode(json.load(open(sys.argv[1]))[sys.argv[3]]))" "$@"; }
 if [ "$GATEWAY" = present ]; then
-    # Its answer for alice (registered over gRPC) verifies offline.
+    # Its answer for alice (registered over gRPC) verifies offline. (Lookups ask for the
+    # verifier ratification the realm file requires: verifier_threshold=1.)
     b64file "$WORK/gw-probe.json" "$WORK/alice-gw.proof" proof
     # shellcheck disable=SC2086
     "$K" verify-proof $C "$WORK/alice-gw.proof" | sed 's/^/   gateway lookup alice: /' | head -3
@@ -188,18 +194,24 @@ EOF
     python3 -c "import json,sys; a=json.load(open(sys.argv[1])); assert a['code'] and a['message'], a" "$WORK/gw-error.json" \
         || die "a malformed update's answer is not a JSON error: $code $(cat "$WORK/gw-error.json")"
     say "   a malformed update: $code $(cut -c1-120 "$WORK/gw-error.json")"
-    # bob by gRPC, and by the gateway until its epoch is ratified by the verifier too.
-    # shellcheck disable=SC2086
-    "$K" lookup $C bob@compose.test | head -2 | sed 's/^/   gRPC lookup bob: /'
+    # bob by the gateway (once his epoch has the verifier's ratification: until then the
+    # answer is a 503 "not ratified yet"), then by gRPC.
+    : > "$WORK/bob-gw.txt"
     for _ in $(seq 50); do
-        curl -sS --cacert "$CA" -o "$WORK/bob-gw.json" "$GW/v1/lookup/bob%40compose.test"
-        b64file "$WORK/bob-gw.json" "$WORK/bob-gw.proof" proof
         # shellcheck disable=SC2086
-        if "$K" verify-proof $C "$WORK/bob-gw.proof" > "$WORK/bob-gw.txt" 2>&1 && grep -q 'version 0' "$WORK/bob-gw.txt"; then break; fi
+        if curl -sS --cacert "$CA" -o "$WORK/bob-gw.json" "$GW/v1/lookup/bob%40compose.test?verifier_threshold=1" \
+            && b64file "$WORK/bob-gw.json" "$WORK/bob-gw.proof" proof 2> /dev/null \
+            && "$K" verify-proof $C "$WORK/bob-gw.proof" > "$WORK/bob-gw.txt" 2>&1 \
+            && grep -q 'version 0' "$WORK/bob-gw.txt"; then
+            break
+        fi
         sleep 0.2
     done
-    grep -q 'version 0' "$WORK/bob-gw.txt" || die "the gateway's proof for bob does not verify: $(cat "$WORK/bob-gw.txt")"
+    grep -q 'version 0' "$WORK/bob-gw.txt" \
+        || die "no verified gateway lookup of bob: $(head -c 300 "$WORK/bob-gw.json") $(cat "$WORK/bob-gw.txt")"
     head -1 "$WORK/bob-gw.txt" | sed 's/^/   gateway lookup bob: /'
+    # shellcheck disable=SC2086
+    "$K" lookup $C bob@compose.test | head -2 | sed 's/^/   gRPC lookup bob: /'
 else
     say "   NO GATEWAY on $GW: GET /v1/lookup/alice%40compose.test answered HTTP ${code:-nothing} without a JSON proof $(head -c 200 "$WORK/gw-probe.json" 2>/dev/null) $(head -c 200 "$WORK/gw-probe.err")"
     [ "${KEYRAFT_COMPOSE_NO_GATEWAY:-0}" = 1 ] || die "the HTTP/JSON gateway is not there (KEYRAFT_COMPOSE_NO_GATEWAY=1 skips its steps)"

@@ -215,58 +215,85 @@ fn write_realm(path: &Path, realm: &keyraft_core::RealmFile) -> CmdResult {
     Ok(())
 }
 
-/// `keyraft cluster-config`.
-pub fn run(args: &ClusterConfigArgs, out: &mut dyn Write) -> CmdResult {
+/// What the command line asks for, checked before anything is written.
+struct Plan {
+    replicas: Vec<Replica>,
+    owner: Option<(u32, u32)>,
+    policy: keyraft_core::registration::RegistrationPolicy,
+    shared: NodeSettings,
+}
+
+/// Checks the command line: the replicas, the realm name, the rate exemptions, the
+/// registration policy and the epoch intervals.
+fn plan(args: &ClusterConfigArgs) -> Result<Plan, Box<dyn std::error::Error>> {
     let replicas = replicas(args)?;
     let owner = args.owner.as_deref().map(owner).transpose()?;
-    if args.realm_name.is_empty() || check_host(&args.realm_name, "--realm-name").is_err() {
-        return Err(format!("--realm-name {:?}: must be usable in DNS names (letters, digits, '-', '.')", args.realm_name).into());
+    if check_host(&args.realm_name, "--realm-name").is_err() {
+        let name = &args.realm_name;
+        return Err(format!("--realm-name {name:?}: must be usable in DNS names (letters, digits, '-', '.')").into());
     }
     let rate_exempt = args
         .rate_exempt
         .iter()
         .map(|a| a.parse::<AddressRange>().map_err(|e| format!("--rate-exempt {a:?}: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
-    for spec in &args.registration {
-        if spec.contains("email") || spec.contains("oidc") {
-            return Err(format!(
-                "--registration {spec:?}: cluster-config makes `open` and `registrar` realms; `email` and `oidc` need \
-                 each replica's [registration] settings (docs/operations.md, \"Registration\")"
-            )
-            .into());
-        }
+    if let Some(spec) = args.registration.iter().find(|s| s.contains("email") || s.contains("oidc")) {
+        return Err(format!(
+            "--registration {spec:?}: cluster-config makes `open` and `registrar` realms; `email` and `oidc` need \
+             each replica's [registration] settings (docs/operations.md, \"Registration\")"
+        )
+        .into());
     }
-    let policy = crate::dev::registration_policy_from(
-        &args.registration,
-        &args.registrar_keys,
-        args.recovery_window_ms,
-        None,
-    )?;
+    let policy =
+        crate::dev::registration_policy_from(&args.registration, &args.registrar_keys, args.recovery_window_ms, None)?;
     let defaults = EpochSettings::default();
     let epochs = EpochSettings {
         min_epoch_interval_ms: args.min_epoch_interval_ms.unwrap_or(defaults.min_epoch_interval_ms),
         max_epoch_interval_ms: args.max_epoch_interval_ms.unwrap_or(defaults.max_epoch_interval_ms),
         ..defaults
     };
-    let dir = &args.out;
-    if dir.exists() {
-        return Err(format!("{} exists: cluster-config writes a new directory and overwrites nothing", dir.display()).into());
-    }
-    std::fs::create_dir_all(dir)?;
-    // Secret keys live here: whatever checkout the directory is created in, `git add -A`
-    // must not commit them.
-    std::fs::write(dir.join(".gitignore"), "# written by keyraft cluster-config: secret keys live here\n*\n")?;
-    let node_dir = |id: u64| dir.join(format!("node-{id}"));
-    let verifier_dir = |n: usize| dir.join(format!("verifier-{n}"));
-    let operator_dir = dir.join("operator");
+    let voters = replicas
+        .iter()
+        .map(|r| VoterSpec {
+            id: r.id,
+            peer_addr: host_port(&r.host, args.peer_port),
+            public_addr: host_port(&r.host, args.public_port),
+        })
+        .collect();
+    let shared = NodeSettings {
+        voters,
+        plaintext: false,
+        epochs,
+        limits: crate::dev::limits(None, rate_exempt),
+        registration: RegistrationSettings::default(),
+    };
+    Ok(Plan { replicas, owner, policy, shared })
+}
 
-    // Secrets: the VRF key and the tokens go to every replica, each signing key to its owner.
+fn node_dir(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("node-{id}"))
+}
+
+fn verifier_dir(dir: &Path, n: usize) -> PathBuf {
+    dir.join(format!("verifier-{n}"))
+}
+
+/// The public halves of the realm's keys, and the VRF seed its configuration is made from.
+struct RealmKeys {
+    vrf_seed: [u8; 32],
+    replicas: Vec<keyraft_core::PublicKey>,
+    verifiers: Vec<keyraft_core::PublicKey>,
+}
+
+/// Writes the secrets, each where it is needed: the VRF key and the tokens to every replica
+/// (the admin token to the operator too), each signing key to its owner.
+fn write_keys(dir: &Path, replicas: &[Replica], verifiers: usize) -> Result<RealmKeys, Box<dyn std::error::Error>> {
     let vrf_seed = crate::dev::random32();
     let cluster_token = crate::dev::new_token();
     let admin_token = crate::dev::new_token();
     let mut replica_keys = Vec::new();
-    for r in &replicas {
-        let keys = node_dir(r.id).join("keys");
+    for r in replicas {
+        let keys = node_dir(dir, r.id).join("keys");
         std::fs::create_dir_all(&keys)?;
         write_secret(&keys.join("vrf.key"), &vrf_seed)?;
         write_secret_text(&keys.join("cluster.token"), &cluster_token)?;
@@ -275,26 +302,36 @@ pub fn run(args: &ClusterConfigArgs, out: &mut dyn Write) -> CmdResult {
         write_secret(&keys.join(format!("replica-{}.key", r.id)), &seed)?;
         replica_keys.push(crate::dev::public_key_of(&seed));
     }
-    std::fs::create_dir_all(&operator_dir)?;
-    write_secret_text(&operator_dir.join("admin.token"), &admin_token)?;
+    std::fs::create_dir_all(dir.join("operator"))?;
+    write_secret_text(&dir.join("operator/admin.token"), &admin_token)?;
     let mut verifier_keys = Vec::new();
-    for n in 1..=args.verifiers {
-        let keys = verifier_dir(n).join("keys");
+    for n in 1..=verifiers {
+        let keys = verifier_dir(dir, n).join("keys");
         std::fs::create_dir_all(&keys)?;
         let seed = crate::dev::random32();
         write_secret(&keys.join(format!("verifier-{n}.key")), &seed)?;
         verifier_keys.push(crate::dev::public_key_of(&seed));
     }
+    Ok(RealmKeys { vrf_seed, replicas: replica_keys, verifiers: verifier_keys })
+}
 
-    let config = crate::dev::realm_config(args.realm_name.clone(), &vrf_seed, replica_keys, verifier_keys, Some(policy))?;
-    let voters: Vec<VoterSpec> = replicas
-        .iter()
-        .map(|r| VoterSpec {
-            id: r.id,
-            peer_addr: host_port(&r.host, args.peer_port),
-            public_addr: host_port(&r.host, args.public_port),
-        })
-        .collect();
+/// `keyraft cluster-config`.
+pub fn run(args: &ClusterConfigArgs, out: &mut dyn Write) -> CmdResult {
+    let Plan { replicas, owner, policy, shared } = plan(args)?;
+    let dir = &args.out;
+    if dir.exists() {
+        return Err(
+            format!("{} exists: cluster-config writes a new directory and overwrites nothing", dir.display()).into()
+        );
+    }
+    std::fs::create_dir_all(dir)?;
+    // Secret keys live here: whatever checkout the directory is created in, `git add -A`
+    // must not commit them.
+    std::fs::write(dir.join(".gitignore"), "# written by keyraft cluster-config: secret keys live here\n*\n")?;
+    let keys = write_keys(dir, &replicas, args.verifiers)?;
+    let config =
+        crate::dev::realm_config(args.realm_name.clone(), &keys.vrf_seed, keys.replicas, keys.verifiers, Some(policy))?;
+
     let nodes: Vec<NodeCert> = replicas
         .iter()
         .map(|r| {
@@ -304,33 +341,21 @@ pub fn run(args: &ClusterConfigArgs, out: &mut dyn Write) -> CmdResult {
                     hosts.push(published.clone());
                 }
             }
-            NodeCert { id: r.id, dir: node_dir(r.id).join(crate::dev::TLS_DIR), hosts }
+            NodeCert { id: r.id, dir: node_dir(dir, r.id).join(crate::dev::TLS_DIR), hosts }
         })
         .collect();
     let validity = crate::certs::Validity::days(args.cert_days);
-    let tls = crate::dev::create_tls(
-        &dir.join("ca"),
-        &config.realm,
-        &nodes,
-        &operator_dir.join(crate::dev::TLS_DIR),
-        validity,
-    )?;
-    let mut realm = crate::dev::realm_file(&config, voters.iter().map(|v| v.public_addr.clone()).collect());
+    let operator_tls = dir.join("operator").join(crate::dev::TLS_DIR);
+    let tls = crate::dev::create_tls(&dir.join("ca"), &config.realm, &nodes, &operator_tls, validity)?;
+    let mut realm = crate::dev::realm_file(&config, shared.voters.iter().map(|v| v.public_addr.clone()).collect());
     realm.tls = Some(tls);
     write_realm(&dir.join("realm.json"), &realm)?;
-    if replicas.iter().all(|r| r.published.is_some()) && !replicas.is_empty() && !args.published.is_empty() {
+    if !args.published.is_empty() {
         let mut published = realm.clone();
         published.endpoints = replicas.iter().filter_map(|r| r.published.as_ref().map(|(_, a)| a.clone())).collect();
         write_realm(&dir.join(PUBLISHED_REALM_FILE), &published)?;
     }
 
-    let shared = NodeSettings {
-        voters: voters.clone(),
-        plaintext: false,
-        epochs,
-        limits: crate::dev::limits(None, rate_exempt),
-        registration: RegistrationSettings::default(),
-    };
     for r in &replicas {
         let listen = NodeListen {
             public: host_port(&args.listen_host, args.public_port),
@@ -338,27 +363,43 @@ pub fn run(args: &ClusterConfigArgs, out: &mut dyn Write) -> CmdResult {
             metrics: Some(host_port(&args.listen_host, args.metrics_port)),
         };
         let node = crate::dev::node_config(r.id, args.data_dir.clone(), listen, &shared);
-        write_realm(&node_dir(r.id).join("realm.json"), &realm)?;
-        std::fs::write(node_dir(r.id).join("node.toml"), toml::to_string_pretty(&node)?)?;
+        write_realm(&node_dir(dir, r.id).join("realm.json"), &realm)?;
+        std::fs::write(node_dir(dir, r.id).join("node.toml"), toml::to_string_pretty(&node)?)?;
     }
     for n in 1..=args.verifiers {
         let metrics = host_port(&args.listen_host, args.verifier_metrics_port);
         let verifier = crate::dev::verifier_config(n, args.data_dir.clone(), Some(metrics));
-        write_realm(&verifier_dir(n).join("realm.json"), &realm)?;
-        std::fs::write(verifier_dir(n).join("verifier.toml"), toml::to_string_pretty(&verifier)?)?;
+        write_realm(&verifier_dir(dir, n).join("realm.json"), &realm)?;
+        std::fs::write(verifier_dir(dir, n).join("verifier.toml"), toml::to_string_pretty(&verifier)?)?;
     }
     if let Some((uid, gid)) = owner {
         for r in &replicas {
-            chown_tree(&node_dir(r.id), uid, gid)?;
+            chown_tree(&node_dir(dir, r.id), uid, gid)?;
         }
         for n in 1..=args.verifiers {
-            chown_tree(&verifier_dir(n), uid, gid)?;
+            chown_tree(&verifier_dir(dir, n), uid, gid)?;
         }
     }
+    summary(args, &config.realm, &replicas, &shared.voters, out)
+}
 
-    let d = dir.display();
-    writeln!(out, "realm \"{}\": {} replicas, {} verifiers, written to {d}", config.realm, replicas.len(), args.verifiers)?;
-    for (r, v) in replicas.iter().zip(&voters) {
+/// What was written, and how to start it.
+fn summary(
+    args: &ClusterConfigArgs,
+    realm: &str,
+    replicas: &[Replica],
+    voters: &[VoterSpec],
+    out: &mut dyn Write,
+) -> CmdResult {
+    let d = args.out.display();
+    let count = crate::client_cmd::count;
+    writeln!(
+        out,
+        "realm \"{realm}\": {}, {}, written to {d}",
+        count(replicas.len() as u64, "replica"),
+        count(args.verifiers as u64, "verifier")
+    )?;
+    for (r, v) in replicas.iter().zip(voters) {
         let published = r.published.as_ref().map(|(_, a)| format!(" (published {a})")).unwrap_or_default();
         writeln!(
             out,
@@ -376,9 +417,24 @@ pub fn run(args: &ClusterConfigArgs, out: &mut dyn Write) -> CmdResult {
     if !args.published.is_empty() {
         writeln!(out, "  {d}/{PUBLISHED_REALM_FILE}: the realm file for clients of the published addresses")?;
     }
-    writeln!(out, "  {d}/operator: `keyraft admin --peer {} --tls-dir {d}/operator/tls --token-file {d}/operator/admin.token status`", voters[0].peer_addr)?;
-    writeln!(out, "  {d}/ca: the realm's CA; keep ca.key offline (`keyraft tls node --dir {d}/ca --realm-name {}` issues more)", config.realm)?;
-    writeln!(out, "Start each replica with `keyraft server --config node.toml` (node 1 with `--init-if-new`: it initialises the cluster on its first start), each verifier with `keyraft verifier --config verifier.toml`.")?;
+    if let Some(first) = voters.first() {
+        writeln!(
+            out,
+            "  {d}/operator: the operator's credentials, e.g. `keyraft admin --peer {} --tls-dir {d}/operator/tls \
+             --token-file {d}/operator/admin.token status`",
+            first.peer_addr
+        )?;
+    }
+    writeln!(
+        out,
+        "  {d}/ca: the realm's CA; keep ca.key offline (`keyraft tls node --dir {d}/ca --realm-name {realm}` issues \
+         more)"
+    )?;
+    writeln!(
+        out,
+        "Start each replica with `keyraft server --config node.toml` (node 1 with `--init-if-new`: it initialises the \
+         cluster on its first start), each verifier with `keyraft verifier --config verifier.toml`."
+    )?;
     Ok(())
 }
 
@@ -499,7 +555,8 @@ mod tests {
             }
             assert!(!has_subject_alt_name(&der, "10.77.0.13"));
         }
-        let realm = keyraft_core::RealmFile::from_json(&std::fs::read_to_string(out.join("realm.json")).unwrap()).unwrap();
+        let realm =
+            keyraft_core::RealmFile::from_json(&std::fs::read_to_string(out.join("realm.json")).unwrap()).unwrap();
         assert_eq!(realm.endpoints, ["10.77.0.11:7001", "10.77.0.12:7001", "kr3.example:7001"]);
         assert_eq!(realm.verifier_threshold, 1);
         assert!(realm.tls.is_some());

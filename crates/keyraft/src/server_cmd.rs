@@ -86,3 +86,23 @@ pub fn run(args: &ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
     })?;
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_dir_is_new_while_missing_or_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        assert!(data_dir_is_new(&dir).unwrap(), "missing");
+        std::fs::create_dir(&dir).unwrap();
+        assert!(data_dir_is_new(&dir).unwrap(), "empty (a new volume)");
+        std::fs::create_dir(dir.join("log")).unwrap();
+        assert!(!data_dir_is_new(&dir).unwrap(), "a node that started before");
+        let file = tmp.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(data_dir_is_new(&file).is_err(), "not a directory");
+    }
+}
