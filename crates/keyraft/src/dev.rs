@@ -363,10 +363,8 @@ fn create(args: &DevArgs) -> CmdResult {
         let seed = random32();
         write_secret(&dir.join(format!("keys/verifier-{n}.key")), &seed)?;
         verifier_keys.push(public_key_of(&seed));
-        let metrics = format!(
-            "127.0.0.1:{}",
-            port(args.base_port, 300 + u16::try_from(n).map_err(|_| "too many verifiers")?)?
-        );
+        let metrics =
+            format!("127.0.0.1:{}", port(args.base_port, 300 + u16::try_from(n).map_err(|_| "too many verifiers")?)?);
         let verifier = verifier_config(n, format!("data/verifier-{n}").into(), Some(metrics));
         std::fs::write(verifier_config_path(dir, n), toml::to_string_pretty(&verifier)?)?;
     }
@@ -412,10 +410,8 @@ fn create(args: &DevArgs) -> CmdResult {
         registration: registration_settings,
     };
     for v in &voters {
-        let metrics = format!(
-            "127.0.0.1:{}",
-            port(args.base_port, 200 + u16::try_from(v.id).map_err(|_| "too many replicas")?)?
-        );
+        let metrics =
+            format!("127.0.0.1:{}", port(args.base_port, 200 + u16::try_from(v.id).map_err(|_| "too many replicas")?)?);
         let listen = NodeListen { public: v.public_addr.clone(), peer: v.peer_addr.clone(), metrics: Some(metrics) };
         let node = node_config(v.id, PathBuf::from(format!("data/node-{}", v.id)), listen, &shared);
         std::fs::write(node_config_path(dir, v.id), toml::to_string_pretty(&node)?)?;
@@ -481,7 +477,10 @@ fn dev_limits(args: &DevArgs) -> Result<Limits, Box<dyn std::error::Error>> {
 
 /// `[limits]`: the defaults, with the stream stall limits (`verifier_stream_stall_ms`,
 /// `watch_stall_ms`) and the addresses exempt from rate limits.
-pub(crate) fn limits(stream_stall_ms: Option<u64>, rate_exempt: Vec<keyraft_server::rate_limits::AddressRange>) -> Limits {
+pub(crate) fn limits(
+    stream_stall_ms: Option<u64>,
+    rate_exempt: Vec<keyraft_server::rate_limits::AddressRange>,
+) -> Limits {
     let mut limits = Limits::default();
     if let Some(ms) = stream_stall_ms {
         limits.verifier_stream_stall_ms = ms;
