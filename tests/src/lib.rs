@@ -5,6 +5,7 @@
 //! Tests wait for conditions by polling with generous deadlines, never by fixed sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod blackhole;
 pub mod fake;
 
 use keyraft_client::{Client, ClientOptions};
