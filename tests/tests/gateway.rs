@@ -230,6 +230,25 @@ fn gateway_errors_are_json_with_the_grpc_code_and_an_http_status() {
     // The body was not read to its end: the connection cannot serve another request.
     assert!(close, "an HTTP/1.1 answer to an unread body says `connection: close`");
     error(status, &body, "RESOURCE_EXHAUSTED", "limits.request_bytes_max");
+    // Browsers on any page may call it: a CORS preflight, and the header on answers.
+    let (status, allow_origin, allow_methods) = realm.runtime.block_on(async {
+        let r = client
+            .request(reqwest::Method::OPTIONS, format!("{base}/v1/updates"))
+            .header("origin", "https://example.org")
+            .header("access-control-request-method", "POST")
+            .send()
+            .await
+            .unwrap();
+        let h = |name: &str| r.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+        (r.status().as_u16(), h("access-control-allow-origin"), h("access-control-allow-methods"))
+    });
+    assert_eq!((status, allow_origin.as_deref()), (204, Some("*")));
+    assert!(allow_methods.unwrap().contains("POST"));
+    let origin = realm.runtime.block_on(async {
+        let r = client.get(format!("{base}/v1/epochs/latest")).send().await.unwrap();
+        r.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap().to_owned())
+    });
+    assert_eq!(origin.as_deref(), Some("*"));
     // A query parameter that is not a number.
     let (status, _, _, body) = get(&realm, &client, &format!("{base}/v1/lookup/a@example.com?epoch=soon"));
     assert_eq!(status, 400);

@@ -342,6 +342,29 @@ impl<G> PublicRoutes<G> {
     }
 }
 
+/// Browsers may call the gateway from any page: it is a public API without cookies or other
+/// ambient credentials, and a page verifies what it gets (the proofs) instead of trusting its
+/// origin. Answers say so, and expose the request id.
+fn cors(headers: &mut http::HeaderMap) {
+    use http::header::{ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS};
+    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, http::HeaderValue::from_static("*"));
+    headers.insert(ACCESS_CONTROL_EXPOSE_HEADERS, http::HeaderValue::from_static("x-request-id"));
+}
+
+/// The answer to a browser's CORS preflight (`OPTIONS`): the methods and headers the routes
+/// take, cached for a day.
+fn preflight() -> http::Response<tonic::body::Body> {
+    use http::header::{ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_MAX_AGE};
+    let mut response = http::Response::new(tonic::body::Body::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let headers = response.headers_mut();
+    cors(headers);
+    headers.insert(ACCESS_CONTROL_ALLOW_METHODS, http::HeaderValue::from_static("GET, POST, OPTIONS"));
+    headers.insert(ACCESS_CONTROL_ALLOW_HEADERS, http::HeaderValue::from_static("content-type, x-request-id"));
+    headers.insert(ACCESS_CONTROL_MAX_AGE, http::HeaderValue::from_static("86400"));
+    response
+}
+
 fn is_grpc(headers: &http::HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
@@ -371,9 +394,13 @@ where
             let grpc = self.grpc.clone();
             Box::pin(grpc.oneshot(request))
         } else {
+            if request.method() == http::Method::OPTIONS {
+                return Box::pin(std::future::ready(Ok(preflight())));
+            }
             let gateway = self.gateway.clone();
             Box::pin(async move {
-                let response = gateway.oneshot(request).await?;
+                let mut response = gateway.oneshot(request).await?;
+                cors(response.headers_mut());
                 Ok(response.map(tonic::body::Body::new))
             })
         }
