@@ -523,7 +523,7 @@ impl NodeConfig {
 
     /// Checks every setting against its range (a message names the key), then the relations
     /// between settings.
-    fn check(&self) -> Result<(), Error> {
+    pub(crate) fn check(&self) -> Result<(), Error> {
         let (e, r, l, s) = (self.epochs, self.raft, &self.limits, self.storage);
         for (key, value, min, max) in [
             ("node_id", self.node_id, 1, u64::MAX),

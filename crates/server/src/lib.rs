@@ -35,6 +35,8 @@ mod blocking;
 pub mod config;
 pub mod effects;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod health;
 pub mod lifecycle;

@@ -153,7 +153,13 @@ impl<R: Read> HashingReader<'_, R> {
 pub(crate) fn load(path: &Path, store: &dyn Storage) -> Result<u64, Error> {
     let file =
         std::fs::File::open(path).map_err(|e| Error::io(format!("opening the snapshot {}", path.display()), e))?;
-    let mut r = HashingReader { inner: BufReader::with_capacity(1 << 20, file), hasher: Sha256::new(), path };
+    load_from(BufReader::with_capacity(1 << 20, file), path, store)
+}
+
+/// [`load`] from any reader (`path` only names the source in errors): the file loader, and
+/// the fuzz target through [`crate::fuzzing`].
+pub(crate) fn load_from(input: impl Read, path: &Path, store: &dyn Storage) -> Result<u64, Error> {
+    let mut r = HashingReader { inner: input, hasher: Sha256::new(), path };
     let mut magic = vec![0u8; MAGIC.len()];
     r.exact(&mut magic, "the magic")?;
     if magic != MAGIC {
