@@ -9,7 +9,9 @@
 # fuzz/artifacts/<target>/: minimise it (cargo +nightly fuzz tmin <target> <file>), fix the
 # bug, and add the input to fuzz/regressions/<target>/ so that the replay test
 # (crates/fuzz-targets/tests/corpus.rs, run by CI) keeps it. Needs
-# `cargo +nightly install cargo-fuzz --locked`. See docs/reliability.md, "Fuzzing".
+# `cargo +nightly install cargo-fuzz --locked`. FUZZ_SANITIZER (default none: the code under
+# test forbids unsafe code; `address` for ASan) and CARGO_TARGET_DIR (default fuzz/target)
+# pass on to cargo-fuzz. See docs/reliability.md, "Fuzzing".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=60
@@ -36,7 +38,8 @@ for t in "${targets[@]}"; do
     mkdir -p "$work/$t" "fuzz/regressions/$t"
     echo "== $t"
     rc=0
-    cargo +nightly fuzz run "$t" "$work/$t" "fuzz/corpus/$t" "fuzz/regressions/$t" -- \
+    cargo +nightly fuzz run --sanitizer "${FUZZ_SANITIZER:-none}" ${CARGO_TARGET_DIR:+--target-dir "$CARGO_TARGET_DIR"} \
+        "$t" "$work/$t" "fuzz/corpus/$t" "fuzz/regressions/$t" -- \
         "${limit[@]}" -print_final_stats=1 >"$work/$t.log" 2>&1 || rc=$?
     grep -E '^(stat::number_of_executed_units|stat::average_exec_per_sec|Done)' "$work/$t.log" || true
     if [ $rc -ne 0 ]; then

@@ -220,3 +220,23 @@ fn write_seeds() {
         std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
     }
 }
+
+/// The seeds are what they claim: the snapshots load, the honest proofs verify (a target fed
+/// only refusals would explore little past the first check).
+#[test]
+fn the_seeds_are_valid_inputs() {
+    let corpus = fuzz_dir().join("corpus");
+    let snapshot = std::fs::read(corpus.join("snapshot/seed-two-pairs")).unwrap();
+    let store = keyraft_storage::MemoryStorage::new();
+    assert_eq!(keyraft_server::fuzzing::load_snapshot(&snapshot, &store).unwrap(), 2);
+    let mut truncated = snapshot.clone();
+    truncated.pop();
+    let store = keyraft_storage::MemoryStorage::new();
+    assert!(keyraft_server::fuzzing::load_snapshot(&truncated, &store).is_err());
+    for name in ["v1-inclusion", "v1-absence-other-leaf"] {
+        let bytes = std::fs::read(corpus.join("lookup_proof").join(format!("seed-{name}"))).unwrap();
+        assert!(keyraft_core::LookupProof::from_bytes(&bytes).is_ok(), "{name}");
+    }
+    let text = std::fs::read_to_string(corpus.join("node_config/seed-documented")).unwrap();
+    keyraft_server::fuzzing::parse_node_config(&text).unwrap();
+}
