@@ -1,7 +1,7 @@
 //! Errors of a store that holds epochs (a replica's state, a verifier's store). None of them is
 //! caused by a client or a peer: bad input becomes an outcome or a mismatch that says why it
 //! was refused. These mean this process's own storage failed or holds what it cannot accept,
-//! and the process must stop.
+//! and the process must stop, except [`StateError::Pruned`]: a read of what retention deleted.
 
 use keyraft_storage::StorageError;
 use thiserror::Error;
@@ -26,6 +26,18 @@ pub enum StateError {
         epoch: u64,
         /// What contradicts what.
         what: String,
+    },
+    /// The tree of `epoch` is no longer stored: this replica keeps only the trees from
+    /// `oldest` on (its retention setting). Not a failure: the caller asked for what this
+    /// replica chose not to keep; a replica without retention has it.
+    #[error(
+        "the tree of epoch {epoch} is not kept: this replica's retention keeps the trees from epoch {oldest} on; ask for a newer epoch, or a replica that keeps more"
+    )]
+    Pruned {
+        /// The epoch asked for.
+        epoch: u64,
+        /// The oldest epoch whose tree is kept.
+        oldest: u64,
     },
     /// The data directory belongs to another realm or configuration.
     #[error("the data directory holds state for another realm configuration ({0}); refusing to open it")]

@@ -25,6 +25,10 @@
 //! The `c` keyspace and `mpending-config` are empty in stores written before configuration
 //! changes existed, which read exactly as before: no format version bump.
 //!
+//! `mtrees-from` is written by retention, not by the step function (see `machine::retention`):
+//! replicas with different retention settings differ in it and in the `t` keys below it, and
+//! in nothing else.
+//!
 //! The first byte 0x00 belongs to the storage crate (format version).
 
 use keyraft_core::Index;
@@ -43,6 +47,9 @@ pub(crate) const META_APPLIED: &[u8] = b"mapplied";
 pub(crate) const META_EPOCH: &[u8] = b"mepoch";
 pub(crate) const META_CONFIG: &[u8] = b"mconfig";
 pub(crate) const META_PENDING_CONFIG: &[u8] = b"mpending-config";
+/// The oldest epoch whose tree is kept (u64): retention, a replica's own setting, wrote it and
+/// deleted the trees before it. Absent: every tree is kept. The step function never reads it.
+pub(crate) const META_TREES_FROM: &[u8] = b"mtrees-from";
 
 pub(crate) fn config_change(generation: u64) -> Vec<u8> {
     epoch_prefix(CONFIG_CHANGE, generation)

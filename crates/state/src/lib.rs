@@ -27,6 +27,7 @@ fn corrupt(what: impl std::fmt::Display) -> StateError {
     StateError::corrupt(what)
 }
 pub use keyraft_core::{Command, LogPosition};
+pub use machine::retention;
 pub use machine::{
     AppliedChange, Effect, EpochState, Ignored, Outcome, PublishedEpoch, Rejected, StateMachine, Step,
     STATE_FORMAT_VERSION,

@@ -38,6 +38,8 @@ pub type Key = Vec<u8>;
 pub type Value = Vec<u8>;
 /// Key/value pairs of a range, in the order requested.
 pub type RangeIter<'a> = Box<dyn Iterator<Item = Result<(Key, Value), StorageError>> + Send + 'a>;
+/// Keys of a range, without their values.
+pub type KeyIter<'a> = Box<dyn Iterator<Item = Result<Key, StorageError>> + Send + 'a>;
 
 /// One write of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,6 +181,12 @@ pub trait Storage: Send + Sync + 'static {
     /// Makes every write that returned before this call durable.
     fn flush(&self) -> Result<(), StorageError>;
 
+    /// The keys `k` with `start <= k < end`, ascending, without reading their values (an
+    /// engine that keeps large values apart skips them): for finding what to delete.
+    fn range_keys(&self, start: &[u8], end: Option<&[u8]>) -> KeyIter<'_> {
+        Box::new(self.range(start, end, Direction::Forward).map(|r| r.map(|(k, _)| k)))
+    }
+
     /// Every key starting with `prefix`, ascending.
     fn scan_prefix(&self, prefix: &[u8]) -> RangeIter<'_> {
         let end = prefix_successor(prefix);
@@ -222,6 +230,10 @@ impl<T: Storage + ?Sized> Storage for std::sync::Arc<T> {
 
     fn range(&self, start: &[u8], end: Option<&[u8]>, direction: Direction) -> RangeIter<'_> {
         (**self).range(start, end, direction)
+    }
+
+    fn range_keys(&self, start: &[u8], end: Option<&[u8]>) -> KeyIter<'_> {
+        (**self).range_keys(start, end)
     }
 
     fn write(&self, batch: Batch) -> Result<(), StorageError> {

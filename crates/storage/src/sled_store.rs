@@ -20,9 +20,15 @@
 //! A batch's large values are appended and synced *before* the batch goes to sled, so a
 //! pointer never reaches the disk ahead of its bytes. A crash between the two leaves
 //! unreferenced bytes at the end of the log; they are never read, and appends continue after
-//! them. The log is never compacted: keyraft's large values are tree chunks, written once and
-//! never overwritten, so nothing in it becomes garbage in normal operation (a snapshot install
-//! builds a new database directory).
+//! them. The log is never compacted or rewritten: keyraft's large values are tree chunks,
+//! written once and never overwritten. They are deleted only by retention (`keyraft_state`'s
+//! pruning of past epochs' trees), and the space of a deleted value is given back to the file
+//! system by punching a hole over its bytes (`fallocate(PUNCH_HOLE)`; the file keeps its length
+//! and its offsets). A hole is punched only once the deletion is durable: [`SledStorage::flush`]
+//! punches the holes of the deletions written before it began, after sled's own flush, so no
+//! durable pointer ever points into a hole. A crash in between leaves the bytes in place (space
+//! not given back, never a pointer to zeroes). Overwriting a logged value (keyraft never does)
+//! would leave its old bytes in the log.
 //!
 //! The engine format is recorded in sled's default tree (`keyraft-engine-format`, u32 BE), out
 //! of sight of the store's keys. Format 1 (before the value log) kept untagged values in the
@@ -35,7 +41,7 @@
 //! disk with a volatile write cache might. Run replicas on storage with power-loss protection,
 //! and keep them on independent power so that losing a minority is all that can happen.
 
-use crate::{Batch, BatchOp, Direction, RangeIter, Storage, StorageError, Value};
+use crate::{Batch, BatchOp, Direction, KeyIter, RangeIter, Storage, StorageError, Value};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
@@ -93,6 +99,9 @@ struct ValueLog {
     end: AtomicU64,
     /// Serialises writers, so that appends and the batches pointing at them are in one order.
     writer: Mutex<()>,
+    /// Byte ranges (offset, length) of values whose deletion is written but not yet flushed:
+    /// their holes are punched by the next flush.
+    deleted: Mutex<Vec<(u64, u32)>>,
 }
 
 fn engine(e: sled::Error) -> StorageError {
@@ -168,7 +177,12 @@ impl SledStorage {
         Ok(Self {
             db,
             tree,
-            values: Arc::new(ValueLog { file, end: AtomicU64::new(end), writer: Mutex::new(()) }),
+            values: Arc::new(ValueLog {
+                file,
+                end: AtomicU64::new(end),
+                writer: Mutex::new(()),
+                deleted: Mutex::new(Vec::new()),
+            }),
             value_log_min_bytes: options.value_log_min_bytes.unwrap_or(usize::MAX),
         })
     }
@@ -231,7 +245,44 @@ fn migrate_legacy(db: &sled::Db) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// The (offset, length) a stored value points to in the value log; `None` for an inline value
+/// or one that is not a well-formed pointer (reading it reports that).
+fn logged_range(stored: &[u8]) -> Option<(u64, u32)> {
+    let (&tag, pointer) = stored.split_first()?;
+    if tag != TAG_LOGGED || pointer.len() != POINTER_BYTES - 1 {
+        return None;
+    }
+    let offset = u64::from_be_bytes(pointer[..8].try_into().ok()?);
+    let len = u32::from_be_bytes(pointer[8..12].try_into().ok()?);
+    Some((offset, len))
+}
+
 impl ValueLog {
+    /// Gives the space of deleted values back to the file system. The caller has made their
+    /// deletions durable.
+    fn punch(&self, ranges: &[(u64, u32)]) -> Result<(), StorageError> {
+        use nix::fcntl::{fallocate, FallocateFlags};
+        use std::os::fd::AsRawFd as _;
+        let mode = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        for &(offset, len) in ranges {
+            let Ok(at) = i64::try_from(offset) else { continue };
+            let len = i64::from(len);
+            match fallocate(self.file.as_raw_fd(), mode, at, len) {
+                Ok(()) => {}
+                // A file system without holes keeps the bytes: retention then saves nothing
+                // there, which is no reason to fail.
+                Err(nix::errno::Errno::EOPNOTSUPP) => return Ok(()),
+                Err(e) => {
+                    return Err(StorageError::Io {
+                        context: "punching a hole over deleted values in the value log",
+                        source: e.into(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The value a stored (tagged) sled value stands for.
     fn resolve(&self, stored: &[u8]) -> Result<Value, StorageError> {
         match stored.split_first() {
@@ -300,6 +351,7 @@ impl Storage for SledStorage {
         let base = self.values.end.load(Ordering::Acquire);
         let mut end = base;
         let mut b = sled::Batch::default();
+        let mut deleted = Vec::new();
         for op in batch.into_ops() {
             match op {
                 BatchOp::Put { key, value } if value.len() >= self.value_log_min_bytes => {
@@ -320,7 +372,12 @@ impl Storage for SledStorage {
                     end += u64::from(len);
                 }
                 BatchOp::Put { key, value } => b.insert(key, tagged(&value)),
-                BatchOp::Delete { key } => b.remove(key),
+                BatchOp::Delete { key } => {
+                    if let Some(range) = self.tree.get(&key).map_err(engine)?.as_deref().and_then(logged_range) {
+                        deleted.push(range);
+                    }
+                    b.remove(key);
+                }
             }
         }
         if end > base {
@@ -331,10 +388,34 @@ impl Storage for SledStorage {
                 .map_err(|source| StorageError::Io { context: "syncing the value log", source })?;
             self.values.end.store(end, Ordering::Release);
         }
-        self.tree.apply_batch(b).map_err(engine)
+        self.tree.apply_batch(b).map_err(engine)?;
+        if !deleted.is_empty() {
+            self.values
+                .deleted
+                .lock()
+                .map_err(|_| StorageError::Engine("a storage writer panicked".into()))?
+                .append(&mut deleted);
+        }
+        Ok(())
     }
 
     fn flush(&self) -> Result<(), StorageError> {
-        self.db.flush().map(|_| ()).map_err(engine)
+        // Only deletions written before sled's flush begins are durable after it.
+        let deleted = std::mem::take(
+            &mut *self.values.deleted.lock().map_err(|_| StorageError::Engine("a storage writer panicked".into()))?,
+        );
+        self.db.flush().map_err(engine)?;
+        self.values.punch(&deleted)
+    }
+
+    fn range_keys(&self, start: &[u8], end: Option<&[u8]>) -> KeyIter<'_> {
+        if end.is_some_and(|e| e <= start) {
+            return Box::new(std::iter::empty());
+        }
+        let iter = match end {
+            Some(e) => self.tree.range(start.to_vec()..e.to_vec()),
+            None => self.tree.range(start.to_vec()..),
+        };
+        Box::new(iter.map(|r| r.map(|(k, _)| k.to_vec()).map_err(engine)))
     }
 }

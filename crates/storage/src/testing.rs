@@ -74,6 +74,10 @@ fn ranges(s: &dyn Storage) {
     assert_eq!(s.first_in_range(b"bb", None).unwrap().unwrap().0, b"c".to_vec());
     assert_eq!(s.last_in_range(b"a", Some(b"c")).unwrap().unwrap().0, b"ba".to_vec());
     assert_eq!(s.last_in_range(b"d", Some(b"e")).unwrap(), None);
+    let only_keys = |start: &[u8], end: Option<&[u8]>| s.range_keys(start, end).map(Result::unwrap).collect::<Vec<_>>();
+    assert_eq!(only_keys(b"b", Some(b"c")), vec![b"b".to_vec(), b"ba".to_vec()]);
+    assert_eq!(only_keys(b"", None), keys(s.range(b"", None, Direction::Forward)));
+    assert!(only_keys(b"c", Some(b"b")).is_empty());
 }
 
 fn prefixes(s: &dyn Storage) {

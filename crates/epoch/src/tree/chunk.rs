@@ -25,12 +25,15 @@ pub(super) fn root_key(epoch: u64) -> Vec<u8> {
     k
 }
 
+/// The byte after the epoch in a chunk's key (a root page's is 0).
+pub(super) const CHUNK_TAG: u8 = 1;
+
 /// The key of one of an epoch's page chunks: `t || epoch || 0x01 || chunk (u32)`.
 fn chunk_key(epoch: u64, chunk: u32) -> Vec<u8> {
     let mut k = Vec::with_capacity(14);
     k.push(keys::TREE);
     k.extend_from_slice(&epoch.to_be_bytes());
-    k.push(1);
+    k.push(CHUNK_TAG);
     k.extend_from_slice(&chunk.to_be_bytes());
     k
 }

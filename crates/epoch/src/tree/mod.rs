@@ -56,6 +56,13 @@
 //! memory; the caller puts an epoch's [`WrittenPages`] into it once the epoch's batch is
 //! written (the exact rule is on [`PageCache`]).
 //!
+//! ## Retention
+//!
+//! Without it every page version stays, so any past epoch can be proven. A replica that keeps
+//! only the trees from some epoch on deletes what [`garbage_before`] finds: the root pages of
+//! earlier epochs and their chunks that the tree of that epoch no longer reaches (`prune`
+//! explains why one walk of one tree decides it).
+//!
 //! ## Files
 //!
 //! - `page`: the page layout, node slots, the page codec and page identities;
@@ -64,11 +71,13 @@
 //! - `cache`: the newest page versions kept in memory for the next epoch;
 //! - `read`: roots and proofs of any epoch;
 //! - `write`: applying an epoch's leaves in one descent, subtrees on several threads;
+//! - `prune`: what the trees from an epoch on no longer need;
 //! - `tests`: the whole cycle against a model, across thread counts and cold caches.
 
 mod cache;
 mod chunk;
 mod page;
+mod prune;
 mod read;
 #[cfg(test)]
 mod tests;
@@ -76,5 +85,6 @@ mod write;
 
 pub use cache::{PageCache, WrittenPages};
 pub use page::PageId;
+pub use prune::{garbage_before, reachable_chunks, Garbage};
 pub use read::{prove, root_at};
 pub use write::apply_epoch;

@@ -136,7 +136,7 @@ impl ChildMap {
         self.0.iter().flatten().count()
     }
 
-    fn iter(&self) -> impl Iterator<Item = (u8, &Location)> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u8, &Location)> {
         self.0.iter().enumerate().filter_map(|(i, l)| l.as_ref().map(|l| (((i << (8 - PAGE_BITS)) as u8), l)))
     }
 

@@ -76,3 +76,69 @@ fn reference_root(depth: usize, leaves: &[(Index, Digest)]) -> Digest {
         }
     }
 }
+
+/// Pruning below a horizon keeps every tree from the horizon on byte for byte (roots and
+/// proofs as in a store never pruned), deletes the rest, and later epochs still apply on top
+/// of a pruned store with a cold cache.
+#[test]
+fn pruning_keeps_every_tree_from_the_horizon_on() {
+    use super::prune::garbage_before;
+    use keyraft_storage::{Direction, MemoryStorage, Storage as _};
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let (full, pruned) = (MemoryStorage::new(), MemoryStorage::new());
+    let (full_cache, pruned_cache) = (PageCache::default(), PageCache::default());
+    let mut indexes: Vec<Index> = Vec::new();
+    let mut horizon = 0;
+    let mut chunks_deleted = 0;
+    for epoch in 1..=36u64 {
+        let mut updates = std::collections::BTreeMap::new();
+        // A small directory whose entries change often: most page versions are soon replaced.
+        for _ in 0..(if epoch == 1 { 400 } else { 10 }) {
+            updates.insert(Index(rng.gen()), rng.gen());
+        }
+        if !indexes.is_empty() {
+            for _ in 0..150 {
+                updates.insert(indexes[rng.gen_range(0..indexes.len())], rng.gen());
+            }
+        }
+        let updates: Vec<(Index, Digest)> = updates.into_iter().collect();
+        indexes.extend(updates.iter().map(|(i, _)| *i));
+        for (store, cache) in [(&full, &full_cache), (&pruned, &pruned_cache)] {
+            let mut batch = Batch::new();
+            let previous = (epoch > 1).then(|| epoch - 1);
+            let (_, written) = apply_epoch_with(store, cache, previous, epoch, &updates, &mut batch, 2).unwrap();
+            store.write(batch).unwrap();
+            cache.commit(written);
+        }
+        if epoch % 6 == 0 {
+            horizon = epoch - 2;
+            let garbage = garbage_before(&pruned, horizon).unwrap();
+            assert!(garbage.keys.len() > garbage.chunks && garbage.chunks_kept > 0, "epoch {epoch}: {garbage:?}");
+            chunks_deleted += garbage.chunks;
+            let mut batch = Batch::new();
+            for key in &garbage.keys {
+                batch.delete(key.clone());
+            }
+            pruned.write(batch).unwrap();
+            assert_eq!(garbage_before(&pruned, horizon).unwrap().keys, Vec::<Vec<u8>>::new(), "pruning twice");
+            // The next epoch reads the newest pages from storage.
+            pruned_cache.clear();
+        }
+        for e in horizon.max(1)..=epoch {
+            assert_eq!(root_at(&pruned, e).unwrap(), root_at(&full, e).unwrap(), "root of epoch {e}");
+            for index in indexes.iter().step_by(53).chain([&Index([0x5a; 32])]) {
+                assert_eq!(prove(&pruned, e, index).unwrap(), prove(&full, e, index).unwrap(), "epoch {e}");
+            }
+        }
+    }
+    // What is left below the last horizon is only what its tree reaches.
+    let left: Vec<_> =
+        pruned.range(b"t", Some(&super::chunk::root_key(horizon)), Direction::Forward).map(|r| r.unwrap().0).collect();
+    let reached = super::prune::reachable_chunks(&pruned, horizon).unwrap();
+    assert_eq!(left.len(), reached.iter().filter(|(e, _)| *e < horizon).count());
+    assert!(chunks_deleted > 0);
+    let size =
+        |s: &MemoryStorage| s.range(b"t", Some(b"u"), Direction::Forward).map(|r| r.unwrap().1.len()).sum::<usize>();
+    assert!(size(&pruned) * 2 < size(&full), "pruned {} of {} bytes", size(&pruned), size(&full));
+}

@@ -18,12 +18,14 @@
 //! - `step`: the step function, one decision per command kind;
 //! - `commit`: writing steps, at once or deferred into one later batch;
 //! - `queries`: read accessors over the stored state (updates, heads, signatures, proofs);
+//! - `retention`: pruning the trees of old epochs (a replica's own setting, outside the step);
 //! - `codec`: the byte layout of the persisted epoch state and log position.
 
 mod codec;
 mod commit;
 mod configs;
 mod queries;
+pub mod retention;
 mod step;
 
 pub use self::configs::AppliedChange;
@@ -276,6 +278,8 @@ pub struct StateMachine<S> {
     unwritten: Batch,
     /// The staged updates among them, by index, for the step function to see.
     unwritten_staged: BTreeMap<Index, Vec<u8>>,
+    /// The oldest epoch whose tree is kept (see `retention`); never read by the step.
+    trees_from: u64,
 }
 
 impl<S: Storage> StateMachine<S> {
@@ -306,6 +310,7 @@ impl<S: Storage> StateMachine<S> {
                 epoch_state.pending_updates
             )));
         }
+        let trees_from = retention::read_trees_from(&store)?;
         Ok(Self {
             store,
             configs,
@@ -315,6 +320,7 @@ impl<S: Storage> StateMachine<S> {
             open_leaves,
             unwritten: Batch::new(),
             unwritten_staged: BTreeMap::new(),
+            trees_from,
         })
     }
 

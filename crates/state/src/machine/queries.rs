@@ -179,13 +179,22 @@ impl<S: Storage> StateMachine<S> {
         Ok(Some(PublishedEpoch { updates, head, replica_signatures, recovery_requests, config_change }))
     }
 
-    /// The tree root as of `epoch`.
+    /// The tree root as of `epoch`: from its head once retention pruned its tree (a verifier
+    /// resuming there is still answered).
     pub fn root_at(&self, epoch: u64) -> Result<Digest, StateError> {
+        if self.check_tree_kept(epoch).is_err() {
+            if let Some(head) = self.head(epoch)? {
+                return Ok(head.root);
+            }
+        }
+        self.check_tree_kept(epoch)?;
         tree::root_at(&self.store, epoch)
     }
 
-    /// The tree proof for `index` in the tree of `epoch`.
+    /// The tree proof for `index` in the tree of `epoch`; [`StateError::Pruned`] if
+    /// retention pruned it (reading it anyway would find no root page and prove an empty tree).
     pub fn tree_proof(&self, epoch: u64, index: &Index) -> Result<TreeProof, StateError> {
+        self.check_tree_kept(epoch)?;
         tree::prove(&self.store, epoch, index)
     }
 }
