@@ -44,6 +44,11 @@ impl TreeFixture {
         }
     }
 
+    /// The store underneath.
+    pub fn store(&self) -> &dyn Storage {
+        self.store.as_ref()
+    }
+
     /// Makes every applied epoch durable.
     ///
     /// # Panics

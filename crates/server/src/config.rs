@@ -366,13 +366,21 @@ pub struct StorageSettings {
     pub state_cache_bytes: u64,
     /// sled cache for the Raft log, in bytes.
     pub log_cache_bytes: u64,
+    /// Keep the trees of only the newest this many epochs (0: keep every epoch's tree, the
+    /// default). Lookups, histories and watches that need an older tree are refused with
+    /// FAILED_PRECONDITION; heads, signatures and updates are all kept.
+    pub retention_epochs: u64,
 }
 
 impl Default for StorageSettings {
     fn default() -> Self {
-        Self { state_cache_bytes: 128 * 1024 * 1024, log_cache_bytes: 32 * 1024 * 1024 }
+        Self { state_cache_bytes: 128 * 1024 * 1024, log_cache_bytes: 32 * 1024 * 1024, retention_epochs: 0 }
     }
 }
+
+/// The fewest epochs a retention setting keeps: a lookup answers from the newest epoch its
+/// verifier threshold allows, which trails the newest closed one by the verifiers' lag.
+pub const RETENTION_EPOCHS_MIN: u64 = 2;
 
 /// One initial voter.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -557,6 +565,9 @@ impl NodeConfig {
             ("storage.log_cache_bytes", s.log_cache_bytes, MIB, 1 << 40),
         ] {
             check_range(key, value, min, max)?;
+        }
+        if s.retention_epochs != 0 {
+            check_range("storage.retention_epochs", s.retention_epochs, RETENTION_EPOCHS_MIN, u64::MAX)?;
         }
         for (key, rate, burst_key, burst) in l.rate_settings() {
             check_range(key, u64::from(rate), 0, RATE_MAX)?;
@@ -769,6 +780,7 @@ mod tests {
         });
         refused("storage.state_cache_bytes", |c| c.storage.state_cache_bytes = 0);
         refused("storage.log_cache_bytes", |c| c.storage.log_cache_bytes = u64::MAX);
+        refused("storage.retention_epochs", |c| c.storage.retention_epochs = 1);
     }
 
     #[test]

@@ -52,6 +52,7 @@ pub mod rate_limits;
 pub mod read;
 pub mod registration;
 pub mod request_limits;
+mod retention;
 pub mod seams;
 pub mod server;
 pub mod service;

@@ -19,6 +19,7 @@
 
 use crate::node::Node;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -88,6 +89,7 @@ pub struct Metrics {
     stream_counters: Mutex<Vec<(&'static str, Arc<AtomicUsize>)>>,
     connections_open: Family<Labels, Gauge>,
     storage_bytes: Family<Labels, Gauge>,
+    retention: RetentionMetrics,
     /// The data directory whose stores are sized at each scrape.
     data_dir: Option<std::path::PathBuf>,
 }
@@ -95,17 +97,48 @@ pub struct Metrics {
 /// The stores of a data directory, sized in `keyraft_storage_bytes{store}`.
 const STORES: [&str; 3] = ["log", "state", "snapshots"];
 
-/// The bytes of the files under `path` (0 if it is absent).
+/// The bytes the files under `path` occupy on disk, their allocated blocks (0 if it is absent):
+/// holes that retention punched in the value log are not counted.
 fn dir_bytes(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
     let Ok(entries) = std::fs::read_dir(path) else { return 0 };
     entries
         .flatten()
         .map(|e| match e.file_type() {
             Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Ok(_) => e.metadata().map_or(0, |m| m.blocks() * 512),
             Err(_) => 0,
         })
         .sum()
+}
+
+/// Retention's metrics (`storage.retention_epochs`).
+#[derive(Debug)]
+struct RetentionMetrics {
+    trees_from: Gauge,
+    pruned_chunks: Counter,
+    prune_duration: Histogram,
+}
+
+impl RetentionMetrics {
+    fn register(r: &mut Registry) -> Self {
+        let trees_from = Gauge::default();
+        r.register(
+            "retention_trees_from_epoch",
+            "The oldest epoch whose tree this replica keeps (storage.retention_epochs; 0: every epoch's)",
+            trees_from.clone(),
+        );
+        let pruned_chunks = Counter::default();
+        r.register("retention_pruned_chunks", "Tree chunks of past epochs deleted by retention", pruned_chunks.clone());
+        let prune_duration = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        r.register_with_unit(
+            "retention_prune_duration",
+            "One round of retention: walking the horizon's tree and deleting what it no longer reaches",
+            Unit::Seconds,
+            prune_duration.clone(),
+        );
+        Self { trees_from, pruned_chunks, prune_duration }
+    }
 }
 
 fn gauge_value(v: u64) -> i64 {
@@ -194,6 +227,7 @@ impl Metrics {
             Unit::Bytes,
             storage_bytes.clone(),
         );
+        let retention = RetentionMetrics::register(&mut r);
         Self {
             registry: Mutex::new(r),
             methods: served_methods(),
@@ -218,6 +252,7 @@ impl Metrics {
             stream_counters: Mutex::new(Vec::new()),
             connections_open,
             storage_bytes,
+            retention,
             data_dir: None,
         }
     }
@@ -243,6 +278,18 @@ impl Metrics {
         let labels = vec![("how".to_owned(), how.to_owned())];
         self.snapshot_duration.get_or_create(&labels).observe(took.as_secs_f64());
         self.snapshot_bytes.get_or_create(&labels).set(gauge_value(bytes));
+    }
+
+    /// The oldest epoch whose tree this replica keeps.
+    pub fn retention_trees_from(&self, trees_from: u64) {
+        self.retention.trees_from.set(gauge_value(trees_from));
+    }
+
+    /// Records a round of retention that kept the trees from `trees_from` on.
+    pub fn pruned(&self, trees_from: u64, chunks: usize, took: Duration) {
+        self.retention_trees_from(trees_from);
+        self.retention.pruned_chunks.inc_by(chunks as u64);
+        self.retention.prune_duration.observe(took.as_secs_f64());
     }
 
     /// Records a request of `listener` to `path` that ended with gRPC status `code` (`None`:

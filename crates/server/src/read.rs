@@ -36,6 +36,10 @@ pub const EPOCHS_AHEAD_MAX: u64 = 64;
 
 /// A state read failed: this replica's storage is at fault, never the caller.
 pub(crate) fn internal(e: StateError) -> Status {
+    // Not a failure: the caller asked for a tree this replica's retention no longer keeps.
+    if let StateError::Pruned { .. } = e {
+        return Status::failed_precondition(e.to_string());
+    }
     tracing::error!(error = %e, "state read failed");
     Status::internal(format!("this replica failed to read its state: {e}"))
 }

@@ -342,6 +342,10 @@ pub async fn run_with(
     tasks.spawn("epoch-proposer", stopping.clone().run_until_cancelled_owned(epoch_proposer));
     let signature_proposer = proposers::signature_proposer(node.clone(), config.epochs, stopping.clone());
     tasks.spawn("signature-proposer", stopping.clone().run_until_cancelled_owned(signature_proposer));
+    if config.storage.retention_epochs > 0 {
+        let retention = crate::retention::run(node.shared.clone(), config.storage.retention_epochs, metrics.clone());
+        tasks.spawn("retention", stopping.clone().run_until_cancelled_owned(retention));
+    }
 
     // A Raft core that stops on its own (a full disk) leaves a replica that answers from a
     // frozen state and can never catch up: stop it, so that a supervisor restarts it.

@@ -34,7 +34,7 @@ fn loaded(dir: &std::path::Path) -> (Loaded, ed25519_dalek::SigningKey) {
         epochs: EpochSettings { min_epoch_interval_ms: 50, max_epoch_interval_ms: 200, ..EpochSettings::default() },
         raft: RaftSettings::default(),
         limits: Limits::default(),
-        storage: StorageSettings { state_cache_bytes: 1 << 20, log_cache_bytes: 1 << 20 },
+        storage: StorageSettings { state_cache_bytes: 1 << 20, log_cache_bytes: 1 << 20, ..StorageSettings::default() },
         voters: Vec::new(),
         registration: Default::default(),
     };

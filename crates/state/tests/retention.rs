@@ -6,7 +6,7 @@
 use keyraft_core::lookup::verify_lookup_at;
 use keyraft_core::{Canonical as _, Command, LogPosition, Policy};
 use keyraft_state::harness::{derive_signing_key, public_key, test_profile, Harness};
-use keyraft_state::retention::plan_prune;
+use keyraft_state::retention::{delete_pruned, plan_prune};
 use keyraft_state::{StateError, StateMachine};
 use keyraft_storage::{dump_all, MemoryStorage, Storage};
 
@@ -63,13 +63,13 @@ fn pruned_trees_are_refused_kept_ones_unchanged_and_a_crash_is_harmless() {
     pruned.begin_prune(horizon).unwrap();
     // A crash halfway through the deletions.
     let half = garbage.keys.len() / 2;
-    pruned.delete_pruned(&garbage.keys[..half]).unwrap();
+    delete_pruned(pruned.store(), &garbage.keys[..half]).unwrap();
     drop(pruned);
     let mut pruned = StateMachine::open(store.clone(), h.genesis.clone()).unwrap();
     assert_eq!(pruned.trees_from(), horizon, "the horizon is durable");
     let rest = plan_prune(pruned.store(), horizon).unwrap();
     assert_eq!(rest.keys, garbage.keys[half..].to_vec(), "the next pruning finds what is left");
-    pruned.delete_pruned(&rest.keys).unwrap();
+    delete_pruned(pruned.store(), &rest.keys).unwrap();
     assert!(plan_prune(pruned.store(), horizon).unwrap().keys.is_empty());
 
     let realm = h.client_realm(1);

@@ -78,6 +78,46 @@ impl SharedState {
     fn applied_now(&self, raft_index: u64) -> Applied {
         Applied { raft_index, epoch_state: self.read().epoch_state() }
     }
+
+    /// One round of retention keeping the trees of the newest `epochs_kept` epochs, run
+    /// beside apply and reads (see `keyraft_state::retention`); `None` if the horizon has not
+    /// moved far enough (an eighth of `epochs_kept`) since the last round. Blocks: call it off
+    /// the async runtime.
+    pub(crate) fn prune(&self, epochs_kept: u64) -> Result<Option<Pruned>, keyraft_state::StateError> {
+        use keyraft_state::retention::{delete_pruned, plan_prune};
+        let started = std::time::Instant::now();
+        let (store, horizon) = {
+            let machine = self.read();
+            let Some(horizon) = machine.retention_horizon(epochs_kept, epochs_kept / 8) else { return Ok(None) };
+            (Arc::clone(machine.store()), horizon)
+        };
+        // The walk reads trees no step writes again, without a lock.
+        let garbage = plan_prune(store.as_ref(), horizon)?;
+        {
+            let mut machine = self.machine.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // A snapshot installed meanwhile replaced the state: its next round starts afresh.
+            if !std::ptr::addr_eq(Arc::as_ptr(machine.store()), Arc::as_ptr(&store)) {
+                return Ok(None);
+            }
+            // Under the write lock: no lookup is halfway through a tree that is about to go,
+            // and no snapshot dump began before the horizon it records.
+            machine.begin_prune(horizon)?;
+        }
+        delete_pruned(store.as_ref(), &garbage.keys)?;
+        store.flush()?;
+        Ok(Some(Pruned { trees_from: horizon, chunks: garbage.chunks, took: started.elapsed() }))
+    }
+}
+
+/// What a round of retention did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pruned {
+    /// The oldest epoch whose tree is kept now.
+    pub(crate) trees_from: u64,
+    /// Tree chunks deleted.
+    pub(crate) chunks: usize,
+    /// How long the round took.
+    pub(crate) took: std::time::Duration,
 }
 
 /// openraft's state machine.

@@ -9,7 +9,7 @@
 //!    It only reads, from trees no step writes again, so it runs beside apply and lookups.
 //! 2. [`StateMachine::begin_prune`] records the horizon (`mtrees-from`) and from then on
 //!    refuses reads of the trees before it ([`StateError::Pruned`]), before anything is gone.
-//! 3. [`StateMachine::delete_pruned`] deletes the listed keys, in batches.
+//! 3. [`delete_pruned`] deletes the listed keys, in batches.
 //!
 //! Only trees are pruned: heads, signatures, updates and the verifier log stay, so verifiers
 //! still replay the realm from its first epoch, and lookups and histories are refused only
@@ -79,18 +79,19 @@ impl<S: Storage> StateMachine<S> {
         self.trees_from = horizon;
         Ok(())
     }
+}
 
-    /// Deletes `keys` (step 3), which [`plan_prune`] listed below a horizon already passed to
-    /// [`StateMachine::begin_prune`].
-    pub fn delete_pruned(&self, keys: &[Key]) -> Result<(), StateError> {
-        for chunk in keys.chunks(PRUNE_BATCH_KEYS_MAX) {
-            let mut batch = Batch::new();
-            for key in chunk {
-                debug_assert!(key.first() == Some(&keyraft_epoch::keys::TREE), "retention deletes tree keys only");
-                batch.delete(key.clone());
-            }
-            self.store.write(batch)?;
+/// Deletes `keys` from `store` (step 3): what [`plan_prune`] listed below a horizon already
+/// passed to [`StateMachine::begin_prune`]. Needs no lock: no reader or step touches them any
+/// more. The space comes back once `store` is flushed.
+pub fn delete_pruned(store: &dyn Storage, keys: &[Key]) -> Result<(), StateError> {
+    for chunk in keys.chunks(PRUNE_BATCH_KEYS_MAX) {
+        let mut batch = Batch::new();
+        for key in chunk {
+            assert!(key.first() == Some(&keyraft_epoch::keys::TREE), "retention deletes tree keys only");
+            batch.delete(key.clone());
         }
-        Ok(())
+        store.write(batch)?;
     }
+    Ok(())
 }
