@@ -62,23 +62,35 @@ pub(super) fn read_location<'c>(
     chunk.get(start..start.saturating_add(len)).ok_or_else(|| corrupt("tree page location outside its chunk"))
 }
 
-/// Chunk numbers of an epoch are `stream << STREAM_SHIFT | n`: each subtree under the root
-/// page writes its own stream of chunks, so subtrees can be rewritten independently (on
-/// several threads) and still produce the same bytes as one thread would.
+/// Chunk numbers of an epoch are `class << CLASS_SHIFT | stream << STREAM_SHIFT | n`: each
+/// subtree under the root page writes its own streams of chunks, so subtrees can be rewritten
+/// independently (on several threads) and still produce the same bytes as one thread would.
 const STREAM_SHIFT: u32 = 24;
 pub(super) const STREAMS: usize = 1 << PAGE_BITS;
-const _: () = assert!(STREAMS <= 1 << (32 - STREAM_SHIFT));
+const _: () = assert!(STREAMS <= 1 << (CLASS_SHIFT - STREAM_SHIFT));
 
-/// The pages of one subtree under the root page, packed into chunks in the order they were
-/// finished: children before their parent, so a parent is encoded with its children's new
-/// locations.
+/// Within a subtree's streams, pages are packed by stratum, so that the pages of one chunk
+/// tend to be replaced together: how often a page is replaced depends mostly on how many
+/// leaves are under it, which its stratum sets. A chunk can only be deleted by retention once
+/// every page in it is replaced; with the strata mixed, the pages near the root (replaced
+/// nearly every epoch) stayed as long as the deep pages packed beside them (replaced every few
+/// hundred epochs at a million entries), and retention freed 1 % of the disk at 1M entries
+/// (docs/operations.md has the numbers).
+const CLASS_SHIFT: u32 = 28;
+/// Strata from this one down share a class (a tree that deep has billions of entries).
+const CLASSES: usize = 8;
+const _: () = assert!(CLASSES <= 1 << (32 - CLASS_SHIFT));
+
+/// The pages of one subtree under the root page, packed into chunks (one open chunk per
+/// stratum class) in the order they were finished: children before their parent, so a parent
+/// is encoded with its children's new locations.
 #[derive(Debug)]
 pub(super) struct ChunkStream {
     epoch: u64,
     pub(super) stream: u32,
-    count: u32,
-    pub(super) chunk: Vec<u8>,
-    pub(super) full: Vec<(u32, Vec<u8>)>,
+    count: [u32; CLASSES],
+    open: [Vec<u8>; CLASSES],
+    full: Vec<(u32, Vec<u8>)>,
     written: WrittenPages,
 }
 
@@ -87,41 +99,49 @@ impl ChunkStream {
         Self {
             epoch,
             stream: stream as u32,
-            count: 0,
-            chunk: Vec::with_capacity(CHUNK_BUFFER_BYTES),
+            count: [0; CLASSES],
+            open: std::array::from_fn(|_| Vec::new()),
             full: Vec::new(),
             written: Vec::new(),
         }
     }
 
-    fn number(&self) -> u32 {
-        assert!(self.count < 1 << STREAM_SHIFT, "an epoch's chunk stream overflowed");
-        self.stream << STREAM_SHIFT | self.count
+    fn number(&self, class: usize) -> u32 {
+        assert!(self.count[class] < 1 << STREAM_SHIFT, "an epoch's chunk stream overflowed");
+        (class as u32) << CLASS_SHIFT | self.stream << STREAM_SHIFT | self.count[class]
+    }
+
+    /// Whether nothing was emitted.
+    pub(super) fn is_empty(&self) -> bool {
+        self.full.is_empty() && self.open.iter().all(Vec::is_empty)
     }
 
     /// Appends a finished page version and returns where it is.
     pub(super) fn emit(&mut self, id: PageId, page: &Page) -> Location {
+        let class = usize::from(id.0).min(CLASSES - 1);
         let bytes = page.encode();
-        let at = Location {
-            epoch: self.epoch,
-            chunk: self.number(),
-            offset: self.chunk.len() as u32,
-            len: bytes.len() as u32,
-        };
-        self.chunk.extend_from_slice(&bytes);
+        let chunk = self.number(class);
+        let open = &mut self.open[class];
+        if open.capacity() == 0 {
+            open.reserve_exact(CHUNK_BUFFER_BYTES);
+        }
+        let at = Location { epoch: self.epoch, chunk, offset: open.len() as u32, len: bytes.len() as u32 };
+        open.extend_from_slice(&bytes);
         self.written.push((id, Arc::new(bytes)));
-        if self.chunk.len() >= CHUNK_BYTES_TARGET {
-            let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_BUFFER_BYTES));
-            self.full.push((self.number(), chunk));
-            self.count += 1;
+        if self.open[class].len() >= CHUNK_BYTES_TARGET {
+            let chunk = std::mem::take(&mut self.open[class]);
+            self.full.push((self.number(class), chunk));
+            self.count[class] += 1;
         }
         at
     }
 
     pub(super) fn finish(mut self, batch: &mut Batch, written: &mut WrittenPages) {
-        if !self.chunk.is_empty() {
-            let chunk = std::mem::take(&mut self.chunk);
-            self.full.push((self.number(), chunk));
+        for class in 0..CLASSES {
+            if !self.open[class].is_empty() {
+                let chunk = std::mem::take(&mut self.open[class]);
+                self.full.push((self.number(class), chunk));
+            }
         }
         for (number, chunk) in self.full {
             batch.put(chunk_key(self.epoch, number), chunk);

@@ -9,7 +9,7 @@
 //! earlier epoch that the tree of `horizon` does not point into; one walk of that tree finds
 //! the chunks to keep, and a scan of the keys below the horizon finds the rest.
 //!
-//! The walk reads every page of one tree (at a million entries about 90k pages): pruning is
+//! The walk reads every page of one tree (at a million entries about 700k pages, 1 s): pruning is
 //! meant to run every so many epochs, not every epoch.
 
 use super::chunk::{read_location, read_root, root_key, CHUNK_TAG};

@@ -76,7 +76,7 @@ pub(crate) fn apply_epoch_with(
     for stream in d.finished {
         stream.finish(batch, &mut written);
     }
-    assert!(d.out.full.is_empty() && d.out.chunk.is_empty(), "only subtrees write chunks");
+    assert!(d.out.is_empty(), "only subtrees write chunks");
     let bytes = root.encode();
     batch.put(root_key(epoch), bytes.clone());
     written.push((ROOT_PAGE, Arc::new(bytes)));
