@@ -235,6 +235,12 @@ impl Node {
         self.shared.read().config().clone()
     }
 
+    /// `f` of the realm configuration in force, without copying it (every request checks its
+    /// user id and threshold against it).
+    pub(crate) fn with_config<R>(&self, f: impl FnOnce(&RealmConfig) -> R) -> R {
+        f(self.shared.read().config())
+    }
+
     /// The VRF index of `user_id` in this realm and its proof.
     pub(crate) fn vrf_index(&self, user_id: &str) -> Result<(Index, VrfProof), tonic::Status> {
         let (proof, output) = self

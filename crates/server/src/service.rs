@@ -144,7 +144,9 @@ impl PublicService {
     /// under version 1. The client computes the same with the same function.
     pub(crate) fn check_user_id(&self, user_id: &str) -> Result<String, Status> {
         check_size(user_id.len(), USER_ID_BYTES_MAX, "user_id")?;
-        self.node.config().canonical_user_id(user_id).map_err(|e| Status::invalid_argument(format!("user_id: {e}")))
+        self.node
+            .with_config(|c| c.canonical_user_id(user_id))
+            .map_err(|e| Status::invalid_argument(format!("user_id: {e}")))
     }
 
     /// The user id's index and VRF proof (cached: proving costs about 130 us).
@@ -162,7 +164,7 @@ impl PublicService {
     }
 
     pub(crate) fn check_threshold(&self, threshold: u32) -> Result<usize, Status> {
-        let n = self.node.config().verifier_keys.len();
+        let n = self.node.with_config(|c| c.verifier_keys.len());
         if threshold as usize > n {
             return Err(Status::invalid_argument(format!(
                 "verifier_threshold {threshold} exceeds the {n} verifiers registered in the realm"
