@@ -94,7 +94,7 @@ impl SharedState {
         // The walk reads trees no step writes again, without a lock.
         let garbage = plan_prune(store.as_ref(), horizon)?;
         {
-            let mut machine = self.machine.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut machine = self.write_when_free();
             // A snapshot installed meanwhile replaced the state: its next round starts afresh.
             if !std::ptr::addr_eq(Arc::as_ptr(machine.store()), Arc::as_ptr(&store)) {
                 return Ok(None);
@@ -106,6 +106,21 @@ impl SharedState {
         delete_pruned(store.as_ref(), &garbage.keys)?;
         store.flush()?;
         Ok(Some(Pruned { trees_from: horizon, chunks: garbage.chunks, took: started.elapsed() }))
+    }
+}
+
+impl SharedState {
+    /// The write lock, taken only when no one holds the lock. A writer waiting in `write()`
+    /// holds back every new reader until it gets the lock, and a snapshot dump holds a read
+    /// lock for seconds: retention waiting that way would stall every lookup meanwhile.
+    fn write_when_free(&self) -> std::sync::RwLockWriteGuard<'_, Machine> {
+        loop {
+            match self.machine.try_write() {
+                Ok(guard) => return guard,
+                Err(std::sync::TryLockError::Poisoned(e)) => return e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => std::thread::sleep(std::time::Duration::from_millis(1)),
+            }
+        }
     }
 }
 
