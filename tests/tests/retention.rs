@@ -2,7 +2,7 @@
 //! epochs are pruned in the background; a lookup or history that needs one is refused with
 //! FAILED_PRECONDITION and a message that says why (never as misbehaviour, never as an empty
 //! tree); the newest epochs verify as before; a verifier resuming at a pruned epoch is still
-//! answered; a replica killed with -9 comes back with its horizon.
+//! answered, and prunes its own store; a replica killed with -9 comes back with its horizon.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use keyraft_client::{ClientError, LookupOptions};
@@ -51,6 +51,10 @@ fn old_trees_are_pruned_refused_clearly_and_the_newest_epochs_still_verify() {
         let storage = t.entry("storage").or_insert(toml::Value::Table(Default::default())).as_table_mut().unwrap();
         storage.insert("retention_epochs".into(), toml::Value::Integer(KEPT));
     });
+    // The verifier keeps only its newest trees too (it reads no other).
+    keyraft_tests::edit_config(&realm.dir.path().join("verifier-1.toml"), &|t: &mut toml::Table| {
+        t.insert("retention_epochs".into(), toml::Value::Integer(KEPT));
+    });
     realm.start_verifier();
     let leader = realm.wait_leader();
     let client = realm.client(leader);
@@ -95,6 +99,10 @@ fn old_trees_are_pruned_refused_clearly_and_the_newest_epochs_still_verify() {
     let verified = realm.client_requiring(leader, 1);
     let newer = LookupOptions { min_epoch: stopped_at + 2 + KEPT as u64, wait_ms: 20_000, ..LookupOptions::default() };
     wait_for("the verifier to ratify again", || realm.runtime.block_on(verified.lookup(ALICE, newer)).ok());
+    // It pruned its own store, before and after the restart, and kept verifying.
+    let log = std::fs::read_to_string(realm.dir.path().join("logs/verifier-1.log")).unwrap();
+    assert!(log.matches("retention: pruned the trees of past epochs").count() >= 2, "{log}");
+    assert!(!log.contains("retention failed"), "{log}");
 
     // A replica killed -9 keeps its horizon: it refuses at once, and serves the newest.
     let follower = (leader + 1) % 3;

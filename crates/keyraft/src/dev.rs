@@ -288,6 +288,7 @@ pub(crate) fn verifier_config(n: usize, data_dir: PathBuf, metrics_listen: Optio
         signing_key_file: format!("keys/verifier-{n}.key").into(),
         endpoints: vec![],
         metrics_listen,
+        retention_epochs: 0,
     }
 }
 

@@ -22,6 +22,16 @@ pub struct Config {
     /// without it. The bound address is written to `<data_dir>/listen.json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,
+    /// Keep the trees of only the newest this many verified epochs (0: all of them, the
+    /// default; otherwise at least 2). A verifier reads only its newest tree: old ones serve
+    /// no one but an operator investigating, so a bounded disk costs nothing else.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retention_epochs: u64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's signature
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Why the verifier stopped.
@@ -90,6 +100,12 @@ impl Config {
         c.data_dir = resolve(base, &c.data_dir);
         c.realm_file = resolve(base, &c.realm_file);
         c.signing_key_file = resolve(base, &c.signing_key_file);
+        if c.retention_epochs == 1 {
+            return Err(Error::Config(format!(
+                "{}: retention_epochs = 1: must be 0 (keep every tree) or at least 2",
+                path.display()
+            )));
+        }
         Ok(c)
     }
 }

@@ -21,7 +21,7 @@ use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_proto::pb::verifier_frame::{Frame, SignedHead};
 use keyraft_proto::pb::{PushRatificationRequest, VerifierStreamRequest};
 use keyraft_proto::transport::{ChannelOptions, Channels, KeepAlive};
-use keyraft_storage::{SledStorage, ThreadSpawner};
+use keyraft_storage::{SledStorage, Storage as _, ThreadSpawner};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +52,9 @@ pub const REPLICA_KEEP_ALIVE: KeepAlive = KeepAlive { interval_ms: 5_000, timeou
 /// milliseconds (they are a stream's read-ahead, already told to stop).
 pub const TASKS_STOP_DEADLINE_MS: u64 = 2_000;
 
+/// Keys deleted per storage batch by retention.
+const PRUNE_BATCH_KEYS_MAX: usize = 2_000;
+
 pub(crate) struct Verifier {
     /// What the metrics listener reports.
     metrics: Arc<crate::metrics::VerifierMetrics>,
@@ -77,6 +80,9 @@ pub(crate) struct Verifier {
     /// Every task of this verifier (the pusher, each stream's read-ahead), awaited on the way
     /// out.
     tasks: TaskTracker,
+    /// `retention_epochs` and the oldest epoch whose tree is kept (as far as this process
+    /// knows: after a restart the first round finds what an earlier one left).
+    retention: Option<(u64, u64)>,
     /// The configuration generation that removed this verifier's key, once logged.
     removed_at_generation: Option<u64>,
 }
@@ -151,6 +157,7 @@ pub async fn run_with(
         unflushed_since: None,
         progress: (0, std::time::Instant::now(), 0),
         tasks: tasks.clone(),
+        retention: (config.retention_epochs > 0).then_some((config.retention_epochs, 0)),
         removed_at_generation: None,
     };
     let result = tokio::select! {
@@ -473,6 +480,44 @@ impl Verifier {
         }
     }
 
+    /// With `retention_epochs`, deletes the trees that fell out of it, once the horizon moved
+    /// an eighth of the setting (`keyraft_epoch::tree::garbage_before`; the next flush gives
+    /// their space back). Called with every committed epoch durable. A failure is logged, not
+    /// fatal: the trees stay, and verifying does not need the space.
+    fn prune(&mut self) {
+        let Some((kept, trees_from)) = self.retention else { return };
+        let last = self.state.last_epoch();
+        let Some(horizon) = last.checked_sub(kept).map(|h| h + 1) else { return };
+        if horizon < trees_from.max(1) + (kept / 8).max(1) {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let store = self.state.store();
+        let pruned = blocking(|| -> Result<usize, StateError> {
+            let garbage = keyraft_epoch::tree::garbage_before(store, horizon)?;
+            for keys in garbage.keys.chunks(PRUNE_BATCH_KEYS_MAX) {
+                let mut batch = keyraft_storage::Batch::new();
+                for key in keys {
+                    batch.delete(key.clone());
+                }
+                store.write(batch)?;
+            }
+            Ok(garbage.chunks)
+        });
+        match pruned {
+            Ok(chunks) => {
+                self.retention = Some((kept, horizon));
+                tracing::info!(
+                    trees_from = horizon,
+                    chunks,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "retention: pruned the trees of past epochs"
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "retention failed; the trees stay"),
+        }
+    }
+
     /// Makes the committed epochs durable, then hands their ratifications to the pusher.
     async fn release(&mut self, push: &mpsc::Sender<PushRatificationRequest>) -> Result<(), Error> {
         if self.unflushed.is_empty() {
@@ -481,6 +526,7 @@ impl Verifier {
         let state = &mut self.state;
         blocking(|| state.flush())?;
         self.unflushed_since = None;
+        self.prune();
         // One by one, removed once queued: a stop while the queue is full loses none.
         while let Some(req) = self.unflushed.first().cloned() {
             push.send(req).await.map_err(|_| Error::PushTaskStopped)?;

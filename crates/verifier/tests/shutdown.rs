@@ -28,7 +28,14 @@ fn config(dir: &std::path::Path) -> Config {
     std::fs::write(&realm_file, RealmFile::new(&realm, 60_000, 5_000, vec![down.to_string()]).to_json()).unwrap();
     let signing_key_file = dir.join("verifier.key");
     keyraft_core::key_file::write_secret(&signing_key_file, &verifier_seed).unwrap();
-    Config { data_dir: dir.join("data"), realm_file, signing_key_file, endpoints: Vec::new(), metrics_listen: None }
+    Config {
+        data_dir: dir.join("data"),
+        realm_file,
+        signing_key_file,
+        endpoints: Vec::new(),
+        metrics_listen: None,
+        retention_epochs: 0,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
