@@ -107,9 +107,7 @@ impl SharedState {
         store.flush()?;
         Ok(Some(Pruned { trees_from: horizon, chunks: garbage.chunks, took: started.elapsed() }))
     }
-}
 
-impl SharedState {
     /// The write lock, taken only when no one holds the lock. A writer waiting in `write()`
     /// holds back every new reader until it gets the lock, and a snapshot dump holds a read
     /// lock for seconds: retention waiting that way would stall every lookup meanwhile.

@@ -8,7 +8,8 @@
 //!    epochs that no tree from the horizon on reaches (`keyraft_epoch::tree::garbage_before`).
 //!    It only reads, from trees no step writes again, so it runs beside apply and lookups.
 //! 2. [`StateMachine::begin_prune`] records the horizon (`mtrees-from`) and from then on
-//!    refuses reads of the trees before it ([`StateError::Pruned`]), before anything is gone.
+//!    refuses reads of the trees before it ([`StateError::Pruned`]), before anything is gone
+//!    (in memory at once; on disk ahead of every deletion, batches being durable in order).
 //! 3. [`delete_pruned`] deletes the listed keys, in batches.
 //!
 //! Only trees are pruned: heads, signatures, updates and the verifier log stay, so verifiers
@@ -65,8 +66,12 @@ impl<S: Storage> StateMachine<S> {
     }
 
     /// Records that the trees before `horizon` are no longer kept (step 2): reads of them are
-    /// refused from now on. Durable before it returns, so that no restart serves a tree whose
-    /// pages the next step deletes. A horizon at or below the current one changes nothing.
+    /// refused from now on. A horizon at or below the current one changes nothing.
+    ///
+    /// No flush is needed before the deletions: a store loses only a suffix of whole batches
+    /// in a crash (the `Storage` contract), so no deletion is durable without this record, and
+    /// no restart serves a tree whose pages are gone. (Callers hold a lock that stalls reads:
+    /// a flush there would stall them for its duration.)
     pub fn begin_prune(&mut self, horizon: u64) -> Result<(), StateError> {
         assert!(horizon <= self.epoch_state.last_epoch, "the tree of the horizon itself is kept");
         if horizon <= self.trees_from {
@@ -75,7 +80,6 @@ impl<S: Storage> StateMachine<S> {
         let mut batch = Batch::new();
         batch.put(keys::META_TREES_FROM, horizon.to_be_bytes().to_vec());
         self.store.write(batch)?;
-        self.store.flush()?;
         self.trees_from = horizon;
         Ok(())
     }
