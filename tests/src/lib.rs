@@ -6,7 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod blackhole;
+pub mod chaos;
+pub mod disk;
 pub mod fake;
+pub mod linearizability;
 
 use keyraft_client::{Client, ClientOptions};
 use keyraft_core::RealmFile;
