@@ -11,14 +11,14 @@
 
 use crate::disk::{Disk, DiskKind};
 use crate::linearizability::{Event, Read, Seen, Verdict};
-use crate::{wait_for, Realm};
+use crate::{Realm, DEADLINE};
 use ed25519_dalek::SigningKey;
 use keyraft_client::{Client, ClientError, ClientOptions, LookupAnswer, LookupOptions, QUORUM_WAIT_MS};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -109,9 +109,9 @@ pub fn schedule(options: &Options) -> Vec<Step> {
 #[derive(Debug)]
 pub struct Recorder {
     start: Instant,
-    events: Mutex<Vec<Event>>,
-    /// The newest epoch an acknowledgement proved ratified.
-    ratified: AtomicU64,
+    /// The events, and the newest epoch an acknowledgement proved ratified: under one lock,
+    /// so that a lookup that starts after an acknowledgement completed knows its epoch.
+    log: Mutex<(Vec<Event>, u64)>,
     acks: AtomicUsize,
     /// Identities with an acknowledged registration (for the clients' lookups of each other's).
     users: Mutex<Vec<String>>,
@@ -119,13 +119,7 @@ pub struct Recorder {
 
 impl Recorder {
     fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            events: Mutex::default(),
-            ratified: AtomicU64::new(0),
-            acks: AtomicUsize::new(0),
-            users: Mutex::default(),
-        }
+        Self { start: Instant::now(), log: Mutex::default(), acks: AtomicUsize::new(0), users: Mutex::default() }
     }
 
     /// Milliseconds since the run started.
@@ -133,14 +127,23 @@ impl Recorder {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn push(&self, event: Event) {
-        if let Event::Ack { ratified, epoch, .. } = &event {
+    /// Records `event`; an acknowledgement completes now, under the lock.
+    fn push(&self, mut event: Event) {
+        let mut log = self.log.lock().unwrap();
+        if let Event::Ack { ratified, epoch, completed, .. } = &mut event {
+            *completed = self.now();
             self.acks.fetch_add(1, Ordering::Relaxed);
             if *ratified {
-                self.ratified.fetch_max(*epoch, Ordering::Relaxed);
+                log.1 = log.1.max(*epoch);
             }
         }
-        self.events.lock().unwrap().push(event);
+        log.0.push(event);
+    }
+
+    /// A read starts: now, and the newest epoch known ratified.
+    fn start_read(&self) -> (u64, u64) {
+        let log = self.log.lock().unwrap();
+        (self.now(), log.1)
     }
 
     pub fn acks(&self) -> usize {
@@ -148,7 +151,7 @@ impl Recorder {
     }
 
     pub fn events(&self) -> Vec<Event> {
-        self.events.lock().unwrap().clone()
+        self.log.lock().unwrap().0.clone()
     }
 }
 
@@ -207,9 +210,11 @@ impl Session {
         });
     }
 
-    /// A fresh lookup of `user`, recorded; `min_epoch: None` relies on the client's memory.
-    async fn lookup(&self, user: &str, min_epoch: Option<u64>) -> Option<Option<Seen>> {
-        let invoked = self.rec.now();
+    /// A fresh lookup of `user`, recorded, asking for the newest epoch known ratified or (not
+    /// `newest`) relying on the client's memory of epochs seen.
+    async fn lookup(&self, user: &str, newest: bool) -> Option<Option<Seen>> {
+        let (invoked, known) = self.rec.start_read();
+        let min_epoch = newest.then_some(known);
         let options = LookupOptions { epoch: 0, min_epoch: min_epoch.unwrap_or(0), wait_ms: 3_000 };
         match self.client.lookup(user, options).await {
             Ok(answer) => {
@@ -236,7 +241,7 @@ impl Session {
     /// ratified; whether it was acknowledged.
     async fn write(&mut self, user: &str, owner: &SigningKey, known: &mut Known) -> bool {
         if *known == Known::Unknown {
-            match self.lookup(user, None).await {
+            match self.lookup(user, false).await {
                 Some(seen) => *known = if seen.is_some() { Known::Present } else { Known::Absent },
                 None => return false,
             }
@@ -296,8 +301,7 @@ impl Session {
     /// A lookup of someone's identity asking for the newest epoch known ratified.
     async fn read_other(&mut self) {
         let Some(user) = self.someone() else { return };
-        let min_epoch = self.rec.ratified.load(Ordering::Relaxed);
-        self.lookup(&user, Some(min_epoch)).await;
+        self.lookup(&user, true).await;
     }
 
     /// A verified history of someone's identity, each version recorded as an answer at the
@@ -334,7 +338,7 @@ impl Session {
                 1 => self.read_other().await,
                 _ => {
                     if let Some(user) = self.someone() {
-                        self.lookup(&user, None).await;
+                        self.lookup(&user, false).await;
                     }
                 }
             }
@@ -477,7 +481,7 @@ pub fn run_steps(options: &Options, steps: &[Step]) -> Report {
     let mut run = Run::start(options);
     for (n, step) in steps.iter().enumerate() {
         let before = run.rec.acks();
-        wait_for("load before the fault", || (run.rec.acks() >= before + step.acks_before).then_some(()));
+        run.poll("load before the fault", |r| (r.rec.acks() >= before + step.acks_before).then_some(()));
         let started = Instant::now();
         run.fault(step.fault);
         let recovered = run.wait_healthy();
@@ -541,8 +545,47 @@ impl Run {
         std::thread::sleep(Duration::from_millis(ms));
     }
 
+    /// Polls `f` until it returns `Some`, as [`crate::wait_for`] does, but fails at once,
+    /// with its last errors, if a replica or the verifier exits on its own meanwhile.
+    pub(crate) fn poll<T>(&mut self, what: &str, mut f: impl FnMut(&Run) -> Option<T>) -> T {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            self.assert_alive();
+            if let Some(v) = f(self) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "chaos: timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Fails if a process this run started and did not stop has exited.
+    fn assert_alive(&mut self) {
+        let mut exited = Vec::new();
+        for r in &mut self.realm.replicas {
+            if let Some(status) = r.child.as_mut().and_then(|c| c.try_wait().expect("try_wait")) {
+                exited.push((format!("node-{}", r.id), status));
+            }
+        }
+        for (n, c) in &mut self.realm.verifiers {
+            if let Some(status) = c.try_wait().expect("try_wait") {
+                exited.push((format!("verifier-{n}"), status));
+            }
+        }
+        let Some((name, status)) = exited.first() else { return };
+        let log = std::fs::read_to_string(self.realm.path().join(format!("logs/{name}.log"))).unwrap_or_default();
+        let errors: Vec<&str> =
+            log.lines().filter(|l| l.starts_with("error") || l.contains(" ERROR ")).rev().take(8).collect();
+        panic!("chaos: {name} exited on its own ({status}); its last errors, newest first:\n{}", errors.join("\n"));
+    }
+
+    /// The leader's index, once every running replica agrees on it.
+    fn leader(&mut self) -> usize {
+        self.poll("a leader", |r| r.realm.leader())
+    }
+
     fn fault(&mut self, fault: Fault) {
-        let leader = self.realm.wait_leader();
+        let leader = self.leader();
         let follower = |which: usize| (leader + 1 + which) % 3;
         match fault {
             Fault::KillLeader { down_ms } => {
@@ -585,19 +628,19 @@ impl Run {
     /// The newest epoch the verifier has ratified and the newest the realm has, as the
     /// leader says.
     fn verifier_position(&self) -> Option<(u64, u64)> {
-        let s = self.realm.status(self.realm.wait_leader())?;
+        let s = self.realm.status(self.realm.leader()?)?;
         Some((s.verifiers.first().map_or(0, |v| v.latest_ratified_epoch), s.ratified_epoch))
     }
 
     fn verifier_catch_up(&mut self, backlog: u64, kill_after_ms: u64, down_ms: u64) {
         self.realm.kill_verifier();
-        let (at_kill, _) = wait_for("the verifier's position", || self.verifier_position());
-        wait_for("epochs for the verifier to catch up on", || {
-            self.verifier_position().filter(|(_, realm)| *realm >= at_kill + backlog).map(drop)
+        let (at_kill, _) = self.poll("the verifier's position", Run::verifier_position);
+        self.poll("epochs for the verifier to catch up on", |r| {
+            r.verifier_position().filter(|(_, realm)| *realm >= at_kill + backlog).map(drop)
         });
         self.realm.start_verifier();
         Self::down_for(kill_after_ms);
-        let (verifier, realm) = wait_for("the verifier's position", || self.verifier_position());
+        let (verifier, realm) = self.poll("the verifier's position", Run::verifier_position);
         self.realm.kill_verifier();
         self.verifier_kills[usize::from(verifier >= realm)] += 1;
         Self::down_for(down_ms);

@@ -128,12 +128,18 @@ impl Drop for Disk {
     }
 }
 
-/// Copies the directory `from` to `to` (which must not exist), keeping permissions.
+/// Copies the directory `from` to `to` (which must not exist), keeping permissions, and
+/// syncs the file system it went to: a disk that fails later loses what was not synced, and
+/// the copy is the operator's move, not the replica's writes under test.
 pub fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
     let out = Command::new("cp").arg("-a").arg(from).arg(to).output().map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("cp -a {} {}: {}", from.display(), to.display(), String::from_utf8_lossy(&out.stderr).trim()))
+    if !out.status.success() {
+        return Err(format!(
+            "cp -a {} {}: {}",
+            from.display(),
+            to.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
+    run("sync", &["-f"], to).map(drop)
 }

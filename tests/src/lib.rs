@@ -497,21 +497,25 @@ impl Realm {
     /// The index (in `replicas`) of the leader, once every running replica agrees on it and
     /// it says it leads. (A restarted leader briefly believes it still leads its old term.)
     pub fn wait_leader(&self) -> usize {
-        wait_for("a leader", || {
-            let mut leader_id = None;
-            for (i, r) in self.replicas.iter().enumerate() {
-                if r.child.is_none() {
-                    continue;
-                }
-                let s = self.status(i)?;
-                if !s.has_leader || leader_id.is_some_and(|l| l != s.leader_id) {
-                    return None;
-                }
-                leader_id = Some(s.leader_id);
+        wait_for("a leader", || self.leader())
+    }
+
+    /// The index of the leader if every running replica agrees on it now (see
+    /// [`Realm::wait_leader`]).
+    pub fn leader(&self) -> Option<usize> {
+        let mut leader_id = None;
+        for (i, r) in self.replicas.iter().enumerate() {
+            if r.child.is_none() {
+                continue;
             }
-            let i = self.replicas.iter().position(|r| Some(r.id) == leader_id && r.child.is_some())?;
-            (self.status(i)?.role == "leader").then_some(i)
-        })
+            let s = self.status(i)?;
+            if !s.has_leader || leader_id.is_some_and(|l| l != s.leader_id) {
+                return None;
+            }
+            leader_id = Some(s.leader_id);
+        }
+        let i = self.replicas.iter().position(|r| Some(r.id) == leader_id && r.child.is_some())?;
+        (self.status(i)?.role == "leader").then_some(i)
     }
 
     /// Waits until replica `i` has ratified epoch `epoch`.

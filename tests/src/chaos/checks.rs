@@ -3,7 +3,7 @@
 use super::{failure_kind, seen, Report, Run};
 use crate::disk::{copy_dir, Disk, DiskKind};
 use crate::linearizability::{check, Event, Read};
-use crate::{data_dir, edit_config, wait_for, Realm, DEADLINE};
+use crate::{data_dir, edit_config, Realm, DEADLINE};
 use keyraft_client::{ClientError, LookupOptions};
 use keyraft_core::lookup::{head_signing_message, ratification_message};
 use keyraft_core::{EpochHead, Signature};
@@ -81,9 +81,9 @@ impl Run {
             t.insert("data_dir".into(), data.clone().into());
         });
         self.realm.start_replica(i);
-        let leader = self.realm.wait_leader();
-        let applied = wait_for("the leader's status", || self.realm.status(leader)).applied_index;
-        wait_for("the moved replica to catch up", || (self.realm.status(i)?.applied_index >= applied).then_some(()));
+        let leader = self.leader();
+        let applied = self.poll("the leader's status", |r| r.realm.status(leader)).applied_index;
+        self.poll("the moved replica to catch up", |r| (r.realm.status(i)?.applied_index >= applied).then_some(()));
         let log_before = std::fs::metadata(log_path(&self.realm, &format!("node-{id}"))).map_or(0, |m| m.len());
         let (filler, expected) = match kind {
             DiskKind::Tmpfs => (Some(disk.fill()), "No space left on device"),
@@ -96,7 +96,7 @@ impl Run {
         self.expect_disk_stop(i, expected, log_before);
         // The others serve meanwhile.
         let acks = self.rec.acks();
-        wait_for("updates without the replica whose disk failed", || (self.rec.acks() >= acks + 3).then_some(()));
+        self.poll("updates without the replica whose disk failed", |r| (r.rec.acks() >= acks + 3).then_some(()));
         let repaired = match &filler {
             Some(filler) => disk.free(filler, 4 * size),
             None => disk.repair(),
@@ -153,17 +153,17 @@ impl Run {
     pub(super) fn wait_healthy(&mut self) -> Duration {
         let restarted = Instant::now();
         let acks = self.rec.acks();
-        let leader = self.realm.wait_leader();
-        let target = wait_for("the leader's status", || self.realm.status(leader)).last_epoch + 1;
+        let leader = self.leader();
+        let target = self.poll("the leader's status", |r| r.realm.status(leader)).last_epoch + 1;
         for i in 0..3 {
-            wait_for(&format!("replica {} to ratify epoch {target}", i + 1), || {
-                (self.realm.status(i)?.ratified_epoch >= target).then_some(())
+            self.poll(&format!("replica {} to ratify epoch {target}", i + 1), |r| {
+                (r.realm.status(i)?.ratified_epoch >= target).then_some(())
             });
         }
-        wait_for(&format!("the verifier to ratify epoch {target}"), || {
-            self.verifier_position().filter(|(v, _)| *v >= target).map(drop)
+        self.poll(&format!("the verifier to ratify epoch {target}"), |r| {
+            r.verifier_position().filter(|(v, _)| *v >= target).map(drop)
         });
-        wait_for("a new acknowledged update", || (self.rec.acks() > acks).then_some(()));
+        self.poll("a new acknowledged update", |r| (r.rec.acks() > acks).then_some(()));
         restarted.elapsed()
     }
 
@@ -175,18 +175,20 @@ impl Run {
                 self.problems.push(format!("a client task failed: {e}"));
             }
         }
-        let leader = self.realm.wait_leader();
-        let target = wait_for("the leader's status", || self.realm.status(leader)).last_epoch + 1;
+        let leader = self.leader();
+        let target = self.poll("the leader's status", |r| r.realm.status(leader)).last_epoch + 1;
         for i in 0..3 {
-            self.realm.wait_ratified(i, target);
+            self.poll(&format!("replica {} to ratify epoch {target}", i + 1), |r| {
+                (r.realm.status(i)?.ratified_epoch >= target).then_some(())
+            });
         }
-        wait_for("the verifier to ratify the last epoch", || {
-            self.verifier_position().filter(|(v, _)| *v >= target).map(drop)
+        self.poll("the verifier to ratify the last epoch", |r| {
+            r.verifier_position().filter(|(v, _)| *v >= target).map(drop)
         });
         // Every replica signs the newest head once it runs: the last epoch gets all three.
         for i in 0..3 {
-            wait_for(&format!("replica {} to hold every signature of epoch {target}", i + 1), || {
-                (epoch_info(&self.realm, i, target)?.replica_signatures.len() == 3).then_some(())
+            self.poll(&format!("replica {} to hold every signature of epoch {target}", i + 1), |r| {
+                (epoch_info(&r.realm, i, target)?.replica_signatures.len() == 3).then_some(())
             });
         }
         let [mid, after] = self.verifier_kills;
