@@ -45,7 +45,7 @@ use crate::{Batch, BatchOp, Direction, KeyIter, RangeIter, Storage, StorageError
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Values of at least this many bytes go to the value log, by default.
@@ -81,11 +81,45 @@ impl Default for SledOptions {
     }
 }
 
+/// Set once a write or flush of a sled database of this process failed on I/O (a full or
+/// failed disk). From then on no database of the process is closed: see [`KeepOpenOnFailure`].
+static DISK_FAILED: AtomicBool = AtomicBool::new(false);
+
+fn noting_disk_failure<T>(result: Result<T, StorageError>) -> Result<T, StorageError> {
+    if let Err(StorageError::Io { .. }) = &result {
+        DISK_FAILED.store(true, Ordering::Release);
+    }
+    result
+}
+
+/// Handles on a database, dropped with the last clone of its [`SledStorage`], unless a disk
+/// failed: then they are leaked and the database stays open until the process exits. sled's
+/// `Drop for Log` unwraps `sync_all()` unless that very database met the error, and a replica
+/// has two databases on its disk (the Raft log and the state): the one that had not met it
+/// panicked on the way out of a replica stopping on a read-only disk (found by the chaos run,
+/// `crates/storage/tests/disk_failure.rs`). Leaking loses nothing: what was flushed is on the
+/// disk, and a sync on a failed disk fails anyway.
+#[derive(Debug)]
+struct KeepOpenOnFailure {
+    db: Option<sled::Db>,
+    tree: Option<sled::Tree>,
+}
+
+impl Drop for KeepOpenOnFailure {
+    fn drop(&mut self) {
+        if DISK_FAILED.load(Ordering::Acquire) {
+            std::mem::forget(self.db.take());
+            std::mem::forget(self.tree.take());
+        }
+    }
+}
+
 /// A store in a sled database directory. Clones share the database.
 #[derive(Debug, Clone)]
 pub struct SledStorage {
     db: sled::Db,
     tree: sled::Tree,
+    _keep: Arc<KeepOpenOnFailure>,
     values: Arc<ValueLog>,
     /// Values at least this long are appended to the value log.
     value_log_min_bytes: usize,
@@ -175,6 +209,7 @@ impl SledStorage {
             .map_err(|source| StorageError::Io { context: "reading the value log's length", source })?
             .len();
         Ok(Self {
+            _keep: Arc::new(KeepOpenOnFailure { db: Some(db.clone()), tree: Some(tree.clone()) }),
             db,
             tree,
             values: Arc::new(ValueLog {
@@ -346,6 +381,28 @@ impl Storage for SledStorage {
     }
 
     fn write(&self, batch: Batch) -> Result<(), StorageError> {
+        noting_disk_failure(self.write_batch(batch))
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        noting_disk_failure(self.flush_all())
+    }
+
+    fn range_keys(&self, start: &[u8], end: Option<&[u8]>) -> KeyIter<'_> {
+        if end.is_some_and(|e| e <= start) {
+            return Box::new(std::iter::empty());
+        }
+        let iter = match end {
+            Some(e) => self.tree.range(start.to_vec()..e.to_vec()),
+            None => self.tree.range(start.to_vec()..),
+        };
+        Box::new(iter.map(|r| r.map(|(k, _)| k.to_vec()).map_err(engine)))
+    }
+}
+
+/// The work of [`Storage::write`] and [`Storage::flush`], whose failures are noted there.
+impl SledStorage {
+    fn write_batch(&self, batch: Batch) -> Result<(), StorageError> {
         let _writer =
             self.values.writer.lock().map_err(|_| StorageError::Engine("a storage writer panicked".into()))?;
         let base = self.values.end.load(Ordering::Acquire);
@@ -399,23 +456,12 @@ impl Storage for SledStorage {
         Ok(())
     }
 
-    fn flush(&self) -> Result<(), StorageError> {
+    fn flush_all(&self) -> Result<(), StorageError> {
         // Only deletions written before sled's flush begins are durable after it.
         let deleted = std::mem::take(
             &mut *self.values.deleted.lock().map_err(|_| StorageError::Engine("a storage writer panicked".into()))?,
         );
         self.db.flush().map_err(engine)?;
         self.values.punch(&deleted)
-    }
-
-    fn range_keys(&self, start: &[u8], end: Option<&[u8]>) -> KeyIter<'_> {
-        if end.is_some_and(|e| e <= start) {
-            return Box::new(std::iter::empty());
-        }
-        let iter = match end {
-            Some(e) => self.tree.range(start.to_vec()..e.to_vec()),
-            None => self.tree.range(start.to_vec()..),
-        };
-        Box::new(iter.map(|r| r.map(|(k, _)| k.to_vec()).map_err(engine)))
     }
 }
