@@ -436,7 +436,9 @@ impl fmt::Display for Report {
             self.verdict.violations.len(),
             self.problems.len()
         )?;
-        for v in self.verdict.violations.iter().take(30) {
+        // Once each: a client that retries meets the same violation again and again.
+        let mut shown = std::collections::BTreeSet::new();
+        for v in self.verdict.violations.iter().filter(|v| shown.insert(v.to_string())).take(30) {
             writeln!(f, "    violation: {v}")?;
         }
         for p in self.problems.iter().take(30) {

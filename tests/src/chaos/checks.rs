@@ -88,7 +88,11 @@ impl Run {
         let (filler, expected) = match kind {
             DiskKind::Tmpfs => (Some(disk.fill()), "No space left on device"),
             DiskKind::Ext4 => {
-                disk.fail_read_only().expect("failing the disk");
+                if let Err(e) = disk.fail_read_only() {
+                    self.notes.push(format!("read-only fault skipped (cannot fail the disk here: {e})"));
+                    self.disks.push(disk);
+                    return;
+                }
                 (None, "Read-only file system")
             }
         };
@@ -204,8 +208,8 @@ impl Run {
             }
             self.rec.push(e);
         }
-        let logs = logs(&self.realm, self.disk_stops);
-        self.problems.extend(logs);
+        let problems = logs(&self.realm, self.disk_stops);
+        self.problems.extend(problems);
         let events = self.rec.events();
         let mut failures: BTreeMap<String, usize> = BTreeMap::new();
         for e in &events {
@@ -220,11 +224,17 @@ impl Run {
             .collect();
         acked_at.sort_unstable();
         let longest_gap = acked_at.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        let verdict = check(&events);
+        if !verdict.ok() || !self.problems.is_empty() {
+            // The logs of a failed run stay for inspection (the disks' contents do not).
+            let dir = std::mem::replace(&mut self.realm.dir, tempfile::tempdir().expect("tempdir"));
+            self.notes.push(format!("logs kept in {}", dir.keep().display()));
+        }
         Report {
             seed: options.seed,
             cycles: options.cycles,
             elapsed: self.rec.start.elapsed(),
-            verdict: check(&events),
+            verdict,
             recovery: std::mem::take(&mut self.recovery),
             longest_gap: Duration::from_millis(longest_gap),
             epochs: target,
@@ -435,9 +445,16 @@ fn logs(realm: &Realm, disk_stops: [usize; 3]) -> Vec<String> {
     names.push(("verifier-1".into(), 0));
     for (name, stops) in names {
         let log = std::fs::read_to_string(log_path(realm, &name)).unwrap_or_default();
-        let alarms: Vec<&str> = log.lines().filter(|l| ALARMS.iter().any(|a| l.contains(a))).collect();
+        let lines: Vec<&str> = log.lines().collect();
+        // With the line after each (a panic's message follows its location).
+        let alarms: Vec<String> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| ALARMS.iter().any(|a| l.contains(a)))
+            .map(|(n, l)| format!("{l} | {}", lines.get(n + 1).unwrap_or(&"")))
+            .collect();
         for line in alarms.iter().take(PROBLEMS_LISTED) {
-            problems.push(format!("{name}.log: {}", line.chars().take(400).collect::<String>()));
+            problems.push(format!("{name}.log: {}", line.chars().take(600).collect::<String>()));
         }
         if alarms.len() > PROBLEMS_LISTED {
             problems.push(format!("{name}.log: ... and {} more alarming lines", alarms.len() - PROBLEMS_LISTED));
