@@ -557,6 +557,31 @@ impl Drop for Realm {
     }
 }
 
+/// `GET /metrics` from replica `i`'s metrics listener: each sample line's name with labels,
+/// and its value.
+pub fn scrape_metrics(realm: &Realm, i: usize) -> std::collections::BTreeMap<String, f64> {
+    scrape_metrics_at(realm, realm.replicas[i].listening.as_ref().unwrap().metrics_addr.unwrap())
+}
+
+/// `GET /metrics` from `addr` (a replica's or a verifier's metrics listener).
+pub fn scrape_metrics_at(realm: &Realm, addr: std::net::SocketAddr) -> std::collections::BTreeMap<String, f64> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let text = realm.runtime.block_on(async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.unwrap();
+        answer
+    });
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: application/openmetrics-text"), "{head}");
+    body.lines()
+        .filter(|l| l.starts_with("keyraft_"))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_owned(), v.parse().ok()?))))
+        .collect()
+}
+
 /// Applies `tweak` to a node configuration file.
 pub fn edit_config(path: &Path, tweak: &impl Fn(&mut toml::Table)) {
     let mut table: toml::Table = toml::from_str(&std::fs::read_to_string(path).expect("read config")).expect("toml");

@@ -3,32 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use keyraft_client::LookupOptions;
-use keyraft_tests::{serial, wait_for, Realm};
+use keyraft_tests::{scrape_metrics as scrape, scrape_metrics_at as scrape_at, serial, wait_for, Realm};
 use std::collections::BTreeMap;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-/// `GET /metrics` from replica `i`: each sample line's name with labels, and its value.
-fn scrape(realm: &Realm, i: usize) -> BTreeMap<String, f64> {
-    scrape_at(realm, realm.replicas[i].listening.as_ref().unwrap().metrics_addr.unwrap())
-}
-
-/// `GET /metrics` from `addr`.
-fn scrape_at(realm: &Realm, addr: std::net::SocketAddr) -> BTreeMap<String, f64> {
-    let text = realm.runtime.block_on(async {
-        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
-        let mut answer = String::new();
-        tcp.read_to_string(&mut answer).await.unwrap();
-        answer
-    });
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("content-type: application/openmetrics-text"), "{head}");
-    body.lines()
-        .filter(|l| l.starts_with("keyraft_"))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_owned(), v.parse().ok()?))))
-        .collect()
-}
 
 fn value(m: &BTreeMap<String, f64>, key: &str) -> f64 {
     *m.get(key).unwrap_or_else(|| panic!("{key} not in {:#?}", m.keys().collect::<Vec<_>>()))

@@ -8,7 +8,6 @@
 use keyraft_client::{ClientError, LookupOptions};
 use keyraft_tests::{serial, wait_for, Realm};
 use std::collections::BTreeMap;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const ALICE: &str = "alice@retention.example";
 const KEPT: i64 = 3;
@@ -20,20 +19,9 @@ fn keys(value: &str) -> BTreeMap<String, Vec<u8>> {
 /// `keyraft_retention_trees_from_epoch` and `keyraft_retention_pruned_chunks_total` of
 /// replica `i`.
 fn retention_metrics(realm: &Realm, i: usize) -> (u64, u64) {
-    let addr = realm.replicas[i].listening.as_ref().unwrap().metrics_addr.unwrap();
-    let text = realm.runtime.block_on(async {
-        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
-        let mut answer = String::new();
-        tcp.read_to_string(&mut answer).await.unwrap();
-        answer
-    });
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok()))
-            .unwrap_or_else(|| panic!("{name} missing from the scrape"))
-    };
-    (value("keyraft_retention_trees_from_epoch ") as u64, value("keyraft_retention_pruned_chunks_total ") as u64)
+    let m = keyraft_tests::scrape_metrics(realm, i);
+    let value = |name: &str| *m.get(name).unwrap_or_else(|| panic!("{name} missing from the scrape")) as u64;
+    (value("keyraft_retention_trees_from_epoch"), value("keyraft_retention_pruned_chunks_total"))
 }
 
 fn refused_as_pruned(result: Result<impl std::fmt::Debug, ClientError>) -> Option<String> {
