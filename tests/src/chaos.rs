@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-mod checks;
+pub(crate) mod checks;
 
 /// The profile key every chaos update publishes: a tag naming the update (identity and
 /// attempt), so that an answer shows which update wrote the version it shows.
@@ -118,8 +118,13 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self { start: Instant::now(), log: Mutex::default(), acks: AtomicUsize::new(0), users: Mutex::default() }
+    }
+
+    /// When the run started.
+    pub(crate) fn start_instant(&self) -> Instant {
+        self.start
     }
 
     /// Milliseconds since the run started.
@@ -164,7 +169,7 @@ pub fn seen(answer: &LookupAnswer) -> Option<Seen> {
 }
 
 /// A short name for a failure, to count them by kind.
-fn failure_kind(e: &ClientError) -> String {
+pub(crate) fn failure_kind(e: &ClientError) -> String {
     if e.is_misbehavior() {
         return "ACCUSATION".to_owned();
     }
@@ -189,7 +194,7 @@ enum Known {
 
 /// One client task: a writer (registers identities and updates them, and looks up and lists
 /// others') or a reader bound to one replica.
-struct Session {
+pub(crate) struct Session {
     name: String,
     client: Client,
     rec: Arc<Recorder>,
@@ -198,6 +203,11 @@ struct Session {
 }
 
 impl Session {
+    /// A client task named `name` recording into `rec`, its choices seeded by `seed`.
+    pub(crate) fn new(name: String, client: Client, rec: Arc<Recorder>, seed: u64) -> Self {
+        Session { name, client, rec, rng: StdRng::seed_from_u64(seed), attempts: 0 }
+    }
+
     fn failed(&self, user: &str, what: &str, invoked: u64, e: &ClientError) {
         self.rec.push(Event::Failed {
             client: self.name.clone(),
@@ -331,7 +341,7 @@ impl Session {
     /// A reader bound to one replica: fresh lookups relying on its own memory of epochs seen
     /// (what a lagging, restarted replica meets), now and then asking for the newest epoch
     /// known ratified, and histories; until `stop`.
-    async fn read(mut self, stop: Arc<AtomicBool>) {
+    pub(crate) async fn read(mut self, stop: Arc<AtomicBool>) {
         while !stop.load(Ordering::Relaxed) {
             match self.rng.gen_range(0..6) {
                 0 => self.history_of_other().await,
@@ -347,7 +357,7 @@ impl Session {
         }
     }
 
-    async fn write_loop(mut self, k: usize, stop: Arc<AtomicBool>) {
+    pub(crate) async fn write_loop(mut self, k: usize, stop: Arc<AtomicBool>) {
         let mut n = 0;
         while !stop.load(Ordering::Relaxed) {
             let user = format!("w{k}-{n}@chaos.example");

@@ -10,6 +10,7 @@ pub mod chaos;
 pub mod disk;
 pub mod fake;
 pub mod linearizability;
+pub mod sim;
 
 use keyraft_client::{Client, ClientOptions};
 use keyraft_core::RealmFile;

@@ -52,6 +52,9 @@ use std::sync::{Arc, Mutex};
 pub const VALUE_LOG_MIN_BYTES: usize = 4096;
 
 const ENGINE_FORMAT_KEY: &[u8] = b"keyraft-engine-format";
+/// In sled's default tree: how far the value log had been written (and synced) when the last
+/// batch with logged values was written; a log found shorter at open was cut.
+const VALUE_LOG_END_KEY: &[u8] = b"keyraft-value-log-end";
 const ENGINE_FORMAT: u32 = 2;
 const LEGACY_TREE: &str = "keyraft";
 const TREE: &str = "keyraft.2";
@@ -208,6 +211,7 @@ impl SledStorage {
             .metadata()
             .map_err(|source| StorageError::Io { context: "reading the value log's length", source })?
             .len();
+        check_value_log_length(&db, end)?;
         Ok(Self {
             _keep: Arc::new(KeepOpenOnFailure { db: Some(db.clone()), tree: Some(tree.clone()) }),
             db,
@@ -226,6 +230,26 @@ impl SledStorage {
     pub fn size_on_disk_bytes(&self) -> Result<u64, StorageError> {
         Ok(self.db.size_on_disk().map_err(engine)? + self.values.end.load(Ordering::Acquire))
     }
+}
+
+/// Refuses a value log shorter than the end recorded by the last batch that appended to it
+/// (a file truncated or replaced from outside): every pointer past its end would fail later,
+/// one read at a time, as "corrupt". Stores written before the record existed are not checked.
+fn check_value_log_length(db: &sled::Db, len: u64) -> Result<(), StorageError> {
+    let Some(v) = db.get(VALUE_LOG_END_KEY).map_err(engine)? else { return Ok(()) };
+    let recorded = <[u8; 8]>::try_from(v.as_ref()).map(u64::from_be_bytes).map_err(|_| StorageError::Corrupt {
+        what: format!("the value log's recorded end is {} bytes, expected 8", v.len()),
+    })?;
+    if recorded > len {
+        return Err(StorageError::Corrupt {
+            what: format!(
+                "{VALUE_LOG_FILE} is {len} bytes long, but values were written to it up to byte {recorded}: \
+                 the file was cut short or replaced; restore the data directory from a backup (or, on a \
+                 replica, remove it and let the replica catch up from its peers)"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// How long opening waits for sled's lock on the database directory.
@@ -443,6 +467,9 @@ impl SledStorage {
                 .file
                 .sync_data()
                 .map_err(|source| StorageError::Io { context: "syncing the value log", source })?;
+            // Before the pointers: sled recovers a prefix of its writes, so any pointer that
+            // survives a crash has this record of the log's end beside it.
+            self.db.insert(VALUE_LOG_END_KEY, &end.to_be_bytes()).map_err(engine)?;
             self.values.end.store(end, Ordering::Release);
         }
         self.tree.apply_batch(b).map_err(engine)?;

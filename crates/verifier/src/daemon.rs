@@ -101,6 +101,42 @@ pub async fn run_with(
     tasks: TaskTracker,
     threads: &ThreadSpawner,
 ) -> Result<(), Error> {
+    run_seamed(config, shutdown, tasks, threads, Seams::default()).await
+}
+
+/// What a deterministic simulation replaces in a verifier: the clock it judges heads' issue
+/// times by and signs its stream requests with, and how it dials the replicas.
+#[derive(Clone)]
+pub struct Seams {
+    /// The clock (default: the host's).
+    pub clock: Arc<dyn keyraft_core::clock::Clock>,
+    /// Opens the connections to replicas (default, `None`: TCP).
+    pub network: Option<Arc<dyn keyraft_proto::transport::Connector>>,
+}
+
+impl Default for Seams {
+    fn default() -> Self {
+        Self { clock: keyraft_core::clock::system(), network: None }
+    }
+}
+
+impl std::fmt::Debug for Seams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seams")
+            .field("clock", &self.clock)
+            .field("network", &if self.network.is_some() { "custom" } else { "tcp" })
+            .finish()
+    }
+}
+
+/// [`run_with`] with the clock and network of `seams`.
+pub async fn run_seamed(
+    config: Config,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    threads: &ThreadSpawner,
+    seams: Seams,
+) -> Result<(), Error> {
     let file_text = std::fs::read_to_string(&config.realm_file)
         .map_err(|e| Error::Config(format!("reading {}: {e}", config.realm_file.display())))?;
     let file = RealmFile::from_json(&file_text).map_err(|e| Error::Config(e.to_string()))?;
@@ -135,9 +171,12 @@ pub async fn run_with(
     // verified epochs unratified: the pusher first ratifies those the realm lacks, reading
     // the replicas from the last epoch verified down to the ratified-through mark.
     let options = ChannelOptions { keep_alive: Some(REPLICA_KEEP_ALIVE), ..ChannelOptions::default() };
-    let channels = Channels::new(options).with_tls(
+    let mut channels = Channels::new(options).with_tls(
         keyraft_proto::tls::TlsClient::for_realm(&file).map_err(|e| Error::Config(format!("realm file: {e}")))?,
     );
+    if let Some(connector) = seams.network {
+        channels = channels.with_connector(connector);
+    }
     let pusher = Pusher::new(endpoints.clone(), channels.clone(), key.clone(), public, &config.data_dir);
     let anchor = state.last_head().cloned();
     let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE_MAX);
@@ -152,7 +191,7 @@ pub async fn run_with(
         data_dir: config.data_dir,
         state,
         clock_skew_ms: file.clock_skew_ms,
-        clock: keyraft_core::clock::system(),
+        clock: seams.clock,
         unflushed: Vec::new(),
         unflushed_since: None,
         progress: (0, std::time::Instant::now(), 0),

@@ -24,4 +24,4 @@ mod framing;
 pub mod metrics;
 mod push;
 
-pub use daemon::{run, run_with, Config, Error};
+pub use daemon::{run, run_seamed, run_with, Config, Error, Seams};

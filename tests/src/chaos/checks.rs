@@ -368,73 +368,87 @@ fn heads(realm: &Realm, last: u64) -> (Vec<String>, Vec<String>) {
 /// too: a verified lookup at each epoch an update of the identity was acknowledged in, a
 /// verified history, and a fresh lookup of the newest epoch `last`.
 fn final_answers(realm: &Realm, rec: &super::Recorder, last: u64) -> Vec<Event> {
+    let epochs_of = std::sync::Arc::new(acked_epochs(rec));
+    let tasks: Vec<_> = (0..3)
+        .map(|i| {
+            let client = realm.client_requiring(i, realm.realm_file().verifier_keys.len());
+            let reads = final_reads(client, format!("final-replica-{}", i + 1), epochs_of.clone(), rec.start, last);
+            realm.runtime.spawn(reads)
+        })
+        .collect();
+    tasks.into_iter().flat_map(|t| realm.runtime.block_on(t).expect("final checks")).collect()
+}
+
+/// The epochs each identity had an update acknowledged in.
+pub(crate) fn acked_epochs(rec: &super::Recorder) -> BTreeMap<String, BTreeSet<u64>> {
     let mut epochs_of: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
     for e in rec.events() {
         if let Event::Ack { user, epoch, .. } = e {
             epochs_of.entry(user).or_default().insert(epoch);
         }
     }
-    let epochs_of = std::sync::Arc::new(epochs_of);
-    let tasks: Vec<_> = (0..3)
-        .map(|i| {
-            let client = realm.client_requiring(i, realm.realm_file().verifier_keys.len());
-            let name = format!("final-replica-{}", i + 1);
-            let epochs_of = epochs_of.clone();
-            let start = rec.start;
-            realm.runtime.spawn(async move {
-                let now = || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-                let mut out = Vec::new();
-                // On a settled realm every one of these must succeed: the run's report lists
-                // each failure as a problem.
-                let failed = |user: &str, what: &str, e: &ClientError, invoked| Event::Failed {
+    epochs_of
+}
+
+/// What `client` (named `name`) answers for every identity of `epochs_of`: a verified lookup
+/// at each epoch an update of it was acknowledged in, a fresh lookup of at least epoch
+/// `last`, and a verified history; as events timed from `start`.
+pub(crate) async fn final_reads(
+    client: keyraft_client::Client,
+    name: String,
+    epochs_of: std::sync::Arc<BTreeMap<String, BTreeSet<u64>>>,
+    start: Instant,
+    last: u64,
+) -> Vec<Event> {
+    let now = || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let mut out = Vec::new();
+    // On a settled realm every one of these must succeed: the run's report lists each
+    // failure as a problem.
+    let failed = |user: &str, what: &str, e: &ClientError, invoked| Event::Failed {
+        client: name.clone(),
+        user: user.to_owned(),
+        what: format!("final {what}"),
+        error: format!("{e} [{}]", failure_kind(e)),
+        accusation: e.is_misbehavior(),
+        invoked,
+        completed: now(),
+    };
+    for (user, epochs) in epochs_of.iter() {
+        let fresh = LookupOptions { epoch: 0, min_epoch: last, wait_ms: 3_000 };
+        let reads = epochs
+            .iter()
+            .map(|e| (Read::AtEpoch, LookupOptions { epoch: *e, ..LookupOptions::default() }))
+            .chain([(Read::Fresh { min_epoch: Some(last) }, fresh)]);
+        for (read, options) in reads {
+            let invoked = now();
+            match client.lookup(user, options).await {
+                Ok(a) => out.push(Event::Lookup {
                     client: name.clone(),
-                    user: user.to_owned(),
-                    what: format!("final {what}"),
-                    error: format!("{e} [{}]", failure_kind(e)),
-                    accusation: e.is_misbehavior(),
+                    user: user.clone(),
+                    read,
+                    epoch: a.lookup.epoch(),
+                    seen: seen(&a),
                     invoked,
                     completed: now(),
-                };
-                for (user, epochs) in epochs_of.iter() {
-                    let fresh = LookupOptions { epoch: 0, min_epoch: last, wait_ms: 3_000 };
-                    let reads = epochs
-                        .iter()
-                        .map(|e| (Read::AtEpoch, LookupOptions { epoch: *e, ..LookupOptions::default() }))
-                        .chain([(Read::Fresh { min_epoch: Some(last) }, fresh)]);
-                    for (read, options) in reads {
-                        let invoked = now();
-                        match client.lookup(user, options).await {
-                            Ok(a) => out.push(Event::Lookup {
-                                client: name.clone(),
-                                user: user.clone(),
-                                read,
-                                epoch: a.lookup.epoch(),
-                                seen: seen(&a),
-                                invoked,
-                                completed: now(),
-                            }),
-                            Err(e) => out.push(failed(user, "lookup", &e, invoked)),
-                        }
-                    }
-                    let invoked = now();
-                    match client.full_history(user, 100).await {
-                        Ok(versions) => out.push(Event::History {
-                            client: name.clone(),
-                            user: user.clone(),
-                            replica: name.clone(),
-                            versions: versions
-                                .iter()
-                                .filter_map(|v| Some((v.version, v.answer.lookup.epoch(), seen(&v.answer)?.tag)))
-                                .collect(),
-                        }),
-                        Err(e) => out.push(failed(user, "history", &e, invoked)),
-                    }
-                }
-                out
-            })
-        })
-        .collect();
-    tasks.into_iter().flat_map(|t| realm.runtime.block_on(t).expect("final checks")).collect()
+                }),
+                Err(e) => out.push(failed(user, "lookup", &e, invoked)),
+            }
+        }
+        let invoked = now();
+        match client.full_history(user, 100).await {
+            Ok(versions) => out.push(Event::History {
+                client: name.clone(),
+                user: user.clone(),
+                replica: name.clone(),
+                versions: versions
+                    .iter()
+                    .filter_map(|v| Some((v.version, v.answer.lookup.epoch(), seen(&v.answer)?.tag)))
+                    .collect(),
+            }),
+            Err(e) => out.push(failed(user, "history", &e, invoked)),
+        }
+    }
+    out
 }
 
 /// Alarms and panics in every process's log, "the Raft core stopped" more often than disks
