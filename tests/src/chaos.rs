@@ -115,11 +115,23 @@ pub struct Recorder {
     acks: AtomicUsize,
     /// Identities with an acknowledged registration (for the clients' lookups of each other's).
     users: Mutex<Vec<String>>,
+    /// What re-sent copies of acknowledged updates were answered with, when the answer was
+    /// not "a duplicate, in the epoch it was acknowledged in".
+    anomalies: Mutex<Vec<String>>,
+    /// Re-sent copies answered as duplicates.
+    echoes: AtomicUsize,
 }
 
 impl Recorder {
     pub(crate) fn new() -> Self {
-        Self { start: Instant::now(), log: Mutex::default(), acks: AtomicUsize::new(0), users: Mutex::default() }
+        Self {
+            start: Instant::now(),
+            log: Mutex::default(),
+            acks: AtomicUsize::new(0),
+            users: Mutex::default(),
+            anomalies: Mutex::default(),
+            echoes: AtomicUsize::new(0),
+        }
     }
 
     /// When the run started.
@@ -153,6 +165,16 @@ impl Recorder {
 
     pub fn acks(&self) -> usize {
         self.acks.load(Ordering::Relaxed)
+    }
+
+    /// Answers to re-sent copies that were not "a duplicate, in the acknowledged epoch".
+    pub fn anomalies(&self) -> Vec<String> {
+        self.anomalies.lock().unwrap().clone()
+    }
+
+    /// Re-sent copies answered as duplicates.
+    pub fn echoes(&self) -> usize {
+        self.echoes.load(Ordering::Relaxed)
     }
 
     pub fn events(&self) -> Vec<Event> {
@@ -200,12 +222,43 @@ pub(crate) struct Session {
     rec: Arc<Recorder>,
     rng: StdRng,
     attempts: u64,
+    /// Another client (bound elsewhere) through which copies of acknowledged updates are sent
+    /// again: a duplicated message, which must be answered as a duplicate.
+    echo: Option<Client>,
 }
 
 impl Session {
     /// A client task named `name` recording into `rec`, its choices seeded by `seed`.
     pub(crate) fn new(name: String, client: Client, rec: Arc<Recorder>, seed: u64) -> Self {
-        Session { name, client, rec, rng: StdRng::seed_from_u64(seed), attempts: 0 }
+        Session { name, client, rec, rng: StdRng::seed_from_u64(seed), attempts: 0, echo: None }
+    }
+
+    /// Sends a copy of some acknowledged updates again through `client`.
+    pub(crate) fn with_echo(mut self, client: Client) -> Self {
+        self.echo = Some(client);
+        self
+    }
+
+    /// Sends `prepared`, acknowledged in `epoch`, again through the echo client (one time in
+    /// three): it must be answered as a duplicate in that epoch.
+    async fn echo(&mut self, user: &str, prepared: &keyraft_client::PreparedUpdate, epoch: u64) {
+        let Some(echo) = &self.echo else { return };
+        if !self.rng.gen_ratio(1, 3) {
+            return;
+        }
+        let invoked = self.rec.now();
+        match echo.send_prepared(prepared, None, None).await {
+            Ok(o) if o.duplicate && o.epoch == epoch => {
+                self.rec.echoes.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(o) => self.rec.anomalies.lock().unwrap().push(format!(
+                "{}: a copy of {user}'s update acknowledged in epoch {epoch}, sent again, was answered as {} in epoch {}",
+                self.name,
+                if o.duplicate { "a duplicate" } else { "a new update" },
+                o.epoch
+            )),
+            Err(e) => self.failed(user, "echo", invoked, &e),
+        }
     }
 
     fn failed(&self, user: &str, what: &str, invoked: u64, e: &ClientError) {
@@ -284,7 +337,10 @@ impl Session {
             completed: self.rec.now(),
         };
         match self.client.send_prepared(&prepared, None, Some(QUORUM_WAIT_MS)).await {
-            Ok(outcome) => self.rec.push(ack(outcome.epoch, outcome.proof.is_some())),
+            Ok(outcome) => {
+                self.rec.push(ack(outcome.epoch, outcome.proof.is_some()));
+                self.echo(user, &prepared, outcome.epoch).await;
+            }
             // The realm said "accepted in this epoch": as binding as an acknowledgement.
             Err(ClientError::NotRatifiedYet { epoch, .. } | ClientError::AppliedNotRecorded { epoch, .. }) => {
                 self.rec.push(ack(epoch, false));
@@ -527,6 +583,7 @@ impl Run {
                 rec: rec.clone(),
                 rng: StdRng::seed_from_u64(options.seed.wrapping_add(k as u64 + 1)),
                 attempts: 0,
+                echo: None,
             }
         };
         // Writers know every replica (as the realm file lists them); readers one each.

@@ -182,6 +182,8 @@ pub struct Report {
     pub recovery: Vec<Duration>,
     pub epochs: u64,
     pub problems: Vec<String>,
+    /// Copies of acknowledged updates sent again and answered as duplicates.
+    pub echoes: usize,
     /// The clients' failed calls, by kind (transient ones are expected under faults).
     pub failures: std::collections::BTreeMap<String, usize>,
 }
@@ -196,7 +198,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "simulation seed {}: {} replicas, {} faults, {} epochs, {:.1} s; {} acknowledged, {} lost; {}",
+            "simulation seed {}: {} replicas, {} faults, {} epochs, {:.1} s; {} acknowledged, {} lost, {} sent twice; {}",
             self.seed,
             self.replicas,
             self.steps.len(),
@@ -204,6 +206,7 @@ impl fmt::Display for Report {
             self.elapsed.as_secs_f64(),
             self.verdict.acked,
             self.verdict.lost,
+            self.echoes,
             if self.ok() { "ok" } else { "FAILED" }
         )?;
         if !self.ok() {
@@ -249,8 +252,13 @@ struct Sim {
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     ledger: Ledger,
+    /// When the ledger last read the replicas' stores.
+    observed: Instant,
     rng: StdRng,
 }
+
+/// How often the invariants are checked on the replicas' stores while the simulation waits.
+const OBSERVE_EVERY: Duration = Duration::from_millis(250);
 
 impl Sim {
     async fn run(options: &Options, steps: Vec<Step>) -> Report {
@@ -283,6 +291,7 @@ impl Sim {
                 }
             }
         }
+        let echoes = sim.rec.echoes();
         let (verdict, epochs, mut end, failures) = sim.finish().await;
         problems.append(&mut end);
         Report {
@@ -294,6 +303,7 @@ impl Sim {
             recovery,
             epochs,
             problems,
+            echoes,
             failures,
         }
     }
@@ -311,8 +321,12 @@ impl Sim {
             // The replica majority only: the verifier is stopped on purpose, and its
             // ratifications are checked at the end.
             let client = realm.client(Host::Client(k), &[], 0);
-            let session =
-                Session::new(format!("writer-{k}"), client, rec.clone(), options.seed.wrapping_add(k as u64 + 1));
+            // Copies of its updates go again through one replica, named by the seed: duplicated
+            // messages, as a client retrying elsewhere sends them.
+            let id = realm.replicas[(options.seed as usize + k) % options.replicas].id;
+            let echo = realm.client(Host::Client(50 + k), &[net::public_addr(id)], 0);
+            let seed = options.seed.wrapping_add(k as u64 + 1);
+            let session = Session::new(format!("writer-{k}"), client, rec.clone(), seed).with_echo(echo);
             tasks.push(tokio::spawn(session.write_loop(k, stop.clone())));
         }
         for (i, r) in realm.replicas.iter().enumerate() {
@@ -325,7 +339,15 @@ impl Sim {
             );
             tasks.push(tokio::spawn(session.read(stop.clone())));
         }
-        Sim { realm, rec, stop, tasks, ledger: Ledger::default(), rng: StdRng::seed_from_u64(options.seed ^ 0x5EED) }
+        Sim {
+            realm,
+            rec,
+            stop,
+            tasks,
+            ledger: Ledger::default(),
+            observed: Instant::now(),
+            rng: StdRng::seed_from_u64(options.seed ^ 0x5EED),
+        }
     }
 
     /// Polls `f` until it returns `Some`, checking the invariants between polls; fails with
@@ -337,7 +359,10 @@ impl Sim {
     {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            self.ledger.observe(&self.realm);
+            if self.observed.elapsed() >= OBSERVE_EVERY {
+                self.ledger.observe(&self.realm);
+                self.observed = Instant::now();
+            }
             if let Some(p) = self.ledger.problems.first() {
                 return Err(p.clone());
             }
@@ -527,6 +552,7 @@ impl Sim {
         if self.realm.verifier_dir().join("HALTED").exists() {
             problems.push("the verifier halted".into());
         }
+        problems.extend(self.rec.anomalies());
         let verdict = check(&events);
         let mut failures = std::collections::BTreeMap::new();
         for e in &events {

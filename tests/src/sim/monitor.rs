@@ -142,3 +142,45 @@ impl Ledger {
         problems
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(epoch: u64, previous: &Option<EpochHead>, issue_time_ms: u64, root: u8) -> EpochHead {
+        EpochHead {
+            realm: "sim.example".into(),
+            epoch,
+            root: [root; 32],
+            previous_head_hash: previous.as_ref().map_or([0; 32], EpochHead::hash),
+            issue_time_ms,
+            update_count: 0,
+            config_hash: [9; 32],
+        }
+    }
+
+    #[test]
+    fn the_ledger_reports_a_second_head_a_broken_chain_and_time_going_back() {
+        let mut ledger = Ledger::default();
+        let one = head(1, &None, 1_000, 1);
+        let two = head(2, &Some(one.clone()), 1_100, 2);
+        ledger.record(1, one.clone());
+        ledger.record(2, one.clone());
+        ledger.record(1, two.clone());
+        assert!(ledger.problems.is_empty(), "{:?}", ledger.problems);
+
+        // Another replica stores another head for epoch 2.
+        ledger.record(3, head(2, &Some(one.clone()), 1_100, 7));
+        // Epoch 3 names a head other than epoch 2's, and is issued before it.
+        ledger.record(2, head(3, &Some(one), 1_050, 3));
+        // Epoch 1 of another realm history.
+        let mut stray = Ledger::default();
+        stray.record(1, head(1, &Some(two), 1_000, 1));
+        let all: Vec<&String> = ledger.problems.iter().chain(&stray.problems).collect();
+        assert_eq!(all.len(), 4, "{all:?}");
+        assert!(all[0].contains("epoch 2: node-3 stores a head other than the one node-1 stored"), "{}", all[0]);
+        assert!(all[1].contains("does not chain to epoch 2's"), "{}", all[1]);
+        assert!(all[2].contains("issued at 1050 ms, before epoch 2 (1100 ms)"), "{}", all[2]);
+        assert!(all[3].contains("epoch 1 (node-1) chains to a previous head"), "{}", all[3]);
+    }
+}

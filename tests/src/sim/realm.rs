@@ -74,10 +74,12 @@ impl Replica {
         self.running.is_some()
     }
 
-    /// Its state as stored now (the current generation).
+    /// Its state as a crash would leave it now (what its current generation has flushed), in
+    /// a copy: opening a store may write to it, and the replica's own store must see no
+    /// writer but the replica.
     pub fn state(&self, realm: &RealmConfig) -> Option<StateMachine<MemoryStorage>> {
         let state = &self.engine.state;
-        StateMachine::open(state.generation(state.current()), realm.clone()).ok()
+        StateMachine::open(state.generation(state.current()).crash(), realm.clone()).ok()
     }
 }
 
