@@ -29,6 +29,7 @@
 //! loopback sockets, so a seed replays its schedule of faults and every seeded choice, but
 //! not the exact interleaving of tasks (docs/reliability.md, "Simulation").
 
+pub mod logs;
 pub mod monitor;
 pub mod net;
 pub mod realm;
@@ -227,19 +228,19 @@ impl fmt::Display for Report {
 }
 
 /// Runs the simulation of `options` on a runtime of its own. `KEYRAFT_SIM_LOG` (a tracing
-/// filter such as `info` or `keyraft_server=debug`) prints every replica's log to stderr.
+/// filter such as `info` or `keyraft_server=debug`) prints every replica's log to stderr
+/// ([`logs`]).
 pub fn run(options: &Options) -> Report {
-    if let Ok(filter) = std::env::var("KEYRAFT_SIM_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_writer(std::io::stderr)
-            .try_init();
-    }
+    logs::capture();
+    let mark = logs::mark();
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     let steps = schedule(options);
-    let report = runtime.block_on(Sim::run(options, steps));
+    let mut report = runtime.block_on(Sim::run(options, steps));
     runtime.shutdown_timeout(Duration::from_secs(5));
+    // Alarms and panics in what the replicas and the verifier logged.
+    let alarms = logs::alarms_since(mark, checks::ALARMS);
+    report.problems.extend(alarms.iter().take(20).map(|l| format!("log: {l}")));
     report
 }
 

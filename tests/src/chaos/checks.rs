@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 /// verifier's alarm and halt, a replica or verifier seeing a diverged history, refused log
 /// commands, a peer impersonating another. "the Raft core stopped" is expected once per
 /// failed disk, and checked apart.
-pub(super) const ALARMS: &[&str] = &[
+pub(crate) const ALARMS: &[&str] = &[
     "panicked",
     "ALARM",
     "ratification is halted",
