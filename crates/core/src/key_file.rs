@@ -221,6 +221,13 @@ fn classify(path: &Path, text: &str, wanted: Kind, needed_by: &str) -> Result<Re
     Ok(Read { key, legacy })
 }
 
+/// Classifies a key file's `text` as if read from `path`: what [`read_secret`] and
+/// [`read_public`] do after reading the file. For the fuzz targets; not an API.
+#[doc(hidden)]
+pub fn classify_text(path: &Path, text: &str, wanted: Kind) -> Result<Read<[u8; 32]>, KeyFileError> {
+    classify(path, text, wanted, "fuzz input")
+}
+
 fn read_text(path: &Path) -> Result<String, KeyFileError> {
     std::fs::read_to_string(path).map_err(|source| KeyFileError::Io {
         action: "reading",

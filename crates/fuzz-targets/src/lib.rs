@@ -42,6 +42,10 @@ pub const TARGETS: &[Target] = &[
     ("realm_file", realm_file),
     ("node_config", node_config),
     ("snapshot", snapshot),
+    ("backup", backup),
+    ("raft_message", raft_message),
+    ("key_file", key_file),
+    ("gateway_update", gateway_update),
 ];
 
 /// The target called `name`.
@@ -239,4 +243,53 @@ pub fn node_config(data: &[u8]) {
 pub fn snapshot(data: &[u8]) {
     let store = keyraft_storage::MemoryStorage::new();
     let _ = keyraft_server::fuzzing::load_snapshot(data, &store);
+}
+
+/// The bytes of a backup file, checked end to end (`keyraft_server::fuzzing::check_backup`):
+/// a file that passes has a header whose metadata and configuration decode.
+pub fn backup(data: &[u8]) {
+    if let Ok(header) = keyraft_server::fuzzing::check_backup(data) {
+        assert_eq!(header.format, 1, "a backup of another format passed the check");
+    }
+}
+
+/// A peer's Raft message: the `RaftMessage` envelope (protobuf), then its payload and the
+/// bytes themselves as every kind of Raft request and response (postcard).
+pub fn raft_message(data: &[u8]) {
+    if let Ok(envelope) = keyraft_proto::peer::RaftMessage::decode(data) {
+        let _ = keyraft_server::fuzzing::decode_raft_messages(&envelope.payload);
+    }
+    let _ = keyraft_server::fuzzing::decode_raft_messages(data);
+}
+
+/// A key file's text, read as a secret and as a public key, under a secret's name and a
+/// public key's (`.pub`): a key read back from the text written for it is the same key.
+pub fn key_file(data: &[u8]) {
+    use keyraft_core::key_file::{classify_text, public_text, secret_text, Kind};
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    for path in [std::path::Path::new("k.key"), std::path::Path::new("k.key.pub")] {
+        for wanted in [Kind::Secret, Kind::Public] {
+            let Ok(read) = classify_text(path, text, wanted) else { continue };
+            let written = match wanted {
+                Kind::Secret => secret_text(&read.key),
+                Kind::Public => match keyraft_core::PublicKey::from_bytes(&read.key) {
+                    Ok(key) => public_text(&key),
+                    Err(_) => continue,
+                },
+            };
+            let again = classify_text(path, &written, wanted).expect("a key file written by keyraft reads back");
+            assert_eq!(again.key, read.key, "a key file read back to another key");
+            assert!(!again.legacy, "a key file written by keyraft reads as legacy");
+        }
+    }
+}
+
+/// The JSON body of the HTTP gateway's update (`POST /v1/users/{id}`), turned into the gRPC
+/// request the gateway sends on, then decoded as the public service decodes it.
+pub fn gateway_update(data: &[u8]) {
+    let Ok(body) = serde_json::from_slice::<keyraft_server::gateway::json::UpdateBody>(data) else { return };
+    let Ok(request) = body.into_request() else { return };
+    if let Ok(update) = keyraft_proto::convert::canonical::<Update>("update", &request.update) {
+        assert_eq!(update.encode(), request.update, "an update from the gateway re-encodes differently");
+    }
 }

@@ -179,8 +179,69 @@ fn seed_inputs() -> Vec<(&'static str, String, Vec<u8>)> {
     batch.put(b"a".to_vec(), b"1".to_vec());
     batch.put(b"state/bob".to_vec(), vec![0; 40]);
     keyraft_storage::Storage::write(&store, batch).unwrap();
-    out.push(("snapshot", "two-pairs".into(), keyraft_server::fuzzing::write_snapshot(&store, dir.path()).unwrap()));
+    let snapshot = keyraft_server::fuzzing::write_snapshot(&store, dir.path()).unwrap();
+    out.push(("snapshot", "two-pairs".into(), snapshot.clone()));
+    out.push(("backup", "two-pairs".into(), backup_file(&snapshot, &realm_config_of_vectors())));
+    for (name, bytes) in keyraft_server::fuzzing::sample_raft_messages() {
+        let envelope = keyraft_proto::peer::RaftMessage { target: 2, payload: bytes.clone() };
+        out.push(("raft_message", format!("{name}-envelope"), envelope.encode_to_vec()));
+        out.push(("raft_message", name.into(), bytes));
+    }
+    let seed = [0x42; 32];
+    let public = keyraft_core::keys::public_key_of(&ed25519_dalek::SigningKey::from_bytes(&seed));
+    out.push(("key_file", "secret".into(), keyraft_core::key_file::secret_text(&seed).into_bytes()));
+    out.push(("key_file", "public".into(), keyraft_core::key_file::public_text(&public).into_bytes()));
+    out.push(("key_file", "legacy".into(), format!("{}\n", hex::encode(seed)).into_bytes()));
+    for (name, update) in
+        out.iter().filter(|(t, _, _)| *t == "update").map(|(_, n, b)| (n.clone(), b.clone())).collect::<Vec<_>>()
+    {
+        let body = serde_json::json!({
+            "user_id": "alice@vectors.example",
+            "update": base64_std(&update),
+            "wait_ms": 1000,
+            "registration": { "email_code": "123456" },
+        });
+        out.push(("gateway_update", name, serde_json::to_vec_pretty(&body).unwrap()));
+    }
     out
+}
+
+fn base64_std(bytes: &[u8]) -> String {
+    keyraft_server::gateway::json::base64(bytes)
+}
+
+/// A backup file of `snapshot` (the layout of docs/operations.md, "Backups").
+fn backup_file(snapshot: &[u8], realm_config: &[u8]) -> Vec<u8> {
+    use sha2::Digest as _;
+    let header = keyraft_server::backup::BackupHeader {
+        format: 1,
+        realm: "vectors.example".into(),
+        node_id: 1,
+        epoch: 0,
+        last_log_index: 0,
+        last_log_term: 0,
+        snapshot_meta: keyraft_server::fuzzing::empty_snapshot_meta(),
+        snapshot_bytes: snapshot.len() as u64,
+        snapshot_sha256: hex::encode(sha2::Sha256::digest(snapshot)),
+        realm_config: hex::encode(realm_config),
+    };
+    let json = serde_json::to_vec(&header).unwrap();
+    let mut out = keyraft_server::backup::BACKUP_MAGIC.to_vec();
+    out.extend_from_slice(snapshot);
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&u32::try_from(json.len()).unwrap().to_be_bytes());
+    let digest = sha2::Sha256::digest(&out);
+    out.extend_from_slice(&digest);
+    out
+}
+
+/// The canonical bytes of the first realm configuration of the v2 vectors.
+fn realm_config_of_vectors() -> Vec<u8> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/vectors");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("lookup-v2.json")).unwrap()).unwrap();
+    let (_, config) = json["realm_configs"].as_object().unwrap().iter().next().unwrap();
+    hex::decode(config["hex"].as_str().unwrap()).unwrap()
 }
 
 /// The first replica key of a vectors file's `main` realm.
@@ -226,6 +287,16 @@ fn write_seeds() {
 #[test]
 fn the_seeds_are_valid_inputs() {
     let corpus = fuzz_dir().join("corpus");
+    let backup = std::fs::read(corpus.join("backup/seed-two-pairs")).unwrap();
+    let header = keyraft_server::fuzzing::check_backup(&backup).unwrap();
+    assert!(header.snapshot_bytes > 0);
+    let mut damaged = backup.clone();
+    damaged[30] ^= 1;
+    assert!(keyraft_server::fuzzing::check_backup(&damaged).is_err());
+    for name in ["vote-request", "append-entries", "append-entries-success"] {
+        let bytes = std::fs::read(corpus.join("raft_message").join(format!("seed-{name}"))).unwrap();
+        assert!(keyraft_server::fuzzing::decode_raft_messages(&bytes) >= 1, "{name}");
+    }
     let snapshot = std::fs::read(corpus.join("snapshot/seed-two-pairs")).unwrap();
     let store = keyraft_storage::MemoryStorage::new();
     assert_eq!(keyraft_server::fuzzing::load_snapshot(&snapshot, &store).unwrap(), 2);

@@ -32,7 +32,7 @@ use keyraft_proto::peer::{backup_chunk::Part, BackupChunk, BackupHeader as WireH
 use keyraft_storage::SledOptions;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use std::io::{Read, Seek as _, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -312,9 +312,14 @@ where
 
 /// Checks backup file `path` end to end (its digest, then its header) and returns the header.
 pub fn check(path: &Path) -> Result<BackupHeader, BackupError> {
-    let damaged = |problem: String| BackupError::File { file: path.to_owned(), problem };
     let mut file = std::fs::File::open(path).map_err(io(format!("opening {}", path.display())))?;
     let len = file.metadata().map_err(io(format!("reading {}", path.display())))?.len();
+    check_from(&mut file, len, path)
+}
+
+/// [`check`] of the `len` bytes of `file`, named `path` in errors.
+pub(crate) fn check_from(file: &mut (impl Read + Seek), len: u64, path: &Path) -> Result<BackupHeader, BackupError> {
+    let damaged = |problem: String| BackupError::File { file: path.to_owned(), problem };
     let fixed = (BACKUP_MAGIC.len() + FOOTER_FIXED_BYTES) as u64;
     if len < fixed {
         return Err(damaged(format!("{len} bytes, too short for a backup")));
@@ -327,7 +332,7 @@ pub fn check(path: &Path) -> Result<BackupHeader, BackupError> {
     // The digest over everything before the last 32 bytes.
     file.seek(SeekFrom::Start(0)).map_err(io(format!("reading {}", path.display())))?;
     let mut hasher = Sha256::new();
-    let mut limited = (&mut file).take(len - 32);
+    let mut limited = (&mut *file).take(len - 32);
     std::io::copy(&mut limited, &mut hasher).map_err(io(format!("reading {}", path.display())))?;
     let mut stored = [0u8; 32];
     file.read_exact(&mut stored).map_err(io(format!("reading {}", path.display())))?;
