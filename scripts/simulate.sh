@@ -5,20 +5,24 @@
 # off; heads, chain and signatures checked continuously, every acknowledged update read back
 # verified at the end, the client-observed history checked against the model.
 #
-#   scripts/simulate.sh [--seeds N] [--seed FIRST] [--minutes M]
+#   scripts/simulate.sh [--seeds N] [--seed FIRST] [--minutes M] [--jobs J]
 #
 # --seed S alone replays seed S. --minutes M runs as many seeds as start within M minutes.
+# --jobs J runs J simulations at once (seeds FIRST+j, FIRST+j+J, ...; a simulation waits more
+# than it computes), each logging to target/simulate-<j>.log; the default is one, printing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seeds=""
 first=""
 minutes=""
+jobs=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) seeds="$2"; shift 2 ;;
     --seed) first="$2"; shift 2 ;;
     --minutes) minutes="$2"; shift 2 ;;
+    --jobs) jobs="$2"; shift 2 ;;
     -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -26,10 +30,33 @@ done
 if [ -n "$first" ] && [ -z "$seeds" ] && [ -z "$minutes" ]; then
   seeds=1
 fi
-export KEYRAFT_SIM_SEED="${first:-1}"
+first="${first:-1}"
 export KEYRAFT_SIM_SEEDS="${seeds:-100}"
 if [ -n "$minutes" ]; then
   export KEYRAFT_SIM_BUDGET_S=$((minutes * 60))
 fi
-echo "simulation: from seed $KEYRAFT_SIM_SEED, ${minutes:+$minutes minutes}${minutes:-$KEYRAFT_SIM_SEEDS seeds}"
-cargo test -p keyraft-tests --locked --test simulation -- --ignored --exact simulation_seeds --nocapture
+echo "simulation: from seed $first, ${minutes:+$minutes minutes}${minutes:-$KEYRAFT_SIM_SEEDS seeds}, $jobs at once"
+run() {
+  KEYRAFT_SIM_SEED="$1" KEYRAFT_SIM_STEP="$jobs" \
+    cargo test -p keyraft-tests --locked --test simulation -- --ignored --exact simulation_seeds --nocapture
+}
+if [ "$jobs" -le 1 ]; then
+  run "$first"
+  exit
+fi
+# Each job runs its share of the seeds.
+KEYRAFT_SIM_SEEDS=$(( (KEYRAFT_SIM_SEEDS + jobs - 1) / jobs ))
+export KEYRAFT_SIM_SEEDS
+cargo test -p keyraft-tests --locked --test simulation --no-run
+pids=()
+for j in $(seq 0 $((jobs - 1))); do
+  run $((first + j)) > "target/simulate-$j.log" 2>&1 &
+  pids+=($!)
+done
+status=0
+for j in "${!pids[@]}"; do
+  wait "${pids[$j]}" || status=1
+  grep -E "^simulation seed" "target/simulate-$j.log" | grep -v " ok$" || true
+  grep -E "^simulation:" "target/simulate-$j.log" || echo "job $j: no summary (see target/simulate-$j.log)"
+done
+exit $status

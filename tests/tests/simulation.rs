@@ -30,15 +30,17 @@ fn fixed_seeds_of_the_simulation_lose_nothing_and_accuse_no_one() {
     }
 }
 
-/// Seeds from `KEYRAFT_SIM_SEED` (default 1) on: `KEYRAFT_SIM_SEEDS` of them (default 10), or
-/// as many as start within `KEYRAFT_SIM_BUDGET_S` seconds if that is set. Every failing seed
-/// is reported with its replay command; the run fails if any did.
+/// Seeds from `KEYRAFT_SIM_SEED` (default 1) on, every `KEYRAFT_SIM_STEP`th (default 1: each;
+/// parallel runs take one residue each): `KEYRAFT_SIM_SEEDS` of them (default 10), or as
+/// many as start within `KEYRAFT_SIM_BUDGET_S` seconds if that is set. Every failing seed is
+/// reported with its replay command; the run fails if any did.
 #[test]
 #[ignore = "the long run: scripts/simulate.sh (KEYRAFT_SIM_SEED, _SEEDS, _BUDGET_S)"]
 fn simulation_seeds() {
     let _s = serial();
     let first: u64 = env("KEYRAFT_SIM_SEED").unwrap_or(1);
     let count: u64 = env("KEYRAFT_SIM_SEEDS").unwrap_or(10);
+    let step: u64 = env("KEYRAFT_SIM_STEP").unwrap_or(1).max(1);
     let budget = env::<u64>("KEYRAFT_SIM_BUDGET_S").map(Duration::from_secs);
     let started = Instant::now();
     let (mut ran, mut failed, mut acked, mut lost) = (0u64, Vec::new(), 0usize, 0usize);
@@ -47,7 +49,7 @@ fn simulation_seeds() {
     loop {
         let over = match budget {
             Some(b) => started.elapsed() >= b,
-            None => seed >= first + count,
+            None => ran >= count,
         };
         if over {
             break;
@@ -60,7 +62,7 @@ fn simulation_seeds() {
         if !report.ok() {
             failed.push(seed);
         }
-        seed += 1;
+        seed += step;
     }
     recovery.sort();
     let p = |q: f64| recovery.get(((recovery.len() as f64 - 1.0) * q) as usize).copied().unwrap_or_default();
