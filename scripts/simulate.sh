@@ -35,7 +35,11 @@ export KEYRAFT_SIM_SEEDS="${seeds:-100}"
 if [ -n "$minutes" ]; then
   export KEYRAFT_SIM_BUDGET_S=$((minutes * 60))
 fi
-echo "simulation: from seed $first, ${minutes:+$minutes minutes}${minutes:-$KEYRAFT_SIM_SEEDS seeds}, $jobs at once"
+if [ -n "$minutes" ]; then
+  echo "simulation: seeds from $first for $minutes minutes, $jobs at once"
+else
+  echo "simulation: $KEYRAFT_SIM_SEEDS seeds from $first, $jobs at once"
+fi
 run() {
   KEYRAFT_SIM_SEED="$1" KEYRAFT_SIM_STEP="$jobs" \
     cargo test -p keyraft-tests --locked --test simulation -- --ignored --exact simulation_seeds --nocapture
