@@ -577,14 +577,8 @@ impl Run {
             // The replica majority only: the verifier is killed on purpose, and its
             // ratifications are checked at the end.
             let client_options = ClientOptions { verifier_threshold: Some(0), ..ClientOptions::default() };
-            Session {
-                name,
-                client: Client::with_options(&realm.realm_file(), endpoints, &client_options).expect("client"),
-                rec: rec.clone(),
-                rng: StdRng::seed_from_u64(options.seed.wrapping_add(k as u64 + 1)),
-                attempts: 0,
-                echo: None,
-            }
+            let client = Client::with_options(&realm.realm_file(), endpoints, &client_options).expect("client");
+            Session::new(name, client, rec.clone(), options.seed.wrapping_add(k as u64 + 1))
         };
         // Writers know every replica (as the realm file lists them); readers one each.
         let mut tasks: Vec<_> = (0..options.writers)

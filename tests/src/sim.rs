@@ -549,7 +549,7 @@ impl Sim {
         self.ledger.observe(&self.realm);
         problems.extend(self.ledger.problems.iter().cloned());
         problems.extend(self.ledger.final_checks(&self.realm, last));
-        problems.extend(self.realm.verifier_exits.iter().cloned());
+        problems.extend(self.realm.exits.iter().cloned());
         if self.realm.verifier_dir().join("HALTED").exists() {
             problems.push("the verifier halted".into());
         }

@@ -20,7 +20,7 @@
 use keyraft_proto::transport::{Connecting, Connection, Connector};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -207,11 +207,6 @@ impl SimNet {
     /// Where the host behind virtual address `addr` listens now, if it is up.
     pub fn real_addr(&self, addr: &str) -> Option<SocketAddr> {
         self.lock().routes.get(addr).and_then(|(_, a)| *a)
-    }
-
-    /// The pairs blocked now.
-    pub fn blocked(&self) -> BTreeSet<(Host, Host)> {
-        self.lock().blocked.keys().copied().collect()
     }
 
     fn blocked_how(&self, from: Host, to: Host) -> Option<Blocked> {

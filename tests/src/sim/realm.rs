@@ -107,8 +107,8 @@ pub struct SimRealm {
     vrf: VrfSecretKey,
     pub replicas: Vec<Replica>,
     verifier: Option<Task<keyraft_verifier::Error>>,
-    /// How the verifier's last run ended, if it ended on its own.
-    pub verifier_exits: Vec<String>,
+    /// Runs of replicas and the verifier that ended in an error or a panic.
+    pub exits: Vec<String>,
     seed: u64,
     starts: u64,
 }
@@ -158,7 +158,7 @@ impl SimRealm {
             vrf,
             replicas,
             verifier: None,
-            verifier_exits: Vec::new(),
+            exits: Vec::new(),
             seed,
             starts: 0,
         }
@@ -261,8 +261,8 @@ impl SimRealm {
                 stop.cancel();
                 match task.await {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => self.verifier_exits.push(format!("node-{}: {e}", r.id)),
-                    Err(e) => self.verifier_exits.push(format!("node-{} panicked: {e}", r.id)),
+                    Ok(Err(e)) => self.exits.push(format!("node-{}: {e}", r.id)),
+                    Err(e) => self.exits.push(format!("node-{} panicked: {e}", r.id)),
                 }
             }
         }
@@ -292,15 +292,15 @@ impl SimRealm {
     }
 
     /// Stops the verifier (its durable progress stays); a run that had ended on its own is
-    /// recorded in `verifier_exits`.
+    /// recorded in `exits`.
     pub async fn stop_verifier(&mut self) {
         let Some((stop, task)) = self.verifier.take() else { return };
         self.net.cut_from(Host::Verifier);
         stop.cancel();
         match task.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => self.verifier_exits.push(format!("verifier: {e}")),
-            Err(e) => self.verifier_exits.push(format!("verifier panicked: {e}")),
+            Ok(Err(e)) => self.exits.push(format!("verifier: {e}")),
+            Err(e) => self.exits.push(format!("verifier panicked: {e}")),
         }
     }
 
