@@ -95,6 +95,8 @@ struct State {
     quality: Quality,
     /// Open connections: who opened them to whom, and how to cut them.
     open: Vec<(Host, Host, CancellationToken)>,
+    /// How many times each host went down: a connector made before dials nothing after.
+    downs: BTreeMap<Host, u64>,
 }
 
 /// The realm's network. Clones share it.
@@ -122,8 +124,16 @@ impl SimNet {
     }
 
     /// The connector `host` dials with.
+    ///
+    /// It serves one run of `host`: once `host` goes down ([`SimNet::down`]) it connects
+    /// nowhere, as a crashed process sends nothing, even while the run winds down.
     pub fn connector(&self, host: Host) -> Arc<dyn Connector> {
-        Arc::new(Dialer { net: self.clone(), from: host })
+        let run = self.downs(host);
+        Arc::new(Dialer { net: self.clone(), from: host, run })
+    }
+
+    fn downs(&self, host: Host) -> u64 {
+        self.lock().downs.get(&host).copied().unwrap_or(0)
     }
 
     /// Replica `id` listens at `public` and `peer` (after a start).
@@ -142,6 +152,7 @@ impl SimNet {
             for addr in [public_addr(id), peer_addr(id)] {
                 s.routes.insert(addr, (host, None));
             }
+            *s.downs.entry(host).or_default() += 1;
             s.open.retain(|(from, to, cut)| {
                 let hit = *from == host || *to == host;
                 if hit {
@@ -217,6 +228,8 @@ impl SimNet {
 struct Dialer {
     net: SimNet,
     from: Host,
+    /// The run of `from` it serves: how many times `from` had gone down when it was made.
+    run: u64,
 }
 
 fn refused(what: String) -> std::io::Error {
@@ -227,8 +240,13 @@ impl Connector for Dialer {
     fn connect(&self, addr: &str) -> Connecting {
         let net = self.net.clone();
         let from = self.from;
+        let run = self.run;
         let addr = addr.to_owned();
+        let crashed = move || refused(format!("{from} is down: a crashed run connects nowhere"));
         Box::pin(async move {
+            if net.downs(from) != run {
+                return Err(crashed());
+            }
             let mut changes = net.changed.subscribe();
             // Resolve, waiting while a black hole lies in between (the caller's connect
             // timeout ends the wait, as it would on a real network).
@@ -254,7 +272,19 @@ impl Connector for Dialer {
             tcp.set_nodelay(true)?;
             let (mine, theirs) = tokio::io::duplex(PIPE_BYTES);
             let cut = CancellationToken::new();
-            net.lock().open.push((from, to, cut.clone()));
+            {
+                // Checked again where `down` cuts connections, so that none opened across it
+                // survives: `from` or `to` may have gone down while this one was connecting.
+                let mut s = net.lock();
+                let to_up = s.routes.values().any(|(host, listening)| *host == to && listening.is_some());
+                if s.downs.get(&from).copied().unwrap_or(0) != run {
+                    return Err(crashed());
+                }
+                if !to_up {
+                    return Err(refused(format!("{from} -> {to}: down")));
+                }
+                s.open.push((from, to, cut.clone()));
+            }
             let n = net.connections.fetch_add(1, Ordering::Relaxed);
             let rng = StdRng::seed_from_u64(net.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             tokio::spawn(carry(net, from, to, theirs, tcp, cut, rng));
@@ -343,4 +373,42 @@ async fn pump(
         let _ = dst.shutdown().await;
     };
     tokio::join!(read, write);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn listening() -> (tokio::net::TcpListener, SocketAddr) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        (listener, addr)
+    }
+
+    /// Seed 1007 lost an acknowledged update this way: a crashed replica's run, still winding
+    /// down, reconnected to a peer and sent it entries that its next run no longer had.
+    #[tokio::test]
+    async fn a_crashed_run_connects_nowhere_while_it_winds_down() {
+        let net = SimNet::new(7);
+        let (_public, public) = listening().await;
+        let (peer_listener, peer) = listening().await;
+        net.up(2, public, peer);
+        let (_p1, p1) = listening().await;
+        net.up(1, p1, p1);
+        let before_crash = net.connector(Host::Replica(1));
+        let mut open = before_crash.connect(&peer_addr(2)).await.expect("node-1 reaches node-2");
+        let (mut accepted, _) = peer_listener.accept().await.expect("accept");
+
+        net.down(1);
+        let mut buf = [0u8; 1];
+        assert_eq!(open.read(&mut buf).await.expect("a cut reads as closed"), 0, "the open connection is cut");
+        drop(accepted.read(&mut buf).await);
+        let err = before_crash.connect(&peer_addr(2)).await.err().expect("the crashed run dials nowhere");
+        assert!(err.to_string().contains("node-1 is down"), "{err}");
+
+        // The next run dials with a connector of its own.
+        net.up(1, p1, p1);
+        assert!(before_crash.connect(&peer_addr(2)).await.is_err(), "the crashed run stays cut off after a restart");
+        net.connector(Host::Replica(1)).connect(&peer_addr(2)).await.expect("the next run reaches node-2");
+    }
 }

@@ -61,7 +61,11 @@ type Task<E> = (CancellationToken, JoinHandle<Result<(), E>>);
 /// One replica: its stores outlive its runs.
 pub struct Replica {
     pub id: u64,
+    /// Its data directory (snapshots, `listen.json`) for the current run: each run after a
+    /// crash gets a copy of the previous run's, taken at the crash, because the crashed run
+    /// goes on for a moment and must not write into what the next run finds.
     dir: PathBuf,
+    runs: u64,
     /// The stores as the running process sees them.
     pub engine: MemoryEngine,
     pub clock: Arc<SimClock>,
@@ -142,7 +146,8 @@ impl SimRealm {
             .zip(keys)
             .map(|(id, key)| Replica {
                 id,
-                dir: dir.path().join(format!("node-{id}")),
+                dir: dir.path().join(format!("node-{id}")).join("run-0"),
+                runs: 0,
                 engine: MemoryEngine::default(),
                 clock: Arc::default(),
                 key,
@@ -237,6 +242,10 @@ impl SimRealm {
         let Some((stop, task)) = r.running.take() else { return };
         self.net.down(r.id);
         let survived = r.engine.crash();
+        r.runs += 1;
+        let next = r.dir.with_file_name(format!("run-{}", r.runs));
+        copy_dir(&r.dir, &next).unwrap_or_else(|e| panic!("copying node-{}'s data directory: {e}", r.id));
+        r.dir = next;
         stop.cancel();
         // Its run goes on writing into the old handle while it stops: discarded.
         let _ = task.await;
@@ -359,4 +368,28 @@ impl SimRealm {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// Copies directory `from` into a new directory `to`, as a crash leaves it: files that vanish
+/// meanwhile (a temporary file renamed) are skipped.
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    let entries = match std::fs::read_dir(from) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        let copied = match entry.file_type()? {
+            t if t.is_dir() => copy_dir(&entry.path(), &target),
+            _ => std::fs::copy(entry.path(), &target).map(drop),
+        };
+        match copied {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+    Ok(())
 }
