@@ -166,7 +166,15 @@ impl FakeReplica {
             tokio_util::sync::CancellationToken::new(),
             tokio_util::task::TaskTracker::new(),
         );
-        runtime.spawn(keyraft_server::acceptor::serve("fake", listener, limits, tls, None, routes, tasks));
+        runtime.spawn(keyraft_server::acceptor::serve(
+            "fake",
+            keyraft_server::acceptor::Listener::Tcp(listener),
+            limits,
+            tls,
+            None,
+            routes,
+            tasks,
+        ));
         addr
     }
 }

@@ -6,7 +6,7 @@
 //! listeners stop accepting, every task is told to stop and awaited (up to a deadline), then
 //! Raft stops, the stores are flushed and the log's flusher thread is joined.
 
-use crate::acceptor::{self, ConnectionLimits};
+use crate::acceptor::{self, ConnectionLimits, Listener};
 use crate::config::{Loaded, NodeConfig, VoterSpec};
 use crate::lifecycle::Tasks;
 use crate::node::Node;
@@ -53,9 +53,9 @@ pub const RAFT_STOPPED_TASKS_DEADLINE_MS: u64 = 2_000;
 #[derive(Debug)]
 pub struct Listeners {
     /// The public service's (clients, verifiers).
-    pub public: TcpListener,
+    pub public: Listener,
     /// The peer service's (Raft, forwarding, admin).
-    pub peer: TcpListener,
+    pub peer: Listener,
     /// The metrics listener's, if configured (`/healthz`, `/readyz`).
     pub metrics: Option<TcpListener>,
 }
@@ -81,7 +81,7 @@ impl Listeners {
             })?),
             None => None,
         };
-        Ok(Self { public, peer, metrics })
+        Ok(Self { public: Listener::Tcp(public), peer: Listener::Tcp(peer), metrics })
     }
 }
 

@@ -4,8 +4,9 @@
 //! `n<id>.sim:2` peer) that the membership and the realm file hold; the network resolves
 //! them to wherever the replica listens now, so a restarted replica keeps its addresses.
 //!
-//! Each connection is a pair of pumps between the caller's end of an in-memory pipe and the
-//! replica's real loopback listener, through which the network applies its faults:
+//! Each connection is a pair of pumps between two in-memory pipes, the caller's and the one
+//! handed to the replica's in-memory listener (no socket anywhere), through which the network
+//! applies its faults:
 //!
 //! - **delay** and **jitter** per chunk (order within a connection is kept, as TCP does;
 //!   concurrent connections overtake each other, so messages on different ones reorder);
@@ -18,6 +19,7 @@
 //!   reaches `from` over connections `to` opens, requests and answers both.
 
 use keyraft_proto::transport::{Connecting, Connection, Connector};
+use keyraft_server::acceptor::MemoryDialer;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -44,6 +46,8 @@ pub enum Host {
     Verifier,
     /// A client, by number.
     Client(usize),
+    /// The test itself asking a replica for its status: never partitioned.
+    Operator,
 }
 
 impl fmt::Display for Host {
@@ -52,6 +56,7 @@ impl fmt::Display for Host {
             Host::Replica(id) => write!(f, "node-{id}"),
             Host::Verifier => f.write_str("verifier"),
             Host::Client(k) => write!(f, "client-{k}"),
+            Host::Operator => f.write_str("operator"),
         }
     }
 }
@@ -88,8 +93,8 @@ pub struct Quality {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Virtual address -> the host behind it and where it listens now (absent: down).
-    routes: BTreeMap<String, (Host, Option<SocketAddr>)>,
+    /// Virtual address -> the host behind it and its listener now (absent: down).
+    routes: BTreeMap<String, (Host, Option<MemoryDialer>)>,
     /// Ordered pairs `(from, to)`: `from` cannot reach `to`.
     blocked: BTreeMap<(Host, Host), Blocked>,
     quality: Quality,
@@ -136,8 +141,8 @@ impl SimNet {
         self.lock().downs.get(&host).copied().unwrap_or(0)
     }
 
-    /// Replica `id` listens at `public` and `peer` (after a start).
-    pub fn up(&self, id: u64, public: SocketAddr, peer: SocketAddr) {
+    /// Replica `id` listens with `public` and `peer` (after a start).
+    pub fn up(&self, id: u64, public: MemoryDialer, peer: MemoryDialer) {
         let mut s = self.lock();
         s.routes.insert(public_addr(id), (Host::Replica(id), Some(public)));
         s.routes.insert(peer_addr(id), (Host::Replica(id), Some(peer)));
@@ -215,11 +220,6 @@ impl SimNet {
         self.bump();
     }
 
-    /// Where the host behind virtual address `addr` listens now, if it is up.
-    pub fn real_addr(&self, addr: &str) -> Option<SocketAddr> {
-        self.lock().routes.get(addr).and_then(|(_, a)| *a)
-    }
-
     fn blocked_how(&self, from: Host, to: Host) -> Option<Blocked> {
         self.lock().blocked.get(&(from, to)).copied()
     }
@@ -251,7 +251,7 @@ impl Connector for Dialer {
             // Resolve, waiting while a black hole lies in between (the caller's connect
             // timeout ends the wait, as it would on a real network).
             let (to, target) = loop {
-                let route = net.lock().routes.get(&addr).copied();
+                let route = net.lock().routes.get(&addr).cloned();
                 let Some((to, target)) = route else {
                     return Err(refused(format!("{from}: no host at {addr} in the simulation")));
                 };
@@ -268,9 +268,8 @@ impl Connector for Dialer {
             let Some(target) = target else {
                 return Err(refused(format!("{from} -> {to}: down")));
             };
-            let tcp = tokio::net::TcpStream::connect(target).await?;
-            tcp.set_nodelay(true)?;
             let (mine, theirs) = tokio::io::duplex(PIPE_BYTES);
+            let (accepted, near) = tokio::io::duplex(PIPE_BYTES);
             let cut = CancellationToken::new();
             {
                 // Checked again where `down` cuts connections, so that none opened across it
@@ -286,26 +285,30 @@ impl Connector for Dialer {
                 s.open.push((from, to, cut.clone()));
             }
             let n = net.connections.fetch_add(1, Ordering::Relaxed);
+            let remote = SocketAddr::from(([127, 0, 0, 1], u16::try_from(n % 60_000).unwrap_or(0) + 1_024));
+            if target.connect(Box::new(accepted), remote).is_err() {
+                return Err(refused(format!("{from} -> {to}: down")));
+            }
             let rng = StdRng::seed_from_u64(net.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            tokio::spawn(carry(net, from, to, theirs, tcp, cut, rng));
+            tokio::spawn(carry(net, from, to, theirs, near, cut, rng));
             Ok(Box::new(mine) as Box<dyn Connection>)
         })
     }
 }
 
-/// Moves bytes both ways between the caller's pipe and the replica's socket until either
-/// side closes or the connection is cut.
+/// Moves bytes both ways between the caller's pipe and the replica's until either side
+/// closes or the connection is cut.
 async fn carry(
     net: SimNet,
     from: Host,
     to: Host,
     pipe: tokio::io::DuplexStream,
-    tcp: tokio::net::TcpStream,
+    near: tokio::io::DuplexStream,
     cut: CancellationToken,
     rng: StdRng,
 ) {
     let (pipe_r, pipe_w) = tokio::io::split(pipe);
-    let (tcp_r, tcp_w) = tcp.into_split();
+    let (tcp_r, tcp_w) = tokio::io::split(near);
     let rng = Arc::new(Mutex::new(rng));
     let pumps = async {
         tokio::join!(
@@ -378,11 +381,10 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyraft_server::acceptor::MemoryListener;
 
-    async fn listening() -> (tokio::net::TcpListener, SocketAddr) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address");
-        (listener, addr)
+    fn listener(port: u16) -> (MemoryListener, MemoryDialer) {
+        MemoryListener::new(SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
     /// Seed 1007 lost an acknowledged update this way: a crashed replica's run, still winding
@@ -390,24 +392,22 @@ mod tests {
     #[tokio::test]
     async fn a_crashed_run_connects_nowhere_while_it_winds_down() {
         let net = SimNet::new(7);
-        let (_public, public) = listening().await;
-        let (peer_listener, peer) = listening().await;
-        net.up(2, public, peer);
-        let (_p1, p1) = listening().await;
-        net.up(1, p1, p1);
+        let (_public2, public2) = listener(1);
+        let (_peer2, peer2) = listener(2);
+        net.up(2, public2, peer2);
+        let (_p1, p1) = listener(3);
+        net.up(1, p1.clone(), p1.clone());
         let before_crash = net.connector(Host::Replica(1));
         let mut open = before_crash.connect(&peer_addr(2)).await.expect("node-1 reaches node-2");
-        let (mut accepted, _) = peer_listener.accept().await.expect("accept");
 
         net.down(1);
         let mut buf = [0u8; 1];
         assert_eq!(open.read(&mut buf).await.expect("a cut reads as closed"), 0, "the open connection is cut");
-        drop(accepted.read(&mut buf).await);
         let err = before_crash.connect(&peer_addr(2)).await.err().expect("the crashed run dials nowhere");
         assert!(err.to_string().contains("node-1 is down"), "{err}");
 
         // The next run dials with a connector of its own.
-        net.up(1, p1, p1);
+        net.up(1, p1.clone(), p1);
         assert!(before_crash.connect(&peer_addr(2)).await.is_err(), "the crashed run stays cut off after a restart");
         net.connector(Host::Replica(1)).connect(&peer_addr(2)).await.expect("the next run reaches node-2");
     }

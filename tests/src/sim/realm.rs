@@ -12,6 +12,7 @@ use keyraft_core::vrf::VrfSecretKey;
 use keyraft_core::{RealmConfig, RealmFile};
 use keyraft_proto::peer::{StatusReply, StatusRequest};
 use keyraft_proto::transport::Channels;
+use keyraft_server::acceptor::{Listener, MemoryListener};
 use keyraft_server::config::{EpochSettings, Limits, RaftSettings, Secret, StorageSettings, TlsSettings, VoterSpec};
 use keyraft_server::peer_client::peer_channels;
 use keyraft_server::raft::network::PeerNetwork;
@@ -19,6 +20,7 @@ use keyraft_server::{Listeners, Loaded, MemoryEngine, NodeConfig, Seams, Storage
 use keyraft_state::harness::derive_signing_key;
 use keyraft_state::StateMachine;
 use keyraft_storage::MemoryStorage;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -225,9 +227,14 @@ impl SimRealm {
         assert!(!self.replicas[i].is_running(), "node-{} runs already", self.replicas[i].id);
         self.starts += 1;
         let loaded = self.loaded(i);
-        let listeners = Listeners::bind(&loaded.config).await.expect("bind loopback listeners");
-        let public = listeners.public.local_addr().expect("public address");
-        let peer = listeners.peer.local_addr().expect("peer address");
+        let id = u16::try_from(self.replicas[i].id).expect("a small node id");
+        let (public_listener, public) = MemoryListener::new(SocketAddr::from(([127, 0, 0, 1], 10_000 + 10 * id + 1)));
+        let (peer_listener, peer) = MemoryListener::new(SocketAddr::from(([127, 0, 0, 1], 10_000 + 10 * id + 2)));
+        let listeners = Listeners {
+            public: Listener::Memory(public_listener),
+            peer: Listener::Memory(peer_listener),
+            metrics: None,
+        };
         let stop = CancellationToken::new();
         let task = tokio::spawn(keyraft_server::run(loaded, listeners, init, stop.clone()));
         let r = &mut self.replicas[i];
@@ -340,9 +347,12 @@ impl SimRealm {
         if !r.is_running() {
             return None;
         }
-        let addr = self.net.real_addr(&net::peer_addr(r.id))?;
-        let network = PeerNetwork::new(TOKEN, peer_channels(None), &self.config.realm);
-        let mut client = network.client_for(r.id, &addr.to_string()).ok()?;
+        let network = PeerNetwork::new(
+            TOKEN,
+            peer_channels(None).with_connector(self.net.connector(Host::Operator)),
+            &self.config.realm,
+        );
+        let mut client = network.client_for(r.id, &net::peer_addr(r.id)).ok()?;
         let mut request = tonic::Request::new(StatusRequest {});
         request.set_timeout(Duration::from_secs(2));
         client.status(request).await.ok().map(tonic::Response::into_inner)

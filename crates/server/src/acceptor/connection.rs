@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tonic::transport::server::TcpConnectInfo;
 use tower::{Service, ServiceExt as _};
@@ -34,7 +33,7 @@ const INITIAL_FRAME_BYTES_MAX: usize = 16_384;
 
 /// Serves one accepted connection to its end.
 pub(super) async fn connection<S, B>(
-    tcp: TcpStream,
+    accepted: Accepted,
     remote: SocketAddr,
     _slot: Slot,
     shared: Arc<Shared<S>>,
@@ -47,11 +46,8 @@ pub(super) async fn connection<S, B>(
     let limits = shared.limits;
     // What tonic's own server would tell each request (`Request::remote_addr`): the rate
     // limits key on the client's address.
-    let connect_info = TcpConnectInfo { local_addr: tcp.local_addr().ok(), remote_addr: Some(remote) };
-    // Small gRPC frames would otherwise wait for delayed ACKs (about 40 ms each).
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(listener = name, %remote, error = %e, "setting TCP_NODELAY");
-    }
+    let connect_info = TcpConnectInfo { local_addr: accepted.local_addr, remote_addr: Some(remote) };
+    let tcp = accepted.io;
     let Handshaken { io, client_certificate, http1 } = tokio::select! {
         done = tokio::time::timeout(limits.handshake, handshake(tcp, shared.tls.as_ref(), limits.http1)) => match done {
             Ok(Ok(done)) => done,
@@ -128,9 +124,16 @@ pub(super) async fn connection<S, B>(
 #[derive(Clone, Debug)]
 pub struct ClientCertificate(pub Arc<CertificateDer<'static>>);
 
-/// A byte stream after the handshake.
-trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+/// A byte stream: an accepted connection, before or after its handshake.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+/// A connection a listener accepted.
+pub(super) struct Accepted {
+    pub(super) io: Box<dyn Stream>,
+    /// The listener's own address, as the connection sees it.
+    pub(super) local_addr: Option<SocketAddr>,
+}
 
 /// A connection that passed its handshake.
 struct Handshaken {
@@ -143,7 +146,7 @@ struct Handshaken {
 /// Step 2: TLS if the listener has it, then the HTTP/2 preface unless TLS chose HTTP/1.1.
 /// Where `http1` allows it, a connection that did not choose by ALPN (plaintext, or TLS
 /// without ALPN) and does not start with the preface is served as HTTP/1.1.
-async fn handshake(tcp: TcpStream, tls: Option<&ServerTls>, http1: bool) -> io::Result<Handshaken> {
+async fn handshake(tcp: Box<dyn Stream>, tls: Option<&ServerTls>, http1: bool) -> io::Result<Handshaken> {
     let Some(tls) = tls else {
         return Ok(sniffed(sniff(tcp, http1).await?, None));
     };

@@ -40,19 +40,94 @@ use crate::config::Limits;
 use crate::lifecycle::Tasks;
 use crate::tls::ServerTls;
 use bytes::Bytes;
-use connection::connection;
-pub use connection::{ClientCertificate, TrackedBody};
+use connection::{connection, Accepted};
+pub use connection::{ClientCertificate, Stream, TrackedBody};
 use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use keyraft_core::backoff;
 use limits::{RefusalLog, Slots};
 use std::convert::Infallible;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tower::Service;
+
+/// Where a listener's connections come from.
+#[derive(Debug)]
+pub enum Listener {
+    /// A bound TCP socket.
+    Tcp(TcpListener),
+    /// Connections handed over in memory: a simulated network's (see [`MemoryListener`]).
+    Memory(MemoryListener),
+}
+
+impl Listener {
+    /// The address it listens at.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr(),
+            Listener::Memory(l) => Ok(l.local_addr),
+        }
+    }
+
+    async fn accept(&mut self) -> io::Result<(Accepted, SocketAddr)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (tcp, remote) = l.accept().await?;
+                // Small gRPC frames would otherwise wait for delayed ACKs (about 40 ms each).
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(%remote, error = %e, "setting TCP_NODELAY");
+                }
+                let local_addr = tcp.local_addr().ok();
+                Ok((Accepted { io: Box::new(tcp), local_addr }, remote))
+            }
+            Listener::Memory(l) => match l.incoming.recv().await {
+                Some((io, remote)) => Ok((Accepted { io, local_addr: Some(l.local_addr) }, remote)),
+                // Nobody can connect any more: wait for the shutdown, as an idle socket would.
+                None => std::future::pending().await,
+            },
+        }
+    }
+}
+
+/// A listener whose connections are handed to it in memory, each with the address it comes
+/// from, by the [`MemoryDialer`] made with it: a simulation runs a whole realm in one process
+/// with no socket, so that nothing but its own seeded decisions orders what happens.
+#[derive(Debug)]
+pub struct MemoryListener {
+    local_addr: SocketAddr,
+    incoming: mpsc::UnboundedReceiver<(Box<dyn Stream>, SocketAddr)>,
+}
+
+impl MemoryListener {
+    /// A listener that claims to listen at `local_addr`, and the dialer that connects to it.
+    pub fn new(local_addr: SocketAddr) -> (Self, MemoryDialer) {
+        let (tx, incoming) = mpsc::unbounded_channel();
+        (Self { local_addr, incoming }, MemoryDialer { tx })
+    }
+}
+
+/// Hands connections to a [`MemoryListener`]. Clones reach the same listener.
+#[derive(Debug, Clone)]
+pub struct MemoryDialer {
+    tx: mpsc::UnboundedSender<(Box<dyn Stream>, SocketAddr)>,
+}
+
+impl MemoryDialer {
+    /// Hands `io`, coming from `remote`, to the listener; gives it back if the listener is gone.
+    pub fn connect(&self, io: Box<dyn Stream>, remote: SocketAddr) -> Result<(), Box<dyn Stream>> {
+        self.tx.send((io, remote)).map_err(|e| e.0 .0)
+    }
+}
+
+impl std::fmt::Debug for dyn Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stream")
+    }
+}
 
 /// Longest pause between `accept` attempts while they fail, in milliseconds.
 pub const ACCEPT_BACKOFF_MAX_MS: u64 = 1_000;
@@ -151,7 +226,7 @@ impl<B> ResponseBody for B where
 /// the connections end before this returns.
 pub async fn serve<S, B>(
     name: &'static str,
-    listener: TcpListener,
+    mut listener: Listener,
     limits: ConnectionLimits,
     tls: Option<ServerTls>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
@@ -184,7 +259,7 @@ pub async fn serve<S, B>(
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => accepted,
         };
-        let (tcp, remote) = match accepted {
+        let (accepted, remote) = match accepted {
             Ok(accepted) => {
                 backoff.succeeded(name);
                 accepted
@@ -207,7 +282,8 @@ pub async fn serve<S, B>(
             }
         };
         // In a set, so that aborting `serve` drops its connections at once.
-        connections.spawn(tasks.track("connection", connection(tcp, remote, slot, shared.clone(), stop_rx.clone())));
+        connections
+            .spawn(tasks.track("connection", connection(accepted, remote, slot, shared.clone(), stop_rx.clone())));
     }
     drop(listener);
     let _ = stop_tx.send(true);
@@ -288,7 +364,7 @@ mod tests {
             Ok::<_, Infallible>(http::Response::builder().header("x-remote", format!("{remote:?}")).body(body).unwrap())
         });
         let limits = ConnectionLimits::from_config(&Limits::default(), Duration::from_secs(1));
-        let serving = tokio::spawn(serve("test", listener, limits, None, None, echo, tasks.clone()));
+        let serving = tokio::spawn(serve("test", Listener::Tcp(listener), limits, None, None, echo, tasks.clone()));
 
         let tcp = tokio::net::TcpStream::connect(server_addr).await.unwrap();
         let client_addr = tcp.local_addr().unwrap();
