@@ -59,8 +59,12 @@ for j in $(seq 0 $((jobs - 1))); do
 done
 status=0
 for j in "${!pids[@]}"; do
-  wait "${pids[$j]}" || status=1
-  grep -E "^simulation seed" "target/simulate-$j.log" | grep -v " ok$" || true
+  if ! wait "${pids[$j]}"; then
+    status=1
+    # The failed seeds' reports (schedule, problems, the command that replays them).
+    echo "job $j failed; the end of target/simulate-$j.log:"
+    grep -v "^20[0-9][0-9]-" "target/simulate-$j.log" | tail -n 120
+  fi
   grep -E "^simulation:" "target/simulate-$j.log" || echo "job $j: no summary (see target/simulate-$j.log)"
 done
 exit $status

@@ -108,7 +108,9 @@ pub fn schedule(options: &Options) -> Vec<Step> {
 /// What the clients did, as it happened.
 #[derive(Debug)]
 pub struct Recorder {
-    start: Instant,
+    /// Tokio's, which is the virtual clock under the simulation's paused time (and the host's
+    /// elsewhere).
+    start: tokio::time::Instant,
     /// The events, and the newest epoch an acknowledgement proved ratified: under one lock,
     /// so that a lookup that starts after an acknowledgement completed knows its epoch.
     log: Mutex<(Vec<Event>, u64)>,
@@ -125,7 +127,7 @@ pub struct Recorder {
 impl Recorder {
     pub(crate) fn new() -> Self {
         Self {
-            start: Instant::now(),
+            start: tokio::time::Instant::now(),
             log: Mutex::default(),
             acks: AtomicUsize::new(0),
             users: Mutex::default(),
@@ -135,7 +137,7 @@ impl Recorder {
     }
 
     /// When the run started.
-    pub(crate) fn start_instant(&self) -> Instant {
+    pub(crate) fn start_instant(&self) -> tokio::time::Instant {
         self.start
     }
 

@@ -25,9 +25,14 @@
 //! histories on every replica with the verifier's ratification, the client-observed history
 //! passes [`crate::linearizability`], and no client ever said the server misbehaved.
 //!
-//! What is not deterministic: the replicas run on tokio's multi-threaded scheduler over
-//! loopback sockets, so a seed replays its schedule of faults and every seeded choice, but
-//! not the exact interleaving of tasks (docs/reliability.md, "Simulation").
+//! Everything runs on one thread in paused time (tokio's `start_paused`): time stands still
+//! while any task can run and jumps to the next timer when none can, so waiting costs no wall
+//! time, and a task that never waits stops the simulated clock (a busy loop: the seed fails
+//! after [`SEED_WALL_MAX`] of wall time). No socket: connections are in-memory pipes handed
+//! to in-memory listeners. What is not yet deterministic: tokio's `select!` draws its branch
+//! order from an unseeded generator, the replicas' blocking work runs on tokio's blocking
+//! threads and the verifier on sled, so a seed replays its schedule of faults and every
+//! seeded choice but not yet every interleaving (docs/reliability.md, "Simulation").
 
 pub mod logs;
 pub mod monitor;
@@ -44,7 +49,9 @@ use realm::SimRealm;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Tokio's clock: the simulation runs in paused time, which jumps ahead whenever every task waits.
+use tokio::time::Instant;
 
 /// Longest wait for a realm to recover from a fault, or for load to arrive.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -177,7 +184,10 @@ pub struct Report {
     pub seed: u64,
     pub replicas: usize,
     pub steps: Vec<Step>,
+    /// Simulated time.
     pub elapsed: Duration,
+    /// Wall time.
+    pub wall: Duration,
     pub verdict: Verdict,
     /// From the end of each fault to a realm that ratifies again.
     pub recovery: Vec<Duration>,
@@ -199,12 +209,13 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "simulation seed {}: {} replicas, {} faults, {} epochs, {:.1} s; {} acknowledged, {} lost, {} sent twice; {}",
+            "simulation seed {}: {} replicas, {} faults, {} epochs, {:.1} s simulated in {:.1} s; {} acknowledged, {} lost, {} sent twice; {}",
             self.seed,
             self.replicas,
             self.steps.len(),
             self.epochs,
             self.elapsed.as_secs_f64(),
+            self.wall.as_secs_f64(),
             self.verdict.acked,
             self.verdict.lost,
             self.echoes,
@@ -233,16 +244,48 @@ impl fmt::Display for Report {
 pub fn run(options: &Options) -> Report {
     logs::capture();
     let mark = logs::mark();
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let seed = options.seed;
     let steps = schedule(options);
-    let mut report = runtime.block_on(Sim::run(options, steps));
-    runtime.shutdown_timeout(Duration::from_secs(5));
+    let options = options.clone();
+    let (done, report) = std::sync::mpsc::channel();
+    let wall = std::time::Instant::now();
+    std::thread::Builder::new()
+        .name(format!("simulation-{seed}"))
+        .spawn(move || {
+            // One thread, and time that stands still while any task can run and jumps to the
+            // next timer when none can: the replicas, the verifier and the clients take turns
+            // on one thread, and waiting costs no wall time.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .expect("tokio runtime");
+            let report = runtime.block_on(Sim::run(&options, steps));
+            runtime.shutdown_timeout(Duration::from_secs(5));
+            let _ = done.send(report);
+        })
+        .expect("the simulation's thread");
+    let mut report = match report.recv_timeout(SEED_WALL_MAX) {
+        Ok(report) => report,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!(
+            "simulation seed {seed}: no end after {} s of wall time: simulated time stands still while a task \
+             runs without ever waiting (a busy loop); replay: scripts/simulate.sh --seed {seed}",
+            SEED_WALL_MAX.as_secs()
+        ),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("simulation seed {seed} panicked (above); replay: scripts/simulate.sh --seed {seed}")
+        }
+    };
+    report.wall = wall.elapsed();
     // Alarms and panics in what the replicas and the verifier logged.
     let alarms = logs::alarms_since(mark, checks::ALARMS);
     report.problems.extend(alarms.iter().take(20).map(|l| format!("log: {l}")));
     report
 }
+
+/// The wall time a seed may take. Under paused time one takes seconds; one that takes this
+/// long has a task that never waits, and simulated time cannot move on.
+const SEED_WALL_MAX: Duration = Duration::from_secs(300);
 
 /// One poll of a condition.
 type Polled<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Option<T>> + Send + 'a>>;
@@ -300,6 +343,7 @@ impl Sim {
             replicas: options.replicas,
             steps,
             elapsed: started.elapsed(),
+            wall: Duration::ZERO,
             verdict,
             recovery,
             epochs,

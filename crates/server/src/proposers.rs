@@ -129,6 +129,8 @@ pub async fn signature_proposer(node: Arc<Node>, settings: EpochSettings, shutdo
     let mut wakeups = Wakeups::new(&node, node.shared.effects().subscribe_closed(), None);
     let mut attempt = 0u32;
     let mut last_refusal: Option<String> = None;
+    // The epoch whose signature the log last answered (see `epoch_to_sign`).
+    let mut answered: Option<u64> = None;
     while !shutdown.is_cancelled() {
         wakeups.mark_seen();
         let state = node.shared.applied().epoch_state;
@@ -160,7 +162,7 @@ pub async fn signature_proposer(node: Arc<Node>, settings: EpochSettings, shutdo
                     false
                 }
             };
-            match epoch_to_sign(&state, signed) {
+            match epoch_to_sign(&state, signed, answered) {
                 Some(epoch) => m.head(epoch).ok().flatten().map(|h| (h, config)),
                 None => None,
             }
@@ -182,6 +184,7 @@ pub async fn signature_proposer(node: Arc<Node>, settings: EpochSettings, shutdo
         match node.propose(&command).await {
             Ok(r) => {
                 tracing::debug!(epoch = head.epoch, ?r, "head signature applied");
+                answered = Some(head.epoch);
                 attempt = 0;
                 continue;
             }

@@ -76,9 +76,15 @@ pub fn decide_epoch(state: &EpochState, is_leader: bool, now_ms: u64, intervals:
 pub use keyraft_core::backoff::delay_ms as retry_delay_ms;
 
 /// The signature proposer: the epoch this replica should sign, if any. `signed_last` says
-/// whether the state already holds this replica's signature over the last head.
-pub fn epoch_to_sign(state: &EpochState, signed_last: bool) -> Option<u64> {
-    (state.last_epoch > 0 && !signed_last).then_some(state.last_epoch)
+/// whether the state already holds this replica's signature over the last head; `answered`
+/// is the epoch whose signature the log last answered this replica's proposal of (applied,
+/// by whichever replica answered). Once answered, the signature is in the log and this
+/// replica's state shows it when it applies that far: proposing it again before then would
+/// only add entries, as fast as the log answers, for as long as this replica lags (a
+/// partition that keeps the leader's entries from it but not its proposals from the leader).
+pub fn epoch_to_sign(state: &EpochState, signed_last: bool, answered: Option<u64>) -> Option<u64> {
+    let done = signed_last || answered == Some(state.last_epoch);
+    (state.last_epoch > 0 && !done).then_some(state.last_epoch)
 }
 
 #[cfg(test)]
@@ -127,8 +133,12 @@ mod tests {
 
     #[test]
     fn signs_only_missing_last_head() {
-        assert_eq!(epoch_to_sign(&state(0, 0, 0, 0), false), None);
-        assert_eq!(epoch_to_sign(&state(4, 3, 0, 0), false), Some(4));
-        assert_eq!(epoch_to_sign(&state(4, 3, 0, 0), true), None);
+        assert_eq!(epoch_to_sign(&state(0, 0, 0, 0), false, None), None);
+        assert_eq!(epoch_to_sign(&state(4, 3, 0, 0), false, None), Some(4));
+        assert_eq!(epoch_to_sign(&state(4, 3, 0, 0), true, None), None);
+        // Answered but not applied here yet: wait for the state, do not propose again.
+        assert_eq!(epoch_to_sign(&state(4, 3, 0, 0), false, Some(4)), None);
+        // An answer about an earlier head does not cover the new one.
+        assert_eq!(epoch_to_sign(&state(5, 4, 0, 0), false, Some(4)), Some(5));
     }
 }

@@ -397,7 +397,7 @@ pub(crate) async fn final_reads(
     client: keyraft_client::Client,
     name: String,
     epochs_of: std::sync::Arc<BTreeMap<String, BTreeSet<u64>>>,
-    start: Instant,
+    start: tokio::time::Instant,
     last: u64,
 ) -> Vec<Event> {
     let now = || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);

@@ -35,14 +35,24 @@ const TOKEN: &str = "simulation-cluster-token-0123456789abcdef";
 pub const CLOCK_SKEW_MS: u64 = 5_000;
 const EPOCH_TTL_MS: u64 = 60_000;
 
-/// The host's clock moved by an offset the simulation sets: skew and jumps.
-#[derive(Debug, Default)]
+/// Where every simulated clock starts: 2026-01-01T00:00:00Z.
+const SIM_EPOCH_MS: u64 = 1_767_225_600_000;
+
+/// A clock of the simulation: tokio's (virtual, under paused time) from [`SIM_EPOCH_MS`] at
+/// the realm's start, moved by an offset the simulation sets (skew and jumps).
+#[derive(Debug)]
 pub struct SimClock {
+    origin: tokio::time::Instant,
     offset_ms: AtomicI64,
 }
 
 impl SimClock {
-    /// Sets the offset from the host's clock (a jump when it changes at once).
+    /// A clock reading [`SIM_EPOCH_MS`] at `origin`.
+    pub fn new(origin: tokio::time::Instant) -> Self {
+        Self { origin, offset_ms: AtomicI64::new(0) }
+    }
+
+    /// Sets the offset from the realm's time (a jump when it changes at once).
     pub fn set_offset(&self, ms: i64) {
         self.offset_ms.store(ms, Ordering::SeqCst);
     }
@@ -54,7 +64,8 @@ impl SimClock {
 
 impl Clock for SimClock {
     fn now_ms(&self) -> u64 {
-        keyraft_core::clock::SystemClock.now_ms().saturating_add_signed(self.offset())
+        let since = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        SIM_EPOCH_MS.saturating_add(since).saturating_add_signed(self.offset())
     }
 }
 
@@ -117,12 +128,15 @@ pub struct SimRealm {
     pub exits: Vec<String>,
     seed: u64,
     starts: u64,
+    /// When the realm's time began: every clock of the simulation counts from it.
+    origin: tokio::time::Instant,
 }
 
 impl SimRealm {
     /// `replicas` replicas and one verifier, keys derived from `seed`; nothing started.
     pub fn new(seed: u64, replicas: usize) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        let origin = tokio::time::Instant::now();
         let vrf = VrfSecretKey::from_seed(&derive_signing_key(seed, "vrf").to_bytes());
         let keys: Vec<SigningKey> = (1..=replicas).map(|n| derive_signing_key(seed, &format!("replica-{n}"))).collect();
         let publics: Vec<_> = keys.iter().map(keyraft_core::keys::public_key_of).collect();
@@ -151,7 +165,7 @@ impl SimRealm {
                 dir: dir.path().join(format!("node-{id}")).join("run-0"),
                 runs: 0,
                 engine: MemoryEngine::default(),
-                clock: Arc::default(),
+                clock: Arc::new(SimClock::new(origin)),
                 key,
                 running: None,
             })
@@ -168,6 +182,7 @@ impl SimRealm {
             exits: Vec::new(),
             seed,
             starts: 0,
+            origin,
         }
     }
 
@@ -236,7 +251,15 @@ impl SimRealm {
             metrics: None,
         };
         let stop = CancellationToken::new();
-        let task = tokio::spawn(keyraft_server::run(loaded, listeners, init, stop.clone()));
+        // No threads of its own: the Raft log flushes in place, on the simulation's one thread,
+        // instead of on a flusher thread that paused time would not wait for.
+        let threads = keyraft_storage::ThreadSpawner::new(|name, _| {
+            Err(std::io::Error::other(format!("the simulation starts no thread ({name})")))
+        });
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            keyraft_server::run_with(loaded, listeners, init, token, TaskTracker::new(), &threads).await
+        });
         let r = &mut self.replicas[i];
         self.net.up(r.id, public, peer);
         r.running = Some((stop, task));
@@ -295,7 +318,7 @@ impl SimRealm {
             retention_epochs: 0,
         };
         let seams = keyraft_verifier::Seams {
-            clock: keyraft_core::clock::system(),
+            clock: Arc::new(SimClock::new(self.origin)),
             network: Some(self.net.connector(Host::Verifier)),
         };
         let stop = CancellationToken::new();
@@ -336,6 +359,7 @@ impl SimRealm {
         let options = ClientOptions {
             verifier_threshold: Some(verifiers),
             channels: Some(Channels::default().with_connector(self.net.connector(host))),
+            clock: Some(Arc::new(SimClock::new(self.origin))),
             ..ClientOptions::default()
         };
         Client::with_options(&self.file, endpoints, &options).expect("client")
