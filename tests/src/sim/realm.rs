@@ -251,11 +251,15 @@ impl SimRealm {
             metrics: None,
         };
         let stop = CancellationToken::new();
-        // No threads of its own: the Raft log flushes in place, on the simulation's one thread,
-        // instead of on a flusher thread that paused time would not wait for.
-        let threads = keyraft_storage::ThreadSpawner::new(|name, _| {
-            Err(std::io::Error::other(format!("the simulation starts no thread ({name})")))
-        });
+        // In paused time, no threads of its own: the Raft log flushes in place instead of on a
+        // flusher thread that paused time would not wait for.
+        let threads = if crate::sim::paused_time() {
+            keyraft_storage::ThreadSpawner::new(|name, _| {
+                Err(std::io::Error::other(format!("the simulation starts no thread ({name})")))
+            })
+        } else {
+            keyraft_storage::ThreadSpawner::default()
+        };
         let token = stop.clone();
         let task = tokio::spawn(async move {
             keyraft_server::run_with(loaded, listeners, init, token, TaskTracker::new(), &threads).await
