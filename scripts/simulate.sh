@@ -5,11 +5,15 @@
 # off; heads, chain and signatures checked continuously, every acknowledged update read back
 # verified at the end, the client-observed history checked against the model.
 #
-#   scripts/simulate.sh [--seeds N] [--seed FIRST] [--minutes M] [--jobs J]
+#   scripts/simulate.sh [--seeds N] [--seed FIRST] [--minutes M] [--jobs J] [--real-time] [--release]
 #
 # --seed S alone replays seed S. --minutes M runs as many seeds as start within M minutes.
 # --jobs J runs J simulations at once (seeds FIRST+j, FIRST+j+J, ...; a simulation waits more
 # than it computes), each logging to target/simulate-<j>.log; the default is one, printing.
+# Each seed runs on one thread in paused time, where it replays exactly (its report prints a
+# fingerprint); --real-time runs it on two workers in real time instead (KEYRAFT_SIM_PAUSED=0:
+# threads race as in production, a seed replays its faults but not its interleaving).
+# --release builds optimised, for the long runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,13 +21,16 @@ seeds=""
 first=""
 minutes=""
 jobs=1
+profile=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) seeds="$2"; shift 2 ;;
     --seed) first="$2"; shift 2 ;;
     --minutes) minutes="$2"; shift 2 ;;
     --jobs) jobs="$2"; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --real-time) export KEYRAFT_SIM_PAUSED=0; shift ;;
+    --release) profile=(--release); shift ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -42,7 +49,7 @@ else
 fi
 run() {
   KEYRAFT_SIM_SEED="$1" KEYRAFT_SIM_STEP="$jobs" \
-    cargo test -p keyraft-tests --locked --test simulation -- --ignored --exact simulation_seeds --nocapture
+    cargo test -p keyraft-tests --locked "${profile[@]}" --test simulation -- --ignored --exact simulation_seeds --nocapture
 }
 if [ "$jobs" -le 1 ]; then
   run "$first"
@@ -51,7 +58,7 @@ fi
 # Each job runs its share of the seeds.
 KEYRAFT_SIM_SEEDS=$(( (KEYRAFT_SIM_SEEDS + jobs - 1) / jobs ))
 export KEYRAFT_SIM_SEEDS
-cargo test -p keyraft-tests --locked --test simulation --no-run
+cargo test -p keyraft-tests --locked "${profile[@]}" --test simulation --no-run
 pids=()
 for j in $(seq 0 $((jobs - 1))); do
   run $((first + j)) > "target/simulate-$j.log" 2>&1 &

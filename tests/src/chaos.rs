@@ -319,7 +319,7 @@ impl Session {
             _ => self.client.change(user).signer(owner),
         };
         let invoked = self.rec.now();
-        let prepared = match builder.keys(keys).prepare().await {
+        let prepared = match builder.keys(keys).profile_nonce(self.rng.gen()).prepare().await {
             Ok(p) => p,
             Err(e) => {
                 self.failed(user, "prepare", invoked, &e);
@@ -420,7 +420,8 @@ impl Session {
         while !stop.load(Ordering::Relaxed) {
             let user = format!("w{k}-{n}@chaos.example");
             n += 1;
-            let owner = SigningKey::generate(&mut rand::rngs::OsRng);
+            // From the session's seed, as everything a simulated client draws.
+            let owner = SigningKey::generate(&mut self.rng);
             let mut known = Known::Absent;
             let updates = self.rng.gen_range(1..=6);
             let mut done = 0;

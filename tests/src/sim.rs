@@ -25,15 +25,19 @@
 //! histories on every replica with the verifier's ratification, the client-observed history
 //! passes [`crate::linearizability`], and no client ever said the server misbehaved.
 //!
-//! No socket: connections are in-memory pipes handed to in-memory listeners, and every
-//! clock reads tokio's time. By default the realm runs in real time on two workers. With
-//! `KEYRAFT_SIM_PAUSED=1` it runs on one thread in paused time (tokio's `start_paused`):
-//! time stands still while any task can run and jumps to the next timer when none can, so
-//! waiting costs no wall time, and a task that never waits stops the simulated clock (a busy
-//! loop: the seed fails after [`SEED_WALL_MAX`] of wall time). What is not yet deterministic: tokio's `select!` draws its branch
-//! order from an unseeded generator, the replicas' blocking work runs on tokio's blocking
-//! threads and the verifier on sled, so a seed replays its schedule of faults and every
-//! seeded choice but not yet every interleaving (docs/reliability.md, "Simulation").
+//! No socket: connections are in-memory pipes handed to in-memory listeners, every clock
+//! reads tokio's time, the verifier keeps its state in memory too, and every random draw
+//! (openraft's election timeouts, the verifier's retry jitter, the clients' keys and profile
+//! nonces) comes from the seed. By default the realm runs on one thread in paused time
+//! (tokio's `start_paused`): time stands still while any task can run and jumps to the next
+//! timer when none can, so waiting costs no wall time, and a task that never waits stops the
+//! simulated clock (a busy loop: the seed fails after [`SEED_WALL_MAX`] of wall time). The
+//! replicas and the verifier start no thread and run their blocking work in place
+//! (`ThreadSpawner::none`), and tokio's generator, which orders `select!`'s branches, is
+//! seeded: a seed replays exactly, and its report's fingerprint (the newest head's hash, the
+//! acknowledged updates, the simulated time) shows it. `KEYRAFT_SIM_PAUSED=0` runs it in real
+//! time on two workers instead, where threads race as in production and a seed replays its
+//! schedule but not its interleaving (docs/reliability.md, "Simulation").
 
 pub mod logs;
 pub mod monitor;
@@ -65,13 +69,17 @@ pub struct Options {
     pub replicas: usize,
     pub faults: usize,
     pub writers: usize,
+    /// One thread in paused time, where a seed replays exactly (see the module's
+    /// documentation); otherwise real time on two workers.
+    pub paused: bool,
 }
 
 impl Options {
-    /// The defaults for `seed`: 3 or 5 replicas as the seed decides, 5 faults, 3 writers.
+    /// The defaults for `seed`: 3 or 5 replicas as the seed decides, 5 faults, 3 writers,
+    /// paused time unless `KEYRAFT_SIM_PAUSED=0` ([`paused_time`]).
     pub fn for_seed(seed: u64) -> Self {
         let replicas = if StdRng::seed_from_u64(seed).gen_ratio(1, 4) { 5 } else { 3 };
-        Self { seed, replicas, faults: 5, writers: 3 }
+        Self { seed, replicas, faults: 5, writers: 3, paused: paused_time() }
     }
 }
 
@@ -198,6 +206,9 @@ pub struct Report {
     pub echoes: usize,
     /// The clients' failed calls, by kind (transient ones are expected under faults).
     pub failures: std::collections::BTreeMap<String, usize>,
+    /// What a replay must reproduce: the newest epoch's head hash (which chains to every
+    /// earlier head), the acknowledged updates and the simulated time, hashed.
+    pub fingerprint: String,
 }
 
 impl Report {
@@ -210,7 +221,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "simulation seed {}: {} replicas, {} faults, {} epochs, {:.1} s simulated in {:.1} s; {} acknowledged, {} lost, {} sent twice; {}",
+            "simulation seed {}: {} replicas, {} faults, {} epochs, {:.1} s simulated in {:.1} s; {} acknowledged, {} lost, {} sent twice; fingerprint {}; {}",
             self.seed,
             self.replicas,
             self.steps.len(),
@@ -220,6 +231,7 @@ impl fmt::Display for Report {
             self.verdict.acked,
             self.verdict.lost,
             self.echoes,
+            self.fingerprint,
             if self.ok() { "ok" } else { "FAILED" }
         )?;
         if !self.ok() {
@@ -253,14 +265,20 @@ pub fn run(options: &Options) -> Report {
     std::thread::Builder::new()
         .name(format!("simulation-{seed}"))
         .spawn(move || {
-            // Real time on two workers, as in production. Paused time on one thread (see the
-            // module's documentation) is not the default yet: seed 1015 stalls there.
-            let runtime = if paused_time() {
-                tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build()
+            // Paused time on one thread, seeded: an exact replay. Or real time on two workers,
+            // as in production.
+            let mut builder = if options.paused {
+                let mut b = tokio::runtime::Builder::new_current_thread();
+                b.start_paused(true);
+                b
             } else {
-                tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
-            }
-            .expect("tokio runtime");
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(2);
+                b
+            };
+            builder.enable_all();
+            seed_runtime(&mut builder, seed);
+            let runtime = builder.build().expect("tokio runtime");
             let report = runtime.block_on(Sim::run(&options, steps));
             runtime.shutdown_timeout(Duration::from_secs(5));
             let _ = done.send(report);
@@ -284,12 +302,28 @@ pub fn run(options: &Options) -> Report {
     report
 }
 
-/// Whether to run in paused time on one thread (`KEYRAFT_SIM_PAUSED=1`): seeds take a third
-/// of the wall time, and a task that never waits stops the clock (found the signature
-/// proposer's busy loop), but seed 1015 stalls there for a reason not yet found
-/// (docs/reliability.md, "Simulation").
+/// Seeds the runtime's random number generator, from which `select!` draws the order in
+/// which it polls its branches: with it, one thread and paused time, a seed replays the same
+/// interleaving. The generator is tokio's unstable API, compiled in by `.cargo/config.toml`.
+#[cfg(tokio_unstable)]
+fn seed_runtime(builder: &mut tokio::runtime::Builder, seed: u64) {
+    builder.rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()));
+}
+
+/// Without `--cfg tokio_unstable` (a RUSTFLAGS that replaced `.cargo/config.toml`'s) the
+/// branch order of `select!` is not seeded, and a seed replays its faults but not every
+/// interleaving.
+#[cfg(not(tokio_unstable))]
+fn seed_runtime(_builder: &mut tokio::runtime::Builder, seed: u64) {
+    eprintln!("simulation seed {seed}: tokio's generator is not seeded (built without --cfg tokio_unstable)");
+}
+
+/// Whether to run in paused time on one thread, the default: a seed replays exactly, takes a
+/// third of the wall time, and a task that never waits stops the clock (which found the
+/// signature proposer's busy loop). `KEYRAFT_SIM_PAUSED=0` runs in real time on two workers,
+/// where threads race as in production but a seed replays only its schedule.
 pub fn paused_time() -> bool {
-    std::env::var("KEYRAFT_SIM_PAUSED").is_ok_and(|v| v == "1")
+    std::env::var("KEYRAFT_SIM_PAUSED").map_or(true, |v| v != "0")
 }
 
 /// The wall time a seed may take. Under paused time one takes seconds; one that takes this
@@ -345,13 +379,24 @@ impl Sim {
             }
         }
         let echoes = sim.rec.echoes();
-        let (verdict, epochs, mut end, failures) = sim.finish().await;
+        let (verdict, epochs, mut end, failures, newest) = sim.finish().await;
         problems.append(&mut end);
+        let elapsed = started.elapsed();
+        let fingerprint = {
+            use sha2::Digest as _;
+            let mut h = sha2::Sha256::new();
+            let (epoch, hash) = newest.unwrap_or_default();
+            h.update(epoch.to_le_bytes());
+            h.update(hash);
+            h.update((verdict.acked as u64).to_le_bytes());
+            h.update((elapsed.as_nanos() as u64).to_le_bytes());
+            hex::encode(&h.finalize()[..8])
+        };
         Report {
             seed: options.seed,
             replicas: options.replicas,
             steps,
-            elapsed: started.elapsed(),
+            elapsed,
             wall: Duration::ZERO,
             verdict,
             recovery,
@@ -359,11 +404,12 @@ impl Sim {
             problems,
             echoes,
             failures,
+            fingerprint,
         }
     }
 
     async fn start(options: &Options) -> Sim {
-        let mut realm = SimRealm::new(options.seed, options.replicas);
+        let mut realm = SimRealm::new(options.seed, options.replicas, options.paused);
         for i in 0..options.replicas {
             realm.start(i, i == 0).await;
         }
@@ -565,7 +611,10 @@ impl Sim {
 
     /// Stops the load, lets the realm settle, reads every acknowledged update back on every
     /// replica, stops everything and checks the stores once more.
-    async fn finish(mut self) -> (Verdict, u64, Vec<String>, std::collections::BTreeMap<String, usize>) {
+    #[allow(clippy::type_complexity)] // the parts of a report, taken apart at once by `run`
+    async fn finish(
+        mut self,
+    ) -> (Verdict, u64, Vec<String>, std::collections::BTreeMap<String, usize>, Option<(u64, [u8; 32])>) {
         self.stop.store(true, Ordering::Relaxed);
         for task in std::mem::take(&mut self.tasks) {
             let _ = task.await;
@@ -615,7 +664,7 @@ impl Sim {
                 *failures.entry(format!("{what}: {kind}")).or_default() += 1;
             }
         }
-        (verdict, last, problems, failures)
+        (verdict, last, problems, failures, self.ledger.newest())
     }
 
     /// Waits until every replica and the verifier ratified the same newest epoch; that epoch.

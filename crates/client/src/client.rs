@@ -9,7 +9,9 @@ use keyraft_core::RealmFile;
 use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_proto::transport::{ChannelOptions, Channels};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Tokio's clock, which is the host's except in a simulation in paused time.
+use tokio::time::Instant;
 use tonic::transport::Channel;
 
 /// Deadline of one call, in milliseconds, on top of any server-side wait the call asks for.

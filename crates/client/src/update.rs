@@ -354,6 +354,7 @@ pub struct UpdateBuilder<'a> {
     wait_ms: u32,
     proof: Option<RegistrationProof>,
     recovery: bool,
+    nonce: Option<[u8; PROFILE_NONCE_BYTES]>,
 }
 
 impl<'a> UpdateBuilder<'a> {
@@ -369,6 +370,7 @@ impl<'a> UpdateBuilder<'a> {
             wait_for_quorum: false,
             wait_ms: QUORUM_WAIT_MS,
             proof: None,
+            nonce: None,
         }
     }
 
@@ -430,6 +432,15 @@ impl<'a> UpdateBuilder<'a> {
         self
     }
 
+    /// The profile's nonce, instead of fresh random bytes. The nonce is what hides the
+    /// profile in its commitment: it must be uniformly random and never used twice. This is
+    /// for a simulation that draws it from its seed, so that a run replays byte for byte.
+    #[must_use]
+    pub fn profile_nonce(mut self, nonce: [u8; PROFILE_NONCE_BYTES]) -> Self {
+        self.nonce = Some(nonce);
+        self
+    }
+
     /// Builds and signs the update without sending it. The entry builds on the identity's
     /// current entry, looked up at least as of this client's own last update of the identity
     /// (a registration or change made without waiting is found even before its epoch is
@@ -472,7 +483,10 @@ impl<'a> UpdateBuilder<'a> {
             }
         };
         let keys = self.keys.clone().apply(&previous_keys)?;
-        let profile = new_profile(keys);
+        let profile = match self.nonce {
+            Some(nonce) => Profile { nonce: nonce.to_vec(), keys },
+            None => new_profile(keys),
+        };
         let entry = Entry {
             index: current.lookup.index,
             version,

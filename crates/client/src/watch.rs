@@ -67,7 +67,7 @@ pub struct Watch {
     /// Stream failures since the last verified event.
     failures: u32,
     /// When the last event whose head was within the TTL arrived.
-    last_fresh: std::time::Instant,
+    last_fresh: tokio::time::Instant,
 }
 
 impl Watch {
@@ -83,7 +83,7 @@ impl Watch {
             endpoint: 0,
             last: None,
             failures: 0,
-            last_fresh: std::time::Instant::now(),
+            last_fresh: tokio::time::Instant::now(),
         };
         watch.connect().await?;
         Ok(watch)
@@ -154,7 +154,7 @@ impl Watch {
                         self.failures = 0;
                         let issued = update.answer().lookup.head.issue_time_ms;
                         if !self.client.realm().head_expired(issued, self.client.checker.now_ms()) {
-                            self.last_fresh = std::time::Instant::now();
+                            self.last_fresh = tokio::time::Instant::now();
                         }
                         return Some(Ok(update));
                     }
@@ -184,7 +184,7 @@ impl Watch {
                 return Some(Err(failure));
             }
             tracing::info!(endpoint = %addr, error = %failure, "watch interrupted; resuming on another replica");
-            self.last_fresh = std::time::Instant::now();
+            self.last_fresh = tokio::time::Instant::now();
             self.stream = None;
             self.client.demote(self.endpoint);
         }
@@ -304,7 +304,7 @@ mod tests {
         let file = RealmFile::new(&config, 60_000, 5_000, vec![addr]);
         let client = Client::new(&file, &[]).unwrap();
 
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let err = client.watch("alice", 0).await.unwrap_err();
         assert!(matches!(err, ClientError::Unavailable(_)), "{err}");
         let rounds = WATCH_RECONNECT_ROUNDS_MAX as usize;

@@ -1,6 +1,7 @@
 //! Work that blocks a thread (storage reads and writes, epoch closes), kept off the runtime's
 //! async workers so that it never stalls the lookups and heartbeats sharing them.
 
+use keyraft_storage::ThreadSpawner;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tonic::Status;
@@ -22,12 +23,15 @@ pub(crate) fn in_place<R>(f: impl FnOnce() -> R) -> R {
 #[derive(Clone, Debug)]
 pub(crate) struct Readers {
     permits: Arc<Semaphore>,
+    /// Reads run on the caller's thread (`ThreadSpawner::none`: a simulation on one thread).
+    in_place: bool,
 }
 
 impl Readers {
-    /// At most `reads_max` reads at once.
-    pub(crate) fn new(reads_max: usize) -> Self {
-        Self { permits: Arc::new(Semaphore::new(reads_max.max(1))) }
+    /// At most `reads_max` reads at once, on tokio's blocking threads, or in place where
+    /// `threads` starts none.
+    pub(crate) fn new(reads_max: usize, threads: &ThreadSpawner) -> Self {
+        Self { permits: Arc::new(Semaphore::new(reads_max.max(1))), in_place: threads.in_place() }
     }
 
     /// Runs `read` on a blocking thread once a permit is free. A caller that goes away while
@@ -43,6 +47,10 @@ impl Readers {
             .acquire_owned()
             .await
             .map_err(|_| Status::unavailable("this replica is shutting down"))?;
+        if self.in_place {
+            let _permit = permit;
+            return read();
+        }
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             read()
@@ -66,7 +74,7 @@ mod tests {
     /// and all of them finish.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn at_most_reads_max_reads_run_at_once() {
-        let readers = Readers::new(2);
+        let readers = Readers::new(2, &ThreadSpawner::default());
         let running = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
         // The first two reads wait for each other, so two surely run at once at some point;

@@ -6,6 +6,7 @@
 //! load an entry then carries many updates and costs one leader flush; an idle cluster still
 //! proposes a lone command at once.
 
+use crate::blocking::Readers;
 use crate::config::Limits;
 use crate::lifecycle::Tasks;
 use crate::page_token::PageTokens;
@@ -216,6 +217,7 @@ impl Node {
         network: PeerNetwork,
         limits: Limits,
         tasks: Tasks,
+        threads: &keyraft_storage::ThreadSpawner,
     ) -> Result<Self, crate::Error> {
         let signing_keys = signing_keys
             .into_iter()
@@ -224,7 +226,7 @@ impl Node {
             .map_err(|e| crate::Error::config_because("signing key", e))?;
         let signing_public =
             signing_keys.first().map(|(p, _)| *p).ok_or_else(|| crate::Error::config("no signing key".to_owned()))?;
-        let read = ReadView::new(shared.clone(), limits.wait_ms_max, limits.storage_reads_max);
+        let read = ReadView::new(shared.clone(), limits.wait_ms_max, Readers::new(limits.storage_reads_max, threads));
         let batcher = Batcher::start(raft.clone(), &tasks);
         Ok(Self { id, raft, shared, read, realm, vrf, signing_keys, signing_public, network, limits, batcher, tasks })
     }

@@ -22,7 +22,9 @@ use keyraft_core::{Canonical, Digest, Index, PublicKey, Signature, Update};
 use keyraft_proto::pb;
 use keyraft_state::{PublishedEpoch, StateError};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Tokio's clock, which is the host's except in a simulation in paused time.
+use tokio::time::Instant;
 use tokio::sync::watch;
 use tonic::Status;
 
@@ -57,10 +59,10 @@ pub struct ReadView {
 }
 
 impl ReadView {
-    /// A view of `shared`, waiting at most `wait_ms_max` and running at most
-    /// `storage_reads_max` blocking reads at once.
-    pub(crate) fn new(shared: Arc<SharedState>, wait_ms_max: u64, storage_reads_max: usize) -> Self {
-        Self { shared, readers: Readers::new(storage_reads_max), wait_ms_max }
+    /// A view of `shared`, waiting at most `wait_ms_max` and running its blocking reads with
+    /// `readers`.
+    pub(crate) fn new(shared: Arc<SharedState>, wait_ms_max: u64, readers: Readers) -> Self {
+        Self { shared, readers, wait_ms_max }
     }
 
     /// The latest applied view (epoch state, log index).

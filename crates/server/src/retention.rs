@@ -11,14 +11,20 @@ use crate::raft::sm_store::SharedState;
 use std::sync::Arc;
 
 /// Runs until the replica stops: one round now (a restarted replica catches up), then one
-/// after every closed epoch.
-pub(crate) async fn run(shared: Arc<SharedState>, epochs_kept: u64, metrics: Arc<Metrics>) {
+/// after every closed epoch. `in_place`: rounds run on this task's thread
+/// (`ThreadSpawner::none`), not on a blocking one.
+pub(crate) async fn run(shared: Arc<SharedState>, epochs_kept: u64, metrics: Arc<Metrics>, in_place: bool) {
     let mut closed = shared.effects().subscribe_closed();
     metrics.retention_trees_from(shared.read().trees_from());
     let mut failing = false;
     loop {
         let round = Arc::clone(&shared);
-        match tokio::task::spawn_blocking(move || round.prune(epochs_kept)).await {
+        let pruned = if in_place {
+            Ok(round.prune(epochs_kept))
+        } else {
+            tokio::task::spawn_blocking(move || round.prune(epochs_kept)).await
+        };
+        match pruned {
             Ok(Ok(Some(pruned))) => {
                 failing = false;
                 tracing::info!(

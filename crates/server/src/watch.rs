@@ -40,7 +40,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Tokio's clock, which is the host's except in a simulation in paused time.
+use tokio::time::Instant;
 use tokio::sync::watch;
 use tonic::Status;
 

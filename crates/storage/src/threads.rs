@@ -16,12 +16,32 @@ type Spawn = dyn Fn(&str, ThreadBody) -> std::io::Result<ThreadHandle> + Send + 
 
 /// Starts named threads. Clones share the spawning function.
 #[derive(Clone)]
-pub struct ThreadSpawner(Arc<Spawn>);
+pub struct ThreadSpawner {
+    spawn: Arc<Spawn>,
+    in_place: bool,
+}
 
 impl ThreadSpawner {
     /// A spawner that starts threads with `spawn(name, body)`.
     pub fn new(spawn: impl Fn(&str, ThreadBody) -> std::io::Result<ThreadHandle> + Send + Sync + 'static) -> Self {
-        Self(Arc::new(spawn))
+        Self { spawn: Arc::new(spawn), in_place: false }
+    }
+
+    /// No threads at all: [`spawn`](Self::spawn) refuses, so owners do their background
+    /// work in place, and [`in_place`](Self::in_place) tells them to run their blocking work
+    /// (storage reads, scans) in place too rather than on the async runtime's blocking pool. A
+    /// simulation on one thread in paused time runs this way: every step happens on its one
+    /// thread, in an order its seed decides, and time never moves while work is under way.
+    pub fn none() -> Self {
+        let refuse = |name: &str, _body: ThreadBody| -> std::io::Result<ThreadHandle> {
+            Err(std::io::Error::other(format!("this process starts no threads ({name} runs in place)")))
+        };
+        Self { spawn: Arc::new(refuse), in_place: true }
+    }
+
+    /// Whether blocking work runs in place, on the caller's thread ([`none`](Self::none)).
+    pub fn in_place(&self) -> bool {
+        self.in_place
     }
 
     /// Starts a thread named `name` running `body`.
@@ -29,7 +49,7 @@ impl ThreadSpawner {
     /// # Errors
     /// The spawning function's, such as the operating system refusing another thread.
     pub fn spawn(&self, name: &str, body: impl FnOnce() + Send + 'static) -> std::io::Result<ThreadHandle> {
-        (self.0)(name, Box::new(body))
+        (self.spawn)(name, Box::new(body))
     }
 }
 
@@ -154,6 +174,18 @@ mod tests {
         assert_eq!(handle.as_ref().map(ThreadHandle::name), Ok("keyraft-test"));
         assert_eq!(handle.and_then(ThreadHandle::join), Ok(()));
         assert!(ran.load(Ordering::SeqCst), "join returned before the body ended");
+    }
+
+    #[test]
+    fn none_refuses_every_thread_and_asks_for_work_in_place() {
+        let none = ThreadSpawner::none();
+        assert!(none.in_place());
+        assert!(!ThreadSpawner::default().in_place());
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = ran.clone();
+        let refused = none.spawn("keyraft-test", move || flag.store(true, Ordering::SeqCst));
+        assert!(refused.is_err_and(|e| e.to_string().contains("keyraft-test")));
+        assert!(!ran.load(Ordering::SeqCst), "a refused body must not run");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_proto::pb::verifier_frame::{Frame, SignedHead};
 use keyraft_proto::pb::{PushRatificationRequest, VerifierStreamRequest};
 use keyraft_proto::transport::{ChannelOptions, Channels, KeepAlive};
-use keyraft_storage::{SledStorage, Storage as _, ThreadSpawner};
+use keyraft_storage::{MemoryStorage, SledStorage, Storage, ThreadSpawner};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,7 +65,8 @@ pub(crate) struct Verifier {
     /// How the replicas are dialled (TLS as the realm file says).
     channels: Channels,
     pub(crate) data_dir: PathBuf,
-    pub(crate) state: VerifierState<SledStorage>,
+    pub(crate) state: VerifierState<Arc<dyn Storage>>,
+    jitter: Jitter,
     /// The realm file's clock skew: heads issued further ahead of `clock` are not ratified.
     clock_skew_ms: u64,
     clock: std::sync::Arc<dyn keyraft_core::clock::Clock>,
@@ -73,10 +74,10 @@ pub(crate) struct Verifier {
     /// that a crash can never make this verifier sign a second, different head for an epoch.
     unflushed: Vec<PushRatificationRequest>,
     /// When the oldest of `unflushed` was signed.
-    unflushed_since: Option<std::time::Instant>,
+    unflushed_since: Option<tokio::time::Instant>,
     /// Catch-up progress: the newest epoch the serving replica had when the stream began,
     /// when progress was last logged, and the updates checked since.
-    progress: (u64, std::time::Instant, usize),
+    progress: (u64, tokio::time::Instant, usize),
     /// Every task of this verifier (the pusher, each stream's read-ahead), awaited on the way
     /// out.
     tasks: TaskTracker,
@@ -105,18 +106,25 @@ pub async fn run_with(
 }
 
 /// What a deterministic simulation replaces in a verifier: the clock it judges heads' issue
-/// times by and signs its stream requests with, and how it dials the replicas.
+/// times by and signs its stream requests with, how it dials the replicas, and where it
+/// keeps its state.
 #[derive(Clone)]
 pub struct Seams {
     /// The clock (default: the host's).
     pub clock: Arc<dyn keyraft_core::clock::Clock>,
     /// Opens the connections to replicas (default, `None`: TCP).
     pub network: Option<Arc<dyn keyraft_proto::transport::Connector>>,
+    /// The verifier's state in memory (default, `None`: sled under the data directory). A
+    /// verifier started again with (a clone of) the same store finds what it had written;
+    /// [`MemoryStorage::crash`] keeps only what was flushed.
+    pub storage: Option<MemoryStorage>,
+    /// Seeds the jitter of retry delays (default, `None`: the thread's generator).
+    pub rng_seed: Option<u64>,
 }
 
 impl Default for Seams {
     fn default() -> Self {
-        Self { clock: keyraft_core::clock::system(), network: None }
+        Self { clock: keyraft_core::clock::system(), network: None, storage: None, rng_seed: None }
     }
 }
 
@@ -125,6 +133,8 @@ impl std::fmt::Debug for Seams {
         f.debug_struct("Seams")
             .field("clock", &self.clock)
             .field("network", &if self.network.is_some() { "custom" } else { "tcp" })
+            .field("storage", &if self.storage.is_some() { "memory" } else { "sled" })
+            .field("rng_seed", &self.rng_seed)
             .finish()
     }
 }
@@ -156,7 +166,10 @@ pub async fn run_seamed(
     if let Ok(why) = std::fs::read_to_string(&halted) {
         return Err(Error::Halted(format!("{} (remove {} once resolved)", why.trim(), halted.display())));
     }
-    let store = SledStorage::open(&config.data_dir.join("state")).map_err(StateError::from)?;
+    let store: Arc<dyn Storage> = match &seams.storage {
+        Some(memory) => Arc::new(memory.clone()),
+        None => Arc::new(SledStorage::open(&config.data_dir.join("state")).map_err(StateError::from)?),
+    };
     let state = VerifierState::open_with(store, realm.clone(), threads)?;
     tracing::info!(epoch = state.last_epoch(), generation = state.config().generation, "verifier state opened");
     // The configuration followed so far decides (the realm file may be older than it).
@@ -177,7 +190,8 @@ pub async fn run_seamed(
     if let Some(connector) = seams.network {
         channels = channels.with_connector(connector);
     }
-    let pusher = Pusher::new(endpoints.clone(), channels.clone(), key.clone(), public, &config.data_dir);
+    let jitter = Jitter::new(seams.rng_seed);
+    let pusher = Pusher::new(endpoints.clone(), channels.clone(), key.clone(), public, &config.data_dir, jitter.clone());
     let anchor = state.last_head().cloned();
     let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE_MAX);
     let push_task = tasks.spawn(pusher.run(anchor, push_rx));
@@ -194,10 +208,11 @@ pub async fn run_seamed(
         clock: seams.clock,
         unflushed: Vec::new(),
         unflushed_since: None,
-        progress: (0, std::time::Instant::now(), 0),
+        progress: (0, tokio::time::Instant::now(), 0),
         tasks: tasks.clone(),
         retention: (config.retention_epochs > 0).then_some((config.retention_epochs, 0)),
         removed_at_generation: None,
+        jitter,
     };
     let result = tokio::select! {
         r = verifier.follow(&push_tx) => r,
@@ -290,9 +305,25 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-pub(crate) fn jittered(attempt: u32) -> Duration {
-    let delay = backoff::delay_ms(attempt, RECONNECT_DELAY_MS, RECONNECT_DELAY_MAX_MS);
-    Duration::from_millis(backoff::jittered_ms(delay, rand::random()))
+/// Where retry delays draw their jitter: the thread's generator, or one seeded by a
+/// simulation ([`Seams::rng_seed`]) so that its runs replay. Clones share the generator.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Jitter(Option<Arc<std::sync::Mutex<rand::rngs::StdRng>>>);
+
+impl Jitter {
+    pub(crate) fn new(seed: Option<u64>) -> Self {
+        Self(seed.map(|s| Arc::new(std::sync::Mutex::new(rand::SeedableRng::seed_from_u64(s)))))
+    }
+
+    /// The delay before retry number `attempt` (from 0).
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
+        let delay = backoff::delay_ms(attempt, RECONNECT_DELAY_MS, RECONNECT_DELAY_MAX_MS);
+        let draw = match &self.0 {
+            Some(rng) => rand::Rng::gen(&mut *rng.lock().unwrap_or_else(std::sync::PoisonError::into_inner)),
+            None => rand::random(),
+        };
+        Duration::from_millis(backoff::jittered_ms(delay, draw))
+    }
 }
 
 /// A stream ended: retry elsewhere, or stop for good.
@@ -315,7 +346,7 @@ impl Verifier {
                     if self.state.last_epoch() > before {
                         attempt = 0;
                     }
-                    let delay = jittered(attempt);
+                    let delay = self.jitter.delay(attempt);
                     tracing::warn!(endpoint = %addr, reason = %why, retry_in_ms = delay.as_millis() as u64, "verifier stream ended");
                     attempt = attempt.saturating_add(1);
                     which += 1;
@@ -373,7 +404,7 @@ impl Verifier {
             let Some(frame) = frame else { return Ended::Retry("an empty frame".into()) };
             match frame {
                 Frame::Init(init) => {
-                    self.progress = (init.head_epoch, std::time::Instant::now(), 0);
+                    self.progress = (init.head_epoch, tokio::time::Instant::now(), 0);
                     self.metrics.realm_at(init.head_epoch);
                     tracing::info!(
                         endpoint = %addr,
@@ -514,7 +545,7 @@ impl Verifier {
         if epoch < *target && elapsed >= Duration::from_millis(PROGRESS_LOG_INTERVAL_MS) {
             let per_s = *checked as f64 / elapsed.as_secs_f64();
             tracing::info!(epoch, of = *target, updates_per_s = per_s as u64, "catching up");
-            *since = std::time::Instant::now();
+            *since = tokio::time::Instant::now();
             *checked = 0;
         }
     }
@@ -530,7 +561,7 @@ impl Verifier {
         if horizon < trees_from.max(1) + (kept / 8).max(1) {
             return;
         }
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let store = self.state.store();
         let pruned = blocking(|| -> Result<usize, StateError> {
             let garbage = keyraft_epoch::tree::garbage_before(store, horizon)?;
@@ -586,7 +617,7 @@ impl Verifier {
         addr: &str,
         push: &mpsc::Sender<PushRatificationRequest>,
     ) -> Result<(), Ended> {
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let decoded = blocking(|| keyraft_epoch::parallel::try_map(raw, |_, b| decode_canonical::<SignedEntry>(b)));
         let updates = match decoded {
             Ok(u) => u,
@@ -624,7 +655,7 @@ impl Verifier {
                     return Ok(());
                 }
                 let signature = ratification_signature(&self.key, &head);
-                self.unflushed_since.get_or_insert_with(std::time::Instant::now);
+                self.unflushed_since.get_or_insert_with(tokio::time::Instant::now);
                 self.unflushed.push(PushRatificationRequest {
                     epoch: head.epoch,
                     verifier: self.public.as_bytes().to_vec(),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-use crate::daemon::{client, jittered};
+use crate::daemon::{client, Jitter};
 
 /// Ratifications waiting to be pushed, at most.
 pub const PUSH_QUEUE_MAX: usize = 1024;
@@ -44,7 +44,8 @@ pub(crate) struct Pusher {
     /// Whether pushes may advance the mark: false while (or if) epochs below the queue's
     /// may lack our ratification.
     contiguous: bool,
-    saved: std::time::Instant,
+    saved: tokio::time::Instant,
+    jitter: Jitter,
 }
 
 /// Why a search for missing ratifications stopped on one replica.
@@ -62,6 +63,7 @@ impl Pusher {
         key: SigningKey,
         public: PublicKey,
         data_dir: &Path,
+        jitter: Jitter,
     ) -> Self {
         let mark_path = data_dir.join(RATIFIED_THROUGH_FILE);
         let ratified_through = match std::fs::read_to_string(&mark_path) {
@@ -80,7 +82,8 @@ impl Pusher {
             mark_path,
             ratified_through,
             contiguous: false,
-            saved: std::time::Instant::now(),
+            saved: tokio::time::Instant::now(),
+            jitter,
         }
     }
 
@@ -109,7 +112,7 @@ impl Pusher {
     }
 
     fn save_mark(&mut self) {
-        self.saved = std::time::Instant::now();
+        self.saved = tokio::time::Instant::now();
         if !self.contiguous {
             return;
         }
@@ -164,7 +167,7 @@ impl Pusher {
                     };
                     tracing::debug!(endpoint = %addr, reason = %why, "listing epochs failed; retrying");
                     self.which += 1;
-                    tokio::time::sleep(jittered(attempt)).await;
+                    tokio::time::sleep(self.jitter.delay(attempt)).await;
                     attempt = attempt.saturating_add(1);
                 }
             }
@@ -263,7 +266,7 @@ impl Pusher {
                 Err(s) => {
                     tracing::debug!(epoch = req.epoch, status = %s, "push failed; retrying");
                     self.which += 1;
-                    tokio::time::sleep(jittered(attempt)).await;
+                    tokio::time::sleep(self.jitter.delay(attempt)).await;
                     attempt = attempt.saturating_add(1);
                 }
             }

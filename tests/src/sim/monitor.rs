@@ -21,6 +21,13 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    /// The newest epoch seen and the hash of its head, which chains to every head before it:
+    /// two runs of a seed that agree on it agree on every epoch, down to each head's issue
+    /// time (the fingerprint of a replay).
+    pub fn newest(&self) -> Option<(u64, [u8; 32])> {
+        self.heads.last_key_value().map(|(epoch, (head, _))| (*epoch, head.hash()))
+    }
+
     fn problem(&mut self, p: String) {
         if self.problems.len() < PROBLEMS_KEPT {
             self.problems.push(p);

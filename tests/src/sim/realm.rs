@@ -124,9 +124,14 @@ pub struct SimRealm {
     vrf: VrfSecretKey,
     pub replicas: Vec<Replica>,
     verifier: Option<Task<keyraft_verifier::Error>>,
+    /// The verifier's state: in memory, kept across its restarts as a crash leaves it.
+    verifier_store: keyraft_storage::MemoryStorage,
+    verifier_starts: u64,
     /// Runs of replicas and the verifier that ended in an error or a panic.
     pub exits: Vec<String>,
     seed: u64,
+    /// On one thread in paused time: no threads of its own.
+    paused: bool,
     starts: u64,
     /// When the realm's time began: every clock of the simulation counts from it.
     origin: tokio::time::Instant,
@@ -134,7 +139,7 @@ pub struct SimRealm {
 
 impl SimRealm {
     /// `replicas` replicas and one verifier, keys derived from `seed`; nothing started.
-    pub fn new(seed: u64, replicas: usize) -> Self {
+    pub fn new(seed: u64, replicas: usize, paused: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let origin = tokio::time::Instant::now();
         let vrf = VrfSecretKey::from_seed(&derive_signing_key(seed, "vrf").to_bytes());
@@ -179,8 +184,11 @@ impl SimRealm {
             vrf,
             replicas,
             verifier: None,
+            verifier_store: keyraft_storage::MemoryStorage::new(),
+            verifier_starts: 0,
             exits: Vec::new(),
             seed,
+            paused,
             starts: 0,
             origin,
         }
@@ -251,12 +259,11 @@ impl SimRealm {
             metrics: None,
         };
         let stop = CancellationToken::new();
-        // In paused time, no threads of its own: the Raft log flushes in place instead of on a
-        // flusher thread that paused time would not wait for.
-        let threads = if crate::sim::paused_time() {
-            keyraft_storage::ThreadSpawner::new(|name, _| {
-                Err(std::io::Error::other(format!("the simulation starts no thread ({name})")))
-            })
+        // In paused time, no threads of its own and no blocking pool: the Raft log flushes and
+        // storage reads run in place, on the simulation's one thread, instead of on threads
+        // that paused time would not wait for and whose timing no seed decides.
+        let threads = if self.paused {
+            keyraft_storage::ThreadSpawner::none()
         } else {
             keyraft_storage::ThreadSpawner::default()
         };
@@ -321,14 +328,21 @@ impl SimRealm {
             metrics_listen: None,
             retention_epochs: 0,
         };
+        // What the last run left flushed: its stop flushes, so nothing verified is lost.
+        self.verifier_store = self.verifier_store.crash();
+        self.verifier_starts += 1;
         let seams = keyraft_verifier::Seams {
             clock: Arc::new(SimClock::new(self.origin)),
             network: Some(self.net.connector(Host::Verifier)),
+            storage: Some(self.verifier_store.clone()),
+            rng_seed: Some(self.seed ^ 0x7E51_F1E5 ^ self.verifier_starts),
         };
         let stop = CancellationToken::new();
         let token = stop.clone();
+        // In paused time its writes run in place (see `start`).
+        let threads =
+            if self.paused { keyraft_storage::ThreadSpawner::none() } else { keyraft_storage::ThreadSpawner::default() };
         let task = tokio::spawn(async move {
-            let threads = keyraft_storage::ThreadSpawner::default();
             keyraft_verifier::run_seamed(config, token, TaskTracker::new(), &threads, seams).await
         });
         self.verifier = Some((stop, task));

@@ -5,7 +5,9 @@ use super::ConnectionLimits;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// Tokio's clock, which is the host's except in a simulation in paused time.
+use tokio::time::Instant;
 
 /// Refused connections are logged at most this often per listener, with their count.
 const REFUSALS_LOG_INTERVAL: Duration = Duration::from_secs(10);

@@ -63,6 +63,9 @@ pub struct LogStore {
     pending: Arc<Mutex<Pending>>,
     writes: Arc<Mutex<()>>,
     flusher: Arc<Flusher>,
+    /// Scans and flushes run on the caller's thread, not tokio's blocking pool
+    /// ([`ThreadSpawner::none`]).
+    in_place: bool,
 }
 
 impl Debug for LogStore {
@@ -175,11 +178,13 @@ impl LogStore {
         {
             Ok(thread) => Flusher { queue: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) },
             Err(e) => {
-                tracing::warn!(error = %e, "no log flusher thread: every append flushes on its own");
+                if !threads.in_place() {
+                    tracing::warn!(error = %e, "no log flusher thread: every append flushes on its own");
+                }
                 Flusher { queue: Mutex::new(None), thread: Mutex::new(None) }
             }
         };
-        Self { store, pending, writes, flusher: Arc::new(flusher) }
+        Self { store, pending, writes, flusher: Arc::new(flusher), in_place: threads.in_place() }
     }
 
     /// Stops the flusher thread once it has made every queued append durable, and returns
@@ -193,6 +198,9 @@ impl LogStore {
         &self,
         f: impl FnOnce(&LogStore) -> Result<T, StorageError> + Send + 'static,
     ) -> Result<T, StorageError> {
+        if self.in_place {
+            return f(self);
+        }
         let this = self.clone();
         tokio::task::spawn_blocking(move || f(&this))
             .await
@@ -223,6 +231,9 @@ impl LogStore {
     }
 
     async fn flush_blocking(&self) -> Result<(), StorageError> {
+        if self.in_place {
+            return self.store.flush();
+        }
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.flush())
             .await
