@@ -24,8 +24,8 @@ use keyraft_state::{PublishedEpoch, StateError};
 use std::sync::Arc;
 use std::time::Duration;
 // Tokio's clock, which is the host's except in a simulation in paused time.
-use tokio::time::Instant;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tonic::Status;
 
 /// How far back a lookup searches for an epoch satisfying its verifier threshold.
@@ -243,7 +243,7 @@ impl ReadView {
             if let Some(v) = probe(self)? {
                 return Ok(Some(v));
             }
-            match tokio::time::timeout_at(deadline.into(), changes.changed()).await {
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(Status::unavailable("this replica is shutting down")),
                 Err(_) => return Ok(None),

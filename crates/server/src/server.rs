@@ -344,8 +344,12 @@ pub async fn run_with(
     let signature_proposer = proposers::signature_proposer(node.clone(), config.epochs, stopping.clone());
     tasks.spawn("signature-proposer", stopping.clone().run_until_cancelled_owned(signature_proposer));
     if config.storage.retention_epochs > 0 {
-        let retention =
-            crate::retention::run(node.shared.clone(), config.storage.retention_epochs, metrics.clone(), threads.in_place());
+        let retention = crate::retention::run(
+            node.shared.clone(),
+            config.storage.retention_epochs,
+            metrics.clone(),
+            threads.in_place(),
+        );
         tasks.spawn("retention", stopping.clone().run_until_cancelled_owned(retention));
     }
 

@@ -42,8 +42,8 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 // Tokio's clock, which is the host's except in a simulation in paused time.
-use tokio::time::Instant;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tonic::Status;
 
 /// Events queued per stream, at most. A proof is at most 32 KiB, so a stream holds at most
@@ -194,7 +194,7 @@ impl Watcher {
     ) -> Result<bool, Stop> {
         let timeout = async {
             match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
+                Some(d) => tokio::time::sleep_until(d).await,
                 None => std::future::pending().await,
             }
         };

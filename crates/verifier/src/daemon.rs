@@ -166,20 +166,7 @@ pub async fn run_seamed(
     if let Ok(why) = std::fs::read_to_string(&halted) {
         return Err(Error::Halted(format!("{} (remove {} once resolved)", why.trim(), halted.display())));
     }
-    let store: Arc<dyn Storage> = match &seams.storage {
-        Some(memory) => Arc::new(memory.clone()),
-        None => Arc::new(SledStorage::open(&config.data_dir.join("state")).map_err(StateError::from)?),
-    };
-    let state = VerifierState::open_with(store, realm.clone(), threads)?;
-    tracing::info!(epoch = state.last_epoch(), generation = state.config().generation, "verifier state opened");
-    // The configuration followed so far decides (the realm file may be older than it).
-    if !state.next_config().verifier_keys.contains(&public) {
-        return Err(Error::Config(format!(
-            "this verifier's key {} is not registered in the realm's verifier_keys (configuration generation {})",
-            hex::encode(public.as_bytes()),
-            state.next_config().generation
-        )));
-    }
+    let state = open_state(&config, seams.storage.as_ref(), &realm, &public, threads)?;
     // Ratifications are pushed after the epochs they sign are durable, so a stop can leave
     // verified epochs unratified: the pusher first ratifies those the realm lacks, reading
     // the replicas from the last epoch verified down to the ratified-through mark.
@@ -191,7 +178,8 @@ pub async fn run_seamed(
         channels = channels.with_connector(connector);
     }
     let jitter = Jitter::new(seams.rng_seed);
-    let pusher = Pusher::new(endpoints.clone(), channels.clone(), key.clone(), public, &config.data_dir, jitter.clone());
+    let pusher =
+        Pusher::new(endpoints.clone(), channels.clone(), key.clone(), public, &config.data_dir, jitter.clone());
     let anchor = state.last_head().cloned();
     let (push_tx, push_rx) = mpsc::channel(PUSH_QUEUE_MAX);
     let push_task = tasks.spawn(pusher.run(anchor, push_rx));
@@ -303,6 +291,32 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
     }
+}
+
+/// The verifier's state: in `memory` if given (a simulation), else in sled under the data
+/// directory; refused if the configuration it follows does not register `public`.
+fn open_state(
+    config: &Config,
+    memory: Option<&MemoryStorage>,
+    realm: &RealmConfig,
+    public: &PublicKey,
+    threads: &ThreadSpawner,
+) -> Result<VerifierState<Arc<dyn Storage>>, Error> {
+    let store: Arc<dyn Storage> = match memory {
+        Some(memory) => Arc::new(memory.clone()),
+        None => Arc::new(SledStorage::open(&config.data_dir.join("state")).map_err(StateError::from)?),
+    };
+    let state = VerifierState::open_with(store, realm.clone(), threads)?;
+    tracing::info!(epoch = state.last_epoch(), generation = state.config().generation, "verifier state opened");
+    // The configuration followed so far decides (the realm file may be older than it).
+    if !state.next_config().verifier_keys.contains(public) {
+        return Err(Error::Config(format!(
+            "this verifier's key {} is not registered in the realm's verifier_keys (configuration generation {})",
+            hex::encode(public.as_bytes()),
+            state.next_config().generation
+        )));
+    }
+    Ok(state)
 }
 
 /// Where retry delays draw their jitter: the thread's generator, or one seeded by a

@@ -340,8 +340,11 @@ impl SimRealm {
         let stop = CancellationToken::new();
         let token = stop.clone();
         // In paused time its writes run in place (see `start`).
-        let threads =
-            if self.paused { keyraft_storage::ThreadSpawner::none() } else { keyraft_storage::ThreadSpawner::default() };
+        let threads = if self.paused {
+            keyraft_storage::ThreadSpawner::none()
+        } else {
+            keyraft_storage::ThreadSpawner::default()
+        };
         let task = tokio::spawn(async move {
             keyraft_verifier::run_seamed(config, token, TaskTracker::new(), &threads, seams).await
         });
