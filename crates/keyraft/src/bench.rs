@@ -68,7 +68,7 @@ fn percentiles(mut v: Vec<u64>) -> (u64, u64, u64) {
     (at(0.5), at(0.99), at(0.999))
 }
 
-fn report(
+pub(crate) fn report(
     out: &mut dyn Write,
     what: &str,
     n: usize,
@@ -89,7 +89,7 @@ fn report(
 }
 
 /// Runs `total` jobs over `clients` tasks; returns per-job latencies and the error count.
-async fn drive<F, Fut>(clients: usize, total: usize, job: F) -> (Vec<u64>, usize, Duration)
+pub(crate) async fn drive<F, Fut>(clients: usize, total: usize, job: F) -> (Vec<u64>, usize, Duration)
 where
     F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<(), String>> + Send,
@@ -229,6 +229,8 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> CmdResult {
             let signatures = sign_entry(&realm.config.realm, &entry, &[&owner]);
             updates.push((users[i].clone(), Update { signed: SignedEntry { entry, signatures }, profile }.encode()));
         }
+        let update_bytes = updates.first().map_or(0, |(_, u)| u.len());
+        writeln!(out, "updates: registrations of {update_bytes} bytes each")?;
         let updates = Arc::new(updates);
         let n = updates.len();
         let max_epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -74,6 +74,8 @@ pub enum Command {
     Admin(crate::admin::AdminArgs),
     /// Load generator: concurrent updates and lookups against a running realm.
     Bench(crate::bench::BenchArgs),
+    /// The update load of `bench` as puts against an etcd cluster (scripts/compare-etcd.sh).
+    BenchEtcd(crate::bench_etcd::BenchEtcdArgs),
     /// Runs a whole realm in this process (no network), printing each step of the protocol.
     Demo(crate::demo::DemoArgs),
     /// A realm's CA and its node and operator certificates (TLS and mutual TLS).
@@ -178,6 +180,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::VerifyProof(args) => crate::client_cmd::verify_proof(&args, out),
         Command::Admin(args) => crate::admin::run(&args, out),
         Command::Bench(args) => crate::bench::run(&args, out),
+        Command::BenchEtcd(args) => crate::bench_etcd::run(&args, out),
         Command::Demo(args) => crate::demo::run(&args, out),
         Command::Tls(command) => crate::tls_cmd::run(&command, out),
         Command::Health(args) => crate::health_cmd::run(&args, out),

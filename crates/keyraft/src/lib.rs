@@ -8,6 +8,7 @@ pub mod admin;
 pub mod admin_realm;
 pub mod answer;
 pub mod bench;
+pub mod bench_etcd;
 pub mod certs;
 pub mod cli;
 pub mod client_cmd;
