@@ -75,13 +75,42 @@ impl PublicKey {
 }
 
 /// Decodes a point per RFC 8032 section 5.1.3 and says whether `bytes` is its canonical
-/// encoding. Decompression alone accepts y >= p (reduced mod p) and a negative zero x, so
-/// canonicity is decided by re-encoding the decompressed point: one rule for every key and
-/// point in the protocol (Ed25519 keys here, VRF keys and Gamma in [`crate::vrf`]).
+/// encoding (the one re-encoding the point gives): one rule for every key and point in the
+/// protocol (Ed25519 keys here, VRF keys and Gamma in [`crate::vrf`]).
 pub(crate) fn decode_point(bytes: &[u8; 32]) -> Option<(EdwardsPoint, bool)> {
     let point = CompressedEdwardsY(*bytes).decompress()?;
-    let canonical = point.compress().as_bytes() == bytes;
-    Some((point, canonical))
+    Some((point, is_canonical_encoding(bytes)))
+}
+
+/// Whether a decompressible `bytes` is the canonical encoding of its point, decided from the
+/// bytes alone. Decompression reduces y mod p and gives x the sign bit asked for, except that
+/// x = 0 has no negative; so re-encoding changes exactly the encodings with y >= p, and those
+/// of the two points with x = 0 (y = 1 and y = p - 1) with the sign bit set. Re-encoding would
+/// say the same at the price of a field inversion, as much as the decompression itself (a
+/// quarter of the CPU of checking an update); `tests::canonical_rule_matches_reencoding`
+/// holds the two rules together.
+fn is_canonical_encoding(bytes: &[u8; 32]) -> bool {
+    // p = 2^255 - 19, little-endian: ed ff .. ff 7f.
+    const P: [u8; 32] = {
+        let mut p = [0xff; 32];
+        p[0] = 0xed;
+        p[31] = 0x7f;
+        p
+    };
+    let sign = bytes[31] >> 7;
+    let mut y = *bytes;
+    y[31] &= 0x7f;
+    // y < p, compared from the most significant byte down.
+    let below_p = y.iter().rev().cmp(P.iter().rev()) == Ordering::Less;
+    if !below_p {
+        return false;
+    }
+    let mut one = [0u8; 32];
+    one[0] = 1;
+    let mut p_minus_one = P;
+    p_minus_one[0] = 0xec;
+    let x_is_zero = y == one || y == p_minus_one;
+    !(x_is_zero && sign == 1)
 }
 
 /// The public key of a signing key.
@@ -225,5 +254,75 @@ pub fn encode_signature_set(out: &mut Vec<u8>, set: &[KeySignature]) {
     crate::encoding::put_count(out, set.len());
     for s in set {
         s.encode_into(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+    use curve25519_dalek::Scalar;
+    use proptest::prelude::*;
+
+    /// The rule by definition: the encoding re-encoding the decompressed point gives.
+    fn canonical_by_reencoding(bytes: &[u8; 32]) -> Option<bool> {
+        CompressedEdwardsY(*bytes).decompress().map(|p| p.compress().as_bytes() == bytes)
+    }
+
+    fn check(bytes: [u8; 32]) {
+        assert_eq!(
+            decode_point(&bytes).map(|(_, canonical)| canonical),
+            canonical_by_reencoding(&bytes),
+            "{}",
+            hex::encode(bytes)
+        );
+    }
+
+    /// y as a little-endian integer, sign bit set or not.
+    fn encoding(y_le: [u8; 32], sign: bool) -> [u8; 32] {
+        let mut b = y_le;
+        b[31] |= u8::from(sign) << 7;
+        b
+    }
+
+    #[test]
+    fn canonical_rule_matches_reencoding() {
+        // Every y from p - 40 to 2^255 - 1 (all 19 non-canonical y and p - 1), y below 40
+        // (y = 0, y = 1), each with either sign bit.
+        for low in 0u8..=255 {
+            let mut high = [0xff; 32];
+            high[31] = 0x7f;
+            high[0] = low;
+            let mut small = [0u8; 32];
+            small[0] = low;
+            for sign in [false, true] {
+                check(encoding(high, sign));
+                check(encoding(small, sign));
+            }
+        }
+        // The small-order points (y = 0 and y = 1 among them; their y + p are above).
+        for t in EIGHT_TORSION {
+            let b = t.compress().to_bytes();
+            check(b);
+            check(encoding(b, true));
+        }
+        // Multiples of the base point, either sign.
+        let mut point = ED25519_BASEPOINT_POINT;
+        for _ in 0..200 {
+            let b = point.compress().to_bytes();
+            check(b);
+            let mut flipped = b;
+            flipped[31] ^= 0x80;
+            check(flipped);
+            point += ED25519_BASEPOINT_POINT * Scalar::from(7u8);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+        #[test]
+        fn canonical_rule_matches_reencoding_on_any_bytes(bytes in any::<[u8; 32]>()) {
+            check(bytes);
+        }
     }
 }
