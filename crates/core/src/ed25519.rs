@@ -232,3 +232,87 @@ fn batch_coefficients<K: VerificationKey>(items: &[(K, &[u8], Signature)]) -> Ve
         })
         .collect()
 }
+
+/// Label of the memo's keys (never signed: a local cache key, not a protocol hash).
+const MEMO_LABEL: &[u8] = b"keyraft/v1/verified-signature-memo";
+
+/// Signatures this process has already found valid, so that a replica verifies an update's
+/// signatures once although it checks the update twice: when a client sends it (a bad one
+/// must never reach the log) and when the step function applies it from the log.
+///
+/// Only acceptances are remembered, each under the SHA-256 of the key, the signature and the
+/// whole message, so a hit stands for a [`verify`] of exactly those bytes and answers what
+/// [`verify`] would answer: a replica with a cold, a warm or no memo reaches the same state
+/// (the step function stays a function of the log). Finding a second input with a remembered
+/// key hash is a SHA-256 second preimage. The order of lookups and inserts does not matter
+/// either, so the memo may be shared by request handlers and the step function.
+///
+/// Bounded: two generations of at most `per_generation` keys (32 bytes each); when the newer
+/// fills, the older is dropped. Updates are applied within a second of being checked, far
+/// fewer than a generation apart.
+#[derive(Debug)]
+pub struct VerifiedSignatures {
+    per_generation: usize,
+    generations: std::sync::Mutex<[std::collections::BTreeSet<[u8; 32]>; 2]>,
+}
+
+impl VerifiedSignatures {
+    /// Keys per generation by default: 65,536 (2 MiB each).
+    pub const PER_GENERATION_DEFAULT: usize = 1 << 16;
+
+    /// A memo of at most `2 * per_generation` signatures.
+    pub fn new(per_generation: usize) -> Self {
+        assert!(per_generation > 0, "a memo generation must hold at least one signature");
+        Self { per_generation, generations: std::sync::Mutex::new(Default::default()) }
+    }
+
+    /// [`verify`] through the memo: true iff `signature` is valid over `message` under `key`.
+    pub fn verify(&self, key: &PublicKey, message: &[u8], signature: &Signature) -> bool {
+        let memo_key = Self::key(key, message, signature);
+        if self.lock().iter().any(|g| g.contains(&memo_key)) {
+            return true;
+        }
+        // Verified outside the lock: handlers and the step function verify in parallel.
+        if verify(key, message, signature).is_err() {
+            return false;
+        }
+        let mut generations = self.lock();
+        if generations[0].len() >= self.per_generation {
+            generations[1] = std::mem::take(&mut generations[0]);
+        }
+        generations[0].insert(memo_key);
+        true
+    }
+
+    /// Signatures remembered now.
+    pub fn len(&self) -> usize {
+        self.lock().iter().map(std::collections::BTreeSet::len).sum()
+    }
+
+    /// Whether none is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, [std::collections::BTreeSet<[u8; 32]>; 2]> {
+        // The sets are valid whatever a panicking holder left half done (an insert is atomic).
+        self.generations.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn key(key: &PublicKey, message: &[u8], signature: &Signature) -> [u8; 32] {
+        use sha2::Sha256;
+        let mut h = Sha256::new();
+        h.update(MEMO_LABEL);
+        h.update(key.as_bytes());
+        h.update(signature.0);
+        h.update((message.len() as u64).to_be_bytes());
+        h.update(message);
+        h.finalize().into()
+    }
+}
+
+impl Default for VerifiedSignatures {
+    fn default() -> Self {
+        Self::new(Self::PER_GENERATION_DEFAULT)
+    }
+}

@@ -146,7 +146,7 @@ pub fn check_recovery_entry(
     if new.entry.index != current.index {
         return Err(UpdateRejection::Recovery(RecoveryRejection::IndexMismatch));
     }
-    check_signatures(config, new, None)
+    check_signatures(config, new, None, None)
 }
 
 /// [`check_recovery_entry`] for a complete request, with its profile.

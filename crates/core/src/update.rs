@@ -16,6 +16,7 @@
 //!    (the new key holders consent);
 //! 4. with a profile, `new.profile_commitment` is the profile's commitment.
 
+use crate::ed25519::VerifiedSignatures;
 use crate::encoding::{decode_canonical, put_var_bytes, Canonical, DecodeError, Reader};
 use crate::hash::{context, signed_message, Digest};
 use crate::keys::{decode_signature_set, encode_signature_set, public_key_of, KeySignature, Signature};
@@ -199,19 +200,30 @@ pub fn check_signed_entry(
     current: Option<&Entry>,
     new: &SignedEntry,
 ) -> Result<(), UpdateRejection> {
+    check_signed_entry_with(config, current, new, None)
+}
+
+fn check_signed_entry_with(
+    config: &RealmConfig,
+    current: Option<&Entry>,
+    new: &SignedEntry,
+    memo: Option<&VerifiedSignatures>,
+) -> Result<(), UpdateRejection> {
     check_version(config, current, &new.entry)?;
     debug_assert!(current.is_none_or(|c| c.index == new.entry.index), "current entry looked up at another index");
 
-    check_signatures(config, new, current.map(|c| &c.update_policy))
+    check_signatures(config, new, current.map(|c| &c.update_policy), memo)
 }
 
 /// Rules 2 and 3: every signature is by a key of the new policy or of `current_policy` and
 /// verifies, and each of the two policies is satisfied by its signers. A recovery passes no
-/// current policy: the new policy alone signs it.
+/// current policy: the new policy alone signs it. Signatures found valid before in `memo` are
+/// not verified again (the same verdict, see [`VerifiedSignatures`]).
 pub(crate) fn check_signatures(
     config: &RealmConfig,
     new: &SignedEntry,
     current_policy: Option<&Policy>,
+    memo: Option<&VerifiedSignatures>,
 ) -> Result<(), UpdateRejection> {
     let message = entry_update_message(&config.realm, &new.entry.encode());
     let new_policy = &new.entry.update_policy;
@@ -223,7 +235,11 @@ pub(crate) fn check_signatures(
         if in_new.is_none() && in_current.is_none() {
             return Err(UpdateRejection::UnknownSigner { signer: s.signer.to_string() });
         }
-        if !s.signer.verify(&message, &s.signature) {
+        let valid = match memo {
+            Some(memo) => memo.verify(&s.signer, &message, &s.signature),
+            None => s.signer.verify(&message, &s.signature),
+        };
+        if !valid {
             return Err(UpdateRejection::BadSignature { signer: s.signer.to_string() });
         }
         if let Some(p) = in_new {
@@ -246,8 +262,29 @@ pub(crate) fn check_signatures(
 
 /// Checks every rule for a complete update.
 pub fn check_update(config: &RealmConfig, current: Option<&Entry>, update: &Update) -> Result<(), UpdateRejection> {
+    check_update_with(config, current, update, None)
+}
+
+/// [`check_update`], verifying signatures through `memo`: the same verdict, each signature
+/// verified once in a process that checks an update more than once (a replica checks it
+/// when it arrives and when it applies it).
+pub fn check_update_memo(
+    config: &RealmConfig,
+    current: Option<&Entry>,
+    update: &Update,
+    memo: &VerifiedSignatures,
+) -> Result<(), UpdateRejection> {
+    check_update_with(config, current, update, Some(memo))
+}
+
+fn check_update_with(
+    config: &RealmConfig,
+    current: Option<&Entry>,
+    update: &Update,
+    memo: Option<&VerifiedSignatures>,
+) -> Result<(), UpdateRejection> {
     if update.signed.entry.profile_commitment != profile_commitment(&update.profile.encode()) {
         return Err(UpdateRejection::ProfileCommitmentMismatch);
     }
-    check_signed_entry(config, current, &update.signed)
+    check_signed_entry_with(config, current, &update.signed, memo)
 }

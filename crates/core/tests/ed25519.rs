@@ -287,3 +287,55 @@ proptest! {
         prop_assert!(!verify_batch(&[(other, other_message.as_slice(), other_signature), (public, &message, signature)]));
     }
 }
+
+/// The memo answers as `verify` does: after a valid signature is remembered, no changed
+/// byte of key, signature or message is accepted on its strength, and refusals are never
+/// remembered.
+#[test]
+fn the_memo_answers_as_verify_does() {
+    use keyraft_core::ed25519::VerifiedSignatures;
+    let memo = VerifiedSignatures::new(1 << 10);
+    for (public, signature) in valid_signatures() {
+        let key = PublicKey::from_bytes(&public).unwrap();
+        assert!(memo.verify(&key, MESSAGE, &signature));
+        assert!(memo.verify(&key, MESSAGE, &signature), "a remembered signature still verifies");
+        let remembered = memo.len();
+        for at in 0..96 {
+            let (public, signature) = flipped(&public, &signature, at, 1);
+            if let Ok(key) = PublicKey::from_bytes(&public) {
+                assert!(!memo.verify(&key, MESSAGE, &signature), "byte {at} flipped accepted through the memo");
+            }
+        }
+        let mut message = MESSAGE.to_vec();
+        for at in 0..message.len() {
+            message[at] ^= 1;
+            assert!(!memo.verify(&key, &message, &signature), "message byte {at} flipped accepted through the memo");
+            message[at] ^= 1;
+        }
+        assert!(!memo.verify(&key, b"", &signature));
+        assert_eq!(memo.len(), remembered, "a refusal was remembered");
+    }
+}
+
+/// At most two generations are kept; what falls out is verified again, with the same answer.
+#[test]
+fn the_memo_is_bounded() {
+    use keyraft_core::ed25519::VerifiedSignatures;
+    let memo = VerifiedSignatures::new(2);
+    let (signer, _) = honest();
+    let key = PublicKey::from_bytes(&signer.public).unwrap();
+    let signed: Vec<(Vec<u8>, Signature)> = (0..7u8)
+        .map(|i| {
+            let message = vec![i; 10];
+            let signature = signer.sign(&message, &format!("nonce {i}"), EdwardsPoint::default());
+            (message, signature)
+        })
+        .collect();
+    for (message, signature) in &signed {
+        assert!(memo.verify(&key, message, signature));
+        assert!(memo.len() <= 4, "{} remembered, above two generations of 2", memo.len());
+    }
+    for (message, signature) in &signed {
+        assert!(memo.verify(&key, message, signature), "a signature dropped from the memo no longer verifies");
+    }
+}

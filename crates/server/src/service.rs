@@ -17,7 +17,7 @@ use crate::update_status::UpdateTracker;
 use keyraft_core::limits::{UPDATE_BYTES_MAX, USER_ID_BYTES_MAX};
 use keyraft_core::lookup::ratification_message;
 use keyraft_core::recovery::check_recovery;
-use keyraft_core::update::check_update;
+use keyraft_core::update::check_update_memo;
 use keyraft_core::vrf::VrfProof;
 use keyraft_core::{Canonical, Command, Digest, EpochHead, Index, Update};
 use keyraft_proto::convert::{canonical, public_key, signature, LookupReply};
@@ -268,7 +268,8 @@ impl Keyraft for PublicService {
                     let checked = if req.recovery {
                         check_recovery(&config, current_entry, &update)
                     } else {
-                        check_update(&config, current_entry, &update)
+                        // Signatures verified here are not verified again when applied.
+                        check_update_memo(&config, current_entry, &update, &self.node.shared.signatures)
                     };
                     if let Err(reason) = checked {
                         self.updates.rejected(id, &reason);

@@ -495,3 +495,45 @@ fn each_step_announces_what_it_changed() {
     h.ratify(epoch, 0).unwrap();
     assert_eq!(h.last_effects, vec![], "a duplicate ratification changes nothing");
 }
+
+/// The signature memo changes no outcome and no byte of state: a replica whose handlers
+/// verified the log's signatures already (a warm memo), one with a cold memo and one without
+/// any apply the same log, a forged signature among it, to the same state.
+#[test]
+fn the_signature_memo_changes_nothing() {
+    use keyraft_core::ed25519::VerifiedSignatures;
+    use std::sync::Arc;
+    let mut h = busy_harness_with_repeats();
+    // By a key whose valid signatures the memo will hold.
+    let key = derive_signing_key(11, "repeat");
+    let mut forged =
+        h.make_update("forged@example.org", 0, Policy::single(public_key(&key)), test_profile("f", &[]), &[&key]);
+    forged.signed.signatures[0].signature.0[40] ^= 1;
+    let outcome = h.append(Command::Update(Box::new(forged))).unwrap();
+    assert!(
+        matches!(outcome, Outcome::UpdateRejected { reason: UpdateRejection::BadSignature { .. }, .. }),
+        "{outcome:?}"
+    );
+    let config = h.config().clone();
+    let replay = |memo: Option<Arc<VerifiedSignatures>>| {
+        let store = MemoryStorage::new();
+        let mut machine = StateMachine::open(store.clone(), config.clone()).unwrap();
+        if let Some(memo) = memo {
+            machine = machine.with_signature_memo(memo);
+        }
+        let outcomes: Vec<Outcome> = h
+            .log
+            .iter()
+            .enumerate()
+            .map(|(i, command)| machine.apply(LogPosition { term: 1, index: i as u64 + 1 }, command).unwrap().0)
+            .collect();
+        (outcomes, dump_all(&store).unwrap())
+    };
+    let plain = replay(None);
+    let memo = Arc::new(VerifiedSignatures::default());
+    let cold = replay(Some(memo.clone()));
+    assert!(!memo.is_empty(), "the memo was not used");
+    let warm = replay(Some(memo));
+    assert!(plain == cold, "a cold memo changed an outcome or the state");
+    assert!(plain == warm, "a warm memo changed an outcome or the state");
+}

@@ -17,6 +17,7 @@ use super::types::{
 };
 use crate::effects::{Applied, Effects};
 use crate::snapshot_file;
+use keyraft_core::ed25519::VerifiedSignatures;
 use keyraft_core::Command;
 use keyraft_core::RealmConfig;
 use keyraft_proto::convert::decode_log_entry;
@@ -51,6 +52,9 @@ pub enum StateLocation {
 pub struct SharedState {
     machine: RwLock<Machine>,
     effects: Effects,
+    /// Update signatures verified in this process: by the request handlers on arrival, by the
+    /// step function when applying (each is verified once; see `VerifiedSignatures`).
+    pub(crate) signatures: Arc<VerifiedSignatures>,
 }
 
 impl std::fmt::Debug for SharedState {
@@ -215,12 +219,14 @@ impl StateMachineStore {
             }
         };
         let store = open_generation(&location, generation)?;
-        let machine = StateMachine::open(store, config.clone())?;
+        let signatures = Arc::new(VerifiedSignatures::default());
+        let machine = StateMachine::open(store, config.clone())?.with_signature_memo(signatures.clone());
         let applied = Applied {
             raft_index: read_applied(machine.store())?.map(|l| l.index).unwrap_or(0),
             epoch_state: machine.epoch_state(),
         };
-        let shared = Arc::new(SharedState { machine: RwLock::new(machine), effects: Effects::new(applied) });
+        let shared =
+            Arc::new(SharedState { machine: RwLock::new(machine), effects: Effects::new(applied), signatures });
         Ok(Self {
             shared,
             location,
@@ -528,7 +534,8 @@ impl StateMachineStore {
         }
         store.write(b)?;
         store.flush()?;
-        let machine = StateMachine::open(store, self.config.clone())?;
+        let machine =
+            StateMachine::open(store, self.config.clone())?.with_signature_memo(self.shared.signatures.clone());
         let epoch = machine.epoch_state().last_epoch;
         match &self.location {
             StateLocation::Dir { path: dir, .. } => set_current_generation(dir, generation)?,

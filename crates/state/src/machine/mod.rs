@@ -33,6 +33,7 @@ use self::configs::{ConfigHistory, ConfigUpdate};
 use self::queries::epoch_leaves;
 use crate::corrupt;
 use crate::keys;
+use keyraft_core::ed25519::VerifiedSignatures;
 use keyraft_core::LogPosition;
 use keyraft_core::{
     ConfigChangeError, Digest, EpochHead, Index, PublicKey, RealmConfig, Signature, SignedConfigChange, UpdateRejection,
@@ -41,6 +42,7 @@ use keyraft_epoch::tree;
 use keyraft_epoch::StateError;
 use keyraft_storage::{check_format_version, Batch, Storage};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The on-disk format this build writes; bump it (with a migration) whenever a keyspace's
 /// layout changes.
@@ -280,6 +282,8 @@ pub struct StateMachine<S> {
     unwritten_staged: BTreeMap<Index, Vec<u8>>,
     /// The oldest epoch whose tree is kept (see `retention`); never read by the step.
     trees_from: u64,
+    /// Signatures this process verified already (see [`StateMachine::with_signature_memo`]).
+    signatures: Option<Arc<VerifiedSignatures>>,
 }
 
 impl<S: Storage> StateMachine<S> {
@@ -321,7 +325,18 @@ impl<S: Storage> StateMachine<S> {
             unwritten: Batch::new(),
             unwritten_staged: BTreeMap::new(),
             trees_from,
+            signatures: None,
         })
+    }
+
+    /// Verifies update signatures through `memo`, which the process's request handlers fill
+    /// when they check updates on arrival: a replica then verifies each signature once, not
+    /// once on arrival and again here. The step's outcomes are the same with or without it
+    /// (the memo remembers only signatures that verified, see [`VerifiedSignatures`]).
+    #[must_use]
+    pub fn with_signature_memo(mut self, memo: Arc<VerifiedSignatures>) -> Self {
+        self.signatures = Some(memo);
+        self
     }
 
     /// The realm configuration in force: the open epoch's, under which updates are checked and

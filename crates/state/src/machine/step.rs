@@ -9,7 +9,7 @@ use crate::keys;
 use keyraft_core::config_change::check_config_change;
 use keyraft_core::lookup::{head_signing_message, ratification_message};
 use keyraft_core::recovery::{self, check_recovery, leaf_value, PendingRecovery};
-use keyraft_core::update::check_update;
+use keyraft_core::update::{check_update, check_update_memo};
 use keyraft_core::{
     decode_canonical, Canonical, Digest, Index, PublicKey, Signature, SignedConfigChange, Update, UpdateRejection,
 };
@@ -95,9 +95,12 @@ impl<S: Storage> StateMachine<S> {
                 return Ok(Outcome::UpdateDuplicate { id, epoch: *epoch });
             }
         }
-        if let Err(reason) =
-            check_update(self.open_epoch_config(), current.as_ref().map(|(_, u)| &u.signed.entry), update)
-        {
+        let current_entry = current.as_ref().map(|(_, u)| &u.signed.entry);
+        let checked = match &self.signatures {
+            Some(memo) => check_update_memo(self.open_epoch_config(), current_entry, update, memo),
+            None => check_update(self.open_epoch_config(), current_entry, update),
+        };
+        if let Err(reason) = checked {
             return Ok(Outcome::UpdateRejected { id, reason });
         }
         // An update under the current policy while a recovery is pending is the owner's veto:
