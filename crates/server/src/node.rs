@@ -317,6 +317,14 @@ impl Node {
     /// the leader; returns once the command is applied.
     pub async fn propose(&self, command: &Command) -> Result<ApplyResponse, ProposeError> {
         let bytes = encode_log_entry(command);
+        // A follower that knows the leader forwards at once: through its own batcher the
+        // command would take a batch slot and a Raft write only to be refused. A stale view
+        // costs what it did before: the old leader answers "no longer the leader".
+        if let Some((id, leader)) = self.leader() {
+            if id != self.id {
+                return self.forward(id, &leader, bytes).await;
+            }
+        }
         match self.batcher.propose(bytes.clone()).await {
             Ok(r) => Ok(r),
             Err(BatchError::NotLeader(Some((id, leader)))) if id != self.id => self.forward(id, &leader, bytes).await,
