@@ -53,6 +53,25 @@ fn a_seed_in_paused_time_replays_exactly() {
     }
 }
 
+/// Seed 1015 (5 replicas, the leader isolated twice) deposes a leader while writes of its own
+/// are in flight. openraft 0.9 never answered them: the deposed leader's epoch proposer waited
+/// on its delimiter forever, and once that replica led again no epoch was ever cut (found by
+/// CI: every update refused for two simulated minutes). The batcher now answers such writes
+/// "no leader" when the leadership is lost. The seed must pass, and must still take that path
+/// (if a change of schedule makes it stop, pick a seed that does).
+#[test]
+fn a_leader_deposed_with_writes_in_flight_answers_them_and_cuts_epochs_again() {
+    use keyraft_tests::sim::logs;
+    let _s = serial();
+    logs::capture();
+    let mark = logs::mark();
+    let report = run(&Options { paused: true, ..Options::for_seed(1015) });
+    println!("{report}");
+    assert!(report.ok(), "{report}");
+    let answered = logs::alarms_since(mark, &["leadership lost with commands in flight"]);
+    assert!(!answered.is_empty(), "seed 1015 no longer deposes a leader with writes in flight");
+}
+
 /// Seeds from `KEYRAFT_SIM_SEED` (default 1) on, every `KEYRAFT_SIM_STEP`th (default 1: each;
 /// parallel runs take one residue each): `KEYRAFT_SIM_SEEDS` of them (default 10), or as
 /// many as start within `KEYRAFT_SIM_BUDGET_S` seconds if that is set. Every failing seed is

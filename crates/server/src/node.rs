@@ -102,6 +102,7 @@ async fn run_batcher(raft: Raft, mut rx: mpsc::Receiver<(Vec<u8>, Reply)>, tasks
         tasks.spawn("batch", async move {
             let (commands, replies): (Vec<Vec<u8>>, Vec<Reply>) = batch.into_iter().unzip();
             let n = commands.len();
+            let deposed = leadership_lost(&raft);
             // A write waits for a quorum, which a stopping replica may never see again.
             let written = tokio::select! {
                 () = stopping.cancelled() => {
@@ -109,6 +110,21 @@ async fn run_batcher(raft: Raft, mut rx: mpsc::Receiver<(Vec<u8>, Reply)>, tasks
                         let _ = reply.send(Err(BatchError::Fatal(
                             "this replica is shutting down; the command may or may not have been applied".into(),
                         )));
+                    }
+                    return;
+                }
+                // openraft 0.9 may never answer a write its leader proposed before losing the
+                // leadership (seed 1015 of the simulation: the epoch proposer of a deposed
+                // leader waited forever, and once it led again no epoch was ever cut). The
+                // command may still be committed by the next leader; proposing it again is
+                // safe, as the step answers a repeated command as a duplicate.
+                () = deposed => {
+                    tracing::warn!(
+                        commands = n,
+                        "leadership lost with commands in flight: answered \"no leader\" (the next leader may still commit them)"
+                    );
+                    for reply in replies {
+                        let _ = reply.send(Err(BatchError::NotLeader(None)));
                     }
                     return;
                 }
@@ -143,6 +159,29 @@ async fn run_batcher(raft: Raft, mut rx: mpsc::Receiver<(Vec<u8>, Reply)>, tasks
             }
             drop(slot);
         });
+    }
+}
+
+/// Completes once this replica, leading now, no longer leads in the current term; never if it
+/// does not lead now (its Raft refuses writes at once then).
+async fn leadership_lost(raft: &Raft) {
+    let mut metrics = raft.metrics();
+    let (id, term, leads) = {
+        let m = metrics.borrow_and_update();
+        (m.id, m.current_term, m.current_leader == Some(m.id))
+    };
+    if !leads {
+        return std::future::pending().await;
+    }
+    loop {
+        if metrics.changed().await.is_err() {
+            // Raft stopped: the write is answered (with an error) by its own shutdown.
+            return std::future::pending().await;
+        }
+        let m = metrics.borrow_and_update();
+        if m.current_term != term || m.current_leader != Some(id) {
+            return;
+        }
     }
 }
 
