@@ -284,6 +284,38 @@ impl VerifiedSignatures {
         true
     }
 
+    /// [`verify_batch`] through the memo: true iff every signature is valid over its message
+    /// under its key. The signatures not remembered yet are checked together in one batch and
+    /// all remembered if it passes; if it fails, none is (the single checks that follow find
+    /// the bad ones). A signature remembered this way stands for an acceptance by [`verify`]
+    /// as one remembered singly does: the batch passes with an invalid member with probability
+    /// at most 2^-128 per attempt, its coefficients being hashes of every item (see
+    /// [`verify_batch`]).
+    pub fn verify_batch(&self, items: &[(&PublicKey, &[u8], &Signature)]) -> bool {
+        let memo_keys: Vec<[u8; 32]> = items.iter().map(|(k, m, s)| Self::key(k, m, s)).collect();
+        let unknown: Vec<usize> = {
+            let generations = self.lock();
+            (0..items.len()).filter(|&i| !generations.iter().any(|g| g.contains(&memo_keys[i]))).collect()
+        };
+        if unknown.is_empty() {
+            return true;
+        }
+        let batch: Vec<(&PublicKey, &[u8], Signature)> =
+            unknown.iter().map(|&i| (items[i].0, items[i].1, *items[i].2)).collect();
+        // Verified outside the lock, as in `verify`.
+        if !verify_batch(&batch) {
+            return false;
+        }
+        let mut generations = self.lock();
+        for i in unknown {
+            if generations[0].len() >= self.per_generation {
+                generations[1] = std::mem::take(&mut generations[0]);
+            }
+            generations[0].insert(memo_keys[i]);
+        }
+        true
+    }
+
     /// Signatures remembered now.
     pub fn len(&self) -> usize {
         self.lock().iter().map(std::collections::BTreeSet::len).sum()

@@ -317,6 +317,56 @@ fn the_memo_answers_as_verify_does() {
     }
 }
 
+/// A batch through the memo: remembered whole when every signature is valid, not at all when
+/// one is not; what it remembered then verifies singly, what it did not is still checked.
+#[test]
+fn the_memo_remembers_passing_batches_only() {
+    use keyraft_core::ed25519::VerifiedSignatures;
+    let (signer, _) = honest();
+    let key = PublicKey::from_bytes(&signer.public).unwrap();
+    let signed: Vec<(Vec<u8>, Signature)> = (0..9u8)
+        .map(|i| {
+            let message = vec![i; 12];
+            let signature = signer.sign(&message, &format!("batch nonce {i}"), EdwardsPoint::default());
+            (message, signature)
+        })
+        .collect();
+    let items = |signed: &[(Vec<u8>, Signature)]| -> Vec<(PublicKey, Vec<u8>, Signature)> {
+        signed.iter().map(|(m, s)| (key, m.clone(), *s)).collect()
+    };
+    let check = |memo: &VerifiedSignatures, v: &[(PublicKey, Vec<u8>, Signature)]| {
+        let refs: Vec<(&PublicKey, &[u8], &Signature)> = v.iter().map(|(k, m, s)| (k, m.as_slice(), s)).collect();
+        memo.verify_batch(&refs)
+    };
+
+    // One bad signature among them: nothing is remembered.
+    let memo = VerifiedSignatures::new(64);
+    for bad in [0usize, 4, 8] {
+        let mut v = items(&signed);
+        v[bad].2 .0[33] ^= 1;
+        assert!(!check(&memo, &v), "a batch with signature {bad} flipped passed");
+        let mut v = items(&signed);
+        v[bad].1[0] ^= 1;
+        assert!(!check(&memo, &v), "a batch with message {bad} flipped passed");
+        assert!(memo.is_empty(), "a failing batch left {} signatures remembered", memo.len());
+    }
+    // All valid: all remembered, and the batch of them passes again without new entries.
+    assert!(check(&memo, &items(&signed[..5])));
+    assert_eq!(memo.len(), 5);
+    assert!(check(&memo, &items(&signed)), "remembered and new valid signatures together");
+    assert_eq!(memo.len(), 9);
+    assert!(check(&memo, &[]), "an empty batch");
+    for (message, signature) in &signed {
+        assert!(memo.verify(&key, message, signature));
+    }
+    // A forgery beside remembered signatures is still caught, in a batch and alone.
+    let mut v = items(&signed);
+    v[3].2 .0[50] ^= 1;
+    assert!(!check(&memo, &v));
+    assert!(!memo.verify(&key, &v[3].1, &v[3].2));
+    assert_eq!(memo.len(), 9, "a refusal was remembered");
+}
+
 /// At most two generations are kept; what falls out is verified again, with the same answer.
 #[test]
 fn the_memo_is_bounded() {

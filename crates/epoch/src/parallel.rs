@@ -44,9 +44,46 @@ where
     Ok(out)
 }
 
+/// Calls `f` on consecutive slices of at most `slice_len` items covering `items`, on every
+/// core: for work done per group of items, such as batch signature checks.
+pub fn for_each_slice<T: Sync>(items: &[T], slice_len: usize, f: impl Fn(&[T]) + Sync) {
+    assert!(slice_len > 0, "slices must hold at least one item");
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).min(THREADS_MAX);
+    if threads < 2 || items.len() < PARALLEL_ITEMS_MIN {
+        items.chunks(slice_len).for_each(f);
+        return;
+    }
+    // Each thread's share is a whole number of slices, so the slices are those of one thread.
+    let share = items.len().div_ceil(threads).div_ceil(slice_len) * slice_len;
+    let f = &f;
+    std::thread::scope(|scope| {
+        for part in items.chunks(share) {
+            scope.spawn(move || part.chunks(slice_len).for_each(f));
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slices_cover_every_item_once_in_slices_of_one_thread() {
+        for (n, slice_len) in [(0usize, 64usize), (10, 64), (255, 64), (256, 64), (1_000, 64), (10_001, 7)] {
+            let items: Vec<usize> = (0..n).collect();
+            let seen = std::sync::Mutex::new(Vec::new());
+            for_each_slice(&items, slice_len, |slice| {
+                assert!(!slice.is_empty() && slice.len() <= slice_len);
+                assert!(slice.windows(2).all(|w| w[1] == w[0] + 1), "a slice is consecutive items");
+                seen.lock().unwrap().push(slice.to_vec());
+            });
+            let mut seen = seen.into_inner().unwrap();
+            seen.sort();
+            // Every slice but the last of each thread's share is full.
+            assert_eq!(seen.concat(), items, "n = {n}");
+            assert!(seen.iter().filter(|s| s.len() < slice_len).count() <= THREADS_MAX);
+        }
+    }
 
     #[test]
     fn same_answer_as_a_sequential_loop() {

@@ -42,8 +42,9 @@ use crate::error::{corrupt, StateError};
 use crate::head::{close_epoch_counted, ChainTip, ClosedEpoch};
 use crate::tree;
 use keyraft_core::config_change::check_config_change;
+use keyraft_core::ed25519::VerifiedSignatures;
 use keyraft_core::recovery::{self, check_recovery_entry, leaf_value, PendingRecovery};
-use keyraft_core::update::check_signed_entry;
+use keyraft_core::update::{check_signed_entry_memo, verify_signatures_batched, SIGNATURES_PER_BATCH_MAX};
 use keyraft_core::{
     decode_canonical, Canonical, ConfigChangeError, Entry, EpochHead, Index, RealmConfig, SignedConfigChange,
     SignedEntry, UpdateRejection,
@@ -603,14 +604,21 @@ impl<S: Storage> VerifierState<S> {
         let (epoch, recovery) = self.check_epoch_order(updates, recovery_requests, head)?;
         let config = self.next_config();
         let mut leaves = Vec::with_capacity(updates.len());
-        // Reading the entries replaced and checking signatures dominate catch-up, and each
-        // update is independent: do them on every core.
+        // Signatures dominate catch-up: verify the updates' in batches first (about half the
+        // cost of single checks), on every core; the checks below then find them verified.
+        let signatures = VerifiedSignatures::new(updates.iter().map(|u| u.signatures.len()).sum::<usize>().max(1));
+        let batched: Vec<&SignedEntry> = updates.iter().filter(|u| !recovery.contains(&u.entry.index)).collect();
+        crate::parallel::for_each_slice(&batched, SIGNATURES_PER_BATCH_MAX, |slice| {
+            verify_signatures_batched(&config.realm, slice, &signatures);
+        });
+        // Reading the entries replaced and checking the rules, each update independent of the
+        // others: on every core too.
         let replaced = crate::parallel::try_map(updates, |_, update| {
             let current = self.current_entry(&update.entry.index).map_err(VerifyFailure::State)?;
             let checked = if recovery.contains(&update.entry.index) {
                 check_recovery_entry(config, current.as_ref(), update)
             } else {
-                check_signed_entry(config, current.as_ref(), update)
+                check_signed_entry_memo(config, current.as_ref(), update, &signatures)
             };
             checked.map_err(|reason| {
                 VerifyFailure::Mismatch(Mismatch::UnauthorizedUpdate {

@@ -515,25 +515,47 @@ fn the_signature_memo_changes_nothing() {
         "{outcome:?}"
     );
     let config = h.config().clone();
-    let replay = |memo: Option<Arc<VerifiedSignatures>>| {
+    // `ahead`: the log in entries of this many commands, each entry's signatures verified in
+    // batches before its steps, as a replica's apply does.
+    let replay = |memo: Option<Arc<VerifiedSignatures>>, ahead: Option<usize>| {
         let store = MemoryStorage::new();
         let mut machine = StateMachine::open(store.clone(), config.clone()).unwrap();
         if let Some(memo) = memo {
             machine = machine.with_signature_memo(memo);
         }
-        let outcomes: Vec<Outcome> = h
-            .log
-            .iter()
-            .enumerate()
-            .map(|(i, command)| machine.apply(LogPosition { term: 1, index: i as u64 + 1 }, command).unwrap().0)
-            .collect();
+        let mut outcomes = Vec::new();
+        for (e, entry) in h.log.chunks(ahead.unwrap_or(1)).enumerate() {
+            if ahead.is_some() {
+                machine.verify_signatures_ahead(entry);
+            }
+            for (k, command) in entry.iter().enumerate() {
+                let index = (e * ahead.unwrap_or(1) + k) as u64 + 1;
+                outcomes.push(machine.apply(LogPosition { term: 1, index }, command).unwrap().0);
+            }
+        }
         (outcomes, dump_all(&store).unwrap())
     };
-    let plain = replay(None);
+    let plain = replay(None, None);
     let memo = Arc::new(VerifiedSignatures::default());
-    let cold = replay(Some(memo.clone()));
+    let cold = replay(Some(memo.clone()), None);
     assert!(!memo.is_empty(), "the memo was not used");
-    let warm = replay(Some(memo));
+    let warm = replay(Some(memo), None);
     assert!(plain == cold, "a cold memo changed an outcome or the state");
     assert!(plain == warm, "a warm memo changed an outcome or the state");
+    // Batches that pass and, where the forgery is, one that fails.
+    for commands_per_entry in [1, 5, 64, h.log.len()] {
+        let memo = Arc::new(VerifiedSignatures::default());
+        let batched = replay(Some(memo.clone()), Some(commands_per_entry));
+        assert!(
+            plain == batched,
+            "batched verification ({commands_per_entry} per entry) changed an outcome or the state"
+        );
+        assert!(!memo.is_empty());
+    }
+    let empty = Arc::new(VerifiedSignatures::default());
+    let machine = StateMachine::open(MemoryStorage::new(), config.clone()).unwrap().with_signature_memo(empty.clone());
+    machine.verify_signatures_ahead(&h.log[h.log.len() - 1..]);
+    assert!(empty.is_empty(), "the forged signature's batch was remembered");
+    machine.verify_signatures_ahead(&h.log[..h.log.len() - 1]);
+    assert!(!empty.is_empty(), "batches of valid signatures were not remembered");
 }

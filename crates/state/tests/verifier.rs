@@ -212,3 +212,38 @@ fn under_protocol_version_2_a_version_gap_is_an_unauthorized_update() {
     }
     v.check_epoch(updates, head).unwrap();
 }
+
+/// In an epoch large enough to be checked on several threads in signature batches, a forged
+/// signature anywhere is caught, and the evidence names the first forged update whatever the
+/// batches and threads (the verdict of checking one update after another).
+#[test]
+fn a_forgery_in_a_large_epoch_is_named_as_a_sequential_check_names_it() {
+    let mut h = Harness::new("verify.example", 3, 1, 9);
+    let key = derive_signing_key(9, "many");
+    for i in 0..600 {
+        h.register(&format!("m{i}@verify.example"), &key, &[("pgp", b"k")]).unwrap();
+    }
+    h.now_ms += 1000;
+    h.publish_epoch().unwrap();
+    let epochs = published(&h);
+    let (updates, head) = &epochs[0];
+    assert_eq!(updates.len(), 600);
+    let v = VerifierState::open(MemoryStorage::new(), h.config().clone()).unwrap();
+    assert_eq!(v.check_epoch(updates, head).unwrap().head(), head);
+    for forged_at in [vec![0], vec![63, 64], vec![299, 599], vec![450, 300], vec![599]] {
+        let mut forged = updates.clone();
+        for &at in &forged_at {
+            forged[at].signatures[0].signature.0[7] ^= 1;
+        }
+        let first = forged_at.iter().min().copied().unwrap();
+        match mismatch(v.check_epoch(&forged, head)) {
+            Mismatch::UnauthorizedUpdate { index, reason, .. } => {
+                assert_eq!(index, hex::encode(updates[first].entry.index.0), "forged at {forged_at:?}");
+                assert!(matches!(reason, keyraft_core::UpdateRejection::BadSignature { .. }), "{reason:?}");
+            }
+            other => panic!("forged at {forged_at:?}: {other:?}"),
+        }
+    }
+    // The honest epoch still passes after the failed checks.
+    assert_eq!(v.check_epoch(updates, head).unwrap().head(), head);
+}

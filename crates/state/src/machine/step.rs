@@ -68,6 +68,23 @@ impl<S: Storage> StateMachine<S> {
         Ok(step)
     }
 
+    /// Verifies the signatures of the updates and recovery requests among `commands` in
+    /// batches through the signature memo, so that their steps find them verified: a replica
+    /// applying an entry of many commands it did not receive itself verifies them at about
+    /// half the cost of one by one. No outcome changes (see
+    /// [`keyraft_core::update::verify_signatures_batched`]); without a memo it does nothing.
+    pub fn verify_signatures_ahead<'c>(&self, commands: impl IntoIterator<Item = &'c Command>) {
+        let Some(memo) = &self.signatures else { return };
+        let signed: Vec<&keyraft_core::SignedEntry> = commands
+            .into_iter()
+            .filter_map(|c| match c {
+                Command::Update(u) | Command::RecoveryRequest(u) => Some(&u.signed),
+                _ => None,
+            })
+            .collect();
+        keyraft_core::update::verify_signatures_batched(&self.open_epoch_config().realm, &signed, memo);
+    }
+
     fn step_update(&self, update: &Update, step: &mut Step) -> Result<Outcome, StateError> {
         let id = update.id();
         let index = update.signed.entry.index;
