@@ -491,3 +491,33 @@ fn a_wait_that_times_out_reports_the_update_accepted_with_its_own_exit_code_and_
     let unknown = ok(&realm, &with_realm(&["status", &"00".repeat(32)]));
     assert!(unknown.contains("UNKNOWN"), "{unknown}");
 }
+
+/// `keyraft bench` end to end on a small scale: every phase runs without errors, and the
+/// lookups of registered identities find them present (the bench verifies each answer here and
+/// counts an absent one as an error).
+#[test]
+fn bench_runs_its_phases_and_reads_the_identities_it_registered() {
+    let _s = serial();
+    let realm = realm_whose_verifier_ratified_an_epoch();
+    let out = ok(
+        &realm,
+        &with_realm(&[
+            "bench",
+            "--clients",
+            "4",
+            "--updates",
+            "12",
+            "--lookups",
+            "12",
+            "--reads",
+            "30",
+            "--verify-every",
+            "1",
+        ]),
+    );
+    for phase in ["lookups: 12 in", "updates (applied): 12 in", "lookups of 12 registered identities: 30 in"] {
+        let line = out.lines().find(|l| l.starts_with(phase)).unwrap_or_else(|| panic!("no {phase:?} in {out}"));
+        assert!(line.contains("(0 errors)"), "{line}");
+    }
+    assert!(out.contains("ratified by a replica majority"), "{out}");
+}

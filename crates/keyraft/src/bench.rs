@@ -56,6 +56,11 @@ pub struct BenchArgs {
     /// proof, which the bench verifies: the latencies are then Update to ratified proof.
     #[arg(long)]
     pub wait_for_quorum: bool,
+    /// Lookups of the registered identities once their last epoch is ratified, cycling over
+    /// all of them (present identities, each already looked up in the first phase); verified
+    /// one in `--verify-every`, each verified answer checked to hold its entry.
+    #[arg(long, default_value_t = 0)]
+    pub reads: usize,
 }
 
 /// Latencies in microseconds.
@@ -315,6 +320,43 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> CmdResult {
             if let Ok(head) = keyraft_core::EpochHead::from_bytes(&info.into_inner().head) {
                 writeln!(out, "epoch {target} holds {} updates", head.update_count)?;
             }
+        }
+
+        // Phase 4: lookups of the registered identities.
+        if args.reads > 0 {
+            let registered: Arc<Vec<String>> = Arc::new(updates.iter().map(|(user, _)| user.clone()).collect());
+            let verify_every = args.verify_every.max(1);
+            let (lat, errors, elapsed) = {
+                let (channels, realm, registered) = (channels.clone(), realm.clone(), registered.clone());
+                drive(args.clients, args.reads, move |_c, i| {
+                    let mut client = channels[i % channels.len()].clone();
+                    let user = registered[i % registered.len()].clone();
+                    let realm = realm.clone();
+                    async move {
+                        let r = client
+                            .lookup(LookupRequest {
+                                user_id: user.clone(),
+                                wait_ms: 5_000,
+                                verifier_threshold: threshold,
+                                ..Default::default()
+                            })
+                            .await
+                            .map_err(|s| crate::cli::call_failed("lookup", &s))?;
+                        if i % verify_every == 0 {
+                            let proof: LookupProof =
+                                decode_canonical(&r.into_inner().proof).map_err(|e| e.to_string())?;
+                            let v = verify_lookup(&realm, &user, &proof, now_ms(), None).map_err(|e| e.to_string())?;
+                            if v.entry.is_none() {
+                                return Err(format!("{user} is registered but its lookup answered absent"));
+                            }
+                        }
+                        Ok(())
+                    }
+                })
+                .await
+            };
+            let what = format!("lookups of {} registered identities", registered.len());
+            report(out, &what, lat.len(), errors, elapsed, lat)?;
         }
         Ok(())
     })

@@ -61,6 +61,7 @@ pub mod stream;
 pub mod tls;
 mod update_status;
 pub mod verifier_stream;
+mod vrf_cache;
 pub mod watch;
 
 pub use config::{Loaded, NodeConfig};

@@ -14,6 +14,7 @@ use crate::raft::types::ApplyResponse;
 use crate::rate_limits::RateLimits;
 use crate::registration::Registrations;
 use crate::update_status::UpdateTracker;
+use crate::vrf_cache::VrfCache;
 use keyraft_core::limits::{UPDATE_BYTES_MAX, USER_ID_BYTES_MAX};
 use keyraft_core::lookup::ratification_message;
 use keyraft_core::recovery::check_recovery;
@@ -25,24 +26,21 @@ use keyraft_proto::pb::keyraft_server::Keyraft;
 use keyraft_proto::pb::{self, get_update_status_response::State};
 use keyraft_state::Outcome;
 use prost::Message as _;
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 /// Default page size of list calls.
 pub const PAGE_SIZE_DEFAULT: u32 = 100;
 /// Largest page size of list calls.
 pub const PAGE_SIZE_MAX: u32 = 1000;
-/// How many VRF results are cached (a lookup's VRF proof costs about 130 us).
-const VRF_CACHE_ENTRIES_MAX: usize = 100_000;
 pub use crate::read::EPOCHS_AHEAD_MAX;
 
 /// The public service of one replica.
 #[derive(Clone)]
 pub struct PublicService {
     node: Arc<Node>,
-    vrf_cache: Arc<Mutex<HashMap<String, (Index, VrfProof)>>>,
+    vrf_cache: Arc<VrfCache>,
     updates: UpdateTracker,
     tokens: PageTokens,
     /// Open `Watch` streams, against `limits.watch_streams_max`.
@@ -62,10 +60,6 @@ impl std::fmt::Debug for PublicService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PublicService").field("node", &self.node.id).finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn propose_status(node: &Node, e: ProposeError) -> Status {
@@ -151,16 +145,7 @@ impl PublicService {
 
     /// The user id's index and VRF proof (cached: proving costs about 130 us).
     pub(crate) fn index_of(&self, user_id: &str) -> Result<(Index, VrfProof), Status> {
-        if let Some(hit) = lock(&self.vrf_cache).get(user_id) {
-            return Ok(*hit);
-        }
-        let result = self.node.vrf_index(user_id)?;
-        let mut cache = lock(&self.vrf_cache);
-        if cache.len() >= VRF_CACHE_ENTRIES_MAX {
-            cache.clear();
-        }
-        cache.insert(user_id.to_owned(), result);
-        Ok(result)
+        self.vrf_cache.get_or_prove(user_id, || self.node.vrf_index(user_id))
     }
 
     pub(crate) fn check_threshold(&self, threshold: u32) -> Result<usize, Status> {
