@@ -5,8 +5,13 @@
 # prints each replica's epoch apply times from its log, and stops the realm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked -p keyraft
-BIN="$PWD/target/release/keyraft"
+# KEYRAFT_BIN=path runs that binary instead of building this checkout's (to compare builds).
+if [ -n "${KEYRAFT_BIN:-}" ]; then
+  BIN="$KEYRAFT_BIN"
+else
+  cargo build --release --locked -p keyraft
+  BIN="$PWD/target/release/keyraft"
+fi
 DIR="$(mktemp -d)"
 trap 'kill -TERM "$DEV" 2>/dev/null || true; wait "$DEV" 2>/dev/null || true; rm -rf "$DIR"' EXIT
 "$BIN" dev --dir "$DIR/realm" --base-port 0 > "$DIR/dev.out" 2>&1 &

@@ -10,8 +10,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 UPDATES="${1:-40000}"
-cargo build --release --locked -p keyraft
-BIN="$PWD/target/release/keyraft"
+# KEYRAFT_BIN=path runs that binary instead of building this checkout's (to compare builds).
+if [ -n "${KEYRAFT_BIN:-}" ]; then
+  BIN="$KEYRAFT_BIN"
+else
+  cargo build --release --locked -p keyraft
+  BIN="$PWD/target/release/keyraft"
+fi
 DIR="$(mktemp -d)"
 cleanup() {
   [ -n "${FRESH:-}" ] && kill -TERM "$FRESH" 2>/dev/null || true
