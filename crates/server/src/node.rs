@@ -341,7 +341,9 @@ impl Node {
 
     /// The current leader and its addresses, as this node knows them.
     pub fn leader(&self) -> Option<(NodeId, NodeAddr)> {
-        let metrics = self.raft.metrics().borrow().clone();
+        // Read in place: every forwarded update asks, and the metrics are large to copy.
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
         let id = metrics.current_leader?;
         let node = metrics.membership_config.membership().get_node(&id)?.clone();
         Some((id, node))
