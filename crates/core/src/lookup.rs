@@ -477,9 +477,7 @@ fn verify(
     // 2. VRF.
     let output =
         config.vrf_public_key.verify(&vrf_input(&config.realm, user_id), &proof.vrf_proof).map_err(VerifyError::Vrf)?;
-    let mut index = [0u8; 32];
-    index.copy_from_slice(&output.as_bytes()[..32]);
-    let index = Index(index);
+    let index = Index::of_vrf_output(&output);
 
     // 3. Freshness.
     if let When::Present { now_ms, .. } = when {

@@ -17,6 +17,14 @@ use std::fmt;
 pub struct Index(pub [u8; 32]);
 
 impl Index {
+    /// The index a VRF output names: its first 32 bytes (docs/protocol.md, section 3).
+    /// Replicas, verifiers and clients all derive indexes here.
+    pub fn of_vrf_output(output: &crate::vrf::VrfOutput) -> Self {
+        let mut index = [0u8; 32];
+        index.copy_from_slice(&output.as_bytes()[..32]);
+        Self(index)
+    }
+
     /// Bit `i` of the index, most significant bit of byte 0 first (bit 0 decides the first
     /// branch under the root).
     pub fn bit(&self, i: usize) -> bool {

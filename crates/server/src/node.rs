@@ -288,9 +288,7 @@ impl Node {
             .vrf
             .prove_with_output(&vrf_input(&self.realm.realm, user_id))
             .map_err(|e| tonic::Status::internal(format!("VRF: {e}")))?;
-        let mut index = [0u8; 32];
-        index.copy_from_slice(&output.as_bytes()[..32]);
-        Ok((Index(index), proof))
+        Ok((Index::of_vrf_output(&output), proof))
     }
 
     /// The realm's page tokens, keyed from the VRF secret key (so every replica issues and

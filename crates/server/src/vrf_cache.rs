@@ -105,9 +105,23 @@ mod tests {
 
     fn prover(key: &VrfSecretKey, user_id: &str) -> (Index, VrfProof) {
         let (proof, output) = key.prove_with_output(&keyraft_core::types::vrf_input("cache.example", user_id)).unwrap();
-        let mut index = [0u8; 32];
-        index.copy_from_slice(&output.as_bytes()[..32]);
-        (Index(index), proof)
+        (Index::of_vrf_output(&output), proof)
+    }
+
+    /// A lookup through `cache` that proves with `key` on a miss and counts the proofs.
+    fn counting<'a>(
+        cache: &'a VrfCache,
+        key: &'a VrfSecretKey,
+        proofs: &'a Cell<usize>,
+    ) -> impl Fn(&str) -> (Index, VrfProof) + 'a {
+        move |user: &str| {
+            cache
+                .get_or_prove(user, || {
+                    proofs.set(proofs.get() + 1);
+                    Ok::<_, ()>(prover(key, user))
+                })
+                .unwrap()
+        }
     }
 
     #[test]
@@ -115,14 +129,7 @@ mod tests {
         let key = VrfSecretKey::from_seed(&[3; 32]);
         let cache = VrfCache::new(8);
         let proofs = Cell::new(0);
-        let get = |user: &str| {
-            cache
-                .get_or_prove(user, || {
-                    proofs.set(proofs.get() + 1);
-                    Ok::<_, ()>(prover(&key, user))
-                })
-                .unwrap()
-        };
+        let get = counting(&cache, &key, &proofs);
         for user in ["a@x", "b@x", "a@x", "a@x", "b@x"] {
             assert_eq!(get(user), prover(&key, user));
         }
@@ -144,14 +151,7 @@ mod tests {
         let key = VrfSecretKey::from_seed(&[3; 32]);
         let cache = VrfCache::new(4);
         let proofs = Cell::new(0);
-        let get = |user: &str| {
-            cache
-                .get_or_prove(user, || {
-                    proofs.set(proofs.get() + 1);
-                    Ok::<_, ()>(prover(&key, user))
-                })
-                .unwrap()
-        };
+        let get = counting(&cache, &key, &proofs);
         // "hot" is looked up between every new identity: it is never proved again.
         for i in 0..50 {
             assert_eq!(get("hot@x"), prover(&key, "hot@x"));

@@ -125,9 +125,7 @@ impl Harness {
             .public_key()
             .verify(&vrf_input(&self.config().realm, user_id), &proof)
             .expect("own proof verifies");
-        let mut index = [0u8; 32];
-        index.copy_from_slice(&output.as_bytes()[..32]);
-        (Index(index), proof)
+        (Index::of_vrf_output(&output), proof)
     }
 
     /// Appends `command` to the log, applies it and makes it durable.
