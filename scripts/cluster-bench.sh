@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # KEYRAFT_BIN=path runs that binary instead of building this checkout's (to compare builds).
+# KEYRAFT_DEV_ARGS="--rate-limits" passes arguments to `keyraft dev`: with --rate-limits the
+# replicas keep the public's rate limits for loopback too (dev exempts loopback by default).
 if [ -n "${KEYRAFT_BIN:-}" ]; then
   BIN="$KEYRAFT_BIN"
 else
@@ -14,7 +16,8 @@ else
 fi
 DIR="$(mktemp -d)"
 trap 'kill -TERM "$DEV" 2>/dev/null || true; wait "$DEV" 2>/dev/null || true; rm -rf "$DIR"' EXIT
-"$BIN" dev --dir "$DIR/realm" --base-port 0 > "$DIR/dev.out" 2>&1 &
+# shellcheck disable=SC2086 # KEYRAFT_DEV_ARGS is split into arguments on purpose
+"$BIN" dev --dir "$DIR/realm" --base-port 0 ${KEYRAFT_DEV_ARGS:-} > "$DIR/dev.out" 2>&1 &
 DEV=$!
 for _ in $(seq 1 600); do grep -q "is up" "$DIR/dev.out" 2>/dev/null && break; sleep 0.1; done
 grep -q "is up" "$DIR/dev.out" || { cat "$DIR/dev.out"; exit 1; }

@@ -12,8 +12,8 @@
 
 use ed25519_dalek::SigningKey;
 use keyraft_client::{now_ms, public_key, sign_entry};
-use keyraft_core::lookup::{verify_lookup, LookupProof};
-use keyraft_core::{decode_canonical, Canonical, Entry, Policy, Profile, RealmFile, SignedEntry, Update};
+use keyraft_core::lookup::{verify_lookup, ClientRealm, Lookup, LookupProof};
+use keyraft_core::{decode_canonical, Canonical, Entry, Policy, Profile, RealmFile, SignedEntry, Update, Verified};
 use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_proto::pb::{GetEpochRequest, LookupRequest, UpdateRequest};
 use keyraft_proto::transport::{ChannelOptions, Channels};
@@ -142,6 +142,20 @@ where
     (lat, errors, start.elapsed())
 }
 
+/// A lookup of `user` at the present epoch: the proof's bytes, unverified.
+async fn lookup(client: &mut KeyraftClient<Channel>, user: &str, threshold: u32) -> Result<Vec<u8>, String> {
+    let request =
+        LookupRequest { user_id: user.to_owned(), wait_ms: 5_000, verifier_threshold: threshold, ..Default::default() };
+    let r = client.lookup(request).await.map_err(|s| crate::cli::call_failed("lookup", &s))?;
+    Ok(r.into_inner().proof)
+}
+
+/// The lookup proof `bytes` for `user`, verified in full as a client verifies it.
+fn verified(realm: &ClientRealm, user: &str, bytes: &[u8]) -> Result<Verified<Lookup>, String> {
+    let proof: LookupProof = decode_canonical(bytes).map_err(|e| format!("lookup proof for {user}: {e}"))?;
+    verify_lookup(realm, user, &proof, now_ms(), None).map_err(|e| format!("lookup proof for {user}: {e}"))
+}
+
 /// `keyraft bench`.
 #[allow(clippy::too_many_lines)] // the three phases, in order, read best together
 pub fn run(args: &BenchArgs, out: &mut dyn Write) -> CmdResult {
@@ -190,19 +204,9 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> CmdResult {
                 let user = users[i % users.len()].clone();
                 let (indexes, realm) = (indexes.clone(), realm.clone());
                 async move {
-                    let r = client
-                        .lookup(LookupRequest {
-                            user_id: user.clone(),
-                            wait_ms: 5_000,
-                            verifier_threshold: threshold,
-                            ..Default::default()
-                        })
-                        .await
-                        .map_err(|s| crate::cli::call_failed("lookup", &s))?;
-                    let bytes = r.into_inner().proof;
+                    let bytes = lookup(&mut client, &user, threshold).await?;
                     if i < indexes.lock().map(|v| v.len()).unwrap_or(0) || i % verify_every == 0 {
-                        let proof: LookupProof = decode_canonical(&bytes).map_err(|e| e.to_string())?;
-                        let v = verify_lookup(&realm, &user, &proof, now_ms(), None).map_err(|e| e.to_string())?;
+                        let v = verified(&realm, &user, &bytes)?;
                         if let Ok(mut ix) = indexes.lock() {
                             if let Some(slot) = ix.get_mut(i) {
                                 *slot = Some(v.index);
@@ -337,22 +341,9 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> CmdResult {
                     let user = registered[j].clone();
                     let realm = realm.clone();
                     async move {
-                        let r = client
-                            .lookup(LookupRequest {
-                                user_id: user.clone(),
-                                wait_ms: 5_000,
-                                verifier_threshold: threshold,
-                                ..Default::default()
-                            })
-                            .await
-                            .map_err(|s| crate::cli::call_failed("lookup", &s))?;
-                        if i % verify_every == 0 {
-                            let proof: LookupProof =
-                                decode_canonical(&r.into_inner().proof).map_err(|e| e.to_string())?;
-                            let v = verify_lookup(&realm, &user, &proof, now_ms(), None).map_err(|e| e.to_string())?;
-                            if v.entry.is_none() {
-                                return Err(format!("{user} is registered but its lookup answered absent"));
-                            }
+                        let bytes = lookup(&mut client, &user, threshold).await?;
+                        if i % verify_every == 0 && verified(&realm, &user, &bytes)?.entry.is_none() {
+                            return Err(format!("{user} is registered but its lookup answered absent"));
                         }
                         Ok(())
                     }
