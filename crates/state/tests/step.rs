@@ -525,12 +525,12 @@ fn the_signature_memo_changes_nothing() {
         }
         let mut outcomes = Vec::new();
         for (e, entry) in h.log.chunks(ahead.unwrap_or(1)).enumerate() {
+            let position = |k: usize| LogPosition { term: 1, index: (e * ahead.unwrap_or(1) + k) as u64 + 1 };
             if ahead.is_some() {
-                machine.verify_signatures_ahead(entry);
+                machine.verify_signatures_ahead(entry.iter().enumerate().map(|(k, c)| (position(k), c)));
             }
             for (k, command) in entry.iter().enumerate() {
-                let index = (e * ahead.unwrap_or(1) + k) as u64 + 1;
-                outcomes.push(machine.apply(LogPosition { term: 1, index }, command).unwrap().0);
+                outcomes.push(machine.apply(position(k), command).unwrap().0);
             }
         }
         (outcomes, dump_all(&store).unwrap())
@@ -552,10 +552,25 @@ fn the_signature_memo_changes_nothing() {
         );
         assert!(!memo.is_empty());
     }
+    let positioned = |from: usize| {
+        h.log[from..].iter().enumerate().map(move |(k, c)| (LogPosition { term: 1, index: (from + k) as u64 + 1 }, c))
+    };
     let empty = Arc::new(VerifiedSignatures::default());
     let machine = StateMachine::open(MemoryStorage::new(), config.clone()).unwrap().with_signature_memo(empty.clone());
-    machine.verify_signatures_ahead(&h.log[h.log.len() - 1..]);
+    machine.verify_signatures_ahead(positioned(h.log.len() - 1));
     assert!(empty.is_empty(), "the forged signature's batch was remembered");
-    machine.verify_signatures_ahead(&h.log[..h.log.len() - 1]);
+    machine.verify_signatures_ahead(positioned(0).take(h.log.len() - 1));
     assert!(!empty.is_empty(), "batches of valid signatures were not remembered");
+
+    // A machine that applied the whole log (a restarted replica replaying it) verifies none
+    // of it again.
+    let store = MemoryStorage::new();
+    let mut machine = StateMachine::open(store.clone(), config.clone()).unwrap();
+    for (position, command) in positioned(0) {
+        machine.apply(position, command).unwrap();
+    }
+    let memo = Arc::new(VerifiedSignatures::default());
+    let machine = machine.with_signature_memo(memo.clone());
+    machine.verify_signatures_ahead(positioned(0));
+    assert!(memo.is_empty(), "signatures of applied commands were verified again");
 }

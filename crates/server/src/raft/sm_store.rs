@@ -281,7 +281,9 @@ impl StateMachineStore {
             commands.0.iter().enumerate().map(|(k, bytes)| decode_command(log_id, k, bytes)).collect();
         // A follower received none of these updates itself: verify their signatures in
         // batches now rather than one by one in each step.
-        self.shared.read().verify_signatures_ahead(decoded.iter().filter_map(|c| c.as_ref().ok()));
+        self.shared.read().verify_signatures_ahead(
+            decoded.iter().enumerate().filter_map(|(k, c)| c.as_ref().ok().map(|c| (command_position(log_id, k), c))),
+        );
         let mut apply_all = || -> Result<Vec<ApplyResponse>, StorageError> {
             let mut responses = Vec::with_capacity(decoded.len());
             for (k, command) in decoded.iter().enumerate() {
@@ -312,9 +314,7 @@ impl StateMachineStore {
         command: &Command,
         effects: &mut Vec<Effect>,
     ) -> Result<Outcome, StorageError> {
-        // `decode_command` checked that this cannot overflow.
-        let index = log_id.index * COMMANDS_PER_ENTRY_MAX + k as u64;
-        let position = LogPosition { term: log_id.leader_id.term, index };
+        let position = command_position(log_id, k);
         let started = std::time::Instant::now();
         let step = self.shared.read().step(position, command).map_err(state_to_storage)?;
         // Updates' writes are deferred to the end of the apply call (one storage write for the
@@ -335,6 +335,12 @@ impl StateMachineStore {
         }
         Ok(outcome)
     }
+}
+
+/// The state machine's position of the `k`-th command of the Raft entry at `log_id`.
+fn command_position(log_id: LogId, k: usize) -> LogPosition {
+    // `decode_command` checked that this cannot overflow.
+    LogPosition { term: log_id.leader_id.term, index: log_id.index * COMMANDS_PER_ENTRY_MAX + k as u64 }
 }
 
 /// Decodes the `k`-th command of the entry at `log_id`, or says why the log refuses it. Both

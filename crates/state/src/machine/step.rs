@@ -73,11 +73,14 @@ impl<S: Storage> StateMachine<S> {
     /// applying an entry of many commands it did not receive itself verifies them at about
     /// half the cost of one by one. No outcome changes (see
     /// [`keyraft_core::update::verify_signatures_batched`]); without a memo it does nothing.
-    pub fn verify_signatures_ahead<'c>(&self, commands: impl IntoIterator<Item = &'c Command>) {
+    /// Commands at positions applied already are skipped, as [`Self::step`] skips them: a
+    /// restarted replica replaying its log verifies nothing twice.
+    pub fn verify_signatures_ahead<'c>(&self, commands: impl IntoIterator<Item = (LogPosition, &'c Command)>) {
         let Some(memo) = &self.signatures else { return };
         let signed: Vec<&keyraft_core::SignedEntry> = commands
             .into_iter()
-            .filter_map(|c| match c {
+            .filter(|(position, _)| position.index > self.applied.index)
+            .filter_map(|(_, c)| match c {
                 Command::Update(u) | Command::RecoveryRequest(u) => Some(&u.signed),
                 _ => None,
             })
