@@ -117,3 +117,58 @@ fn simulation_seeds() {
     );
     assert!(failed.is_empty(), "failed seeds (replay each with scripts/simulate.sh --seed S): {failed:?}");
 }
+
+/// A follower forwards its client's update to the leader, which answers once it applied it;
+/// the follower answers its client only once its own reads show the update, so the status it
+/// reports next is the update's epoch, not UNKNOWN (found by CI through the HTTP gateway: a
+/// registration sent to a follower, then its status asked of the same follower). Here the
+/// leader's appends are held back from the follower for 300 simulated ms (less than an
+/// election timeout) while the follower still reaches the leader.
+#[test]
+fn a_follower_answers_a_forwarded_update_once_its_own_reads_show_it() {
+    use keyraft_client::UpdateStatus;
+    use keyraft_tests::sim::net::{public_addr, Blocked, Host};
+    use keyraft_tests::sim::realm::SimRealm;
+    let _s = serial();
+    let runtime = tokio::runtime::Builder::new_current_thread().start_paused(true).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut realm = SimRealm::new(11, 3, true);
+        for i in 0..3 {
+            realm.start(i, i == 0).await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let leader = loop {
+            if let Some(l) = realm.leader().await {
+                break l;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no leader");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let (leader_id, follower_id) = (realm.replicas[leader].id, realm.replicas[(leader + 1) % 3].id);
+        let client = realm.client(Host::Client(0), &[public_addr(follower_id)], 0);
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        // Preparing looks the identity up: it waits for a first ratified epoch.
+        let prepared = loop {
+            match client.registration("forwarded@example.com", &key).prepare().await {
+                Ok(p) => break p,
+                Err(e) => assert!(tokio::time::Instant::now() < deadline, "no first epoch: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+
+        realm.net.block(Host::Replica(leader_id), Host::Replica(follower_id), Blocked::BlackHole);
+        let net = realm.net.clone();
+        let heal = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            net.heal();
+        });
+        let sent = tokio::time::Instant::now();
+        let outcome = client.send_prepared(&prepared, None, None).await.unwrap();
+        let waited = sent.elapsed();
+        let status = client.update_status(&prepared.update).await.unwrap();
+        assert_eq!(status, UpdateStatus::InEpoch(outcome.epoch), "answered after {waited:?}");
+        assert!(waited >= Duration::from_millis(300), "answered before the follower could apply: {waited:?}");
+        heal.await.unwrap();
+        realm.stop_all().await;
+    });
+}

@@ -43,7 +43,17 @@ enum BatchError {
     Fatal(String),
 }
 
-type Reply = oneshot::Sender<Result<ApplyResponse, BatchError>>;
+type Reply = oneshot::Sender<Result<Proposed, BatchError>>;
+
+/// A command's answer, and the Raft log index of the entry that carried it (where a follower
+/// that forwarded the command waits before answering its own client).
+#[derive(Debug)]
+pub struct Proposed {
+    /// What applying the command answered.
+    pub response: ApplyResponse,
+    /// The Raft log index of its entry (Raft's index, not a directory index).
+    pub raft_log_index: u64,
+}
 
 /// Gathers proposed commands into Raft entries.
 #[derive(Debug, Clone)]
@@ -60,7 +70,7 @@ impl Batcher {
         Self { tx }
     }
 
-    async fn propose(&self, bytes: Vec<u8>) -> Result<ApplyResponse, BatchError> {
+    async fn propose(&self, bytes: Vec<u8>) -> Result<Proposed, BatchError> {
         let (reply, answer) = oneshot::channel();
         self.tx.send((bytes, reply)).await.map_err(|_| BatchError::Fatal("the batcher stopped".into()))?;
         answer.await.map_err(|_| BatchError::Fatal("the batcher dropped a command".into()))?
@@ -132,8 +142,9 @@ async fn run_batcher(raft: Raft, mut rx: mpsc::Receiver<(Vec<u8>, Reply)>, tasks
             };
             match written {
                 Ok(r) if r.data.0.len() == n => {
+                    let raft_log_index = r.log_id.index;
                     for (reply, response) in replies.into_iter().zip(r.data.0) {
-                        let _ = reply.send(Ok(response));
+                        let _ = reply.send(Ok(Proposed { response, raft_log_index }));
                     }
                 }
                 Ok(r) => {
@@ -353,7 +364,8 @@ impl Node {
     }
 
     /// Proposes `command` through this node's batcher if this node leads, else forwards it to
-    /// the leader; returns once the command is applied.
+    /// the leader; returns once the command is applied here, so that this replica's own
+    /// answers (a status, a history) reflect it as soon as its client has the answer.
     pub async fn propose(&self, command: &Command) -> Result<ApplyResponse, ProposeError> {
         let bytes = encode_log_entry(command);
         // A follower that knows the leader forwards at once: through its own batcher the
@@ -365,7 +377,7 @@ impl Node {
             }
         }
         match self.batcher.propose(bytes.clone()).await {
-            Ok(r) => Ok(r),
+            Ok(r) => Ok(r.response),
             Err(BatchError::NotLeader(Some((id, leader)))) if id != self.id => self.forward(id, &leader, bytes).await,
             Err(BatchError::NotLeader(_)) => Err(ProposeError::NoLeader),
             Err(BatchError::Fatal(e)) => Err(ProposeError::Fatal(e)),
@@ -373,7 +385,7 @@ impl Node {
     }
 
     /// Proposes on this node only (the leader's half of forwarding).
-    pub async fn propose_local(&self, bytes: Vec<u8>) -> Result<ApplyResponse, ProposeError> {
+    pub async fn propose_local(&self, bytes: Vec<u8>) -> Result<Proposed, ProposeError> {
         match self.batcher.propose(bytes).await {
             Ok(r) => Ok(r),
             Err(BatchError::NotLeader(_)) => Err(ProposeError::NoLeader),
@@ -385,15 +397,28 @@ impl Node {
         let fail = |message: String| ProposeError::Forward { leader: leader.public_addr.clone(), message };
         let mut client: PeerClient = self.network.client_for(id, &leader.peer_addr).map_err(|e| fail(e.to_string()))?;
         let mut request = tonic::Request::new(ForwardRequest { payload: bytes });
-        request.set_timeout(Duration::from_millis(self.limits.forward_timeout_ms));
-        match client.forward(request).await {
-            Ok(reply) => postcard::from_bytes(&reply.into_inner().payload)
-                .map_err(|e| fail(format!("undecodable reply from the leader: {e}"))),
+        let timeout = Duration::from_millis(self.limits.forward_timeout_ms);
+        request.set_timeout(timeout);
+        let reply = match client.forward(request).await {
+            Ok(reply) => reply.into_inner(),
             Err(status) if status.code() == tonic::Code::Unavailable => {
                 tracing::debug!(leader = %leader.peer_addr, message = status.message(), "forward failed");
-                Err(ProposeError::NoLeader)
+                return Err(ProposeError::NoLeader);
             }
-            Err(status) => Err(fail(format!("{}: {}", status.code(), status.message()))),
+            Err(status) => return Err(fail(format!("{}: {}", status.code(), status.message()))),
+        };
+        let response: ApplyResponse = postcard::from_bytes(&reply.payload)
+            .map_err(|e| fail(format!("undecodable reply from the leader: {e}")))?;
+        // The leader answers once it applied the command; this replica may not have yet, and
+        // its client, told "taken", may ask it next (a status said UNKNOWN: found by CI).
+        if !self.read.wait_applied(reply.raft_log_index, timeout).await {
+            // Still true, only not visible here yet: the command is committed.
+            tracing::warn!(
+                raft_log_index = reply.raft_log_index,
+                waited_ms = self.limits.forward_timeout_ms,
+                "a forwarded command is committed but not applied here in time; answering anyway"
+            );
         }
+        Ok(response)
     }
 }

@@ -258,9 +258,9 @@ impl Peer for PeerService {
         check_forwardable(&payload)?;
         match self.node.propose_local(payload).await {
             Ok(r) => {
-                let payload =
-                    postcard::to_allocvec(&r).map_err(|e| Status::internal(format!("encoding a reply: {e}")))?;
-                Ok(Response::new(ForwardReply { payload }))
+                let payload = postcard::to_allocvec(&r.response)
+                    .map_err(|e| Status::internal(format!("encoding a reply: {e}")))?;
+                Ok(Response::new(ForwardReply { payload, raft_log_index: r.raft_log_index }))
             }
             Err(ProposeError::NoLeader) => Err(Status::unavailable("this node is no longer the leader")),
             Err(e) => Err(Status::unavailable(e.to_string())),

@@ -84,7 +84,7 @@ pub async fn epoch_proposer(
         match decide_epoch(&state, node.is_leader(), now, intervals) {
             EpochDecision::Propose { epoch, timestamp_ms } => {
                 let bytes = encode_log_entry(&Command::EpochDelimiter { epoch, timestamp_ms });
-                match node.propose_local(bytes).await {
+                match node.propose_local(bytes).await.map(|p| p.response) {
                     Ok(ApplyResponse::Applied(Outcome::EpochClosed(head))) => {
                         tracing::debug!(epoch = head.epoch, "epoch closed");
                         attempt = 0;

@@ -228,6 +228,22 @@ impl ReadView {
         self.shared.read().head(epoch).map_err(internal)
     }
 
+    /// Waits until this replica's reads see Raft log index `raft_log_index` applied, at most
+    /// `timeout`; whether they do.
+    pub(crate) async fn wait_applied(&self, raft_log_index: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut applied = self.shared.effects().subscribe_applied();
+        loop {
+            if applied.borrow_and_update().raft_index >= raft_log_index {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return false,
+            }
+        }
+    }
+
     /// Waits (up to `wait_ms`, capped by `limits.wait_ms_max`) until `probe`, which looks at
     /// epochs and their signatures only, returns something; woken when those change, not on
     /// every update.
