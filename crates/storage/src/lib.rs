@@ -2,7 +2,7 @@
 //!
 //! The storage seam of a keyraft replica: an ordered key-value store with point reads, range
 //! scans, atomic batches and an explicit durable flush, and nothing else, so that the engine
-//! underneath (sled today) can be replaced without touching the state machine.
+//! underneath (sled by default, or redb) can be replaced without touching the state machine.
 //!
 //! Contract of every [`Storage`]:
 //! - keys are compared bytewise; integers inside keys are big-endian so that byte order is
@@ -20,6 +20,7 @@
 
 pub mod format;
 mod memory;
+mod redb_store;
 mod sled_store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -27,6 +28,7 @@ pub mod threads;
 
 pub use format::{check_format_version, FormatOutcome, Migration, RESERVED_PREFIX};
 pub use memory::MemoryStorage;
+pub use redb_store::{RedbOptions, RedbStorage, REDB_FILE};
 pub use sled_store::{SledOptions, SledStorage, VALUE_LOG_MIN_BYTES};
 pub use threads::{ThreadHandle, ThreadSpawner};
 

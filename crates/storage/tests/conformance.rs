@@ -3,8 +3,8 @@
 
 use keyraft_storage::testing::run_conformance_suite;
 use keyraft_storage::{
-    check_format_version, dump_all, Batch, Direction, FormatOutcome, MemoryStorage, Migration, SledStorage, Storage,
-    StorageError, VALUE_LOG_MIN_BYTES,
+    check_format_version, dump_all, Batch, Direction, FormatOutcome, MemoryStorage, Migration, RedbOptions,
+    RedbStorage, SledStorage, Storage, StorageError, VALUE_LOG_MIN_BYTES,
 };
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -20,6 +20,30 @@ fn sled_conforms() {
     run_conformance_suite(|| {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStorage::open(dir.path()).unwrap();
+        dirs.lock().unwrap().push(dir);
+        s
+    });
+}
+
+#[test]
+fn redb_conforms() {
+    let dirs = std::sync::Mutex::new(Vec::new());
+    run_conformance_suite(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStorage::open(dir.path()).unwrap();
+        dirs.lock().unwrap().push(dir);
+        s
+    });
+}
+
+/// Commits made durable by the byte count behave as any other.
+#[test]
+fn redb_conforms_with_every_write_durable() {
+    let dirs = std::sync::Mutex::new(Vec::new());
+    run_conformance_suite(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let options = RedbOptions { durable_every_bytes: 1, ..RedbOptions::default() };
+        let s = RedbStorage::open_with(dir.path(), options).unwrap();
         dirs.lock().unwrap().push(dir);
         s
     });
@@ -57,6 +81,65 @@ fn sled_keeps_data_across_reopen() {
     assert_eq!(s.get(b"k").unwrap(), Some(b"v".to_vec()));
     assert_eq!(check_format_version(&s, 1, &[]).unwrap(), FormatOutcome::Current);
     assert!(matches!(check_format_version(&s, 0, &[]), Err(StorageError::FormatTooNew { found: 1, supported: 0 })));
+}
+
+#[test]
+fn redb_keeps_data_across_reopen_and_refuses_a_newer_engine_format() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = RedbStorage::open(dir.path()).unwrap();
+        assert_eq!(check_format_version(&s, 1, &[]).unwrap(), FormatOutcome::Initialized);
+        let mut b = Batch::new();
+        b.put(b"k".to_vec(), b"v".to_vec());
+        b.put(b"big".to_vec(), vec![7; 100_000]);
+        s.write(b).unwrap();
+        s.flush().unwrap();
+    }
+    let s = RedbStorage::open(dir.path()).unwrap();
+    assert_eq!(s.get(b"k").unwrap(), Some(b"v".to_vec()));
+    assert_eq!(s.get(b"big").unwrap(), Some(vec![7; 100_000]));
+    assert_eq!(check_format_version(&s, 1, &[]).unwrap(), FormatOutcome::Current);
+    assert!(s.size_on_disk_bytes().unwrap() > 100_000);
+    drop(s);
+    // A database from a newer keyraft is refused, not misread.
+    {
+        let db = redb::Database::create(dir.path().join(keyraft_storage::REDB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        let table: redb::TableDefinition<'static, &str, u32> = redb::TableDefinition::new("keyraft-engine");
+        txn.open_table(table).unwrap().insert("format", 9).unwrap();
+        txn.commit().unwrap();
+    }
+    let err = RedbStorage::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StorageError::FormatTooNew { found: 9, supported: 1 }), "{err}");
+}
+
+#[test]
+fn redb_held_open_is_refused_with_a_clear_error_and_reopens_once_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = RedbStorage::open(dir.path()).unwrap();
+    let err = RedbStorage::open(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("in use by another process"), "{err}");
+    drop(held);
+    drop(RedbStorage::open(dir.path()).unwrap());
+}
+
+/// Written without flushes, a store frees the pages its commits replaced once the written
+/// bytes reach `durable_every_bytes` (redb frees only at durable commits).
+#[test]
+fn redb_written_without_flushes_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = RedbOptions { durable_every_bytes: 1024 * 1024, ..RedbOptions::default() };
+    let s = RedbStorage::open_with(dir.path(), options).unwrap();
+    // 4,000 commits rewriting the same 64 KiB: 256 MiB written in all.
+    for round in 0..4_000u32 {
+        let mut b = Batch::new();
+        for k in 0..16u8 {
+            b.put(vec![k], vec![(round % 251) as u8; 4096]);
+        }
+        s.write(b).unwrap();
+    }
+    let size = s.size_on_disk_bytes().unwrap();
+    assert!(size < 32 * 1024 * 1024, "the file grew to {size} bytes for 64 KiB of live data");
 }
 
 fn put_all(s: &dyn Storage, pairs: &[(&[u8], Vec<u8>)]) {
@@ -318,6 +401,12 @@ proptest! {
     fn sled_matches_btreemap(ops in prop::collection::vec(op(), 0..40)) {
         let dir = tempfile::tempdir().unwrap();
         check_model(&SledStorage::open(dir.path()).unwrap(), &ops);
+    }
+
+    #[test]
+    fn redb_matches_btreemap(ops in prop::collection::vec(op(), 0..40)) {
+        let dir = tempfile::tempdir().unwrap();
+        check_model(&RedbStorage::open(dir.path()).unwrap(), &ops);
     }
 }
 
