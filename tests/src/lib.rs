@@ -267,6 +267,11 @@ impl Realm {
     /// replica 3's settings otherwise, fresh data, ports chosen by the OS. Returns its
     /// replica number (3).
     pub fn start_node_4(&mut self) -> usize {
+        self.start_node_4_with(|_| {})
+    }
+
+    /// [`Realm::start_node_4`], with `tweak` applied to its configuration.
+    pub fn start_node_4_with(&mut self, tweak: impl Fn(&mut toml::Table)) -> usize {
         let config4 = self.path().join("node-4.toml");
         std::fs::copy(&self.replicas[2].config, &config4).unwrap();
         let seed: [u8; 32] = rand::random();
@@ -291,6 +296,7 @@ impl Realm {
                 t.insert("metrics_listen".into(), "127.0.0.1:0".into());
             }
             t.insert("signing_key_file".into(), "keys/replica-4.key".into());
+            tweak(t);
         });
         self.replicas.push(Replica { id: 4, config: config4, child: None, listening: None });
         self.start_replica(3);

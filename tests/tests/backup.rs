@@ -1,6 +1,7 @@
 //! Online backup and restore (issue 16 part 5): a backup taken from a follower while clients
 //! register identities, restored into a new node's data directory; the node joins as a
-//! learner from the backup's position, catches up, and serves the same proofs as the leader.
+//! learner from the backup's position, catches up, and serves the same proofs as the leader (on
+//! redb, while the realm runs on sled).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use keyraft_proto::pb::keyraft_client::KeyraftClient;
@@ -76,13 +77,20 @@ fn a_backup_under_load_restores_into_a_learner_that_catches_up_with_identical_pr
     realm.runtime.block_on(load).unwrap();
     let acked = acked.lock().unwrap().clone();
 
-    // Restored into node 4's data directory; a restore never overwrites.
+    // Restored into node 4's data directory, on the other engine (redb; the realm runs on
+    // sled): a backup is engine-neutral, and replicas on different engines must reach
+    // byte-identical state. A restore never overwrites.
     let data4 = realm.path().join("data/node-4");
-    let out = realm.cli_ok(&["restore", backup.to_str().unwrap(), "--data-dir", data4.to_str().unwrap()]);
-    assert!(out.contains("restored realm"), "{out}");
+    let out =
+        realm.cli_ok(&["restore", backup.to_str().unwrap(), "--data-dir", data4.to_str().unwrap(), "--engine", "redb"]);
+    assert!(out.contains("restored realm") && out.contains("storage.engine = \"redb\""), "{out}");
     let e = realm.cli_fails(&["restore", backup.to_str().unwrap(), "--data-dir", data4.to_str().unwrap()]);
     assert!(e.contains("must be new or empty"), "{e}");
-    let node4 = realm.start_node_4();
+    let node4 = realm.start_node_4_with(|t| {
+        let mut storage = toml::Table::new();
+        storage.insert("engine".into(), "redb".into());
+        t.insert("storage".into(), toml::Value::Table(storage));
+    });
     // Before it is added, node 4 holds the backup's state and no log before it.
     let s = wait_for("node 4 to answer", || realm.status(node4));
     assert_eq!((s.applied_index, s.purged_index), (backup_index, backup_index), "{s:?}");

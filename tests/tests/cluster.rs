@@ -182,7 +182,27 @@ fn register_through_a_follower_and_look_up_through_every_replica() {
 #[test]
 fn leader_killed_under_updates_loses_no_acknowledged_update_and_rejoins() {
     let _s = serial();
-    let mut realm = Realm::start(|_| {});
+    leader_killed_under_updates(Realm::start(|_| {}));
+}
+
+/// The same on the second engine (`storage.engine = "redb"`), snapshotting every 20 entries so
+/// that its replicas also build snapshots, purge their logs and reopen state generations.
+#[test]
+fn on_redb_a_leader_killed_under_updates_loses_no_acknowledged_update_and_rejoins() {
+    let _s = serial();
+    let realm = Realm::start_with(&["--engine", "redb"], |t| {
+        let raft = t.entry("raft").or_insert(toml::Value::Table(Default::default())).as_table_mut().unwrap();
+        raft.insert("snapshot_after_entries".into(), 20.into());
+        raft.insert("entries_kept_after_snapshot".into(), 2.into());
+    });
+    for r in &realm.replicas {
+        let log = keyraft_tests::data_dir(&r.config).join("log");
+        assert_eq!(keyraft_storage::engine_in(&log), Some("redb"), "{}", log.display());
+    }
+    leader_killed_under_updates(realm);
+}
+
+fn leader_killed_under_updates(mut realm: Realm) {
     let leader = realm.wait_leader();
     let stop = Arc::new(AtomicBool::new(false));
     let acked: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();

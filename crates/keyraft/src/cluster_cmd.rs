@@ -266,6 +266,7 @@ fn plan(args: &ClusterConfigArgs) -> Result<Plan, Box<dyn std::error::Error>> {
         epochs,
         limits: crate::dev::limits(None, rate_exempt),
         registration: RegistrationSettings::default(),
+        engine: keyraft_server::config::EngineKind::default(),
     };
     Ok(Plan { replicas, owner, policy, shared })
 }

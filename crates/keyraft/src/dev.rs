@@ -113,6 +113,10 @@ pub struct DevArgs {
     /// per node (mutual TLS between replicas) and one for the operator.
     #[arg(long)]
     pub plaintext: bool,
+    /// The storage engine of the replicas (`[storage] engine`; first start only): sled, the
+    /// default, or redb.
+    #[arg(long, default_value = "sled")]
+    pub engine: keyraft_server::config::EngineKind,
 }
 
 /// Where `keyraft dev` keeps the realm's CA and certificates.
@@ -314,6 +318,8 @@ pub(crate) struct NodeSettings {
     pub limits: Limits,
     /// `[registration]`.
     pub registration: RegistrationSettings,
+    /// `[storage] engine`.
+    pub engine: keyraft_server::config::EngineKind,
 }
 
 /// Node `id`'s configuration, its paths relative to the file: `realm.json`, `keys/vrf.key`,
@@ -335,7 +341,7 @@ pub(crate) fn node_config(id: u64, data_dir: PathBuf, listen: NodeListen, shared
         epochs: shared.epochs,
         raft: RaftSettings::default(),
         limits: shared.limits.clone(),
-        storage: Default::default(),
+        storage: keyraft_server::config::StorageSettings { engine: shared.engine, ..Default::default() },
         voters: shared.voters.clone(),
         registration: shared.registration.clone(),
     }
@@ -409,6 +415,7 @@ fn create(args: &DevArgs) -> CmdResult {
         },
         limits: dev_limits(args)?,
         registration: registration_settings,
+        engine: args.engine,
     };
     for v in &voters {
         let metrics =

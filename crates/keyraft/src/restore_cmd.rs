@@ -13,6 +13,10 @@ pub struct RestoreArgs {
     /// The data directory to create (new or empty); the `data_dir` of the new node's config.
     #[arg(long, required_unless_present = "check")]
     pub data_dir: Option<PathBuf>,
+    /// The storage engine of the new data directory: sled or redb (the new node's
+    /// `storage.engine`; a backup from either engine restores into either).
+    #[arg(long, default_value = "sled", conflicts_with = "check")]
+    pub engine: keyraft_server::config::EngineKind,
     /// Only check the file (its digest and header) and print what it holds.
     #[arg(long, conflicts_with = "data_dir")]
     pub check: bool,
@@ -35,15 +39,18 @@ pub fn run(args: &RestoreArgs, out: &mut dyn Write) -> CmdResult {
         )?;
         return Ok(());
     };
-    let h = keyraft_server::backup::restore(&args.file, data_dir)?;
+    let h = keyraft_server::backup::restore(&args.file, data_dir, args.engine)?;
     writeln!(
         out,
-        "restored realm {:?} at epoch {} (Raft log index {}) from node {}'s backup into {}",
+        "restored realm {:?} at epoch {} (Raft log index {}) from node {}'s backup into {} ({} databases: \
+         the new node's config needs storage.engine = \"{}\")",
         h.realm,
         h.epoch,
         h.last_log_index,
         h.node_id,
-        data_dir.display()
+        data_dir.display(),
+        args.engine.name(),
+        args.engine.name()
     )?;
     writeln!(
         out,

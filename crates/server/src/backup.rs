@@ -24,12 +24,12 @@
 //! vote: started as a new node id and added as a learner, the node takes the log from the
 //! snapshot's position on (or a newer snapshot) and catches up.
 
+use crate::config::EngineKind;
 use crate::node::Node;
 use crate::raft::sm_store::{StateLocation, StateMachineStore};
 use crate::snapshot_file::{self, Meta};
 use keyraft_core::{decode_canonical, Canonical as _, RealmConfig};
 use keyraft_proto::peer::{backup_chunk::Part, BackupChunk, BackupHeader as WireHeader, BackupTrailer};
-use keyraft_storage::SledOptions;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -364,8 +364,9 @@ pub(crate) fn check_from(file: &mut (impl Read + Seek), len: u64, path: &Path) -
 
 /// Creates the data directory `data_dir` (new or empty) from backup file `path`: the state
 /// and the current snapshot, as a replica has them after installing a snapshot from its
-/// leader. Returns the backup's header.
-pub fn restore(path: &Path, data_dir: &Path) -> Result<BackupHeader, BackupError> {
+/// leader, in databases of `engine` (the new node's `storage.engine`). Returns the backup's
+/// header.
+pub fn restore(path: &Path, data_dir: &Path, engine: EngineKind) -> Result<BackupHeader, BackupError> {
     let header = check(path)?;
     let damaged = |problem: String| BackupError::File { file: path.to_owned(), problem };
     let meta = header.meta().map_err(damaged)?;
@@ -376,7 +377,7 @@ pub fn restore(path: &Path, data_dir: &Path) -> Result<BackupHeader, BackupError
         }
     }
     std::fs::create_dir_all(data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
-    let installed = install(path, data_dir, &header, &meta, config);
+    let installed = install(path, data_dir, &header, &meta, config, engine);
     if installed.is_err() {
         // The directory was empty: leave it so, not half restored.
         for made in ["state", "snapshots"] {
@@ -394,10 +395,12 @@ fn install(
     header: &BackupHeader,
     meta: &Meta,
     config: RealmConfig,
+    engine: EngineKind,
 ) -> Result<(), BackupError> {
     let damaged = |problem: String| BackupError::File { file: path.to_owned(), problem };
     let snapshots = data_dir.join("snapshots");
-    let location = StateLocation::Dir { path: data_dir.join("state"), options: SledOptions::default() };
+    let storage = crate::config::StorageSettings { engine, ..crate::config::StorageSettings::default() };
+    let location = StateLocation::Dir { path: data_dir.join("state"), engine: storage.state_engine() };
     let mut store = StateMachineStore::open(location, snapshots.clone(), config)?;
     // The snapshot's bytes, out of the backup, as a received snapshot would be.
     let part = snapshots.join("restore.part");

@@ -37,6 +37,7 @@ use crate::Error;
 use ed25519_dalek::SigningKey;
 use keyraft_core::vrf::VrfSecretKey;
 use keyraft_core::{RealmConfig, RealmFile};
+use keyraft_storage::{DiskEngine, RedbOptions, SledOptions};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -358,13 +359,56 @@ impl Default for Limits {
     }
 }
 
-/// Storage tuning.
+/// The persistent engine of a node's Raft log and state (`storage.engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// sled 0.34 (the default; see docs/decisions.md for why).
+    #[default]
+    Sled,
+    /// redb 2.
+    Redb,
+}
+
+impl EngineKind {
+    /// The name a configuration gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Sled => "sled",
+            EngineKind::Redb => "redb",
+        }
+    }
+}
+
+impl std::str::FromStr for EngineKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sled" => Ok(EngineKind::Sled),
+            "redb" => Ok(EngineKind::Redb),
+            other => Err(format!("unknown storage engine {other:?}: sled or redb")),
+        }
+    }
+}
+
+/// Storage (`[storage]`).
+///
+/// ```toml
+/// [storage]
+/// engine = "sled"          # or "redb"; a data directory keeps the engine that created it
+/// state_cache_bytes = 134217728
+/// log_cache_bytes = 33554432
+/// retention_epochs = 0
+/// ```
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
-    /// sled cache for the state, in bytes.
+    /// The engine under the Raft log and the state.
+    pub engine: EngineKind,
+    /// The engine's cache for the state, in bytes.
     pub state_cache_bytes: u64,
-    /// sled cache for the Raft log, in bytes.
+    /// The engine's cache for the Raft log, in bytes.
     pub log_cache_bytes: u64,
     /// Keep the trees of only the newest this many epochs (0: keep every epoch's tree, the
     /// default). Lookups, histories and watches that need an older tree are refused with
@@ -374,7 +418,43 @@ pub struct StorageSettings {
 
 impl Default for StorageSettings {
     fn default() -> Self {
-        Self { state_cache_bytes: 128 * 1024 * 1024, log_cache_bytes: 32 * 1024 * 1024, retention_epochs: 0 }
+        Self {
+            engine: EngineKind::Sled,
+            state_cache_bytes: 128 * 1024 * 1024,
+            log_cache_bytes: 32 * 1024 * 1024,
+            retention_epochs: 0,
+        }
+    }
+}
+
+impl StorageSettings {
+    /// The engine and settings of the Raft log.
+    pub fn log_engine(&self) -> DiskEngine {
+        match self.engine {
+            // Purged entries would stay in a value log forever.
+            EngineKind::Sled => {
+                DiskEngine::Sled(SledOptions { cache_capacity_bytes: self.log_cache_bytes, value_log_min_bytes: None })
+            }
+            // Flushed at every group commit and kept small behind snapshots: a full repair
+            // after a crash is quick, and a quick-repair commit would cost a second fsync each.
+            EngineKind::Redb => DiskEngine::Redb(RedbOptions {
+                cache_capacity_bytes: self.log_cache_bytes,
+                quick_repair: false,
+                ..RedbOptions::default()
+            }),
+        }
+    }
+
+    /// The engine and settings of the state.
+    pub fn state_engine(&self) -> DiskEngine {
+        match self.engine {
+            EngineKind::Sled => {
+                DiskEngine::Sled(SledOptions { cache_capacity_bytes: self.state_cache_bytes, ..SledOptions::default() })
+            }
+            EngineKind::Redb => {
+                DiskEngine::Redb(RedbOptions { cache_capacity_bytes: self.state_cache_bytes, ..RedbOptions::default() })
+            }
+        }
     }
 }
 
@@ -847,5 +927,25 @@ mod tests {
             let m = e.to_string();
             assert!(m.contains("rate_exempt_addresses") && m.contains(says), "{bad}: {m}");
         }
+    }
+
+    #[test]
+    fn the_storage_engine_reads_from_toml_by_name_and_an_unknown_one_is_refused() {
+        let base = "node_id = 1\ndata_dir = \"d\"\npublic_listen = \"x\"\npeer_listen = \"y\"\n\
+                    realm_file = \"r\"\nvrf_secret_key_file = \"v\"\nsigning_key_file = \"s\"\n\
+                    cluster_token_file = \"t\"\n";
+        let default: NodeConfig = toml::from_str(base).unwrap();
+        assert_eq!(default.storage.engine, EngineKind::Sled);
+        assert_eq!(default.storage.state_engine().name(), "sled");
+        let redb: NodeConfig = toml::from_str(&format!("{base}[storage]\nengine = \"redb\"\n")).unwrap();
+        assert_eq!(redb.storage.engine, EngineKind::Redb);
+        assert_eq!((redb.storage.log_engine().name(), redb.storage.state_engine().name()), ("redb", "redb"));
+        let again: NodeConfig = toml::from_str(&toml::to_string_pretty(&redb).unwrap()).unwrap();
+        assert_eq!(again.storage.engine, EngineKind::Redb);
+        let m =
+            toml::from_str::<NodeConfig>(&format!("{base}[storage]\nengine = \"rocksdb\"\n")).unwrap_err().to_string();
+        assert!(m.contains("engine") && m.contains("sled") && m.contains("redb"), "{m}");
+        assert_eq!("redb".parse::<EngineKind>(), Ok(EngineKind::Redb));
+        assert!("Sled".parse::<EngineKind>().unwrap_err().contains("sled or redb"));
     }
 }

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub struct Seams {
     /// The clock epochs are stamped with (default: the host's).
     pub clock: Arc<dyn Clock>,
-    /// Where the Raft log and the state live (default: sled under the data directory).
+    /// Where the Raft log and the state live (default: the configured engine under the data
+    /// directory).
     pub storage: StorageEngine,
     /// Opens the connections of peer channels (default, `None`: TCP).
     pub network: Option<Arc<dyn Connector>>,
@@ -24,7 +25,7 @@ pub struct Seams {
 
 impl Default for Seams {
     fn default() -> Self {
-        Self { clock: clock::system(), storage: StorageEngine::Sled, network: None, raft_seed: None }
+        Self { clock: clock::system(), storage: StorageEngine::Disk, network: None, raft_seed: None }
     }
 }
 
@@ -42,9 +43,9 @@ impl std::fmt::Debug for Seams {
 /// The storage engine of the Raft log and the state.
 #[derive(Debug, Clone, Default)]
 pub enum StorageEngine {
-    /// sled databases under the data directory, tuned by `[storage]`.
+    /// Databases of the engine `[storage]` names, under the data directory.
     #[default]
-    Sled,
+    Disk,
     /// In memory, in this handle: a replica started again with (a clone of) the same handle
     /// finds what it had written, and [`MemoryEngine::crash`] keeps only what was flushed.
     Memory(MemoryEngine),

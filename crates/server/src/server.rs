@@ -27,7 +27,7 @@ use crate::{proposers, Error};
 use keyraft_proto::pb::keyraft_server::KeyraftServer;
 use keyraft_proto::peer::peer_server::PeerServer;
 use keyraft_proto::peer::NodeSpec;
-use keyraft_storage::{SledOptions, SledStorage, Storage, ThreadSpawner};
+use keyraft_storage::{Storage, ThreadSpawner};
 use openraft::SnapshotPolicy;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -413,22 +413,15 @@ async fn reload_on_sighup(tls: NodeTls) {
 /// Opens the Raft log and locates the state on `engine`.
 fn open_storage(engine: &StorageEngine, config: &NodeConfig) -> Result<(Arc<dyn Storage>, StateLocation), Error> {
     match engine {
-        StorageEngine::Sled => {
+        StorageEngine::Disk => {
             let log_path = config.data_dir.join("log");
-            let log = SledStorage::open_with(
-                &log_path,
-                // Purged entries would stay in a value log forever.
-                SledOptions { cache_capacity_bytes: config.storage.log_cache_bytes, value_log_min_bytes: None },
-            )
-            .map_err(|e| Error::DataDir { path: log_path.clone(), message: format!("opening the Raft log: {e}") })?;
-            let location = StateLocation::Dir {
-                path: config.data_dir.join("state"),
-                options: SledOptions {
-                    cache_capacity_bytes: config.storage.state_cache_bytes,
-                    ..SledOptions::default()
-                },
-            };
-            Ok((Arc::new(log), location))
+            let log = config.storage.log_engine().open(&log_path).map_err(|e| Error::DataDir {
+                path: log_path.clone(),
+                message: format!("opening the Raft log: {e}"),
+            })?;
+            let location =
+                StateLocation::Dir { path: config.data_dir.join("state"), engine: config.storage.state_engine() };
+            Ok((log, location))
         }
         StorageEngine::Memory(memory) => {
             Ok((Arc::new(memory.log.clone()), StateLocation::Memory(memory.state.clone())))

@@ -1,13 +1,15 @@
 //! openraft's storage conformance suite against our log store and state-machine store, on
-//! the in-memory engine and on sled, and with the log's flusher thread closed.
+//! the in-memory engine, on sled and on redb (as `storage.engine` configures them), and with
+//! the log's flusher thread closed.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use keyraft_core::vrf::VrfSecretKey;
 use keyraft_core::{PublicKey, RealmConfig};
+use keyraft_server::config::{EngineKind, StorageSettings};
 use keyraft_server::raft::log_store::LogStore;
 use keyraft_server::raft::sm_store::{StateLocation, StateMachineStore};
 use keyraft_server::raft::types::{NodeId, TypeConfig};
-use keyraft_storage::{MemoryStorage, SledOptions, SledStorage, Storage};
+use keyraft_storage::{MemoryStorage, Storage};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageError;
 use std::sync::Arc;
@@ -21,7 +23,8 @@ fn realm() -> RealmConfig {
 }
 
 struct Builder {
-    sled: bool,
+    /// A persistent engine; `None`: in memory.
+    engine: Option<EngineKind>,
     /// Closes the log's flusher before handing the log out: every append then writes and
     /// flushes in place (what a log does after `LogStore::close`).
     flusher_closed: bool,
@@ -30,19 +33,15 @@ struct Builder {
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>> {
         let dir = tempfile::tempdir().unwrap();
-        let (log, location): (Arc<dyn Storage>, StateLocation) = if self.sled {
-            (
-                Arc::new(
-                    SledStorage::open_with(
-                        &dir.path().join("log"),
-                        SledOptions { value_log_min_bytes: None, ..SledOptions::default() },
-                    )
-                    .unwrap(),
-                ),
-                StateLocation::Dir { path: dir.path().join("state"), options: Default::default() },
-            )
-        } else {
-            (Arc::new(MemoryStorage::new()), StateLocation::Memory(Default::default()))
+        let (log, location): (Arc<dyn Storage>, StateLocation) = match self.engine {
+            Some(engine) => {
+                let settings = StorageSettings { engine, ..StorageSettings::default() };
+                (
+                    settings.log_engine().open(&dir.path().join("log")).unwrap(),
+                    StateLocation::Dir { path: dir.path().join("state"), engine: settings.state_engine() },
+                )
+            }
+            None => (Arc::new(MemoryStorage::new()), StateLocation::Memory(Default::default())),
         };
         let sm = StateMachineStore::open(location, dir.path().join("snapshots"), realm()).unwrap();
         let log = LogStore::new(log);
@@ -55,15 +54,20 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> fo
 
 #[test]
 fn openraft_suite_on_memory() {
-    Suite::test_all(Builder { sled: false, flusher_closed: false }).unwrap();
+    Suite::test_all(Builder { engine: None, flusher_closed: false }).unwrap();
 }
 
 #[test]
 fn openraft_suite_on_sled() {
-    Suite::test_all(Builder { sled: true, flusher_closed: false }).unwrap();
+    Suite::test_all(Builder { engine: Some(EngineKind::Sled), flusher_closed: false }).unwrap();
+}
+
+#[test]
+fn openraft_suite_on_redb() {
+    Suite::test_all(Builder { engine: Some(EngineKind::Redb), flusher_closed: false }).unwrap();
 }
 
 #[test]
 fn openraft_suite_with_the_log_flusher_closed() {
-    Suite::test_all(Builder { sled: false, flusher_closed: true }).unwrap();
+    Suite::test_all(Builder { engine: None, flusher_closed: true }).unwrap();
 }

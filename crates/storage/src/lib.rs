@@ -219,6 +219,55 @@ pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// A persistent engine with its settings, chosen at run time (a node's `storage.engine`).
+#[derive(Debug, Clone, Copy)]
+pub enum DiskEngine {
+    /// sled ([`SledStorage`]).
+    Sled(SledOptions),
+    /// redb ([`RedbStorage`]).
+    Redb(RedbOptions),
+}
+
+impl DiskEngine {
+    /// The engine's name, as a configuration names it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DiskEngine::Sled(_) => "sled",
+            DiskEngine::Redb(_) => "redb",
+        }
+    }
+
+    /// Opens (or creates) a store in directory `path`. A directory holding the other engine's
+    /// database is refused: a store is always opened with the engine that created it.
+    pub fn open(&self, path: &std::path::Path) -> Result<std::sync::Arc<dyn Storage>, StorageError> {
+        let found = engine_in(path);
+        if let Some(found) = found.filter(|f| *f != self.name()) {
+            return Err(StorageError::Engine(format!(
+                "{} holds a {found} database, and this node is configured for {} (storage.engine): \
+                 set storage.engine = \"{found}\", or move to {} by restoring a backup into a new data directory",
+                path.display(),
+                self.name(),
+                self.name()
+            )));
+        }
+        Ok(match self {
+            DiskEngine::Sled(options) => std::sync::Arc::new(SledStorage::open_with(path, *options)?),
+            DiskEngine::Redb(options) => std::sync::Arc::new(RedbStorage::open_with(path, *options)?),
+        })
+    }
+}
+
+/// Which engine's database directory `path` holds, if any: by the files each one creates.
+pub fn engine_in(path: &std::path::Path) -> Option<&'static str> {
+    if path.join(REDB_FILE).exists() {
+        Some("redb")
+    } else if path.join("conf").exists() && path.join("db").exists() {
+        Some("sled")
+    } else {
+        None
+    }
+}
+
 /// Every pair in the store, in key order: for comparing two replicas byte for byte.
 pub fn dump_all(store: &dyn Storage) -> Result<Vec<(Key, Value)>, StorageError> {
     store.range(&[], None, Direction::Forward).collect()

@@ -421,3 +421,20 @@ fn a_database_held_open_is_refused_with_a_clear_error_and_reopens_once_closed() 
         drop(SledStorage::open(dir.path()).unwrap());
     }
 }
+
+/// A directory is opened with the engine that created it; the other is refused, by name.
+#[test]
+fn an_engine_refuses_the_other_engines_directory() {
+    use keyraft_storage::{engine_in, DiskEngine, SledOptions};
+    let (sled_dir, redb_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (sled, redb) = (DiskEngine::Sled(SledOptions::default()), DiskEngine::Redb(RedbOptions::default()));
+    assert_eq!(engine_in(sled_dir.path()), None);
+    drop(sled.open(sled_dir.path()).unwrap());
+    drop(redb.open(redb_dir.path()).unwrap());
+    assert_eq!((engine_in(sled_dir.path()), engine_in(redb_dir.path())), (Some("sled"), Some("redb")));
+    let err = redb.open(sled_dir.path()).err().unwrap().to_string();
+    assert!(err.contains("holds a sled database") && err.contains("storage.engine = \"sled\""), "{err}");
+    let err = sled.open(redb_dir.path()).err().unwrap().to_string();
+    assert!(err.contains("holds a redb database"), "{err}");
+    drop(sled.open(sled_dir.path()).unwrap());
+}

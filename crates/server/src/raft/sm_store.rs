@@ -22,7 +22,7 @@ use keyraft_core::Command;
 use keyraft_core::RealmConfig;
 use keyraft_proto::convert::decode_log_entry;
 use keyraft_state::{Effect, LogPosition, Outcome, StateMachine};
-use keyraft_storage::{Batch, SledOptions, SledStorage, Storage, StorageError};
+use keyraft_storage::{Batch, DiskEngine, Storage, StorageError};
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
 use std::path::{Path, PathBuf};
@@ -39,12 +39,12 @@ const RAFT_MEMBERSHIP: &[u8] = b"xraft-membership";
 pub enum StateLocation {
     /// In memory, in this handle: a replica reopening the same handle finds its state.
     Memory(crate::seams::MemoryState),
-    /// sled databases under this directory, one per generation, chosen by `CURRENT`.
+    /// Databases under this directory, one per generation, chosen by `CURRENT`.
     Dir {
         /// The state directory.
         path: PathBuf,
-        /// sled settings.
-        options: SledOptions,
+        /// The engine and its settings.
+        engine: DiskEngine,
     },
 }
 
@@ -170,9 +170,7 @@ fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> RaftStorageError {
 fn open_generation(location: &StateLocation, generation: u64) -> Result<Arc<dyn Storage>, StorageError> {
     match location {
         StateLocation::Memory(state) => Ok(Arc::new(state.generation(generation))),
-        StateLocation::Dir { path, options } => {
-            Ok(Arc::new(SledStorage::open_with(&path.join(format!("gen-{generation}")), *options)?))
-        }
+        StateLocation::Dir { path, engine } => engine.open(&path.join(format!("gen-{generation}"))),
     }
 }
 
