@@ -1,5 +1,6 @@
 //! Applying an epoch delimiter through the step function (the tree batch, moving staged
-//! updates, storing the head) with 10k staged updates on a million-entry sled state.
+//! updates, storing the head) with 10k staged updates on a million-entry state, on sled or,
+//! with `KEYRAFT_BENCH_ENGINE=redb`, on redb.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -8,7 +9,9 @@ use keyraft_epoch::testing::rss_mib;
 use keyraft_state::harness::{derive_signing_key, public_key, test_profile, Harness};
 use keyraft_state::proposer::sign_head;
 use keyraft_state::StateMachine;
-use keyraft_storage::{SledOptions, SledStorage, Storage};
+use keyraft_storage::{DiskEngine, RedbOptions, SledOptions, Storage};
+use std::os::unix::fs::MetadataExt as _;
+use std::sync::Arc;
 use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 
@@ -18,13 +21,41 @@ fn entries() -> usize {
 const EPOCH_UPDATES: usize = 10_000;
 const STAGE_BATCH_UPDATES: usize = 100;
 
-fn sled_cache_bytes() -> u64 {
-    std::env::var("KEYRAFT_BENCH_SLED_CACHE_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(128) << 20
+fn cache_bytes() -> u64 {
+    std::env::var("KEYRAFT_BENCH_CACHE_MIB")
+        .or_else(|_| std::env::var("KEYRAFT_BENCH_SLED_CACHE_MIB"))
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(128)
+        << 20
+}
+
+/// The engine `KEYRAFT_BENCH_ENGINE` names (sled by default), as a replica configures it for
+/// its state.
+fn engine() -> DiskEngine {
+    let cache_capacity_bytes = cache_bytes();
+    match std::env::var("KEYRAFT_BENCH_ENGINE").as_deref() {
+        Ok("redb") => DiskEngine::Redb(RedbOptions { cache_capacity_bytes, ..RedbOptions::default() }),
+        Ok("sled") | Err(_) => DiskEngine::Sled(SledOptions { cache_capacity_bytes, ..SledOptions::default() }),
+        Ok(other) => panic!("KEYRAFT_BENCH_ENGINE={other}: sled or redb"),
+    }
+}
+
+/// Bytes allocated on disk under `dir` (holes punched in sled's value log not counted).
+fn allocated_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() { allocated_bytes(&e.path()) } else { m.blocks() * 512 }
+        })
+        .sum()
 }
 
 struct Realm {
     h: Harness,
-    machine: StateMachine<SledStorage>,
+    machine: StateMachine<Arc<dyn Storage>>,
     position: u64,
 }
 
@@ -85,15 +116,8 @@ impl Realm {
 fn epoch_apply(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let h = Harness::new("example.org", 3, 1, 1);
-    let machine = StateMachine::open(
-        SledStorage::open_with(
-            dir.path(),
-            SledOptions { cache_capacity_bytes: sled_cache_bytes(), ..SledOptions::default() },
-        )
-        .unwrap(),
-        h.config().clone(),
-    )
-    .unwrap();
+    let engine = engine();
+    let machine = StateMachine::open(engine.open(dir.path()).unwrap(), h.config().clone()).unwrap();
     let mut realm = Realm { h, machine, position: 0 };
     let mut rng = rand::rngs::StdRng::seed_from_u64(2);
     let t = Instant::now();
@@ -102,16 +126,17 @@ fn epoch_apply(c: &mut Criterion) {
         realm.cut();
     }
     eprintln!(
-        "built a {}-entry state on sled in {:.1?} ({} MiB on disk); RSS {} MiB",
+        "built a {}-entry state on {} in {:.1?} ({} MiB on disk); RSS {} MiB",
         entries(),
+        engine.name(),
         t.elapsed(),
-        realm.machine.store().size_on_disk_bytes().unwrap() / (1024 * 1024),
+        allocated_bytes(dir.path()) / (1024 * 1024),
         rss_mib()
     );
     let built_epoch = realm.machine.epoch_state().open_epoch();
     let mut group = c.benchmark_group("epoch_1m");
     group.sample_size(10).measurement_time(Duration::from_secs(20));
-    group.bench_function("delimiter_10k_staged_updates", |b| {
+    group.bench_function(format!("delimiter_10k_staged_updates/{}", engine.name()), |b| {
         b.iter_custom(|iters| {
             (0..iters)
                 .map(|_| {
@@ -125,7 +150,11 @@ fn epoch_apply(c: &mut Criterion) {
     // Criterion runs as many epochs as fit its measurement time: the state is past a million
     // entries by now.
     let grown = entries() as u64 + (realm.machine.epoch_state().open_epoch() - built_epoch) * EPOCH_UPDATES as u64;
-    eprintln!("after the benchmark: RSS {} MiB at about {grown} entries", rss_mib());
+    eprintln!(
+        "after the benchmark: RSS {} MiB, {} MiB on disk at about {grown} entries",
+        rss_mib(),
+        allocated_bytes(dir.path()) / (1024 * 1024)
+    );
 }
 
 criterion_group!(benches, epoch_apply);

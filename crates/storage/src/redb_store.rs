@@ -13,9 +13,12 @@
 //!
 //! redb frees the pages that a commit replaced only at a durable commit, so a store written
 //! without flushes would grow without bound (the state is flushed only at snapshots and
-//! pruning). [`RedbStorage::write`] therefore makes a commit durable itself once
-//! [`RedbOptions::durable_every_bytes`] have been written since the last durable one: the
-//! count is of bytes, not time, so that no clock and no thread is involved.
+//! pruning). [`RedbStorage::write`] therefore makes a commit durable itself once the commits
+//! since the last durable one may have written [`RedbOptions::durable_every_bytes`] of pages:
+//! each op is counted as a whole page ([`PAGE_BYTES`], the leaf it copies on write) plus its
+//! own bytes, as random keys land in different leaves (counting only the batches' bytes let a
+//! million-entry state grow to 7 times sled's size). The count is of bytes, not time, so that
+//! no clock and no thread is involved.
 //!
 //! With [`RedbOptions::quick_repair`] every durable commit also saves the allocator state (with
 //! a two-phase commit), so that a database reopened after a crash needs no walk over all of
@@ -36,6 +39,8 @@ const TABLE: TableDefinition<'static, &[u8], &[u8]> = TableDefinition::new("keyr
 const ENGINE_TABLE: TableDefinition<'static, &str, u32> = TableDefinition::new("keyraft-engine");
 const ENGINE_FORMAT_KEY: &str = "format";
 const ENGINE_FORMAT: u32 = 1;
+/// What one op of a batch is counted as writing besides its own bytes: redb's page.
+pub const PAGE_BYTES: u64 = 4096;
 /// The database file inside the store's directory.
 pub const REDB_FILE: &str = "data.redb";
 
@@ -44,8 +49,9 @@ pub const REDB_FILE: &str = "data.redb";
 pub struct RedbOptions {
     /// Page cache size, in bytes.
     pub cache_capacity_bytes: u64,
-    /// Bytes of batches written since the last durable commit after which a write's commit
-    /// is made durable (so that replaced pages are freed); `u64::MAX`: only flushes are.
+    /// Bytes of pages the commits since the last durable one may have written (each op a
+    /// [`PAGE_BYTES`] page plus its own bytes) after which a write's commit is made durable, so
+    /// that the pages they replaced are freed; `u64::MAX`: only flushes are.
     pub durable_every_bytes: u64,
     /// Whether durable commits save the allocator state, so that reopening after a crash is
     /// quick (each durable commit costs a second `fsync`).
@@ -54,7 +60,7 @@ pub struct RedbOptions {
 
 impl Default for RedbOptions {
     fn default() -> Self {
-        Self { cache_capacity_bytes: 128 * 1024 * 1024, durable_every_bytes: 64 * 1024 * 1024, quick_repair: true }
+        Self { cache_capacity_bytes: 128 * 1024 * 1024, durable_every_bytes: 32 * 1024 * 1024, quick_repair: true }
     }
 }
 
@@ -64,7 +70,7 @@ pub struct RedbStorage {
     db: Arc<Database>,
     file: PathBuf,
     options: RedbOptions,
-    /// Bytes of batches committed since the last durable commit.
+    /// Bytes of pages the commits since the last durable one may have written.
     undurable_bytes: Arc<AtomicU64>,
 }
 
@@ -190,7 +196,7 @@ impl Storage for RedbStorage {
         if batch.is_empty() {
             return Ok(());
         }
-        let bytes = batch.approximate_bytes() as u64;
+        let bytes = (batch.approximate_bytes() as u64).saturating_add(batch.len() as u64 * PAGE_BYTES);
         let undurable = self.undurable_bytes.fetch_add(bytes, Ordering::AcqRel).saturating_add(bytes);
         let durable = undurable >= self.options.durable_every_bytes;
         let mut txn = self.db.begin_write().map_err(engine)?;
