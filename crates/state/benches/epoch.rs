@@ -10,9 +10,9 @@ use keyraft_state::harness::{derive_signing_key, public_key, test_profile, Harne
 use keyraft_state::proposer::sign_head;
 use keyraft_state::StateMachine;
 use keyraft_storage::{DiskEngine, RedbOptions, SledOptions, Storage};
+use rand::{Rng, SeedableRng};
 use std::os::unix::fs::MetadataExt as _;
 use std::sync::Arc;
-use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 
 fn entries() -> usize {
@@ -48,7 +48,11 @@ fn allocated_bytes(dir: &std::path::Path) -> u64 {
         .map(|e| {
             let e = e.unwrap();
             let m = e.metadata().unwrap();
-            if m.is_dir() { allocated_bytes(&e.path()) } else { m.blocks() * 512 }
+            if m.is_dir() {
+                allocated_bytes(&e.path())
+            } else {
+                m.blocks() * 512
+            }
         })
         .sum()
 }

@@ -28,7 +28,7 @@ pub mod threads;
 
 pub use format::{check_format_version, FormatOutcome, Migration, RESERVED_PREFIX};
 pub use memory::MemoryStorage;
-pub use redb_store::{RedbOptions, RedbStorage, REDB_FILE};
+pub use redb_store::{RedbOptions, RedbStorage, REDB_FILE, REDB_PAGE_BYTES};
 pub use sled_store::{SledOptions, SledStorage, VALUE_LOG_MIN_BYTES};
 pub use threads::{ThreadHandle, ThreadSpawner};
 

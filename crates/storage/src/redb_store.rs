@@ -15,7 +15,7 @@
 //! without flushes would grow without bound (the state is flushed only at snapshots and
 //! pruning). [`RedbStorage::write`] therefore makes a commit durable itself once the commits
 //! since the last durable one may have written [`RedbOptions::durable_every_bytes`] of pages:
-//! each op is counted as a whole page ([`PAGE_BYTES`], the leaf it copies on write) plus its
+//! each op is counted as a whole page ([`REDB_PAGE_BYTES`], the leaf it copies on write) plus its
 //! own bytes, as random keys land in different leaves (counting only the batches' bytes let a
 //! million-entry state grow to 7 times sled's size). The count is of bytes, not time, so that
 //! no clock and no thread is involved.
@@ -40,7 +40,7 @@ const ENGINE_TABLE: TableDefinition<'static, &str, u32> = TableDefinition::new("
 const ENGINE_FORMAT_KEY: &str = "format";
 const ENGINE_FORMAT: u32 = 1;
 /// What one op of a batch is counted as writing besides its own bytes: redb's page.
-pub const PAGE_BYTES: u64 = 4096;
+pub const REDB_PAGE_BYTES: u64 = 4096;
 /// The database file inside the store's directory.
 pub const REDB_FILE: &str = "data.redb";
 
@@ -50,7 +50,7 @@ pub struct RedbOptions {
     /// Page cache size, in bytes.
     pub cache_capacity_bytes: u64,
     /// Bytes of pages the commits since the last durable one may have written (each op a
-    /// [`PAGE_BYTES`] page plus its own bytes) after which a write's commit is made durable, so
+    /// [`REDB_PAGE_BYTES`] page plus its own bytes) after which a write's commit is made durable, so
     /// that the pages they replaced are freed; `u64::MAX`: only flushes are.
     pub durable_every_bytes: u64,
     /// Whether durable commits save the allocator state, so that reopening after a crash is
@@ -196,7 +196,7 @@ impl Storage for RedbStorage {
         if batch.is_empty() {
             return Ok(());
         }
-        let bytes = (batch.approximate_bytes() as u64).saturating_add(batch.len() as u64 * PAGE_BYTES);
+        let bytes = (batch.approximate_bytes() as u64).saturating_add(batch.len() as u64 * REDB_PAGE_BYTES);
         let undurable = self.undurable_bytes.fetch_add(bytes, Ordering::AcqRel).saturating_add(bytes);
         let durable = undurable >= self.options.durable_every_bytes;
         let mut txn = self.db.begin_write().map_err(engine)?;
