@@ -29,7 +29,7 @@ pub mod threads;
 pub use format::{check_format_version, FormatOutcome, Migration, RESERVED_PREFIX};
 pub use memory::MemoryStorage;
 pub use redb_store::{RedbOptions, RedbStorage, REDB_FILE, REDB_PAGE_BYTES};
-pub use sled_store::{SledOptions, SledStorage, VALUE_LOG_MIN_BYTES};
+pub use sled_store::{SledOptions, SledStorage, SLED_BATCH_KEYS_PREFERRED_MAX, VALUE_LOG_MIN_BYTES};
 pub use threads::{ThreadHandle, ThreadSpawner};
 
 use thiserror::Error;
@@ -204,6 +204,13 @@ pub trait Storage: Send + Sync + 'static {
     fn last_in_range(&self, start: &[u8], end: Option<&[u8]>) -> Result<Option<(Key, Value)>, StorageError> {
         self.range(start, end, Direction::Reverse).next().transpose()
     }
+
+    /// The most keys this engine takes well in one batch, if it has such a limit (sled's
+    /// memory grows with the size of its batches): writers that can split their work at a
+    /// boundary of their own write at most about this many keys per batch. `None`: any size.
+    fn batch_keys_preferred_max(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// The smallest key greater than every key starting with `prefix`, or `None` if there is
@@ -293,5 +300,9 @@ impl<T: Storage + ?Sized> Storage for std::sync::Arc<T> {
 
     fn flush(&self) -> Result<(), StorageError> {
         (**self).flush()
+    }
+
+    fn batch_keys_preferred_max(&self) -> Option<usize> {
+        (**self).batch_keys_preferred_max()
     }
 }

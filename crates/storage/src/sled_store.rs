@@ -48,6 +48,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// The most keys a sled batch should carry ([`Storage::batch_keys_preferred_max`]).
+pub const SLED_BATCH_KEYS_PREFERRED_MAX: usize = 2048;
+
 /// Values of at least this many bytes go to the value log, by default.
 pub const VALUE_LOG_MIN_BYTES: usize = 4096;
 
@@ -406,6 +409,12 @@ impl Storage for SledStorage {
 
     fn write(&self, batch: Batch) -> Result<(), StorageError> {
         noting_disk_failure(self.write_batch(batch))
+    }
+
+    /// sled 0.34's memory grows with batch size far beyond its cache (docs/decisions.md,
+    /// "Storage": 1.2M small keys took 229 MB in 200-key batches, 2.6 GB in 2,000-key ones).
+    fn batch_keys_preferred_max(&self) -> Option<usize> {
+        Some(SLED_BATCH_KEYS_PREFERRED_MAX)
     }
 
     fn flush(&self) -> Result<(), StorageError> {

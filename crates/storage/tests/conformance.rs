@@ -438,3 +438,15 @@ fn an_engine_refuses_the_other_engines_directory() {
     assert!(err.contains("holds a redb database"), "{err}");
     drop(sled.open(sled_dir.path()).unwrap());
 }
+
+/// Only sled asks writers to keep batches small.
+#[test]
+fn only_sled_prefers_small_batches() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sled = SledStorage::open(a.path()).unwrap();
+    assert_eq!(sled.batch_keys_preferred_max(), Some(keyraft_storage::SLED_BATCH_KEYS_PREFERRED_MAX));
+    assert_eq!(RedbStorage::open(b.path()).unwrap().batch_keys_preferred_max(), None);
+    assert_eq!(MemoryStorage::new().batch_keys_preferred_max(), None);
+    let shared: std::sync::Arc<dyn Storage> = std::sync::Arc::new(sled);
+    assert_eq!(shared.batch_keys_preferred_max(), Some(2048));
+}

@@ -201,9 +201,10 @@ fn set_current_generation(dir: &Path, generation: u64) -> Result<(), StorageErro
     std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io("syncing the state directory"))
 }
 
-/// Deferred storage writes (keys) at which an apply call writes them before going on, by
-/// default.
-pub const DEFERRED_WRITES_MAX: usize = 2048;
+/// Deferred storage writes (keys) at which an apply call writes them before going on, on an
+/// engine with no preferred batch size ([`Storage::batch_keys_preferred_max`]): a bound on the
+/// call's own memory, not the engine's.
+pub const DEFERRED_WRITES_MAX: usize = 65_536;
 
 impl StateMachineStore {
     /// Opens the state at `location` for `config`; snapshots go to `snapshot_dir`.
@@ -217,6 +218,7 @@ impl StateMachineStore {
             }
         };
         let store = open_generation(&location, generation)?;
+        let deferred_writes_max = store.batch_keys_preferred_max().unwrap_or(DEFERRED_WRITES_MAX);
         let signatures = Arc::new(VerifiedSignatures::default());
         let machine = StateMachine::open(store, config.clone())?.with_signature_memo(signatures.clone());
         let applied = Applied {
@@ -225,15 +227,7 @@ impl StateMachineStore {
         };
         let shared =
             Arc::new(SharedState { machine: RwLock::new(machine), effects: Effects::new(applied), signatures });
-        Ok(Self {
-            shared,
-            location,
-            generation,
-            snapshot_dir,
-            config,
-            deferred_writes_max: DEFERRED_WRITES_MAX,
-            metrics: None,
-        })
+        Ok(Self { shared, location, generation, snapshot_dir, config, deferred_writes_max, metrics: None })
     }
 
     /// Records epoch apply times and sizes in `metrics`.
@@ -248,7 +242,8 @@ impl StateMachineStore {
     }
 
     /// Writes deferred updates once this many storage writes are pending in an apply call
-    /// (default [`DEFERRED_WRITES_MAX`]); tests lower it to split calls at every entry.
+    /// (default: the engine's preferred batch size, else [`DEFERRED_WRITES_MAX`]); tests lower
+    /// it to split calls at every entry.
     pub fn set_deferred_writes_max(&mut self, writes: usize) {
         self.deferred_writes_max = writes;
     }
@@ -418,7 +413,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             last = Some(index);
             // A replica catching up applies thousands of entries per call; one storage batch
             // for all of them would make sled hold gigabytes (its memory grows with the size
-            // of its batches). Writing at an entry boundary is what a shorter call would do.
+            // of its batches), so an engine names the batch size it takes well. Writing at an
+            // entry boundary is what a shorter call would do.
             if self.shared.read().deferred_writes() >= self.deferred_writes_max {
                 self.write_lock().write_deferred().map_err(|e| sm_err(ErrorVerb::Write, e))?;
             }
