@@ -28,7 +28,7 @@
 //! The engine format is recorded in the table `keyraft-engine` (key `format`, u32 BE), out of
 //! sight of the store's keys.
 
-use crate::{Batch, BatchOp, Direction, KeyIter, RangeIter, Storage, StorageError, Value};
+use crate::{Batch, BatchOp, Direction, RangeIter, Storage, StorageError, Value};
 use redb::{Database, Durability, TableDefinition};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -186,10 +186,6 @@ impl Storage for RedbStorage {
             (Ok(r), Direction::Forward) => Box::new(r.map(owned)),
             (Ok(r), Direction::Reverse) => Box::new(r.rev().map(owned)),
         }
-    }
-
-    fn range_keys(&self, start: &[u8], end: Option<&[u8]>) -> KeyIter<'_> {
-        Box::new(self.range(start, end, Direction::Forward).map(|r| r.map(|(k, _)| k)))
     }
 
     fn write(&self, batch: Batch) -> Result<(), StorageError> {

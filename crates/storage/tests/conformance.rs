@@ -14,39 +14,32 @@ fn memory_conforms() {
     run_conformance_suite(MemoryStorage::new);
 }
 
-#[test]
-fn sled_conforms() {
+/// The conformance suite on a disk engine, each case in a fresh directory kept until the end.
+fn disk_conforms<S: Storage>(open: impl Fn(&std::path::Path) -> S) {
     let dirs = std::sync::Mutex::new(Vec::new());
     run_conformance_suite(|| {
         let dir = tempfile::tempdir().unwrap();
-        let s = SledStorage::open(dir.path()).unwrap();
+        let s = open(dir.path());
         dirs.lock().unwrap().push(dir);
         s
     });
 }
 
 #[test]
+fn sled_conforms() {
+    disk_conforms(|dir| SledStorage::open(dir).unwrap());
+}
+
+#[test]
 fn redb_conforms() {
-    let dirs = std::sync::Mutex::new(Vec::new());
-    run_conformance_suite(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let s = RedbStorage::open(dir.path()).unwrap();
-        dirs.lock().unwrap().push(dir);
-        s
-    });
+    disk_conforms(|dir| RedbStorage::open(dir).unwrap());
 }
 
 /// Commits made durable by the byte count behave as any other.
 #[test]
 fn redb_conforms_with_every_write_durable() {
-    let dirs = std::sync::Mutex::new(Vec::new());
-    run_conformance_suite(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let options = RedbOptions { durable_every_bytes: 1, ..RedbOptions::default() };
-        let s = RedbStorage::open_with(dir.path(), options).unwrap();
-        dirs.lock().unwrap().push(dir);
-        s
-    });
+    let options = RedbOptions { durable_every_bytes: 1, ..RedbOptions::default() };
+    disk_conforms(|dir| RedbStorage::open_with(dir, options).unwrap());
 }
 
 #[test]
