@@ -83,7 +83,7 @@ impl TreeFixture {
     /// # Panics
     /// If the store fails.
     pub fn root_at(&self, epoch: u64) -> Digest {
-        tree::root_at(self.store.as_ref(), epoch).expect("memory store")
+        tree::root_at(self.store.as_ref(), &self.cache, epoch).expect("memory store")
     }
 
     /// A proof for `index` at `epoch`.
@@ -91,7 +91,16 @@ impl TreeFixture {
     /// # Panics
     /// If the store fails.
     pub fn prove(&self, epoch: u64, index: &Index) -> TreeProof {
-        tree::prove(self.store.as_ref(), epoch, index).expect("memory store")
+        tree::prove(self.store.as_ref(), &self.cache, epoch, index).expect("memory store")
+    }
+
+    /// A proof for `index` at `epoch` from storage alone (as after a restart, or for an
+    /// epoch whose pages were all rewritten since).
+    ///
+    /// # Panics
+    /// If the store fails.
+    pub fn prove_from_storage(&self, epoch: u64, index: &Index) -> TreeProof {
+        tree::prove(self.store.as_ref(), &tree::PageCache::default(), epoch, index).expect("memory store")
     }
 
     /// The root of a compressed tree holding exactly `model`, computed from scratch.

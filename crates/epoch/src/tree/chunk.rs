@@ -41,7 +41,7 @@ fn chunk_key(epoch: u64, chunk: u32) -> Vec<u8> {
 pub(super) fn read_root(store: &dyn Storage, epoch: u64) -> Result<Page, StateError> {
     let bytes =
         store.get(&root_key(epoch))?.ok_or_else(|| corrupt(format!("root page of epoch {epoch} is missing")))?;
-    Page::decode(&bytes)
+    Page::decode_stored(&bytes, 0, epoch)
 }
 
 /// The bytes of the page version at `at`, reading its chunk unless `chunks` has it.
@@ -119,7 +119,7 @@ impl ChunkStream {
     /// Appends a finished page version and returns where it is.
     pub(super) fn emit(&mut self, id: PageId, page: &Page) -> Location {
         let class = usize::from(id.0).min(CLASSES - 1);
-        let bytes = page.encode();
+        let bytes = page.encode_stored(usize::from(id.0), self.epoch);
         let chunk = self.number(class);
         let open = &mut self.open[class];
         if open.capacity() == 0 {
@@ -127,7 +127,7 @@ impl ChunkStream {
         }
         let at = Location { epoch: self.epoch, chunk, offset: open.len() as u32, len: bytes.len() as u32 };
         open.extend_from_slice(&bytes);
-        self.written.push((id, Arc::new(bytes)));
+        self.written.push((id, (self.epoch, Arc::new(page.encode()))));
         if self.open[class].len() >= CHUNK_BYTES_TARGET {
             let chunk = std::mem::take(&mut self.open[class]);
             self.full.push((self.number(class), chunk));

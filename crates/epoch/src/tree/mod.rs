@@ -40,8 +40,11 @@
 //! ## Why pages
 //!
 //! Pages make an epoch cheap: applying 10k updates to a million entries writes about 25k
-//! pages (19 MB) instead of 130k nodes, and a proof reads about six pages instead of twenty
-//! nodes. An epoch is applied as one sorted batch: a single descent from the root touches
+//! pages instead of 130k nodes, and a proof reads about six pages instead of twenty nodes.
+//! Pages are stored compact (`page` has both layouts): only the leaves and the hashes at a
+//! page's lower boundary, about half the bytes of spelling out every interior node; reading a
+//! page from storage rehashes its interior nodes (at most 15 hashes), while the
+//! [`PageCache`] keeps pages expanded so that applying an epoch hashes only what changed. An epoch is applied as one sorted batch: a single descent from the root touches
 //! each affected node once and hashes it once, and rewrites each touched page while it is
 //! inside it, encoding the page when it leaves (children first, so a parent is encoded with
 //! its children's new locations). The sixteen subtrees under the root page are independent:
@@ -65,7 +68,8 @@
 //!
 //! ## Files
 //!
-//! - `page`: the page layout, node slots, the page codec and page identities;
+//! - `page`: the page layouts (expanded in memory, compact in storage), node slots, the page
+//!   codecs and page identities;
 //! - `chunk`: the storage keys, packing an epoch's pages into chunk streams, reading a page
 //!   version back from its location;
 //! - `cache`: the newest page versions kept in memory for the next epoch;
@@ -83,7 +87,7 @@ mod read;
 mod tests;
 mod write;
 
-pub use cache::{PageCache, WrittenPages};
+pub use cache::{PageCache, PageVersion, WrittenPages};
 pub use page::PageId;
 pub use prune::{garbage_before, reachable_chunks, Garbage};
 pub use read::{prove, root_at};

@@ -46,8 +46,8 @@ fn reachable(store: &dyn Storage, epoch: u64) -> Result<(HashSet<(u64, u32)>, us
     let mut reached = HashSet::new();
     let mut chunks = HashMap::new();
     let mut pages = 1;
-    let mut pending: Vec<Location> = root.children.iter().map(|(_, at)| *at).collect();
-    while let Some(at) = pending.pop() {
+    let mut pending: Vec<(usize, Location)> = root.children.iter().map(|(_, at)| (1, *at)).collect();
+    while let Some((stratum, at)) = pending.pop() {
         if at.epoch > epoch {
             return Err(corrupt(format!("a page of epoch {epoch}'s tree points to a version of epoch {}", at.epoch)));
         }
@@ -55,9 +55,9 @@ fn reachable(store: &dyn Storage, epoch: u64) -> Result<(HashSet<(u64, u32)>, us
         if chunks.len() >= WALK_CHUNKS_CACHED_MAX {
             chunks.clear();
         }
-        let page = Page::decode(read_location(store, &mut chunks, at)?)?;
+        let children = Page::decode_stored_children(read_location(store, &mut chunks, at)?, stratum, at.epoch)?;
         pages += 1;
-        pending.extend(page.children.iter().map(|(_, child)| *child));
+        pending.extend(children.iter().map(|(_, child)| (stratum + 1, *child)));
     }
     Ok((reached, pages))
 }

@@ -54,14 +54,27 @@ fn threads_and_cold_caches_write_identical_epochs() {
         assert!(results.windows(2).all(|w| w[0] == w[1]), "epoch {epoch}: setups disagree");
         let leaves: Vec<(Index, Digest)> = model.iter().map(|(i, v)| (*i, *v)).collect();
         assert_eq!(results[0].0, reference_root(0, &leaves), "epoch {epoch}: root differs from the model");
-        for (store, _) in &stores {
-            assert_eq!(root_at(store, epoch).unwrap(), results[0].0);
+        for (store, cache) in &stores {
+            assert_eq!(root_at(store, cache, epoch).unwrap(), results[0].0);
+            assert_eq!(root_at(store, &PageCache::default(), epoch).unwrap(), results[0].0);
+        }
+        // Proofs of every epoch so far agree whether the cache serves the pages it holds of
+        // that epoch's tree (written then or before) or storage serves them all.
+        let (store, cache) = &stores[0];
+        for past in 1..=epoch {
+            for index in model.keys().step_by(211) {
+                assert_eq!(
+                    prove(store, cache, past, index).unwrap(),
+                    prove(store, &PageCache::default(), past, index).unwrap(),
+                    "epoch {past} proven after epoch {epoch}"
+                );
+            }
         }
     }
     // Every leaf is provable from storage alone, at the last epoch.
     let (store, _) = &stores[2];
     for (index, value) in model.iter().step_by(97) {
-        let proof = prove(store, 6, index).unwrap();
+        let proof = prove(store, &PageCache::default(), 6, index).unwrap();
         assert_eq!(proof.terminal, Terminal::Leaf { value: *value });
     }
 }
@@ -126,9 +139,14 @@ fn pruning_keeps_every_tree_from_the_horizon_on() {
             pruned_cache.clear();
         }
         for e in horizon.max(1)..=epoch {
-            assert_eq!(root_at(&pruned, e).unwrap(), root_at(&full, e).unwrap(), "root of epoch {e}");
+            let cold = PageCache::default();
+            assert_eq!(root_at(&pruned, &cold, e).unwrap(), root_at(&full, &cold, e).unwrap(), "root of epoch {e}");
             for index in indexes.iter().step_by(53).chain([&Index([0x5a; 32])]) {
-                assert_eq!(prove(&pruned, e, index).unwrap(), prove(&full, e, index).unwrap(), "epoch {e}");
+                assert_eq!(
+                    prove(&pruned, &cold, e, index).unwrap(),
+                    prove(&full, &cold, e, index).unwrap(),
+                    "epoch {e}"
+                );
             }
         }
     }

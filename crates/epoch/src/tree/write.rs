@@ -77,9 +77,8 @@ pub(crate) fn apply_epoch_with(
         stream.finish(batch, &mut written);
     }
     assert!(d.out.is_empty(), "only subtrees write chunks");
-    let bytes = root.encode();
-    batch.put(root_key(epoch), bytes.clone());
-    written.push((ROOT_PAGE, Arc::new(bytes)));
+    batch.put(root_key(epoch), root.encode_stored(0, epoch));
+    written.push((ROOT_PAGE, (epoch, Arc::new(root.encode()))));
     Ok((hash, written))
 }
 
@@ -118,7 +117,9 @@ impl<'a> Descent<'a> {
         }
         match at {
             None => Ok(Page::default()),
-            Some(at) => Page::decode(read_location(self.store, &mut self.chunks, at)?),
+            Some(at) => {
+                Page::decode_stored(read_location(self.store, &mut self.chunks, at)?, usize::from(id.0), at.epoch)
+            }
         }
     }
 

@@ -197,13 +197,13 @@ impl<S: Storage> StateMachine<S> {
             }
         }
         self.check_tree_kept(epoch)?;
-        tree::root_at(&self.store, epoch)
+        tree::root_at(&self.store, &self.pages, epoch)
     }
 
     /// The tree proof for `index` in the tree of `epoch`; [`StateError::Pruned`] if
     /// retention pruned it (reading it anyway would find no root page and prove an empty tree).
     pub fn tree_proof(&self, epoch: u64, index: &Index) -> Result<TreeProof, StateError> {
         self.check_tree_kept(epoch)?;
-        tree::prove(&self.store, epoch, index)
+        tree::prove(&self.store, &self.pages, epoch, index)
     }
 }
