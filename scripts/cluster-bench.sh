@@ -27,3 +27,12 @@ echo "largest epoch applies (updates, ms) per replica:"
 for log in "$DIR"/realm/logs/node-*.log; do
   echo "  $(basename "$log"): $(grep -o 'epoch applied.*' "$log"| sort -t= -k3 -n | tail -1)"
 done
+# Disk: allocated blocks (holes punched in sled's value log count as freed), per replica part.
+echo "data directories (MiB allocated: state, Raft log, snapshots):"
+for node in "$DIR"/realm/data/*/; do
+  parts=""
+  for part in state log snapshots; do
+    [ -d "$node$part" ] && parts="$parts $part $(du -s --block-size=1M "$node$part" | cut -f1)"
+  done
+  echo "  $(basename "$node"):$parts"
+done
