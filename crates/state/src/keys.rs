@@ -6,7 +6,8 @@
 //! | prefix | key                                   | value                                  |
 //! |--------|---------------------------------------|----------------------------------------|
 //! | `m`    | `m` + name                            | state metadata (applied log position, epoch state, realm config) |
-//! | `t`    | `t` + epoch (u64) + stratum (u8) + prefix | a tree page version written in `epoch` |
+//! | `t`    | `t` + epoch (u64) + 0                 | the epoch's tree root page (`keyraft_epoch::tree`) |
+//! | `t`    | `t` + epoch (u64) + 1 + chunk (u32)   | a chunk of the other page versions written in `epoch` |
 //! | `u`    | `u` + index + epoch (u64)             | the update to `index` in `epoch` (staged while `epoch` is open) |
 //! | `e`    | `e` + epoch (u64) + index             | the entry hash: the indexes updated in `epoch` |
 //! | `h`    | `h` + epoch (u64)                     | the epoch's head bytes                 |
