@@ -25,7 +25,7 @@ pub struct PageCache {
 impl PageCache {
     /// The newest version of page `id`.
     pub(super) fn get(&self, id: &PageId) -> Option<Arc<Vec<u8>>> {
-        self.pages.lock().ok()?.get(id).map(|(_, bytes)| bytes.clone())
+        self.version(id).map(|(_, bytes)| bytes)
     }
 
     /// The newest version of page `id` and the epoch it was written in.

@@ -39,9 +39,13 @@ fn chunk_key(epoch: u64, chunk: u32) -> Vec<u8> {
 }
 
 pub(super) fn read_root(store: &dyn Storage, epoch: u64) -> Result<Page, StateError> {
-    let bytes =
-        store.get(&root_key(epoch))?.ok_or_else(|| corrupt(format!("root page of epoch {epoch} is missing")))?;
-    Page::decode_stored(&bytes, 0, epoch)
+    read_root_if_applied(store, epoch)?.ok_or_else(|| corrupt(format!("root page of epoch {epoch} is missing")))
+}
+
+/// The root page of `epoch`; `None` if `epoch` was never applied (every applied epoch writes
+/// one).
+pub(super) fn read_root_if_applied(store: &dyn Storage, epoch: u64) -> Result<Option<Page>, StateError> {
+    store.get(&root_key(epoch))?.map(|bytes| Page::decode_stored(&bytes, 0, epoch)).transpose()
 }
 
 /// The bytes of the page version at `at`, reading its chunk unless `chunks` has it.

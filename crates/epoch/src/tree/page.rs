@@ -280,6 +280,10 @@ impl Page {
     /// The page as stored (in a chunk, or under its epoch's root key), as a page of `stratum`
     /// written in `epoch`: compact when it can be, expanded otherwise.
     pub(super) fn encode_stored(&self, stratum: usize, epoch: u64) -> Vec<u8> {
+        #[cfg(test)]
+        if STORE_EXPANDED.with(std::cell::Cell::get) {
+            return self.encode();
+        }
         match self.encode_compact(epoch) {
             Some(bytes) => {
                 debug_assert!(
@@ -289,9 +293,8 @@ impl Page {
                 bytes
             }
             None => {
-                let mut bytes = self.encode();
+                let bytes = self.encode();
                 debug_assert_eq!(bytes.first(), Some(&STORED_EXPANDED));
-                bytes.shrink_to_fit();
                 bytes
             }
         }
@@ -383,6 +386,12 @@ impl Page {
             _ => Page::decode_stored(bytes, stratum, epoch).map(|p| p.children),
         }
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests set it to write pages as builds before the compact layout did (on this thread).
+    pub(super) static STORE_EXPANDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// The slot positions (as a mask like the leaf mask) that must hold interior nodes: every

@@ -2,7 +2,7 @@
 //! reads from that epoch's root page down.
 
 use super::cache::PageCache;
-use super::chunk::{read_location, root_key};
+use super::chunk::{read_location, read_root_if_applied};
 use super::page::{page_id, parent_of, slot, Node, Page, PageId, ROOT_PAGE};
 use crate::error::{corrupt, StateError};
 use keyraft_core::tree::{empty_hash, Terminal, TreeProof};
@@ -43,10 +43,7 @@ impl<'a> Pages<'a> {
             // applied, read as the empty tree.
             match self.cache.version(&id) {
                 Some((written, bytes)) if written == self.epoch => Page::decode(&bytes)?,
-                _ => match self.store.get(&root_key(self.epoch))? {
-                    None => Page::default(),
-                    Some(bytes) => Page::decode_stored(&bytes, 0, self.epoch)?,
-                },
+                _ => read_root_if_applied(self.store, self.epoch)?.unwrap_or_default(),
             }
         } else if let Some((_, bytes)) = self.cache.version(&id).filter(|(written, _)| *written <= self.epoch) {
             Page::decode(&bytes)?

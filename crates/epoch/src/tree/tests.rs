@@ -160,3 +160,64 @@ fn pruning_keeps_every_tree_from_the_horizon_on() {
         |s: &MemoryStorage| s.range(b"t", Some(b"u"), Direction::Forward).map(|r| r.unwrap().1.len()).sum::<usize>();
     assert!(size(&pruned) * 2 < size(&full), "pruned {} of {} bytes", size(&pruned), size(&full));
 }
+
+/// A store written before pages were stored compact (every page expanded) upgrades in place:
+/// later epochs write compact pages that point at expanded ones, after a restart (cold cache),
+/// and every epoch's root and proofs stay the model's, with and without the cache, also after
+/// retention pruned the oldest trees.
+#[test]
+fn a_store_of_expanded_pages_upgrades_in_place() {
+    use super::page::STORE_EXPANDED;
+    use super::prune::garbage_before;
+    use keyraft_storage::{MemoryStorage, Storage as _};
+    use rand::{Rng, SeedableRng};
+    use std::collections::BTreeMap;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    let (store, cache) = (MemoryStorage::new(), PageCache::default());
+    let mut model: BTreeMap<Index, Digest> = BTreeMap::new();
+    let mut roots = Vec::new();
+    for epoch in 1..=6u64 {
+        // Epochs 1-3 as the old build wrote them; a restart; epochs 4-6 compact.
+        STORE_EXPANDED.with(|s| s.set(epoch <= 3));
+        if epoch == 4 {
+            cache.clear();
+        }
+        let mut updates: BTreeMap<Index, Digest> = (0..600).map(|_| (Index(rng.gen()), rng.gen())).collect();
+        let existing: Vec<Index> = model.keys().copied().collect();
+        for _ in 0..existing.len().min(150) {
+            updates.insert(existing[rng.gen_range(0..existing.len())], rng.gen());
+        }
+        let updates: Vec<(Index, Digest)> = updates.into_iter().collect();
+        model.extend(updates.iter().copied());
+        let mut batch = Batch::new();
+        let (root, written) =
+            apply_epoch_with(&store, &cache, (epoch > 1).then(|| epoch - 1), epoch, &updates, &mut batch, 1).unwrap();
+        store.write(batch).unwrap();
+        cache.commit(written);
+        let leaves: Vec<(Index, Digest)> = model.iter().map(|(i, v)| (*i, *v)).collect();
+        assert_eq!(root, reference_root(0, &leaves), "epoch {epoch}");
+        roots.push((root, model.clone()));
+    }
+    STORE_EXPANDED.with(|s| s.set(false));
+    let layout = |e: u64| store.get(&super::chunk::root_key(e)).unwrap().unwrap()[0];
+    assert_eq!((layout(3), layout(4)), (0, 1), "epochs 1-3 expanded, 4-6 compact");
+    let check = |from: u64| {
+        for (e, (root, leaves)) in (1..=6u64).zip(&roots).skip(from as usize - 1) {
+            assert_eq!(root_at(&store, &PageCache::default(), e).unwrap(), *root, "root of epoch {e}");
+            for (index, value) in leaves.iter().step_by(41) {
+                let cold = prove(&store, &PageCache::default(), e, index).unwrap();
+                assert_eq!(cold.terminal, Terminal::Leaf { value: *value }, "epoch {e}");
+                assert_eq!(prove(&store, &cache, e, index).unwrap(), cold, "epoch {e}");
+            }
+        }
+    };
+    check(1);
+    let garbage = garbage_before(&store, 5).unwrap();
+    assert!(garbage.chunks > 0);
+    let mut batch = Batch::new();
+    for key in &garbage.keys {
+        batch.delete(key.clone());
+    }
+    store.write(batch).unwrap();
+    check(5);
+}
