@@ -8,7 +8,8 @@ use keyraft_core::{Command, EpochHead};
 use keyraft_proto::convert::encode_log_entry;
 use keyraft_proto::pb::keyraft_client::KeyraftClient;
 use keyraft_proto::pb::GetEpochRequest;
-use keyraft_proto::peer::ForwardRequest;
+use keyraft_proto::peer::{ForwardBatchRequest, ForwardOutcome, ForwardRequest};
+use keyraft_server::raft::types::ApplyResponse;
 use keyraft_tests::{data_dir, keyraft_bin, serial, wait_for, Realm};
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -73,6 +74,92 @@ fn a_forwarded_epoch_delimiter_is_refused_and_heads_keep_the_leaders_clock() {
     let follower = (leader + 1) % 3;
     let owner = SigningKey::generate(&mut rand::rngs::OsRng);
     rt.block_on(realm.client(follower).register("alice@example.com", &owner, keys("a"))).unwrap();
+}
+
+fn code(outcome: &ForwardOutcome) -> tonic::Code {
+    tonic::Code::from_i32(outcome.code)
+}
+
+#[test]
+fn a_forwarded_batch_answers_each_command_as_forward_would_alone_and_in_order() {
+    let _s = serial();
+    let realm = Realm::start(|_| {});
+    let leader = realm.wait_leader();
+    realm.wait_ratified(leader, 2);
+    let rt = &realm.runtime;
+    let delimiter = Command::EpochDelimiter { epoch: 1_000, timestamp_ms: now_ms() };
+    // A ratification by a key that is no verifier of the realm: proposed, and refused by the step.
+    let stranger = SigningKey::generate(&mut rand::rngs::OsRng);
+    let head_1 = head(&realm, leader, 1).unwrap();
+    let ratification = Command::VerifierSignature {
+        epoch: 1,
+        verifier: keyraft_core::keys::public_key_of(&stranger),
+        signature: keyraft_core::Signature(
+            ed25519_dalek::Signer::sign(&stranger, &keyraft_core::lookup::ratification_message(&head_1)).to_bytes(),
+        ),
+    };
+    let payloads = vec![
+        encode_log_entry(&ratification),
+        encode_log_entry(&delimiter),
+        vec![0xff; 7],
+        encode_log_entry(&ratification),
+    ];
+    let mut peer = realm.replica_peer(leader);
+    let outcomes = rt.block_on(peer.forward_batch(ForwardBatchRequest { payloads })).unwrap().into_inner().outcomes;
+    assert_eq!(outcomes.len(), 4, "{outcomes:?}");
+    for k in [0, 3] {
+        assert_eq!(code(&outcomes[k]), tonic::Code::Ok, "{outcomes:?}");
+        assert!(outcomes[k].raft_log_index > 0, "{outcomes:?}");
+        let response: ApplyResponse = postcard::from_bytes(&outcomes[k].payload).unwrap();
+        assert!(matches!(response, ApplyResponse::Applied(_)), "{response:?}");
+    }
+    assert_eq!(code(&outcomes[1]), tonic::Code::PermissionDenied, "{outcomes:?}");
+    assert!(outcomes[1].message.contains("delimiter"), "{outcomes:?}");
+    assert!(outcomes[1].payload.is_empty() && outcomes[1].raft_log_index == 0, "{outcomes:?}");
+    assert_eq!(code(&outcomes[2]), tonic::Code::InvalidArgument, "{outcomes:?}");
+
+    // A follower does not lead: each command is answered UNAVAILABLE, for its forwarder to ask
+    // whoever leads now.
+    let follower = (leader + 1) % 3;
+    let mut other = realm.replica_peer(follower);
+    let outcomes = rt
+        .block_on(other.forward_batch(ForwardBatchRequest { payloads: vec![encode_log_entry(&ratification)] }))
+        .unwrap()
+        .into_inner()
+        .outcomes;
+    assert_eq!(code(&outcomes[0]), tonic::Code::Unavailable, "{outcomes:?}");
+
+    // Too many commands in one call, and the admin token, are refused whole.
+    let payloads = vec![encode_log_entry(&ratification); 513];
+    let e = rt.block_on(peer.forward_batch(ForwardBatchRequest { payloads })).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("at most 512"), "{e}");
+    let mut admin = realm.peer(leader);
+    let payloads = vec![encode_log_entry(&ratification)];
+    let e = rt.block_on(admin.forward_batch(ForwardBatchRequest { payloads })).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+
+    // Followers' clients, many at once, are answered through batches.
+    let owners: Vec<SigningKey> = (0..24).map(|_| SigningKey::generate(&mut rand::rngs::OsRng)).collect();
+    let registrations: Vec<_> = owners
+        .into_iter()
+        .enumerate()
+        .map(|(k, owner)| {
+            let client = realm.client((leader + 1 + k % 2) % 3);
+            async move { client.register(&format!("user{k}@example.com"), &owner, keys("k")).await }
+        })
+        .collect();
+    let answers: Vec<_> = rt.block_on(async {
+        let tasks: Vec<_> = registrations.into_iter().map(tokio::spawn).collect();
+        let mut answers = Vec::new();
+        for t in tasks {
+            answers.push(t.await.unwrap());
+        }
+        answers
+    });
+    for (k, a) in answers.iter().enumerate() {
+        assert!(a.is_ok(), "registration {k}: {a:?}");
+    }
 }
 
 /// Runs replica `i`'s `keyraft server`, which must exit within 30 s: its status and output.

@@ -35,6 +35,7 @@ mod blocking;
 pub mod config;
 pub mod effects;
 mod error;
+pub mod forwarder;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;

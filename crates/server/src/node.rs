@@ -4,13 +4,14 @@
 //! flight are gathered into one Raft entry (at most [`BATCH_COMMANDS_MAX`] commands and about
 //! [`BATCH_BYTES_MAX`] bytes), with at most [`BATCHES_IN_FLIGHT_MAX`] entries in flight. Under
 //! load an entry then carries many updates and costs one leader flush; an idle cluster still
-//! proposes a lone command at once.
+//! proposes a lone command at once. A follower hands its commands to the
+//! [`crate::forwarder`], which sends them to the leader in batches too.
 
 use crate::blocking::Readers;
 use crate::config::Limits;
+use crate::forwarder::Forwarder;
 use crate::lifecycle::Tasks;
 use crate::page_token::PageTokens;
-use crate::peer_client::PeerClient;
 use crate::raft::network::PeerNetwork;
 use crate::raft::sm_store::SharedState;
 use crate::raft::types::{ApplyResponse, LogCommands, NodeAddr, NodeId, Raft, COMMANDS_PER_ENTRY_MAX};
@@ -20,7 +21,6 @@ use keyraft_core::types::vrf_input;
 use keyraft_core::vrf::{VrfProof, VrfSecretKey};
 use keyraft_core::{Command, EpochHead, Index, PublicKey, RealmConfig};
 use keyraft_proto::convert::encode_log_entry;
-use keyraft_proto::peer::ForwardRequest;
 use openraft::error::{ClientWriteError, RaftError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +37,7 @@ pub const BATCH_QUEUE_MAX: usize = 8192;
 
 /// Why the batcher could not apply a command.
 #[derive(Debug)]
-enum BatchError {
+pub(crate) enum BatchError {
     /// This node does not lead; the leader, if known.
     NotLeader(Option<(NodeId, NodeAddr)>),
     Fatal(String),
@@ -70,10 +70,15 @@ impl Batcher {
         Self { tx }
     }
 
-    async fn propose(&self, bytes: Vec<u8>) -> Result<Proposed, BatchError> {
+    pub(crate) async fn propose(&self, bytes: Vec<u8>) -> Result<Proposed, BatchError> {
+        self.submit(bytes).await?.await.map_err(|_| BatchError::Fatal("the batcher dropped a command".into()))?
+    }
+
+    /// Queues `bytes` and returns where its answer will arrive, without waiting for it.
+    async fn submit(&self, bytes: Vec<u8>) -> Result<oneshot::Receiver<Result<Proposed, BatchError>>, BatchError> {
         let (reply, answer) = oneshot::channel();
         self.tx.send((bytes, reply)).await.map_err(|_| BatchError::Fatal("the batcher stopped".into()))?;
-        answer.await.map_err(|_| BatchError::Fatal("the batcher dropped a command".into()))?
+        Ok(answer)
     }
 }
 
@@ -196,6 +201,24 @@ async fn leadership_lost(raft: &Raft) {
     }
 }
 
+/// The current leader of `raft` and its addresses, as that node knows them.
+pub(crate) fn current_leader(raft: &Raft) -> Option<(NodeId, NodeAddr)> {
+    // Read in place: every forwarded update asks, and the metrics are large to copy.
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let id = metrics.current_leader?;
+    let node = metrics.membership_config.membership().get_node(&id)?.clone();
+    Some((id, node))
+}
+
+/// What a refusal of this node's batcher means for a command proposed here only.
+fn local_error(e: BatchError) -> ProposeError {
+    match e {
+        BatchError::NotLeader(_) => ProposeError::NoLeader,
+        BatchError::Fatal(e) => ProposeError::Fatal(e),
+    }
+}
+
 /// Why a command could not be put into the log.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProposeError {
@@ -244,6 +267,8 @@ pub struct Node {
     pub(crate) limits: Limits,
     /// Gathers commands into Raft entries.
     batcher: Batcher,
+    /// Sends commands to the leader in batches while this node follows.
+    forwarder: Forwarder,
     /// Spawns the replica's tasks (the batcher's, the streams'), and tells them to stop.
     pub(crate) tasks: Tasks,
 }
@@ -278,7 +303,23 @@ impl Node {
             signing_keys.first().map(|(p, _)| *p).ok_or_else(|| crate::Error::config("no signing key".to_owned()))?;
         let read = ReadView::new(shared.clone(), limits.wait_ms_max, Readers::new(limits.storage_reads_max, threads));
         let batcher = Batcher::start(raft.clone(), &tasks);
-        Ok(Self { id, raft, shared, read, realm, vrf, signing_keys, signing_public, network, limits, batcher, tasks })
+        let forward_timeout = Duration::from_millis(limits.forward_timeout_ms);
+        let forwarder = Forwarder::start(id, raft.clone(), network.clone(), batcher.clone(), forward_timeout, &tasks);
+        Ok(Self {
+            id,
+            raft,
+            shared,
+            read,
+            realm,
+            vrf,
+            signing_keys,
+            signing_public,
+            network,
+            limits,
+            batcher,
+            forwarder,
+            tasks,
+        })
     }
 
     /// The realm configuration in force: the open epoch's (the realm file this node started
@@ -350,12 +391,7 @@ impl Node {
 
     /// The current leader and its addresses, as this node knows them.
     pub fn leader(&self) -> Option<(NodeId, NodeAddr)> {
-        // Read in place: every forwarded update asks, and the metrics are large to copy.
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        let id = metrics.current_leader?;
-        let node = metrics.membership_config.membership().get_node(&id)?.clone();
-        Some((id, node))
+        current_leader(&self.raft)
     }
 
     /// Whether this node is the leader.
@@ -371,14 +407,12 @@ impl Node {
         // A follower that knows the leader forwards at once: through its own batcher the
         // command would take a batch slot and a Raft write only to be refused. A stale view
         // costs what it did before: the old leader answers "no longer the leader".
-        if let Some((id, leader)) = self.leader() {
-            if id != self.id {
-                return self.forward(id, &leader, bytes).await;
-            }
+        if self.leader().is_some_and(|(id, _)| id != self.id) {
+            return self.forward(bytes).await;
         }
         match self.batcher.propose(bytes.clone()).await {
             Ok(r) => Ok(r.response),
-            Err(BatchError::NotLeader(Some((id, leader)))) if id != self.id => self.forward(id, &leader, bytes).await,
+            Err(BatchError::NotLeader(Some((id, _)))) if id != self.id => self.forward(bytes).await,
             Err(BatchError::NotLeader(_)) => Err(ProposeError::NoLeader),
             Err(BatchError::Fatal(e)) => Err(ProposeError::Fatal(e)),
         }
@@ -386,29 +420,34 @@ impl Node {
 
     /// Proposes on this node only (the leader's half of forwarding).
     pub async fn propose_local(&self, bytes: Vec<u8>) -> Result<Proposed, ProposeError> {
-        match self.batcher.propose(bytes).await {
-            Ok(r) => Ok(r),
-            Err(BatchError::NotLeader(_)) => Err(ProposeError::NoLeader),
-            Err(BatchError::Fatal(e)) => Err(ProposeError::Fatal(e)),
-        }
+        self.batcher.propose(bytes).await.map_err(local_error)
     }
 
-    async fn forward(&self, id: NodeId, leader: &NodeAddr, bytes: Vec<u8>) -> Result<ApplyResponse, ProposeError> {
-        let fail = |message: String| ProposeError::Forward { leader: leader.public_addr.clone(), message };
-        let mut client: PeerClient = self.network.client_for(id, &leader.peer_addr).map_err(|e| fail(e.to_string()))?;
-        let mut request = tonic::Request::new(ForwardRequest { payload: bytes });
+    /// Proposes `commands` on this node only, all queued before any is waited for, so that
+    /// they share Raft entries (the leader's half of a forwarded batch). One answer each, in
+    /// order.
+    pub(crate) async fn propose_local_all(&self, commands: Vec<Vec<u8>>) -> Vec<Result<Proposed, ProposeError>> {
+        let mut queued = Vec::with_capacity(commands.len());
+        for bytes in commands {
+            queued.push(self.batcher.submit(bytes).await);
+        }
+        let mut answers = Vec::with_capacity(queued.len());
+        for answer in queued {
+            let answer = match answer {
+                Ok(answer) => {
+                    answer.await.unwrap_or_else(|_| Err(BatchError::Fatal("the batcher dropped a command".into())))
+                }
+                Err(e) => Err(e),
+            };
+            answers.push(answer.map_err(local_error));
+        }
+        answers
+    }
+
+    /// Forwards through the forwarder (in a batch with the commands proposed meanwhile).
+    async fn forward(&self, bytes: Vec<u8>) -> Result<ApplyResponse, ProposeError> {
         let timeout = Duration::from_millis(self.limits.forward_timeout_ms);
-        request.set_timeout(timeout);
-        let reply = match client.forward(request).await {
-            Ok(reply) => reply.into_inner(),
-            Err(status) if status.code() == tonic::Code::Unavailable => {
-                tracing::debug!(leader = %leader.peer_addr, message = status.message(), "forward failed");
-                return Err(ProposeError::NoLeader);
-            }
-            Err(status) => return Err(fail(format!("{}: {}", status.code(), status.message()))),
-        };
-        let response: ApplyResponse = postcard::from_bytes(&reply.payload)
-            .map_err(|e| fail(format!("undecodable reply from the leader: {e}")))?;
+        let reply = self.forwarder.forward(bytes).await?;
         // The leader answers once it applied the command; this replica may not have yet, and
         // its client, told "taken", may ask it next (a status said UNKNOWN: found by CI).
         if !self.read.wait_applied(reply.raft_log_index, timeout).await {
@@ -419,6 +458,6 @@ impl Node {
                 "a forwarded command is committed but not applied here in time; answering anyway"
             );
         }
-        Ok(response)
+        Ok(reply.response)
     }
 }

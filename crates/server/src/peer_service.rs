@@ -10,7 +10,8 @@
 //! CA, and a leaked node key alone does not make its holder a member (docs/decisions.md).
 
 use crate::acceptor::ClientCertificate;
-use crate::node::{Node, ProposeError};
+use crate::forwarder::FORWARD_BATCH_COMMANDS_MAX;
+use crate::node::{Node, ProposeError, Proposed};
 use crate::peer_client::PeerClient;
 use crate::raft::types::{NodeAddr, NodeId, TypeConfig};
 use crate::tls::client_identity;
@@ -18,8 +19,9 @@ use keyraft_core::Command;
 use keyraft_proto::convert::decode_log_entry;
 use keyraft_proto::peer::peer_server::Peer;
 use keyraft_proto::peer::{
-    AdminReply, BackupRequest, ChangeVotersRequest, ForwardReply, ForwardRequest, InitRequest, NodeSpec, NodeStatus,
-    RaftMessage, RaftReply, StatusReply, StatusRequest, VerifierStatus,
+    AdminReply, BackupRequest, ChangeVotersRequest, ForwardBatchReply, ForwardBatchRequest, ForwardOutcome,
+    ForwardReply, ForwardRequest, InitRequest, NodeSpec, NodeStatus, RaftMessage, RaftReply, StatusReply,
+    StatusRequest, VerifierStatus,
 };
 use keyraft_proto::tls::{node_name, CertIdentity};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
@@ -256,15 +258,49 @@ impl Peer for PeerService {
             ));
         }
         check_forwardable(&payload)?;
-        match self.node.propose_local(payload).await {
-            Ok(r) => {
-                let payload = postcard::to_allocvec(&r.response)
-                    .map_err(|e| Status::internal(format!("encoding a reply: {e}")))?;
-                Ok(Response::new(ForwardReply { payload, raft_log_index: r.raft_log_index }))
-            }
-            Err(ProposeError::NoLeader) => Err(Status::unavailable("this node is no longer the leader")),
-            Err(e) => Err(Status::unavailable(e.to_string())),
+        let reply = forward_reply(self.node.propose_local(payload).await)?;
+        Ok(Response::new(reply))
+    }
+
+    async fn forward_batch(
+        &self,
+        request: Request<ForwardBatchRequest>,
+    ) -> Result<Response<ForwardBatchReply>, Status> {
+        require(&request, &[Role::Replica], "forward-batch")?;
+        let payloads = request.into_inner().payloads;
+        if payloads.len() > FORWARD_BATCH_COMMANDS_MAX {
+            return Err(Status::invalid_argument(format!(
+                "payloads: {} commands, at most {FORWARD_BATCH_COMMANDS_MAX} in one batch",
+                payloads.len()
+            )));
         }
+        // Each command is answered as Forward would answer it alone: one refused command
+        // leaves the others of its batch to be proposed.
+        let mut outcomes = vec![ForwardOutcome::default(); payloads.len()];
+        let mut positions = Vec::with_capacity(payloads.len());
+        let mut forwardable = Vec::with_capacity(payloads.len());
+        for (k, payload) in payloads.into_iter().enumerate() {
+            match check_forwardable(&payload) {
+                Ok(()) => {
+                    positions.push(k);
+                    forwardable.push(payload);
+                }
+                Err(status) => outcomes[k] = refused_outcome(&status),
+            }
+        }
+        let answers = self.node.propose_local_all(forwardable).await;
+        for (k, answer) in positions.into_iter().zip(answers) {
+            outcomes[k] = match forward_reply(answer) {
+                Ok(r) => ForwardOutcome {
+                    payload: r.payload,
+                    raft_log_index: r.raft_log_index,
+                    code: 0,
+                    message: String::new(),
+                },
+                Err(status) => refused_outcome(&status),
+            };
+        }
+        Ok(Response::new(ForwardBatchReply { outcomes }))
     }
 
     async fn init(&self, request: Request<InitRequest>) -> Result<Response<AdminReply>, Status> {
@@ -352,6 +388,30 @@ impl Peer for PeerService {
 /// leader's own epoch proposer, stamped with its own clock: a forwarded one would let a holder
 /// of the cluster token set the realm's clock (a delimiter ten years ahead makes every client
 /// refuse every later head, and heads never go back in time).
+/// The reply to a forwarded command: what applying it answered, or the status its forwarder
+/// maps (UNAVAILABLE: ask whoever leads now).
+fn forward_reply(proposed: Result<Proposed, ProposeError>) -> Result<ForwardReply, Status> {
+    match proposed {
+        Ok(r) => {
+            let payload =
+                postcard::to_allocvec(&r.response).map_err(|e| Status::internal(format!("encoding a reply: {e}")))?;
+            Ok(ForwardReply { payload, raft_log_index: r.raft_log_index })
+        }
+        Err(ProposeError::NoLeader) => Err(Status::unavailable("this node is no longer the leader")),
+        Err(e) => Err(Status::unavailable(e.to_string())),
+    }
+}
+
+/// A command of a forwarded batch answered with `status` alone.
+fn refused_outcome(status: &Status) -> ForwardOutcome {
+    ForwardOutcome {
+        payload: Vec::new(),
+        raft_log_index: 0,
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+    }
+}
+
 fn check_forwardable(payload: &[u8]) -> Result<(), Status> {
     match decode_log_entry(payload) {
         // A configuration change carries a replica majority's signatures, which the step
