@@ -142,7 +142,7 @@ pub async fn run_with(
         Error::DataDir { path: config.data_dir.clone(), message: format!("opening the state and snapshots: {e}") }
     })?;
     let metrics = Arc::new(crate::metrics::Metrics::new().with_data_dir(config.data_dir.clone()));
-    let sm = sm.with_metrics(metrics.clone());
+    let sm = sm.with_metrics(metrics.clone()).with_threads(threads);
     let shared = sm.shared();
     // The methods of the policy in force (the realm file's may be older) must be usable here.
     let in_force = shared.read().config().clone();

@@ -5,6 +5,7 @@ pub mod log_store;
 pub mod network;
 pub mod runtime;
 pub mod sm_store;
+pub mod snapshot_data;
 pub mod types;
 
 use keyraft_storage::StorageError;

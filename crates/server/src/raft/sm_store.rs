@@ -11,6 +11,7 @@
 //! rename: a crash at any point leaves either the old state or the new one.
 
 use super::io_err;
+use super::snapshot_data::SnapshotData;
 use super::types::{
     ApplyResponse, ApplyResponses, CommandRefused, Entry, LogId, NodeAddr, NodeId, RaftStorageError, StoredMembership,
     TypeConfig, COMMANDS_PER_ENTRY_MAX,
@@ -148,6 +149,9 @@ pub struct StateMachineStore {
     deferred_writes_max: usize,
     /// Where epoch apply times are recorded.
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Snapshot files are read and written in place, not on the blocking pool
+    /// ([`SnapshotData`]).
+    files_in_place: bool,
 }
 
 impl std::fmt::Debug for StateMachineStore {
@@ -227,13 +231,29 @@ impl StateMachineStore {
         };
         let shared =
             Arc::new(SharedState { machine: RwLock::new(machine), effects: Effects::new(applied), signatures });
-        Ok(Self { shared, location, generation, snapshot_dir, config, deferred_writes_max, metrics: None })
+        Ok(Self {
+            shared,
+            location,
+            generation,
+            snapshot_dir,
+            config,
+            deferred_writes_max,
+            metrics: None,
+            files_in_place: false,
+        })
     }
 
     /// Records epoch apply times and sizes in `metrics`.
     #[must_use]
     pub fn with_metrics(self, metrics: Arc<crate::metrics::Metrics>) -> Self {
         Self { metrics: Some(metrics), ..self }
+    }
+
+    /// Reads and writes snapshot files in place where `threads` runs blocking work in place
+    /// (a simulation on one thread: see [`SnapshotData`]).
+    #[must_use]
+    pub fn with_threads(self, threads: &keyraft_storage::ThreadSpawner) -> Self {
+        Self { files_in_place: threads.in_place(), ..self }
     }
 
     /// The state shared with services and proposers.
@@ -376,6 +396,7 @@ pub struct SnapshotBuilder {
     /// The snapshot's metadata, file and last epoch.
     prepared: Result<(SnapshotMeta<NodeId, NodeAddr>, PathBuf, u64), String>,
     snapshot_dir: PathBuf,
+    files_in_place: bool,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -383,7 +404,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let (meta, path, epoch) = self.prepared.clone().map_err(|e| snap_err(ErrorVerb::Write, e))?;
         snapshot_file::set_current(&self.snapshot_dir, &meta, &path, epoch)
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
-        let file = tokio::fs::File::open(&path).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let file = SnapshotData::open(&path, self.files_in_place).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
         tracing::info!(snapshot = %meta.snapshot_id, last_log = ?meta.last_log_id, "snapshot built");
         Ok(Snapshot { meta, snapshot: Box::new(file) })
     }
@@ -451,25 +472,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             }
         }
-        SnapshotBuilder { prepared, snapshot_dir: self.snapshot_dir.clone() }
+        SnapshotBuilder { prepared, snapshot_dir: self.snapshot_dir.clone(), files_in_place: self.files_in_place }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, RaftStorageError> {
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, RaftStorageError> {
         let path = self.snapshot_dir.join(format!("{}.part", snapshot_file::new_id(None)));
-        let file = tokio::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .await
-            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        let file =
+            SnapshotData::create_new(&path, self.files_in_place).await.map_err(|e| snap_err(ErrorVerb::Write, e))?;
         Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, NodeAddr>,
-        snapshot: Box<tokio::fs::File>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), RaftStorageError> {
         let started = std::time::Instant::now();
         let mut received = snapshot.into_std().await;
@@ -490,7 +506,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         else {
             return Ok(None);
         };
-        let file = tokio::fs::File::open(&current.path).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let file =
+            SnapshotData::open(&current.path, self.files_in_place).await.map_err(|e| snap_err(ErrorVerb::Read, e))?;
         Ok(Some(Snapshot { meta: current.meta, snapshot: Box::new(file) }))
     }
 }

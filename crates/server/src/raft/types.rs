@@ -90,7 +90,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = NodeAddr,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = tokio::fs::File,
+        SnapshotData = super::snapshot_data::SnapshotData,
         AsyncRuntime = super::runtime::SeedableRuntime,
 );
 
