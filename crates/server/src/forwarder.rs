@@ -14,11 +14,11 @@
 //! `Forward` call, as before.
 
 use crate::lifecycle::Tasks;
-use crate::node::{current_leader, BatchError, Batcher, ProposeError};
+use crate::node::{current_leader, next_batch, BatchError, BatchLimits, Batcher, ProposeError};
 use crate::raft::network::PeerNetwork;
 use crate::raft::types::{ApplyResponse, NodeAddr, NodeId, Raft};
 use keyraft_proto::peer::{ForwardBatchRequest, ForwardOutcome, ForwardRequest};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -53,9 +53,8 @@ pub struct Forwarder {
 struct Link {
     raft: Raft,
     batcher: Batcher,
-    network: PeerNetwork,
+    to_leader: ToLeader,
     id: NodeId,
-    timeout: Duration,
 }
 
 impl Forwarder {
@@ -71,7 +70,7 @@ impl Forwarder {
         tasks: &Tasks,
     ) -> Self {
         let (tx, rx) = mpsc::channel(FORWARD_QUEUE_MAX);
-        let link = Link { raft, batcher, network, id, timeout };
+        let link = Link { raft, batcher, to_leader: ToLeader::new(network, timeout), id };
         tasks.spawn("forwarder", run_forwarder(link, rx, tasks.clone()));
         Self { tx }
     }
@@ -91,33 +90,8 @@ impl Forwarder {
 /// Commands still queued when the forwarder stops are answered as shutting down.
 async fn run_forwarder(link: Link, mut rx: mpsc::Receiver<(Vec<u8>, Reply)>, tasks: Tasks) {
     let slots = Arc::new(Semaphore::new(FORWARD_BATCHES_IN_FLIGHT_MAX));
-    loop {
-        let first = tokio::select! {
-            () = tasks.cancelled() => return,
-            first = rx.recv() => match first {
-                Some(first) => first,
-                None => return,
-            },
-        };
-        // Waiting for a slot first lets commands pile up behind the calls in flight.
-        let slot = tokio::select! {
-            () = tasks.cancelled() => return,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => return,
-            },
-        };
-        let mut bytes = first.0.len();
-        let mut batch = vec![first];
-        while batch.len() < FORWARD_BATCH_COMMANDS_MAX && bytes < FORWARD_BATCH_BYTES_MAX {
-            match rx.try_recv() {
-                Ok(item) => {
-                    bytes += item.0.len();
-                    batch.push(item);
-                }
-                Err(_) => break,
-            }
-        }
+    let limits = BatchLimits { commands_max: FORWARD_BATCH_COMMANDS_MAX, bytes_max: FORWARD_BATCH_BYTES_MAX };
+    while let Some((batch, slot)) = next_batch(&mut rx, &slots, &tasks, limits).await {
         let link = link.clone();
         let stopping = tasks.clone();
         tasks.spawn("forward batch", async move {
@@ -142,78 +116,111 @@ async fn run_forwarder(link: Link, mut rx: mpsc::Receiver<(Vec<u8>, Reply)>, tas
 
 /// One answer per command, in order.
 async fn send_batch(link: &Link, commands: Vec<Vec<u8>>) -> Vec<Result<Forwarded, ProposeError>> {
-    let n = commands.len();
-    let all = |e: ProposeError| (0..n).map(|_| Err(e.clone())).collect();
     let Some((id, leader)) = current_leader(&link.raft) else {
-        return all(ProposeError::NoLeader);
+        return commands.iter().map(|_| Err(ProposeError::NoLeader)).collect();
     };
     if id == link.id {
         // Elected since the commands were queued: they go into this node's own log.
         return propose_here(link, commands).await;
     }
-    let fail = |message: String| ProposeError::Forward { leader: leader.public_addr.clone(), message };
-    let mut client = match link.network.client_for(id, &leader.peer_addr) {
-        Ok(c) => c,
-        Err(e) => return all(fail(e.to_string())),
-    };
-    // Kept for the fallback: a few hundred bytes each, copied once per batch.
-    let mut request = tonic::Request::new(ForwardBatchRequest { payloads: commands.clone() });
-    request.set_timeout(link.timeout);
-    let outcomes = match client.forward_batch(request).await {
-        Ok(reply) => reply.into_inner().outcomes,
-        Err(status) if status.code() == tonic::Code::Unimplemented => {
-            // The leader's binary predates ForwardBatch: nothing of the batch was proposed.
-            tracing::debug!(leader = %leader.peer_addr, "the leader has no ForwardBatch; forwarding one by one");
-            return forward_one_by_one(link, id, &leader, commands).await;
-        }
-        Err(status) => return all(call_failed(&leader, &status)),
-    };
-    if outcomes.len() != n {
-        return all(fail(format!("the leader answered {} outcomes for {n} commands", outcomes.len())));
-    }
-    outcomes.into_iter().map(|o| outcome(&leader, o)).collect()
+    link.to_leader.forward(id, &leader, commands).await
 }
 
-/// The fallback for a leader without `ForwardBatch`: each command in its own `Forward` call,
-/// all at once (the leader's batcher gathers them into one entry as it would the batch).
-async fn forward_one_by_one(
-    link: &Link,
-    id: NodeId,
-    leader: &NodeAddr,
-    commands: Vec<Vec<u8>>,
-) -> Vec<Result<Forwarded, ProposeError>> {
-    let calls: Vec<_> = commands
-        .into_iter()
-        .map(|bytes| {
-            let (network, leader, timeout) = (link.network.clone(), leader.clone(), link.timeout);
-            tokio::spawn(async move { forward_single(&network, id, &leader, bytes, timeout).await })
-        })
-        .collect();
-    let mut answers = Vec::with_capacity(calls.len());
-    for call in calls {
-        answers.push(call.await.unwrap_or_else(|e| Err(ProposeError::Fatal(format!("a forward task failed: {e}")))));
+/// Sends batches to a leader, remembering whether it took one.
+#[derive(Clone)]
+pub(crate) struct ToLeader {
+    network: PeerNetwork,
+    timeout: Duration,
+    /// The leader that last answered a `ForwardBatch` call: its batches are not kept for the
+    /// fallback.
+    batching: Arc<Mutex<Option<NodeId>>>,
+}
+
+impl ToLeader {
+    pub(crate) fn new(network: PeerNetwork, timeout: Duration) -> Self {
+        Self { network, timeout, batching: Arc::default() }
     }
-    answers
+
+    fn batching(&self) -> std::sync::MutexGuard<'_, Option<NodeId>> {
+        self.batching.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Forwards `commands` to node `id`, which leads, in one `ForwardBatch` call, or one
+    /// `Forward` call each if it does not know `ForwardBatch`; one answer per command, in
+    /// order.
+    pub(crate) async fn forward(
+        &self,
+        id: NodeId,
+        leader: &NodeAddr,
+        commands: Vec<Vec<u8>>,
+    ) -> Vec<Result<Forwarded, ProposeError>> {
+        let n = commands.len();
+        let all = |e: ProposeError| (0..n).map(|_| Err(e.clone())).collect();
+        let fail = |message: String| ProposeError::Forward { leader: leader.public_addr.clone(), message };
+        let mut client = match self.network.client_for(id, &leader.peer_addr) {
+            Ok(c) => c,
+            Err(e) => return all(fail(e.to_string())),
+        };
+        // Until a leader is seen to take batches, a copy is kept to send one by one: a few
+        // hundred bytes a command, for the first batch after each change of leader.
+        let kept = (*self.batching() != Some(id)).then(|| commands.clone());
+        let mut request = tonic::Request::new(ForwardBatchRequest { payloads: commands });
+        request.set_timeout(self.timeout);
+        let outcomes = match client.forward_batch(request).await {
+            Ok(reply) => {
+                *self.batching() = Some(id);
+                reply.into_inner().outcomes
+            }
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                // The leader's binary predates ForwardBatch: nothing of the batch was proposed.
+                *self.batching() = None;
+                let Some(commands) = kept else {
+                    // It took batches before (a downgrade in place): the next batch is kept.
+                    return all(ProposeError::NoLeader);
+                };
+                tracing::debug!(leader = %leader.peer_addr, "the leader has no ForwardBatch; forwarding one by one");
+                return each_at_once(commands, |bytes| {
+                    let (network, leader, timeout) = (self.network.clone(), leader.clone(), self.timeout);
+                    async move { forward_single(&network, id, &leader, bytes, timeout).await }
+                })
+                .await;
+            }
+            Err(status) => return all(call_failed(leader, &status)),
+        };
+        if outcomes.len() != n {
+            return all(fail(format!("the leader answered {} outcomes for {n} commands", outcomes.len())));
+        }
+        outcomes.into_iter().map(|o| outcome(leader, o)).collect()
+    }
 }
 
 /// Proposes a batch through this node's own batcher, all at once.
 async fn propose_here(link: &Link, commands: Vec<Vec<u8>>) -> Vec<Result<Forwarded, ProposeError>> {
-    let calls: Vec<_> = commands
-        .into_iter()
-        .map(|bytes| {
-            let batcher = link.batcher.clone();
-            tokio::spawn(async move { batcher.propose(bytes).await })
-        })
-        .collect();
+    each_at_once(commands, |bytes| {
+        let batcher = link.batcher.clone();
+        async move {
+            match batcher.propose(bytes).await {
+                Ok(p) => Ok(Forwarded { response: p.response, raft_log_index: p.raft_log_index }),
+                // Deposed again: the client retries, and the next try forwards to whoever leads.
+                Err(BatchError::NotLeader(_)) => Err(ProposeError::NoLeader),
+                Err(BatchError::Fatal(e)) => Err(ProposeError::Fatal(e)),
+            }
+        }
+    })
+    .await
+}
+
+/// Runs `call` on every command at once, each in its own task (a leader's batcher gathers
+/// them into one entry as it would a batch); the answers in order.
+async fn each_at_once<F, Fut>(commands: Vec<Vec<u8>>, call: F) -> Vec<Result<Forwarded, ProposeError>>
+where
+    F: Fn(Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = Result<Forwarded, ProposeError>> + Send + 'static,
+{
+    let calls: Vec<_> = commands.into_iter().map(|bytes| tokio::spawn(call(bytes))).collect();
     let mut answers = Vec::with_capacity(calls.len());
     for call in calls {
-        answers.push(match call.await {
-            Ok(Ok(p)) => Ok(Forwarded { response: p.response, raft_log_index: p.raft_log_index }),
-            // Deposed again: the client retries, and the next try forwards to whoever leads.
-            Ok(Err(BatchError::NotLeader(_))) => Err(ProposeError::NoLeader),
-            Ok(Err(BatchError::Fatal(e))) => Err(ProposeError::Fatal(e)),
-            Err(e) => Err(ProposeError::Fatal(format!("a proposing task failed: {e}"))),
-        });
+        answers.push(call.await.unwrap_or_else(|e| Err(ProposeError::Fatal(format!("a forwarding task failed: {e}")))));
     }
     answers
 }
@@ -261,4 +268,130 @@ pub(crate) async fn forward_single(
     request.set_timeout(timeout);
     let reply = client.forward(request).await.map_err(|status| call_failed(leader, &status))?.into_inner();
     decode_reply(leader, &reply.payload, reply.raft_log_index)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use keyraft_proto::peer::peer_server::{Peer, PeerServer};
+    use keyraft_proto::peer::{
+        AdminReply, BackupRequest, ChangeVotersRequest, ForwardBatchReply, ForwardReply, InitRequest, NodeSpec,
+        RaftMessage, RaftReply, StatusReply, StatusRequest,
+    };
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tonic::{Request, Response, Status};
+
+    /// A leader that answers `Forward` (each command's Raft log index is its first byte) and,
+    /// while `batches` is off, UNIMPLEMENTED to `ForwardBatch`, as a binary older than the call.
+    #[derive(Default)]
+    struct Leader {
+        batches: Arc<AtomicBool>,
+        forwarded: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    fn applied(payload: &[u8]) -> (Vec<u8>, u64) {
+        (postcard::to_allocvec(&ApplyResponse::Internal).unwrap(), u64::from(payload[0]))
+    }
+
+    #[tonic::async_trait]
+    impl Peer for Leader {
+        async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardReply>, Status> {
+            let payload = request.into_inner().payload;
+            let (reply, raft_log_index) = applied(&payload);
+            self.forwarded.lock().unwrap().push(payload);
+            Ok(Response::new(ForwardReply { payload: reply, raft_log_index }))
+        }
+        async fn forward_batch(
+            &self,
+            request: Request<ForwardBatchRequest>,
+        ) -> Result<Response<ForwardBatchReply>, Status> {
+            if !self.batches.load(Ordering::SeqCst) {
+                return Err(Status::unimplemented("unknown method ForwardBatch"));
+            }
+            let outcomes = request
+                .into_inner()
+                .payloads
+                .iter()
+                .map(|p| {
+                    let (payload, raft_log_index) = applied(p);
+                    ForwardOutcome { payload, raft_log_index, code: 0, message: String::new() }
+                })
+                .collect();
+            Ok(Response::new(ForwardBatchReply { outcomes }))
+        }
+        async fn append_entries(&self, _: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn vote(&self, _: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn install_snapshot(&self, _: Request<RaftMessage>) -> Result<Response<RaftReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn init(&self, _: Request<InitRequest>) -> Result<Response<AdminReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn add_learner(&self, _: Request<NodeSpec>) -> Result<Response<AdminReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn change_voters(&self, _: Request<ChangeVotersRequest>) -> Result<Response<AdminReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+        type BackupStream = crate::backup::BackupStream;
+        async fn backup(&self, _: Request<BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+    }
+
+    fn indexes(answers: &[Result<Forwarded, ProposeError>]) -> Vec<Result<u64, String>> {
+        answers.iter().map(|a| a.as_ref().map(|f| f.raft_log_index).map_err(ToString::to_string)).collect()
+    }
+
+    /// A leader without `ForwardBatch` gets the batch one `Forward` per command, answered in
+    /// order; one that takes batches gets them whole; one that stops taking them (a downgrade
+    /// in place) gets its batch answered "no leader" (retryable: nothing was proposed), and the
+    /// next batch one by one again.
+    #[tokio::test]
+    async fn a_leader_without_forward_batch_gets_the_commands_one_by_one() {
+        let leader = Leader::default();
+        let (batches, forwarded) = (leader.batches.clone(), leader.forwarded.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(PeerServer::new(leader))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let network = PeerNetwork::new("token", crate::peer_client::peer_channels(None), "example.org");
+        let to_leader = ToLeader::new(network, Duration::from_secs(30));
+        let node = NodeAddr { peer_addr: addr.clone(), public_addr: addr };
+        let commands = || vec![vec![7, 1], vec![8, 2], vec![9, 3]];
+
+        let answers = to_leader.forward(2, &node, commands()).await;
+        assert_eq!(indexes(&answers), vec![Ok(7), Ok(8), Ok(9)]);
+        assert!(answers.iter().all(|a| matches!(a, Ok(f) if f.response == ApplyResponse::Internal)));
+        let mut sent = forwarded.lock().unwrap().clone();
+        sent.sort();
+        assert_eq!(sent, commands(), "each command in its own Forward call");
+
+        batches.store(true, Ordering::SeqCst);
+        forwarded.lock().unwrap().clear();
+        let answers = to_leader.forward(2, &node, commands()).await;
+        assert_eq!(indexes(&answers), vec![Ok(7), Ok(8), Ok(9)]);
+        assert!(forwarded.lock().unwrap().is_empty(), "one ForwardBatch call");
+        assert_eq!(*to_leader.batching(), Some(2));
+
+        batches.store(false, Ordering::SeqCst);
+        let answers = to_leader.forward(2, &node, commands()).await;
+        let no_leader = Err(ProposeError::NoLeader.to_string());
+        assert_eq!(indexes(&answers), vec![no_leader.clone(), no_leader.clone(), no_leader]);
+        assert!(forwarded.lock().unwrap().is_empty(), "nothing proposed");
+        let answers = to_leader.forward(2, &node, commands()).await;
+        assert_eq!(indexes(&answers), vec![Ok(7), Ok(8), Ok(9)]);
+        assert_eq!(forwarded.lock().unwrap().len(), 3);
+    }
 }

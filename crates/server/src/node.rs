@@ -24,7 +24,7 @@ use keyraft_proto::convert::encode_log_entry;
 use openraft::error::{ClientWriteError, RaftError};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Commands in one batch, at most.
 pub const BATCH_COMMANDS_MAX: usize = 512;
@@ -82,36 +82,52 @@ impl Batcher {
     }
 }
 
+/// How large a batch of commands may grow.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchLimits {
+    /// Commands, at most.
+    pub(crate) commands_max: usize,
+    /// Bytes of commands, about: a batch is closed once it reaches this.
+    pub(crate) bytes_max: usize,
+}
+
+/// The next batch of commands from `rx`, and the slot of `slots` it holds while in flight:
+/// waits for a first command, then for a slot (commands queued meanwhile pile up behind the
+/// batches in flight and join this one), then takes what is queued, up to `limits`. `None`
+/// once the queue is closed or `tasks` stop. The batcher and the forwarder gather alike.
+pub(crate) async fn next_batch<R>(
+    rx: &mut mpsc::Receiver<(Vec<u8>, R)>,
+    slots: &Arc<Semaphore>,
+    tasks: &Tasks,
+    limits: BatchLimits,
+) -> Option<(Vec<(Vec<u8>, R)>, OwnedSemaphorePermit)> {
+    let first = tokio::select! {
+        () = tasks.cancelled() => return None,
+        first = rx.recv() => first?,
+    };
+    let slot = tokio::select! {
+        () = tasks.cancelled() => return None,
+        slot = slots.clone().acquire_owned() => slot.ok()?,
+    };
+    let mut bytes = first.0.len();
+    let mut batch = vec![first];
+    while batch.len() < limits.commands_max && bytes < limits.bytes_max {
+        match rx.try_recv() {
+            Ok(item) => {
+                bytes += item.0.len();
+                batch.push(item);
+            }
+            Err(_) => break,
+        }
+    }
+    Some((batch, slot))
+}
+
 /// Commands still queued when the batcher stops get "the batcher dropped a command".
 async fn run_batcher(raft: Raft, mut rx: mpsc::Receiver<(Vec<u8>, Reply)>, tasks: Tasks) {
     let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
-    loop {
-        let first = tokio::select! {
-            () = tasks.cancelled() => return,
-            first = rx.recv() => match first {
-                Some(first) => first,
-                None => return,
-            },
-        };
-        // Waiting for a slot first lets commands pile up behind the batches in flight.
-        let slot = tokio::select! {
-            () = tasks.cancelled() => return,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => return,
-            },
-        };
-        let mut bytes = first.0.len();
-        let mut batch = vec![first];
-        while batch.len() < BATCH_COMMANDS_MAX && bytes < BATCH_BYTES_MAX {
-            match rx.try_recv() {
-                Ok(item) => {
-                    bytes += item.0.len();
-                    batch.push(item);
-                }
-                Err(_) => break,
-            }
-        }
+    let limits = BatchLimits { commands_max: BATCH_COMMANDS_MAX, bytes_max: BATCH_BYTES_MAX };
+    while let Some((batch, slot)) = next_batch(&mut rx, &slots, &tasks, limits).await {
         let raft = raft.clone();
         let stopping = tasks.clone();
         tasks.spawn("batch", async move {
