@@ -102,6 +102,27 @@ impl Canonical for Update {
 }
 
 impl Update {
+    /// The canonical bytes of the signed entry that an update's canonical bytes begin with,
+    /// found from the lengths alone: no key is decompressed and no field checked beyond its
+    /// length, so this is for bytes that were checked when they were stored. A replica streams
+    /// its stored updates to verifiers this way; they decode and check every byte themselves,
+    /// and decoding each update only to encode it again was a fifth of a replica's CPU while a
+    /// verifier caught up (a key decompression per update).
+    ///
+    /// # Errors
+    /// Bytes whose lengths do not add up to an update (signed entry, then profile, nothing
+    /// after).
+    pub fn signed_entry_bytes(bytes: &[u8]) -> Result<&[u8], DecodeError> {
+        let mut r = Reader::new(bytes);
+        r.var_bytes(1, ENTRY_BYTES_MAX, "entry")?;
+        let signatures = r.count(0, UPDATE_SIGNATURES_MAX, "update signatures")?;
+        r.bytes(signatures * KeySignature::BYTES, "update signatures")?;
+        let signed = bytes.len() - r.remaining();
+        r.var_bytes(1, PROFILE_BYTES_MAX, "profile")?;
+        r.finish("update")?;
+        Ok(&bytes[..signed])
+    }
+
     /// A stable identifier for the update (entry and profile; signatures excluded so that
     /// the same update re-signed is still recognised), used to report its status.
     pub fn id(&self) -> Digest {

@@ -9,6 +9,7 @@ use keyraft_core::update::{check_signed_entry, SignedEntry};
 use keyraft_core::{
     decode_canonical, Canonical, Entry, EpochHead, Index, LookupProof, Policy, Profile, PublicKey, RealmConfig, Update,
 };
+use keyraft_core::{KeySignature, Signature};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -55,6 +56,30 @@ fn values_round_trip() {
     assert_eq!(decode_canonical::<EpochHead>(&h.encode()).unwrap(), h);
     let u = Update { signed: SignedEntry { entry: e, signatures: vec![] }, profile: p };
     assert_eq!(decode_canonical::<Update>(&u.encode()).unwrap(), u);
+}
+
+fn signed_update() -> Update {
+    let mut signatures: Vec<KeySignature> =
+        [1, 2].iter().map(|&n| KeySignature { signer: key(n), signature: Signature([n; 64]) }).collect();
+    signatures.sort_by_key(|s| s.signer);
+    Update { signed: SignedEntry { entry: entry(), signatures }, profile: profile() }
+}
+
+/// The signed entry an update's bytes begin with is found from the lengths alone, and is the
+/// signed entry's own encoding; bytes that are not an update's lengths are refused.
+#[test]
+fn an_updates_signed_entry_bytes_are_its_prefix() {
+    for u in
+        [signed_update(), Update { signed: SignedEntry { entry: entry(), signatures: vec![] }, profile: profile() }]
+    {
+        let bytes = u.encode();
+        assert_eq!(Update::signed_entry_bytes(&bytes).unwrap(), u.signed.encode().as_slice());
+        assert!(Update::signed_entry_bytes(&bytes[..bytes.len() - 1]).is_err(), "truncated");
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Update::signed_entry_bytes(&longer).is_err(), "trailing bytes");
+        assert!(Update::signed_entry_bytes(&u.signed.encode()).is_err(), "no profile");
+    }
 }
 
 #[test]
@@ -207,6 +232,19 @@ proptest! {
         // Whatever decodes re-encodes to the same bytes.
         if let Ok(e) = decode_canonical::<Entry>(&bytes) { prop_assert_eq!(e.encode(), bytes.clone()); }
         if let Ok(p) = decode_canonical::<Profile>(&bytes) { prop_assert_eq!(p.encode(), bytes.clone()); }
+    }
+
+    /// Whatever decodes as an update has its signed entry's bytes where the lengths say.
+    #[test]
+    fn signed_entry_bytes_agree_with_decoding(pos in any::<prop::sample::Index>(), byte in any::<u8>()) {
+        let mut bytes = signed_update().encode();
+        let i = pos.index(bytes.len());
+        bytes[i] = byte;
+        let found = Update::signed_entry_bytes(&bytes);
+        if let Ok(u) = decode_canonical::<Update>(&bytes) {
+            let signed = u.signed.encode();
+            prop_assert_eq!(found.unwrap(), signed.as_slice());
+        }
     }
 }
 

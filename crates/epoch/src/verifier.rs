@@ -44,6 +44,7 @@ use crate::tree;
 use keyraft_core::config_change::check_config_change;
 use keyraft_core::ed25519::VerifiedSignatures;
 use keyraft_core::recovery::{self, check_recovery_entry, leaf_value, PendingRecovery};
+use keyraft_core::types::entry_hash;
 use keyraft_core::update::{check_signed_entry_memo, verify_signatures_batched, SIGNATURES_PER_BATCH_MAX};
 use keyraft_core::{
     decode_canonical, Canonical, ConfigChangeError, Entry, EpochHead, Index, RealmConfig, SignedConfigChange,
@@ -655,16 +656,18 @@ impl<S: Storage> VerifierState<S> {
                     // The owner's veto.
                     pending.push((*index, None));
                 }
-                batch.put(current_key(index), update.entry.encode());
-                leaves.push((*index, update.entry.hash()));
+                let bytes = update.entry.encode();
+                leaves.push((*index, entry_hash(&bytes)));
+                batch.put(current_key(index), bytes);
                 entries.push((*index, update.entry.clone()));
             }
             batches.push(batch);
         }
         let mut batch = Batch::new();
         for (index, entry) in self.matured(updates, epoch, head.issue_time_ms) {
-            batch.put(current_key(&index), entry.encode());
-            leaves.push((index, entry.hash()));
+            let bytes = entry.encode();
+            leaves.push((index, entry_hash(&bytes)));
+            batch.put(current_key(&index), bytes);
             entries.push((index, entry));
             pending.push((index, None));
         }

@@ -20,7 +20,7 @@ use crate::raft::sm_store::SharedState;
 use keyraft_core::vrf::VrfProof;
 use keyraft_core::{Canonical, Digest, Index, PublicKey, Signature, Update};
 use keyraft_proto::pb;
-use keyraft_state::{PublishedEpoch, StateError};
+use keyraft_state::{PublishedEpochBytes, StateError};
 use std::sync::Arc;
 use std::time::Duration;
 // Tokio's clock, which is the host's except in a simulation in paused time.
@@ -176,11 +176,12 @@ impl ReadView {
         }))
     }
 
-    /// An epoch as the verifier log publishes it (its updates, head and replica signatures).
-    pub(crate) fn published(&self, epoch: u64) -> Result<PublishedEpoch, Status> {
+    /// An epoch as the verifier log publishes it (its updates, head and replica signatures),
+    /// each update as its signed entry's bytes.
+    pub(crate) fn published(&self, epoch: u64) -> Result<PublishedEpochBytes, Status> {
         self.shared
             .read()
-            .published_epoch(epoch)
+            .published_epoch_bytes(epoch)
             .map_err(internal)?
             .ok_or_else(|| Status::internal(format!("epoch {epoch} is not published")))
     }

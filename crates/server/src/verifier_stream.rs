@@ -23,7 +23,7 @@ use crate::stream::{bounded, replica_stopped, ReaderGone, StallSender, StreamSlo
 use keyraft_core::{Canonical, Digest, PublicKey, Signature};
 use keyraft_proto::pb::verifier_frame::{CaughtUp, EpochUpdates, Frame, Init, SignedHead};
 use keyraft_proto::pb::{KeySignature, VerifierFrame, VerifierStreamRequest};
-use keyraft_state::PublishedEpoch;
+use keyraft_state::PublishedEpochBytes;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -174,7 +174,7 @@ impl Producer {
 
     /// Reads an epoch on a blocking thread, to send without the lock: a slow reader never
     /// holds the state, and a large epoch never holds an async worker.
-    async fn published(&self, epoch: u64) -> Result<PublishedEpoch, Stop> {
+    async fn published(&self, epoch: u64) -> Result<PublishedEpochBytes, Stop> {
         self.node.read.blocking(move |read| read.published(epoch)).await.map_err(Stop::Failed)
     }
 
@@ -184,7 +184,7 @@ impl Producer {
     }
 
     async fn send_epoch(&self, epoch: u64) -> Result<(), Stop> {
-        let published = self.published(epoch).await?;
+        let mut published = self.published(epoch).await?;
         // A configuration change goes before the epoch whose head first commits to it: the
         // verifier checks it, then recomputes the head with the new configuration.
         if let Some(change) = &published.config_change {
@@ -196,8 +196,8 @@ impl Producer {
         let total = published.updates.len();
         // Positions in the chunk of the entries that are recovery requests (version 2).
         let mut recoveries: Vec<u32> = Vec::new();
-        for (i, update) in published.updates.iter().enumerate() {
-            let encoded = update.encode();
+        let mut recovery_positions = published.recovery_positions.iter().peekable();
+        for (i, encoded) in std::mem::take(&mut published.updates).into_iter().enumerate() {
             // Protobuf framing adds a few bytes per entry; keep a margin.
             if !entries.is_empty() && bytes + encoded.len() + 16 > self.max_frame {
                 let full = std::mem::take(&mut entries);
@@ -213,7 +213,7 @@ impl Producer {
                 bytes = 0;
             }
             bytes += encoded.len() + 16;
-            if published.recovery_requests.binary_search(&update.entry.index).is_ok() {
+            if recovery_positions.next_if_eq(&&i).is_some() {
                 recoveries.push(entries.len() as u32);
             }
             entries.push(encoded);

@@ -29,7 +29,7 @@ fn corrupt(what: impl std::fmt::Display) -> StateError {
 pub use keyraft_core::{Command, LogPosition};
 pub use machine::retention;
 pub use machine::{
-    AppliedChange, Effect, EpochState, Ignored, Outcome, PublishedEpoch, Rejected, StateMachine, Step,
-    STATE_FORMAT_VERSION,
+    AppliedChange, Effect, EpochState, Ignored, Outcome, PublishedEpoch, PublishedEpochBytes, Rejected, StateMachine,
+    Step, STATE_FORMAT_VERSION,
 };
 pub use proof::LookupParts;

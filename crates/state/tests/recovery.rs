@@ -285,8 +285,25 @@ fn deferred_commits_see_staged_recoveries() {
     assert_eq!(dump_all(&store).unwrap(), dump_all(h.machine.store()).unwrap());
 }
 
+/// Every published epoch; the stream's form of each (signed entries as bytes, recovery
+/// requests by position) says the same.
 fn published(h: &Harness) -> Vec<PublishedEpoch> {
-    (1..=h.machine.epoch_state().ratified_epoch).map(|e| h.machine.published_epoch(e).unwrap().unwrap()).collect()
+    (1..=h.machine.epoch_state().ratified_epoch)
+        .map(|e| {
+            let p = h.machine.published_epoch(e).unwrap().unwrap();
+            let bytes = h.machine.published_epoch_bytes(e).unwrap().unwrap();
+            assert_eq!(bytes.updates, p.updates.iter().map(Canonical::encode).collect::<Vec<_>>());
+            let positions: Vec<_> = p
+                .updates
+                .iter()
+                .enumerate()
+                .filter(|(_, u)| p.recovery_requests.contains(&u.entry.index))
+                .map(|(i, _)| i)
+                .collect();
+            assert_eq!(bytes.recovery_positions, positions);
+            p
+        })
+        .collect()
 }
 
 fn mismatch(r: Result<keyraft_epoch::verifier::CheckedEpoch, VerifyFailure>) -> Mismatch {

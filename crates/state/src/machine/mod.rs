@@ -265,6 +265,22 @@ pub struct PublishedEpoch {
     pub config_change: Option<SignedConfigChange>,
 }
 
+/// An epoch as the verifier stream sends it: [`PublishedEpoch`] with each update as the
+/// canonical bytes of its signed entry (verifiers decode and check them; a replica need not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedEpochBytes {
+    /// The epoch's signed entries in index order, encoded.
+    pub updates: Vec<Vec<u8>>,
+    /// The epoch's head.
+    pub head: EpochHead,
+    /// A replica majority's signatures over the head, sorted by signer.
+    pub replica_signatures: Vec<(PublicKey, Signature)>,
+    /// The positions in `updates` of the recovery requests (protocol version 2), ascending.
+    pub recovery_positions: Vec<usize>,
+    /// The configuration change this head is the first to commit to, if any.
+    pub config_change: Option<SignedConfigChange>,
+}
+
 /// The keyserver state: the tree, the entries and the epochs, over any [`Storage`].
 #[derive(Debug)]
 pub struct StateMachine<S> {

@@ -1,13 +1,15 @@
 //! Read accessors over the stored state: updates and their history, heads, signatures, the
 //! verifier log's epochs, tree roots and proofs.
 
-use super::{PublishedEpoch, StateMachine};
+use super::{PublishedEpoch, PublishedEpochBytes, StateMachine};
 use crate::corrupt;
 use crate::keys;
 use keyraft_core::encoding::Reader;
 use keyraft_core::recovery::PendingRecovery;
 use keyraft_core::tree::TreeProof;
-use keyraft_core::{decode_canonical, Canonical, Digest, EpochHead, Index, Profile, PublicKey, Signature, Update};
+use keyraft_core::{
+    decode_canonical, Canonical, Digest, EpochHead, Index, Profile, PublicKey, Signature, SignedEntry, Update,
+};
 use keyraft_epoch::tree;
 use keyraft_epoch::StateError;
 use keyraft_storage::{prefix_successor, Direction, Storage};
@@ -151,18 +153,39 @@ impl<S: Storage> StateMachine<S> {
     /// The verifier log is the sequence of these, epoch after epoch; it is derived from the
     /// stored state rather than copied, so every replica serves identical positions.
     pub fn published_epoch(&self, epoch: u64) -> Result<Option<PublishedEpoch>, StateError> {
+        let Some(p) = self.published_epoch_bytes(epoch)? else { return Ok(None) };
+        let updates = p
+            .updates
+            .iter()
+            .map(|bytes| decode_canonical::<SignedEntry>(bytes))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| corrupt(format!("stored update: {e}")))?;
+        let recovery_requests = p.recovery_positions.iter().map(|&i| updates[i].entry.index).collect();
+        Ok(Some(PublishedEpoch {
+            updates,
+            head: p.head,
+            replica_signatures: p.replica_signatures,
+            recovery_requests,
+            config_change: p.config_change,
+        }))
+    }
+
+    /// [`published_epoch`](Self::published_epoch) with each update as the canonical bytes of
+    /// its signed entry, cut from the stored update without decoding it
+    /// ([`Update::signed_entry_bytes`]): what the verifier stream sends.
+    pub fn published_epoch_bytes(&self, epoch: u64) -> Result<Option<PublishedEpochBytes>, StateError> {
         if epoch == 0 || epoch > self.epoch_state.ratified_epoch {
             return Ok(None);
         }
         let head = self.head(epoch)?.ok_or_else(|| corrupt(format!("ratified epoch {epoch} has no head")))?;
         let mut updates = Vec::new();
-        let mut recovery_requests = Vec::new();
+        let mut recovery_positions = Vec::new();
         for index in self.epoch_indexes(epoch)? {
             match self.store.get(&keys::update(&index, epoch))? {
                 Some(stored) => {
-                    let update: Update =
-                        decode_canonical(&stored).map_err(|e| corrupt(format!("stored update: {e}")))?;
-                    updates.push(update.signed);
+                    let signed =
+                        Update::signed_entry_bytes(&stored).map_err(|e| corrupt(format!("stored update: {e}")))?;
+                    updates.push(signed.to_vec());
                 }
                 // Not an update: a recovery request, whose record the epoch's close wrote.
                 None => {
@@ -170,8 +193,8 @@ impl<S: Storage> StateMachine<S> {
                         .pending_recovery_at(&index, epoch)?
                         .filter(|(p, _)| p.requested_epoch == epoch)
                         .ok_or_else(|| corrupt("epoch index without update or recovery request"))?;
-                    updates.push(pending.signed);
-                    recovery_requests.push(index);
+                    recovery_positions.push(updates.len());
+                    updates.push(pending.signed.encode());
                 }
             }
         }
@@ -185,7 +208,7 @@ impl<S: Storage> StateMachine<S> {
         let mut replica_signatures = self.replica_signatures(epoch)?;
         replica_signatures.truncate(self.config_of_epoch(epoch).replica_majority());
         let config_change = self.config_changes().iter().find(|c| c.first_epoch == epoch).map(|c| c.change.clone());
-        Ok(Some(PublishedEpoch { updates, head, replica_signatures, recovery_requests, config_change }))
+        Ok(Some(PublishedEpochBytes { updates, head, replica_signatures, recovery_positions, config_change }))
     }
 
     /// The tree root as of `epoch`: from its head once retention pruned its tree (a verifier
