@@ -55,5 +55,5 @@ pub use lookup::{verify_lookup, verify_lookup_at, ClientRealm, Lookup, LookupPro
 pub use policy::Policy;
 pub use realm_file::RealmFile;
 pub use types::{Entry, EpochHead, Index, Profile, RealmConfig};
-pub use update::{SignedEntry, Update, UpdateRejection};
+pub use update::{SignedEntry, Update, UpdateBytes, UpdateRejection};
 pub use verified::Verified;

@@ -82,6 +82,65 @@ pub struct LookupProof {
     pub pending_recovery: Option<PendingRecovery>,
 }
 
+/// A lookup proof's fields by reference, with the entry and profile as their canonical bytes:
+/// the one statement of the proof's layout, which [`LookupProof`] encodes through and a replica
+/// writes from its stored update's bytes with (no key decompressed only to be encoded again).
+#[derive(Debug, Clone, Copy)]
+pub struct LookupProofFields<'a> {
+    /// See [`LookupProof::user_id`].
+    pub user_id: &'a str,
+    /// See [`LookupProof::vrf_proof`].
+    pub vrf_proof: &'a VrfProof,
+    /// See [`LookupProof::head`].
+    pub head: &'a EpochHead,
+    /// See [`LookupProof::replica_signatures`].
+    pub replica_signatures: &'a [PositionalSignature],
+    /// See [`LookupProof::verifier_signatures`].
+    pub verifier_signatures: &'a [PositionalSignature],
+    /// See [`LookupProof::tree_proof`].
+    pub tree_proof: &'a TreeProof,
+    /// The canonical bytes of the entry and of its profile (see [`LookupProof::entry`]).
+    pub entry: Option<(&'a [u8], &'a [u8])>,
+    /// See [`LookupProof::pending_recovery`].
+    pub pending_recovery: Option<&'a PendingRecovery>,
+}
+
+impl LookupProofFields<'_> {
+    /// Appends the canonical encoding of the proof these fields make.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        put_var_bytes(out, self.user_id.as_bytes());
+        out.extend_from_slice(self.vrf_proof.as_bytes());
+        put_var_bytes(out, &self.head.encode());
+        encode_positional(out, self.replica_signatures);
+        encode_positional(out, self.verifier_signatures);
+        self.tree_proof.encode_into(out);
+        match self.entry {
+            None => out.push(0),
+            Some((entry, profile)) => {
+                out.push(1);
+                put_var_bytes(out, entry);
+                put_var_bytes(out, profile);
+            }
+        }
+        if let Some(pending) = self.pending_recovery {
+            out.push(1);
+            put_var_bytes(out, &pending.encode());
+        }
+    }
+
+    /// The canonical encoding, in a buffer allocated once.
+    pub fn encode(&self) -> Vec<u8> {
+        // Signatures are 65 bytes with their positions, siblings at most 33 with their tags.
+        let signatures = self.replica_signatures.len() + self.verifier_signatures.len();
+        let entry = self.entry.map_or(0, |(e, p)| e.len() + p.len());
+        let mut out = Vec::with_capacity(
+            512 + self.user_id.len() + 65 * signatures + 33 * self.tree_proof.siblings.len() + entry,
+        );
+        self.encode_into(&mut out);
+        out
+    }
+}
+
 fn encode_positional(out: &mut Vec<u8>, sigs: &[PositionalSignature]) {
     put_count(out, sigs.len());
     for s in sigs {
@@ -111,24 +170,18 @@ impl Canonical for LookupProof {
     const NAME: &'static str = "lookup proof";
 
     fn encode_into(&self, out: &mut Vec<u8>) {
-        put_var_bytes(out, self.user_id.as_bytes());
-        out.extend_from_slice(self.vrf_proof.as_bytes());
-        put_var_bytes(out, &self.head.encode());
-        encode_positional(out, &self.replica_signatures);
-        encode_positional(out, &self.verifier_signatures);
-        self.tree_proof.encode_into(out);
-        match &self.entry {
-            None => out.push(0),
-            Some((entry, profile)) => {
-                out.push(1);
-                put_var_bytes(out, &entry.encode());
-                put_var_bytes(out, &profile.encode());
-            }
+        let entry = self.entry.as_ref().map(|(entry, profile)| (entry.encode(), profile.encode()));
+        LookupProofFields {
+            user_id: &self.user_id,
+            vrf_proof: &self.vrf_proof,
+            head: &self.head,
+            replica_signatures: &self.replica_signatures,
+            verifier_signatures: &self.verifier_signatures,
+            tree_proof: &self.tree_proof,
+            entry: entry.as_ref().map(|(e, p)| (e.as_slice(), p.as_slice())),
+            pending_recovery: self.pending_recovery.as_ref(),
         }
-        if let Some(pending) = &self.pending_recovery {
-            out.push(1);
-            put_var_bytes(out, &pending.encode());
-        }
+        .encode_into(out);
     }
 
     fn decode_from(r: &mut Reader<'_>) -> Result<Self, DecodeError> {

@@ -73,9 +73,14 @@ impl Canonical for PendingRecovery {
 /// `H("keyraft/v2/entry-pending-recovery", Entry || PendingRecovery)`, so that no proof of the
 /// entry can leave the pending recovery out. Leaves without one keep their version-1 value.
 pub fn leaf_value(entry: &Entry, pending: Option<&PendingRecovery>) -> crate::Digest {
+    leaf_value_of_bytes(&entry.encode(), pending)
+}
+
+/// [`leaf_value`] of an entry's canonical bytes.
+pub fn leaf_value_of_bytes(entry: &[u8], pending: Option<&PendingRecovery>) -> crate::Digest {
     match pending {
-        None => entry.hash(),
-        Some(p) => hash(label::ENTRY_PENDING_RECOVERY, &[&entry.encode(), &p.encode()]),
+        None => crate::types::entry_hash(entry),
+        Some(p) => hash(label::ENTRY_PENDING_RECOVERY, &[entry, &p.encode()]),
     }
 }
 

@@ -113,14 +113,24 @@ impl Update {
     /// Bytes whose lengths do not add up to an update (signed entry, then profile, nothing
     /// after).
     pub fn signed_entry_bytes(bytes: &[u8]) -> Result<&[u8], DecodeError> {
+        Ok(Self::split_bytes(bytes)?.signed_entry)
+    }
+
+    /// An update's canonical bytes cut into its parts from the lengths alone, with the same
+    /// trust as [`signed_entry_bytes`](Self::signed_entry_bytes): for bytes that were checked
+    /// when they were stored. A lookup proof carries the entry's and the profile's bytes.
+    ///
+    /// # Errors
+    /// Bytes whose lengths do not add up to an update.
+    pub fn split_bytes(bytes: &[u8]) -> Result<UpdateBytes<'_>, DecodeError> {
         let mut r = Reader::new(bytes);
-        r.var_bytes(1, ENTRY_BYTES_MAX, "entry")?;
+        let entry = r.var_bytes(1, ENTRY_BYTES_MAX, "entry")?;
         let signatures = r.count(0, UPDATE_SIGNATURES_MAX, "update signatures")?;
         r.bytes(signatures * KeySignature::BYTES, "update signatures")?;
         let signed = bytes.len() - r.remaining();
-        r.var_bytes(1, PROFILE_BYTES_MAX, "profile")?;
+        let profile = r.var_bytes(1, PROFILE_BYTES_MAX, "profile")?;
         r.finish("update")?;
-        Ok(&bytes[..signed])
+        Ok(UpdateBytes { entry, signed_entry: &bytes[..signed], profile })
     }
 
     /// A stable identifier for the update (entry and profile; signatures excluded so that
@@ -128,6 +138,18 @@ impl Update {
     pub fn id(&self) -> Digest {
         crate::hash::hash("keyraft/v1/update-id", &[&self.signed.entry.encode(), &self.profile.encode()])
     }
+}
+
+/// The parts of an update's canonical bytes ([`Update::split_bytes`]), each the canonical
+/// bytes of what it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpdateBytes<'a> {
+    /// The entry's.
+    pub entry: &'a [u8],
+    /// The signed entry's: the entry's, length-prefixed, then the signatures.
+    pub signed_entry: &'a [u8],
+    /// The profile's.
+    pub profile: &'a [u8],
 }
 
 /// Why an update cannot be applied. The client is at fault for all of these except

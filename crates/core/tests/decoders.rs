@@ -66,7 +66,7 @@ fn signed_update() -> Update {
 }
 
 /// The signed entry an update's bytes begin with is found from the lengths alone, and is the
-/// signed entry's own encoding; bytes that are not an update's lengths are refused.
+/// signed entry's own encoding (so are its entry and profile); bytes that are not an update's lengths are refused.
 #[test]
 fn an_updates_signed_entry_bytes_are_its_prefix() {
     for u in
@@ -79,6 +79,9 @@ fn an_updates_signed_entry_bytes_are_its_prefix() {
         longer.push(0);
         assert!(Update::signed_entry_bytes(&longer).is_err(), "trailing bytes");
         assert!(Update::signed_entry_bytes(&u.signed.encode()).is_err(), "no profile");
+        let parts = Update::split_bytes(&bytes).unwrap();
+        assert_eq!(parts.entry, u.signed.entry.encode().as_slice());
+        assert_eq!(parts.profile, u.profile.encode().as_slice());
     }
 }
 
@@ -244,6 +247,9 @@ proptest! {
         if let Ok(u) = decode_canonical::<Update>(&bytes) {
             let signed = u.signed.encode();
             prop_assert_eq!(found.unwrap(), signed.as_slice());
+            let parts = Update::split_bytes(&bytes).unwrap();
+            prop_assert_eq!(parts.entry.to_vec(), u.signed.entry.encode());
+            prop_assert_eq!(parts.profile.to_vec(), u.profile.encode());
         }
     }
 }

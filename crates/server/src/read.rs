@@ -162,7 +162,7 @@ impl ReadView {
             .lookup_parts(&index, epoch, threshold)
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("epoch {epoch} has no head")))?;
-        Ok(parts.into_proof(user_id, vrf_proof).encode())
+        Ok(parts.encode_proof(user_id, &vrf_proof))
     }
 
     /// An epoch's head and signatures, if it exists.

@@ -10,7 +10,7 @@ use keyraft_core::lookup::{head_signing_message, ratification_message, ClientRea
 use keyraft_core::registration::RegistrationPolicy;
 use keyraft_core::types::vrf_input;
 use keyraft_core::vrf::{VrfProof, VrfSecretKey};
-use keyraft_core::{Command, ConfigChange, LogPosition, SignedConfigChange};
+use keyraft_core::{Canonical as _, Command, ConfigChange, LogPosition, SignedConfigChange};
 use keyraft_core::{Entry, EpochHead, Index, Policy, Profile, RealmConfig, SignedEntry, Update};
 use keyraft_epoch::StateError;
 use keyraft_storage::{MemoryStorage, Storage};
@@ -260,7 +260,16 @@ impl Harness {
             .machine
             .lookup_parts(&index, epoch, verifiers)?
             .ok_or_else(|| StateError::Corrupt(format!("no head for epoch {epoch}")))?;
-        Ok(parts.into_proof(user_id, vrf_proof))
+        // A replica writes proofs from the stored bytes; every proof a test takes checks that
+        // they are the decoded proof's canonical encoding.
+        let written = parts.encode_proof(user_id, &vrf_proof);
+        let proof = parts.into_proof(user_id, vrf_proof)?;
+        if proof.encode() != written {
+            return Err(StateError::Corrupt(format!(
+                "the proof written from stored bytes differs from the decoded proof's encoding ({user_id}, epoch {epoch})"
+            )));
+        }
+        Ok(proof)
     }
 
     /// A change from the configuration in force to `new_config` (its generation set to the

@@ -2,10 +2,11 @@
 
 use crate::corrupt;
 use crate::machine::StateMachine;
-use keyraft_core::lookup::PositionalSignature;
-use keyraft_core::recovery::{leaf_value, PendingRecovery};
+use keyraft_core::lookup::{LookupProofFields, PositionalSignature};
+use keyraft_core::recovery::{leaf_value_of_bytes, PendingRecovery};
 use keyraft_core::tree::{Terminal, TreeProof};
-use keyraft_core::{Entry, EpochHead, Index, Profile, PublicKey, Signature};
+use keyraft_core::vrf::VrfProof;
+use keyraft_core::{decode_canonical, EpochHead, Index, LookupProof, PublicKey, Signature, Update};
 use keyraft_epoch::StateError;
 use keyraft_storage::Storage;
 
@@ -21,25 +22,52 @@ pub struct LookupParts {
     pub verifier_signatures: Vec<PositionalSignature>,
     /// Inclusion or absence proof.
     pub tree_proof: TreeProof,
-    /// The entry and profile when present.
-    pub entry: Option<(Entry, Profile)>,
+    /// The canonical bytes of the entry and of its profile when present, as stored (a
+    /// replica writes them into the proof without decoding them).
+    pub entry: Option<(Vec<u8>, Vec<u8>)>,
     /// The recovery pending in the epoch, which the leaf commits to (protocol version 2).
     pub pending_recovery: Option<PendingRecovery>,
 }
 
 impl LookupParts {
-    /// The whole lookup proof, with what only the edge knows: the user id and its VRF proof.
-    pub fn into_proof(self, user_id: &str, vrf_proof: keyraft_core::vrf::VrfProof) -> keyraft_core::LookupProof {
-        keyraft_core::LookupProof {
+    /// The canonical bytes of the whole lookup proof, with what only the edge knows: the user
+    /// id and its VRF proof.
+    pub fn encode_proof(&self, user_id: &str, vrf_proof: &VrfProof) -> Vec<u8> {
+        LookupProofFields {
+            user_id,
+            vrf_proof,
+            head: &self.head,
+            replica_signatures: &self.replica_signatures,
+            verifier_signatures: &self.verifier_signatures,
+            tree_proof: &self.tree_proof,
+            entry: self.entry.as_ref().map(|(e, p)| (e.as_slice(), p.as_slice())),
+            pending_recovery: self.pending_recovery.as_ref(),
+        }
+        .encode()
+    }
+
+    /// The whole lookup proof, decoded (the entry's keys decompressed).
+    ///
+    /// # Errors
+    /// Stored entry or profile bytes that do not decode.
+    pub fn into_proof(self, user_id: &str, vrf_proof: VrfProof) -> Result<LookupProof, StateError> {
+        let entry = match self.entry {
+            None => None,
+            Some((entry, profile)) => Some((
+                decode_canonical(&entry).map_err(|e| corrupt(format!("stored entry: {e}")))?,
+                decode_canonical(&profile).map_err(|e| corrupt(format!("stored profile: {e}")))?,
+            )),
+        };
+        Ok(LookupProof {
             user_id: user_id.to_owned(),
             vrf_proof,
             head: self.head,
             replica_signatures: self.replica_signatures,
             verifier_signatures: self.verifier_signatures,
             tree_proof: self.tree_proof,
-            entry: self.entry,
+            entry,
             pending_recovery: self.pending_recovery,
-        }
+        })
     }
 }
 
@@ -78,13 +106,24 @@ impl<S: Storage> StateMachine<S> {
         let tree_proof = self.tree_proof(epoch, index)?;
         let (entry, pending_recovery) = match tree_proof.terminal {
             Terminal::Leaf { value } => {
-                let (_, update) =
-                    self.update_at(index, epoch)?.ok_or_else(|| corrupt("tree leaf without a stored update"))?;
-                let pending = self.pending_recovery_at(index, epoch)?.map(|(p, _)| p);
-                if leaf_value(&update.signed.entry, pending.as_ref()) != value {
-                    return Err(corrupt("tree leaf value differs from the stored entry's (and pending recovery's)"));
-                }
-                (Some((update.signed.entry, update.profile)), pending)
+                let (_, stored) =
+                    self.update_bytes_at(index, epoch)?.ok_or_else(|| corrupt("tree leaf without a stored update"))?;
+                let parts = Update::split_bytes(&stored).map_err(|e| corrupt(format!("stored update: {e}")))?;
+                // A leaf is the entry's hash exactly when no recovery is pending (with one, it
+                // hashes both under another label), so only such a leaf needs the pending
+                // recovery read, and the leaf is checked against the stored state either way.
+                let pending = if leaf_value_of_bytes(parts.entry, None) == value {
+                    None
+                } else {
+                    let pending = self.pending_recovery_at(index, epoch)?.map(|(p, _)| p);
+                    if pending.is_none() || leaf_value_of_bytes(parts.entry, pending.as_ref()) != value {
+                        return Err(corrupt(
+                            "tree leaf value differs from the stored entry's (and pending recovery's)",
+                        ));
+                    }
+                    pending
+                };
+                (Some((parts.entry.to_vec(), parts.profile.to_vec())), pending)
             }
             _ => (None, None),
         };

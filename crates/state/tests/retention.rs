@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use keyraft_core::lookup::verify_lookup_at;
-use keyraft_core::{Canonical as _, Command, LogPosition, Policy};
+use keyraft_core::{Command, LogPosition, Policy};
 use keyraft_state::harness::{derive_signing_key, public_key, test_profile, Harness};
 use keyraft_state::retention::{delete_pruned, plan_prune};
 use keyraft_state::{StateError, StateMachine};
@@ -46,7 +46,7 @@ fn append_update(h: &mut Harness, i: usize, salt: u64, owner: &ed25519_dalek::Si
 
 fn proof_bytes<S: Storage>(m: &StateMachine<S>, h: &Harness, i: usize, epoch: u64) -> Result<Vec<u8>, StateError> {
     let (index, vrf_proof) = h.index_of(&user(i));
-    Ok(m.lookup_parts(&index, epoch, 1)?.expect("head").into_proof(&user(i), vrf_proof).encode())
+    Ok(m.lookup_parts(&index, epoch, 1)?.expect("head").encode_proof(&user(i), &vrf_proof))
 }
 
 #[test]

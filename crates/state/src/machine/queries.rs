@@ -35,13 +35,19 @@ impl<S: Storage> StateMachine<S> {
 
     /// The newest update for `index` in an epoch at or before `epoch`.
     pub fn update_at(&self, index: &Index, epoch: u64) -> Result<Option<(u64, Update)>, StateError> {
+        let Some((epoch, bytes)) = self.update_bytes_at(index, epoch)? else { return Ok(None) };
+        let update = decode_canonical(&bytes).map_err(|e| corrupt(format!("stored update: {e}")))?;
+        Ok(Some((epoch, update)))
+    }
+
+    /// [`update_at`](Self::update_at) as the stored canonical bytes, not decoded.
+    pub fn update_bytes_at(&self, index: &Index, epoch: u64) -> Result<Option<(u64, Vec<u8>)>, StateError> {
         let prefix = keys::update_prefix(index);
         let end = if epoch == u64::MAX { prefix_successor(&prefix) } else { Some(keys::update(index, epoch + 1)) };
         let found = self.store.range(&prefix, end.as_deref(), Direction::Reverse).next().transpose()?;
         let Some((key, value)) = found else { return Ok(None) };
         let epoch = keys::be_u64(&key[33..]).ok_or_else(|| corrupt("update key"))?;
-        let update = decode_canonical(&value).map_err(|e| corrupt(format!("stored update: {e}")))?;
-        Ok(Some((epoch, update)))
+        Ok(Some((epoch, value)))
     }
 
     /// The recovery of `index` pending as of the close of `epoch` (protocol version 2), with
