@@ -7,10 +7,12 @@
 //! `current.json` in the snapshot directory names the current snapshot and its openraft
 //! metadata; it is replaced by an atomic rename.
 
+use crate::raft::runtime::SeedableRuntime;
 use crate::raft::types::{LogId, NodeAddr, NodeId};
 use crate::Error;
 use keyraft_storage::{Batch, Direction, Storage};
 use openraft::storage::SnapshotMeta;
+use rand::Rng as _;
 use sha2::{Digest as _, Sha256};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -29,9 +31,12 @@ pub(crate) const SNAPSHOT_RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Records are loaded in batches of about this many bytes.
 const LOAD_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
-/// A fresh snapshot id: the log position it covers and a random suffix.
+/// A fresh snapshot id: the log position it covers and a random suffix (two snapshots of one
+/// position, built before and after a restart, are told apart by it). The suffix is drawn
+/// through openraft's runtime, which a simulation seeds, so a seed's snapshot ids (and the
+/// files and log lines named after them) replay exactly too.
 pub(crate) fn new_id(last: Option<&LogId>) -> String {
-    let suffix: u64 = rand::random();
+    let suffix: u64 = <SeedableRuntime as openraft::AsyncRuntime>::thread_rng().gen();
     match last {
         Some(l) => format!("{}-{}-{suffix:016x}", l.leader_id.term, l.index),
         None => format!("0-0-{suffix:016x}"),
