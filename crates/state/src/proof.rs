@@ -110,8 +110,9 @@ impl<S: Storage> StateMachine<S> {
                     self.update_bytes_at(index, epoch)?.ok_or_else(|| corrupt("tree leaf without a stored update"))?;
                 let parts = Update::split_bytes(&stored).map_err(|e| corrupt(format!("stored update: {e}")))?;
                 // A leaf is the entry's hash exactly when no recovery is pending (with one, it
-                // hashes both under another label), so only such a leaf needs the pending
-                // recovery read, and the leaf is checked against the stored state either way.
+                // hashes both under another label), so only a leaf that is not needs the pending
+                // recovery read (a reverse range scan); the leaf is checked against the stored
+                // state either way.
                 let pending = if leaf_value_of_bytes(parts.entry, None) == value {
                     None
                 } else {
